@@ -1,0 +1,3 @@
+"""Nagare: a lean, single-file DAG orchestrator and workflow engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,205 @@
+"""The composition root: builds every part once, wires their callbacks, starts and stops them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from nagare import __version__
+from nagare.clock import now_ms
+from nagare.config import Config
+from nagare.dag_folder import DagFolder
+from nagare.executors import Cancellation, Executor, OnLine, OnStart
+from nagare.executors.local import LocalExecutor
+from nagare.http.api import Api, Services
+from nagare.http.server import NagareHTTPServer, serve_in_thread
+from nagare.http.static import StaticFiles
+from nagare.logs import LogFiles
+from nagare.models import Assignment, Outcome, TaskDef
+from nagare.pools import WorkerPools
+from nagare.resources import asset_root
+from nagare.runs import RunService
+from nagare.scheduler import Scheduler
+from nagare.store import Store
+
+log = logging.getLogger("nagare")
+
+
+class _NoDocker:
+    """Container tasks need the Docker executor; until it is configured they fail clearly."""
+
+    executor_type = "docker"
+
+    def run(
+        self,
+        assignment: Assignment,
+        on_line: OnLine,
+        cancel: Cancellation,
+        on_start: OnStart | None = None,
+    ) -> Outcome:
+        return Outcome(
+            exit_code=None,
+            error="container tasks (image:) need the Docker "
+            "executor, which this build does not include",
+        )
+
+
+class App:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        serve_http: bool = True,
+        schedule: bool = True,
+        line_sink: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self.store = Store(config.db)
+        self.logs = LogFiles(config.resolved_logs_dir)
+        self.local = LocalExecutor(max_line_bytes=config.max_log_line_bytes)
+        self.folder = DagFolder(config.dags, on_change=self._dags_changed)
+        self.pools = WorkerPools(
+            self.store,
+            self.logs,
+            config.worker_pools,
+            self._executor_for,
+            on_finished=self._task_finished,
+            line_sink=line_sink,
+        )
+        self.scheduler = Scheduler(
+            self.store,
+            self.folder,
+            self.logs,
+            config,
+            on_queued=self.pools.notify,
+            fire_schedules=schedule,
+        )
+        self.runs = RunService(
+            self.store, self.folder, config, wake=self.scheduler.wake, kill_local=self.pools.cancel
+        )
+        self.api = Api(
+            Services(
+                self.store, self.runs, self.folder, self.logs, config, self.pool_info, self.stopping
+            ),
+            _static_files(),
+        )
+        self.http: NagareHTTPServer | None = None
+        if serve_http:
+            self.http = NagareHTTPServer(config.listen, self.api, config.max_body_bytes)
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ wiring
+
+    def _executor_for(self, definition: TaskDef) -> Executor:
+        return _NoDocker() if definition.image else self.local
+
+    def _task_finished(self, run_id: str) -> None:
+        self.scheduler.wake(run_id)
+
+    def _dags_changed(self) -> None:
+        self.scheduler.wake(None)
+
+    def pool_info(self) -> dict[str, Any]:
+        counts = self.store.pool_counts()
+        busy = self.pools.busy()
+        names = sorted(set(self.config.worker_pools) | set(counts))
+        return {
+            "pools": [
+                {
+                    "pool": name,
+                    "local_slots": self.config.worker_pools.get(name, 0),
+                    "busy_slots": busy.get(name, 0),
+                    "queued": counts.get(name, {}).get("queued", 0),
+                    "running": counts.get(name, {}).get("running", 0),
+                    "remote_only": self.config.worker_pools.get(name, 0) == 0,
+                }
+                for name in names
+            ]
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        return self.http.port if self.http else 0
+
+    def start(self, poll_interval: float = 0.5) -> None:
+        self.folder.scan()
+        for run_id in self.pools.recover():
+            self.scheduler.wake(run_id)
+        self.pools.start()
+        self._spawn("scheduler", self.scheduler.run)
+        self._spawn("dag-folder", self.folder.run)
+        if self.http is not None:
+            self._threads.append(serve_in_thread(self.http, poll_interval))
+            log.info(
+                "Nagare %s serving on http://%s:%d (DAGs: %s, database: %s)",
+                __version__,
+                self.config.listen[0],
+                self.http.port,
+                self.config.dags,
+                self.config.db,
+            )
+        self._warn_open_api()
+
+    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        thread = threading.Thread(target=target, args=(self.stopping,), daemon=True, name=name)
+        thread.start()
+        self._threads.append(thread)
+
+    def _warn_open_api(self) -> None:
+        if self.http is not None and not self.config.api_key:
+            log.warning(
+                "api_key is not configured: the API is open to anyone who can reach "
+                "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
+            )
+
+    def stop(self) -> None:
+        """Graceful stop: no new requests or claims, running tasks get the grace period, then
+        are killed and put back to `queued` for the next start."""
+        if self.stopping.is_set():
+            return
+        log.info(
+            "shutting down (grace period %.0fs for running tasks)",
+            self.config.shutdown_grace_seconds,
+        )
+        self.stopping.set()
+        if self.http is not None:
+            self.http.shutdown()
+        interrupted = self.pools.shutdown(self.config.shutdown_grace_seconds)
+        if interrupted:
+            log.warning(
+                "%d running task(s) were interrupted and will run again on the next start",
+                len(interrupted),
+            )
+        self.scheduler.stop()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.http is not None:
+            self.http.server_close()
+        self.store.close()
+
+    def trigger_and_wait(
+        self, dag_id: str, conf: dict[str, str], timeout: float | None = None
+    ) -> str:
+        """Start a run and block until it finishes; returns the run status (for `nagare exec`)."""
+        run = self.runs.trigger(dag_id, conf)
+        deadline = None if timeout is None else now_ms() + int(timeout * 1000)
+        while not self.stopping.wait(0.05):
+            current = self.store.get_run(run.run_id)
+            if current is not None and current.status.terminal:
+                return str(current.status)
+            if deadline is not None and now_ms() > deadline:
+                return "timeout"
+        return "interrupted"
+
+
+def _static_files() -> StaticFiles | None:
+    try:
+        root = asset_root("web_static")
+    except (OSError, ValueError):
+        return None
+    return StaticFiles(root) if root.is_dir() else None

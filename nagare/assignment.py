@@ -1,0 +1,100 @@
+"""What one attempt runs: the command with its map item, and its environment. Pure functions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nagare.clock import to_iso
+from nagare.models import DagDef, Run, TaskDef, TaskInstance, Trigger
+
+SECRET_VARIABLES = ("NAGARE_API_KEY", "NAGARE_TOKEN")
+SLOT_TRIGGERS = (Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL)
+
+
+def item_text(item_json: str | None) -> str:
+    """A map item as it is substituted: strings as-is, other values as compact JSON."""
+    if item_json is None:
+        return ""
+    value = json.loads(item_json)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_command(command: str, item_json: str | None) -> str:
+    if item_json is None:
+        return command
+    return command.replace("{{item}}", item_text(item_json))
+
+
+def nagare_env(dag: DagDef, run: Run, task: TaskInstance, attempt: int) -> dict[str, str]:
+    """The variables Nagare itself gives every task."""
+    execution = to_iso(run.execution_date) or ""
+    env = {
+        "NAGARE_DAG_ID": dag.dag_id,
+        "NAGARE_RUN_ID": run.run_id,
+        "NAGARE_TASK_ID": task.task_id,
+        "NAGARE_ATTEMPT": str(attempt),
+        "NAGARE_TRIGGER": str(run.trigger),
+        "NAGARE_EXECUTION_DATE": execution,
+        "NAGARE_SCHEDULED_TIME": execution if run.trigger in SLOT_TRIGGERS else "",
+    }
+    if task.map_index is not None:
+        env["NAGARE_MAP_INDEX"] = str(task.map_index)
+        env["NAGARE_MAP_ITEM"] = item_text(task.item)
+    return env
+
+
+def task_env(
+    base: dict[str, str],
+    dag: DagDef,
+    definition: TaskDef,
+    run: Run,
+    task: TaskInstance,
+    attempt: int,
+) -> dict[str, str]:
+    """Base environment (minus Nagare's secrets), then Nagare variables, conf, DAG env, task env.
+
+    For containers and remote workers `base` is empty: they never get the server's environment.
+    """
+    env = {k: v for k, v in base.items() if k not in SECRET_VARIABLES}
+    env.update(nagare_env(dag, run, task, attempt))
+    env.update({k: str(v) for k, v in run.conf.items()})
+    env.update(dag.env)
+    env.update(definition.env)
+    return env
+
+
+def parse_map_items(stdout: str, source: str, limit: int) -> list[Any]:
+    """The JSON array a map task fans out over: the whole stdout, else its last non-empty line.
+
+    Raises ValueError with a message for the task log.
+    """
+    text = stdout.strip()
+    value = _json_array(text)
+    if value is None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        value = _json_array(lines[-1].strip()) if lines else None
+    if value is None:
+        shown = text[-300:] if text else "(no output)"
+        raise ValueError(
+            f"the stdout of '{source}' is not a JSON array (expected the whole stdout or its "
+            f'last non-empty line to be e.g. ["a", "b"]); it ended with: {shown}'
+        )
+    if len(value) > limit:
+        raise ValueError(
+            f"'{source}' produced {len(value)} map items; the limit is {limit} "
+            "(max_map_items in nagare.yaml)"
+        )
+    return value
+
+
+def _json_array(text: str) -> list[Any] | None:
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None

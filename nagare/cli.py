@@ -1,0 +1,301 @@
+"""The command line: `nagare [serve]`, `nagare exec`, `nagare validate`, and the API client
+commands (`nagare dags`, `nagare trigger`, ...). The only place that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from nagare import __version__
+from nagare.config import OPTIONS, Config, load_config
+from nagare.dagfile import load_dag_file
+from nagare.errors import ConfigError, NagareError
+
+SERVER_COMMANDS = ("serve", "worker", "exec", "validate", "version")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version")):
+        args = ["serve", *args]
+    parser = build_parser()
+    namespace = parser.parse_args(args)
+    if not getattr(namespace, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(namespace.func(namespace))
+    except (NagareError, ConfigError) as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nagare",
+        description="Nagare: a lean DAG orchestrator. Without a command it "
+        "serves the API and dashboard (same as `nagare serve`).",
+    )
+    parser.add_argument("--version", action="version", version=f"nagare {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the scheduler, workers, API and dashboard")
+    _add_server_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+    worker = commands.add_parser("worker", help="run as a remote worker (cluster mode)")
+    _add_server_flags(worker)
+    worker.set_defaults(func=cmd_worker)
+    run = commands.add_parser(
+        "exec",
+        help="run one DAG in this process to completion and exit "
+        "0 on success, 1 on failure (no server needed)",
+    )
+    run.add_argument("target", metavar="FILE_OR_DAG", help="a DAG file, or a DAG id in --dags")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run parameter (env var of every task); repeatable",
+    )
+    run.add_argument("--db", help="record the run in this database (default: a temporary one)")
+    run.add_argument("--dags", help="DAGs folder for a DAG id (default: dags)")
+    run.add_argument("--config", help="settings file (default: nagare.yaml)")
+    run.add_argument("--quiet", action="store_true", help="do not print task output")
+    run.set_defaults(func=cmd_exec)
+    validate = commands.add_parser("validate", help="check DAG files and print every problem")
+    validate.add_argument(
+        "paths", nargs="*", metavar="PATH", help="DAG files or folders (default: the --dags folder)"
+    )
+    validate.add_argument("--dags", default="dags", help="DAGs folder (default: dags)")
+    validate.set_defaults(func=cmd_validate)
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda _: print(f"nagare {__version__}") or 0)
+    from nagare.cli_client import add_client_commands
+
+    add_client_commands(commands)
+    return parser
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        if not option.flag:
+            continue
+        if option.kind == "bool":
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=option.help,
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                default=None,
+                metavar=option.name.upper(),
+                help=f"{option.help} [env {option.env}]" if option.env else option.help,
+            )
+
+
+def _flags(namespace: argparse.Namespace) -> dict[str, Any]:
+    return {o.name: getattr(namespace, o.name, None) for o in OPTIONS}
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------- server
+
+
+def cmd_serve(namespace: argparse.Namespace) -> int:
+    config = load_config(_flags(namespace))
+    setup_logging(config.log_level)
+    if config.worker:
+        return cmd_worker(namespace)
+    from nagare.app import App
+
+    app = App(config)
+    stop = threading.Event()
+    _on_signals(stop)
+    app.start()
+    print(
+        f"Nagare {__version__} on http://localhost:{app.port} — DAGs in '{config.dags}', "
+        f"database '{config.db}'",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop.wait()
+    app.stop()
+    return 0
+
+
+def cmd_worker(namespace: argparse.Namespace) -> int:
+    print(
+        "error: worker mode (--worker/--join) is not available in this build yet; run "
+        "without --worker to start a master",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ---------------------------------------------------------------- exec
+
+
+def cmd_exec(namespace: argparse.Namespace) -> int:
+    params = _params(namespace.param)
+    flags: dict[str, Any] = {"config": namespace.config, "dags": namespace.dags}
+    target = namespace.target
+    if os.path.isfile(target):
+        dag, errors = load_dag_file(target)
+        if dag is None:
+            for error in errors:
+                print(error, file=sys.stderr)
+            return 2
+        flags["dags"] = os.path.dirname(os.path.abspath(target))
+        dag_id = dag.dag_id
+    else:
+        dag_id = target
+    with _exec_db(namespace.db) as db:
+        config = load_config({**flags, "db": db, "port": "0"})
+        setup_logging("warning")
+        return _exec_run(config, dag_id, params, namespace.quiet)
+
+
+def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) -> int:
+    from nagare.app import App
+
+    lock = threading.Lock()
+
+    def sink(task_id: str, stream: str, line: str) -> None:
+        if not quiet:
+            with lock:
+                print(f"[{task_id}] {line}", flush=True)
+
+    app = App(config, serve_http=False, schedule=False, line_sink=sink)
+    stop = threading.Event()
+    _on_signals(stop)
+    app.start()
+    try:
+        if app.folder.get(dag_id) is None:
+            errors = app.folder.snapshot.errors
+            detail = "; ".join(e for errs in errors.values() for e in errs)
+            print(
+                f"error: DAG '{dag_id}' not found in {config.dags}"
+                + (f" ({detail})" if detail else ""),
+                file=sys.stderr,
+            )
+            return 2
+        threading.Thread(target=lambda: stop.wait() or app.stopping.set(), daemon=True).start()
+        status = app.trigger_and_wait(dag_id, params)
+        _print_summary(app, dag_id)
+        print(f"run of '{dag_id}' finished: {status}", file=sys.stderr)
+        return 0 if status == "success" else 1
+    finally:
+        app.stop()
+
+
+def _print_summary(app: Any, dag_id: str) -> None:
+    from nagare.store import RunFilter
+
+    runs, _ = app.store.list_runs(RunFilter(dag_id=dag_id), 1, 1)
+    if not runs:
+        return
+    for task in app.store.run_tasks(runs[0].run_id):
+        note = f" ({task.message})" if task.message else ""
+        print(f"  {task.task_id:<30} {task.status}{note}", file=sys.stderr)
+
+
+class _exec_db:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._tmp: Any = None
+
+    def __enter__(self) -> str:
+        if self.path:
+            return self.path
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="nagare-exec-")
+        return os.path.join(self._tmp.name, "nagare.db")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _params(values: list[str]) -> dict[str, str]:
+    params = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-p expects KEY=VALUE, found '{value}'")
+        params[key] = text
+    return params
+
+
+# ---------------------------------------------------------------- validate
+
+
+def cmd_validate(namespace: argparse.Namespace) -> int:
+    files = _dag_files(namespace.paths or [namespace.dags])
+    if not files:
+        print("no DAG files found", file=sys.stderr)
+        return 1
+    bad = 0
+    seen: dict[str, str] = {}
+    for path in files:
+        dag, errors = load_dag_file(path)
+        if dag is not None and dag.dag_id in seen:
+            errors = [
+                f"{os.path.basename(path)}: id: DAG id '{dag.dag_id}' is already defined "
+                f"by {seen[dag.dag_id]}"
+            ]  # type: ignore[list-item]
+        if errors:
+            bad += 1
+            for error in errors:
+                print(error)
+        elif dag is not None:
+            seen[dag.dag_id] = os.path.basename(path)
+            print(f"ok   {path}: DAG '{dag.dag_id}' ({len(dag.tasks)} tasks)")
+    print(f"{len(files) - bad} valid, {bad} invalid", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _dag_files(paths: list[str]) -> list[str]:
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(
+                os.path.join(path, n)
+                for n in os.listdir(path)
+                if n.endswith((".yaml", ".yml")) and not n.startswith(".")
+            )
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            print(f"{path}: no such file or folder", file=sys.stderr)
+    return files

@@ -1,0 +1,330 @@
+"""Settings: one option table gives defaults, nagare.yaml keys, environment variables, CLI flags,
+`--help` and the README's configuration table. Precedence: flag > environment > nagare.yaml >
+default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from nagare.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: str  # str | int | float | bool | pools | list
+    default: Any
+    help: str
+    flag: str = ""
+    env: str = ""
+    yaml_key: str = ""
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    reserved: bool = False  # accepted now, used by a later feature
+
+
+def _opt(
+    name: str,
+    kind: str,
+    default: Any,
+    help: str,
+    *,
+    flag: bool = True,
+    env: bool = True,
+    yaml_key: bool = True,
+    **extra: Any,
+) -> Option:
+    return Option(
+        name=name,
+        kind=kind,
+        default=default,
+        help=help,
+        flag="--" + name.replace("_", "-") if flag else "",
+        env="NAGARE_" + name.upper() if env else "",
+        yaml_key=name if yaml_key else "",
+        **extra,
+    )
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("port", "str", ":8080", "Listen address: PORT, :PORT or HOST:PORT."),
+    _opt("db", "str", "nagare.db", "SQLite database file (created and migrated on start)."),
+    _opt("dags", "str", "dags", "Folder of DAG files (*.yaml, *.yml); created if missing."),
+    _opt(
+        "config",
+        "str",
+        "nagare.yaml",
+        "Settings file; a missing file means defaults.",
+        yaml_key=False,
+    ),
+    _opt("api_key", "str", "", "API key required on /api/* as 'Authorization: Bearer KEY'."),
+    _opt("logs_dir", "str", "", "Folder of task log files (default: 'logs' next to the db)."),
+    _opt(
+        "worker_pools",
+        "pools",
+        {"default": 4},
+        "Local worker threads per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "max_map_items",
+        "int",
+        10000,
+        "Most children a map task may fan out to.",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
+        "max_catchup_runs",
+        "int",
+        1000,
+        "Most missed slots one DAG catches up at once.",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
+        "misfire_grace_seconds",
+        "float",
+        60.0,
+        "Without catchup, a slot found late by at most this much still runs.",
+        flag=False,
+        minimum=0,
+    ),
+    _opt(
+        "shutdown_grace_seconds",
+        "float",
+        10.0,
+        "On SIGTERM, how long running tasks may finish before they are killed.",
+        flag=False,
+        minimum=0,
+    ),
+    _opt(
+        "max_body_bytes",
+        "int",
+        1048576,
+        "Largest accepted HTTP request body (413 above).",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
+        "max_log_line_bytes",
+        "int",
+        65536,
+        "Longer output lines are cut and marked as truncated in the task log.",
+        flag=False,
+        minimum=256,
+    ),
+    _opt(
+        "sse_ping_seconds",
+        "float",
+        15.0,
+        "Keep-alive interval of live log streams.",
+        flag=False,
+        minimum=0.05,
+    ),
+    _opt(
+        "log_level",
+        "str",
+        "info",
+        "Server log level.",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    _opt(
+        "worker",
+        "bool",
+        False,
+        "Run as a remote worker (cluster mode).",
+        yaml_key=False,
+        reserved=True,
+    ),
+    _opt(
+        "join",
+        "str",
+        "",
+        "Master URL a worker joins, e.g. http://master:8080.",
+        yaml_key=False,
+        reserved=True,
+    ),
+    _opt(
+        "pools",
+        "str",
+        "default",
+        "Comma-separated pools a worker serves.",
+        yaml_key=False,
+        reserved=True,
+    ),
+    _opt("token", "str", "", "Shared cluster secret for the worker protocol.", reserved=True),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+class Config:
+    """Resolved settings; attribute access by option name (`config.port`)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_values(self, **changes: Any) -> Config:
+        return Config({**self._values, **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_listen(str(self.port))
+
+    @property
+    def resolved_logs_dir(self) -> str:
+        if self.logs_dir:
+            return str(self.logs_dir)
+        return os.path.join(os.path.dirname(os.path.abspath(self.db)), "logs")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`8080`, `:8080` or `127.0.0.1:8080` -> (host, port)."""
+    host, _, port = text.rpartition(":") if ":" in text else ("", "", text)
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"port: expected PORT, :PORT or HOST:PORT, found '{text}'") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"port: expected a port between 0 and 65535, found {number}")
+    return host.strip("[]") or "0.0.0.0", number
+
+
+def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Config:
+    """Merge defaults, nagare.yaml, environment and flags (only flags that were given)."""
+    environ = dict(os.environ) if environ is None else environ
+    values = {o.name: o.default for o in OPTIONS}
+    config_path = flags.get("config") or environ.get("NAGARE_CONFIG") or values["config"]
+    values["config"] = config_path
+    for name, raw in _read_yaml(config_path).items():
+        values[name] = _coerce(OPTION_BY_NAME[name], raw, f"{config_path}: {name}")
+    for option in OPTIONS:
+        if option.env and option.env in environ and option.name != "config":
+            values[option.name] = _coerce(option, environ[option.env], option.env)
+    for name, raw in flags.items():
+        if raw is not None and name in OPTION_BY_NAME:
+            values[name] = _coerce(OPTION_BY_NAME[name], raw, OPTION_BY_NAME[name].flag)
+    values["worker_pools"] = {"default": 4, **values["worker_pools"]}
+    config = Config(values)
+    config.listen  # noqa: B018 - validates the address early
+    return config
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
+    known = {o.yaml_key: o.name for o in OPTIONS if o.yaml_key}
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("cors", "autoscaler", "retention_days"):
+            continue  # read by the features that own them
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting '{key}' (known: {', '.join(known)})")
+        result[known[key]] = value
+    return result
+
+
+def _coerce(option: Option, raw: Any, where: str) -> Any:
+    if option.kind == "pools":
+        return _coerce_pools(raw, where)
+    if option.kind == "bool":
+        return _coerce_bool(raw, where)
+    if option.kind in ("int", "float"):
+        return _coerce_number(option, raw, where)
+    value = "" if raw is None else str(raw)
+    if option.choices and value not in option.choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(option.choices)}, found '{value}'")
+    return value
+
+
+def _coerce_bool(raw: Any, where: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{where}: expected true or false, found '{raw}'")
+
+
+def _coerce_number(option: Option, raw: Any, where: str) -> int | float:
+    kind = int if option.kind == "int" else float
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = kind(raw)
+    except (TypeError, ValueError):
+        noun = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{where}: expected {noun}, found '{raw}'") from None
+    if option.minimum is not None and value < option.minimum:
+        raise ConfigError(f"{where}: expected at least {option.minimum:g}, found {value}")
+    return value
+
+
+def _coerce_pools(raw: Any, where: str) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of pool name to size, e.g. "
+            f"{{default: 4, gpu: 0}}, found '{raw}'"
+        )
+    pools: dict[str, int] = {}
+    for name, size in raw.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"{where}.{name}: expected a whole number >= 0, found '{size}'")
+        pools[str(name)] = size
+    return pools
+
+
+def options_markdown() -> str:
+    """The README's configuration table, derived from OPTIONS."""
+    rows = [
+        "| Setting | Flag | Environment | nagare.yaml | Default | Meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o in OPTIONS:
+        default = _show_default(o)
+        note = " (cluster mode, reserved)" if o.reserved else ""
+        rows.append(
+            f"| {o.name} | {_code(o.flag)} | {_code(o.env)} | {_code(o.yaml_key)} | "
+            f"{default} | {o.help}{note} |"
+        )
+    return "\n".join(rows)
+
+
+def _code(text: str) -> str:
+    return f"`{text}`" if text else "—"
+
+
+def _show_default(option: Option) -> str:
+    if option.kind == "pools":
+        return "`{default: 4}`"
+    if option.default in ("", None):
+        return "—"
+    return f"`{option.default}`"

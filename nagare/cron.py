@@ -1,0 +1,175 @@
+"""Cron arithmetic: the only module that uses croniter. Pure functions of expression, zone, time."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from nagare.clock import now_ms
+
+MANUAL_SCHEDULES = ("", "workflow_dispatch")
+DESCRIPTORS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_EVERY = re.compile(r"^@every\s+(\d+)\s*(s|m|h|d)$")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+class Schedule:
+    """A parsed schedule: 5-field cron, a descriptor, or `@every <n><s|m|h|d>` (epoch-aligned)."""
+
+    def __init__(self, expression: str, zone: tzinfo) -> None:
+        self.expression = expression
+        self.zone = zone
+        self._every_ms = _every_ms(expression)
+        self._cron = "" if self._every_ms else DESCRIPTORS.get(expression, expression)
+
+    def next_after(self, ms: int) -> int:
+        """The first slot strictly after `ms` (epoch milliseconds)."""
+        if self._every_ms:
+            return (ms // self._every_ms + 1) * self._every_ms
+        start = datetime.fromtimestamp(ms / 1000, tz=self.zone)
+        nxt = croniter(self._cron, start).get_next(datetime)
+        return int(nxt.timestamp() * 1000)
+
+    def slots_between(self, after_ms: int, until_ms: int, limit: int) -> tuple[list[int], int]:
+        """Slots s with after < s <= until, oldest first; keeps the newest `limit`.
+
+        Returns (slots, how many older slots were dropped by the limit).
+        """
+        slots: list[int] = []
+        dropped = 0
+        slot = self.next_after(after_ms)
+        while slot <= until_ms:
+            slots.append(slot)
+            if len(slots) > limit:
+                slots.pop(0)
+                dropped += 1
+            slot = self.next_after(slot)
+        return slots, dropped
+
+    def describe(self) -> str:
+        return describe(self.expression)
+
+
+def _every_ms(expression: str) -> int:
+    match = _EVERY.match(expression.strip())
+    if not match:
+        return 0
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_schedule(expression: str, timezone: str = "") -> Schedule:
+    """Validate and parse; raises ValueError saying what was found and what is expected."""
+    zone = resolve_zone(timezone)
+    expr = expression.strip()
+    if expr.startswith("@every"):
+        if not _every_ms(expr):
+            raise ValueError(
+                f"'{expression}' is not a valid @every schedule (expected e.g. '@every 5m')"
+            )
+        return Schedule(expr, zone)
+    cron = DESCRIPTORS.get(expr, expr)
+    if expr.startswith("@") and expr not in DESCRIPTORS:
+        raise ValueError(
+            f"unknown schedule descriptor '{expression}' "
+            f"(expected one of {', '.join(DESCRIPTORS)} or @every <n>s|m|h|d)"
+        )
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise ValueError(
+            f"'{expression}' is not a valid cron expression "
+            "(expected 5 fields: minute hour day-of-month month day-of-week, e.g. '0 */6 * * *')"
+        )
+    schedule = Schedule(expr, zone)
+    try:
+        schedule.next_after(now_ms())  # croniter accepts some expressions it cannot evaluate
+    except Exception:
+        raise ValueError(f"cron expression '{expression}' never matches a date") from None
+    return schedule
+
+
+def resolve_zone(name: str) -> tzinfo:
+    """An IANA zone by name, or the server's local zone when the name is empty."""
+    if not name:
+        return local_zone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone '{name}' (expected an IANA name such as 'Europe/Berlin' or 'UTC')"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def local_zone() -> tzinfo:
+    """The server's zone: $TZ, else /etc/localtime, else UTC."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except OSError:
+        return ZoneInfo("UTC")
+
+
+def describe(expression: str) -> str:
+    """A short English description of common schedules, for people reading a DAG list."""
+    expr = expression.strip()
+    if expr in MANUAL_SCHEDULES:
+        return "manual only"
+    if match := _EVERY.match(expr):
+        unit = {"s": "second", "m": "minute", "h": "hour", "d": "day"}[match.group(2)]
+        count = int(match.group(1))
+        return f"every {unit}" if count == 1 else f"every {count} {unit}s"
+    names = {
+        "@hourly": "every hour",
+        "@daily": "every day at 00:00",
+        "@midnight": "every day at 00:00",
+        "@weekly": "every Sunday at 00:00",
+        "@monthly": "on day 1 of every month at 00:00",
+        "@yearly": "every year on Jan 1 at 00:00",
+        "@annually": "every year on Jan 1 at 00:00",
+    }
+    if expr in names:
+        return names[expr]
+    return _describe_fields(expr.split())
+
+
+def _describe_fields(fields: list[str]) -> str:
+    if len(fields) != 5:
+        return expr_text(fields)
+    minute, hour, dom, month, dow = fields
+    if fields == ["*"] * 5:
+        return "every minute"
+    if minute.startswith("*/") and hour == dom == month == dow == "*":
+        return f"every {minute[2:]} minutes"
+    if minute.isdigit() and hour == dom == month == dow == "*":
+        return f"every hour at minute {minute}"
+    if minute.isdigit() and hour.startswith("*/") and dom == month == dow == "*":
+        return f"every {hour[2:]} hours at minute {minute}"
+    if minute.isdigit() and hour.isdigit():
+        at = f"{int(hour):02d}:{int(minute):02d}"
+        if dom == month == dow == "*":
+            return f"every day at {at}"
+        if dom == month == "*" and dow in {"1-5", "MON-FRI", "mon-fri"}:
+            return f"every weekday at {at}"
+    return f"cron '{expr_text(fields)}'"
+
+
+def expr_text(fields: list[str]) -> str:
+    return " ".join(fields)

@@ -1,0 +1,854 @@
+"""DAG files: YAML text -> a validated `DagDef`, or every problem of the file at once.
+
+The YAML is composed into nodes (not loaded into Python objects) so that every error can name
+the line, and so that string fields keep the literal text of their scalar: `PORT: 5432` is the
+string "5432" and `MODE: 0755` stays "0755", as DAG authors wrote them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from nagare.cron import MANUAL_SCHEDULES, parse_schedule
+from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
+WEBHOOK_PREFIX = "/api/webhooks/"
+
+DAG_KEYS = (
+    "id",
+    "description",
+    "schedule",
+    "timezone",
+    "catchup",
+    "env",
+    "trigger",
+    "tasks",
+    "autoscaler",
+)
+TASK_KEYS = (
+    "id",
+    "type",
+    "command",
+    "depends_on",
+    "env",
+    "timeout_seconds",
+    "retries",
+    "retry_delay_seconds",
+    "pool",
+    "map_over",
+    "dag_id",
+    "with_items",
+    "image",
+    "workdir",
+    "volumes",
+    "resources",
+)
+TRIGGER_KEYS = (
+    "type",
+    "path",
+    "method",
+    "secret",
+    "secret_env",
+    "signature_header",
+    "extract_payload",
+)
+RESOURCE_KEYS = ("cpus", "memory", "gpus")
+
+
+@dataclass(frozen=True)
+class DagError:
+    """One problem in a DAG file: where (file, line, field), what was found, what was expected."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class _Collector:
+    """Gathers every error of one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[DagError] = []
+
+    def add(self, node: Node | None, field: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.errors.append(DagError(self.file, line, field, message))
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def load_dag_file(path: str) -> tuple[DagDef | None, list[DagError]]:
+    """Read and validate one DAG file."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [DagError(name, 0, "", f"cannot read the file: {exc}")]
+    return parse_dag(text, name, os.path.dirname(os.path.abspath(path)))
+
+
+def parse_dag(
+    text: str,
+    file: str = "<dag>",
+    base_dir: str = ".",
+    extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
+) -> tuple[DagDef | None, list[DagError]]:
+    """Parse YAML text into a DagDef. Returns (dag, []) or (None, errors)."""
+    errors = _Collector(file)
+    root = _compose(text, errors)
+    if root is None:
+        return None, errors.errors
+    dag = _build_dag(root, errors, base_dir)
+    if dag is not None:
+        _check_graph(dag, errors)
+    if dag is not None and not errors.errors and extra_check is not None:
+        for line, field, message in extra_check(dag):
+            errors.errors.append(DagError(file, line, field, message))
+    if errors.errors:
+        return None, errors.errors
+    return replace(dag, file=file) if dag else None, []
+
+
+def _compose(text: str, errors: _Collector) -> MappingNode | None:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        problem = exc.problem or str(exc)
+        lines = text.splitlines()
+        bad_line = lines[line - 1] if 0 < line <= len(lines) else ""
+        hint = (
+            " (quote values that start with '*', e.g. schedule: \"*/5 * * * *\")"
+            if (": *" in bad_line)
+            else ""
+        )
+        errors.errors.append(DagError(errors.file, line, "", f"invalid YAML: {problem}{hint}"))
+        return None
+    except yaml.YAMLError as exc:
+        errors.errors.append(DagError(errors.file, 0, "", f"invalid YAML: {exc}"))
+        return None
+    if node is None:
+        errors.add(None, "", "the file is empty (expected a mapping with 'id' and 'tasks')")
+        return None
+    if not isinstance(node, MappingNode):
+        errors.add(node, "", f"expected a mapping with 'id' and 'tasks', found {_kind(node)}")
+        return None
+    return node
+
+
+# ---------------------------------------------------------------- node readers
+
+_TAG_NAMES = {
+    "str": "the string",
+    "int": "the number",
+    "float": "the number",
+    "bool": "the boolean",
+}
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    if tag == "null":
+        return "nothing (null)"
+    return f"{_TAG_NAMES.get(tag, tag)} '{node.value}'"
+
+
+def _mapping(
+    node: MappingNode, allowed: tuple[str, ...], path: str, errors: _Collector
+) -> dict[str, Node]:
+    """Keys -> value nodes; unknown or duplicate keys are errors with a suggestion."""
+    result: dict[str, Node] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        field = f"{path}.{key}" if path else key
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(allowed)})"
+            errors.add(key_node, field, f"unknown key '{key}'{hint}")
+            continue
+        if key in result:
+            errors.add(key_node, field, f"'{key}' is given twice")
+        result[key] = value_node
+    return result
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _text(node: Node, field: str, errors: _Collector) -> str | None:
+    """A string field: the scalar's literal text (null -> "")."""
+    if not isinstance(node, ScalarNode):
+        errors.add(node, field, f"expected a string, found {_kind(node)}")
+        return None
+    return "" if _is_null(node) else str(node.value)
+
+
+def _integer(node: Node, field: str, errors: _Collector, minimum: int = 0) -> int | None:
+    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
+        errors.add(node, field, f"expected a whole number >= {minimum}, found {_kind(node)}")
+        return None
+    value = int(yaml.safe_load(node.value))
+    if value < minimum:
+        errors.add(node, field, f"expected a whole number >= {minimum}, found {value}")
+        return None
+    return value
+
+
+def _number(node: Node, field: str, errors: _Collector, positive: bool) -> float | None:
+    expected = "a number > 0" if positive else "a number >= 0"
+    if not isinstance(node, ScalarNode) or node.tag not in (
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+    ):
+        errors.add(node, field, f"expected {expected} (seconds), found {_kind(node)}")
+        return None
+    value = float(yaml.safe_load(node.value))
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        errors.add(node, field, f"expected {expected} (seconds), found {node.value}")
+        return None
+    return value
+
+
+def _boolean(node: Node, field: str, errors: _Collector) -> bool | None:
+    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
+        errors.add(node, field, f"expected true or false, found {_kind(node)}")
+        return None
+    return bool(yaml.safe_load(node.value))
+
+
+def _string_list(node: Node, field: str, errors: _Collector, allow_single: bool) -> list[str]:
+    if allow_single and isinstance(node, ScalarNode):
+        text = _text(node, field, errors)
+        return [text] if text else []
+    if not isinstance(node, SequenceNode):
+        errors.add(node, field, f"expected a list of strings, found {_kind(node)}")
+        return []
+    items: list[str] = []
+    for index, item in enumerate(node.value):
+        text = _text(item, f"{field}[{index}]", errors)
+        if text is not None:
+            items.append(text)
+    return items
+
+
+def _env(node: Node, field: str, errors: _Collector) -> dict[str, str]:
+    if _is_null(node):
+        return {}
+    if not isinstance(node, MappingNode):
+        errors.add(node, field, f"expected a mapping of NAME: value, found {_kind(node)}")
+        return {}
+    env: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value)
+        if not ENV_NAME.match(name):
+            errors.add(
+                key_node,
+                f"{field}.{name}",
+                f"'{name}' is not a valid variable name (expected [A-Za-z_][A-Za-z0-9_]*)",
+            )
+            continue
+        value = _text(value_node, f"{field}.{name}", errors)
+        if value is not None:
+            env[name] = value
+    return env
+
+
+def _check_id(node: Node, value: str, field: str, errors: _Collector) -> None:
+    if not ID_PATTERN.match(value):
+        errors.add(node, field, f"'{value}' is not a valid id (expected {ID_EXPECTED})")
+
+
+# ---------------------------------------------------------------- DAG level
+
+
+def _build_dag(root: MappingNode, errors: _Collector, base_dir: str) -> DagDef | None:
+    fields = _mapping(root, DAG_KEYS, "", errors)
+    dag_id = _required_id(root, fields, "id", errors)
+    schedule = _optional_text(fields, "schedule", errors).strip()
+    timezone = _optional_text(fields, "timezone", errors).strip()
+    _check_schedule(fields, schedule, timezone, errors)
+    catchup = _boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
+    env = _env(fields["env"], "env", errors) if "env" in fields else {}
+    trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
+    tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
+    if tasks is None:
+        return None
+    return DagDef(
+        dag_id=dag_id or "",
+        tasks=tuple(tasks),
+        description=_optional_text(fields, "description", errors),
+        schedule=schedule,
+        timezone=timezone,
+        catchup=bool(catchup),
+        env=env,
+        trigger=trigger,
+    )
+
+
+def _required_id(
+    parent: Node, fields: dict[str, Node], key: str, errors: _Collector, path: str = ""
+) -> str | None:
+    field = f"{path}.{key}" if path else key
+    if key not in fields:
+        errors.add(parent, field, f"'{key}' is required (expected {ID_EXPECTED})")
+        return None
+    value = _text(fields[key], field, errors)
+    if value is None:
+        return None
+    _check_id(fields[key], value, field, errors)
+    return value
+
+
+def _optional_text(fields: dict[str, Node], key: str, errors: _Collector, path: str = "") -> str:
+    if key not in fields:
+        return ""
+    return _text(fields[key], f"{path}.{key}" if path else key, errors) or ""
+
+
+def _check_schedule(
+    fields: dict[str, Node], schedule: str, timezone: str, errors: _Collector
+) -> None:
+    if timezone:
+        try:
+            parse_schedule("@daily", timezone)
+        except ValueError as exc:
+            errors.add(fields["timezone"], "timezone", str(exc))
+            return
+    if schedule in MANUAL_SCHEDULES:
+        return
+    try:
+        parse_schedule(schedule, timezone)
+    except ValueError as exc:
+        errors.add(fields["schedule"], "schedule", str(exc))
+
+
+def _build_trigger(node: Node, errors: _Collector) -> TriggerDef | None:
+    if not isinstance(node, MappingNode):
+        errors.add(node, "trigger", f"expected a mapping with 'type: webhook', found {_kind(node)}")
+        return None
+    fields = _mapping(node, TRIGGER_KEYS, "trigger", errors)
+    kind = _optional_text(fields, "type", errors, "trigger")
+    if kind != "webhook":
+        errors.add(
+            fields.get("type", node),
+            "trigger.type",
+            f"expected 'webhook', found '{kind}'"
+            if kind
+            else "'type' is required (expected 'webhook')",
+        )
+    path = _optional_text(fields, "path", errors, "trigger")
+    if not path.startswith(WEBHOOK_PREFIX) or len(path) == len(WEBHOOK_PREFIX):
+        errors.add(
+            fields.get("path", node),
+            "trigger.path",
+            f"expected a path starting with {WEBHOOK_PREFIX}, found '{path}'",
+        )
+    method = _optional_text(fields, "method", errors, "trigger") or "POST"
+    if not HTTP_METHOD.match(method):
+        errors.add(fields["method"], "trigger.method", f"expected an HTTP method, found '{method}'")
+    secret = _optional_text(fields, "secret", errors, "trigger")
+    secret_env = _optional_text(fields, "secret_env", errors, "trigger")
+    if secret and secret_env:
+        errors.add(
+            fields["secret_env"],
+            "trigger.secret_env",
+            "give either 'secret' or 'secret_env', not both",
+        )
+    if secret_env and not ENV_NAME.match(secret_env):
+        errors.add(
+            fields["secret_env"],
+            "trigger.secret_env",
+            f"'{secret_env}' is not a valid environment variable name",
+        )
+    extract = (
+        _env(fields["extract_payload"], "trigger.extract_payload", errors)
+        if "extract_payload" in fields
+        else {}
+    )
+    return TriggerDef(
+        type=kind,
+        path=path,
+        method=method.upper(),
+        secret=secret,
+        secret_env=secret_env,
+        signature_header=_optional_text(fields, "signature_header", errors, "trigger")
+        or "X-Hub-Signature-256",
+        extract_payload=extract,
+    )
+
+
+# ---------------------------------------------------------------- task level
+
+
+@dataclass
+class _RawTask:
+    task: TaskDef
+    node: MappingNode
+    fields: dict[str, Node]
+    items: list[str] | None
+
+
+def _build_tasks(
+    root: Node, node: Node | None, errors: _Collector, base_dir: str
+) -> list[TaskDef] | None:
+    if node is None:
+        errors.add(root, "tasks", "'tasks' is required (expected a non-empty list of tasks)")
+        return None
+    if not isinstance(node, SequenceNode) or not node.value:
+        errors.add(node, "tasks", f"expected a non-empty list of tasks, found {_kind(node)}")
+        return None
+    raw: list[_RawTask] = []
+    for index, task_node in enumerate(node.value):
+        built = _build_task(task_node, f"tasks[{index}]", errors, base_dir)
+        if built is not None:
+            raw.append(built)
+    return _expand_with_items(raw, errors)
+
+
+def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _RawTask | None:
+    if not isinstance(node, MappingNode):
+        errors.add(node, path, f"expected a task mapping with 'id', found {_kind(node)}")
+        return None
+    fields = _mapping(node, TASK_KEYS, path, errors)
+    task_id = _required_id(node, fields, "id", errors, path)
+    kind = _task_type(fields, path, errors)
+    text = {
+        key: _optional_text(fields, key, errors, path)
+        for key in ("command", "pool", "map_over", "dag_id", "image", "workdir")
+    }
+    task = TaskDef(
+        task_id=task_id or "",
+        type=kind,
+        command=text["command"],
+        depends_on=tuple(_string_list(fields["depends_on"], f"{path}.depends_on", errors, True))
+        if "depends_on" in fields
+        else (),
+        env=_env(fields["env"], f"{path}.env", errors) if "env" in fields else {},
+        timeout_seconds=_opt_number(fields, "timeout_seconds", path, errors, positive=True),
+        retries=_opt_int(fields, "retries", path, errors),
+        retry_delay_seconds=_opt_number(
+            fields, "retry_delay_seconds", path, errors, positive=False
+        ),
+        pool=text["pool"] or "default",
+        map_over=text["map_over"],
+        dag_id=text["dag_id"],
+        image=text["image"],
+        workdir=text["workdir"],
+        volumes=tuple(_volumes(fields, path, errors, base_dir)),
+        resources=_resources(fields, path, errors),
+        line=node.start_mark.line + 1,
+    )
+    _check_task(task, fields, node, path, errors)
+    items = _with_items(fields, path, errors) if "with_items" in fields else None
+    if items is not None and kind is TaskType.MAP:
+        errors.add(
+            fields["with_items"],
+            f"{path}.with_items",
+            "with_items cannot be combined with type: map",
+        )
+    return _RawTask(task, node, fields, items) if task_id else None
+
+
+def _task_type(fields: dict[str, Node], path: str, errors: _Collector) -> TaskType:
+    if "type" not in fields:
+        return TaskType.COMMAND
+    value = _text(fields["type"], f"{path}.type", errors) or "command"
+    try:
+        return TaskType(value)
+    except ValueError:
+        known = ", ".join(t.value for t in TaskType)
+        errors.add(fields["type"], f"{path}.type", f"unknown type '{value}' (expected {known})")
+        return TaskType.COMMAND
+
+
+def _opt_int(fields: dict[str, Node], key: str, path: str, errors: _Collector) -> int:
+    if key not in fields:
+        return 0
+    return _integer(fields[key], f"{path}.{key}", errors) or 0
+
+
+def _opt_number(
+    fields: dict[str, Node], key: str, path: str, errors: _Collector, positive: bool
+) -> float:
+    if key not in fields:
+        return 0
+    return _number(fields[key], f"{path}.{key}", errors, positive) or 0
+
+
+def _with_items(fields: dict[str, Node], path: str, errors: _Collector) -> list[str]:
+    node = fields["with_items"]
+    items = _string_list(node, f"{path}.with_items", errors, False)
+    if not items and isinstance(node, SequenceNode):
+        errors.add(node, f"{path}.with_items", "expected a non-empty list of values")
+    return items
+
+
+def _volumes(fields: dict[str, Node], path: str, errors: _Collector, base_dir: str) -> list[str]:
+    if "volumes" not in fields:
+        return []
+    result = []
+    for index, spec in enumerate(_string_list(fields["volumes"], f"{path}.volumes", errors, False)):
+        field = f"{path}.volumes[{index}]"
+        node = fields["volumes"].value[index]
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            errors.add(
+                node, field, f"invalid volume '{spec}' (expected host_path:container_path[:ro|rw])"
+            )
+            continue
+        if not parts[0] or not parts[1]:
+            errors.add(
+                node, field, f"invalid volume '{spec}': host and container paths must be non-empty"
+            )
+            continue
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            errors.add(node, field, f"invalid volume mode '{parts[2]}' (expected 'ro' or 'rw')")
+            continue
+        if not parts[1].startswith("/"):
+            errors.add(node, field, f"container path '{parts[1]}' must be absolute")
+            continue
+        parts[0] = os.path.normpath(os.path.join(base_dir, parts[0]))
+        result.append(":".join(parts))
+    return result
+
+
+def _resources(fields: dict[str, Node], path: str, errors: _Collector) -> Resources | None:
+    if "resources" not in fields:
+        return None
+    node = fields["resources"]
+    field = f"{path}.resources"
+    if not isinstance(node, MappingNode):
+        errors.add(node, field, f"expected a mapping with cpus/memory/gpus, found {_kind(node)}")
+        return None
+    values = _mapping(node, RESOURCE_KEYS, field, errors)
+    cpus = _optional_text(values, "cpus", errors, field)
+    memory = _optional_text(values, "memory", errors, field)
+    gpus = _optional_text(values, "gpus", errors, field)
+    if cpus and not _positive_finite(cpus):
+        errors.add(
+            values["cpus"],
+            f"{field}.cpus",
+            f'expected a positive number such as "0.5" or "2", found \'{cpus}\'',
+        )
+    if memory and not MEMORY.match(memory):
+        errors.add(
+            values["memory"],
+            f"{field}.memory",
+            f"expected a number with optional suffix b/k/m/g such as \"512m\", found '{memory}'",
+        )
+    if gpus and gpus != "all" and not (gpus.isdigit() and int(gpus) > 0):
+        errors.add(
+            values["gpus"],
+            f"{field}.gpus",
+            f"expected \"all\" or a positive integer, found '{gpus}'",
+        )
+    return Resources(cpus=cpus, memory=memory, gpus=gpus)
+
+
+def _positive_finite(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def _check_task(
+    task: TaskDef, fields: dict[str, Node], node: Node, path: str, errors: _Collector
+) -> None:
+    def at(key: str) -> Node:
+        return fields.get(key, node)
+
+    if task.type in (TaskType.COMMAND, TaskType.MAP) and not task.command.strip():
+        errors.add(
+            at("command"), f"{path}.command", f"'command' is required for type '{task.type}' tasks"
+        )
+    if task.type is TaskType.TRIGGER_DAG:
+        if not task.dag_id:
+            errors.add(
+                at("dag_id"),
+                f"{path}.dag_id",
+                "'dag_id' is required for type 'trigger_dag' (the DAG to trigger)",
+            )
+        if task.image:
+            errors.add(
+                at("image"), f"{path}.image", "'image' cannot be used with type 'trigger_dag'"
+            )
+    if task.type is TaskType.MAP and not task.map_over:
+        errors.add(
+            at("map_over"),
+            f"{path}.map_over",
+            "type 'map' requires 'map_over' naming the task whose stdout is the JSON array",
+        )
+    if task.map_over and task.type is not TaskType.MAP:
+        errors.add(at("map_over"), f"{path}.map_over", "'map_over' is only valid with type: map")
+    for key in ("workdir", "volumes", "resources"):
+        if key in fields and not task.image:
+            errors.add(fields[key], f"{path}.{key}", f"'{key}' requires 'image' to be set")
+    if task.pool and not ID_PATTERN.match(task.pool):
+        errors.add(
+            at("pool"),
+            f"{path}.pool",
+            f"'{task.pool}' is not a valid pool name (expected {ID_EXPECTED})",
+        )
+
+
+def _expand_with_items(raw: list[_RawTask], errors: _Collector) -> list[TaskDef]:
+    """`with_items` clones a task per item (`<id>_<item>`); dependants depend on every clone."""
+    clones: dict[str, list[str]] = {}
+    expanded: list[TaskDef] = []
+    for entry in raw:
+        if entry.items is None:
+            expanded.append(entry.task)
+            continue
+        ids = []
+        for item in entry.items:
+            clone_id = f"{entry.task.task_id}_{item}"
+            if not ID_PATTERN.match(clone_id):
+                errors.add(
+                    entry.fields["with_items"],
+                    f"{entry.task.task_id}.with_items",
+                    f"item '{item}' makes the task id '{clone_id}', which is not valid "
+                    f"(expected {ID_EXPECTED})",
+                )
+                continue
+            ids.append(clone_id)
+            expanded.append(
+                replace(
+                    entry.task,
+                    task_id=clone_id,
+                    command=entry.task.command.replace("{{item}}", item),
+                )
+            )
+        clones[entry.task.task_id] = ids
+    return [_rewrite_deps(task, clones) for task in expanded]
+
+
+def _rewrite_deps(task: TaskDef, clones: dict[str, list[str]]) -> TaskDef:
+    deps: list[str] = []
+    for dep in task.depends_on:
+        deps.extend(clones.get(dep, [dep]))
+    if task.type is TaskType.MAP and task.map_over and task.map_over not in deps:
+        deps.append(task.map_over)
+    return replace(task, depends_on=tuple(dict.fromkeys(deps)))
+
+
+# ---------------------------------------------------------------- graph checks
+
+
+def _check_graph(dag: DagDef, errors: _Collector) -> None:
+    before = len(errors.errors)
+    by_id: dict[str, TaskDef] = {}
+    for task in dag.tasks:
+        if task.task_id in by_id:
+            errors.errors.append(
+                DagError(
+                    errors.file,
+                    task.line,
+                    f"tasks.{task.task_id}",
+                    f"duplicate task id '{task.task_id}'",
+                )
+            )
+        by_id[task.task_id] = task
+    for task in dag.tasks:
+        _check_references(task, by_id, errors)
+    if len(errors.errors) == before:
+        cycle = find_cycle(dag.tasks)
+        if cycle:
+            first = by_id[cycle[0]]
+            errors.errors.append(
+                DagError(
+                    errors.file,
+                    first.line,
+                    f"tasks.{cycle[0]}.depends_on",
+                    "dependency cycle: " + " -> ".join(cycle),
+                )
+            )
+
+
+def _check_references(task: TaskDef, by_id: dict[str, TaskDef], errors: _Collector) -> None:
+    field = f"tasks.{task.task_id}"
+    for dep in task.depends_on:
+        if dep == task.task_id:
+            errors.errors.append(
+                DagError(
+                    errors.file, task.line, f"{field}.depends_on", f"task '{dep}' depends on itself"
+                )
+            )
+        elif dep not in by_id:
+            close = difflib.get_close_matches(dep, list(by_id), n=1)
+            hint = (
+                f"; did you mean '{close[0]}'?"
+                if close
+                else (f" (expected one of: {', '.join(sorted(by_id))})")
+            )
+            errors.errors.append(
+                DagError(
+                    errors.file, task.line, f"{field}.depends_on", f"unknown task '{dep}'{hint}"
+                )
+            )
+    if task.map_over and task.map_over == task.task_id:
+        errors.errors.append(
+            DagError(
+                errors.file, task.line, f"{field}.map_over", "a map task cannot map over itself"
+            )
+        )
+    elif task.map_over and task.map_over in by_id and by_id[task.map_over].type is TaskType.MAP:
+        errors.errors.append(
+            DagError(
+                errors.file,
+                task.line,
+                f"{field}.map_over",
+                f"'{task.map_over}' is a map task; map over a task that prints a JSON array",
+            )
+        )
+
+
+def find_cycle(tasks: tuple[TaskDef, ...] | list[TaskDef]) -> list[str]:
+    """The first dependency cycle as a path `[a, b, c, a]`, or [] when the graph is acyclic."""
+    deps = {t.task_id: t.depends_on for t in tasks}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    for start in deps:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = [start]
+        state[start] = 1
+        while stack:
+            node, index = stack[-1]
+            children = [d for d in deps.get(node, ()) if d in deps]
+            if index < len(children):
+                stack[-1] = (node, index + 1)
+                child = children[index]
+                if state.get(child) == 1:
+                    return [*path[path.index(child) :], child]
+                if not state.get(child):
+                    state[child] = 1
+                    stack.append((child, 0))
+                    path.append(child)
+            else:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+    return []
+
+
+def topological_order(tasks: tuple[TaskDef, ...]) -> list[str]:
+    """Task ids ordered so that every task comes after its dependencies (file order kept)."""
+    remaining = {t.task_id: set(t.depends_on) for t in tasks}
+    order: list[str] = []
+    done: set[str] = set()
+    while remaining:
+        ready = [tid for tid, deps in remaining.items() if deps <= done]
+        if not ready:
+            order.extend(remaining)
+            break
+        for tid in ready:
+            order.append(tid)
+            done.add(tid)
+            del remaining[tid]
+    return order
+
+
+def dag_to_json(dag: DagDef) -> str:
+    """A stable JSON form of a definition (stored with each run so edits never change it)."""
+    return json.dumps(_dag_dict(dag), sort_keys=True, separators=(",", ":"))
+
+
+def _dag_dict(dag: DagDef) -> dict[str, object]:
+    return {
+        "dag_id": dag.dag_id,
+        "description": dag.description,
+        "schedule": dag.schedule,
+        "timezone": dag.timezone,
+        "catchup": dag.catchup,
+        "env": dag.env,
+        "file": dag.file,
+        "tasks": [_task_dict(t) for t in dag.tasks],
+    }
+
+
+def _task_dict(task: TaskDef) -> dict[str, object]:
+    data: dict[str, object] = {
+        "task_id": task.task_id,
+        "type": task.type.value,
+        "command": task.command,
+        "depends_on": list(task.depends_on),
+        "env": task.env,
+        "timeout_seconds": task.timeout_seconds,
+        "retries": task.retries,
+        "retry_delay_seconds": task.retry_delay_seconds,
+        "pool": task.pool,
+        "map_over": task.map_over,
+        "dag_id": task.dag_id,
+        "image": task.image,
+        "workdir": task.workdir,
+        "volumes": list(task.volumes),
+        "line": task.line,
+    }
+    if task.resources:
+        data["resources"] = {
+            "cpus": task.resources.cpus,
+            "memory": task.resources.memory,
+            "gpus": task.resources.gpus,
+        }
+    return data
+
+
+def dag_from_json(text: str) -> DagDef:
+    """The inverse of dag_to_json (webhook trigger details are not part of a run's snapshot)."""
+    data = json.loads(text)
+    tasks = []
+    for item in data["tasks"]:
+        resources = item.pop("resources", None)
+        tasks.append(
+            TaskDef(
+                **{
+                    **item,
+                    "type": TaskType(item["type"]),
+                    "depends_on": tuple(item["depends_on"]),
+                    "volumes": tuple(item["volumes"]),
+                },
+                resources=Resources(**resources) if resources else None,
+            )
+        )
+    return DagDef(
+        dag_id=data["dag_id"],
+        tasks=tuple(tasks),
+        description=data["description"],
+        schedule=data["schedule"],
+        timezone=data["timezone"],
+        catchup=data["catchup"],
+        env=data["env"],
+        file=data["file"],
+    )

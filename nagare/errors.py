@@ -1,0 +1,56 @@
+"""Errors shared by every layer. Each carries a stable code and a message for users."""
+
+from __future__ import annotations
+
+
+class NagareError(Exception):
+    """Base class: `code` is machine-readable, `str(err)` is the user-facing message."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(NagareError):
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(NagareError):
+    code = "unauthorized"
+    status = 401
+
+
+class NotFound(NagareError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(NagareError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class Conflict(NagareError):
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(NagareError):
+    code = "payload_too_large"
+    status = 413
+
+
+class Unprocessable(NagareError):
+    code = "unprocessable"
+    status = 422
+
+
+class ConfigError(NagareError):
+    """A bad option value in nagare.yaml, the environment or the command line."""
+
+    code = "config_error"
+    status = 400

@@ -1,0 +1,456 @@
+"""The JSON API: the route table (dispatch + OpenAPI) and its handlers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nagare import __version__
+from nagare.clock import now_ms, parse_iso
+from nagare.config import Config
+from nagare.dag_folder import DagFolder
+from nagare.errors import BadRequest, NagareError, NotFound
+from nagare.http.auth import check_key
+from nagare.http.routing import Param, Route, Router, openapi
+from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
+from nagare.http.server import Request, Response, error_response, json_response
+from nagare.http.sse import LogStream
+from nagare.http.static import StaticFiles
+from nagare.logs import LogFiles
+from nagare.models import RunStatus, TaskInstance, Trigger
+from nagare.runs import RunService
+from nagare.store import RunFilter, Store
+
+MAX_PAGE_SIZE = 500
+CONF_BODY = {"type": "object", "properties": {"conf": {"type": "object"}}}
+BACKFILL_BODY = {
+    "type": "object",
+    "required": ["start", "end"],
+    "properties": {"start": {"type": "string"}, "end": {"type": "string"}},
+}
+
+
+@dataclass
+class Services:
+    store: Store
+    runs: RunService
+    folder: DagFolder
+    logs: LogFiles
+    config: Config
+    pools: Callable[[], dict[str, Any]]
+    stopping: threading.Event
+
+
+class Api:
+    """Callable HTTP application: `/api/*` routes, else the embedded UI."""
+
+    def __init__(self, services: Services, static: StaticFiles | None) -> None:
+        self.s = services
+        self.static = static
+        self.routes = self._routes()
+        self.router = Router(self.routes)
+        self._openapi: dict[str, Any] | None = None
+
+    def __call__(self, request: Request) -> Response:
+        if not request.path.startswith("/api/") and request.path != "/api":
+            return self._static(request)
+        try:
+            route, params = self.router.match(request.method, request.path)
+        except NagareError as err:
+            if request.method == "OPTIONS":
+                return Response(
+                    204, headers={"Allow": ", ".join(self.router.allowed_methods(request.path))}
+                )
+            raise err
+        if route.auth == "key":
+            check_key(request, self.s.config.api_key, route.query_token)
+        request.params = params
+        result = route.handler(request)
+        if isinstance(result, Response):
+            return result
+        return json_response(result, route.status)
+
+    def _static(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return error_response(NotFound(f"no route {request.method} {request.path}"))
+        if self.static is None:
+            raise NotFound("the web UI is not bundled")
+        return self.static.serve(request)
+
+    # ------------------------------------------------------------ route table
+
+    def _routes(self) -> list[Route]:
+        run_filters = (
+            Param("dag_id", "only runs of this DAG"),
+            Param("status", "only runs in this status", enum=tuple(s.value for s in RunStatus)),
+            Param("trigger", "only runs started this way", enum=tuple(t.value for t in Trigger)),
+            Param("page", "page number, from 1", "integer", minimum=1),
+            Param(
+                "limit",
+                f"runs per page, at most {MAX_PAGE_SIZE}",
+                "integer",
+                minimum=1,
+                maximum=MAX_PAGE_SIZE,
+            ),
+        )
+        log_params = (
+            Param("attempt", "attempt number (default: latest)", "integer", minimum=1),
+            Param("tail", "only the last N lines", "integer", minimum=0),
+            Param("token", "the API key, for EventSource clients"),
+        )
+        return [
+            Route(
+                "GET",
+                "/api/health",
+                self.health,
+                "Liveness and version",
+                auth="open",
+                tags=("system",),
+            ),
+            Route(
+                "GET",
+                "/api/openapi.json",
+                self.openapi,
+                "This OpenAPI document",
+                auth="open",
+                tags=("system",),
+            ),
+            Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
+            Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
+            Route(
+                "GET", "/api/workers", self.workers, "Registered remote workers", tags=("system",)
+            ),
+            Route("GET", "/api/dags", self.dags, "Every loaded DAG, sorted by id", tags=("dags",)),
+            Route(
+                "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
+            ),
+            Route("GET", "/api/dags/{dag_id}", self.dag, "One DAG", tags=("dags",)),
+            Route(
+                "GET",
+                "/api/dags/{dag_id}/yaml",
+                self.dag_yaml,
+                "The DAG file as written",
+                response="text/yaml",
+                tags=("dags",),
+            ),
+            Route(
+                "POST",
+                "/api/dags/{dag_id}/runs",
+                self.trigger,
+                "Start a manual run",
+                body=CONF_BODY,
+                status=201,
+                tags=("dags",),
+            ),
+            Route(
+                "POST",
+                "/api/dags/{dag_id}/pause",
+                self.pause,
+                "Stop scheduling the DAG",
+                tags=("dags",),
+            ),
+            Route(
+                "POST",
+                "/api/dags/{dag_id}/activate",
+                self.activate,
+                "Resume scheduling from the next slot",
+                tags=("dags",),
+            ),
+            Route(
+                "POST",
+                "/api/dags/{dag_id}/backfill",
+                self.backfill,
+                "Create runs for every slot in a time range",
+                body=BACKFILL_BODY,
+                status=201,
+                tags=("dags",),
+            ),
+            Route(
+                "GET",
+                "/api/runs",
+                self.list_runs,
+                "Runs, newest first",
+                query=run_filters,
+                tags=("runs",),
+            ),
+            Route("GET", "/api/runs/{run_id}", self.run, "One run", tags=("runs",)),
+            Route(
+                "POST",
+                "/api/runs/{run_id}/kill",
+                self.kill_run,
+                "Kill running tasks and cancel the rest",
+                tags=("runs",),
+            ),
+            Route(
+                "GET",
+                "/api/runs/{run_id}/tasks",
+                self.tasks,
+                "Latest attempt of every task instance, in DAG order",
+                tags=("tasks",),
+            ),
+            Route(
+                "GET",
+                "/api/runs/{run_id}/tasks/{task_id}",
+                self.task,
+                "One task instance",
+                tags=("tasks",),
+            ),
+            Route(
+                "GET",
+                "/api/runs/{run_id}/tasks/{task_id}/attempts",
+                self.attempts,
+                "Every attempt of a task, oldest first",
+                tags=("tasks",),
+            ),
+            Route(
+                "GET",
+                "/api/runs/{run_id}/tasks/{task_id}/logs",
+                self.task_logs,
+                "Task log: text, or SSE with Accept: text/event-stream",
+                query=log_params,
+                response="text/plain",
+                query_token=True,
+                tags=("tasks",),
+            ),
+            Route(
+                "POST",
+                "/api/runs/{run_id}/tasks/{task_id}/kill",
+                self.kill_task,
+                "Kill one task (a map task with its children)",
+                tags=("tasks",),
+            ),
+            Route(
+                "POST",
+                "/api/runs/{run_id}/tasks/{task_id}/retry",
+                self.retry_task,
+                "Run a finished task again (re-opens its run)",
+                tags=("tasks",),
+            ),
+        ]
+
+    def add_routes(self, routes: list[Route]) -> None:
+        """Later features (metrics, webhooks, cluster) register their routes here."""
+        self.routes.extend(routes)
+        self.router = Router(self.routes)
+        self._openapi = None
+
+    # ------------------------------------------------------------ system
+
+    def health(self, request: Request) -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    def openapi(self, request: Request) -> dict[str, Any]:
+        if self._openapi is None:
+            self._openapi = openapi(self.routes, __version__)
+        return self._openapi
+
+    def stats(self, request: Request) -> dict[str, Any]:
+        stats = self.s.store.stats(now_ms())
+        snapshot = self.s.folder.snapshot
+        return {
+            "active_runs": stats.active_runs,
+            "failed_runs_24h": stats.failed_runs_24h,
+            "total_runs": stats.total_runs,
+            "loaded_dags": len(snapshot.dags),
+            "dag_errors": len(snapshot.errors),
+            "queued_tasks": stats.queued_tasks,
+            "running_tasks": stats.running_tasks,
+        }
+
+    def pools(self, request: Request) -> list[dict[str, Any]]:
+        info = self.s.pools()
+        return info["pools"]  # type: ignore[no-any-return]
+
+    def workers(self, request: Request) -> list[dict[str, Any]]:
+        return []
+
+    # ------------------------------------------------------------ DAGs
+
+    def dags(self, request: Request) -> list[dict[str, Any]]:
+        snapshot = self.s.folder.snapshot
+        states = self.s.store.dag_states()
+        last = self.s.store.last_runs(snapshot.dags)
+        now = now_ms()
+        return [
+            dag_json(
+                dag,
+                states[i].paused if i in states else False,
+                last.get(i),
+                now,
+                snapshot.files.get(i, ""),
+            )
+            for i, dag in sorted(snapshot.dags.items())
+        ]
+
+    def dag_errors(self, request: Request) -> dict[str, list[str]]:
+        return self.s.folder.snapshot.errors
+
+    def dag(self, request: Request) -> dict[str, Any]:
+        dag_id = request.params["dag_id"]
+        dag = self.s.runs.dag(dag_id)
+        state = self.s.store.dag_states().get(dag_id)
+        last = self.s.store.last_runs([dag_id]).get(dag_id)
+        return dag_json(
+            dag,
+            bool(state and state.paused),
+            last,
+            now_ms(),
+            self.s.folder.snapshot.files.get(dag_id, ""),
+        )
+
+    def dag_yaml(self, request: Request) -> Response:
+        dag_id = request.params["dag_id"]
+        self.s.runs.dag(dag_id)
+        text = self.s.folder.source(dag_id)
+        if text is None:
+            raise NotFound(f"the file of DAG '{dag_id}' cannot be read")
+        return Response(200, text.encode(), "text/yaml; charset=utf-8")
+
+    def trigger(self, request: Request) -> dict[str, Any]:
+        body = request.json()
+        if body is not None and not isinstance(body, dict):
+            raise BadRequest('expected a JSON object such as {"conf": {"KEY": "value"}}')
+        unknown = set(body or {}) - {"conf"}
+        if unknown:
+            raise BadRequest(f"unknown field(s) {', '.join(sorted(unknown))} (expected 'conf')")
+        run = self.s.runs.trigger(request.params["dag_id"], (body or {}).get("conf"))
+        return run_json(run)
+
+    def pause(self, request: Request) -> dict[str, Any]:
+        dag_id = request.params["dag_id"]
+        return {"dag_id": dag_id, "paused": self.s.runs.set_paused(dag_id, True)}
+
+    def activate(self, request: Request) -> dict[str, Any]:
+        dag_id = request.params["dag_id"]
+        return {"dag_id": dag_id, "paused": self.s.runs.set_paused(dag_id, False)}
+
+    def backfill(self, request: Request) -> dict[str, Any]:
+        body = request.json()
+        if not isinstance(body, dict) or "start" not in body or "end" not in body:
+            raise BadRequest('expected {"start": ISO-8601, "end": ISO-8601}')
+        try:
+            start, end = parse_iso(str(body["start"])), parse_iso(str(body["end"]))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        result = self.s.runs.backfill(request.params["dag_id"], start, end)
+        return {"dag_id": result.dag_id, "created": result.created, "skipped": result.skipped}
+
+    # ------------------------------------------------------------ runs
+
+    def list_runs(self, request: Request) -> dict[str, Any]:
+        filt = RunFilter(
+            dag_id=request.arg("dag_id"),
+            status=_enum_arg(request, "status", RunStatus),
+            trigger=_enum_arg(request, "trigger", Trigger),
+        )
+        page = _int_arg(request, "page", 1, 1, 1_000_000)
+        limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
+        runs, total = self.s.store.list_runs(filt, page, limit)
+        return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
+
+    def run(self, request: Request) -> dict[str, Any]:
+        return run_json(self.s.runs.run(request.params["run_id"]))
+
+    def kill_run(self, request: Request) -> dict[str, Any]:
+        return run_json(self.s.runs.kill_run(request.params["run_id"]))
+
+    # ------------------------------------------------------------ tasks
+
+    def tasks(self, request: Request) -> list[dict[str, Any]]:
+        run_id = request.params["run_id"]
+        self.s.runs.run(run_id)
+        return [task_json(t) for t in self.s.store.run_tasks(run_id)]
+
+    def task(self, request: Request) -> dict[str, Any]:
+        return task_json(self._task(request))
+
+    def attempts(self, request: Request) -> list[dict[str, Any]]:
+        task = self._task(request)
+        return [attempt_json(a, task) for a in self.s.store.attempts(task.id)]
+
+    def kill_task(self, request: Request) -> dict[str, Any]:
+        return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))
+
+    def retry_task(self, request: Request) -> dict[str, Any]:
+        return task_json(
+            self.s.runs.retry_task(request.params["run_id"], request.params["task_id"])
+        )
+
+    def _task(self, request: Request) -> TaskInstance:
+        return self.s.runs.task(request.params["run_id"], request.params["task_id"])
+
+    def task_logs(self, request: Request) -> Response:
+        task = self._task(request)
+        attempt = _int_arg(request, "attempt", 0, 1, 1_000_000) or None
+        if attempt is not None and attempt > task.attempt:
+            raise NotFound(
+                f"task '{task.task_id}' has no attempt {attempt} (it has {task.attempt})"
+            )
+        if "text/event-stream" in request.header("accept"):
+            return self._log_stream(request, task, attempt)
+        return self._log_text(request, task, attempt or task.attempt)
+
+    def _log_text(self, request: Request, task: TaskInstance, attempt: int) -> Response:
+        tail = _int_arg(request, "tail", 0, 0, 1_000_000)
+        logs = self.s.logs
+        if tail:
+            lines = [text for _, text in logs.tail(task.run_id, task.id, attempt, tail)]
+        else:
+            lines = [text for _, text in logs.lines(task.run_id, task.id, attempt)]
+        body = "".join(line + "\n" for line in lines)
+        return Response(200, body.encode(), "text/plain; charset=utf-8")
+
+    def _log_stream(self, request: Request, task: TaskInstance, attempt: int | None) -> Response:
+        start = _int_header(request.header("last-event-id"))
+        tail = _int_arg(request, "tail", 0, 0, 1_000_000)
+        if tail and not start and task.attempt:
+            count = sum(1 for _ in self.s.logs.lines(task.run_id, task.id, attempt or task.attempt))
+            start = max(0, count - tail)
+        stream = LogStream(
+            logs=self.s.logs,
+            task=task,
+            attempt=attempt,
+            start_line=start,
+            load_task=lambda: self.s.store.get_task_by_id(task.id),
+            ping_seconds=self.s.config.sse_ping_seconds,
+            stopping=self.s.stopping,
+        )
+        return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+
+def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.arg(name)
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(
+            f"query parameter '{name}' must be a whole number, found '{raw}'"
+        ) from None
+    if not low <= value <= high:
+        raise BadRequest(
+            f"query parameter '{name}' must be between {low} and {high}, found {value}"
+        )
+    return value
+
+
+def _enum_arg(request: Request, name: str, enum: type[RunStatus] | type[Trigger]) -> str:
+    raw = request.arg(name)
+    if raw in ("", "all"):
+        return ""
+    allowed = [e.value for e in enum]
+    if raw not in allowed:
+        raise BadRequest(
+            f"query parameter '{name}' must be one of {', '.join(allowed)}, found '{raw}'"
+        )
+    return raw
+
+
+def _int_header(raw: str) -> int:
+    try:
+        return max(0, int(raw.strip()))
+    except ValueError:
+        return 0

@@ -1,0 +1,198 @@
+"""The route table: one declaration per route gives dispatch, auth and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from nagare.errors import BadRequest, MethodNotAllowed, NotFound
+
+PARAM_PATTERNS = {
+    "dag_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"),
+    "run_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$"),
+    "task_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(\[\d{1,7}\])?$"),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    description: str
+    kind: str = "string"  # string | integer
+    minimum: int | None = None
+    maximum: int | None = None
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    summary: str
+    auth: str = "key"  # key | open | token
+    query: tuple[Param, ...] = ()
+    body: dict[str, Any] | None = None
+    response: str = "application/json"
+    status: int = 200
+    query_token: bool = False  # whether ?token= may carry the API key (log streams only)
+    tags: tuple[str, ...] = ()
+    segments: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def params(self) -> list[str]:
+        return [s[1:-1] for s in self.segments if s.startswith("{")]
+
+
+class Router:
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = [
+            Route(**{**r.__dict__, "segments": tuple(r.path.strip("/").split("/"))}) for r in routes
+        ]
+
+    def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        parts = raw_path.strip("/").split("/")
+        allowed: list[str] = []
+        for route in self.routes:
+            params = _match(route.segments, parts)
+            if params is None:
+                continue
+            if route.method != method:
+                allowed.append(route.method)
+                continue
+            return route, _validate(params)
+        if allowed:
+            raise MethodNotAllowed(
+                f"{method} is not allowed on {unquote(raw_path)} "
+                f"(allowed: {', '.join(sorted(set(allowed)))})"
+            )
+        raise NotFound(f"no API route {method} {unquote(raw_path)}")
+
+    def allowed_methods(self, raw_path: str) -> list[str]:
+        parts = raw_path.strip("/").split("/")
+        return sorted({r.method for r in self.routes if _match(r.segments, parts) is not None})
+
+
+def _match(segments: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    if len(segments) != len(parts):
+        return None
+    params: dict[str, str] = {}
+    for segment, part in zip(segments, parts, strict=True):
+        if segment.startswith("{"):
+            if not part:
+                return None
+            params[segment[1:-1]] = unquote(part)
+        elif segment != part:
+            return None
+    return params
+
+
+def _validate(params: dict[str, str]) -> dict[str, str]:
+    for name, value in params.items():
+        pattern = PARAM_PATTERNS.get(name)
+        if pattern is not None and not pattern.match(value):
+            raise BadRequest(f"'{value}' is not a valid {name.replace('_', ' ')}")
+    return params
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def openapi(routes: list[Route], version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Nagare API",
+            "version": version,
+            "description": "DAG orchestrator: DAGs, runs, tasks, logs.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": _ERROR_SCHEMA},
+        },
+    }
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": f"{route.method.lower()}_"
+        + "_".join(s.strip("{}") for s in route.segments[1:]).replace(".", "_").replace("-", "_"),
+        "parameters": [_path_param(p) for p in route.params]
+        + [_query_param(q) for q in route.query],
+        "responses": _responses(route),
+    }
+    if route.tags:
+        op["tags"] = list(route.tags)
+    if route.auth == "key":
+        op["security"] = [{"apiKey": []}]
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": route.body}},
+        }
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    pattern = PARAM_PATTERNS.get(name)
+    if pattern is not None:
+        schema["pattern"] = pattern.pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query_param(param: Param) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": param.kind}
+    if param.minimum is not None:
+        schema["minimum"] = param.minimum
+    if param.maximum is not None:
+        schema["maximum"] = param.maximum
+    if param.enum:
+        schema["enum"] = list(param.enum)
+    return {
+        "name": param.name,
+        "in": "query",
+        "required": False,
+        "description": param.description,
+        "schema": schema,
+    }
+
+
+def _responses(route: Route) -> dict[str, Any]:
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    responses: dict[str, Any] = {
+        str(route.status): {"description": "success", "content": {route.response: {"schema": {}}}},
+        "400": error,
+        "404": error,
+    }
+    if route.auth == "key":
+        responses["401"] = error
+    if route.method == "POST":
+        responses["409"] = error
+        responses["413"] = error
+        responses["422"] = error
+    return responses

@@ -1,0 +1,198 @@
+"""The HTTP server: the only module that uses http.server. It turns each request into a `Request`,
+asks the application for a `Response` (or a streaming body), and never lets a traceback reach a
+client: unexpected errors become a JSON 500 and are logged here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from nagare.errors import BadRequest, NagareError, PayloadTooLarge
+
+log = logging.getLogger("nagare.http")
+REQUEST_TIMEOUT_SECONDS = 30
+MAX_HEADER_LINE = 16384
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # raw (still percent-encoded) path
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+    def json(self) -> Any:
+        if not self.body.strip():
+            return None
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: Callable[[Callable[[bytes], None]], None] | None = None
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(
+        status, (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    )
+
+
+def error_response(err: NagareError) -> Response:
+    body = {"error": {"code": err.code, "message": err.message}}
+    response = json_response(body, err.status)
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'
+    return response
+
+
+App = Callable[[Request], Response]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: NagareHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_SECONDS
+    server_version = "Nagare"
+    sys_version = ""
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
+
+    def _serve(self) -> None:
+        try:
+            request = self._request()
+            response = self.server.app(request)
+        except NagareError as err:
+            response = error_response(err)
+            self.close_connection = self.close_connection or err.status == 413
+        except Exception:
+            log.exception("unexpected error serving %s %s", self.command, self.path)
+            response = error_response(NagareError("internal error; see the server log"))
+        self._send(response)
+
+    def _request(self) -> Request:
+        parts = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return Request(
+            method=self.command,
+            path=parts.path or "/",
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers=headers,
+            body=self._body(headers),
+        )
+
+    def _body(self, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.close_connection = True
+            raise BadRequest("chunked request bodies are not supported; send Content-Length")
+        raw = headers.get("content-length", "0") or "0"
+        try:
+            length = int(raw)
+        except ValueError:
+            self.close_connection = True
+            raise BadRequest(f"invalid Content-Length '{raw}'") from None
+        if length < 0:
+            self.close_connection = True
+            raise BadRequest(f"invalid Content-Length '{raw}'")
+        limit = self.server.max_body_bytes
+        if length > limit:
+            self.close_connection = True
+            raise PayloadTooLarge(f"the request body has {length} bytes; the limit is {limit}")
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, response: Response) -> None:
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            if response.stream is not None:
+                self._send_stream(response)
+                return
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def _send_stream(self, response: Response) -> None:
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.send_header("X-Accel-Buffering", "no")
+        self.end_headers()
+        self.close_connection = True
+
+        def write(data: bytes) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+
+        assert response.stream is not None
+        try:
+            response.stream(write)
+        except (ConnectionError, TimeoutError, ValueError):
+            pass
+        except Exception:
+            log.exception("stream for %s failed", self.path)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+class NagareHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: App, max_body_bytes: int) -> None:
+        super().__init__(address, _Handler)
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+def serve_in_thread(server: NagareHTTPServer, poll_interval: float = 0.5) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": poll_interval},
+        daemon=True,
+        name="http",
+    )
+    thread.start()
+    return thread

@@ -1,0 +1,202 @@
+"""Task logs: one file per attempt, written line by line as output arrives, and read back whole,
+as a tail, or followed live (for SSE). Memory stays bounded whatever the output size: lines are
+written through, only a short tail is kept for the task row.
+
+Layout: `<logs_dir>/<run_id>/<task_instance_id>/<attempt>.log`; for tasks whose stdout feeds a
+map task, the stdout alone also goes to `<attempt>.stdout` (capped at MAX_STDOUT_BYTES).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+TAIL_LINES = 20
+TAIL_CHARS = 4000
+MAX_STDOUT_BYTES = 64 * 1024 * 1024
+
+
+class LogHub:
+    """Tells live followers that an attempt's log grew or ended (no polling of files)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._versions: dict[str, int] = {}
+
+    def version(self, key: str) -> int:
+        with self._cond:
+            return self._versions.get(key, 0)
+
+    def notify(self, key: str) -> None:
+        with self._cond:
+            self._versions[key] = self._versions.get(key, 0) + 1
+            self._cond.notify_all()
+
+    def closed(self, key: str) -> None:
+        """The attempt ended: wake followers one last time and forget the key."""
+        with self._cond:
+            self._versions.pop(key, None)
+            self._cond.notify_all()
+
+    def wait(self, key: str, seen: int, timeout: float) -> int:
+        """Block until `key` moves past version `seen`, ends, or `timeout` passes."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._versions.get(key, -1) != seen, timeout)
+            return self._versions.get(key, 0)
+
+
+class AttemptLog:
+    """The writer side of one attempt's log; `on_line` is the executor's callback."""
+
+    def __init__(self, path: str, key: str, hub: LogHub, capture_stdout: bool) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = path
+        self.key = key
+        self._hub = hub
+        self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._stdout = open(stdout_path(path), "w", encoding="utf-8") if capture_stdout else None  # noqa: SIM115
+        self._stdout_bytes = 0
+        self.stdout_overflow = False
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+
+    def on_line(self, stream: str, line: str) -> None:
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            self._tail.append(line)
+            if stream == "stdout" and self._stdout is not None:
+                self._capture(line)
+        self._hub.notify(self.key)
+
+    def note(self, text: str) -> None:
+        """A line written by Nagare itself (marked so readers can tell it from task output)."""
+        self.on_line("nagare", f"[nagare] {text}")
+
+    def _capture(self, line: str) -> None:
+        assert self._stdout is not None
+        self._stdout_bytes += len(line) + 1
+        if self._stdout_bytes > MAX_STDOUT_BYTES:
+            self.stdout_overflow = True
+            return
+        self._stdout.write(line + "\n")
+
+    def tail(self) -> str:
+        text = "\n".join(self._tail)
+        return text[-TAIL_CHARS:]
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+            if self._stdout is not None:
+                self._stdout.close()
+        self._hub.closed(self.key)
+
+
+class LogFiles:
+    """Where logs live, and how they are read back."""
+
+    def __init__(self, root: str, hub: LogHub | None = None) -> None:
+        self.root = root
+        self.hub = hub or LogHub()
+        os.makedirs(root, exist_ok=True)
+
+    def path(self, run_id: str, task_instance_id: str, attempt: int) -> str:
+        return os.path.join(self.root, run_id, task_instance_id, f"{attempt}.log")
+
+    def key(self, task_instance_id: str, attempt: int) -> str:
+        return f"{task_instance_id}/{attempt}"
+
+    def open_attempt(
+        self, run_id: str, task_instance_id: str, attempt: int, capture_stdout: bool = False
+    ) -> AttemptLog:
+        return AttemptLog(
+            self.path(run_id, task_instance_id, attempt),
+            self.key(task_instance_id, attempt),
+            self.hub,
+            capture_stdout,
+        )
+
+    def read_stdout(self, run_id: str, task_instance_id: str, attempt: int) -> str | None:
+        try:
+            with open(
+                stdout_path(self.path(run_id, task_instance_id, attempt)),
+                encoding="utf-8",
+                errors="replace",
+            ) as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def lines(
+        self, run_id: str, task_instance_id: str, attempt: int, start: int = 0
+    ) -> Iterator[tuple[int, str]]:
+        """(line number from 1, text) for every complete line after `start`."""
+        path = self.path(run_id, task_instance_id, attempt)
+        try:
+            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError:
+            return
+        with handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.endswith("\n"):
+                    break
+                if number > start:
+                    yield number, raw[:-1]
+
+    def tail(
+        self, run_id: str, task_instance_id: str, attempt: int, count: int
+    ) -> list[tuple[int, str]]:
+        return list(deque(self.lines(run_id, task_instance_id, attempt), maxlen=count))
+
+    def remove_run(self, run_id: str) -> None:
+        shutil.rmtree(os.path.join(self.root, run_id), ignore_errors=True)
+
+
+class LogFollower:
+    """Reads an attempt's log from a line number on, remembering the file position."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.path = path
+        self.line = 0
+        self._start = start
+        self._handle: object | None = None
+        self._pending = ""
+
+    def read_new(self) -> list[tuple[int, str]]:
+        handle = self._open()
+        if handle is None:
+            return []
+        out = []
+        while True:
+            raw = handle.readline()
+            if not raw:
+                break
+            if not raw.endswith("\n"):
+                self._pending += raw
+                break
+            text = self._pending + raw[:-1]
+            self._pending = ""
+            self.line += 1
+            if self.line > self._start:
+                out.append((self.line, text))
+        return out
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        if self._handle is None:
+            try:
+                self._handle = open(self.path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            except OSError:
+                return None
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+
+
+def stdout_path(log_path: str) -> str:
+    return log_path[: -len(".log")] + ".stdout"

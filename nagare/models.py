@@ -1,0 +1,302 @@
+"""Plain data of the domain: DAG definitions, runs, task instances, attempts and their states.
+
+The StrEnum values are what SQLite stores and what the JSON API returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class TaskType(StrEnum):
+    COMMAND = "command"
+    MAP = "map"
+    TRIGGER_DAG = "trigger_dag"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_RUN
+
+
+TERMINAL_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    UP_FOR_RETRY = "up_for_retry"
+    UPSTREAM_FAILED = "upstream_failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_TASK
+
+
+TERMINAL_TASK = frozenset(
+    {
+        TaskStatus.SUCCESS,
+        TaskStatus.FAILED,
+        TaskStatus.UPSTREAM_FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.SKIPPED,
+    }
+)
+# A dependency in one of these states can never succeed: its dependants become upstream_failed.
+BLOCKING_TASK = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
+
+# Every transition a task instance may take; the store refuses any other.
+TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset(
+        {
+            TaskStatus.QUEUED,
+            TaskStatus.RUNNING,
+            TaskStatus.UPSTREAM_FAILED,
+            TaskStatus.CANCELLED,
+            TaskStatus.FAILED,
+            TaskStatus.SUCCESS,
+        }
+    ),
+    TaskStatus.QUEUED: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.SUCCESS, TaskStatus.FAILED}
+    ),
+    TaskStatus.RUNNING: frozenset(
+        {
+            TaskStatus.SUCCESS,
+            TaskStatus.FAILED,
+            TaskStatus.UP_FOR_RETRY,
+            TaskStatus.CANCELLED,
+            TaskStatus.QUEUED,
+        }
+    ),
+    TaskStatus.UP_FOR_RETRY: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
+    # A finished task re-opens only through a manual retry (running: a map parent whose
+    # children are retried).
+    **{
+        s: frozenset({TaskStatus.QUEUED, TaskStatus.PENDING, TaskStatus.RUNNING})
+        for s in (
+            TaskStatus.SUCCESS,
+            TaskStatus.FAILED,
+            TaskStatus.UPSTREAM_FAILED,
+            TaskStatus.CANCELLED,
+            TaskStatus.SKIPPED,
+        )
+    },
+}
+
+
+class Trigger(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    WEBHOOK = "webhook"
+    TRIGGERED = "triggered"
+    CATCHUP = "catchup"
+    BACKFILL = "backfill"
+
+
+class ExecutorType(StrEnum):
+    LOCAL = "local"
+    DOCKER = "docker"
+    INTERNAL = "internal"
+
+
+# ---------------------------------------------------------------- DAG definitions
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: str = ""
+    memory: str = ""
+    gpus: str = ""
+
+
+@dataclass(frozen=True)
+class TriggerDef:
+    type: str
+    path: str = ""
+    method: str = "POST"
+    secret: str = ""
+    secret_env: str = ""
+    signature_header: str = "X-Hub-Signature-256"
+    extract_payload: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    task_id: str
+    type: TaskType = TaskType.COMMAND
+    command: str = ""
+    depends_on: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 0
+    retries: int = 0
+    retry_delay_seconds: float = 0
+    pool: str = "default"
+    map_over: str = ""
+    dag_id: str = ""
+    image: str = ""
+    workdir: str = ""
+    volumes: tuple[str, ...] = ()
+    resources: Resources | None = None
+    line: int = 0
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+@dataclass(frozen=True)
+class DagDef:
+    dag_id: str
+    tasks: tuple[TaskDef, ...]
+    description: str = ""
+    schedule: str = ""
+    timezone: str = ""
+    catchup: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    trigger: TriggerDef | None = None
+    file: str = ""
+
+    @property
+    def is_scheduled(self) -> bool:
+        return self.schedule not in ("", "workflow_dispatch")
+
+    def task(self, task_id: str) -> TaskDef | None:
+        for task in self.tasks:
+            if task.task_id == task_id:
+                return task
+        return None
+
+    @property
+    def map_sources(self) -> frozenset[str]:
+        """Ids of tasks whose stdout feeds a `type: map` task."""
+        return frozenset(t.map_over for t in self.tasks if t.type is TaskType.MAP)
+
+
+# ---------------------------------------------------------------- runs and tasks
+
+
+@dataclass
+class Run:
+    run_id: str
+    dag_id: str
+    status: RunStatus
+    trigger: Trigger
+    execution_date: int
+    conf: dict[str, str]
+    created_at: int
+    started_at: int | None = None
+    completed_at: int | None = None
+    dag_version: str = ""
+    killed: bool = False
+    task_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class AttemptMetrics:
+    duration_ms: int = 0
+    cpu_user_ms: int = 0
+    cpu_system_ms: int = 0
+    peak_memory_bytes: int = 0
+    exit_code: int | None = None
+    executor_type: str = ExecutorType.LOCAL
+
+
+@dataclass
+class Attempt:
+    task_instance_id: str
+    attempt: int
+    status: TaskStatus
+    worker: str = "local"
+    started_at: int | None = None
+    completed_at: int | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: str = ""
+    pid: int | None = None
+    metrics: AttemptMetrics | None = None
+
+
+@dataclass
+class TaskInstance:
+    id: str
+    run_id: str
+    task_id: str
+    base_task_id: str
+    status: TaskStatus
+    attempt: int = 0
+    max_attempts: int = 1
+    pool: str = "default"
+    map_index: int | None = None
+    item: str | None = None  # the map item as JSON text
+    worker: str = ""
+    command: str = ""
+    exit_code: int | None = None
+    timed_out: bool = False
+    queued_at: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    ready_at: int | None = None
+    output_tail: str = ""
+    message: str = ""
+    position: int = 0
+    metrics: AttemptMetrics | None = None
+
+    @property
+    def is_map_child(self) -> bool:
+        return self.map_index is not None
+
+
+# ---------------------------------------------------------------- executor seam
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Everything an executor needs to run one attempt; no store, no HTTP."""
+
+    task_instance_id: str
+    run_id: str
+    dag_id: str
+    task_id: str
+    attempt: int
+    command: str
+    env: dict[str, str]
+    timeout_seconds: float = 0
+    image: str = ""
+    workdir: str = ""
+    volumes: tuple[str, ...] = ()
+    resources: Resources | None = None
+    capture_stdout: bool = False
+
+
+@dataclass
+class Outcome:
+    """What an executor returns when an attempt ends."""
+
+    exit_code: int | None
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str = ""
+    metrics: AttemptMetrics = field(default_factory=AttemptMetrics)
+    stdout: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.error
+
+
+JsonDict = dict[str, Any]

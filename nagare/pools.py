@@ -1,0 +1,319 @@
+"""Local worker pools: `worker_pools: {default: 4, gpu: 0}` threads that claim queued tasks
+(compare-and-set in the store, so a task can never run twice) and run them through an executor.
+
+A pool of size 0 runs nothing locally: its tasks wait `queued` for a remote worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nagare.assignment import task_env
+from nagare.clock import now_ms
+from nagare.executors import Cancellation, Executor
+from nagare.executors.local import kill_orphan_group
+from nagare.logs import AttemptLog, LogFiles
+from nagare.models import Assignment, Outcome, TaskDef, TaskStatus, TaskType
+from nagare.progress import after_failure
+from nagare.store import AttemptFinish, Claim, Store
+
+log = logging.getLogger("nagare.pools")
+IDLE_WAIT_SECONDS = 5.0
+SHUTDOWN_REASON = "server shutdown"
+
+
+@dataclass
+class _Running:
+    cancel: Cancellation
+    run_id: str
+
+
+class WorkerPools:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogFiles,
+        sizes: dict[str, int],
+        executor_for: Callable[[TaskDef], Executor],
+        on_finished: Callable[[str], None],
+        clock: Callable[[], int] = now_ms,
+        line_sink: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.sizes = dict(sizes)
+        self.executor_for = executor_for
+        self.on_finished = on_finished
+        self.clock = clock
+        self.line_sink = line_sink
+        self._cond = threading.Condition()
+        self._generation: dict[str, int] = dict.fromkeys(self.sizes, 0)
+        self._running: dict[str, _Running] = {}
+        self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
+        self._accepting = True
+        self._threads: list[threading.Thread] = []
+        self._base_env = dict(os.environ)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for pool, size in self.sizes.items():
+            for number in range(size):
+                thread = threading.Thread(
+                    target=self._work, args=(pool,), daemon=True, name=f"pool-{pool}-{number + 1}"
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def notify(self, pools: set[str]) -> None:
+        with self._cond:
+            for pool in pools:
+                if pool in self._generation:
+                    self._generation[pool] += 1
+            self._cond.notify_all()
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+
+    def shutdown(self, grace_seconds: float) -> list[str]:
+        """Stop claiming, let running tasks finish for `grace_seconds`, then kill the rest; they
+        go back to `queued` for the next start. Returns the ids of interrupted tasks."""
+        self.stop_accepting()
+        deadline = time.monotonic() + grace_seconds
+        with self._cond:
+            self._cond.wait_for(lambda: not self._running, max(0.0, grace_seconds))
+            interrupted = list(self._running)
+            for entry in self._running.values():
+                entry.cancel.cancel(SHUTDOWN_REASON)
+        for thread in self._threads:
+            thread.join(max(0.5, deadline - time.monotonic() + 2.0))
+        return interrupted
+
+    def recover(self) -> list[str]:
+        """After a crash: every attempt this server left `running` is closed. Its orphaned
+        process group (if still alive) is killed, not adopted: its output pipes died with the
+        old server, so its log and exit code could never be collected. The attempt counts as
+        failed and the task's retry policy decides what follows. Returns the affected run ids."""
+        runs = []
+        for attempt in self.store.running_attempts("local"):
+            task = self.store.get_task_by_id(attempt.task_instance_id)
+            if task is None:
+                continue
+            killed = attempt.pid is not None and kill_orphan_group(
+                attempt.pid, self.store.pid_of(task.id, attempt.attempt)[1]
+            )
+            message = "the server stopped while this attempt ran" + (
+                "; its leftover process group was killed" if killed else ""
+            )
+            claim = Claim(task=task, run=self.store.get_run(task.run_id), attempt=attempt.attempt)  # type: ignore[arg-type]
+            self._record(claim, Outcome(exit_code=None, error=message), None, "")
+            with contextlib.suppress(OSError):
+                log_file = self.logs.open_attempt(task.run_id, task.id, attempt.attempt)
+                log_file.note(message)
+                log_file.close()
+            runs.append(task.run_id)
+            log.warning("recovered task %s of run %s: %s", task.task_id, task.run_id, message)
+        return runs
+
+    # ------------------------------------------------------------ status
+
+    def cancel(self, task_instance_id: str, reason: str = "killed") -> bool:
+        """Kill a locally running task (its whole process group). False if not running here."""
+        with self._cond:
+            entry = self._running.get(task_instance_id)
+        if entry is None:
+            return False
+        entry.cancel.cancel(reason)
+        return True
+
+    def busy(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._busy)
+
+    # ------------------------------------------------------------ worker threads
+
+    def _work(self, pool: str) -> None:
+        while True:
+            with self._cond:
+                if not self._accepting:
+                    return
+                generation = self._generation[pool]
+            try:
+                claim = self.store.claim_next(pool, "local", self.clock())
+            except Exception:
+                log.exception("claiming a task of pool '%s' failed", pool)
+                claim = None
+            if claim is not None:
+                self._execute(pool, claim)
+                continue
+            self._wait_for_work(pool, generation)
+
+    def _wait_for_work(self, pool: str, generation: int) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._generation[pool] != generation or not self._accepting,
+                IDLE_WAIT_SECONDS,
+            )
+
+    def _execute(self, pool: str, claim: Claim) -> None:
+        task = claim.task
+        cancel = Cancellation()
+        with self._cond:
+            self._running[task.id] = _Running(cancel, task.run_id)
+            self._busy[pool] += 1
+        try:
+            self._run_attempt(claim, cancel)
+        except Exception:
+            log.exception("task %s of run %s crashed the worker thread", task.task_id, task.run_id)
+            self._record(claim, Outcome(exit_code=None, error="internal error in Nagare"), None, "")
+        finally:
+            with self._cond:
+                self._running.pop(task.id, None)
+                self._busy[pool] -= 1
+            cancel.close()
+            self.on_finished(task.run_id)
+
+    def _run_attempt(self, claim: Claim, cancel: Cancellation) -> None:
+        task, run = claim.task, claim.run
+        if self._status(task.id) is not TaskStatus.RUNNING:
+            cancel.cancel("killed")  # a kill won the race between claim and registration
+        dag = self.store.dag_version(run.dag_version)
+        definition = dag.task(task.base_task_id)
+        if definition is None or (
+            definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
+        ):
+            self._record(
+                claim, Outcome(exit_code=None, error="task definition not found"), None, ""
+            )
+            return
+        assignment = Assignment(
+            task_instance_id=task.id,
+            run_id=run.run_id,
+            dag_id=dag.dag_id,
+            task_id=task.task_id,
+            attempt=claim.attempt,
+            command=task.command,
+            env=task_env(self._base_env, dag, definition, run, task, claim.attempt),
+            timeout_seconds=definition.timeout_seconds,
+            image=definition.image,
+            workdir=definition.workdir,
+            volumes=definition.volumes,
+            resources=definition.resources,
+            capture_stdout=task.task_id in dag.map_sources,
+        )
+        executor = self.executor_for(definition)
+        attempt_log = self.logs.open_attempt(
+            run.run_id, task.id, claim.attempt, assignment.capture_stdout
+        )
+        on_line = attempt_log.on_line
+        if self.line_sink is not None:
+            on_line = _tee(on_line, task.task_id, self.line_sink)
+        try:
+            outcome = executor.run(
+                assignment,
+                on_line,
+                cancel,
+                on_start=lambda pid, created: self.store.record_pid(
+                    task.id, claim.attempt, pid, created
+                ),
+            )
+            if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
+                outcome.cancelled = True
+            self._record(
+                claim,
+                outcome,
+                attempt_log,
+                cancel.reason,
+                definition.timeout_seconds,
+                definition.retry_delay_seconds,
+            )
+        finally:
+            attempt_log.close()
+
+    def _status(self, task_instance_id: str) -> TaskStatus | None:
+        current = self.store.get_task_by_id(task_instance_id)
+        return current.status if current else None
+
+    def _record(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        attempt_log: AttemptLog | None,
+        cancel_reason: str,
+        timeout: float = 0,
+        retry_delay: float = 0,
+    ) -> None:
+        now = self.clock()
+        status, attempt_status, message, extra, ready_at = _decide(
+            claim, outcome, cancel_reason, timeout, retry_delay, now
+        )
+        if attempt_log is not None and message:
+            attempt_log.note(message)
+        tail = attempt_log.tail() if attempt_log is not None else ""
+        self.store.finish_attempt(
+            AttemptFinish(
+                task_instance_id=claim.task.id,
+                attempt=claim.attempt,
+                status=status,
+                attempt_status=attempt_status,
+                metrics=outcome.metrics,
+                now=now,
+                timed_out=outcome.timed_out,
+                message=message,
+                output_tail=tail,
+                ready_at=ready_at,
+                extra_attempts=extra,
+            )
+        )
+
+
+def _tee(
+    first: Callable[[str, str], None], task_id: str, sink: Callable[[str, str, str], None]
+) -> Callable[[str, str], None]:
+    def on_line(stream: str, line: str) -> None:
+        first(stream, line)
+        sink(task_id, stream, line)
+
+    return on_line
+
+
+def _decide(
+    claim: Claim, outcome: Outcome, cancel_reason: str, timeout: float, retry_delay: float, now: int
+) -> tuple[TaskStatus, TaskStatus, str, int, int | None]:
+    """(task status, attempt status, message, extra attempts granted, ready_at) for an outcome."""
+    task = claim.task
+    if outcome.succeeded:
+        return TaskStatus.SUCCESS, TaskStatus.SUCCESS, "", 0, None
+    if outcome.cancelled and cancel_reason == SHUTDOWN_REASON:
+        return (
+            TaskStatus.QUEUED,
+            TaskStatus.FAILED,
+            "interrupted by server shutdown; the task runs again on the next start",
+            1,
+            None,
+        )
+    if outcome.cancelled:
+        return TaskStatus.CANCELLED, TaskStatus.CANCELLED, "killed", 0, None
+    message = _failure_message(outcome, timeout)
+    status = after_failure(claim.attempt, task.max_attempts)
+    if status is TaskStatus.UP_FOR_RETRY:
+        ready_at = now + int(retry_delay * 1000)
+        message += f"; retrying (attempt {claim.attempt + 1} of {task.max_attempts})"
+        return status, TaskStatus.FAILED, message, 0, ready_at
+    return status, TaskStatus.FAILED, message, 0, None
+
+
+def _failure_message(outcome: Outcome, timeout: float) -> str:
+    if outcome.timed_out:
+        return f"timed out after {timeout:g}s: the process group was killed"
+    if outcome.error:
+        return outcome.error
+    return f"exit code {outcome.exit_code}"

@@ -1,0 +1,139 @@
+"""Run progression as a pure function: given a run's DAG and the states of its tasks, decide what
+happens next (queue, expand a map, trigger a DAG, mark upstream_failed, finish the run).
+
+One pass in dependency order settles everything that can be decided now, so a failure
+propagates down a whole chain at once and a run finishes in the same pass as its last task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nagare.models import (
+    BLOCKING_TASK,
+    DagDef,
+    RunStatus,
+    TaskInstance,
+    TaskStatus,
+    TaskType,
+)
+
+OK_FOR_DEPENDANTS = frozenset({TaskStatus.SUCCESS, TaskStatus.SKIPPED})
+ACTIVE = frozenset(
+    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY}
+)
+
+
+@dataclass
+class Plan:
+    queue: list[TaskInstance] = field(default_factory=list)
+    expand: list[TaskInstance] = field(default_factory=list)
+    trigger: list[TaskInstance] = field(default_factory=list)
+    upstream_failed: list[str] = field(default_factory=list)
+    map_done: list[tuple[str, TaskStatus, str]] = field(default_factory=list)
+    run_status: RunStatus | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.queue
+            or self.expand
+            or self.trigger
+            or self.upstream_failed
+            or self.map_done
+            or self.run_status
+        )
+
+
+def plan_run(
+    dag: DagDef,
+    order: list[str],
+    tasks: list[TaskInstance],
+    child_counts: dict[str, dict[TaskStatus, int]],
+    killed: bool,
+) -> Plan:
+    """`tasks` are the run's non-child instances; `order` is the DAG's topological order."""
+    plan = Plan()
+    by_task = {t.task_id: t for t in tasks}
+    status = {t.task_id: t.status for t in tasks}
+    for task_id in order:
+        instance = by_task.get(task_id)
+        definition = dag.task(task_id)
+        if instance is None or definition is None:
+            continue
+        if instance.status is TaskStatus.PENDING:
+            status[task_id] = _decide_pending(
+                instance, definition.depends_on, definition.type, status, plan
+            )
+        elif instance.status is TaskStatus.RUNNING and definition.type is TaskType.MAP:
+            status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
+    plan.run_status = _run_status(status.values(), killed)
+    return plan
+
+
+def _decide_pending(
+    instance: TaskInstance,
+    deps: tuple[str, ...],
+    kind: TaskType,
+    status: dict[str, TaskStatus],
+    plan: Plan,
+) -> TaskStatus:
+    dep_states = [status.get(d, TaskStatus.SUCCESS) for d in deps]
+    if any(s in BLOCKING_TASK for s in dep_states):
+        plan.upstream_failed.append(instance.id)
+        return TaskStatus.UPSTREAM_FAILED
+    if not all(s in OK_FOR_DEPENDANTS for s in dep_states):
+        return TaskStatus.PENDING
+    if kind is TaskType.MAP:
+        plan.expand.append(instance)
+        return TaskStatus.RUNNING
+    if kind is TaskType.TRIGGER_DAG:
+        plan.trigger.append(instance)
+        return TaskStatus.RUNNING
+    plan.queue.append(instance)
+    return TaskStatus.QUEUED
+
+
+def _decide_map(instance: TaskInstance, counts: dict[TaskStatus, int], plan: Plan) -> TaskStatus:
+    if any(counts.get(s, 0) for s in ACTIVE):
+        return TaskStatus.RUNNING
+    total = sum(counts.values())
+    bad = sum(counts.get(s, 0) for s in BLOCKING_TASK)
+    if bad:
+        message = f"{bad} of {total} map children did not succeed"
+        plan.map_done.append((instance.id, TaskStatus.FAILED, message))
+        return TaskStatus.FAILED
+    plan.map_done.append((instance.id, TaskStatus.SUCCESS, f"{total} map children succeeded"))
+    return TaskStatus.SUCCESS
+
+
+def _run_status(statuses: object, killed: bool) -> RunStatus | None:
+    values = list(statuses)  # type: ignore[call-overload]
+    if any(s in ACTIVE for s in values):
+        return None
+    if killed:
+        return RunStatus.CANCELLED
+    if all(s in OK_FOR_DEPENDANTS for s in values):
+        return RunStatus.SUCCESS
+    return RunStatus.FAILED
+
+
+def after_failure(attempt: int, max_attempts: int) -> TaskStatus:
+    """A failed or timed-out attempt: retry while attempts remain."""
+    return TaskStatus.UP_FOR_RETRY if attempt < max_attempts else TaskStatus.FAILED
+
+
+def descendants(dag: DagDef, task_id: str) -> list[str]:
+    """Every task that depends on `task_id`, directly or not."""
+    children: dict[str, list[str]] = {}
+    for task in dag.tasks:
+        for dep in task.depends_on:
+            children.setdefault(dep, []).append(task.task_id)
+    seen: list[str] = []
+    stack = list(children.get(task_id, []))
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.append(current)
+            stack.extend(children.get(current, []))
+    return seen

@@ -1,0 +1,245 @@
+"""What users do to runs: trigger, kill, retry, pause/activate, backfill.
+
+Each operation is a compare-and-set in the store; then the scheduler is woken and, for a kill,
+the local pools are told to kill the process group (callbacks wired by `app`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nagare.clock import now_ms, to_iso
+from nagare.config import Config
+from nagare.cron import parse_schedule
+from nagare.dag_folder import DagFolder
+from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
+from nagare.models import DagDef, Run, TaskInstance, TaskStatus, TaskType, Trigger
+from nagare.planning import run_id_for
+from nagare.progress import descendants
+from nagare.scheduler import create_run
+from nagare.store import Store
+
+CONF_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACTIVE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY)
+MAX_CONF_KEYS = 200
+
+
+@dataclass
+class Backfill:
+    dag_id: str
+    created: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def clean_conf(conf: Any) -> dict[str, str]:
+    """Run parameters: an object of NAME -> scalar; values become strings (env vars)."""
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        raise Unprocessable(f"conf must be an object of NAME: value, found {type(conf).__name__}")
+    if len(conf) > MAX_CONF_KEYS:
+        raise Unprocessable(f"conf has {len(conf)} keys; at most {MAX_CONF_KEYS} are allowed")
+    result = {}
+    for key, value in conf.items():
+        if not CONF_KEY.match(str(key)):
+            raise Unprocessable(
+                f"conf key '{key}' is not a valid environment variable name "
+                "(expected [A-Za-z_][A-Za-z0-9_]*)"
+            )
+        result[str(key)] = _conf_value(value)
+    return result
+
+
+def _conf_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+class RunService:
+    def __init__(
+        self,
+        store: Store,
+        folder: DagFolder,
+        config: Config,
+        wake: Callable[[str | None], None],
+        kill_local: Callable[[str], bool],
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.config = config
+        self.wake = wake
+        self.kill_local = kill_local
+        self.clock = clock
+
+    # ------------------------------------------------------------ DAG level
+
+    def dag(self, dag_id: str) -> DagDef:
+        dag = self.folder.get(dag_id)
+        if dag is None:
+            raise NotFound(f"DAG '{dag_id}' not found")
+        return dag
+
+    def trigger(self, dag_id: str, conf: Any = None, trigger: Trigger = Trigger.MANUAL) -> Run:
+        dag = self.dag(dag_id)
+        values = clean_conf(conf)
+        now = self.clock()
+        run = create_run(self.store, dag, trigger, now, values, now)
+        if run is None:
+            raise Conflict(f"could not create a run of '{dag_id}'")
+        self.wake(run.run_id)
+        return self.store.get_run(run.run_id) or run
+
+    def set_paused(self, dag_id: str, paused: bool) -> bool:
+        self.dag(dag_id)
+        self.store.set_paused(dag_id, paused, self.clock())
+        self.wake(None)
+        return paused
+
+    def backfill(self, dag_id: str, start: int, end: int) -> Backfill:
+        dag = self.dag(dag_id)
+        if not dag.is_scheduled:
+            raise Unprocessable(f"DAG '{dag_id}' has no schedule, so it has no slots to backfill")
+        if end < start:
+            raise BadRequest(f"end ({to_iso(end)}) is before start ({to_iso(start)})")
+        limit = self.config.max_catchup_runs
+        schedule = parse_schedule(dag.schedule, dag.timezone)
+        slots, dropped = schedule.slots_between(start - 1, end, limit)
+        if dropped:
+            raise Unprocessable(
+                f"the range holds {len(slots) + dropped} slots; at most {limit} "
+                "can be backfilled at once (max_catchup_runs)"
+            )
+        result = Backfill(dag_id)
+        now = self.clock()
+        for slot in slots:
+            run = create_run(self.store, dag, Trigger.BACKFILL, slot, {}, now)
+            if run is None:
+                result.skipped.append(run_id_for(dag_id, Trigger.BACKFILL, slot, now))
+            else:
+                result.created.append(run.run_id)
+                self.wake(run.run_id)
+        return result
+
+    # ------------------------------------------------------------ kill
+
+    def run(self, run_id: str) -> Run:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run '{run_id}' not found")
+        return run
+
+    def task(self, run_id: str, task_id: str) -> TaskInstance:
+        self.run(run_id)
+        task = self.store.get_task(run_id, task_id)
+        if task is None:
+            raise NotFound(f"task '{task_id}' not found in run '{run_id}'")
+        return task
+
+    def kill_run(self, run_id: str) -> Run:
+        run = self.run(run_id)
+        if run.status.terminal:
+            raise Conflict(f"run '{run_id}' already finished ({run.status})")
+        self.store.mark_run_killed(run_id)
+        self._cancel(self.store.run_tasks(run_id))
+        self.wake(run_id)
+        return self.run(run_id)
+
+    def kill_task(self, run_id: str, task_id: str) -> TaskInstance:
+        task = self.task(run_id, task_id)
+        if task.status.terminal:
+            raise Conflict(f"task '{task_id}' already finished ({task.status})")
+        targets = [task]
+        if task.map_index is None:
+            targets += [c for c in self.store.children(run_id, task_id) if c.status in ACTIVE]
+        self._cancel(targets)
+        self.wake(run_id)
+        return self.task(run_id, task_id)
+
+    def _cancel(self, tasks: list[TaskInstance]) -> None:
+        now = self.clock()
+        active = [t for t in tasks if t.status in ACTIVE]
+        moved = set(
+            self.store.transition(
+                [t.id for t in active], ACTIVE, TaskStatus.CANCELLED, now, message="killed"
+            )
+        )
+        for task in active:
+            if task.id in moved and task.status is TaskStatus.RUNNING:
+                self.kill_local(task.id)
+
+    # ------------------------------------------------------------ retry
+
+    def retry_task(self, run_id: str, task_id: str) -> TaskInstance:
+        task = self.task(run_id, task_id)
+        if task.status in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING):
+            raise Conflict(
+                f"task '{task_id}' is {task.status}; only a finished task can be retried"
+            )
+        run = self.run(run_id)
+        dag = self.store.dag_version(run.dag_version)
+        definition = dag.task(task.base_task_id)
+        if definition is None:
+            raise NotFound(f"task '{task.base_task_id}' is not in the run's DAG")
+        plan = self._retry_plan(run_id, task, definition.type, definition.retries)
+        pending = self._dependants(run_id, dag, task.base_task_id, exclude=plan.running)
+        self.store.reopen(run_id, plan.queue, plan.running, pending + plan.pending, self.clock())
+        self.wake(run_id)
+        return self.task(run_id, task_id)
+
+    def _retry_plan(
+        self, run_id: str, task: TaskInstance, kind: TaskType, retries: int
+    ) -> _RetryPlan:
+        plan = _RetryPlan()
+        if task.map_index is not None:
+            plan.queue.append((task.id, retries))
+            parent = self.store.get_task(run_id, task.base_task_id)
+            if parent is not None and parent.status.terminal:
+                plan.running.append(parent.id)
+            return plan
+        if kind is TaskType.MAP:
+            children = self.store.children(run_id, task.task_id)
+            failed = [c for c in children if c.status is not TaskStatus.SUCCESS]
+            if children and failed:
+                plan.queue += [(c.id, retries) for c in failed]
+                plan.running.append(task.id)
+            else:
+                plan.pending.append(task.id)  # expand again from the source's output
+            return plan
+        if kind is TaskType.TRIGGER_DAG:
+            plan.pending.append(task.id)
+            return plan
+        plan.queue.append((task.id, retries))
+        return plan
+
+    def _dependants(self, run_id: str, dag: DagDef, task_id: str, exclude: list[str]) -> list[str]:
+        names = set(descendants(dag, task_id))
+        if not names:
+            return []
+        return [
+            t.id
+            for t in self.store.run_tasks(run_id, include_children=False)
+            if t.task_id in names
+            and t.id not in exclude
+            and t.status in (TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED)
+        ]
+
+
+@dataclass
+class _RetryPlan:
+    queue: list[tuple[str, int]] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)

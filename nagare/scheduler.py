@@ -1,0 +1,357 @@
+"""The scheduler thread: fires cron slots on time and moves runs forward.
+
+It sleeps on a condition until the next cron slot or retry is due, or until it is woken by a
+finished task, a new run or a DAG-folder change; a slow sweep over active runs is only a safety
+net. Decisions are pure functions (`slots_to_fire`, `progress.plan_run`) of data and `now`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nagare.assignment import parse_map_items
+from nagare.clock import now_ms, to_iso
+from nagare.config import Config
+from nagare.cron import Schedule, parse_schedule
+from nagare.dag_folder import DagFolder
+from nagare.dagfile import topological_order
+from nagare.logs import LogFiles
+from nagare.models import DagDef, Run, TaskInstance, TaskStatus, Trigger
+from nagare.planning import build_run, map_children, run_id_for
+from nagare.progress import Plan, plan_run
+from nagare.store import DagState, Store
+
+log = logging.getLogger("nagare.scheduler")
+SWEEP_SECONDS = 5.0
+
+
+@dataclass
+class Firing:
+    """What a DAG's schedule asks for now."""
+
+    slots: list[tuple[int, Trigger]] = field(default_factory=list)
+    last_slot: int | None = None
+    dropped: int = 0
+
+
+def slots_to_fire(
+    schedule: Schedule, state: DagState, now: int, catchup: bool, max_catchup: int, grace_ms: int
+) -> Firing:
+    """Which slots to run now. A slot is `scheduled` when it is found within `grace_ms` of its
+    time, else `catchup`; without catchup, late slots are skipped (only the watermark moves)."""
+    since = state.last_slot if state.last_slot is not None else state.watermark
+    limit = max_catchup if catchup else 1
+    slots, dropped = schedule.slots_between(since, now, limit)
+    if not slots:
+        return Firing()
+    firing = Firing(last_slot=slots[-1], dropped=dropped)
+    for slot in slots:
+        on_time = now - slot <= grace_ms
+        if on_time:
+            firing.slots.append((slot, Trigger.SCHEDULED))
+        elif catchup:
+            firing.slots.append((slot, Trigger.CATCHUP))
+    return firing
+
+
+def create_run(
+    store: Store, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+) -> Run | None:
+    """Insert a run of `dag`; None when the (deterministic) id of a slot run exists already."""
+    version = store.save_dag_version(dag, now)
+    base_id = run_id_for(dag.dag_id, trigger, execution_date, now)
+    for suffix in range(50):
+        run_id = base_id if suffix == 0 else f"{base_id}-{suffix + 1}"
+        run, tasks = build_run(dag, version, trigger, execution_date, conf, now, run_id)
+        if store.create_run(run, tasks):
+            return run
+        if base_id.count("__scheduled__"):
+            return None
+    return None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        folder: DagFolder,
+        logs: LogFiles,
+        config: Config,
+        on_queued: Callable[[set[str]], None],
+        clock: Callable[[], int] = now_ms,
+        fire_schedules: bool = True,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.logs = logs
+        self.config = config
+        self.on_queued = on_queued
+        self.clock = clock
+        self.fire_schedules = fire_schedules
+        self._cond = threading.Condition()
+        self._dirty: set[str] = set()
+        self._schedules_changed = True
+        self._next_slot: dict[str, int] = {}
+        self._orders: dict[str, list[str]] = {}
+        self._last_sweep = 0.0
+        self.last_lag_ms = 0
+
+    # ------------------------------------------------------------ waking
+
+    def wake(self, run_id: str | None = None) -> None:
+        with self._cond:
+            if run_id:
+                self._dirty.add(run_id)
+            else:
+                self._schedules_changed = True
+            self._cond.notify()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                delay = self.tick()
+            except Exception:
+                log.exception("scheduler pass failed; retrying shortly")
+                delay = 1.0
+            with self._cond:
+                if not self._dirty and not self._schedules_changed and not stop.is_set():
+                    self._cond.wait(max(0.0, delay))
+
+    def stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ one pass
+
+    def tick(self) -> float:
+        """Run one pass; returns seconds until the next pass is needed."""
+        now = self.clock()
+        with self._cond:
+            dirty, self._dirty = self._dirty, set()
+            schedules_changed, self._schedules_changed = self._schedules_changed, False
+        if self.fire_schedules:
+            dirty |= self._fire_schedules(now, schedules_changed)
+        dirty |= self._queue_due_retries(now)
+        if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
+            self._last_sweep = time.monotonic()
+            dirty |= set(self.store.active_run_ids())
+        pools: set[str] = set()
+        for run_id in sorted(dirty):
+            pools |= self.advance(run_id, self.clock())
+        if pools:
+            self.on_queued(pools)
+        return self._seconds_to_next(self.clock())
+
+    def _seconds_to_next(self, now: int) -> float:
+        candidates = [now + int(SWEEP_SECONDS * 1000)]
+        candidates.extend(self._next_slot.values())
+        retry_at = self.store.next_retry_at()
+        if retry_at is not None:
+            candidates.append(retry_at)
+        return max(0.0, (min(candidates) - now) / 1000)
+
+    # ------------------------------------------------------------ cron
+
+    def _fire_schedules(self, now: int, changed: bool) -> set[str]:
+        dags = self.folder.snapshot.dags
+        if changed:
+            self._next_slot = {k: v for k, v in self._next_slot.items() if k in dags}
+        created: set[str] = set()
+        for dag in dags.values():
+            if not dag.is_scheduled:
+                self._next_slot.pop(dag.dag_id, None)
+                continue
+            due = self._next_slot.get(dag.dag_id)
+            if due is not None and due > now and not changed:
+                continue
+            created |= self._fire_dag(dag, now)
+        return created
+
+    def _fire_dag(self, dag: DagDef, now: int) -> set[str]:
+        schedule = parse_schedule(dag.schedule, dag.timezone)
+        state = self.store.ensure_dag_state(dag.dag_id, now)
+        if state.paused:
+            self._next_slot.pop(dag.dag_id, None)
+            return set()
+        grace = int(self.config.misfire_grace_seconds * 1000)
+        firing = slots_to_fire(
+            schedule, state, now, dag.catchup, self.config.max_catchup_runs, grace
+        )
+        if firing.dropped:
+            log.warning(
+                "DAG '%s': %d missed slots are older than the catch-up cap "
+                "(max_catchup_runs=%d) and are not run",
+                dag.dag_id,
+                firing.dropped,
+                self.config.max_catchup_runs,
+            )
+        created = set()
+        for slot, trigger in firing.slots:
+            run = create_run(self.store, dag, trigger, slot, {}, now)
+            if run is not None:
+                created.add(run.run_id)
+                self.last_lag_ms = max(0, now - slot)
+                log.info(
+                    "DAG '%s': %s run %s for slot %s", dag.dag_id, trigger, run.run_id, to_iso(slot)
+                )
+        if firing.last_slot is not None:
+            self.store.set_last_slot(dag.dag_id, firing.last_slot, now)
+        last = (
+            firing.last_slot
+            if firing.last_slot is not None
+            else (state.last_slot if state.last_slot is not None else state.watermark)
+        )
+        self._next_slot[dag.dag_id] = schedule.next_after(max(last, now))
+        return created
+
+    # ------------------------------------------------------------ retries
+
+    def _queue_due_retries(self, now: int) -> set[str]:
+        due = self.store.due_retries(now)
+        if not due:
+            return set()
+        moved = set(
+            self.store.transition(
+                [t.id for t in due], [TaskStatus.UP_FOR_RETRY], TaskStatus.QUEUED, now
+            )
+        )
+        pools = {t.pool for t in due if t.id in moved}
+        if pools:
+            self.on_queued(pools)
+        return {t.run_id for t in due}
+
+    # ------------------------------------------------------------ runs
+
+    def advance(self, run_id: str, now: int) -> set[str]:
+        """Settle everything a run can decide now; returns the pools that got queued tasks."""
+        run = self.store.get_run(run_id)
+        if run is None or run.status.terminal:
+            return set()
+        dag = self.store.dag_version(run.dag_version)
+        order = self._order(run.dag_version, dag)
+        tasks = self.store.run_tasks(run_id, include_children=False)
+        child_counts = self.store.child_counts(run_id)
+        plan = plan_run(dag, order, tasks, child_counts, run.killed)
+        pools = self._apply(run, dag, plan, now) | _waiting_pools(dag, tasks, child_counts)
+        if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
+            if self.store.finish_run(run_id, plan.run_status, now):
+                log.info("run %s finished: %s", run_id, plan.run_status)
+        elif plan.expand or plan.trigger:
+            with self._cond:
+                self._dirty.add(run_id)
+        return pools
+
+    def _order(self, version: str, dag: DagDef) -> list[str]:
+        order = self._orders.get(version)
+        if order is None:
+            order = topological_order(dag.tasks)
+            self._orders[version] = order
+        return order
+
+    def _apply(self, run: Run, dag: DagDef, plan: Plan, now: int) -> set[str]:
+        pools: set[str] = set()
+        if plan.upstream_failed:
+            self.store.transition(
+                plan.upstream_failed,
+                [TaskStatus.PENDING],
+                TaskStatus.UPSTREAM_FAILED,
+                now,
+                message="an upstream task did not succeed",
+            )
+        if plan.queue:
+            moved = set(
+                self.store.transition(
+                    [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
+                )
+            )
+            pools |= {t.pool for t in plan.queue if t.id in moved}
+        for task_id, status, message in plan.map_done:
+            self.store.complete_task(task_id, [TaskStatus.RUNNING], status, now, message)
+        for parent in plan.expand:
+            pools |= self._expand(run, dag, parent, now)
+        for task in plan.trigger:
+            self._trigger(run, dag, task, now)
+        return pools
+
+    def _expand(self, run: Run, dag: DagDef, parent: TaskInstance, now: int) -> set[str]:
+        definition = dag.task(parent.task_id)
+        assert definition is not None
+        source = self.store.get_task(run.run_id, definition.map_over)
+        stdout = None
+        if source is not None:
+            stdout = self.logs.read_stdout(run.run_id, source.id, source.attempt)
+        try:
+            items = parse_map_items(stdout or "", definition.map_over, self.config.max_map_items)
+        except ValueError as exc:
+            self.store.complete_task(
+                parent.id, [TaskStatus.PENDING], TaskStatus.FAILED, now, str(exc)
+            )
+            return set()
+        children = map_children(parent, definition.command, definition.max_attempts, items, now)
+        if not self.store.expand_map(parent.id, children, now):
+            return set()
+        if not children:
+            self.store.complete_task(
+                parent.id,
+                [TaskStatus.RUNNING],
+                TaskStatus.SUCCESS,
+                now,
+                "map over an empty array: nothing to do",
+            )
+            return set()
+        log.info("run %s: %s fans out to %d children", run.run_id, parent.task_id, len(children))
+        return {definition.pool}
+
+    def _trigger(self, run: Run, dag: DagDef, task: TaskInstance, now: int) -> None:
+        definition = dag.task(task.task_id)
+        assert definition is not None
+        if not self.store.start_internal(task.id, [TaskStatus.PENDING], now):
+            return
+        target = self.folder.get(definition.dag_id)
+        if target is None:
+            self.store.complete_task(
+                task.id,
+                [TaskStatus.RUNNING],
+                TaskStatus.FAILED,
+                now,
+                f"DAG '{definition.dag_id}' is not loaded, so it cannot be triggered",
+            )
+            return
+        child = create_run(self.store, target, Trigger.TRIGGERED, now, dict(run.conf), now)
+        if child is None:
+            self.store.complete_task(
+                task.id,
+                [TaskStatus.RUNNING],
+                TaskStatus.FAILED,
+                now,
+                f"could not create a run of '{target.dag_id}'",
+            )
+            return
+        self.wake(child.run_id)
+        self.store.complete_task(
+            task.id,
+            [TaskStatus.RUNNING],
+            TaskStatus.SUCCESS,
+            now,
+            f"triggered run {child.run_id}",
+            f"triggered run {child.run_id}",
+        )
+
+    def active(self) -> list[str]:
+        return self.store.active_run_ids()
+
+
+def _waiting_pools(
+    dag: DagDef, tasks: list[TaskInstance], child_counts: dict[str, dict[TaskStatus, int]]
+) -> set[str]:
+    """Pools with queued tasks of this run (new runs, manual retries): wake their workers."""
+    pools = {t.pool for t in tasks if t.status is TaskStatus.QUEUED}
+    for parent, counts in child_counts.items():
+        definition = dag.task(parent)
+        if counts.get(TaskStatus.QUEUED) and definition is not None:
+            pools.add(definition.pool)
+    return pools

@@ -1,0 +1,457 @@
+"""Tests of build_pyz.py and of the nagare.pyz bootstrap it generates.
+
+The fast tests run the bootstrap on small synthetic archives written with build_pyz's own
+functions (no pip). The slow ones build a real archive once per session, with a probe module as
+the entry point, so they do not depend on nagare.cli.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_by_path(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+build_pyz = _load_by_path("build_pyz", ROOT / "build_pyz.py")
+
+PROBE_ENTRY = "nagare_probe:main"
+PROBE_SOURCE = """\
+import json
+import sys
+
+
+def main():
+    names = sys.argv[1:] or ["fakenative", "fakepure"]
+    modules = {name: __import__(name) for name in names}
+    print(json.dumps({name: module.__file__ for name, module in modules.items()}))
+    return 0
+"""
+
+REAL_PROBE_SOURCE = """\
+import json
+import sys
+
+
+def main():
+    import os
+
+    import certifi
+    import croniter
+    import docker
+    import jq
+    import psutil
+    import requests
+    import yaml
+
+    checks = {
+        "yaml": yaml.safe_load("a: [1, 2]") == {"a": [1, 2]},
+        "jq": jq.compile(".a + 1").input_value({"a": 41}).first() == 42,
+        "psutil": psutil.Process().pid > 0,
+        "croniter": croniter.croniter("*/5 * * * *", 0).get_next(float) == 300.0,
+        "docker": bool(docker.__version__),
+        "requests": bool(requests.__version__),
+        "certifi": os.path.isfile(certifi.where()),
+    }
+    files = {name: sys.modules[name].__file__ for name in checks}
+    print(json.dumps({"checks": checks, "files": files}))
+    return 0 if all(checks.values()) else 1
+"""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def run_archive(
+    archive: Path, cache: Path, *args: str, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NAGARE_CACHE_DIR": str(cache), **(extra_env or {})}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return subprocess.run(
+        [sys.executable, str(archive), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def build_id_of(archive: Path) -> str:
+    with zipfile.ZipFile(archive) as zf:
+        return json.loads(zf.read("_vendor/BUILD_INFO.json"))["build_id"]
+
+
+def fake_native(count: int = 1) -> dict[str, bytes]:
+    """A 'native' package (any file works: the bootstrap only extracts) with filler files."""
+    files = {"_vendor/native/fakenative/__init__.py": b"VALUE = 'native'\n"}
+    for index in range(count):
+        files[f"_vendor/native/fakenative/data/blob{index:04d}.bin"] = os.urandom(64)
+    return files
+
+
+def make_archive(
+    path: Path,
+    extra: Mapping[str, bytes] | None = None,
+    *,
+    python: tuple[int, int] | None = None,
+    native: bool = True,
+    filler: int = 1,
+) -> Path:
+    """A synthetic nagare.pyz: probe entry, one pure and (optionally) one native package."""
+    content = {
+        "nagare_probe.py": PROBE_SOURCE.encode(),
+        "_vendor/pure/fakepure.py": b"VALUE = 'pure'\n",
+        **(fake_native(filler) if native else {}),
+        **(extra or {}),
+    }
+    dists = [
+        build_pyz.Distribution(
+            "fakenative", "1.0", "fakenative-1.0.dist-info", frozenset({"fakenative"}), native
+        )
+    ]
+    entries = build_pyz.assemble(content, dists, entry=PROBE_ENTRY, python=python)
+    build_pyz.write_archive(path, entries)
+    return path
+
+
+def native_dir(cache: Path, archive: Path) -> Path:
+    return cache / "nagare" / build_id_of(archive)
+
+
+# --- fast tests: build_pyz's pieces --------------------------------------------------------------
+
+
+def test_reads_pinned_dependencies_from_pyproject() -> None:
+    deps = build_pyz.read_dependencies()
+    names = {dep.split("==")[0].lower() for dep in deps}
+    assert {"pyyaml", "croniter", "jq", "docker", "psutil"} <= names
+    assert all("==" in dep for dep in deps)
+
+
+def test_bootstrap_template_compiles_and_names_the_entry_point() -> None:
+    source = build_pyz.render_bootstrap()
+    compile(source, "__main__.py", "exec")
+    assert "'nagare.cli'" in source and "'main'" in source
+    with pytest.raises(SystemExit):
+        build_pyz.render_bootstrap("no_function_given")
+
+
+def test_archive_writing_is_deterministic(tmp_path: Path) -> None:
+    content = {"b/x.py": b"x = 1\n", "a.py": b"a = 2\n"}
+    first = build_pyz.assemble(content, [], entry=PROBE_ENTRY)
+    build_pyz.write_archive(tmp_path / "one.pyz", first)
+    build_pyz.write_archive(tmp_path / "two.pyz", build_pyz.assemble(content, [], PROBE_ENTRY))
+    assert (tmp_path / "one.pyz").read_bytes() == (tmp_path / "two.pyz").read_bytes()
+    with zipfile.ZipFile(tmp_path / "one.pyz") as zf:
+        infos = zf.infolist()
+    names = [info.filename for info in infos]
+    assert names == sorted(names)
+    assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert "b/" in names  # folder entries are written too
+    assert (tmp_path / "one.pyz").read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(tmp_path / "one.pyz", os.X_OK)
+
+
+def test_build_id_follows_the_content() -> None:
+    one = build_pyz.compute_build_id({"a": b"1"}, (3, 11))
+    assert len(one) == 16 and int(one, 16) >= 0
+    assert one == build_pyz.compute_build_id({"a": b"1"}, (3, 11))
+    assert one != build_pyz.compute_build_id({"a": b"2"}, (3, 11))
+    assert one != build_pyz.compute_build_id({"a": b"1"}, (3, 12))
+
+
+def test_split_puts_distributions_with_compiled_code_under_native() -> None:
+    files = {
+        "pkg/__init__.py": b"",
+        "pkg/_speed.cpython-311-x86_64-linux-gnu.so": b"\x7fELF",
+        "_pkg_shim/__init__.py": b"",
+        "pkg-1.0.dist-info/METADATA": b"Name: pkg\nVersion: 1.0\n\n",
+        "pkg-1.0.dist-info/RECORD": (
+            b"pkg/__init__.py,,\npkg/_speed.cpython-311-x86_64-linux-gnu.so,,\n"
+            b"_pkg_shim/__init__.py,,\npkg-1.0.dist-info/RECORD,,\n../../bin/pkg,,\n"
+        ),
+        "pure/__init__.py": b"",
+        "pure-2.0.dist-info/METADATA": b"Name: pure\nVersion: 2.0\n\n",
+        "pure-2.0.dist-info/RECORD": b"pure/__init__.py,,\n",
+        "loose.abi3.so": b"\x7fELF",
+    }
+    dists = build_pyz.find_distributions(files)
+    assert [(d.name, d.version, d.native) for d in dists] == [
+        ("pkg", "1.0", True),
+        ("pure", "2.0", False),
+    ]
+    entries = build_pyz.split_vendored(build_pyz.Vendored(files, dists))
+    native = {name for name in entries if name.startswith("_vendor/native/")}
+    assert native == {
+        "_vendor/native/pkg/__init__.py",
+        "_vendor/native/pkg/_speed.cpython-311-x86_64-linux-gnu.so",
+        "_vendor/native/_pkg_shim/__init__.py",
+        "_vendor/native/pkg-1.0.dist-info/METADATA",
+        "_vendor/native/pkg-1.0.dist-info/RECORD",
+        "_vendor/native/loose.abi3.so",
+    }
+    assert "_vendor/pure/pure/__init__.py" in entries
+    record = build_pyz.sanitize_record(files["pkg-1.0.dist-info/RECORD"].decode(), files)
+    assert "bin/pkg" not in record and "pkg/__init__.py" in record
+
+
+def test_dropped_files() -> None:
+    dropped = build_pyz.is_dropped
+    path = build_pyz.PurePosixPath
+    assert dropped(path("pkg/__pycache__/x.cpython-311.pyc"), vendored=False)
+    assert dropped(path("pkg/x.pyc"), vendored=True)
+    assert dropped(path("bin/normalizer"), vendored=True)
+    assert dropped(path("certifi/tests/test_x.py"), vendored=True)
+    assert not dropped(path("pkg/tests.py"), vendored=True)
+    assert not dropped(path("bin/app.js"), vendored=False)
+
+
+# --- fast tests: the bootstrap on synthetic archives ---------------------------------------------
+
+
+def test_native_code_is_extracted_once_and_pure_code_imported_from_the_zip(
+    tmp_path: Path,
+) -> None:
+    archive = make_archive(tmp_path / "app.pyz")
+    cache = tmp_path / "cache"
+    first = run_archive(archive, cache)
+    assert first.returncode == 0, first.stderr
+    files = json.loads(first.stdout)
+    final = native_dir(cache, archive)
+    assert Path(files["fakenative"]).parent == final / "fakenative"
+    assert files["fakepure"].startswith(str(archive / "_vendor" / "pure"))
+
+    marker = final / "fakenative" / "data" / "blob0000.bin"
+    before = (final.stat().st_ino, final.stat().st_mtime_ns, marker.stat().st_mtime_ns)
+    second = run_archive(archive, cache)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == files
+    after = (final.stat().st_ino, final.stat().st_mtime_ns, marker.stat().st_mtime_ns)
+    assert after == before
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, final.name + ".lock"]
+
+
+def test_concurrent_first_runs_all_succeed(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "app.pyz", filler=400)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NAGARE_CACHE_DIR": str(cache)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(archive)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(6)
+    ]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 6, [err for _, err in outputs]
+    final = native_dir(cache, archive)
+    assert {json.loads(out)["fakenative"] for out, _ in outputs} == {
+        str(final / "fakenative" / "__init__.py")
+    }
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name, final.name + ".lock"]
+    assert len(list((final / "fakenative" / "data").iterdir())) == 400
+
+
+def test_stale_temporary_folders_are_cleaned(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "app.pyz")
+    cache = tmp_path / "cache"
+    stale = cache / "nagare" / f"{build_id_of(archive)}.tmp-999999"
+    (stale / "half").mkdir(parents=True)
+    result = run_archive(archive, cache)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert native_dir(cache, archive).is_dir()
+
+
+def test_unwritable_cache_falls_back_to_the_temp_folder(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "app.pyz")
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    result = run_archive(archive, not_a_dir, extra_env={"TMPDIR": str(temp)})
+    assert result.returncode == 0, result.stderr
+    used = Path(json.loads(result.stdout)["fakenative"])
+    assert used.is_relative_to(temp / f"nagare-cache-{os.getuid()}" / "nagare")
+
+
+def test_pure_only_archive_needs_no_cache(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "app.pyz", native=False)
+    result = run_archive(archive, tmp_path / "cache", "fakepure")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_python_version_guard(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "app.pyz", python=(3, 99))
+    result = run_archive(archive, tmp_path / "cache")
+    assert result.returncode == 2
+    running = "{}.{}".format(*sys.version_info[:2])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "3.99" in lines[0] and running in lines[0]
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "evil", ["_vendor/native/../../escaped.txt", "_vendor/native/fakenative/../../../escaped.txt"]
+)
+def test_zip_slip_is_refused(tmp_path: Path, evil: str) -> None:
+    archive = make_archive(tmp_path / "app.pyz", {evil: b"gotcha"})
+    cache = tmp_path / "cache"
+    result = run_archive(archive, cache)
+    assert result.returncode == 2
+    assert "unsafe path" in result.stderr
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not native_dir(cache, archive).exists()
+
+
+def test_resources_from_checkout_and_from_archive(tmp_path: Path) -> None:
+    # The checkout's copy, loaded alone (the rest of the nagare package is not needed).
+    resources = _load_by_path("_nagare_resources_under_test", ROOT / "nagare" / "resources.py")
+    root = resources.asset_root("web_static")
+    assert isinstance(root, Path) and root == ROOT / "web_static"
+    assert resources.archive_path() is None
+    with pytest.raises(ValueError):
+        resources.asset_root("../etc")
+
+    extra = {
+        "nagare/__init__.py": b"",
+        "nagare/resources.py": (ROOT / "nagare" / "resources.py").read_bytes(),
+        "web_static/": b"",
+        "web_static/index.html": b"<h1>nagare</h1>",
+        "web_static/js/app.js": b"console.log(1)",
+    }
+    archive = make_archive(tmp_path / "app.pyz", extra, native=False)
+    code = (
+        "import sys, zipfile; sys.path.insert(0, sys.argv[1])\n"
+        "from nagare.resources import archive_path, asset_root\n"
+        "root = asset_root('web_static')\n"
+        "assert isinstance(root, zipfile.Path), type(root)\n"
+        "assert asset_root('web_static') is not None and str(archive_path()) == sys.argv[1]\n"
+        "print(sorted(p.name for p in root.iterdir()), root.joinpath('index.html').read_text(),"
+        " root.joinpath('js', 'app.js').read_bytes())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(archive)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['index.html', 'js'] <h1>nagare</h1> b'console.log(1)'"
+
+
+# --- slow tests: a real build --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def probe_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("probe") / "nagare_probe.py"
+    path.write_text(REAL_PROBE_SOURCE)
+    return path
+
+
+def build_args(output: Path, probe: Path, *extra: str) -> list[str]:
+    return ["--output", str(output), "--entry", PROBE_ENTRY, "--add-module", str(probe), *extra]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, probe_module: Path) -> Iterator[Path]:
+    """A real archive (online build, filling build/wheels) with the probe as entry point."""
+    output = tmp_path_factory.mktemp("build") / "nagare.pyz"
+    assert build_pyz.main(build_args(output, probe_module)) == 0
+    yield output
+
+
+@pytest.mark.slow
+def test_archive_layout(built: Path) -> None:
+    assert built.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(built, os.X_OK)
+    with zipfile.ZipFile(built) as zf:
+        names = zf.namelist()
+        info = json.loads(zf.read("_vendor/BUILD_INFO.json"))
+        build_id = zf.read("_vendor/BUILD_ID").decode().strip()
+    assert names == sorted(names)
+    assert "__main__.py" in names and "nagare/__init__.py" in names
+    assert "web_static/" in names
+    static = ROOT / "web_static"
+    for path in static.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert f"web_static/{path.relative_to(static).as_posix()}" in names
+    assert not [n for n in names if "__pycache__" in n]
+    assert not [n for n in names if n.startswith("nagare/") and not n.endswith((".py", "/"))]
+    assert not [n for n in names if n.endswith(".pyc") and not n.startswith("_vendor/pure/")]
+    assert not [n for n in names if n.startswith(("_vendor/pure/bin/", "_vendor/native/bin/"))]
+    assert not [n for n in names if "/tests/" in n.removeprefix("_vendor/")]
+
+    assert build_id == info["build_id"] and len(build_id) == 16
+    assert info["python"] == list(sys.version_info[:2])
+    assert {"jq", "psutil", "PyYAML"} <= set(info["native"])
+    assert {"docker", "croniter", "requests"} <= set(info["dists"]) - set(info["native"])
+
+    pure = [n for n in names if n.startswith("_vendor/pure/")]
+    native = [n for n in names if n.startswith("_vendor/native/")]
+    assert not [n for n in pure if n.endswith((".so", ".pyd"))]
+    assert any(n.startswith("_vendor/native/jq") and n.endswith(".so") for n in native)
+    assert any(n.startswith("_vendor/native/psutil/") and n.endswith(".so") for n in native)
+    assert any(n.startswith("_vendor/native/jq-") and ".dist-info/" in n for n in native)
+    for package in ("docker", "requests", "croniter", "dateutil", "urllib3"):
+        assert f"_vendor/pure/{package}/__init__.py" in pure
+        assert f"_vendor/pure/{package}/__init__.pyc" in pure
+
+
+@pytest.mark.slow
+def test_build_is_deterministic_and_works_offline(
+    built: Path, probe_module: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again.pyz"
+    assert build_pyz.main(build_args(again, probe_module, "--offline")) == 0
+    assert again.read_bytes() == built.read_bytes()
+
+
+@pytest.mark.slow
+def test_vendored_dependencies_import_from_the_archive(built: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run_archive(built, cache)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert all(report["checks"].values()), report
+    final = native_dir(cache, built)
+    for name in ("jq", "psutil", "yaml"):
+        assert Path(report["files"][name]).is_relative_to(final), report["files"]
+    for name in ("docker", "croniter", "requests"):
+        assert report["files"][name].startswith(f"{built}/_vendor/pure/{name}/")
+
+    inode = final.stat().st_ino
+    second = subprocess.run(  # ./nagare.pyz through the shebang, from another folder
+        [str(built)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "NAGARE_CACHE_DIR": str(cache)},
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == report
+    assert final.stat().st_ino == inode
