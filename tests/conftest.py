@@ -1,0 +1,176 @@
+"""Shared fixtures: a real Nagare (real SQLite file, real processes, real HTTP server on port 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nagare.app import App  # noqa: E402
+from nagare.config import load_config  # noqa: E402
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None, timeout: float = 10) -> HttpResult:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None and "Content-Type" not in (headers or {}):
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpResult(response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as err:
+        return HttpResult(err.code, err.read(), dict(err.headers))
+
+
+@dataclass
+class Nagare:
+    """A running server and helpers to talk to it."""
+
+    app: App
+    root: Path
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app.port}"
+
+    def call(self, method: str, path: str, body: Any = None, **kw: Any) -> HttpResult:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return http(method, self.url + path, body, headers=headers, **kw)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        result = self.call("GET", path, **kw)
+        assert result.status == 200, (path, result.status, result.body)
+        return result.json
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        result = self.call("POST", f"/api/dags/{dag_id}/runs",
+                           {"conf": conf} if conf is not None else None)
+        assert result.status == 201, result.body
+        return str(result.json["run_id"])
+
+    def wait_run(self, run_id: str, timeout: float = 20) -> dict[str, Any]:
+        """Wait until the run is finished; returns the run object."""
+        def done() -> dict[str, Any] | None:
+            run = self.get(f"/api/runs/{run_id}")
+            return run if run["status"] in ("success", "failed", "cancelled") else None
+
+        return wait_for(done, timeout, message=f"run {run_id} to finish")  # type: ignore[no-any-return]
+
+    def tasks(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return {t["task_id"]: t for t in self.get(f"/api/runs/{run_id}/tasks")}
+
+    def task(self, run_id: str, task_id: str) -> dict[str, Any]:
+        from urllib.parse import quote
+
+        return self.get(f"/api/runs/{run_id}/tasks/{quote(task_id, safe='')}")  # type: ignore[no-any-return]
+
+    def log(self, run_id: str, task_id: str, attempt: int | None = None) -> str:
+        from urllib.parse import quote
+
+        suffix = f"?attempt={attempt}" if attempt else ""
+        result = self.call("GET", f"/api/runs/{run_id}/tasks/{quote(task_id, safe='')}/logs"
+                           + suffix)
+        assert result.status == 200, result.body
+        return result.text
+
+    def write_dag(self, name: str, text: str) -> Path:
+        path = self.root / "dags" / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+
+def make_config(root: Path, **settings: Any) -> Any:
+    (root / "dags").mkdir(exist_ok=True)
+    flags = {"db": str(root / "nagare.db"), "dags": str(root / "dags"), "port": "127.0.0.1:0",
+             "config": str(root / "nagare.yaml"), "logs_dir": str(root / "logs")}
+    extra = {k: v for k, v in settings.items() if k not in flags}
+    flags.update({k: v for k, v in settings.items() if k in flags})
+    config = load_config(flags, environ={})
+    if extra:
+        if "worker_pools" in extra:
+            extra["worker_pools"] = {"default": 4, **extra["worker_pools"]}
+        config = config.with_values(**extra)
+    return config
+
+
+@pytest.fixture
+def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
+    """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0."""
+    started: list[App] = []
+
+    def start(dags: dict[str, str] | None = None, root: Path | None = None,
+              **settings: Any) -> Nagare:
+        base = root or tmp_path
+        (base / "dags").mkdir(parents=True, exist_ok=True)
+        for name, text in (dags or {}).items():
+            (base / "dags" / name).write_text(textwrap.dedent(text))
+        settings.setdefault("sse_ping_seconds", 0.2)
+        settings.setdefault("shutdown_grace_seconds", 1.0)
+        app = App(make_config(base, **settings))
+        app.start(poll_interval=0.05)
+        started.append(app)
+        headers = {"Authorization": f"Bearer {settings['api_key']}"} if settings.get(
+            "api_key") else {}
+        return Nagare(app, base, headers)
+
+    yield start
+    for app in started:
+        app.stop()
+
+
+@pytest.fixture
+def nagare(nagare_factory: Callable[..., Nagare]) -> Nagare:
+    return nagare_factory()
+
+
+def pythonpath_env(**extra: str) -> dict[str, str]:
+    """Environment for running `python -m nagare` from the source tree in a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NAGARE_API_KEY", None)
+    env.update(extra)
+    return env
