@@ -1,0 +1,324 @@
+"""A small client for the Nagare HTTP API: the only module that uses urllib.
+
+Each method names a domain action and returns the parsed JSON answer (dicts and lists as the API
+documents them). Every failure, from the server or from the network, raises `ApiError`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, cast
+from urllib.parse import quote, urlencode, urlsplit
+
+from nagare import __version__
+from nagare.errors import NagareError
+
+JsonObject = dict[str, Any]
+JsonList = list[dict[str, Any]]
+SSE_END_EVENT = "end"
+
+
+class ApiError(NagareError):
+    """An API call failed: `status` is the HTTP status (0 when no answer arrived)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+class ApiClient:
+    """`ApiClient("http://localhost:8080", api_key="...")`: one method per API action."""
+
+    def __init__(self, base_url: str, api_key: str = "", timeout: float = 30) -> None:
+        self.base_url = _check_base_url(base_url)
+        self.api_key = api_key
+        self.timeout = timeout
+
+    # ------------------------------------------------------------ system
+
+    def health(self) -> JsonObject:
+        return self._object("GET", "/api/health")
+
+    def stats(self) -> JsonObject:
+        return self._object("GET", "/api/stats")
+
+    def workers(self) -> JsonList:
+        return self._list("GET", "/api/workers")
+
+    # ------------------------------------------------------------ DAGs
+
+    def dags(self) -> JsonList:
+        return self._list("GET", "/api/dags")
+
+    def dag(self, dag_id: str) -> JsonObject:
+        return self._object("GET", _path("api", "dags", dag_id))
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> JsonObject:
+        body = {} if conf is None else {"conf": conf}
+        return self._object("POST", _path("api", "dags", dag_id, "runs"), body=body)
+
+    def pause(self, dag_id: str) -> JsonObject:
+        return self._object("POST", _path("api", "dags", dag_id, "pause"))
+
+    def activate(self, dag_id: str) -> JsonObject:
+        return self._object("POST", _path("api", "dags", dag_id, "activate"))
+
+    # ------------------------------------------------------------ runs
+
+    def runs(
+        self,
+        dag_id: str = "",
+        status: str = "",
+        trigger: str = "",
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> JsonObject:
+        query = {"dag_id": dag_id, "status": status, "trigger": trigger}
+        return self._object("GET", "/api/runs", query={**query, "page": page, "limit": limit})
+
+    def run(self, run_id: str) -> JsonObject:
+        return self._object("GET", _path("api", "runs", run_id))
+
+    def kill_run(self, run_id: str) -> JsonObject:
+        return self._object("POST", _path("api", "runs", run_id, "kill"))
+
+    # ------------------------------------------------------------ tasks
+
+    def tasks(self, run_id: str) -> JsonList:
+        return self._list("GET", _path("api", "runs", run_id, "tasks"))
+
+    def task(self, run_id: str, task_id: str) -> JsonObject:
+        return self._object("GET", _task_path(run_id, task_id))
+
+    def attempts(self, run_id: str, task_id: str) -> JsonList:
+        return self._list("GET", _task_path(run_id, task_id, "attempts"))
+
+    def kill_task(self, run_id: str, task_id: str) -> JsonObject:
+        return self._object("POST", _task_path(run_id, task_id, "kill"))
+
+    def retry_task(self, run_id: str, task_id: str) -> JsonObject:
+        return self._object("POST", _task_path(run_id, task_id, "retry"))
+
+    def logs_text(
+        self, run_id: str, task_id: str, attempt: int | None = None, tail: int | None = None
+    ) -> str:
+        """The log of one attempt (default: the latest) as text, optionally only the last lines."""
+        path = _task_path(run_id, task_id, "logs")
+        query = {"attempt": attempt, "tail": tail}
+        raw = self._call("GET", path, query=query, accept="text/plain")
+        return raw.decode("utf-8", errors="replace")
+
+    def follow_logs(
+        self, run_id: str, task_id: str, attempt: int | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """Yield `(event, data)` from the SSE log stream: `("message", line)` for every log line,
+        then `("end", '{"status": ...}')` once the task finished; the stream has no timeout."""
+        path = _task_path(run_id, task_id, "logs")
+        request = self._request("GET", path, {"attempt": attempt}, None, "text/event-stream")
+        with self._open(request, timeout=None) as response:
+            for event, data in parse_sse(_lines(response, self.base_url)):
+                yield event, data
+                if event == SSE_END_EVENT:
+                    return
+        raise ApiError(
+            0,
+            "stream_closed",
+            f"the log stream of task '{task_id}' in run '{run_id}' closed before its end event",
+        )
+
+    # ------------------------------------------------------------ plumbing
+
+    def _object(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> JsonObject:
+        data = self._json(method, path, query, body)
+        if not isinstance(data, dict):
+            raise _unexpected(method, path, "a JSON object", data)
+        return data
+
+    def _list(self, method: str, path: str) -> JsonList:
+        data = self._json(method, path, None, None)
+        if not isinstance(data, list):
+            raise _unexpected(method, path, "a JSON array", data)
+        return cast(JsonList, data)
+
+    def _json(self, method: str, path: str, query: dict[str, Any] | None, body: Any) -> Any:
+        raw = self._call(method, path, query=query, body=body)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(
+                200,
+                "bad_response",
+                f"{method} {path} answered with invalid JSON: {_excerpt(raw)}",
+            ) from None
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        accept: str = "application/json",
+    ) -> bytes:
+        request = self._request(method, path, query, body, accept)
+        with self._open(request, timeout=self.timeout) as response:
+            try:
+                return cast(bytes, response.read())
+            except (OSError, http.client.HTTPException) as exc:
+                raise _network_error(self.base_url, exc) from None
+
+    def _request(
+        self, method: str, path: str, query: dict[str, Any] | None, body: Any, accept: str
+    ) -> urllib.request.Request:
+        url = self.base_url + path + _query_string(query)
+        headers = {"Accept": accept, "User-Agent": f"nagare-client/{__version__}"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif method == "POST":
+            data = b""
+        return urllib.request.Request(url, data=data, method=method, headers=headers)
+
+    def _open(self, request: urllib.request.Request, timeout: float | None) -> Any:
+        try:
+            if timeout is None:
+                return urllib.request.urlopen(request)
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            raise _http_error(err) from None
+        except urllib.error.URLError as err:
+            raise _network_error(self.base_url, err.reason) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _network_error(self.base_url, exc) from None
+
+
+# ---------------------------------------------------------------- SSE
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """Server-Sent Events from text lines (without line endings) -> `(event, data)`.
+
+    Follows the SSE rules: `data:` lines of one event are joined with newlines, `event:` names it
+    (default `message`), `id:` and `retry:` are read and not yielded, `:` lines are comments and a
+    blank line ends the event. Events without data are dropped."""
+    event, data = "", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        name, value = _sse_field(line)
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+    if data:
+        yield event or "message", "\n".join(data)
+
+
+def _sse_field(line: str) -> tuple[str, str]:
+    if line.startswith(":"):
+        return "", ""
+    name, _, value = line.partition(":")
+    return name, value[1:] if value.startswith(" ") else value
+
+
+def _lines(response: Any, base_url: str) -> Iterator[str]:
+    while True:
+        try:
+            raw = response.readline()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _network_error(base_url, exc) from None
+        if not raw:
+            return
+        yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_base_url(base_url: str) -> str:
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiError(
+            0,
+            "bad_url",
+            f"invalid API URL '{base_url}': expected http://HOST:PORT or https://HOST:PORT",
+        )
+    return url
+
+
+def _path(*segments: str) -> str:
+    """`/api/runs/<run_id>`: each segment percent-encoded, including `/`, `[` and `]`."""
+    return "".join("/" + quote(str(s), safe="") for s in segments)
+
+
+def _task_path(run_id: str, task_id: str, *rest: str) -> str:
+    return _path("api", "runs", run_id, "tasks", task_id, *rest)
+
+
+def _query_string(query: dict[str, Any] | None) -> str:
+    pairs = {k: v for k, v in (query or {}).items() if v is not None and v != ""}
+    return "?" + urlencode(pairs) if pairs else ""
+
+
+def _http_error(err: urllib.error.HTTPError) -> ApiError:
+    """The server's `{"error": {"code", "message"}}` answer (or its raw text) as an ApiError."""
+    try:
+        raw = err.read()
+    except (OSError, http.client.HTTPException):
+        raw = b""
+    finally:
+        err.close()
+    code, message = _error_fields(raw)
+    if message is None:
+        text = _excerpt(raw) or str(err.reason)
+        message = f"server returned {err.code}: {text}"
+    return ApiError(err.code, code or f"http_{err.code}", message)
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None, None
+    code = error.get("code")
+    return (code if isinstance(code, str) else None), error["message"]
+
+
+def _network_error(base_url: str, reason: object) -> ApiError:
+    if isinstance(reason, TimeoutError):
+        return ApiError(0, "timeout", f"no answer from Nagare at {base_url} in time ({reason})")
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return ApiError(0, "unreachable", f"cannot reach Nagare at {base_url}: {text}")
+
+
+def _unexpected(method: str, path: str, expected: str, data: Any) -> ApiError:
+    found = type(data).__name__
+    return ApiError(200, "bad_response", f"{method} {path} returned {found}, expected {expected}")
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
