@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from nagare.clock import now_ms, parse_iso
 from nagare.client import ApiClient, ApiError
+from nagare.clock import now_ms, parse_iso
 
 DEFAULT_API_URL = "http://localhost:8080"
 DEFAULT_RUNS_LIMIT = 20
@@ -41,9 +41,7 @@ def add_client_commands(commands: Subparsers) -> None:
     """Register the client subcommands on the root parser's subcommand table."""
     common = _common_flags()
     for name, help_text, configure, handler in _COMMANDS:
-        parser = commands.add_parser(
-            name, help=help_text, description=help_text, parents=[common]
-        )
+        parser = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
         configure(parser)
         parser.set_defaults(func=_guarded(handler))
 

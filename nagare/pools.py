@@ -178,6 +178,7 @@ class WorkerPools:
             with self._cond:
                 self._running.pop(task.id, None)
                 self._busy[pool] -= 1
+                self._cond.notify_all()
             cancel.close()
             self.on_finished(task.run_id)
 
