@@ -310,7 +310,7 @@ def options_markdown() -> str:
     ]
     for o in OPTIONS:
         default = _show_default(o)
-        note = " (cluster mode, reserved)" if o.reserved else ""
+        note = " (reserved for cluster mode)" if o.reserved else ""
         rows.append(
             f"| {o.name} | {_code(o.flag)} | {_code(o.env)} | {_code(o.yaml_key)} | "
             f"{default} | {o.help}{note} |"
