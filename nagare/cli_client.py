@@ -179,8 +179,18 @@ def _guarded(handler: Handler) -> Handler:
         except ApiError as err:
             print(f"error: {_explain(err)}", file=sys.stderr)
             return 1
+        except BrokenPipeError:  # e.g. `nagare logs -f RUN TASK | head -1`
+            _silence_stdout()
+            return 1
 
     return run
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _explain(err: ApiError) -> str:

@@ -17,7 +17,7 @@ from nagare.config import Config
 from nagare.cron import parse_schedule
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
-from nagare.models import DagDef, Run, TaskInstance, TaskStatus, TaskType, Trigger
+from nagare.models import DagDef, Run, RunStatus, TaskInstance, TaskStatus, TaskType, Trigger
 from nagare.planning import run_id_for
 from nagare.progress import descendants
 from nagare.scheduler import create_run
@@ -155,6 +155,8 @@ class RunService:
             raise Conflict(f"run '{run_id}' already finished ({run.status})")
         self.store.mark_run_killed(run_id)
         self._cancel(self.store.run_tasks(run_id))
+        if not any(t.status in ACTIVE for t in self.store.run_tasks(run_id)):
+            self.store.finish_run(run_id, RunStatus.CANCELLED, self.clock())
         self.wake(run_id)
         return self.run(run_id)
 

@@ -506,8 +506,9 @@ def test_dag_folder_changes_take_effect_within_a_second(nagare: Nagare) -> None:
 
 
 def test_duplicate_dag_id_keeps_the_first_file(nagare: Nagare) -> None:
-    load(nagare, "a_first.yaml", "id: same\ndescription: first\ntasks:\n  - {id: t, command: x}\n")
-    load(nagare, "b_second.yaml", "id: same\ndescription: second\ntasks:\n  - {id: t, command: x}\n")
+    text = "id: same\ndescription: {}\ntasks:\n  - {{id: t, command: x}}\n"
+    load(nagare, "a_first.yaml", text.format("first"))
+    load(nagare, "b_second.yaml", text.format("second"))
     assert nagare.get("/api/dags/same")["description"] == "first"
     assert "already defined by a_first.yaml" in nagare.get("/api/dags/errors")["b_second.yaml"][0]
 

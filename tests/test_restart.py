@@ -3,6 +3,7 @@ slots missed while the server was down."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -198,7 +199,7 @@ def test_catchup_runs_slots_missed_while_the_server_was_down(tmp_path: Path) -> 
         wait_for(lambda: server.get("/api/runs?dag_id=tick")["total"] >= 1, 5,
                  message="a first scheduled run")
         assert server.signal(signal.SIGTERM) == 0
-        before = server_runs(server, start=False, root=tmp_path)
+        before = count_runs(tmp_path)
         time.sleep(3)
         server.start()
         wait_for(lambda: any(r["trigger"] == "catchup"
@@ -213,12 +214,12 @@ def test_catchup_runs_slots_missed_while_the_server_was_down(tmp_path: Path) -> 
         from nagare.clock import parse_iso
 
         stamps = [parse_iso(s) for s in slots]
-        assert all(b - a == 1000 for a, b in zip(stamps, stamps[1:], strict=False)), slots
+        assert all(b - a == 1000 for a, b in itertools.pairwise(stamps)), slots
     finally:
         server.stop()
 
 
-def server_runs(server: ServerProcess, start: bool, root: Path) -> int:
+def count_runs(root: Path) -> int:
     """Count runs straight from the database while the server is down."""
     import sqlite3
 

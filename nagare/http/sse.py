@@ -1,6 +1,10 @@
 """Task logs over HTTP: plain text (whole, `?tail=N`) or a Server-Sent-Event stream that replays
 the history then follows live lines (`id:` = line number, resume with `Last-Event-ID`),
 sends `: ping` keep-alives and ends with `event: end` carrying the task status.
+
+Without `?attempt` the stream follows the task across retries: when an attempt ends and the task
+will run again, `event: attempt` announces the next attempt number and its lines follow
+(numbered from 1 again); `event: end` comes only once the task is finished.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from nagare.logs import LogFiles, LogFollower
 from nagare.models import TaskInstance, TaskStatus
 
 Write = Callable[[bytes], None]
-WAITING = (TaskStatus.PENDING, TaskStatus.QUEUED)
+WAITING = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.UP_FOR_RETRY)
+_AGAIN = ("up_for_retry", "queued", "running")  # following the latest attempt: a retry comes
 
 
 @dataclass
@@ -29,17 +34,26 @@ class LogStream:
 
     def __call__(self, write: Write) -> None:
         write(b"retry: 1000\n\n")
-        task = self._await_start(write)
-        if task is None:
-            return
-        attempt = self.attempt or task.attempt
-        follower = LogFollower(self.logs.path(task.run_id, task.id, attempt), self.start_line)
-        key = self.logs.key(task.id, attempt)
+        start = self.start_line
+        while True:
+            task = self._await_start(write)
+            if task is None:
+                return
+            attempt = self.attempt or task.attempt
+            status = self._stream_attempt(write, task, attempt, start)
+            if self.attempt is not None or status not in _AGAIN:
+                write(f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode())
+                return
+            write(f"event: attempt\ndata: {json.dumps({'attempt': attempt + 1})}\n\n".encode())
+            start = 0
+
+    def _stream_attempt(self, write: Write, task: TaskInstance, attempt: int, start: int) -> str:
+        follower = LogFollower(self.logs.path(task.run_id, task.id, attempt), start)
         try:
-            status = self._follow(write, follower, key, attempt)
+            status = self._follow(write, follower, self.logs.key(task.id, attempt), attempt)
             for number, text in follower.read_new():
                 write(_event(number, text))
-            write(f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode())
+            return status
         finally:
             follower.close()
 
@@ -58,6 +72,9 @@ class LogStream:
         if self.stopping.is_set() or task is None:
             return None
         return task
+
+    def _waiting(self, task: TaskInstance) -> bool:
+        return task.status in WAITING or (task.status is TaskStatus.RUNNING and task.attempt == 0)
 
     def _follow(self, write: Write, follower: LogFollower, key: str, attempt: int) -> str:
         while True:

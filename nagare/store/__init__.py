@@ -469,7 +469,7 @@ class Store:
                 f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
                 "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='' "
                 "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-                "ORDER BY queued_at, position LIMIT 1) AND status='queued' "
+                "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
                 f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
                 (worker, now, pool),
             ).fetchone()
