@@ -5,6 +5,7 @@ default.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -196,6 +197,8 @@ class Config:
 def parse_listen(text: str) -> tuple[str, int]:
     """`8080`, `:8080` or `127.0.0.1:8080` -> (host, port)."""
     host, _, port = text.rpartition(":") if ":" in text else ("", "", text)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"port: expected PORT, :PORT or HOST:PORT, found '{text}'")
     try:
         number = int(port)
     except ValueError:
@@ -276,12 +279,16 @@ def _coerce_bool(raw: Any, where: str) -> bool:
 
 def _coerce_number(option: Option, raw: Any, where: str) -> int | float:
     kind = int if option.kind == "int" else float
+    noun = "a whole number" if kind is int else "a number"
     try:
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or (
+            kind is int and isinstance(raw, float) and not raw.is_integer()
+        ):
             raise ValueError
         value = kind(raw)
-    except (TypeError, ValueError):
-        noun = "a whole number" if kind is int else "a number"
+        if not math.isfinite(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: expected {noun}, found '{raw}'") from None
     if option.minimum is not None and value < option.minimum:
         raise ConfigError(f"{where}: expected at least {option.minimum:g}, found {value}")

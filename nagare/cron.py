@@ -36,18 +36,31 @@ class Schedule:
         self._cron = "" if self._every_ms else DESCRIPTORS.get(expression, expression)
 
     def next_after(self, ms: int) -> int:
-        """The first slot strictly after `ms` (epoch milliseconds)."""
+        """The first slot strictly after `ms` (epoch milliseconds).
+
+        On the night clocks go back, a fixed-hour expression (`0 2 * * *`) fires once, not
+        again in the repeated hour, as cron does.
+        """
         if self._every_ms:
             return (ms // self._every_ms + 1) * self._every_ms
         start = datetime.fromtimestamp(ms / 1000, tz=self.zone)
-        nxt = croniter(self._cron, start).get_next(datetime)
-        return int(nxt.timestamp() * 1000)
+        iterator = croniter(self._cron, start)
+        while True:
+            nxt = iterator.get_next(datetime)
+            if not (self._fixed_hours and _wall(nxt) <= _wall(start)):
+                return int(nxt.timestamp() * 1000)
+
+    @property
+    def _fixed_hours(self) -> bool:
+        return "*" not in self._cron.split()[1]
 
     def slots_between(self, after_ms: int, until_ms: int, limit: int) -> tuple[list[int], int]:
         """Slots s with after < s <= until, oldest first; keeps the newest `limit`.
 
         Returns (slots, how many older slots were dropped by the limit).
         """
+        if self._every_ms:
+            return self._every_between(after_ms, until_ms, limit)
         slots: list[int] = []
         dropped = 0
         slot = self.next_after(after_ms)
@@ -59,8 +72,22 @@ class Schedule:
             slot = self.next_after(slot)
         return slots, dropped
 
+    def _every_between(self, after_ms: int, until_ms: int, limit: int) -> tuple[list[int], int]:
+        step = self._every_ms
+        first = (after_ms // step + 1) * step
+        last = until_ms // step * step
+        if last < first:
+            return [], 0
+        count = (last - first) // step + 1
+        kept = min(count, limit)
+        return [last - (kept - 1 - i) * step for i in range(kept)], count - kept
+
     def describe(self) -> str:
         return describe(self.expression)
+
+
+def _wall(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=None)
 
 
 def _every_ms(expression: str) -> int:

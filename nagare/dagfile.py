@@ -24,7 +24,7 @@ from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MEMORY = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"
 
@@ -343,7 +343,7 @@ def _check_schedule(
             parse_schedule("@daily", timezone)
         except ValueError as exc:
             errors.add(fields["timezone"], "timezone", str(exc))
-            return
+            timezone = "UTC"  # still check the expression itself
     if schedule in MANUAL_SCHEDULES:
         return
     try:
@@ -416,6 +416,7 @@ class _RawTask:
     node: MappingNode
     fields: dict[str, Node]
     items: list[str] | None
+    path: str = ""
 
 
 def _build_tasks(
@@ -432,7 +433,25 @@ def _build_tasks(
         built = _build_task(task_node, f"tasks[{index}]", errors, base_dir)
         if built is not None:
             raw.append(built)
-    return _expand_with_items(raw, errors)
+    expanded = _expand_with_items(raw, errors)
+    _check_map_sources(raw, {t.task_id for t in expanded}, errors)
+    return expanded
+
+
+def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: _Collector) -> None:
+    """`map_over` must name a task of this DAG (reported where the author wrote it)."""
+    for entry in raw:
+        source = entry.task.map_over
+        if entry.task.type is TaskType.MAP and source and source not in ids:
+            close = difflib.get_close_matches(source, sorted(ids), n=1)
+            hint = (
+                f"; did you mean '{close[0]}'?"
+                if close
+                else (f" (expected one of: {', '.join(sorted(ids))})")
+            )
+            errors.add(
+                entry.fields["map_over"], f"{entry.path}.map_over", f"unknown task '{source}'{hint}"
+            )
 
 
 def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _RawTask | None:
@@ -476,7 +495,7 @@ def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _Ra
             f"{path}.with_items",
             "with_items cannot be combined with type: map",
         )
-    return _RawTask(task, node, fields, items) if task_id else None
+    return _RawTask(task, node, fields, items, path) if task_id else None
 
 
 def _task_type(fields: dict[str, Node], path: str, errors: _Collector) -> TaskType:
@@ -566,7 +585,7 @@ def _resources(fields: dict[str, Node], path: str, errors: _Collector) -> Resour
             f"{field}.memory",
             f"expected a number with optional suffix b/k/m/g such as \"512m\", found '{memory}'",
         )
-    if gpus and gpus != "all" and not (gpus.isdigit() and int(gpus) > 0):
+    if gpus and gpus != "all" and not (gpus.isascii() and gpus.isdigit() and int(gpus) > 0):
         errors.add(
             values["gpus"],
             f"{field}.gpus",
@@ -576,6 +595,8 @@ def _resources(fields: dict[str, Node], path: str, errors: _Collector) -> Resour
 
 
 def _positive_finite(text: str) -> bool:
+    if not text.isascii():
+        return False
     try:
         value = float(text)
     except ValueError:
@@ -667,7 +688,6 @@ def _rewrite_deps(task: TaskDef, clones: dict[str, list[str]]) -> TaskDef:
 
 
 def _check_graph(dag: DagDef, errors: _Collector) -> None:
-    before = len(errors.errors)
     by_id: dict[str, TaskDef] = {}
     for task in dag.tasks:
         if task.task_id in by_id:
@@ -682,18 +702,17 @@ def _check_graph(dag: DagDef, errors: _Collector) -> None:
         by_id[task.task_id] = task
     for task in dag.tasks:
         _check_references(task, by_id, errors)
-    if len(errors.errors) == before:
-        cycle = find_cycle(dag.tasks)
-        if cycle:
-            first = by_id[cycle[0]]
-            errors.errors.append(
-                DagError(
-                    errors.file,
-                    first.line,
-                    f"tasks.{cycle[0]}.depends_on",
-                    "dependency cycle: " + " -> ".join(cycle),
-                )
+    cycle = find_cycle(dag.tasks)
+    if len(cycle) > 2:  # a task depending on itself is reported above
+        first = by_id[cycle[0]]
+        errors.errors.append(
+            DagError(
+                errors.file,
+                first.line,
+                f"tasks.{cycle[0]}.depends_on",
+                "dependency cycle: " + " -> ".join(cycle),
             )
+        )
 
 
 def _check_references(task: TaskDef, by_id: dict[str, TaskDef], errors: _Collector) -> None:
@@ -705,7 +724,7 @@ def _check_references(task: TaskDef, by_id: dict[str, TaskDef], errors: _Collect
                     errors.file, task.line, f"{field}.depends_on", f"task '{dep}' depends on itself"
                 )
             )
-        elif dep not in by_id:
+        elif dep not in by_id and dep != task.map_over:
             close = difflib.get_close_matches(dep, list(by_id), n=1)
             hint = (
                 f"; did you mean '{close[0]}'?"

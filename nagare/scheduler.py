@@ -48,7 +48,7 @@ def slots_to_fire(
     slots, dropped = schedule.slots_between(since, now, limit)
     if not slots:
         return Firing()
-    firing = Firing(last_slot=slots[-1], dropped=dropped)
+    firing = Firing(last_slot=slots[-1], dropped=dropped if catchup else 0)
     for slot in slots:
         on_time = now - slot <= grace_ms
         if on_time:

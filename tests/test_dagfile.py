@@ -173,7 +173,7 @@ def test_the_spec_example_parses_into_the_documented_model() -> None:
 def test_defaults_of_a_minimal_task() -> None:
     dag = ok(task_dag("command: echo hi"))
     assert dag.tasks == (TaskDef(task_id="a", command="echo hi", line=3),)
-    assert dag.task("a") is not None and dag.task("a").pool == "default"  # type: ignore[union-attr]
+    assert dag.tasks[0].pool == "default"
     assert (dag.schedule, dag.timezone, dag.catchup, dag.trigger) == ("", "", False, None)
     assert not dag.is_scheduled
 
@@ -277,11 +277,6 @@ def test_map_over_naming_an_unknown_task_is_an_error_with_a_suggestion() -> None
     assert any("unknown task 'aa'" in m and "did you mean 'a'" in m for m in messages), messages
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown map_over target is reported under the injected field "
-    "'tasks.m.depends_on' at the task's line, not under the 'map_over' the author wrote",
-    strict=True,
-)
 def test_map_over_naming_an_unknown_task_is_reported_under_map_over() -> None:
     text = task_dag("command: src", "id: m\ntype: map\nmap_over: nope\ncommand: x")
     error = only_error(text)
@@ -398,12 +393,6 @@ def test_resources_gpus_rejects_other_values(gpus: str) -> None:
     assert f"found '{gpus}'" in error.message
 
 
-@pytest.mark.xfail(
-    reason="BUG: gpus '²' passes str.isdigit() and int('²') raises ValueError out of parse_dag "
-    "instead of an error for the file",
-    raises=ValueError,
-    strict=True,
-)
 def test_resources_gpus_with_a_unicode_digit_is_an_error_not_a_crash() -> None:
     error = only_error(docker_task("{gpus: '²'}"))
     assert error.field == "tasks[0].resources.gpus"
@@ -686,11 +675,6 @@ def test_graph_problems_are_reported_together_with_field_problems() -> None:
     assert fields == ["tasks.a", "tasks.a.depends_on", "tasks[0].retries"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: the cycle check is skipped when the file has an unknown dependency or a "
-    "duplicate id, so the cycle is only reported after the other error is fixed",
-    strict=True,
-)
 def test_a_cycle_is_reported_together_with_an_unknown_dependency() -> None:
     text = task_dag(
         "command: x\ndepends_on: [zzz]",
@@ -702,11 +686,6 @@ def test_a_cycle_is_reported_together_with_an_unknown_dependency() -> None:
     assert "dependency cycle: b -> c -> b" in messages, messages
 
 
-@pytest.mark.xfail(
-    reason="BUG: _check_schedule returns after an unknown timezone, so an invalid cron "
-    "expression in the same file is not reported",
-    strict=True,
-)
 def test_an_invalid_cron_is_reported_together_with_an_unknown_timezone() -> None:
     text = "id: d\nschedule: 'not cron'\ntimezone: Mars/Base\ntasks: [{id: a, command: x}]\n"
     fields = sorted(e.field for e in errors_of(text))
@@ -893,7 +872,7 @@ def test_dependants_of_a_with_items_task_depend_on_every_clone() -> None:
     )
     dag = ok(text)
     assert [t.task_id for t in dag.tasks] == ["a", "per_eu", "per_us", "per_ap", "done"]
-    assert all(dag.task(f"per_{r}").depends_on == ("a",) for r in ("eu", "us", "ap"))  # type: ignore[union-attr]
+    assert [t.depends_on for t in dag.tasks[1:4]] == [("a",), ("a",), ("a",)]
     assert dag.tasks[-1].depends_on == ("per_eu", "per_us", "per_ap", "a")
 
 

@@ -1,0 +1,594 @@
+"""Architecture rules of DESIGN.md §3 / ARCHITECTURE.md, checked on the source with `ast`.
+
+Every `nagare/**/*.py` is parsed (never imported). The rules:
+
+- every module has a layer (a new module fails until it is given one in LAYERS below);
+- a module imports only `nagare` modules of its own layer or lower;
+- L3 services do not import each other (one documented exception);
+- executors never touch the store or HTTP;
+- each technology has one owner module (sqlite3, subprocess, signal, psutil, docker, jq,
+  croniter, http.server, urllib.request, yaml, print);
+- no service object is built at import time (no module-level `Store(...)`, `App(...)`);
+- no `time.sleep` in nagare/: background loops wait on events or conditions.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = ROOT / "nagare"
+
+# ---------------------------------------------------------------- the layer map
+
+L0, L1, L2, L3, L4, L5, L6 = range(7)
+
+LAYERS: dict[str, int] = {
+    # L0: plain data and helpers every layer may use (`nagare/__init__.py` counts as L0)
+    "nagare": L0,
+    "nagare.errors": L0,
+    "nagare.clock": L0,
+    "nagare.models": L0,
+    "nagare.resources": L0,
+    # L1: pure decisions (parsing, validation, cron, "what runs next")
+    "nagare.dagfile": L1,
+    "nagare.cron": L1,
+    "nagare.assignment": L1,
+    "nagare.config": L1,
+    "nagare.progress": L1,
+    "nagare.planning": L1,
+    # L2: I/O seams
+    "nagare.store": L2,  # the package and every module in it
+    "nagare.dag_folder": L2,
+    "nagare.logs": L2,
+    "nagare.executors": L2,  # the package and every module in it (local, docker)
+    "nagare.client": L2,
+    # L3: services; they meet in the store and in callbacks that `app` wires
+    "nagare.scheduler": L3,
+    "nagare.pools": L3,
+    "nagare.runs": L3,
+    # L4: the HTTP layer
+    "nagare.http": L4,  # the package and every module in it
+    # L5: the composition root
+    "nagare.app": L5,
+    # L6: the only code that prints or exits
+    "nagare.cli": L6,
+    "nagare.cli_client": L6,
+    "nagare.__main__": L6,
+}
+# Modules DESIGN.md §3 places already, written by later features. They need no entry when they
+# arrive; until then they do not exist and nothing is checked for them.
+PLANNED: dict[str, int] = {
+    "nagare.cluster": L2,
+    "nagare.cluster.protocol": L2,
+    "nagare.webhooks": L3,
+    "nagare.metrics": L3,
+    "nagare.cluster.coordinator": L3,
+    "nagare.cluster.remote": L3,
+}
+# Packages whose every module shares the package's layer.
+LAYERED_PACKAGES = ("nagare.store", "nagare.executors", "nagare.http")
+
+# `runs` (user operations: trigger, backfill) creates runs exactly as the scheduler does, so it
+# imports `scheduler.create_run`. This is the single allowed import between L3 services.
+ALLOWED_L3_IMPORTS = frozenset({("nagare.runs", "nagare.scheduler")})
+
+# Each technology has one owner (paths relative to the repository; a trailing "/" is a folder).
+TECH_OWNERS: dict[str, tuple[str, ...]] = {
+    "sqlite3": ("nagare/store/",),
+    "subprocess": ("nagare/executors/local.py",),
+    "psutil": ("nagare/executors/local.py",),
+    # cli.py handles SIGTERM/SIGINT to stop the server.
+    "signal": ("nagare/executors/local.py", "nagare/cli.py"),
+    "docker": ("nagare/executors/docker.py",),
+    "jq": ("nagare/webhooks.py",),
+    "croniter": ("nagare/cron.py",),
+    "http.server": ("nagare/http/server.py",),
+    # nagare/cluster/remote.py: the remote worker's side of the cluster protocol (planned).
+    "urllib.request": ("nagare/client.py", "nagare/cluster/remote.py"),
+    "yaml": ("nagare/dagfile.py", "nagare/config.py"),
+}
+PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py")
+
+# Import-time construction of these is a module-level singleton or a side effect.
+STDLIB_SERVICE_CALLS = frozenset(
+    {
+        "threading.Thread",
+        "threading.Timer",
+        "sqlite3.connect",
+        "ThreadingHTTPServer",
+        "http.server.ThreadingHTTPServer",
+        "ThreadPoolExecutor",
+        "concurrent.futures.ThreadPoolExecutor",
+    }
+)
+
+# Known violations of the current code: (rule, module) -> reason. Each becomes a strict xfail,
+# so fixing the code forces removing the entry.
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
+
+
+# ---------------------------------------------------------------- reading the source
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted: nagare.store.db
+    path: str  # relative to the repository: nagare/store/db.py
+    is_package: bool
+    tree: ast.Module
+
+
+@dataclass(frozen=True)
+class Import:
+    line: int
+    names: tuple[str, ...]  # every dotted name the statement may bind: "a.b", "a.b.c"
+
+
+def module_name(relative: Path) -> tuple[str, bool]:
+    parts = list(relative.with_suffix("").parts)
+    is_package = parts[-1] == "__init__"
+    if is_package:
+        parts = parts[:-1]
+    return ".".join(parts), is_package
+
+
+def parse_module(name: str, path: str, is_package: bool, source: str) -> Module:
+    return Module(name, path, is_package, ast.parse(source, filename=path))
+
+
+@cache
+def all_modules() -> tuple[Module, ...]:
+    modules = []
+    for file in sorted(PACKAGE_DIR.rglob("*.py")):
+        if "__pycache__" in file.parts:
+            continue
+        relative = file.relative_to(ROOT)
+        name, is_package = module_name(relative)
+        modules.append(parse_module(name, relative.as_posix(), is_package, file.read_text()))
+    return tuple(modules)
+
+
+def known_names() -> set[str]:
+    names = {m.name for m in all_modules()} | set(LAYERS) | set(PLANNED)
+    for name in list(names):  # namespace packages (a folder without __init__.py)
+        parts = name.split(".")
+        names |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    return names
+
+
+def layer_of(name: str) -> int | None:
+    if name in LAYERS:
+        return LAYERS[name]
+    if name in PLANNED:
+        return PLANNED[name]
+    for package in LAYERED_PACKAGES:
+        if name.startswith(package + "."):
+            return LAYERS[package]
+    return None
+
+
+def _package_of(module: Module) -> str:
+    return module.name if module.is_package else module.name.rpartition(".")[0]
+
+
+def _resolve_from(module: Module, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = _package_of(module).split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """`importlib.import_module("x")` / `__import__("x")` with a literal name."""
+    func = node.func
+    named = (isinstance(func, ast.Name) and func.id in ("__import__", "import_module")) or (
+        isinstance(func, ast.Attribute) and func.attr == "import_module"
+    )
+    if named and node.args and isinstance(node.args[0], ast.Constant):
+        value = node.args[0].value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def imports_of(module: Module) -> Iterator[Import]:
+    """Every import anywhere in the module (also inside functions: lazy imports count)."""
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            yield Import(node.lineno, tuple(alias.name for alias in node.names))
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve_from(module, node)
+            names = [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+            yield Import(node.lineno, (base, *names))
+        elif isinstance(node, ast.Call) and (name := _dynamic_import(node)):
+            yield Import(node.lineno, (name,))
+
+
+def nagare_imports(module: Module) -> Iterator[tuple[int, str]]:
+    """(line, target module) for every import of a nagare module.
+
+    `from nagare.store import Store` targets `nagare.store`; `from nagare import cli` targets
+    `nagare.cli`; `from nagare import __version__` targets `nagare`.
+    """
+    known = known_names()
+    for imp in imports_of(module):
+        base, *members = imp.names
+        if not (base == "nagare" or base.startswith("nagare.")):
+            continue
+        targets = [m for m in members if m in known]
+        if len(targets) < len(members) or not members:
+            targets.append(base)
+        for target in dict.fromkeys(targets):
+            yield imp.line, target
+
+
+def uses_technology(module: Module, technology: str) -> list[int]:
+    lines = []
+    for imp in imports_of(module):
+        if any(n == technology or n.startswith(technology + ".") for n in imp.names):
+            lines.append(imp.line)
+    return lines
+
+
+def owns(path: str, owners: tuple[str, ...]) -> bool:
+    return any(path.startswith(o) if o.endswith("/") else path == o for o in owners)
+
+
+def dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        prefix = dotted(node.value)
+        return f"{prefix}.{node.attr}" if prefix else ""
+    return ""
+
+
+def print_calls(module: Module) -> list[int]:
+    return [
+        node.lineno
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.Call) and dotted(node.func) in ("print", "builtins.print")
+    ]
+
+
+def sleep_calls(module: Module) -> list[int]:
+    lines = [
+        node.lineno
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.Call) and dotted(node.func) == "time.sleep"
+    ]
+    for node in ast.walk(module.tree):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "time"
+            and node.level == 0
+            and any(alias.name == "sleep" for alias in node.names)
+        ):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+VALUE_BASES = frozenset(
+    {
+        "Exception",
+        "BaseException",
+        "ValueError",
+        "RuntimeError",
+        "Enum",
+        "StrEnum",
+        "IntEnum",
+        "Flag",
+        "Protocol",
+        "NamedTuple",
+        "TypedDict",
+    }
+)
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if dotted(target) in ("dataclass", "dataclasses.dataclass"):
+            return True
+    return False
+
+
+@cache
+def service_classes() -> frozenset[str]:
+    """Classes of L2+ modules that are not plain values (dataclasses, enums, errors, protocols).
+
+    Building one of these at import time makes a module-level singleton.
+    """
+    classes: dict[str, tuple[ast.ClassDef, int]] = {}
+    for module in all_modules():
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.ClassDef):
+                classes[node.name] = (node, layer_of(module.name) or 0)
+    values = {name for name, (node, _) in classes.items() if _is_dataclass(node)}
+    changed = True
+    while changed:  # subclasses of value types are values too
+        changed = False
+        for name, (node, _) in classes.items():
+            bases = {dotted(b).rpartition(".")[2] for b in node.bases}
+            if name not in values and bases & (VALUE_BASES | values):
+                values.add(name)
+                changed = True
+    return frozenset(n for n, (_, layer) in classes.items() if layer >= L2 and n not in values)
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
+
+
+def import_time_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+    """Nodes evaluated when the module is imported: not function bodies, not the main guard."""
+    stack: list[ast.AST] = [s for s in tree.body if not _is_main_guard(s)]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            stack.extend(node.decorator_list)
+            stack.extend(node.args.defaults)
+            stack.extend(d for d in node.args.kw_defaults if d is not None)
+        elif isinstance(node, ast.Lambda):
+            stack.extend(node.args.defaults)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def singleton_calls(module: Module, services: frozenset[str]) -> list[tuple[int, str]]:
+    found = []
+    for node in import_time_nodes(module.tree):
+        if isinstance(node, ast.Call):
+            name = dotted(node.func)
+            if name.rpartition(".")[2] in services or name in STDLIB_SERVICE_CALLS:
+                found.append((node.lineno, name))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- parametrization
+
+
+def module_cases(rule: str, modules: list[Module] | None = None) -> list[object]:
+    cases: list[object] = []
+    for module in modules if modules is not None else all_modules():
+        reason = KNOWN_VIOLATIONS.get((rule, module.name))
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        cases.append(pytest.param(module, id=module.name, marks=marks))
+    return cases
+
+
+def in_layer(layer: int) -> list[Module]:
+    return [m for m in all_modules() if layer_of(m.name) == layer]
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def test_the_package_is_found() -> None:
+    names = {m.name for m in all_modules()}
+    assert {"nagare", "nagare.dagfile", "nagare.store", "nagare.app", "nagare.cli"} <= names
+
+
+@pytest.mark.parametrize("module", module_cases("layer"))
+def test_every_module_has_a_layer(module: Module) -> None:
+    assert layer_of(module.name) is not None, (
+        f"{module.path} ({module.name}) has no architecture layer. Add it to LAYERS in "
+        "tests/test_architecture.py (L0 errors/clock/models ... L6 cli; see DESIGN.md §3 and "
+        "ARCHITECTURE.md), and to the layer diagram in ARCHITECTURE.md. A module may import "
+        "only modules of its own layer or lower."
+    )
+
+
+def test_the_layer_map_names_only_existing_modules() -> None:
+    names = {m.name for m in all_modules()}
+    stale = sorted(
+        n for n in LAYERS if n not in names and not any(m.startswith(n + ".") for m in names)
+    )
+    assert stale == [], f"LAYERS names modules that no longer exist: {stale}; update the map"
+
+
+@pytest.mark.parametrize("module", module_cases("imports-down"))
+def test_imports_point_down(module: Module) -> None:
+    own = layer_of(module.name)
+    if own is None:
+        pytest.skip("no layer yet (see test_every_module_has_a_layer)")
+    upward = []
+    for line, target in nagare_imports(module):
+        target_layer = layer_of(target)
+        if target_layer is None or target_layer > own:
+            where = "no layer" if target_layer is None else f"L{target_layer}"
+            upward.append(f"{module.path}:{line} imports {target} ({where})")
+    assert upward == [], f"{module.name} is L{own}; it may import only L0..L{own}: {upward}"
+
+
+@pytest.mark.parametrize("module", module_cases("l3-peers", in_layer(L3)))
+def test_l3_services_do_not_import_each_other(module: Module) -> None:
+    peers = [
+        f"{module.path}:{line} imports {target}"
+        for line, target in nagare_imports(module)
+        if layer_of(target) == L3
+        and target != module.name
+        and (module.name, target) not in ALLOWED_L3_IMPORTS
+    ]
+    assert peers == [], (
+        f"L3 services meet in the store and in callbacks wired by app, not by imports: {peers}"
+    )
+
+
+@pytest.mark.parametrize(
+    "module",
+    module_cases(
+        "executors-seam", [m for m in all_modules() if m.name.startswith("nagare.executors")]
+    ),
+)
+def test_executors_never_touch_the_store_or_http(module: Module) -> None:
+    touching = [
+        f"{module.path}:{line} imports {target}"
+        for line, target in nagare_imports(module)
+        if target.startswith(("nagare.store", "nagare.http"))
+    ]
+    assert touching == [], (
+        "executors get an Assignment and callbacks and return an Outcome (DESIGN.md §3): "
+        f"{touching}"
+    )
+
+
+def tech_cases() -> list[object]:
+    cases: list[object] = []
+    for technology in TECH_OWNERS:
+        reason = KNOWN_VIOLATIONS.get(("tech", technology))
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        cases.append(pytest.param(technology, id=technology, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize("technology", tech_cases())
+def test_each_technology_has_one_owner(technology: str) -> None:
+    owners = TECH_OWNERS[technology]
+    offenders = [
+        f"{module.path}:{line}"
+        for module in all_modules()
+        if not owns(module.path, owners)
+        for line in uses_technology(module, technology)
+    ]
+    assert offenders == [], f"only {', '.join(owners)} may import {technology}: {offenders}"
+
+
+@pytest.mark.parametrize("module", module_cases("print"))
+def test_only_the_command_line_prints(module: Module) -> None:
+    if owns(module.path, PRINT_OWNERS):
+        return
+    lines = print_calls(module)
+    assert lines == [], (
+        f"{module.path} calls print() on lines {lines}; only {', '.join(PRINT_OWNERS)} print "
+        "(use logging elsewhere)"
+    )
+
+
+@pytest.mark.parametrize("module", module_cases("sleep"))
+def test_no_time_sleep(module: Module) -> None:
+    lines = sleep_calls(module)
+    assert lines == [], (
+        f"{module.path} uses time.sleep on lines {lines}; wait on an Event or Condition with a "
+        "timeout so that stop and wake-ups are immediate"
+    )
+
+
+@pytest.mark.parametrize("module", module_cases("singleton"))
+def test_no_service_is_built_at_import_time(module: Module) -> None:
+    calls = singleton_calls(module, service_classes())
+    assert calls == [], (
+        f"{module.path} builds services at import time {calls}; build the object graph in "
+        "nagare/app.py and pass objects in"
+    )
+
+
+def test_service_classes_are_found() -> None:
+    services = service_classes()
+    assert {"Store", "Scheduler", "WorkerPools", "RunService", "App", "DagFolder"} <= services
+    assert not {"DagDef", "TaskStatus", "NagareError", "Assignment", "DagState"} & services
+
+
+# ---------------------------------------------------------------- the checkers themselves
+
+
+def fake(name: str, source: str, is_package: bool = False) -> Module:
+    path = name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
+    return parse_module(name, path, is_package, source)
+
+
+def test_checker_resolves_absolute_relative_and_lazy_imports() -> None:
+    module = fake(
+        "nagare.store.db",
+        "from nagare import __version__, cli\n"
+        "from . import schema\n"
+        "from .rows import task_from_row\n"
+        "from .. import models\n"
+        "import nagare.http.server\n"
+        "def later():\n"
+        "    from nagare.app import App\n"
+        "    importlib.import_module('nagare.runs')\n",
+    )
+    assert list(nagare_imports(module)) == [
+        (1, "nagare.cli"),
+        (1, "nagare"),
+        (2, "nagare.store.schema"),
+        (3, "nagare.store.rows"),
+        (4, "nagare.models"),
+        (5, "nagare.http.server"),
+        (7, "nagare.app"),
+        (8, "nagare.runs"),
+    ]
+    package = fake("nagare.store", "from .db import Database\n", is_package=True)
+    assert list(nagare_imports(package)) == [(1, "nagare.store.db")]
+
+
+def test_checker_layers() -> None:
+    assert layer_of("nagare") == L0
+    assert layer_of("nagare.store.schema") == L2
+    assert layer_of("nagare.executors.docker") == L2
+    assert layer_of("nagare.http.api") == L4
+    assert layer_of("nagare.webhooks") == L3
+    assert layer_of("nagare.brand_new") is None
+    assert layer_of("nagare.errors_extra") is None  # prefixes of plain modules do not count
+
+
+@pytest.mark.parametrize(
+    ("source", "technology", "found"),
+    [
+        ("import sqlite3\n", "sqlite3", True),
+        ("from sqlite3 import connect\n", "sqlite3", True),
+        ("import yaml.nodes\n", "yaml", True),
+        ("from http.server import BaseHTTPRequestHandler\n", "http.server", True),
+        ("from http import server\n", "http.server", True),
+        ("from http import HTTPStatus\n", "http.server", False),
+        ("import urllib.request\n", "urllib.request", True),
+        ("from urllib import request\n", "urllib.request", True),
+        ("from urllib.parse import quote\n", "urllib.request", False),
+        ("def f():\n    import subprocess\n", "subprocess", True),
+        ("__import__('psutil')\n", "psutil", True),
+        ("import signals_helper\n", "signal", False),
+    ],
+)
+def test_checker_finds_technologies(source: str, technology: str, found: bool) -> None:
+    assert bool(uses_technology(fake("nagare.x", source), technology)) is found
+
+
+def test_checker_finds_print_and_sleep() -> None:
+    module = fake(
+        "nagare.x",
+        "import time\nfrom time import sleep\nprint('a')\ndef f():\n    time.sleep(1)\n",
+    )
+    assert print_calls(module) == [3]
+    assert sleep_calls(module) == [2, 5]
+    assert sleep_calls(fake("nagare.y", "import time\ntime.monotonic()\n")) == []
+
+
+def test_checker_finds_module_level_services() -> None:
+    services = frozenset({"Store", "App"})
+    source = (
+        "import threading\n"
+        "STORE = Store('x.db')\n"
+        "class Holder:\n"
+        "    app = App(config)\n"
+        "def make(store=Store('y.db')):\n"
+        "    return Store('z.db')\n"
+        "WORKER = threading.Thread(target=print)\n"
+        "PATTERN = re.compile('x')\n"
+        "if __name__ == '__main__':\n"
+        "    App(config).run()\n"
+    )
+    assert singleton_calls(fake("nagare.x", source), services) == [
+        (2, "Store"),
+        (4, "App"),
+        (5, "Store"),
+        (7, "threading.Thread"),
+    ]
