@@ -33,6 +33,10 @@ class MethodNotAllowed(NagareError):
     code = "method_not_allowed"
     status = 405
 
+    def __init__(self, message: str, allow: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow or []
+
 
 class Conflict(NagareError):
     code = "conflict"

@@ -40,7 +40,7 @@ def clean_conf(conf: Any) -> dict[str, str]:
     if conf is None:
         return {}
     if not isinstance(conf, dict):
-        raise Unprocessable(f"conf must be an object of NAME: value, found {type(conf).__name__}")
+        raise Unprocessable(f"conf must be an object of NAME: value, found {json_type(conf)}")
     if len(conf) > MAX_CONF_KEYS:
         raise Unprocessable(f"conf has {len(conf)} keys; at most {MAX_CONF_KEYS} are allowed")
     result = {}
@@ -66,6 +66,21 @@ def _conf_value(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return json.dumps(value, separators=(",", ":"))
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (for messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 class RunService:

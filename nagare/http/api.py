@@ -11,7 +11,7 @@ from nagare import __version__
 from nagare.clock import now_ms, parse_iso
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
-from nagare.errors import BadRequest, NagareError, NotFound
+from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key
 from nagare.http.routing import Param, Route, Router, openapi
 from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
@@ -56,16 +56,17 @@ class Api:
     def __call__(self, request: Request) -> Response:
         if not request.path.startswith("/api/") and request.path != "/api":
             return self._static(request)
+        method = "GET" if request.method == "HEAD" else request.method
         try:
-            route, params = self.router.match(request.method, request.path)
+            route, params = self.router.match(method, request.path)
         except NagareError as err:
-            if request.method == "OPTIONS":
-                return Response(
-                    204, headers={"Allow": ", ".join(self.router.allowed_methods(request.path))}
-                )
+            allowed = self.router.allowed_methods(request.path)
+            if request.method == "OPTIONS" and allowed:
+                return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
         if route.auth == "key":
             check_key(request, self.s.config.api_key, route.query_token)
+        _check_query(route, request)
         request.params = params
         result = route.handler(request)
         if isinstance(result, Response):
@@ -243,7 +244,7 @@ class Api:
 
     def openapi(self, request: Request) -> dict[str, Any]:
         if self._openapi is None:
-            self._openapi = openapi(self.routes, __version__)
+            self._openapi = openapi(self.router.routes, __version__)
         return self._openapi
 
     def stats(self, request: Request) -> dict[str, Any]:
@@ -418,6 +419,17 @@ class Api:
             stopping=self.s.stopping,
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+
+def _check_query(route: Route, request: Request) -> None:
+    known = {p.name for p in route.query}
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        expected = ", ".join(sorted(known)) if known else "none"
+        raise Unprocessable(
+            f"unknown query parameter(s) {', '.join(unknown)} for "
+            f"{route.method} {route.path} (expected: {expected})"
+        )
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -67,7 +67,8 @@ class Router:
         if allowed:
             raise MethodNotAllowed(
                 f"{method} is not allowed on {unquote(raw_path)} "
-                f"(allowed: {', '.join(sorted(set(allowed)))})"
+                f"(allowed: {', '.join(sorted(set(allowed)))})",
+                allow=sorted(set(allowed)),
             )
         raise NotFound(f"no API route {method} {unquote(raw_path)}")
 

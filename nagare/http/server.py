@@ -66,6 +66,9 @@ def error_response(err: NagareError) -> Response:
     response = json_response(body, err.status)
     if err.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'
+    allow = getattr(err, "allow", None)
+    if allow:
+        response.headers["Allow"] = ", ".join(allow)
     return response
 
 
@@ -78,6 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_SECONDS
     server_version = "Nagare"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def handle_one_request(self) -> None:
         try:

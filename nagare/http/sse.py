@@ -35,8 +35,10 @@ class LogStream:
     def __call__(self, write: Write) -> None:
         write(b"retry: 1000\n\n")
         start = self.start_line
+        task: TaskInstance | None = self.task
+        done = 0  # the last attempt streamed to its end
         while True:
-            task = self._await_start(write)
+            task = self._await_start(write, task, done)
             if task is None:
                 return
             attempt = self.attempt or task.attempt
@@ -45,7 +47,7 @@ class LogStream:
                 write(f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode())
                 return
             write(f"event: attempt\ndata: {json.dumps({'attempt': attempt + 1})}\n\n".encode())
-            start = 0
+            start, done, task = 0, attempt, self.load_task()
 
     def _stream_attempt(self, write: Write, task: TaskInstance, attempt: int, start: int) -> str:
         follower = LogFollower(self.logs.path(task.run_id, task.id, attempt), start)
@@ -57,13 +59,14 @@ class LogStream:
         finally:
             follower.close()
 
-    def _await_start(self, write: Write) -> TaskInstance | None:
-        """A task that has not started yet: keep the stream open until it does."""
-        task: TaskInstance | None = self.task
+    def _await_start(
+        self, write: Write, task: TaskInstance | None, done: int
+    ) -> TaskInstance | None:
+        """A task that has not started (again) yet: keep the stream open until it does."""
         while (
             task is not None
             and self.attempt is None
-            and task.status in WAITING
+            and self._waiting(task, done)
             and not self.stopping.is_set()
         ):
             self.stopping.wait(min(self.ping_seconds, 0.5))
@@ -73,8 +76,10 @@ class LogStream:
             return None
         return task
 
-    def _waiting(self, task: TaskInstance) -> bool:
-        return task.status in WAITING or (task.status is TaskStatus.RUNNING and task.attempt == 0)
+    def _waiting(self, task: TaskInstance, done: int) -> bool:
+        if task.status in WAITING:
+            return True
+        return task.status is TaskStatus.RUNNING and task.attempt <= done
 
     def _follow(self, write: Write, follower: LogFollower, key: str, attempt: int) -> str:
         while True:
