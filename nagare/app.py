@@ -30,7 +30,9 @@ log = logging.getLogger("nagare")
 class _NoDocker:
     """Container tasks need the Docker executor; until it is configured they fail clearly."""
 
-    executor_type = "docker"
+    @property
+    def executor_type(self) -> str:
+        return "docker"
 
     def run(
         self,

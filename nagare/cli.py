@@ -209,13 +209,18 @@ def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) 
                 file=sys.stderr,
             )
             return 2
-        threading.Thread(target=lambda: stop.wait() or app.stopping.set(), daemon=True).start()
+        threading.Thread(target=_forward_stop, args=(stop, app.stopping), daemon=True).start()
         status = app.trigger_and_wait(dag_id, params)
         _print_summary(app, dag_id)
         print(f"run of '{dag_id}' finished: {status}", file=sys.stderr)
         return 0 if status == "success" else 1
     finally:
         app.stop()
+
+
+def _forward_stop(signalled: threading.Event, stopping: threading.Event) -> None:
+    signalled.wait()
+    stopping.set()
 
 
 def _print_summary(app: Any, dag_id: str) -> None:
@@ -268,12 +273,13 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
     bad = 0
     seen: dict[str, str] = {}
     for path in files:
-        dag, errors = load_dag_file(path)
+        dag, found = load_dag_file(path)
+        errors = [str(e) for e in found]
         if dag is not None and dag.dag_id in seen:
             errors = [
                 f"{os.path.basename(path)}: id: DAG id '{dag.dag_id}' is already defined "
                 f"by {seen[dag.dag_id]}"
-            ]  # type: ignore[list-item]
+            ]
         if errors:
             bad += 1
             for error in errors:

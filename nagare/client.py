@@ -217,7 +217,7 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
     Follows the SSE rules: `data:` lines of one event are joined with newlines, `event:` names it
     (default `message`), `id:` and `retry:` are read and not yielded, `:` lines are comments and a
     blank line ends the event. Events without data are dropped."""
-    event, data = "", []
+    event, data = "", list[str]()
     for line in lines:
         if not line:
             if data:

@@ -214,7 +214,7 @@ class WorkerPools:
         attempt_log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
         )
-        on_line = attempt_log.on_line
+        on_line: Callable[[str, str], None] = attempt_log.on_line
         if self.line_sink is not None:
             on_line = _tee(on_line, task.task_id, self.line_sink)
         try:

@@ -24,8 +24,12 @@ from nagare.app import App  # noqa: E402
 from nagare.config import load_config  # noqa: E402
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -52,8 +56,14 @@ class HttpResult:
         return self.body.decode()
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 10) -> HttpResult:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 10,
+) -> HttpResult:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None and "Content-Type" not in (headers or {}):
@@ -87,13 +97,15 @@ class Nagare:
         return result.json
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        result = self.call("POST", f"/api/dags/{dag_id}/runs",
-                           {"conf": conf} if conf is not None else None)
+        result = self.call(
+            "POST", f"/api/dags/{dag_id}/runs", {"conf": conf} if conf is not None else None
+        )
         assert result.status == 201, result.body
         return str(result.json["run_id"])
 
     def wait_run(self, run_id: str, timeout: float = 20) -> dict[str, Any]:
         """Wait until the run is finished; returns the run object."""
+
         def done() -> dict[str, Any] | None:
             run = self.get(f"/api/runs/{run_id}")
             return run if run["status"] in ("success", "failed", "cancelled") else None
@@ -112,8 +124,9 @@ class Nagare:
         from urllib.parse import quote
 
         suffix = f"?attempt={attempt}" if attempt else ""
-        result = self.call("GET", f"/api/runs/{run_id}/tasks/{quote(task_id, safe='')}/logs"
-                           + suffix)
+        result = self.call(
+            "GET", f"/api/runs/{run_id}/tasks/{quote(task_id, safe='')}/logs" + suffix
+        )
         assert result.status == 200, result.body
         return result.text
 
@@ -125,8 +138,13 @@ class Nagare:
 
 def make_config(root: Path, **settings: Any) -> Any:
     (root / "dags").mkdir(exist_ok=True)
-    flags = {"db": str(root / "nagare.db"), "dags": str(root / "dags"), "port": "127.0.0.1:0",
-             "config": str(root / "nagare.yaml"), "logs_dir": str(root / "logs")}
+    flags = {
+        "db": str(root / "nagare.db"),
+        "dags": str(root / "dags"),
+        "port": "127.0.0.1:0",
+        "config": str(root / "nagare.yaml"),
+        "logs_dir": str(root / "logs"),
+    }
     extra = {k: v for k, v in settings.items() if k not in flags}
     flags.update({k: v for k, v in settings.items() if k in flags})
     config = load_config(flags, environ={})
@@ -142,8 +160,9 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
     """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0."""
     started: list[App] = []
 
-    def start(dags: dict[str, str] | None = None, root: Path | None = None,
-              **settings: Any) -> Nagare:
+    def start(
+        dags: dict[str, str] | None = None, root: Path | None = None, **settings: Any
+    ) -> Nagare:
         base = root or tmp_path
         (base / "dags").mkdir(parents=True, exist_ok=True)
         for name, text in (dags or {}).items():
@@ -153,8 +172,9 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
         app = App(make_config(base, **settings))
         app.start(poll_interval=0.05)
         started.append(app)
-        headers = {"Authorization": f"Bearer {settings['api_key']}"} if settings.get(
-            "api_key") else {}
+        headers = (
+            {"Authorization": f"Bearer {settings['api_key']}"} if settings.get("api_key") else {}
+        )
         return Nagare(app, base, headers)
 
     yield start
@@ -174,3 +194,54 @@ def pythonpath_env(**extra: str) -> dict[str, str]:
     env.pop("NAGARE_API_KEY", None)
     env.update(extra)
     return env
+
+
+# ---------------------------------------------------------------- real Docker and Chromium
+
+DOCKER_TEST_IMAGE = "nagare-test-busybox"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _missing(what: str, variable: str, why: str) -> None:
+    """Skip with the reason, or fail when CI made this part mandatory."""
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{variable}=1 but {what} is not available: {why}")
+    pytest.skip(f"{what} is not available: {why} (CI sets {variable}=1 and installs it)")
+
+
+def require_docker() -> None:
+    """A running Docker engine with the local test image (see .ci/docker-up)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        _missing("a Docker engine", "NAGARE_REQUIRE_DOCKER", "no docker client on PATH")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    if info.returncode != 0:
+        _missing(
+            "a Docker engine",
+            "NAGARE_REQUIRE_DOCKER",
+            "`docker info` failed; run bash .ci/docker-up",
+        )
+    image = subprocess.run(
+        ["docker", "image", "inspect", DOCKER_TEST_IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if image.returncode != 0:
+        _missing(
+            f"the test image {DOCKER_TEST_IMAGE}",
+            "NAGARE_REQUIRE_DOCKER",
+            "build it with bash .ci/docker-up",
+        )
+
+
+def require_chromium() -> str:
+    if not os.path.exists(CHROMIUM):
+        _missing(
+            "Chromium",
+            "NAGARE_REQUIRE_BROWSER",
+            f"{CHROMIUM} does not exist (apt-get install chromium)",
+        )
+    return CHROMIUM

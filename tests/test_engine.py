@@ -28,15 +28,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_pid(path: Path) -> int:
-    return int(wait_for(lambda: path.exists() and path.read_text().strip(), 10,
-                        message=f"pid file {path}"))
+    return int(
+        wait_for(lambda: path.exists() and path.read_text().strip(), 10, message=f"pid file {path}")
+    )
 
 
 # ---------------------------------------------------------------- dependencies and failures
 
 
 def test_chain_runs_in_order_and_env_is_assembled(nagare: Nagare) -> None:
-    load(nagare, "chain.yaml", """
+    load(
+        nagare,
+        "chain.yaml",
+        """
     id: chain
     env: {REGION: eu, SHARED: dag}
     tasks:
@@ -46,7 +50,8 @@ def test_chain_runs_in_order_and_env_is_assembled(nagare: Nagare) -> None:
       - id: second
         depends_on: first
         command: echo "run=$NAGARE_RUN_ID trigger=$NAGARE_TRIGGER"
-    """)
+    """,
+    )
     os.environ["NAGARE_API_KEY"] = "must-not-leak"
     try:
         run_id = nagare.trigger("chain", {"K": "v", "SHARED": "conf"})
@@ -61,12 +66,16 @@ def test_chain_runs_in_order_and_env_is_assembled(nagare: Nagare) -> None:
 
 
 def test_secrets_are_not_in_task_env(nagare: Nagare) -> None:
-    load(nagare, "env.yaml", """
+    load(
+        nagare,
+        "env.yaml",
+        """
     id: envdump
     tasks:
       - id: dump
         command: env
-    """)
+    """,
+    )
     os.environ["NAGARE_API_KEY"] = "planted-key-123"
     os.environ["NAGARE_TOKEN"] = "planted-token-456"
     try:
@@ -80,7 +89,10 @@ def test_secrets_are_not_in_task_env(nagare: Nagare) -> None:
 
 
 def test_failure_marks_the_whole_downstream_chain_upstream_failed(nagare: Nagare) -> None:
-    load(nagare, "fail.yaml", """
+    load(
+        nagare,
+        "fail.yaml",
+        """
     id: failing
     tasks:
       - id: a
@@ -93,7 +105,8 @@ def test_failure_marks_the_whole_downstream_chain_upstream_failed(nagare: Nagare
         command: echo never
       - id: side
         command: echo independent branch
-    """)
+    """,
+    )
     run_id = nagare.trigger("failing")
     run = nagare.wait_run(run_id)
     assert run["status"] == "failed"
@@ -106,14 +119,18 @@ def test_failure_marks_the_whole_downstream_chain_upstream_failed(nagare: Nagare
 
 
 def test_large_output_and_huge_line_do_not_hang(nagare: Nagare) -> None:
-    load(nagare, "big.yaml", """
+    load(
+        nagare,
+        "big.yaml",
+        """
     id: big
     tasks:
       - id: huge_line
         command: head -c 10000000 /dev/zero | tr '\\0' x; echo; echo after
       - id: many_lines
         command: seq 1 200000
-    """)
+    """,
+    )
     run_id = nagare.trigger("big")
     assert nagare.wait_run(run_id, 60)["status"] == "success"
     lines = nagare.log(run_id, "huge_line").splitlines()
@@ -127,14 +144,18 @@ def test_large_output_and_huge_line_do_not_hang(nagare: Nagare) -> None:
 
 
 def test_retries_keep_each_attempt_log_and_metrics(nagare: Nagare) -> None:
-    load(nagare, "retry.yaml", """
+    load(
+        nagare,
+        "retry.yaml",
+        """
     id: retry
     tasks:
       - id: flaky
         retries: 2
         retry_delay_seconds: 0.3
         command: echo "attempt $NAGARE_ATTEMPT"; [ "$NAGARE_ATTEMPT" -ge 3 ]
-    """)
+    """,
+    )
     start = time.monotonic()
     run_id = nagare.trigger("retry")
     assert nagare.wait_run(run_id)["status"] == "success"
@@ -149,13 +170,17 @@ def test_retries_keep_each_attempt_log_and_metrics(nagare: Nagare) -> None:
 
 
 def test_retries_exhausted_then_failed(nagare: Nagare) -> None:
-    load(nagare, "retry2.yaml", """
+    load(
+        nagare,
+        "retry2.yaml",
+        """
     id: always_fails
     tasks:
       - id: bad
         retries: 1
         command: exit 1
-    """)
+    """,
+    )
     run_id = nagare.trigger("always_fails")
     assert nagare.wait_run(run_id)["status"] == "failed"
     assert nagare.task(run_id, "bad")["attempt"] == 2
@@ -163,13 +188,17 @@ def test_retries_exhausted_then_failed(nagare: Nagare) -> None:
 
 def test_timeout_kills_the_whole_process_group(nagare: Nagare, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    load(nagare, "timeout.yaml", f"""
+    load(
+        nagare,
+        "timeout.yaml",
+        f"""
     id: slow
     tasks:
       - id: sleepy
         timeout_seconds: 0.5
         command: echo started; sleep 30 & echo $! > {pid_file}; wait
-    """)
+    """,
+    )
     run_id = nagare.trigger("slow")
     child = read_pid(pid_file)
     run = nagare.wait_run(run_id, 10)
@@ -181,14 +210,18 @@ def test_timeout_kills_the_whole_process_group(nagare: Nagare, tmp_path: Path) -
 
 
 def test_timed_out_attempt_is_retried(nagare: Nagare) -> None:
-    load(nagare, "timeout_retry.yaml", """
+    load(
+        nagare,
+        "timeout_retry.yaml",
+        """
     id: slow_then_fast
     tasks:
       - id: t
         timeout_seconds: 0.5
         retries: 1
         command: '[ "$NAGARE_ATTEMPT" -ge 2 ] || sleep 10'
-    """)
+    """,
+    )
     run_id = nagare.trigger("slow_then_fast")
     assert nagare.wait_run(run_id)["status"] == "success"
     attempts = nagare.get(f"/api/runs/{run_id}/tasks/t/attempts")
@@ -199,9 +232,13 @@ def test_timed_out_attempt_is_retried(nagare: Nagare) -> None:
 
 
 def test_kill_run_kills_process_groups_and_keeps_partial_output(
-        nagare: Nagare, tmp_path: Path) -> None:
+    nagare: Nagare, tmp_path: Path
+) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    load(nagare, "long.yaml", f"""
+    load(
+        nagare,
+        "long.yaml",
+        f"""
     id: long
     tasks:
       - id: work
@@ -209,7 +246,8 @@ def test_kill_run_kills_process_groups_and_keeps_partial_output(
       - id: later
         depends_on: work
         command: echo never
-    """)
+    """,
+    )
     run_id = nagare.trigger("long")
     grandchild = read_pid(pid_file)
     wait_for(lambda: "partial" in nagare.log(run_id, "work"), message="first output")
@@ -228,7 +266,10 @@ def test_kill_run_kills_process_groups_and_keeps_partial_output(
 
 
 def test_kill_one_task_fails_the_run_and_skips_dependants(nagare: Nagare) -> None:
-    load(nagare, "two.yaml", """
+    load(
+        nagare,
+        "two.yaml",
+        """
     id: two
     tasks:
       - id: slow
@@ -238,7 +279,8 @@ def test_kill_one_task_fails_the_run_and_skips_dependants(nagare: Nagare) -> Non
         command: echo never
       - id: other
         command: echo fine
-    """)
+    """,
+    )
     run_id = nagare.trigger("two")
     wait_for(lambda: nagare.task(run_id, "slow")["status"] == "running", message="slow to run")
     result = nagare.call("POST", f"/api/runs/{run_id}/tasks/slow/kill")
@@ -252,7 +294,10 @@ def test_kill_one_task_fails_the_run_and_skips_dependants(nagare: Nagare) -> Non
 
 
 def test_retry_after_kill_reopens_the_run(nagare: Nagare) -> None:
-    load(nagare, "reopen.yaml", """
+    load(
+        nagare,
+        "reopen.yaml",
+        """
     id: reopen
     tasks:
       - id: gate
@@ -260,7 +305,8 @@ def test_retry_after_kill_reopens_the_run(nagare: Nagare) -> None:
       - id: after
         depends_on: gate
         command: echo after
-    """)
+    """,
+    )
     run_id = nagare.trigger("reopen")
     wait_for(lambda: nagare.task(run_id, "gate")["status"] == "running", message="gate running")
     assert nagare.call("POST", f"/api/runs/{run_id}/kill").status == 200
@@ -292,25 +338,31 @@ tasks:
 
 
 def test_map_fans_out_over_any_json_values(nagare: Nagare) -> None:
-    load(nagare, "map.yaml", MAP_DAG.format(items='["a.csv", 7, {"k": [1, 2]}, null]',
-                                            extra="true"))
+    load(
+        nagare, "map.yaml", MAP_DAG.format(items='["a.csv", 7, {"k": [1, 2]}, null]', extra="true")
+    )
     run_id = nagare.trigger("mapper")
     assert nagare.wait_run(run_id)["status"] == "success"
     tasks = nagare.tasks(run_id)
-    assert list(tasks) == ["source", "each", "each[0]", "each[1]", "each[2]", "each[3]",
-                           "reduce"]
+    assert list(tasks) == ["source", "each", "each[0]", "each[1]", "each[2]", "each[3]", "reduce"]
     assert nagare.log(run_id, "each[0]") == "item=a.csv env=a.csv index=0\n"
     assert nagare.log(run_id, "each[1]") == "item=7 env=7 index=1\n"
     # {{item}} is substituted as compact JSON; the shell then removes the inner quotes
     assert nagare.log(run_id, "each[2]") == 'item={k:[1,2]} env={"k":[1,2]} index=2\n'
     assert tasks["each[2]"]["item"] == {"k": [1, 2]} and tasks["each[2]"]["map_index"] == 2
     assert tasks["reduce"]["started_at"] >= max(
-        tasks[f"each[{i}]"]["completed_at"] for i in range(4))
+        tasks[f"each[{i}]"]["completed_at"] for i in range(4)
+    )
 
 
 def test_map_child_keeps_its_item_on_retry(nagare: Nagare) -> None:
-    load(nagare, "map.yaml", MAP_DAG.format(
-        items='["x", "y"]', extra='[ "$NAGARE_ATTEMPT" -ge 2 ] || [ "{{item}}" = x ]'))
+    load(
+        nagare,
+        "map.yaml",
+        MAP_DAG.format(
+            items='["x", "y"]', extra='[ "$NAGARE_ATTEMPT" -ge 2 ] || [ "{{item}}" = x ]'
+        ),
+    )
     run_id = nagare.trigger("mapper")
     assert nagare.wait_run(run_id)["status"] == "success"
     assert nagare.log(run_id, "each[1]", attempt=2) == "item=y env=y index=1\n"
@@ -318,8 +370,11 @@ def test_map_child_keeps_its_item_on_retry(nagare: Nagare) -> None:
 
 def test_failed_map_child_fails_parent_and_retry_recovers(nagare: Nagare, tmp_path: Path) -> None:
     flag = tmp_path / "fixed"
-    load(nagare, "map.yaml", MAP_DAG.format(items='["ok", "bad"]',
-                                            extra=f'[ "{{{{item}}}}" = ok ] || [ -e {flag} ]'))
+    load(
+        nagare,
+        "map.yaml",
+        MAP_DAG.format(items='["ok", "bad"]', extra=f'[ "{{{{item}}}}" = ok ] || [ -e {flag} ]'),
+    )
     run_id = nagare.trigger("mapper")
     assert nagare.wait_run(run_id)["status"] == "failed"
     tasks = nagare.tasks(run_id)
@@ -355,7 +410,10 @@ def test_map_cap_fails_the_map_task(nagare_factory) -> None:  # type: ignore[no-
 
 
 def test_with_items_clones_run_and_fan_in(nagare: Nagare) -> None:
-    load(nagare, "loop.yaml", """
+    load(
+        nagare,
+        "loop.yaml",
+        """
     id: loop
     tasks:
       - id: get
@@ -364,7 +422,8 @@ def test_with_items_clones_run_and_fan_in(nagare: Nagare) -> None:
       - id: all
         depends_on: get
         command: echo done
-    """)
+    """,
+    )
     run_id = nagare.trigger("loop")
     assert nagare.wait_run(run_id)["status"] == "success"
     assert nagare.log(run_id, "get_us") == "get us\n"
@@ -375,13 +434,20 @@ def test_with_items_clones_run_and_fan_in(nagare: Nagare) -> None:
 
 
 def test_trigger_dag_starts_the_other_dag_with_conf(nagare: Nagare) -> None:
-    load(nagare, "child.yaml", """
+    load(
+        nagare,
+        "child.yaml",
+        """
     id: child
     tasks:
       - id: hello
         command: echo "child got $COLOR"
-    """)
-    load(nagare, "parent.yaml", """
+    """,
+    )
+    load(
+        nagare,
+        "parent.yaml",
+        """
     id: parent
     tasks:
       - id: kick
@@ -390,7 +456,8 @@ def test_trigger_dag_starts_the_other_dag_with_conf(nagare: Nagare) -> None:
       - id: missing
         type: trigger_dag
         dag_id: no_such_dag
-    """)
+    """,
+    )
     run_id = nagare.trigger("parent", {"COLOR": "blue"})
     assert nagare.wait_run(run_id)["status"] == "failed"
     tasks = nagare.tasks(run_id)
@@ -409,14 +476,18 @@ def test_trigger_dag_starts_the_other_dag_with_conf(nagare: Nagare) -> None:
 
 def test_pool_of_one_runs_tasks_one_at_a_time(nagare_factory) -> None:  # type: ignore[no-untyped-def]
     nagare = nagare_factory(worker_pools={"serial": 1})
-    load(nagare, "serial.yaml", """
+    load(
+        nagare,
+        "serial.yaml",
+        """
     id: serial
     tasks:
       - id: job
         with_items: [a, b, c]
         pool: serial
         command: echo "$(date +%s.%N) start"; sleep 0.3; echo "$(date +%s.%N) end"
-    """)
+    """,
+    )
     run_id = nagare.trigger("serial")
     assert nagare.wait_run(run_id)["status"] == "success"
     spans = []
@@ -429,13 +500,17 @@ def test_pool_of_one_runs_tasks_one_at_a_time(nagare_factory) -> None:  # type: 
 
 def test_pool_of_size_zero_keeps_tasks_queued(nagare_factory) -> None:  # type: ignore[no-untyped-def]
     nagare = nagare_factory(worker_pools={"gpu": 0})
-    load(nagare, "gpu.yaml", """
+    load(
+        nagare,
+        "gpu.yaml",
+        """
     id: gpu
     tasks:
       - id: train
         pool: gpu
         command: echo never here
-    """)
+    """,
+    )
     run_id = nagare.trigger("gpu")
     time.sleep(0.5)
     assert nagare.task(run_id, "train")["status"] == "queued"
@@ -453,8 +528,11 @@ def test_claims_are_compare_and_set(tmp_path: Path) -> None:
     from nagare.store import Store
 
     store = Store(str(tmp_path / "cas.db"))
-    dag, errors = parse_dag("id: d\ntasks:\n  - id: t\n    with_items: [" +
-                            ", ".join(str(i) for i in range(200)) + "]\n    command: 'true'\n")
+    dag, errors = parse_dag(
+        "id: d\ntasks:\n  - id: t\n    with_items: ["
+        + ", ".join(str(i) for i in range(200))
+        + "]\n    command: 'true'\n"
+    )
     assert dag is not None, errors
     create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
     claimed: list[str] = []
@@ -486,22 +564,32 @@ def test_dag_folder_changes_take_effect_within_a_second(nagare: Nagare) -> None:
         command: echo v{n}
     """
     nagare.write_dag("live.yaml", good.format(n=1))
-    wait_for(lambda: "live" in {d["dag_id"] for d in nagare.get("/api/dags")}, 2,
-             message="the new DAG to load")
+    wait_for(
+        lambda: "live" in {d["dag_id"] for d in nagare.get("/api/dags")},
+        2,
+        message="the new DAG to load",
+    )
     run_id = nagare.trigger("live")
     nagare.wait_run(run_id)
     time.sleep(0.01)
     nagare.write_dag("live.yaml", good.format(n=2))
-    wait_for(lambda: nagare.get("/api/dags/live")["description"] == "version 2", 2,
-             message="the edit to load")
+    wait_for(
+        lambda: nagare.get("/api/dags/live")["description"] == "version 2",
+        2,
+        message="the edit to load",
+    )
     nagare.write_dag("live.yaml", "id: live\ntasks:\n  - id: t\n    comand: x\n")
-    errors = wait_for(lambda: nagare.get("/api/dags/errors").get("live.yaml"), 2,
-                      message="the error to show")
+    errors = wait_for(
+        lambda: nagare.get("/api/dags/errors").get("live.yaml"), 2, message="the error to show"
+    )
     assert "did you mean 'command'" in errors[0] and "live.yaml:4" in errors[0]
     assert nagare.get("/api/dags/live")["description"] == "version 2"  # last good keeps running
     (nagare.root / "dags" / "live.yaml").unlink()
-    wait_for(lambda: nagare.call("GET", "/api/dags/live").status == 404, 2,
-             message="the DAG to disappear")
+    wait_for(
+        lambda: nagare.call("GET", "/api/dags/live").status == 404,
+        2,
+        message="the DAG to disappear",
+    )
     assert nagare.get("/api/dags/errors") == {}
 
 
@@ -517,16 +605,21 @@ def test_duplicate_dag_id_keeps_the_first_file(nagare: Nagare) -> None:
 
 
 def test_cron_fires_on_its_slot_with_a_deterministic_run_id(nagare: Nagare) -> None:
-    load(nagare, "tick.yaml", """
+    load(
+        nagare,
+        "tick.yaml",
+        """
     id: tick
     schedule: "@every 1s"
     tasks:
       - id: t
         command: echo "$NAGARE_SCHEDULED_TIME"
-    """)
+    """,
+    )
     nagare.app.scheduler.wake(None)
-    runs = wait_for(lambda: nagare.get("/api/runs?dag_id=tick")["data"], 3,
-                    message="a scheduled run")
+    runs = wait_for(
+        lambda: nagare.get("/api/runs?dag_id=tick")["data"], 3, message="a scheduled run"
+    )
     run = runs[-1]
     assert run["trigger"] == "scheduled"
     assert run["run_id"].startswith("tick__scheduled__")
@@ -540,22 +633,29 @@ def test_cron_fires_on_its_slot_with_a_deterministic_run_id(nagare: Nagare) -> N
 
 
 def test_pause_stops_scheduling_and_activate_skips_missed_slots(nagare: Nagare) -> None:
-    load(nagare, "tick.yaml", """
+    load(
+        nagare,
+        "tick.yaml",
+        """
     id: tick
     schedule: "@every 1s"
     catchup: true
     tasks:
       - id: t
         command: "true"
-    """)
+    """,
+    )
     assert nagare.call("POST", "/api/dags/tick/pause").json == {"dag_id": "tick", "paused": True}
     time.sleep(2.2)
     count = nagare.get("/api/runs?dag_id=tick")["total"]
     time.sleep(1.2)
     assert nagare.get("/api/runs?dag_id=tick")["total"] == count
     nagare.call("POST", "/api/dags/tick/activate")
-    wait_for(lambda: nagare.get("/api/runs?dag_id=tick")["total"] > count, 3,
-             message="scheduling to resume")
+    wait_for(
+        lambda: nagare.get("/api/runs?dag_id=tick")["total"] > count,
+        3,
+        message="scheduling to resume",
+    )
     runs = nagare.get("/api/runs?dag_id=tick")["data"]
     assert all(r["trigger"] == "scheduled" for r in runs)  # nothing caught up from the pause
 

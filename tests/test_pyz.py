@@ -19,8 +19,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("pyz") / "nagare.pyz"
-    result = subprocess.run([sys.executable, str(ROOT / "build_pyz.py"), "--output", str(output)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "build_pyz.py"), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return output
 
@@ -30,8 +34,13 @@ def test_built_pyz_serves_and_runs_the_hello_dag(pyz: Path, tmp_path: Path) -> N
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NAGARE_CACHE_DIR": str(tmp_path / "c")}
     with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(pyz), "--port", f"127.0.0.1:{port}"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, str(pyz), "--port", f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _up(url), 20, message="nagare.pyz to answer /api/health")
@@ -53,13 +62,25 @@ def test_pyz_exec_and_validate(pyz: Path, tmp_path: Path) -> None:
     shutil.copytree(ROOT / "dags", tmp_path / "dags")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NAGARE_CACHE_DIR": str(tmp_path / "c")}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, str(pyz), "exec", "dags/map_reduce.yaml"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(pyz), "exec", "dags/map_reduce.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "[process_file[2]] processing c.csv" in result.stdout
     assert time.monotonic() - started < 30
-    result = subprocess.run([sys.executable, str(pyz), "validate"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(pyz), "validate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -43,9 +43,24 @@ class ServerProcess:
     def start(self) -> None:
         log = open(self.root / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nagare", "--port", f"127.0.0.1:{self.port}", "--db",
-             "nagare.db", "--dags", "dags", "--config", "nagare.yaml"],
-            cwd=self.root, env=pythonpath_env(), stdout=log, stderr=log)
+            [
+                sys.executable,
+                "-m",
+                "nagare",
+                "--port",
+                f"127.0.0.1:{self.port}",
+                "--db",
+                "nagare.db",
+                "--dags",
+                "dags",
+                "--config",
+                "nagare.yaml",
+            ],
+            cwd=self.root,
+            env=pythonpath_env(),
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         wait_for(self._healthy, 15, message="the server to answer /api/health")
 
@@ -99,7 +114,9 @@ def alive(pid: int) -> bool:
 def test_kill_9_then_restart_reconciles_and_kills_orphans(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path)
     child_pid = tmp_path / "child.pid"
-    server.dag("crash.yaml", f"""
+    server.dag(
+        "crash.yaml",
+        f"""
     id: crash
     tasks:
       - id: long
@@ -112,14 +129,23 @@ def test_kill_9_then_restart_reconciles_and_kills_orphans(tmp_path: Path) -> Non
         command: echo after
       - id: no_retry
         command: sleep 60
-    """)
+    """,
+    )
     try:
         server.start()
         run_id = server.post("/api/dags/crash/runs").json["run_id"]
-        orphan = int(wait_for(lambda: child_pid.exists() and child_pid.read_text().strip(), 10,
-                              message="the task to start"))
-        wait_for(lambda: server.task(run_id, "no_retry")["status"] == "running", 5,
-                 message="no_retry to run")
+        orphan = int(
+            wait_for(
+                lambda: child_pid.exists() and child_pid.read_text().strip(),
+                10,
+                message="the task to start",
+            )
+        )
+        wait_for(
+            lambda: server.task(run_id, "no_retry")["status"] == "running",
+            5,
+            message="no_retry to run",
+        )
         server.signal(signal.SIGKILL)
         assert alive(orphan), "the task's process outlives a kill -9 of the server"
         server.start()
@@ -139,12 +165,15 @@ def test_kill_9_then_restart_reconciles_and_kills_orphans(tmp_path: Path) -> Non
 
 def test_sigterm_waits_for_running_tasks_within_the_grace_period(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, "shutdown_grace_seconds: 10\n")
-    server.dag("short.yaml", """
+    server.dag(
+        "short.yaml",
+        """
     id: short
     tasks:
       - id: t
         command: sleep 1; echo finished
-    """)
+    """,
+    )
     try:
         server.start()
         run_id = server.post("/api/dags/short/runs").json["run_id"]
@@ -161,12 +190,15 @@ def test_sigterm_waits_for_running_tasks_within_the_grace_period(tmp_path: Path)
 
 def test_sigterm_interrupts_long_tasks_and_they_run_again_on_start(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, "shutdown_grace_seconds: 0.3\n")
-    server.dag("long.yaml", """
+    server.dag(
+        "long.yaml",
+        """
     id: long
     tasks:
       - id: t
         command: echo "attempt $NAGARE_ATTEMPT"; [ "$NAGARE_ATTEMPT" -ge 2 ] || sleep 60
-    """)
+    """,
+    )
     try:
         server.start()
         run_id = server.post("/api/dags/long/runs").json["run_id"]
@@ -186,25 +218,36 @@ def test_sigterm_interrupts_long_tasks_and_they_run_again_on_start(tmp_path: Pat
 
 def test_catchup_runs_slots_missed_while_the_server_was_down(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, "misfire_grace_seconds: 0.5\n")
-    server.dag("tick.yaml", """
+    server.dag(
+        "tick.yaml",
+        """
     id: tick
     schedule: "@every 1s"
     catchup: true
     tasks:
       - id: t
         command: "true"
-    """)
+    """,
+    )
     try:
         server.start()
-        wait_for(lambda: server.get("/api/runs?dag_id=tick")["total"] >= 1, 5,
-                 message="a first scheduled run")
+        wait_for(
+            lambda: server.get("/api/runs?dag_id=tick")["total"] >= 1,
+            5,
+            message="a first scheduled run",
+        )
         assert server.signal(signal.SIGTERM) == 0
         before = count_runs(tmp_path)
         time.sleep(3)
         server.start()
-        wait_for(lambda: any(r["trigger"] == "catchup"
-                             for r in server.get("/api/runs?dag_id=tick&limit=500")["data"]), 5,
-                 message="catch-up runs")
+        wait_for(
+            lambda: any(
+                r["trigger"] == "catchup"
+                for r in server.get("/api/runs?dag_id=tick&limit=500")["data"]
+            ),
+            5,
+            message="catch-up runs",
+        )
         runs = server.get("/api/runs?dag_id=tick&limit=500")["data"]
         slots = sorted(r["execution_date"] for r in runs)
         assert len(slots) == len(set(slots)), "a slot ran twice"

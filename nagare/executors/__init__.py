@@ -48,7 +48,8 @@ class Cancellation:
 
 
 class Executor(Protocol):
-    executor_type: str
+    @property
+    def executor_type(self) -> str: ...
 
     def run(
         self,

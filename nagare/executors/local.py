@@ -54,7 +54,9 @@ class _Watch:
 
 
 class LocalExecutor:
-    executor_type = ExecutorType.LOCAL
+    @property
+    def executor_type(self) -> str:
+        return ExecutorType.LOCAL
 
     def __init__(self, max_line_bytes: int = 65536, cwd: str | None = None) -> None:
         self.max_line_bytes = max_line_bytes

@@ -1,0 +1,32 @@
+"""House style is part of the test suite: ruff (lint and format) and mypy over the code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+TARGETS = ["nagare", "tests", "build_pyz.py", "benchmarks"]
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff") is None, reason="ruff is not installed (pip install -e '.[test]')"
+)
+def test_ruff_lint_and_format() -> None:
+    lint = run("ruff", "check", *TARGETS)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = run("ruff", "format", "--check", *TARGETS)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_mypy() -> None:
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[test]')")
+    result = run(sys.executable, "-m", "mypy", "nagare")
+    assert result.returncode == 0, result.stdout + result.stderr
