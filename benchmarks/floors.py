@@ -56,7 +56,7 @@ def python_pass() -> None:
 
 def _map_source(items: int) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dags import map_source_command
+    from dagfiles import map_source_command
 
     return map_source_command(items)
 

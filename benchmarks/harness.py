@@ -72,10 +72,12 @@ def source_env() -> dict[str, str]:
 
 
 class Client:
-    """A keep-alive JSON client for one server; reconnects once when the server dropped us."""
+    """A JSON client for one server. With `keep_alive` one connection is reused (reconnecting
+    once when the server dropped it); without, every request opens a fresh connection."""
 
-    def __init__(self, port: int, timeout: float = 30.0) -> None:
+    def __init__(self, port: int, keep_alive: bool = True, timeout: float = 30.0) -> None:
         self.port = port
+        self.keep_alive = keep_alive
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
@@ -97,7 +99,10 @@ class Client:
             try:
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
-                return response.status, response.read()
+                result = response.status, response.read()
+                if not self.keep_alive:
+                    self.close()
+                return result
             except (http.client.HTTPException, ConnectionError, TimeoutError):
                 self.close()
                 if attempt == 2:
@@ -216,21 +221,29 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass
 class Launcher:
-    """How to start Nagare: from the source tree or from a zipapp."""
+    """How to start Nagare: from the source tree or from a zipapp; or, with `profile_dir`, from
+    the source tree under cProfile (each start writes `<profile_dir>/<profile_tag>-<n>.prof`)."""
 
     pyz: Path | None = None
+    profile_dir: Path | None = None
+    profile_tag: str = "server"
+    _starts: int = 0
 
     def command(self) -> list[str]:
-        if self.pyz is not None:
-            return [sys.executable, str(self.pyz)]
-        return [sys.executable, "-m", "nagare"]
+        if self.profile_dir is None:
+            target = [str(self.pyz)] if self.pyz is not None else ["-m", "nagare"]
+            return [sys.executable, *target]
+        self._starts += 1
+        out = self.profile_dir / f"{self.profile_tag}-{self._starts}.prof"
+        return [sys.executable, str(BENCH_DIR / "profile_server.py"), str(out)]
 
     def env(self) -> dict[str, str]:
         return source_env()
 
     @property
     def label(self) -> str:
-        return f"python3 {self.pyz.name}" if self.pyz else "python3 -m nagare (source tree)"
+        how = f"python3 {self.pyz.name}" if self.pyz else "python3 -m nagare (source tree)"
+        return how + (" under cProfile" if self.profile_dir else "")
 
 
 @dataclass
@@ -359,8 +372,8 @@ class Server:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def client(self) -> Client:
-        return Client(self.port)
+    def client(self, keep_alive: bool = True) -> Client:
+        return Client(self.port, keep_alive)
 
 
 def _children(pid: int) -> list[psutil.Process]:

@@ -1,0 +1,315 @@
+"""The workloads. Each takes the run's `Settings`, measures the engine and its floor in the same
+run, and returns result rows."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagfiles
+import seed
+from floors import run_floor
+from harness import (
+    ROOT,
+    BenchError,
+    Client,
+    Launcher,
+    RssSampler,
+    RunResult,
+    Server,
+    median,
+    percentile,
+    rss_bytes,
+    trigger_and_wait,
+)
+from report import Row
+
+MB = 2**20
+
+
+@dataclass
+class Settings:
+    launcher: Launcher  # servers of the engine workloads
+    startup_launcher: Launcher  # the startup workload (prefers nagare.pyz when it exists)
+    quick: bool = False
+    reps: int | None = None  # overrides every workload's default repetitions
+    say: Callable[[str], None] = print
+
+    def reps_for(self, full: int, quick: int) -> int:
+        if self.reps is not None:
+            return self.reps
+        return quick if self.quick else full
+
+
+# ---------------------------------------------------------------- run helpers
+
+
+def _repeat_runs(
+    server: Server, dag_id: str, reps: int, poll: float, timeout: float, say: Callable[[str], None]
+) -> tuple[list[RunResult], int]:
+    """Trigger `dag_id` `reps` times, one after the other; returns the runs and the peak RSS.
+
+    Polls with a fresh connection per request: the server's keep-alive answers can stall
+    ~40 ms (see the api workload), which would blur the engine's own time.
+    """
+    client = server.client(keep_alive=False)
+    results = []
+    with RssSampler(server.pid) as rss:
+        for rep in range(reps):
+            result = trigger_and_wait(client, dag_id, poll, timeout)
+            if result.status != "success":
+                raise BenchError(f"run {result.run_id} ended {result.status}")
+            say(f"  {dag_id} rep {rep + 1}/{reps}: {result.wall_seconds:.3f}s")
+            results.append(result)
+    return results, rss.peak
+
+
+def _floor(name: str, reps: int, n: int, pool: int, say: Callable[[str], None]) -> float:
+    seconds = run_floor(name, reps, n, pool)
+    say(f"  floor {name}: " + ", ".join(f"{s:.3f}s" for s in seconds))
+    return median(seconds)
+
+
+def _server_note(results: list[RunResult], peak_rss: int) -> str:
+    server = median([r.server_seconds for r in results])
+    return f"server-side created->completed {server:.3f}s; peak server RSS {peak_rss / MB:.0f} MB"
+
+
+# ---------------------------------------------------------------- chain100
+
+
+def chain100(cfg: Settings) -> list[Row]:
+    hops = 100
+    reps = cfg.reps_for(5, 3)
+    dag = {"chain.yaml": dagfiles.chain("chain100", hops)}
+    with Server(cfg.launcher, dags=dag) as server:
+        results, peak = _repeat_runs(server, "chain100", reps, 0.01, 120, cfg.say)
+    engine = median([r.wall_seconds for r in results])
+    floor = _floor("chain", reps, hops, 1, cfg.say)
+    per_hop_ms = (engine - floor) / hops * 1000
+    return [
+        Row(
+            "chain100",
+            f"{engine:.3f} s",
+            f"{floor:.3f} s",
+            f"{per_hop_ms:.2f} ms/hop",
+            "<= 5 ms/hop",
+            per_hop_ms <= 5.0,
+            f"N={reps}; " + _server_note(results, peak),
+        )
+    ]
+
+
+# ---------------------------------------------------------------- fanout1000
+
+
+def fanout1000(cfg: Settings) -> list[Row]:
+    width, pool = 1000, 8
+    reps = cfg.reps_for(3, 1)
+    dag = {"fanout.yaml": dagfiles.fanout("fanout1000", width)}
+    settings = {"worker_pools": {"default": pool}}
+    with Server(cfg.launcher, dags=dag, settings=settings) as server:
+        results, peak = _repeat_runs(server, "fanout1000", reps, 0.02, 300, cfg.say)
+    engine = median([r.wall_seconds for r in results])
+    floor = _floor("fanout", reps, width, pool, cfg.say)
+    ratio = engine / floor
+    return [
+        Row(
+            "fanout1000",
+            f"{engine:.3f} s",
+            f"{floor:.3f} s",
+            f"{ratio:.2f}x",
+            "<= 1.5x floor",
+            ratio <= 1.5,
+            f"N={reps}, pool 8; " + _server_note(results, peak),
+        )
+    ]
+
+
+# ---------------------------------------------------------------- map10000
+
+
+def map10000(cfg: Settings) -> list[Row]:
+    items = 2000 if cfg.quick else 10_000
+    pool = 8
+    reps = cfg.reps_for(1, 1)
+    name = "map10000" if items == 10_000 else f"map10000 (quick: {items} items)"
+    dag = {"map.yaml": dagfiles.map_over("map10000", items)}
+    settings = {"worker_pools": {"default": pool}, "max_map_items": max(items, 10_000)}
+    with Server(cfg.launcher, dags=dag, settings=settings) as server:
+        results, peak = _repeat_runs(server, "map10000", reps, 0.1, 900, cfg.say)
+    engine = median([r.wall_seconds for r in results])
+    floor = _floor("map", reps, items, pool, cfg.say)
+    return [
+        Row(
+            name,
+            f"{engine:.2f} s, peak RSS {peak / MB:.0f} MB",
+            f"{floor:.2f} s",
+            f"{engine / floor:.2f}x",
+            "completes, RSS <= 250 MB",
+            peak <= 250 * MB,
+            f"N={reps}, pool {pool}; " + _server_note(results, peak),
+        )
+    ]
+
+
+# ---------------------------------------------------------------- startup and idle RSS
+
+
+def startup(cfg: Settings) -> list[Row]:
+    """Process start -> /api/health 200 (warm starts), and RSS 2 s after start, repo dags/."""
+    warm = cfg.reps_for(5, 3)
+    server = Server(cfg.startup_launcher, dags_dir=ROOT / "dags")
+    try:
+        seconds, idle = _starts(server, warm, cfg.say)
+    finally:
+        server.close()
+    floor = _floor("python_pass", warm, 0, 1, cfg.say)
+    start = median(seconds)
+    idle_mb = median([float(r) for r in idle]) / MB
+    how = cfg.startup_launcher.label
+    return [
+        Row(
+            "idle_rss",
+            f"{idle_mb:.1f} MB",
+            "-",
+            "-",
+            "<= 60 MB",
+            idle_mb <= 60,
+            f"median of {warm} starts, 2 s after process start, repo dags/; {how}",
+        ),
+        Row(
+            "startup",
+            f"{start:.3f} s",
+            f"{floor:.3f} s",
+            f"+{start - floor:.3f} s",
+            "<= 0.7 s",
+            start <= 0.7,
+            f"median of {warm} warm starts (process start -> /api/health 200); "
+            f"floor: python3 -c pass; {how}",
+        ),
+    ]
+
+
+def _starts(server: Server, warm: int, say: Callable[[str], None]) -> tuple[list[float], list[int]]:
+    """One cold and `warm` warm starts of the same server folder."""
+    seconds, idle = [], []
+    for number in range(warm + 1):  # the first (cold) start is not counted
+        server.start(wait=False)
+        ready = server.wait_healthy()
+        time.sleep(max(0.0, server.started_at + 2.0 - time.perf_counter()))
+        rss = rss_bytes(server.pid)
+        server.stop()
+        label = "cold (not counted)" if number == 0 else f"warm {number}/{warm}"
+        say(f"  start {label}: {ready:.3f}s to health, RSS after 2s {rss / MB:.1f} MB")
+        if number:
+            seconds.append(ready)
+            idle.append(rss)
+    return seconds, idle
+
+
+# ---------------------------------------------------------------- API latency under history
+
+
+@dataclass
+class Latency:
+    p50: float
+    p95: float
+
+    def text(self) -> str:
+        return f"p50 {self.p50 * 1000:.1f} / p95 {self.p95 * 1000:.1f} ms"
+
+
+def _latency(client: Client, paths: list[str]) -> Latency:
+    seconds = [client.timed_get(path) for path in paths]
+    return Latency(percentile(seconds, 50), percentile(seconds, 95))
+
+
+def _sample_runs(db: Path, count: int) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT run_id FROM runs ORDER BY random() LIMIT ?", (count,))
+        return [r[0] for r in rows]
+
+
+def _api_paths(run_ids: list[str], requests: int) -> dict[str, list[str]]:
+    dag_id = seed.history_dag_ids()[3]
+    ids = [run_ids[i % len(run_ids)] for i in range(requests)]
+    filtered = f"/api/runs?limit=50&dag_id={dag_id}&status=failed"
+    return {
+        "api GET /api/runs?limit=50": ["/api/runs?limit=50"] * requests,
+        f"api GET {filtered}": [filtered] * requests,
+        "api GET /api/runs/{id}": [f"/api/runs/{i}" for i in ids],
+        "api GET /api/runs/{id}/tasks": [f"/api/runs/{i}/tasks" for i in ids],
+        "api GET /api/stats": ["/api/stats"] * requests,
+    }
+
+
+def api(cfg: Settings) -> list[Row]:
+    size = seed.HistorySize(runs=10_000 if cfg.quick else 100_000)
+    requests = 40 if cfg.quick else 200
+    fresh_requests = 20 if cfg.quick else 50
+    cached = seed.seeded_db(cfg.launcher, size, cfg.say)
+    run_ids = _sample_runs(cached, requests)
+    server = Server(cfg.launcher, dags=seed.history_dag_files(size))
+    try:
+        server.prepare()
+        shutil.copyfile(cached, server.db_path)  # the cache itself stays untouched
+        server.start()
+        rows = _api_rows(server, run_ids, requests, fresh_requests, cfg.say)
+    finally:
+        server.close()
+    size_note = f"{size.runs:,} runs / {size.tasks:,} tasks"
+    rows[0].notes += f"; history {size_note}"
+    return rows
+
+
+def _api_rows(
+    server: Server,
+    run_ids: list[str],
+    requests: int,
+    fresh_requests: int,
+    say: Callable[[str], None],
+) -> list[Row]:
+    keep = server.client(keep_alive=True)
+    fresh = server.client(keep_alive=False)
+    keep.timed_get("/api/health")  # open the connection
+    floor = _latency(keep, ["/api/health"] * requests)
+    floor_fresh = _latency(fresh, ["/api/health"] * fresh_requests)
+    say(f"  floor GET /api/health: keep-alive {floor.text()}, new conn {floor_fresh.text()}")
+    rows = []
+    for label, paths in _api_paths(run_ids, requests).items():
+        measured = _latency(keep, paths)
+        new_conn = _latency(fresh, paths[:fresh_requests])
+        say(f"  {label}: keep-alive {measured.text()}, new conn {new_conn.text()}")
+        rows.append(_api_row(label, measured, floor, new_conn, floor_fresh, requests))
+    keep.close()
+    return rows
+
+
+def _api_row(
+    label: str, measured: Latency, floor: Latency, fresh: Latency, fresh_floor: Latency, n: int
+) -> Row:
+    return Row(
+        label,
+        measured.text(),
+        floor.text(),
+        f"p95 {measured.p95 / floor.p95:.2f}x",
+        "p95 <= 50 ms",
+        measured.p95 <= 0.050,
+        f"{n} keep-alive requests; with a new connection per request: {fresh.text()} "
+        f"(health {fresh_floor.text()})",
+    )
+
+
+WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
+    "chain100": chain100,
+    "fanout1000": fanout1000,
+    "map10000": map10000,
+    "startup": startup,
+    "api": api,
+}
