@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 
@@ -176,12 +177,13 @@ class DagDef:
         return self.schedule not in ("", "workflow_dispatch")
 
     def task(self, task_id: str) -> TaskDef | None:
-        for task in self.tasks:
-            if task.task_id == task_id:
-                return task
-        return None
+        return self._by_id.get(task_id)
 
-    @property
+    @cached_property
+    def _by_id(self) -> dict[str, TaskDef]:
+        return {task.task_id: task for task in self.tasks}
+
+    @cached_property
     def map_sources(self) -> frozenset[str]:
         """Ids of tasks whose stdout feeds a `type: map` task."""
         return frozenset(t.map_over for t in self.tasks if t.type is TaskType.MAP)

@@ -28,6 +28,26 @@ IDLE_WAIT_SECONDS = 5.0
 SHUTDOWN_REASON = "server shutdown"
 
 
+class _Wakeups:
+    """Wake-up permits of one pool: queuing n tasks wakes at most n idle threads (not all of
+    them), and a permit given while every thread is busy is not lost."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._cond = threading.Condition()
+        self._permits = 0
+
+    def give(self, count: int) -> None:
+        with self._cond:
+            self._permits = min(self.size, self._permits + count)
+            self._cond.notify(count)
+
+    def take(self, timeout: float) -> None:
+        with self._cond:
+            if self._cond.wait_for(lambda: self._permits > 0, timeout):
+                self._permits -= 1
+
+
 @dataclass
 class _Running:
     cancel: Cancellation
@@ -52,8 +72,9 @@ class WorkerPools:
         self.on_finished = on_finished
         self.clock = clock
         self.line_sink = line_sink
-        self._cond = threading.Condition()
-        self._generation: dict[str, int] = dict.fromkeys(self.sizes, 0)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # signalled when a task finishes
+        self._wakeups = {pool: _Wakeups(size) for pool, size in self.sizes.items()}
         self._running: dict[str, _Running] = {}
         self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
         self._accepting = True
@@ -71,25 +92,26 @@ class WorkerPools:
                 thread.start()
                 self._threads.append(thread)
 
-    def notify(self, pools: set[str]) -> None:
-        with self._cond:
-            for pool in pools:
-                if pool in self._generation:
-                    self._generation[pool] += 1
-            self._cond.notify_all()
+    def notify(self, queued: dict[str, int]) -> None:
+        """`queued[pool]` tasks were queued: wake that many idle threads of the pool."""
+        for pool, count in queued.items():
+            wakeups = self._wakeups.get(pool)
+            if wakeups is not None:
+                wakeups.give(count)
 
     def stop_accepting(self) -> None:
-        with self._cond:
+        with self._lock:
             self._accepting = False
-            self._cond.notify_all()
+        for wakeups in self._wakeups.values():
+            wakeups.give(wakeups.size)
 
     def shutdown(self, grace_seconds: float) -> list[str]:
         """Stop claiming, let running tasks finish for `grace_seconds`, then kill the rest; they
         go back to `queued` for the next start. Returns the ids of interrupted tasks."""
         self.stop_accepting()
         deadline = time.monotonic() + grace_seconds
-        with self._cond:
-            self._cond.wait_for(lambda: not self._running, max(0.0, grace_seconds))
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, max(0.0, grace_seconds))
             interrupted = list(self._running)
             for entry in self._running.values():
                 entry.cancel.cancel(SHUTDOWN_REASON)
@@ -127,7 +149,7 @@ class WorkerPools:
 
     def cancel(self, task_instance_id: str, reason: str = "killed") -> bool:
         """Kill a locally running task (its whole process group). False if not running here."""
-        with self._cond:
+        with self._lock:
             entry = self._running.get(task_instance_id)
         if entry is None:
             return False
@@ -135,17 +157,14 @@ class WorkerPools:
         return True
 
     def busy(self) -> dict[str, int]:
-        with self._cond:
+        with self._lock:
             return dict(self._busy)
 
     # ------------------------------------------------------------ worker threads
 
     def _work(self, pool: str) -> None:
-        while True:
-            with self._cond:
-                if not self._accepting:
-                    return
-                generation = self._generation[pool]
+        wakeups = self._wakeups[pool]
+        while self._accepting:
             try:
                 claim = self.store.claim_next(pool, "local", self.clock())
             except Exception:
@@ -153,20 +172,13 @@ class WorkerPools:
                 claim = None
             if claim is not None:
                 self._execute(pool, claim)
-                continue
-            self._wait_for_work(pool, generation)
-
-    def _wait_for_work(self, pool: str, generation: int) -> None:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._generation[pool] != generation or not self._accepting,
-                IDLE_WAIT_SECONDS,
-            )
+            else:
+                wakeups.take(IDLE_WAIT_SECONDS)
 
     def _execute(self, pool: str, claim: Claim) -> None:
         task = claim.task
         cancel = Cancellation()
-        with self._cond:
+        with self._lock:
             self._running[task.id] = _Running(cancel, task.run_id)
             self._busy[pool] += 1
         try:
@@ -175,10 +187,10 @@ class WorkerPools:
             log.exception("task %s of run %s crashed the worker thread", task.task_id, task.run_id)
             self._record(claim, Outcome(exit_code=None, error="internal error in Nagare"), None, "")
         finally:
-            with self._cond:
+            with self._idle:
                 self._running.pop(task.id, None)
                 self._busy[pool] -= 1
-                self._cond.notify_all()
+                self._idle.notify_all()
             cancel.close()
             self.on_finished(task.run_id)
 

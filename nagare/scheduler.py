@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -81,7 +82,7 @@ class Scheduler:
         folder: DagFolder,
         logs: LogFiles,
         config: Config,
-        on_queued: Callable[[set[str]], None],
+        on_queued: Callable[[dict[str, int]], None],
         clock: Callable[[], int] = now_ms,
         fire_schedules: bool = True,
     ) -> None:
@@ -139,11 +140,11 @@ class Scheduler:
         if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = time.monotonic()
             dirty |= set(self.store.active_run_ids())
-        pools: set[str] = set()
+        pools: Counter[str] = Counter()
         for run_id in sorted(dirty):
-            pools |= self.advance(run_id, self.clock())
+            pools.update(self.advance(run_id, self.clock()))
         if pools:
-            self.on_queued(pools)
+            self.on_queued(dict(pools))
         return self._seconds_to_next(self.clock())
 
     def _seconds_to_next(self, now: int) -> float:
@@ -219,24 +220,24 @@ class Scheduler:
                 [t.id for t in due], [TaskStatus.UP_FOR_RETRY], TaskStatus.QUEUED, now
             )
         )
-        pools = {t.pool for t in due if t.id in moved}
+        pools = Counter(t.pool for t in due if t.id in moved)
         if pools:
-            self.on_queued(pools)
+            self.on_queued(dict(pools))
         return {t.run_id for t in due}
 
     # ------------------------------------------------------------ runs
 
-    def advance(self, run_id: str, now: int) -> set[str]:
-        """Settle everything a run can decide now; returns the pools that got queued tasks."""
-        run = self.store.get_run(run_id)
+    def advance(self, run_id: str, now: int) -> Counter[str]:
+        """Settle everything a run can decide now; returns how many tasks each pool got."""
+        run = self.store.get_run(run_id, counts=False)
         if run is None or run.status.terminal:
-            return set()
+            return Counter()
         dag = self.store.dag_version(run.dag_version)
         order = self._order(run.dag_version, dag)
-        tasks = self.store.run_tasks(run_id, include_children=False)
+        tasks = self.store.run_states(run_id)
         child_counts = self.store.child_counts(run_id)
         plan = plan_run(dag, order, tasks, child_counts, run.killed)
-        pools = self._apply(run, dag, plan, now) | _waiting_pools(dag, tasks, child_counts)
+        pools = self._apply(run, dag, plan, now) + _waiting_pools(dag, tasks, child_counts)
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
             if self.store.finish_run(run_id, plan.run_status, now):
                 log.info("run %s finished: %s", run_id, plan.run_status)
@@ -252,8 +253,8 @@ class Scheduler:
             self._orders[version] = order
         return order
 
-    def _apply(self, run: Run, dag: DagDef, plan: Plan, now: int) -> set[str]:
-        pools: set[str] = set()
+    def _apply(self, run: Run, dag: DagDef, plan: Plan, now: int) -> Counter[str]:
+        pools: Counter[str] = Counter()
         if plan.upstream_failed:
             self.store.transition(
                 plan.upstream_failed,
@@ -268,16 +269,16 @@ class Scheduler:
                     [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
                 )
             )
-            pools |= {t.pool for t in plan.queue if t.id in moved}
+            pools.update(t.pool for t in plan.queue if t.id in moved)
         for task_id, status, message in plan.map_done:
             self.store.complete_task(task_id, [TaskStatus.RUNNING], status, now, message)
         for parent in plan.expand:
-            pools |= self._expand(run, dag, parent, now)
+            pools.update(self._expand(run, dag, parent, now))
         for task in plan.trigger:
             self._trigger(run, dag, task, now)
         return pools
 
-    def _expand(self, run: Run, dag: DagDef, parent: TaskInstance, now: int) -> set[str]:
+    def _expand(self, run: Run, dag: DagDef, parent: TaskInstance, now: int) -> Counter[str]:
         definition = dag.task(parent.task_id)
         assert definition is not None
         source = self.store.get_task(run.run_id, definition.map_over)
@@ -290,10 +291,10 @@ class Scheduler:
             self.store.complete_task(
                 parent.id, [TaskStatus.PENDING], TaskStatus.FAILED, now, str(exc)
             )
-            return set()
+            return Counter()
         children = map_children(parent, definition.command, definition.max_attempts, items, now)
         if not self.store.expand_map(parent.id, children, now):
-            return set()
+            return Counter()
         if not children:
             self.store.complete_task(
                 parent.id,
@@ -302,9 +303,9 @@ class Scheduler:
                 now,
                 "map over an empty array: nothing to do",
             )
-            return set()
+            return Counter()
         log.info("run %s: %s fans out to %d children", run.run_id, parent.task_id, len(children))
-        return {definition.pool}
+        return Counter({definition.pool: len(children)})
 
     def _trigger(self, run: Run, dag: DagDef, task: TaskInstance, now: int) -> None:
         definition = dag.task(task.task_id)
@@ -347,11 +348,11 @@ class Scheduler:
 
 def _waiting_pools(
     dag: DagDef, tasks: list[TaskInstance], child_counts: dict[str, dict[TaskStatus, int]]
-) -> set[str]:
-    """Pools with queued tasks of this run (new runs, manual retries): wake their workers."""
-    pools = {t.pool for t in tasks if t.status is TaskStatus.QUEUED}
+) -> Counter[str]:
+    """Queued tasks of this run per pool (new runs, manual retries): wake their workers."""
+    pools = Counter(t.pool for t in tasks if t.status is TaskStatus.QUEUED)
     for parent, counts in child_counts.items():
         definition = dag.task(parent)
         if counts.get(TaskStatus.QUEUED) and definition is not None:
-            pools.add(definition.pool)
+            pools[definition.pool] += counts[TaskStatus.QUEUED]
     return pools

@@ -274,21 +274,27 @@ def _hwm(pid: str) -> int:
 
 
 def _create_time(pid: int) -> float:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the
+    pid, it identifies the process even after the pid is reused."""
+    fields = _stat_fields(pid)
+    return float(fields[19]) if len(fields) > 19 else 0.0
+
+
+def _stat_fields(pid: int) -> list[str]:
     try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return 0.0
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    return text.rpartition(")")[2].split()  # fields after the command name, from field 3
 
 
 def process_alive(pid: int, create_time: float | None) -> bool:
     """Whether `pid` still is the process we started (guards against pid reuse)."""
-    try:
-        proc = psutil.Process(pid)
-        if create_time and abs(proc.create_time() - create_time) > 0.05:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    fields = _stat_fields(pid)
+    if len(fields) < 20 or fields[0] == "Z":
         return False
+    return not create_time or float(fields[19]) == create_time
 
 
 def kill_orphan_group(pid: int, create_time: float | None) -> bool:

@@ -78,6 +78,7 @@ App = Callable[[Request], Response]
 class _Handler(BaseHTTPRequestHandler):
     server: NagareHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # small responses leave at once, not after a delayed ACK
     timeout = REQUEST_TIMEOUT_SECONDS
     server_version = "Nagare"
     sys_version = ""

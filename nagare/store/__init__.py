@@ -189,13 +189,15 @@ class Store:
                 conn.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
             )
 
-    def get_run(self, run_id: str) -> Run | None:
+    def get_run(self, run_id: str, counts: bool = True) -> Run | None:
+        """A run; `counts=False` skips counting its tasks by status (the engine's hot path)."""
         with self.db.read() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
                 return None
             run = run_from_row(row)
-            run.task_counts = self._task_counts(conn, [run_id]).get(run_id, {})
+            if counts:
+                run.task_counts = self._task_counts(conn, [run_id]).get(run_id, {})
         return run
 
     def list_runs(self, filt: RunFilter, page: int, limit: int) -> tuple[list[Run], int]:
@@ -277,7 +279,7 @@ class Store:
             ).fetchone()[0]
             total = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
             queued = conn.execute(
-                "SELECT count(*) FROM task_instances WHERE status='queued'"
+                "SELECT count(*) FROM task_instances INDEXED BY ti_queued WHERE status='queued'"
             ).fetchone()[0]
             running = conn.execute(
                 "SELECT count(*) FROM task_attempts WHERE status='running'"
@@ -322,6 +324,16 @@ class Store:
                 for t in tasks
             ],
         )
+
+    def run_states(self, run_id: str) -> list[TaskInstance]:
+        """The run's non-child task instances without metrics (what planning needs)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE ti.run_id=? AND "
+                "ti.map_index IS NULL ORDER BY ti.position",
+                (run_id,),
+            ).fetchall()
+        return [task_from_row(r) for r in rows]
 
     def run_tasks(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
         """Latest state of every task instance of a run, in DAG order, with metrics."""
@@ -452,8 +464,10 @@ class Store:
     def pool_counts(self) -> dict[str, dict[str, int]]:
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT pool, status, count(*) AS n FROM task_instances WHERE status IN "
-                "('queued', 'running') GROUP BY pool, status"
+                "SELECT pool, 'queued' AS status, count(*) AS n FROM task_instances "
+                "INDEXED BY ti_queued WHERE status='queued' GROUP BY pool "
+                "UNION ALL SELECT pool, 'running', count(*) FROM task_instances "
+                "INDEXED BY ti_running WHERE status='running' GROUP BY pool"
             ).fetchall()
         result: dict[str, dict[str, int]] = {}
         for row in rows:

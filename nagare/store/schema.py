@@ -89,4 +89,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_dag_completed ON task_attempts(dag_id, completed_at);
     CREATE INDEX attempts_running ON task_attempts(worker) WHERE status = 'running';
     """,
+    # 2: indexes for counters and the filtered run list
+    """
+    CREATE INDEX ti_running ON task_instances(pool) WHERE status = 'running';
+    CREATE INDEX runs_dag_status_created ON runs(dag_id, status, created_at);
+    """,
 )
