@@ -2,12 +2,16 @@
 as a tail, or followed live (for SSE). Memory stays bounded whatever the output size: lines are
 written through, only a short tail is kept for the task row.
 
-Layout: `<logs_dir>/<run_id>/<task_instance_id>/<attempt>.log`; for tasks whose stdout feeds a
-map task, the stdout alone also goes to `<attempt>.stdout` (capped at MAX_STDOUT_BYTES).
+Layout: `<logs_dir>/<run_id>/<task_instance_id>.<attempt>.log`; for tasks whose stdout feeds a
+map task, the stdout alone also goes to `...<attempt>.stdout` (capped at MAX_STDOUT_BYTES). While an
+attempt runs, `...<attempt>.pid` holds its process id and start time, so that a server restarted
+after a crash can find and kill the orphaned process group (a file, not a database write, to keep
+the start of every task cheap).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -72,6 +76,10 @@ class AttemptLog:
                 self._capture(line)
         self._hub.notify(self.key)
 
+    def record_pid(self, pid: int, start_time: float) -> None:
+        with open(pid_path(self.path), "w") as handle:
+            handle.write(f"{pid} {start_time}\n")
+
     def note(self, text: str) -> None:
         """A line written by Nagare itself (marked so readers can tell it from task output)."""
         self.on_line("nagare", f"[nagare] {text}")
@@ -93,6 +101,8 @@ class AttemptLog:
             self._file.close()
             if self._stdout is not None:
                 self._stdout.close()
+        with contextlib.suppress(OSError):
+            os.unlink(pid_path(self.path))
         self._hub.closed(self.key)
 
 
@@ -105,7 +115,18 @@ class LogFiles:
         os.makedirs(root, exist_ok=True)
 
     def path(self, run_id: str, task_instance_id: str, attempt: int) -> str:
-        return os.path.join(self.root, run_id, task_instance_id, f"{attempt}.log")
+        return os.path.join(self.root, run_id, f"{task_instance_id}.{attempt}.log")
+
+    def read_pid(
+        self, run_id: str, task_instance_id: str, attempt: int
+    ) -> tuple[int, float] | None:
+        """The (pid, start time) an attempt recorded, or None."""
+        try:
+            with open(pid_path(self.path(run_id, task_instance_id, attempt))) as handle:
+                pid, start = handle.read().split()
+            return int(pid), float(start)
+        except (OSError, ValueError):
+            return None
 
     def key(self, task_instance_id: str, attempt: int) -> str:
         return f"{task_instance_id}/{attempt}"
@@ -200,3 +221,7 @@ class LogFollower:
 
 def stdout_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".stdout"
+
+
+def pid_path(log_path: str) -> str:
+    return log_path[: -len(".log")] + ".pid"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 
 class TaskType(StrEnum):
@@ -261,6 +261,37 @@ class TaskInstance:
     @property
     def is_map_child(self) -> bool:
         return self.map_index is not None
+
+
+class TaskState(NamedTuple):
+    """The few fields of a task instance that run planning reads (cheap to load in bulk)."""
+
+    id: str
+    run_id: str
+    task_id: str
+    status: TaskStatus
+    pool: str
+    position: int
+
+
+class InstanceLike(Protocol):
+    """What planning needs of a task instance: a TaskState or a full TaskInstance."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def status(self) -> TaskStatus: ...
+    @property
+    def pool(self) -> str: ...
+    @property
+    def position(self) -> int: ...
+
+
+STATUS_BY_VALUE = {s.value: s for s in TaskStatus}
 
 
 # ---------------------------------------------------------------- executor seam

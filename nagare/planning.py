@@ -8,7 +8,16 @@ from typing import Any
 
 from nagare.assignment import render_command
 from nagare.clock import compact_stamp, slot_stamp
-from nagare.models import DagDef, Run, RunStatus, TaskInstance, TaskStatus, TaskType, Trigger
+from nagare.models import (
+    DagDef,
+    InstanceLike,
+    Run,
+    RunStatus,
+    TaskInstance,
+    TaskStatus,
+    TaskType,
+    Trigger,
+)
 
 SLOT_TRIGGERS = (Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL)
 
@@ -64,7 +73,7 @@ def build_run(
 
 
 def map_children(
-    parent: TaskInstance, command: str, max_attempts: int, items: list[Any], now: int
+    parent: InstanceLike, command: str, max_attempts: int, items: list[Any], now: int
 ) -> list[TaskInstance]:
     children = []
     for index, item in enumerate(items):

@@ -26,6 +26,7 @@ from nagare.store import AttemptFinish, Claim, Store
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0
 SHUTDOWN_REASON = "server shutdown"
+EARLY_KILL_SECONDS = 60.0
 
 
 class _Wakeups:
@@ -76,6 +77,7 @@ class WorkerPools:
         self._idle = threading.Condition(self._lock)  # signalled when a task finishes
         self._wakeups = {pool: _Wakeups(size) for pool, size in self.sizes.items()}
         self._running: dict[str, _Running] = {}
+        self._early_kills: dict[str, float] = {}
         self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
         self._accepting = True
         self._threads: list[threading.Thread] = []
@@ -129,9 +131,8 @@ class WorkerPools:
             task = self.store.get_task_by_id(attempt.task_instance_id)
             if task is None:
                 continue
-            killed = attempt.pid is not None and kill_orphan_group(
-                attempt.pid, self.store.pid_of(task.id, attempt.attempt)[1]
-            )
+            recorded = self.logs.read_pid(task.run_id, task.id, attempt.attempt)
+            killed = recorded is not None and kill_orphan_group(*recorded)
             message = "the server stopped while this attempt ran" + (
                 "; its leftover process group was killed" if killed else ""
             )
@@ -151,10 +152,20 @@ class WorkerPools:
         """Kill a locally running task (its whole process group). False if not running here."""
         with self._lock:
             entry = self._running.get(task_instance_id)
+            if entry is None:
+                self._remember_early_kill(task_instance_id)
         if entry is None:
             return False
         entry.cancel.cancel(reason)
         return True
+
+    def _remember_early_kill(self, task_instance_id: str) -> None:
+        """A kill for a task not (yet) registered here: it may have just been claimed."""
+        now = time.monotonic()
+        self._early_kills[task_instance_id] = now
+        for key, seen in list(self._early_kills.items()):
+            if now - seen > EARLY_KILL_SECONDS:
+                del self._early_kills[key]
 
     def busy(self) -> dict[str, int]:
         with self._lock:
@@ -181,6 +192,8 @@ class WorkerPools:
         with self._lock:
             self._running[task.id] = _Running(cancel, task.run_id)
             self._busy[pool] += 1
+            if self._early_kills.pop(task.id, None) is not None:
+                cancel.cancel("killed")  # the kill came between the claim and this point
         try:
             self._run_attempt(claim, cancel)
         except Exception:
@@ -196,8 +209,6 @@ class WorkerPools:
 
     def _run_attempt(self, claim: Claim, cancel: Cancellation) -> None:
         task, run = claim.task, claim.run
-        if self._status(task.id) is not TaskStatus.RUNNING:
-            cancel.cancel("killed")  # a kill won the race between claim and registration
         dag = self.store.dag_version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None or (
@@ -234,9 +245,7 @@ class WorkerPools:
                 assignment,
                 on_line,
                 cancel,
-                on_start=lambda pid, created: self.store.record_pid(
-                    task.id, claim.attempt, pid, created
-                ),
+                on_start=attempt_log.record_pid,
             )
             if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
                 outcome.cancelled = True
@@ -250,10 +259,6 @@ class WorkerPools:
             )
         finally:
             attempt_log.close()
-
-    def _status(self, task_instance_id: str) -> TaskStatus | None:
-        current = self.store.get_task_by_id(task_instance_id)
-        return current.status if current else None
 
     def _record(
         self,

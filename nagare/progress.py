@@ -7,13 +7,14 @@ propagates down a whole chain at once and a run finishes in the same pass as its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nagare.models import (
     BLOCKING_TASK,
     DagDef,
+    InstanceLike,
     RunStatus,
-    TaskInstance,
     TaskStatus,
     TaskType,
 )
@@ -26,9 +27,9 @@ ACTIVE = frozenset(
 
 @dataclass
 class Plan:
-    queue: list[TaskInstance] = field(default_factory=list)
-    expand: list[TaskInstance] = field(default_factory=list)
-    trigger: list[TaskInstance] = field(default_factory=list)
+    queue: list[InstanceLike] = field(default_factory=list)
+    expand: list[InstanceLike] = field(default_factory=list)
+    trigger: list[InstanceLike] = field(default_factory=list)
     upstream_failed: list[str] = field(default_factory=list)
     map_done: list[tuple[str, TaskStatus, str]] = field(default_factory=list)
     run_status: RunStatus | None = None
@@ -48,7 +49,7 @@ class Plan:
 def plan_run(
     dag: DagDef,
     order: list[str],
-    tasks: list[TaskInstance],
+    tasks: Sequence[InstanceLike],
     child_counts: dict[str, dict[TaskStatus, int]],
     killed: bool,
 ) -> Plan:
@@ -72,7 +73,7 @@ def plan_run(
 
 
 def _decide_pending(
-    instance: TaskInstance,
+    instance: InstanceLike,
     deps: tuple[str, ...],
     kind: TaskType,
     status: dict[str, TaskStatus],
@@ -94,7 +95,7 @@ def _decide_pending(
     return TaskStatus.QUEUED
 
 
-def _decide_map(instance: TaskInstance, counts: dict[TaskStatus, int], plan: Plan) -> TaskStatus:
+def _decide_map(instance: InstanceLike, counts: dict[TaskStatus, int], plan: Plan) -> TaskStatus:
     if any(counts.get(s, 0) for s in ACTIVE):
         return TaskStatus.RUNNING
     total = sum(counts.values())

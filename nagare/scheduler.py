@@ -21,7 +21,7 @@ from nagare.cron import Schedule, parse_schedule
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import topological_order
 from nagare.logs import LogFiles
-from nagare.models import DagDef, Run, TaskInstance, TaskStatus, Trigger
+from nagare.models import DagDef, InstanceLike, Run, TaskState, TaskStatus, Trigger
 from nagare.planning import build_run, map_children, run_id_for
 from nagare.progress import Plan, plan_run
 from nagare.store import DagState, Store
@@ -278,7 +278,7 @@ class Scheduler:
             self._trigger(run, dag, task, now)
         return pools
 
-    def _expand(self, run: Run, dag: DagDef, parent: TaskInstance, now: int) -> Counter[str]:
+    def _expand(self, run: Run, dag: DagDef, parent: InstanceLike, now: int) -> Counter[str]:
         definition = dag.task(parent.task_id)
         assert definition is not None
         source = self.store.get_task(run.run_id, definition.map_over)
@@ -307,7 +307,7 @@ class Scheduler:
         log.info("run %s: %s fans out to %d children", run.run_id, parent.task_id, len(children))
         return Counter({definition.pool: len(children)})
 
-    def _trigger(self, run: Run, dag: DagDef, task: TaskInstance, now: int) -> None:
+    def _trigger(self, run: Run, dag: DagDef, task: InstanceLike, now: int) -> None:
         definition = dag.task(task.task_id)
         assert definition is not None
         if not self.store.start_internal(task.id, [TaskStatus.PENDING], now):
@@ -347,7 +347,7 @@ class Scheduler:
 
 
 def _waiting_pools(
-    dag: DagDef, tasks: list[TaskInstance], child_counts: dict[str, dict[TaskStatus, int]]
+    dag: DagDef, tasks: list[TaskState], child_counts: dict[str, dict[TaskStatus, int]]
 ) -> Counter[str]:
     """Queued tasks of this run per pool (new runs, manual retries): wake their workers."""
     pools = Counter(t.pool for t in tasks if t.status is TaskStatus.QUEUED)

@@ -61,6 +61,8 @@ class LocalExecutor:
     def __init__(self, max_line_bytes: int = 65536, cwd: str | None = None) -> None:
         self.max_line_bytes = max_line_bytes
         self.cwd = cwd
+        self._hwm_cache = 0
+        self._hwm_read_at = -10.0
 
     def run(
         self,
@@ -92,6 +94,14 @@ class LocalExecutor:
             self._finish_group(watch)
         return self._outcome(watch)
 
+    def _server_hwm(self) -> int:
+        """The server's own peak RSS, re-read at most once a second (cheap on every start)."""
+        now = time.monotonic()
+        if now - self._hwm_read_at > 1.0:
+            self._hwm_cache = _hwm("self")
+            self._hwm_read_at = now
+        return self._hwm_cache
+
     def _watch(
         self, proc: subprocess.Popen[bytes], assignment: Assignment, on_line: OnLine
     ) -> _Watch:
@@ -109,7 +119,7 @@ class LocalExecutor:
             splitters=splitters,
             next_sample=now + 0.02,
             open_fds=set(splitters),
-            server_hwm=_hwm("self"),
+            server_hwm=self._server_hwm(),
         )
 
     def _loop(self, watch: _Watch, cancel: Cancellation) -> None:
