@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nagare import __version__
-from nagare.clock import now_ms
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.executors import Cancellation, Executor, OnLine, OnStart
@@ -98,8 +97,8 @@ class App:
     def _executor_for(self, definition: TaskDef) -> Executor:
         return _NoDocker() if definition.image else self.local
 
-    def _task_finished(self, run_id: str) -> None:
-        self.scheduler.wake(run_id)
+    def _task_finished(self, run_id: str, task_instance_id: str) -> None:
+        self.scheduler.wake(run_id, finished=task_instance_id)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)
@@ -185,17 +184,16 @@ class App:
         self.store.close()
 
     def trigger_and_wait(
-        self, dag_id: str, conf: dict[str, str], timeout: float | None = None
+        self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
     ) -> str:
         """Start a run and block until it finishes; returns the run status (for `nagare exec`)."""
         run = self.runs.trigger(dag_id, conf)
-        deadline = None if timeout is None else now_ms() + int(timeout * 1000)
         while not self.stopping.wait(0.05):
-            current = self.store.get_run(run.run_id)
+            current = self.store.get_run(run.run_id, counts=False)
             if current is not None and current.status.terminal:
                 return str(current.status)
-            if deadline is not None and now_ms() > deadline:
-                return "timeout"
+            if interrupted():
+                return "interrupted"
         return "interrupted"
 
 

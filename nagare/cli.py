@@ -131,8 +131,7 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     from nagare.app import App
 
     app = App(config)
-    stop = threading.Event()
-    _on_signals(stop)
+    signals = _Signals()
     app.start()
     print(
         f"Nagare {__version__} on http://localhost:{app.port} — DAGs in '{config.dags}', "
@@ -140,7 +139,7 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop.wait()
+    signals.wait()
     app.stop()
     return 0
 
@@ -154,12 +153,21 @@ def cmd_worker(namespace: argparse.Namespace) -> int:
     return 2
 
 
-def _on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
+class _Signals:
+    """SIGTERM/SIGINT set a flag; nothing else happens inside the handler (taking a lock there
+    could deadlock with the interrupted main thread)."""
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    def __init__(self) -> None:
+        self.received: int | None = None
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def wait(self) -> None:
+        while self.received is None:
+            signal.pause()
 
 
 # ---------------------------------------------------------------- exec
@@ -196,8 +204,7 @@ def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) 
                 print(f"[{task_id}] {line}", flush=True)
 
     app = App(config, serve_http=False, schedule=False, line_sink=sink)
-    stop = threading.Event()
-    _on_signals(stop)
+    signals = _Signals()
     app.start()
     try:
         if app.folder.get(dag_id) is None:
@@ -209,18 +216,12 @@ def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) 
                 file=sys.stderr,
             )
             return 2
-        threading.Thread(target=_forward_stop, args=(stop, app.stopping), daemon=True).start()
-        status = app.trigger_and_wait(dag_id, params)
+        status = app.trigger_and_wait(dag_id, params, lambda: signals.received is not None)
         _print_summary(app, dag_id)
         print(f"run of '{dag_id}' finished: {status}", file=sys.stderr)
         return 0 if status == "success" else 1
     finally:
         app.stop()
-
-
-def _forward_stop(signalled: threading.Event, stopping: threading.Event) -> None:
-    signalled.wait()
-    stopping.set()
 
 
 def _print_summary(app: Any, dag_id: str) -> None:

@@ -20,6 +20,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
+from nagare.models import topological_order as topological_order  # re-exported
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
@@ -780,23 +781,6 @@ def find_cycle(tasks: tuple[TaskDef, ...] | list[TaskDef]) -> list[str]:
                 stack.pop()
                 path.pop()
     return []
-
-
-def topological_order(tasks: tuple[TaskDef, ...]) -> list[str]:
-    """Task ids ordered so that every task comes after its dependencies (file order kept)."""
-    remaining = {t.task_id: set(t.depends_on) for t in tasks}
-    order: list[str] = []
-    done: set[str] = set()
-    while remaining:
-        ready = [tid for tid, deps in remaining.items() if deps <= done]
-        if not ready:
-            order.extend(remaining)
-            break
-        for tid in ready:
-            order.append(tid)
-            done.add(tid)
-            del remaining[tid]
-    return order
 
 
 def dag_to_json(dag: DagDef) -> str:

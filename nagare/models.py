@@ -184,9 +184,46 @@ class DagDef:
         return {task.task_id: task for task in self.tasks}
 
     @cached_property
+    def dependants(self) -> dict[str, tuple[str, ...]]:
+        """Task id -> the tasks that depend on it directly."""
+        result: dict[str, list[str]] = {}
+        for task in self.tasks:
+            for dep in task.depends_on:
+                result.setdefault(dep, []).append(task.task_id)
+        return {k: tuple(v) for k, v in result.items()}
+
+    @cached_property
+    def rank(self) -> dict[str, int]:
+        """Task id -> its position in a topological order (dependencies first)."""
+        return {tid: i for i, tid in enumerate(topological_order(self.tasks))}
+
+    @cached_property
+    def order(self) -> list[str]:
+        return topological_order(self.tasks)
+
+    @cached_property
+    def map_task_ids(self) -> frozenset[str]:
+        return frozenset(t.task_id for t in self.tasks if t.type is TaskType.MAP)
+
+    @cached_property
     def map_sources(self) -> frozenset[str]:
         """Ids of tasks whose stdout feeds a `type: map` task."""
         return frozenset(t.map_over for t in self.tasks if t.type is TaskType.MAP)
+
+
+def topological_order(tasks: tuple[TaskDef, ...] | list[TaskDef]) -> list[str]:
+    """Task ids ordered so that every task comes after its dependencies (file order kept
+    within a level; the members of a cycle come last)."""
+    remaining = {t.task_id: set(t.depends_on) for t in tasks}
+    order: list[str] = []
+    done: set[str] = set()
+    while remaining:
+        ready = [tid for tid, deps in remaining.items() if deps <= done] or list(remaining)
+        for tid in ready:
+            order.append(tid)
+            done.add(tid)
+            del remaining[tid]
+    return order
 
 
 # ---------------------------------------------------------------- runs and tasks

@@ -62,7 +62,7 @@ class WorkerPools:
         logs: LogFiles,
         sizes: dict[str, int],
         executor_for: Callable[[TaskDef], Executor],
-        on_finished: Callable[[str], None],
+        on_finished: Callable[[str, str], None],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
     ) -> None:
@@ -205,7 +205,7 @@ class WorkerPools:
                 self._busy[pool] -= 1
                 self._idle.notify_all()
             cancel.close()
-            self.on_finished(task.run_id)
+            self.on_finished(task.run_id, task.id)
 
     def _run_attempt(self, claim: Claim, cancel: Cancellation) -> None:
         task, run = claim.task, claim.run

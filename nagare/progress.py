@@ -7,7 +7,8 @@ propagates down a whole chain at once and a run finishes in the same pass as its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nagare.models import (
@@ -30,7 +31,7 @@ class Plan:
     queue: list[InstanceLike] = field(default_factory=list)
     expand: list[InstanceLike] = field(default_factory=list)
     trigger: list[InstanceLike] = field(default_factory=list)
-    upstream_failed: list[str] = field(default_factory=list)
+    upstream_failed: list[InstanceLike] = field(default_factory=list)
     map_done: list[tuple[str, TaskStatus, str]] = field(default_factory=list)
     run_status: RunStatus | None = None
 
@@ -54,22 +55,65 @@ def plan_run(
     killed: bool,
 ) -> Plan:
     """`tasks` are the run's non-child instances; `order` is the DAG's topological order."""
+    return plan_changes(dag, order, {t.task_id: t for t in tasks}, child_counts, killed, None)
+
+
+def plan_changes(
+    dag: DagDef,
+    order: list[str],
+    by_task: Mapping[str, InstanceLike],
+    child_counts: dict[str, dict[TaskStatus, int]],
+    killed: bool,
+    changed: Iterable[str] | None,
+) -> Plan:
+    """Like plan_run, but when `changed` names the tasks whose state changed since the last plan,
+    only their dependants (and running map parents) are looked at: a pass costs what changed,
+    not the size of the run. Decisions still propagate down whole chains."""
     plan = Plan()
-    by_task = {t.task_id: t for t in tasks}
-    status = {t.task_id: t.status for t in tasks}
-    for task_id in order:
+    status = {task_id: t.status for task_id, t in by_task.items()}
+    for task_id in _candidates(dag, order, changed, status):
         instance = by_task.get(task_id)
         definition = dag.task(task_id)
         if instance is None or definition is None:
             continue
-        if instance.status is TaskStatus.PENDING:
+        if status[task_id] is TaskStatus.PENDING:
             status[task_id] = _decide_pending(
                 instance, definition.depends_on, definition.type, status, plan
             )
-        elif instance.status is TaskStatus.RUNNING and definition.type is TaskType.MAP:
+        elif status[task_id] is TaskStatus.RUNNING and definition.type is TaskType.MAP:
             status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
     plan.run_status = _run_status(status.values(), killed)
     return plan
+
+
+def _candidates(
+    dag: DagDef, order: list[str], changed: Iterable[str] | None, status: dict[str, TaskStatus]
+) -> Iterator[str]:
+    """Tasks to decide, in topological order; a decided task brings its dependants along."""
+    if changed is None:
+        yield from order
+        return
+    rank = dag.rank
+    heap = [(rank[t], t) for t in {*_dependants_of(dag, changed), *dag.map_task_ids} if t in rank]
+    heapq.heapify(heap)
+    seen: set[str] = set()
+    while heap:
+        _, task_id = heapq.heappop(heap)
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        before = status.get(task_id)
+        yield task_id
+        if status.get(task_id) is not before:
+            for dependant in dag.dependants.get(task_id, ()):
+                heapq.heappush(heap, (rank[dependant], dependant))
+
+
+def _dependants_of(dag: DagDef, changed: Iterable[str]) -> set[str]:
+    result: set[str] = set()
+    for task_id in changed:
+        result.update(dag.dependants.get(task_id, ()))
+    return result
 
 
 def _decide_pending(
@@ -81,7 +125,7 @@ def _decide_pending(
 ) -> TaskStatus:
     dep_states = [status.get(d, TaskStatus.SUCCESS) for d in deps]
     if any(s in BLOCKING_TASK for s in dep_states):
-        plan.upstream_failed.append(instance.id)
+        plan.upstream_failed.append(instance)
         return TaskStatus.UPSTREAM_FAILED
     if not all(s in OK_FOR_DEPENDANTS for s in dep_states):
         return TaskStatus.PENDING

@@ -19,11 +19,10 @@ from nagare.clock import now_ms, to_iso
 from nagare.config import Config
 from nagare.cron import Schedule, parse_schedule
 from nagare.dag_folder import DagFolder
-from nagare.dagfile import topological_order
 from nagare.logs import LogFiles
 from nagare.models import DagDef, InstanceLike, Run, TaskState, TaskStatus, Trigger
 from nagare.planning import build_run, map_children, run_id_for
-from nagare.progress import Plan, plan_run
+from nagare.progress import Plan, plan_changes
 from nagare.store import DagState, Store
 
 log = logging.getLogger("nagare.scheduler")
@@ -94,19 +93,22 @@ class Scheduler:
         self.clock = clock
         self.fire_schedules = fire_schedules
         self._cond = threading.Condition()
-        self._dirty: set[str] = set()
+        # run id -> ids of task instances that finished since the last pass (None: reload all)
+        self._dirty: dict[str, set[str] | None] = {}
+        self._views: dict[str, _View] = {}
         self._schedules_changed = True
         self._next_slot: dict[str, int] = {}
-        self._orders: dict[str, list[str]] = {}
         self._last_sweep = 0.0
         self.last_lag_ms = 0
 
     # ------------------------------------------------------------ waking
 
-    def wake(self, run_id: str | None = None) -> None:
+    def wake(self, run_id: str | None = None, finished: str | None = None) -> None:
+        """Something changed: a run (`finished` names the task instance that just ended, so the
+        next pass only looks at what follows it), or, without a run, the DAGs or their state."""
         with self._cond:
             if run_id:
-                self._dirty.add(run_id)
+                _mark(self._dirty, run_id, finished)
             else:
                 self._schedules_changed = True
             self._cond.notify()
@@ -132,17 +134,21 @@ class Scheduler:
         """Run one pass; returns seconds until the next pass is needed."""
         now = self.clock()
         with self._cond:
-            dirty, self._dirty = self._dirty, set()
+            dirty, self._dirty = self._dirty, {}
             schedules_changed, self._schedules_changed = self._schedules_changed, False
         if self.fire_schedules:
-            dirty |= self._fire_schedules(now, schedules_changed)
-        dirty |= self._queue_due_retries(now)
+            for run_id in self._fire_schedules(now, schedules_changed):
+                dirty[run_id] = None
+        for run_id, task_id in self._queue_due_retries(now):
+            _mark(dirty, run_id, task_id)
         if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = time.monotonic()
-            dirty |= set(self.store.active_run_ids())
+            active = self.store.active_run_ids()
+            self._views = {k: v for k, v in self._views.items() if k in active}
+            dirty.update(dict.fromkeys(active))
         pools: Counter[str] = Counter()
         for run_id in sorted(dirty):
-            pools.update(self.advance(run_id, self.clock()))
+            pools.update(self.advance(run_id, self.clock(), dirty[run_id]))
         if pools:
             self.on_queued(dict(pools))
         return self._seconds_to_next(self.clock())
@@ -211,10 +217,10 @@ class Scheduler:
 
     # ------------------------------------------------------------ retries
 
-    def _queue_due_retries(self, now: int) -> set[str]:
+    def _queue_due_retries(self, now: int) -> list[tuple[str, str]]:
         due = self.store.due_retries(now)
         if not due:
-            return set()
+            return []
         moved = set(
             self.store.transition(
                 [t.id for t in due], [TaskStatus.UP_FOR_RETRY], TaskStatus.QUEUED, now
@@ -223,53 +229,81 @@ class Scheduler:
         pools = Counter(t.pool for t in due if t.id in moved)
         if pools:
             self.on_queued(dict(pools))
-        return {t.run_id for t in due}
+        return [(t.run_id, t.id) for t in due]
 
     # ------------------------------------------------------------ runs
 
-    def advance(self, run_id: str, now: int) -> Counter[str]:
-        """Settle everything a run can decide now; returns how many tasks each pool got."""
-        run = self.store.get_run(run_id, counts=False)
-        if run is None or run.status.terminal:
-            return Counter()
-        dag = self.store.dag_version(run.dag_version)
-        order = self._order(run.dag_version, dag)
-        tasks = self.store.run_states(run_id)
-        child_counts = self.store.child_counts(run_id)
-        plan = plan_run(dag, order, tasks, child_counts, run.killed)
-        pools = self._apply(run, dag, plan, now) + _waiting_pools(dag, tasks, child_counts)
+    def advance(self, run_id: str, now: int, finished: set[str] | None = None) -> Counter[str]:
+        """Settle everything a run can decide now; returns how many tasks each pool got.
+
+        With `finished` (task instances that ended since the last pass) and a cached view of the
+        run, only what follows those tasks is read and decided; otherwise the run is reloaded."""
+        view = self._views.get(run_id) if finished is not None else None
+        changed: set[str] | None = None
+        if view is None:
+            view = self._load(run_id)
+            if view is None:
+                return Counter()
+        else:
+            changed = self._refresh(view, finished or set())
+        dag = view.dag
+        child_counts = self.store.child_counts(run_id) if dag.map_task_ids else {}
+        plan = plan_changes(dag, dag.order, view.by_task, child_counts, view.run.killed, changed)
+        pools = self._apply(view, plan, now)
+        if changed is None:
+            pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
+            self._views.pop(run_id, None)
             if self.store.finish_run(run_id, plan.run_status, now):
                 log.info("run %s finished: %s", run_id, plan.run_status)
-        elif plan.expand or plan.trigger:
+        elif plan.expand or plan.trigger or plan.map_done:
+            self._views.pop(run_id, None)  # engine-side work changed rows: reload next pass
             with self._cond:
-                self._dirty.add(run_id)
+                self._dirty[run_id] = None
         return pools
 
-    def _order(self, version: str, dag: DagDef) -> list[str]:
-        order = self._orders.get(version)
-        if order is None:
-            order = topological_order(dag.tasks)
-            self._orders[version] = order
-        return order
+    def _load(self, run_id: str) -> _View | None:
+        run = self.store.get_run(run_id, counts=False)
+        if run is None or run.status.terminal:
+            self._views.pop(run_id, None)
+            return None
+        dag = self.store.dag_version(run.dag_version)
+        states = self.store.run_states(run_id)
+        view = _View(run, dag, {t.task_id: t for t in states}, {t.id: t.task_id for t in states})
+        self._views[run_id] = view
+        return view
 
-    def _apply(self, run: Run, dag: DagDef, plan: Plan, now: int) -> Counter[str]:
+    def _refresh(self, view: _View, finished: set[str]) -> set[str]:
+        """Re-read the finished task instances of a cached run; returns the changed task ids."""
+        ids = [i for i in finished if i in view.task_ids]
+        changed = set()
+        for state in self.store.task_states(ids):
+            if view.by_task.get(state.task_id) != state:
+                view.by_task[state.task_id] = state
+                changed.add(state.task_id)
+        return changed
+
+    def _apply(self, view: _View, plan: Plan, now: int) -> Counter[str]:
+        run, dag = view.run, view.dag
         pools: Counter[str] = Counter()
         if plan.upstream_failed:
-            self.store.transition(
-                plan.upstream_failed,
+            moved = self.store.transition(
+                [t.id for t in plan.upstream_failed],
                 [TaskStatus.PENDING],
                 TaskStatus.UPSTREAM_FAILED,
                 now,
                 message="an upstream task did not succeed",
             )
+            view.moved(plan.upstream_failed, moved, TaskStatus.UPSTREAM_FAILED)
         if plan.queue:
-            moved = set(
-                self.store.transition(
-                    [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
-                )
+            moved = self.store.transition(
+                [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
             )
-            pools.update(t.pool for t in plan.queue if t.id in moved)
+            view.moved(plan.queue, moved, TaskStatus.QUEUED)
+            queued = set(moved)
+            pools.update(t.pool for t in plan.queue if t.id in queued)
+        if view.stale:
+            self._views.pop(run.run_id, None)
         for task_id, status, message in plan.map_done:
             self.store.complete_task(task_id, [TaskStatus.RUNNING], status, now, message)
         for parent in plan.expand:
@@ -344,6 +378,38 @@ class Scheduler:
 
     def active(self) -> list[str]:
         return self.store.active_run_ids()
+
+
+@dataclass
+class _View:
+    """The scheduler's cached picture of an active run (its non-child task states)."""
+
+    run: Run
+    dag: DagDef
+    by_task: dict[str, TaskState]
+    task_ids: dict[str, str]  # task instance id -> task id
+    stale: bool = False
+
+    def moved(self, planned: list[InstanceLike], moved: list[str], status: TaskStatus) -> None:
+        """Record the outcome of a compare-and-set; a lost race makes the view stale."""
+        done = set(moved)
+        for task in planned:
+            if task.id in done:
+                self.by_task[task.task_id] = self.by_task[task.task_id]._replace(status=status)
+        if len(done) != len(planned):
+            self.stale = True
+
+
+def _mark(dirty: dict[str, set[str] | None], run_id: str, finished: str | None) -> None:
+    """Note a change of `run_id`: one finished task instance, or (None) anything."""
+    if finished is None:
+        dirty[run_id] = None
+    elif run_id not in dirty:
+        dirty[run_id] = {finished}
+    else:
+        seen = dirty[run_id]
+        if seen is not None:
+            seen.add(finished)
 
 
 def _waiting_pools(

@@ -221,6 +221,10 @@ def plan(
     return plan_run(dag, order, instances(**statuses), child_counts or {}, killed)
 
 
+def upstream_failed_ids(result: Plan) -> list[str]:
+    return [t.id for t in result.upstream_failed]
+
+
 def ids(tasks: list[TaskInstance]) -> list[str]:
     return [t.task_id for t in tasks]
 
@@ -233,7 +237,7 @@ def test_a_task_is_queued_when_every_dependency_succeeded() -> None:
     dag = make_dag(cmd("a"), cmd("b"), cmd("c", "a", "b"))
     result = plan(dag, {"a": S.SUCCESS, "b": S.SUCCESS, "c": S.PENDING})
     assert ids(result.queue) == ["c"]
-    assert (result.upstream_failed, result.expand, result.trigger, result.run_status) == (
+    assert (upstream_failed_ids(result), result.expand, result.trigger, result.run_status) == (
         [],
         [],
         [],
@@ -251,14 +255,14 @@ def test_a_task_waits_while_a_dependency_is_active(dep_status: TaskStatus) -> No
     dag = make_dag(cmd("a"), cmd("x"), cmd("b", "a", "x"))
     result = plan(dag, {"a": S.SUCCESS, "x": dep_status, "b": S.PENDING})
     assert "b" not in ids(result.queue)
-    assert result.upstream_failed == []
+    assert upstream_failed_ids(result) == []
     assert result.run_status is None
 
 
 @pytest.mark.parametrize("dep_status", [S.FAILED, S.UPSTREAM_FAILED, S.CANCELLED])
 def test_upstream_failed_propagates_down_a_whole_chain_in_one_pass(dep_status: TaskStatus) -> None:
     result = plan(CHAIN, {"a": dep_status, "b": S.PENDING, "c": S.PENDING, "d": S.PENDING})
-    assert result.upstream_failed == ["ti-b", "ti-c", "ti-d"]
+    assert upstream_failed_ids(result) == ["ti-b", "ti-c", "ti-d"]
     assert result.queue == []
     assert result.run_status is RunStatus.FAILED
 
@@ -266,14 +270,14 @@ def test_upstream_failed_propagates_down_a_whole_chain_in_one_pass(dep_status: T
 def test_one_failed_dependency_of_several_is_enough() -> None:
     dag = make_dag(cmd("a"), cmd("b"), cmd("c", "a", "b"), cmd("side"))
     result = plan(dag, {"a": S.SUCCESS, "b": S.FAILED, "c": S.PENDING, "side": S.RUNNING})
-    assert result.upstream_failed == ["ti-c"]
+    assert upstream_failed_ids(result) == ["ti-c"]
     assert result.run_status is None  # `side` is still running
 
 
 def test_the_chain_is_settled_whatever_the_file_order() -> None:
     dag = make_dag(cmd("d", "c"), cmd("c", "b"), cmd("b", "a"), cmd("a"))
     result = plan(dag, {"d": S.PENDING, "c": S.PENDING, "b": S.PENDING, "a": S.FAILED})
-    assert sorted(result.upstream_failed) == ["ti-b", "ti-c", "ti-d"]
+    assert sorted(upstream_failed_ids(result)) == ["ti-b", "ti-c", "ti-d"]
     assert result.run_status is RunStatus.FAILED
 
 
@@ -288,7 +292,7 @@ def test_a_pending_map_task_expands_when_its_source_succeeded() -> None:
 def test_a_map_task_whose_source_failed_is_upstream_failed() -> None:
     dag = make_dag(cmd("src"), map_task("m", "src"), cmd("after", "m"))
     result = plan(dag, {"src": S.FAILED, "m": S.PENDING, "after": S.PENDING})
-    assert result.upstream_failed == ["ti-m", "ti-after"]
+    assert upstream_failed_ids(result) == ["ti-m", "ti-after"]
     assert result.expand == []
 
 
@@ -327,7 +331,7 @@ def test_a_map_fails_when_a_child_did_not_succeed(bad: TaskStatus) -> None:
         {"m": {S.SUCCESS: 2, bad: 1}},
     )
     assert result.map_done == [("ti-m", S.FAILED, "1 of 3 map children did not succeed")]
-    assert result.upstream_failed == ["ti-after"]
+    assert upstream_failed_ids(result) == ["ti-after"]
     assert result.run_status is RunStatus.FAILED
 
 

@@ -340,6 +340,22 @@ class Store:
         status = STATUS_BY_VALUE
         return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
 
+    def task_states(self, task_instance_ids: Sequence[str]) -> list[TaskState]:
+        """The planning fields of the given (non-child) task instances."""
+        if not task_instance_ids:
+            return []
+        marks = ",".join("?" * len(task_instance_ids))
+        with self.db.read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(
+                "SELECT id, run_id, task_id, status, pool, position FROM task_instances "
+                f"WHERE id IN ({marks}) AND map_index IS NULL",
+                list(task_instance_ids),
+            ).fetchall()
+        status = STATUS_BY_VALUE
+        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
+
     def run_tasks(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
         """Latest state of every task instance of a run, in DAG order, with metrics."""
         child = "" if include_children else " AND ti.map_index IS NULL"
