@@ -137,7 +137,9 @@ class WorkerPools:
                 "; its leftover process group was killed" if killed else ""
             )
             claim = Claim(task=task, run=self.store.get_run(task.run_id), attempt=attempt.attempt)  # type: ignore[arg-type]
-            self._record(claim, Outcome(exit_code=None, error=message), None, "")
+            self.store.finish_attempt(
+                self._finish_of(claim, Outcome(exit_code=None, error=message), None)
+            )
             with contextlib.suppress(OSError):
                 log_file = self.logs.open_attempt(task.run_id, task.id, attempt.attempt)
                 log_file.note(message)
@@ -175,18 +177,40 @@ class WorkerPools:
 
     def _work(self, pool: str) -> None:
         wakeups = self._wakeups[pool]
-        while self._accepting:
-            try:
-                claim = self.store.claim_next(pool, "local", self.clock())
-            except Exception:
-                log.exception("claiming a task of pool '%s' failed", pool)
-                claim = None
-            if claim is not None:
-                self._execute(pool, claim)
-            else:
-                wakeups.take(IDLE_WAIT_SECONDS)
+        claim: Claim | None = None
+        while self._accepting or claim is not None:
+            if claim is None:
+                claim = self._claim(pool)
+                if claim is None:
+                    wakeups.take(IDLE_WAIT_SECONDS)
+                    continue
+            finish = self._execute(pool, claim)
+            claim = self._finish(finish, pool, claim)
 
-    def _execute(self, pool: str, claim: Claim) -> None:
+    def _claim(self, pool: str) -> Claim | None:
+        try:
+            return self.store.claim_next(pool, "local", self.clock())
+        except Exception:
+            log.exception("claiming a task of pool '%s' failed", pool)
+            return None
+
+    def _finish(self, finish: AttemptFinish, pool: str, done: Claim) -> Claim | None:
+        """Record the attempt and claim the next task of the pool in the same transaction."""
+        try:
+            _, claim = self.store.finish_and_claim(
+                finish, pool if self._accepting else None, "local"
+            )
+        except Exception:
+            log.exception("recording task %s of run %s failed", done.task.task_id, done.task.run_id)
+            claim = None
+        with self._idle:
+            self._running.pop(done.task.id, None)
+            self._busy[pool] -= 1
+            self._idle.notify_all()
+        self.on_finished(done.task.run_id, done.task.id)
+        return claim
+
+    def _execute(self, pool: str, claim: Claim) -> AttemptFinish:
         task = claim.task
         cancel = Cancellation()
         with self._lock:
@@ -195,29 +219,23 @@ class WorkerPools:
             if self._early_kills.pop(task.id, None) is not None:
                 cancel.cancel("killed")  # the kill came between the claim and this point
         try:
-            self._run_attempt(claim, cancel)
+            return self._run_attempt(claim, cancel)
         except Exception:
             log.exception("task %s of run %s crashed the worker thread", task.task_id, task.run_id)
-            self._record(claim, Outcome(exit_code=None, error="internal error in Nagare"), None, "")
+            return self._finish_of(claim, Outcome(exit_code=None, error="internal error"), None)
         finally:
-            with self._idle:
-                self._running.pop(task.id, None)
-                self._busy[pool] -= 1
-                self._idle.notify_all()
             cancel.close()
-            self.on_finished(task.run_id, task.id)
 
-    def _run_attempt(self, claim: Claim, cancel: Cancellation) -> None:
+    def _run_attempt(self, claim: Claim, cancel: Cancellation) -> AttemptFinish:
         task, run = claim.task, claim.run
         dag = self.store.dag_version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None or (
             definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
         ):
-            self._record(
-                claim, Outcome(exit_code=None, error="task definition not found"), None, ""
+            return self._finish_of(
+                claim, Outcome(exit_code=None, error="task definition not found"), None
             )
-            return
         assignment = Assignment(
             task_instance_id=task.id,
             run_id=run.run_id,
@@ -241,15 +259,10 @@ class WorkerPools:
         if self.line_sink is not None:
             on_line = _tee(on_line, task.task_id, self.line_sink)
         try:
-            outcome = executor.run(
-                assignment,
-                on_line,
-                cancel,
-                on_start=attempt_log.record_pid,
-            )
+            outcome = executor.run(assignment, on_line, cancel, on_start=attempt_log.record_pid)
             if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
                 outcome.cancelled = True
-            self._record(
+            return self._finish_of(
                 claim,
                 outcome,
                 attempt_log,
@@ -260,36 +273,34 @@ class WorkerPools:
         finally:
             attempt_log.close()
 
-    def _record(
+    def _finish_of(
         self,
         claim: Claim,
         outcome: Outcome,
         attempt_log: AttemptLog | None,
-        cancel_reason: str,
+        cancel_reason: str = "",
         timeout: float = 0,
         retry_delay: float = 0,
-    ) -> None:
+    ) -> AttemptFinish:
+        """How the attempt ended, as the store records it (its message also goes to the log)."""
         now = self.clock()
         status, attempt_status, message, extra, ready_at = _decide(
             claim, outcome, cancel_reason, timeout, retry_delay, now
         )
         if attempt_log is not None and message:
             attempt_log.note(message)
-        tail = attempt_log.tail() if attempt_log is not None else ""
-        self.store.finish_attempt(
-            AttemptFinish(
-                task_instance_id=claim.task.id,
-                attempt=claim.attempt,
-                status=status,
-                attempt_status=attempt_status,
-                metrics=outcome.metrics,
-                now=now,
-                timed_out=outcome.timed_out,
-                message=message,
-                output_tail=tail,
-                ready_at=ready_at,
-                extra_attempts=extra,
-            )
+        return AttemptFinish(
+            task_instance_id=claim.task.id,
+            attempt=claim.attempt,
+            status=status,
+            attempt_status=attempt_status,
+            metrics=outcome.metrics,
+            now=now,
+            timed_out=outcome.timed_out,
+            message=message,
+            output_tail=attempt_log.tail() if attempt_log is not None else "",
+            ready_at=ready_at,
+            extra_attempts=extra,
         )
 
 

@@ -500,30 +500,42 @@ class Store:
     def claim_next(self, pool: str, worker: str, now: int) -> Claim | None:
         """Atomically move the oldest queued task of `pool` to running and open its attempt."""
         with self.db.write() as conn:
-            row = conn.execute(
-                f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
-                "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='' "
-                "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-                "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
-                f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-                (worker, now, pool),
-            ).fetchone()
-            if row is None:
-                return None
-            task = task_from_row(row)
-            run_row = conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
-            run = run_from_row(run_row)
+            return self._claim(conn, pool, worker, now)
+
+    def finish_and_claim(
+        self, finish: AttemptFinish, pool: str | None, worker: str
+    ) -> tuple[bool, Claim | None]:
+        """finish_attempt, then (unless `pool` is None) claim the next task of `pool`, in one
+        transaction: a busy worker slot costs one write per task, not two."""
+        with self.db.write() as conn:
+            moved = self._finish(conn, finish)
+            claim = self._claim(conn, pool, worker, finish.now) if pool is not None else None
+        return moved, claim
+
+    def _claim(self, conn: sqlite3.Connection, pool: str, worker: str, now: int) -> Claim | None:
+        row = conn.execute(
+            f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
+            "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='' "
+            "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+            "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
+            f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
+            (worker, now, pool),
+        ).fetchone()
+        if row is None:
+            return None
+        task = task_from_row(row)
+        run_row = conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
+        run = run_from_row(run_row)
+        conn.execute(
+            "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
+            "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            (task.id, task.attempt, task.run_id, run.dag_id, task.task_id, worker, now),
+        )
+        if run.status is RunStatus.QUEUED:
             conn.execute(
-                "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
-                "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (task.id, task.attempt, task.run_id, run.dag_id, task.task_id, worker, now),
+                "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
+                (now, run.run_id),
             )
-            if run.status is RunStatus.QUEUED:
-                conn.execute(
-                    "UPDATE runs SET status='running', started_at=? WHERE run_id=? "
-                    "AND status='queued'",
-                    (now, run.run_id),
-                )
         return Claim(task, run, task.attempt)
 
     def set_executor_type(self, task_instance_id: str, attempt: int, executor_type: str) -> None:
@@ -539,59 +551,62 @@ class Store:
         The attempt row always gets its metrics; the task moves only if it is still running this
         attempt (a kill that won the race keeps `cancelled`). Returns whether the task moved.
         """
-        m = finish.metrics
         with self.db.write() as conn:
-            cursor = conn.execute(
-                "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
-                "ready_at=?, output_tail=?, message=?, "
-                "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
-                "max_attempts=max_attempts+? "
-                "WHERE id=? AND attempt=? AND status='running'",
-                (
-                    finish.status,
-                    None
-                    if finish.status in (TaskStatus.UP_FOR_RETRY, TaskStatus.QUEUED)
-                    else finish.now,
-                    m.exit_code,
-                    int(finish.timed_out),
-                    finish.ready_at,
-                    finish.output_tail,
-                    finish.message,
-                    finish.status,
-                    finish.now,
-                    finish.extra_attempts,
-                    finish.task_instance_id,
-                    finish.attempt,
-                ),
-            )
-            moved = cursor.rowcount == 1
-            attempt_status = finish.attempt_status
-            if not moved:
-                attempt_status = TaskStatus.CANCELLED
+            return self._finish(conn, finish)
+
+    def _finish(self, conn: sqlite3.Connection, finish: AttemptFinish) -> bool:
+        m = finish.metrics
+        cursor = conn.execute(
+            "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
+            "ready_at=?, output_tail=?, message=?, "
+            "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
+            "max_attempts=max_attempts+? "
+            "WHERE id=? AND attempt=? AND status='running'",
+            (
+                finish.status,
+                None
+                if finish.status in (TaskStatus.UP_FOR_RETRY, TaskStatus.QUEUED)
+                else finish.now,
+                m.exit_code,
+                int(finish.timed_out),
+                finish.ready_at,
+                finish.output_tail,
+                finish.message,
+                finish.status,
+                finish.now,
+                finish.extra_attempts,
+                finish.task_instance_id,
+                finish.attempt,
+            ),
+        )
+        moved = cursor.rowcount == 1
+        attempt_status = finish.attempt_status
+        if not moved:
+            attempt_status = TaskStatus.CANCELLED
+        conn.execute(
+            "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
+            "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
+            "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running'",
+            (
+                attempt_status,
+                finish.now,
+                m.exit_code,
+                int(finish.timed_out),
+                finish.message,
+                m.duration_ms,
+                m.cpu_user_ms,
+                m.cpu_system_ms,
+                m.peak_memory_bytes,
+                m.executor_type,
+                finish.task_instance_id,
+                finish.attempt,
+            ),
+        )
+        if not moved:
             conn.execute(
-                "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
-                "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
-                "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running'",
-                (
-                    attempt_status,
-                    finish.now,
-                    m.exit_code,
-                    int(finish.timed_out),
-                    finish.message,
-                    m.duration_ms,
-                    m.cpu_user_ms,
-                    m.cpu_system_ms,
-                    m.peak_memory_bytes,
-                    m.executor_type,
-                    finish.task_instance_id,
-                    finish.attempt,
-                ),
+                "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
+                (finish.output_tail, finish.task_instance_id),
             )
-            if not moved:
-                conn.execute(
-                    "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
-                    (finish.output_tail, finish.task_instance_id),
-                )
         return moved
 
     def complete_task(
