@@ -179,6 +179,7 @@ class App:
         self.scheduler.stop()
         for thread in self._threads:
             thread.join(timeout=2)
+        self.scheduler.drain()
         if self.http is not None:
             self.http.server_close()
         self.store.close()

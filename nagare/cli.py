@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -155,10 +156,14 @@ def cmd_worker(namespace: argparse.Namespace) -> int:
 
 class _Signals:
     """SIGTERM/SIGINT set a flag; nothing else happens inside the handler (taking a lock there
-    could deadlock with the interrupted main thread)."""
+    could deadlock with the interrupted main thread). The interpreter also writes the signal to a
+    wake-up pipe, so `wait` cannot miss a signal that arrives just before it blocks."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
@@ -167,7 +172,8 @@ class _Signals:
 
     def wait(self) -> None:
         while self.received is None:
-            signal.pause()
+            select.select([self._read_fd], [], [])
+            os.read(self._read_fd, 512)
 
 
 # ---------------------------------------------------------------- exec

@@ -3,15 +3,14 @@ as a tail, or followed live (for SSE). Memory stays bounded whatever the output 
 written through, only a short tail is kept for the task row.
 
 Layout: `<logs_dir>/<run_id>/<task_instance_id>.<attempt>.log`; for tasks whose stdout feeds a
-map task, the stdout alone also goes to `...<attempt>.stdout` (capped at MAX_STDOUT_BYTES). While an
-attempt runs, `...<attempt>.pid` holds its process id and start time, so that a server restarted
-after a crash can find and kill the orphaned process group (a file, not a database write, to keep
-the start of every task cheap).
+map task, the stdout alone also goes to `...<attempt>.stdout` (capped at MAX_STDOUT_BYTES).
+Each started attempt appends `<task instance> <attempt> <pid> <start time>` to `<run_id>/pids`,
+so that a server restarted after a crash can find and kill an orphaned process group (an
+append, not a database write or a new file, to keep the start of every task cheap).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 TAIL_LINES = 20
 TAIL_CHARS = 4000
 MAX_STDOUT_BYTES = 64 * 1024 * 1024
+PIDS_FILE = "pids"
 
 
 class LogHub:
@@ -56,7 +56,6 @@ class AttemptLog:
     """The writer side of one attempt's log; `on_line` is the executor's callback."""
 
     def __init__(self, path: str, key: str, hub: LogHub, capture_stdout: bool) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
         self.key = key
         self._hub = hub
@@ -77,8 +76,18 @@ class AttemptLog:
         self._hub.notify(self.key)
 
     def record_pid(self, pid: int, start_time: float) -> None:
-        with open(pid_path(self.path), "w") as handle:
-            handle.write(f"{pid} {start_time}\n")
+        """Append `<task instance> <attempt> <pid> <start>` to the run's pids file (one short
+        O_APPEND write: cheaper than creating a file per attempt)."""
+        line = f"{self.key.replace('/', ' ')} {pid} {start_time}\n".encode()
+        fd = os.open(
+            os.path.join(os.path.dirname(self.path), PIDS_FILE),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+            0o644,
+        )
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def note(self, text: str) -> None:
         """A line written by Nagare itself (marked so readers can tell it from task output)."""
@@ -101,8 +110,6 @@ class AttemptLog:
             self._file.close()
             if self._stdout is not None:
                 self._stdout.close()
-        with contextlib.suppress(OSError):
-            os.unlink(pid_path(self.path))
         self._hub.closed(self.key)
 
 
@@ -112,6 +119,7 @@ class LogFiles:
     def __init__(self, root: str, hub: LogHub | None = None) -> None:
         self.root = root
         self.hub = hub or LogHub()
+        self._run_dirs: set[str] = set()  # folders known to exist (saves a mkdir per task)
         os.makedirs(root, exist_ok=True)
 
     def path(self, run_id: str, task_instance_id: str, attempt: int) -> str:
@@ -121,12 +129,20 @@ class LogFiles:
         self, run_id: str, task_instance_id: str, attempt: int
     ) -> tuple[int, float] | None:
         """The (pid, start time) an attempt recorded, or None."""
+        found = None
         try:
-            with open(pid_path(self.path(run_id, task_instance_id, attempt))) as handle:
-                pid, start = handle.read().split()
-            return int(pid), float(start)
+            with open(os.path.join(self.root, run_id, PIDS_FILE)) as handle:
+                for line in handle:
+                    parts = line.split()
+                    if (
+                        len(parts) == 4
+                        and parts[0] == task_instance_id
+                        and parts[1] == str(attempt)
+                    ):
+                        found = (int(parts[2]), float(parts[3]))
         except (OSError, ValueError):
             return None
+        return found
 
     def key(self, task_instance_id: str, attempt: int) -> str:
         return f"{task_instance_id}/{attempt}"
@@ -134,6 +150,11 @@ class LogFiles:
     def open_attempt(
         self, run_id: str, task_instance_id: str, attempt: int, capture_stdout: bool = False
     ) -> AttemptLog:
+        if run_id not in self._run_dirs:
+            os.makedirs(os.path.join(self.root, run_id), exist_ok=True)
+            if len(self._run_dirs) > 10_000:
+                self._run_dirs.clear()  # a cache, bounded; a folder removed later is re-made
+            self._run_dirs.add(run_id)
         return AttemptLog(
             self.path(run_id, task_instance_id, attempt),
             self.key(task_instance_id, attempt),
@@ -174,6 +195,7 @@ class LogFiles:
         return list(deque(self.lines(run_id, task_instance_id, attempt), maxlen=count))
 
     def remove_run(self, run_id: str) -> None:
+        self._run_dirs.discard(run_id)
         shutil.rmtree(os.path.join(self.root, run_id), ignore_errors=True)
 
 
@@ -221,7 +243,3 @@ class LogFollower:
 
 def stdout_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".stdout"
-
-
-def pid_path(log_path: str) -> str:
-    return log_path[: -len(".log")] + ".pid"

@@ -223,8 +223,6 @@ class WorkerPools:
         except Exception:
             log.exception("task %s of run %s crashed the worker thread", task.task_id, task.run_id)
             return self._finish_of(claim, Outcome(exit_code=None, error="internal error"), None)
-        finally:
-            cancel.close()
 
     def _run_attempt(self, claim: Claim, cancel: Cancellation) -> AttemptFinish:
         task, run = claim.task, claim.run

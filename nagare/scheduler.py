@@ -128,6 +128,15 @@ class Scheduler:
         with self._cond:
             self._cond.notify_all()
 
+    def drain(self) -> None:
+        """On shutdown, after the loop has stopped: settle the runs tasks finished in the last
+        moments (no schedules fire), so nothing is left for the next start to discover."""
+        with self._cond:
+            dirty, self._dirty = self._dirty, {}
+        pools: Counter[str] = Counter()
+        for run_id in sorted(dirty):
+            pools.update(self.advance(run_id, self.clock(), dirty[run_id]))
+
     # ------------------------------------------------------------ one pass
 
     def tick(self) -> float:

@@ -182,8 +182,7 @@ def test_sigterm_waits_for_running_tasks_within_the_grace_period(tmp_path: Path)
         assert server.signal(signal.SIGTERM) == 0
         assert time.monotonic() - started < 8
         server.start()
-        run = server.get(f"/api/runs/{run_id}")
-        assert run["status"] == "success"
+        assert server.get(f"/api/runs/{run_id}")["status"] == "success"
     finally:
         server.stop()
 

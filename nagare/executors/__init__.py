@@ -6,8 +6,6 @@ start, and a `Cancellation` to watch. That is what lets a remote worker reuse th
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -19,32 +17,36 @@ OnStart = Callable[[int, float], None]  # (pid, process create time)
 
 
 class Cancellation:
-    """A cancel flag with a file descriptor that becomes readable when set (for select loops)."""
+    """A cancel flag. The executor running the attempt registers a callback (e.g. signal the
+    process group) that runs at once when the flag is set, from whichever thread sets it."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
-        self._read_fd, self._write_fd = os.pipe()
+        self._lock = threading.Lock()
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
         self.reason = ""
 
     def cancel(self, reason: str = "killed") -> None:
-        if self._event.is_set():
-            return
-        self.reason = reason
-        self._event.set()
-        with contextlib.suppress(OSError):
-            os.write(self._write_fd, b"x")
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            self.reason = reason
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when cancelled (immediately if that already happened)."""
+        with self._lock:
+            if not self._set:
+                self._callbacks.append(callback)
+                return
+        callback()
 
     @property
     def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def fileno(self) -> int:
-        return self._read_fd
-
-    def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        return self._set
 
 
 class Executor(Protocol):

@@ -2,7 +2,8 @@
 
 The only module that starts processes, sends signals and uses psutil. One select loop per
 attempt drains stdout and stderr as raw chunks (never blocking on a long line), watches the
-process through a pidfd, the cancellation pipe and the timeout, and samples the memory of the
+process through a pidfd and the timeout (a kill signals the process group at once, from the
+killing thread), and samples the memory of the
 whole process tree.
 
 Metrics: CPU user/system time is the kernel's accounting of the waited shell and every descendant
@@ -45,6 +46,7 @@ class _Watch:
     exited_at: float | None = None
     kill_sent_at: float | None = None
     killed_hard: bool = False
+    finished: bool = False
     timed_out: bool = False
     cancelled: bool = False
     peak_rss: int = 0
@@ -88,11 +90,18 @@ class LocalExecutor:
         if on_start is not None:
             on_start(proc.pid, _create_time(proc.pid))
         watch = self._watch(proc, assignment, on_line)
+        cancel.on_cancel(lambda: self._cancel(watch))
         try:
-            self._loop(watch, cancel)
+            self._loop(watch)
         finally:
             self._finish_group(watch)
         return self._outcome(watch)
+
+    def _cancel(self, watch: _Watch) -> None:
+        """Runs in the killing thread: SIGTERM the group now; the loop escalates to SIGKILL."""
+        if not watch.finished:
+            watch.cancelled = True
+            self._terminate(watch)
 
     def _server_hwm(self) -> int:
         """The server's own peak RSS, re-read at most once a second (cheap on every start)."""
@@ -122,18 +131,17 @@ class LocalExecutor:
             server_hwm=self._server_hwm(),
         )
 
-    def _loop(self, watch: _Watch, cancel: Cancellation) -> None:
-        selector = selectors.DefaultSelector()
+    def _loop(self, watch: _Watch) -> None:
+        selector = selectors.PollSelector()  # no epoll fd to create per attempt
         pidfd = os.pidfd_open(watch.proc.pid)
         try:
             for fd in watch.open_fds:
                 os.set_blocking(fd, False)
                 selector.register(fd, selectors.EVENT_READ, "out")
             selector.register(pidfd, selectors.EVENT_READ, "exit")
-            selector.register(cancel.fileno(), selectors.EVENT_READ, "cancel")
             while not self._done(watch):
                 for key, _ in selector.select(self._wait_time(watch)):
-                    self._handle(key, watch, selector, cancel)
+                    self._handle(key, watch, selector)
                 self._check_deadlines(watch)
                 self._sample(watch)
         finally:
@@ -141,21 +149,13 @@ class LocalExecutor:
             os.close(pidfd)
 
     def _handle(
-        self,
-        key: selectors.SelectorKey,
-        watch: _Watch,
-        selector: selectors.BaseSelector,
-        cancel: Cancellation,
+        self, key: selectors.SelectorKey, watch: _Watch, selector: selectors.BaseSelector
     ) -> None:
         if key.data == "out":
             self._read(int(key.fd), watch, selector)
-        elif key.data == "exit":
+        else:
             watch.exited_at = time.monotonic()
             selector.unregister(key.fd)
-        elif key.data == "cancel":
-            selector.unregister(key.fd)
-            watch.cancelled = True
-            self._terminate(watch)
 
     def _read(self, fd: int, watch: _Watch, selector: selectors.BaseSelector) -> None:
         try:
@@ -178,7 +178,7 @@ class LocalExecutor:
 
     def _wait_time(self, watch: _Watch) -> float:
         now = time.monotonic()
-        waits = [watch.next_sample - now]
+        waits = [watch.next_sample - now] if watch.exited_at is None else []
         if watch.deadline is not None and not watch.timed_out:
             waits.append(watch.deadline - now)
         if watch.kill_sent_at is not None and not watch.killed_hard:
@@ -224,6 +224,7 @@ class LocalExecutor:
     def _finish_group(self, watch: _Watch) -> None:
         """Kill whatever is left of the task's process group, close pipes, reap the shell."""
         self._signal_group(watch, signal.SIGKILL)
+        watch.finished = True
         for fd in list(watch.open_fds):
             watch.splitters[fd].close()
         for pipe in (watch.proc.stdout, watch.proc.stderr):
