@@ -66,28 +66,59 @@ def plan_changes(
     killed: bool,
     changed: Iterable[str] | None,
 ) -> Plan:
-    """Like plan_run, but when `changed` names the tasks whose state changed since the last plan,
-    only their dependants (and running map parents) are looked at: a pass costs what changed,
-    not the size of the run. Decisions still propagate down whole chains."""
+    """Like plan_run, but when `changed` names the tasks whose state changed since the last plan
+    (which left nothing undecided), only their dependants and running map parents are looked
+    at, and only changed dependencies can block: a pass costs what changed, not the size of the
+    run. Decisions still propagate down whole chains."""
     plan = Plan()
-    status = {task_id: t.status for task_id, t in by_task.items()}
-    for task_id in _candidates(dag, order, changed, status):
+    status = _Statuses(by_task)
+    moved = None if changed is None else set(changed)
+    for task_id in _candidates(dag, order, moved, status):
         instance = by_task.get(task_id)
         definition = dag.task(task_id)
         if instance is None or definition is None:
             continue
-        if status[task_id] is TaskStatus.PENDING:
+        before = status[task_id]
+        if before is TaskStatus.PENDING:
             status[task_id] = _decide_pending(
-                instance, definition.depends_on, definition.type, status, plan
+                instance, definition.depends_on, definition.type, status, plan, moved
             )
-        elif status[task_id] is TaskStatus.RUNNING and definition.type is TaskType.MAP:
+        elif before is TaskStatus.RUNNING and definition.type is TaskType.MAP:
             status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
+        if moved is not None and status[task_id] is not before:
+            moved.add(task_id)
     plan.run_status = _run_status(status.values(), killed)
     return plan
 
 
+class _Statuses:
+    """Task statuses as planned so far: the instances' own, overlaid by this pass's decisions."""
+
+    def __init__(self, by_task: Mapping[str, InstanceLike]) -> None:
+        self._by_task = by_task
+        self._decided: dict[str, TaskStatus] = {}
+
+    def __getitem__(self, task_id: str) -> TaskStatus:
+        decided = self._decided.get(task_id)
+        return decided if decided is not None else self._by_task[task_id].status
+
+    def get(self, task_id: str, default: TaskStatus) -> TaskStatus:
+        decided = self._decided.get(task_id)
+        if decided is not None:
+            return decided
+        instance = self._by_task.get(task_id)
+        return instance.status if instance is not None else default
+
+    def __setitem__(self, task_id: str, status: TaskStatus) -> None:
+        self._decided[task_id] = status
+
+    def values(self) -> Iterator[TaskStatus]:
+        for task_id, instance in self._by_task.items():
+            yield self._decided.get(task_id, instance.status)
+
+
 def _candidates(
-    dag: DagDef, order: list[str], changed: Iterable[str] | None, status: dict[str, TaskStatus]
+    dag: DagDef, order: list[str], changed: set[str] | None, status: _Statuses
 ) -> Iterator[str]:
     """Tasks to decide, in topological order; a decided task brings its dependants along."""
     if changed is None:
@@ -102,9 +133,9 @@ def _candidates(
         if task_id in seen:
             continue
         seen.add(task_id)
-        before = status.get(task_id)
+        before = status.get(task_id, TaskStatus.SUCCESS)
         yield task_id
-        if status.get(task_id) is not before:
+        if status.get(task_id, TaskStatus.SUCCESS) is not before:
             for dependant in dag.dependants.get(task_id, ()):
                 heapq.heappush(heap, (rank[dependant], dependant))
 
@@ -120,14 +151,15 @@ def _decide_pending(
     instance: InstanceLike,
     deps: tuple[str, ...],
     kind: TaskType,
-    status: dict[str, TaskStatus],
+    status: _Statuses,
     plan: Plan,
+    moved: set[str] | None,
 ) -> TaskStatus:
-    dep_states = [status.get(d, TaskStatus.SUCCESS) for d in deps]
-    if any(s in BLOCKING_TASK for s in dep_states):
+    suspects = deps if moved is None else [d for d in deps if d in moved]
+    if any(status.get(d, TaskStatus.SUCCESS) in BLOCKING_TASK for d in suspects):
         plan.upstream_failed.append(instance)
         return TaskStatus.UPSTREAM_FAILED
-    if not all(s in OK_FOR_DEPENDANTS for s in dep_states):
+    if not all(status.get(d, TaskStatus.SUCCESS) in OK_FOR_DEPENDANTS for d in deps):
         return TaskStatus.PENDING
     if kind is TaskType.MAP:
         plan.expand.append(instance)
@@ -152,8 +184,8 @@ def _decide_map(instance: InstanceLike, counts: dict[TaskStatus, int], plan: Pla
     return TaskStatus.SUCCESS
 
 
-def _run_status(statuses: object, killed: bool) -> RunStatus | None:
-    values = list(statuses)  # type: ignore[call-overload]
+def _run_status(statuses: Iterable[TaskStatus], killed: bool) -> RunStatus | None:
+    values = list(statuses)
     if any(s in ACTIVE for s in values):
         return None
     if killed:
