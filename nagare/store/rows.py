@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
 from nagare.models import (
     Attempt,
@@ -97,4 +98,31 @@ def attempt_from_row(row: sqlite3.Row) -> Attempt:
         error=row["error"],
         pid=row["pid"],
         metrics=metrics,
+    )
+
+
+def insert_tasks(conn: sqlite3.Connection, tasks: Sequence[TaskInstance]) -> None:
+    conn.executemany(
+        "INSERT INTO task_instances(id, run_id, task_id, base_task_id, map_index, item, "
+        "position, status, attempt, max_attempts, pool, command, queued_at, message) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                t.id,
+                t.run_id,
+                t.task_id,
+                t.base_task_id,
+                t.map_index,
+                t.item,
+                t.position,
+                t.status,
+                t.attempt,
+                t.max_attempts,
+                t.pool,
+                t.command,
+                t.queued_at,
+                t.message,
+            )
+            for t in tasks
+        ],
     )

@@ -8,7 +8,6 @@ string "5432" and `MODE: 0755` stays "0755", as DAG authors wrote them.
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
@@ -16,15 +15,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
+from nagare.dagfile.graph import check_graph
+from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
+from nagare.dagfile.nodes import (
+    ENV_NAME,
+    ID_EXPECTED,
+    ID_PATTERN,
+    Collector,
+    DagError,
+    boolean,
+    check_id,
+    env_map,
+    integer,
+    mapping,
+    node_kind,
+    number,
+    scalar_text,
+    string_list,
+)
+from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
+from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"
@@ -69,35 +85,6 @@ TRIGGER_KEYS = (
 )
 RESOURCE_KEYS = ("cpus", "memory", "gpus")
 
-
-@dataclass(frozen=True)
-class DagError:
-    """One problem in a DAG file: where (file, line, field), what was found, what was expected."""
-
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
-
-
-class _Collector:
-    """Gathers every error of one file."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.errors: list[DagError] = []
-
-    def add(self, node: Node | None, field: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
-        self.errors.append(DagError(self.file, line, field, message))
-
-
 # ---------------------------------------------------------------- public entry points
 
 
@@ -119,13 +106,13 @@ def parse_dag(
     extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
 ) -> tuple[DagDef | None, list[DagError]]:
     """Parse YAML text into a DagDef. Returns (dag, []) or (None, errors)."""
-    errors = _Collector(file)
+    errors = Collector(file)
     root = _compose(text, errors)
     if root is None:
         return None, errors.errors
     dag = _build_dag(root, errors, base_dir)
     if dag is not None:
-        _check_graph(dag, errors)
+        check_graph(dag, errors)
     if dag is not None and not errors.errors and extra_check is not None:
         for line, field, message in extra_check(dag):
             errors.errors.append(DagError(file, line, field, message))
@@ -134,7 +121,7 @@ def parse_dag(
     return replace(dag, file=file) if dag else None, []
 
 
-def _compose(text: str, errors: _Collector) -> MappingNode | None:
+def _compose(text: str, errors: Collector) -> MappingNode | None:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -157,149 +144,22 @@ def _compose(text: str, errors: _Collector) -> MappingNode | None:
         errors.add(None, "", "the file is empty (expected a mapping with 'id' and 'tasks')")
         return None
     if not isinstance(node, MappingNode):
-        errors.add(node, "", f"expected a mapping with 'id' and 'tasks', found {_kind(node)}")
+        errors.add(node, "", f"expected a mapping with 'id' and 'tasks', found {node_kind(node)}")
         return None
     return node
-
-
-# ---------------------------------------------------------------- node readers
-
-_TAG_NAMES = {
-    "str": "the string",
-    "int": "the number",
-    "float": "the number",
-    "bool": "the boolean",
-}
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    tag = node.tag.rsplit(":", 1)[-1]
-    if tag == "null":
-        return "nothing (null)"
-    return f"{_TAG_NAMES.get(tag, tag)} '{node.value}'"
-
-
-def _mapping(
-    node: MappingNode, allowed: tuple[str, ...], path: str, errors: _Collector
-) -> dict[str, Node]:
-    """Keys -> value nodes; unknown or duplicate keys are errors with a suggestion."""
-    result: dict[str, Node] = {}
-    for key_node, value_node in node.value:
-        key = str(key_node.value)
-        field = f"{path}.{key}" if path else key
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(allowed)})"
-            errors.add(key_node, field, f"unknown key '{key}'{hint}")
-            continue
-        if key in result:
-            errors.add(key_node, field, f"'{key}' is given twice")
-        result[key] = value_node
-    return result
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _text(node: Node, field: str, errors: _Collector) -> str | None:
-    """A string field: the scalar's literal text (null -> "")."""
-    if not isinstance(node, ScalarNode):
-        errors.add(node, field, f"expected a string, found {_kind(node)}")
-        return None
-    return "" if _is_null(node) else str(node.value)
-
-
-def _integer(node: Node, field: str, errors: _Collector, minimum: int = 0) -> int | None:
-    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
-        errors.add(node, field, f"expected a whole number >= {minimum}, found {_kind(node)}")
-        return None
-    value = int(yaml.safe_load(node.value))
-    if value < minimum:
-        errors.add(node, field, f"expected a whole number >= {minimum}, found {value}")
-        return None
-    return value
-
-
-def _number(node: Node, field: str, errors: _Collector, positive: bool) -> float | None:
-    expected = "a number > 0" if positive else "a number >= 0"
-    if not isinstance(node, ScalarNode) or node.tag not in (
-        "tag:yaml.org,2002:int",
-        "tag:yaml.org,2002:float",
-    ):
-        errors.add(node, field, f"expected {expected} (seconds), found {_kind(node)}")
-        return None
-    value = float(yaml.safe_load(node.value))
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        errors.add(node, field, f"expected {expected} (seconds), found {node.value}")
-        return None
-    return value
-
-
-def _boolean(node: Node, field: str, errors: _Collector) -> bool | None:
-    if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
-        errors.add(node, field, f"expected true or false, found {_kind(node)}")
-        return None
-    return bool(yaml.safe_load(node.value))
-
-
-def _string_list(node: Node, field: str, errors: _Collector, allow_single: bool) -> list[str]:
-    if allow_single and isinstance(node, ScalarNode):
-        text = _text(node, field, errors)
-        return [text] if text else []
-    if not isinstance(node, SequenceNode):
-        errors.add(node, field, f"expected a list of strings, found {_kind(node)}")
-        return []
-    items: list[str] = []
-    for index, item in enumerate(node.value):
-        text = _text(item, f"{field}[{index}]", errors)
-        if text is not None:
-            items.append(text)
-    return items
-
-
-def _env(node: Node, field: str, errors: _Collector) -> dict[str, str]:
-    if _is_null(node):
-        return {}
-    if not isinstance(node, MappingNode):
-        errors.add(node, field, f"expected a mapping of NAME: value, found {_kind(node)}")
-        return {}
-    env: dict[str, str] = {}
-    for key_node, value_node in node.value:
-        name = str(key_node.value)
-        if not ENV_NAME.match(name):
-            errors.add(
-                key_node,
-                f"{field}.{name}",
-                f"'{name}' is not a valid variable name (expected [A-Za-z_][A-Za-z0-9_]*)",
-            )
-            continue
-        value = _text(value_node, f"{field}.{name}", errors)
-        if value is not None:
-            env[name] = value
-    return env
-
-
-def _check_id(node: Node, value: str, field: str, errors: _Collector) -> None:
-    if not ID_PATTERN.match(value):
-        errors.add(node, field, f"'{value}' is not a valid id (expected {ID_EXPECTED})")
 
 
 # ---------------------------------------------------------------- DAG level
 
 
-def _build_dag(root: MappingNode, errors: _Collector, base_dir: str) -> DagDef | None:
-    fields = _mapping(root, DAG_KEYS, "", errors)
+def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | None:
+    fields = mapping(root, DAG_KEYS, "", errors)
     dag_id = _required_id(root, fields, "id", errors)
     schedule = _optional_text(fields, "schedule", errors).strip()
     timezone = _optional_text(fields, "timezone", errors).strip()
     _check_schedule(fields, schedule, timezone, errors)
-    catchup = _boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
-    env = _env(fields["env"], "env", errors) if "env" in fields else {}
+    catchup = boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
+    env = env_map(fields["env"], "env", errors) if "env" in fields else {}
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
@@ -317,27 +177,27 @@ def _build_dag(root: MappingNode, errors: _Collector, base_dir: str) -> DagDef |
 
 
 def _required_id(
-    parent: Node, fields: dict[str, Node], key: str, errors: _Collector, path: str = ""
+    parent: Node, fields: dict[str, Node], key: str, errors: Collector, path: str = ""
 ) -> str | None:
     field = f"{path}.{key}" if path else key
     if key not in fields:
         errors.add(parent, field, f"'{key}' is required (expected {ID_EXPECTED})")
         return None
-    value = _text(fields[key], field, errors)
+    value = scalar_text(fields[key], field, errors)
     if value is None:
         return None
-    _check_id(fields[key], value, field, errors)
+    check_id(fields[key], value, field, errors)
     return value
 
 
-def _optional_text(fields: dict[str, Node], key: str, errors: _Collector, path: str = "") -> str:
+def _optional_text(fields: dict[str, Node], key: str, errors: Collector, path: str = "") -> str:
     if key not in fields:
         return ""
-    return _text(fields[key], f"{path}.{key}" if path else key, errors) or ""
+    return scalar_text(fields[key], f"{path}.{key}" if path else key, errors) or ""
 
 
 def _check_schedule(
-    fields: dict[str, Node], schedule: str, timezone: str, errors: _Collector
+    fields: dict[str, Node], schedule: str, timezone: str, errors: Collector
 ) -> None:
     if timezone:
         try:
@@ -353,11 +213,13 @@ def _check_schedule(
         errors.add(fields["schedule"], "schedule", str(exc))
 
 
-def _build_trigger(node: Node, errors: _Collector) -> TriggerDef | None:
+def _build_trigger(node: Node, errors: Collector) -> TriggerDef | None:
     if not isinstance(node, MappingNode):
-        errors.add(node, "trigger", f"expected a mapping with 'type: webhook', found {_kind(node)}")
+        errors.add(
+            node, "trigger", f"expected a mapping with 'type: webhook', found {node_kind(node)}"
+        )
         return None
-    fields = _mapping(node, TRIGGER_KEYS, "trigger", errors)
+    fields = mapping(node, TRIGGER_KEYS, "trigger", errors)
     kind = _optional_text(fields, "type", errors, "trigger")
     if kind != "webhook":
         errors.add(
@@ -392,7 +254,7 @@ def _build_trigger(node: Node, errors: _Collector) -> TriggerDef | None:
             f"'{secret_env}' is not a valid environment variable name",
         )
     extract = (
-        _env(fields["extract_payload"], "trigger.extract_payload", errors)
+        env_map(fields["extract_payload"], "trigger.extract_payload", errors)
         if "extract_payload" in fields
         else {}
     )
@@ -421,13 +283,13 @@ class _RawTask:
 
 
 def _build_tasks(
-    root: Node, node: Node | None, errors: _Collector, base_dir: str
+    root: Node, node: Node | None, errors: Collector, base_dir: str
 ) -> list[TaskDef] | None:
     if node is None:
         errors.add(root, "tasks", "'tasks' is required (expected a non-empty list of tasks)")
         return None
     if not isinstance(node, SequenceNode) or not node.value:
-        errors.add(node, "tasks", f"expected a non-empty list of tasks, found {_kind(node)}")
+        errors.add(node, "tasks", f"expected a non-empty list of tasks, found {node_kind(node)}")
         return None
     raw: list[_RawTask] = []
     for index, task_node in enumerate(node.value):
@@ -439,7 +301,7 @@ def _build_tasks(
     return expanded
 
 
-def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: _Collector) -> None:
+def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: Collector) -> None:
     """`map_over` must name a task of this DAG (reported where the author wrote it)."""
     for entry in raw:
         source = entry.task.map_over
@@ -455,11 +317,11 @@ def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: _Collector) -
             )
 
 
-def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _RawTask | None:
+def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _RawTask | None:
     if not isinstance(node, MappingNode):
-        errors.add(node, path, f"expected a task mapping with 'id', found {_kind(node)}")
+        errors.add(node, path, f"expected a task mapping with 'id', found {node_kind(node)}")
         return None
-    fields = _mapping(node, TASK_KEYS, path, errors)
+    fields = mapping(node, TASK_KEYS, path, errors)
     task_id = _required_id(node, fields, "id", errors, path)
     kind = _task_type(fields, path, errors)
     text = {
@@ -470,10 +332,10 @@ def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _Ra
         task_id=task_id or "",
         type=kind,
         command=text["command"],
-        depends_on=tuple(_string_list(fields["depends_on"], f"{path}.depends_on", errors, True))
+        depends_on=tuple(string_list(fields["depends_on"], f"{path}.depends_on", errors, True))
         if "depends_on" in fields
         else (),
-        env=_env(fields["env"], f"{path}.env", errors) if "env" in fields else {},
+        env=env_map(fields["env"], f"{path}.env", errors) if "env" in fields else {},
         timeout_seconds=_opt_number(fields, "timeout_seconds", path, errors, positive=True),
         retries=_opt_int(fields, "retries", path, errors),
         retry_delay_seconds=_opt_number(
@@ -499,10 +361,10 @@ def _build_task(node: Node, path: str, errors: _Collector, base_dir: str) -> _Ra
     return _RawTask(task, node, fields, items, path) if task_id else None
 
 
-def _task_type(fields: dict[str, Node], path: str, errors: _Collector) -> TaskType:
+def _task_type(fields: dict[str, Node], path: str, errors: Collector) -> TaskType:
     if "type" not in fields:
         return TaskType.COMMAND
-    value = _text(fields["type"], f"{path}.type", errors) or "command"
+    value = scalar_text(fields["type"], f"{path}.type", errors) or "command"
     try:
         return TaskType(value)
     except ValueError:
@@ -511,33 +373,33 @@ def _task_type(fields: dict[str, Node], path: str, errors: _Collector) -> TaskTy
         return TaskType.COMMAND
 
 
-def _opt_int(fields: dict[str, Node], key: str, path: str, errors: _Collector) -> int:
+def _opt_int(fields: dict[str, Node], key: str, path: str, errors: Collector) -> int:
     if key not in fields:
         return 0
-    return _integer(fields[key], f"{path}.{key}", errors) or 0
+    return integer(fields[key], f"{path}.{key}", errors) or 0
 
 
 def _opt_number(
-    fields: dict[str, Node], key: str, path: str, errors: _Collector, positive: bool
+    fields: dict[str, Node], key: str, path: str, errors: Collector, positive: bool
 ) -> float:
     if key not in fields:
         return 0
-    return _number(fields[key], f"{path}.{key}", errors, positive) or 0
+    return number(fields[key], f"{path}.{key}", errors, positive) or 0
 
 
-def _with_items(fields: dict[str, Node], path: str, errors: _Collector) -> list[str]:
+def _with_items(fields: dict[str, Node], path: str, errors: Collector) -> list[str]:
     node = fields["with_items"]
-    items = _string_list(node, f"{path}.with_items", errors, False)
+    items = string_list(node, f"{path}.with_items", errors, False)
     if not items and isinstance(node, SequenceNode):
         errors.add(node, f"{path}.with_items", "expected a non-empty list of values")
     return items
 
 
-def _volumes(fields: dict[str, Node], path: str, errors: _Collector, base_dir: str) -> list[str]:
+def _volumes(fields: dict[str, Node], path: str, errors: Collector, base_dir: str) -> list[str]:
     if "volumes" not in fields:
         return []
     result = []
-    for index, spec in enumerate(_string_list(fields["volumes"], f"{path}.volumes", errors, False)):
+    for index, spec in enumerate(string_list(fields["volumes"], f"{path}.volumes", errors, False)):
         field = f"{path}.volumes[{index}]"
         node = fields["volumes"].value[index]
         parts = spec.split(":")
@@ -562,15 +424,17 @@ def _volumes(fields: dict[str, Node], path: str, errors: _Collector, base_dir: s
     return result
 
 
-def _resources(fields: dict[str, Node], path: str, errors: _Collector) -> Resources | None:
+def _resources(fields: dict[str, Node], path: str, errors: Collector) -> Resources | None:
     if "resources" not in fields:
         return None
     node = fields["resources"]
     field = f"{path}.resources"
     if not isinstance(node, MappingNode):
-        errors.add(node, field, f"expected a mapping with cpus/memory/gpus, found {_kind(node)}")
+        errors.add(
+            node, field, f"expected a mapping with cpus/memory/gpus, found {node_kind(node)}"
+        )
         return None
-    values = _mapping(node, RESOURCE_KEYS, field, errors)
+    values = mapping(node, RESOURCE_KEYS, field, errors)
     cpus = _optional_text(values, "cpus", errors, field)
     memory = _optional_text(values, "memory", errors, field)
     gpus = _optional_text(values, "gpus", errors, field)
@@ -606,7 +470,7 @@ def _positive_finite(text: str) -> bool:
 
 
 def _check_task(
-    task: TaskDef, fields: dict[str, Node], node: Node, path: str, errors: _Collector
+    task: TaskDef, fields: dict[str, Node], node: Node, path: str, errors: Collector
 ) -> None:
     def at(key: str) -> Node:
         return fields.get(key, node)
@@ -645,7 +509,7 @@ def _check_task(
         )
 
 
-def _expand_with_items(raw: list[_RawTask], errors: _Collector) -> list[TaskDef]:
+def _expand_with_items(raw: list[_RawTask], errors: Collector) -> list[TaskDef]:
     """`with_items` clones a task per item (`<id>_<item>`); dependants depend on every clone."""
     clones: dict[str, list[str]] = {}
     expanded: list[TaskDef] = []
@@ -683,175 +547,3 @@ def _rewrite_deps(task: TaskDef, clones: dict[str, list[str]]) -> TaskDef:
     if task.type is TaskType.MAP and task.map_over and task.map_over not in deps:
         deps.append(task.map_over)
     return replace(task, depends_on=tuple(dict.fromkeys(deps)))
-
-
-# ---------------------------------------------------------------- graph checks
-
-
-def _check_graph(dag: DagDef, errors: _Collector) -> None:
-    by_id: dict[str, TaskDef] = {}
-    for task in dag.tasks:
-        if task.task_id in by_id:
-            errors.errors.append(
-                DagError(
-                    errors.file,
-                    task.line,
-                    f"tasks.{task.task_id}",
-                    f"duplicate task id '{task.task_id}'",
-                )
-            )
-        by_id[task.task_id] = task
-    for task in dag.tasks:
-        _check_references(task, by_id, errors)
-    cycle = find_cycle(dag.tasks)
-    if len(cycle) > 2:  # a task depending on itself is reported above
-        first = by_id[cycle[0]]
-        errors.errors.append(
-            DagError(
-                errors.file,
-                first.line,
-                f"tasks.{cycle[0]}.depends_on",
-                "dependency cycle: " + " -> ".join(cycle),
-            )
-        )
-
-
-def _check_references(task: TaskDef, by_id: dict[str, TaskDef], errors: _Collector) -> None:
-    field = f"tasks.{task.task_id}"
-    for dep in task.depends_on:
-        if dep == task.task_id:
-            errors.errors.append(
-                DagError(
-                    errors.file, task.line, f"{field}.depends_on", f"task '{dep}' depends on itself"
-                )
-            )
-        elif dep not in by_id and dep != task.map_over:
-            close = difflib.get_close_matches(dep, list(by_id), n=1)
-            hint = (
-                f"; did you mean '{close[0]}'?"
-                if close
-                else (f" (expected one of: {', '.join(sorted(by_id))})")
-            )
-            errors.errors.append(
-                DagError(
-                    errors.file, task.line, f"{field}.depends_on", f"unknown task '{dep}'{hint}"
-                )
-            )
-    if task.map_over and task.map_over == task.task_id:
-        errors.errors.append(
-            DagError(
-                errors.file, task.line, f"{field}.map_over", "a map task cannot map over itself"
-            )
-        )
-    elif task.map_over and task.map_over in by_id and by_id[task.map_over].type is TaskType.MAP:
-        errors.errors.append(
-            DagError(
-                errors.file,
-                task.line,
-                f"{field}.map_over",
-                f"'{task.map_over}' is a map task; map over a task that prints a JSON array",
-            )
-        )
-
-
-def find_cycle(tasks: tuple[TaskDef, ...] | list[TaskDef]) -> list[str]:
-    """The first dependency cycle as a path `[a, b, c, a]`, or [] when the graph is acyclic."""
-    deps = {t.task_id: t.depends_on for t in tasks}
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    for start in deps:
-        if state.get(start):
-            continue
-        stack: list[tuple[str, int]] = [(start, 0)]
-        path: list[str] = [start]
-        state[start] = 1
-        while stack:
-            node, index = stack[-1]
-            children = [d for d in deps.get(node, ()) if d in deps]
-            if index < len(children):
-                stack[-1] = (node, index + 1)
-                child = children[index]
-                if state.get(child) == 1:
-                    return [*path[path.index(child) :], child]
-                if not state.get(child):
-                    state[child] = 1
-                    stack.append((child, 0))
-                    path.append(child)
-            else:
-                state[node] = 2
-                stack.pop()
-                path.pop()
-    return []
-
-
-def dag_to_json(dag: DagDef) -> str:
-    """A stable JSON form of a definition (stored with each run so edits never change it)."""
-    return json.dumps(_dag_dict(dag), sort_keys=True, separators=(",", ":"))
-
-
-def _dag_dict(dag: DagDef) -> dict[str, object]:
-    return {
-        "dag_id": dag.dag_id,
-        "description": dag.description,
-        "schedule": dag.schedule,
-        "timezone": dag.timezone,
-        "catchup": dag.catchup,
-        "env": dag.env,
-        "file": dag.file,
-        "tasks": [_task_dict(t) for t in dag.tasks],
-    }
-
-
-def _task_dict(task: TaskDef) -> dict[str, object]:
-    data: dict[str, object] = {
-        "task_id": task.task_id,
-        "type": task.type.value,
-        "command": task.command,
-        "depends_on": list(task.depends_on),
-        "env": task.env,
-        "timeout_seconds": task.timeout_seconds,
-        "retries": task.retries,
-        "retry_delay_seconds": task.retry_delay_seconds,
-        "pool": task.pool,
-        "map_over": task.map_over,
-        "dag_id": task.dag_id,
-        "image": task.image,
-        "workdir": task.workdir,
-        "volumes": list(task.volumes),
-        "line": task.line,
-    }
-    if task.resources:
-        data["resources"] = {
-            "cpus": task.resources.cpus,
-            "memory": task.resources.memory,
-            "gpus": task.resources.gpus,
-        }
-    return data
-
-
-def dag_from_json(text: str) -> DagDef:
-    """The inverse of dag_to_json (webhook trigger details are not part of a run's snapshot)."""
-    data = json.loads(text)
-    tasks = []
-    for item in data["tasks"]:
-        resources = item.pop("resources", None)
-        tasks.append(
-            TaskDef(
-                **{
-                    **item,
-                    "type": TaskType(item["type"]),
-                    "depends_on": tuple(item["depends_on"]),
-                    "volumes": tuple(item["volumes"]),
-                },
-                resources=Resources(**resources) if resources else None,
-            )
-        )
-    return DagDef(
-        dag_id=data["dag_id"],
-        tasks=tuple(tasks),
-        description=data["description"],
-        schedule=data["schedule"],
-        timezone=data["timezone"],
-        catchup=data["catchup"],
-        env=data["env"],
-        file=data["file"],
-    )

@@ -1,0 +1,442 @@
+"""Task instances, claims and attempts in SQLite: every state change is a compare-and-set."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from nagare.models import (
+    STATUS_BY_VALUE,
+    TASK_TRANSITIONS,
+    Attempt,
+    RunStatus,
+    TaskInstance,
+    TaskState,
+    TaskStatus,
+)
+from nagare.store.db import Database
+from nagare.store.records import AttemptFinish, Claim
+from nagare.store.rows import (
+    METRIC_COLUMNS,
+    TASK_COLUMNS,
+    attempt_from_row,
+    insert_tasks,
+    run_from_row,
+    task_from_row,
+)
+
+LATEST_ATTEMPT = (
+    "LEFT JOIN task_attempts a ON a.task_instance_id = ti.id AND a.attempt = ti.attempt "
+)
+
+
+class TaskStore:
+    db: Database
+
+    # ------------------------------------------------------------ task instances
+
+    def run_states(self, run_id: str) -> list[TaskState]:
+        """The run's non-child task instances, only what planning reads (fast in bulk)."""
+        with self.db.read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(
+                "SELECT id, run_id, task_id, status, pool, position FROM task_instances "
+                "WHERE run_id=? AND map_index IS NULL ORDER BY position",
+                (run_id,),
+            ).fetchall()
+        status = STATUS_BY_VALUE
+        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
+
+    def task_states(self, task_instance_ids: Sequence[str]) -> list[TaskState]:
+        """The planning fields of the given (non-child) task instances."""
+        if not task_instance_ids:
+            return []
+        marks = ",".join("?" * len(task_instance_ids))
+        with self.db.read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(
+                "SELECT id, run_id, task_id, status, pool, position FROM task_instances "
+                f"WHERE id IN ({marks}) AND map_index IS NULL",
+                list(task_instance_ids),
+            ).fetchall()
+        status = STATUS_BY_VALUE
+        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
+
+    def run_tasks(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
+        """Latest state of every task instance of a run, in DAG order, with metrics."""
+        child = "" if include_children else " AND ti.map_index IS NULL"
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS}, {METRIC_COLUMNS} FROM task_instances ti {LATEST_ATTEMPT}"
+                f"WHERE ti.run_id=?{child} ORDER BY ti.position, ti.map_index",
+                (run_id,),
+            ).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]:
+        """For each map parent of a run: how many children are in each status."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT base_task_id, status, count(*) AS n FROM task_instances "
+                "WHERE run_id=? AND map_index IS NOT NULL GROUP BY base_task_id, status",
+                (run_id,),
+            ).fetchall()
+        counts: dict[str, dict[TaskStatus, int]] = {}
+        for row in rows:
+            counts.setdefault(row["base_task_id"], {})[TaskStatus(row["status"])] = row["n"]
+        return counts
+
+    def get_task(self, run_id: str, task_id: str) -> TaskInstance | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                f"SELECT {TASK_COLUMNS}, {METRIC_COLUMNS} FROM task_instances ti {LATEST_ATTEMPT}"
+                "WHERE ti.run_id=? AND ti.task_id=?",
+                (run_id, task_id),
+            ).fetchone()
+        return task_from_row(row) if row else None
+
+    def get_task_by_id(self, task_instance_id: str) -> TaskInstance | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE ti.id=?", (task_instance_id,)
+            ).fetchone()
+        return task_from_row(row) if row else None
+
+    def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE ti.run_id=? AND "
+                "ti.base_task_id=? AND ti.map_index IS NOT NULL ORDER BY ti.map_index",
+                (run_id, parent_task_id),
+            ).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def attempts(self, task_instance_id: str) -> list[Attempt]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM task_attempts WHERE task_instance_id=? ORDER BY attempt",
+                (task_instance_id,),
+            ).fetchall()
+        return [attempt_from_row(r) for r in rows]
+
+    def add_tasks(self, tasks: Sequence[TaskInstance]) -> None:
+        with self.db.write() as conn:
+            insert_tasks(conn, tasks)
+
+    def transition(
+        self,
+        task_ids: Sequence[str],
+        from_status: Iterable[TaskStatus],
+        to_status: TaskStatus,
+        now: int,
+        message: str | None = None,
+    ) -> list[str]:
+        """Compare-and-set many task instances; returns the ids that moved."""
+        sources = [s for s in from_status if to_status in TASK_TRANSITIONS[s]]
+        if not task_ids or not sources:
+            return []
+        marks = ",".join("?" * len(sources))
+        extra = _transition_columns(to_status)
+        if message is not None:
+            extra += ", message=?"
+        moved = []
+        with self.db.write() as conn:
+            for task_id in task_ids:
+                params: list[object] = [to_status, *_transition_params(to_status, now)]
+                if message is not None:
+                    params.append(message)
+                cursor = conn.execute(
+                    f"UPDATE task_instances SET status=?{extra} WHERE id=? AND status IN ({marks})",
+                    [*params, task_id, *sources],
+                )
+                if cursor.rowcount:
+                    moved.append(task_id)
+        return moved
+
+    def set_task_message(self, task_instance_id: str, message: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE task_instances SET message=? WHERE id=?", (message, task_instance_id)
+            )
+
+    def set_item_and_command(self, task_instance_id: str, command: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE task_instances SET command=? WHERE id=?", (command, task_instance_id)
+            )
+
+    def due_retries(self, now: int) -> list[TaskInstance]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE "
+                "ti.status='up_for_retry' AND ti.ready_at <= ?",
+                (now,),
+            ).fetchall()
+        return [task_from_row(r) for r in rows]
+
+    def next_retry_at(self) -> int | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT min(ready_at) FROM task_instances WHERE status='up_for_retry'"
+            ).fetchone()
+        return row[0]
+
+    def queued_pools(self) -> set[str]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT pool FROM task_instances WHERE status='queued'"
+            ).fetchall()
+        return {r["pool"] for r in rows}
+
+    def pool_counts(self) -> dict[str, dict[str, int]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT pool, 'queued' AS status, count(*) AS n FROM task_instances "
+                "INDEXED BY ti_queued WHERE status='queued' GROUP BY pool "
+                "UNION ALL SELECT pool, 'running', count(*) FROM task_instances "
+                "INDEXED BY ti_running WHERE status='running' GROUP BY pool"
+            ).fetchall()
+        result: dict[str, dict[str, int]] = {}
+        for row in rows:
+            result.setdefault(row["pool"], {})[row["status"]] = row["n"]
+        return result
+
+    # ------------------------------------------------------------ claims and attempts
+
+    def claim_next(self, pool: str, worker: str, now: int) -> Claim | None:
+        """Atomically move the oldest queued task of `pool` to running and open its attempt."""
+        with self.db.write() as conn:
+            return self._claim(conn, pool, worker, now)
+
+    def finish_and_claim(
+        self, finish: AttemptFinish, pool: str | None, worker: str
+    ) -> tuple[bool, Claim | None]:
+        """finish_attempt, then (unless `pool` is None) claim the next task of `pool`, in one
+        transaction: a busy worker slot costs one write per task, not two."""
+        with self.db.write() as conn:
+            moved = self._finish(conn, finish)
+            claim = self._claim(conn, pool, worker, finish.now) if pool is not None else None
+        return moved, claim
+
+    def _claim(self, conn: sqlite3.Connection, pool: str, worker: str, now: int) -> Claim | None:
+        row = conn.execute(
+            f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
+            "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='' "
+            "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+            "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
+            f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
+            (worker, now, pool),
+        ).fetchone()
+        if row is None:
+            return None
+        task = task_from_row(row)
+        run_row = conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
+        run = run_from_row(run_row)
+        conn.execute(
+            "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
+            "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            (task.id, task.attempt, task.run_id, run.dag_id, task.task_id, worker, now),
+        )
+        if run.status is RunStatus.QUEUED:
+            conn.execute(
+                "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
+                (now, run.run_id),
+            )
+        return Claim(task, run, task.attempt)
+
+    def set_executor_type(self, task_instance_id: str, attempt: int, executor_type: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE task_attempts SET executor_type=? WHERE task_instance_id=? AND attempt=?",
+                (executor_type, task_instance_id, attempt),
+            )
+
+    def finish_attempt(self, finish: AttemptFinish) -> bool:
+        """Close an attempt and move its task running -> `finish.status` (CAS on the attempt).
+
+        The attempt row always gets its metrics; the task moves only if it is still running this
+        attempt (a kill that won the race keeps `cancelled`). Returns whether the task moved.
+        """
+        with self.db.write() as conn:
+            return self._finish(conn, finish)
+
+    def _finish(self, conn: sqlite3.Connection, finish: AttemptFinish) -> bool:
+        m = finish.metrics
+        cursor = conn.execute(
+            "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
+            "ready_at=?, output_tail=?, message=?, "
+            "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
+            "max_attempts=max_attempts+? "
+            "WHERE id=? AND attempt=? AND status='running'",
+            (
+                finish.status,
+                None
+                if finish.status in (TaskStatus.UP_FOR_RETRY, TaskStatus.QUEUED)
+                else finish.now,
+                m.exit_code,
+                int(finish.timed_out),
+                finish.ready_at,
+                finish.output_tail,
+                finish.message,
+                finish.status,
+                finish.now,
+                finish.extra_attempts,
+                finish.task_instance_id,
+                finish.attempt,
+            ),
+        )
+        moved = cursor.rowcount == 1
+        attempt_status = finish.attempt_status
+        if not moved:
+            attempt_status = TaskStatus.CANCELLED
+        conn.execute(
+            "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
+            "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
+            "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running'",
+            (
+                attempt_status,
+                finish.now,
+                m.exit_code,
+                int(finish.timed_out),
+                finish.message,
+                m.duration_ms,
+                m.cpu_user_ms,
+                m.cpu_system_ms,
+                m.peak_memory_bytes,
+                m.executor_type,
+                finish.task_instance_id,
+                finish.attempt,
+            ),
+        )
+        if not moved:
+            conn.execute(
+                "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
+                (finish.output_tail, finish.task_instance_id),
+            )
+        return moved
+
+    def complete_task(
+        self,
+        task_instance_id: str,
+        from_status: Sequence[TaskStatus],
+        to_status: TaskStatus,
+        now: int,
+        message: str,
+        output_tail: str = "",
+    ) -> bool:
+        """Finish a task that runs inside the engine (trigger_dag, map parents)."""
+        marks = ",".join("?" * len(from_status))
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE task_instances SET status=?, completed_at=?, message=?, output_tail=?, "
+                "started_at=coalesce(started_at, ?), worker=CASE WHEN worker='' THEN 'local' ELSE "
+                f"worker END WHERE id=? AND status IN ({marks})",
+                (to_status, now, message, output_tail, now, task_instance_id, *from_status),
+            )
+        return cursor.rowcount == 1
+
+    def start_internal(
+        self, task_instance_id: str, from_status: Sequence[TaskStatus], now: int
+    ) -> bool:
+        """pending/queued -> running for work the engine does itself (map parents)."""
+        marks = ",".join("?" * len(from_status))
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE task_instances SET status='running', started_at=?, worker='local', "
+                f"attempt=max(attempt, 1) WHERE id=? AND status IN ({marks})",
+                (now, task_instance_id, *from_status),
+            )
+            conn.execute(
+                "UPDATE runs SET status='running', started_at=? WHERE run_id=(SELECT "
+                "run_id FROM task_instances WHERE id=?) AND status='queued'",
+                (now, task_instance_id),
+            )
+        return cursor.rowcount == 1
+
+    def running_attempts(self, worker: str) -> list[Attempt]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM task_attempts WHERE status='running' AND worker=?", (worker,)
+            ).fetchall()
+        return [attempt_from_row(r) for r in rows]
+
+    def expand_map(self, parent_id: str, children: Sequence[TaskInstance], now: int) -> bool:
+        """Atomically: map parent pending -> running, stale children dropped, new ones queued."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                "UPDATE task_instances SET status='running', started_at=?, completed_at=NULL, "
+                "worker='local', attempt=attempt+1 WHERE id=? AND status='pending' "
+                "RETURNING run_id, task_id",
+                (now, parent_id),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "DELETE FROM task_instances WHERE run_id=? AND base_task_id=? AND "
+                "map_index IS NOT NULL",
+                (row["run_id"], row["task_id"]),
+            )
+            insert_tasks(conn, children)
+            conn.execute(
+                "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
+                (now, row["run_id"]),
+            )
+        return True
+
+    def reopen(
+        self,
+        run_id: str,
+        queue: Sequence[tuple[str, int]],
+        running: Sequence[str],
+        pending: Sequence[str],
+        now: int,
+    ) -> int:
+        """A manual retry in one transaction: `queue` (id, retries) -> queued for a new attempt,
+        `running` (map parents) -> running, `pending` (dependants) -> pending; the run re-opens.
+        Returns how many tasks were queued."""
+        done = ", ".join(f"'{s}'" for s in _FINISHED)
+        with self.db.write() as conn:
+            queued = 0
+            for task_id, retries in queue:
+                queued += conn.execute(
+                    "UPDATE task_instances SET status='queued', queued_at=?, ready_at=NULL, "
+                    "completed_at=NULL, message='', max_attempts=attempt+1+? WHERE id=? AND "
+                    f"status IN ({done}, 'up_for_retry')",
+                    (now, retries, task_id),
+                ).rowcount
+            conn.executemany(
+                "UPDATE task_instances SET status='running', completed_at=NULL, message='' "
+                f"WHERE id=? AND status IN ({done})",
+                [(i,) for i in running],
+            )
+            conn.executemany(
+                "UPDATE task_instances SET status='pending', completed_at=NULL, message='' "
+                f"WHERE id=? AND status IN ({done})",
+                [(i,) for i in pending],
+            )
+            conn.execute(
+                "UPDATE runs SET status='running', completed_at=NULL, killed=0 WHERE run_id=?",
+                (run_id,),
+            )
+        return queued
+
+
+_FINISHED = ("success", "failed", "upstream_failed", "cancelled", "skipped")
+
+
+def _transition_columns(to_status: TaskStatus) -> str:
+    if to_status is TaskStatus.QUEUED:
+        return ", queued_at=?, ready_at=NULL"
+    if to_status is TaskStatus.PENDING:
+        return ", completed_at=NULL"
+    if to_status.terminal:
+        return ", completed_at=?"
+    return ""
+
+
+def _transition_params(to_status: TaskStatus, now: int) -> list[object]:
+    if to_status is TaskStatus.QUEUED or to_status.terminal:
+        return [now]
+    return []
