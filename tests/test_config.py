@@ -440,3 +440,12 @@ def test_options_markdown_has_one_row_per_option() -> None:
     pools = next(row for row in rows if row.startswith("| worker_pools "))
     assert "`{default: 4}`" in pools
     assert "reserved" in next(row for row in rows if row.startswith("| join "))
+
+
+def test_api_key_precedence_flag_then_environment_then_file(settings_file: Path) -> None:
+    yaml_text = "api_key: from-file\n"
+    assert load(settings_file, yaml_text).api_key == "from-file"
+    env = {"NAGARE_API_KEY": "from-env"}
+    assert load(settings_file, yaml_text, environ=env).api_key == "from-env"
+    flags = {"api_key": "from-flag"}
+    assert load(settings_file, yaml_text, flags=flags, environ=env).api_key == "from-flag"
