@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from nagare.models import DagDef, Resources, TaskDef, TaskType
 
@@ -44,11 +45,7 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         "line": task.line,
     }
     if task.resources:
-        data["resources"] = {
-            "cpus": task.resources.cpus,
-            "memory": task.resources.memory,
-            "gpus": task.resources.gpus,
-        }
+        data["resources"] = asdict(task.resources)
     return data
 
 

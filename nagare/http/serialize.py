@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from nagare.clock import to_iso
@@ -102,11 +103,7 @@ def task_def_json(task: TaskDef) -> dict[str, Any]:
         data["workdir"] = task.workdir
         data["volumes"] = list(task.volumes)
         if task.resources:
-            data["resources"] = {
-                "cpus": task.resources.cpus,
-                "memory": task.resources.memory,
-                "gpus": task.resources.gpus,
-            }
+            data["resources"] = asdict(task.resources)
     return data
 
 
