@@ -288,7 +288,13 @@ class Server:
         dags.mkdir(exist_ok=True)
         for name, text in self.dags.items():
             (dags / name).write_text(text)
-        settings = {"shutdown_grace_seconds": 1, "log_level": "warning", **self.settings}
+        # retention_days 0: the sweep must not delete a seeded history while it is measured
+        settings = {
+            "shutdown_grace_seconds": 1,
+            "log_level": "warning",
+            "retention_days": 0,
+            **self.settings,
+        }
         (self.root / "nagare.yaml").write_text(json.dumps(settings) + "\n")  # JSON is YAML
 
     def argv(self) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import dagfiles
 from harness import CACHE_DIR, ROOT, Launcher, Server, trigger_and_wait
 
-SEED_FORMAT = 2  # bump when the generated rows change shape
+SEED_FORMAT = 3  # bump when the generated rows change shape
 HISTORY_DAGS = 10
 DAY_MS = 86_400_000
 HISTORY_DAYS = 30
@@ -120,8 +120,22 @@ def _fill(db: Path, versions: dict[str, str], size: HistorySize) -> None:
             _insert_batch(conn, _batch(first, count, versions, size, now))
         for sql in indexes:
             conn.execute(sql)
+        _fill_metric_tables(conn)
     finally:  # left in rollback-journal mode: Nagare switches a copy to WAL when it opens it,
         conn.close()  # and read-only opens of the cache leave no -wal/-shm files behind
+
+
+def _fill_metric_tables(conn: sqlite3.Connection) -> None:
+    """The metric roll-up, counters and histogram from the loaded rows, as the migration that
+    created them computes them."""
+    from nagare.store.schema import METRICS_BACKFILL
+
+    conn.execute("BEGIN")
+    for table in ("metric_rollup", "metric_counters", "metric_durations"):
+        conn.execute(f"DELETE FROM {table}")
+    for sql in METRICS_BACKFILL:
+        conn.execute(sql)
+    conn.execute("COMMIT")
 
 
 def _drop_secondary_indexes(conn: sqlite3.Connection) -> list[str]:
@@ -162,7 +176,7 @@ def _insert_batch(conn: sqlite3.Connection, batch: Batch) -> None:
         "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, status, "
         "worker, executor_type, pid, pid_started_at, started_at, completed_at, exit_code, "
         "error, duration_ms, cpu_user_ms, cpu_system_ms, peak_memory_bytes) "
-        "VALUES (?,1,?,?,?,?,'local','local',?,?,?,?,?,'',?,1,1,1048576)",
+        "VALUES (?,1,?,?,?,?,'local','local',?,?,?,?,?,'',?,?,?,?)",
         batch.attempts,
     )
     conn.execute("COMMIT")
@@ -194,23 +208,25 @@ def _batch(first: int, count: int, versions: dict[str, str], size: HistorySize, 
                 end,
             )
         )
-        for task in _task_rows(run_id, dag_id, created, failed, size.tasks_per_run):
+        for task in _task_rows(run_id, dag_id, created, failed, size.tasks_per_run, rng):
             batch.tasks.append(task[0])
             batch.attempts.append(task[1])
     return batch
 
 
 def _task_rows(
-    run_id: str, dag_id: str, created: int, failed: bool, width: int
+    run_id: str, dag_id: str, created: int, failed: bool, width: int, rng: random.Random
 ) -> Iterator[tuple[tuple[object, ...], tuple[object, ...]]]:
-    """One chain run: every task succeeds, except the last one of a failed run."""
+    """One chain run: every task succeeds, except the last one of a failed run. Durations,
+    CPU and memory vary (metrics workload); each task ends within its 20 ms slot."""
     for position in range(width):
         instance_id = os.urandom(10).hex()
         task_id = f"t{position:04d}"
         status = "failed" if failed and position == width - 1 else "success"
         code = 1 if status == "failed" else 0
         started = created + 20 * position + 2
-        done = started + 15
+        duration = rng.randrange(1, 17)
+        done = started + duration
         pid = 10_000 + position
         yield (
             (instance_id, run_id, task_id, task_id, position, status, code, created, started, done),
@@ -225,6 +241,9 @@ def _task_rows(
                 started,
                 done,
                 code,
-                15,
+                duration,
+                rng.randrange(0, duration + 1),
+                rng.randrange(0, 3),
+                rng.randrange(1, 512) * 2**20,
             ),
         )

@@ -3,48 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nagare import __version__
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
-from nagare.executors import Cancellation, Executor, OnLine, OnStart
+from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.http.api import Api, Services
+from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, serve_in_thread
 from nagare.http.static import StaticFiles
 from nagare.logs import LogFiles
-from nagare.models import Assignment, Outcome, TaskDef
+from nagare.metrics import LiveState, MetricsService
+from nagare.models import TaskDef
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
+from nagare.retention import RetentionSweep
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
 
+if TYPE_CHECKING:
+    from nagare.executors.docker import DockerExecutor
+
 log = logging.getLogger("nagare")
-
-
-class _NoDocker:
-    """Container tasks need the Docker executor; until it is configured they fail clearly."""
-
-    @property
-    def executor_type(self) -> str:
-        return "docker"
-
-    def run(
-        self,
-        assignment: Assignment,
-        on_line: OnLine,
-        cancel: Cancellation,
-        on_start: OnStart | None = None,
-    ) -> Outcome:
-        return Outcome(
-            exit_code=None,
-            error="container tasks (image:) need the Docker "
-            "executor, which this build does not include",
-        )
 
 
 class App:
@@ -61,6 +48,9 @@ class App:
         self.store = Store(config.db)
         self.logs = LogFiles(config.resolved_logs_dir)
         self.local = LocalExecutor(max_line_bytes=config.max_log_line_bytes)
+        self._docker: DockerExecutor | None = None  # created by the first container task
+        self._docker_lock = threading.Lock()
+        self._leftover_containers: dict[tuple[str, int], str] = {}
         self.folder = DagFolder(config.dags, on_change=self._dags_changed)
         self.pools = WorkerPools(
             self.store,
@@ -87,6 +77,9 @@ class App:
             ),
             _static_files(),
         )
+        self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
+        self.api.add_routes(MetricsApi(self.metrics).routes())
+        self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
         if serve_http:
             self.http = NagareHTTPServer(config.listen, self.api, config.max_body_bytes)
@@ -95,13 +88,48 @@ class App:
     # ------------------------------------------------------------ wiring
 
     def _executor_for(self, definition: TaskDef) -> Executor:
-        return _NoDocker() if definition.image else self.local
+        return self._docker_executor() if definition.image else self.local
+
+    def _docker_executor(self) -> DockerExecutor:
+        """Built on first use: a server that never runs a container never loads the SDK. On
+        that first use nothing of this server can be running in a container yet, so every
+        container with its owner label is a leftover of an earlier (crashed) server."""
+        with self._docker_lock:
+            if self._docker is None:
+                from nagare.executors.docker import DockerExecutor
+
+                self._docker = DockerExecutor(
+                    max_line_bytes=self.config.max_log_line_bytes,
+                    docker_host=self.config.docker_host,
+                    volume_roots=self.config.docker_volume_roots,
+                    owner=f"{socket.gethostname()}:{os.path.abspath(self.config.db)}",
+                    pull_timeout_seconds=self.config.docker_pull_timeout_seconds,
+                )
+                self._leftover_containers = self._docker.cleanup_orphans()
+            return self._docker
+
+    def _remove_leftover_containers(self) -> dict[tuple[str, int], str]:
+        """Before the pools start, when a container task's attempt was left running: remove
+        the leftovers now so that recovery can say so (otherwise the SDK waits until needed)."""
+        for attempt in self.store.running_attempts("local"):
+            task = self.store.get_task_by_id(attempt.task_instance_id)
+            run = self.store.get_run(task.run_id, counts=False) if task else None
+            if task is None or run is None:
+                continue
+            definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
+            if definition is not None and definition.image:
+                self._docker_executor()
+                return self._leftover_containers
+        return {}
 
     def _task_finished(self, run_id: str, task_instance_id: str) -> None:
         self.scheduler.wake(run_id, finished=task_instance_id)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)
+
+    def _live_state(self) -> LiveState:
+        return LiveState(self.pool_info()["pools"], self.scheduler.last_lag_ms)
 
     def pool_info(self) -> dict[str, Any]:
         counts = self.store.pool_counts()
@@ -129,11 +157,13 @@ class App:
 
     def start(self, poll_interval: float = 0.5) -> None:
         self.folder.scan()
-        for run_id in self.pools.recover():
+        for run_id in self.pools.recover(self._remove_leftover_containers()):
             self.scheduler.wake(run_id)
         self.pools.start()
         self._spawn("scheduler", self.scheduler.run)
         self._spawn("dag-folder", self.folder.run)
+        if self.http is not None:  # a server keeps history bounded; `nagare exec` does not
+            self._spawn("retention", self.retention.run)
         if self.http is not None:
             self._threads.append(serve_in_thread(self.http, poll_interval))
             log.info(
@@ -145,6 +175,7 @@ class App:
                 self.config.db,
             )
         self._warn_open_api()
+        self._warn_open_volumes()
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
         thread = threading.Thread(target=target, args=(self.stopping,), daemon=True, name=name)
@@ -156,6 +187,14 @@ class App:
             log.warning(
                 "api_key is not configured: the API is open to anyone who can reach "
                 "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
+            )
+
+    def _warn_open_volumes(self) -> None:
+        dags = self.folder.snapshot.dags.values()
+        if not self.config.docker_volume_roots and any(t.volumes for d in dags for t in d.tasks):
+            log.warning(
+                "docker_volume_roots is not configured: container tasks may mount any host "
+                "path (set docker_volume_roots in nagare.yaml to the folders they may use)"
             )
 
     def stop(self) -> None:

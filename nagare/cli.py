@@ -4,7 +4,6 @@ commands (`nagare dags`, `nagare trigger`, ...). The only place that prints or e
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import select
 import signal
@@ -18,7 +17,7 @@ from nagare.config import OPTIONS, Config, load_config
 from nagare.dagfile import load_dag_file
 from nagare.errors import ConfigError, NagareError
 
-SERVER_COMMANDS = ("serve", "worker", "exec", "validate", "version")
+SERVER_COMMANDS = ("serve", "worker", "exec", "validate", "cleanup", "version")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--dags", default="dags", help="DAGs folder (default: dags)")
     validate.set_defaults(func=cmd_validate)
+    _add_cleanup(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(f"nagare {__version__}") or 0)
     from nagare.cli_client import add_client_commands
@@ -113,12 +113,10 @@ def _flags(namespace: argparse.Namespace) -> dict[str, Any]:
     return {o.name: getattr(namespace, o.name, None) for o in OPTIONS}
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from nagare.server_log import configure
+
+    configure(level, fmt)
 
 
 # ---------------------------------------------------------------- server
@@ -126,7 +124,7 @@ def setup_logging(level: str) -> None:
 
 def cmd_serve(namespace: argparse.Namespace) -> int:
     config = load_config(_flags(namespace))
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     if config.worker:
         return cmd_worker(namespace)
     from nagare.app import App
@@ -134,12 +132,13 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     app = App(config)
     signals = _Signals()
     app.start()
-    print(
-        f"Nagare {__version__} on http://localhost:{app.port} — DAGs in '{config.dags}', "
-        f"database '{config.db}'",
-        file=sys.stderr,
-        flush=True,
-    )
+    if config.log_format == "text":  # JSON logs: every stderr line is a JSON object
+        print(
+            f"Nagare {__version__} on http://localhost:{app.port} — DAGs in '{config.dags}', "
+            f"database '{config.db}'",
+            file=sys.stderr,
+            flush=True,
+        )
     signals.wait()
     app.stop()
     return 0
@@ -312,3 +311,77 @@ def _dag_files(paths: list[str]) -> list[str]:
         else:
             print(f"{path}: no such file or folder", file=sys.stderr)
     return files
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+def _add_cleanup(commands: Any) -> None:
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="delete finished runs older than an age, with their tasks, metrics and logs",
+        description="Delete finished runs created (and finished) more than AGE ago, with their "
+        "task instances, attempts (metrics) and log folders; running runs are never deleted. "
+        "The first cleanup of a database created before incremental auto-vacuum converts it "
+        "with one VACUUM.",
+    )
+    cleanup.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 30d, 12h or 90m (default: retention_days from the settings)",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    cleanup.add_argument("--db", help="database file (default: the settings' db)")
+    cleanup.add_argument("--logs-dir", help="task logs folder (default: the settings')")
+    cleanup.add_argument("--config", help="settings file (default: nagare.yaml)")
+    cleanup.set_defaults(func=cmd_cleanup)
+
+
+def cmd_cleanup(namespace: argparse.Namespace) -> int:
+    from nagare.clock import now_ms, to_iso
+    from nagare.logs import LogFiles
+    from nagare.metrics import DAY_MS, parse_span
+    from nagare.retention import cleanup
+    from nagare.store import DatabaseError, Store
+
+    config = load_config(
+        {"config": namespace.config, "db": namespace.db, "logs_dir": namespace.logs_dir}
+    )
+    if namespace.older_than:
+        age = parse_span(namespace.older_than, "--older-than")
+    elif config.retention_days > 0:
+        age = config.retention_days * DAY_MS
+    else:
+        raise ConfigError("retention_days is 0 (keep everything): give --older-than, e.g. 30d")
+    if not os.path.isfile(config.db):
+        raise ConfigError(f"no database at '{config.db}' (give --db or --config)")
+    verb = "would delete" if namespace.dry_run else "deleted"
+    store = Store(config.db)
+    try:
+        before = os.path.getsize(config.db)
+        removed = cleanup(
+            store,
+            LogFiles(config.resolved_logs_dir),
+            now_ms() - age,
+            namespace.dry_run,
+            on_run=lambda r: print(
+                f"{verb} {r.run_id} ({r.dag_id}, {r.status}, created {to_iso(r.created_at)}, "
+                f"{r.tasks} tasks, {r.attempts} attempts)"
+            ),
+        )
+        print(
+            f"{verb} {removed.runs} runs, {removed.tasks} task instances, {removed.attempts} "
+            f"attempts{' and their log folders' if removed.runs else ''}"
+        )
+        if not namespace.dry_run:
+            try:
+                if store.db.enable_incremental_vacuum():
+                    print("converted the database to incremental auto-vacuum (one VACUUM)")
+            except DatabaseError as err:
+                print(f"warning: {err.message}; its free pages are reused", file=sys.stderr)
+    finally:
+        store.close()  # the last connection checkpoints the WAL into the file
+    if not namespace.dry_run:
+        after = os.path.getsize(config.db)
+        print(f"database file: {before / 2**20:.1f} MB -> {after / 2**20:.1f} MB")
+    return 0

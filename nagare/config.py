@@ -122,6 +122,29 @@ OPTIONS: tuple[Option, ...] = (
         minimum=256,
     ),
     _opt(
+        "docker_host",
+        "str",
+        "",
+        "Docker engine of container tasks, e.g. unix:///var/run/docker.sock or tcp://host:2375 "
+        "(default: DOCKER_HOST, else the local socket).",
+    ),
+    _opt(
+        "docker_volume_roots",
+        "list",
+        (),
+        "Host folders container volumes may mount (a YAML list, or comma-separated); "
+        "empty = any host path (warned at start).",
+        flag=False,
+    ),
+    _opt(
+        "docker_pull_timeout_seconds",
+        "float",
+        900.0,
+        "Longest image pull; a pull does not count against a task's timeout_seconds.",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
         "sse_ping_seconds",
         "float",
         15.0,
@@ -135,6 +158,21 @@ OPTIONS: tuple[Option, ...] = (
         "info",
         "Server log level.",
         choices=("debug", "info", "warning", "error"),
+    ),
+    _opt(
+        "log_format",
+        "str",
+        "text",
+        "Server log lines: text, or json (one object per line; run_id/task_id where relevant).",
+        choices=("text", "json"),
+    ),
+    _opt(
+        "retention_days",
+        "int",
+        30,
+        "Finished runs older than this are deleted with their tasks, metrics and logs by a "
+        "background sweep (and `nagare cleanup`); 0 keeps everything.",
+        minimum=0,
     ),
     _opt(
         "worker",
@@ -245,7 +283,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     known = {o.yaml_key: o.name for o in OPTIONS if o.yaml_key}
     result: dict[str, Any] = {}
     for key, value in data.items():
-        if key in ("cors", "autoscaler", "retention_days"):
+        if key in ("cors", "autoscaler"):
             continue  # read by the features that own them
         if key not in known:
             raise ConfigError(f"{path}: unknown setting '{key}' (known: {', '.join(known)})")
@@ -260,6 +298,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
         return _coerce_number(option, raw, where)
+    if option.kind == "list":
+        return _coerce_paths(raw, where)
     value = "" if raw is None else str(raw)
     if option.choices and value not in option.choices:
         raise ConfigError(f"{where}: expected one of {', '.join(option.choices)}, found '{value}'")
@@ -293,6 +333,16 @@ def _coerce_number(option: Option, raw: Any, where: str) -> int | float:
     if option.minimum is not None and value < option.minimum:
         raise ConfigError(f"{where}: expected at least {option.minimum:g}, found {value}")
     return value
+
+
+def _coerce_paths(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of absolute paths: a YAML list, or comma-separated text (environment, flag)."""
+    items = raw if isinstance(raw, list | tuple) else str(raw or "").split(",")
+    paths = tuple(str(item).strip() for item in items if str(item).strip())
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ConfigError(f"{where}: expected absolute paths, found '{path}'")
+    return paths
 
 
 def _coerce_pools(raw: Any, where: str) -> dict[str, int]:
@@ -332,6 +382,6 @@ def _code(text: str) -> str:
 def _show_default(option: Option) -> str:
     if option.kind == "pools":
         return "`{default: 4}`"
-    if option.default in ("", None):
+    if option.default in ("", None, ()):
         return "—"
     return f"`{option.default}`"

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from nagare.assignment import task_env
@@ -121,11 +121,14 @@ class WorkerPools:
             thread.join(max(0.5, deadline - time.monotonic() + 2.0))
         return interrupted
 
-    def recover(self) -> list[str]:
+    def recover(self, removed_containers: Mapping[tuple[str, int], str] | None = None) -> list[str]:
         """After a crash: every attempt this server left `running` is closed. Its orphaned
         process group (if still alive) is killed, not adopted: its output pipes died with the
         old server, so its log and exit code could never be collected. The attempt counts as
-        failed and the task's retry policy decides what follows. Returns the affected run ids."""
+        failed and the task's retry policy decides what follows. `removed_containers` names the
+        leftover containers app already removed, by (task instance id, attempt). Returns the
+        affected run ids."""
+        removed_containers = removed_containers or {}
         runs = []
         for attempt in self.store.running_attempts("local"):
             task = self.store.get_task_by_id(attempt.task_instance_id)
@@ -136,6 +139,9 @@ class WorkerPools:
             message = "the server stopped while this attempt ran" + (
                 "; its leftover process group was killed" if killed else ""
             )
+            container = removed_containers.get((task.id, attempt.attempt))
+            if container:
+                message += f"; its leftover container {container} was removed"
             claim = Claim(task=task, run=self.store.get_run(task.run_id), attempt=attempt.attempt)  # type: ignore[arg-type]
             self.store.finish_attempt(
                 self._finish_of(claim, Outcome(exit_code=None, error=message), None)
@@ -145,7 +151,13 @@ class WorkerPools:
                 log_file.note(message)
                 log_file.close()
             runs.append(task.run_id)
-            log.warning("recovered task %s of run %s: %s", task.task_id, task.run_id, message)
+            log.warning(
+                "recovered task %s of run %s: %s",
+                task.task_id,
+                task.run_id,
+                message,
+                extra={"run_id": task.run_id, "task_id": task.task_id, "attempt": attempt.attempt},
+            )
         return runs
 
     # ------------------------------------------------------------ status
@@ -201,8 +213,22 @@ class WorkerPools:
                 finish, pool if self._accepting else None, "local"
             )
         except Exception:
-            log.exception("recording task %s of run %s failed", done.task.task_id, done.task.run_id)
+            log.exception(
+                "recording task %s of run %s failed",
+                done.task.task_id,
+                done.task.run_id,
+                extra=_context(done),
+            )
             claim = None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s of run %s: attempt %d ended %s",
+                done.task.task_id,
+                done.task.run_id,
+                done.attempt,
+                finish.attempt_status,
+                extra=_context(done),
+            )
         with self._idle:
             self._running.pop(done.task.id, None)
             self._busy[pool] -= 1
@@ -221,7 +247,12 @@ class WorkerPools:
         try:
             return self._run_attempt(claim, cancel)
         except Exception:
-            log.exception("task %s of run %s crashed the worker thread", task.task_id, task.run_id)
+            log.exception(
+                "task %s of run %s crashed the worker thread",
+                task.task_id,
+                task.run_id,
+                extra=_context(claim),
+            )
             return self._finish_of(claim, Outcome(exit_code=None, error="internal error"), None)
 
     def _run_attempt(self, claim: Claim, cancel: Cancellation) -> AttemptFinish:
@@ -234,6 +265,7 @@ class WorkerPools:
             return self._finish_of(
                 claim, Outcome(exit_code=None, error="task definition not found"), None
             )
+        base_env = {} if definition.image else self._base_env  # containers: never the host's
         assignment = Assignment(
             task_instance_id=task.id,
             run_id=run.run_id,
@@ -241,7 +273,7 @@ class WorkerPools:
             task_id=task.task_id,
             attempt=claim.attempt,
             command=task.command,
-            env=task_env(self._base_env, dag, definition, run, task, claim.attempt),
+            env=task_env(base_env, dag, definition, run, task, claim.attempt),
             timeout_seconds=definition.timeout_seconds,
             image=definition.image,
             workdir=definition.workdir,
@@ -302,6 +334,16 @@ class WorkerPools:
         )
 
 
+def _context(claim: Claim) -> dict[str, object]:
+    """Log context of an attempt (see server_log)."""
+    return {
+        "dag_id": claim.run.dag_id,
+        "run_id": claim.task.run_id,
+        "task_id": claim.task.task_id,
+        "attempt": claim.attempt,
+    }
+
+
 def _tee(
     first: Callable[[str, str], None], task_id: str, sink: Callable[[str, str, str], None]
 ) -> Callable[[str, str], None]:
@@ -340,7 +382,8 @@ def _decide(
 
 def _failure_message(outcome: Outcome, timeout: float) -> str:
     if outcome.timed_out:
-        return f"timed out after {timeout:g}s: the process group was killed"
+        killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
+        return f"timed out after {timeout:g}s: the {killed} was killed"
     if outcome.error:
         return outcome.error
     return f"exit code {outcome.exit_code}"

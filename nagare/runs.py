@@ -7,6 +7,7 @@ the local pools are told to kill the process group (callbacks wired by `app`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from nagare.progress import descendants
 from nagare.scheduler import create_run
 from nagare.store import Store
 
+log = logging.getLogger("nagare.runs")
 CONF_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACTIVE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY)
 MAX_CONF_KEYS = 200
@@ -115,6 +117,13 @@ class RunService:
         run = create_run(self.store, dag, trigger, now, values, now)
         if run is None:
             raise Conflict(f"could not create a run of '{dag_id}'")
+        log.info(
+            "DAG '%s': %s run %s created",
+            dag_id,
+            trigger,
+            run.run_id,
+            extra={"dag_id": dag_id, "run_id": run.run_id},
+        )
         self.wake(run.run_id)
         return self.store.get_run(run.run_id) or run
 
@@ -169,6 +178,7 @@ class RunService:
         if run.status.terminal:
             raise Conflict(f"run '{run_id}' already finished ({run.status})")
         self.store.mark_run_killed(run_id)
+        log.info("run %s killed", run_id, extra={"dag_id": run.dag_id, "run_id": run_id})
         self._cancel(self.store.run_tasks(run_id))
         if not any(t.status in ACTIVE for t in self.store.run_tasks(run_id)):
             self.store.finish_run(run_id, RunStatus.CANCELLED, self.clock())
@@ -179,6 +189,12 @@ class RunService:
         task = self.task(run_id, task_id)
         if task.status.terminal:
             raise Conflict(f"task '{task_id}' already finished ({task.status})")
+        log.info(
+            "task %s of run %s killed",
+            task_id,
+            run_id,
+            extra={"run_id": run_id, "task_id": task_id},
+        )
         targets = [task]
         if task.map_index is None:
             targets += [c for c in self.store.children(run_id, task_id) if c.status in ACTIVE]
@@ -214,6 +230,12 @@ class RunService:
         plan = self._retry_plan(run_id, task, definition.type, definition.retries)
         pending = self._dependants(run_id, dag, task.base_task_id, exclude=plan.running)
         self.store.reopen(run_id, plan.queue, plan.running, pending + plan.pending, self.clock())
+        log.info(
+            "task %s of run %s retried",
+            task_id,
+            run_id,
+            extra={"dag_id": run.dag_id, "run_id": run_id, "task_id": task_id},
+        )
         self.wake(run_id)
         return self.task(run_id, task_id)
 

@@ -204,6 +204,7 @@ class Scheduler:
                 dag.dag_id,
                 firing.dropped,
                 self.config.max_catchup_runs,
+                extra={"dag_id": dag.dag_id},
             )
         created = set()
         for slot, trigger in firing.slots:
@@ -212,7 +213,12 @@ class Scheduler:
                 created.add(run.run_id)
                 self.last_lag_ms = max(0, now - slot)
                 log.info(
-                    "DAG '%s': %s run %s for slot %s", dag.dag_id, trigger, run.run_id, to_iso(slot)
+                    "DAG '%s': %s run %s for slot %s",
+                    dag.dag_id,
+                    trigger,
+                    run.run_id,
+                    to_iso(slot),
+                    extra={"dag_id": dag.dag_id, "run_id": run.run_id},
                 )
         if firing.last_slot is not None:
             self.store.set_last_slot(dag.dag_id, firing.last_slot, now)
@@ -264,7 +270,12 @@ class Scheduler:
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
             self._views.pop(run_id, None)
             if self.store.finish_run(run_id, plan.run_status, now):
-                log.info("run %s finished: %s", run_id, plan.run_status)
+                log.info(
+                    "run %s finished: %s",
+                    run_id,
+                    plan.run_status,
+                    extra={"dag_id": dag.dag_id, "run_id": run_id},
+                )
         elif plan.expand or plan.trigger or plan.map_done:
             self._views.pop(run_id, None)  # engine-side work changed rows: reload next pass
             with self._cond:
@@ -347,7 +358,13 @@ class Scheduler:
                 "map over an empty array: nothing to do",
             )
             return Counter()
-        log.info("run %s: %s fans out to %d children", run.run_id, parent.task_id, len(children))
+        log.info(
+            "run %s: %s fans out to %d children",
+            run.run_id,
+            parent.task_id,
+            len(children),
+            extra={"dag_id": run.dag_id, "run_id": run.run_id, "task_id": parent.task_id},
+        )
         return Counter({definition.pool: len(children)})
 
     def _trigger(self, run: Run, dag: DagDef, task: InstanceLike, now: int) -> None:

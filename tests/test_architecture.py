@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "nagare.cron": L1,
     "nagare.assignment": L1,
     "nagare.config": L1,
+    "nagare.prometheus": L1,
+    "nagare.server_log": L1,
     "nagare.progress": L1,
     "nagare.planning": L1,
     # L2: I/O seams
@@ -53,6 +55,7 @@ LAYERS: dict[str, int] = {
     "nagare.scheduler": L3,
     "nagare.pools": L3,
     "nagare.runs": L3,
+    "nagare.retention": L3,
     # L4: the HTTP layer
     "nagare.http": L4,  # the package and every module in it
     # L5: the composition root

@@ -194,7 +194,7 @@ def test_command_line_only_options_are_not_settings_file_keys(
     assert f"unknown setting '{key}'" in load_error(settings_file, f"{key}: x\n")
 
 
-@pytest.mark.parametrize("key", ["cors", "autoscaler", "retention_days"])
+@pytest.mark.parametrize("key", ["cors", "autoscaler"])
 def test_keys_owned_by_later_features_are_accepted(settings_file: Path, key: str) -> None:
     load(settings_file, f"{key}: 1\n")
 

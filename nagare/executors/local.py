@@ -7,11 +7,12 @@ killing thread), and samples the memory of the
 whole process tree.
 
 Metrics: CPU user/system time is the kernel's accounting of the waited shell and every descendant
-it waited for (wait4 rusage). Peak memory is the highest sum, over the samples, of each tree
-member's own peak (VmHWM), so a child's peak between two samples is still seen; a process that
-starts and ends between two samples is only seen through wait4's ru_maxrss, which the kernel also
-charges with the server's own size at fork time, so that figure counts only when it exceeds the
-server's peak at spawn time (then it must come from the task).
+it waited for (wait4 rusage). Peak memory is the highest sum, over the samples (at start, after
+20 ms, then every 250 ms), of each tree member's own peak (VmHWM), so a child's peak between two
+samples is still seen; a process that starts and ends between two samples is only seen through
+wait4's ru_maxrss, which the kernel also charges with the server's own size at fork time, so that
+figure counts only when it exceeds the server's peak at spawn time (then it must come from the
+task).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class LocalExecutor:
             next_sample=now + 0.02,
             open_fds=set(splitters),
             server_hwm=self._server_hwm(),
+            peak_rss=_hwm(str(proc.pid)),  # the shell itself, already exec'd: short tasks too
         )
 
     def _loop(self, watch: _Watch) -> None:

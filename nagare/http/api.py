@@ -13,7 +13,7 @@ from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key
-from nagare.http.routing import Param, Route, Router, openapi
+from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
@@ -53,8 +53,10 @@ class Api:
         self.router = Router(self.routes)
         self._openapi: dict[str, Any] | None = None
 
+    _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
+
     def __call__(self, request: Request) -> Response:
-        if not request.path.startswith("/api/") and request.path != "/api":
+        if not self._routed(request):
             return self._static(request)
         method = "GET" if request.method == "HEAD" else request.method
         try:
@@ -72,6 +74,13 @@ class Api:
         if isinstance(result, Response):
             return result
         return json_response(result, route.status)
+
+    def _routed(self, request: Request) -> bool:
+        """`/api/*`, and page paths that are also routes (`/metrics`) unless a browser asks for
+        the page (`Accept: text/html`): then the dashboard answers."""
+        if request.path.startswith("/api/") or request.path == "/api":
+            return True
+        return request.path in self._pages and not prefers_html(request.header("accept"))
 
     def _static(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -236,6 +245,7 @@ class Api:
         self.routes.extend(routes)
         self.router = Router(self.routes)
         self._openapi = None
+        self._pages = frozenset(r.path for r in self.routes if not r.path.startswith("/api/"))
 
     # ------------------------------------------------------------ system
 

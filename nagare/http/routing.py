@@ -14,6 +14,7 @@ PARAM_PATTERNS = {
     "dag_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"),
     "run_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$"),
     "task_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(\[\d{1,7}\])?$"),
+    "task_instance_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
 }
 
 
@@ -89,6 +90,26 @@ def _match(segments: tuple[str, ...], parts: list[str]) -> dict[str, str] | None
         elif segment != part:
             return None
     return params
+
+
+def prefers_html(accept: str) -> bool:
+    """Whether an Accept header asks for a web page rather than the Prometheus text: text/html
+    (or XHTML) with a weight above 0 and at least that of any text/plain or OpenMetrics."""
+    weights: dict[str, float] = {}
+    for part in accept.lower().split(","):
+        kind, _, params = part.strip().partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[kind.strip()] = max(weight, weights.get(kind.strip(), 0.0))
+    html = max(weights.get("text/html", 0.0), weights.get("application/xhtml+xml", 0.0))
+    text = max(weights.get("text/plain", 0.0), weights.get("application/openmetrics-text", 0.0))
+    return html > 0 and html >= text
 
 
 def _validate(params: dict[str, str]) -> dict[str, str]:

@@ -6,24 +6,32 @@ from __future__ import annotations
 
 from nagare.models import DagDef
 from nagare.store.db import Database, DatabaseError
+from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
 from nagare.store.records import AttemptFinish, Claim, DagState, RunFilter, Stats
+from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.tasks import TaskStore
 
 __all__ = [
     "AttemptFinish",
     "Claim",
+    "CounterRow",
     "DagState",
     "Database",
     "DatabaseError",
+    "DurationRow",
+    "MetricAgg",
+    "MetricPoint",
+    "OldRun",
     "RunFilter",
     "Stats",
     "Store",
 ]
 
 
-class Store(RunStore, TaskStore):
-    """One SQLite database: runs and DAG state (RunStore), tasks and attempts (TaskStore)."""
+class Store(RunStore, TaskStore, MetricsStore, RetentionStore):
+    """One SQLite database: runs and DAG state (RunStore), tasks and attempts (TaskStore),
+    metrics (MetricsStore), deletion of old runs (RetentionStore)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)

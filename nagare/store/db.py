@@ -27,17 +27,19 @@ class Database:
         self.path = path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        self._writer = self._connect()
+        self._writer = self._connect(new_file_setup=True)
         self._lock = threading.RLock()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = [self._writer]
         self._migrate()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, new_file_setup: bool = False) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=10, isolation_level=None, check_same_thread=False
             )
+            if new_file_setup:  # effective only on an empty file, and only before WAL mode
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -92,6 +94,31 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._readers.put(conn)
+
+    @property
+    def incremental_vacuum_enabled(self) -> bool:
+        with self.read() as conn:
+            return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+
+    def release_free_pages(self) -> None:
+        """Give the pages freed by deletions back to the file system (incremental auto-vacuum;
+        without it, SQLite reuses free pages for new rows but never shrinks the file)."""
+        with self._lock:
+            self._writer.executescript("PRAGMA incremental_vacuum;")
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def enable_incremental_vacuum(self) -> bool:
+        """Switch a database created before incremental auto-vacuum to it: one full VACUUM
+        (rewrites the file; needs no other process holding it). False if it already was."""
+        if self.incremental_vacuum_enabled:
+            return False
+        with self._lock:
+            try:
+                self._writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self._writer.execute("VACUUM")
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot VACUUM '{self.path}': {exc}") from None
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from nagare.dagfile import dag_from_json, dag_to_json
 from nagare.models import DagDef, Run, RunStatus, TaskInstance
 from nagare.store.db import Database, DatabaseError
+from nagare.store.metrics import count_run
 from nagare.store.records import DagState, RunFilter, Stats
 from nagare.store.rows import insert_tasks, run_from_row
 
@@ -180,12 +181,14 @@ class RunStore:
 
     def finish_run(self, run_id: str, status: RunStatus, now: int) -> bool:
         with self.db.write() as conn:
-            cursor = conn.execute(
+            row = conn.execute(
                 "UPDATE runs SET status=?, completed_at=?, started_at=coalesce(started_at, ?) "
-                "WHERE run_id=? AND status IN ('queued', 'running')",
+                "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id",
                 (status, now, now, run_id),
-            )
-        return cursor.rowcount == 1
+            ).fetchone()
+            if row is not None:
+                count_run(conn, row[0], status)
+        return row is not None
 
     def mark_run_killed(self, run_id: str) -> bool:
         with self.db.write() as conn:

@@ -3,6 +3,74 @@
 Times are UTC epoch milliseconds (INTEGER). Every list or filter the API offers has an index.
 """
 
+HOUR_MS = 3_600_000
+INF_MS = 9_223_372_036_854_775_807  # the +Inf bucket of the duration histogram
+# Upper bounds (ms) of the task duration histogram buckets, as the roll-up stores them. Migration 3
+# is derived from them: change them only together with a new migration that re-buckets.
+DURATION_BUCKETS_MS: tuple[int, ...] = (
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    21_600_000,
+    INF_MS,
+)
+
+
+def _le_case(value: str) -> str:
+    """SQL: the upper bound of the histogram bucket `value` (ms) falls into."""
+    whens = " ".join(f"WHEN {value} <= {le} THEN {le}" for le in DURATION_BUCKETS_MS[:-1])
+    return f"CASE {whens} ELSE {INF_MS} END"
+
+
+# The roll-up of finished attempts per DAG and time unit (hours, and 5 minutes for short buckets
+# and window edges): `unit` and `start` are epoch ms, `start` a multiple of `unit`. Coarsest
+# first, each unit a multiple of the next. Like the histogram buckets, migration 3 uses them.
+ROLLUP_UNITS_MS: tuple[int, ...] = (HOUR_MS, 300_000)
+ROLLUP_AGGREGATES = (
+    "count(*), sum(status = 'success'), sum(status = 'cancelled'), "
+    "sum(coalesce(duration_ms, 0)), max(coalesce(duration_ms, 0)), "
+    "sum(coalesce(peak_memory_bytes, 0)), max(coalesce(peak_memory_bytes, 0)), "
+    "sum(coalesce(cpu_user_ms, 0) + coalesce(cpu_system_ms, 0))"
+)
+ROLLUP_COLUMNS = (
+    "unit, start, dag_id, attempts, success, cancelled, duration_sum, duration_max, memory_sum, "
+    "memory_max, cpu_sum"
+)
+ROLLUP_SQL: tuple[str, ...] = tuple(
+    f"INSERT OR REPLACE INTO metric_rollup({ROLLUP_COLUMNS}) "
+    f"SELECT {unit}, (completed_at / {unit}) * {unit} AS s, dag_id, {ROLLUP_AGGREGATES} "
+    "FROM task_attempts WHERE completed_at IS NOT NULL GROUP BY s, dag_id"
+    for unit in ROLLUP_UNITS_MS
+)
+# The metric tables computed from the rows already recorded (migration 3; bulk loads).
+METRICS_BACKFILL: tuple[str, ...] = (
+    *ROLLUP_SQL,
+    """INSERT INTO metric_counters(name, dag_id, task_id, status, value)
+        SELECT 'dag_runs', dag_id, '', status, count(*) FROM runs
+        WHERE status IN ('success', 'failed', 'cancelled') GROUP BY dag_id, status""",
+    """INSERT INTO metric_counters(name, dag_id, task_id, status, value)
+        SELECT 'task_runs', a.dag_id, ti.base_task_id, a.status, count(*)
+        FROM task_attempts a JOIN task_instances ti ON ti.id = a.task_instance_id
+        WHERE a.completed_at IS NOT NULL GROUP BY a.dag_id, ti.base_task_id, a.status""",
+    f"""INSERT INTO metric_durations(dag_id, pool, le_ms, count, sum_ms)
+        SELECT a.dag_id, ti.pool, {_le_case("coalesce(a.duration_ms, 0)")} AS le, count(*),
+        sum(coalesce(a.duration_ms, 0))
+        FROM task_attempts a JOIN task_instances ti ON ti.id = a.task_instance_id
+        WHERE a.completed_at IS NOT NULL GROUP BY a.dag_id, ti.pool, le""",
+)
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the initial schema
     """
@@ -93,5 +161,43 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX ti_running ON task_instances(pool) WHERE status = 'running';
     CREATE INDEX runs_dag_status_created ON runs(dag_id, status, created_at);
+    """,
+    # 3: metrics (roll-up per DAG and hour / 5 minutes, monotonic counters, duration histogram)
+    # and the indexes behind slowest tasks and percentiles; filled from the recorded attempts
+    f"""
+    CREATE TABLE metric_rollup (
+        unit INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        dag_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        success INTEGER NOT NULL,
+        cancelled INTEGER NOT NULL,
+        duration_sum INTEGER NOT NULL,
+        duration_max INTEGER NOT NULL,
+        memory_sum INTEGER NOT NULL,
+        memory_max INTEGER NOT NULL,
+        cpu_sum INTEGER NOT NULL,
+        PRIMARY KEY (unit, start, dag_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX metric_rollup_dag ON metric_rollup(unit, dag_id, start);
+    CREATE TABLE metric_counters (
+        name TEXT NOT NULL,
+        dag_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, dag_id, task_id, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE metric_durations (
+        dag_id TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        le_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        sum_ms INTEGER NOT NULL,
+        PRIMARY KEY (dag_id, pool, le_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX attempts_duration ON task_attempts(duration_ms, completed_at);
+    CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at);
+    {";".join(METRICS_BACKFILL)}
     """,
 )

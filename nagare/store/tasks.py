@@ -15,6 +15,7 @@ from nagare.models import (
     TaskStatus,
 )
 from nagare.store.db import Database
+from nagare.store.metrics import record_attempt
 from nagare.store.records import AttemptFinish, Claim
 from nagare.store.rows import (
     METRIC_COLUMNS,
@@ -291,10 +292,11 @@ class TaskStore:
         attempt_status = finish.attempt_status
         if not moved:
             attempt_status = TaskStatus.CANCELLED
-        conn.execute(
+        closed = conn.execute(
             "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
             "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
-            "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running'",
+            "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running' "
+            "RETURNING dag_id",
             (
                 attempt_status,
                 finish.now,
@@ -309,7 +311,9 @@ class TaskStore:
                 finish.task_instance_id,
                 finish.attempt,
             ),
-        )
+        ).fetchone()
+        if closed is not None:
+            record_attempt(conn, finish.task_instance_id, closed[0], attempt_status, m, finish.now)
         if not moved:
             conn.execute(
                 "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",

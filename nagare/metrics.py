@@ -1,0 +1,490 @@
+"""Metrics: the data behind `/api/metrics/*` and the Prometheus exposition of `/metrics`.
+
+Windows are `[now - since, now]` compared as epoch milliseconds (never as strings). Totals come
+from the store's roll-up (per hour and per 5 minutes) plus the attempt rows of the partial first
+5 minutes, so a 30-day overview reads a few thousand small rows, not every attempt. A time
+series is the newest N attempts (or N buckets), returned oldest first. Success rate = successful
+attempts / attempts that succeeded or failed (killed attempts are not outcomes of the task);
+p50/p95 interpolate linearly between the two nearest ranks (the textbook median for an even
+count).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nagare import __version__
+from nagare.clock import now_ms, to_iso
+from nagare.dag_folder import DagFolder
+from nagare.errors import BadRequest, NotFound
+from nagare.prometheus import Family, render
+from nagare.store import MetricAgg, MetricPoint, Store
+from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+SINCE_PRESETS = ("1h", "6h", "24h", "7d", "30d")
+DEFAULT_SINCE = "24h"
+MAX_SPAN_DAYS = 3650
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 10_000
+SLOWEST = 10
+BUCKETS_MS = {
+    "1m": MINUTE_MS,
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "1h": HOUR_MS,
+    "6h": 6 * HOUR_MS,
+    "1d": DAY_MS,
+}
+_SPAN = re.compile(r"^([0-9]{1,7})([mhd])$")
+_UNIT_MS = {"m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+
+def parse_span(text: str, name: str = "since") -> int:
+    """`90m`, `6h`, `30d` -> milliseconds. Anything else is a BadRequest naming the forms."""
+    match = _SPAN.match(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise BadRequest(
+            f"{name} must be a positive number of minutes, hours or days such as "
+            f"{', '.join(SINCE_PRESETS)} or 90m, found '{text}'"
+        )
+    span = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if span > MAX_SPAN_DAYS * DAY_MS:
+        raise BadRequest(f"{name} must be at most {MAX_SPAN_DAYS}d, found '{text}'")
+    return span
+
+
+def parse_bucket(text: str) -> int:
+    """`''` -> 0 (no bucketing); `1m 5m 15m 1h 6h 1d` -> milliseconds."""
+    if not text:
+        return 0
+    if text not in BUCKETS_MS:
+        raise BadRequest(f"bucket must be one of {', '.join(BUCKETS_MS)}, found '{text}'")
+    return BUCKETS_MS[text]
+
+
+def interpolated(low: float, high: float, fraction: float) -> float:
+    return low + (high - low) * fraction
+
+
+def rank_offsets(count: int, quantile: float) -> tuple[int, int, float]:
+    """The two 0-based ranks around `quantile` of `count` sorted values, and the weight of the
+    upper one (linear interpolation, as numpy's default)."""
+    position = (count - 1) * quantile
+    low = math.floor(position)
+    return low, min(low + 1, count - 1), position - low
+
+
+def rate(success: int, failed: int) -> float | None:
+    """Share of outcomes that succeeded; None when there is no outcome."""
+    total = success + failed
+    return round(success / total, 6) if total else None
+
+
+# ---------------------------------------------------------------- the service
+
+
+@dataclass
+class LiveState:
+    """What only the running process knows, gathered by `app` for each scrape."""
+
+    pools: list[dict[str, Any]] = field(default_factory=list)  # app.pool_info()["pools"]
+    scheduler_lag_ms: int = 0
+    workers: dict[str, int] = field(default_factory=dict)  # status -> count
+
+
+class MetricsService:
+    def __init__(
+        self,
+        store: Store,
+        folder: DagFolder,
+        live: Callable[[], LiveState],
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.live = live
+        self.clock = clock
+
+    def window_start(self, since: str) -> int:
+        return self.clock() - parse_span(since or DEFAULT_SINCE)
+
+    # ------------------------------------------------------------ JSON API
+
+    def overview(self, since: str) -> dict[str, Any]:
+        now = self.clock()
+        start = now - parse_span(since or DEFAULT_SINCE)
+        per_dag = self.store.metric_aggregates(start, by_dag=True)
+        total = MetricAgg(0, "")
+        for agg in per_dag:
+            total.add(agg)
+        per_dag.sort(key=lambda a: (-a.attempts, a.dag_id))
+        slowest = self.store.slowest_attempts(start, SLOWEST, total.attempts)
+        return {
+            "since": to_iso(start),
+            "until": to_iso(now),
+            "total_tasks": total.attempts,
+            "avg_duration_ms": _avg(total.duration_sum, total.attempts),
+            "max_duration_ms": total.duration_max,
+            "max_memory_bytes": total.memory_max,
+            "total_cpu_ms": total.cpu_sum,
+            "success_rate": rate(total.success, total.failed),
+            "success": total.success,
+            "failed": total.failed,
+            "cancelled": total.cancelled,
+            "dag_stats": [_dag_stats(a) for a in per_dag],
+            "slowest_tasks": [_slow_task(p) for p in slowest],
+        }
+
+    def timeseries(self, since: str, dag_id: str, limit: int, bucket: str) -> list[dict[str, Any]]:
+        now = self.clock()
+        start = now - parse_span(since or DEFAULT_SINCE)
+        bucket_ms = parse_bucket(bucket)
+        if not bucket_ms:
+            return [point_json(p) for p in self.store.metric_points(start, dag_id, limit)]
+        first = (now // bucket_ms - (limit - 1)) * bucket_ms  # the newest `limit` buckets
+        aggs = self.store.metric_aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
+        return [bucket_json(a) for a in aggs]
+
+    def dag(self, dag_id: str, since: str, limit: int, bucket: str) -> dict[str, Any]:
+        start = self.window_start(since)
+        parse_bucket(bucket)  # bad input is a 400 before an unknown DAG is a 404
+        if self.folder.get(dag_id) is None and not self.store.has_attempts(dag_id):
+            raise NotFound(f"DAG '{dag_id}' is not loaded and has no recorded metrics")
+        aggs = self.store.metric_aggregates(start, dag_id=dag_id)
+        agg = aggs[0] if aggs else MetricAgg(0, dag_id)
+        p50, p95 = self._percentiles(start, dag_id, agg.attempts, (0.5, 0.95))
+        aggregate = {
+            "dag_id": dag_id,
+            "run_count": self.store.runs_created_since(start, dag_id),
+            "task_count": agg.attempts,
+            "avg_duration_ms": _avg(agg.duration_sum, agg.attempts),
+            "p50_duration_ms": p50,
+            "p95_duration_ms": p95,
+            "max_duration_ms": agg.duration_max,
+            "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
+            "max_memory_bytes": agg.memory_max,
+            "avg_cpu_ms": _avg(agg.cpu_sum, agg.attempts),
+            "total_cpu_ms": agg.cpu_sum,
+            "success_rate": rate(agg.success, agg.failed),
+            "success": agg.success,
+            "failed": agg.failed,
+            "cancelled": agg.cancelled,
+        }
+        series = self.timeseries(since, dag_id, limit, bucket)
+        return {"aggregate": aggregate, "time_series": series}
+
+    def _percentiles(
+        self, start: int, dag_id: str, count: int, quantiles: tuple[float, ...]
+    ) -> list[float | None]:
+        if count == 0:
+            return [None for _ in quantiles]
+        ranks = [rank_offsets(count, q) for q in quantiles]
+        offsets = sorted({r for low, high, _ in ranks for r in (low, high)})
+        found = self.store.duration_at_ranks(start, dag_id, offsets)
+        values = dict(zip(offsets, found, strict=True))
+        return [round(interpolated(values[lo], values[hi], w), 3) for lo, hi, w in ranks]
+
+    def task(self, task_instance_id: str) -> dict[str, Any]:
+        task = self.store.get_task_by_id(task_instance_id)
+        if task is None:
+            raise NotFound(f"task instance '{task_instance_id}' not found")
+        attempts = self.store.task_attempt_metrics(task_instance_id)
+        run = self.store.get_run(task.run_id, counts=False)
+        latest = point_json(attempts[-1]) if attempts else dict.fromkeys(_POINT_KEYS)
+        return {
+            **latest,
+            "task_instance_id": task.id,
+            "run_id": task.run_id,
+            "dag_id": run.dag_id if run is not None else "",
+            "task_id": task.task_id,
+            "task_status": str(task.status),
+            "attempts": [point_json(p) for p in attempts],
+        }
+
+    def run(self, run_id: str) -> list[dict[str, Any]]:
+        if not self.store.run_exists(run_id):
+            raise NotFound(f"run '{run_id}' not found")
+        return [point_json(p) for p in self.store.run_attempt_metrics(run_id)]
+
+    # ------------------------------------------------------------ Prometheus
+
+    def prometheus(self) -> str:
+        live = self.live()
+        return render(
+            [
+                *self._counter_families(),
+                self._duration_family(),
+                *self._live_families(live),
+                *process_families(),
+            ]
+        )
+
+    def _counter_families(self) -> list[Family]:
+        runs = Family("nagare_dag_runs_total", "counter", "Runs that finished, by DAG and status.")
+        tasks = Family(
+            "nagare_task_runs_total",
+            "counter",
+            "Task attempts that finished, by DAG, task (map children count under their map "
+            "task) and status.",
+        )
+        for row in self.store.metric_counters():
+            if row.name == "dag_runs":
+                runs.add(row.value, dag=row.dag_id, status=row.status)
+            elif row.name == "task_runs":
+                tasks.add(row.value, dag=row.dag_id, task=row.task_id, status=row.status)
+        return [runs, tasks]
+
+    def _duration_family(self) -> Family:
+        family = Family(
+            "nagare_task_duration_seconds",
+            "histogram",
+            "Duration of finished task attempts, by DAG and pool.",
+        )
+        series: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        for row in self.store.duration_histogram():
+            series.setdefault((row.dag_id, row.pool), []).append((row.le_ms, row.count, row.sum_ms))
+        for (dag_id, pool), rows in sorted(series.items()):
+            counts = {le: count for le, count, _ in rows}
+            total_ms = sum(s for _, _, s in rows)
+            bounds = sorted(set(DURATION_BUCKETS_MS) | set(counts))
+            buckets = [(_seconds(le), counts.get(le, 0)) for le in bounds]
+            family.histogram(buckets, total_ms / 1000, dag=dag_id, pool=pool)
+        return family
+
+    def _live_families(self, live: LiveState) -> list[Family]:
+        runs = self.store.active_run_counts()
+        snapshot = self.folder.snapshot
+        queued = Family("nagare_tasks_queued", "gauge", "Tasks waiting for a slot, by pool.")
+        running = Family("nagare_tasks_running", "gauge", "Tasks running, by pool.")
+        slots = Family(
+            "nagare_pool_slots", "gauge", "Local worker slots by pool and state (busy, idle)."
+        )
+        for pool in live.pools:
+            name = str(pool["pool"])
+            queued.add(pool.get("queued", 0), pool=name)
+            running.add(pool.get("running", 0), pool=name)
+            busy = int(pool.get("busy_slots", 0))
+            slots.add(busy, pool=name, state="busy")
+            slots.add(max(0, int(pool.get("local_slots", 0)) - busy), pool=name, state="idle")
+        workers = Family("nagare_workers", "gauge", "Remote workers by status.")
+        for status, count in sorted({"online": 0, "offline": 0, **live.workers}.items()):
+            workers.add(count, status=status)
+        return [
+            Family("nagare_runs_running", "gauge", "Runs in status running.").add(runs["running"]),
+            Family("nagare_runs_queued", "gauge", "Runs created but not started yet.").add(
+                runs["queued"]
+            ),
+            queued,
+            running,
+            slots,
+            workers,
+            Family(
+                "nagare_scheduler_lag_seconds",
+                "gauge",
+                "Delay between the latest fired cron slot's time and the creation of its run.",
+            ).add(live.scheduler_lag_ms / 1000),
+            Family("nagare_dags_loaded", "gauge", "DAGs loaded from the DAG folder.").add(
+                len(snapshot.dags)
+            ),
+            Family(
+                "nagare_dag_load_errors",
+                "gauge",
+                "DAG files that failed to load (/api/dags/errors).",
+            ).add(len(snapshot.errors)),
+            Family("nagare_build_info", "gauge", "Version of Nagare and of Python (always 1).").add(
+                1, version=__version__, python=sys.version.split()[0]
+            ),
+        ]
+
+
+# ---------------------------------------------------------------- JSON shapes
+
+_POINT_KEYS = (
+    "timestamp",
+    "task_instance_id",
+    "run_id",
+    "dag_id",
+    "task_id",
+    "attempt",
+    "status",
+    "worker",
+    "executor_type",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "cpu_user_ms",
+    "cpu_system_ms",
+    "cpu_ms",
+    "peak_memory_bytes",
+    "memory_bytes",
+    "exit_code",
+    "timed_out",
+)
+
+
+def point_json(point: MetricPoint) -> dict[str, Any]:
+    """One finished attempt: the upstream time-series keys (`timestamp`, `duration_ms`,
+    `memory_bytes`, `cpu_ms`, `task_id`, `run_id`, `status`) and the full metrics."""
+    cpu = point.cpu_user_ms + point.cpu_system_ms
+    return {
+        "timestamp": to_iso(point.completed_at),
+        "task_instance_id": point.task_instance_id,
+        "run_id": point.run_id,
+        "dag_id": point.dag_id,
+        "task_id": point.task_id,
+        "attempt": point.attempt,
+        "status": point.status,
+        "worker": point.worker,
+        "executor_type": point.executor_type,
+        "started_at": to_iso(point.started_at),
+        "completed_at": to_iso(point.completed_at),
+        "duration_ms": point.duration_ms,
+        "cpu_user_ms": point.cpu_user_ms,
+        "cpu_system_ms": point.cpu_system_ms,
+        "cpu_ms": cpu,
+        "peak_memory_bytes": point.peak_memory_bytes,
+        "memory_bytes": point.peak_memory_bytes,
+        "exit_code": point.exit_code,
+        "timed_out": point.timed_out,
+    }
+
+
+def bucket_json(agg: MetricAgg) -> dict[str, Any]:
+    """One time bucket: `timestamp` is its start; `duration_ms` and `cpu_ms` are means per
+    attempt, `memory_bytes` the highest peak."""
+    return {
+        "timestamp": to_iso(agg.bucket),
+        "count": agg.attempts,
+        "duration_ms": _avg(agg.duration_sum, agg.attempts),
+        "max_duration_ms": agg.duration_max,
+        "memory_bytes": agg.memory_max,
+        "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
+        "cpu_ms": _avg(agg.cpu_sum, agg.attempts),
+        "total_cpu_ms": agg.cpu_sum,
+        "success": agg.success,
+        "failed": agg.failed,
+        "cancelled": agg.cancelled,
+        "success_rate": rate(agg.success, agg.failed),
+    }
+
+
+def _dag_stats(agg: MetricAgg) -> dict[str, Any]:
+    return {
+        "dag_id": agg.dag_id,
+        "count": agg.attempts,
+        "avg_duration_ms": _avg(agg.duration_sum, agg.attempts),
+        "max_duration_ms": agg.duration_max,
+        "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
+        "max_memory_bytes": agg.memory_max,
+        "total_cpu_ms": agg.cpu_sum,
+        "success_rate": rate(agg.success, agg.failed),
+        "success": agg.success,
+        "failed": agg.failed,
+        "cancelled": agg.cancelled,
+    }
+
+
+def _slow_task(point: MetricPoint) -> dict[str, Any]:
+    return {
+        "task_instance_id": point.task_instance_id,
+        "dag_id": point.dag_id,
+        "task_id": point.task_id,
+        "run_id": point.run_id,
+        "attempt": point.attempt,
+        "status": point.status,
+        "duration_ms": point.duration_ms,
+        "peak_memory_bytes": point.peak_memory_bytes,
+        "exit_code": point.exit_code,
+        "created_at": to_iso(point.completed_at),
+    }
+
+
+def _avg(total: int, count: int) -> float:
+    return round(total / count, 3) if count else 0.0
+
+
+# ---------------------------------------------------------------- histogram and process
+
+
+def _seconds(le_ms: int) -> float:
+    return math.inf if le_ms >= INF_MS else le_ms / 1000
+
+
+def process_families() -> list[Family]:
+    """The standard `process_*` metrics of this server process (Linux /proc; CPU time
+    everywhere)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    families = [
+        Family(
+            "process_cpu_seconds_total", "counter", "Total user and system CPU time in seconds."
+        ).add(round(usage.ru_utime + usage.ru_stime, 3)),
+    ]
+    stat = _proc_self_stat()
+    if stat:
+        ticks = os.sysconf("SC_CLK_TCK")
+        page = os.sysconf("SC_PAGE_SIZE")
+        families += [
+            Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.").add(
+                int(stat[21]) * page
+            ),
+            Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.").add(
+                int(stat[20])
+            ),
+            Family(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch in seconds.",
+            ).add(round(_boot_time() + int(stat[19]) / ticks, 2)),
+        ]
+    fds = _open_fds()
+    if fds is not None:
+        families += [
+            Family("process_open_fds", "gauge", "Number of open file descriptors.").add(fds),
+            Family("process_max_fds", "gauge", "Maximum number of open file descriptors.").add(
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            ),
+        ]
+    return families
+
+
+def _proc_self_stat() -> list[str]:
+    """Fields of /proc/self/stat after the command name (field 3 is index 0)."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    fields = text.rpartition(")")[2].split()
+    return fields if len(fields) > 21 else []
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.time() - time.monotonic()
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None

@@ -1,0 +1,128 @@
+"""Retention: finished runs older than `retention_days` are deleted with their task instances,
+attempts (metrics) and log folders. A run that is not finished is never deleted.
+
+`RetentionSweep` is the server's background loop: each pass deletes at most one batch of the
+oldest such runs (an index walk, never a full scan), then hands the freed pages back to the file
+system (incremental vacuum). When a pass found a full batch it comes back after a second,
+otherwise after `interval` seconds. `cleanup` does the same to completion for `nagare cleanup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nagare.clock import now_ms
+from nagare.logs import LogFiles
+from nagare.store import OldRun, Store
+
+log = logging.getLogger("nagare.retention")
+DAY_MS = 86_400_000
+SWEEP_SECONDS = 600.0  # between passes when there is nothing left to delete
+BACKLOG_SECONDS = 1.0  # between passes while old runs remain
+FIRST_PASS_SECONDS = 30.0  # after start: leave the start-up to the scheduler and pools
+BATCH_RUNS = 100
+
+
+@dataclass
+class Removed:
+    """What one pass (or a whole cleanup) deleted, or would delete."""
+
+    runs: int = 0
+    tasks: int = 0
+    attempts: int = 0
+
+    def add(self, runs: list[OldRun]) -> None:
+        self.runs += len(runs)
+        self.tasks += sum(r.tasks for r in runs)
+        self.attempts += sum(r.attempts for r in runs)
+
+
+def cutoff_for(days: float, now: int) -> int:
+    return now - int(days * DAY_MS)
+
+
+class RetentionSweep:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogFiles,
+        retention_days: int,
+        clock: Callable[[], int] = now_ms,
+        interval: float = SWEEP_SECONDS,
+        batch: int = BATCH_RUNS,
+        first_pass: float = FIRST_PASS_SECONDS,
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.retention_days = retention_days
+        self.clock = clock
+        self.interval = interval
+        self.batch = batch
+        self.first_pass = first_pass
+
+    def run(self, stop: threading.Event) -> None:
+        wait = self.first_pass
+        while not stop.wait(wait):
+            try:
+                removed = self.sweep_once()
+            except Exception:
+                log.exception("retention sweep failed; trying again later")
+                removed = Removed()
+            wait = BACKLOG_SECONDS if removed.runs >= self.batch else self.interval
+
+    def sweep_once(self) -> Removed:
+        """One bounded pass: delete at most `batch` runs finished before the cutoff."""
+        if self.retention_days <= 0:
+            return Removed()
+        cutoff = cutoff_for(self.retention_days, self.clock())
+        removed = Removed()
+        removed.add(delete_batch(self.store, self.logs, cutoff, self.batch))
+        if removed.runs:
+            log.info(
+                "retention: deleted %d runs older than %d days (%d task instances, %d attempts)",
+                removed.runs,
+                self.retention_days,
+                removed.tasks,
+                removed.attempts,
+            )
+        return removed
+
+
+def delete_batch(store: Store, logs: LogFiles, cutoff: int, limit: int) -> list[OldRun]:
+    """Delete up to `limit` of the oldest finished runs created before `cutoff`, their rows and
+    their log folders, then release the freed database pages. Returns the deleted runs."""
+    runs = store.delete_old_runs(cutoff, limit)
+    for run in runs:
+        logs.remove_run(run.run_id)
+    if runs:
+        store.db.release_free_pages()
+    return runs
+
+
+def cleanup(
+    store: Store,
+    logs: LogFiles,
+    cutoff: int,
+    dry_run: bool,
+    on_run: Callable[[OldRun], None] = lambda run: None,
+    batch: int = 500,
+) -> Removed:
+    """Everything the sweep would delete before `cutoff`, to completion; `on_run` sees each run
+    once it is deleted (with `dry_run`: each run that would be, and nothing is deleted)."""
+    removed = Removed()
+    after: tuple[int, str] | None = None
+    while True:
+        if dry_run:
+            runs = store.old_runs(cutoff, batch, after)
+            if runs:
+                after = (runs[-1].created_at, runs[-1].run_id)
+        else:
+            runs = delete_batch(store, logs, cutoff, batch)
+        for run in runs:
+            on_run(run)
+        removed.add(runs)
+        if len(runs) < batch:
+            return removed

@@ -1,0 +1,129 @@
+"""Test helper: runs, task instances and attempts planted straight into SQLite at known times.
+
+Finished attempts and runs also go through the store's own roll-up and counter code
+(`record_attempt`, `count_run`), exactly as when the engine closes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from nagare.models import AttemptMetrics, DagDef, TaskDef
+from nagare.store import Store
+from nagare.store.metrics import count_run, record_attempt
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+@dataclass
+class Attempt:
+    task_id: str
+    completed_at: int | None  # None: still running
+    duration_ms: int = 10
+    status: str = "success"
+    memory: int = 1_000_000
+    cpu_user_ms: int = 1
+    cpu_system_ms: int = 0
+    exit_code: int | None = 0
+    attempt: int = 1
+    pool: str = "default"
+
+
+def plant_run(
+    store: Store,
+    dag_id: str,
+    created_at: int,
+    attempts: list[Attempt],
+    status: str = "success",
+    run_id: str = "",
+) -> tuple[str, dict[str, str]]:
+    """Insert a run with its task instances and attempts; returns the run id and the instance
+    id of each task id."""
+    run_id = run_id or f"{dag_id}__manual__{uuid.uuid4().hex[:12]}"
+    tasks = sorted({a.task_id for a in attempts}) or ["t"]
+    dag = DagDef(dag_id, tasks=tuple(TaskDef(t.split("[")[0]) for t in dict.fromkeys(tasks)))
+    version = store.save_dag_version(dag, created_at)
+    ids = {t: uuid.uuid4().hex[:20] for t in tasks}
+    finished_at = max((a.completed_at or created_at for a in attempts), default=created_at)
+    done = status in ("success", "failed", "cancelled")
+    with store.db.write() as conn:
+        conn.execute(
+            "INSERT INTO runs(run_id, dag_id, status, trigger, execution_date, conf, dag_version, "
+            "killed, created_at, started_at, completed_at) VALUES (?,?,?,?,?,'{}',?,0,?,?,?)",
+            (
+                run_id,
+                dag_id,
+                status,
+                "manual",
+                created_at,
+                version,
+                created_at,
+                created_at,
+                finished_at if done else None,
+            ),
+        )
+        for position, task_id in enumerate(tasks):
+            own = [a for a in attempts if a.task_id == task_id]
+            if not own:
+                continue
+            last = max(own, key=lambda a: a.attempt)
+            conn.execute(
+                "INSERT INTO task_instances(id, run_id, task_id, base_task_id, map_index, "
+                "position, status, attempt, max_attempts, pool, worker, command, started_at, "
+                "completed_at) VALUES (?,?,?,?,?,?,?,?,?,?,'local','true',?,?)",
+                (
+                    ids[task_id],
+                    run_id,
+                    task_id,
+                    task_id.split("[")[0],
+                    int(task_id.split("[")[1][:-1]) if "[" in task_id else None,
+                    position,
+                    last.status if last.completed_at is not None else "running",
+                    last.attempt,
+                    last.attempt,
+                    last.pool,
+                    created_at,
+                    last.completed_at,
+                ),
+            )
+        for a in attempts:
+            _insert_attempt(conn, ids[a.task_id], run_id, dag_id, a, created_at)
+        if done:
+            count_run(conn, dag_id, status)
+    return run_id, ids
+
+
+def _insert_attempt(conn, instance_id, run_id, dag_id, a, created_at) -> None:  # type: ignore[no-untyped-def]
+    finished = a.completed_at is not None
+    conn.execute(
+        "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, status, "
+        "worker, executor_type, started_at, completed_at, exit_code, duration_ms, cpu_user_ms, "
+        "cpu_system_ms, peak_memory_bytes) VALUES (?,?,?,?,?,?,'local','local',?,?,?,?,?,?,?)",
+        (
+            instance_id,
+            a.attempt,
+            run_id,
+            dag_id,
+            a.task_id,
+            a.status if finished else "running",
+            (a.completed_at - a.duration_ms) if finished else created_at,
+            a.completed_at,
+            a.exit_code if finished else None,
+            a.duration_ms if finished else None,
+            a.cpu_user_ms if finished else None,
+            a.cpu_system_ms if finished else None,
+            a.memory if finished else None,
+        ),
+    )
+    if finished:
+        metrics = AttemptMetrics(
+            duration_ms=a.duration_ms,
+            cpu_user_ms=a.cpu_user_ms,
+            cpu_system_ms=a.cpu_system_ms,
+            peak_memory_bytes=a.memory,
+            exit_code=a.exit_code,
+        )
+        record_attempt(conn, instance_id, dag_id, a.status, metrics, a.completed_at)
