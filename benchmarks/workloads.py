@@ -4,10 +4,15 @@ run, and returns result rows."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import http.client
+import json
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,6 +378,103 @@ def metrics(cfg: Settings) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- webhooks
+
+WEBHOOK_SECRET = "bench-secret"
+WEBHOOK_DAG = f"""id: hooked
+trigger:
+  type: webhook
+  path: /api/webhooks/bench
+  secret: "{WEBHOOK_SECRET}"
+  extract_payload: {{SEQ: ".seq", AUTHOR: ".pusher.name"}}
+tasks:
+  - id: t
+    command: "true"
+"""
+
+
+def _post_signed(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, bytes]:
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"}
+    conn.request("POST", path, body=body, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def _webhook_client(port: int, path: str, seqs: list[int]) -> list[tuple[int, str, float]]:
+    """One client (keep-alive connection) posting signed GitHub-style payloads."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out = []
+    try:
+        for seq in seqs:
+            body = json.dumps({"seq": seq, "pusher": {"name": f"user{seq}"}}).encode()
+            start = time.perf_counter()
+            status, answer = _post_signed(conn, path, body)
+            elapsed = time.perf_counter() - start
+            if status != 202:
+                raise BenchError(f"webhook {seq} answered {status}: {answer[:300]!r}")
+            out.append((seq, str(json.loads(answer)["run_id"]), elapsed))
+    finally:
+        conn.close()
+    return out
+
+
+def webhooks(cfg: Settings) -> list[Row]:
+    """Signed webhook deliveries: one client one after the other (the 202 latency a sender
+    sees), then a burst from 20 concurrent clients while the runs execute; every run is then
+    checked (none lost, each with its own conf)."""
+    requests, clients = (100, 10) if cfg.quick else (200, 20)
+    path = "/api/webhooks/bench"
+    with Server(cfg.launcher, dags={"hooked.yaml": WEBHOOK_DAG}) as server:
+        keep = server.client(keep_alive=True)
+        keep.timed_get("/api/health")
+        floor = _latency(keep, ["/api/health"] * requests)
+        keep.close()
+        single = _webhook_client(server.port, path, list(range(requests, requests + 50)))
+        shares = [list(range(i, requests, clients)) for i in range(clients)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            parts = list(pool.map(lambda seqs: _webhook_client(server.port, path, seqs), shares))
+        wall = time.perf_counter() - started
+        burst = [r for part in parts for r in part]
+        check = server.client(keep_alive=True)
+        for seq, run_id, _ in burst + single:
+            conf = check.get_json(f"/api/runs/{run_id}")["conf"]
+            if conf != {"SEQ": str(seq), "AUTHOR": f"user{seq}"}:
+                raise BenchError(f"run {run_id} of delivery {seq} has conf {conf}")
+        total = check.get_json("/api/runs?limit=1")["total"]
+        check.close()
+    one = _percentiles([elapsed for _, _, elapsed in single])
+    many = _percentiles([elapsed for _, _, elapsed in burst])
+    lost = requests + len(single) - total
+    cfg.say(f"  webhooks: 1 client {one.text()}; {clients} clients {many.text()}")
+    return [
+        Row(
+            "webhooks 50 signed POSTs, 1 client",
+            one.text(),
+            floor.text(),
+            f"p95 {one.p95 / floor.p95:.2f}x",
+            "p95 <= 50 ms",
+            one.p95 <= 0.050,
+            "202 answer time per delivery (HMAC, jq, run created); floor = GET /api/health",
+        ),
+        Row(
+            f"webhooks {requests} signed POSTs, {clients} clients",
+            many.text(),
+            floor.text(),
+            f"p95 {many.p95 / floor.p95:.2f}x",
+            "none lost",
+            lost == 0,
+            f"{requests / wall:.0f} deliveries/s while the runs execute; {total} runs created "
+            f"for {requests + len(single)} deliveries, {lost} lost, each conf checked",
+        ),
+    ]
+
+
+def _percentiles(seconds: list[float]) -> Latency:
+    return Latency(percentile(seconds, 50), percentile(seconds, 95))
+
+
 WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "chain100": chain100,
     "fanout1000": fanout1000,
@@ -380,4 +482,5 @@ WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "startup": startup,
     "api": api,
     "metrics": metrics,
+    "webhooks": webhooks,
 }

@@ -16,17 +16,20 @@ from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.http.api import Api, Services
 from nagare.http.metrics_api import MetricsApi
-from nagare.http.server import NagareHTTPServer, serve_in_thread
+from nagare.http.server import NagareHTTPServer, serve_in_thread, tls_context
 from nagare.http.static import StaticFiles
+from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService
-from nagare.models import TaskDef
+from nagare.models import TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
+from nagare.webhooks import WebhookService
+from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
     from nagare.executors.docker import DockerExecutor
@@ -51,7 +54,9 @@ class App:
         self._docker: DockerExecutor | None = None  # created by the first container task
         self._docker_lock = threading.Lock()
         self._leftover_containers: dict[tuple[str, int], str] = {}
-        self.folder = DagFolder(config.dags, on_change=self._dags_changed)
+        self.folder = DagFolder(
+            config.dags, on_change=self._dags_changed, extra_check=webhook_compile_errors
+        )
         self.pools = WorkerPools(
             self.store,
             self.logs,
@@ -79,10 +84,20 @@ class App:
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
         self.api.add_routes(MetricsApi(self.metrics).routes())
+        self.webhooks = WebhookService(
+            self.store,
+            self.folder,
+            lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
+            delivery_header=config.webhook_delivery_header,
+        )
+        self.api.add_routes(WebhooksApi(self.webhooks).routes())
+        self.pools.hidden_env = self.webhooks.secret_variables
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
         if serve_http:
-            self.http = NagareHTTPServer(config.listen, self.api, config.max_body_bytes)
+            self.http = NagareHTTPServer(
+                config.listen, self.api, config.max_body_bytes, tls_context(config)
+            )
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ wiring
@@ -167,8 +182,9 @@ class App:
         if self.http is not None:
             self._threads.append(serve_in_thread(self.http, poll_interval))
             log.info(
-                "Nagare %s serving on http://%s:%d (DAGs: %s, database: %s)",
+                "Nagare %s serving on %s://%s:%d (DAGs: %s, database: %s)",
                 __version__,
+                "https" if self.config.tls_cert else "http",
                 self.config.listen[0],
                 self.http.port,
                 self.config.dags,

@@ -54,11 +54,15 @@ def task_env(
     task: TaskInstance,
     attempt: int,
 ) -> dict[str, str]:
-    """Base environment (minus Nagare's secrets), then Nagare variables, conf, DAG env, task env.
+    """Base environment (minus Nagare's secrets and the DAG's webhook secret), then Nagare
+    variables, conf, DAG env, task env.
 
     For containers and remote workers `base` is empty: they never get the server's environment.
     """
-    env = {k: v for k, v in base.items() if k not in SECRET_VARIABLES}
+    hidden = set(SECRET_VARIABLES)
+    if dag.trigger is not None and dag.trigger.secret_env:
+        hidden.add(dag.trigger.secret_env)  # the webhook secret stays with the server
+    env = {k: v for k, v in base.items() if k not in hidden}
     env.update(nagare_env(dag, run, task, attempt))
     env.update({k: str(v) for k, v in run.conf.items()})
     env.update(dag.env)

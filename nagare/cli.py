@@ -16,6 +16,7 @@ from nagare import __version__
 from nagare.config import OPTIONS, Config, load_config
 from nagare.dagfile import load_dag_file
 from nagare.errors import ConfigError, NagareError
+from nagare.webhooks import compile_errors as webhook_compile_errors
 
 SERVER_COMMANDS = ("serve", "worker", "exec", "validate", "cleanup", "version")
 
@@ -278,14 +279,23 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
         return 1
     bad = 0
     seen: dict[str, str] = {}
+    hooks: dict[str, str] = {}  # webhook path -> file
     for path in files:
-        dag, found = load_dag_file(path)
+        dag, found = load_dag_file(path, webhook_compile_errors)
         errors = [str(e) for e in found]
         if dag is not None and dag.dag_id in seen:
             errors = [
                 f"{os.path.basename(path)}: id: DAG id '{dag.dag_id}' is already defined "
                 f"by {seen[dag.dag_id]}"
             ]
+        hook = dag.trigger.path if dag is not None and dag.trigger else ""
+        if hook and hook in hooks and not errors:
+            errors = [
+                f"{os.path.basename(path)}: trigger.path: webhook path '{hook}' is already "
+                f"used by {hooks[hook]}"
+            ]
+        elif hook and not errors:
+            hooks[hook] = os.path.basename(path)
         if errors:
             bad += 1
             for error in errors:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,26 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0.05,
     ),
     _opt(
+        "cors_allowed_origins",
+        "origins",
+        (),
+        "Browser origins allowed to call the API cross-origin (nagare.yaml: cors: "
+        "{allowed_origins: [...]}, or comma-separated); empty = '*' without an API key, none "
+        "with one ('*' is never sent when a key is set).",
+        flag=False,
+        yaml_key=False,
+    ),
+    _opt(
+        "webhook_delivery_header",
+        "str",
+        "X-GitHub-Delivery",
+        "Header carrying a webhook delivery id; a repeat within 24 h returns the first run id "
+        "(empty = no de-duplication).",
+        flag=False,
+    ),
+    _opt("tls_cert", "str", "", "PEM certificate file: serve HTTPS (with --tls-key)."),
+    _opt("tls_key", "str", "", "PEM private key file of --tls-cert."),
+    _opt(
         "log_level",
         "str",
         "info",
@@ -283,8 +304,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
     known = {o.yaml_key: o.name for o in OPTIONS if o.yaml_key}
     result: dict[str, Any] = {}
     for key, value in data.items():
-        if key in ("cors", "autoscaler"):
-            continue  # read by the features that own them
+        if key == "cors":
+            result["cors_allowed_origins"] = _cors_origins(value, path)
+            continue
+        if key == "autoscaler":
+            continue  # read by the feature that owns it
         if key not in known:
             raise ConfigError(f"{path}: unknown setting '{key}' (known: {', '.join(known)})")
         result[known[key]] = value
@@ -300,6 +324,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_number(option, raw, where)
     if option.kind == "list":
         return _coerce_paths(raw, where)
+    if option.kind == "origins":
+        return _coerce_origins(raw, where)
     value = "" if raw is None else str(raw)
     if option.choices and value not in option.choices:
         raise ConfigError(f"{where}: expected one of {', '.join(option.choices)}, found '{value}'")
@@ -343,6 +369,24 @@ def _coerce_paths(raw: Any, where: str) -> tuple[str, ...]:
         if not os.path.isabs(path):
             raise ConfigError(f"{where}: expected absolute paths, found '{path}'")
     return paths
+
+
+def _cors_origins(value: Any, path: str) -> Any:
+    if not isinstance(value, dict) or set(value) - {"allowed_origins"}:
+        raise ConfigError(f"{path}: cors: expected a mapping {{allowed_origins: [...]}}")
+    return value.get("allowed_origins") or ()
+
+
+def _coerce_origins(raw: Any, where: str) -> tuple[str, ...]:
+    """Origins such as https://ui.example.com (scheme://host[:port]) or '*'."""
+    items = raw if isinstance(raw, list | tuple) else str(raw or "").split(",")
+    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(
+                f"{where}: expected origins like https://host[:port] or '*', found '{origin}'"
+            )
+    return origins
 
 
 def _coerce_pools(raw: Any, where: str) -> dict[str, int]:

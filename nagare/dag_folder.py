@@ -35,9 +35,15 @@ class Snapshot:
 
 
 class DagFolder:
-    def __init__(self, path: str, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_change: Callable[[], None] | None = None,
+        extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
+    ) -> None:
         self.path = path
         self._on_change = on_change
+        self._extra_check = extra_check  # checks of later layers (jq expressions compile)
         self._files: dict[str, _FileState] = {}
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
@@ -115,7 +121,7 @@ class DagFolder:
         return bool(gone)
 
     def _load(self, name: str, signature: tuple[int, int, int], old: _FileState | None) -> None:
-        dag, errors = load_dag_file(os.path.join(self.path, name))
+        dag, errors = load_dag_file(os.path.join(self.path, name), self._extra_check)
         last_good = dag or (old.last_good if old else None)
         order = old.order if old and old.last_good else self._next_order()
         self._files[name] = _FileState(signature, dag, errors, last_good, order)
@@ -150,6 +156,25 @@ class DagFolder:
                     "this file is not loaded (expected a unique id)"
                 )
                 continue
+            clash = _webhook_clash(snapshot, dag)
+            if clash is not None:
+                hook = dag.trigger.path if dag.trigger else ""
+                snapshot.errors.setdefault(name, []).append(
+                    f"{name}: trigger.path: webhook path '{hook}'"
+                    f" is already used by DAG '{clash}' ({snapshot.files[clash]}); this file is "
+                    "not loaded (expected a unique path)"
+                )
+                continue
             snapshot.dags[dag.dag_id] = dag
             snapshot.files[dag.dag_id] = name
         return snapshot
+
+
+def _webhook_clash(snapshot: Snapshot, dag: DagDef) -> str | None:
+    """The id of a loaded DAG whose webhook path `dag` repeats (the first loaded keeps it)."""
+    if dag.trigger is None or not dag.trigger.path:
+        return None
+    for other in snapshot.dags.values():
+        if other.trigger is not None and other.trigger.path == dag.trigger.path:
+            return other.dag_id
+    return None

@@ -82,6 +82,8 @@ class WorkerPools:
         self._accepting = True
         self._threads: list[threading.Thread] = []
         self._base_env = dict(os.environ)
+        # names of server variables that hold secrets (webhook `secret_env`s), set by `app`
+        self.hidden_env: Callable[[], set[str]] = set
 
     # ------------------------------------------------------------ lifecycle
 
@@ -266,6 +268,9 @@ class WorkerPools:
                 claim, Outcome(exit_code=None, error="task definition not found"), None
             )
         base_env = {} if definition.image else self._base_env  # containers: never the host's
+        hidden = self.hidden_env()
+        if hidden and base_env:
+            base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = Assignment(
             task_instance_id=task.id,
             run_id=run.run_id,

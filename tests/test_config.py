@@ -194,9 +194,21 @@ def test_command_line_only_options_are_not_settings_file_keys(
     assert f"unknown setting '{key}'" in load_error(settings_file, f"{key}: x\n")
 
 
-@pytest.mark.parametrize("key", ["cors", "autoscaler"])
+@pytest.mark.parametrize("key", ["autoscaler"])
 def test_keys_owned_by_later_features_are_accepted(settings_file: Path, key: str) -> None:
     load(settings_file, f"{key}: 1\n")
+
+
+def test_cors_allowed_origins_is_a_nested_setting(settings_file: Path) -> None:
+    text = "cors:\n  allowed_origins: [https://ui.example.com, 'http://localhost:3000/']\n"
+    assert load(settings_file, text).cors_allowed_origins == (
+        "https://ui.example.com",
+        "http://localhost:3000",
+    )
+    assert "cors: expected a mapping" in load_error(settings_file, "cors: 1\n")
+    assert "expected origins like" in load_error(
+        settings_file, "cors: {allowed_origins: [ui.example.com]}\n"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "# nothing\n", "~\n"])

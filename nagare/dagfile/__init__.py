@@ -88,15 +88,17 @@ RESOURCE_KEYS = ("cpus", "memory", "gpus")
 # ---------------------------------------------------------------- public entry points
 
 
-def load_dag_file(path: str) -> tuple[DagDef | None, list[DagError]]:
-    """Read and validate one DAG file."""
+def load_dag_file(
+    path: str, extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None
+) -> tuple[DagDef | None, list[DagError]]:
+    """Read and validate one DAG file (`extra_check`: see `parse_dag`)."""
     name = os.path.basename(path)
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         return None, [DagError(name, 0, "", f"cannot read the file: {exc}")]
-    return parse_dag(text, name, os.path.dirname(os.path.abspath(path)))
+    return parse_dag(text, name, os.path.dirname(os.path.abspath(path)), extra_check)
 
 
 def parse_dag(

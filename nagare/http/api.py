@@ -13,6 +13,7 @@ from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key
+from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
 from nagare.http.server import Request, Response, error_response, json_response
@@ -58,6 +59,18 @@ class Api:
     def __call__(self, request: Request) -> Response:
         if not self._routed(request):
             return self._static(request)
+        config = self.s.config
+        cors = cors_headers(request, config.cors_allowed_origins, bool(config.api_key))
+        if is_preflight(request):  # before auth: browsers send no credentials on a preflight
+            return preflight(cors)
+        try:
+            response = self._dispatch(request)
+        except NagareError as err:
+            response = error_response(err)
+        response.headers.update(cors)
+        return response
+
+    def _dispatch(self, request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         try:
             route, params = self.router.match(method, request.path)
@@ -68,7 +81,8 @@ class Api:
             raise err
         if route.auth == "key":
             check_key(request, self.s.config.api_key, route.query_token)
-        _check_query(route, request)
+        if route.auth != "hmac":  # webhook senders add their own query parameters
+            _check_query(route, request)
         request.params = params
         result = route.handler(request)
         if isinstance(result, Response):

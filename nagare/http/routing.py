@@ -18,6 +18,9 @@ PARAM_PATTERNS = {
 }
 
 
+ANY = "ANY"  # a route that takes every method (webhooks: each DAG names its own)
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -34,7 +37,7 @@ class Route:
     path: str
     handler: Callable[..., Any]
     summary: str
-    auth: str = "key"  # key | open | token
+    auth: str = "key"  # key | open | token | hmac (per-DAG webhook signature)
     query: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
     response: str = "application/json"
@@ -44,8 +47,18 @@ class Route:
     segments: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def doc_path(self) -> str:
+        """The OpenAPI path template (`{name...}` is documented as `{name}`)."""
+        return self.path.replace("...}", "}")
+
+    @property
+    def doc_method(self) -> str:
+        """The method the OpenAPI document lists (an ANY route as POST)."""
+        return "POST" if self.method == ANY else self.method
+
+    @property
     def params(self) -> list[str]:
-        return [s[1:-1] for s in self.segments if s.startswith("{")]
+        return [s[1:-1].removesuffix("...") for s in self.segments if s.startswith("{")]
 
 
 class Router:
@@ -61,7 +74,7 @@ class Router:
             params = _match(route.segments, parts)
             if params is None:
                 continue
-            if route.method != method:
+            if route.method not in (method, ANY):
                 allowed.append(route.method)
                 continue
             return route, _validate(params)
@@ -79,6 +92,14 @@ class Router:
 
 
 def _match(segments: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    if segments and segments[-1].endswith("...}"):  # `{name...}` takes the rest of the path
+        head = len(segments) - 1
+        if len(parts) <= head or not all(parts[head:]):
+            return None
+        found = _match(segments[:head], parts[:head])
+        if found is not None:
+            found[segments[-1][1:-4]] = unquote("/".join(parts[head:]))
+        return found
     if len(segments) != len(parts):
         return None
     params: dict[str, str] = {}
@@ -126,7 +147,7 @@ def _validate(params: dict[str, str]) -> dict[str, str]:
 def openapi(routes: list[Route], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        paths.setdefault(route.doc_path, {})[route.doc_method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -136,7 +157,16 @@ def openapi(routes: list[Route], version: str) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer"},
+                "webhookSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Hub-Signature-256",
+                    "description": "sha256=<hex HMAC-SHA256 of the raw body with the DAG's "
+                    "trigger secret>; the header name is the trigger's signature_header",
+                },
+            },
             "schemas": {"Error": _ERROR_SCHEMA},
         },
     }
@@ -159,7 +189,7 @@ def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": route.summary,
         "operationId": f"{route.method.lower()}_"
-        + "_".join(s.strip("{}") for s in route.segments[1:]).replace(".", "_").replace("-", "_"),
+        + "_".join(s.strip("{}.") for s in route.segments[1:]).replace(".", "_").replace("-", "_"),
         "parameters": [_path_param(p) for p in route.params]
         + [_query_param(q) for q in route.query],
         "responses": _responses(route),
@@ -168,6 +198,8 @@ def _operation(route: Route) -> dict[str, Any]:
         op["tags"] = list(route.tags)
     if route.auth == "key":
         op["security"] = [{"apiKey": []}]
+    if route.auth == "hmac":  # only when the DAG's trigger has a secret
+        op["security"] = [{"webhookSignature": []}, {}]
     if route.body is not None:
         op["requestBody"] = {
             "required": False,
@@ -213,7 +245,9 @@ def _responses(route: Route) -> dict[str, Any]:
     }
     if route.auth == "key":
         responses["401"] = error
-    if route.method == "POST":
+    if route.auth == "hmac":
+        responses["403"] = error
+    if route.method in ("POST", ANY):
         responses["409"] = error
         responses["413"] = error
         responses["422"] = error

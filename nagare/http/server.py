@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,11 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from nagare.errors import BadRequest, NagareError, PayloadTooLarge
+from nagare.errors import BadRequest, ConfigError, NagareError, PayloadTooLarge
 
 log = logging.getLogger("nagare.http")
 REQUEST_TIMEOUT_SECONDS = 30
 MAX_HEADER_LINE = 16384
+_TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
 
 
 @dataclass
@@ -101,6 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = self._request()
             response = self.server.app(request)
+        except (ConnectionError, TimeoutError):  # a client too slow to send its body: drop it
+            self.close_connection = True
+            return
         except NagareError as err:
             response = error_response(err)
             self.close_connection = self.close_connection or err.status == 413
@@ -175,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("stream for %s failed", self.path)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+        log.debug("%s - %s", self.address_string(), _TOKEN_QUERY.sub(r"\1***", format % args))
 
 
 class NagareHTTPServer(ThreadingHTTPServer):
@@ -183,15 +189,41 @@ class NagareHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: App, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: App,
+        max_body_bytes: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(address, _Handler)
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.stopping = threading.Event()
+        if tls is not None:  # the handshake runs in the request thread, under its timeout
+            self.socket = tls.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+
+def tls_context(config: Any) -> ssl.SSLContext | None:
+    """HTTPS with `tls_cert` and `tls_key` (PEM files); None when neither is set."""
+    cert, key = config.tls_cert, config.tls_key
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("tls_cert and tls_key must be given together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
+    return context
 
 
 def serve_in_thread(server: NagareHTTPServer, poll_interval: float = 0.5) -> threading.Thread:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from nagare.models import DagDef
 from nagare.store.db import Database, DatabaseError
+from nagare.store.deliveries import DeliveryStore
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
 from nagare.store.records import AttemptFinish, Claim, DagState, RunFilter, Stats
 from nagare.store.retention import OldRun, RetentionStore
@@ -29,9 +30,10 @@ __all__ = [
 ]
 
 
-class Store(RunStore, TaskStore, MetricsStore, RetentionStore):
+class Store(RunStore, TaskStore, MetricsStore, RetentionStore, DeliveryStore):
     """One SQLite database: runs and DAG state (RunStore), tasks and attempts (TaskStore),
-    metrics (MetricsStore), deletion of old runs (RetentionStore)."""
+    metrics (MetricsStore), deletion of old runs (RetentionStore), webhook deliveries
+    (DeliveryStore)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)

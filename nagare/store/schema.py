@@ -200,4 +200,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at);
     {";".join(METRICS_BACKFILL)}
     """,
+    # 4: webhook delivery ids seen in the last 24 hours (de-duplication of repeated deliveries)
+    """
+    CREATE TABLE webhook_deliveries (
+        delivery_key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
+    """,
 )

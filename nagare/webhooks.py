@@ -1,0 +1,208 @@
+"""Webhook triggers: match a request to the DAG whose `trigger` names its path, verify the
+HMAC-SHA256 signature of the raw body (before parsing it), extract run parameters with `jq`,
+de-duplicate deliveries, and start a run through the callback that `app` wires.
+
+The only module that uses `jq`. Extraction errors do not reject a delivery: the run starts and
+its conf carries `NAGARE_WEBHOOK_ERRORS` (one line per failed expression), also logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nagare.clock import now_ms
+from nagare.dag_folder import DagFolder
+from nagare.errors import BadRequest, Conflict, NagareError, NotFound
+from nagare.models import DagDef, Run, TriggerDef
+from nagare.store import Store
+
+log = logging.getLogger("nagare.webhooks")
+ERRORS_KEY = "NAGARE_WEBHOOK_ERRORS"
+DEDUPE_WINDOW_MS = 24 * 3_600_000
+MAX_DELIVERY_ID = 200
+
+
+class Forbidden(NagareError):
+    code = "forbidden"
+    status = 403
+
+
+@dataclass(frozen=True)
+class Delivery:
+    method: str
+    path: str  # decoded URL path
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
+    """Load-time check (`parse_dag(extra_check=...)`): every jq expression must compile."""
+    found: list[tuple[int, str, str]] = []
+    trigger = dag.trigger
+    if trigger is None:
+        return found
+    for name, expression in trigger.extract_payload.items():
+        import jq  # loaded by the first DAG that extracts, not by every server
+
+        try:
+            jq.compile(expression)
+        except ValueError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+            found.append(
+                (
+                    0,
+                    f"trigger.extract_payload.{name}",
+                    f"jq expression '{expression}' does not compile: {message}",
+                )
+            )
+    return found
+
+
+def stringify(value: Any) -> str:
+    """A jq result as an environment value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def extract(expressions: Mapping[str, str], payload: Any) -> tuple[dict[str, str], list[str]]:
+    """Each expression's first result -> string. No result gives an empty value; an error is
+    returned as a message (the variable is then left empty too)."""
+    conf: dict[str, str] = {}
+    errors: list[str] = []
+    if expressions:
+        import jq
+    for name, expression in expressions.items():
+        try:
+            first = next(iter(jq.compile(expression).input_value(payload)), None)
+        except (ValueError, StopIteration) as exc:
+            errors.append(f"{name}: jq expression '{expression}' failed: {exc}")
+            conf[name] = ""
+            continue
+        conf[name] = stringify(first)
+    return conf, errors
+
+
+def signature_ok(secret: str, supplied: str, body: bytes) -> bool:
+    """`sha256=<hex>` or bare `<hex>` of HMAC-SHA256(secret, body), compared in constant time."""
+    value = supplied.strip()
+    if value.lower().startswith("sha256="):
+        value = value[len("sha256=") :]
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(value.lower().encode(), expected.encode())
+
+
+def resolve_secret(trigger: TriggerDef, environ: Mapping[str, str]) -> str:
+    if trigger.secret_env:
+        return environ.get(trigger.secret_env, "")
+    return trigger.secret
+
+
+# ---------------------------------------------------------------- the service
+
+
+class WebhookService:
+    def __init__(
+        self,
+        store: Store,
+        folder: DagFolder,
+        start_run: Callable[[str, dict[str, str]], Run],
+        delivery_header: str = "X-GitHub-Delivery",
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.folder = folder
+        self.start_run = start_run
+        self.delivery_header = delivery_header.lower()
+        self.environ = os.environ if environ is None else environ
+        self.clock = clock
+        self._dedupe_lock = threading.Lock()
+
+    def secret_variables(self) -> set[str]:
+        """Server environment variables that hold webhook secrets (kept out of task env)."""
+        dags = self.folder.snapshot.dags.values()
+        return {d.trigger.secret_env for d in dags if d.trigger and d.trigger.secret_env}
+
+    def find(self, path: str) -> DagDef | None:
+        for dag in self.folder.snapshot.dags.values():
+            if dag.trigger is not None and dag.trigger.path == path:
+                return dag
+        return None
+
+    def receive(self, delivery: Delivery) -> str:
+        """Start (or find, for a repeated delivery id) the run; returns its run id."""
+        dag = self.find(delivery.path)
+        trigger = dag.trigger if dag is not None else None
+        if dag is None or trigger is None or trigger.method.upper() != delivery.method.upper():
+            raise NotFound(f"no webhook trigger for {delivery.method.upper()} {delivery.path}")
+        self._verify(trigger, delivery)
+        payload = _parse(delivery.body)
+        state = self.store.dag_states().get(dag.dag_id)
+        if state is not None and state.paused:
+            raise Conflict(f"dag paused: DAG '{dag.dag_id}' is paused; activate it first")
+        delivery_id = delivery.headers.get(self.delivery_header, "").strip()[:MAX_DELIVERY_ID]
+        if not delivery_id:
+            return self._start(dag, trigger, payload)
+        key = f"{dag.dag_id}\n{delivery_id}"
+        with self._dedupe_lock:
+            now = self.clock()
+            first = self.store.find_delivery(key, now - DEDUPE_WINDOW_MS)
+            if first is not None:
+                log.info("DAG '%s': repeated delivery %s -> run %s", dag.dag_id, delivery_id, first)
+                return first
+            run_id = self._start(dag, trigger, payload)
+            self.store.record_delivery(key, run_id, now, now - DEDUPE_WINDOW_MS)
+            return run_id
+
+    def _verify(self, trigger: TriggerDef, delivery: Delivery) -> None:
+        secret = resolve_secret(trigger, self.environ)
+        if trigger.secret_env and not secret:
+            log.error(
+                "webhook %s: the environment variable %s holding its secret is not set",
+                trigger.path,
+                trigger.secret_env,
+            )
+            raise Forbidden("invalid signature")  # fail closed, never open
+        if not secret:
+            return
+        supplied = delivery.headers.get(trigger.signature_header.lower(), "")
+        if not supplied.strip():
+            raise Forbidden("missing signature")
+        if not signature_ok(secret, supplied, delivery.body):
+            raise Forbidden("invalid signature")
+
+    def _start(self, dag: DagDef, trigger: TriggerDef, payload: Any) -> str:
+        conf, errors = extract(trigger.extract_payload, payload)
+        if errors:
+            conf[ERRORS_KEY] = "\n".join(errors)
+            log.warning("DAG '%s': webhook extraction errors: %s", dag.dag_id, "; ".join(errors))
+        return self.start_run(dag.dag_id, conf).run_id
+
+
+def _parse(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the webhook payload is not valid JSON") from None

@@ -1,0 +1,406 @@
+"""The embedded dashboard in a real browser (Playwright driving Debian's Chromium).
+
+One browser per module; every test starts its own real server with real DAGs. Screenshots of
+every page are saved under the test's tmp folder (`screenshots/`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Nagare, http, require_chromium, wait_for
+from test_restart import free_port
+
+pytestmark = pytest.mark.slow
+
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT = 15_000  # ms, for expectations
+
+SLOW = """
+id: printer
+description: "prints numbered lines slowly"
+schedule: "workflow_dispatch"
+tasks:
+  - id: talk
+    command: |
+      for i in $(seq 1 12); do echo "line $i"; sleep 0.25; done
+  - id: after
+    depends_on: [talk]
+    command: echo finished
+"""
+SLEEPER = """
+id: sleeper
+schedule: "workflow_dispatch"
+tasks:
+  - id: nap
+    command: sleep 60
+  - id: later
+    depends_on: [nap]
+    command: echo never
+"""
+MAP = """
+id: map_reduce
+schedule: "workflow_dispatch"
+tasks:
+  - id: get_files
+    command: echo '["a.csv", "b.csv", "c.csv"]'
+  - id: process_file
+    type: map
+    map_over: get_files
+    command: echo "processing {{item}}"
+  - id: aggregate
+    depends_on: [process_file]
+    command: echo "all files processed"
+"""
+XSS = """
+id: xss
+description: "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
+schedule: "workflow_dispatch"
+tasks:
+  - id: evil
+    command: |
+      echo '<script>window.__xss=3</script>'
+      echo '<img src=x onerror="window.__xss=4">'
+"""
+BAD = "id: broken\ntasks: [\n"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
+            pytest.fail("NAGARE_REQUIRE_BROWSER=1 but playwright is not installed")
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=require_chromium(), args=ARGS)
+        yield b
+        b.close()
+
+
+class UI:
+    """A page plus the console errors it logged."""
+
+    def __init__(self, browser: Any, base: str, shots: Path, **context: Any) -> None:
+        context.setdefault("viewport", {"width": 1280, "height": 800})
+        self.context = browser.new_context(**context)
+        self.context.set_default_timeout(TIMEOUT)
+        self.page = self.context.new_page()
+        self.base = base
+        self.shots = shots
+        self.errors: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"{m.type}: {m.text}") if m.type == "error" else None,
+        )
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def go(self, path: str) -> Any:
+        self.page.goto(self.base + path)
+        return self.page
+
+    def shot(self, name: str) -> None:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def ui(browser: Any, tmp_path: Path) -> Iterator[Callable[..., UI]]:
+    opened: list[UI] = []
+
+    def make(server: Nagare, **context: Any) -> UI:
+        u = UI(browser, server.url, tmp_path / "screenshots", **context)
+        opened.append(u)
+        return u
+
+    yield make
+    for u in opened:
+        u.close()
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as pw_expect
+
+    return pw_expect(locator)
+
+
+def test_gate_wrong_key_right_key_and_disconnect(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"printer.yaml": SLOW}, api_key="s3cret-key")
+    u = ui(server)
+    page = u.go("/")
+    expect(page.get_by_text("Enter your API key to access the dashboard.")).to_be_visible()
+    page.get_by_role("button", name="Connect").click()
+    expect(page.get_by_role("alert")).to_have_text("API key is required.")
+    page.get_by_label("API key").fill("wrong")
+    page.get_by_role("button", name="Connect").click()
+    expect(page.get_by_role("alert")).to_have_text("Invalid API key. Please try again.")
+    u.shot("gate")
+    page.get_by_label("API key").fill("s3cret-key")
+    page.keyboard.press("Enter")
+    expect(page.locator('[data-stat="Loaded DAGs"]')).to_have_text("1")
+    assert page.evaluate("localStorage.getItem('nagare_api_key')") == "s3cret-key"
+    page.reload()  # the key is remembered
+    expect(page.locator("tr[data-dag=printer]")).to_be_visible()
+    page.get_by_role("button", name="Disconnect").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('nagare_api_key')") is None
+    # a key that stops working (401 on any call) sends the user back to the gate
+    page.evaluate("localStorage.setItem('nagare_api_key', 'revoked')")
+    page.goto(server.url + "/runs")
+    expect(page.get_by_label("API key")).to_be_visible()
+    # the only console errors are the browser's own 401 resource messages
+    assert all("401" in e for e in u.errors), u.errors
+
+
+def test_trigger_from_the_ui_live_log_and_success(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"printer.yaml": SLOW}, api_key="k")
+    u = ui(server)
+    u.page.add_init_script("localStorage.setItem('nagare_api_key', 'k')")
+    page = u.go("/")
+    page.get_by_role("button", name="Trigger printer", exact=True).click()
+    page.wait_for_url(re.compile(r"/runs\?id=printer__manual__"))
+    run_id = page.url.split("id=")[1]
+    talk = page.locator("[data-task=talk]")
+    expect(talk).to_have_attribute("data-status", "running")
+    log = talk.locator("[data-log]")  # running tasks open by themselves
+    expect(log).to_contain_text("line 3")
+    assert server.get(f"/api/runs/{run_id}")["status"] == "running"  # seen live, not after
+    u.shot("run_live")
+    expect(page.locator("h1 .badge")).to_have_text("success")
+    expect(log).to_contain_text("line 12")
+    text = log.inner_text()
+    assert text.count("line 7\n") == 1  # no duplicated lines
+    expect(page.locator("[data-task=after]")).to_have_attribute("data-status", "success")
+    u.shot("run_success")
+    assert u.errors == []
+
+
+def test_trigger_with_parameters_and_pause_switch(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"map.yaml": MAP})
+    u = ui(server)
+    page = u.go("/")
+    page.get_by_role("button", name="Trigger map_reduce with parameters").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Run parameters", exact=False).fill("[1, 2]")
+    dialog.get_by_role("button", name="Trigger run").click()
+    expect(dialog.get_by_role("alert")).to_have_text("Parameters must be a JSON object.")
+    dialog.get_by_label("Run parameters", exact=False).fill('{"WHO": "<b>ui</b>"}')
+    dialog.get_by_role("button", name="Trigger run").click()
+    page.wait_for_url(re.compile(r"/runs\?id=map_reduce__manual__"))
+    run_id = page.url.split("id=")[1]
+    expect(page.get_by_text('"WHO": "<b>ui</b>"')).to_be_visible()
+    assert server.get(f"/api/runs/{run_id}")["conf"] == {"WHO": "<b>ui</b>"}
+    page = u.go("/")
+    switch = page.get_by_role("switch", name="map_reduce active", exact=False)
+    expect(switch).to_be_checked()
+    switch.click()
+    expect(switch).not_to_be_checked()
+    wait_for(lambda: server.get("/api/dags/map_reduce")["paused"], 5, message="paused")
+    switch.press("Space")  # keyboard works too
+    expect(switch).to_be_checked()
+    wait_for(lambda: not server.get("/api/dags/map_reduce")["paused"], 5, message="active")
+    u.shot("dashboard_after_trigger")
+    assert u.errors == []
+
+
+def test_kill_task_then_retry(nagare_factory: Any, ui: Any, tmp_path: Path) -> None:
+    server = nagare_factory(dags={"sleeper.yaml": SLEEPER})
+    run_id = server.trigger("sleeper")
+    wait_for(lambda: server.get(f"/api/runs/{run_id}/tasks/nap")["status"] == "running", 10)
+    u = ui(server)
+    page = u.go(f"/runs?id={run_id}")
+    nap = page.locator("[data-task=nap]")
+    expect(nap).to_have_attribute("data-status", "running")
+    nap.get_by_role("button", name="Kill task nap").click()
+    expect(nap).to_have_attribute("data-status", "cancelled")
+    expect(nap.locator(".badge").first).to_have_text("cancelled")
+    u.shot("run_killed_task")
+    # retry re-opens the run; the new attempt runs again
+    nap.get_by_role("button", name="Retry task nap").click()
+    expect(nap).to_have_attribute("data-status", re.compile("queued|running"))
+    expect(nap).to_contain_text("attempt 2")
+    page.get_by_role("button", name="■ Kill run").click()
+    expect(page.locator("h1 .badge")).to_have_text(re.compile("cancelled|failed"))
+    expect(nap.get_by_role("tab", name=re.compile("Attempt 1"))).to_be_visible()
+    u.shot("run_killed_run")
+    assert u.errors == []
+
+
+def test_map_group_counters_and_child_log(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"map.yaml": MAP})
+    run_id = server.trigger("map_reduce")
+    assert server.wait_run(run_id)["status"] == "success"
+    u = ui(server)
+    page = u.go(f"/runs?id={run_id}")
+    group = page.locator("[data-map-group=process_file]")
+    expect(group.locator("[data-map-count]")).to_have_text("3")
+    expect(group.locator("[data-map-status=success]")).to_have_text("3 success")
+    expect(page.locator('[data-node="process_file"]')).to_contain_text("3/3")
+    group.get_by_role("button", name="Expand map children of process_file").click()
+    child = page.locator('[data-task="process_file[1]"]')
+    expect(child).to_have_attribute("data-status", "success")
+    child.get_by_role("button", name="Show log of process_file[1]").click()
+    expect(child.locator("[data-log]")).to_contain_text("processing b.csv")
+    assert "task=process_file%5B1%5D" in page.url
+    u.shot("run_map")
+    assert u.errors == []
+
+
+def test_metrics_page_draws_charts_after_runs(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"map.yaml": MAP, "printer.yaml": SLOW})
+    for _ in range(2):
+        assert server.wait_run(server.trigger("map_reduce"))["status"] == "success"
+    u = ui(server)
+    page = u.go("/metrics")
+    expect(page.locator('[data-stat="tasks"]')).to_have_text("10")
+    charts = page.locator("[data-chart] canvas")
+    expect(charts).to_have_count(3)
+    painted = page.evaluate(
+        """() => [...document.querySelectorAll('[data-chart] canvas')].map(c => {
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })"""
+    )
+    assert all(n > 500 for n in painted), painted
+    expect(page.get_by_role("cell", name="map_reduce").first).to_be_visible()
+    u.shot("metrics")
+    page.get_by_role("button", name="1h").click()
+    expect(page.get_by_role("button", name="1h")).to_have_attribute("aria-pressed", "true")
+    assert u.errors == []
+
+
+def test_user_controlled_text_stays_inert(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"xss.yaml": XSS})
+    run_id = server.trigger("xss")
+    assert server.wait_run(run_id)["status"] == "success"
+    u = ui(server)
+    page = u.go("/")
+    expect(page.get_by_text("<script>window.__xss=2</script>", exact=False)).to_be_visible()
+    page = u.go("/dags?id=xss")
+    page.get_by_role("tab", name="YAML").click()
+    expect(page.locator("[data-yaml]")).to_contain_text("onerror=window.__xss=1")
+    page = u.go(f"/runs?id={run_id}&task=evil")
+    log = page.locator("[data-task=evil] [data-log]")
+    expect(log).to_contain_text("<script>window.__xss=3</script>")
+    expect(log).to_contain_text('<img src=x onerror="window.__xss=4">')
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("[data-log] img, [data-log] script").count() == 0
+    u.shot("xss")
+    assert u.errors == []
+
+
+def test_every_page_light_dark_and_phone_without_console_errors(
+    nagare_factory: Any, ui: Any
+) -> None:
+    server = nagare_factory(dags={"map.yaml": MAP, "printer.yaml": SLOW, "broken.yaml": BAD})
+    run_id = server.trigger("map_reduce")
+    server.wait_run(run_id)
+    pages = {
+        "dashboard": "/",
+        "dags": "/dags",
+        "dag_detail": "/dags?id=map_reduce",
+        "runs": "/runs",
+        "run_detail": f"/runs?id={run_id}",
+        "metrics": "/metrics",
+        "workers": "/workers",
+    }
+    for theme in ("light", "dark"):
+        u = ui(server, color_scheme=theme)
+        for name, path in pages.items():
+            page = u.go(path)
+            expect(page.locator("main h1")).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            u.shot(f"{name}_{theme}")
+        assert u.errors == [], (theme, u.errors)
+    page = u.go("/")  # the dashboard lists load errors and no remote workers sensibly
+    paint = page.evaluate(
+        """() => new Promise((done) => {
+            new PerformanceObserver((list) => {
+                const fcp = list.getEntries().find((e) => e.name === "first-contentful-paint");
+                if (fcp) done(fcp.startTime);
+            }).observe({ type: "paint", buffered: true });
+            setTimeout(() => done(-1), 5000);
+        })"""
+    )
+    assert 0 <= paint <= 300, f"first contentful paint of the dashboard took {paint} ms"
+    expect(page.locator(".errors")).to_contain_text("broken.yaml")
+    page = u.go("/workers")
+    expect(page.get_by_text("No remote workers connected.", exact=False)).to_be_visible()
+    # the theme toggle is a keyboard-reachable button and is remembered
+    page.get_by_role("button", name="Toggle light/dark theme").focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
+    for name, path in pages.items():
+        page = phone.go(path)
+        expect(page.locator("main h1")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        phone.shot(f"{name}_phone")
+        overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+        assert overflow <= 1, (name, overflow)
+    assert phone.errors == []
+
+
+def test_dashboard_loads_from_the_built_pyz(browser: Any, tmp_path: Path) -> None:
+    pyz = tmp_path / "nagare.pyz"
+    built = subprocess.run(
+        [sys.executable, str(ROOT / "build_pyz.py"), "--output", str(pyz)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (tmp_path / "dags").mkdir()
+    shutil.copy(ROOT / "dags" / "hello.yaml", tmp_path / "dags")
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NAGARE_CACHE_DIR": str(tmp_path / "c")}
+    with open(tmp_path / "server.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(pyz), "--port", f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(url), 20, message="nagare.pyz to answer")
+        u = UI(browser, url, tmp_path / "screenshots")
+        page = u.go("/metrics")
+        expect(page.locator("main h1")).to_contain_text("Metrics")
+        page = u.go("/")
+        expect(page.locator("tr[data-dag=hello_world]")).to_be_visible()
+        assert http("GET", url + "/vendor/uPlot.esm.js").status == 200
+        u.shot("pyz_dashboard")
+        assert u.errors == []
+        u.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def _up(url: str) -> bool:
+    try:
+        return http("GET", url + "/api/health").status == 200
+    except OSError:
+        return False
