@@ -203,7 +203,7 @@ class WorkerPools:
 
     def _claim(self, pool: str) -> Claim | None:
         try:
-            return self.store.claim_next(pool, "local", self.clock())
+            return self.store.claim_next(pool, "local", self.clock)
         except Exception:
             log.exception("claiming a task of pool '%s' failed", pool)
             return None
@@ -212,7 +212,7 @@ class WorkerPools:
         """Record the attempt and claim the next task of the pool in the same transaction."""
         try:
             _, claim = self.store.finish_and_claim(
-                finish, pool if self._accepting else None, "local"
+                finish, pool if self._accepting else None, "local", self.clock
             )
         except Exception:
             log.exception(

@@ -418,8 +418,10 @@ def test_real_tasks_report_the_memory_of_a_forked_child_and_their_cpu(
     memory = nagare.get(f"/api/metrics/tasks/{tasks['alloc']['id']}")
     assert memory["peak_memory_bytes"] >= 200 * 2**20
     cpu = nagare.get(f"/api/metrics/tasks/{tasks['burn']['id']}")
-    assert cpu["cpu_ms"] >= 1000
-    assert 0.6 * cpu["duration_ms"] <= cpu["cpu_ms"] <= 1.1 * cpu["duration_ms"] + 100
+    # the child burns exactly 1 s of CPU (plus interpreter start-ups); on a loaded machine the
+    # wall time stretches, the CPU time does not
+    assert 1000 <= cpu["cpu_ms"] <= 1800
+    assert cpu["cpu_ms"] <= 1.1 * cpu["duration_ms"] + 100
     rows = nagare.get(f"/api/metrics/runs/{run_id}")
     assert {r["task_id"] for r in rows} == {"alloc", "burn"}
     series = nagare.get("/api/metrics/timeseries?since=1h&dag_id=m")

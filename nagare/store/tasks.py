@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from nagare.models import (
     STATUS_BY_VALUE,
@@ -29,6 +29,13 @@ from nagare.store.rows import (
 LATEST_ATTEMPT = (
     "LEFT JOIN task_attempts a ON a.task_instance_id = ti.id AND a.attempt = ti.attempt "
 )
+
+
+Clock = int | Callable[[], int]
+
+
+def _read(now: Clock) -> int:
+    return now() if callable(now) else now
 
 
 class TaskStore:
@@ -206,19 +213,23 @@ class TaskStore:
 
     # ------------------------------------------------------------ claims and attempts
 
-    def claim_next(self, pool: str, worker: str, now: int) -> Claim | None:
-        """Atomically move the oldest queued task of `pool` to running and open its attempt."""
+    def claim_next(self, pool: str, worker: str, now: Clock) -> Claim | None:
+        """Atomically move the oldest queued task of `pool` to running and open its attempt.
+
+        `now` may be a clock: it is then read inside the transaction, so a task's start time is
+        never earlier than the moment it was queued (a caller waiting for the writer would
+        otherwise stamp an older time)."""
         with self.db.write() as conn:
-            return self._claim(conn, pool, worker, now)
+            return self._claim(conn, pool, worker, _read(now))
 
     def finish_and_claim(
-        self, finish: AttemptFinish, pool: str | None, worker: str
+        self, finish: AttemptFinish, pool: str | None, worker: str, now: Clock
     ) -> tuple[bool, Claim | None]:
         """finish_attempt, then (unless `pool` is None) claim the next task of `pool`, in one
         transaction: a busy worker slot costs one write per task, not two."""
         with self.db.write() as conn:
             moved = self._finish(conn, finish)
-            claim = self._claim(conn, pool, worker, finish.now) if pool is not None else None
+            claim = self._claim(conn, pool, worker, _read(now)) if pool is not None else None
         return moved, claim
 
     def _claim(self, conn: sqlite3.Connection, pool: str, worker: str, now: int) -> Claim | None:
