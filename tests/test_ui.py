@@ -78,6 +78,48 @@ tasks:
       echo '<img src=x onerror="window.__xss=4">'
 """
 BAD = "id: broken\ntasks: [\n"
+BIG_MAP = """
+id: big_map
+schedule: "workflow_dispatch"
+tasks:
+  - id: items
+    command: python3 -c 'import json; print(json.dumps(list(range(1000))))'
+  - id: each
+    type: map
+    map_over: items
+    # the last child waits for the test's gate file, so the run is surely live while checked
+    command: '[ {{item}} != 999 ] || while [ ! -e "$GATE" ]; do sleep 0.05; done'
+"""
+LONG_LOG = """
+id: long_log
+schedule: "workflow_dispatch"
+tasks:
+  - id: spew
+    command: seq 1 100000
+"""
+COUNTER = """
+id: counter
+schedule: "workflow_dispatch"
+tasks:
+  - id: count
+    command: |
+      for i in $(seq 1 40); do echo "n=$i"; sleep 0.1; done
+"""
+# ms between a click and the next animation frame after the DOM changed (main thread free)
+ROUND_TRIP = """([sel, want]) => new Promise((done) => {
+    const t0 = performance.now();
+    document.querySelector(sel).click();
+    const check = () => (document.querySelector(want) ? done(performance.now() - t0)
+        : performance.now() - t0 > 5000 ? done(-1) : requestAnimationFrame(check));
+    requestAnimationFrame(check);
+})"""
+# the longest gap between animation frames over `ms` (a blocked main thread shows up here)
+FRAME_GAP = """(ms) => new Promise((done) => {
+    let last = performance.now(), worst = 0; const end = last + ms;
+    const tick = (t) => { worst = Math.max(worst, t - last); last = t;
+        t < end ? requestAnimationFrame(tick) : done(worst); };
+    requestAnimationFrame(tick);
+})"""
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +306,129 @@ def test_map_group_counters_and_child_log(nagare_factory: Any, ui: Any) -> None:
     assert "task=process_file%5B1%5D" in page.url
     u.shot("run_map")
     assert u.errors == []
+
+
+def test_thousand_child_map_run_page_stays_responsive(
+    nagare_factory: Any, ui: Any, tmp_path: Path
+) -> None:
+    server = nagare_factory(dags={"big.yaml": BIG_MAP}, worker_pools={"default": 8})
+    gate = tmp_path / "gate"
+    run_id = server.trigger("big_map", {"GATE": str(gate)})
+    wait_for(lambda: server.get(f"/api/runs/{run_id}/tasks/each")["status"] != "pending", 10)
+    u = ui(server)
+    page = u.go(f"/runs?id={run_id}")
+    group = page.locator("[data-map-group=each]")
+    expect(group.locator("[data-map-count]")).to_have_text("1000")  # seen while it runs
+    assert server.get(f"/api/runs/{run_id}")["status"] == "running"
+    assert page.evaluate(FRAME_GAP, 1500) < 500  # polling 1,000 tasks does not freeze the page
+    gate.touch()
+    assert server.wait_run(run_id, 60)["status"] == "success"
+    page = u.go(f"/runs?id={run_id}")
+    expect(group.locator("[data-map-status=success]")).to_have_text("1000 success")
+    expect(page.locator('[data-node="each"]')).to_contain_text("1000/1000")
+    took = page.evaluate(
+        ROUND_TRIP,
+        ["[data-map-group=each] .expander", '[data-task="each[999]"], .task .body button'],
+    )
+    assert 0 <= took < 1000, f"expanding 1,000 map children took {took} ms"
+    child = page.locator('[data-task="each[42]"]')
+    expect(child).to_be_visible(timeout=2000)
+    assert page.locator("[data-map-group=each] [data-task]").count() <= 100  # a bounded page
+    took = page.evaluate(
+        ROUND_TRIP, ['[data-task="each[42]"] .expander', '[data-task="each[42]"] [data-log]']
+    )
+    assert 0 <= took < 1000, f"opening a child log took {took} ms"
+    expect(child.locator("[data-log]")).to_have_text("No output yet.", timeout=2000)
+    expect(child.get_by_text("finished: success")).to_be_visible(timeout=2000)
+    assert page.evaluate(FRAME_GAP, 1000) < 500
+    u.shot("run_big_map")
+    assert u.errors == []
+
+
+def test_hundred_thousand_line_log_keeps_a_bounded_window(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"long.yaml": LONG_LOG})
+    run_id = server.trigger("long_log")
+    assert server.wait_run(run_id)["status"] == "success"
+    u = ui(server)
+    page = u.go(f"/runs?id={run_id}&task=spew")
+    task = page.locator("[data-task=spew]")
+    log = task.locator("[data-log]")
+    expect(task.get_by_text("100000 lines")).to_be_visible(timeout=TIMEOUT)
+    expect(task.get_by_text("finished: success")).to_be_visible()
+    text = log.inner_text()
+    shown = text.split("\n")
+    assert shown[-1] == "100000" and len(shown) <= 2000, (len(shown), shown[-1])
+    assert shown == [str(n) for n in range(98001, 100001)]
+    at_bottom = "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 20"
+    assert log.evaluate(at_bottom)  # the tail is what you see
+    took = page.evaluate(
+        ROUND_TRIP, ["[data-task=spew] details summary", "[data-task=spew] details[open]"]
+    )
+    assert 0 <= took < 1000, took
+    earlier = task.get_by_role("button", name=re.compile(r"Load \d+ earlier lines"))
+    expect(earlier).to_have_text("Load 10000 earlier lines")
+    took = page.evaluate(
+        """() => new Promise((done) => {
+            const pre = document.querySelector('[data-task=spew] [data-log]');
+            const t0 = performance.now();
+            [...document.querySelectorAll('[data-task=spew] button')]
+                .find((b) => b.textContent.includes('earlier lines')).click();
+            const check = () => (pre.textContent.startsWith('88001\\n')
+                ? done(performance.now() - t0)
+                : performance.now() - t0 > 5000 ? done(-1) : requestAnimationFrame(check));
+            requestAnimationFrame(check);
+        })"""
+    )
+    assert 0 <= took < 1000, f"loading earlier lines took {took} ms"
+    assert len(log.inner_text().split("\n")) == 12000
+    log.evaluate("e => { e.scrollTop = 0; }")
+    assert page.evaluate(FRAME_GAP, 800) < 500
+    log.hover()
+    page.mouse.wheel(0, 4000)
+    page.keyboard.press("End")
+    assert page.evaluate(FRAME_GAP, 800) < 500
+    u.shot("long_log")
+    assert u.errors == []
+
+
+def test_live_log_resumes_after_a_dropped_connection_without_duplicates(
+    nagare_factory: Any, ui: Any
+) -> None:
+    server = nagare_factory(dags={"counter.yaml": COUNTER})
+    run_id = server.trigger("counter")
+    wait_for(lambda: server.get(f"/api/runs/{run_id}/tasks/count")["status"] == "running", 10)
+    u = ui(server)
+    seen: list[str | None] = []
+
+    def drop_first(route: Any) -> None:
+        # the first stream is cut after the lines written so far (real server data) and ends,
+        # as a dropped connection would; EventSource then reconnects on its own
+        seen.append(route.request.all_headers().get("last-event-id"))
+        if len(seen) > 1:
+            route.continue_()
+            return
+        wait_for(lambda: len(_log_text(server, run_id, "count")) >= 5, 10)
+        lines = _log_text(server, run_id, "count")
+        body = "retry: 300\n\n" + "".join(f"id: {i}\ndata: {t}\n\n" for i, t in enumerate(lines, 1))
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+        seen.append(str(len(lines)))
+
+    page = u.page
+    page.route(re.compile(r"/tasks/count/logs"), drop_first)
+    page = u.go(f"/runs?id={run_id}&task=count")
+    task = page.locator("[data-task=count]")
+    log = task.locator("[data-log]")
+    expect(task.get_by_text("finished: success")).to_be_visible()
+    assert len(seen) == 3, seen  # one cut stream, one reconnect
+    assert log.inner_text().split("\n") == [f"n={i}" for i in range(1, 41)]
+    expect(task.get_by_text("40 lines")).to_be_visible()
+    u.shot("live_log_reconnect")
+    assert u.errors == []
+
+
+def _log_text(server: Nagare, run_id: str, task: str) -> list[str]:
+    body = http("GET", f"{server.url}/api/runs/{run_id}/tasks/{task}/logs").body
+    return body.decode().splitlines()
 
 
 def test_metrics_page_draws_charts_after_runs(nagare_factory: Any, ui: Any) -> None:

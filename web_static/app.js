@@ -754,8 +754,9 @@ function LogView({ lines, status, name, extra }) {
   const [win, setWin] = useState(WINDOW);
   const stick = useRef(true);
   const shown = lines.length > win ? lines.slice(lines.length - win) : lines;
-  useEffect(() => { if (stick.current && pre.current) pre.current.scrollTop = pre.current.scrollHeight; });
-  const onScroll = () => { const p = pre.current; stick.current = p.scrollTop + p.clientHeight >= p.scrollHeight - 20; };
+  const autoTop = useRef(-1); // where we scrolled ourselves: its scroll event may arrive after more lines
+  useEffect(() => { const p = pre.current; if (stick.current && p) { p.scrollTop = p.scrollHeight; autoTop.current = p.scrollTop; } });
+  const onScroll = () => { const p = pre.current; stick.current = p.scrollTop === autoTop.current || p.scrollTop + p.clientHeight >= p.scrollHeight - 20; };
   const text = () => lines.join("\n");
   const copy = () => navigator.clipboard?.writeText(text()).then(() => pushToast("Log copied"), () => pushToast("Copy failed", true));
   const download = () => {
