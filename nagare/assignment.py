@@ -102,3 +102,19 @@ def _json_array(text: str) -> list[Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, list) else None
+
+
+def env_value(value: Any) -> str:
+    """A JSON value as an environment value: strings as-is, whole numbers without `.0`,
+    booleans true/false, null empty, objects and arrays as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -6,13 +6,13 @@ the local pools are told to kill the process group (callbacks wired by `app`).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nagare.assignment import env_value
 from nagare.clock import now_ms, to_iso
 from nagare.config import Config
 from nagare.cron import parse_schedule
@@ -52,22 +52,8 @@ def clean_conf(conf: Any) -> dict[str, str]:
                 f"conf key '{key}' is not a valid environment variable name "
                 "(expected [A-Za-z_][A-Za-z0-9_]*)"
             )
-        result[str(key)] = _conf_value(value)
+        result[str(key)] = env_value(value)
     return result
-
-
-def _conf_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"))
 
 
 def json_type(value: Any) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nagare.assignment import env_value
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, Conflict, NagareError, NotFound
@@ -70,18 +71,9 @@ def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
 
 
 def stringify(value: Any) -> str:
-    """A jq result as an environment value."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return str(int(value))
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """A jq result as an environment value (strings as-is, numbers without a trailing .0,
+    booleans true/false, null empty, objects and arrays compact JSON)."""
+    return env_value(value)
 
 
 def extract(expressions: Mapping[str, str], payload: Any) -> tuple[dict[str, str], list[str]]:
