@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,62 @@ def require_chromium() -> str:
             f"{CHROMIUM} does not exist (apt-get install chromium)",
         )
     return CHROMIUM
+
+
+# ---------------------------------------------------------------- nagare.pyz as a user runs it
+
+
+@pytest.fixture(scope="session")
+def built_pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nagare.pyz built once per test session by build_pyz.py."""
+    import subprocess
+
+    output = tmp_path_factory.mktemp("pyz") / "nagare.pyz"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "build_pyz.py"), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output
+
+
+def pyz_env(root: Path) -> dict[str, str]:
+    """A bare environment, as on a fresh server: no PYTHONPATH, a private cache folder."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(root), "NAGARE_CACHE_DIR": str(root / "c")}
+
+
+@contextmanager
+def serve_pyz(pyz: Path, root: Path) -> Iterator[str]:
+    """`python3 nagare.pyz` in `root` on a free port; yields its URL; SIGTERM and a clean exit
+    at the end."""
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(pyz), "--port", f"127.0.0.1:{port}"],
+            cwd=root,
+            env=pyz_env(root),
+            stdout=log,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url), 20, message="nagare.pyz to answer /api/health")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http("GET", url + "/api/health", timeout=1).status == 200
+    except OSError:
+        return False

@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Nagare, http, require_chromium, wait_for
-from test_restart import free_port
+from conftest import ROOT, Nagare, http, require_chromium, serve_pyz, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -526,30 +522,10 @@ def test_every_page_light_dark_and_phone_without_console_errors(
     assert phone.errors == []
 
 
-def test_dashboard_loads_from_the_built_pyz(browser: Any, tmp_path: Path) -> None:
-    pyz = tmp_path / "nagare.pyz"
-    built = subprocess.run(
-        [sys.executable, str(ROOT / "build_pyz.py"), "--output", str(pyz)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+def test_dashboard_loads_from_the_built_pyz(browser: Any, built_pyz: Path, tmp_path: Path) -> None:
     (tmp_path / "dags").mkdir()
     shutil.copy(ROOT / "dags" / "hello.yaml", tmp_path / "dags")
-    port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NAGARE_CACHE_DIR": str(tmp_path / "c")}
-    with open(tmp_path / "server.log", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(pyz), "--port", f"127.0.0.1:{port}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(url), 20, message="nagare.pyz to answer")
+    with serve_pyz(built_pyz, tmp_path) as url:
         u = UI(browser, url, tmp_path / "screenshots")
         page = u.go("/metrics")
         expect(page.locator("main h1")).to_contain_text("Metrics")
@@ -559,13 +535,3 @@ def test_dashboard_loads_from_the_built_pyz(browser: Any, tmp_path: Path) -> Non
         u.shot("pyz_dashboard")
         assert u.errors == []
         u.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-
-
-def _up(url: str) -> bool:
-    try:
-        return http("GET", url + "/api/health").status == 200
-    except OSError:
-        return False

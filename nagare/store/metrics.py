@@ -363,26 +363,9 @@ def _raw_aggregates(
     bucket_ms: int,
     by_dag: bool,
 ) -> list[MetricAgg]:
-    key = f"(completed_at / {int(bucket_ms)}) * {int(bucket_ms)}" if bucket_ms else "0"
-    where: list[str] = []
-    params: list[object] = []
-    if dag_id:
-        where.append("dag_id = ?")
-        params.append(dag_id)
-    where.append("completed_at >= ?")
-    params.append(start)
-    if end is not None:
-        if end <= start:
-            return []
-        where.append("completed_at < ?")
-        params.append(end)
-    dag = "dag_id" if by_dag else "''"
-    rows = conn.execute(
-        f"SELECT {key} AS k, {dag} AS d, {_AGG_RAW} "
-        f"FROM task_attempts WHERE {' AND '.join(where)} GROUP BY k, d",
-        params,
-    ).fetchall()
-    return [MetricAgg(*r) for r in rows if r[2]]
+    return _aggregates(
+        conn, "task_attempts", "completed_at", _AGG_RAW, [], start, end, dag_id, bucket_ms, by_dag
+    )
 
 
 def _rollup_aggregates(
@@ -394,23 +377,46 @@ def _rollup_aggregates(
     bucket_ms: int,
     by_dag: bool,
 ) -> list[MetricAgg]:
+    return _aggregates(
+        conn,
+        "metric_rollup",
+        "start",
+        _AGG_ROLLUP,
+        [("unit = ?", unit)],
+        start,
+        end,
+        dag_id,
+        bucket_ms,
+        by_dag,
+    )
+
+
+def _aggregates(
+    conn: sqlite3.Connection,
+    table: str,
+    time_column: str,
+    aggregate: str,
+    filters: list[tuple[str, object]],
+    start: int,
+    end: int | None,
+    dag_id: str,
+    bucket_ms: int,
+    by_dag: bool,
+) -> list[MetricAgg]:
+    """Rows of `table` in [start, end) (optionally one DAG), summed per time bucket (and DAG)."""
     if end is not None and end <= start:
         return []
-    key = f"(start / {int(bucket_ms)}) * {int(bucket_ms)}" if bucket_ms else "0"
-    where, params = ["unit = ?"], [unit]
+    key = f"({time_column} / {int(bucket_ms)}) * {int(bucket_ms)}" if bucket_ms else "0"
+    conditions = [(f"{time_column} >= ?", start), *filters]
     if dag_id:
-        where.append("dag_id = ?")
-        params.append(dag_id)  # type: ignore[arg-type]
-    where.append("start >= ?")
-    params.append(start)
+        conditions.append(("dag_id = ?", dag_id))
     if end is not None:
-        where.append("start < ?")
-        params.append(end)
+        conditions.append((f"{time_column} < ?", end))
     dag = "dag_id" if by_dag else "''"
     rows = conn.execute(
-        f"SELECT {key} AS k, {dag} AS d, {_AGG_ROLLUP} "
-        f"FROM metric_rollup WHERE {' AND '.join(where)} GROUP BY k, d",
-        params,
+        f"SELECT {key} AS k, {dag} AS d, {aggregate} FROM {table} "
+        f"WHERE {' AND '.join(c for c, _ in conditions)} GROUP BY k, d",
+        [v for _, v in conditions],
     ).fetchall()
     return [MetricAgg(*r) for r in rows if r[2]]
 
