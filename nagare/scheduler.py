@@ -269,11 +269,12 @@ class Scheduler:
             pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
             self._views.pop(run_id, None)
-            if self.store.finish_run(run_id, plan.run_status, now):
+            ended = self.store.finish_run(run_id, plan.run_status, now)
+            if ended is not None:
                 log.info(
                     "run %s finished: %s",
                     run_id,
-                    plan.run_status,
+                    ended,
                     extra={"dag_id": dag.dag_id, "run_id": run_id},
                 )
         elif plan.expand or plan.trigger or plan.map_done:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import Nagare, wait_for
 
+from nagare.models import RunStatus
+
 
 def load(nagare: Nagare, name: str, text: str) -> None:
     nagare.write_dag(name, text)
@@ -314,6 +316,18 @@ def test_retry_after_kill_reopens_the_run(nagare: Nagare) -> None:
     assert nagare.call("POST", f"/api/runs/{run_id}/tasks/gate/retry").status == 200
     assert nagare.wait_run(run_id)["status"] == "success"
     assert nagare.tasks(run_id)["after"]["status"] == "success"
+
+
+def test_a_killed_run_ends_cancelled_whatever_a_stale_plan_says(nagare: Nagare) -> None:
+    """The scheduler may plan a run's end from a cached view taken before the kill."""
+    load(nagare, "stale.yaml", "id: stale\ntasks:\n  - id: wait\n    command: sleep 30\n")
+    run_id = nagare.trigger("stale")
+    wait_for(lambda: nagare.task(run_id, "wait")["status"] == "running", message="wait running")
+    store = nagare.app.store
+    assert store.mark_run_killed(run_id)
+    assert store.finish_run(run_id, RunStatus.FAILED, 1) is RunStatus.CANCELLED
+    assert nagare.get(f"/api/runs/{run_id}")["status"] == "cancelled"
+    assert store.finish_run(run_id, RunStatus.SUCCESS, 2) is None
 
 
 # ---------------------------------------------------------------- map and with_items

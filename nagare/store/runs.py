@@ -179,16 +179,19 @@ class RunStore:
             ).fetchall()
         return [r["run_id"] for r in rows]
 
-    def finish_run(self, run_id: str, status: RunStatus, now: int) -> bool:
+    def finish_run(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None:
+        """End an active run; a run killed meanwhile ends `cancelled` whatever the caller saw
+        (the kill flag is read in the same statement). Returns the status set, or None."""
         with self.db.write() as conn:
             row = conn.execute(
-                "UPDATE runs SET status=?, completed_at=?, started_at=coalesce(started_at, ?) "
-                "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id",
+                "UPDATE runs SET status=CASE WHEN killed=1 THEN 'cancelled' ELSE ? END, "
+                "completed_at=?, started_at=coalesce(started_at, ?) "
+                "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id, status",
                 (status, now, now, run_id),
             ).fetchone()
             if row is not None:
-                count_run(conn, row[0], status)
-        return row is not None
+                count_run(conn, row[0], row[1])
+        return None if row is None else RunStatus(row[1])
 
     def mark_run_killed(self, run_id: str) -> bool:
         with self.db.write() as conn:
