@@ -10,15 +10,35 @@ benchmarks/results.md. Exit status: 0 when every measured row passes, 1 otherwis
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from harness import BENCH_DIR, CACHE_DIR, ROOT, Launcher
+import psutil
+from harness import (
+    BENCH_DIR,
+    CACHE_DIR,
+    ROOT,
+    STOP_GRACE_SECONDS,
+    BenchError,
+    Client,
+    Launcher,
+    Server,
+    percentile,
+    source_env,
+)
 from profile_server import summary
 from report import Row, console_table, error_row, write_markdown
 from workloads import WORKLOADS, Settings
@@ -26,6 +46,358 @@ from workloads import WORKLOADS, Settings
 RESULTS = BENCH_DIR / "results.md"
 REPO_PYZ = ROOT / "nagare.pyz"
 PROFILE_DIR = CACHE_DIR / "profiles"
+
+
+# ---------------------------------------------------------------- cluster
+#
+# A master with `worker_pools: {default: 8, remote: 0}` and two remote workers (`nagare worker
+# --join`, `--pools remote --max-tasks 4`) on this machine. Tasks of pool `remote` run only on the
+# workers; the same tasks in pool `default` run on the master's own 8 slots: that is the floor,
+# measured on the same server in the same run.
+
+CLUSTER_WORKERS = ("w1", "w2")
+CLUSTER_MAX_TASKS = 4
+CLUSTER_LOCAL_SLOTS = 8
+DISPATCH_TARGET_MS = 100.0
+THROUGHPUT_TARGET = 0.5  # remote tasks/s >= 0.5x the local pool's (ours, not a requirement)
+STAMP = "date +%s%N"  # GNU date: the wall clock (ns) when the task's process started
+STAMP_TIMEOUT_SECONDS = 5.0  # a single-task run not finished by then is a miss
+MAX_MISSES = 3  # the dispatch measurement stops after this many misses in a pool
+
+
+def _dag_text(dag_id: str, tasks: list[dict[str, object]]) -> str:
+    header = f"id: {dag_id}\nschedule: workflow_dispatch\ntasks:\n"
+    return header + "".join(f"  - {json.dumps(task)}\n" for task in tasks)
+
+
+def _cluster_dags(width: int) -> dict[str, str]:
+    """stamp_<pool>: one task printing its start time; flat_<pool>: `width` independent `true`."""
+    dags: dict[str, str] = {}
+    for pool in ("remote", "default"):
+        stamp: list[dict[str, object]] = [{"id": "stamp", "command": STAMP, "pool": pool}]
+        dags[f"stamp_{pool}.yaml"] = _dag_text(f"stamp_{pool}", stamp)
+        flat: list[dict[str, object]] = [
+            {"id": f"t{i:04d}", "command": "true", "pool": pool} for i in range(width)
+        ]
+        dags[f"flat_{pool}.yaml"] = _dag_text(f"flat_{pool}", flat)
+    return dags
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class _Workers:
+    """The remote worker processes, each in its own process group; `close()` stops them
+    (SIGTERM, then SIGKILL of the group) and must run before the master is stopped, so that
+    they can say goodbye instead of retrying an absent master."""
+
+    def __init__(self, launcher: Launcher, server: Server) -> None:
+        # never profiled: only the master's figures are of interest under --profile
+        self.command = Launcher(launcher.pyz).command()
+        self.server = server
+        self.folder = server.root / "workers"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        self.folder.mkdir(exist_ok=True)
+        config = self.folder / "worker.yaml"
+        config.write_text(json.dumps({"shutdown_grace_seconds": 1, "log_level": "warning"}))
+        for worker_id in CLUSTER_WORKERS:
+            log = open(self.folder / f"{worker_id}.log", "ab")  # noqa: SIM115 - the child's
+            self.processes[worker_id] = subprocess.Popen(
+                [
+                    *self.command,
+                    "worker",
+                    "--join",
+                    f"http://127.0.0.1:{self.server.port}",
+                    "--pools",
+                    "remote",
+                    "--worker-id",
+                    worker_id,
+                    "--max-tasks",
+                    str(CLUSTER_MAX_TASKS),
+                    "--config",
+                    str(config),
+                ],
+                cwd=self.folder,
+                env=source_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+            log.close()
+
+    def wait_online(self, client: Client, deadline_seconds: float = 30.0) -> float:
+        """Seconds until the master lists every worker online."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < deadline_seconds:
+            online = {
+                w["worker_id"] for w in client.get_json("/api/workers") if w["status"] == "online"
+            }
+            if online >= set(CLUSTER_WORKERS):
+                return time.perf_counter() - start
+            for worker_id, process in self.processes.items():
+                if process.poll() is not None:
+                    raise BenchError(f"worker {worker_id} exited: {self.log_tail(worker_id)}")
+            time.sleep(0.05)
+        raise BenchError(f"workers not online after {deadline_seconds:.0f}s")
+
+    def log_tail(self, worker_id: str, lines: int = 10) -> str:
+        try:
+            text = (self.folder / f"{worker_id}.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def close(self) -> None:
+        """SIGTERM every worker; SIGKILL the group of one that does not exit within 15 s, and
+        any task process a worker left behind (as `Server.stop` does)."""
+        processes, self.processes = self.processes, {}
+        leftovers = [child for p in processes.values() for child in _descendants(p.pid)]
+        for process in processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)  # the leader is alive: our group
+                process.wait(timeout=5)
+        for child in leftovers:
+            with contextlib.suppress(psutil.Error):
+                child.kill()  # psutil checks the create time: never a recycled pid
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _stamp_run(client: Client, pool: str) -> dict[str, Any]:
+    """One single-task run in `pool`: (start - queued) and (claim - queued) in ms, the worker.
+    A task not finished within STAMP_TIMEOUT_SECONDS is a miss (its run is killed)."""
+    start = time.perf_counter()
+    run_id = client.trigger(f"stamp_{pool}")
+    while True:
+        run = client.get_json(f"/api/runs/{run_id}")
+        if run["status"] in ("success", "failed", "cancelled"):
+            break
+        if time.perf_counter() - start > STAMP_TIMEOUT_SECONDS:
+            task = client.get_json(f"/api/runs/{run_id}/tasks")[0]
+            client.request("POST", f"/api/runs/{run_id}/kill", {})
+            return {"start_ms": math.inf, "claim_ms": math.inf, "worker": "-", "task": task}
+        time.sleep(0.005)
+    if run["status"] != "success":
+        raise BenchError(f"run {run_id} ended {run['status']}")
+    task = client.get_json(f"/api/runs/{run_id}/tasks")[0]
+    status, body = client.request("GET", f"/api/runs/{run_id}/tasks/stamp/logs")
+    stamps = [line for line in body.decode().splitlines() if line.strip().isdigit()]
+    if status != 200 or not stamps:
+        raise BenchError(f"no start time in the log of {run_id}: {body[:300]!r}")
+    queued = _epoch(task["queued_at"])
+    return {
+        "start_ms": (int(stamps[-1]) / 1e9 - queued) * 1000,
+        "claim_ms": (_epoch(task["started_at"]) - queued) * 1000,
+        "worker": task.get("worker") or "?",
+    }
+
+
+def _ms(value: float) -> str:
+    return (
+        f"> {STAMP_TIMEOUT_SECONDS * 1000:.0f} ms (missed)"
+        if math.isinf(value)
+        else f"{value:.1f} ms"
+    )
+
+
+def _p50_p95(values: list[float]) -> str:
+    return f"p50 {_ms(percentile(values, 50))} / p95 {_ms(percentile(values, 95))}"
+
+
+def _flat_run(client: Client, pool: str, width: int, budget: float) -> dict[str, Any]:
+    """One run of `width` independent `true` in `pool`, stopped (killed) after `budget` s."""
+    start = time.perf_counter()
+    run_id = client.trigger(f"flat_{pool}")
+    while True:
+        run = client.get_json(f"/api/runs/{run_id}")
+        elapsed = time.perf_counter() - start
+        if run["status"] in ("success", "failed", "cancelled") or elapsed > budget:
+            break
+        time.sleep(0.05)
+    tasks = client.get_json(f"/api/runs/{run_id}/tasks")
+    done = [t for t in tasks if t["status"] == "success"]
+    if run["status"] not in ("success", "failed", "cancelled"):
+        client.request("POST", f"/api/runs/{run_id}/kill", {})
+    elif run["status"] != "success":
+        raise BenchError(f"run {run_id} ended {run['status']}")
+    span = float("nan")
+    if done:
+        first = min(_epoch(t["queued_at"]) for t in tasks if t["queued_at"])
+        span = max(_epoch(t["completed_at"]) for t in done) - first
+    return {
+        "complete": len(done) == width,
+        "done": len(done),
+        "seconds": elapsed,
+        "rate": len(done) / elapsed,
+        "server_rate": len(done) / span if span > 0 else float("nan"),
+        "workers": Counter(t.get("worker") or "?" for t in done),
+    }
+
+
+def cluster(cfg: Settings) -> list[Row]:
+    """Dispatch latency to idle remote workers and remote throughput, each next to the master's
+    own pool measured on the same server in the same run."""
+    samples = 20 if cfg.quick else 50
+    width = 200 if cfg.quick else 400
+    reps = cfg.reps_for(3, 1)
+    budget = 15.0 if cfg.quick else 30.0  # per remote throughput run; stopped there if slower
+    settings = {"worker_pools": {"default": CLUSTER_LOCAL_SLOTS, "remote": 0}}
+    with Server(cfg.launcher, dags=_cluster_dags(width), settings=settings) as server:
+        workers = _Workers(cfg.launcher, server)
+        try:
+            workers.start()
+            client = server.client(keep_alive=False)
+            joined = workers.wait_online(client)
+            cfg.say(f"  {len(CLUSTER_WORKERS)} workers online after {joined:.2f}s")
+            latency = _dispatch(client, samples, cfg)
+            throughput = _throughput(client, width, reps, budget, cfg)
+        finally:
+            workers.close()
+    return _cluster_rows(latency, throughput, width, budget)
+
+
+def _dispatch(client: Client, samples: int, cfg: Settings) -> dict[str, list[dict[str, Any]]]:
+    """`samples` single-task runs per pool, remote and local alternating, one at a time (the
+    workers are idle, waiting in their long poll, when each task is queued)."""
+    found: dict[str, list[dict[str, Any]]] = {"remote": [], "default": []}
+    for index in range(samples):
+        for pool in ("remote", "default"):
+            sample = _stamp_run(client, pool)
+            found[pool].append(sample)
+            if "task" in sample:
+                task = sample["task"]
+                cfg.say(
+                    f"  MISS: the {pool} task was not done after {STAMP_TIMEOUT_SECONDS:.0f}s "
+                    f"(status {task['status']}, worker {task.get('worker') or '-'})"
+                )
+            time.sleep(0.02)
+        misses = max(_misses(found["remote"]), _misses(found["default"]))
+        if (index + 1) % 10 == 0 or index + 1 == samples or misses >= MAX_MISSES:
+            remote = [s["start_ms"] for s in found["remote"]]
+            local = [s["start_ms"] for s in found["default"]]
+            cfg.say(
+                f"  dispatch {index + 1}/{samples}: remote {_p50_p95(remote)}; "
+                f"local {_p50_p95(local)}"
+            )
+        if misses >= MAX_MISSES:
+            cfg.say(f"  dispatch stopped after {MAX_MISSES} misses")
+            break
+    return found
+
+
+def _misses(samples: list[dict[str, Any]]) -> int:
+    return sum(1 for s in samples if "task" in s)
+
+
+def _throughput(
+    client: Client, width: int, reps: int, budget: float, cfg: Settings
+) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {"default": [], "remote": []}
+    for pool in ("default", "remote"):
+        for rep in range(reps):
+            result = _flat_run(client, pool, width, budget if pool == "remote" else 120.0)
+            found[pool].append(result)
+            how = "" if result["complete"] else f" (stopped: {result['done']}/{width} done)"
+            cfg.say(
+                f"  {width} x true, pool {pool} rep {rep + 1}/{reps}: {result['seconds']:.2f}s, "
+                f"{result['rate']:.0f} tasks/s{how}"
+            )
+            if not result["complete"]:
+                break  # already a FAIL; more capped repetitions would only cost time
+    return found
+
+
+def _missed_note(latency: dict[str, list[dict[str, Any]]]) -> str:
+    missed = {pool: _misses(found) for pool, found in latency.items() if _misses(found)}
+    if not missed:
+        return ""
+    what = ", ".join(f"{pool} {n}/{len(latency[pool])}" for pool, n in missed.items())
+    return f"; MISSED (not done within {STAMP_TIMEOUT_SECONDS:.0f}s, run killed): {what}"
+
+
+def _cluster_rows(
+    latency: dict[str, list[dict[str, Any]]],
+    throughput: dict[str, list[dict[str, Any]]],
+    width: int,
+    budget: float,
+) -> list[Row]:
+    remote = [s["start_ms"] for s in latency["remote"]]
+    local = [s["start_ms"] for s in latency["default"]]
+    remote_claim = [s["claim_ms"] for s in latency["remote"]]
+    local_claim = [s["claim_ms"] for s in latency["default"]]
+    p95 = percentile(remote, 95)
+    by_worker = Counter(s["worker"] for s in latency["remote"] if "task" not in s)
+    spread = ", ".join(f"{w} {n}" for w, n in sorted(by_worker.items()))
+
+    def rate(pool: str) -> dict[str, Any]:
+        runs = sorted(throughput[pool], key=lambda r: r["rate"])
+        return runs[len(runs) // 2]  # the median run (the only one when capped)
+
+    remote_run, local_run = rate("remote"), rate("default")
+    ratio = remote_run["rate"] / local_run["rate"]
+    capped = (
+        ""
+        if remote_run["complete"]
+        else f"; STOPPED after {budget:.0f}s with {remote_run['done']}/{width} done"
+    )
+    runs_note = "1 capped run" if not remote_run["complete"] else f"N={len(throughput['remote'])}"
+    tasks_by = ", ".join(f"{w} {n}" for w, n in sorted(remote_run["workers"].items()))
+    return [
+        Row(
+            "cluster dispatch (2 idle workers)",
+            "start-queued " + _p50_p95(remote),
+            "local pool " + _p50_p95(local),
+            f"{p95 - percentile(local, 95):+.1f} ms p95",
+            f"p95 <= {DISPATCH_TARGET_MS:.0f} ms",
+            p95 <= DISPATCH_TARGET_MS,
+            f"{len(remote)} single-task runs per pool, remote and local alternating; task "
+            f"process start (`{STAMP}`) - queued_at (ms resolution); tasks by worker: {spread}"
+            + _missed_note(latency),
+        ),
+        Row(
+            "cluster claim (queued_at -> started_at)",
+            _p50_p95(remote_claim),
+            "local pool " + _p50_p95(local_claim),
+            f"{percentile(remote_claim, 95) - percentile(local_claim, 95):+.1f} ms p95",
+            "-",
+            None,
+            "the master's own timestamps: the claim inside the worker's long poll, against a "
+            "local slot's claim",
+        ),
+        Row(
+            f"cluster throughput ({width} x true)",
+            f"{remote_run['rate']:.1f} tasks/s",
+            f"local pool {CLUSTER_LOCAL_SLOTS}: {local_run['rate']:.1f} tasks/s",
+            f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x",
+            f">= {THROUGHPUT_TARGET:g}x local",
+            ratio >= THROUGHPUT_TARGET,
+            f"2 workers x {CLUSTER_MAX_TASKS} slots against the master's {CLUSTER_LOCAL_SLOTS}; "
+            f"trigger -> run success ({runs_note} remote, N={len(throughput['default'])} local; "
+            f"{remote_run['seconds']:.2f}s against {local_run['seconds']:.2f}s){capped}; "
+            f"server-side first queued -> last completed: {remote_run['server_rate']:.1f} against "
+            f"{local_run['server_rate']:.1f} tasks/s; tasks by worker: {tasks_by}",
+        ),
+    ]
+
+
+WORKLOADS["cluster"] = cluster
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

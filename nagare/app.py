@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nagare import __version__
+from nagare.client import ApiClient
+from nagare.cluster.coordinator import Coordinator
+from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
+from nagare.cluster.remote import RemoteWorker
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
+from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.http.api import Api, Services
+from nagare.http.cluster_api import ClusterApi
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, serve_in_thread, tls_context
 from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService
-from nagare.models import TaskDef, Trigger
+from nagare.models import Assignment, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -65,16 +73,23 @@ class App:
             on_finished=self._task_finished,
             line_sink=line_sink,
         )
+        self.coordinator = Coordinator(
+            self.store,
+            self.logs,
+            config.lease_timeout_seconds,
+            on_finished=self._task_finished,
+            on_queued=self._tasks_queued,
+        )
         self.scheduler = Scheduler(
             self.store,
             self.folder,
             self.logs,
             config,
-            on_queued=self.pools.notify,
+            on_queued=self._tasks_queued,
             fire_schedules=schedule,
         )
         self.runs = RunService(
-            self.store, self.folder, config, wake=self.scheduler.wake, kill_local=self.pools.cancel
+            self.store, self.folder, config, wake=self.scheduler.wake, kill_local=self._kill
         )
         self.api = Api(
             Services(
@@ -91,6 +106,7 @@ class App:
             delivery_header=config.webhook_delivery_header,
         )
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
+        self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.pools.hidden_env = self.webhooks.secret_variables
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
@@ -137,6 +153,14 @@ class App:
                 return self._leftover_containers
         return {}
 
+    def _tasks_queued(self, queued: dict[str, int]) -> None:
+        self.pools.notify(queued)
+        self.coordinator.notify(queued)
+
+    def _kill(self, task_instance_id: str) -> bool:
+        """Stop a running task wherever it runs: on a remote worker, or here."""
+        return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
+
     def _task_finished(self, run_id: str, task_instance_id: str) -> None:
         self.scheduler.wake(run_id, finished=task_instance_id)
 
@@ -144,25 +168,34 @@ class App:
         self.scheduler.wake(None)
 
     def _live_state(self) -> LiveState:
-        return LiveState(self.pool_info()["pools"], self.scheduler.last_lag_ms)
+        workers = Counter(w["status"] for w in self.coordinator.workers())
+        return LiveState(self.pool_info()["pools"], self.scheduler.last_lag_ms, dict(workers))
 
     def pool_info(self) -> dict[str, Any]:
         counts = self.store.pool_counts()
         busy = self.pools.busy()
-        names = sorted(set(self.config.worker_pools) | set(counts))
-        return {
-            "pools": [
+        remote = self.coordinator.pool_workers()
+        names = sorted(set(self.config.worker_pools) | set(counts) | set(remote))
+        pools = []
+        for name in names:
+            local = self.config.worker_pools.get(name, 0)
+            workers = remote.get(name)
+            online = workers.online if workers else 0
+            pools.append(
                 {
                     "pool": name,
-                    "local_slots": self.config.worker_pools.get(name, 0),
+                    "local_slots": local,
                     "busy_slots": busy.get(name, 0),
                     "queued": counts.get(name, {}).get("queued", 0),
                     "running": counts.get(name, {}).get("running", 0),
-                    "remote_only": self.config.worker_pools.get(name, 0) == 0,
+                    "remote_only": local == 0,
+                    "remote_workers": workers.total if workers else 0,
+                    "remote_workers_online": online,
+                    "remote_capacity": workers.capacity if workers else 0,
+                    "no_live_worker": local == 0 and online == 0,
                 }
-                for name in names
-            ]
-        }
+            )
+        return {"pools": pools}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -175,6 +208,9 @@ class App:
         for run_id in self.pools.recover(self._remove_leftover_containers()):
             self.scheduler.wake(run_id)
         self.pools.start()
+        if self.http is not None:
+            self.coordinator.start()
+            self._spawn("leases", self.coordinator.run)
         self._spawn("scheduler", self.scheduler.run)
         self._spawn("dag-folder", self.folder.run)
         if self.http is not None:  # a server keeps history bounded; `nagare exec` does not
@@ -191,6 +227,7 @@ class App:
                 self.config.db,
             )
         self._warn_open_api()
+        self._warn_open_cluster()
         self._warn_open_volumes()
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
@@ -203,6 +240,14 @@ class App:
             log.warning(
                 "api_key is not configured: the API is open to anyone who can reach "
                 "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
+            )
+
+    def _warn_open_cluster(self) -> None:
+        if self.http is not None and not self.config.token and not self.config.api_key:
+            log.warning(
+                "neither token nor api_key is configured: anyone who can reach this port can "
+                "join as a worker and receive tasks (set --token, NAGARE_TOKEN or token in "
+                "nagare.yaml, and give workers the same --token)"
             )
 
     def _warn_open_volumes(self) -> None:
@@ -223,6 +268,7 @@ class App:
             self.config.shutdown_grace_seconds,
         )
         self.stopping.set()
+        self.coordinator.stop()
         if self.http is not None:
             self.http.shutdown()
         interrupted = self.pools.shutdown(self.config.shutdown_grace_seconds)
@@ -259,3 +305,62 @@ def _static_files() -> StaticFiles | None:
     except (OSError, ValueError):
         return None
     return StaticFiles(root) if root.is_dir() else None
+
+
+# ---------------------------------------------------------------- worker mode
+
+
+def build_worker(config: Config) -> RemoteWorker:
+    """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
+    if not config.join:
+        raise ConfigError("--join is required in worker mode (e.g. --join http://master:8080)")
+    hostname = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"
+    hello = WorkerHello(
+        worker_id=config.worker_id or f"{hostname}-{os.getpid()}",
+        hostname=hostname,
+        pools=tuple(p.strip() for p in str(config.pools).split(",") if p.strip()),
+        max_tasks=config.max_tasks,
+        version=__version__,
+    )
+    try:
+        read_hello(encode_hello(hello))
+    except BadRequest as err:
+        raise ConfigError(f"worker settings: {err.message}") from None
+    try:
+        master = ApiClient(config.join, api_key=config.token)
+    except Exception as err:
+        raise ConfigError(f"--join: {err}") from None
+    return RemoteWorker(
+        master,
+        hello,
+        _WorkerExecutors(config, hello.worker_id),
+        grace_seconds=config.shutdown_grace_seconds,
+    )
+
+
+class _WorkerExecutors:
+    """A worker's executors: local processes, and Docker created on the first container task."""
+
+    def __init__(self, config: Config, worker_id: str) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.local = LocalExecutor(max_line_bytes=config.max_log_line_bytes)
+        self._docker: DockerExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, assignment: Assignment) -> Executor:
+        if not assignment.image:
+            return self.local
+        with self._lock:
+            if self._docker is None:
+                from nagare.executors.docker import DockerExecutor
+
+                self._docker = DockerExecutor(
+                    max_line_bytes=self.config.max_log_line_bytes,
+                    docker_host=self.config.docker_host,
+                    volume_roots=self.config.docker_volume_roots,
+                    owner=f"{socket.gethostname()}:worker:{self.worker_id}",
+                    pull_timeout_seconds=self.config.docker_pull_timeout_seconds,
+                )
+                self._docker.cleanup_orphans()
+            return self._docker

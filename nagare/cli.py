@@ -146,12 +146,21 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
 
 
 def cmd_worker(namespace: argparse.Namespace) -> int:
-    print(
-        "error: worker mode (--worker/--join) is not available in this build yet; run "
-        "without --worker to start a master",
-        file=sys.stderr,
-    )
-    return 2
+    config = load_config(_flags(namespace))
+    setup_logging(config.log_level, config.log_format)
+    from nagare.app import build_worker
+
+    worker = build_worker(config)
+    stop = threading.Event()
+    signals = _Signals()
+
+    def stop_on_signal() -> None:
+        signals.wait()
+        stop.set()
+
+    threading.Thread(target=stop_on_signal, name="signals", daemon=True).start()
+    worker.run(stop)
+    return 0
 
 
 class _Signals:
@@ -171,9 +180,13 @@ class _Signals:
         self.received = signum
 
     def wait(self) -> None:
+        """Block until SIGTERM or SIGINT (callable from any thread: the wake-up pipe carries
+        the signal number, so this does not depend on the handler having run yet)."""
         while self.received is None:
             select.select([self._read_fd], [], [])
-            os.read(self._read_fd, 512)
+            data = os.read(self._read_fd, 512)
+            if data:
+                self.received = data[-1]
 
 
 # ---------------------------------------------------------------- exec

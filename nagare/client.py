@@ -53,6 +53,11 @@ class ApiClient:
     def workers(self) -> JsonList:
         return self._list("GET", "/api/workers")
 
+    def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
+        """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
+        it; `api_key` carries the cluster token."""
+        return self._object("POST", f"/api/workers/{verb}", body=body, timeout=timeout)
+
     # ------------------------------------------------------------ DAGs
 
     def dags(self) -> JsonList:
@@ -142,20 +147,28 @@ class ApiClient:
         path: str,
         query: dict[str, Any] | None = None,
         body: Any = None,
+        timeout: float | None = None,
     ) -> JsonObject:
-        data = self._json(method, path, query, body)
+        data = self._json(method, path, query, body, timeout)
         if not isinstance(data, dict):
             raise _unexpected(method, path, "a JSON object", data)
         return data
 
     def _list(self, method: str, path: str) -> JsonList:
-        data = self._json(method, path, None, None)
+        data = self._json(method, path, None, None, None)
         if not isinstance(data, list):
             raise _unexpected(method, path, "a JSON array", data)
         return cast(JsonList, data)
 
-    def _json(self, method: str, path: str, query: dict[str, Any] | None, body: Any) -> Any:
-        raw = self._call(method, path, query=query, body=body)
+    def _json(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        body: Any,
+        timeout: float | None = None,
+    ) -> Any:
+        raw = self._call(method, path, query=query, body=body, timeout=timeout)
         try:
             return json.loads(raw)
         except ValueError:
@@ -172,9 +185,10 @@ class ApiClient:
         query: dict[str, Any] | None = None,
         body: Any = None,
         accept: str = "application/json",
+        timeout: float | None = None,
     ) -> bytes:
         request = self._request(method, path, query, body, accept)
-        with self._open(request, timeout=self.timeout) as response:
+        with self._open(request, timeout=timeout or self.timeout) as response:
             try:
                 return cast(bytes, response.read())
             except (OSError, http.client.HTTPException) as exc:

@@ -27,7 +27,6 @@ class Option:
     yaml_key: str = ""
     minimum: float | None = None
     choices: tuple[str, ...] = ()
-    reserved: bool = False  # accepted now, used by a later feature
 
 
 def _opt(
@@ -199,9 +198,8 @@ OPTIONS: tuple[Option, ...] = (
         "worker",
         "bool",
         False,
-        "Run as a remote worker (cluster mode).",
+        "Run as a remote worker of the master given by --join (also `nagare worker`).",
         yaml_key=False,
-        reserved=True,
     ),
     _opt(
         "join",
@@ -209,17 +207,44 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Master URL a worker joins, e.g. http://master:8080.",
         yaml_key=False,
-        reserved=True,
     ),
     _opt(
         "pools",
         "str",
         "default",
-        "Comma-separated pools a worker serves.",
+        "Comma-separated pools a worker serves, e.g. gpu,cpu.",
         yaml_key=False,
-        reserved=True,
     ),
-    _opt("token", "str", "", "Shared cluster secret for the worker protocol.", reserved=True),
+    _opt(
+        "max_tasks",
+        "int",
+        4,
+        "How many tasks a worker runs at once.",
+        yaml_key=False,
+        minimum=1,
+    ),
+    _opt(
+        "worker_id",
+        "str",
+        "",
+        "A worker's name in the cluster (default: HOSTNAME-PID).",
+        yaml_key=False,
+    ),
+    _opt(
+        "token",
+        "str",
+        "",
+        "Cluster token: the master requires it on the worker protocol routes (without one, the "
+        "API key), a worker sends it.",
+    ),
+    _opt(
+        "lease_timeout_seconds",
+        "float",
+        30.0,
+        "A remote worker that has not been heard from for this long loses its tasks (they are "
+        "retried per their retries, or fail as lost).",
+        minimum=0.5,
+    ),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -411,10 +436,9 @@ def options_markdown() -> str:
     ]
     for o in OPTIONS:
         default = _show_default(o)
-        note = " (reserved for cluster mode)" if o.reserved else ""
         rows.append(
             f"| {o.name} | {_code(o.flag)} | {_code(o.env)} | {_code(o.yaml_key)} | "
-            f"{default} | {o.help}{note} |"
+            f"{default} | {o.help} |"
         )
     return "\n".join(rows)
 

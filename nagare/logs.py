@@ -55,12 +55,15 @@ class LogHub:
 class AttemptLog:
     """The writer side of one attempt's log; `on_line` is the executor's callback."""
 
-    def __init__(self, path: str, key: str, hub: LogHub, capture_stdout: bool) -> None:
+    def __init__(
+        self, path: str, key: str, hub: LogHub, capture_stdout: bool, resume: bool = False
+    ) -> None:
         self.path = path
         self.key = key
         self._hub = hub
         self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-        self._stdout = open(stdout_path(path), "w", encoding="utf-8") if capture_stdout else None  # noqa: SIM115
+        mode = "a" if resume else "w"
+        self._stdout = open(stdout_path(path), mode, encoding="utf-8") if capture_stdout else None  # noqa: SIM115
         self._stdout_bytes = 0
         self.stdout_overflow = False
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -148,8 +151,15 @@ class LogFiles:
         return f"{task_instance_id}/{attempt}"
 
     def open_attempt(
-        self, run_id: str, task_instance_id: str, attempt: int, capture_stdout: bool = False
+        self,
+        run_id: str,
+        task_instance_id: str,
+        attempt: int,
+        capture_stdout: bool = False,
+        resume: bool = False,
     ) -> AttemptLog:
+        """The writer of an attempt's log (`resume`: reopened, e.g. by a restarted master
+        receiving a remote attempt's next lines, so captured stdout is kept)."""
         if run_id not in self._run_dirs:
             os.makedirs(os.path.join(self.root, run_id), exist_ok=True)
             if len(self._run_dirs) > 10_000:
@@ -160,6 +170,7 @@ class LogFiles:
             self.key(task_instance_id, attempt),
             self.hub,
             capture_stdout,
+            resume,
         )
 
     def read_stdout(self, run_id: str, task_instance_id: str, attempt: int) -> str | None:

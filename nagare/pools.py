@@ -14,18 +14,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from nagare.assignment import task_env
+from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
 from nagare.executors import Cancellation, Executor
 from nagare.executors.local import kill_orphan_group
 from nagare.logs import AttemptLog, LogFiles
-from nagare.models import Assignment, Outcome, TaskDef, TaskStatus, TaskType
-from nagare.progress import after_failure
+from nagare.models import Outcome, TaskDef, TaskType
 from nagare.store import AttemptFinish, Claim, Store
 
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0
-SHUTDOWN_REASON = "server shutdown"
 EARLY_KILL_SECONDS = 60.0
 
 
@@ -271,21 +269,7 @@ class WorkerPools:
         hidden = self.hidden_env()
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
-        assignment = Assignment(
-            task_instance_id=task.id,
-            run_id=run.run_id,
-            dag_id=dag.dag_id,
-            task_id=task.task_id,
-            attempt=claim.attempt,
-            command=task.command,
-            env=task_env(base_env, dag, definition, run, task, claim.attempt),
-            timeout_seconds=definition.timeout_seconds,
-            image=definition.image,
-            workdir=definition.workdir,
-            volumes=definition.volumes,
-            resources=definition.resources,
-            capture_stdout=task.task_id in dag.map_sources,
-        )
+        assignment = build_assignment(dag, definition, claim, base_env)
         executor = self.executor_for(definition)
         attempt_log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
@@ -318,25 +302,19 @@ class WorkerPools:
         retry_delay: float = 0,
     ) -> AttemptFinish:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
-        now = self.clock()
-        status, attempt_status, message, extra, ready_at = _decide(
-            claim, outcome, cancel_reason, timeout, retry_delay, now
+        finish = attempt_finish(
+            claim,
+            outcome,
+            self.clock(),
+            cancel_reason=cancel_reason,
+            timeout=timeout,
+            retry_delay=retry_delay,
         )
-        if attempt_log is not None and message:
-            attempt_log.note(message)
-        return AttemptFinish(
-            task_instance_id=claim.task.id,
-            attempt=claim.attempt,
-            status=status,
-            attempt_status=attempt_status,
-            metrics=outcome.metrics,
-            now=now,
-            timed_out=outcome.timed_out,
-            message=message,
-            output_tail=attempt_log.tail() if attempt_log is not None else "",
-            ready_at=ready_at,
-            extra_attempts=extra,
-        )
+        if attempt_log is not None:
+            if finish.message:
+                attempt_log.note(finish.message)
+            finish.output_tail = attempt_log.tail()
+        return finish
 
 
 def _context(claim: Claim) -> dict[str, object]:
@@ -357,38 +335,3 @@ def _tee(
         sink(task_id, stream, line)
 
     return on_line
-
-
-def _decide(
-    claim: Claim, outcome: Outcome, cancel_reason: str, timeout: float, retry_delay: float, now: int
-) -> tuple[TaskStatus, TaskStatus, str, int, int | None]:
-    """(task status, attempt status, message, extra attempts granted, ready_at) for an outcome."""
-    task = claim.task
-    if outcome.succeeded:
-        return TaskStatus.SUCCESS, TaskStatus.SUCCESS, "", 0, None
-    if outcome.cancelled and cancel_reason == SHUTDOWN_REASON:
-        return (
-            TaskStatus.QUEUED,
-            TaskStatus.FAILED,
-            "interrupted by server shutdown; the task runs again on the next start",
-            1,
-            None,
-        )
-    if outcome.cancelled:
-        return TaskStatus.CANCELLED, TaskStatus.CANCELLED, "killed", 0, None
-    message = _failure_message(outcome, timeout)
-    status = after_failure(claim.attempt, task.max_attempts)
-    if status is TaskStatus.UP_FOR_RETRY:
-        ready_at = now + int(retry_delay * 1000)
-        message += f"; retrying (attempt {claim.attempt + 1} of {task.max_attempts})"
-        return status, TaskStatus.FAILED, message, 0, ready_at
-    return status, TaskStatus.FAILED, message, 0, None
-
-
-def _failure_message(outcome: Outcome, timeout: float) -> str:
-    if outcome.timed_out:
-        killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
-        return f"timed out after {timeout:g}s: the {killed} was killed"
-    if outcome.error:
-        return outcome.error
-    return f"exit code {outcome.exit_code}"

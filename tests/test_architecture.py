@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "nagare.logs": L2,
     "nagare.executors": L2,  # the package and every module in it (local, docker)
     "nagare.client": L2,
+    "nagare.attempts": L2,
     # L3: services; they meet in the store and in callbacks that `app` wires
     "nagare.scheduler": L3,
     "nagare.pools": L3,

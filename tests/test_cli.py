@@ -107,7 +107,7 @@ def test_validate_reports_good_and_bad_files(tmp_path: Path) -> None:
     assert nagare("validate", "dags/good.yaml", cwd=tmp_path).returncode == 0
 
 
-def test_help_version_and_reserved_worker_mode(tmp_path: Path) -> None:
+def test_help_version_and_worker_mode_flags(tmp_path: Path) -> None:
     top = nagare("--help", cwd=tmp_path)
     assert top.returncode == 0 and "exec" in top.stdout and "validate" in top.stdout
     serve = nagare("serve", "--help", cwd=tmp_path)
@@ -124,8 +124,19 @@ def test_help_version_and_reserved_worker_mode(tmp_path: Path) -> None:
     ):
         assert flag in serve.stdout
     assert nagare("--version", cwd=tmp_path).stdout.startswith("nagare ")
-    worker = nagare("--worker", "--join", "http://127.0.0.1:1", cwd=tmp_path)
-    assert worker.returncode == 2 and "worker mode" in worker.stderr
+    for flag in ("--max-tasks", "--worker-id", "--lease-timeout-seconds"):
+        assert flag in nagare("worker", "--help", cwd=tmp_path).stdout
+    no_master = nagare("--worker", cwd=tmp_path)
+    assert no_master.returncode == 2
+    assert "--join is required in worker mode (e.g. --join http://master:8080)" in no_master.stderr
+    bad_pools = nagare("worker", "--join", "http://127.0.0.1:1", "--pools", "a b", cwd=tmp_path)
+    assert bad_pools.returncode == 2
+    assert "worker settings: pools: expected pool names like 'gpu', found 'a b'" in (
+        bad_pools.stderr
+    )
+    bad_url = nagare("worker", "--join", "ftp://x", cwd=tmp_path)
+    assert bad_url.returncode == 2 and "--join" in bad_url.stderr
+    assert "Traceback" not in no_master.stderr + bad_pools.stderr + bad_url.stderr
 
 
 def test_bad_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:

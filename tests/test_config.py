@@ -451,7 +451,7 @@ def test_options_markdown_has_one_row_per_option() -> None:
     assert "`--port`" in port and "`NAGARE_PORT`" in port and "`:8080`" in port
     pools = next(row for row in rows if row.startswith("| worker_pools "))
     assert "`{default: 4}`" in pools
-    assert "reserved" in next(row for row in rows if row.startswith("| join "))
+    assert "`--join`" in next(row for row in rows if row.startswith("| join "))
 
 
 def test_api_key_precedence_flag_then_environment_then_file(settings_file: Path) -> None:

@@ -665,10 +665,14 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
             conn.execute(f"DROP TABLE {table}")
         conn.execute("DROP INDEX attempts_duration")
         conn.execute("DROP INDEX attempts_dag_duration")
-        conn.execute("DROP TABLE webhook_deliveries")  # migration 4 comes again too
+        conn.execute("DROP TABLE webhook_deliveries")  # migrations 4 and 5 come again too
+        conn.execute("DROP TABLE workers")
+        conn.execute("DROP INDEX ti_leases")
+        conn.execute("ALTER TABLE task_instances DROP COLUMN lease_expires_at")
+        conn.execute("ALTER TABLE task_instances DROP COLUMN lease_confirmed")
         conn.execute("PRAGMA user_version=2")
     store.close()
     upgraded = Store(path)
-    assert upgraded.db.schema_version == 4
+    assert upgraded.db.schema_version == 5
     assert snapshot(upgraded) == recorded
     upgraded.close()

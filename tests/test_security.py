@@ -34,13 +34,14 @@ HOOK_ENV_SECRET = "planted-webhook-env-secret-0a1b"
 PLANTED = (KEY, TOKEN, HOOK_SECRET, HOOK_ENV_SECRET)
 
 # Routes that answer without the API key, and why. The cluster protocol routes
-# (`/api/workers/register|heartbeat|poll|result|log`, cluster token) belong here when they exist.
+# (`/api/workers/register|heartbeat|poll|result|log`) take the cluster token instead, or the API
+# key when no token is set: with a key set they answer 401 without it too (checked below).
 OPEN_ROUTES = {
     ("GET", "/api/health"): "liveness probes",
     ("GET", "/api/openapi.json"): "the API description",
     (ANY, "/api/webhooks/{webhook_path...}"): "per-DAG HMAC signature instead",
 }
-CLUSTER_PREFIX = "/api/workers/"  # hook: token-protected protocol routes (not built yet)
+CLUSTER_PREFIX = "/api/workers/"  # the token-protected protocol routes
 SAMPLE_PARAMS = {
     "dag_id": "hello",
     "run_id": "hello__manual__x",
@@ -96,10 +97,11 @@ def test_every_api_route_needs_the_key_unless_listed_as_open(nagare_factory: Any
     checked = 0
     for route in routes:
         where = (route.method, route.path)
-        if where in OPEN_ROUTES or route.path.startswith(CLUSTER_PREFIX):
+        if where in OPEN_ROUTES:
             assert route.auth != "key", where
             continue
-        assert route.auth == "key", f"{where} is open but not listed in OPEN_ROUTES"
+        expected = "token" if route.path.startswith(CLUSTER_PREFIX) else "key"
+        assert route.auth == expected, f"{where} is open but not listed in OPEN_ROUTES"
         method = "POST" if route.method == ANY else route.method
         url = n.url + _concrete(route.path)
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):

@@ -8,12 +8,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Nagare, http, require_chromium, serve_pyz, wait_for
+from conftest import (
+    ROOT,
+    Nagare,
+    http,
+    pythonpath_env,
+    require_chromium,
+    serve_pyz,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +110,42 @@ tasks:
   - id: count
     command: |
       for i in $(seq 1 40); do echo "n=$i"; sleep 0.1; done
+"""
+FAN_FIVE = """
+id: fan_five
+schedule: "workflow_dispatch"
+tasks:
+  - id: items
+    command: echo '["a", "b", "c", "d", "e"]'
+  - id: each
+    type: map
+    map_over: items
+    command: '[ "{{item}}" != "c" ]'
+  - id: done
+    depends_on: [each]
+    command: echo done
+"""
+FAN_FIFTY = """
+id: fan_fifty
+schedule: "workflow_dispatch"
+tasks:
+  - id: items
+    command: python3 -c 'import json; print(json.dumps(list(range(50))))'
+  - id: each
+    type: map
+    map_over: items
+    command: echo {{item}}
+  - id: total
+    depends_on: [each]
+    command: echo total
+"""
+CPU_WAIT = """
+id: needs_cpu_pool
+schedule: "workflow_dispatch"
+tasks:
+  - id: crunch
+    pool: cpu
+    command: echo never runs without a cpu worker
 """
 # ms between a click and the next animation frame after the DOM changed (main thread free)
 ROUND_TRIP = """([sel, want]) => new Promise((done) => {
@@ -338,6 +384,188 @@ def test_thousand_child_map_run_page_stays_responsive(
     expect(child.get_by_text("finished: success")).to_be_visible(timeout=2000)
     assert page.evaluate(FRAME_GAP, 1000) < 500
     u.shot("run_big_map")
+    assert u.errors == []
+
+
+def test_map_fan_out_drawn_as_child_nodes_and_capped(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"five.yaml": FAN_FIVE, "fifty.yaml": FAN_FIFTY})
+    u = ui(server)
+    page = u.go("/dags?id=fan_five")  # no run yet: one map node, marked as a fan-out
+    expect(page.locator('[data-node="each"]')).to_have_attribute("data-fan-out", "collapsed")
+    expect(page.locator('[data-node="each"]')).to_contain_text("fan-out over items")
+    assert page.locator("[data-map-child]").count() == 0
+    u.shot("dag_map_fan_out_no_run")
+    five = server.trigger("fan_five")
+    assert server.wait_run(five)["status"] == "failed"  # child [2] fails, `done` never runs
+    page = u.go(f"/runs?id={five}")
+    kids = page.locator("[data-map-child=each]")
+    expect(kids).to_have_count(5)
+    for i, status in enumerate(["success", "success", "failed", "success", "success"]):
+        expect(page.locator(f'[data-node="each[{i}]"]')).to_have_attribute("data-status", status)
+    expect(page.locator('[data-node="each"]')).to_contain_text("4/5")  # the counter stays
+    expect(page.locator('[data-node="each"]')).to_have_attribute("data-fan-out", "expanded")
+    assert page.locator("[data-node-more]").count() == 0
+    # one edge into each child from the map, one out of each child to the downstream task
+    assert page.locator(".graph path.edge").count() == 1 + 5 + 5
+    u.shot("run_map_fan_out_5")
+    page.locator('[data-node="each[2]"]').click()  # a child node opens that child's log
+    child = page.locator('[data-task="each[2]"]')
+    expect(child.locator("[data-log]")).to_be_visible()
+    assert "task=each%5B2%5D" in page.url
+    fifty = server.trigger("fan_fifty")
+    assert server.wait_run(fifty, 30)["status"] == "success"
+    page = u.go(f"/runs?id={fifty}")
+    expect(page.locator('[data-node="each"]')).to_contain_text("50/50")
+    expect(page.locator("[data-map-child=each]")).to_have_count(12)
+    expect(page.locator("[data-node-more=each] text")).to_have_text("+38 more")
+    expect(page.locator('[data-node="each[0]"]')).to_have_attribute("data-status", "success")
+    u.shot("run_map_fan_out_50")
+    page = u.go("/dags?id=fan_fifty")  # the DAG page draws its latest run the same way
+    expect(page.locator("[data-node-more=each] text")).to_have_text("+38 more")
+    assert u.errors == []
+
+
+def test_graph_zoom_buttons_wheel_drag_and_fit(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory(dags={"map.yaml": MAP})
+    u = ui(server)
+    page = u.go("/dags?id=map_reduce")
+    svg = page.locator(".graph svg")
+    expect(page.locator('[data-node="aggregate"]')).to_be_visible()
+    fit = svg.get_attribute("viewBox")
+    zoom_in = page.get_by_role("button", name="Zoom in")
+    zoom_in.click()
+    expect(svg).not_to_have_attribute("viewBox", fit)
+    assert float(svg.get_attribute("data-scale")) == pytest.approx(1.25, abs=0.01)
+    expect(page.locator("[data-zoom]")).to_have_text("125%")
+    page.get_by_role("button", name="Zoom out").click()
+    page.get_by_role("button", name="Zoom out").click()
+    assert float(svg.get_attribute("data-scale")) == pytest.approx(0.8, abs=0.01)
+    fit_button = page.get_by_role("button", name="Fit to view")
+    fit_button.click()
+    expect(svg).to_have_attribute("viewBox", fit)
+    # keyboard: the buttons are reachable with Tab and work with Enter
+    zoom_in.focus()
+    page.keyboard.press("Enter")
+    expect(svg).not_to_have_attribute("viewBox", fit)
+    fit_button.focus()
+    page.keyboard.press("Enter")
+    expect(svg).to_have_attribute("viewBox", fit)
+    # the wheel zooms in around the pointer; a drag pans; neither selects a node
+    box = svg.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -300)
+    expect(svg).not_to_have_attribute("viewBox", fit)
+    zoomed = float(svg.get_attribute("data-scale"))
+    assert zoomed > 1.2, zoomed
+    before = [float(v) for v in svg.get_attribute("viewBox").split()]
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2 + 20, steps=5)
+    page.mouse.up()
+    after = [float(v) for v in svg.get_attribute("viewBox").split()]
+    assert after[0] < before[0] and after[2:] == before[2:], (before, after)
+    u.shot("dag_graph_zoomed")
+    fit_button.click()
+    expect(svg).to_have_attribute("viewBox", fit)
+    # the run page has the same controls; clicking a node still opens its task
+    run_id = server.trigger("map_reduce")
+    assert server.wait_run(run_id)["status"] == "success"
+    page = u.go(f"/runs?id={run_id}")
+    page.get_by_role("button", name="Zoom in").click()
+    expect(page.locator(".graph svg")).to_have_attribute("data-scale", "1.250")
+    page.locator('[data-node="aggregate"]').click()
+    expect(page.locator("[data-task=aggregate] [data-log]")).to_be_visible()
+    assert u.errors == []
+
+
+def test_workers_page_shows_a_real_remote_worker_and_pools_without_one(
+    nagare_factory: Any, ui: Any, tmp_path: Path
+) -> None:
+    # a short lease keeps the worker's long polls short, so it stops quickly on SIGTERM
+    server = nagare_factory(
+        dags={"cpu.yaml": CPU_WAIT},
+        worker_pools={"default": 2, "gpu": 0, "cpu": 0},
+        lease_timeout_seconds=3,
+    )
+    server.trigger("needs_cpu_pool")  # queued on a pool nobody serves
+    command = [sys.executable, "-m", "nagare", "worker", "--join", server.url]
+    command += ["--pools", "gpu", "--worker-id", "ui-w1"]
+    out = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        command,
+        env=pythonpath_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(
+            lambda: any(w["worker_id"] == "ui-w1" for w in server.get("/api/workers")),
+            15,
+            message="the worker to join",
+        )
+        wait_for(
+            lambda: any(p["pool"] == "cpu" and p["queued"] for p in server.get("/api/pools")),
+            10,
+            message="a task queued on the cpu pool",
+        )
+        u = ui(server)
+        page = u.go("/workers")
+        row = page.locator("tr[data-worker=ui-w1]")
+        expect(row).to_contain_text("ui-w1")
+        expect(row.locator("[data-worker-status]")).to_have_text("online")
+        expect(row.locator("[data-worker-pool=gpu]")).to_have_text("gpu")
+        expect(row.locator("[data-worker-load]")).to_have_text("0 / 4")  # running / max tasks
+        expect(row.locator("[data-heartbeat]")).to_have_text(re.compile(r"\d+s ago"))
+        gpu = page.locator("tr[data-pool=gpu]")
+        expect(gpu.locator("[data-remote-workers]")).to_contain_text("1 / 1")
+        assert gpu.locator("[data-no-live-worker]").count() == 0
+        cpu = page.locator("tr[data-pool=cpu]")
+        expect(cpu.locator("td:not(.hide-sm) [data-no-live-worker]").first).to_be_hidden()
+        expect(cpu.locator(".hide-sm [data-no-live-worker]")).to_have_text(
+            "⚠ no live worker — 1 task waiting"
+        )
+        expect(page.locator("tr[data-pool=default] [data-no-live-worker]")).to_have_count(0)
+        u.shot("workers_cluster")
+        phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
+        page = phone.go("/workers")
+        expect(page.locator("tr[data-worker=ui-w1]")).to_be_visible()
+        flag = page.locator("tr[data-pool=cpu] .show-sm [data-no-live-worker]")
+        expect(flag).to_have_text("⚠ no live worker — 1 task waiting")  # flagged on a phone too
+        assert page.evaluate("document.documentElement.scrollWidth - innerWidth") <= 1
+        phone.shot("workers_cluster_phone")
+        # a worker that stops cleanly is shown as having left
+        worker.terminate()
+        worker.wait(20)
+        page = u.page
+        expect(page.locator("tr[data-worker=ui-w1] [data-worker-status]")).to_have_text(
+            "left", timeout=10_000
+        )
+        u.shot("workers_cluster_left")
+        assert u.errors == [] and phone.errors == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(10)
+        out.close()
+
+
+def test_workers_page_polling_pauses_while_the_tab_is_hidden(nagare_factory: Any, ui: Any) -> None:
+    server = nagare_factory()
+    u = ui(server)
+    calls: list[str] = []
+    u.page.on("request", lambda r: calls.append(r.url) if "/api/workers" in r.url else None)
+    page = u.go("/workers")
+    expect(page.get_by_text("No remote workers connected.", exact=False)).to_be_visible()
+    hide = """(hidden) => {
+        Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    page.evaluate(hide, True)
+    page.wait_for_timeout(200)
+    seen = len(calls)
+    page.wait_for_timeout(3500)  # longer than one poll interval
+    assert len(calls) == seen, calls
+    page.evaluate(hide, False)  # shown again: polls at once
+    wait_for(lambda: len(calls) > seen, 3, message="a poll after the tab is shown")
     assert u.errors == []
 
 

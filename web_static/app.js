@@ -443,16 +443,19 @@ function RunsPage() {
 // ------------------------------------------------------------------ graph (layered layout, SVG)
 
 const STATUS_VAR = (s) => `var(--${s === "up_for_retry" ? "retry" : s === "upstream_failed" ? "upstream" : s || "pending"})`;
+const FAN_CAP = 12; // map children drawn one by one; the rest become one "+N more" node
+const FAN_FIRST = new Set(["failed", "up_for_retry", "running", "upstream_failed", "cancelled"]);
 
-function layers(tasks) {
-  const deps = new Map(tasks.map((t) => [t.task_id, [...(t.depends_on || []), ...(t.map_over ? [t.map_over] : [])]]));
+// weight(id): how many columns a task's dependents sit after it (2 when a fan-out sits between).
+function layers(tasks, weight = () => 1) {
+  const deps = new Map(tasks.map((t) => [t.task_id, [...new Set([...(t.depends_on || []), ...(t.map_over ? [t.map_over] : [])])]]));
   const depth = new Map();
   const visit = (id, seen = new Set()) => {
     if (depth.has(id)) return depth.get(id);
     if (seen.has(id)) return 0;
     seen.add(id);
     const ds = (deps.get(id) || []).filter((d) => deps.has(d));
-    const v = ds.length ? Math.max(...ds.map((d) => visit(d, seen))) + 1 : 0;
+    const v = ds.length ? Math.max(...ds.map((d) => visit(d, seen) + weight(d))) : 0;
     depth.set(id, v);
     return v;
   };
@@ -460,44 +463,192 @@ function layers(tasks) {
   return { deps, depth };
 }
 
-function DagGraph({ tasks, states, onSelect }) {
-  // tasks: DAG task definitions; states: task_id -> {status, label}
-  const { deps, depth } = useMemo(() => layers(tasks), [tasks]);
+// The drawn children of a map: failing/running ones first, then by index, at most FAN_CAP; in index order.
+function fanChildren(kids) {
+  if (kids.length <= FAN_CAP) return { shown: kids, more: 0 };
+  const pick = [];
+  for (const k of kids) if (FAN_FIRST.has(k.status) && pick.length < FAN_CAP) pick.push(k);
+  for (const k of kids) { if (pick.length >= FAN_CAP) break; if (!pick.includes(k)) pick.push(k); }
+  pick.sort((a, b) => a.map_index - b.map_index);
+  return { shown: pick, more: kids.length - pick.length };
+}
+
+// Positions of the task nodes and of drawn map children. fans: base task_id -> [child task rows].
+function graphLayout(tasks, fans) {
+  const fanned = (id) => (fans && fans[id] && fans[id].length ? fans[id] : null);
+  const { deps, depth } = layers(tasks, (id) => (fanned(id) ? 2 : 1));
+  const W = 150, H = 40, CW = 118, CH = 24, GX = 46, GY = 20, CGY = 6;
   const cols = [];
-  tasks.forEach((t) => { const d = depth.get(t.task_id); (cols[d] = cols[d] || []).push(t); });
-  const W = 150, H = 40, GX = 40, GY = 20;
+  const put = (d, item) => (cols[d] = cols[d] || []).push(item);
+  tasks.forEach((t) => {
+    put(depth.get(t.task_id), { kind: "task", id: t.task_id, t, w: W, h: H, gap: GY });
+    const kids = fanned(t.task_id);
+    if (kids) {
+      const { shown, more } = fanChildren(kids);
+      shown.forEach((k) => put(depth.get(t.task_id) + 1, { kind: "child", id: k.task_id, k, base: t.task_id, w: CW, h: CH, gap: CGY }));
+      if (more) put(depth.get(t.task_id) + 1, { kind: "more", id: `${t.task_id}+more`, base: t.task_id, more, kids, w: CW, h: CH, gap: CGY });
+    }
+  });
   const pos = new Map();
-  cols.forEach((col, ci) => col.forEach((t, ri) => pos.set(t.task_id, { x: 10 + ci * (W + GX), y: 10 + ri * (H + GY) })));
+  let height = 0;
+  for (let ci = 0; ci < cols.length; ci++) {
+    let y = 10;
+    for (const it of cols[ci] || []) {
+      it.x = 10 + ci * (W + GX) + (W - it.w) / 2;
+      it.y = y;
+      pos.set(it.id, it);
+      y += it.h + it.gap;
+    }
+    height = Math.max(height, y);
+  }
   const width = 20 + cols.length * (W + GX) - GX;
-  const height = 20 + Math.max(1, ...cols.map((c) => c.length)) * (H + GY) - GY + 8;
+  // a flat graph gets some room above and below, so zooming in has space to show
+  const MIN_H = 150;
+  if (height + 8 < MIN_H) { const dy = (MIN_H - height - 8) / 2; for (const it of pos.values()) it.y += dy; }
+  height = Math.max(height + 8, MIN_H);
+  // edges [fromId, toId]: a fanned map feeds each child, and each child feeds the map's dependents
   const edges = [];
+  const fanOut = new Map();
+  for (const col of cols) for (const it of col || []) if (it.kind !== "task") (fanOut.get(it.base) || fanOut.set(it.base, []).get(it.base)).push(it.id);
   tasks.forEach((t) => (deps.get(t.task_id) || []).forEach((d) => {
-    const a = pos.get(d), b = pos.get(t.task_id);
-    if (!a || !b) return;
-    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
-    const st = states?.[d]?.status;
-    edges.push(html`<path class="edge" d=${`M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`}
-      style=${st ? `stroke:${STATUS_VAR(st)}` : ""} marker-end="url(#arrow)" />`);
+    if (!pos.has(d)) return;
+    if (fanOut.has(d)) fanOut.get(d).forEach((c) => edges.push([c, t.task_id, d]));
+    else edges.push([d, t.task_id, d]);
   }));
-  return html`<div class="graph" role="img" aria-label="DAG graph"><svg width=${width} height=${height} viewBox=${`0 0 ${width} ${height}`}>
-    <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="var(--muted)" /></marker></defs>
-    ${edges}
-    ${tasks.map((t) => {
-      const p = pos.get(t.task_id);
-      const s = states?.[t.task_id];
-      const color = s ? STATUS_VAR(s.status) : "var(--border)";
-      const isMap = t.type === "map";
-      const label = t.task_id.length > 18 ? t.task_id.slice(0, 17) + "…" : t.task_id;
-      return html`<g class=${"node" + (onSelect ? " clickable" : "") + (s?.status === "running" ? " pulse" : "")} data-node=${t.task_id}
-        transform=${`translate(${p.x},${p.y})`} onClick=${onSelect ? () => onSelect(t.task_id) : undefined}>
-        <title>${t.task_id} (${t.type})${s ? ` — ${s.status}` : ""}${t.command ? `\n${t.command.slice(0, 200)}` : ""}</title>
-        ${isMap && html`<rect x="6" y="6" width=${W} height=${H} rx="6" style=${`stroke:${color};opacity:.5`} /><rect x="3" y="3" width=${W} height=${H} rx="6" style=${`stroke:${color};opacity:.7`} />`}
-        <rect width=${W} height=${H} rx="6" style=${`stroke:${color}`} />
-        <text x="10" y="17">${label}</text>
-        <text x="10" y="32" style="fill:var(--muted);font-size:11px">${s ? s.label || s.status : isMap ? `map over ${t.map_over}` : t.type}</text>
+  for (const [base, ids] of fanOut) ids.forEach((c) => edges.push([base, c, base]));
+  return { pos, width, height, edges };
+}
+
+const clampScale = (k) => Math.min(4, Math.max(0.2, k));
+
+// Pan and zoom of an SVG by its viewBox; view null = fit the whole content.
+function usePanZoom(width, height) {
+  const [view, setView] = useState(null);
+  const svg = useRef(null);
+  const drag = useRef(null);
+  const moved = useRef(false);
+  const cur = view || { x: 0, y: 0, w: width, h: height };
+  const scale = width / cur.w;
+  const zoomAt = (f, px, py) => {
+    const k = clampScale(scale * f);
+    const g = k / scale; // effective factor after clamping
+    const cx = px ?? cur.x + cur.w / 2, cy = py ?? cur.y + cur.h / 2;
+    setView({ x: cx - (cx - cur.x) / g, y: cy - (cy - cur.y) / g, w: cur.w / g, h: cur.h / g });
+  };
+  const toUser = (e) => {
+    const m = svg.current?.getScreenCTM();
+    if (!m) return [undefined, undefined];
+    const p = new DOMPoint(e.clientX, e.clientY).matrixTransform(m.inverse());
+    return [p.x, p.y];
+  };
+  const onWheel = (e) => {
+    if (!e.deltaY) return;
+    e.preventDefault();
+    zoomAt(Math.exp(-e.deltaY * 0.0015), ...toUser(e));
+  };
+  const onPointerDown = (e) => {
+    if (e.button !== 0 || e.target.closest?.(".graph-controls")) return;
+    const m = svg.current?.getScreenCTM();
+    drag.current = { id: e.pointerId, sx: e.clientX, sy: e.clientY, start: cur, k: m ? m.a : 1 };
+    moved.current = false;
+  };
+  const onPointerMove = (e) => {
+    const d = drag.current;
+    if (!d || d.id !== e.pointerId) return;
+    const dx = e.clientX - d.sx, dy = e.clientY - d.sy;
+    if (!moved.current && Math.abs(dx) + Math.abs(dy) < 4) return;
+    if (!moved.current) { moved.current = true; try { svg.current.setPointerCapture(e.pointerId); } catch { /* gone */ } }
+    setView({ ...d.start, x: d.start.x - dx / d.k, y: d.start.y - dy / d.k });
+  };
+  const onPointerUp = (e) => { if (drag.current?.id === e.pointerId) drag.current = null; };
+  const onKeyDown = (e) => {
+    const step = 40 / scale;
+    const pan = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] }[e.key];
+    if (e.key === "+" || e.key === "=") zoomAt(1.25);
+    else if (e.key === "-" || e.key === "_") zoomAt(0.8);
+    else if (e.key === "0") setView(null);
+    else if (pan) setView({ ...cur, x: cur.x + pan[0], y: cur.y + pan[1] });
+    else return;
+    e.preventDefault();
+  };
+  return {
+    svg, scale, fit: !view, viewBox: `${cur.x} ${cur.y} ${cur.w} ${cur.h}`,
+    wasDrag: () => moved.current,
+    zoomIn: () => zoomAt(1.25), zoomOut: () => zoomAt(0.8), reset: () => setView(null),
+    handlers: { onWheel, onPointerDown, onPointerMove, onPointerUp, onPointerCancel: onPointerUp, onKeyDown },
+  };
+}
+
+function DagGraph({ tasks, states, fans, onSelect }) {
+  // tasks: DAG task definitions; states: task_id -> {status, label}; fans: map task_id -> child task rows
+  const { pos, width, height, edges } = useMemo(() => graphLayout(tasks, fans), [tasks, fans]);
+  const pz = usePanZoom(width, height);
+  const select = onSelect && ((id) => { if (!pz.wasDrag()) onSelect(id); });
+  const statusOf = (id) => {
+    const it = pos.get(id);
+    return it.kind === "child" ? it.k.status : it.kind === "more" ? null : states?.[id]?.status;
+  };
+  const edgeEls = edges.map(([from, to, src]) => {
+    const a = pos.get(from), b = pos.get(to);
+    const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2, mx = (x1 + x2) / 2;
+    const st = a.kind === "task" ? states?.[src]?.status : statusOf(from);
+    return html`<path key=${from + ">" + to} class="edge" d=${`M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`}
+      style=${st ? `stroke:${STATUS_VAR(st)}` : ""} marker-end="url(#arrow)" />`;
+  });
+  const nodes = [...pos.values()].map((it) => {
+    if (it.kind === "child") {
+      const k = it.k;
+      return html`<g key=${it.id} class=${"node child" + (select ? " clickable" : "") + (k.status === "running" ? " pulse" : "")}
+        data-node=${k.task_id} data-status=${k.status} data-map-child=${it.base}
+        transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(k.task_id) : undefined}>
+        <title>${k.task_id} — ${k.status}</title>
+        <rect width=${it.w} height=${it.h} rx="5" style=${`stroke:${STATUS_VAR(k.status)};fill:color-mix(in srgb, ${STATUS_VAR(k.status)} 14%, var(--panel))`} />
+        <text x="8" y="16" class="small-node">[${k.map_index}] ${k.status.replaceAll("_", " ")}</text>
       </g>`;
-    })}
-  </svg></div>`;
+    }
+    if (it.kind === "more") {
+      const c = counts(it.kids.filter((k) => !pos.has(k.task_id)));
+      const summary = Object.entries(c).map(([s, n]) => `${n} ${s.replaceAll("_", " ")}`).join(", ");
+      return html`<g key=${it.id} class=${"node more" + (select ? " clickable" : "")} data-node-more=${it.base}
+        transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(it.base) : undefined}>
+        <title>${it.more} more children of ${it.base}: ${summary}</title>
+        <rect width=${it.w} height=${it.h} rx="5" style="stroke-dasharray:4 3" />
+        <text x="8" y="16" class="small-node">+${it.more} more</text>
+      </g>`;
+    }
+    const t = it.t;
+    const s = states?.[t.task_id];
+    const color = s ? STATUS_VAR(s.status) : "var(--border)";
+    const isMap = t.type === "map";
+    const fanned = isMap && fans?.[t.task_id]?.length > 0;
+    const label = t.task_id.length > 18 ? t.task_id.slice(0, 17) + "…" : t.task_id;
+    const sub = s ? s.label || s.status : isMap ? `⇉ fan-out over ${t.map_over}` : t.type;
+    return html`<g key=${it.id} class=${"node" + (select ? " clickable" : "") + (s?.status === "running" ? " pulse" : "")} data-node=${t.task_id}
+      data-fan-out=${isMap ? (fanned ? "expanded" : "collapsed") : undefined}
+      transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(t.task_id) : undefined}>
+      <title>${t.task_id} (${t.type})${s ? ` — ${s.status}` : ""}${isMap ? `\nfan-out: one child per item of ${t.map_over}` : ""}${t.command ? `\n${t.command.slice(0, 200)}` : ""}</title>
+      ${isMap && !fanned && html`<rect x="6" y="6" width=${it.w} height=${it.h} rx="6" style=${`stroke:${color};opacity:.5`} /><rect x="3" y="3" width=${it.w} height=${it.h} rx="6" style=${`stroke:${color};opacity:.7`} />`}
+      <rect width=${it.w} height=${it.h} rx="6" style=${`stroke:${color}` + (isMap ? ";stroke-dasharray:6 2" : "")} />
+      <text x="10" y="17">${label}</text>
+      <text x="10" y="32" style="fill:var(--muted);font-size:11px">${sub.length > 24 ? sub.slice(0, 23) + "…" : sub}</text>
+    </g>`;
+  });
+  const zoomPct = Math.round(pz.scale * 100);
+  return html`<div class="graph" role="group" aria-label="DAG graph">
+    <div class="graph-controls" role="toolbar" aria-label="Graph zoom">
+      <button type="button" onClick=${pz.zoomIn} aria-label="Zoom in" title="Zoom in (+)" disabled=${pz.scale >= 4}>+</button>
+      <button type="button" onClick=${pz.zoomOut} aria-label="Zoom out" title="Zoom out (−)" disabled=${pz.scale <= 0.2}>−</button>
+      <button type="button" onClick=${pz.reset} aria-label="Fit to view" title="Fit to view (0)" aria-pressed=${pz.fit}>⤢</button>
+      <span class="small muted" data-zoom aria-live="polite">${pz.fit ? "fit" : `${zoomPct}%`}</span>
+    </div>
+    <svg ref=${pz.svg} class=${pz.fit ? "" : "zoomed"} tabindex="0" role="img"
+      aria-label="DAG graph: drag to pan, wheel or + and − to zoom, 0 to fit"
+      viewBox=${pz.viewBox} preserveAspectRatio="xMidYMid meet" data-scale=${pz.scale.toFixed(3)}
+      style=${`width:min(100%, ${width}px);aspect-ratio:${width} / ${height}`} ...${pz.handlers}>
+      <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="var(--muted)" /></marker></defs>
+      ${edgeEls}
+      ${nodes}
+    </svg></div>`;
 }
 
 function Legend() {
@@ -546,6 +697,7 @@ function DagDetail({ dagId }) {
     }
   }, latest && !TERMINAL_RUN.has(latest.run.status) ? 1500 : 5000, [dagId, latest && TERMINAL_RUN.has(latest.run.status)]);
   useEffect(() => { api(`/api/dags/${enc(dagId)}/yaml`, { text: true }).then(setYaml).catch(() => setYaml("")); }, [dagId]);
+  const fans = useMemo(() => (latest ? mapChildren(latest.tasks) : null), [latest]);
   if (error) return html`<main><h1>${dagId}</h1><${ErrorLine} error=${error} /><p><${Link} href="/dags">All DAGs</${Link}></p></main>`;
   if (!dag) return html`<main><p class="muted">Loading…</p></main>`;
   const states = latest ? runStates(latest.tasks) : null;
@@ -561,12 +713,20 @@ function DagDetail({ dagId }) {
       <section class="panel"><div class="tabs" role="tablist">
           <button role="tab" aria-selected=${tab === "graph"} onClick=${() => setTab("graph")}>Graph</button>
           <button role="tab" aria-selected=${tab === "yaml"} onClick=${() => setTab("yaml")}>YAML</button></div>
-        ${tab === "graph" ? html`<${DagGraph} tasks=${dag.tasks} states=${states} />
+        ${tab === "graph" ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${fans} />
           ${latest && html`<p class="small muted">Colours from <${Link} href=${runHref(latest.run.run_id)}>${latest.run.run_id}</${Link}></p>`}<${Legend} />`
           : yaml == null ? html`<p class="muted">Loading…</p>` : yaml ? html`<${YamlView} text=${yaml} />` : html`<p class="muted">YAML source not available.</p>`}
       </section>
       <section class="panel"><h2>Run history</h2><${RunsTable} dagId=${dagId} limit=${10} /></section>
     </div></main>`;
+}
+
+// base task_id -> its map children (task rows), for the fan-out in the graph.
+function mapChildren(tasks) {
+  const out = {};
+  for (const t of tasks) if (t.map_index != null) (out[t.base_task_id] = out[t.base_task_id] || []).push(t);
+  for (const ks of Object.values(out)) ks.sort((a, b) => a.map_index - b.map_index);
+  return out;
 }
 
 // task_id -> {status,label}; map parents summarise their children.
@@ -616,6 +776,8 @@ function RunDetail({ runId, focusTask }) {
   useEffect(() => { if (run && !dag) api(`/api/dags/${enc(run.dag_id)}`).then(setDag).catch(() => setDag({ tasks: [] })); }, [run?.dag_id]);
   useEffect(() => { document.title = `Nagare | ${runId}`; }, [runId]);
   const now = useNow(run && !TERMINAL_RUN.has(run.status));
+  const children = useMemo(() => (tasks ? mapChildren(tasks) : {}), [tasks]);
+  const states = useMemo(() => (tasks ? runStates(tasks) : null), [tasks]);
   if (error && !run) return html`<main><h1 class="mono">${runId}</h1><${ErrorLine} error=${error} /><p><${Link} href="/runs">All runs</${Link}></p></main>`;
   if (!run || !tasks) return html`<main><p class="muted">Loading…</p></main>`;
   const toggle = (id) => {
@@ -629,8 +791,12 @@ function RunDetail({ runId, focusTask }) {
   const total = tasks.length;
   const done = tasks.filter((t) => TERMINAL_TASK.has(t.status)).length;
   const top = tasks.filter((t) => t.map_index == null);
-  const children = {};
-  for (const t of tasks) if (t.map_index != null) (children[t.base_task_id] = children[t.base_task_id] || []).push(t);
+  const selectNode = (id) => {
+    const child = tasks.find((t) => t.task_id === id && t.map_index != null);
+    if (child && !openGroups.has(child.base_task_id)) setOpenGroups(new Set([...openGroups, child.base_task_id]));
+    if (!open.has(id)) toggle(id);
+    setTimeout(() => document.getElementById(`task-${id}`)?.scrollIntoView({ block: "center" }), 50);
+  };
   const running = !TERMINAL_RUN.has(run.status);
   return html`<main>
     <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} />
@@ -647,7 +813,7 @@ function RunDetail({ runId, focusTask }) {
     </div>
     ${Object.keys(run.conf || {}).length > 0 && html`<section class="panel"><h2>Parameters</h2><pre class="code">${JSON.stringify(run.conf, null, 2)}</pre></section>`}
     <div class="grid2">
-      <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${runStates(tasks)} onSelect=${(id) => { if (!open.has(id)) toggle(id); setTimeout(() => document.getElementById(`task-${id}`)?.scrollIntoView({ block: "center" }), 50); }} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
+      <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${children} onSelect=${selectNode} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
       <section class="panel"><h2>Timeline</h2><${Gantt} run=${run} tasks=${top} children=${children} now=${now} /></section>
     </div>
     <section class="panel"><h2>Tasks</h2>
@@ -939,34 +1105,67 @@ function MetricsPage() {
 
 // ------------------------------------------------------------------ workers
 
+const sum = (xs, f) => xs.reduce((a, x) => a + (f(x) || 0), 0);
+const plural = (n, one, many = one + "s") => `${n} ${n === 1 ? one : many}`;
+
+function WorkerStatus({ w }) {
+  const st = w.left ? "left" : w.status === "online" ? "online" : "offline";
+  const cls = st === "online" ? "st-success" : st === "left" ? "st-cancelled" : "st-failed";
+  const why = w.left ? "left the cluster (stopped cleanly)" : st === "offline" ? "no heartbeat within the lease timeout" : "heartbeating";
+  return html`<span class=${`badge ${cls}`} data-worker-status=${st} title=${why}>${st}</span>`;
+}
+
+function PoolFlag({ p }) {
+  if (!p.no_live_worker) return null;
+  return p.queued > 0
+    ? html`<span class="badge alarm" data-no-live-worker title="This pool has no local slots and no online remote worker: its tasks cannot start">⚠ no live worker — ${plural(p.queued, "task")} waiting</span>`
+    : html`<span class="badge warn" data-no-live-worker title="This pool has no local slots and no online remote worker">⚠ no live worker</span>`;
+}
+
 function WorkersPage() {
   const [workers, setWorkers] = useState(null);
   const [pools, setPools] = useState(null);
   const [error, setError] = useState(null);
   useEffect(() => { document.title = "Nagare | Workers"; }, []);
+  // usePoll pauses while the tab is hidden and polls at once when it is shown again
   usePoll(async () => {
     try {
       const [w, p] = await Promise.all([api("/api/workers").catch((e) => (e.status === 404 ? [] : Promise.reject(e))), api("/api/pools")]);
       setWorkers(w); setPools(p); setError(null);
     } catch (e) { setError(e); }
-  }, 5000, []);
+  }, 3000, []);
   const now = useNow();
-  const online = (workers || []).filter((w) => (w.status || "online") === "online");
+  const ws = workers || [];
+  const ps = pools || [];
+  const online = ws.filter((w) => w.status === "online" && !w.left);
+  const stuck = ps.filter((p) => p.no_live_worker && p.queued > 0);
   return html`<main><h1>Workers</h1><${ErrorLine} error=${error} />
     <div class="cards">
-      <div class="card"><div class="label">Remote workers</div><div class="value">${workers ? workers.length : "—"}</div></div>
-      <div class="card"><div class="label">Online</div><div class="value">${workers ? online.length : "—"}</div></div>
-      <div class="card"><div class="label">Local slots</div><div class="value">${pools ? pools.reduce((a, p) => a + p.local_slots, 0) : "—"}</div><div class="sub">${pools ? pools.reduce((a, p) => a + p.busy_slots, 0) : 0} busy</div></div>
-      <div class="card"><div class="label">Tasks running / queued</div><div class="value">${pools ? `${pools.reduce((a, p) => a + p.running, 0)} / ${pools.reduce((a, p) => a + p.queued, 0)}` : "—"}</div></div>
+      <div class="card"><div class="label">Remote workers online</div><div class="value" data-stat="workers-online">${workers ? `${online.length} / ${ws.length}` : "—"}</div>
+        <div class="sub">${workers ? `${sum(online, (w) => w.max_tasks)} task slots` : ""}</div></div>
+      <div class="card"><div class="label">Local slots</div><div class="value">${pools ? sum(ps, (p) => p.local_slots) : "—"}</div><div class="sub">${sum(ps, (p) => p.busy_slots)} busy</div></div>
+      <div class="card"><div class="label">Tasks running / queued</div><div class="value">${pools ? `${sum(ps, (p) => p.running)} / ${sum(ps, (p) => p.queued)}` : "—"}</div></div>
+      <div class=${"card" + (stuck.length ? " alert" : "")}><div class="label">Pools without a live worker</div>
+        <div class="value">${pools ? ps.filter((p) => p.no_live_worker).length : "—"}</div>
+        <div class="sub">${stuck.length ? `${plural(sum(stuck, (p) => p.queued), "task")} cannot start` : "nothing waiting on them"}</div></div>
     </div>
     <section class="panel"><h2>Pools</h2><div class="tablewrap"><table>
-      <thead><tr><th>Pool</th><th class="num">Local slots</th><th class="num">Busy</th><th class="num">Running</th><th class="num">Queued</th><th>Mode</th></tr></thead>
-      <tbody>${(pools || []).map((p) => html`<tr><td class="mono">${p.pool}</td><td class="num">${p.local_slots}</td><td class="num">${p.busy_slots}</td><td class="num">${p.running}</td><td class="num">${p.queued}</td><td>${p.remote_only ? "remote only" : "local"}</td></tr>`)}</tbody></table></div></section>
+      <thead><tr><th>Pool</th><th class="num">Local slots</th><th class="num">Remote workers</th><th class="num hide-sm">Remote capacity</th><th class="num hide-sm">Running</th><th class="num">Queued</th><th class="hide-sm"></th></tr></thead>
+      <tbody>${ps.map((p) => html`<tr key=${p.pool} data-pool=${p.pool} class=${p.no_live_worker ? (p.queued > 0 ? "no-live stuck" : "no-live") : ""}>
+        <td class="mono">${p.pool}<span class="cell-sub">${p.remote_only ? "remote only" : "local + remote"}</span>${p.no_live_worker && html`<span class="show-sm"><${PoolFlag} p=${p} /></span>`}</td>
+        <td class="num">${p.local_slots ? `${p.busy_slots} / ${p.local_slots}` : "0"}${p.local_slots ? html`<span class="cell-sub">busy / total</span>` : ""}</td>
+        <td class="num" data-remote-workers>${p.remote_workers_online ?? 0} / ${p.remote_workers ?? 0}<span class="cell-sub">online / total</span></td>
+        <td class="num hide-sm">${p.remote_capacity ?? 0}</td>
+        <td class="num hide-sm">${p.running}</td><td class="num">${p.queued}</td>
+        <td class="hide-sm"><${PoolFlag} p=${p} /></td></tr>`)}</tbody></table></div></section>
     <section class="panel"><h2>Remote workers</h2>
       ${workers && !workers.length ? html`<p class="empty">No remote workers connected. Tasks run on this server's local pools; start <code>nagare worker --join URL</code> to add some.</p>` : html`<div class="tablewrap"><table>
-        <thead><tr><th>Worker</th><th>Host</th><th>Status</th><th>Pools</th><th class="num">Capacity</th><th class="num">Running</th><th>Last heartbeat</th></tr></thead>
-        <tbody>${(workers || []).map((w) => html`<tr><td class="mono">${w.worker_id || w.id}</td><td>${w.hostname}</td><td><${StatusBadge} status=${w.status === "online" ? "success" : "cancelled"} /> ${w.status}</td>
-          <td>${(w.pools || []).join(", ")}</td><td class="num">${w.max_tasks ?? w.capacity ?? "—"}</td><td class="num">${w.active_tasks ?? w.running ?? "—"}</td><td>${ago(w.last_heartbeat, now)}</td></tr>`)}</tbody></table></div>`}
+        <thead><tr><th>Worker</th><th class="hide-sm">Host</th><th>Status</th><th>Pools</th><th class="num hide-sm">Running / max</th><th>Last heartbeat</th><th class="hide-sm">Version</th></tr></thead>
+        <tbody>${ws.map((w) => html`<tr key=${w.worker_id} data-worker=${w.worker_id}>
+          <td class="mono">${w.worker_id}</td><td class="hide-sm">${w.hostname}</td><td><${WorkerStatus} w=${w} /><span class="show-sm cell-sub">${w.running_tasks ?? w.active_tasks ?? 0} / ${w.max_tasks} tasks</span></td>
+          <td>${(w.pools || []).map((p) => html`<span class="badge muted mono" data-worker-pool=${p}>${p}</span> `)}</td>
+          <td class="num hide-sm" title="running tasks / max tasks" data-worker-load>${w.running_tasks ?? w.active_tasks ?? 0} / ${w.max_tasks}</td>
+          <td title=${fmtTime(w.last_heartbeat)} data-heartbeat>${ago(w.last_heartbeat, now)}</td><td class="mono small hide-sm">${w.version || "—"}</td></tr>`)}</tbody></table></div>`}
     </section></main>`;
 }
 

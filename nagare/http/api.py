@@ -12,7 +12,7 @@ from nagare.clock import now_ms, parse_iso
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
-from nagare.http.auth import check_key
+from nagare.http.auth import check_key, check_token
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
@@ -81,6 +81,8 @@ class Api:
             raise err
         if route.auth == "key":
             check_key(request, self.s.config.api_key, route.query_token)
+        elif route.auth == "token":
+            check_token(request, self.s.config.token, self.s.config.api_key)
         if route.auth != "hmac":  # webhook senders add their own query parameters
             _check_query(route, request)
         request.params = params
@@ -143,9 +145,6 @@ class Api:
             ),
             Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
             Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
-            Route(
-                "GET", "/api/workers", self.workers, "Registered remote workers", tags=("system",)
-            ),
             Route("GET", "/api/dags", self.dags, "Every loaded DAG, sorted by id", tags=("dags",)),
             Route(
                 "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
@@ -287,9 +286,6 @@ class Api:
     def pools(self, request: Request) -> list[dict[str, Any]]:
         info = self.s.pools()
         return info["pools"]  # type: ignore[no-any-return]
-
-    def workers(self, request: Request) -> list[dict[str, Any]]:
-        return []
 
     # ------------------------------------------------------------ DAGs
 

@@ -26,3 +26,16 @@ def _bearer(value: str) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def check_token(request: Request, token: str, api_key: str) -> None:
+    """The cluster protocol: the cluster token when one is set, else the API key, else open."""
+    secret = token or api_key
+    if not secret:
+        return
+    what = "cluster token" if token else "API key (no cluster token is set)"
+    supplied = _bearer(request.header("authorization"))
+    if supplied is None:
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(supplied.encode(), secret.encode()):
+        raise Unauthorized(f"invalid {what}")

@@ -159,6 +159,11 @@ def openapi(routes: list[Route], version: str) -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
+                "clusterToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the cluster token (--token); without one, the API key",
+                },
                 "webhookSignature": {
                     "type": "apiKey",
                     "in": "header",
@@ -200,6 +205,8 @@ def _operation(route: Route) -> dict[str, Any]:
         op["security"] = [{"apiKey": []}]
     if route.auth == "hmac":  # only when the DAG's trigger has a secret
         op["security"] = [{"webhookSignature": []}, {}]
+    if route.auth == "token":
+        op["security"] = [{"clusterToken": []}]
     if route.body is not None:
         op["requestBody"] = {
             "required": False,
@@ -243,7 +250,7 @@ def _responses(route: Route) -> dict[str, Any]:
         "400": error,
         "404": error,
     }
-    if route.auth == "key":
+    if route.auth in ("key", "token"):
         responses["401"] = error
     if route.auth == "hmac":
         responses["403"] = error

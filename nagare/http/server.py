@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -32,6 +34,8 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
+    # whether the client has closed its connection (long polls check it before handing out work)
+    client_gone: Callable[[], bool] = lambda: False
 
     def arg(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -124,7 +128,21 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(parts.query, keep_blank_values=True),
             headers=headers,
             body=self._body(headers),
+            client_gone=self._client_gone,
         )
+
+    def _client_gone(self) -> bool:
+        """True once the peer closed the connection (a peek reads end-of-file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            data = self.connection.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError, ValueError):  # ValueError: TLS sockets
+            return False
+        except OSError:
+            return True
+        return data == b""
 
     def _body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():

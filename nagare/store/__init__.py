@@ -8,10 +8,19 @@ from nagare.models import DagDef
 from nagare.store.db import Database, DatabaseError
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
-from nagare.store.records import AttemptFinish, Claim, DagState, RunFilter, Stats
+from nagare.store.records import (
+    AttemptFinish,
+    Claim,
+    DagState,
+    HeldAttempt,
+    RunFilter,
+    Stats,
+    WorkerRecord,
+)
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.tasks import TaskStore
+from nagare.store.workers import WorkerStore
 
 __all__ = [
     "AttemptFinish",
@@ -21,19 +30,21 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DurationRow",
+    "HeldAttempt",
     "MetricAgg",
     "MetricPoint",
     "OldRun",
     "RunFilter",
     "Stats",
     "Store",
+    "WorkerRecord",
 ]
 
 
-class Store(RunStore, TaskStore, MetricsStore, RetentionStore, DeliveryStore):
+class Store(RunStore, TaskStore, MetricsStore, RetentionStore, DeliveryStore, WorkerStore):
     """One SQLite database: runs and DAG state (RunStore), tasks and attempts (TaskStore),
     metrics (MetricsStore), deletion of old runs (RetentionStore), webhook deliveries
-    (DeliveryStore)."""
+    (DeliveryStore), remote workers and their leases (WorkerStore)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)

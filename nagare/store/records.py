@@ -55,3 +55,28 @@ class AttemptFinish:
     output_tail: str = ""
     ready_at: int | None = None
     extra_attempts: int = 0
+
+
+@dataclass
+class WorkerRecord:
+    """A remote worker as the registry stores it; `running` counts the attempts it holds."""
+
+    worker_id: str
+    hostname: str
+    pools: tuple[str, ...]
+    max_tasks: int
+    version: str
+    state: str  # online | left (a worker that said goodbye); offline is derived from last_seen
+    registered_at: int
+    last_seen: int
+    running: int = 0
+
+
+@dataclass
+class HeldAttempt:
+    """An attempt a remote worker reports holding, as the master sees it now."""
+
+    task_instance_id: str
+    attempt: int
+    cancel: bool  # the task was killed: the worker must stop it
+    lost: bool  # not (or no longer) held by this worker: the worker must drop it

@@ -209,4 +209,21 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
     """,
+    # 5: cluster mode: the registry of remote workers and the lease of a remotely held task
+    """
+    CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        pools TEXT NOT NULL,
+        max_tasks INTEGER NOT NULL,
+        version TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL DEFAULT 'online',
+        registered_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE task_instances ADD COLUMN lease_expires_at INTEGER;
+    ALTER TABLE task_instances ADD COLUMN lease_confirmed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX ti_leases ON task_instances(lease_expires_at)
+        WHERE status = 'running' AND lease_expires_at IS NOT NULL;
+    """,
 )

@@ -232,14 +232,24 @@ class TaskStore:
             claim = self._claim(conn, pool, worker, _read(now)) if pool is not None else None
         return moved, claim
 
-    def _claim(self, conn: sqlite3.Connection, pool: str, worker: str, now: int) -> Claim | None:
+    def _claim(
+        self,
+        conn: sqlite3.Connection,
+        pool: str,
+        worker: str,
+        now: int,
+        lease_until: int | None = None,
+    ) -> Claim | None:
+        """Claim the oldest queued task of `pool` for `worker` (a remote worker holds it under
+        a lease that ends at `lease_until` unless renewed)."""
         row = conn.execute(
             f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
-            "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='' "
+            "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
+            "lease_expires_at=?, lease_confirmed=0 "
             "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
             "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
             f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-            (worker, now, pool),
+            (worker, now, lease_until, pool),
         ).fetchone()
         if row is None:
             return None
@@ -278,7 +288,7 @@ class TaskStore:
         m = finish.metrics
         cursor = conn.execute(
             "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
-            "ready_at=?, output_tail=?, message=?, "
+            "ready_at=?, output_tail=?, message=?, lease_expires_at=NULL, "
             "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
             "max_attempts=max_attempts+? "
             "WHERE id=? AND attempt=? AND status='running'",
@@ -414,6 +424,12 @@ class TaskStore:
         done = ", ".join(f"'{s}'" for s in _FINISHED)
         with self.db.write() as conn:
             queued = 0
+            for task_id, _ in queue:  # a remote worker's report of a killed attempt is moot now
+                conn.execute(
+                    "UPDATE task_attempts SET status='cancelled', completed_at=? WHERE "
+                    "task_instance_id=? AND status='running' AND worker != 'local'",
+                    (now, task_id),
+                )
             for task_id, retries in queue:
                 queued += conn.execute(
                     "UPDATE task_instances SET status='queued', queued_at=?, ready_at=NULL, "

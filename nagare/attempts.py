@@ -1,0 +1,102 @@
+"""One attempt of a command task, wherever it runs: what the executor gets (the assignment) and
+how its outcome becomes the task's next state (retry, fail, requeue). Local pools and the
+cluster coordinator share these, so a remote task behaves exactly like a local one."""
+
+from __future__ import annotations
+
+from nagare.assignment import task_env
+from nagare.models import Assignment, DagDef, Outcome, TaskDef, TaskStatus
+from nagare.progress import after_failure
+from nagare.store.records import AttemptFinish, Claim
+
+SHUTDOWN_REASON = "server shutdown"
+HANDED_BACK_REASON = "worker shutdown"
+UNCONFIRMED_REASON = "worker lost before it confirmed the task"
+# cancellations that put the task back in the queue without spending a retry
+REQUEUE_MESSAGES = {
+    SHUTDOWN_REASON: "interrupted by server shutdown; the task runs again on the next start",
+    HANDED_BACK_REASON: "handed back by its worker (shutting down); the task runs again",
+    UNCONFIRMED_REASON: "its worker was lost before it confirmed the task; the task runs again "
+    "without spending a retry",
+}
+
+
+def build_assignment(
+    dag: DagDef, definition: TaskDef, claim: Claim, base_env: dict[str, str]
+) -> Assignment:
+    """What the executor runs for this claim; `base_env` is the executing host's environment
+    (empty for containers and for remote workers, which add their own)."""
+    task, run = claim.task, claim.run
+    return Assignment(
+        task_instance_id=task.id,
+        run_id=run.run_id,
+        dag_id=dag.dag_id,
+        task_id=task.task_id,
+        attempt=claim.attempt,
+        command=task.command,
+        env=task_env(base_env, dag, definition, run, task, claim.attempt),
+        timeout_seconds=definition.timeout_seconds,
+        image=definition.image,
+        workdir=definition.workdir,
+        volumes=definition.volumes,
+        resources=definition.resources,
+        capture_stdout=task.task_id in dag.map_sources,
+    )
+
+
+def attempt_finish(
+    claim: Claim,
+    outcome: Outcome,
+    now: int,
+    *,
+    cancel_reason: str = "",
+    timeout: float = 0,
+    retry_delay: float = 0,
+    output_tail: str = "",
+) -> AttemptFinish:
+    """How the attempt ended, as the store records it."""
+    status, attempt_status, message, extra, ready_at = decide(
+        claim, outcome, cancel_reason, timeout, retry_delay, now
+    )
+    return AttemptFinish(
+        task_instance_id=claim.task.id,
+        attempt=claim.attempt,
+        status=status,
+        attempt_status=attempt_status,
+        metrics=outcome.metrics,
+        now=now,
+        timed_out=outcome.timed_out,
+        message=message,
+        output_tail=output_tail,
+        ready_at=ready_at,
+        extra_attempts=extra,
+    )
+
+
+def decide(
+    claim: Claim, outcome: Outcome, cancel_reason: str, timeout: float, retry_delay: float, now: int
+) -> tuple[TaskStatus, TaskStatus, str, int, int | None]:
+    """(task status, attempt status, message, extra attempts granted, ready_at) for an outcome."""
+    task = claim.task
+    if outcome.succeeded:
+        return TaskStatus.SUCCESS, TaskStatus.SUCCESS, "", 0, None
+    if outcome.cancelled and cancel_reason in REQUEUE_MESSAGES:
+        return TaskStatus.QUEUED, TaskStatus.FAILED, REQUEUE_MESSAGES[cancel_reason], 1, None
+    if outcome.cancelled:
+        return TaskStatus.CANCELLED, TaskStatus.CANCELLED, "killed", 0, None
+    message = failure_message(outcome, timeout)
+    status = after_failure(claim.attempt, task.max_attempts)
+    if status is TaskStatus.UP_FOR_RETRY:
+        ready_at = now + int(retry_delay * 1000)
+        message += f"; retrying (attempt {claim.attempt + 1} of {task.max_attempts})"
+        return status, TaskStatus.FAILED, message, 0, ready_at
+    return status, TaskStatus.FAILED, message, 0, None
+
+
+def failure_message(outcome: Outcome, timeout: float) -> str:
+    if outcome.timed_out:
+        killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
+        return f"timed out after {timeout:g}s: the {killed} was killed"
+    if outcome.error:
+        return outcome.error
+    return f"exit code {outcome.exit_code}"

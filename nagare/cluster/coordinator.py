@@ -1,0 +1,436 @@
+"""The master's side of the cluster: remote workers pull tasks with a long poll, hold them under
+leases they renew with every message, stream their logs here and report outcomes that the
+master turns into the task's next state exactly as for a local task (retries, timeouts).
+
+A queued task reaches a waiting poll at once (`notify` wakes it); a kill reaches the holder at
+once (`cancel` wakes its poll); a worker that stops talking loses its leases after
+`lease_seconds` and its attempts are closed as lost (the retry policy decides what follows). A
+result for an attempt the worker no longer holds is refused, so one attempt has one outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from nagare import __version__
+from nagare.attempts import UNCONFIRMED_REASON, attempt_finish, build_assignment
+from nagare.clock import now_ms, to_iso
+from nagare.cluster.protocol import (
+    Directives,
+    LogBatch,
+    PollRequest,
+    TaskResult,
+    WorkerHello,
+    encode_assignment,
+)
+from nagare.errors import Conflict, NotFound
+from nagare.logs import AttemptLog, LogFiles
+from nagare.models import Outcome, TaskStatus, TaskType
+from nagare.store import Claim, Store, WorkerRecord
+
+log = logging.getLogger("nagare.cluster")
+RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
+
+
+@dataclass
+class PoolWorkers:
+    """Remote workers serving one pool."""
+
+    online: int = 0
+    total: int = 0
+    capacity: int = 0
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogFiles,
+        lease_seconds: float,
+        on_finished: Callable[[str, str], None],
+        on_queued: Callable[[dict[str, int]], None] = lambda queued: None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.lease_seconds = lease_seconds
+        self.on_finished = on_finished
+        self.on_queued = on_queued  # a handed-back task is queued again: wake whoever serves it
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._generation = 0  # bumped whenever waiting polls should look again
+        self._cancels: dict[str, set[str]] = {}  # worker id -> task instances to stop
+        self._open_logs: dict[tuple[str, int], tuple[str, AttemptLog]] = {}
+        self._logs_lock = threading.Lock()
+        self._stopping = False
+        self._leaving: set[str] = set()  # workers shutting down: their polls get no work
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """The workers could not renew their leases while this master was down."""
+        extended = self.store.extend_leases(self.clock() + self.lease_ms)
+        if extended:
+            log.info("%d remote task(s) in flight keep their leases", extended)
+
+    def run(self, stop: threading.Event) -> None:
+        """Close the attempts of workers that stopped renewing their leases."""
+        interval = max(0.05, min(1.0, self.lease_seconds / 4))
+        while not stop.wait(interval):
+            try:
+                self.reap(self.clock())
+            except Exception:
+                log.exception("closing expired leases failed; retrying shortly")
+
+    def stop(self) -> None:
+        """Answer every waiting poll now (the server is going away)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ signals from the engine
+
+    def notify(self, queued: dict[str, int]) -> None:
+        """Tasks were queued: waiting polls look again."""
+        if queued:
+            self._wake()
+
+    def cancel(self, task_instance_id: str) -> bool:
+        """A task was killed: if a remote worker holds it, tell that worker at once."""
+        task = self.store.get_task_by_id(task_instance_id)
+        if task is None or task.worker in ("", "local"):
+            return False
+        with self._cond:
+            self._cancels.setdefault(task.worker, set()).add(task_instance_id)
+            self._generation += 1
+            self._cond.notify_all()
+        return True
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ protocol
+
+    def register(self, hello: WorkerHello) -> dict[str, Any]:
+        self._seen(hello)
+        log.info(
+            "worker %s (%s) joined: pools %s, up to %d tasks",
+            hello.worker_id,
+            hello.hostname,
+            ",".join(hello.pools),
+            hello.max_tasks,
+        )
+        return {
+            "worker_id": hello.worker_id,
+            "lease_seconds": self.lease_seconds,
+            "heartbeat_seconds": self.heartbeat_seconds,
+            "poll_wait_seconds": self.poll_wait_seconds,
+            "version": __version__,
+        }
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(0.05, self.lease_seconds / 6)
+
+    @property
+    def poll_wait_seconds(self) -> float:
+        return max(0.1, min(10.0, self.lease_seconds / 3))
+
+    def heartbeat(self, hello: WorkerHello) -> Directives:
+        directives = self._seen(hello)
+        if hello.leaving:
+            log.info("worker %s is leaving", hello.worker_id)
+        directives.cancel.extend(self._take_cancels(hello.worker_id))
+        return directives
+
+    def poll(
+        self, request: PollRequest, client_gone: Callable[[], bool] = lambda: False
+    ) -> Directives:
+        """Long poll: answers as soon as there is work, a kill, or `wait_seconds` passed. No
+        work is handed out once the worker has hung up (it died while waiting)."""
+        hello = request.hello
+        directives = self._seen(hello)
+        deadline = time.monotonic() + min(request.wait_seconds, self.poll_wait_seconds)
+        while True:
+            with self._cond:
+                generation = self._generation
+            directives.cancel.extend(self._take_cancels(hello.worker_id))
+            if hello.worker_id in self._leaving or client_gone():
+                return directives
+            # the master's count, not the worker's (its figure is as old as the poll): a slot
+            # frees when the result arrives, and that wakes this poll
+            free = hello.max_tasks - self.store.held_count(hello.worker_id)
+            if free > 0:
+                directives.tasks.extend(self._hand_out(hello, free))
+            remaining = deadline - time.monotonic()
+            if directives.tasks or directives.cancel or directives.lost or remaining <= 0:
+                return directives
+            with self._cond:
+                if self._stopping:
+                    return directives
+                if self._generation == generation:
+                    self._cond.wait(remaining)
+
+    def log_lines(self, batch: LogBatch) -> dict[str, Any]:
+        attempt_log = self._attempt_log(batch.worker_id, batch.task_instance_id, batch.attempt)
+        for stream, line in batch.lines:
+            attempt_log.on_line(stream, line)
+        with self._cond:
+            cancel = batch.task_instance_id in self._cancels.get(batch.worker_id, ())
+        return {"cancel": cancel}
+
+    def result(self, result: TaskResult) -> dict[str, Any]:
+        now = self.clock()
+        task = self.store.get_task_by_id(result.task_instance_id)
+        if task is None:
+            raise NotFound(f"task instance '{result.task_instance_id}' not found")
+        holder = self.store.holder(task.id, result.attempt, now)
+        if holder != result.worker_id:
+            self._close_log(task.id, result.attempt)
+            raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
+        run = self.store.get_run(task.run_id, counts=False)
+        assert run is not None
+        definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
+        claim = Claim(task, run, result.attempt)
+        finish = attempt_finish(
+            claim,
+            result.outcome,
+            now,
+            cancel_reason=result.cancel_reason,
+            timeout=definition.timeout_seconds if definition else 0,
+            retry_delay=definition.retry_delay_seconds if definition else 0,
+        )
+        attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
+        for stream, line in result.lines:
+            attempt_log.on_line(stream, line)
+        if finish.message:
+            attempt_log.note(finish.message)
+        finish.output_tail = attempt_log.tail()
+        moved = self.store.finish_remote(finish, result.worker_id, now)
+        self._close_log(task.id, result.attempt)
+        if moved is None:
+            raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
+        self._discard_cancel(result.worker_id, task.id)
+        self._wake()  # the worker has a free slot again
+        if moved and finish.status is TaskStatus.QUEUED:
+            self.on_queued({task.pool: 1})
+        self.on_finished(task.run_id, task.id)
+        status = finish.status if moved else self.store.get_task_by_id(task.id).status  # type: ignore[union-attr]
+        return {"status": str(status)}
+
+    # ------------------------------------------------------------ leases
+
+    def reap(self, now: int) -> int:
+        """Close every attempt whose lease ran out; returns how many."""
+        closed = 0
+        for task_instance_id, attempt, worker, confirmed in self.store.expired_leases(now):
+            if self._expire(task_instance_id, attempt, worker, confirmed, now):
+                closed += 1
+        return closed
+
+    def _expire(
+        self, task_instance_id: str, attempt: int, worker: str, confirmed: bool, now: int
+    ) -> bool:
+        """A lost worker's attempt fails (its retries decide what follows); one it never
+        confirmed (e.g. handed out to a worker that had just died) is queued again."""
+        task = self.store.get_task_by_id(task_instance_id)
+        run = self.store.get_run(task.run_id, counts=False) if task else None
+        if task is None or run is None:
+            return False
+        definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
+        lost = f"worker {worker} lost: no word from it for {self.lease_seconds:g}s"
+        finish = attempt_finish(
+            Claim(task, run, attempt),
+            Outcome(exit_code=None, error=lost, cancelled=not confirmed),
+            now,
+            cancel_reason="" if confirmed else UNCONFIRMED_REASON,
+            retry_delay=definition.retry_delay_seconds if definition else 0,
+        )
+        if not confirmed:
+            finish.message = f"{lost}; {finish.message}"
+        attempt_log = self.logs.open_attempt(task.run_id, task.id, attempt, resume=True)
+        attempt_log.note(finish.message)
+        finish.output_tail = attempt_log.tail()
+        attempt_log.close()
+        if not self.store.expire_lease(finish, worker, now):
+            return False
+        self._close_log(task.id, attempt)
+        self._discard_cancel(worker, task.id)
+        self._wake()
+        if finish.status is TaskStatus.QUEUED:
+            self.on_queued({task.pool: 1})
+        log.warning(
+            "task %s of run %s: %s",
+            task.task_id,
+            task.run_id,
+            finish.message,
+            extra={"dag_id": run.dag_id, "run_id": run.run_id, "task_id": task.task_id},
+        )
+        self.on_finished(task.run_id, task.id)
+        return True
+
+    # ------------------------------------------------------------ registry
+
+    def workers(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [self._describe(w, now) for w in self.store.workers()]
+
+    def pool_workers(self) -> dict[str, PoolWorkers]:
+        now = self.clock()
+        pools: dict[str, PoolWorkers] = {}
+        for worker in self.store.workers():
+            online = self._online(worker, now)
+            for pool in worker.pools:
+                entry = pools.setdefault(pool, PoolWorkers())
+                entry.total += 1
+                if online:
+                    entry.online += 1
+                    entry.capacity += worker.max_tasks
+        return pools
+
+    def _online(self, worker: WorkerRecord, now: int) -> bool:
+        return worker.state == "online" and worker.last_seen >= now - self.lease_ms
+
+    def _describe(self, worker: WorkerRecord, now: int) -> dict[str, Any]:
+        last_seen = to_iso(worker.last_seen)
+        return {
+            "worker_id": worker.worker_id,
+            "hostname": worker.hostname,
+            "pools": list(worker.pools),
+            "max_tasks": worker.max_tasks,
+            "running_tasks": worker.running,
+            "active_tasks": worker.running,
+            "status": "online" if self._online(worker, now) else "offline",
+            "left": worker.state == "left",
+            "version": worker.version,
+            "registered_at": to_iso(worker.registered_at),
+            "last_heartbeat": last_seen,
+            "last_seen": last_seen,
+        }
+
+    # ------------------------------------------------------------ helpers
+
+    def _seen(self, hello: WorkerHello) -> Directives:
+        """Register/refresh the worker and renew the leases of what it holds."""
+        now = self.clock()
+        record = WorkerRecord(
+            hello.worker_id,
+            hello.hostname,
+            hello.pools,
+            hello.max_tasks,
+            hello.version,
+            "",
+            now,
+            now,
+        )
+        self.store.worker_seen(record, leaving=hello.leaving)
+        with self._cond:
+            if hello.leaving:
+                self._leaving.add(hello.worker_id)
+                self._generation += 1
+                self._cond.notify_all()
+            else:
+                self._leaving.discard(hello.worker_id)
+        directives = Directives()
+        for held in self.store.renew_leases(hello.worker_id, hello.held, now + self.lease_ms):
+            if held.lost:
+                directives.lost.append(held.task_instance_id)
+            elif held.cancel:
+                directives.cancel.append(held.task_instance_id)
+        return directives
+
+    def _take_cancels(self, worker_id: str) -> list[str]:
+        with self._cond:
+            return sorted(self._cancels.pop(worker_id, set()))
+
+    def _discard_cancel(self, worker_id: str, task_instance_id: str) -> None:
+        with self._cond:
+            pending = self._cancels.get(worker_id)
+            if pending is not None:
+                pending.discard(task_instance_id)
+
+    def _hand_out(self, hello: WorkerHello, free: int) -> list[dict[str, Any]]:
+        now = self.clock()
+        claims = self.store.claim_remote(
+            hello.worker_id, hello.pools, free, now, now + self.lease_ms
+        )
+        tasks = []
+        for claim in claims:
+            encoded = self._assignment(claim, hello.worker_id)
+            if encoded is not None:
+                tasks.append(encoded)
+        return tasks
+
+    def _assignment(self, claim: Claim, worker_id: str) -> dict[str, Any] | None:
+        dag = self.store.dag_version(claim.run.dag_version)
+        definition = dag.task(claim.task.base_task_id)
+        attempt_log = self.logs.open_attempt(
+            claim.run.run_id,
+            claim.task.id,
+            claim.attempt,
+            capture_stdout=claim.task.task_id in dag.map_sources,
+        )
+        if definition is None or definition.type not in RUNNABLE:
+            self._refuse(claim, worker_id, attempt_log)
+            return None
+        with self._logs_lock:
+            self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
+        attempt_log.note(f"running on worker {worker_id}")
+        assignment = build_assignment(dag, definition, claim, {})  # never this host's env
+        # stdout is captured here, from the streamed log
+        return encode_assignment(replace(assignment, capture_stdout=False))
+
+    def _refuse(self, claim: Claim, worker_id: str, attempt_log: AttemptLog) -> None:
+        outcome = Outcome(exit_code=None, error="task definition not found")
+        finish = attempt_finish(claim, outcome, self.clock())
+        attempt_log.note(finish.message)
+        attempt_log.close()
+        self.store.finish_remote(finish, worker_id, self.clock())
+        self.on_finished(claim.run.run_id, claim.task.id)
+
+    def _attempt_log(self, worker_id: str, task_instance_id: str, attempt: int) -> AttemptLog:
+        """The open log of an attempt this worker holds (reopened after a master restart);
+        Conflict when it does not hold it."""
+        key = (task_instance_id, attempt)
+        with self._logs_lock:
+            entry = self._open_logs.get(key)
+        if entry is not None and entry[0] == worker_id:
+            return entry[1]
+        task = self.store.get_task_by_id(task_instance_id)
+        if task is None:
+            raise NotFound(f"task instance '{task_instance_id}' not found")
+        if self.store.holder(task_instance_id, attempt, self.clock()) != worker_id:
+            raise Conflict(_not_held(worker_id, task.task_id, attempt))
+        run = self.store.get_run(task.run_id, counts=False)
+        dag = self.store.dag_version(run.dag_version) if run else None
+        capture = dag is not None and task.task_id in dag.map_sources
+        attempt_log = self.logs.open_attempt(
+            task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
+        )
+        with self._logs_lock:
+            self._open_logs[key] = (worker_id, attempt_log)
+        return attempt_log
+
+    def _close_log(self, task_instance_id: str, attempt: int) -> None:
+        with self._logs_lock:
+            entry = self._open_logs.pop((task_instance_id, attempt), None)
+        if entry is not None:
+            entry[1].close()
+
+
+def _not_held(worker_id: str, task_id: str, attempt: int) -> str:
+    return (
+        f"worker {worker_id} does not hold attempt {attempt} of task '{task_id}' (its lease ran "
+        "out, or the attempt was closed): the result is refused"
+    )

@@ -1,0 +1,257 @@
+"""The cluster protocol's messages: what a worker sends to `/api/workers/*` and what the master
+answers, with the validation of everything a worker says (ids, hostname, pools, sizes). Pure.
+
+Every worker message carries its identity (`worker_id`, `hostname`, `pools`, `max_tasks`) so
+any message is also a registration, and `held`: the attempts it runs, whose leases it renews.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nagare.errors import BadRequest
+from nagare.models import Assignment, AttemptMetrics, Outcome, Resources
+
+WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TASK_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RESERVED_WORKER_IDS = frozenset({"local"})
+MAX_POOLS = 32
+MAX_TASKS = 256
+MAX_HELD = 1024
+MAX_LINES = 10_000
+STREAMS = frozenset({"stdout", "stderr", "nagare"})
+MAX_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerHello:
+    """Who the worker is and what it holds; sent with every message."""
+
+    worker_id: str
+    hostname: str
+    pools: tuple[str, ...]
+    max_tasks: int
+    version: str = ""
+    held: tuple[tuple[str, int], ...] = ()
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    hello: WorkerHello
+    free: int  # slots the worker has free now (0: it only waits for cancellations)
+    wait_seconds: float
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    worker_id: str
+    task_instance_id: str
+    attempt: int
+    lines: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    worker_id: str
+    task_instance_id: str
+    attempt: int
+    outcome: Outcome
+    cancel_reason: str = ""
+    lines: tuple[tuple[str, str], ...] = ()  # the attempt's last log lines, not shipped yet
+
+
+@dataclass
+class Directives:
+    """What the master tells a worker in answer to a poll or heartbeat."""
+
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # encoded assignments
+    cancel: list[str] = field(default_factory=list)  # task instance ids to stop
+    lost: list[str] = field(default_factory=list)  # ids it no longer holds: stop, do not report
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "cancel": self.cancel, "lost": self.lost}
+
+
+# ---------------------------------------------------------------- reading worker messages
+
+
+def read_hello(body: Any) -> WorkerHello:
+    data = _object(body)
+    worker_id = _text(data, "worker_id", WORKER_ID, "letters, digits, '_', '.', ':' or '-'")
+    if worker_id in RESERVED_WORKER_IDS:
+        raise BadRequest(f"worker_id: '{worker_id}' is reserved for the master's own pools")
+    pools = data.get("pools")
+    if not isinstance(pools, list) or not 1 <= len(pools) <= MAX_POOLS:
+        raise BadRequest(f"pools: expected a list of 1 to {MAX_POOLS} pool names, found {pools!r}")
+    for pool in pools:
+        if not isinstance(pool, str) or not POOL.match(pool):
+            raise BadRequest(f"pools: expected pool names like 'gpu', found {pool!r}")
+    return WorkerHello(
+        worker_id=worker_id,
+        hostname=_text(data, "hostname", HOSTNAME, "a host name"),
+        pools=tuple(dict.fromkeys(pools)),
+        max_tasks=_int(data, "max_tasks", 1, MAX_TASKS),
+        version=str(data.get("version", ""))[:40],
+        held=_held(data.get("held", [])),
+        leaving=data.get("leaving") is True,
+    )
+
+
+def read_poll(body: Any) -> PollRequest:
+    hello = read_hello(body)
+    data = _object(body)
+    wait = data.get("wait_seconds", 10)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise BadRequest(f"wait_seconds: expected a number of seconds >= 0, found {wait!r}")
+    return PollRequest(hello, _int(data, "free", 0, MAX_TASKS), min(float(wait), MAX_WAIT_SECONDS))
+
+
+def read_log_batch(body: Any, max_line_chars: int) -> LogBatch:
+    data = _object(body)
+    return LogBatch(
+        worker_id=_text(data, "worker_id", WORKER_ID, "a worker id"),
+        task_instance_id=_text(data, "task_instance_id", TASK_INSTANCE_ID, "a task instance id"),
+        attempt=_int(data, "attempt", 1, 1_000_000),
+        lines=_lines(data.get("lines"), max_line_chars),
+    )
+
+
+def _lines(lines: Any, max_line_chars: int) -> tuple[tuple[str, str], ...]:
+    if not isinstance(lines, list) or len(lines) > MAX_LINES:
+        raise BadRequest(f"lines: expected a list of at most {MAX_LINES} [stream, text] pairs")
+    parsed = []
+    for entry in lines:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or entry[0] not in STREAMS
+            or not isinstance(entry[1], str)
+        ):
+            raise BadRequest(
+                "lines: expected [stream, text] pairs with stream stdout, stderr or nagare, "
+                f"found {str(entry)[:80]!r}"
+            )
+        parsed.append((str(entry[0]), entry[1][:max_line_chars]))
+    return tuple(parsed)
+
+
+def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
+    data = _object(body)
+    outcome = data.get("outcome")
+    if not isinstance(outcome, dict):
+        raise BadRequest("outcome: expected an object {exit_code, timed_out, cancelled, ...}")
+    reason = data.get("cancel_reason", "")
+    return TaskResult(
+        worker_id=_text(data, "worker_id", WORKER_ID, "a worker id"),
+        task_instance_id=_text(data, "task_instance_id", TASK_INSTANCE_ID, "a task instance id"),
+        attempt=_int(data, "attempt", 1, 1_000_000),
+        outcome=decode_outcome(outcome),
+        cancel_reason=reason[:200] if isinstance(reason, str) else "",
+        lines=_lines(data.get("lines", []), max_line_chars),
+    )
+
+
+# ---------------------------------------------------------------- encoding both ways
+
+
+def encode_hello(hello: WorkerHello) -> dict[str, Any]:
+    data = asdict(hello)
+    data["pools"] = list(hello.pools)
+    data["held"] = [list(h) for h in hello.held]
+    return data
+
+
+def encode_assignment(assignment: Assignment) -> dict[str, Any]:
+    data = asdict(assignment)
+    data["volumes"] = list(assignment.volumes)
+    return data
+
+
+def decode_assignment(data: dict[str, Any]) -> Assignment:
+    fields = dict(data)
+    resources = fields.get("resources")
+    fields["resources"] = Resources(**resources) if isinstance(resources, dict) else None
+    fields["volumes"] = tuple(fields.get("volumes") or ())
+    fields["env"] = {str(k): str(v) for k, v in (fields.get("env") or {}).items()}
+    known = Assignment.__dataclass_fields__
+    return Assignment(**{k: v for k, v in fields.items() if k in known})
+
+
+def encode_outcome(outcome: Outcome) -> dict[str, Any]:
+    data = asdict(outcome)
+    data.pop("stdout", None)  # the master captures stdout from the streamed log
+    return data
+
+
+def decode_outcome(data: dict[str, Any]) -> Outcome:
+    raw_metrics = data.get("metrics")
+    metrics: dict[str, Any] = raw_metrics if isinstance(raw_metrics, dict) else {}
+    raw_exit = data.get("exit_code")
+    exit_code = raw_exit if isinstance(raw_exit, int) and not isinstance(raw_exit, bool) else None
+    return Outcome(
+        exit_code=exit_code,
+        timed_out=data.get("timed_out") is True,
+        cancelled=data.get("cancelled") is True,
+        error=str(data.get("error") or "")[:2000],
+        metrics=AttemptMetrics(
+            duration_ms=_number(metrics, "duration_ms"),
+            cpu_user_ms=_number(metrics, "cpu_user_ms"),
+            cpu_system_ms=_number(metrics, "cpu_system_ms"),
+            peak_memory_bytes=_number(metrics, "peak_memory_bytes"),
+            exit_code=exit_code,
+            executor_type="docker" if metrics.get("executor_type") == "docker" else "local",
+        ),
+    )
+
+
+# ---------------------------------------------------------------- field readers
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body")
+    return body
+
+
+def _text(data: dict[str, Any], name: str, pattern: re.Pattern[str], expected: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise BadRequest(f"{name}: expected {expected}, found {str(value)[:80]!r}")
+    return value
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{name}: expected a whole number from {low} to {high}, found {value!r}")
+    return value
+
+
+def _number(data: dict[str, Any], name: str) -> int:
+    value = data.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)
+
+
+def _held(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or len(value) > MAX_HELD:
+        raise BadRequest(f"held: expected a list of at most {MAX_HELD} [task_instance_id, attempt]")
+    held = []
+    for entry in value:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not TASK_INSTANCE_ID.match(entry[0])
+            or isinstance(entry[1], bool)
+            or not isinstance(entry[1], int)
+        ):
+            raise BadRequest(f"held: expected [task_instance_id, attempt] pairs, found {entry!r}")
+        held.append((entry[0], entry[1]))
+    return tuple(held)

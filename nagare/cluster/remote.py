@@ -1,0 +1,473 @@
+"""The worker's side of the cluster: `nagare worker --join URL` pulls tasks from the master
+with a long poll, runs them with the same executors as the master (local `sh -c` or Docker),
+streams their output back in batches and reports each outcome; the master decides retries.
+
+Threads: the poll loop (main), a heartbeat loop (renews the leases, carries kills), a shipper
+(log batches, then results, in order) and one thread per running task. Memory is bounded: a
+task whose lines cannot be shipped waits (its output pipe fills, the process pauses) instead
+of buffering without limit. A worker that loses the master keeps its tasks, retries with
+backoff and delivers the results it holds once the master is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from nagare.assignment import SECRET_VARIABLES
+from nagare.attempts import HANDED_BACK_REASON
+from nagare.client import ApiClient, ApiError
+from nagare.cluster.protocol import (
+    MAX_LINES,
+    WorkerHello,
+    decode_assignment,
+    encode_hello,
+    encode_outcome,
+)
+from nagare.errors import NagareError
+from nagare.executors import Cancellation, Executor
+from nagare.models import Assignment, Outcome
+
+log = logging.getLogger("nagare.worker")
+BATCH_CHARS = 256 * 1024  # text per log batch: well under the master's 1 MiB body limit
+BUFFER_CHARS = 16 * 1024 * 1024  # unshipped output the worker keeps before tasks must wait
+SHIP_INTERVAL = 0.05
+BATCHES_PER_ROUND = 8
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+FATAL_STATUSES = (400, 401, 403, 404)
+
+
+class WorkerRejected(NagareError):
+    """The master refused this worker (bad token, invalid identity): retrying cannot help."""
+
+
+@dataclass
+class _Task:
+    assignment: Assignment
+    cancel: Cancellation = field(default_factory=Cancellation)
+    lost: bool = False  # the master no longer counts on it: drop its lines and result
+    done: bool = False  # the process ended; its result may still wait for delivery
+
+
+@dataclass
+class _Settings:
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    poll_wait_seconds: float = 10.0
+
+
+class RemoteWorker:
+    def __init__(
+        self,
+        master: ApiClient,
+        hello: WorkerHello,
+        executor_for: Callable[[Assignment], Executor],
+        grace_seconds: float = 10.0,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        self.master = master
+        self.hello = hello
+        self.executor_for = executor_for
+        self.grace_seconds = grace_seconds
+        env = dict(os.environ) if base_env is None else base_env
+        self.base_env = {k: v for k, v in env.items() if k not in SECRET_VARIABLES}
+        self.settings = _Settings()
+        self._lock = threading.Condition()
+        self._tasks: dict[str, _Task] = {}
+        self._lines: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        self._buffered = 0  # characters waiting in _lines
+        self._results: list[dict[str, Any]] = []
+        self._draining = threading.Event()  # no new work: shutting down
+        self._finished = threading.Event()  # everything delivered: the shipper may stop
+        self._unreachable_since: float | None = None
+        self._drain_deadline: float | None = None
+        self._fatal: WorkerRejected | None = None
+        self._pause = threading.Event()  # never set: the shipper's pacing between batches
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Join, work until `stop`, then drain: finish or hand back running tasks within the
+        grace period and deliver their results. Raises WorkerRejected if the master refuses."""
+        self._join(stop)
+        if stop.is_set():
+            return
+        poller = threading.Thread(target=self._poll_loop, args=(stop,), name="poll", daemon=True)
+        helpers = [
+            threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
+            threading.Thread(target=self._ship, name="shipper", daemon=True),
+        ]
+        for thread in (poller, *helpers):
+            thread.start()
+        stop.wait()
+        self._draining.set()
+        self._say_goodbye()  # the master answers the outstanding poll at once, with no work
+        poller.join(timeout=self.settings.poll_wait_seconds + 5)
+        self._drain()
+        for thread in helpers:
+            thread.join(timeout=5)
+        self._say_goodbye()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _join(self, stop: threading.Event) -> None:
+        delay = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                answer = self.master.cluster("register", encode_hello(self.hello))
+            except ApiError as err:
+                if err.status in FATAL_STATUSES:
+                    raise WorkerRejected(self._refusal(err)) from None
+                log.warning("cannot join %s yet: %s; retrying", self.master.base_url, err)
+                stop.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+                continue
+            self.settings = _Settings(
+                float(answer.get("lease_seconds", 30)),
+                float(answer.get("heartbeat_seconds", 5)),
+                float(answer.get("poll_wait_seconds", 10)),
+            )
+            log.info(
+                "worker %s joined %s (pools %s, up to %d tasks)",
+                self.hello.worker_id,
+                self.master.base_url,
+                ",".join(self.hello.pools),
+                self.hello.max_tasks,
+            )
+            return
+
+    def _refusal(self, err: ApiError) -> str:
+        what = {401: "the cluster token was refused (check --token)"}.get(err.status, err.message)
+        return f"the master at {self.master.base_url} refused this worker: {what} [{err.message}]"
+
+    # ------------------------------------------------------------ polling
+
+    def _poll_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self._poll_until(stop)
+            except WorkerRejected as err:
+                self._fatal = err
+                stop.set()
+            except Exception:  # a bug here must not leave a worker that only heartbeats
+                log.exception("the poll loop failed; polling again shortly")
+                stop.wait(1.0)
+
+    def _poll_until(self, stop: threading.Event) -> None:
+        delay = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                answer = self.master.cluster(
+                    "poll",
+                    {
+                        **self._hello(),
+                        "free": self._free(),
+                        "wait_seconds": self.settings.poll_wait_seconds,
+                    },
+                    timeout=self.settings.poll_wait_seconds + 15,
+                )
+            except ApiError as err:
+                if err.status == 401:
+                    raise WorkerRejected(self._refusal(err)) from None
+                self._unreachable(err)
+                stop.wait(delay * (0.5 + random.random()))
+                delay = min(BACKOFF_MAX, delay * 2)
+                continue
+            delay = BACKOFF_FIRST
+            self._reachable()
+            self._obey(answer)
+            for data in answer.get("tasks", []):
+                # claimed just as the worker stops: hand it back at once
+                self._start(decode_assignment(data), hand_back=stop.is_set())
+
+    def _free(self) -> int:
+        with self._lock:
+            running = sum(1 for t in self._tasks.values() if not t.done)
+        return max(0, self.hello.max_tasks - running)
+
+    def _hello(self) -> dict[str, Any]:
+        with self._lock:
+            held = [[t.assignment.task_instance_id, t.assignment.attempt] for t in self._held()]
+        hello = replace(self.hello, held=tuple(map(tuple, held)), leaving=self._draining.is_set())  # type: ignore[arg-type]
+        return encode_hello(hello)
+
+    def _held(self) -> list[_Task]:
+        return [t for t in self._tasks.values() if not t.lost]
+
+    def _obey(self, answer: dict[str, Any]) -> None:
+        """Stop what the master killed; drop what it no longer counts on."""
+        for task_instance_id in answer.get("cancel", []):
+            self._stop_task(task_instance_id, "killed", lost=False)
+        for task_instance_id in answer.get("lost", []):
+            self._stop_task(task_instance_id, "the master no longer holds this task", lost=True)
+
+    def _stop_task(self, task_instance_id: str, reason: str, lost: bool) -> None:
+        with self._lock:
+            task = self._tasks.get(task_instance_id)
+            if task is None:
+                return
+            if lost:
+                self._forget(task)
+            self._lock.notify_all()
+        if not task.cancel.is_set:
+            log.info("stopping task %s: %s", task.assignment.task_id, reason)
+        task.cancel.cancel(reason)
+
+    def _forget(self, task: _Task) -> None:
+        """(lock held) A lost task: its lines and result are dropped."""
+        task.lost = True
+        key = (task.assignment.task_instance_id, task.assignment.attempt)
+        dropped = self._lines.pop(key, [])
+        self._buffered -= sum(len(line) for _, line in dropped)
+        if task.done:
+            self._tasks.pop(task.assignment.task_instance_id, None)
+
+    def _unreachable(self, err: ApiError) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning("lost the master (%s); retrying with backoff", err)
+
+    def _reachable(self) -> None:
+        if self._unreachable_since is not None:
+            log.info(
+                "reached the master again after %.1fs", time.monotonic() - self._unreachable_since
+            )
+            self._unreachable_since = None
+
+    # ------------------------------------------------------------ heartbeats
+
+    def _heartbeats(self) -> None:
+        while not self._finished.wait(self.settings.heartbeat_seconds):
+            try:
+                answer = self.master.cluster("heartbeat", self._hello(), timeout=10)
+            except ApiError as err:
+                log.debug("heartbeat failed: %s", err)
+                continue
+            self._obey(answer)
+
+    def _say_goodbye(self) -> None:
+        """A heartbeat saying the worker is leaving: the master hands it no more work."""
+        try:
+            answer = self.master.cluster("heartbeat", self._hello(), timeout=5)
+        except ApiError as err:
+            log.debug("goodbye not delivered: %s", err)
+        else:
+            self._obey(answer)
+
+    # ------------------------------------------------------------ running tasks
+
+    def _start(self, assignment: Assignment, hand_back: bool = False) -> None:
+        task = _Task(assignment)
+        with self._lock:
+            self._tasks[assignment.task_instance_id] = task
+        if hand_back:
+            task.cancel.cancel(HANDED_BACK_REASON)
+        threading.Thread(
+            target=self._execute,
+            args=(task,),
+            name=f"task-{assignment.task_id}",
+            daemon=True,
+        ).start()
+
+    def _execute(self, task: _Task) -> None:
+        assignment = task.assignment
+        base = {} if assignment.image else self.base_env  # containers: never the host's
+        runnable = replace(assignment, env={**base, **assignment.env})
+        key = (assignment.task_instance_id, assignment.attempt)
+        try:
+            if task.cancel.is_set:
+                outcome = Outcome(exit_code=None, cancelled=True)
+            else:
+                executor = self.executor_for(assignment)
+                outcome = executor.run(
+                    runnable, lambda s, line: self._line(task, key, s, line), task.cancel
+                )
+        except Exception as exc:  # an executor failure is the task's, not the worker's
+            log.exception("task %s crashed its executor", assignment.task_id)
+            outcome = Outcome(exit_code=None, error=f"worker {self.hello.worker_id}: {exc}")
+        if task.cancel.is_set and not outcome.cancelled and not outcome.timed_out:
+            outcome.cancelled = True
+        self._report(task, outcome)
+
+    def _line(self, task: _Task, key: tuple[str, int], stream: str, line: str) -> None:
+        with self._lock:
+            while self._buffered > BUFFER_CHARS and not task.lost and not task.cancel.is_set:
+                self._lock.wait(0.5)  # backpressure: the shipper is behind
+            if task.lost:
+                return
+            self._lines.setdefault(key, []).append((stream, line))
+            self._buffered += len(line)
+
+    def _report(self, task: _Task, outcome: Outcome) -> None:
+        assignment = task.assignment
+        with self._lock:
+            task.done = True
+            if task.lost:
+                self._tasks.pop(assignment.task_instance_id, None)
+                return
+            self._results.append(
+                {
+                    "worker_id": self.hello.worker_id,
+                    "task_instance_id": assignment.task_instance_id,
+                    "attempt": assignment.attempt,
+                    "outcome": encode_outcome(outcome),
+                    "cancel_reason": task.cancel.reason if task.cancel.is_set else "",
+                }
+            )
+            self._lock.notify_all()
+
+    # ------------------------------------------------------------ shipping to the master
+
+    def _ship(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            with self._lock:
+                if self._finished.is_set() and not self._lines and not self._results:
+                    return
+                if not self._lines and not self._results:
+                    self._lock.wait(SHIP_INTERVAL * 4)
+                    continue
+            if self._ship_once():
+                delay = BACKOFF_FIRST
+                with self._lock:  # lines gather into batches; a result goes out at once
+                    if not self._results:
+                        self._lock.wait(SHIP_INTERVAL)
+            else:
+                self._pause.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+                if self._finished.is_set() and self._gave_up():
+                    return
+
+    def _ship_once(self) -> bool:
+        """Ship every task's pending lines, then the results whose lines are all shipped.
+        False when the master could not be reached (everything stays for the next try)."""
+        with self._lock:
+            self._attach_last_lines()
+            keys = list(self._lines)
+        for key in keys:
+            for _ in range(BATCHES_PER_ROUND):  # a loud task cannot starve the others
+                if not self._ship_lines(key):
+                    return False
+                with self._lock:
+                    if key not in self._lines:
+                        break
+        with self._lock:
+            ready = [
+                r for r in self._results if (r["task_instance_id"], r["attempt"]) not in self._lines
+            ]
+        return all(self._ship_result(result) for result in ready)
+
+    def _attach_last_lines(self) -> None:
+        """(lock held) A finished task's last lines travel with its result when they fit in
+        one batch: one request instead of two for most tasks."""
+        for result in self._results:
+            key = (result["task_instance_id"], result["attempt"])
+            pending = self._lines.get(key)
+            if not pending or "lines" in result or len(pending) > MAX_LINES:
+                continue
+            size = sum(len(line) for _, line in pending)
+            if size <= BATCH_CHARS:
+                result["lines"] = [[stream, line] for stream, line in pending]
+                self._buffered -= size
+                del self._lines[key]
+
+    def _ship_lines(self, key: tuple[str, int]) -> bool:
+        with self._lock:
+            pending = self._lines.get(key, [])
+            batch: list[list[str]] = []
+            size = 0
+            for stream, line in pending:
+                if batch and (size + len(line) > BATCH_CHARS or len(batch) >= MAX_LINES):
+                    break
+                batch.append([stream, line])
+                size += len(line)
+        if not batch:
+            return True
+        body = {
+            "worker_id": self.hello.worker_id,
+            "task_instance_id": key[0],
+            "attempt": key[1],
+            "lines": batch,
+        }
+        try:
+            answer = self.master.cluster("log", body)
+        except ApiError as err:
+            if err.status in (404, 409):
+                self._stop_task(key[0], f"the master refused its log: {err.message}", lost=True)
+                return True
+            if err.status == 400:
+                log.error("the master refused a log batch: %s", err.message)
+            else:
+                self._unreachable(err)
+                return False
+        else:
+            if answer.get("cancel"):
+                self._stop_task(key[0], "killed", lost=False)
+        with self._lock:
+            shipped = self._lines.get(key)
+            if shipped is not None:  # (a task lost meanwhile had its lines dropped already)
+                del shipped[: len(batch)]
+                self._buffered -= size
+                if not shipped:
+                    del self._lines[key]
+            self._lock.notify_all()
+        return True
+
+    def _ship_result(self, result: dict[str, Any]) -> bool:
+        task_instance_id = result["task_instance_id"]
+        try:
+            answer = self.master.cluster("result", result)
+        except ApiError as err:
+            if err.status in (400, 404, 409):
+                log.warning(
+                    "the master refused the result of %s: %s", task_instance_id, err.message
+                )
+            else:
+                self._unreachable(err)
+                return False
+        else:
+            log.info("task %s ended: %s", task_instance_id, answer.get("status"))
+        with self._lock:
+            self._results.remove(result)
+            self._tasks.pop(task_instance_id, None)
+            self._lock.notify_all()
+        return True
+
+    def _gave_up(self) -> bool:
+        """While draining, delivery is tried for a bounded time."""
+        return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
+
+    # ------------------------------------------------------------ shutdown
+
+    def _drain(self) -> None:
+        """Stop taking work; let running tasks finish within the grace period, hand the rest
+        back (the master queues them again without spending a retry); deliver results."""
+        self._draining.set()
+        deadline = time.monotonic() + self.grace_seconds
+        with self._lock:
+            running = [t for t in self._tasks.values() if not t.done]
+        if running:
+            log.info(
+                "stopping: %d running task(s) get %.0fs to finish", len(running), self.grace_seconds
+            )
+        with self._lock:
+            self._lock.wait_for(
+                lambda: all(t.done for t in self._tasks.values()),
+                max(0.0, deadline - time.monotonic()),
+            )
+            left = [t for t in self._tasks.values() if not t.done]
+        for task in left:
+            task.cancel.cancel(HANDED_BACK_REASON)
+        with self._lock:
+            self._lock.wait_for(lambda: all(t.done for t in self._tasks.values()), 10)
+        self._drain_deadline = time.monotonic() + 10
+        self._finished.set()
+        with self._lock:
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: not self._results and not self._lines, 10)

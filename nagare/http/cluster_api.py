@@ -1,0 +1,92 @@
+"""The cluster routes: `GET /api/workers` (API key) for people, and the protocol routes
+`/api/workers/register|heartbeat|poll|log|result` (cluster token) for remote workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nagare.cluster.coordinator import Coordinator
+from nagare.cluster.protocol import (
+    read_hello,
+    read_log_batch,
+    read_poll,
+    read_result,
+)
+from nagare.http.routing import Route
+from nagare.http.server import Request
+
+PROTOCOL_BODY = {
+    "type": "object",
+    "required": ["worker_id", "hostname", "pools", "max_tasks"],
+    "properties": {
+        "worker_id": {"type": "string"},
+        "hostname": {"type": "string"},
+        "pools": {"type": "array", "items": {"type": "string"}},
+        "max_tasks": {"type": "integer", "minimum": 1},
+        "held": {"type": "array", "description": "[task_instance_id, attempt] pairs it runs"},
+    },
+}
+
+
+class ClusterApi:
+    def __init__(self, coordinator: Coordinator, max_line_chars: int) -> None:
+        self.coordinator = coordinator
+        self.max_line_chars = max_line_chars
+
+    def routes(self) -> list[Route]:
+        def protocol(path: str, handler: Any, summary: str) -> Route:
+            return Route(
+                "POST",
+                f"/api/workers/{path}",
+                handler,
+                summary,
+                auth="token",
+                body=PROTOCOL_BODY if path != "log" and path != "result" else {"type": "object"},
+                tags=("cluster",),
+            )
+
+        return [
+            Route(
+                "GET",
+                "/api/workers",
+                self.workers,
+                "Registered remote workers: pools, capacity, running tasks, last heartbeat, status",
+                tags=("system",),
+            ),
+            protocol("register", self.register, "A worker joins (or re-joins)"),
+            protocol(
+                "heartbeat",
+                self.heartbeat,
+                "A worker renews the leases of what it runs; answers {cancel, lost}",
+            ),
+            protocol(
+                "poll",
+                self.poll,
+                "Long poll for work: answers {tasks, cancel, lost} as soon as there is some, or "
+                "after wait_seconds",
+            ),
+            protocol("log", self.log, "Lines of a remote attempt's log"),
+            protocol(
+                "result",
+                self.result,
+                "How a remote attempt ended; 409 when the worker no longer holds it",
+            ),
+        ]
+
+    def workers(self, request: Request) -> list[dict[str, Any]]:
+        return self.coordinator.workers()
+
+    def register(self, request: Request) -> dict[str, Any]:
+        return self.coordinator.register(read_hello(request.json()))
+
+    def heartbeat(self, request: Request) -> dict[str, Any]:
+        return self.coordinator.heartbeat(read_hello(request.json())).to_json()
+
+    def poll(self, request: Request) -> dict[str, Any]:
+        return self.coordinator.poll(read_poll(request.json()), request.client_gone).to_json()
+
+    def log(self, request: Request) -> dict[str, Any]:
+        return self.coordinator.log_lines(read_log_batch(request.json(), self.max_line_chars))
+
+    def result(self, request: Request) -> dict[str, Any]:
+        return self.coordinator.result(read_result(request.json(), self.max_line_chars))

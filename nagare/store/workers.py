@@ -1,0 +1,197 @@
+"""The remote worker registry and the leases under which workers hold tasks.
+
+A remote claim stamps `lease_expires_at` on the task instance; every poll or heartbeat of the
+holder renews it. A lease that ran out is closed by the master (retry or fail), and a result or
+log batch arriving after that is refused: whatever happens, one attempt has one outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from nagare.models import TaskStatus
+from nagare.store.db import Database
+from nagare.store.records import AttemptFinish, Claim, HeldAttempt, WorkerRecord
+
+# statuses in which a remote attempt is still open (a killed task keeps its open attempt until
+# the worker reports how the kill ended, or its lease runs out)
+HELD_STATUSES = ("running", "cancelled")
+
+
+class WorkerStore:
+    db: Database
+
+    # ------------------------------------------------------------ registry
+
+    def worker_seen(self, worker: WorkerRecord, leaving: bool = False) -> None:
+        """Register or refresh a worker (a heartbeat is an upsert: a master that lost its
+        registry learns the worker back from its next message)."""
+        with self.db.write() as conn:
+            _upsert_worker(conn, worker, "left" if leaving else "online")
+
+    def workers(self) -> list[WorkerRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT w.*, (SELECT count(*) FROM task_attempts a WHERE a.status='running' "
+                "AND a.worker=w.worker_id) AS running FROM workers w ORDER BY w.worker_id"
+            ).fetchall()
+        return [_worker_from_row(r) for r in rows]
+
+    def held_count(self, worker_id: str) -> int:
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM task_attempts WHERE status='running' AND worker=?",
+                (worker_id,),
+            ).fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ leases
+
+    def claim_remote(
+        self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
+    ) -> list[Claim]:
+        """Claim up to `count` queued tasks of `pools` (oldest first per pool, pools taken in
+        turn) for a remote worker, in one transaction."""
+        claims: list[Claim] = []
+        with self.db.write() as conn:
+            open_pools = list(pools)
+            while open_pools and len(claims) < count:
+                for pool in list(open_pools):
+                    if len(claims) >= count:
+                        break
+                    claim = self._claim(conn, pool, worker_id, now, lease_until)  # type: ignore[attr-defined]
+                    if claim is None:
+                        open_pools.remove(pool)
+                    else:
+                        claims.append(claim)
+        return claims
+
+    def renew_leases(
+        self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: int
+    ) -> list[HeldAttempt]:
+        """Extend the leases of the attempts a worker reports holding; say for each whether
+        the worker must stop it (killed) or drop it (no longer its own)."""
+        answers = []
+        with self.db.write() as conn:
+            for task_instance_id, attempt in held:
+                row = conn.execute(
+                    "UPDATE task_instances SET lease_expires_at=?, lease_confirmed=1 "
+                    "WHERE id=? AND attempt=? AND "
+                    "worker=? AND status IN ('running', 'cancelled') AND lease_expires_at IS "
+                    "NOT NULL AND EXISTS (SELECT 1 FROM task_attempts a WHERE "
+                    "a.task_instance_id=? AND a.attempt=? AND a.status='running') "
+                    "RETURNING status",
+                    (lease_until, task_instance_id, attempt, worker_id, task_instance_id, attempt),
+                ).fetchone()
+                cancel = row is not None and row[0] == TaskStatus.CANCELLED
+                answers.append(HeldAttempt(task_instance_id, attempt, cancel, lost=row is None))
+        return answers
+
+    def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None:
+        """The worker that holds this attempt under a live lease, or None."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT a.worker FROM task_attempts a JOIN task_instances ti ON "
+                "ti.id=a.task_instance_id AND ti.attempt=a.attempt WHERE a.task_instance_id=? "
+                "AND a.attempt=? AND a.status='running' AND ti.lease_expires_at >= ?",
+                (task_instance_id, attempt, now),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def finish_remote(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None:
+        """Record a worker's result if it still holds the attempt under a live lease; None when
+        it does not (lease ran out, another attempt, another worker). Otherwise like
+        finish_attempt: whether the task moved (a kill that came first keeps `cancelled`)."""
+        with self.db.write() as conn:
+            if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, True):
+                return None
+            return self._finish(conn, finish)  # type: ignore[attr-defined,no-any-return]
+
+    def expired_leases(self, now: int) -> list[tuple[str, int, str, bool]]:
+        """(task instance, attempt, worker, confirmed) of open remote attempts whose lease ran
+        out; `confirmed`: the worker said it held the attempt at least once after the claim."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT a.task_instance_id, a.attempt, a.worker, ti.lease_confirmed "
+                "FROM task_attempts a "
+                "JOIN task_instances ti ON ti.id=a.task_instance_id AND ti.attempt=a.attempt "
+                "WHERE a.status='running' AND a.worker != 'local' AND ti.lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def expire_lease(self, finish: AttemptFinish, worker_id: str, now: int) -> bool:
+        """Close an attempt whose lease ran out (compare-and-set: a result that arrived first
+        wins). Returns whether it was closed here."""
+        with self.db.write() as conn:
+            if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, False):
+                return False
+            self._finish(conn, finish)  # type: ignore[attr-defined]
+            conn.execute(
+                "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=?",
+                (finish.task_instance_id, finish.attempt),
+            )
+        return True
+
+    def extend_leases(self, until: int) -> int:
+        """On master start: the workers could not renew while it was down, so every open lease
+        gets a full term from now. Returns how many were extended."""
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE task_instances SET lease_expires_at=max(lease_expires_at, ?) "
+                "WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled')",
+                (until,),
+            )
+        return cursor.rowcount
+
+
+def _holds(
+    conn: sqlite3.Connection, task_instance_id: str, attempt: int, worker: str, now: int, live: bool
+) -> bool:
+    """Whether `worker` holds the open attempt, under a lease still live (or, with
+    live=False, one that has run out)."""
+    row = conn.execute(
+        "SELECT ti.lease_expires_at FROM task_attempts a JOIN task_instances ti ON "
+        "ti.id=a.task_instance_id AND ti.attempt=a.attempt WHERE a.task_instance_id=? AND "
+        "a.attempt=? AND a.worker=? AND a.status='running' AND ti.lease_expires_at IS NOT NULL",
+        (task_instance_id, attempt, worker),
+    ).fetchone()
+    if row is None:
+        return False
+    return bool(row[0] >= now) if live else bool(row[0] < now)
+
+
+def _upsert_worker(conn: sqlite3.Connection, worker: WorkerRecord, state: str) -> None:
+    conn.execute(
+        "INSERT INTO workers(worker_id, hostname, pools, max_tasks, version, state, "
+        "registered_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(worker_id) DO "
+        "UPDATE SET hostname=excluded.hostname, pools=excluded.pools, "
+        "max_tasks=excluded.max_tasks, version=excluded.version, state=excluded.state, "
+        "last_seen=excluded.last_seen",
+        (
+            worker.worker_id,
+            worker.hostname,
+            json.dumps(list(worker.pools)),
+            worker.max_tasks,
+            worker.version,
+            state,
+            worker.last_seen,
+            worker.last_seen,
+        ),
+    )
+
+
+def _worker_from_row(row: sqlite3.Row) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pools=tuple(json.loads(row["pools"])),
+        max_tasks=row["max_tasks"],
+        version=row["version"],
+        state=row["state"],
+        registered_at=row["registered_at"],
+        last_seen=row["last_seen"],
+        running=row["running"],
+    )

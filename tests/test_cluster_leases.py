@@ -1,0 +1,269 @@
+"""The cluster's decisions without processes: message validation (pure) and the lease rules in
+a real SQLite store, with time passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nagare.attempts import HANDED_BACK_REASON, attempt_finish
+from nagare.cluster.coordinator import Coordinator
+from nagare.cluster.protocol import (
+    decode_assignment,
+    decode_outcome,
+    encode_assignment,
+    encode_outcome,
+    read_hello,
+    read_log_batch,
+    read_poll,
+    read_result,
+)
+from nagare.dagfile import parse_dag
+from nagare.errors import BadRequest
+from nagare.logs import LogFiles
+from nagare.models import (
+    Assignment,
+    AttemptMetrics,
+    Outcome,
+    Resources,
+    TaskStatus,
+    Trigger,
+)
+from nagare.scheduler import create_run
+from nagare.store import Store, WorkerRecord
+
+HELLO = {"worker_id": "w1", "hostname": "box-1", "pools": ["gpu"], "max_tasks": 2}
+LEASE = 30_000
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_a_valid_hello_is_read_with_its_held_attempts() -> None:
+    hello = read_hello({**HELLO, "pools": ["gpu", "gpu", "cpu"], "held": [["abc", 2]]})
+    assert hello.pools == ("gpu", "cpu") and hello.held == (("abc", 2),)
+    assert not hello.leaving and read_hello({**HELLO, "leaving": True}).leaving
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"worker_id": "local"}, "worker_id: 'local' is reserved"),
+        ({"worker_id": "../x"}, "worker_id: expected letters, digits"),
+        ({"worker_id": "w" * 65}, "worker_id: expected"),
+        ({"worker_id": None}, "worker_id: expected"),
+        ({"hostname": "a b"}, "hostname: expected a host name, found 'a b'"),
+        ({"pools": []}, "pools: expected a list of 1 to 32 pool names"),
+        ({"pools": ["a b"]}, "pools: expected pool names like 'gpu', found 'a b'"),
+        ({"pools": "gpu"}, "pools: expected a list"),
+        ({"max_tasks": 0}, "max_tasks: expected a whole number from 1 to 256, found 0"),
+        ({"max_tasks": True}, "max_tasks: expected a whole number"),
+        ({"held": [["abc"]]}, "held: expected [task_instance_id, attempt] pairs"),
+        ({"held": [["../x", 1]]}, "held: expected [task_instance_id, attempt] pairs"),
+    ],
+)
+def test_a_bad_hello_names_the_field(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=None) as caught:
+        read_hello({**HELLO, **change})
+    assert message in caught.value.message
+
+
+def test_poll_log_and_result_messages_are_validated() -> None:
+    poll = read_poll({**HELLO, "free": 2, "wait_seconds": 500})
+    assert poll.free == 2 and poll.wait_seconds == 30.0  # capped
+    with pytest.raises(BadRequest, match="wait_seconds"):
+        read_poll({**HELLO, "free": 1, "wait_seconds": -1})
+    with pytest.raises(BadRequest, match="free"):
+        read_poll({**HELLO, "free": 999})
+    batch = read_log_batch(
+        {"worker_id": "w1", "task_instance_id": "abc", "attempt": 1, "lines": [["stdout", "xyz"]]},
+        max_line_chars=2,
+    )
+    assert batch.lines == (("stdout", "xy"),)  # cut to the master's line limit
+    with pytest.raises(BadRequest, match="stream stdout, stderr or nagare"):
+        read_log_batch(
+            {"worker_id": "w1", "task_instance_id": "abc", "attempt": 1, "lines": [["x", "y"]]},
+            100,
+        )
+    with pytest.raises(BadRequest, match="outcome: expected an object"):
+        read_result({"worker_id": "w1", "task_instance_id": "abc", "attempt": 1})
+    with pytest.raises(BadRequest, match="expected a JSON object body"):
+        read_hello(["w1"])
+
+
+def test_assignments_and_outcomes_survive_the_wire() -> None:
+    assignment = Assignment(
+        task_instance_id="abc",
+        run_id="r",
+        dag_id="d",
+        task_id="t",
+        attempt=2,
+        command="echo hi",
+        env={"A": "1"},
+        timeout_seconds=5,
+        image="busybox",
+        volumes=("/data:/data:ro",),
+        resources=Resources(cpus="0.5", memory="64m"),
+    )
+    assert decode_assignment(encode_assignment(assignment)) == assignment
+    outcome = Outcome(
+        exit_code=3,
+        timed_out=True,
+        error="boom",
+        metrics=AttemptMetrics(10, 2, 1, 4096, 3, "docker"),
+        stdout="not shipped",
+    )
+    back = decode_outcome(encode_outcome(outcome))
+    assert back == Outcome(
+        exit_code=3,
+        timed_out=True,
+        error="boom",
+        metrics=AttemptMetrics(10, 2, 1, 4096, 3, "docker"),
+    )
+    odd = decode_outcome({"exit_code": True, "metrics": {"duration_ms": -5, "executor_type": "x"}})
+    assert odd.exit_code is None and odd.metrics.duration_ms == 0
+    assert odd.metrics.executor_type == "local"
+
+
+# ---------------------------------------------------------------- leases in the store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(str(tmp_path / "leases.db"))
+    dag, errors = parse_dag(
+        "id: d\ntasks:\n  - id: t\n    pool: gpu\n    retries: 1\n    command: 'true'\n"
+        "  - id: u\n    pool: gpu\n    command: 'true'\n"
+    )
+    assert dag is not None, errors
+    create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    return store
+
+
+def finish(store: Store, claim: Any, outcome: Outcome, now: int, reason: str = "") -> Any:
+    return attempt_finish(claim, outcome, now, cancel_reason=reason)
+
+
+def test_a_claim_is_a_lease_renewed_only_for_its_holder(store: Store) -> None:
+    claims = store.claim_remote("w1", ["gpu"], 5, now=1_000, lease_until=1_000 + LEASE)
+    assert sorted(c.task.task_id for c in claims) == ["t", "u"]  # both, in one poll
+    assert store.held_count("w1") == 2
+    first = claims[0]
+    answers = store.renew_leases("w1", [(first.task.id, first.attempt)], 20_000 + LEASE)
+    assert [(a.cancel, a.lost) for a in answers] == [(False, False)]
+    stranger = store.renew_leases("w2", [(first.task.id, first.attempt)], 20_000 + LEASE)
+    assert stranger[0].lost  # not its task
+    wrong_attempt = store.renew_leases("w1", [(first.task.id, first.attempt + 1)], 20_000)
+    assert wrong_attempt[0].lost
+    # the renewed lease outlives the other one
+    expired = store.expired_leases(1_000 + LEASE + 1)
+    assert [e[0] for e in expired] == [claims[1].task.id]
+    assert store.holder(first.task.id, first.attempt, 1_000 + LEASE + 1) == "w1"
+
+
+def test_a_result_after_the_lease_ran_out_is_refused(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    late = finish(store, claim, Outcome(exit_code=0), LEASE + 1)
+    assert store.finish_remote(late, "w1", LEASE + 1) is None
+    lost = finish(store, claim, Outcome(exit_code=None, error="worker w1 lost"), LEASE + 1)
+    assert store.expire_lease(lost, "w1", LEASE + 1)
+    assert not store.expire_lease(lost, "w1", LEASE + 2)  # closed once
+    task = store.get_task_by_id(claim.task.id)
+    assert task is not None and task.status is TaskStatus.UP_FOR_RETRY  # retries: 1
+    assert "worker w1 lost; retrying (attempt 2 of 2)" in task.message
+    assert store.finish_remote(late, "w1", LEASE + 1) is None  # still refused afterwards
+    (attempt,) = store.attempts(claim.task.id)
+    assert attempt.status is TaskStatus.FAILED and attempt.worker == "w1"
+
+
+def test_a_result_in_time_wins_over_the_reaper(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.finish_remote(finish(store, claim, Outcome(exit_code=0), 10), "w1", 10) is True
+    lost = finish(store, claim, Outcome(exit_code=None, error="lost"), LEASE + 1)
+    assert not store.expire_lease(lost, "w1", LEASE + 1)
+    assert store.expired_leases(LEASE * 10) == []
+    task = store.get_task_by_id(claim.task.id)
+    assert task is not None and task.status is TaskStatus.SUCCESS
+
+
+def test_another_worker_cannot_report_the_attempt(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.finish_remote(finish(store, claim, Outcome(exit_code=0), 5), "w2", 5) is None
+
+
+def test_a_killed_remote_task_keeps_its_attempt_open_for_the_report(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    store.transition([claim.task.id], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 5, "killed")
+    (answer,) = store.renew_leases("w1", [(claim.task.id, claim.attempt)], 10 + LEASE)
+    assert answer.cancel and not answer.lost
+    report = finish(store, claim, Outcome(exit_code=None, cancelled=True), 20, "killed")
+    assert store.finish_remote(report, "w1", 20) is False  # the kill had already won
+    (attempt,) = store.attempts(claim.task.id)
+    assert attempt.status is TaskStatus.CANCELLED and attempt.completed_at == 20
+
+
+def test_a_handed_back_task_is_queued_again_without_spending_a_retry(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    back = finish(store, claim, Outcome(exit_code=None, cancelled=True), 5, HANDED_BACK_REASON)
+    assert store.finish_remote(back, "w1", 5) is True
+    task = store.get_task_by_id(claim.task.id)
+    assert task is not None and task.status is TaskStatus.QUEUED
+    assert task.max_attempts == 3 and "handed back" in task.message  # 2 + the attempt given back
+
+
+def test_a_restarted_master_gives_open_leases_a_full_term(store: Store) -> None:
+    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.extend_leases(100_000 + LEASE) == 1
+    assert store.expired_leases(LEASE + 1) == []
+    assert store.holder(claim.task.id, claim.attempt, 100_000) == "w1"
+
+
+def test_the_registry_is_an_upsert(store: Store) -> None:
+    store.worker_seen(WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 1, 1))
+    store.worker_seen(WorkerRecord("w1", "h2", ("gpu", "cpu"), 4, "0.1", "", 9, 9))
+    store.claim_remote("w1", ["gpu"], 1, now=10, lease_until=LEASE)
+    (worker,) = store.workers()
+    assert (worker.hostname, worker.pools, worker.max_tasks) == ("h2", ("gpu", "cpu"), 4)
+    assert (worker.registered_at, worker.last_seen, worker.running) == (1, 9, 1)
+    store.worker_seen(WorkerRecord("w1", "h2", ("gpu",), 4, "0.1", "", 12, 12), leaving=True)
+    assert store.workers()[0].state == "left"
+
+
+def test_a_lease_is_confirmed_by_the_holders_first_renewal(store: Store) -> None:
+    first, second = store.claim_remote("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    store.renew_leases("w1", [(first.task.id, first.attempt)], LEASE)
+    expired = {e[0]: e[3] for e in store.expired_leases(LEASE + 1)}
+    assert expired == {first.task.id: True, second.task.id: False}
+
+
+def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(
+    store: Store, tmp_path: Path
+) -> None:
+    """A confirmed attempt of a lost worker fails (retries decide); an attempt the worker never
+    confirmed (handed out as it died) runs again without spending a retry."""
+    finished: list[str] = []
+    queued: list[dict[str, int]] = []
+    coordinator = Coordinator(
+        store,
+        LogFiles(str(tmp_path / "logs")),
+        LEASE / 1000,
+        on_finished=lambda run_id, task_id: finished.append(task_id),
+        on_queued=queued.append,
+        clock=lambda: 0,
+    )
+    first, second = store.claim_remote("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    store.renew_leases("w1", [(first.task.id, first.attempt)], LEASE)
+    assert coordinator.reap(LEASE) == 0  # not yet
+    assert coordinator.reap(LEASE + 1) == 2
+    assert sorted(finished) == sorted([first.task.id, second.task.id])
+    lost = store.get_task_by_id(first.task.id)
+    assert lost is not None and lost.status is TaskStatus.UP_FOR_RETRY
+    assert lost.message == "worker w1 lost: no word from it for 30s; retrying (attempt 2 of 2)"
+    again = store.get_task_by_id(second.task.id)
+    assert again is not None and again.status is TaskStatus.QUEUED
+    assert again.max_attempts == 2 and "without spending a retry" in again.message
+    assert queued == [{"gpu": 1}]
+    log_text = (tmp_path / "logs" / first.run.run_id / f"{first.task.id}.1.log").read_text()
+    assert "[nagare] worker w1 lost" in log_text
