@@ -127,15 +127,8 @@ class App:
         container with its owner label is a leftover of an earlier (crashed) server."""
         with self._docker_lock:
             if self._docker is None:
-                from nagare.executors.docker import DockerExecutor
-
-                self._docker = DockerExecutor(
-                    max_line_bytes=self.config.max_log_line_bytes,
-                    docker_host=self.config.docker_host,
-                    volume_roots=self.config.docker_volume_roots,
-                    owner=f"{socket.gethostname()}:{os.path.abspath(self.config.db)}",
-                    pull_timeout_seconds=self.config.docker_pull_timeout_seconds,
-                )
+                owner = f"{socket.gethostname()}:{os.path.abspath(self.config.db)}"
+                self._docker = _docker_executor(self.config, owner)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
 
@@ -353,14 +346,21 @@ class _WorkerExecutors:
             return self.local
         with self._lock:
             if self._docker is None:
-                from nagare.executors.docker import DockerExecutor
-
-                self._docker = DockerExecutor(
-                    max_line_bytes=self.config.max_log_line_bytes,
-                    docker_host=self.config.docker_host,
-                    volume_roots=self.config.docker_volume_roots,
-                    owner=f"{socket.gethostname()}:worker:{self.worker_id}",
-                    pull_timeout_seconds=self.config.docker_pull_timeout_seconds,
-                )
+                owner = f"{socket.gethostname()}:worker:{self.worker_id}"
+                self._docker = _docker_executor(self.config, owner)
                 self._docker.cleanup_orphans()
             return self._docker
+
+
+def _docker_executor(config: Config, owner: str) -> DockerExecutor:
+    """The Docker executor, imported on first use: a process that never runs a container never
+    loads the SDK. `owner` labels its containers (leftovers of a crash are found by it)."""
+    from nagare.executors.docker import DockerExecutor
+
+    return DockerExecutor(
+        max_line_bytes=config.max_log_line_bytes,
+        docker_host=config.docker_host,
+        volume_roots=config.docker_volume_roots,
+        owner=owner,
+        pull_timeout_seconds=config.docker_pull_timeout_seconds,
+    )

@@ -1037,3 +1037,50 @@ def test_a_loud_remote_task_streams_every_line_in_order(
     assert nagare.wait_run(run_id, 60)["status"] == "success"
     lines = [line for line in nagare.log(run_id, "t").splitlines() if not line.startswith("[")]
     assert lines == [*map(str, range(1, 100_001)), "half-way", *map(str, range(100_001, 200_001))]
+
+
+def test_an_open_cluster_is_warned_about_at_start(
+    nagare_factory: Callable[..., Nagare], caplog: pytest.LogCaptureFixture
+) -> None:
+    warning = "neither token nor api_key is configured: anyone who can reach this port can join"
+    with caplog.at_level("WARNING", logger="nagare"):
+        nagare_factory()
+    assert warning in caplog.text
+    for settings in ({"token": "t0k"}, {"api_key": "k3y"}):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="nagare"):
+            nagare_factory(**settings)
+        assert warning not in caplog.text
+
+
+def test_the_live_log_of_a_remote_task_streams_like_a_local_one(
+    nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker]
+) -> None:
+    """SSE: history, then lines live as the worker ships them, then `event: end`."""
+    from test_sse import open_stream
+
+    nagare = nagare_factory(
+        dags={
+            "s.yaml": gpu_dag(
+                "slowtalk",
+                "- id: t\n  pool: gpu\n"
+                "  command: 'echo one; sleep 1; echo two; sleep 1; echo three'\n",
+            )
+        },
+        worker_pools=GPU_ONLY,
+        lease_timeout_seconds=5,
+    )
+    w1 = workers(nagare.url, "w1")
+    wait_online(nagare, w1)
+    run_id = nagare.trigger("slowtalk")
+    wait_for(lambda: "one" in nagare.log(run_id, "t"), 10, 0.05, "the first line")
+    stream = open_stream(nagare, run_id, "t")
+    try:
+        assert stream.status == 200
+        stream.until_end(15)
+    finally:
+        stream.close()
+    lines = [e for e in stream.lines if not e.data.startswith("[nagare]")]
+    assert [e.data for e in lines] == ["one", "two", "three"]
+    assert lines[2].at - lines[1].at > 0.5  # arrived live, not all at the end
+    assert stream.end == {"status": "success"}
