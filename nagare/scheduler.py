@@ -263,7 +263,9 @@ class Scheduler:
             changed = self._refresh(view, finished or set())
         dag = view.dag
         child_counts = self.store.child_counts(run_id) if dag.map_task_ids else {}
-        plan = plan_changes(dag, dag.order, view.by_task, child_counts, view.run.killed, changed)
+        plan = plan_changes(
+            dag, dag.order, view.by_task, child_counts, view.run.killed, changed, view.waits
+        )
         pools = self._apply(view, plan, now)
         if changed is None:
             pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
@@ -416,6 +418,7 @@ class _View:
     by_task: dict[str, TaskState]
     task_ids: dict[str, str]  # task instance id -> task id
     stale: bool = False
+    waits: dict[str, int] = field(default_factory=dict)  # see progress.plan_changes
 
     def moved(self, planned: list[InstanceLike], moved: list[str], status: TaskStatus) -> None:
         """Record the outcome of a compare-and-set; a lost race makes the view stale."""

@@ -58,6 +58,7 @@ def summary(plan: Plan) -> tuple[set[str], set[str], object]:
 def test_incremental_plan_matches_a_full_plan(dag: DagDef, data: st.DataObject) -> None:
     status = {t.task_id: S.PENDING for t in dag.tasks}
     settle(dag, status)
+    waits: dict[str, int] = {}  # kept across passes, as the scheduler's view of a run keeps it
     for _ in range(data.draw(st.integers(1, 4))):
         active = sorted(k for k, v in status.items() if v is S.QUEUED)
         if not active:
@@ -67,7 +68,7 @@ def test_incremental_plan_matches_a_full_plan(dag: DagDef, data: st.DataObject) 
             status[task_id] = data.draw(st.sampled_from(FINISHED))
         by_task = states(dag, status)
         full = plan_run(dag, dag.order, list(by_task.values()), {}, False)
-        partial = plan_changes(dag, dag.order, by_task, {}, False, finished)
+        partial = plan_changes(dag, dag.order, by_task, {}, False, finished, waits)
         assert summary(partial) == summary(full)
         settle(dag, status)
 
@@ -87,3 +88,18 @@ def test_map_parents_are_always_reconsidered() -> None:
     plan = plan_changes(dag, dag.order, states(dag, status), {"m": {S.SUCCESS: 3}}, False, [])
     assert [d[1] for d in plan.map_done] == [S.SUCCESS]
     assert [t.task_id for t in plan.queue] == ["after"]
+
+
+def test_a_wide_fan_in_resumes_where_it_waited() -> None:
+    """The task after a 300-wide fan-out: deps finishing in any order, one per pass, with the
+    remembered wait position, queue it exactly when the last one succeeds."""
+    wide = tuple(TaskDef(task_id=f"w{i}", command="x") for i in range(300))
+    end = TaskDef(task_id="end", command="x", depends_on=tuple(t.task_id for t in wide))
+    dag = DagDef(dag_id="d", tasks=(*wide, end))
+    status = {t.task_id: S.QUEUED for t in wide} | {"end": S.PENDING}
+    waits: dict[str, int] = {}
+    order = [f"w{i}" for i in (*range(150, 300), *range(149, -1, -1))]
+    for done, task_id in enumerate(order, start=1):
+        status[task_id] = S.SUCCESS
+        plan = plan_changes(dag, dag.order, states(dag, status), {}, False, [task_id], waits)
+        assert [t.task_id for t in plan.queue] == (["end"] if done == len(order) else [])
