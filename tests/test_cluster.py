@@ -1084,3 +1084,20 @@ def test_the_live_log_of_a_remote_task_streams_like_a_local_one(
     assert [e.data for e in lines] == ["one", "two", "three"]
     assert lines[2].at - lines[1].at > 0.5  # arrived live, not all at the end
     assert stream.end == {"status": "success"}
+
+
+def test_nagare_workers_lists_the_connected_workers(
+    nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker]
+) -> None:
+    from test_cli_client import ok
+
+    nagare = nagare_factory(worker_pools=GPU_ONLY, lease_timeout_seconds=5)
+    assert "No workers connected" in ok("workers", api=nagare.url)
+    w1 = workers(nagare.url, "w1", pools="gpu,cpu", max_tasks=3)
+    wait_online(nagare, w1)
+    lines = ok("workers", api=nagare.url).splitlines()
+    assert lines[0].split() == ["WORKER", "ID", "HOSTNAME", "POOLS", "STATUS", "TASKS"]
+    assert lines[1].split()[0] == "w1" and lines[1].split()[2:] == ["gpu,cpu", "online", "0/3"]
+    scrape = http("GET", nagare.url + "/metrics", headers={"Accept": "text/plain"}).text
+    assert 'nagare_workers{status="online"} 1' in scrape
+    assert 'nagare_workers{status="offline"} 0' in scrape
