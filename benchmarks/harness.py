@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,21 +357,8 @@ class Server:
         """SIGTERM and wait; SIGKILL the process group if it does not exit in time, and any
         task process it left behind."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        leftovers = _children(process.pid)
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)  # the leader is alive: our group
-                process.wait(timeout=5)
-        for child in leftovers:
-            with contextlib.suppress(psutil.Error):
-                child.kill()  # psutil checks the create time: never a recycled pid
+        if process is not None:
+            stop_processes([process])
 
     def close(self) -> None:
         try:
@@ -380,6 +368,28 @@ class Server:
 
     def client(self, keep_alive: bool = True) -> Client:
         return Client(self.port, keep_alive)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process (each leads its own process group) and wait up to
+    STOP_GRACE_SECONDS for all; SIGKILL the group of one still alive, then any task process
+    they left behind."""
+    leftovers = [child for process in processes for child in _children(process.pid)]
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # the leader is alive: our group
+            process.wait(timeout=5)
+    for child in leftovers:
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # psutil checks the create time: never a recycled pid
 
 
 def _children(pid: int) -> list[psutil.Process]:

@@ -10,12 +10,9 @@ benchmarks/results.md. Exit status: 0 when every measured row passes, 1 otherwis
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,18 +23,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 from harness import (
     BENCH_DIR,
     CACHE_DIR,
     ROOT,
-    STOP_GRACE_SECONDS,
     BenchError,
     Client,
     Launcher,
     Server,
     percentile,
     source_env,
+    stop_processes,
 )
 from profile_server import summary
 from report import Row, console_table, error_row, write_markdown
@@ -155,29 +151,7 @@ class _Workers:
         """SIGTERM every worker; SIGKILL the group of one that does not exit within 15 s, and
         any task process a worker left behind (as `Server.stop` does)."""
         processes, self.processes = self.processes, {}
-        leftovers = [child for p in processes.values() for child in _descendants(p.pid)]
-        for process in processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)  # the leader is alive: our group
-                process.wait(timeout=5)
-        for child in leftovers:
-            with contextlib.suppress(psutil.Error):
-                child.kill()  # psutil checks the create time: never a recycled pid
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
+        stop_processes(list(processes.values()))
 
 
 def _stamp_run(client: Client, pool: str) -> dict[str, Any]:

@@ -899,11 +899,11 @@ def test_the_protocol_validates_what_workers_send(
         for route in ("register", "heartbeat", "poll"):
             body = {**good, field_name: value}
             if route == "poll":
-                body.update(free=1, wait_seconds=0)
+                body.update(wait_seconds=0)
             result = http("POST", url + route, body)
             assert result.status == 400, (route, field_name, value, result.status, result.body)
             assert field_name in result.text, (field_name, result.text)
-    result = http("POST", url + "poll", {**good, "free": 1, "wait_seconds": -1})
+    result = http("POST", url + "poll", {**good, "wait_seconds": -1})
     assert result.status == 400 and "wait_seconds" in result.text
     result = http("POST", url + "heartbeat", {**good, "held": [["no spaces allowed", 1]]})
     assert result.status == 400 and "held" in result.text

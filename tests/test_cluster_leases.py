@@ -71,12 +71,10 @@ def test_a_bad_hello_names_the_field(change: dict[str, Any], message: str) -> No
 
 
 def test_poll_log_and_result_messages_are_validated() -> None:
-    poll = read_poll({**HELLO, "free": 2, "wait_seconds": 500})
-    assert poll.free == 2 and poll.wait_seconds == 30.0  # capped
+    poll = read_poll({**HELLO, "wait_seconds": 500})
+    assert poll.wait_seconds == 30.0  # capped
     with pytest.raises(BadRequest, match="wait_seconds"):
-        read_poll({**HELLO, "free": 1, "wait_seconds": -1})
-    with pytest.raises(BadRequest, match="free"):
-        read_poll({**HELLO, "free": 999})
+        read_poll({**HELLO, "wait_seconds": -1})
     batch = read_log_batch(
         {"worker_id": "w1", "task_instance_id": "abc", "attempt": 1, "lines": [["stdout", "xyz"]]},
         max_line_chars=2,

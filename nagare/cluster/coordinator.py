@@ -259,10 +259,14 @@ class Coordinator:
         )
         if not confirmed:
             finish.message = f"{lost}; {finish.message}"
-        attempt_log = self.logs.open_attempt(task.run_id, task.id, attempt, resume=True)
+        with self._logs_lock:
+            entry = self._open_logs.get((task.id, attempt))
+        # the open log keeps the output tail; after a master restart there is none yet
+        attempt_log = entry[1] if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
         attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
-        attempt_log.close()
+        if entry is None:
+            attempt_log.close()
         if not self.store.expire_lease(finish, worker, now):
             return False
         self._close_log(task.id, attempt)

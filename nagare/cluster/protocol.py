@@ -43,8 +43,7 @@ class WorkerHello:
 @dataclass(frozen=True)
 class PollRequest:
     hello: WorkerHello
-    free: int  # slots the worker has free now (0: it only waits for cancellations)
-    wait_seconds: float
+    wait_seconds: float  # the master answers at once when it has work or a kill, else then
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def read_poll(body: Any) -> PollRequest:
     wait = data.get("wait_seconds", 10)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise BadRequest(f"wait_seconds: expected a number of seconds >= 0, found {wait!r}")
-    return PollRequest(hello, _int(data, "free", 0, MAX_TASKS), min(float(wait), MAX_WAIT_SECONDS))
+    return PollRequest(hello, min(float(wait), MAX_WAIT_SECONDS))
 
 
 def read_log_batch(body: Any, max_line_chars: int) -> LogBatch:

@@ -167,7 +167,6 @@ class RemoteWorker:
                     "poll",
                     {
                         **self._hello(),
-                        "free": self._free(),
                         "wait_seconds": self.settings.poll_wait_seconds,
                     },
                     timeout=self.settings.poll_wait_seconds + 15,
@@ -185,11 +184,6 @@ class RemoteWorker:
             for data in answer.get("tasks", []):
                 # claimed just as the worker stops: hand it back at once
                 self._start(decode_assignment(data), hand_back=stop.is_set())
-
-    def _free(self) -> int:
-        with self._lock:
-            running = sum(1 for t in self._tasks.values() if not t.done)
-        return max(0, self.hello.max_tasks - running)
 
     def _hello(self) -> dict[str, Any]:
         with self._lock:
