@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -322,6 +323,13 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
 
 
 def _network_error(base_url: str, reason: object) -> ApiError:
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return ApiError(
+            0,
+            "untrusted_certificate",
+            f"the TLS certificate of {base_url} is not trusted ({reason.verify_message}); for a "
+            "private CA, point SSL_CERT_FILE at its certificate",
+        )
     if isinstance(reason, TimeoutError):
         return ApiError(0, "timeout", f"no answer from Nagare at {base_url} in time ({reason})")
     text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__

@@ -1101,3 +1101,38 @@ def test_nagare_workers_lists_the_connected_workers(
     scrape = http("GET", nagare.url + "/metrics", headers={"Accept": "text/plain"}).text
     assert 'nagare_workers{status="online"} 1' in scrape
     assert 'nagare_workers{status="offline"} 0' in scrape
+
+
+def test_a_worker_joins_a_master_over_tls(
+    nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """HTTPS with a private certificate: trusted through SSL_CERT_FILE the worker runs tasks;
+    without it the worker stops at once with a clear message instead of retrying forever."""
+    from test_security import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    nagare = nagare_factory(
+        dags={"t.yaml": gpu_dag("overtls", "- id: t\n  pool: gpu\n  command: 'echo via-tls'\n")},
+        worker_pools=GPU_ONLY,
+        lease_timeout_seconds=5,
+        token="tls-token",
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    url = f"https://127.0.0.1:{nagare.app.port}"
+    untrusted = workers(url, "w0", token="tls-token", drop_env=("SSL_CERT_FILE",))
+    assert untrusted.wait_exit(15) == 2
+    assert "the TLS certificate of" in untrusted.text() and "SSL_CERT_FILE" in untrusted.text()
+    w1 = workers(url, "w1", token="tls-token", env={"SSL_CERT_FILE": str(cert)})
+    run = nagare.app.runs.trigger("overtls", {})
+
+    def finished() -> str | None:
+        current = nagare.app.store.get_run(run.run_id, counts=False)
+        assert w1.proc.poll() is None, w1.text()
+        return str(current.status) if current and current.status.terminal else None
+
+    assert wait_for(finished, 20, 0.05, "the run over TLS") == "success"
+    task = nagare.app.store.get_task(run.run_id, "t")
+    assert task is not None and task.worker == "w1"
+    lines = [text for _, text in nagare.app.logs.lines(run.run_id, task.id, task.attempt)]
+    assert "via-tls" in lines

@@ -124,6 +124,8 @@ class RemoteWorker:
             except ApiError as err:
                 if err.status in FATAL_STATUSES:
                     raise WorkerRejected(self._refusal(err)) from None
+                if err.code == "untrusted_certificate":
+                    raise WorkerRejected(err.message) from None
                 log.warning("cannot join %s yet: %s; retrying", self.master.base_url, err)
                 stop.wait(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
