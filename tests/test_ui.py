@@ -450,10 +450,16 @@ def test_graph_zoom_buttons_wheel_drag_and_fit(nagare_factory: Any, ui: Any) -> 
     fit_button.focus()
     page.keyboard.press("Enter")
     expect(svg).to_have_attribute("viewBox", fit)
-    # the wheel zooms in around the pointer; a drag pans; neither selects a node
+    # a plain wheel scrolls the page, Ctrl + wheel zooms in around the pointer; a drag pans;
+    # neither selects a node
     box = svg.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, -300)
+    page.wait_for_timeout(100)
+    expect(svg).to_have_attribute("viewBox", fit)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
     expect(svg).not_to_have_attribute("viewBox", fit)
     zoomed = float(svg.get_attribute("data-scale"))
     assert zoomed > 1.2, zoomed

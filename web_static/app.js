@@ -542,7 +542,8 @@ function usePanZoom(width, height) {
     return [p.x, p.y];
   };
   const onWheel = (e) => {
-    if (!e.deltaY) return;
+    // Ctrl/⌘ + wheel (and a trackpad pinch) zooms; a plain wheel keeps scrolling the page
+    if (!e.deltaY || !(e.ctrlKey || e.metaKey)) return;
     e.preventDefault();
     zoomAt(Math.exp(-e.deltaY * 0.0015), ...toUser(e));
   };
@@ -642,7 +643,7 @@ function DagGraph({ tasks, states, fans, onSelect }) {
       <span class="small muted" data-zoom aria-live="polite">${pz.fit ? "fit" : `${zoomPct}%`}</span>
     </div>
     <svg ref=${pz.svg} class=${pz.fit ? "" : "zoomed"} tabindex="0" role="img"
-      aria-label="DAG graph: drag to pan, wheel or + and − to zoom, 0 to fit"
+      aria-label="DAG graph: drag to pan, Ctrl + wheel or + and − to zoom, 0 to fit"
       viewBox=${pz.viewBox} preserveAspectRatio="xMidYMid meet" data-scale=${pz.scale.toFixed(3)}
       style=${`width:min(100%, ${width}px);aspect-ratio:${width} / ${height}`} ...${pz.handlers}>
       <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="var(--muted)" /></marker></defs>
