@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from nagare import __version__
 from nagare.errors import NagareError
 
 JsonObject = dict[str, Any]
+# what a kept-alive connection the server closed in the meantime raises on its next use
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 JsonList = list[dict[str, Any]]
 SSE_END_EVENT = "end"
 
@@ -42,6 +45,7 @@ class ApiClient:
         self.base_url = _check_base_url(base_url)
         self.api_key = api_key
         self.timeout = timeout
+        self._kept = threading.local()  # per thread: a kept-alive connection (cluster calls)
 
     # ------------------------------------------------------------ system
 
@@ -56,8 +60,67 @@ class ApiClient:
 
     def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
-        it; `api_key` carries the cluster token."""
-        return self._object("POST", f"/api/workers/{verb}", body=body, timeout=timeout)
+        it; `api_key` carries the cluster token. Each thread keeps its connection alive (a
+        worker talks all the time); a kept connection the server has closed is replaced once."""
+        path = urlsplit(self.base_url).path + f"/api/workers/{verb}"
+        data = json.dumps(body).encode()
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"nagare-client/{__version__}",
+        }
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for first_try in (True, False):
+            connection, reused = self._connection()
+            try:
+                connection.timeout = timeout or self.timeout
+                if connection.sock is not None:
+                    connection.sock.settimeout(connection.timeout)
+                connection.request("POST", path, body=data, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._kept.connection = None
+                connection.close()
+                if first_try and reused and isinstance(exc, _STALE_CONNECTION):
+                    continue
+                raise _network_error(self.base_url, exc) from None
+            if response.will_close:
+                self._kept.connection = None
+                connection.close()
+            return self._cluster_answer(verb, response.status, raw)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        connection = getattr(self._kept, "connection", None)
+        if connection is not None:
+            return connection, True
+        parts = urlsplit(self.base_url)
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                host, port, context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(host, port)
+        self._kept.connection = connection
+        return connection, False
+
+    def _cluster_answer(self, verb: str, status: int, raw: bytes) -> JsonObject:
+        if status >= 400:
+            code, message = _error_fields(raw)
+            text = message or f"server returned {status}: {_excerpt(raw)}"
+            raise ApiError(status, code or f"http_{status}", text)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise ApiError(
+                status, "bad_response", f"POST /api/workers/{verb} answered with invalid JSON"
+            ) from None
+        if not isinstance(data, dict):
+            raise _unexpected("POST", f"/api/workers/{verb}", "a JSON object", data)
+        return data
 
     # ------------------------------------------------------------ DAGs
 

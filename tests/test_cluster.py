@@ -1136,3 +1136,23 @@ def test_a_worker_joins_a_master_over_tls(
     assert task is not None and task.worker == "w1"
     lines = [text for _, text in nagare.app.logs.lines(run.run_id, task.id, task.attempt)]
     assert "via-tls" in lines
+
+
+def test_a_kept_alive_connection_the_master_dropped_is_replaced(
+    nagare_factory: Callable[..., Nagare], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeps one connection per thread; when the master has closed an idle one, the
+    next message goes out once more on a fresh connection instead of failing."""
+    from nagare.client import ApiClient
+    from nagare.http import server
+
+    monkeypatch.setattr(server._Handler, "timeout", 0.3)  # idle connections dropped quickly
+    nagare = nagare_factory(worker_pools=GPU_ONLY)
+    client = ApiClient(nagare.url)
+    hello = {"worker_id": "w1", "hostname": "h", "pools": ["gpu"], "max_tasks": 1}
+    assert client.cluster("register", hello)["worker_id"] == "w1"
+    assert client.cluster("heartbeat", hello) == {"tasks": [], "cancel": [], "lost": []}
+    first = client._kept.connection
+    time.sleep(1.0)  # idle past the master's timeout: it closes the connection
+    assert client.cluster("heartbeat", hello) == {"tasks": [], "cancel": [], "lost": []}
+    assert client._kept.connection is not first
