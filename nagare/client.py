@@ -62,22 +62,15 @@ class ApiClient:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
         it; `api_key` carries the cluster token. Each thread keeps its connection alive (a
         worker talks all the time); a kept connection the server has closed is replaced once."""
-        path = urlsplit(self.base_url).path + f"/api/workers/{verb}"
-        data = json.dumps(body).encode()
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            "User-Agent": f"nagare-client/{__version__}",
-        }
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = self._request("POST", f"/api/workers/{verb}", None, body, "application/json")
+        headers = dict(request.header_items())
         for first_try in (True, False):
             connection, reused = self._connection()
             try:
                 connection.timeout = timeout or self.timeout
                 if connection.sock is not None:
                     connection.sock.settimeout(connection.timeout)
-                connection.request("POST", path, body=data, headers=headers)
+                connection.request("POST", request.selector, body=request.data, headers=headers)
                 response = connection.getresponse()
                 raw = response.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -109,9 +102,7 @@ class ApiClient:
 
     def _cluster_answer(self, verb: str, status: int, raw: bytes) -> JsonObject:
         if status >= 400:
-            code, message = _error_fields(raw)
-            text = message or f"server returned {status}: {_excerpt(raw)}"
-            raise ApiError(status, code or f"http_{status}", text)
+            raise _error_answer(status, raw, "")
         try:
             data = json.loads(raw)
         except ValueError:
@@ -366,11 +357,14 @@ def _http_error(err: urllib.error.HTTPError) -> ApiError:
         raw = b""
     finally:
         err.close()
+    return _error_answer(err.code, raw, str(err.reason))
+
+
+def _error_answer(status: int, raw: bytes, reason: str) -> ApiError:
     code, message = _error_fields(raw)
     if message is None:
-        text = _excerpt(raw) or str(err.reason)
-        message = f"server returned {err.code}: {text}"
-    return ApiError(err.code, code or f"http_{err.code}", message)
+        message = f"server returned {status}: {_excerpt(raw) or reason}"
+    return ApiError(status, code or f"http_{status}", message)
 
 
 def _error_fields(raw: bytes) -> tuple[str | None, str | None]:

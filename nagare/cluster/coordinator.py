@@ -195,6 +195,8 @@ class Coordinator:
         task = self.store.get_task_by_id(result.task_instance_id)
         if task is None:
             raise NotFound(f"task instance '{result.task_instance_id}' not found")
+        # checked before anything is written to the attempt's log (finish_remote checks again,
+        # in its transaction): a refused late result leaves no trace there
         holder = self.store.holder(task.id, result.attempt, now)
         if holder != result.worker_id:
             self._close_log(task.id, result.attempt)

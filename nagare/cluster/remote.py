@@ -88,7 +88,6 @@ class RemoteWorker:
         self._unreachable_since: float | None = None
         self._drain_deadline: float | None = None
         self._fatal: WorkerRejected | None = None
-        self._pause = threading.Event()  # never set: the shipper's pacing between batches
 
     # ------------------------------------------------------------ lifecycle
 
@@ -335,7 +334,8 @@ class RemoteWorker:
                     if not self._results:
                         self._lock.wait(SHIP_INTERVAL)
             else:
-                self._pause.wait(delay)
+                with self._lock:  # back off; a new result or a stopped task looks again sooner
+                    self._lock.wait(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
                 if self._finished.is_set() and self._gave_up():
                     return
