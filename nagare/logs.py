@@ -16,6 +16,7 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Iterator
+from typing import IO
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000
@@ -61,9 +62,12 @@ class AttemptLog:
         self.path = path
         self.key = key
         self._hub = hub
-        self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-        mode = "a" if resume else "w"
-        self._stdout = open(stdout_path(path), mode, encoding="utf-8") if capture_stdout else None  # noqa: SIM115
+        # files are created on the first line: a task without output costs no file (creating
+        # one is the dearest part of a short task's start on some file systems)
+        self._file: IO[str] | None = None
+        self._capture_stdout = capture_stdout
+        self._stdout_mode = "a" if resume else "w"
+        self._stdout: IO[str] | None = None
         self._stdout_bytes = 0
         self.stdout_overflow = False
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -71,10 +75,12 @@ class AttemptLog:
 
     def on_line(self, stream: str, line: str) -> None:
         with self._lock:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
             self._file.write(line + "\n")
             self._file.flush()
             self._tail.append(line)
-            if stream == "stdout" and self._stdout is not None:
+            if stream == "stdout" and self._capture_stdout:
                 self._capture(line)
         self._hub.notify(self.key)
 
@@ -97,11 +103,12 @@ class AttemptLog:
         self.on_line("nagare", f"[nagare] {text}")
 
     def _capture(self, line: str) -> None:
-        assert self._stdout is not None
         self._stdout_bytes += len(line) + 1
         if self._stdout_bytes > MAX_STDOUT_BYTES:
             self.stdout_overflow = True
             return
+        if self._stdout is None:
+            self._stdout = open(stdout_path(self.path), self._stdout_mode, encoding="utf-8")  # noqa: SIM115
         self._stdout.write(line + "\n")
 
     def tail(self) -> str:
@@ -110,7 +117,8 @@ class AttemptLog:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
             if self._stdout is not None:
                 self._stdout.close()
         self._hub.closed(self.key)
