@@ -126,14 +126,23 @@ class WebhookService:
         self.folder = folder
         self.start_run = start_run
         self.delivery_header = delivery_header.lower()
+        self._secrets: set[str] = set()
+        self._secrets_of: object = None  # the folder snapshot `_secrets` was computed from
         self.environ = os.environ if environ is None else environ
         self.clock = clock
         self._dedupe_lock = threading.Lock()
 
     def secret_variables(self) -> set[str]:
-        """Server environment variables that hold webhook secrets (kept out of task env)."""
-        dags = self.folder.snapshot.dags.values()
-        return {d.trigger.secret_env for d in dags if d.trigger and d.trigger.secret_env}
+        """Server environment variables that hold webhook secrets (kept out of task env);
+        computed once per DAG-folder snapshot, since every task start asks."""
+        snapshot = self.folder.snapshot
+        if snapshot is not self._secrets_of:
+            dags = snapshot.dags.values()
+            self._secrets = {
+                d.trigger.secret_env for d in dags if d.trigger and d.trigger.secret_env
+            }
+            self._secrets_of = snapshot
+        return self._secrets
 
     def find(self, path: str) -> DagDef | None:
         for dag in self.folder.snapshot.dags.values():
