@@ -69,7 +69,7 @@ OPTIONS: tuple[Option, ...] = (
         "worker_pools",
         "pools",
         {"default": 4},
-        "Local worker threads per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.",
+        "Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.",
         flag=False,
         env=False,
     ),

@@ -1,6 +1,10 @@
-"""Local worker pools: `worker_pools: {default: 4, gpu: 0}` threads that claim queued tasks
+"""Local worker pools: `worker_pools: {default: 4, gpu: 0}` slots that claim queued tasks
 (compare-and-set in the store, so a task can never run twice) and run them through an executor.
 
+One dispatcher thread serves every pool: it claims tasks for free slots, starts `sh -c`
+attempts in one `ProcessMux` (output, exits, timeouts and kills of all of them in one select
+loop) and records the attempts that ended, together with the next claims, in one transaction.
+Executors that block (containers) run in a thread of their own and hand their outcome back.
 A pool of size 0 runs nothing locally: its tasks wait `queued` for a remote worker.
 """
 
@@ -16,41 +20,28 @@ from dataclasses import dataclass
 
 from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
-from nagare.executors import Cancellation, Executor
-from nagare.executors.local import kill_orphan_group
+from nagare.executors import Cancellation, Executor, OnLine
+from nagare.executors.local import LocalExecutor, ProcessMux, kill_orphan_group
 from nagare.logs import AttemptLog, LogFiles
-from nagare.models import Outcome, TaskDef, TaskType
+from nagare.models import Assignment, Outcome, TaskDef, TaskType
 from nagare.store import AttemptFinish, Claim, Store
 
 log = logging.getLogger("nagare.pools")
-IDLE_WAIT_SECONDS = 5.0
+IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
 EARLY_KILL_SECONDS = 60.0
 
 
-class _Wakeups:
-    """Wake-up permits of one pool: queuing n tasks wakes at most n idle threads (not all of
-    them), and a permit given while every thread is busy is not lost."""
+@dataclass(eq=False)
+class _Attempt:
+    """One attempt a local slot runs."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._cond = threading.Condition()
-        self._permits = 0
-
-    def give(self, count: int) -> None:
-        with self._cond:
-            self._permits = min(self.size, self._permits + count)
-            self._cond.notify(count)
-
-    def take(self, timeout: float) -> None:
-        with self._cond:
-            if self._cond.wait_for(lambda: self._permits > 0, timeout):
-                self._permits -= 1
-
-
-@dataclass
-class _Running:
+    claim: Claim
+    pool: str
     cancel: Cancellation
-    run_id: str
+    log: AttemptLog | None = None
+    timeout: float = 0
+    retry_delay: float = 0
+    executor: LocalExecutor | None = None  # set when the attempt runs in the mux
 
 
 class WorkerPools:
@@ -73,12 +64,14 @@ class WorkerPools:
         self.line_sink = line_sink
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when a task finishes
-        self._wakeups = {pool: _Wakeups(size) for pool, size in self.sizes.items()}
-        self._running: dict[str, _Running] = {}
+        self._mux = ProcessMux()
+        self._running: dict[str, _Attempt] = {}
         self._early_kills: dict[str, float] = {}
         self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
+        self._hot: set[str] = {p for p, size in self.sizes.items() if size > 0}
+        self._handed_back: list[tuple[_Attempt, Outcome]] = []  # from blocking executors
         self._accepting = True
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self._base_env = dict(os.environ)
         # names of server variables that hold secrets (webhook `secret_env`s), set by `app`
         self.hidden_env: Callable[[], set[str]] = set
@@ -86,39 +79,34 @@ class WorkerPools:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        for pool, size in self.sizes.items():
-            for number in range(size):
-                thread = threading.Thread(
-                    target=self._work, args=(pool,), daemon=True, name=f"pool-{pool}-{number + 1}"
-                )
-                thread.start()
-                self._threads.append(thread)
+        if not any(self.sizes.values()):
+            return
+        self._thread = threading.Thread(target=self._dispatch, daemon=True, name="pools")
+        self._thread.start()
 
     def notify(self, queued: dict[str, int]) -> None:
-        """`queued[pool]` tasks were queued: wake that many idle threads of the pool."""
-        for pool, count in queued.items():
-            wakeups = self._wakeups.get(pool)
-            if wakeups is not None:
-                wakeups.give(count)
+        """Tasks of these pools were queued: the dispatcher claims them for free slots."""
+        with self._lock:
+            self._hot.update(p for p in queued if self.sizes.get(p))
+        self._mux.wake()
 
     def stop_accepting(self) -> None:
         with self._lock:
             self._accepting = False
-        for wakeups in self._wakeups.values():
-            wakeups.give(wakeups.size)
+        self._mux.wake()
 
     def shutdown(self, grace_seconds: float) -> list[str]:
         """Stop claiming, let running tasks finish for `grace_seconds`, then kill the rest; they
         go back to `queued` for the next start. Returns the ids of interrupted tasks."""
         self.stop_accepting()
-        deadline = time.monotonic() + grace_seconds
         with self._idle:
             self._idle.wait_for(lambda: not self._running, max(0.0, grace_seconds))
             interrupted = list(self._running)
-            for entry in self._running.values():
-                entry.cancel.cancel(SHUTDOWN_REASON)
-        for thread in self._threads:
-            thread.join(max(0.5, deadline - time.monotonic() + 2.0))
+            attempts = list(self._running.values())
+        for attempt in attempts:
+            attempt.cancel.cancel(SHUTDOWN_REASON)
+        if self._thread is not None:
+            self._thread.join(max(0.5, 2.0 + 1.0))
         return interrupted
 
     def recover(self, removed_containers: Mapping[tuple[str, int], str] | None = None) -> list[str]:
@@ -185,112 +173,189 @@ class WorkerPools:
         with self._lock:
             return dict(self._busy)
 
-    # ------------------------------------------------------------ worker threads
+    # ------------------------------------------------------------ the dispatcher thread
 
-    def _work(self, pool: str) -> None:
-        wakeups = self._wakeups[pool]
-        claim: Claim | None = None
-        while self._accepting or claim is not None:
-            if claim is None:
-                claim = self._claim(pool)
-                if claim is None:
-                    wakeups.take(IDLE_WAIT_SECONDS)
-                    continue
-            finish = self._execute(pool, claim)
-            claim = self._finish(finish, pool, claim)
+    def _dispatch(self) -> None:
+        ended: list[tuple[_Attempt, AttemptFinish]] = []
+        recheck = time.monotonic() + IDLE_WAIT_SECONDS
+        while True:
+            if time.monotonic() >= recheck:  # safety net: a queued task nobody announced
+                recheck = time.monotonic() + IDLE_WAIT_SECONDS
+                with self._lock:
+                    self._hot.update(p for p, size in self.sizes.items() if size > 0)
+            for claim in self._record_and_claim(ended):
+                self._begin(claim)
+            with self._lock:
+                if not self._accepting and not self._running:
+                    break
+            ended = self._wait(max(0.0, recheck - time.monotonic()))
+        self._mux.close()
 
-    def _claim(self, pool: str) -> Claim | None:
+    def _free_slots(self) -> dict[str, int]:
+        """Free slots of the pools that may have queued tasks (none once shutting down)."""
+        with self._lock:
+            if not self._accepting:
+                return {}
+            return {
+                pool: self.sizes[pool] - self._busy[pool]
+                for pool in self._hot
+                if self.sizes[pool] > self._busy[pool]
+            }
+
+    def _record_and_claim(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> list[Claim]:
+        """Record the attempts that ended and claim tasks for the free slots: one transaction
+        for all of them (slots that finish together share one commit)."""
+        wants = self._free_slots()
+        if not ended and not wants:
+            return []
         try:
-            return self.store.claim_next(pool, "local", self.clock)
+            claims = self.store.finish_and_claim([f for _, f in ended], wants, "local", self.clock)
         except Exception:
-            log.exception("claiming a task of pool '%s' failed", pool)
-            return None
+            log.exception("recording %d attempts and claiming tasks failed", len(ended))
+            claims = []
+            for attempt, finish in ended:  # record each alone: one bad row spoils no other
+                self._record_alone(attempt, finish)
+        got = {pool: 0 for pool in wants}
+        for claim in claims:
+            got[claim.task.pool] = got.get(claim.task.pool, 0) + 1
+        with self._idle:
+            self._hot.difference_update(p for p, n in wants.items() if got.get(p, 0) < n)
+            for attempt, _ in ended:
+                self._running.pop(attempt.claim.task.id, None)
+                self._busy[attempt.pool] -= 1
+            if ended:
+                self._idle.notify_all()
+        for attempt, finish in ended:
+            _log_end(attempt, finish)
+            self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id)
+        return claims
 
-    def _finish(self, finish: AttemptFinish, pool: str, done: Claim) -> Claim | None:
-        """Record the attempt and claim the next task of the pool in the same transaction."""
+    def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> None:
         try:
-            _, claim = self.store.finish_and_claim(
-                finish, pool if self._accepting else None, "local", self.clock
-            )
+            self.store.finish_attempt(finish)
         except Exception:
             log.exception(
                 "recording task %s of run %s failed",
-                done.task.task_id,
-                done.task.run_id,
-                extra=_context(done),
+                attempt.claim.task.task_id,
+                attempt.claim.task.run_id,
+                extra=_context(attempt.claim),
             )
-            claim = None
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "task %s of run %s: attempt %d ended %s",
-                done.task.task_id,
-                done.task.run_id,
-                done.attempt,
-                finish.attempt_status,
-                extra=_context(done),
-            )
-        with self._idle:
-            self._running.pop(done.task.id, None)
-            self._busy[pool] -= 1
-            self._idle.notify_all()
-        self.on_finished(done.task.run_id, done.task.id)
-        return claim
 
-    def _execute(self, pool: str, claim: Claim) -> AttemptFinish:
-        task = claim.task
-        cancel = Cancellation()
+    def _wait(self, timeout: float) -> list[tuple[_Attempt, AttemptFinish]]:
+        """Block until attempts end, tasks are queued, or `timeout`; the attempts that ended."""
         with self._lock:
-            self._running[task.id] = _Running(cancel, task.run_id)
-            self._busy[pool] += 1
+            handed_back, self._handed_back = self._handed_back, []
+            hurry = bool(handed_back) or (self._accepting and bool(self._hot_free()))
+        ended = [(a, self._conclude(a, outcome)) for a, outcome in handed_back]
+        for watch in self._mux.poll(0.0 if hurry else timeout):
+            attempt = watch.tag
+            assert isinstance(attempt, _Attempt) and attempt.executor is not None
+            ended.append((attempt, self._conclude(attempt, attempt.executor.outcome(watch))))
+        return ended
+
+    def _hot_free(self) -> list[str]:
+        return [p for p in self._hot if self.sizes[p] > self._busy[p]]
+
+    # ------------------------------------------------------------ one attempt
+
+    def _begin(self, claim: Claim) -> None:
+        """Start a claimed attempt: in the mux, or in a thread for a blocking executor."""
+        task = claim.task
+        attempt = _Attempt(claim, task.pool, Cancellation())
+        with self._lock:
+            self._running[task.id] = attempt
+            self._busy[task.pool] = self._busy.get(task.pool, 0) + 1
             if self._early_kills.pop(task.id, None) is not None:
-                cancel.cancel("killed")  # the kill came between the claim and this point
+                attempt.cancel.cancel("killed")  # the kill came between the claim and now
         try:
-            return self._run_attempt(claim, cancel)
+            outcome = self._start(attempt)
         except Exception:
             log.exception(
-                "task %s of run %s crashed the worker thread",
+                "task %s of run %s could not be started",
                 task.task_id,
                 task.run_id,
                 extra=_context(claim),
             )
-            return self._finish_of(claim, Outcome(exit_code=None, error="internal error"), None)
+            outcome = Outcome(exit_code=None, error="internal error")
+        if outcome is not None:
+            self._hand_back(attempt, outcome)
 
-    def _run_attempt(self, claim: Claim, cancel: Cancellation) -> AttemptFinish:
+    def _start(self, attempt: _Attempt) -> Outcome | None:
+        """None when the attempt runs; else the Outcome of an attempt that cannot start."""
+        claim, cancel = attempt.claim, attempt.cancel
         task, run = claim.task, claim.run
         dag = self.store.dag_version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None or (
             definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
         ):
-            return self._finish_of(
-                claim, Outcome(exit_code=None, error="task definition not found"), None
-            )
+            return Outcome(exit_code=None, error="task definition not found")
         base_env = {} if definition.image else self._base_env  # containers: never the host's
         hidden = self.hidden_env()
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(dag, definition, claim, base_env)
         executor = self.executor_for(definition)
-        attempt_log = self.logs.open_attempt(
+        attempt.timeout = definition.timeout_seconds
+        attempt.retry_delay = definition.retry_delay_seconds
+        attempt.log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
         )
-        on_line: Callable[[str, str], None] = attempt_log.on_line
+        on_line: OnLine = attempt.log.on_line
         if self.line_sink is not None:
             on_line = _tee(on_line, task.task_id, self.line_sink)
+        if isinstance(executor, LocalExecutor):
+            attempt.executor = executor
+            started = executor.start(
+                assignment, on_line, cancel, self._mux, attempt.log.record_pid, tag=attempt
+            )
+            return started if isinstance(started, Outcome) else None
+        threading.Thread(
+            target=self._run_blocking,
+            args=(attempt, executor, assignment, on_line),
+            daemon=True,
+            name=f"task-{task.id}",
+        ).start()
+        return None
+
+    def _run_blocking(
+        self, attempt: _Attempt, executor: Executor, assignment: Assignment, on_line: OnLine
+    ) -> None:
+        assert attempt.log is not None
         try:
-            outcome = executor.run(assignment, on_line, cancel, on_start=attempt_log.record_pid)
-            if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
-                outcome.cancelled = True
+            outcome = executor.run(assignment, on_line, attempt.cancel, attempt.log.record_pid)
+        except Exception:
+            log.exception(
+                "task %s of run %s crashed its executor",
+                attempt.claim.task.task_id,
+                attempt.claim.task.run_id,
+                extra=_context(attempt.claim),
+            )
+            outcome = Outcome(exit_code=None, error="internal error")
+        self._hand_back(attempt, outcome)
+
+    def _hand_back(self, attempt: _Attempt, outcome: Outcome) -> None:
+        with self._lock:
+            self._handed_back.append((attempt, outcome))
+        self._mux.wake()
+
+    def _conclude(self, attempt: _Attempt, outcome: Outcome) -> AttemptFinish:
+        """How the attempt ended, as the store records it (its message also goes to the log)."""
+        cancel = attempt.cancel
+        if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
+            outcome.cancelled = True
+        try:
             return self._finish_of(
-                claim,
+                attempt.claim,
                 outcome,
-                attempt_log,
+                attempt.log,
                 cancel.reason,
-                definition.timeout_seconds,
-                definition.retry_delay_seconds,
+                attempt.timeout,
+                attempt.retry_delay,
             )
         finally:
-            attempt_log.close()
+            if attempt.log is not None:
+                attempt.log.close()
 
     def _finish_of(
         self,
@@ -315,6 +380,19 @@ class WorkerPools:
                 attempt_log.note(finish.message)
             finish.output_tail = attempt_log.tail()
         return finish
+
+
+def _log_end(attempt: _Attempt, finish: AttemptFinish) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        claim = attempt.claim
+        log.debug(
+            "task %s of run %s: attempt %d ended %s",
+            claim.task.task_id,
+            claim.task.run_id,
+            claim.attempt,
+            finish.attempt_status,
+            extra=_context(claim),
+        )
 
 
 def _context(claim: Claim) -> dict[str, object]:

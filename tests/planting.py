@@ -1,7 +1,7 @@
 """Test helper: runs, task instances and attempts planted straight into SQLite at known times.
 
 Finished attempts and runs also go through the store's own roll-up and counter code
-(`record_attempt`, `count_run`), exactly as when the engine closes them.
+(`AttemptTally`, `count_run`), exactly as when the engine closes them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from nagare.models import AttemptMetrics, DagDef, TaskDef
 from nagare.store import Store
-from nagare.store.metrics import count_run, record_attempt
+from nagare.store.metrics import AttemptTally, count_run
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -126,4 +126,9 @@ def _insert_attempt(conn, instance_id, run_id, dag_id, a, created_at) -> None:  
             peak_memory_bytes=a.memory,
             exit_code=a.exit_code,
         )
-        record_attempt(conn, instance_id, dag_id, a.status, metrics, a.completed_at)
+        base_task, pool = conn.execute(
+            "SELECT base_task_id, pool FROM task_instances WHERE id=?", (instance_id,)
+        ).fetchone()
+        tally = AttemptTally()
+        tally.add(dag_id, base_task, pool, a.status, metrics, a.completed_at)
+        tally.write(conn)

@@ -1,10 +1,10 @@
 """Local executor: each attempt is `sh -c COMMAND` in its own session and process group.
 
-The only module that starts processes, sends signals and uses psutil. One select loop per
-attempt drains stdout and stderr as raw chunks (never blocking on a long line), watches the
-process through a pidfd and the timeout (a kill signals the process group at once, from the
-killing thread), and samples the memory of the
-whole process tree.
+The only module that starts processes, sends signals and uses psutil. A `ProcessMux` (one
+selector for any number of attempts; the server runs all its local attempts through one, in one
+thread) drains stdout and stderr as raw chunks (never blocking on a long line), watches each
+process through a pidfd and its timeout (a kill signals the process group at once, from the
+killing thread), and samples the memory of the whole process tree.
 
 Metrics: CPU user/system time is the kernel's accounting of the waited shell and every descendant
 it waited for (wait4 rusage). Peak memory is the highest sum, over the samples (at start, after
@@ -18,10 +18,10 @@ task).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -34,16 +34,21 @@ KILL_GRACE_SECONDS = 0.5  # SIGTERM, then SIGKILL to the whole group after this 
 DRAIN_SECONDS = 1.0  # after the shell exits, how long its output pipes may stay open
 SAMPLE_SECONDS = 0.25  # memory sampling interval of the process tree
 CHUNK = 65536
+SHELL = "/bin/sh"
+# ignored by the server (Python ignores SIGPIPE), back to their defaults in a task
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Watch:
     """Mutable state of one running attempt."""
 
-    proc: subprocess.Popen[bytes]
+    pid: int
     started: float
     deadline: float | None
     splitters: dict[int, LineSplitter]
+    pidfd: int = -1
+    tag: object = None
     exited_at: float | None = None
     kill_sent_at: float | None = None
     killed_hard: bool = False
@@ -56,14 +61,109 @@ class _Watch:
     open_fds: set[int] = field(default_factory=set)
 
 
+class ProcessMux:
+    """Watches any number of running attempts with one selector, in the thread that calls
+    `poll`: their output, their exit (pidfd), their timeouts, kill escalation and memory
+    samples. A server runs all its local attempts through one mux in one thread; `wake` (any
+    thread) interrupts a `poll`."""
+
+    def __init__(self, wakeable: bool = True) -> None:
+        # one attempt alone: poll(2), no epoll fd to create and close per attempt
+        self._selector: selectors.BaseSelector = (
+            selectors.EpollSelector() if wakeable else selectors.PollSelector()
+        )
+        self._watches: set[_Watch] = set()
+        self._wake_fd = -1
+        if wakeable:
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._selector.register(self._wake_fd, selectors.EVENT_READ, None)
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def wake(self) -> None:
+        if self._wake_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake_fd, 1)
+
+    def add(self, watch: _Watch) -> None:
+        for fd in watch.open_fds:
+            os.set_blocking(fd, False)
+            self._selector.register(fd, selectors.EVENT_READ, (watch, False))
+        self._selector.register(watch.pidfd, selectors.EVENT_READ, (watch, True))
+        self._watches.add(watch)
+
+    def poll(self, timeout: float | None) -> list[_Watch]:
+        """Wait up to `timeout` (None: until something happens) and handle what happened;
+        returns the attempts that ended (their groups are gone, pipes closed, not yet reaped)."""
+        waits = [timeout] if timeout is not None else []
+        waits.extend(_wait_time(w) for w in self._watches)
+        wait = max(0.0, min(waits)) if waits else None
+        for key, _ in self._selector.select(wait):
+            if key.data is None:
+                with contextlib.suppress(OSError):
+                    os.eventfd_read(self._wake_fd)
+                continue
+            watch, exited = key.data
+            if exited:
+                watch.exited_at = time.monotonic()
+                self._selector.unregister(key.fd)
+            else:
+                self._read(int(key.fd), watch)
+        ended = []
+        for watch in list(self._watches):
+            _check_deadlines(watch)
+            _sample(watch)
+            if _done(watch):
+                self._end(watch)
+                ended.append(watch)
+        return ended
+
+    def close(self) -> None:
+        for watch in list(self._watches):
+            self._end(watch)
+        self._selector.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
+    def _read(self, fd: int, watch: _Watch) -> None:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            watch.splitters[fd].feed(chunk)
+            return
+        self._selector.unregister(fd)
+        watch.open_fds.discard(fd)
+        watch.splitters[fd].close()
+
+    def _end(self, watch: _Watch) -> None:
+        """Kill whatever is left of the task's process group, close pipes and the pidfd."""
+        self._watches.discard(watch)
+        for fd in [*watch.open_fds, watch.pidfd]:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+        _signal_group(watch, signal.SIGKILL)
+        watch.finished = True
+        for fd in list(watch.open_fds):
+            watch.splitters[fd].close()
+        watch.open_fds.clear()
+        for fd in watch.splitters:
+            os.close(fd)
+        os.close(watch.pidfd)
+
+
 class LocalExecutor:
     @property
     def executor_type(self) -> str:
         return ExecutorType.LOCAL
 
-    def __init__(self, max_line_bytes: int = 65536, cwd: str | None = None) -> None:
+    def __init__(self, max_line_bytes: int = 65536) -> None:
         self.max_line_bytes = max_line_bytes
-        self.cwd = cwd
         self._hwm_cache = 0
         self._hwm_read_at = -10.0
 
@@ -74,35 +174,42 @@ class LocalExecutor:
         cancel: Cancellation,
         on_start: OnStart | None = None,
     ) -> Outcome:
+        """Run one attempt to its end in the calling thread."""
+        mux = ProcessMux(wakeable=False)
+        try:
+            started = self.start(assignment, on_line, cancel, mux, on_start)
+            if isinstance(started, Outcome):
+                return started
+            while not mux.poll(None):
+                pass
+            return self.outcome(started)
+        finally:
+            mux.close()
+
+    def start(
+        self,
+        assignment: Assignment,
+        on_line: OnLine,
+        cancel: Cancellation,
+        mux: ProcessMux,
+        on_start: OnStart | None = None,
+        tag: object = None,
+    ) -> _Watch | Outcome:
+        """Start an attempt watched by `mux` (its `poll` returns the watch when it ends; then
+        call `outcome`); an Outcome at once when it cannot start."""
         if cancel.is_set:
             return Outcome(exit_code=None, cancelled=True, error=f"{cancel.reason} before start")
         try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", assignment.command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=assignment.env,
-                start_new_session=True,
-                cwd=self.cwd,
-            )
-        except OSError as exc:
-            return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc}")
+            pid, stdout, stderr = _spawn(assignment.command, assignment.env)
+        except (OSError, ValueError) as exc:
+            return Outcome(exit_code=None, error=f"cannot start {SHELL}: {exc}")
         if on_start is not None:
-            on_start(proc.pid, _create_time(proc.pid))
-        watch = self._watch(proc, assignment, on_line)
-        cancel.on_cancel(lambda: self._cancel(watch))
-        try:
-            self._loop(watch)
-        finally:
-            self._finish_group(watch)
-        return self._outcome(watch)
-
-    def _cancel(self, watch: _Watch) -> None:
-        """Runs in the killing thread: SIGTERM the group now; the loop escalates to SIGKILL."""
-        if not watch.finished:
-            watch.cancelled = True
-            self._terminate(watch)
+            on_start(pid, _create_time(pid))
+        watch = self._watch(pid, stdout, stderr, assignment, on_line)
+        watch.tag = tag
+        mux.add(watch)
+        cancel.on_cancel(lambda: _cancel(watch, mux))
+        return watch
 
     def _server_hwm(self) -> int:
         """The server's own peak RSS, re-read at most once a second (cheap on every start)."""
@@ -113,131 +220,31 @@ class LocalExecutor:
         return self._hwm_cache
 
     def _watch(
-        self, proc: subprocess.Popen[bytes], assignment: Assignment, on_line: OnLine
+        self, pid: int, stdout: int, stderr: int, assignment: Assignment, on_line: OnLine
     ) -> _Watch:
         now = time.monotonic()
-        assert proc.stdout is not None and proc.stderr is not None
         splitters = {
-            proc.stdout.fileno(): LineSplitter("stdout", on_line, self.max_line_bytes),
-            proc.stderr.fileno(): LineSplitter("stderr", on_line, self.max_line_bytes),
+            stdout: LineSplitter("stdout", on_line, self.max_line_bytes),
+            stderr: LineSplitter("stderr", on_line, self.max_line_bytes),
         }
         deadline = now + assignment.timeout_seconds if assignment.timeout_seconds > 0 else None
         return _Watch(
-            proc=proc,
+            pid=pid,
             started=now,
             deadline=deadline,
             splitters=splitters,
+            pidfd=os.pidfd_open(pid),
             next_sample=now + 0.02,
             open_fds=set(splitters),
             server_hwm=self._server_hwm(),
-            peak_rss=_hwm(str(proc.pid)),  # the shell itself, already exec'd: short tasks too
+            peak_rss=_hwm(str(pid)),  # the shell itself, already exec'd: short tasks too
         )
 
-    def _loop(self, watch: _Watch) -> None:
-        selector = selectors.PollSelector()  # no epoll fd to create per attempt
-        pidfd = os.pidfd_open(watch.proc.pid)
-        try:
-            for fd in watch.open_fds:
-                os.set_blocking(fd, False)
-                selector.register(fd, selectors.EVENT_READ, "out")
-            selector.register(pidfd, selectors.EVENT_READ, "exit")
-            while not self._done(watch):
-                for key, _ in selector.select(self._wait_time(watch)):
-                    self._handle(key, watch, selector)
-                self._check_deadlines(watch)
-                self._sample(watch)
-        finally:
-            selector.close()
-            os.close(pidfd)
-
-    def _handle(
-        self, key: selectors.SelectorKey, watch: _Watch, selector: selectors.BaseSelector
-    ) -> None:
-        if key.data == "out":
-            self._read(int(key.fd), watch, selector)
-        else:
-            watch.exited_at = time.monotonic()
-            selector.unregister(key.fd)
-
-    def _read(self, fd: int, watch: _Watch, selector: selectors.BaseSelector) -> None:
-        try:
-            chunk = os.read(fd, CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            watch.splitters[fd].feed(chunk)
-            return
-        selector.unregister(fd)
-        watch.open_fds.discard(fd)
-        watch.splitters[fd].close()
-
-    def _done(self, watch: _Watch) -> bool:
-        if watch.exited_at is None:
-            return False
-        return not watch.open_fds or time.monotonic() - watch.exited_at > DRAIN_SECONDS
-
-    def _wait_time(self, watch: _Watch) -> float:
-        now = time.monotonic()
-        waits = [watch.next_sample - now] if watch.exited_at is None else []
-        if watch.deadline is not None and not watch.timed_out:
-            waits.append(watch.deadline - now)
-        if watch.kill_sent_at is not None and not watch.killed_hard:
-            waits.append(watch.kill_sent_at + KILL_GRACE_SECONDS - now)
-        if watch.exited_at is not None:
-            waits.append(watch.exited_at + DRAIN_SECONDS - now)
-        return max(0.0, min(waits))
-
-    def _check_deadlines(self, watch: _Watch) -> None:
-        now = time.monotonic()
-        if (
-            watch.deadline is not None
-            and not watch.timed_out
-            and now >= watch.deadline
-            and watch.exited_at is None
-        ):
-            watch.timed_out = True
-            self._terminate(watch)
-        if (
-            watch.kill_sent_at is not None
-            and not watch.killed_hard
-            and now >= watch.kill_sent_at + KILL_GRACE_SECONDS
-        ):
-            self._signal_group(watch, signal.SIGKILL)
-            watch.killed_hard = True
-
-    def _terminate(self, watch: _Watch) -> None:
-        if watch.kill_sent_at is None:
-            watch.kill_sent_at = time.monotonic()
-            self._signal_group(watch, signal.SIGTERM)
-
-    def _signal_group(self, watch: _Watch, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(watch.proc.pid, sig)
-
-    def _sample(self, watch: _Watch) -> None:
-        now = time.monotonic()
-        if now < watch.next_sample or watch.exited_at is not None:
-            return
-        watch.next_sample = now + SAMPLE_SECONDS
-        watch.peak_rss = max(watch.peak_rss, tree_rss(watch.proc.pid))
-
-    def _finish_group(self, watch: _Watch) -> None:
-        """Kill whatever is left of the task's process group, close pipes, reap the shell."""
-        self._signal_group(watch, signal.SIGKILL)
-        watch.finished = True
-        for fd in list(watch.open_fds):
-            watch.splitters[fd].close()
-        for pipe in (watch.proc.stdout, watch.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-    def _outcome(self, watch: _Watch) -> Outcome:
-        _, status, usage = os.wait4(watch.proc.pid, 0)
+    def outcome(self, watch: _Watch) -> Outcome:
+        """Reap an ended attempt's shell; its exit code and metrics."""
+        _, status, usage = os.wait4(watch.pid, 0)
         ended = watch.exited_at or time.monotonic()
         code = os.waitstatus_to_exitcode(status)
-        watch.proc.returncode = code
         exit_code = 128 - code if code < 0 else code
         metrics = AttemptMetrics(
             duration_ms=int((ended - watch.started) * 1000),
@@ -257,6 +264,113 @@ class LocalExecutor:
             error=error,
             metrics=metrics,
         )
+
+
+def _cancel(watch: _Watch, mux: ProcessMux) -> None:
+    """Runs in the killing thread: SIGTERM the group now; the mux escalates to SIGKILL."""
+    if not watch.finished:
+        watch.cancelled = True
+        _terminate(watch)
+        mux.wake()
+
+
+def _done(watch: _Watch) -> bool:
+    if watch.exited_at is None:
+        return False
+    return not watch.open_fds or time.monotonic() - watch.exited_at > DRAIN_SECONDS
+
+
+def _wait_time(watch: _Watch) -> float:
+    now = time.monotonic()
+    waits = [watch.next_sample - now] if watch.exited_at is None else []
+    if watch.deadline is not None and not watch.timed_out:
+        waits.append(watch.deadline - now)
+    if watch.kill_sent_at is not None and not watch.killed_hard:
+        waits.append(watch.kill_sent_at + KILL_GRACE_SECONDS - now)
+    if watch.exited_at is not None:
+        waits.append(watch.exited_at + DRAIN_SECONDS - now)
+    return max(0.0, min(waits))
+
+
+def _check_deadlines(watch: _Watch) -> None:
+    now = time.monotonic()
+    if (
+        watch.deadline is not None
+        and not watch.timed_out
+        and now >= watch.deadline
+        and watch.exited_at is None
+    ):
+        watch.timed_out = True
+        _terminate(watch)
+    if (
+        watch.kill_sent_at is not None
+        and not watch.killed_hard
+        and now >= watch.kill_sent_at + KILL_GRACE_SECONDS
+    ):
+        _signal_group(watch, signal.SIGKILL)
+        watch.killed_hard = True
+
+
+def _terminate(watch: _Watch) -> None:
+    if watch.kill_sent_at is None:
+        watch.kill_sent_at = time.monotonic()
+        _signal_group(watch, signal.SIGTERM)
+
+
+def _signal_group(watch: _Watch, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(watch.pid, sig)
+
+
+def _sample(watch: _Watch) -> None:
+    now = time.monotonic()
+    if now < watch.next_sample or watch.exited_at is not None:
+        return
+    watch.next_sample = now + SAMPLE_SECONDS
+    watch.peak_rss = max(watch.peak_rss, tree_rss(watch.pid))
+
+
+def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
+    """Start `sh -c COMMAND` in a session and process group of its own, stdin from /dev/null:
+    (pid, stdout read end, stderr read end). posix_spawn (vfork + exec in the C library): the
+    cheapest start there is, with the signals the server ignores set back to their defaults."""
+    out_read, out_write = _pipe()
+    err_read, err_write = _pipe()
+    try:
+        pid = os.posix_spawn(
+            SHELL,
+            [SHELL, "-c", command],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_write, 1),
+                (os.POSIX_SPAWN_DUP2, err_write, 2),
+            ],
+            setsid=True,
+            setsigdef=DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
+    except BaseException:
+        os.close(out_read)
+        os.close(err_read)
+        raise
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    return pid, out_read, err_read
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above the standard streams (a server started with
+    a closed stdin/stdout must not hand a task a pipe end as fd 0, 1 or 2)."""
+    ends = []
+    for fd in os.pipe():
+        if fd < 3:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        ends.append(fd)
+    return ends[0], ends[1]
 
 
 def _peak(watch: _Watch, maxrss: int) -> int:

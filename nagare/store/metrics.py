@@ -1,8 +1,8 @@
 """Metrics in SQLite.
 
 Every finished attempt is one row of `task_attempts` (duration, CPU, peak memory, exit code,
-status). Three small tables are kept up to date in the same transaction that closes an attempt
-or finishes a run (`record_attempt`, `count_run`), so that reading totals costs a few index
+status). Three small tables are kept up to date in the same transaction that closes attempts
+or finishes a run (`AttemptTally`, `count_run`), so that reading totals costs a few index
 lookups whatever the size of the history:
 
 - `metric_rollup`: per DAG and UTC hour (and per 5 minutes), the count, outcomes and
@@ -119,53 +119,72 @@ class DurationRow:
 # ---------------------------------------------------------------- writes (inside a transaction)
 
 
-def record_attempt(
-    conn: sqlite3.Connection,
-    task_instance_id: str,
-    dag_id: str,
-    status: str,
-    metrics: AttemptMetrics,
-    completed_at: int,
-) -> None:
-    """Add a just-closed attempt to the roll-up, the counters and the histogram."""
-    row = conn.execute(
-        "SELECT base_task_id, pool FROM task_instances WHERE id=?", (task_instance_id,)
-    ).fetchone()
-    task_id, pool = (row[0], row[1]) if row is not None else ("", "")
-    duration = metrics.duration_ms or 0
-    memory = metrics.peak_memory_bytes or 0
-    cpu = (metrics.cpu_user_ms or 0) + (metrics.cpu_system_ms or 0)
-    conn.executemany(
-        f"INSERT INTO metric_rollup({ROLLUP_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(unit, start, dag_id) DO UPDATE SET attempts = attempts + 1, "
-        "success = success + excluded.success, cancelled = cancelled + excluded.cancelled, "
-        "duration_sum = duration_sum + excluded.duration_sum, "
-        "duration_max = max(duration_max, excluded.duration_max), "
-        "memory_sum = memory_sum + excluded.memory_sum, "
-        "memory_max = max(memory_max, excluded.memory_max), cpu_sum = cpu_sum + excluded.cpu_sum",
-        [
-            (
-                unit,
-                completed_at // unit * unit,
-                dag_id,
-                int(status == "success"),
-                int(status == "cancelled"),
-                duration,
-                duration,
-                memory,
-                memory,
-                cpu,
-            )
-            for unit in ROLLUP_UNITS_MS
-        ],
-    )
-    _count(conn, "task_runs", dag_id, task_id, status)
-    conn.execute(
-        "INSERT INTO metric_durations(dag_id, pool, le_ms, count, sum_ms) VALUES (?, ?, ?, 1, ?) "
-        "ON CONFLICT(dag_id, pool, le_ms) DO UPDATE SET count = count + 1, "
-        "sum_ms = sum_ms + excluded.sum_ms",
-        (dag_id, pool, duration_bucket(duration), duration),
-    )
+class AttemptTally:
+    """The roll-up, counter and histogram increments of the attempts closed in one
+    transaction; `write` adds them with one statement per table, however many attempts."""
+
+    def __init__(self) -> None:
+        self._rollup: dict[tuple[int, int, str], list[int]] = {}
+        self._counters: dict[tuple[str, str, str], int] = {}
+        self._durations: dict[tuple[str, str, int], list[int]] = {}
+
+    def add(
+        self,
+        dag_id: str,
+        task_id: str,
+        pool: str,
+        status: str,
+        metrics: AttemptMetrics,
+        completed_at: int,
+    ) -> None:
+        """One closed attempt (`task_id`: the base task id; map children count under it)."""
+        duration = metrics.duration_ms or 0
+        memory = metrics.peak_memory_bytes or 0
+        cpu = (metrics.cpu_user_ms or 0) + (metrics.cpu_system_ms or 0)
+        success, cancelled = int(status == "success"), int(status == "cancelled")
+        for unit in ROLLUP_UNITS_MS:
+            row = self._rollup.setdefault((unit, completed_at // unit * unit, dag_id), [0] * 8)
+            row[0] += 1
+            row[1] += success
+            row[2] += cancelled
+            row[3] += duration
+            row[4] = max(row[4], duration)
+            row[5] += memory
+            row[6] = max(row[6], memory)
+            row[7] += cpu
+        key = (dag_id, task_id, status)
+        self._counters[key] = self._counters.get(key, 0) + 1
+        bucket = self._durations.setdefault((dag_id, pool, duration_bucket(duration)), [0, 0])
+        bucket[0] += 1
+        bucket[1] += duration
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if not self._rollup:
+            return
+        conn.executemany(
+            f"INSERT INTO metric_rollup({ROLLUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(unit, start, dag_id) DO UPDATE SET "
+            "attempts = attempts + excluded.attempts, success = success + excluded.success, "
+            "cancelled = cancelled + excluded.cancelled, "
+            "duration_sum = duration_sum + excluded.duration_sum, "
+            "duration_max = max(duration_max, excluded.duration_max), "
+            "memory_sum = memory_sum + excluded.memory_sum, "
+            "memory_max = max(memory_max, excluded.memory_max), "
+            "cpu_sum = cpu_sum + excluded.cpu_sum",
+            [(*key, *values) for key, values in self._rollup.items()],
+        )
+        conn.executemany(
+            "INSERT INTO metric_counters(name, dag_id, task_id, status, value) "
+            "VALUES ('task_runs', ?, ?, ?, ?) ON CONFLICT(name, dag_id, task_id, status) "
+            "DO UPDATE SET value = value + excluded.value",
+            [(*key, value) for key, value in self._counters.items()],
+        )
+        conn.executemany(
+            "INSERT INTO metric_durations(dag_id, pool, le_ms, count, sum_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(dag_id, pool, le_ms) DO UPDATE SET "
+            "count = count + excluded.count, sum_ms = sum_ms + excluded.sum_ms",
+            [(*key, *values) for key, values in self._durations.items()],
+        )
 
 
 def count_run(conn: sqlite3.Connection, dag_id: str, status: str) -> None:

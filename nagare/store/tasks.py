@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from nagare.models import (
     STATUS_BY_VALUE,
@@ -15,7 +15,7 @@ from nagare.models import (
     TaskStatus,
 )
 from nagare.store.db import Database
-from nagare.store.metrics import record_attempt
+from nagare.store.metrics import AttemptTally
 from nagare.store.records import AttemptFinish, Claim
 from nagare.store.rows import (
     METRIC_COLUMNS,
@@ -220,17 +220,29 @@ class TaskStore:
         never earlier than the moment it was queued (a caller waiting for the writer would
         otherwise stamp an older time)."""
         with self.db.write() as conn:
-            return self._claim(conn, pool, worker, _read(now))
+            claims = self._claim(conn, pool, worker, _read(now))
+        return claims[0] if claims else None
 
     def finish_and_claim(
-        self, finish: AttemptFinish, pool: str | None, worker: str, now: Clock
-    ) -> tuple[bool, Claim | None]:
-        """finish_attempt, then (unless `pool` is None) claim the next task of `pool`, in one
-        transaction: a busy worker slot costs one write per task, not two."""
+        self,
+        finishes: Sequence[AttemptFinish],
+        wants: Mapping[str, int],
+        worker: str,
+        now: Clock,
+    ) -> list[Claim]:
+        """finish_attempt for each of `finishes`, then claim up to `wants[pool]` tasks of each
+        pool, in one transaction: slots that finish together share one commit and one metrics
+        update, and a busy slot costs a fraction of a write per task."""
         with self.db.write() as conn:
-            moved = self._finish(conn, finish)
-            claim = self._claim(conn, pool, worker, _read(now)) if pool is not None else None
-        return moved, claim
+            tally = AttemptTally()
+            for finish in finishes:
+                self._finish(conn, finish, tally)
+            tally.write(conn)
+            at = _read(now)
+            claims = []
+            for pool, count in wants.items():
+                claims += self._claim(conn, pool, worker, at, count=count)
+            return claims
 
     def _claim(
         self,
@@ -239,34 +251,43 @@ class TaskStore:
         worker: str,
         now: int,
         lease_until: int | None = None,
-    ) -> Claim | None:
-        """Claim the oldest queued task of `pool` for `worker` (a remote worker holds it under
-        a lease that ends at `lease_until` unless renewed)."""
-        row = conn.execute(
+        count: int = 1,
+    ) -> list[Claim]:
+        """Claim the `count` oldest queued tasks of `pool` for `worker` (a remote worker holds
+        them under a lease that ends at `lease_until` unless renewed), oldest first."""
+        rows = conn.execute(
             f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
             "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
             "lease_expires_at=?, lease_confirmed=0 "
-            "WHERE id=(SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-            "ORDER BY queued_at, rowid LIMIT 1) AND status='queued' "
+            "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+            "ORDER BY queued_at, rowid LIMIT ?) AND status='queued' "
             f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-            (worker, now, lease_until, pool),
-        ).fetchone()
-        if row is None:
-            return None
-        task = task_from_row(row)
-        run_row = conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
-        run = run_from_row(run_row)
-        conn.execute(
+            (worker, now, lease_until, pool, count),
+        ).fetchall()
+        if not rows:
+            return []
+        tasks = sorted(map(task_from_row, rows), key=lambda t: (t.queued_at or 0, t.position))
+        runs = {}
+        for run_id in dict.fromkeys(t.run_id for t in tasks):
+            runs[run_id] = run_from_row(
+                conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            )
+        conn.executemany(
             "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
             "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            (task.id, task.attempt, task.run_id, run.dag_id, task.task_id, worker, now),
+            [
+                (t.id, t.attempt, t.run_id, runs[t.run_id].dag_id, t.task_id, worker, now)
+                for t in tasks
+            ],
         )
-        if run.status is RunStatus.QUEUED:
-            conn.execute(
-                "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
-                (now, run.run_id),
-            )
-        return Claim(task, run, task.attempt)
+        for run in runs.values():
+            if run.status is RunStatus.QUEUED:
+                conn.execute(
+                    "UPDATE runs SET status='running', started_at=? WHERE run_id=? "
+                    "AND status='queued'",
+                    (now, run.run_id),
+                )
+        return [Claim(t, runs[t.run_id], t.attempt) for t in tasks]
 
     def set_executor_type(self, task_instance_id: str, attempt: int, executor_type: str) -> None:
         with self.db.write() as conn:
@@ -284,14 +305,18 @@ class TaskStore:
         with self.db.write() as conn:
             return self._finish(conn, finish)
 
-    def _finish(self, conn: sqlite3.Connection, finish: AttemptFinish) -> bool:
+    def _finish(
+        self, conn: sqlite3.Connection, finish: AttemptFinish, tally: AttemptTally | None = None
+    ) -> bool:
+        """Close one attempt; its metrics go to `tally` (written by the caller before the
+        commit), or are written here without one."""
         m = finish.metrics
-        cursor = conn.execute(
+        moved = conn.execute(
             "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
             "ready_at=?, output_tail=?, message=?, lease_expires_at=NULL, "
             "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
             "max_attempts=max_attempts+? "
-            "WHERE id=? AND attempt=? AND status='running'",
+            "WHERE id=? AND attempt=? AND status='running' RETURNING base_task_id, pool",
             (
                 finish.status,
                 None
@@ -308,11 +333,8 @@ class TaskStore:
                 finish.task_instance_id,
                 finish.attempt,
             ),
-        )
-        moved = cursor.rowcount == 1
-        attempt_status = finish.attempt_status
-        if not moved:
-            attempt_status = TaskStatus.CANCELLED
+        ).fetchone()
+        attempt_status = finish.attempt_status if moved else TaskStatus.CANCELLED
         closed = conn.execute(
             "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
             "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
@@ -333,14 +355,24 @@ class TaskStore:
                 finish.attempt,
             ),
         ).fetchone()
-        if closed is not None:
-            record_attempt(conn, finish.task_instance_id, closed[0], attempt_status, m, finish.now)
         if not moved:
             conn.execute(
                 "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
                 (finish.output_tail, finish.task_instance_id),
             )
-        return moved
+        if closed is not None:
+            task = (
+                moved
+                or conn.execute(
+                    "SELECT base_task_id, pool FROM task_instances WHERE id=?",
+                    (finish.task_instance_id,),
+                ).fetchone()
+            )
+            own = tally or AttemptTally()
+            own.add(closed[0], task[0], task[1], attempt_status, m, finish.now)
+            if tally is None:
+                own.write(conn)
+        return moved is not None
 
     def complete_task(
         self,

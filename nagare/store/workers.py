@@ -61,11 +61,10 @@ class WorkerStore:
                 for pool in list(open_pools):
                     if len(claims) >= count:
                         break
-                    claim = self._claim(conn, pool, worker_id, now, lease_until)  # type: ignore[attr-defined]
-                    if claim is None:
+                    claimed = self._claim(conn, pool, worker_id, now, lease_until)  # type: ignore[attr-defined]
+                    if not claimed:
                         open_pools.remove(pool)
-                    else:
-                        claims.append(claim)
+                    claims += claimed
         return claims
 
     def renew_leases(
