@@ -154,8 +154,8 @@ class App:
         """Stop a running task wherever it runs: on a remote worker, or here."""
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
 
-    def _task_finished(self, run_id: str, task_instance_id: str) -> None:
-        self.scheduler.wake(run_id, finished=task_instance_id)
+    def _task_finished(self, run_id: str, task_instance_id: str, retry_at: int | None) -> None:
+        self.scheduler.wake(run_id, finished=task_instance_id, retry_at=retry_at)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)

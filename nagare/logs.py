@@ -87,16 +87,11 @@ class AttemptLog:
     def record_pid(self, pid: int, start_time: float) -> None:
         """Append `<task instance> <attempt> <pid> <start>` to the run's pids file (one short
         O_APPEND write: cheaper than creating a file per attempt)."""
-        line = f"{self.key.replace('/', ' ')} {pid} {start_time}\n".encode()
-        fd = os.open(
-            os.path.join(os.path.dirname(self.path), PIDS_FILE),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-            0o644,
-        )
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_pid_records(os.path.dirname(self.path), [self.pid_record(pid, start_time)])
+
+    def pid_record(self, pid: int, start_time: float) -> str:
+        """The pids-file line of this attempt's process (see `append_pid_records`)."""
+        return f"{self.key.replace('/', ' ')} {pid} {start_time}\n"
 
     def note(self, text: str) -> None:
         """A line written by Nagare itself (marked so readers can tell it from task output)."""
@@ -258,6 +253,16 @@ class LogFollower:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()  # type: ignore[attr-defined]
+
+
+def append_pid_records(run_folder: str, records: list[str]) -> None:
+    """Append pid records to a run's pids file in one O_APPEND write (the dispatcher writes
+    the records of all attempts it started in one turn at once)."""
+    fd = os.open(os.path.join(run_folder, PIDS_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, "".join(records).encode())
+    finally:
+        os.close(fd)
 
 
 def stdout_path(log_path: str) -> str:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
-from nagare.executors import Cancellation, Executor, OnLine
+from nagare.executors import Cancellation, Executor, OnLine, OnStart
 from nagare.executors.local import LocalExecutor, ProcessMux, kill_orphan_group
-from nagare.logs import AttemptLog, LogFiles
+from nagare.logs import AttemptLog, LogFiles, append_pid_records
 from nagare.models import Assignment, Outcome, TaskDef, TaskType
 from nagare.store import AttemptFinish, Claim, Store
 
@@ -51,7 +51,7 @@ class WorkerPools:
         logs: LogFiles,
         sizes: dict[str, int],
         executor_for: Callable[[TaskDef], Executor],
-        on_finished: Callable[[str, str], None],
+        on_finished: Callable[[str, str, int | None], None],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
     ) -> None:
@@ -70,6 +70,7 @@ class WorkerPools:
         self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
         self._hot: set[str] = {p for p, size in self.sizes.items() if size > 0}
         self._handed_back: list[tuple[_Attempt, Outcome]] = []  # from blocking executors
+        self._pid_records: dict[str, list[str]] = {}  # run log folder -> records to append
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._base_env = dict(os.environ)
@@ -185,6 +186,7 @@ class WorkerPools:
                     self._hot.update(p for p, size in self.sizes.items() if size > 0)
             for claim in self._record_and_claim(ended):
                 self._begin(claim)
+            self._write_pid_records()
             with self._lock:
                 if not self._accepting and not self._running:
                     break
@@ -227,7 +229,7 @@ class WorkerPools:
                 self._idle.notify_all()
         for attempt, finish in ended:
             _log_end(attempt, finish)
-            self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id)
+            self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id, finish.retry_at)
         return claims
 
     def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> None:
@@ -307,7 +309,7 @@ class WorkerPools:
         if isinstance(executor, LocalExecutor):
             attempt.executor = executor
             started = executor.start(
-                assignment, on_line, cancel, self._mux, attempt.log.record_pid, tag=attempt
+                assignment, on_line, cancel, self._mux, self._pid_recorder(attempt.log), attempt
             )
             return started if isinstance(started, Outcome) else None
         threading.Thread(
@@ -317,6 +319,24 @@ class WorkerPools:
             name=f"task-{task.id}",
         ).start()
         return None
+
+    def _pid_recorder(self, attempt_log: AttemptLog) -> OnStart:
+        """Keeps the attempt's pid record for `_write_pid_records`, at the end of this turn."""
+
+        def record(pid: int, start_time: float) -> None:
+            folder = os.path.dirname(attempt_log.path)
+            self._pid_records.setdefault(folder, []).append(attempt_log.pid_record(pid, start_time))
+
+        return record
+
+    def _write_pid_records(self) -> None:
+        """Append the pid records of the attempts started this turn, one write per run."""
+        records, self._pid_records = self._pid_records, {}
+        for folder, lines in records.items():
+            try:
+                append_pid_records(folder, lines)
+            except OSError as exc:
+                log.error("cannot record task process ids in %s: %s", folder, exc)
 
     def _run_blocking(
         self, attempt: _Attempt, executor: Executor, assignment: Assignment, on_line: OnLine

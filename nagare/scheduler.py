@@ -100,17 +100,26 @@ class Scheduler:
         self._next_slot: dict[str, int] = {}
         self._last_sweep = 0.0
         self.last_lag_ms = 0
+        # the earliest `ready_at` of a task up for retry, as far as known (a lower bound; None
+        # with _retry_known: none), so that a pass reads the retries only when one is due
+        self._retry_at: int | None = None
+        self._retry_known = False
 
     # ------------------------------------------------------------ waking
 
-    def wake(self, run_id: str | None = None, finished: str | None = None) -> None:
+    def wake(
+        self, run_id: str | None = None, finished: str | None = None, retry_at: int | None = None
+    ) -> None:
         """Something changed: a run (`finished` names the task instance that just ended, so the
-        next pass only looks at what follows it), or, without a run, the DAGs or their state."""
+        next pass only looks at what follows it; `retry_at`: it is up for retry from then), or,
+        without a run, the DAGs or their state."""
         with self._cond:
             if run_id:
                 _mark(self._dirty, run_id, finished)
             else:
                 self._schedules_changed = True
+            if retry_at is not None:
+                self._retry_at = _earliest(self._retry_at, retry_at)
             self._cond.notify()
 
     def run(self, stop: threading.Event) -> None:
@@ -152,6 +161,8 @@ class Scheduler:
             _mark(dirty, run_id, task_id)
         if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = time.monotonic()
+            with self._cond:
+                self._retry_known = False  # a retry no finished task announced: found here
             active = self.store.active_run_ids()
             self._views = {k: v for k, v in self._views.items() if k in active}
             dirty.update(dict.fromkeys(active))
@@ -165,7 +176,7 @@ class Scheduler:
     def _seconds_to_next(self, now: int) -> float:
         candidates = [now + int(SWEEP_SECONDS * 1000)]
         candidates.extend(self._next_slot.values())
-        retry_at = self.store.next_retry_at()
+        retry_at = self._next_retry()
         if retry_at is not None:
             candidates.append(retry_at)
         return max(0.0, (min(candidates) - now) / 1000)
@@ -232,7 +243,24 @@ class Scheduler:
 
     # ------------------------------------------------------------ retries
 
+    def _next_retry(self) -> int | None:
+        """The earliest retry time (re-read from the store only when not known)."""
+        with self._cond:
+            if self._retry_known:
+                return self._retry_at
+            # hints given before this read are in the store already (sent after the commit)
+            self._retry_known, self._retry_at = True, None
+        found = self.store.next_retry_at()
+        with self._cond:  # hints that came during the read are kept
+            self._retry_at = _earliest(self._retry_at, found)
+            return self._retry_at
+
     def _queue_due_retries(self, now: int) -> list[tuple[str, str]]:
+        retry_at = self._next_retry()
+        if retry_at is None or retry_at > now:
+            return []
+        with self._cond:
+            self._retry_known = False  # re-read after these leave up_for_retry
         due = self.store.due_retries(now)
         if not due:
             return []
@@ -428,6 +456,10 @@ class _View:
                 self.by_task[task.task_id] = self.by_task[task.task_id]._replace(status=status)
         if len(done) != len(planned):
             self.stale = True
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _mark(dirty: dict[str, set[str] | None], run_id: str, finished: str | None) -> None:

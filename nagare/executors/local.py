@@ -7,12 +7,13 @@ process through a pidfd and its timeout (a kill signals the process group at onc
 killing thread), and samples the memory of the whole process tree.
 
 Metrics: CPU user/system time is the kernel's accounting of the waited shell and every descendant
-it waited for (wait4 rusage). Peak memory is the highest sum, over the samples (at start, after
-20 ms, then every 250 ms), of each tree member's own peak (VmHWM), so a child's peak between two
-samples is still seen; a process that starts and ends between two samples is only seen through
-wait4's ru_maxrss, which the kernel also charges with the server's own size at fork time, so that
-figure counts only when it exceeds the server's peak at spawn time (then it must come from the
-task).
+it waited for (wait4 rusage). Peak memory is the highest sum, over the samples (after 20 ms, then
+every 250 ms), of each tree member's own peak (VmHWM), so a child's peak between two samples is
+still seen; a process that starts and ends between two samples (or a task shorter than 20 ms) is
+only seen through wait4's ru_maxrss, which the kernel also charges with the server's own size at
+spawn time, so that figure counts only when it exceeds the server's peak at spawn time (then it
+must come from the task); otherwise such a task reports 0. Nothing reads /proc at a task's start:
+a new process's /proc files are slow to read while it is still loading.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ DRAIN_SECONDS = 1.0  # after the shell exits, how long its output pipes may stay
 SAMPLE_SECONDS = 0.25  # memory sampling interval of the process tree
 CHUNK = 65536
 SHELL = "/bin/sh"
-# ignored by the server (Python ignores SIGPIPE), back to their defaults in a task
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# ignored by the server (Python ignores SIGPIPE), back to their defaults in a task (the C
+# library's own signals 32 and 33 stay as posix_spawn sets them; programs set those themselves)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 
 
@@ -199,12 +202,13 @@ class LocalExecutor:
         call `outcome`); an Outcome at once when it cannot start."""
         if cancel.is_set:
             return Outcome(exit_code=None, cancelled=True, error=f"{cancel.reason} before start")
+        spawned_at = boot_ticks()
         try:
             pid, stdout, stderr = _spawn(assignment.command, assignment.env)
         except (OSError, ValueError) as exc:
             return Outcome(exit_code=None, error=f"cannot start {SHELL}: {exc}")
         if on_start is not None:
-            on_start(pid, _create_time(pid))
+            on_start(pid, spawned_at)
         watch = self._watch(pid, stdout, stderr, assignment, on_line)
         watch.tag = tag
         mux.add(watch)
@@ -237,7 +241,6 @@ class LocalExecutor:
             next_sample=now + 0.02,
             open_fds=set(splitters),
             server_hwm=self._server_hwm(),
-            peak_rss=_hwm(str(pid)),  # the shell itself, already exec'd: short tasks too
         )
 
     def outcome(self, watch: _Watch) -> Outcome:
@@ -400,11 +403,11 @@ def _hwm(pid: str) -> int:
     return 0
 
 
-def _create_time(pid: int) -> float:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the
-    pid, it identifies the process even after the pid is reused."""
-    fields = _stat_fields(pid)
-    return float(fields[19]) if len(fields) > 19 else 0.0
+def boot_ticks() -> float:
+    """Now, in clock ticks since boot: the unit of a process's start time (/proc/PID/stat field
+    22). Read just before a start, it bounds the new process's start time from below without
+    reading /proc (which is slow while the new process is still loading)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -417,11 +420,14 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def process_alive(pid: int, create_time: float | None) -> bool:
-    """Whether `pid` still is the process we started (guards against pid reuse)."""
+    """Whether `pid` still is the process we started (guards against pid reuse): its start
+    time lies within a second after `create_time` (`boot_ticks()` read just before the start;
+    a pid is not reused that fast)."""
     fields = _stat_fields(pid)
     if len(fields) < 20 or fields[0] == "Z":
         return False
-    return not create_time or float(fields[19]) == create_time
+    started = float(fields[19])
+    return not create_time or create_time - 1 <= started <= create_time + CLOCK_TICKS
 
 
 def kill_orphan_group(pid: int, create_time: float | None) -> bool:

@@ -56,6 +56,11 @@ class AttemptFinish:
     ready_at: int | None = None
     extra_attempts: int = 0
 
+    @property
+    def retry_at(self) -> int | None:
+        """When the task may run again, if this attempt put it up for retry."""
+        return self.ready_at if self.status is TaskStatus.UP_FOR_RETRY else None
+
 
 @dataclass
 class WorkerRecord:

@@ -1,0 +1,192 @@
+"""The local dispatcher: one thread runs every local task through one ProcessMux; attempts that
+end together are recorded with the next claims in one transaction; silent tasks cost no log
+file; tasks start with the signal dispositions of a normal process; the pid records that the
+restart recovery reads."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+from conftest import Nagare, wait_for
+
+from nagare.dagfile import parse_dag
+from nagare.executors.local import boot_ticks, process_alive
+from nagare.models import AttemptMetrics, TaskStatus, Trigger
+from nagare.scheduler import create_run
+from nagare.store import AttemptFinish, Store
+
+
+def test_eight_parallel_tasks_run_at_once_on_one_dispatcher_thread(nagare_factory) -> None:  # type: ignore[no-untyped-def]
+    nagare: Nagare = nagare_factory(
+        worker_pools={"default": 8},
+        dags={
+            "p.yaml": "id: p\ntasks:\n"
+            + "".join(f"  - id: t{i}\n    command: sleep 1\n" for i in range(8))
+        },
+    )
+    run_id = nagare.trigger("p")
+    wait_for(lambda: nagare.app.pools.busy()["default"] == 8, 10, message="8 busy slots")
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("pools") == 1
+    assert not [n for n in names if n.startswith(("task-", "pool-"))], names
+    assert sum(t["status"] == "running" for t in nagare.tasks(run_id).values()) == 8
+    assert nagare.wait_run(run_id)["status"] == "success"
+
+
+def test_a_silent_task_leaves_no_log_file_and_reads_as_empty(nagare: Nagare) -> None:
+    nagare.write_dag(
+        "s.yaml",
+        """
+        id: s
+        tasks:
+          - id: quiet
+            command: "true"
+          - id: loud
+            command: echo hello
+        """,
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("s")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    tasks = nagare.tasks(run_id)
+    folder = Path(nagare.app.logs.root) / run_id
+    assert not (folder / f"{tasks['quiet']['id']}.1.log").exists()
+    assert (folder / f"{tasks['loud']['id']}.1.log").read_text() == "hello\n"
+    assert nagare.log(run_id, "quiet") == ""
+    assert nagare.log(run_id, "loud") == "hello\n"
+
+
+def test_tasks_start_with_no_ignored_or_blocked_signals(nagare: Nagare) -> None:
+    """The server ignores SIGPIPE (Python does); a task must not inherit that, or `yes | head`
+    style pipelines would spin on write errors instead of ending."""
+    nagare.write_dag(
+        "sig.yaml",
+        """
+        id: sig
+        tasks:
+          - id: masks  # builtins only: the shell's own masks (a waiting shell blocks signals)
+            command: >-
+              while read -r k v; do case $k in SigIgn:|SigBlk:) echo "$k$v";; esac;
+              done < /proc/$$/status
+          - id: pipe
+            command: yes | head -n 1
+            timeout_seconds: 10
+        """,
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("sig")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    lines = dict(line.split(":") for line in nagare.log(run_id, "masks").splitlines())
+    assert set(lines) == {"SigIgn", "SigBlk"}, lines
+    # the standard signals 1-31 (32 and 33 belong to the C library, which sets them itself)
+    standard = (1 << 31) - 1
+    assert int(lines["SigIgn"], 16) & standard == 0
+    assert int(lines["SigBlk"], 16) & standard == 0
+    assert nagare.log(run_id, "pipe") == "y\n"
+
+
+def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() -> None:
+    before = boot_ticks()
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_alive(process.pid, before)
+        # the same pid with a recorded start 5 s after (or before) its real one: another process
+        assert not process_alive(process.pid, before + 5 * 100)
+        assert not process_alive(process.pid, before - 5 * 100)
+    finally:
+        process.kill()
+        process.wait()
+    assert not process_alive(process.pid, before)
+
+
+def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "batch.db"))
+    dag, errors = parse_dag(
+        "id: d\ntasks:\n"
+        "  - id: t\n    with_items: [0, 1, 2, 3, 4, 5]\n    command: 'true'\n"
+        "  - id: g\n    pool: gpu\n    command: 'true'\n"
+    )
+    assert dag is not None, errors
+    create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    first = store.finish_and_claim([], {"default": 3}, "local", 10)
+    assert [c.task.task_id for c in first] == ["t_0", "t_1", "t_2"]  # oldest first
+    killed = first[2].task.id
+    assert store.transition([killed], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 15)
+    finishes = [
+        AttemptFinish(
+            c.task.id,
+            1,
+            TaskStatus.SUCCESS,
+            TaskStatus.SUCCESS,
+            AttemptMetrics(duration_ms=100 * (i + 1), peak_memory_bytes=1000, exit_code=0),
+            now=20,
+        )
+        for i, c in enumerate(first)
+    ]
+    second = store.finish_and_claim(finishes, {"default": 5, "gpu": 1}, "local", 30)
+    assert sorted(c.task.task_id for c in second) == ["g", "t_3", "t_4", "t_5"]
+    states = {t.task_id: t.status for t in store.run_tasks(first[0].run.run_id)}
+    assert states["t_0"] is TaskStatus.SUCCESS and states["t_1"] is TaskStatus.SUCCESS
+    assert states["t_2"] is TaskStatus.CANCELLED  # the kill that came first wins
+    attempts = store.attempts(killed)
+    assert attempts[0].status is TaskStatus.CANCELLED
+    with store.db.read() as conn:
+        rollup = conn.execute(
+            "SELECT attempts, success, cancelled, duration_sum, duration_max FROM metric_rollup "
+            "WHERE unit=3600000"
+        ).fetchone()
+        counters = conn.execute(
+            "SELECT task_id, status, value FROM metric_counters WHERE name='task_runs'"
+        ).fetchall()
+        histogram = conn.execute("SELECT sum(count), sum(sum_ms) FROM metric_durations").fetchone()
+    assert tuple(rollup) == (3, 2, 1, 600, 300)
+    assert sorted(tuple(r) for r in counters) == [
+        ("t_0", "success", 1),
+        ("t_1", "success", 1),
+        ("t_2", "cancelled", 1),
+    ]
+    assert tuple(histogram) == (3, 600)
+    store.close()
+
+
+def test_a_retry_starts_when_due_not_at_the_next_safety_sweep(nagare: Nagare) -> None:
+    """The scheduler learns a retry's time from the attempt that set it (for map children
+    too, which its run view does not hold), rather than from its 5 s sweep."""
+    nagare.write_dag(
+        "r.yaml",
+        """
+        id: r
+        tasks:
+          - id: plain
+            retries: 1
+            retry_delay_seconds: 0.2
+            command: '[ "$NAGARE_ATTEMPT" -ge 2 ]'
+          - id: items
+            command: echo '["a"]'
+          - id: child
+            type: map
+            map_over: items
+            retries: 1
+            retry_delay_seconds: 0.2
+            command: '[ "$NAGARE_ATTEMPT" -ge 2 ]'
+        """,
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("r")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    retried = [t for t in nagare.get(f"/api/runs/{run_id}/tasks") if t["attempt"] == 2]
+    assert len(retried) == 2, retried  # `plain` and the map child
+    for task in retried:
+        first, second = nagare.get(f"/api/runs/{run_id}/tasks/{task['task_id']}/attempts")
+        gap = _seconds(second["started_at"]) - _seconds(first["completed_at"])
+        assert 0.15 <= gap < 2.5, (task["task_id"], gap)
+
+
+def _seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
