@@ -193,6 +193,11 @@ class DagDef:
         return {k: tuple(v) for k, v in result.items()}
 
     @cached_property
+    def dependency_sets(self) -> dict[str, frozenset[str]]:
+        """Task id -> its dependencies as a set (membership tests on wide fan-ins)."""
+        return {task.task_id: frozenset(task.depends_on) for task in self.tasks}
+
+    @cached_property
     def rank(self) -> dict[str, int]:
         """Task id -> its position in a topological order (dependencies first)."""
         return {tid: i for i, tid in enumerate(topological_order(self.tasks))}

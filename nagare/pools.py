@@ -187,6 +187,11 @@ class WorkerPools:
             for claim in self._record_and_claim(ended):
                 self._begin(claim)
             self._write_pid_records()
+            # the scheduler hears of the ended attempts once the freed slots are busy again: it
+            # then plans while this thread waits for output instead of competing with it
+            for attempt, finish in ended:
+                _log_end(attempt, finish)
+                self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id, finish.retry_at)
             with self._lock:
                 if not self._accepting and not self._running:
                     break
@@ -227,9 +232,6 @@ class WorkerPools:
                 self._busy[attempt.pool] -= 1
             if ended:
                 self._idle.notify_all()
-        for attempt, finish in ended:
-            _log_end(attempt, finish)
-            self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id, finish.retry_at)
         return claims
 
     def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> None:

@@ -87,7 +87,14 @@ def plan_changes(
         before = status[task_id]
         if before is TaskStatus.PENDING:
             status[task_id] = _decide_pending(
-                instance, definition.depends_on, definition.type, status, plan, moved, waits
+                instance,
+                definition.depends_on,
+                dag.dependency_sets[task_id],
+                definition.type,
+                status,
+                plan,
+                moved,
+                waits,
             )
         elif before is TaskStatus.RUNNING and definition.type is TaskType.MAP:
             status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
@@ -164,13 +171,19 @@ def _dependants_of(dag: DagDef, changed: Iterable[str]) -> set[str]:
 def _decide_pending(
     instance: InstanceLike,
     deps: tuple[str, ...],
+    dep_set: frozenset[str],
     kind: TaskType,
     status: _Statuses,
     plan: Plan,
     moved: set[str] | None,
     waits: dict[str, int] | None,
 ) -> TaskStatus:
-    suspects = deps if moved is None else [d for d in deps if d in moved]
+    if moved is None:
+        suspects: Iterable[str] = deps
+    elif len(moved) < len(deps):  # a wide fan-in: look at what changed, not at every dependency
+        suspects = [d for d in moved if d in dep_set]
+    else:
+        suspects = [d for d in deps if d in moved]
     if any(status.get(d, TaskStatus.SUCCESS) in BLOCKING_TASK for d in suspects):
         plan.upstream_failed.append(instance)
         return TaskStatus.UPSTREAM_FAILED
