@@ -71,10 +71,9 @@ class ProcessMux:
     thread) interrupts a `poll`."""
 
     def __init__(self, wakeable: bool = True) -> None:
-        # one attempt alone: poll(2), no epoll fd to create and close per attempt
-        self._selector: selectors.BaseSelector = (
-            selectors.EpollSelector() if wakeable else selectors.PollSelector()
-        )
+        # poll(2): registering and dropping an attempt's three fds costs no system call (a
+        # few dozen fds per poll are cheap; epoll would cost six epoll_ctl calls per attempt)
+        self._selector: selectors.BaseSelector = selectors.PollSelector()
         self._watches: set[_Watch] = set()
         self._wake_fd = -1
         if wakeable:
@@ -90,8 +89,7 @@ class ProcessMux:
                 os.eventfd_write(self._wake_fd, 1)
 
     def add(self, watch: _Watch) -> None:
-        for fd in watch.open_fds:
-            os.set_blocking(fd, False)
+        for fd in watch.open_fds:  # blocking pipes: a read after poll said so never waits
             self._selector.register(fd, selectors.EVENT_READ, (watch, False))
         self._selector.register(watch.pidfd, selectors.EVENT_READ, (watch, True))
         self._watches.add(watch)
