@@ -72,11 +72,15 @@ class AttemptLog:
         self.stdout_overflow = False
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._lock = threading.Lock()
+        self._header = ""  # see note_before_output
 
     def on_line(self, stream: str, line: str) -> None:
         with self._lock:
             if self._file is None:
                 self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+                if self._header:
+                    self._file.write(self._header + "\n")
+                    self._tail.append(self._header)
             self._file.write(line + "\n")
             self._file.flush()
             self._tail.append(line)
@@ -96,6 +100,15 @@ class AttemptLog:
     def note(self, text: str) -> None:
         """A line written by Nagare itself (marked so readers can tell it from task output)."""
         self.on_line("nagare", f"[nagare] {text}")
+
+    def note_before_output(self, text: str) -> None:
+        """A note that heads the log once the attempt writes anything: an attempt that stays
+        silent keeps costing no file."""
+        with self._lock:
+            if self._file is None:
+                self._header = f"[nagare] {text}"
+                return
+        self.note(text)
 
     def _capture(self, line: str) -> None:
         self._stdout_bytes += len(line) + 1

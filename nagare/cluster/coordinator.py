@@ -340,7 +340,9 @@ class Coordinator:
             now,
             now,
         )
-        self.store.worker_seen(record, leaving=hello.leaving)
+        renewed = self.store.renew_leases(
+            hello.worker_id, hello.held, now + self.lease_ms, record, hello.leaving
+        )
         with self._cond:
             if hello.leaving:
                 self._leaving.add(hello.worker_id)
@@ -349,7 +351,7 @@ class Coordinator:
             else:
                 self._leaving.discard(hello.worker_id)
         directives = Directives()
-        for held in self.store.renew_leases(hello.worker_id, hello.held, now + self.lease_ms):
+        for held in renewed:
             if held.lost:
                 directives.lost.append(held.task_instance_id)
             elif held.cancel:
@@ -392,7 +394,7 @@ class Coordinator:
             return None
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
-        attempt_log.note(f"running on worker {worker_id}")
+        attempt_log.note_before_output(f"running on worker {worker_id}")
         assignment = build_assignment(dag, definition, claim, {})  # never this host's env
         # stdout is captured here, from the streamed log
         return encode_assignment(replace(assignment, capture_stdout=False))

@@ -68,12 +68,20 @@ class WorkerStore:
         return claims
 
     def renew_leases(
-        self, worker_id: str, held: Sequence[tuple[str, int]], lease_until: int
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, int]],
+        lease_until: int,
+        seen: WorkerRecord | None = None,
+        leaving: bool = False,
     ) -> list[HeldAttempt]:
         """Extend the leases of the attempts a worker reports holding; say for each whether
-        the worker must stop it (killed) or drop it (no longer its own)."""
+        the worker must stop it (killed) or drop it (no longer its own). With `seen`, the
+        worker is registered or refreshed (`worker_seen`) in the same transaction."""
         answers = []
         with self.db.write() as conn:
+            if seen is not None:
+                _upsert_worker(conn, seen, "left" if leaving else "online")
             for task_instance_id, attempt in held:
                 row = conn.execute(
                     "UPDATE task_instances SET lease_expires_at=?, lease_confirmed=1 "
