@@ -235,8 +235,8 @@ class TaskStore:
         update, and a busy slot costs a fraction of a write per task."""
         with self.db.write() as conn:
             tally = AttemptTally()
-            for finish in finishes:
-                self._finish(conn, finish, tally)
+            for start in range(0, len(finishes), FINISH_CHUNK):
+                self._finish_many(conn, finishes[start : start + FINISH_CHUNK], tally)
             tally.write(conn)
             at = _read(now)
             claims = []
@@ -309,70 +309,75 @@ class TaskStore:
         self, conn: sqlite3.Connection, finish: AttemptFinish, tally: AttemptTally | None = None
     ) -> bool:
         """Close one attempt; its metrics go to `tally` (written by the caller before the
-        commit), or are written here without one."""
-        m = finish.metrics
-        moved = conn.execute(
-            "UPDATE task_instances SET status=?, completed_at=?, exit_code=?, timed_out=?, "
-            "ready_at=?, output_tail=?, message=?, lease_expires_at=NULL, "
-            "queued_at=CASE WHEN ?='queued' THEN ? ELSE queued_at END, "
-            "max_attempts=max_attempts+? "
-            "WHERE id=? AND attempt=? AND status='running' RETURNING base_task_id, pool",
-            (
-                finish.status,
-                None
-                if finish.status in (TaskStatus.UP_FOR_RETRY, TaskStatus.QUEUED)
-                else finish.now,
-                m.exit_code,
-                int(finish.timed_out),
-                finish.ready_at,
-                finish.output_tail,
-                finish.message,
-                finish.status,
-                finish.now,
-                finish.extra_attempts,
-                finish.task_instance_id,
-                finish.attempt,
-            ),
-        ).fetchone()
-        attempt_status = finish.attempt_status if moved else TaskStatus.CANCELLED
-        closed = conn.execute(
-            "UPDATE task_attempts SET status=?, completed_at=?, exit_code=?, timed_out=?, "
-            "error=?, duration_ms=?, cpu_user_ms=?, cpu_system_ms=?, peak_memory_bytes=?, "
-            "executor_type=? WHERE task_instance_id=? AND attempt=? AND status='running' "
-            "RETURNING dag_id",
-            (
-                attempt_status,
-                finish.now,
-                m.exit_code,
-                int(finish.timed_out),
-                finish.message,
-                m.duration_ms,
-                m.cpu_user_ms,
-                m.cpu_system_ms,
-                m.peak_memory_bytes,
-                m.executor_type,
-                finish.task_instance_id,
-                finish.attempt,
-            ),
-        ).fetchone()
-        if not moved:
+        commit), or are written here without one. Returns whether the task moved."""
+        own = tally or AttemptTally()
+        moved = self._finish_many(conn, [finish], own)
+        if tally is None:
+            own.write(conn)
+        return finish.task_instance_id in moved
+
+    def _finish_many(
+        self, conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], tally: AttemptTally
+    ) -> set[str]:
+        """Close attempts with two statements however many (task rows, then attempt rows);
+        their metrics go to `tally`. Returns the ids of the tasks that moved: a task no longer
+        running that attempt (a kill that won the race) keeps its status, and its attempt is
+        closed as cancelled."""
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+        moved = {
+            row[0]: (row[1], row[2])
+            for row in conn.execute(
+                "UPDATE task_instances SET status=v.column3, completed_at=v.column4, "
+                "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
+                "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
+                "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
+                f"max_attempts=max_attempts+v.column11 FROM (VALUES {rows}) AS v "
+                "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
+                "RETURNING id, base_task_id, pool",
+                [value for f in finishes for value in _task_values(f)],
+            ).fetchall()
+        }
+        statuses = {
+            f.task_instance_id: f.attempt_status
+            if f.task_instance_id in moved
+            else TaskStatus.CANCELLED
+            for f in finishes
+        }
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+        closed = dict(
             conn.execute(
-                "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
-                (finish.output_tail, finish.task_instance_id),
-            )
-        if closed is not None:
-            task = (
-                moved
-                or conn.execute(
-                    "SELECT base_task_id, pool FROM task_instances WHERE id=?",
-                    (finish.task_instance_id,),
-                ).fetchone()
-            )
-            own = tally or AttemptTally()
-            own.add(closed[0], task[0], task[1], attempt_status, m, finish.now)
-            if tally is None:
-                own.write(conn)
-        return moved is not None
+                "UPDATE task_attempts SET status=v.column3, completed_at=v.column4, "
+                "exit_code=v.column5, timed_out=v.column6, error=v.column7, "
+                "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
+                f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM (VALUES {rows}) "
+                "AS v WHERE task_instance_id=v.column1 AND attempt=v.column2 "
+                "AND status='running' RETURNING task_instance_id, dag_id",
+                [
+                    value
+                    for f in finishes
+                    for value in _attempt_values(f, statuses[f.task_instance_id])
+                ],
+            ).fetchall()
+        )
+        for finish in finishes:
+            task_id = finish.task_instance_id
+            task = moved.get(task_id)
+            if task is None:  # keeps its output tail if it had none
+                conn.execute(
+                    "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
+                    (finish.output_tail, task_id),
+                )
+            if task_id in closed:
+                task = (
+                    task
+                    or conn.execute(
+                        "SELECT base_task_id, pool FROM task_instances WHERE id=?", (task_id,)
+                    ).fetchone()
+                )
+                tally.add(
+                    closed[task_id], task[0], task[1], statuses[task_id], finish.metrics, finish.now
+                )
+        return set(moved)
 
     def complete_task(
         self,
@@ -503,3 +508,43 @@ def _transition_params(to_status: TaskStatus, now: int) -> list[object]:
     if to_status is TaskStatus.QUEUED or to_status.terminal:
         return [now]
     return []
+
+
+FINISH_CHUNK = 200  # attempts per statement of `_finish_many` (12 parameters each)
+
+
+def _task_values(finish: AttemptFinish) -> tuple[object, ...]:
+    """A finish's row for the task-instance update of `_finish_many`."""
+    waiting = finish.status in (TaskStatus.UP_FOR_RETRY, TaskStatus.QUEUED)
+    return (
+        finish.task_instance_id,
+        finish.attempt,
+        str(finish.status),
+        None if waiting else finish.now,
+        finish.metrics.exit_code,
+        int(finish.timed_out),
+        finish.ready_at,
+        finish.output_tail,
+        finish.message,
+        finish.now,
+        finish.extra_attempts,
+    )
+
+
+def _attempt_values(finish: AttemptFinish, status: TaskStatus) -> tuple[object, ...]:
+    """A finish's row for the attempt update of `_finish_many`."""
+    m = finish.metrics
+    return (
+        finish.task_instance_id,
+        finish.attempt,
+        str(status),
+        finish.now,
+        m.exit_code,
+        int(finish.timed_out),
+        finish.message,
+        m.duration_ms,
+        m.cpu_user_ms,
+        m.cpu_system_ms,
+        m.peak_memory_bytes,
+        m.executor_type,
+    )
