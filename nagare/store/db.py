@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -12,7 +13,13 @@ from contextlib import contextmanager
 from nagare.errors import NagareError
 from nagare.store.schema import MIGRATIONS
 
+log = logging.getLogger("nagare.store")
 READERS = 8
+# Checkpoints (copying the WAL back into the database file) run in a thread of their own after
+# this many commits, so that no writer pays for one inside its transaction; the writer's own
+# automatic checkpoint stays as a safety net for a WAL this many pages long.
+CHECKPOINT_EVERY_COMMITS = 32
+WRITER_AUTOCHECKPOINT_PAGES = 8000
 
 
 class DatabaseError(NagareError):
@@ -21,7 +28,7 @@ class DatabaseError(NagareError):
 
 class Database:
     """Owns the SQLite file. `write()` gives the single writer inside one IMMEDIATE transaction;
-    `read()` lends a reader connection."""
+    `read()` lends a reader connection. WAL checkpoints run in a background thread."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -31,7 +38,13 @@ class Database:
         self._lock = threading.RLock()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = [self._writer]
+        self._commits = 0
+        self._checkpointer: _Checkpointer | None = None
         self._migrate()
+        self._commits = 0  # the count starts with the server's own writes
+        if path != ":memory:":
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
+            self._checkpointer = _Checkpointer(self._connect())
 
     def _connect(self, new_file_setup: bool = False) -> sqlite3.Connection:
         try:
@@ -79,6 +92,10 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._commits += 1
+            if self._commits >= CHECKPOINT_EVERY_COMMITS and self._checkpointer is not None:
+                self._commits = 0
+                self._checkpointer.request()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -121,10 +138,48 @@ class Database:
         return True
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database file on request, on a connection and in a thread
+    of its own (PASSIVE: it never waits for, nor blocks, readers and the writer)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="checkpoint")
+            self._thread.start()
+        self._due.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        if self._thread is None or not self._thread.is_alive():
+            self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            if self._stopping:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the writer's own checkpoint still bounds the WAL
+                log.warning("background WAL checkpoint of the database failed: %s", exc)
 
 
 def _statements(script: str) -> list[str]:
