@@ -1,9 +1,12 @@
-"""How a new run looks: its id and its initial task instances. Pure functions."""
+"""How a new run looks: its id and its initial task instances. Pure functions, but for the
+id generator."""
 
 from __future__ import annotations
 
 import json
-import uuid
+import random
+import threading
+import time
 from typing import Any
 
 from nagare.assignment import render_command
@@ -22,8 +25,19 @@ from nagare.models import (
 SLOT_TRIGGERS = (Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL)
 
 
+_ids_lock = threading.Lock()
+_last_id_micros = 0
+
+
 def new_instance_id() -> str:
-    return uuid.uuid4().hex[:20]
+    """20 hex digits: microseconds since the epoch (strictly increasing within the process),
+    then 28 random bits. Ids made together sort together: the index entries of tasks that are
+    created, claimed and finished together share pages, so each write touches fewer of them."""
+    global _last_id_micros
+    with _ids_lock:
+        _last_id_micros = max(time.time_ns() // 1000, _last_id_micros + 1)
+        micros = _last_id_micros
+    return f"{micros:013x}{random.getrandbits(28):07x}"
 
 
 def run_id_for(dag_id: str, trigger: Trigger, execution_date: int, now: int) -> str:

@@ -24,6 +24,8 @@ from nagare.errors import BadRequest, NotFound
 from nagare.metrics import LiveState, MetricsService, parse_bucket, parse_span
 from nagare.prometheus import Family, render
 from nagare.store import Store
+from nagare.store.metrics import SLOWEST_SORT_LIMIT
+from nagare.store.schema import MIGRATIONS
 
 NOW = parse_iso("2026-11-21T10:37:12.345Z")  # deliberately not on an hour
 PROMETHEUS_ACCEPT = (
@@ -673,6 +675,44 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version=2")
     store.close()
     upgraded = Store(path)
-    assert upgraded.db.schema_version == 5
+    assert upgraded.db.schema_version == len(MIGRATIONS)
     assert snapshot(upgraded) == recorded
     upgraded.close()
+
+
+FINISHED_ATTEMPT_INDEXES = {
+    "attempts_completed": "completed_at",
+    "attempts_dag_completed": "dag_id, completed_at",
+    "attempts_duration": "duration_ms, completed_at",
+    "attempts_dag_duration": "dag_id, duration_ms, completed_at",
+}
+
+
+def test_attempt_indexes_hold_finished_attempts_only(tmp_path: Path) -> None:
+    """Migration 6 makes the completion and duration indexes partial (starting an attempt
+    writes nothing to them); every window query still runs on them, the duration walk that
+    a big window forces included."""
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    with store.db.write() as conn:  # back to schema 5: indexes over every attempt
+        for name, columns in FINISHED_ATTEMPT_INDEXES.items():
+            conn.execute(f"DROP INDEX {name}")
+            conn.execute(f"CREATE INDEX {name} ON task_attempts({columns})")
+        conn.execute("PRAGMA user_version=5")
+    history = random_history(store, 60)
+    plant_run(store, "alpha", NOW - HOUR, [Attempt("t", None)])  # still running
+    store.close()
+    store = Store(path)
+    with store.db.read() as conn:
+        definitions = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index'"))
+    for name in FINISHED_ATTEMPT_INDEXES:
+        assert definitions[name].endswith("WHERE completed_at IS NOT NULL"), definitions[name]
+    start = NOW - 4 * DAY
+    walked = store.slowest_attempts(start, 5, window_attempts=SLOWEST_SORT_LIMIT + 1)
+    sorted_ = store.slowest_attempts(start, 5, window_attempts=1)
+    assert [p.duration_ms for p in walked] == [p.duration_ms for p in sorted_]
+    assert [p.duration_ms for p in walked] == sorted(
+        (a.duration_ms for _, a in history), reverse=True
+    )[:5]
+    assert len(store.metric_points(start, "", 1000)) == len(history)  # not the running one
+    store.close()

@@ -49,6 +49,7 @@ class Store(RunStore, TaskStore, MetricsStore, RetentionStore, DeliveryStore, Wo
     def __init__(self, path: str) -> None:
         self.db = Database(path)
         self._dag_cache: dict[str, DagDef] = {}
+        self._digests: dict[int, tuple[DagDef, str]] = {}
 
     def close(self) -> None:
         self.db.close()

@@ -14,16 +14,25 @@ from nagare.store.metrics import count_run
 from nagare.store.records import DagState, RunFilter, Stats
 from nagare.store.rows import insert_tasks, run_from_row
 
+DIGEST_CACHE_SIZE = 512  # loaded definitions whose version digest is remembered
+
 
 class RunStore:
     db: Database
     _dag_cache: dict[str, DagDef]
+    _digests: dict[int, tuple[DagDef, str]]  # id(definition) -> (definition, its digest)
 
     # ------------------------------------------------------------ DAG versions and state
 
     def save_dag_version(self, dag: DagDef, now: int) -> str:
+        known = self._digests.get(id(dag))
+        if known is not None and known[0] is dag:  # the same loaded definition as last time
+            return known[1]
         text = dag_to_json(dag)
         digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+        if len(self._digests) >= DIGEST_CACHE_SIZE:
+            self._digests.clear()
+        self._digests[id(dag)] = (dag, digest)
         if digest not in self._dag_cache:
             with self.db.write() as conn:
                 conn.execute(

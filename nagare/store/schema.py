@@ -226,4 +226,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX ti_leases ON task_instances(lease_expires_at)
         WHERE status = 'running' AND lease_expires_at IS NOT NULL;
     """,
+    # 6: the completion and duration indexes hold finished attempts only (every query on them
+    # filters on completed_at), so starting an attempt adds nothing to them
+    """
+    DROP INDEX attempts_completed;
+    DROP INDEX attempts_dag_completed;
+    DROP INDEX attempts_duration;
+    DROP INDEX attempts_dag_duration;
+    CREATE INDEX attempts_completed ON task_attempts(completed_at)
+        WHERE completed_at IS NOT NULL;
+    CREATE INDEX attempts_dag_completed ON task_attempts(dag_id, completed_at)
+        WHERE completed_at IS NOT NULL;
+    CREATE INDEX attempts_duration ON task_attempts(duration_ms, completed_at)
+        WHERE completed_at IS NOT NULL;
+    CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at)
+        WHERE completed_at IS NOT NULL;
+    """,
 )
