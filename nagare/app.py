@@ -70,7 +70,7 @@ class App:
             self.logs,
             config.worker_pools,
             self._executor_for,
-            on_finished=self._task_finished,
+            on_finished=self._tasks_finished,
             line_sink=line_sink,
         )
         self.coordinator = Coordinator(
@@ -156,6 +156,9 @@ class App:
 
     def _task_finished(self, run_id: str, task_instance_id: str, retry_at: int | None) -> None:
         self.scheduler.wake(run_id, finished=task_instance_id, retry_at=retry_at)
+
+    def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
+        self.scheduler.wake_finished(finished)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)

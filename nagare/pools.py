@@ -51,7 +51,7 @@ class WorkerPools:
         logs: LogFiles,
         sizes: dict[str, int],
         executor_for: Callable[[TaskDef], Executor],
-        on_finished: Callable[[str, str, int | None], None],
+        on_finished: Callable[[list[tuple[str, str, int | None]]], None],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
     ) -> None:
@@ -191,7 +191,10 @@ class WorkerPools:
             # then plans while this thread waits for output instead of competing with it
             for attempt, finish in ended:
                 _log_end(attempt, finish)
-                self.on_finished(attempt.claim.task.run_id, attempt.claim.task.id, finish.retry_at)
+            if ended:
+                self.on_finished(
+                    [(a.claim.task.run_id, a.claim.task.id, f.retry_at) for a, f in ended]
+                )
             with self._lock:
                 if not self._accepting and not self._running:
                     break

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nagare.assignment import parse_map_items
@@ -120,6 +120,16 @@ class Scheduler:
                 self._schedules_changed = True
             if retry_at is not None:
                 self._retry_at = _earliest(self._retry_at, retry_at)
+            self._cond.notify()
+
+    def wake_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
+        """Task instances ended: (run id, task instance id, retry time or None) each; one
+        wake-up for all of them."""
+        with self._cond:
+            for run_id, task_instance_id, retry_at in finished:
+                _mark(self._dirty, run_id, task_instance_id)
+                if retry_at is not None:
+                    self._retry_at = _earliest(self._retry_at, retry_at)
             self._cond.notify()
 
     def run(self, stop: threading.Event) -> None:

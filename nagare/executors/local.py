@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import selectors
 import signal
@@ -75,6 +76,11 @@ class ProcessMux:
         # few dozen fds per poll are cheap; epoll would cost six epoll_ctl calls per attempt)
         self._selector: selectors.BaseSelector = selectors.PollSelector()
         self._watches: set[_Watch] = set()
+        self._exited: set[_Watch] = set()  # their shell ended; done once their pipes are
+        # the earliest timer (memory sample, timeout, kill escalation, drain) of any watch: the
+        # watches are scanned only when it is due or a kill asked for it, not on every poll
+        self._timer_at = math.inf
+        self._rescan = False
         self._wake_fd = -1
         if wakeable:
             self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -93,14 +99,20 @@ class ProcessMux:
             self._selector.register(fd, selectors.EVENT_READ, (watch, False))
         self._selector.register(watch.pidfd, selectors.EVENT_READ, (watch, True))
         self._watches.add(watch)
+        self._timer_at = min(self._timer_at, time.monotonic() + _wait_time(watch))
+
+    def rescan(self) -> None:
+        """Any thread: a watch's timers changed (a kill); the next poll looks at every watch."""
+        self._rescan = True
+        self.wake()
 
     def poll(self, timeout: float | None) -> list[_Watch]:
         """Wait up to `timeout` (None: until something happens) and handle what happened;
         returns the attempts that ended (their groups are gone, pipes closed, not yet reaped)."""
-        waits = [timeout] if timeout is not None else []
-        waits.extend(_wait_time(w) for w in self._watches)
-        wait = max(0.0, min(waits)) if waits else None
-        for key, _ in self._selector.select(wait):
+        wait = self._timer_at - time.monotonic()
+        if timeout is not None:
+            wait = min(wait, timeout)
+        for key, _ in self._selector.select(max(0.0, wait) if wait < math.inf else None):
             if key.data is None:
                 with contextlib.suppress(OSError):
                     os.eventfd_read(self._wake_fd)
@@ -109,16 +121,25 @@ class ProcessMux:
             if exited:
                 watch.exited_at = time.monotonic()
                 self._selector.unregister(key.fd)
+                self._exited.add(watch)
+                self._timer_at = min(self._timer_at, watch.exited_at + DRAIN_SECONDS)
             else:
                 self._read(int(key.fd), watch)
-        ended = []
-        for watch in list(self._watches):
+        if self._rescan or time.monotonic() >= self._timer_at:
+            self._scan()
+        ended = [watch for watch in self._exited if _done(watch)]
+        for watch in ended:
+            self._end(watch)
+        return ended
+
+    def _scan(self) -> None:
+        """Fire the due timers of every watch (timeouts, kill escalation, memory samples)."""
+        self._rescan = False
+        now = time.monotonic()
+        for watch in self._watches:
             _check_deadlines(watch)
             _sample(watch)
-            if _done(watch):
-                self._end(watch)
-                ended.append(watch)
-        return ended
+        self._timer_at = min((now + _wait_time(w) for w in self._watches), default=math.inf)
 
     def close(self) -> None:
         for watch in list(self._watches):
@@ -145,6 +166,7 @@ class ProcessMux:
     def _end(self, watch: _Watch) -> None:
         """Kill whatever is left of the task's process group, close pipes and the pidfd."""
         self._watches.discard(watch)
+        self._exited.discard(watch)
         for fd in [*watch.open_fds, watch.pidfd]:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
@@ -272,7 +294,7 @@ def _cancel(watch: _Watch, mux: ProcessMux) -> None:
     if not watch.finished:
         watch.cancelled = True
         _terminate(watch)
-        mux.wake()
+        mux.rescan()  # the kill escalates to SIGKILL after the grace period
 
 
 def _done(watch: _Watch) -> bool:
