@@ -55,23 +55,37 @@ class Settings:
 
 
 def _repeat_runs(
-    server: Server, dag_id: str, reps: int, poll: float, timeout: float, say: Callable[[str], None]
-) -> tuple[list[RunResult], int]:
-    """Trigger `dag_id` `reps` times, one after the other; returns the runs and the peak RSS.
+    server: Server,
+    dag_id: str,
+    reps: int,
+    poll: float,
+    timeout: float,
+    say: Callable[[str], None],
+    floor: tuple[str, int, int] | None = None,
+) -> tuple[list[RunResult], list[float], int]:
+    """Trigger `dag_id` `reps` times, one after the other; returns the runs, the floor's
+    seconds and the server's peak RSS. With `floor` (name, tasks, pool), each repetition runs
+    the floor right after the engine, while the server idles: a machine whose speed drifts
+    during the workload (shared hosts do) then moves both alike.
 
     Polls with a fresh connection per request: the server's keep-alive answers can stall
     ~40 ms (see the api workload), which would blur the engine's own time.
     """
     client = server.client(keep_alive=False)
-    results = []
+    results: list[RunResult] = []
+    floors: list[float] = []
     with RssSampler(server.pid) as rss:
         for rep in range(reps):
             result = trigger_and_wait(client, dag_id, poll, timeout)
             if result.status != "success":
                 raise BenchError(f"run {result.run_id} ended {result.status}")
-            say(f"  {dag_id} rep {rep + 1}/{reps}: {result.wall_seconds:.3f}s")
             results.append(result)
-    return results, rss.peak
+            note = ""
+            if floor is not None:
+                floors += run_floor(floor[0], 1, floor[1], floor[2])
+                note = f" (floor {floors[-1]:.3f}s)"
+            say(f"  {dag_id} rep {rep + 1}/{reps}: {result.wall_seconds:.3f}s{note}")
+    return results, floors, rss.peak
 
 
 def _floor(name: str, reps: int, n: int, pool: int, say: Callable[[str], None]) -> float:
@@ -93,9 +107,11 @@ def chain100(cfg: Settings) -> list[Row]:
     reps = cfg.reps_for(5, 3)
     dag = {"chain.yaml": dagfiles.chain("chain100", hops)}
     with Server(cfg.launcher, dags=dag) as server:
-        results, peak = _repeat_runs(server, "chain100", reps, 0.01, 120, cfg.say)
+        results, floors, peak = _repeat_runs(
+            server, "chain100", reps, 0.01, 120, cfg.say, floor=("chain", hops, 1)
+        )
     engine = median([r.wall_seconds for r in results])
-    floor = _floor("chain", reps, hops, 1, cfg.say)
+    floor = median(floors)
     per_hop_ms = (engine - floor) / hops * 1000
     return [
         Row(
@@ -115,13 +131,15 @@ def chain100(cfg: Settings) -> list[Row]:
 
 def fanout1000(cfg: Settings) -> list[Row]:
     width, pool = 1000, 8
-    reps = cfg.reps_for(3, 1)
+    reps = cfg.reps_for(5, 1)
     dag = {"fanout.yaml": dagfiles.fanout("fanout1000", width)}
     settings = {"worker_pools": {"default": pool}}
     with Server(cfg.launcher, dags=dag, settings=settings) as server:
-        results, peak = _repeat_runs(server, "fanout1000", reps, 0.02, 300, cfg.say)
+        results, floors, peak = _repeat_runs(
+            server, "fanout1000", reps, 0.02, 300, cfg.say, floor=("fanout", width, pool)
+        )
     engine = median([r.wall_seconds for r in results])
-    floor = _floor("fanout", reps, width, pool, cfg.say)
+    floor = median(floors)
     ratio = engine / floor
     return [
         Row(
@@ -147,7 +165,7 @@ def map10000(cfg: Settings) -> list[Row]:
     dag = {"map.yaml": dagfiles.map_over("map10000", items)}
     settings = {"worker_pools": {"default": pool}, "max_map_items": max(items, 10_000)}
     with Server(cfg.launcher, dags=dag, settings=settings) as server:
-        results, peak = _repeat_runs(server, "map10000", reps, 0.1, 900, cfg.say)
+        results, _, peak = _repeat_runs(server, "map10000", reps, 0.1, 900, cfg.say)
     engine = median([r.wall_seconds for r in results])
     floor = _floor("map", reps, items, pool, cfg.say)
     return [
