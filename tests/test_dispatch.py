@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from conftest import Nagare, wait_for
@@ -190,3 +191,51 @@ def _seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_task_that_ignores_sigterm_is_killed_after_the_grace_period(
+    nagare: Nagare, tmp_path: Path
+) -> None:
+    """The kill escalates to SIGKILL on the mux's timer, though nothing else wakes it."""
+    pid_file = tmp_path / "stubborn.pid"
+    nagare.write_dag(
+        "stubborn.yaml",
+        f"""
+        id: stubborn
+        tasks:
+          - id: hold
+            command: trap '' TERM; sleep 30 & echo $! > {pid_file}; wait
+        """,
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("stubborn")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), message="the sleep")
+    sleeper = int(pid_file.read_text())
+    killed_at = time.monotonic()
+    assert nagare.call("POST", f"/api/runs/{run_id}/tasks/hold/kill").status == 200
+    nagare.wait_run(run_id)
+    assert nagare.task(run_id, "hold")["status"] == "cancelled"
+    assert time.monotonic() - killed_at < 5  # SIGTERM ignored, SIGKILL 0.5 s later
+    wait_for(lambda: not process_alive(sleeper, None), 5, message="the sleep to be gone")
+
+
+def test_output_held_open_by_a_background_process_is_drained_for_a_second_at_most(
+    nagare: Nagare,
+) -> None:
+    """The shell exits at once; its background child keeps stdout open: the attempt ends one
+    drain period later (not when the child would finish) and the child is killed with it."""
+    nagare.write_dag(
+        "drain.yaml",
+        """
+        id: drain
+        tasks:
+          - id: bg
+            command: (sleep 20; echo late) & echo early
+        """,
+    )
+    nagare.app.folder.scan()
+    started = time.monotonic()
+    run_id = nagare.trigger("drain")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    assert time.monotonic() - started < 10
+    assert nagare.log(run_id, "bg") == "early\n"
