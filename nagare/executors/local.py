@@ -22,7 +22,7 @@ import contextlib
 import fcntl
 import math
 import os
-import selectors
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -74,7 +74,8 @@ class ProcessMux:
     def __init__(self, wakeable: bool = True) -> None:
         # poll(2): registering and dropping an attempt's three fds costs no system call (a
         # few dozen fds per poll are cheap; epoll would cost six epoll_ctl calls per attempt)
-        self._selector: selectors.BaseSelector = selectors.PollSelector()
+        self._poll = select.poll()
+        self._fds: dict[int, tuple[_Watch, bool] | None] = {}  # fd -> (watch, is its pidfd)
         self._watches: set[_Watch] = set()
         self._exited: set[_Watch] = set()  # their shell ended; done once their pipes are
         # the earliest timer (memory sample, timeout, kill escalation, drain) of any watch: the
@@ -84,7 +85,7 @@ class ProcessMux:
         self._wake_fd = -1
         if wakeable:
             self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._selector.register(self._wake_fd, selectors.EVENT_READ, None)
+            self._register(self._wake_fd, None)
 
     def __len__(self) -> int:
         return len(self._watches)
@@ -96,10 +97,19 @@ class ProcessMux:
 
     def add(self, watch: _Watch) -> None:
         for fd in watch.open_fds:  # blocking pipes: a read after poll said so never waits
-            self._selector.register(fd, selectors.EVENT_READ, (watch, False))
-        self._selector.register(watch.pidfd, selectors.EVENT_READ, (watch, True))
+            self._register(fd, (watch, False))
+        self._register(watch.pidfd, (watch, True))
         self._watches.add(watch)
         self._timer_at = min(self._timer_at, time.monotonic() + _wait_time(watch))
+
+    def _register(self, fd: int, data: tuple[_Watch, bool] | None) -> None:
+        self._poll.register(fd, select.POLLIN)
+        self._fds[fd] = data
+
+    def _unregister(self, fd: int) -> None:
+        if fd in self._fds:
+            del self._fds[fd]
+            self._poll.unregister(fd)
 
     def rescan(self) -> None:
         """Any thread: a watch's timers changed (a kill); the next poll looks at every watch."""
@@ -112,19 +122,23 @@ class ProcessMux:
         wait = self._timer_at - time.monotonic()
         if timeout is not None:
             wait = min(wait, timeout)
-        for key, _ in self._selector.select(max(0.0, wait) if wait < math.inf else None):
-            if key.data is None:
+        milliseconds = math.ceil(max(0.0, wait) * 1000) if wait < math.inf else None
+        for fd, _ in self._poll.poll(milliseconds):  # any event (data, hang-up) means: read
+            if fd not in self._fds:
+                continue
+            data = self._fds[fd]
+            if data is None:
                 with contextlib.suppress(OSError):
                     os.eventfd_read(self._wake_fd)
                 continue
-            watch, exited = key.data
+            watch, exited = data
             if exited:
                 watch.exited_at = time.monotonic()
-                self._selector.unregister(key.fd)
+                self._unregister(fd)
                 self._exited.add(watch)
                 self._timer_at = min(self._timer_at, watch.exited_at + DRAIN_SECONDS)
             else:
-                self._read(int(key.fd), watch)
+                self._read(fd, watch)
         if self._rescan or time.monotonic() >= self._timer_at:
             self._scan()
         ended = [watch for watch in self._exited if _done(watch)]
@@ -144,7 +158,7 @@ class ProcessMux:
     def close(self) -> None:
         for watch in list(self._watches):
             self._end(watch)
-        self._selector.close()
+        self._fds.clear()
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
@@ -159,7 +173,7 @@ class ProcessMux:
         if chunk:
             watch.splitters[fd].feed(chunk)
             return
-        self._selector.unregister(fd)
+        self._unregister(fd)
         watch.open_fds.discard(fd)
         watch.splitters[fd].close()
 
@@ -168,8 +182,7 @@ class ProcessMux:
         self._watches.discard(watch)
         self._exited.discard(watch)
         for fd in [*watch.open_fds, watch.pidfd]:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(fd)
+            self._unregister(fd)
         _signal_group(watch, signal.SIGKILL)
         watch.finished = True
         for fd in list(watch.open_fds):
