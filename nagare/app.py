@@ -77,7 +77,7 @@ class App:
             self.store,
             self.logs,
             config.lease_timeout_seconds,
-            on_finished=self._task_finished,
+            on_finished=self._tasks_finished,
             on_queued=self._tasks_queued,
         )
         self.scheduler = Scheduler(
@@ -153,9 +153,6 @@ class App:
     def _kill(self, task_instance_id: str) -> bool:
         """Stop a running task wherever it runs: on a remote worker, or here."""
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
-
-    def _task_finished(self, run_id: str, task_instance_id: str, retry_at: int | None) -> None:
-        self.scheduler.wake(run_id, finished=task_instance_id, retry_at=retry_at)
 
     def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
         self.scheduler.wake_finished(finished)

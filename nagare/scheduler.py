@@ -107,24 +107,19 @@ class Scheduler:
 
     # ------------------------------------------------------------ waking
 
-    def wake(
-        self, run_id: str | None = None, finished: str | None = None, retry_at: int | None = None
-    ) -> None:
-        """Something changed: a run (`finished` names the task instance that just ended, so the
-        next pass only looks at what follows it; `retry_at`: it is up for retry from then), or,
-        without a run, the DAGs or their state."""
+    def wake(self, run_id: str | None = None) -> None:
+        """Something changed: a run (its next pass reloads it), or, without a run, the DAGs or
+        their state. Ended tasks go through `wake_finished`."""
         with self._cond:
             if run_id:
-                _mark(self._dirty, run_id, finished)
+                _mark(self._dirty, run_id, None)
             else:
                 self._schedules_changed = True
-            if retry_at is not None:
-                self._retry_at = _earliest(self._retry_at, retry_at)
             self._cond.notify()
 
     def wake_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
         """Task instances ended: (run id, task instance id, retry time or None) each; one
-        wake-up for all of them."""
+        wake-up for all of them. The next pass looks only at what follows them."""
         with self._cond:
             for run_id, task_instance_id, retry_at in finished:
                 _mark(self._dirty, run_id, task_instance_id)

@@ -247,7 +247,7 @@ def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(
         store,
         LogFiles(str(tmp_path / "logs")),
         LEASE / 1000,
-        on_finished=lambda run_id, task_id, retry_at: finished.append(task_id),
+        on_finished=lambda ended: finished.extend(task_id for _, task_id, _ in ended),
         on_queued=queued.append,
         clock=lambda: 0,
     )

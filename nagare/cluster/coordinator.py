@@ -52,7 +52,7 @@ class Coordinator:
         store: Store,
         logs: LogFiles,
         lease_seconds: float,
-        on_finished: Callable[[str, str, int | None], None],
+        on_finished: Callable[[list[tuple[str, str, int | None]]], None],
         on_queued: Callable[[dict[str, int]], None] = lambda queued: None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
@@ -227,7 +227,7 @@ class Coordinator:
         self._wake()  # the worker has a free slot again
         if moved and finish.status is TaskStatus.QUEUED:
             self.on_queued({task.pool: 1})
-        self.on_finished(task.run_id, task.id, finish.retry_at)
+        self.on_finished([(task.run_id, task.id, finish.retry_at)])
         status = finish.status if moved else self.store.get_task_by_id(task.id).status  # type: ignore[union-attr]
         return {"status": str(status)}
 
@@ -283,7 +283,7 @@ class Coordinator:
             finish.message,
             extra={"dag_id": run.dag_id, "run_id": run.run_id, "task_id": task.task_id},
         )
-        self.on_finished(task.run_id, task.id, finish.retry_at)
+        self.on_finished([(task.run_id, task.id, finish.retry_at)])
         return True
 
     # ------------------------------------------------------------ registry
@@ -405,7 +405,7 @@ class Coordinator:
         attempt_log.note(finish.message)
         attempt_log.close()
         self.store.finish_remote(finish, worker_id, self.clock())
-        self.on_finished(claim.run.run_id, claim.task.id, finish.retry_at)
+        self.on_finished([(claim.run.run_id, claim.task.id, finish.retry_at)])
 
     def _attempt_log(self, worker_id: str, task_instance_id: str, attempt: int) -> AttemptLog:
         """The open log of an attempt this worker holds (reopened after a master restart);

@@ -41,7 +41,6 @@ class Database:
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
         self._migrate()
-        self._commits = 0  # the count starts with the server's own writes
         if path != ":memory:":
             self._writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
             self._checkpointer = _Checkpointer(self._connect())
@@ -92,10 +91,11 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            self._commits += 1
-            if self._commits >= CHECKPOINT_EVERY_COMMITS and self._checkpointer is not None:
-                self._commits = 0
-                self._checkpointer.request()
+            if self._checkpointer is not None:  # counted from the end of the migrations
+                self._commits += 1
+                if self._commits >= CHECKPOINT_EVERY_COMMITS:
+                    self._commits = 0
+                    self._checkpointer.request()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
