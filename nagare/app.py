@@ -155,7 +155,7 @@ class App:
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
 
     def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
-        self.scheduler.wake_finished(finished)
+        self.scheduler.settle_finished(finished)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)

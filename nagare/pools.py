@@ -187,8 +187,9 @@ class WorkerPools:
             for claim in self._record_and_claim(ended):
                 self._begin(claim)
             self._write_pid_records()
-            # the scheduler hears of the ended attempts once the freed slots are busy again: it
-            # then plans while this thread waits for output instead of competing with it
+            # the ended attempts' runs are settled once the freed slots are busy again (in this
+            # thread, see Scheduler.settle_finished): their dependants are queued while the
+            # new attempts start up
             for attempt, finish in ended:
                 _log_end(attempt, finish)
             if ended:

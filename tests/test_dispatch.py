@@ -17,6 +17,7 @@ from nagare.executors.local import boot_ticks, process_alive
 from nagare.models import AttemptMetrics, TaskStatus, Trigger
 from nagare.scheduler import create_run
 from nagare.store import AttemptFinish, Store
+from nagare.store.tasks import TRANSITION_CHUNK
 
 
 def test_eight_parallel_tasks_run_at_once_on_one_dispatcher_thread(nagare_factory) -> None:  # type: ignore[no-untyped-def]
@@ -154,6 +155,39 @@ def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
     store.close()
 
 
+def test_a_transition_moves_many_tasks_with_few_statements_and_still_compares(
+    tmp_path: Path,
+) -> None:
+    """Queueing a 1,200-wide fan-out: statements of 500 ids, each row compared and set."""
+    store = Store(str(tmp_path / "wide.db"))
+    dag, errors = parse_dag(
+        "id: w\ntasks:\n  - id: s\n    command: 'true'\n"
+        "  - id: t\n    with_items: [" + ", ".join(map(str, range(1200))) + "]\n"
+        "    command: 'true'\n    depends_on: [s]\n"
+    )
+    assert dag is not None, errors
+    run = create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    assert run is not None
+    ids = [t.id for t in store.run_tasks(run.run_id) if t.task_id != "s"]
+    assert len(ids) == 1200 > TRANSITION_CHUNK
+    taken = store.transition([ids[700]], [TaskStatus.PENDING], TaskStatus.CANCELLED, 5)
+    assert taken == [ids[700]]
+    statements: list[str] = []
+    with store.db.write() as conn:
+        conn.set_trace_callback(statements.append)
+    wanted = [*reversed(ids), ids[3]]  # any order, a duplicate, one no longer pending
+    moved = store.transition(wanted, [TaskStatus.PENDING], TaskStatus.QUEUED, 9)
+    with store.db.write() as conn:
+        conn.set_trace_callback(None)
+    assert moved == [i for i in reversed(ids) if i != ids[700]]  # the caller's order, once each
+    assert sum(s.startswith("UPDATE task_instances") for s in statements) == 3
+    states = {t.id: t for t in store.run_tasks(run.run_id)}
+    assert states[ids[700]].status is TaskStatus.CANCELLED
+    assert {states[i].status for i in moved} == {TaskStatus.QUEUED}
+    assert {states[i].queued_at for i in moved} == {9}
+    store.close()
+
+
 def test_a_retry_starts_when_due_not_at_the_next_safety_sweep(nagare: Nagare) -> None:
     """The scheduler learns a retry's time from the attempt that set it (for map children
     too, which its run view does not hold), rather than from its 5 s sweep."""
@@ -239,3 +273,75 @@ def test_output_held_open_by_a_background_process_is_drained_for_a_second_at_mos
     assert nagare.wait_run(run_id)["status"] == "success"
     assert time.monotonic() - started < 10
     assert nagare.log(run_id, "bg") == "early\n"
+
+
+CHAIN = """
+id: ab
+tasks:
+  - id: a
+    command: sleep 0.3
+  - id: b
+    command: "true"
+    depends_on: [a]
+"""
+
+
+def _record_settling_threads(nagare: Nagare) -> list[str]:
+    """The threads that run the scheduler passes settling finished tasks."""
+    scheduler = nagare.app.scheduler
+    threads: list[str] = []
+    advance = scheduler.advance
+
+    def recording(run_id, now, finished=None):  # type: ignore[no-untyped-def]
+        if finished:
+            threads.append(threading.current_thread().name)
+        return advance(run_id, now, finished)
+
+    scheduler.advance = recording  # type: ignore[method-assign]
+    return threads
+
+
+def test_the_dispatcher_settles_the_runs_of_its_finished_tasks_itself(nagare: Nagare) -> None:
+    nagare.write_dag("ab.yaml", CHAIN)
+    nagare.app.folder.scan()
+    threads = _record_settling_threads(nagare)
+    run_id = nagare.trigger("ab")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    assert threads and set(threads) == {"pools"}, threads  # no hand-off to the scheduler thread
+
+
+def test_finished_tasks_wait_for_a_scheduler_pass_under_way_then_go_on(nagare: Nagare) -> None:
+    nagare.write_dag("ab.yaml", CHAIN)
+    nagare.app.folder.scan()
+    threads = _record_settling_threads(nagare)
+    run_id = nagare.trigger("ab")
+    wait_for(lambda: nagare.task(run_id, "a")["status"] == "running", 5, message="a running")
+    scheduler_pass = nagare.app.scheduler._pass_lock  # the scheduler thread is in a long pass
+    with scheduler_pass:
+        wait_for(lambda: nagare.task(run_id, "a")["status"] == "success", 5, message="a done")
+        time.sleep(0.3)
+        assert nagare.task(run_id, "b")["status"] == "pending"  # left to that pass, not lost
+    assert nagare.wait_run(run_id)["status"] == "success"
+    assert "scheduler" in threads, threads
+
+
+def test_a_failed_settling_pass_leaves_the_run_to_the_scheduler_thread(
+    nagare: Nagare, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    nagare.write_dag("ab.yaml", CHAIN)
+    nagare.app.folder.scan()
+    scheduler = nagare.app.scheduler
+    advance = scheduler.advance
+    failed: list[str] = []
+
+    def failing_once(run_id, now, finished=None):  # type: ignore[no-untyped-def]
+        if finished and not failed:
+            failed.append(threading.current_thread().name)
+            raise RuntimeError("database is locked")
+        return advance(run_id, now, finished)
+
+    scheduler.advance = failing_once  # type: ignore[method-assign]
+    run_id = nagare.trigger("ab")
+    assert nagare.wait_run(run_id)["status"] == "success"  # reloaded by the scheduler thread
+    assert failed == ["pools"]
+    assert "settling finished tasks failed" in caplog.text

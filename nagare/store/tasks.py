@@ -149,19 +149,23 @@ class TaskStore:
         extra = _transition_columns(to_status)
         if message is not None:
             extra += ", message=?"
-        moved = []
+        params: list[object] = [to_status, *_transition_params(to_status, now)]
+        if message is not None:
+            params.append(message)
+        moved: set[str] = set()
         with self.db.write() as conn:
-            for task_id in task_ids:
-                params: list[object] = [to_status, *_transition_params(to_status, now)]
-                if message is not None:
-                    params.append(message)
-                cursor = conn.execute(
-                    f"UPDATE task_instances SET status=?{extra} WHERE id=? AND status IN ({marks})",
-                    [*params, task_id, *sources],
+            for start in range(0, len(task_ids), TRANSITION_CHUNK):
+                chunk = task_ids[start : start + TRANSITION_CHUNK]
+                ids = ",".join("?" * len(chunk))
+                moved.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"UPDATE task_instances SET status=?{extra} WHERE id IN ({ids}) "
+                        f"AND status IN ({marks}) RETURNING id",
+                        [*params, *chunk, *sources],
+                    ).fetchall()
                 )
-                if cursor.rowcount:
-                    moved.append(task_id)
-        return moved
+        return [task_id for task_id in dict.fromkeys(task_ids) if task_id in moved]
 
     def set_task_message(self, task_instance_id: str, message: str) -> None:
         with self.db.write() as conn:
@@ -511,6 +515,7 @@ def _transition_params(to_status: TaskStatus, now: int) -> list[object]:
 
 
 FINISH_CHUNK = 200  # attempts per statement of `_finish_many` (12 parameters each)
+TRANSITION_CHUNK = 500  # task instances per statement of `transition`
 
 
 def _task_values(finish: AttemptFinish) -> tuple[object, ...]:
