@@ -5,14 +5,18 @@ restart recovery reads."""
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import psutil
 from conftest import Nagare, wait_for
 
 from nagare.dagfile import parse_dag
+from nagare.executors import local
 from nagare.executors.local import boot_ticks, process_alive
 from nagare.models import AttemptMetrics, TaskStatus, Trigger
 from nagare.scheduler import create_run
@@ -87,6 +91,64 @@ def test_tasks_start_with_no_ignored_or_blocked_signals(nagare: Nagare) -> None:
     assert int(lines["SigIgn"], 16) & standard == 0
     assert int(lines["SigBlk"], 16) & standard == 0
     assert nagare.log(run_id, "pipe") == "y\n"
+
+
+def test_a_task_leads_its_own_session_reads_dev_null_and_gets_no_server_fds(
+    nagare: Nagare,
+) -> None:
+    nagare.write_dag(
+        "own.yaml",
+        """
+        id: own
+        tasks:
+          - id: show
+            command: >-
+              read -r pid comm state ppid pgrp sid rest < /proc/$$/stat;
+              echo "$pid $pgrp $sid"; readlink /proc/$$/fd/0; ls /proc/$$/fd | tr '\\n' ' '
+        """,
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("own")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    ids, stdin, fds = nagare.log(run_id, "show").splitlines()
+    pid, group, session = ids.split()
+    assert pid == group == session  # session and process-group leader: a kill takes the group
+    assert stdin == "/dev/null"
+    assert fds.split() == ["0", "1", "2"]  # no database, socket or pipe of the server leaks
+
+
+def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(local, "SHELL", "/nonexistent/sh")
+    monkeypatch.setattr(local, "_SHELL_BYTES", b"/nonexistent/sh")
+    local._devnull()  # opened once, kept for every start
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        local._spawn("true", {})
+    except OSError as exc:
+        assert exc.errno == errno.ENOENT, exc
+    else:
+        raise AssertionError("the start did not fail")
+    assert len(os.listdir("/proc/self/fd")) == fds
+    zombies = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []  # the child that reported the failure was reaped
+
+
+def test_starts_fall_back_to_posix_spawn_where_the_vfork_helper_differs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    class OtherPython:
+        @staticmethod
+        def fork_exec(*args: object) -> int:
+            raise TypeError(f"fork_exec() takes exactly {len(args) + 1} arguments")
+
+    monkeypatch.setattr(local, "_posixsubprocess", OtherPython)
+    monkeypatch.setattr(local, "_VFORK_EXEC", [True])
+    pid, stdout, stderr = local._spawn("echo fallback; exit 3", {"PATH": os.defpath})
+    try:
+        assert os.read(stdout, 100) == b"fallback\n"
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
+    finally:
+        os.close(stdout)
+        os.close(stderr)
+    assert local._VFORK_EXEC == [False]  # once: later starts go straight to posix_spawn
 
 
 def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() -> None:

@@ -24,10 +24,18 @@ import math
 import os
 import select
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import psutil
+
+try:
+    import _posixsubprocess
+except ImportError:  # not CPython: posix_spawn
+    _posixsubprocess = None  # type: ignore[assignment]
 
 from nagare.executors import Cancellation, LineSplitter, OnLine, OnStart
 from nagare.models import Assignment, AttemptMetrics, ExecutorType, Outcome
@@ -38,8 +46,9 @@ SAMPLE_SECONDS = 0.25  # memory sampling interval of the process tree
 CHUNK = 65536
 SHELL = "/bin/sh"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# ignored by the server (Python ignores SIGPIPE), back to their defaults in a task (the C
-# library's own signals 32 and 33 stay as posix_spawn sets them; programs set those themselves)
+# the posix_spawn fallback sets these back to their defaults in a task: Python ignores SIGPIPE,
+# the server handles SIGINT and SIGTERM (the C library's own signals 32 and 33 stay as
+# posix_spawn sets them; programs set those themselves)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 
 
@@ -368,24 +377,20 @@ def _sample(watch: _Watch) -> None:
 
 def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
     """Start `sh -c COMMAND` in a session and process group of its own, stdin from /dev/null:
-    (pid, stdout read end, stderr read end). posix_spawn (vfork + exec in the C library): the
-    cheapest start there is, with the signals the server ignores set back to their defaults."""
+    (pid, stdout read end, stderr read end). With vfork + exec, as `subprocess` does: the
+    calling thread waits until the child has exec'd (on a busy machine most of a start's time),
+    but other threads run meanwhile. Where that helper is missing, `posix_spawn`, which holds
+    the interpreter for the whole wait."""
     out_read, out_write = _pipe()
     err_read, err_write = _pipe()
     try:
-        pid = os.posix_spawn(
-            SHELL,
-            [SHELL, "-c", command],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_write, 1),
-                (os.POSIX_SPAWN_DUP2, err_write, 2),
-            ],
-            setsid=True,
-            setsigdef=DEFAULT_SIGNALS,
-            setsigmask=(),
-        )
+        if _VFORK_EXEC[0]:
+            try:
+                pid = _vfork_exec(command, env, out_write, err_write)
+            except TypeError:  # another Python's signature: use posix_spawn from now on
+                _VFORK_EXEC[0] = False
+        if not _VFORK_EXEC[0]:
+            pid = _posix_spawn(command, env, out_write, err_write)
     except BaseException:
         os.close(out_read)
         os.close(err_read)
@@ -394,6 +399,83 @@ def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
         os.close(out_write)
         os.close(err_write)
     return pid, out_read, err_read
+
+
+# `_posixsubprocess.fork_exec` is the helper `subprocess` starts processes with; its
+# argument list is private and changed in Python 3.14 (one flag less)
+_VFORK_EXEC = [_posixsubprocess is not None]
+_SHELL_BYTES = os.fsencode(SHELL)
+_DEVNULL = [-1]
+
+
+def _vfork_exec(command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    """fork_exec (vfork where it can). The child gets the server's signal handlers and its
+    ignored SIGPIPE and SIGXFSZ back at their defaults and the calling thread's signal mask
+    (Nagare blocks none). Raises OSError when the shell cannot be executed."""
+    assert _posixsubprocess is not None
+    env_list = [os.fsencode(f"{key}={value}") for key, value in env.items()]
+    argv = [_SHELL_BYTES, b"-c", os.fsencode(command)]
+    errors_read, errors_write = _pipe()
+    try:
+        keep = (errors_write,)  # open in the child until its exec (close-on-exec) or its report
+        args: tuple[object, ...] = (argv, [_SHELL_BYTES], True, keep, None, env_list)
+        args += (_devnull(), -1, -1, stdout)
+        args += (-1, stderr, errors_read, errors_write, True, True, -1, None, None, None, -1, None)
+        fork_exec = cast(Callable[..., int], _posixsubprocess.fork_exec)
+        pid = fork_exec(*args) if sys.version_info >= (3, 14) else fork_exec(*args, True)
+    except BaseException:
+        os.close(errors_read)
+        raise
+    finally:
+        os.close(errors_write)
+    try:
+        failure = os.read(errors_read, 50_000)  # end of file once the exec succeeded
+    finally:
+        os.close(errors_read)
+    if failure:
+        os.waitpid(pid, 0)  # the child exited after reporting
+        raise _exec_error(failure)
+    return pid
+
+
+def _exec_error(report: bytes) -> OSError:
+    """The child's report (`<exception name>:<hex errno>:<detail>`) as an OSError."""
+    try:
+        name, code, detail = report.split(b":", 2)
+        number = int(code, 16)
+    except ValueError:
+        return OSError(f"bad report from the new process: {report[:200]!r}")
+    if number:
+        return OSError(number, os.strerror(number), SHELL)
+    return OSError(f"{name.decode(errors='replace')}: {detail.decode(errors='replace')}")
+
+
+def _posix_spawn(command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    return os.posix_spawn(
+        SHELL,
+        [SHELL, "-c", command],
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ],
+        setsid=True,
+        setsigdef=DEFAULT_SIGNALS,
+        setsigmask=(),
+    )
+
+
+def _devnull() -> int:
+    """/dev/null, opened once (close-on-exec, above the standard streams): every task's stdin."""
+    if _DEVNULL[0] < 0:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd < 3:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        _DEVNULL[0] = fd
+    return _DEVNULL[0]
 
 
 def _pipe() -> tuple[int, int]:
