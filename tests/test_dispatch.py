@@ -18,7 +18,7 @@ from conftest import Nagare, wait_for
 from nagare.dagfile import parse_dag
 from nagare.executors import local
 from nagare.executors.local import boot_ticks, process_alive
-from nagare.models import AttemptMetrics, TaskStatus, Trigger
+from nagare.models import AttemptMetrics, Run, TaskStatus, Trigger
 from nagare.scheduler import create_run
 from nagare.store import AttemptFinish, Store
 from nagare.store.tasks import TRANSITION_CHUNK
@@ -165,17 +165,25 @@ def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() ->
     assert not process_alive(process.pid, before)
 
 
+def _stored_run(path: Path, dag_text: str) -> tuple[Store, Run]:
+    """A database at `path` holding one manual run of the DAG `dag_text`."""
+    store = Store(str(path))
+    dag, errors = parse_dag(dag_text)
+    assert dag is not None, errors
+    run = create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    assert run is not None
+    return store, run
+
+
 def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
     tmp_path: Path,
 ) -> None:
-    store = Store(str(tmp_path / "batch.db"))
-    dag, errors = parse_dag(
+    store, _ = _stored_run(
+        tmp_path / "batch.db",
         "id: d\ntasks:\n"
         "  - id: t\n    with_items: [0, 1, 2, 3, 4, 5]\n    command: 'true'\n"
-        "  - id: g\n    pool: gpu\n    command: 'true'\n"
+        "  - id: g\n    pool: gpu\n    command: 'true'\n",
     )
-    assert dag is not None, errors
-    create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
     first = store.finish_and_claim([], {"default": 3}, "local", 10)
     assert [c.task.task_id for c in first] == ["t_0", "t_1", "t_2"]  # oldest first
     killed = first[2].task.id
@@ -221,15 +229,12 @@ def test_a_transition_moves_many_tasks_with_few_statements_and_still_compares(
     tmp_path: Path,
 ) -> None:
     """Queueing a 1,200-wide fan-out: statements of 500 ids, each row compared and set."""
-    store = Store(str(tmp_path / "wide.db"))
-    dag, errors = parse_dag(
+    store, run = _stored_run(
+        tmp_path / "wide.db",
         "id: w\ntasks:\n  - id: s\n    command: 'true'\n"
         "  - id: t\n    with_items: [" + ", ".join(map(str, range(1200))) + "]\n"
-        "    command: 'true'\n    depends_on: [s]\n"
+        "    command: 'true'\n    depends_on: [s]\n",
     )
-    assert dag is not None, errors
-    run = create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
-    assert run is not None
     ids = [t.id for t in store.run_tasks(run.run_id) if t.task_id != "s"]
     assert len(ids) == 1200 > TRANSITION_CHUNK
     taken = store.transition([ids[700]], [TaskStatus.PENDING], TaskStatus.CANCELLED, 5)
