@@ -128,25 +128,30 @@ class Scheduler:
         server's CPU in a 1,000-task fan-out)."""
         with self._cond:
             retry = self._mark_finished(finished)
-            if retry:
-                self._cond.notify()  # the scheduler thread's next wake-up may be earlier now
-        if not self._pass_lock.acquire(blocking=False):  # the scheduler thread takes them
+        settled = self._pass_lock.acquire(blocking=False)
+        if settled:
+            try:
+                settled = self._settle_dirty()
+            finally:
+                self._pass_lock.release()
+        if retry or not settled:  # a retry's time may bring its next wake-up forward
             with self._cond:
                 self._cond.notify()
-            return
+
+    def _settle_dirty(self) -> bool:
+        """Under `_pass_lock`: advance the runs marked so far; False (and every one of them
+        left for a reload by the scheduler thread) when that failed."""
+        with self._cond:
+            dirty, self._dirty = self._dirty, {}
         try:
+            self._advance_all(dirty)
+        except Exception:
+            log.exception("settling finished tasks failed; the scheduler thread retries")
             with self._cond:
-                dirty, self._dirty = self._dirty, {}
-            try:
-                self._advance_all(dirty)
-            except Exception:
-                log.exception("settling finished tasks failed; the scheduler thread retries")
-                with self._cond:
-                    for run_id in dirty:
-                        self._dirty[run_id] = None
-                    self._cond.notify()
-        finally:
-            self._pass_lock.release()
+                for run_id in dirty:
+                    self._dirty[run_id] = None
+            return False
+        return True
 
     def _mark_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> bool:
         """Under `_cond`: note ended task instances; whether one is up for retry."""

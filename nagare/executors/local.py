@@ -469,26 +469,24 @@ def _posix_spawn(command: str, env: dict[str, str], stdout: int, stderr: int) ->
 def _devnull() -> int:
     """/dev/null, opened once (close-on-exec, above the standard streams): every task's stdin."""
     if _DEVNULL[0] < 0:
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        if fd < 3:
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-            os.close(fd)
-            fd = high
-        _DEVNULL[0] = fd
+        _DEVNULL[0] = _above_std_streams(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     return _DEVNULL[0]
 
 
 def _pipe() -> tuple[int, int]:
     """A close-on-exec pipe whose ends are above the standard streams (a server started with
     a closed stdin/stdout must not hand a task a pipe end as fd 0, 1 or 2)."""
-    ends = []
-    for fd in os.pipe():
-        if fd < 3:
-            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-            os.close(fd)
-            fd = high
-        ends.append(fd)
-    return ends[0], ends[1]
+    read_end, write_end = os.pipe()
+    return _above_std_streams(read_end), _above_std_streams(write_end)
+
+
+def _above_std_streams(fd: int) -> int:
+    """`fd`, or a close-on-exec copy of it numbered 3 or more (the original is closed)."""
+    if fd >= 3:
+        return fd
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high
 
 
 def _peak(watch: _Watch, maxrss: int) -> int:
