@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -202,21 +203,20 @@ class WorkerPools:
             ended = self._wait(max(0.0, recheck - time.monotonic()))
         self._mux.close()
 
-    def _free_slots(self) -> dict[str, int]:
-        """Free slots of the pools that may have queued tasks (none once shutting down)."""
+    def _free_slots(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> dict[str, int]:
+        """Free slots of the pools that may have queued tasks, with the slots the `ended`
+        attempts leave (none once shutting down)."""
+        freed = Counter(attempt.pool for attempt, _ in ended)
         with self._lock:
             if not self._accepting:
                 return {}
-            return {
-                pool: self.sizes[pool] - self._busy[pool]
-                for pool in self._hot
-                if self.sizes[pool] > self._busy[pool]
-            }
+            free = {pool: self.sizes[pool] - self._busy[pool] + freed[pool] for pool in self._hot}
+        return {pool: n for pool, n in free.items() if n > 0}
 
     def _record_and_claim(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> list[Claim]:
         """Record the attempts that ended and claim tasks for the free slots: one transaction
         for all of them (slots that finish together share one commit)."""
-        wants = self._free_slots()
+        wants = self._free_slots(ended)
         if not ended and not wants:
             return []
         try:

@@ -225,6 +225,31 @@ def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
     store.close()
 
 
+def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_records_them(
+    nagare_factory,
+) -> None:  # type: ignore[no-untyped-def]
+    tasks = "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(4))
+    nagare = nagare_factory(
+        worker_pools={"default": 1}, dags={"one.yaml": f"id: one\ntasks:\n{tasks}"}
+    )
+    store = nagare.app.store
+    turns: list[tuple[int, dict[str, int]]] = []
+    finish_and_claim = store.finish_and_claim
+
+    def recording(finishes, wants, worker, clock):  # type: ignore[no-untyped-def]
+        turns.append((len(finishes), dict(wants)))
+        return finish_and_claim(finishes, wants, worker, clock)
+
+    store.finish_and_claim = recording  # type: ignore[method-assign]
+    run_id = nagare.trigger("one")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    recorded = [wants for finished, wants in turns if finished]
+    # each of the first three attempts to end frees the pool's one slot for the next task in
+    # the same transaction, not one turn later
+    assert recorded[:3] == [{"default": 1}] * 3, turns
+    assert len(turns) <= 6, turns
+
+
 def test_a_transition_moves_many_tasks_with_few_statements_and_still_compares(
     tmp_path: Path,
 ) -> None:
