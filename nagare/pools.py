@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
@@ -30,6 +30,10 @@ from nagare.store import AttemptFinish, Claim, Store
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
 EARLY_KILL_SECONDS = 60.0
+# while every local slot is busy, the runs of ended attempts are settled in batches: at most
+# this many attempts, or this long after the first of them ended
+SETTLE_BATCH = 64
+SETTLE_DELAY_SECONDS = 0.02
 
 
 @dataclass(eq=False)
@@ -43,6 +47,38 @@ class _Attempt:
     timeout: float = 0
     retry_delay: float = 0
     executor: LocalExecutor | None = None  # set when the attempt runs in the mux
+
+
+@dataclass
+class _Unsettled:
+    """Ended attempts (recorded) whose runs the dispatcher has not settled yet."""
+
+    finished: list[tuple[str, str, int | None]] = field(default_factory=list)
+    since: float = 0.0  # when the first of them was added
+
+    def __bool__(self) -> bool:
+        return bool(self.finished)
+
+    def add(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> None:
+        if ended and not self.finished:
+            self.since = time.monotonic()
+        self.finished.extend((a.claim.task.run_id, a.claim.task.id, f.retry_at) for a, f in ended)
+
+    def ready(self, more_ended: bool, slot_free: bool) -> bool:
+        """Whether to settle now: when no other attempt has ended meanwhile, when a slot is
+        free (settling may give it a task), or when the batch is full or old enough."""
+        if not self.finished:
+            return False
+        return (
+            not more_ended
+            or slot_free
+            or len(self.finished) >= SETTLE_BATCH
+            or time.monotonic() - self.since >= SETTLE_DELAY_SECONDS
+        )
+
+    def take(self) -> list[tuple[str, str, int | None]]:
+        taken, self.finished = self.finished, []
+        return taken
 
 
 class WorkerPools:
@@ -179,6 +215,7 @@ class WorkerPools:
 
     def _dispatch(self) -> None:
         ended: list[tuple[_Attempt, AttemptFinish]] = []
+        unsettled = _Unsettled()
         recheck = time.monotonic() + IDLE_WAIT_SECONDS
         while True:
             if time.monotonic() >= recheck:  # safety net: a queued task nobody announced
@@ -188,20 +225,29 @@ class WorkerPools:
             for claim in self._record_and_claim(ended):
                 self._begin(claim)
             self._write_pid_records()
-            # the ended attempts' runs are settled once the freed slots are busy again (in this
-            # thread, see Scheduler.settle_finished): their dependants are queued while the
-            # new attempts start up
             for attempt, finish in ended:
                 _log_end(attempt, finish)
+            unsettled.add(ended)
+            # the ended attempts' runs are settled (in this thread, see
+            # Scheduler.settle_finished) once the freed slots are busy again; while every slot
+            # is busy and more attempts have ended meanwhile, those go first, and the runs of a
+            # whole batch are settled together: one scheduler pass, not one per turn
+            ended = self._wait(0.0) if unsettled else []
+            if unsettled and unsettled.ready(bool(ended), self._slot_free()):
+                self.on_finished(unsettled.take())
             if ended:
-                self.on_finished(
-                    [(a.claim.task.run_id, a.claim.task.id, f.retry_at) for a, f in ended]
-                )
+                continue
             with self._lock:
                 if not self._accepting and not self._running:
                     break
             ended = self._wait(max(0.0, recheck - time.monotonic()))
         self._mux.close()
+
+    def _slot_free(self) -> bool:
+        """Whether a local slot is free: its pool has no queued task left, so settling a run
+        now may give it one."""
+        with self._lock:
+            return any(self._busy[pool] < size for pool, size in self.sizes.items())
 
     def _free_slots(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> dict[str, int]:
         """Free slots of the pools that may have queued tasks, with the slots the `ended`

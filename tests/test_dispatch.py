@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 from conftest import Nagare, wait_for
 
+from nagare import pools
 from nagare.dagfile import parse_dag
 from nagare.executors import local
 from nagare.executors.local import boot_ticks, process_alive
@@ -437,3 +438,83 @@ def test_a_failed_settling_pass_leaves_the_run_to_the_scheduler_thread(
     assert nagare.wait_run(run_id)["status"] == "success"  # reloaded by the scheduler thread
     assert failed == ["pools"]
     assert "settling finished tasks failed" in caplog.text
+
+
+def test_ended_attempts_wait_for_a_batch_only_while_every_slot_is_busy() -> None:
+    unsettled = pools._Unsettled()
+    assert not unsettled.ready(more_ended=False, slot_free=True)  # nothing to settle
+    unsettled.finished, unsettled.since = [("run", "task", None)], time.monotonic()
+    assert unsettled.ready(more_ended=False, slot_free=False)  # nothing else to record first
+    assert unsettled.ready(more_ended=True, slot_free=True)  # a free slot may get a dependant
+    assert not unsettled.ready(more_ended=True, slot_free=False)  # the next turn goes first
+    unsettled.since -= pools.SETTLE_DELAY_SECONDS
+    assert unsettled.ready(more_ended=True, slot_free=False)  # waited long enough
+    unsettled.since = time.monotonic()
+    unsettled.finished = unsettled.finished * pools.SETTLE_BATCH
+    assert unsettled.ready(more_ended=True, slot_free=False)  # a full batch
+    assert len(unsettled.take()) == pools.SETTLE_BATCH and not unsettled
+
+
+def _slow_starts(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every start takes 20 ms more: the tasks started before it have surely ended."""
+    spawn = local._spawn
+
+    def slow(command: str, env: dict[str, str]) -> tuple[int, int, int]:
+        started = spawn(command, env)
+        time.sleep(0.02)
+        return started
+
+    monkeypatch.setattr(local, "_spawn", slow)
+    monkeypatch.setattr(pools, "SETTLE_DELAY_SECONDS", 30.0)  # only the other rules apply
+
+
+def _record_settled(nagare: Nagare) -> list[int]:
+    """How many ended attempts each batch the dispatcher settles holds."""
+    batches: list[int] = []
+    settle = nagare.app.pools.on_finished
+
+    def recording(finished: list[tuple[str, str, int | None]]) -> None:
+        batches.append(len(finished))
+        settle(finished)
+
+    nagare.app.pools.on_finished = recording  # type: ignore[method-assign]
+    return batches
+
+
+def test_while_every_slot_is_busy_the_runs_of_ended_tasks_are_settled_in_batches(
+    nagare_factory, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    _slow_starts(monkeypatch)
+    monkeypatch.setattr(pools, "SETTLE_BATCH", 10)
+    tasks = "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(40))
+    nagare = nagare_factory(
+        worker_pools={"default": 4},
+        dags={
+            "wide.yaml": f"id: wide\ntasks:\n{tasks}  - id: end\n    command: 'true'\n"
+            "    depends_on: [" + ", ".join(f"t{i}" for i in range(40)) + "]\n"
+        },
+    )
+    batches = _record_settled(nagare)
+    run_id = nagare.trigger("wide")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    assert sum(batches) == 41
+    assert len(batches) <= 10, batches  # 41 attempts in 12+ turns, settled in batches of 10
+
+
+def test_a_dependant_in_a_pool_with_a_free_slot_is_queued_at_once(
+    nagare_factory, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    _slow_starts(monkeypatch)
+    tasks = "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(30))
+    nagare = nagare_factory(
+        worker_pools={"default": 2, "side": 1},
+        dags={
+            "side.yaml": f"id: side\ntasks:\n{tasks}  - id: after\n    command: 'true'\n"
+            "    pool: side\n    depends_on: [t0]\n"
+        },
+    )
+    run_id = nagare.trigger("side")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    tasks_by_id = nagare.tasks(run_id)
+    last_start = max(tasks_by_id[f"t{i}"]["started_at"] for i in range(30))
+    assert tasks_by_id["after"]["started_at"] < last_start  # not after the busy pool drained
