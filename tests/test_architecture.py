@@ -6,7 +6,7 @@ Every `nagare/**/*.py` is parsed (never imported). The rules:
 - a module imports only `nagare` modules of its own layer or lower;
 - L3 services do not import each other (one documented exception);
 - executors never touch the store or HTTP;
-- each technology has one owner module (sqlite3, subprocess, signal, psutil, docker, jq,
+- each technology has one owner module (sqlite3, subprocess, signal, psutil, ctypes, docker, jq,
   croniter, http.server, urllib.request, yaml, print);
 - no service object is built at import time (no module-level `Store(...)`, `App(...)`);
 - no `time.sleep` in nagare/: background loops wait on events or conditions.
@@ -88,6 +88,8 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "sqlite3": ("nagare/store/",),
     "subprocess": ("nagare/executors/local.py",),
     "psutil": ("nagare/executors/local.py",),
+    # the C library's sched_getcpu: where a new task process starts (see local._move_off_this_cpu)
+    "ctypes": ("nagare/executors/local.py",),
     # cli.py handles SIGTERM/SIGINT to stop the server.
     "signal": ("nagare/executors/local.py", "nagare/cli.py"),
     "docker": ("nagare/executors/docker.py",),

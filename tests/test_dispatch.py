@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import Nagare, wait_for
 
 from nagare import pools
@@ -132,6 +133,88 @@ def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing(monkeypatc
     assert len(os.listdir("/proc/self/fd")) == fds
     zombies = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []  # the child that reported the failure was reaped
+
+
+def _cpu_list(status: str) -> str:
+    return next(
+        line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list")
+    )
+
+
+def test_a_task_may_run_on_every_cpu_the_server_may_use(nagare: Nagare) -> None:
+    nagare.write_dag(
+        "cpus.yaml",
+        "id: cpus\ntasks:\n  - id: show\n    command: grep Cpus_allowed_list /proc/$$/status\n",
+    )
+    nagare.app.folder.scan()
+    run_id = nagare.trigger("cpus")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    server = Path("/proc/self/status").read_text()
+    assert _cpu_list(nagare.log(run_id, "show")) == _cpu_list(server)
+
+
+def _recorded_affinity_calls(monkeypatch) -> list[tuple[int, set[int]]]:  # type: ignore[no-untyped-def]
+    calls: list[tuple[int, set[int]]] = []
+    set_affinity = os.sched_setaffinity
+
+    def recording(pid: int, cpus: set[int]) -> None:
+        calls.append((pid, set(cpus)))
+        set_affinity(pid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", recording)
+    monkeypatch.setattr(local, "_CURRENT_CPU", [local._current_cpu_reader()])
+    return calls
+
+
+def _run_to_end(command: str) -> tuple[int, int]:
+    """Start `command` as a task process is started and wait for it: (pid, exit code)."""
+    pid, stdout, stderr = local._spawn(command, {"PATH": os.defpath})
+    os.close(stdout)
+    os.close(stderr)
+    return pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_new_task_process_is_moved_off_the_starting_cpu_then_gets_all_its_cpus_back(
+    monkeypatch,
+) -> None:  # type: ignore[no-untyped-def]
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or local._current_cpu_reader() is None:
+        pytest.skip("needs two CPUs and the C library's sched_getcpu")
+    calls = _recorded_affinity_calls(monkeypatch)
+    pid, stdout, stderr = local._spawn("sleep 0.3", {"PATH": os.defpath})
+    try:
+        (moved_pid, moved_to), (back_pid, back_to) = calls
+        assert moved_pid == back_pid == pid
+        assert len(moved_to) == len(allowed) - 1 and moved_to < allowed  # off the starting CPU
+        assert back_to == allowed == os.sched_getaffinity(pid)  # the task sees every CPU
+    finally:
+        os.close(stdout)
+        os.close(stderr)
+        os.waitpid(pid, 0)
+
+
+def test_where_the_kernel_refuses_the_move_tasks_start_as_before(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if len(os.sched_getaffinity(0)) < 2 or local._current_cpu_reader() is None:
+        pytest.skip("needs two CPUs and the C library's sched_getcpu")
+    calls = _recorded_affinity_calls(monkeypatch)
+
+    def refused(pid: int, cpus: set[int]) -> None:
+        calls.append((pid, set(cpus)))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    assert _run_to_end("exit 0")[1] == 0
+    assert local._CURRENT_CPU == [None]  # given up for good: no failing call on every start
+    calls.clear()
+    assert _run_to_end("exit 4")[1] == 4
+    assert calls == []
+
+
+def test_a_server_on_one_cpu_moves_nothing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = _recorded_affinity_calls(monkeypatch)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert _run_to_end("true")[1] == 0
+    assert calls == []
 
 
 def test_starts_fall_back_to_posix_spawn_where_the_vfork_helper_differs(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ a new process's /proc files are slow to read while it is still loading.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import math
 import os
@@ -398,7 +399,40 @@ def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
     finally:
         os.close(out_write)
         os.close(err_write)
+    _move_off_this_cpu(pid)
     return pid, out_read, err_read
+
+
+def _move_off_this_cpu(pid: int) -> None:
+    """A new process starts on the CPU of the thread that started it, and the kernel is slow to
+    move it elsewhere: the next start's vfork child then waits behind it (on 2 busy cores about
+    as long as a whole `sh -c true`, while the other core may idle). So the new process is moved
+    to the other CPUs at once, then given back the whole CPU set it inherited (it is still in its
+    dynamic loader: the task never sees the narrower set). Skipped on one CPU; given up for good
+    where the kernel refuses (a sandbox)."""
+    if _CURRENT_CPU[0] is None:
+        return
+    cpu = _CURRENT_CPU[0]()
+    allowed = os.sched_getaffinity(0)
+    if cpu < 0 or len(allowed) < 2 or cpu not in allowed:
+        return
+    try:
+        os.sched_setaffinity(pid, allowed - {cpu})
+        os.sched_setaffinity(pid, allowed)
+    except ProcessLookupError:  # it has already ended
+        pass
+    except OSError:
+        _CURRENT_CPU[0] = None
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, allowed)
+
+
+def _current_cpu_reader() -> Callable[[], int] | None:
+    """The C library's `sched_getcpu` (the CPU the calling thread runs on), None without it."""
+    try:
+        return cast(Callable[[], int], ctypes.CDLL(None).sched_getcpu)
+    except (OSError, AttributeError):
+        return None
 
 
 # `_posixsubprocess.fork_exec` is the helper `subprocess` starts processes with; its
@@ -406,6 +440,7 @@ def _spawn(command: str, env: dict[str, str]) -> tuple[int, int, int]:
 _VFORK_EXEC = [_posixsubprocess is not None]
 _SHELL_BYTES = os.fsencode(SHELL)
 _DEVNULL = [-1]
+_CURRENT_CPU = [_current_cpu_reader()]
 
 
 def _vfork_exec(command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
