@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Callable
 from http.client import HTTPConnection
@@ -136,6 +137,21 @@ def test_health_is_open_and_reports_the_version(nagare_factory: NagareFactory) -
     result = http("GET", nagare.url + "/api/health")
     assert result.status == 200
     assert result.json == {"status": "ok", "version": __version__}
+
+
+def test_a_response_leaves_in_one_write(nagare: Nagare, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    writes: list[int] = []
+    write = socket.SocketIO.write
+
+    def counting(self: socket.SocketIO, data: bytes) -> int | None:
+        writes.append(len(data))
+        return write(self, data)
+
+    monkeypatch.setattr(socket.SocketIO, "write", counting)
+    result = http("GET", nagare.url + "/api/dags")  # a new connection: headers, then a body
+    assert result.status == 200 and result.body
+    # status line, headers and body in one segment: one wake-up of the client
+    assert len(writes) == 1 and writes[0] > len(result.body), writes
 
 
 def openapi_doc(nagare: Nagare) -> dict[str, Any]:

@@ -570,3 +570,19 @@ def test_sse_streams_100k_lines_without_gaps(nagare_factory: NagareFactory) -> N
     stream = stream_all(nagare, run_id, "counter", read_timeout=60)
     assert stream.end == {"status": "success"}
     assert_numbered(stream.lines, 1, [str(i) for i in range(1, 100_001)])
+
+
+def test_a_stream_opens_before_its_first_event(nagare_factory: NagareFactory) -> None:
+    nagare = nagare_factory(
+        dags={"quiet.yaml": "id: quiet\ntasks:\n  - id: q\n    command: sleep 3; echo late\n"},
+        sse_ping_seconds=30,  # no keep-alive comment either: only the headers can arrive
+    )
+    run_id = nagare.trigger("quiet")
+    wait_status(nagare, run_id, "q", "running")
+    started = time.monotonic()
+    stream = open_stream(nagare, run_id, "q", timeout=2)  # getresponse() waits for the headers
+    try:
+        assert stream.status == 200
+        assert time.monotonic() - started < 2
+    finally:
+        stream.close()

@@ -86,6 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: NagareHTTPServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # small responses leave at once, not after a delayed ACK
+    # a buffered writer: the status line, headers and body of a response leave in one send
+    # (one segment, one wake-up of the client), flushed at the end of each request
+    wbufsize = 64 * 1024
     timeout = REQUEST_TIMEOUT_SECONDS
     server_version = "Nagare"
     sys_version = ""
@@ -184,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.send_header("X-Accel-Buffering", "no")
         self.end_headers()
+        self.wfile.flush()  # the client sees the stream open before its first event
         self.close_connection = True
 
         def write(data: bytes) -> None:
