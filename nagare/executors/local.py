@@ -1,10 +1,11 @@
 """Local executor: each attempt is `sh -c COMMAND` in its own session and process group.
 
-The only module that starts processes, sends signals and uses psutil. A `ProcessMux` (one
-selector for any number of attempts; the server runs all its local attempts through one, in one
-thread) drains stdout and stderr as raw chunks (never blocking on a long line), watches each
-process through a pidfd and its timeout (a kill signals the process group at once, from the
-killing thread), and samples the memory of the whole process tree.
+The only module that starts processes, sends signals and uses psutil (and ctypes, for the CPU
+a new task process starts on: see `_move_off_this_cpu`). A `ProcessMux` (one selector for any
+number of attempts; the server runs all its local attempts through one, in one thread) drains
+stdout and stderr as raw chunks (never blocking on a long line), watches each process through a
+pidfd and its timeout (a kill signals the process group at once, from the killing thread), and
+samples the memory of the whole process tree.
 
 Metrics: CPU user/system time is the kernel's accounting of the waited shell and every descendant
 it waited for (wait4 rusage). Peak memory is the highest sum, over the samples (after 20 ms, then
