@@ -21,6 +21,8 @@ from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
+from nagare.executors.reactor import Reactor
+from nagare.executors.spawn import kill_orphan_group
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.metrics_api import MetricsApi
@@ -58,7 +60,8 @@ class App:
         self.stopping = threading.Event()
         self.store = Store(config.db)
         self.logs = LogFiles(config.resolved_logs_dir)
-        self.local = LocalExecutor(max_line_bytes=config.max_log_line_bytes)
+        self.reactor = Reactor()  # owned by the pools' dispatcher thread
+        self.local = LocalExecutor(self.reactor, max_line_bytes=config.max_log_line_bytes)
         self._docker: DockerExecutor | None = None  # created by the first container task
         self._docker_lock = threading.Lock()
         self._leftover_containers: dict[tuple[str, int], str] = {}
@@ -69,8 +72,10 @@ class App:
             self.store,
             self.logs,
             config.worker_pools,
+            self.reactor,
             self._executor_for,
             on_finished=self._tasks_finished,
+            kill_leftover=kill_orphan_group,
             line_sink=line_sink,
         )
         self.coordinator = Coordinator(
@@ -128,7 +133,7 @@ class App:
         with self._docker_lock:
             if self._docker is None:
                 owner = f"{socket.gethostname()}:{os.path.abspath(self.config.db)}"
-                self._docker = _docker_executor(self.config, owner)
+                self._docker = _docker_executor(self.config, owner, self.reactor)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
 
@@ -323,10 +328,12 @@ def build_worker(config: Config) -> RemoteWorker:
         master = ApiClient(config.join, api_key=config.token)
     except Exception as err:
         raise ConfigError(f"--join: {err}") from None
+    reactor = Reactor()  # owned by the worker's task loop
     return RemoteWorker(
         master,
         hello,
-        _WorkerExecutors(config, hello.worker_id),
+        reactor,
+        _WorkerExecutors(config, hello.worker_id, reactor),
         grace_seconds=config.shutdown_grace_seconds,
     )
 
@@ -334,10 +341,11 @@ def build_worker(config: Config) -> RemoteWorker:
 class _WorkerExecutors:
     """A worker's executors: local processes, and Docker created on the first container task."""
 
-    def __init__(self, config: Config, worker_id: str) -> None:
+    def __init__(self, config: Config, worker_id: str, reactor: Reactor) -> None:
         self.config = config
         self.worker_id = worker_id
-        self.local = LocalExecutor(max_line_bytes=config.max_log_line_bytes)
+        self.reactor = reactor
+        self.local = LocalExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
         self._docker: DockerExecutor | None = None
         self._lock = threading.Lock()
 
@@ -347,17 +355,18 @@ class _WorkerExecutors:
         with self._lock:
             if self._docker is None:
                 owner = f"{socket.gethostname()}:worker:{self.worker_id}"
-                self._docker = _docker_executor(self.config, owner)
+                self._docker = _docker_executor(self.config, owner, self.reactor)
                 self._docker.cleanup_orphans()
             return self._docker
 
 
-def _docker_executor(config: Config, owner: str) -> DockerExecutor:
+def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:
     """The Docker executor, imported on first use: a process that never runs a container never
     loads the SDK. `owner` labels its containers (leftovers of a crash are found by it)."""
     from nagare.executors.docker import DockerExecutor
 
     return DockerExecutor(
+        reactor,
         max_line_bytes=config.max_log_line_bytes,
         docker_host=config.docker_host,
         volume_roots=config.docker_volume_roots,

@@ -1,11 +1,14 @@
 """Local worker pools: `worker_pools: {default: 4, gpu: 0}` slots that claim queued tasks
 (compare-and-set in the store, so a task can never run twice) and run them through an executor.
 
-One dispatcher thread serves every pool: it claims tasks for free slots, starts `sh -c`
-attempts in one `ProcessMux` (output, exits, timeouts and kills of all of them in one select
-loop) and records the attempts that ended, together with the next claims, in one transaction.
-Executors that block (containers) run in a thread of their own and hand their outcome back.
-A pool of size 0 runs nothing locally: its tasks wait `queued` for a remote worker.
+One dispatcher thread serves every pool: it claims tasks for free slots, starts each attempt
+through the executor its task definition names (the executor seam: start -> handle, the end
+reported through a listener) and records the attempts that ended, together with the next claims,
+in one transaction. The thread owns the `Reactor` the executors report to (local processes are
+watched by it; a container's own thread posts its end to it), so the running attempts are only
+ever touched by this thread; a kill asks the attempt's handle, which posts it there. It knows no
+concrete executor. A pool of size 0 runs nothing locally: its tasks wait `queued` for a remote
+worker.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from dataclasses import dataclass, field
 
 from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
-from nagare.executors import Cancellation, Executor, OnLine, OnStart
-from nagare.executors.local import LocalExecutor, ProcessMux, kill_orphan_group
+from nagare.executors import AttemptHandle, Executor
+from nagare.executors.reactor import Reactor
 from nagare.logs import AttemptLog, LogFiles, append_pid_records
-from nagare.models import Assignment, Outcome, TaskDef, TaskType
+from nagare.models import Outcome, TaskDef, TaskType
 from nagare.store import AttemptFinish, Claim, Store
 
 log = logging.getLogger("nagare.pools")
@@ -38,21 +41,39 @@ SETTLE_DELAY_SECONDS = 0.02
 
 @dataclass(eq=False)
 class _Attempt:
-    """One attempt a local slot runs."""
+    """One attempt a local slot runs; also its listener (the executor seam's callbacks)."""
 
+    pools: WorkerPools
     claim: Claim
     pool: str
-    cancel: Cancellation
     log: AttemptLog | None = None
     timeout: float = 0
     retry_delay: float = 0
-    executor: LocalExecutor | None = None  # set when the attempt runs in the mux
+    handle: AttemptHandle | None = None  # set once started (under the pools' lock)
+    cancel_reason: str = ""  # why it was killed, if it was (under the pools' lock)
+
+    def line(self, stream: str, text: str) -> None:
+        assert self.log is not None
+        self.log.on_line(stream, text)
+        sink = self.pools.line_sink
+        if sink is not None:
+            sink(self.claim.task.task_id, stream, text)
+
+    def started(self, pid: int, start_time: float) -> None:
+        """Its process started: the pid record is written at the end of this turn."""
+        assert self.log is not None
+        self.pools.add_pid_record(self.log, pid, start_time)
+
+    def ended(self, outcome: Outcome) -> None:
+        self.pools.add_ended(self, outcome)
 
 
 @dataclass
 class _Unsettled:
     """Ended attempts (recorded) whose runs the dispatcher has not settled yet."""
 
+    batch: int = SETTLE_BATCH
+    delay: float = SETTLE_DELAY_SECONDS
     finished: list[tuple[str, str, int | None]] = field(default_factory=list)
     since: float = 0.0  # when the first of them was added
 
@@ -72,8 +93,8 @@ class _Unsettled:
         return (
             not more_ended
             or slot_free
-            or len(self.finished) >= SETTLE_BATCH
-            or time.monotonic() - self.since >= SETTLE_DELAY_SECONDS
+            or len(self.finished) >= self.batch
+            or time.monotonic() - self.since >= self.delay
         )
 
     def take(self) -> list[tuple[str, str, int | None]]:
@@ -87,27 +108,33 @@ class WorkerPools:
         store: Store,
         logs: LogFiles,
         sizes: dict[str, int],
+        reactor: Reactor,
         executor_for: Callable[[TaskDef], Executor],
         on_finished: Callable[[list[tuple[str, str, int | None]]], None],
+        kill_leftover: Callable[[int, float | None], bool],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
         self.sizes = dict(sizes)
+        self.reactor = reactor  # owned by the dispatcher thread
         self.executor_for = executor_for
         self.on_finished = on_finished
+        self.kill_leftover = kill_leftover  # kills a crashed server's leftover process group
         self.clock = clock
         self.line_sink = line_sink
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when a task finishes
-        self._mux = ProcessMux()
         self._running: dict[str, _Attempt] = {}
         self._early_kills: dict[str, float] = {}
         self._busy: dict[str, int] = dict.fromkeys(self.sizes, 0)
         self._hot: set[str] = {p for p, size in self.sizes.items() if size > 0}
-        self._handed_back: list[tuple[_Attempt, Outcome]] = []  # from blocking executors
+        # the dispatcher thread's own: attempts whose end was reported this turn, pid records
+        self._ended: list[tuple[_Attempt, Outcome]] = []
         self._pid_records: dict[str, list[str]] = {}  # run log folder -> records to append
+        self.settle_batch = SETTLE_BATCH
+        self.settle_delay = SETTLE_DELAY_SECONDS
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._base_env = dict(os.environ)
@@ -126,12 +153,12 @@ class WorkerPools:
         """Tasks of these pools were queued: the dispatcher claims them for free slots."""
         with self._lock:
             self._hot.update(p for p in queued if self.sizes.get(p))
-        self._mux.wake()
+        self.reactor.wake()
 
     def stop_accepting(self) -> None:
         with self._lock:
             self._accepting = False
-        self._mux.wake()
+        self.reactor.wake()
 
     def shutdown(self, grace_seconds: float) -> list[str]:
         """Stop claiming, let running tasks finish for `grace_seconds`, then kill the rest; they
@@ -142,7 +169,7 @@ class WorkerPools:
             interrupted = list(self._running)
             attempts = list(self._running.values())
         for attempt in attempts:
-            attempt.cancel.cancel(SHUTDOWN_REASON)
+            self.cancel(attempt.claim.task.id, SHUTDOWN_REASON)
         if self._thread is not None:
             self._thread.join(max(0.5, 2.0 + 1.0))
         return interrupted
@@ -161,7 +188,7 @@ class WorkerPools:
             if task is None:
                 continue
             recorded = self.logs.read_pid(task.run_id, task.id, attempt.attempt)
-            killed = recorded is not None and kill_orphan_group(*recorded)
+            killed = recorded is not None and self.kill_leftover(*recorded)
             message = "the server stopped while this attempt ran" + (
                 "; its leftover process group was killed" if killed else ""
             )
@@ -189,14 +216,17 @@ class WorkerPools:
     # ------------------------------------------------------------ status
 
     def cancel(self, task_instance_id: str, reason: str = "killed") -> bool:
-        """Kill a locally running task (its whole process group). False if not running here."""
+        """Kill a locally running task through its handle (any thread; the first reason
+        counts). False if it is not running here."""
         with self._lock:
-            entry = self._running.get(task_instance_id)
-            if entry is None:
+            attempt = self._running.get(task_instance_id)
+            if attempt is None:
                 self._remember_early_kill(task_instance_id)
-        if entry is None:
-            return False
-        entry.cancel.cancel(reason)
+                return False
+            attempt.cancel_reason = attempt.cancel_reason or reason
+            handle = attempt.handle
+        if handle is not None:
+            handle.cancel(reason)
         return True
 
     def _remember_early_kill(self, task_instance_id: str) -> None:
@@ -215,7 +245,7 @@ class WorkerPools:
 
     def _dispatch(self) -> None:
         ended: list[tuple[_Attempt, AttemptFinish]] = []
-        unsettled = _Unsettled()
+        unsettled = _Unsettled(self.settle_batch, self.settle_delay)
         recheck = time.monotonic() + IDLE_WAIT_SECONDS
         while True:
             if time.monotonic() >= recheck:  # safety net: a queued task nobody announced
@@ -241,7 +271,6 @@ class WorkerPools:
                 if not self._accepting and not self._running:
                     break
             ended = self._wait(max(0.0, recheck - time.monotonic()))
-        self._mux.close()
 
     def _slot_free(self) -> bool:
         """Whether a local slot is free: its pool has no queued task left, so settling a run
@@ -298,29 +327,35 @@ class WorkerPools:
     def _wait(self, timeout: float) -> list[tuple[_Attempt, AttemptFinish]]:
         """Block until attempts end, tasks are queued, or `timeout`; the attempts that ended."""
         with self._lock:
-            handed_back, self._handed_back = self._handed_back, []
-            hurry = bool(handed_back) or (self._accepting and bool(self._hot_free()))
-        ended = [(a, self._conclude(a, outcome)) for a, outcome in handed_back]
-        for watch in self._mux.poll(0.0 if hurry else timeout):
-            attempt = watch.tag
-            assert isinstance(attempt, _Attempt) and attempt.executor is not None
-            ended.append((attempt, self._conclude(attempt, attempt.executor.outcome(watch))))
-        return ended
+            hurry = self._accepting and bool(self._hot_free())
+        self.reactor.run_once(0.0 if hurry or self._ended else timeout)
+        ended, self._ended = self._ended, []
+        return [(attempt, self._conclude(attempt, outcome)) for attempt, outcome in ended]
 
     def _hot_free(self) -> list[str]:
         return [p for p in self._hot if self.sizes[p] > self._busy[p]]
 
+    def add_ended(self, attempt: _Attempt, outcome: Outcome) -> None:
+        """(dispatcher thread) An attempt's end, recorded at the end of this turn."""
+        self._ended.append((attempt, outcome))
+
+    def add_pid_record(self, attempt_log: AttemptLog, pid: int, start_time: float) -> None:
+        """(dispatcher thread) A started process, appended to its run's pids file (see
+        `_write_pid_records`) at the end of this turn."""
+        folder = os.path.dirname(attempt_log.path)
+        self._pid_records.setdefault(folder, []).append(attempt_log.pid_record(pid, start_time))
+
     # ------------------------------------------------------------ one attempt
 
     def _begin(self, claim: Claim) -> None:
-        """Start a claimed attempt: in the mux, or in a thread for a blocking executor."""
+        """Start a claimed attempt through the executor its definition names."""
         task = claim.task
-        attempt = _Attempt(claim, task.pool, Cancellation())
+        attempt = _Attempt(self, claim, task.pool)
         with self._lock:
             self._running[task.id] = attempt
             self._busy[task.pool] = self._busy.get(task.pool, 0) + 1
             if self._early_kills.pop(task.id, None) is not None:
-                attempt.cancel.cancel("killed")  # the kill came between the claim and now
+                attempt.cancel_reason = "killed"  # the kill came between the claim and now
         try:
             outcome = self._start(attempt)
         except Exception:
@@ -332,11 +367,11 @@ class WorkerPools:
             )
             outcome = Outcome(exit_code=None, error="internal error")
         if outcome is not None:
-            self._hand_back(attempt, outcome)
+            self.add_ended(attempt, outcome)
 
     def _start(self, attempt: _Attempt) -> Outcome | None:
         """None when the attempt runs; else the Outcome of an attempt that cannot start."""
-        claim, cancel = attempt.claim, attempt.cancel
+        claim = attempt.claim
         task, run = claim.task, claim.run
         dag = self.store.dag_version(run.dag_version)
         definition = dag.task(task.base_task_id)
@@ -344,42 +379,27 @@ class WorkerPools:
             definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
         ):
             return Outcome(exit_code=None, error="task definition not found")
+        with self._lock:
+            reason = attempt.cancel_reason
+        if reason:
+            return Outcome(exit_code=None, cancelled=True, error=f"{reason} before start")
         base_env = {} if definition.image else self._base_env  # containers: never the host's
         hidden = self.hidden_env()
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(dag, definition, claim, base_env)
-        executor = self.executor_for(definition)
         attempt.timeout = definition.timeout_seconds
         attempt.retry_delay = definition.retry_delay_seconds
         attempt.log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
         )
-        on_line: OnLine = attempt.log.on_line
-        if self.line_sink is not None:
-            on_line = _tee(on_line, task.task_id, self.line_sink)
-        if isinstance(executor, LocalExecutor):
-            attempt.executor = executor
-            started = executor.start(
-                assignment, on_line, cancel, self._mux, self._pid_recorder(attempt.log), attempt
-            )
-            return started if isinstance(started, Outcome) else None
-        threading.Thread(
-            target=self._run_blocking,
-            args=(attempt, executor, assignment, on_line),
-            daemon=True,
-            name=f"task-{task.id}",
-        ).start()
+        handle = self.executor_for(definition).start(assignment, attempt)
+        with self._lock:
+            attempt.handle = handle
+            reason = attempt.cancel_reason
+        if reason:  # killed while it started
+            handle.cancel(reason)
         return None
-
-    def _pid_recorder(self, attempt_log: AttemptLog) -> OnStart:
-        """Keeps the attempt's pid record for `_write_pid_records`, at the end of this turn."""
-
-        def record(pid: int, start_time: float) -> None:
-            folder = os.path.dirname(attempt_log.path)
-            self._pid_records.setdefault(folder, []).append(attempt_log.pid_record(pid, start_time))
-
-        return record
 
     def _write_pid_records(self) -> None:
         """Append the pid records of the attempts started this turn, one write per run."""
@@ -390,40 +410,15 @@ class WorkerPools:
             except OSError as exc:
                 log.error("cannot record task process ids in %s: %s", folder, exc)
 
-    def _run_blocking(
-        self, attempt: _Attempt, executor: Executor, assignment: Assignment, on_line: OnLine
-    ) -> None:
-        assert attempt.log is not None
-        try:
-            outcome = executor.run(assignment, on_line, attempt.cancel, attempt.log.record_pid)
-        except Exception:
-            log.exception(
-                "task %s of run %s crashed its executor",
-                attempt.claim.task.task_id,
-                attempt.claim.task.run_id,
-                extra=_context(attempt.claim),
-            )
-            outcome = Outcome(exit_code=None, error="internal error")
-        self._hand_back(attempt, outcome)
-
-    def _hand_back(self, attempt: _Attempt, outcome: Outcome) -> None:
-        with self._lock:
-            self._handed_back.append((attempt, outcome))
-        self._mux.wake()
-
     def _conclude(self, attempt: _Attempt, outcome: Outcome) -> AttemptFinish:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
-        cancel = attempt.cancel
-        if cancel.is_set and not outcome.cancelled and not outcome.timed_out:
+        with self._lock:
+            reason = attempt.cancel_reason
+        if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         try:
             return self._finish_of(
-                attempt.claim,
-                outcome,
-                attempt.log,
-                cancel.reason,
-                attempt.timeout,
-                attempt.retry_delay,
+                attempt.claim, outcome, attempt.log, reason, attempt.timeout, attempt.retry_delay
             )
         finally:
             if attempt.log is not None:
@@ -475,13 +470,3 @@ def _context(claim: Claim) -> dict[str, object]:
         "task_id": claim.task.task_id,
         "attempt": claim.attempt,
     }
-
-
-def _tee(
-    first: Callable[[str, str], None], task_id: str, sink: Callable[[str, str, str], None]
-) -> Callable[[str, str], None]:
-    def on_line(stream: str, line: str) -> None:
-        first(stream, line)
-        sink(task_id, stream, line)
-
-    return on_line

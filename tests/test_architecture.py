@@ -86,12 +86,12 @@ ALLOWED_L3_IMPORTS = frozenset({("nagare.runs", "nagare.scheduler")})
 # Each technology has one owner (paths relative to the repository; a trailing "/" is a folder).
 TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "sqlite3": ("nagare/store/",),
-    "subprocess": ("nagare/executors/local.py",),
-    "psutil": ("nagare/executors/local.py",),
-    # the C library's sched_getcpu: where a new task process starts (see local._move_off_this_cpu)
-    "ctypes": ("nagare/executors/local.py",),
-    # cli.py handles SIGTERM/SIGINT to stop the server.
-    "signal": ("nagare/executors/local.py", "nagare/cli.py"),
+    "subprocess": ("nagare/executors/spawn.py",),
+    "psutil": ("nagare/executors/procfs.py",),
+    # the C library's sched_getcpu: where a new task process starts (see Spawner._hand_off)
+    "ctypes": ("nagare/executors/spawn.py",),
+    # cli.py handles SIGTERM/SIGINT to stop the server; local.py names the signals of a kill.
+    "signal": ("nagare/executors/spawn.py", "nagare/executors/local.py", "nagare/cli.py"),
     "docker": ("nagare/executors/docker.py",),
     "jq": ("nagare/webhooks.py",),
     "croniter": ("nagare/cron.py",),

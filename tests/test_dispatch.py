@@ -1,4 +1,4 @@
-"""The local dispatcher: one thread runs every local task through one ProcessMux; attempts that
+"""The local dispatcher: one thread runs every local task through one Reactor; attempts that
 end together are recorded with the next claims in one transaction; silent tasks cost no log
 file; tasks start with the signal dispositions of a normal process; the pid records that the
 restart recovery reads."""
@@ -18,8 +18,8 @@ from conftest import Nagare, wait_for
 
 from nagare import pools
 from nagare.dagfile import parse_dag
-from nagare.executors import local
-from nagare.executors.local import boot_ticks, process_alive
+from nagare.executors.procfs import boot_ticks, process_alive
+from nagare.executors.spawn import Spawner
 from nagare.models import AttemptMetrics, Run, TaskStatus, Trigger
 from nagare.scheduler import create_run
 from nagare.store import AttemptFinish, Store
@@ -119,18 +119,18 @@ def test_a_task_leads_its_own_session_reads_dev_null_and_gets_no_server_fds(
     assert fds.split() == ["0", "1", "2"]  # no database, socket or pipe of the server leaks
 
 
-def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(local, "SHELL", "/nonexistent/sh")
-    monkeypatch.setattr(local, "_SHELL_BYTES", b"/nonexistent/sh")
-    local._devnull()  # opened once, kept for every start
+def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing() -> None:
+    spawner = Spawner(shell="/nonexistent/sh")
+    spawner._stdin()  # /dev/null is opened once, kept for every start
     fds = len(os.listdir("/proc/self/fd"))
     try:
-        local._spawn("true", {})
+        spawner.spawn("true", {})
     except OSError as exc:
         assert exc.errno == errno.ENOENT, exc
     else:
         raise AssertionError("the start did not fail")
     assert len(os.listdir("/proc/self/fd")) == fds
+    spawner.close()
     zombies = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []  # the child that reported the failure was reaped
 
@@ -162,13 +162,12 @@ def _recorded_affinity_calls(monkeypatch) -> list[tuple[int, set[int]]]:  # type
         set_affinity(pid, cpus)
 
     monkeypatch.setattr(os, "sched_setaffinity", recording)
-    monkeypatch.setattr(local, "_CURRENT_CPU", [local._current_cpu_reader()])
     return calls
 
 
-def _run_to_end(command: str) -> tuple[int, int]:
+def _run_to_end(spawner: Spawner, command: str) -> tuple[int, int]:
     """Start `command` as a task process is started and wait for it: (pid, exit code)."""
-    pid, stdout, stderr = local._spawn(command, {"PATH": os.defpath})
+    pid, stdout, stderr = spawner.spawn(command, {"PATH": os.defpath})
     os.close(stdout)
     os.close(stderr)
     return pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -178,10 +177,11 @@ def test_a_new_task_process_is_moved_off_the_starting_cpu_then_gets_all_its_cpus
     monkeypatch,
 ) -> None:  # type: ignore[no-untyped-def]
     allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2 or local._current_cpu_reader() is None:
+    spawner = Spawner()
+    if len(allowed) < 2 or not spawner.hands_off_cpu:
         pytest.skip("needs two CPUs and the C library's sched_getcpu")
     calls = _recorded_affinity_calls(monkeypatch)
-    pid, stdout, stderr = local._spawn("sleep 0.3", {"PATH": os.defpath})
+    pid, stdout, stderr = spawner.spawn("sleep 0.3", {"PATH": os.defpath})
     try:
         (moved_pid, moved_to), (back_pid, back_to) = calls
         assert moved_pid == back_pid == pid
@@ -194,7 +194,8 @@ def test_a_new_task_process_is_moved_off_the_starting_cpu_then_gets_all_its_cpus
 
 
 def test_where_the_kernel_refuses_the_move_tasks_start_as_before(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    if len(os.sched_getaffinity(0)) < 2 or local._current_cpu_reader() is None:
+    spawner = Spawner()
+    if len(os.sched_getaffinity(0)) < 2 or not spawner.hands_off_cpu:
         pytest.skip("needs two CPUs and the C library's sched_getcpu")
     calls = _recorded_affinity_calls(monkeypatch)
 
@@ -203,36 +204,34 @@ def test_where_the_kernel_refuses_the_move_tasks_start_as_before(monkeypatch) ->
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "sched_setaffinity", refused)
-    assert _run_to_end("exit 0")[1] == 0
-    assert local._CURRENT_CPU == [None]  # given up for good: no failing call on every start
+    assert _run_to_end(spawner, "exit 0")[1] == 0
+    assert not spawner.hands_off_cpu  # given up for good: no failing call on every start
     calls.clear()
-    assert _run_to_end("exit 4")[1] == 4
+    assert _run_to_end(spawner, "exit 4")[1] == 4
     assert calls == []
 
 
 def test_a_server_on_one_cpu_moves_nothing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     calls = _recorded_affinity_calls(monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert _run_to_end("true")[1] == 0
+    assert _run_to_end(Spawner(), "true")[1] == 0
     assert calls == []
 
 
-def test_starts_fall_back_to_posix_spawn_where_the_vfork_helper_differs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    class OtherPython:
-        @staticmethod
-        def fork_exec(*args: object) -> int:
-            raise TypeError(f"fork_exec() takes exactly {len(args) + 1} arguments")
+def test_starts_fall_back_to_posix_spawn_where_the_vfork_helper_differs() -> None:
+    def other_python(*args: object) -> int:
+        raise TypeError(f"fork_exec() takes exactly {len(args) + 1} arguments")
 
-    monkeypatch.setattr(local, "_posixsubprocess", OtherPython)
-    monkeypatch.setattr(local, "_VFORK_EXEC", [True])
-    pid, stdout, stderr = local._spawn("echo fallback; exit 3", {"PATH": os.defpath})
+    spawner = Spawner(fork_exec=other_python)
+    assert spawner.uses_vfork
+    pid, stdout, stderr = spawner.spawn("echo fallback; exit 3", {"PATH": os.defpath})
     try:
         assert os.read(stdout, 100) == b"fallback\n"
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
     finally:
         os.close(stdout)
         os.close(stderr)
-    assert local._VFORK_EXEC == [False]  # once: later starts go straight to posix_spawn
+    assert not spawner.uses_vfork  # once: later starts go straight to posix_spawn
 
 
 def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() -> None:
@@ -524,31 +523,33 @@ def test_a_failed_settling_pass_leaves_the_run_to_the_scheduler_thread(
 
 
 def test_ended_attempts_wait_for_a_batch_only_while_every_slot_is_busy() -> None:
-    unsettled = pools._Unsettled()
+    unsettled = pools._Unsettled(batch=64, delay=0.02)
     assert not unsettled.ready(more_ended=False, slot_free=True)  # nothing to settle
     unsettled.finished, unsettled.since = [("run", "task", None)], time.monotonic()
     assert unsettled.ready(more_ended=False, slot_free=False)  # nothing else to record first
     assert unsettled.ready(more_ended=True, slot_free=True)  # a free slot may get a dependant
     assert not unsettled.ready(more_ended=True, slot_free=False)  # the next turn goes first
-    unsettled.since -= pools.SETTLE_DELAY_SECONDS
+    unsettled.since -= 0.02
     assert unsettled.ready(more_ended=True, slot_free=False)  # waited long enough
     unsettled.since = time.monotonic()
-    unsettled.finished = unsettled.finished * pools.SETTLE_BATCH
+    unsettled.finished = unsettled.finished * 64
     assert unsettled.ready(more_ended=True, slot_free=False)  # a full batch
-    assert len(unsettled.take()) == pools.SETTLE_BATCH and not unsettled
+    assert len(unsettled.take()) == 64 and not unsettled
 
 
-def _slow_starts(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Every start takes 20 ms more: the tasks started before it have surely ended."""
-    spawn = local._spawn
+class _SlowSpawner(Spawner):
+    """Every start returns only once its process has ended (it is left for the executor to
+    reap): the tasks started before the next one have surely ended."""
 
-    def slow(command: str, env: dict[str, str]) -> tuple[int, int, int]:
-        started = spawn(command, env)
-        time.sleep(0.02)
+    def spawn(self, command: str, env: dict[str, str]) -> tuple[int, int, int]:
+        started = super().spawn(command, env)
+        os.waitid(os.P_PID, started[0], os.WEXITED | os.WNOWAIT)
         return started
 
-    monkeypatch.setattr(local, "_spawn", slow)
-    monkeypatch.setattr(pools, "SETTLE_DELAY_SECONDS", 30.0)  # only the other rules apply
+
+def _slow_starts(nagare: Nagare) -> None:
+    nagare.app.local.spawner = _SlowSpawner()
+    nagare.app.pools.settle_delay = 30.0  # only the other rules apply
 
 
 def _record_settled(nagare: Nagare) -> list[int]:
@@ -565,10 +566,8 @@ def _record_settled(nagare: Nagare) -> list[int]:
 
 
 def test_while_every_slot_is_busy_the_runs_of_ended_tasks_are_settled_in_batches(
-    nagare_factory, monkeypatch
+    nagare_factory,
 ) -> None:  # type: ignore[no-untyped-def]
-    _slow_starts(monkeypatch)
-    monkeypatch.setattr(pools, "SETTLE_BATCH", 10)
     tasks = "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(40))
     nagare = nagare_factory(
         worker_pools={"default": 4},
@@ -577,6 +576,8 @@ def test_while_every_slot_is_busy_the_runs_of_ended_tasks_are_settled_in_batches
             "    depends_on: [" + ", ".join(f"t{i}" for i in range(40)) + "]\n"
         },
     )
+    _slow_starts(nagare)
+    nagare.app.pools.settle_batch = 10
     batches = _record_settled(nagare)
     run_id = nagare.trigger("wide")
     assert nagare.wait_run(run_id)["status"] == "success"
@@ -585,9 +586,8 @@ def test_while_every_slot_is_busy_the_runs_of_ended_tasks_are_settled_in_batches
 
 
 def test_a_dependant_in_a_pool_with_a_free_slot_is_queued_at_once(
-    nagare_factory, monkeypatch
+    nagare_factory,
 ) -> None:  # type: ignore[no-untyped-def]
-    _slow_starts(monkeypatch)
     tasks = "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(30))
     nagare = nagare_factory(
         worker_pools={"default": 2, "side": 1},
@@ -596,6 +596,7 @@ def test_a_dependant_in_a_pool_with_a_free_slot_is_queued_at_once(
             "    pool: side\n    depends_on: [t0]\n"
         },
     )
+    _slow_starts(nagare)
     run_id = nagare.trigger("side")
     assert nagare.wait_run(run_id)["status"] == "success"
     tasks_by_id = nagare.tasks(run_id)

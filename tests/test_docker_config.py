@@ -22,6 +22,7 @@ from nagare.executors.containers import (
     nano_cpus,
     volume_binds,
 )
+from nagare.executors.reactor import Reactor
 from nagare.models import Assignment, Resources
 
 
@@ -304,7 +305,7 @@ def test_the_unreachable_message_names_the_address_and_the_reason() -> None:
     class ProtocolError(Exception):  # how urllib3 wraps the socket's error
         pass
 
-    executor = DockerExecutor(docker_host="unix:///run/nowhere.sock")
+    executor = DockerExecutor(Reactor(), docker_host="unix:///run/nowhere.sock")
     inner = FileNotFoundError(2, "No such file or directory")
     try:
         try:
@@ -323,10 +324,10 @@ def test_the_address_defaults_to_docker_host_then_the_local_socket(
 ) -> None:
     DockerExecutor = pytest.importorskip("nagare.executors.docker").DockerExecutor
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    assert DockerExecutor().address == "unix:///var/run/docker.sock"
+    assert DockerExecutor(Reactor()).address == "unix:///var/run/docker.sock"
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
-    assert DockerExecutor().address == "tcp://10.0.0.1:2375"
-    assert DockerExecutor(docker_host="unix:///x.sock").address == "unix:///x.sock"
+    assert DockerExecutor(Reactor()).address == "tcp://10.0.0.1:2375"
+    assert DockerExecutor(Reactor(), docker_host="unix:///x.sock").address == "unix:///x.sock"
 
 
 # ---------------------------------------------------------------- settings

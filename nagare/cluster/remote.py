@@ -2,11 +2,13 @@
 with a long poll, runs them with the same executors as the master (local `sh -c` or Docker),
 streams their output back in batches and reports each outcome; the master decides retries.
 
-Threads: the poll loop (main), a heartbeat loop (renews the leases, carries kills), a shipper
-(log batches, then results, in order) and one thread per running task. Memory is bounded: a
-task whose lines cannot be shipped waits (its output pipe fills, the process pauses) instead
-of buffering without limit. A worker that loses the master keeps its tasks, retries with
-backoff and delivers the results it holds once the master is back.
+Threads: the poll loop, a heartbeat loop (renews the leases, carries kills), a shipper (log
+batches, then results, in order) and the task loop, which owns the `Reactor` of the executors:
+it starts every task (through the executor seam, as the master's dispatcher does), watches the
+local ones and receives every task's end. Memory is bounded: a task whose lines cannot be
+shipped waits (its output pipe fills, the process pauses) instead of buffering without limit.
+A worker that loses the master keeps its tasks, retries with backoff and delivers the results
+it holds once the master is back.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nagare.assignment import SECRET_VARIABLES
@@ -31,7 +33,8 @@ from nagare.cluster.protocol import (
     encode_outcome,
 )
 from nagare.errors import NagareError
-from nagare.executors import Cancellation, Executor
+from nagare.executors import AttemptHandle, Executor
+from nagare.executors.reactor import Reactor
 from nagare.models import Assignment, Outcome
 
 log = logging.getLogger("nagare.worker")
@@ -47,12 +50,29 @@ class WorkerRejected(NagareError):
     """The master refused this worker (bad token, invalid identity): retrying cannot help."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Task:
+    """A task this worker runs; also its listener (the executor seam's callbacks)."""
+
+    worker: RemoteWorker
     assignment: Assignment
-    cancel: Cancellation = field(default_factory=Cancellation)
+    handle: AttemptHandle | None = None  # once started (under the worker's lock)
+    cancel_reason: str = ""  # why it was stopped, if it was (under the worker's lock)
     lost: bool = False  # the master no longer counts on it: drop its lines and result
     done: bool = False  # the process ended; its result may still wait for delivery
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.assignment.task_instance_id, self.assignment.attempt)
+
+    def line(self, stream: str, text: str) -> None:
+        self.worker._line(self, stream, text)
+
+    def started(self, pid: int, start_time: float) -> None:
+        return None
+
+    def ended(self, outcome: Outcome) -> None:
+        self.worker._ended(self, outcome)
 
 
 @dataclass
@@ -67,12 +87,14 @@ class RemoteWorker:
         self,
         master: ApiClient,
         hello: WorkerHello,
+        reactor: Reactor,
         executor_for: Callable[[Assignment], Executor],
         grace_seconds: float = 10.0,
         base_env: dict[str, str] | None = None,
     ) -> None:
         self.master = master
         self.hello = hello
+        self.reactor = reactor  # owned by the task loop
         self.executor_for = executor_for
         self.grace_seconds = grace_seconds
         env = dict(os.environ) if base_env is None else base_env
@@ -101,6 +123,7 @@ class RemoteWorker:
         helpers = [
             threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
             threading.Thread(target=self._ship, name="shipper", daemon=True),
+            threading.Thread(target=self._task_loop, name="tasks", daemon=True),
         ]
         for thread in (poller, *helpers):
             thread.start()
@@ -209,16 +232,19 @@ class RemoteWorker:
                 return
             if lost:
                 self._forget(task)
+            first = not task.cancel_reason
+            task.cancel_reason = task.cancel_reason or reason
+            handle = task.handle
             self._lock.notify_all()
-        if not task.cancel.is_set:
+        if first:
             log.info("stopping task %s: %s", task.assignment.task_id, reason)
-        task.cancel.cancel(reason)
+        if handle is not None:
+            handle.cancel(reason)
 
     def _forget(self, task: _Task) -> None:
         """(lock held) A lost task: its lines and result are dropped."""
         task.lost = True
-        key = (task.assignment.task_instance_id, task.assignment.attempt)
-        dropped = self._lines.pop(key, [])
+        dropped = self._lines.pop(task.key, [])
         self._buffered -= sum(len(line) for _, line in dropped)
         if task.done:
             self._tasks.pop(task.assignment.task_instance_id, None)
@@ -258,45 +284,61 @@ class RemoteWorker:
     # ------------------------------------------------------------ running tasks
 
     def _start(self, assignment: Assignment, hand_back: bool = False) -> None:
-        task = _Task(assignment)
+        task = _Task(self, assignment)
         with self._lock:
             self._tasks[assignment.task_instance_id] = task
-        if hand_back:
-            task.cancel.cancel(HANDED_BACK_REASON)
-        threading.Thread(
-            target=self._execute,
-            args=(task,),
-            name=f"task-{assignment.task_id}",
-            daemon=True,
-        ).start()
+            if hand_back:
+                task.cancel_reason = HANDED_BACK_REASON
+        self.reactor.post(lambda: self._begin(task))
 
-    def _execute(self, task: _Task) -> None:
+    def _task_loop(self) -> None:
+        """Starts tasks, watches local processes and receives every task's end, until every
+        result is delivered (or given up) at shutdown."""
+        while not self._finished.is_set():
+            try:
+                self.reactor.run_once(0.5)
+            except Exception:  # a bug here must not stop the tasks that run
+                log.exception("the task loop failed; going on")
+        self.reactor.close()
+
+    def _begin(self, task: _Task) -> None:
+        """(task loop) Start a task through the executor its assignment names."""
         assignment = task.assignment
+        with self._lock:
+            handed_back = bool(task.cancel_reason)
+        if handed_back:
+            self._ended(task, Outcome(exit_code=None, cancelled=True))
+            return
         base = {} if assignment.image else self.base_env  # containers: never the host's
         runnable = replace(assignment, env={**base, **assignment.env})
-        key = (assignment.task_instance_id, assignment.attempt)
         try:
-            if task.cancel.is_set:
-                outcome = Outcome(exit_code=None, cancelled=True)
-            else:
-                executor = self.executor_for(assignment)
-                outcome = executor.run(
-                    runnable, lambda s, line: self._line(task, key, s, line), task.cancel
-                )
+            handle = self.executor_for(assignment).start(runnable, task)
         except Exception as exc:  # an executor failure is the task's, not the worker's
             log.exception("task %s crashed its executor", assignment.task_id)
-            outcome = Outcome(exit_code=None, error=f"worker {self.hello.worker_id}: {exc}")
-        if task.cancel.is_set and not outcome.cancelled and not outcome.timed_out:
+            self._ended(
+                task, Outcome(exit_code=None, error=f"worker {self.hello.worker_id}: {exc}")
+            )
+            return
+        with self._lock:
+            task.handle = handle
+            reason = task.cancel_reason
+        if reason:  # stopped while it started
+            handle.cancel(reason)
+
+    def _ended(self, task: _Task, outcome: Outcome) -> None:
+        with self._lock:
+            reason = task.cancel_reason
+        if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         self._report(task, outcome)
 
-    def _line(self, task: _Task, key: tuple[str, int], stream: str, line: str) -> None:
+    def _line(self, task: _Task, stream: str, line: str) -> None:
         with self._lock:
-            while self._buffered > BUFFER_CHARS and not task.lost and not task.cancel.is_set:
+            while self._buffered > BUFFER_CHARS and not task.lost and not task.cancel_reason:
                 self._lock.wait(0.5)  # backpressure: the shipper is behind
             if task.lost:
                 return
-            self._lines.setdefault(key, []).append((stream, line))
+            self._lines.setdefault(task.key, []).append((stream, line))
             self._buffered += len(line)
 
     def _report(self, task: _Task, outcome: Outcome) -> None:
@@ -312,7 +354,7 @@ class RemoteWorker:
                     "task_instance_id": assignment.task_instance_id,
                     "attempt": assignment.attempt,
                     "outcome": encode_outcome(outcome),
-                    "cancel_reason": task.cancel.reason if task.cancel.is_set else "",
+                    "cancel_reason": task.cancel_reason,
                 }
             )
             self._lock.notify_all()
@@ -459,7 +501,7 @@ class RemoteWorker:
             )
             left = [t for t in self._tasks.values() if not t.done]
         for task in left:
-            task.cancel.cancel(HANDED_BACK_REASON)
+            self._stop_task(task.assignment.task_instance_id, HANDED_BACK_REASON, lost=False)
         with self._lock:
             self._lock.wait_for(lambda: all(t.done for t in self._tasks.values()), 10)
         self._drain_deadline = time.monotonic() + 10

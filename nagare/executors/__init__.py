@@ -1,65 +1,64 @@
-"""The executor seam: an executor runs one `Assignment` and returns an `Outcome`.
+"""The executor seam: every way Nagare runs an attempt (a local process, a container; the step
+types to come) implements `Executor`.
 
-Executors never touch the store or HTTP; they get callbacks for output lines and the process
-start, and a `Cancellation` to watch. That is what lets a remote worker reuse them.
+`start(assignment, listener)` begins one attempt and returns an `AttemptHandle` at once; the
+attempt reports through its `AttemptListener`: `started` (a process id, when there is one),
+`line` for each line of output, and `ended` exactly once with the `Outcome` (exit code, timed
+out, cancelled, error, metrics). `handle.cancel(reason)` may be called from any thread, any time
+(after the end it does nothing).
+
+Threads: an executor belongs to the thread that owns its `Reactor` (the server's dispatcher, a
+worker's task loop). `start` is called in that thread and `ended` always arrives in it, so the
+caller's bookkeeping of running attempts needs no lock; `line` arrives in whatever thread reads
+the output (the owning thread for local processes, an attempt's own thread for containers).
+
+Executors never touch the store or HTTP: they get an assignment and a listener and report an
+outcome. That is what lets a remote worker reuse them.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from nagare.executors.reactor import Reactor
 from nagare.models import Assignment, Outcome
 
-OnLine = Callable[[str, str], None]  # (stream: "stdout" | "stderr", line)
-OnStart = Callable[[int, float], None]  # (pid, process create time)
+OnLine = Callable[[str, str], None]  # (stream: "stdout" | "stderr" | "nagare", line)
 
 
-class Cancellation:
-    """A cancel flag. The executor running the attempt registers a callback (e.g. signal the
-    process group) that runs at once when the flag is set, from whichever thread sets it."""
+class AttemptListener(Protocol):
+    def line(self, stream: str, text: str) -> None: ...
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._set = False
-        self._callbacks: list[Callable[[], None]] = []
-        self.reason = ""
+    def started(self, pid: int, start_time: float) -> None:
+        """A process started: its pid and its start time in boot-clock ticks (see procfs)."""
 
-    def cancel(self, reason: str = "killed") -> None:
-        with self._lock:
-            if self._set:
-                return
-            self._set = True
-            self.reason = reason
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
-            callback()
+    def ended(self, outcome: Outcome) -> None: ...
 
-    def on_cancel(self, callback: Callable[[], None]) -> None:
-        """Run `callback` when cancelled (immediately if that already happened)."""
-        with self._lock:
-            if not self._set:
-                self._callbacks.append(callback)
-                return
-        callback()
 
-    @property
-    def is_set(self) -> bool:
-        return self._set
+class AttemptHandle(Protocol):
+    def cancel(self, reason: str = "killed") -> None: ...
 
 
 class Executor(Protocol):
     @property
     def executor_type(self) -> str: ...
 
-    def run(
-        self,
-        assignment: Assignment,
-        on_line: OnLine,
-        cancel: Cancellation,
-        on_start: OnStart | None = None,
-    ) -> Outcome: ...
+    def start(self, assignment: Assignment, listener: AttemptListener) -> AttemptHandle: ...
+
+
+class _NotStarted:
+    """The handle of an attempt that could not start: nothing to cancel."""
+
+    def cancel(self, reason: str = "killed") -> None:
+        return None
+
+
+def not_started(reactor: Reactor, listener: AttemptListener, outcome: Outcome) -> AttemptHandle:
+    """An attempt that ended before it started: `ended` is still reported by the owning thread
+    at its next turn (never from inside `start`)."""
+    reactor.post(lambda: listener.ended(outcome))
+    return _NotStarted()
 
 
 class LineSplitter:

@@ -35,7 +35,7 @@ import docker.utils
 import requests
 from docker.types import CancellableStream
 
-from nagare.executors import Cancellation, LineSplitter, OnLine, OnStart
+from nagare.executors import AttemptHandle, AttemptListener, LineSplitter, OnLine, not_started
 from nagare.executors.containers import (
     ATTEMPT_LABEL,
     MANAGED_LABEL,
@@ -49,6 +49,7 @@ from nagare.executors.containers import (
     PullProgress,
     container_spec,
 )
+from nagare.executors.reactor import Reactor
 from nagare.models import Assignment, AttemptMetrics, ExecutorType, Outcome
 
 log = logging.getLogger("nagare.docker")
@@ -79,11 +80,12 @@ def _failed(error: str, cancelled: bool = False) -> Outcome:
 
 
 class _Attempt:
-    """Mutable state of one attempt, shared with the killing thread and the timers."""
+    """Mutable state of one attempt, shared by its thread, the killing thread and the timers;
+    it is also the attempt's handle."""
 
     def __init__(self, spec: ContainerSpec, on_line: OnLine) -> None:
-        self.spec = spec
         self.on_line = on_line
+        self.spec = spec
         self.api: Any = None
         self.cancelled = False
         self.cancel_reason = ""
@@ -98,8 +100,11 @@ class _Attempt:
         self.on_line("nagare", f"[nagare] {text}")
 
     def cancel(self, reason: str = "killed") -> None:
-        """From the killing thread: stop the pull or kill the container, now."""
+        """From any thread: stop the pull or kill the container, now (an engine request under
+        the attempt's lock; a container not created yet is never started)."""
         with self._lock:
+            if self.cancelled:
+                return
             self.cancelled = True
             self.cancel_reason = reason
             container = self._container if self._running else None
@@ -184,14 +189,18 @@ class _StatsReader:
 
 
 class DockerExecutor:
+    """Runs attempts in containers; `ended` is reported in the thread that owns `reactor`."""
+
     def __init__(
         self,
+        reactor: Reactor,
         max_line_bytes: int = 65536,
         docker_host: str = "",
         volume_roots: Iterable[str] = (),
         owner: str = "",
         pull_timeout_seconds: float = 900.0,
     ) -> None:
+        self.reactor = reactor
         self.max_line_bytes = max_line_bytes
         self.docker_host = docker_host
         self.volume_roots = tuple(volume_roots)
@@ -229,23 +238,37 @@ class DockerExecutor:
 
     # ------------------------------------------------------------ running an attempt
 
-    def run(
-        self,
-        assignment: Assignment,
-        on_line: OnLine,
-        cancel: Cancellation,
-        on_start: OnStart | None = None,
-    ) -> Outcome:
-        if cancel.is_set:
-            return _failed(f"{cancel.reason} before start", cancelled=True)
+    def start(self, assignment: Assignment, listener: AttemptListener) -> AttemptHandle:
+        """The attempt runs in a thread of its own (engine calls block); its end is reported
+        in the thread that owns the reactor."""
         try:
             spec = container_spec(assignment, self.owner, self.volume_roots)
         except ContainerConfigError as exc:
-            return _failed(str(exc))
-        attempt = _Attempt(spec, on_line)
+            return not_started(self.reactor, listener, _failed(str(exc)))
+        attempt = _Attempt(spec, listener.line)
+        threading.Thread(
+            target=self._attempt_thread,
+            args=(attempt, assignment, listener),
+            daemon=True,
+            name=f"container-{assignment.task_id}"[:40],
+        ).start()
+        return attempt
+
+    def _attempt_thread(
+        self, attempt: _Attempt, assignment: Assignment, listener: AttemptListener
+    ) -> None:
+        try:
+            outcome = self._run(attempt, assignment)
+        except Exception as exc:  # a bug here fails the task, never the thread that owns it
+            log.exception("container task %s failed in its executor", assignment.task_id)
+            outcome = _failed(f"internal error: {exc}")
+        self.reactor.post(lambda: listener.ended(outcome))
+
+    def _run(self, attempt: _Attempt, assignment: Assignment) -> Outcome:
+        if attempt.cancelled:
+            return _failed(f"{attempt.cancel_reason} before start", cancelled=True)
         try:
             attempt.api = self._api()
-            cancel.on_cancel(lambda: attempt.cancel(cancel.reason))
             self._ensure_image(attempt)
             self._stop_if_cancelled(attempt, "before start")
             return self._run_container(attempt, assignment.timeout_seconds)

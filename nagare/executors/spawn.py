@@ -1,0 +1,215 @@
+"""Starting and signalling task processes: the only module that starts processes (through the
+vfork + exec helper that `subprocess` uses, else `posix_spawn`) and sends them signals.
+
+Each task is `sh -c COMMAND` in a session and process group of its own, stdin from /dev/null,
+stdout and stderr on pipes, only fds 0-2 open, default signal dispositions, no blocked signals.
+A new process is moved off the CPU of the thread that started it (see `Spawner._hand_off`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+try:
+    import _posixsubprocess
+except ImportError:  # not CPython: posix_spawn
+    _posixsubprocess = None  # type: ignore[assignment]
+
+from nagare.executors.procfs import process_alive
+
+SHELL = "/bin/sh"
+# the posix_spawn fallback sets these back to their defaults in a task: Python ignores SIGPIPE,
+# the server handles SIGINT and SIGTERM (the C library's own signals 32 and 33 stay as
+# posix_spawn sets them; programs set those themselves)
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
+ForkExec = Callable[..., int]
+
+
+class Spawner:
+    """Starts task processes. Its state is its own: which start method works here (decided at
+    the first start and kept), whether the CPU hand-off works, and /dev/null opened once."""
+
+    def __init__(
+        self,
+        shell: str = SHELL,
+        fork_exec: ForkExec | None = None,
+        current_cpu: Callable[[], int] | None = None,
+    ) -> None:
+        self.shell = shell
+        self._shell_bytes = os.fsencode(shell)
+        default_fork_exec = getattr(_posixsubprocess, "fork_exec", None)
+        self._fork_exec: ForkExec | None = fork_exec or default_fork_exec
+        self._current_cpu = current_cpu or _current_cpu_reader()
+        self._devnull = -1
+
+    @property
+    def uses_vfork(self) -> bool:
+        return self._fork_exec is not None
+
+    @property
+    def hands_off_cpu(self) -> bool:
+        return self._current_cpu is not None
+
+    def spawn(self, command: str, env: dict[str, str]) -> tuple[int, int, int]:
+        """Start `sh -c COMMAND`: (pid, stdout read end, stderr read end). With vfork + exec,
+        the calling thread waits until the child has exec'd (on a busy machine most of a start's
+        time) but other threads run meanwhile; `posix_spawn` holds the interpreter for the
+        whole wait. Raises OSError (or ValueError) when the shell cannot be started."""
+        out_read, out_write = _pipe()
+        err_read, err_write = _pipe()
+        try:
+            pid = self._start(command, env, out_write, err_write)
+        except BaseException:
+            os.close(out_read)
+            os.close(err_read)
+            raise
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        self._hand_off(pid)
+        return pid, out_read, err_read
+
+    def _start(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+        if self._fork_exec is not None:
+            try:
+                return self._vfork_exec(command, env, stdout, stderr)
+            except TypeError:  # another Python's private signature: posix_spawn from now on
+                self._fork_exec = None
+        return self._posix_spawn(command, env, stdout, stderr)
+
+    def _hand_off(self, pid: int) -> None:
+        """A new process starts on the CPU of the thread that started it, and the kernel is slow
+        to move it elsewhere: the next start's vfork child then waits behind it (on 2 busy cores
+        about as long as a whole `sh -c true`, while the other core may idle). So the new
+        process is moved to the other CPUs at once, then given back the whole CPU set it
+        inherited (it is still in its dynamic loader: the task never sees the narrower set).
+        Skipped on one CPU; given up for good where the kernel refuses (a sandbox)."""
+        if self._current_cpu is None:
+            return
+        cpu = self._current_cpu()
+        allowed = os.sched_getaffinity(0)
+        if cpu < 0 or len(allowed) < 2 or cpu not in allowed:
+            return
+        try:
+            os.sched_setaffinity(pid, allowed - {cpu})
+            os.sched_setaffinity(pid, allowed)
+        except ProcessLookupError:  # it has already ended
+            pass
+        except OSError:
+            self._current_cpu = None
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, allowed)
+
+    def _vfork_exec(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+        """`_posixsubprocess.fork_exec` (vfork where it can; its argument list is private and
+        changed in Python 3.14, one flag less). The child gets the server's signal handlers and
+        its ignored SIGPIPE and SIGXFSZ back at their defaults and the calling thread's signal
+        mask (Nagare blocks none). Raises OSError when the shell cannot be executed."""
+        assert self._fork_exec is not None
+        env_list = [os.fsencode(f"{key}={value}") for key, value in env.items()]
+        argv = [self._shell_bytes, b"-c", os.fsencode(command)]
+        errors_read, errors_write = _pipe()
+        try:
+            keep = (errors_write,)  # open in the child until its exec (close-on-exec) or report
+            args: tuple[Any, ...] = (argv, [self._shell_bytes], True, keep, None, env_list)
+            args += (self._stdin(), -1, -1, stdout)
+            args += (-1, stderr, errors_read, errors_write, True, True, -1, None, None, None)
+            args += (-1, None)
+            fork_exec = self._fork_exec
+            pid = fork_exec(*args) if sys.version_info >= (3, 14) else fork_exec(*args, True)
+        except BaseException:
+            os.close(errors_read)
+            raise
+        finally:
+            os.close(errors_write)
+        try:
+            failure = os.read(errors_read, 50_000)  # end of file once the exec succeeded
+        finally:
+            os.close(errors_read)
+        if failure:
+            os.waitpid(pid, 0)  # the child exited after reporting
+            raise self._exec_error(failure)
+        return pid
+
+    def _exec_error(self, report: bytes) -> OSError:
+        """The child's report (`<exception name>:<hex errno>:<detail>`) as an OSError."""
+        try:
+            name, code, detail = report.split(b":", 2)
+            number = int(code, 16)
+        except ValueError:
+            return OSError(f"bad report from the new process: {report[:200]!r}")
+        if number:
+            return OSError(number, os.strerror(number), self.shell)
+        return OSError(f"{name.decode(errors='replace')}: {detail.decode(errors='replace')}")
+
+    def _posix_spawn(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+        return os.posix_spawn(
+            self.shell,
+            [self.shell, "-c", command],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
+            ],
+            setsid=True,
+            setsigdef=DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
+
+    def _stdin(self) -> int:
+        """/dev/null, opened once (close-on-exec, above the standard streams): every stdin."""
+        if self._devnull < 0:
+            self._devnull = _above_std_streams(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        return self._devnull
+
+    def close(self) -> None:
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group a task leads (gone or not ours: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def kill_orphan_group(pid: int, create_time: float | None) -> bool:
+    """After a server crash: SIGKILL the process group a task left behind (only if `pid` still
+    is the process that was started, see `process_alive`). True if one existed."""
+    alive = process_alive(pid, create_time)
+    if alive:
+        signal_group(pid, signal.SIGKILL)
+    return alive
+
+
+def _current_cpu_reader() -> Callable[[], int] | None:
+    """The C library's `sched_getcpu` (the CPU the calling thread runs on), None without it."""
+    try:
+        return cast(Callable[[], int], ctypes.CDLL(None).sched_getcpu)
+    except (OSError, AttributeError):
+        return None
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above the standard streams (a server started with
+    a closed stdin/stdout must not hand a task a pipe end as fd 0, 1 or 2)."""
+    read_end, write_end = os.pipe()
+    return _above_std_streams(read_end), _above_std_streams(write_end)
+
+
+def _above_std_streams(fd: int) -> int:
+    """`fd`, or a close-on-exec copy of it numbered 3 or more (the original is closed)."""
+    if fd >= 3:
+        return fd
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high
