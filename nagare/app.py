@@ -94,7 +94,11 @@ class App:
             fire_schedules=schedule,
         )
         self.runs = RunService(
-            self.store, self.folder, config, wake=self.scheduler.wake, kill_local=self._kill
+            self.store,
+            self.folder,
+            config.max_catchup_runs,
+            wake=self.scheduler.wake,
+            kill_local=self._kill,
         )
         self.api = Api(
             Services(
@@ -117,7 +121,10 @@ class App:
         self.http: NagareHTTPServer | None = None
         if serve_http:
             self.http = NagareHTTPServer(
-                config.listen, self.api, config.max_body_bytes, tls_context(config)
+                config.listen,
+                self.api,
+                config.max_body_bytes,
+                tls_context(config.tls_cert, config.tls_key),
             )
         self._threads: list[threading.Thread] = []
 

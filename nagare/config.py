@@ -5,15 +5,18 @@ default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from nagare.errors import ConfigError
+from nagare.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -249,32 +252,31 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
 
-class Config:
-    """Resolved settings; attribute access by option name (`config.port`)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+@dataclass(frozen=True, slots=True)
+class Config(Settings):
+    """Resolved settings: the typed fields of `Settings` (generated from OPTIONS), and what is
+    derived from them."""
 
     def with_values(self, **changes: Any) -> Config:
-        return Config({**self._values, **changes})
+        unknown = sorted(set(changes) - set(OPTION_BY_NAME))
+        if unknown:
+            raise TypeError(
+                f"with_values: unknown setting(s) {', '.join(unknown)} "
+                f"(known: {', '.join(OPTION_BY_NAME)})"
+            )
+        return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @property
     def listen(self) -> tuple[str, int]:
-        return parse_listen(str(self.port))
+        return parse_listen(self.port)
 
     @property
     def resolved_logs_dir(self) -> str:
         if self.logs_dir:
-            return str(self.logs_dir)
+            return self.logs_dir
         return os.path.join(os.path.dirname(os.path.abspath(self.db)), "logs")
 
 
@@ -307,7 +309,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         if raw is not None and name in OPTION_BY_NAME:
             values[name] = _coerce(OPTION_BY_NAME[name], raw, OPTION_BY_NAME[name].flag)
     values["worker_pools"] = {"default": 4, **values["worker_pools"]}
-    config = Config(values)
+    config = Config(**values)
     config.listen  # noqa: B018 - validates the address early
     return config
 
@@ -453,3 +455,67 @@ def _show_default(option: Option) -> str:
     if option.default in ("", None, ()):
         return "—"
     return f"`{option.default}`"
+
+
+# ---------------------------------------------------------------- the typed Settings class
+
+SETTINGS_PATH = "nagare/settings.py"
+_FIELD_TYPES = {
+    "str": "str",
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "pools": "dict[str, int]",
+    "list": "tuple[str, ...]",
+    "origins": "tuple[str, ...]",
+}
+
+
+def settings_module_source() -> str:
+    """The text of `nagare/settings.py`: a frozen dataclass with one typed field per option."""
+    fields = "\n".join(_settings_field(o) for o in OPTIONS)
+    imports = "dataclass, field" if "field(" in fields else "dataclass"
+    return (
+        "# Generated from nagare.config.OPTIONS by nagare.config.settings_module_source(): do not\n"
+        "# edit. After changing OPTIONS, regenerate with: python3 tests/generate_settings.py\n"
+        '"""Typed settings: one field per option of `nagare.config.OPTIONS` (`Config` adds the\n'
+        'loading and what is derived from them)."""\n'
+        "\n"
+        "from __future__ import annotations\n"
+        "\n"
+        f"from dataclasses import {imports}\n"
+        "\n"
+        "\n"
+        "@dataclass(frozen=True, slots=True)\n"
+        "class Settings:\n"
+        '    """Every setting, typed; each comment is the help text of its option."""\n'
+        "\n"
+        f"{fields}"
+    )
+
+
+def _settings_field(option: Option) -> str:
+    if option.kind not in _FIELD_TYPES:
+        raise ValueError(f"option '{option.name}': no field type for kind '{option.kind}'")
+    comment = textwrap.wrap(
+        option.help, width=100, initial_indent="    # ", subsequent_indent="    # "
+    )
+    default = _python_literal(option.default)
+    if isinstance(option.default, dict | list):
+        default = f"field(default_factory=lambda: {default})"
+    return "\n".join([*comment, f"    {option.name}: {_FIELD_TYPES[option.kind]} = {default}", ""])
+
+
+def _python_literal(value: Any) -> str:
+    """Source text of a default, quoted as ruff format writes it."""
+    if isinstance(value, str):
+        return repr(value) if '"' in value else '"' + repr(value)[1:-1] + '"'
+    if isinstance(value, dict):
+        items = ", ".join(f"{_python_literal(k)}: {_python_literal(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        items = ", ".join(_python_literal(v) for v in value)
+        if isinstance(value, list):
+            return f"[{items}]"
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    return repr(value)

@@ -14,7 +14,6 @@ from typing import Any
 
 from nagare.assignment import env_value
 from nagare.clock import now_ms, to_iso
-from nagare.config import Config
 from nagare.cron import parse_schedule
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -76,14 +75,14 @@ class RunService:
         self,
         store: Store,
         folder: DagFolder,
-        config: Config,
+        max_catchup_runs: int,
         wake: Callable[[str | None], None],
         kill_local: Callable[[str], bool],
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.store = store
         self.folder = folder
-        self.config = config
+        self.max_catchup_runs = max_catchup_runs
         self.wake = wake
         self.kill_local = kill_local
         self.clock = clock
@@ -125,7 +124,7 @@ class RunService:
             raise Unprocessable(f"DAG '{dag_id}' has no schedule, so it has no slots to backfill")
         if end < start:
             raise BadRequest(f"end ({to_iso(end)}) is before start ({to_iso(start)})")
-        limit = self.config.max_catchup_runs
+        limit = self.max_catchup_runs
         schedule = parse_schedule(dag.schedule, dag.timezone)
         slots, dropped = schedule.slots_between(start - 1, end, limit)
         if dropped:

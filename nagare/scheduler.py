@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nagare.assignment import parse_map_items
 from nagare.clock import now_ms, to_iso
-from nagare.config import Config
 from nagare.cron import Schedule, parse_schedule
 from nagare.dag_folder import DagFolder
 from nagare.logs import LogFiles
@@ -27,6 +27,17 @@ from nagare.store import DagState, Store
 
 log = logging.getLogger("nagare.scheduler")
 SWEEP_SECONDS = 5.0
+
+
+class SchedulerSettings(Protocol):
+    """The settings the scheduler reads (`Config` has them)."""
+
+    @property
+    def max_map_items(self) -> int: ...
+    @property
+    def max_catchup_runs(self) -> int: ...
+    @property
+    def misfire_grace_seconds(self) -> float: ...
 
 
 @dataclass
@@ -80,7 +91,7 @@ class Scheduler:
         store: Store,
         folder: DagFolder,
         logs: LogFiles,
-        config: Config,
+        settings: SchedulerSettings,
         on_queued: Callable[[dict[str, int]], None],
         clock: Callable[[], int] = now_ms,
         fire_schedules: bool = True,
@@ -88,7 +99,7 @@ class Scheduler:
         self.store = store
         self.folder = folder
         self.logs = logs
-        self.config = config
+        self.settings = settings
         self.on_queued = on_queued
         self.clock = clock
         self.fire_schedules = fire_schedules
@@ -248,9 +259,9 @@ class Scheduler:
         if state.paused:
             self._next_slot.pop(dag.dag_id, None)
             return set()
-        grace = int(self.config.misfire_grace_seconds * 1000)
+        grace = int(self.settings.misfire_grace_seconds * 1000)
         firing = slots_to_fire(
-            schedule, state, now, dag.catchup, self.config.max_catchup_runs, grace
+            schedule, state, now, dag.catchup, self.settings.max_catchup_runs, grace
         )
         if firing.dropped:
             log.warning(
@@ -258,7 +269,7 @@ class Scheduler:
                 "(max_catchup_runs=%d) and are not run",
                 dag.dag_id,
                 firing.dropped,
-                self.config.max_catchup_runs,
+                self.settings.max_catchup_runs,
                 extra={"dag_id": dag.dag_id},
             )
         created = set()
@@ -415,7 +426,7 @@ class Scheduler:
         if source is not None:
             stdout = self.logs.read_stdout(run.run_id, source.id, source.attempt)
         try:
-            items = parse_map_items(stdout or "", definition.map_over, self.config.max_map_items)
+            items = parse_map_items(stdout or "", definition.map_over, self.settings.max_map_items)
         except ValueError as exc:
             self.store.complete_task(
                 parent.id, [TaskStatus.PENDING], TaskStatus.FAILED, now, str(exc)

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "nagare.cron": L1,
     "nagare.assignment": L1,
     "nagare.config": L1,
+    "nagare.settings": L1,  # generated from config.OPTIONS (tests/generate_settings.py)
     "nagare.prometheus": L1,
     "nagare.server_log": L1,
     "nagare.progress": L1,

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT
 
-from nagare.config import OPTIONS, Config, load_config, options_markdown, parse_listen
+from nagare.config import (
+    OPTIONS,
+    SETTINGS_PATH,
+    Config,
+    load_config,
+    options_markdown,
+    parse_listen,
+    settings_module_source,
+)
 from nagare.errors import ConfigError
 
 
@@ -135,6 +145,11 @@ def test_with_values_returns_a_changed_copy(settings_file: Path) -> None:
     assert (config.max_map_items, changed.max_map_items) == (10_000, 5)
     with pytest.raises(AttributeError):
         _ = config.no_such_option
+
+
+def test_with_values_rejects_an_unknown_setting(settings_file: Path) -> None:
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) max_map_item \(known: port, "):
+        load(settings_file).with_values(max_map_item=5)
 
 
 # ---------------------------------------------------------------- worker_pools
@@ -461,3 +476,16 @@ def test_api_key_precedence_flag_then_environment_then_file(settings_file: Path)
     assert load(settings_file, yaml_text, environ=env).api_key == "from-env"
     flags = {"api_key": "from-flag"}
     assert load(settings_file, yaml_text, flags=flags, environ=env).api_key == "from-flag"
+
+
+def test_the_generated_settings_module_is_current() -> None:
+    committed = (ROOT / SETTINGS_PATH).read_text(encoding="utf-8")
+    expected = settings_module_source()
+    if committed != expected:
+        diff = difflib.unified_diff(
+            committed.splitlines(), expected.splitlines(), "committed", "generated", lineterm=""
+        )
+        pytest.fail(
+            "nagare/settings.py is stale: run python3 tests/generate_settings.py\n"
+            + "\n".join(list(diff)[:40])
+        )

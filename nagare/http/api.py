@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nagare import __version__
 from nagare.clock import now_ms, parse_iso
-from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key, check_token
@@ -33,13 +32,26 @@ BACKFILL_BODY = {
 }
 
 
+class ApiSettings(Protocol):
+    """The settings the API reads (`Config` has them)."""
+
+    @property
+    def api_key(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def cors_allowed_origins(self) -> tuple[str, ...]: ...
+    @property
+    def sse_ping_seconds(self) -> float: ...
+
+
 @dataclass
 class Services:
     store: Store
     runs: RunService
     folder: DagFolder
     logs: LogFiles
-    config: Config
+    settings: ApiSettings
     pools: Callable[[], dict[str, Any]]
     stopping: threading.Event
 
@@ -59,8 +71,8 @@ class Api:
     def __call__(self, request: Request) -> Response:
         if not self._routed(request):
             return self._static(request)
-        config = self.s.config
-        cors = cors_headers(request, config.cors_allowed_origins, bool(config.api_key))
+        settings = self.s.settings
+        cors = cors_headers(request, settings.cors_allowed_origins, bool(settings.api_key))
         if is_preflight(request):  # before auth: browsers send no credentials on a preflight
             return preflight(cors)
         try:
@@ -80,9 +92,9 @@ class Api:
                 return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
         if route.auth == "key":
-            check_key(request, self.s.config.api_key, route.query_token)
+            check_key(request, self.s.settings.api_key, route.query_token)
         elif route.auth == "token":
-            check_token(request, self.s.config.token, self.s.config.api_key)
+            check_token(request, self.s.settings.token, self.s.settings.api_key)
         if route.auth != "hmac":  # webhook senders add their own query parameters
             _check_query(route, request)
         request.params = params
@@ -435,7 +447,7 @@ class Api:
             attempt=attempt,
             start_line=start,
             load_task=lambda: self.s.store.get_task_by_id(task.id),
-            ping_seconds=self.s.config.sse_ping_seconds,
+            ping_seconds=self.s.settings.sse_ping_seconds,
             stopping=self.s.stopping,
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)

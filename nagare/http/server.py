@@ -232,9 +232,8 @@ class NagareHTTPServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
 
-def tls_context(config: Any) -> ssl.SSLContext | None:
-    """HTTPS with `tls_cert` and `tls_key` (PEM files); None when neither is set."""
-    cert, key = config.tls_cert, config.tls_key
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """HTTPS with the settings `tls_cert` and `tls_key` (PEM files); None when neither is set."""
     if not cert and not key:
         return None
     if not cert or not key:

@@ -1,0 +1,114 @@
+# Generated from nagare.config.OPTIONS by nagare.config.settings_module_source(): do not
+# edit. After changing OPTIONS, regenerate with: python3 tests/generate_settings.py
+"""Typed settings: one field per option of `nagare.config.OPTIONS` (`Config` adds the
+loading and what is derived from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, typed; each comment is the help text of its option."""
+
+    # Listen address: PORT, :PORT or HOST:PORT.
+    port: str = ":8080"
+
+    # SQLite database file (created and migrated on start).
+    db: str = "nagare.db"
+
+    # Folder of DAG files (*.yaml, *.yml); created if missing.
+    dags: str = "dags"
+
+    # Settings file; a missing file means defaults.
+    config: str = "nagare.yaml"
+
+    # API key required on /api/* as 'Authorization: Bearer KEY'.
+    api_key: str = ""
+
+    # Folder of task log files (default: 'logs' next to the db).
+    logs_dir: str = ""
+
+    # Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.
+    worker_pools: dict[str, int] = field(default_factory=lambda: {"default": 4})
+
+    # Most children a map task may fan out to.
+    max_map_items: int = 10000
+
+    # Most missed slots one DAG catches up at once.
+    max_catchup_runs: int = 1000
+
+    # Without catchup, a slot found late by at most this much still runs.
+    misfire_grace_seconds: float = 60.0
+
+    # On SIGTERM, how long running tasks may finish before they are killed.
+    shutdown_grace_seconds: float = 10.0
+
+    # Largest accepted HTTP request body (413 above).
+    max_body_bytes: int = 1048576
+
+    # Longer output lines are cut and marked as truncated in the task log.
+    max_log_line_bytes: int = 65536
+
+    # Docker engine of container tasks, e.g. unix:///var/run/docker.sock or tcp://host:2375
+    # (default: DOCKER_HOST, else the local socket).
+    docker_host: str = ""
+
+    # Host folders container volumes may mount (a YAML list, or comma-separated); empty = any host
+    # path (warned at start).
+    docker_volume_roots: tuple[str, ...] = ()
+
+    # Longest image pull; a pull does not count against a task's timeout_seconds.
+    docker_pull_timeout_seconds: float = 900.0
+
+    # Keep-alive interval of live log streams.
+    sse_ping_seconds: float = 15.0
+
+    # Browser origins allowed to call the API cross-origin (nagare.yaml: cors: {allowed_origins:
+    # [...]}, or comma-separated); empty = '*' without an API key, none with one ('*' is never sent
+    # when a key is set).
+    cors_allowed_origins: tuple[str, ...] = ()
+
+    # Header carrying a webhook delivery id; a repeat within 24 h returns the first run id (empty =
+    # no de-duplication).
+    webhook_delivery_header: str = "X-GitHub-Delivery"
+
+    # PEM certificate file: serve HTTPS (with --tls-key).
+    tls_cert: str = ""
+
+    # PEM private key file of --tls-cert.
+    tls_key: str = ""
+
+    # Server log level.
+    log_level: str = "info"
+
+    # Server log lines: text, or json (one object per line; run_id/task_id where relevant).
+    log_format: str = "text"
+
+    # Finished runs older than this are deleted with their tasks, metrics and logs by a background
+    # sweep (and `nagare cleanup`); 0 keeps everything.
+    retention_days: int = 30
+
+    # Run as a remote worker of the master given by --join (also `nagare worker`).
+    worker: bool = False
+
+    # Master URL a worker joins, e.g. http://master:8080.
+    join: str = ""
+
+    # Comma-separated pools a worker serves, e.g. gpu,cpu.
+    pools: str = "default"
+
+    # How many tasks a worker runs at once.
+    max_tasks: int = 4
+
+    # A worker's name in the cluster (default: HOSTNAME-PID).
+    worker_id: str = ""
+
+    # Cluster token: the master requires it on the worker protocol routes (without one, the API
+    # key), a worker sends it.
+    token: str = ""
+
+    # A remote worker that has not been heard from for this long loses its tasks (they are retried
+    # per their retries, or fail as lost).
+    lease_timeout_seconds: float = 30.0
