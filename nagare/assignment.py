@@ -70,11 +70,17 @@ def task_env(
     return env
 
 
-def parse_map_items(stdout: str, source: str, limit: int) -> list[Any]:
+def parse_map_items(stdout: str, source: str, limit: int, cut_at: int | None = None) -> list[Any]:
     """The JSON array a map task fans out over: the whole stdout, else its last non-empty line.
+    `cut_at`: the cap the source's captured stdout was cut at (what is left is never parsed).
 
     Raises ValueError with a message for the task log.
     """
+    if cut_at is not None:
+        raise ValueError(
+            f"the stdout of '{source}' is larger than {size_text(cut_at)}, the most a map "
+            "source may print (its items would be cut)"
+        )
     text = stdout.strip()
     value = _json_array(text)
     if value is None:
@@ -92,6 +98,14 @@ def parse_map_items(stdout: str, source: str, limit: int) -> list[Any]:
             "(max_map_items in nagare.yaml)"
         )
     return value
+
+
+def size_text(count: int) -> str:
+    """A byte count in the largest binary unit that divides it: 64 MiB, 3 KiB, 100 bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size} {unit}"
+    return f"{count} bytes"
 
 
 def _json_array(text: str) -> list[Any] | None:

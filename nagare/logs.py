@@ -3,7 +3,9 @@ as a tail, or followed live (for SSE). Memory stays bounded whatever the output 
 written through, only a short tail is kept for the task row.
 
 Layout: `<logs_dir>/<run_id>/<task_instance_id>.<attempt>.log`; for tasks whose stdout feeds a
-map task, the stdout alone also goes to `...<attempt>.stdout` (capped at MAX_STDOUT_BYTES).
+map task, the stdout alone also goes to `...<attempt>.stdout`, capped at MAX_STDOUT_BYTES: past
+the cap that file is removed and `...<attempt>.stdout-cut` (holding the cap) marks the attempt,
+so that the map task fails rather than parse cut output, even after a restart.
 Each started attempt appends `<task instance> <attempt> <pid> <start time>` to `<run_id>/pids`,
 so that a server restarted after a crash can find and kill an orphaned process group (an
 append, not a database write or a new file, to keep the start of every task cheap).
@@ -11,12 +13,15 @@ append, not a database write or a new file, to keep the start of every task chea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 from collections import deque
 from collections.abc import Iterator
 from typing import IO
+
+from nagare.assignment import size_text
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000
@@ -57,7 +62,13 @@ class AttemptLog:
     """The writer side of one attempt's log; `on_line` is the executor's callback."""
 
     def __init__(
-        self, path: str, key: str, hub: LogHub, capture_stdout: bool, resume: bool = False
+        self,
+        path: str,
+        key: str,
+        hub: LogHub,
+        capture_stdout: bool,
+        resume: bool = False,
+        max_stdout_bytes: int = MAX_STDOUT_BYTES,
     ) -> None:
         self.path = path
         self.key = key
@@ -69,7 +80,12 @@ class AttemptLog:
         self._stdout_mode = "a" if resume else "w"
         self._stdout: IO[str] | None = None
         self._stdout_bytes = 0
+        self._max_stdout_bytes = max_stdout_bytes
         self.stdout_overflow = False
+        if capture_stdout and resume:  # the cap counts the whole attempt
+            self.stdout_overflow = os.path.exists(stdout_cut_path(path))
+            with contextlib.suppress(OSError):
+                self._stdout_bytes = os.path.getsize(stdout_path(path))
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._lock = threading.Lock()
         self._header = ""  # see note_before_output
@@ -111,13 +127,36 @@ class AttemptLog:
         self.note(text)
 
     def _capture(self, line: str) -> None:
-        self._stdout_bytes += len(line) + 1
-        if self._stdout_bytes > MAX_STDOUT_BYTES:
-            self.stdout_overflow = True
+        if self.stdout_overflow:
+            return
+        self._stdout_bytes += len(line.encode()) + 1
+        if self._stdout_bytes > self._max_stdout_bytes:
+            self._cut_stdout()
             return
         if self._stdout is None:
             self._stdout = open(stdout_path(self.path), self._stdout_mode, encoding="utf-8")  # noqa: SIM115
         self._stdout.write(line + "\n")
+
+    def _cut_stdout(self) -> None:
+        """Past the cap: mark the attempt (the map task over it fails on the mark), drop what
+        was captured, and say so in the log (under the lock, after the line that crossed)."""
+        self.stdout_overflow = True
+        cap = self._max_stdout_bytes
+        with open(stdout_cut_path(self.path), "w", encoding="utf-8") as marker:
+            marker.write(f"{cap}\n")
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = None
+        with contextlib.suppress(OSError):
+            os.remove(stdout_path(self.path))
+        note = (
+            f"[nagare] the captured stdout was cut at {size_text(cap)}, the most a map source "
+            "may print (the map task over it will fail)"
+        )
+        assert self._file is not None  # on_line opened it for the line that crossed
+        self._file.write(note + "\n")
+        self._file.flush()
+        self._tail.append(note)
 
     def tail(self) -> str:
         text = "\n".join(self._tail)
@@ -135,9 +174,12 @@ class AttemptLog:
 class LogFiles:
     """Where logs live, and how they are read back."""
 
-    def __init__(self, root: str, hub: LogHub | None = None) -> None:
+    def __init__(
+        self, root: str, hub: LogHub | None = None, max_stdout_bytes: int = MAX_STDOUT_BYTES
+    ) -> None:
         self.root = root
         self.hub = hub or LogHub()
+        self.max_stdout_bytes = max_stdout_bytes  # what a map source's capture may hold
         self._run_dirs: set[str] = set()  # folders known to exist (saves a mkdir per task)
         os.makedirs(root, exist_ok=True)
 
@@ -187,6 +229,7 @@ class LogFiles:
             self.hub,
             capture_stdout,
             resume,
+            self.max_stdout_bytes,
         )
 
     def read_stdout(self, run_id: str, task_instance_id: str, attempt: int) -> str | None:
@@ -199,6 +242,15 @@ class LogFiles:
                 return handle.read()
         except OSError:
             return None
+
+    def stdout_cut_at(self, run_id: str, task_instance_id: str, attempt: int) -> int | None:
+        """The cap an attempt's captured stdout was cut at, or None when it was kept whole."""
+        try:
+            with open(stdout_cut_path(self.path(run_id, task_instance_id, attempt))) as handle:
+                text = handle.read().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else MAX_STDOUT_BYTES
 
     def lines(
         self, run_id: str, task_instance_id: str, attempt: int, start: int = 0
@@ -280,3 +332,7 @@ def append_pid_records(run_folder: str, records: list[str]) -> None:
 
 def stdout_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".stdout"
+
+
+def stdout_cut_path(log_path: str) -> str:
+    return log_path[: -len(".log")] + ".stdout-cut"

@@ -422,11 +422,14 @@ class Scheduler:
         definition = dag.task(parent.task_id)
         assert definition is not None
         source = self.store.get_task(run.run_id, definition.map_over)
-        stdout = None
+        stdout, cut_at = None, None
         if source is not None:
             stdout = self.logs.read_stdout(run.run_id, source.id, source.attempt)
+            cut_at = self.logs.stdout_cut_at(run.run_id, source.id, source.attempt)
         try:
-            items = parse_map_items(stdout or "", definition.map_over, self.settings.max_map_items)
+            items = parse_map_items(
+                stdout or "", definition.map_over, self.settings.max_map_items, cut_at
+            )
         except ValueError as exc:
             self.store.complete_task(
                 parent.id, [TaskStatus.PENDING], TaskStatus.FAILED, now, str(exc)

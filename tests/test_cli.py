@@ -75,10 +75,10 @@ def test_exec_of_an_invalid_file_prints_every_error(tmp_path: Path) -> None:
     dag = write(tmp_path / "bad.yaml", "id: x\ntasks:\n  - id: a\n    comand: x\n    retries: -1\n")
     result = nagare("exec", str(dag), cwd=tmp_path)
     assert result.returncode == 2
-    assert "bad.yaml:4: tasks[0].comand: unknown key 'comand'; did you mean 'command'?" in (
+    assert "bad.yaml:4: tasks[0] (a).comand: unknown key 'comand'; did you mean 'command'?" in (
         result.stderr
     )
-    assert "tasks[0].retries" in result.stderr
+    assert "tasks[0] (a).retries" in result.stderr
 
 
 def test_exec_of_an_unknown_dag_id(tmp_path: Path) -> None:
@@ -99,11 +99,15 @@ def test_validate_reports_good_and_bad_files(tmp_path: Path) -> None:
         "id: c\ntasks:\n  - {id: a, command: x, depends_on: b}\n"
         "  - {id: b, command: x, depends_on: a}\n",
     )
+    write(tmp_path / "dags" / "typo.yaml", "id: t\ntasks:\n  - id: a\n    comand: x\n")
     result = nagare("validate", cwd=tmp_path)
     assert result.returncode == 1
     assert "ok   dags/good.yaml: DAG 'greet' (2 tasks)" in result.stdout
     assert "dependency cycle: a -> b -> a" in result.stdout
-    assert "1 valid, 1 invalid" in result.stderr
+    assert "typo.yaml:4: tasks[0] (a).comand: unknown key 'comand'; did you mean 'command'?" in (
+        result.stdout.splitlines()
+    )
+    assert "1 valid, 2 invalid" in result.stderr
     assert nagare("validate", "dags/good.yaml", cwd=tmp_path).returncode == 0
 
 

@@ -184,9 +184,9 @@ def test_defaults_of_a_minimal_task() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "field", "suggestion"),
     [
-        (task_dag("command: x\ndependson: [b]"), 5, "tasks[0].dependson", "depends_on"),
-        (task_dag("command: x\ntimeout: 5"), 5, "tasks[0].timeout", "timeout_seconds"),
-        (task_dag("command: x\nimgae: alpine"), 5, "tasks[0].imgae", "image"),
+        (task_dag("command: x\ndependson: [b]"), 5, "tasks[0] (a).dependson", "depends_on"),
+        (task_dag("command: x\ntimeout: 5"), 5, "tasks[0] (a).timeout", "timeout_seconds"),
+        (task_dag("command: x\nimgae: alpine"), 5, "tasks[0] (a).imgae", "image"),
         ("id: d\nschedul: '@daily'\ntasks: [{id: a, command: x}]\n", 2, "schedul", "schedule"),
         (
             "id: d\ntrigger: {type: webhook, path: /api/webhooks/x, secrt: s}\n"
@@ -195,7 +195,7 @@ def test_defaults_of_a_minimal_task() -> None:
             "trigger.secrt",
             "secret",
         ),
-        (docker_task("{cpu: '1'}"), 6, "tasks[0].resources.cpu", "cpus"),
+        (docker_task("{cpu: '1'}"), 6, "tasks[0] (a).resources.cpu", "cpus"),
     ],
 )
 def test_unknown_key_is_an_error_with_a_did_you_mean_suggestion(
@@ -208,16 +208,53 @@ def test_unknown_key_is_an_error_with_a_did_you_mean_suggestion(
     assert f"did you mean '{suggestion}'?" in error.message
 
 
+def test_a_task_error_names_the_task_by_index_and_id() -> None:
+    text = """
+        id: d
+        tasks:
+          - id: fetch
+            command: x
+          - id: build
+            command: y
+          - id: kick
+            type: trigger_dag
+            dag_id: other
+            image: alpine
+    """
+    error = only_error(text)
+    assert error.field == "tasks[2] (kick).image"
+    assert str(error) == (
+        "pipe.yaml:10: tasks[2] (kick).image: 'image' cannot be used with type 'trigger_dag'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("id_line", "id_error"),
+    [
+        ("", "'id' is required"),
+        ("id: [a, b]", "expected a string, found a list"),
+        ("id: 'not an id'", "'not an id' is not a valid id"),
+        ("id: " + "x" * 101, "is not a valid id"),
+    ],
+)
+def test_a_task_without_a_readable_id_is_named_by_index_only(id_line: str, id_error: str) -> None:
+    second = "\n".join(line for line in (id_line, "command: y", "retries: -1") if line)
+    errors = errors_of(task_dag("command: x", second))
+    fields = {e.field: e.message for e in errors}
+    assert sorted(fields) == ["tasks[1].id", "tasks[1].retries"], fields
+    assert id_error in fields["tasks[1].id"]
+
+
 def test_unknown_key_without_a_close_match_lists_the_known_keys() -> None:
     error = only_error(task_dag("command: x\nzzzzzz: 1"))
-    assert error.field == "tasks[0].zzzzzz"
+    assert error.field == "tasks[0] (a).zzzzzz"
     assert "unknown key 'zzzzzz'" in error.message
     assert "known: id, type, command, depends_on" in error.message
 
 
 def test_a_key_given_twice_is_an_error() -> None:
     error = only_error(task_dag("command: x\ncommand: y"))
-    assert (error.line, error.field) == (5, "tasks[0].command")
+    assert (error.line, error.field) == (5, "tasks[0] (a).command")
     assert "given twice" in error.message
 
 
@@ -226,7 +263,7 @@ def test_a_key_given_twice_is_an_error() -> None:
 
 def test_unknown_type_is_an_error_naming_the_known_types() -> None:
     error = only_error(task_dag("type: bash\ncommand: x"))
-    assert (error.line, error.field) == (4, "tasks[0].type")
+    assert (error.line, error.field) == (4, "tasks[0] (a).type")
     assert "unknown type 'bash'" in error.message
     assert "command, map, trigger_dag" in error.message
 
@@ -243,20 +280,20 @@ def test_unknown_type_is_an_error_naming_the_known_types() -> None:
 )
 def test_command_task_requires_a_command(body: str) -> None:
     error = only_error(task_dag(body) + "  - id: b\n    command: x\n")
-    assert error.field == "tasks[0].command"
+    assert error.field == "tasks[0] (a).command"
     assert "'command' is required for type 'command'" in error.message
 
 
 def test_map_task_requires_a_command() -> None:
     text = task_dag("command: src", "id: m\ntype: map\nmap_over: a")
     error = only_error(text)
-    assert error.field == "tasks[1].command"
+    assert error.field == "tasks[1] (m).command"
     assert "'command' is required for type 'map'" in error.message
 
 
 def test_trigger_dag_requires_dag_id_and_no_command() -> None:
     error = only_error(task_dag("type: trigger_dag"))
-    assert (error.line, error.field) == (3, "tasks[0].dag_id")
+    assert (error.line, error.field) == (3, "tasks[0] (a).dag_id")
     assert "'dag_id' is required for type 'trigger_dag'" in error.message
     dag = ok(task_dag("type: trigger_dag\ndag_id: other"))
     assert dag.tasks[0].dag_id == "other"
@@ -267,7 +304,7 @@ def test_trigger_dag_requires_dag_id_and_no_command() -> None:
 
 def test_map_requires_map_over() -> None:
     error = only_error(task_dag("type: map\ncommand: x"))
-    assert error.field == "tasks[0].map_over"
+    assert error.field == "tasks[0] (a).map_over"
     assert "requires 'map_over'" in error.message
 
 
@@ -287,7 +324,7 @@ def test_map_over_naming_an_unknown_task_is_reported_under_map_over() -> None:
 def test_map_over_is_only_valid_with_type_map() -> None:
     text = task_dag("command: src", "id: b\ncommand: x\nmap_over: a")
     error = only_error(text)
-    assert (error.line, error.field) == (7, "tasks[1].map_over")
+    assert (error.line, error.field) == (7, "tasks[1] (b).map_over")
     assert "only valid with type: map" in error.message
 
 
@@ -330,7 +367,7 @@ def test_map_over_implies_depends_on(extra: str, expected_deps: tuple[str, ...])
 
 def test_image_requires_command() -> None:
     error = only_error(task_dag("image: alpine"))
-    assert error.field == "tasks[0].command"
+    assert error.field == "tasks[0] (a).command"
     assert "'command' is required" in error.message
 
 
@@ -344,20 +381,20 @@ def test_image_requires_command() -> None:
 )
 def test_workdir_volumes_resources_require_image(body: str, line: int, key: str) -> None:
     error = only_error(task_dag(f"command: x\n{body}"))
-    assert (error.line, error.field) == (line, f"tasks[0].{key}")
+    assert (error.line, error.field) == (line, f"tasks[0] (a).{key}")
     assert f"'{key}' requires 'image'" in error.message
 
 
 def test_image_is_not_allowed_on_trigger_dag() -> None:
     error = only_error(task_dag("type: trigger_dag\ndag_id: other\nimage: alpine"))
-    assert (error.line, error.field) == (6, "tasks[0].image")
+    assert (error.line, error.field) == (6, "tasks[0] (a).image")
     assert "'image' cannot be used with type 'trigger_dag'" in error.message
 
 
 @pytest.mark.parametrize("cpus", ["'0'", "'-1'", "'Inf'", "'NaN'", "'abc'", "'-0'", "'1e400'", "0"])
 def test_resources_cpus_must_be_a_positive_finite_number(cpus: str) -> None:
     error = only_error(docker_task(f"{{cpus: {cpus}}}"))
-    assert (error.line, error.field) == (6, "tasks[0].resources.cpus")
+    assert (error.line, error.field) == (6, "tasks[0] (a).resources.cpus")
     assert "expected a positive number" in error.message
     assert f"found '{cpus.strip(chr(39))}'" in error.message
 
@@ -375,7 +412,7 @@ def test_resources_memory_accepts_a_number_with_an_optional_suffix(memory: str) 
 @pytest.mark.parametrize("memory", ["512mb", "1.5g", "-1m", "m", "512 m", "2t", "abc"])
 def test_resources_memory_rejects_other_forms(memory: str) -> None:
     error = only_error(docker_task(f"{{memory: '{memory}'}}"))
-    assert (error.line, error.field) == (6, "tasks[0].resources.memory")
+    assert (error.line, error.field) == (6, "tasks[0] (a).resources.memory")
     assert f"found '{memory}'" in error.message
     assert "b/k/m/g" in error.message
 
@@ -388,14 +425,14 @@ def test_resources_gpus_accepts_all_or_a_positive_integer(gpus: str) -> None:
 @pytest.mark.parametrize("gpus", ["0", "-1", "1.5", "some", "all,1"])
 def test_resources_gpus_rejects_other_values(gpus: str) -> None:
     error = only_error(docker_task(f"{{gpus: '{gpus}'}}"))
-    assert (error.line, error.field) == (6, "tasks[0].resources.gpus")
+    assert (error.line, error.field) == (6, "tasks[0] (a).resources.gpus")
     assert '"all" or a positive integer' in error.message
     assert f"found '{gpus}'" in error.message
 
 
 def test_resources_gpus_with_a_unicode_digit_is_an_error_not_a_crash() -> None:
     error = only_error(docker_task("{gpus: '²'}"))
-    assert error.field == "tasks[0].resources.gpus"
+    assert error.field == "tasks[0] (a).resources.gpus"
 
 
 @pytest.mark.parametrize(
@@ -413,7 +450,7 @@ def test_resources_gpus_with_a_unicode_digit_is_an_error_not_a_crash() -> None:
 )
 def test_invalid_volume_forms(volume: str, fragment: str) -> None:
     error = only_error(task_dag(f"command: x\nimage: img\nvolumes:\n  - '{volume}'"))
-    assert (error.line, error.field) == (7, "tasks[0].volumes[0]")
+    assert (error.line, error.field) == (7, "tasks[0] (a).volumes[0]")
     assert fragment in error.message
     if "mode" not in fragment and "container path" not in fragment:
         assert f"'{volume}'" in error.message
@@ -520,7 +557,12 @@ def test_valid_ids_for_dags_tasks_and_pools(value: str) -> None:
     [
         ("id: '{v}'\ntasks: [{{id: a, command: x}}]\n", 1, "id", "id"),
         ("id: d\ntasks:\n  - id: '{v}'\n    command: x\n", 3, "tasks[0].id", "id"),
-        ("id: d\ntasks:\n  - id: a\n    pool: '{v}'\n    command: x\n", 4, "tasks[0].pool", "pool"),
+        (
+            "id: d\ntasks:\n  - id: a\n    pool: '{v}'\n    command: x\n",
+            4,
+            "tasks[0] (a).pool",
+            "pool",
+        ),
     ],
 )
 def test_invalid_ids_and_pool_names(
@@ -663,16 +705,16 @@ def test_all_problems_of_a_file_are_reported_together() -> None:
     assert sorted((e.line, e.field) for e in errors) == [
         (1, "id"),
         (2, "schedule"),
-        (6, "tasks[0].retries"),
-        (7, "tasks[0].dependson"),
-        (9, "tasks[1].type"),
+        (6, "tasks[0] (a).retries"),
+        (7, "tasks[0] (a).dependson"),
+        (9, "tasks[1] (b).type"),
     ]
 
 
 def test_graph_problems_are_reported_together_with_field_problems() -> None:
     text = task_dag("command: x\nretries: -1\ndepends_on: [nope]", "id: a\ncommand: y")
     fields = sorted(e.field for e in errors_of(text))
-    assert fields == ["tasks.a", "tasks.a.depends_on", "tasks[0].retries"]
+    assert fields == ["tasks.a", "tasks.a.depends_on", "tasks[0] (a).retries"]
 
 
 def test_a_cycle_is_reported_together_with_an_unknown_dependency() -> None:
@@ -695,15 +737,21 @@ def test_an_invalid_cron_is_reported_together_with_an_unknown_timezone() -> None
 @pytest.mark.parametrize(
     ("text", "line", "field", "found", "expected"),
     [
-        (task_dag("command: x\nretries: '3'"), 5, "tasks[0].retries", "'3'", "whole number >= 0"),
-        (task_dag("command: x\ntimeout_seconds: 0"), 5, "tasks[0].timeout_seconds", "0", "> 0"),
-        (task_dag("type: nope\ncommand: x"), 4, "tasks[0].type", "'nope'", "command, map"),
-        (docker_task("{memory: 1x}"), 6, "tasks[0].resources.memory", "'1x'", "b/k/m/g"),
+        (
+            task_dag("command: x\nretries: '3'"),
+            5,
+            "tasks[0] (a).retries",
+            "'3'",
+            "whole number >= 0",
+        ),
+        (task_dag("command: x\ntimeout_seconds: 0"), 5, "tasks[0] (a).timeout_seconds", "0", "> 0"),
+        (task_dag("type: nope\ncommand: x"), 4, "tasks[0] (a).type", "'nope'", "command, map"),
+        (docker_task("{memory: 1x}"), 6, "tasks[0] (a).resources.memory", "'1x'", "b/k/m/g"),
         ("id: 'a b'\ntasks: [{id: a, command: x}]\n", 1, "id", "'a b'", "letters, digits"),
-        (task_dag("command: x\ncatchup: 1"), 5, "tasks[0].catchup", "'catchup'", "known:"),
+        (task_dag("command: x\ncatchup: 1"), 5, "tasks[0] (a).catchup", "'catchup'", "known:"),
         ("id: d\ncatchup: 'yes'\ntasks: [{id: a, command: x}]\n", 2, "catchup", "'yes'", "true"),
         ("id: d\nenv: [A]\ntasks: [{id: a, command: x}]\n", 2, "env", "a list", "NAME: value"),
-        (task_dag("command: x\nenv: {1A: x}"), 5, "tasks[0].env.1A", "'1A'", "[A-Za-z_]"),
+        (task_dag("command: x\nenv: {1A: x}"), 5, "tasks[0] (a).env.1A", "'1A'", "[A-Za-z_]"),
         (
             "id: d\ndescription: [x]\ntasks: [{id: a, command: x}]\n",
             2,
@@ -746,7 +794,8 @@ def test_every_error_of_a_broken_file_has_file_line_and_field() -> None:
     assert dag is None
     assert len(errors) == 9, [str(e) for e in errors]
     for error in errors:
-        assert re.match(rf"^{re.escape(FILE)}:\d+: [\w.\[\]]+: \S", str(error)), str(error)
+        field = r"[\w.\[\]]+( \([\w.-]+\)[\w.\[\]]+)?"  # tasks[0] (a).image: index and id
+        assert re.match(rf"^{re.escape(FILE)}:\d+: {field}: \S", str(error)), str(error)
         assert error.line > 0
 
 
@@ -807,7 +856,7 @@ def test_with_items_and_command_keep_scalar_text() -> None:
 )
 def test_number_fields_reject_wrong_values(body: str, field: str, found: str) -> None:
     error = only_error(task_dag(f"command: x\n{body}"))
-    assert (error.line, error.field) == (5, f"tasks[0].{field}")
+    assert (error.line, error.field) == (5, f"tasks[0] (a).{field}")
     assert found in error.message
     assert "expected" in error.message
 
@@ -849,7 +898,7 @@ def test_depends_on_is_a_list_or_a_single_string(value: str, deps: tuple[str, ..
 
 def test_depends_on_rejects_a_mapping() -> None:
     error = only_error(task_dag("command: x", "id: b\ncommand: y\ndepends_on: {a: 1}"))
-    assert error.field == "tasks[1].depends_on"
+    assert error.field == "tasks[1] (b).depends_on"
     assert "expected a list of strings, found a mapping" in error.message
 
 
@@ -892,14 +941,14 @@ def test_with_items_that_make_an_invalid_id_are_rejected(item: str) -> None:
 def test_with_items_with_type_map_is_rejected() -> None:
     text = task_dag("command: src", "id: m\ntype: map\nmap_over: a\ncommand: x\nwith_items: [p]")
     error = only_error(text)
-    assert (error.line, error.field) == (9, "tasks[1].with_items")
+    assert (error.line, error.field) == (9, "tasks[1] (m).with_items")
     assert "with_items cannot be combined with type: map" in error.message
 
 
 @pytest.mark.parametrize(("value", "found"), [("[]", "non-empty list"), ("eu", "found the string")])
 def test_with_items_must_be_a_non_empty_list(value: str, found: str) -> None:
     error = only_error(task_dag(f"command: x\nwith_items: {value}"))
-    assert error.field == "tasks[0].with_items"
+    assert error.field == "tasks[0] (a).with_items"
     assert found in error.message
 
 
@@ -922,7 +971,7 @@ def test_load_dag_file_errors_name_the_file(tmp_path: Path) -> None:
     dag, errors = load_dag_file(str(path))
     assert dag is None
     assert [str(e) for e in errors] == [
-        "broken.yml:5: tasks[0].retries: expected a whole number >= 0, found the string 'many'"
+        "broken.yml:5: tasks[0] (a).retries: expected a whole number >= 0, found the string 'many'"
     ]
 
 

@@ -423,6 +423,49 @@ def test_map_cap_fails_the_map_task(nagare_factory) -> None:  # type: ignore[no-
     assert "the limit is 3" in nagare.task(run_id, "each")["message"]
 
 
+def test_map_source_stdout_past_the_cap_fails_the_map_task(nagare: Nagare) -> None:
+    """Cut output would parse as fewer items (or as no array at all): the map task fails and
+    says why; the source itself succeeded and its log says where its capture was cut."""
+    nagare.app.logs.max_stdout_bytes = 100  # the real cap is 64 MiB
+    load(
+        nagare,
+        "map.yaml",
+        """
+    id: mapper
+    tasks:
+      - id: source
+        command: |
+          echo '['
+          printf '  "item-%s",\\n' $(seq 1 20)
+          echo '  "last"'
+          echo ']'
+      - id: each
+        type: map
+        map_over: source
+        command: echo "{{item}}"
+      - id: reduce
+        depends_on: each
+        command: echo reduced
+    """,
+    )
+    run_id = nagare.trigger("mapper")
+    assert nagare.wait_run(run_id)["status"] == "failed"
+    tasks = nagare.tasks(run_id)
+    assert tasks["source"]["status"] == "success"
+    assert (tasks["each"]["status"], tasks["each"]["message"]) == (
+        "failed",
+        "the stdout of 'source' is larger than 100 bytes, the most a map source may print "
+        "(its items would be cut)",
+    )
+    assert "each[0]" not in tasks
+    assert tasks["reduce"]["status"] == "upstream_failed"
+    assert (
+        "[nagare] the captured stdout was cut at 100 bytes, the most a map source may print "
+        "(the map task over it will fail)\n"
+    ) in nagare.log(run_id, "source")
+    assert '"last"' in nagare.log(run_id, "source")  # the log itself keeps every line
+
+
 def test_with_items_clones_run_and_fan_in(nagare: Nagare) -> None:
     load(
         nagare,

@@ -516,6 +516,20 @@ def test_parse_map_items_cap_names_the_limit() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("cut_at", "shown"),
+    [(64 * 1024 * 1024, "64 MiB"), (3 * 1024, "3 KiB"), (100, "100 bytes"), (1536, "1536 bytes")],
+)
+def test_parse_map_items_refuses_stdout_cut_at_the_cap(cut_at: int, shown: str) -> None:
+    """What was kept may still parse (`[1]` here): cut output is refused all the same."""
+    with pytest.raises(ValueError) as info:
+        parse_map_items("[1]", "source", 100, cut_at=cut_at)
+    assert str(info.value) == (
+        f"the stdout of 'source' is larger than {shown}, the most a map source may print "
+        "(its items would be cut)"
+    )
+
+
 # ---------------------------------------------------------------- render_command / item_text
 
 

@@ -35,6 +35,7 @@ from nagare.dagfile.nodes import (
     number,
     scalar_text,
     string_list,
+    task_path,
 )
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
@@ -295,7 +296,7 @@ def _build_tasks(
         return None
     raw: list[_RawTask] = []
     for index, task_node in enumerate(node.value):
-        built = _build_task(task_node, f"tasks[{index}]", errors, base_dir)
+        built = _build_task(task_node, task_path(index, task_node), errors, base_dir)
         if built is not None:
             raw.append(built)
     expanded = _expand_with_items(raw, errors)

@@ -169,6 +169,20 @@ def env_map(node: Node, field: str, errors: Collector) -> dict[str, str]:
     return env
 
 
+def task_path(index: int, node: Node) -> str:
+    """How errors name a task: `tasks[2] (kick)`, or `tasks[2]` when its `id` is missing or
+    not a valid id (that error says why, and an unreadable id never lands in other messages)."""
+    task_id = ""
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:  # the last `id` wins, as in `mapping`
+            if isinstance(key_node, ScalarNode) and key_node.value == "id":
+                readable = isinstance(value_node, ScalarNode) and not is_null(value_node)
+                task_id = str(value_node.value) if readable else ""
+    if ID_PATTERN.match(task_id):
+        return f"tasks[{index}] ({task_id})"
+    return f"tasks[{index}]"
+
+
 def check_id(node: Node, value: str, field: str, errors: Collector) -> None:
     if not ID_PATTERN.match(value):
         errors.add(node, field, f"'{value}' is not a valid id (expected {ID_EXPECTED})")
