@@ -15,11 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from nagare import __version__
 from nagare.attempts import UNCONFIRMED_REASON, attempt_finish, build_assignment
-from nagare.clock import now_ms, to_iso
+from nagare.clock import now_ms
 from nagare.cluster.protocol import (
     Directives,
     LogAck,
@@ -37,6 +36,18 @@ from nagare.store import Claim, Store, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
 RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A registered worker and whether it is online (it spoke within a lease)."""
+
+    worker: WorkerRecord
+    online: bool
+
+    @property
+    def status(self) -> str:
+        return "online" if self.online else "offline"
 
 
 @dataclass
@@ -290,9 +301,9 @@ class Coordinator:
 
     # ------------------------------------------------------------ registry
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerStatus]:
         now = self.clock()
-        return [self._describe(w, now) for w in self.store.workers()]
+        return [WorkerStatus(w, self._online(w, now)) for w in self.store.workers()]
 
     def pool_workers(self) -> dict[str, PoolWorkers]:
         now = self.clock()
@@ -309,23 +320,6 @@ class Coordinator:
 
     def _online(self, worker: WorkerRecord, now: int) -> bool:
         return worker.state == "online" and worker.last_seen >= now - self.lease_ms
-
-    def _describe(self, worker: WorkerRecord, now: int) -> dict[str, Any]:
-        last_seen = to_iso(worker.last_seen)
-        return {
-            "worker_id": worker.worker_id,
-            "hostname": worker.hostname,
-            "pools": list(worker.pools),
-            "max_tasks": worker.max_tasks,
-            "running_tasks": worker.running,
-            "active_tasks": worker.running,
-            "status": "online" if self._online(worker, now) else "offline",
-            "left": worker.state == "left",
-            "version": worker.version,
-            "registered_at": to_iso(worker.registered_at),
-            "last_heartbeat": last_seen,
-            "last_seen": last_seen,
-        }
 
     # ------------------------------------------------------------ helpers
 

@@ -17,6 +17,7 @@ from nagare.cluster.protocol import (
     read_result,
 )
 from nagare.http.routing import Route
+from nagare.http.serialize import worker_json
 from nagare.http.server import Request
 
 PROTOCOL_BODY = {
@@ -78,7 +79,7 @@ class ClusterApi:
         ]
 
     def workers(self, request: Request) -> list[dict[str, Any]]:
-        return self.coordinator.workers()
+        return [worker_json(w) for w in self.coordinator.workers()]
 
     def register(self, request: Request) -> dict[str, Any]:
         return encode_welcome(self.coordinator.register(read_hello(request.json())))
