@@ -9,11 +9,11 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nagare import __version__
 from nagare.client import ApiClient
-from nagare.cluster.coordinator import Coordinator
+from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.cluster.remote import RemoteWorker
 from nagare.config import Config
@@ -30,7 +30,7 @@ from nagare.http.server import NagareHTTPServer, serve_in_thread, tls_context
 from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
-from nagare.metrics import LiveState, MetricsService
+from nagare.metrics import LiveState, MetricsService, PoolInfo
 from nagare.models import Assignment, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
@@ -173,34 +173,30 @@ class App:
         self.scheduler.wake(None)
 
     def _live_state(self) -> LiveState:
-        workers = Counter(w["status"] for w in self.coordinator.workers())
-        return LiveState(self.pool_info()["pools"], self.scheduler.last_lag_ms, dict(workers))
+        workers = Counter(w.status for w in self.coordinator.workers())
+        return LiveState(self.pool_info(), self.scheduler.last_lag_ms, dict(workers))
 
-    def pool_info(self) -> dict[str, Any]:
+    def pool_info(self) -> list[PoolInfo]:
         counts = self.store.pool_counts()
         busy = self.pools.busy()
         remote = self.coordinator.pool_workers()
         names = sorted(set(self.config.worker_pools) | set(counts) | set(remote))
         pools = []
         for name in names:
-            local = self.config.worker_pools.get(name, 0)
-            workers = remote.get(name)
-            online = workers.online if workers else 0
+            workers = remote.get(name, PoolWorkers())
             pools.append(
-                {
-                    "pool": name,
-                    "local_slots": local,
-                    "busy_slots": busy.get(name, 0),
-                    "queued": counts.get(name, {}).get("queued", 0),
-                    "running": counts.get(name, {}).get("running", 0),
-                    "remote_only": local == 0,
-                    "remote_workers": workers.total if workers else 0,
-                    "remote_workers_online": online,
-                    "remote_capacity": workers.capacity if workers else 0,
-                    "no_live_worker": local == 0 and online == 0,
-                }
+                PoolInfo(
+                    pool=name,
+                    local_slots=self.config.worker_pools.get(name, 0),
+                    busy_slots=busy.get(name, 0),
+                    queued=counts.get(name, {}).get("queued", 0),
+                    running=counts.get(name, {}).get("running", 0),
+                    remote_workers=workers.total,
+                    remote_workers_online=workers.online,
+                    remote_capacity=workers.capacity,
+                )
             )
-        return {"pools": pools}
+        return pools
 
     # ------------------------------------------------------------ lifecycle
 

@@ -1,4 +1,5 @@
-"""Metrics: the data behind `/api/metrics/*` and the Prometheus exposition of `/metrics`.
+"""Metrics: the data behind `/api/metrics/*` (typed; `http/serialize.py` gives their JSON shapes)
+and the Prometheus exposition of `/metrics`.
 
 Windows are `[now - since, now]` compared as epoch milliseconds (never as strings). Totals come
 from the store's roll-up (per hour and per 5 minutes) plus the attempt rows of the partial first
@@ -19,12 +20,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from nagare import __version__
-from nagare.clock import now_ms, to_iso
+from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NotFound
+from nagare.models import TaskStatus
 from nagare.prometheus import Family, render
 from nagare.store import MetricAgg, MetricPoint, Store
 from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
@@ -94,16 +95,85 @@ def rate(success: int, failed: int) -> float | None:
     return round(success / total, 6) if total else None
 
 
-# ---------------------------------------------------------------- the service
+def mean(total: int, count: int) -> float:
+    """Mean per attempt, to 3 decimals; 0.0 when there is no attempt."""
+    return round(total / count, 3) if count else 0.0
+
+
+# ---------------------------------------------------------------- what the service returns
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """One worker pool's load: its local slots, its tasks and the remote workers serving it."""
+
+    pool: str
+    local_slots: int
+    busy_slots: int
+    queued: int
+    running: int
+    remote_workers: int = 0
+    remote_workers_online: int = 0
+    remote_capacity: int = 0  # max_tasks of its online workers
+
+    @property
+    def remote_only(self) -> bool:
+        return self.local_slots == 0
+
+    @property
+    def no_live_worker(self) -> bool:
+        return self.remote_only and self.remote_workers_online == 0
 
 
 @dataclass
 class LiveState:
     """What only the running process knows, gathered by `app` for each scrape."""
 
-    pools: list[dict[str, Any]] = field(default_factory=list)  # app.pool_info()["pools"]
+    pools: list[PoolInfo] = field(default_factory=list)  # app.pool_info()
     scheduler_lag_ms: int = 0
     workers: dict[str, int] = field(default_factory=dict)  # status -> count
+
+
+TimeSeries = list[MetricPoint] | list[MetricAgg]  # attempts, or time buckets when bucketed
+
+
+@dataclass(frozen=True)
+class Overview:
+    """A window `[since, until]` (epoch ms): totals, per DAG (most attempts first), and the
+    slowest attempts (longest first)."""
+
+    since: int
+    until: int
+    total: MetricAgg
+    per_dag: list[MetricAgg]
+    slowest: list[MetricPoint]
+
+
+@dataclass(frozen=True)
+class DagMetrics:
+    """One DAG over a window: totals, duration percentiles (None without attempts), series."""
+
+    dag_id: str
+    run_count: int  # runs created in the window
+    aggregate: MetricAgg
+    p50_duration_ms: float | None
+    p95_duration_ms: float | None
+    time_series: TimeSeries
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """One task instance and the metrics of its finished attempts (oldest first)."""
+
+    task_instance_id: str
+    run_id: str
+    dag_id: str
+    task_id: str
+    task_status: TaskStatus
+    attempts: list[MetricPoint]
+
+
+# ---------------------------------------------------------------- the service
 
 
 class MetricsService:
@@ -122,9 +192,9 @@ class MetricsService:
     def window_start(self, since: str) -> int:
         return self.clock() - parse_span(since or DEFAULT_SINCE)
 
-    # ------------------------------------------------------------ JSON API
+    # ------------------------------------------------------------ /api/metrics/*
 
-    def overview(self, since: str) -> dict[str, Any]:
+    def overview(self, since: str) -> Overview:
         now = self.clock()
         start = now - parse_span(since or DEFAULT_SINCE)
         per_dag = self.store.metric_aggregates(start, by_dag=True)
@@ -133,33 +203,18 @@ class MetricsService:
             total.add(agg)
         per_dag.sort(key=lambda a: (-a.attempts, a.dag_id))
         slowest = self.store.slowest_attempts(start, SLOWEST, total.attempts)
-        return {
-            "since": to_iso(start),
-            "until": to_iso(now),
-            "total_tasks": total.attempts,
-            "avg_duration_ms": _avg(total.duration_sum, total.attempts),
-            "max_duration_ms": total.duration_max,
-            "max_memory_bytes": total.memory_max,
-            "total_cpu_ms": total.cpu_sum,
-            "success_rate": rate(total.success, total.failed),
-            "success": total.success,
-            "failed": total.failed,
-            "cancelled": total.cancelled,
-            "dag_stats": [_dag_stats(a) for a in per_dag],
-            "slowest_tasks": [_slow_task(p) for p in slowest],
-        }
+        return Overview(start, now, total, per_dag, slowest)
 
-    def timeseries(self, since: str, dag_id: str, limit: int, bucket: str) -> list[dict[str, Any]]:
+    def timeseries(self, since: str, dag_id: str, limit: int, bucket: str) -> TimeSeries:
         now = self.clock()
         start = now - parse_span(since or DEFAULT_SINCE)
         bucket_ms = parse_bucket(bucket)
         if not bucket_ms:
-            return [point_json(p) for p in self.store.metric_points(start, dag_id, limit)]
+            return self.store.metric_points(start, dag_id, limit)
         first = (now // bucket_ms - (limit - 1)) * bucket_ms  # the newest `limit` buckets
-        aggs = self.store.metric_aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
-        return [bucket_json(a) for a in aggs]
+        return self.store.metric_aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
 
-    def dag(self, dag_id: str, since: str, limit: int, bucket: str) -> dict[str, Any]:
+    def dag(self, dag_id: str, since: str, limit: int, bucket: str) -> DagMetrics:
         start = self.window_start(since)
         parse_bucket(bucket)  # bad input is a 400 before an unknown DAG is a 404
         if self.folder.get(dag_id) is None and not self.store.has_attempts(dag_id):
@@ -167,25 +222,14 @@ class MetricsService:
         aggs = self.store.metric_aggregates(start, dag_id=dag_id)
         agg = aggs[0] if aggs else MetricAgg(0, dag_id)
         p50, p95 = self._percentiles(start, dag_id, agg.attempts, (0.5, 0.95))
-        aggregate = {
-            "dag_id": dag_id,
-            "run_count": self.store.runs_created_since(start, dag_id),
-            "task_count": agg.attempts,
-            "avg_duration_ms": _avg(agg.duration_sum, agg.attempts),
-            "p50_duration_ms": p50,
-            "p95_duration_ms": p95,
-            "max_duration_ms": agg.duration_max,
-            "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
-            "max_memory_bytes": agg.memory_max,
-            "avg_cpu_ms": _avg(agg.cpu_sum, agg.attempts),
-            "total_cpu_ms": agg.cpu_sum,
-            "success_rate": rate(agg.success, agg.failed),
-            "success": agg.success,
-            "failed": agg.failed,
-            "cancelled": agg.cancelled,
-        }
-        series = self.timeseries(since, dag_id, limit, bucket)
-        return {"aggregate": aggregate, "time_series": series}
+        return DagMetrics(
+            dag_id=dag_id,
+            run_count=self.store.runs_created_since(start, dag_id),
+            aggregate=agg,
+            p50_duration_ms=p50,
+            p95_duration_ms=p95,
+            time_series=self.timeseries(since, dag_id, limit, bucket),
+        )
 
     def _percentiles(
         self, start: int, dag_id: str, count: int, quantiles: tuple[float, ...]
@@ -198,27 +242,25 @@ class MetricsService:
         values = dict(zip(offsets, found, strict=True))
         return [round(interpolated(values[lo], values[hi], w), 3) for lo, hi, w in ranks]
 
-    def task(self, task_instance_id: str) -> dict[str, Any]:
+    def task(self, task_instance_id: str) -> TaskMetrics:
         task = self.store.get_task_by_id(task_instance_id)
         if task is None:
             raise NotFound(f"task instance '{task_instance_id}' not found")
         attempts = self.store.task_attempt_metrics(task_instance_id)
         run = self.store.get_run(task.run_id, counts=False)
-        latest = point_json(attempts[-1]) if attempts else dict.fromkeys(_POINT_KEYS)
-        return {
-            **latest,
-            "task_instance_id": task.id,
-            "run_id": task.run_id,
-            "dag_id": run.dag_id if run is not None else "",
-            "task_id": task.task_id,
-            "task_status": str(task.status),
-            "attempts": [point_json(p) for p in attempts],
-        }
+        return TaskMetrics(
+            task_instance_id=task.id,
+            run_id=task.run_id,
+            dag_id=run.dag_id if run is not None else "",
+            task_id=task.task_id,
+            task_status=task.status,
+            attempts=attempts,
+        )
 
-    def run(self, run_id: str) -> list[dict[str, Any]]:
+    def run(self, run_id: str) -> list[MetricPoint]:
         if not self.store.run_exists(run_id):
             raise NotFound(f"run '{run_id}' not found")
-        return [point_json(p) for p in self.store.run_attempt_metrics(run_id)]
+        return self.store.run_attempt_metrics(run_id)
 
     # ------------------------------------------------------------ Prometheus
 
@@ -274,12 +316,10 @@ class MetricsService:
             "nagare_pool_slots", "gauge", "Local worker slots by pool and state (busy, idle)."
         )
         for pool in live.pools:
-            name = str(pool["pool"])
-            queued.add(pool.get("queued", 0), pool=name)
-            running.add(pool.get("running", 0), pool=name)
-            busy = int(pool.get("busy_slots", 0))
-            slots.add(busy, pool=name, state="busy")
-            slots.add(max(0, int(pool.get("local_slots", 0)) - busy), pool=name, state="idle")
+            queued.add(pool.queued, pool=pool.pool)
+            running.add(pool.running, pool=pool.pool)
+            slots.add(pool.busy_slots, pool=pool.pool, state="busy")
+            slots.add(max(0, pool.local_slots - pool.busy_slots), pool=pool.pool, state="idle")
         workers = Family("nagare_workers", "gauge", "Remote workers by status.")
         for status, count in sorted({"online": 0, "offline": 0, **live.workers}.items()):
             workers.add(count, status=status)
@@ -309,112 +349,6 @@ class MetricsService:
                 1, version=__version__, python=sys.version.split()[0]
             ),
         ]
-
-
-# ---------------------------------------------------------------- JSON shapes
-
-_POINT_KEYS = (
-    "timestamp",
-    "task_instance_id",
-    "run_id",
-    "dag_id",
-    "task_id",
-    "attempt",
-    "status",
-    "worker",
-    "executor_type",
-    "started_at",
-    "completed_at",
-    "duration_ms",
-    "cpu_user_ms",
-    "cpu_system_ms",
-    "cpu_ms",
-    "peak_memory_bytes",
-    "memory_bytes",
-    "exit_code",
-    "timed_out",
-)
-
-
-def point_json(point: MetricPoint) -> dict[str, Any]:
-    """One finished attempt: the upstream time-series keys (`timestamp`, `duration_ms`,
-    `memory_bytes`, `cpu_ms`, `task_id`, `run_id`, `status`) and the full metrics."""
-    cpu = point.cpu_user_ms + point.cpu_system_ms
-    return {
-        "timestamp": to_iso(point.completed_at),
-        "task_instance_id": point.task_instance_id,
-        "run_id": point.run_id,
-        "dag_id": point.dag_id,
-        "task_id": point.task_id,
-        "attempt": point.attempt,
-        "status": point.status,
-        "worker": point.worker,
-        "executor_type": point.executor_type,
-        "started_at": to_iso(point.started_at),
-        "completed_at": to_iso(point.completed_at),
-        "duration_ms": point.duration_ms,
-        "cpu_user_ms": point.cpu_user_ms,
-        "cpu_system_ms": point.cpu_system_ms,
-        "cpu_ms": cpu,
-        "peak_memory_bytes": point.peak_memory_bytes,
-        "memory_bytes": point.peak_memory_bytes,
-        "exit_code": point.exit_code,
-        "timed_out": point.timed_out,
-    }
-
-
-def bucket_json(agg: MetricAgg) -> dict[str, Any]:
-    """One time bucket: `timestamp` is its start; `duration_ms` and `cpu_ms` are means per
-    attempt, `memory_bytes` the highest peak."""
-    return {
-        "timestamp": to_iso(agg.bucket),
-        "count": agg.attempts,
-        "duration_ms": _avg(agg.duration_sum, agg.attempts),
-        "max_duration_ms": agg.duration_max,
-        "memory_bytes": agg.memory_max,
-        "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
-        "cpu_ms": _avg(agg.cpu_sum, agg.attempts),
-        "total_cpu_ms": agg.cpu_sum,
-        "success": agg.success,
-        "failed": agg.failed,
-        "cancelled": agg.cancelled,
-        "success_rate": rate(agg.success, agg.failed),
-    }
-
-
-def _dag_stats(agg: MetricAgg) -> dict[str, Any]:
-    return {
-        "dag_id": agg.dag_id,
-        "count": agg.attempts,
-        "avg_duration_ms": _avg(agg.duration_sum, agg.attempts),
-        "max_duration_ms": agg.duration_max,
-        "avg_memory_bytes": _avg(agg.memory_sum, agg.attempts),
-        "max_memory_bytes": agg.memory_max,
-        "total_cpu_ms": agg.cpu_sum,
-        "success_rate": rate(agg.success, agg.failed),
-        "success": agg.success,
-        "failed": agg.failed,
-        "cancelled": agg.cancelled,
-    }
-
-
-def _slow_task(point: MetricPoint) -> dict[str, Any]:
-    return {
-        "task_instance_id": point.task_instance_id,
-        "dag_id": point.dag_id,
-        "task_id": point.task_id,
-        "run_id": point.run_id,
-        "attempt": point.attempt,
-        "status": point.status,
-        "duration_ms": point.duration_ms,
-        "peak_memory_bytes": point.peak_memory_bytes,
-        "exit_code": point.exit_code,
-        "created_at": to_iso(point.completed_at),
-    }
-
-
-def _avg(total: int, count: int) -> float:
-    return round(total / count, 3) if count else 0.0
 
 
 # ---------------------------------------------------------------- histogram and process

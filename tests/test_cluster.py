@@ -5,12 +5,14 @@ stopped (SIGSTOP), drained (SIGTERM) and the master restarted for real."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOCKER_TEST_IMAGE, Nagare, http, pythonpath_env, require_docker, wait_for
+from conftest import (
+    DOCKER_TEST_IMAGE,
+    Nagare,
+    http,
+    make_config,
+    pythonpath_env,
+    require_docker,
+    wait_for,
+)
+
+from nagare.app import build_worker
+from nagare.cluster import protocol
 
 LEASE = 2.0  # seconds: a lost worker is noticed quickly
 GPU_ONLY = {"default": 2, "gpu": 0}  # gpu: remote workers only
@@ -948,6 +961,85 @@ def test_the_protocol_validates_what_workers_send(
         status = announced_body_status(nagare, f"/api/workers/{route}", limit + 1)
         assert status == 413, (route, status)
     assert nagare.task(run_id, "t")["status"] == "queued"
+
+
+def test_a_real_worker_sends_exactly_what_the_master_reads(
+    nagare_factory: Callable[..., Nagare], tmp_path: Path
+) -> None:
+    """An in-process RemoteWorker whose client records what it sends and gets: the master's
+    reader turns every body it sends into a message whose encoding is that very body, and
+    every answer decodes into a message whose encoding is that very answer."""
+    nagare = nagare_factory(
+        dags={
+            "w.yaml": gpu_dag(
+                "wire",
+                """
+                - id: loud
+                  pool: gpu
+                  command: "for i in 1 2 3; do echo out $i; echo err $i >&2; sleep 0.2; done"
+                - id: bad
+                  pool: gpu
+                  command: "echo x; exit 3"
+                - id: long
+                  pool: gpu
+                  command: "sleep 30"
+                """,
+            )
+        },
+        worker_pools=GPU_ONLY,
+        lease_timeout_seconds=LEASE,
+    )
+    (tmp_path / "worker").mkdir()
+    config = make_config(
+        tmp_path / "worker", join=nagare.url, pools="gpu", worker_id="w1", max_tasks=3
+    )
+    worker = build_worker(config.with_values(shutdown_grace_seconds=0.5))
+    sent: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    send = worker.master.cluster
+
+    def recording(verb: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        answer = send(verb, body, timeout)
+        sent.append((verb, body, answer))
+        return answer
+
+    worker.master.cluster = recording  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        run_id = nagare.trigger("wire")
+        wait_task(nagare, run_id, "long", "running")
+        wait_task(nagare, run_id, "bad", "failed")
+        wait_task(nagare, run_id, "loud", "success")
+        assert nagare.call("POST", f"/api/runs/{run_id}/tasks/long/kill").status == 200
+        wait_task(nagare, run_id, "long", "cancelled")
+    finally:
+        stop.set()
+        thread.join(15)
+
+    readers = {
+        "register": (protocol.read_hello, protocol.encode_hello),
+        "heartbeat": (protocol.read_hello, protocol.encode_hello),
+        "poll": (protocol.read_poll, protocol.encode_poll),
+        "log": (lambda b: protocol.read_log_batch(b, 10**6), protocol.encode_log_batch),
+        "result": (protocol.read_result, protocol.encode_result),
+    }
+    decoders = {
+        "register": (protocol.decode_welcome, protocol.encode_welcome),
+        "heartbeat": (protocol.decode_directives, protocol.encode_directives),
+        "poll": (protocol.decode_directives, protocol.encode_directives),
+        "log": (protocol.decode_log_ack, protocol.encode_log_ack),
+        "result": (protocol.decode_result_ack, protocol.encode_result_ack),
+    }
+    for verb, body, answer in sent:
+        read, encode = readers[verb]
+        assert json.dumps(encode(read(json.loads(json.dumps(body))))) == json.dumps(body), verb
+        decode, encode_answer = decoders[verb]
+        assert json.dumps(encode_answer(decode(answer))) == json.dumps(answer), verb
+    verbs = {verb for verb, _, _ in sent}
+    assert verbs == {"register", "heartbeat", "poll", "log", "result"}, verbs
+    assert any(verb == "poll" and answer["tasks"] for verb, _, answer in sent)
+    assert any(verb == "result" and "lines" in body for verb, body, _ in sent)
 
 
 def announced_body_status(nagare: Nagare, path: str, length: int) -> int:

@@ -3,18 +3,46 @@ a real SQLite store, with time passed in."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nagare.attempts import HANDED_BACK_REASON, attempt_finish
 from nagare.cluster.coordinator import Coordinator
 from nagare.cluster.protocol import (
+    MAX_HELD,
+    MAX_POOLS,
+    MAX_TASKS,
+    MAX_WAIT_SECONDS,
+    Directives,
+    LogAck,
+    LogBatch,
+    PollRequest,
+    ResultAck,
+    TaskResult,
+    Welcome,
+    WorkerHello,
     decode_assignment,
+    decode_directives,
+    decode_log_ack,
     decode_outcome,
+    decode_result_ack,
+    decode_welcome,
     encode_assignment,
+    encode_directives,
+    encode_hello,
+    encode_log_ack,
+    encode_log_batch,
     encode_outcome,
+    encode_poll,
+    encode_result,
+    encode_result_ack,
+    encode_welcome,
     read_hello,
     read_log_batch,
     read_poll,
@@ -123,6 +151,146 @@ def test_assignments_and_outcomes_survive_the_wire() -> None:
     odd = decode_outcome({"exit_code": True, "metrics": {"duration_ms": -5, "executor_type": "x"}})
     assert odd.exit_code is None and odd.metrics.duration_ms == 0
     assert odd.metrics.executor_type == "local"
+
+
+def wire(data: dict[str, Any]) -> Any:
+    """What the other side receives: the JSON text, parsed."""
+    return json.loads(json.dumps(data))
+
+
+ASSIGNMENT = Assignment("abc", "r", "d", "t", 1, "echo hi", {"A": "1"}, timeout_seconds=5)
+OUTCOME = Outcome(exit_code=0, metrics=AttemptMetrics(10, 2, 1, 4096, 0, "local"))
+HELD_HELLO = WorkerHello("w1", "box-1", ("gpu", "cpu"), 2, "0.1.0", (("abc", 2),), leaving=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "encode", "read"),
+    [
+        (WorkerHello("w1", "box-1", ("gpu",), 2), encode_hello, read_hello),
+        (HELD_HELLO, encode_hello, read_hello),
+        (PollRequest(HELD_HELLO, 1.5), encode_poll, read_poll),
+        (
+            LogBatch("w1", "abc", 2, (("stdout", "out"), ("stderr", ""), ("nagare", "x"))),
+            encode_log_batch,
+            lambda body: read_log_batch(body, 100),
+        ),
+        (TaskResult("w1", "abc", 2, OUTCOME), encode_result, read_result),
+        (
+            TaskResult(
+                "w1", "abc", 2, Outcome(None, cancelled=True), "killed", (("stdout", "last"),)
+            ),
+            encode_result,
+            read_result,
+        ),
+    ],
+)
+def test_every_worker_message_is_read_by_the_master_as_sent(
+    message: Any, encode: Any, read: Any
+) -> None:
+    assert read(wire(encode(message))) == message
+
+
+@pytest.mark.parametrize(
+    ("message", "encode", "decode"),
+    [
+        (Welcome("w1", 30.0, 5.0, 10.0, "0.1.0"), encode_welcome, decode_welcome),
+        (Directives(), encode_directives, decode_directives),
+        (
+            Directives([ASSIGNMENT, replace(ASSIGNMENT, task_instance_id="abd")], ["x"], ["y"]),
+            encode_directives,
+            decode_directives,
+        ),
+        (LogAck(cancel=True), encode_log_ack, decode_log_ack),
+        (LogAck(cancel=False), encode_log_ack, decode_log_ack),
+        (ResultAck("up_for_retry"), encode_result_ack, decode_result_ack),
+    ],
+)
+def test_every_answer_is_decoded_by_the_worker_as_sent(
+    message: Any, encode: Any, decode: Any
+) -> None:
+    assert decode(wire(encode(message))) == message
+
+
+def test_the_worker_decodes_odd_answers_leniently() -> None:
+    assert decode_welcome({}) == Welcome("")
+    assert decode_welcome({"lease_seconds": "30", "heartbeat_seconds": -1}) == Welcome("")
+    assert decode_welcome({"poll_wait_seconds": 2}).poll_wait_seconds == 2.0
+    assert decode_directives({}) == Directives()
+    odd = {"tasks": [encode_assignment(ASSIGNMENT), "junk"], "cancel": ["a", 3], "lost": "b"}
+    assert decode_directives(odd) == Directives([ASSIGNMENT], ["a"], [])
+    assert decode_log_ack({}) == LogAck(cancel=False)
+    assert decode_log_ack({"cancel": "yes"}) == LogAck(cancel=False)
+    assert decode_result_ack({}) == ResultAck("")
+
+
+# what a worker can say: every value the master accepts unchanged
+_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")
+_names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
+_lines = st.lists(
+    st.tuples(st.sampled_from(["stdout", "stderr", "nagare"]), st.text(max_size=20)),
+    max_size=5,
+).map(tuple)
+_hellos = st.builds(
+    WorkerHello,
+    worker_id=_names.filter(lambda w: w != "local"),
+    hostname=_names,
+    pools=st.lists(_names, min_size=1, max_size=MAX_POOLS, unique=True).map(tuple),
+    max_tasks=st.integers(1, MAX_TASKS),
+    version=st.text(max_size=40),
+    held=st.lists(st.tuples(_ids, st.integers(1, 10**6)), max_size=MAX_HELD // 100).map(tuple),
+    leaving=st.booleans(),
+)
+_metrics = st.builds(
+    AttemptMetrics,
+    *(st.integers(0, 10**12) for _ in range(4)),
+    exit_code=st.none(),
+    executor_type=st.sampled_from(["local", "docker"]),
+)
+
+
+@given(_hellos, st.floats(0, MAX_WAIT_SECONDS))
+def test_the_master_reads_any_hello_and_poll_a_worker_encodes(
+    hello: WorkerHello, wait: float
+) -> None:
+    assert read_hello(wire(encode_hello(hello))) == hello
+    assert read_poll(wire(encode_poll(PollRequest(hello, wait)))) == PollRequest(hello, wait)
+
+
+@given(
+    _names,
+    _ids,
+    st.integers(1, 10**6),
+    _lines,
+    st.one_of(st.none(), st.integers(-255, 255)),
+    st.booleans(),
+    st.booleans(),
+    st.text(max_size=50),
+    _metrics,
+    st.text(max_size=50),
+)
+def test_the_master_reads_any_log_batch_and_result_a_worker_encodes(
+    worker_id: str,
+    task_instance_id: str,
+    attempt: int,
+    lines: tuple[tuple[str, str], ...],
+    exit_code: int | None,
+    timed_out: bool,
+    cancelled: bool,
+    error: str,
+    metrics: AttemptMetrics,
+    reason: str,
+) -> None:
+    batch = LogBatch(worker_id, task_instance_id, attempt, lines)
+    assert read_log_batch(wire(encode_log_batch(batch)), 100) == batch
+    outcome = Outcome(exit_code, timed_out, cancelled, error, replace(metrics, exit_code=exit_code))
+    result = TaskResult(worker_id, task_instance_id, attempt, outcome, reason, lines)
+    assert read_result(wire(encode_result(result))) == result
+
+
+def test_a_result_carries_lines_only_when_it_has_some() -> None:
+    assert "lines" not in encode_result(TaskResult("w1", "abc", 1, OUTCOME))
+    with_lines = encode_result(TaskResult("w1", "abc", 1, OUTCOME, "", (("stdout", "x"),)))
+    assert with_lines["lines"] == [["stdout", "x"]]
 
 
 # ---------------------------------------------------------------- leases in the store

@@ -21,9 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from nagare.clock import parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NotFound
+from nagare.http.serialize import (
+    dag_metrics_json,
+    overview_json,
+    point_json,
+    series_json,
+    task_metrics_json,
+)
 from nagare.metrics import LiveState, MetricsService, parse_bucket, parse_span
 from nagare.prometheus import Family, render
-from nagare.store import Store
+from nagare.store import MetricPoint, Store
 from nagare.store.metrics import SLOWEST_SORT_LIMIT
 from nagare.store.schema import MIGRATIONS
 
@@ -46,6 +53,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def service(store: Store, tmp_path: Path) -> MetricsService:
     (tmp_path / "dags").mkdir(exist_ok=True)
     return MetricsService(store, DagFolder(str(tmp_path / "dags")), LiveState, clock=lambda: NOW)
+
+
+def points_json(points: list[MetricPoint]) -> list[dict[str, Any]]:
+    return [point_json(p) for p in points]
 
 
 def plant_at(store: Store, times: list[int], dag_id: str = "d", **fields: Any) -> None:
@@ -109,7 +120,7 @@ def test_window_boundaries_compare_real_timestamps(
     times += [NOW, NOW - 1, NOW - 30 * MINUTE]
     plant_at(store, times)
     start = NOW - parse_span(since)
-    overview = service.overview(since)
+    overview = overview_json(service.overview(since))
     assert overview["since"] == to_iso(start)
     assert overview["until"] == to_iso(NOW)
     assert overview["total_tasks"] == sum(1 for t in times if t >= start)
@@ -127,8 +138,8 @@ def test_a_window_starting_inside_an_hour_is_exact_on_both_sides_of_the_hour(
     ]
     outside = [at("2026-11-21T09:37:12.344Z"), at("2026-11-21T09:00:00.000Z")]
     plant_at(store, inside + outside)
-    assert service.overview("1h")["total_tasks"] == 4
-    assert service.overview("6h")["total_tasks"] == 6
+    assert overview_json(service.overview("1h"))["total_tasks"] == 4
+    assert overview_json(service.overview("6h"))["total_tasks"] == 6
 
 
 def test_recent_windows_are_not_empty_over_http(nagare: Nagare) -> None:
@@ -193,7 +204,7 @@ def test_buckets_add_up_to_the_attempt_rows(
     rows = random_history(store)
     size = parse_bucket(bucket)
     start = NOW - parse_span(since)
-    points = service.timeseries(since, "", 10_000, bucket)
+    points = series_json(service.timeseries(since, "", 10_000, bucket))
     expected = expected_buckets(rows, start, size)
     assert [parse_iso(p["timestamp"]) for p in points] == sorted(expected)
     for point in points:
@@ -216,7 +227,7 @@ def test_overview_and_dag_stats_match_the_attempt_rows(
     rows = random_history(store)
     start = NOW - parse_span(since)
     inside = [(d, a) for d, a in rows if a.completed_at is not None and a.completed_at >= start]
-    overview = service.overview(since)
+    overview = overview_json(service.overview(since))
     assert overview["total_tasks"] == len(inside)
     assert overview["total_cpu_ms"] == sum(a.cpu_user_ms + a.cpu_system_ms for _, a in inside)
     assert overview["max_memory_bytes"] == max(a.memory for _, a in inside)
@@ -231,14 +242,14 @@ def test_bucketing_keeps_a_30_day_chart_to_a_few_hundred_points(
     store: Store, service: MetricsService
 ) -> None:
     plant_at(store, [NOW - i * 10 * MINUTE for i in range(30 * 24 * 6)])  # every 10 minutes
-    raw = service.timeseries("30d", "", 10_000, "")
+    raw = series_json(service.timeseries("30d", "", 10_000, ""))
     assert len(raw) == 4320
-    hourly = service.timeseries("30d", "", 10_000, "1h")
+    hourly = series_json(service.timeseries("30d", "", 10_000, "1h"))
     assert 720 <= len(hourly) <= 721
     assert sum(p["count"] for p in hourly) == 4320
-    daily = service.timeseries("30d", "", 500, "1d")
+    daily = series_json(service.timeseries("30d", "", 500, "1d"))
     assert len(daily) == 31
-    newest = service.timeseries("30d", "", 100, "1h")
+    newest = series_json(service.timeseries("30d", "", 100, "1h"))
     assert len(newest) == 100
     assert newest[-1]["timestamp"] == "2026-11-21T10:00:00.000Z"
     assert newest == hourly[-100:] or newest[1:] == hourly[-99:]  # first bucket may be cut
@@ -249,9 +260,9 @@ def test_time_series_returns_the_newest_points_oldest_first(
 ) -> None:
     times = [NOW - i * MINUTE for i in range(20)]
     plant_at(store, times)
-    points = service.timeseries("1h", "", 5, "")
+    points = series_json(service.timeseries("1h", "", 5, ""))
     assert [parse_iso(p["timestamp"]) for p in points] == sorted(times)[-5:]
-    buckets = service.timeseries("1h", "", 3, "1m")
+    buckets = series_json(service.timeseries("1h", "", 3, "1m"))
     stamps = [parse_iso(p["timestamp"]) for p in buckets]
     assert stamps == [NOW // MINUTE * MINUTE - i * MINUTE for i in (2, 1, 0)]
     assert all(p["count"] == 1 for p in buckets)
@@ -260,9 +271,9 @@ def test_time_series_returns_the_newest_points_oldest_first(
 def test_time_series_filters_by_dag(store: Store, service: MetricsService) -> None:
     plant_at(store, [NOW - MINUTE, NOW - 2 * MINUTE], dag_id="one")
     plant_at(store, [NOW - 3 * MINUTE], dag_id="two")
-    assert {p["dag_id"] for p in service.timeseries("1h", "two", 500, "")} == {"two"}
-    assert service.timeseries("1h", "one", 500, "1h")[0]["count"] == 2
-    assert service.timeseries("1h", "missing", 500, "") == []
+    assert {p["dag_id"] for p in series_json(service.timeseries("1h", "two", 500, ""))} == {"two"}
+    assert series_json(service.timeseries("1h", "one", 500, "1h"))[0]["count"] == 2
+    assert series_json(service.timeseries("1h", "missing", 500, "")) == []
 
 
 # ---------------------------------------------------------------- percentiles and success rate
@@ -277,13 +288,13 @@ def test_percentiles_interpolate_between_the_nearest_ranks(
         plant_at(store, [NOW - number * MINUTE], dag_id="p", duration_ms=duration)
     plant_at(store, [NOW - MINUTE], dag_id="one", duration_ms=42)
     plant_at(store, [NOW - 2 * DAY], dag_id="old", duration_ms=42)
-    aggregate = service.dag("p", "1h", 500, "")["aggregate"]
+    aggregate = dag_metrics_json(service.dag("p", "1h", 500, ""))["aggregate"]
     assert (aggregate["p50_duration_ms"], aggregate["p95_duration_ms"]) == (10.5, 19.05)
     assert aggregate["max_duration_ms"] == 20
     assert aggregate["avg_duration_ms"] == 10.5
-    one = service.dag("one", "1h", 500, "")["aggregate"]
+    one = dag_metrics_json(service.dag("one", "1h", 500, ""))["aggregate"]
     assert (one["p50_duration_ms"], one["p95_duration_ms"]) == (42, 42)
-    empty = service.dag("old", "1h", 500, "")["aggregate"]
+    empty = dag_metrics_json(service.dag("old", "1h", 500, ""))["aggregate"]
     assert (empty["task_count"], empty["p50_duration_ms"], empty["success_rate"]) == (0, None, None)
 
 
@@ -294,7 +305,7 @@ def test_percentiles_agree_with_the_statistics_module(
     durations = [rng.randrange(0, 100_000) for _ in range(137)]
     for number, duration in enumerate(durations):
         plant_at(store, [NOW - number * MINUTE], dag_id="r", duration_ms=duration)
-    aggregate = service.dag("r", "7d", 500, "")["aggregate"]
+    aggregate = dag_metrics_json(service.dag("r", "7d", 500, ""))["aggregate"]
     cuts = statistics.quantiles(durations, n=100, method="inclusive")
     assert aggregate["p50_duration_ms"] == pytest.approx(statistics.median(durations))
     assert aggregate["p95_duration_ms"] == pytest.approx(cuts[94])
@@ -315,35 +326,35 @@ def test_success_rate_counts_outcomes_not_exit_codes(store: Store, service: Metr
         ],
         status="failed",
     )
-    overview = service.overview("1h")
+    overview = overview_json(service.overview("1h"))
     assert (overview["success"], overview["failed"], overview["cancelled"]) == (1, 2, 1)
     assert overview["success_rate"] == pytest.approx(1 / 3, abs=1e-6)
     assert overview["dag_stats"][0]["success_rate"] == pytest.approx(1 / 3, abs=1e-6)
-    assert service.dag("s", "1h", 10, "")["aggregate"]["success_rate"] == pytest.approx(
-        1 / 3, abs=1e-6
-    )
+    assert dag_metrics_json(service.dag("s", "1h", 10, ""))["aggregate"][
+        "success_rate"
+    ] == pytest.approx(1 / 3, abs=1e-6)
 
 
 def test_an_empty_window_has_no_success_rate(service: MetricsService) -> None:
-    overview = service.overview("1h")
+    overview = overview_json(service.overview("1h"))
     assert overview["total_tasks"] == 0
     assert overview["success_rate"] is None
     assert overview["dag_stats"] == [] and overview["slowest_tasks"] == []
-    assert service.timeseries("1h", "", 10, "") == []
-    assert service.timeseries("1h", "", 10, "5m") == []
+    assert series_json(service.timeseries("1h", "", 10, "")) == []
+    assert series_json(service.timeseries("1h", "", 10, "5m")) == []
 
 
 def test_running_attempts_are_not_metrics(store: Store, service: MetricsService) -> None:
     plant_run(store, "r", NOW - MINUTE, [Attempt("t", None)], status="running")
-    assert service.overview("1h")["total_tasks"] == 0
-    assert service.timeseries("1h", "", 10, "") == []
+    assert overview_json(service.overview("1h"))["total_tasks"] == 0
+    assert series_json(service.timeseries("1h", "", 10, "")) == []
 
 
 def test_the_incremental_roll_up_equals_a_rebuild(store: Store, service: MetricsService) -> None:
     random_history(store, 200)
-    before = [service.timeseries(s, "", 10_000, "1h") for s in ("6h", "3d")]
+    before = [series_json(service.timeseries(s, "", 10_000, "1h")) for s in ("6h", "3d")]
     store.rebuild_metric_rollup()
-    assert [service.timeseries(s, "", 10_000, "1h") for s in ("6h", "3d")] == before
+    assert [series_json(service.timeseries(s, "", 10_000, "1h")) for s in ("6h", "3d")] == before
 
 
 def test_task_run_and_dag_metrics(store: Store, service: MetricsService) -> None:
@@ -357,19 +368,19 @@ def test_task_run_and_dag_metrics(store: Store, service: MetricsService) -> None
             Attempt("b", NOW - 10 * MINUTE),
         ],
     )
-    task = service.task(ids["a"])
+    task = task_metrics_json(service.task(ids["a"]))
     assert (task["task_instance_id"], task["run_id"], task["dag_id"]) == (ids["a"], run_id, "d")
     assert (task["attempt"], task["status"], task["duration_ms"]) == (2, "success", 77)
     assert [a["attempt"] for a in task["attempts"]] == [1, 2]
     assert [a["status"] for a in task["attempts"]] == ["failed", "success"]
-    rows = service.run(run_id)
+    rows = points_json(service.run(run_id))
     assert [(r["task_id"], r["attempt"]) for r in rows] == [("a", 1), ("a", 2), ("b", 1)]
     with pytest.raises(NotFound):
-        service.task("0" * 20)
+        task_metrics_json(service.task("0" * 20))
     with pytest.raises(NotFound):
-        service.run("nope")
+        points_json(service.run("nope"))
     with pytest.raises(NotFound, match="not loaded and has no recorded metrics"):
-        service.dag("nope", "1h", 10, "")
+        dag_metrics_json(service.dag("nope", "1h", 10, ""))
 
 
 # ---------------------------------------------------------------- real tasks over HTTP

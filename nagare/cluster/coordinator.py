@@ -15,26 +15,39 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from nagare import __version__
 from nagare.attempts import UNCONFIRMED_REASON, attempt_finish, build_assignment
-from nagare.clock import now_ms, to_iso
+from nagare.clock import now_ms
 from nagare.cluster.protocol import (
     Directives,
+    LogAck,
     LogBatch,
     PollRequest,
+    ResultAck,
     TaskResult,
+    Welcome,
     WorkerHello,
-    encode_assignment,
 )
 from nagare.errors import Conflict, NotFound
 from nagare.logs import AttemptLog, LogFiles
-from nagare.models import Outcome, TaskStatus, TaskType
+from nagare.models import Assignment, Outcome, TaskStatus, TaskType
 from nagare.store import Claim, Store, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
 RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A registered worker and whether it is online (it spoke within a lease)."""
+
+    worker: WorkerRecord
+    online: bool
+
+    @property
+    def status(self) -> str:
+        return "online" if self.online else "offline"
 
 
 @dataclass
@@ -122,7 +135,7 @@ class Coordinator:
 
     # ------------------------------------------------------------ protocol
 
-    def register(self, hello: WorkerHello) -> dict[str, Any]:
+    def register(self, hello: WorkerHello) -> Welcome:
         self._seen(hello)
         log.info(
             "worker %s (%s) joined: pools %s, up to %d tasks",
@@ -131,13 +144,13 @@ class Coordinator:
             ",".join(hello.pools),
             hello.max_tasks,
         )
-        return {
-            "worker_id": hello.worker_id,
-            "lease_seconds": self.lease_seconds,
-            "heartbeat_seconds": self.heartbeat_seconds,
-            "poll_wait_seconds": self.poll_wait_seconds,
-            "version": __version__,
-        }
+        return Welcome(
+            worker_id=hello.worker_id,
+            lease_seconds=self.lease_seconds,
+            heartbeat_seconds=self.heartbeat_seconds,
+            poll_wait_seconds=self.poll_wait_seconds,
+            version=__version__,
+        )
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -182,15 +195,15 @@ class Coordinator:
                 if self._generation == generation:
                     self._cond.wait(remaining)
 
-    def log_lines(self, batch: LogBatch) -> dict[str, Any]:
+    def log_lines(self, batch: LogBatch) -> LogAck:
         attempt_log = self._attempt_log(batch.worker_id, batch.task_instance_id, batch.attempt)
         for stream, line in batch.lines:
             attempt_log.on_line(stream, line)
         with self._cond:
             cancel = batch.task_instance_id in self._cancels.get(batch.worker_id, ())
-        return {"cancel": cancel}
+        return LogAck(cancel)
 
-    def result(self, result: TaskResult) -> dict[str, Any]:
+    def result(self, result: TaskResult) -> ResultAck:
         now = self.clock()
         task = self.store.get_task_by_id(result.task_instance_id)
         if task is None:
@@ -229,7 +242,7 @@ class Coordinator:
             self.on_queued({task.pool: 1})
         self.on_finished([(task.run_id, task.id, finish.retry_at)])
         status = finish.status if moved else self.store.get_task_by_id(task.id).status  # type: ignore[union-attr]
-        return {"status": str(status)}
+        return ResultAck(str(status))
 
     # ------------------------------------------------------------ leases
 
@@ -288,9 +301,9 @@ class Coordinator:
 
     # ------------------------------------------------------------ registry
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerStatus]:
         now = self.clock()
-        return [self._describe(w, now) for w in self.store.workers()]
+        return [WorkerStatus(w, self._online(w, now)) for w in self.store.workers()]
 
     def pool_workers(self) -> dict[str, PoolWorkers]:
         now = self.clock()
@@ -307,23 +320,6 @@ class Coordinator:
 
     def _online(self, worker: WorkerRecord, now: int) -> bool:
         return worker.state == "online" and worker.last_seen >= now - self.lease_ms
-
-    def _describe(self, worker: WorkerRecord, now: int) -> dict[str, Any]:
-        last_seen = to_iso(worker.last_seen)
-        return {
-            "worker_id": worker.worker_id,
-            "hostname": worker.hostname,
-            "pools": list(worker.pools),
-            "max_tasks": worker.max_tasks,
-            "running_tasks": worker.running,
-            "active_tasks": worker.running,
-            "status": "online" if self._online(worker, now) else "offline",
-            "left": worker.state == "left",
-            "version": worker.version,
-            "registered_at": to_iso(worker.registered_at),
-            "last_heartbeat": last_seen,
-            "last_seen": last_seen,
-        }
 
     # ------------------------------------------------------------ helpers
 
@@ -368,19 +364,19 @@ class Coordinator:
             if pending is not None:
                 pending.discard(task_instance_id)
 
-    def _hand_out(self, hello: WorkerHello, free: int) -> list[dict[str, Any]]:
+    def _hand_out(self, hello: WorkerHello, free: int) -> list[Assignment]:
         now = self.clock()
         claims = self.store.claim_remote(
             hello.worker_id, hello.pools, free, now, now + self.lease_ms
         )
         tasks = []
         for claim in claims:
-            encoded = self._assignment(claim, hello.worker_id)
-            if encoded is not None:
-                tasks.append(encoded)
+            assignment = self._assignment(claim, hello.worker_id)
+            if assignment is not None:
+                tasks.append(assignment)
         return tasks
 
-    def _assignment(self, claim: Claim, worker_id: str) -> dict[str, Any] | None:
+    def _assignment(self, claim: Claim, worker_id: str) -> Assignment | None:
         dag = self.store.dag_version(claim.run.dag_version)
         definition = dag.task(claim.task.base_task_id)
         attempt_log = self.logs.open_attempt(
@@ -397,7 +393,7 @@ class Coordinator:
         attempt_log.note_before_output(f"running on worker {worker_id}")
         assignment = build_assignment(dag, definition, claim, {})  # never this host's env
         # stdout is captured here, from the streamed log
-        return encode_assignment(replace(assignment, capture_stdout=False))
+        return replace(assignment, capture_stdout=False)
 
     def _refuse(self, claim: Claim, worker_id: str, attempt_log: AttemptLog) -> None:
         outcome = Outcome(exit_code=None, error="task definition not found")

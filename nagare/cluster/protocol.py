@@ -1,5 +1,18 @@
-"""The cluster protocol's messages: what a worker sends to `/api/workers/*` and what the master
-answers, with the validation of everything a worker says (ids, hostname, pools, sizes). Pure.
+"""The cluster protocol's messages, both ways: what a worker sends to `/api/workers/*` and what
+the master answers. Pure; both sides use these dataclasses and their JSON functions.
+
+| route     | the worker sends             | the master answers             |
+|-----------|------------------------------|--------------------------------|
+| register  | `WorkerHello`                | `Welcome`                      |
+| heartbeat | `WorkerHello`                | `Directives` (no tasks)        |
+| poll      | `PollRequest`                | `Directives`                   |
+| log       | `LogBatch`                   | `LogAck`                       |
+| result    | `TaskResult`                 | `ResultAck`                    |
+
+Each message has `encode_<message>(message) -> dict` and a reader: the master reads what a
+worker says with `read_<message>`, strictly (BadRequest naming the field: ids, hostname, pools,
+sizes); the worker reads the master's answers with `decode_<message>`, leniently (a missing or
+odd field gets its default).
 
 Every worker message carries its identity (`worker_id`, `hostname`, `pools`, `max_tasks`) so
 any message is also a registration, and `held`: the attempts it runs, whose leases it renews.
@@ -27,9 +40,12 @@ STREAMS = frozenset({"stdout", "stderr", "nagare"})
 MAX_WAIT_SECONDS = 30.0
 
 
+# ---------------------------------------------------------------- the messages
+
+
 @dataclass(frozen=True)
 class WorkerHello:
-    """Who the worker is and what it holds; sent with every message."""
+    """Who the worker is and what it holds; sent with every message (register, heartbeat)."""
 
     worker_id: str
     hostname: str
@@ -41,9 +57,29 @@ class WorkerHello:
 
 
 @dataclass(frozen=True)
+class Welcome:
+    """The answer to `register`: the master's timings, which the worker follows."""
+
+    worker_id: str
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    poll_wait_seconds: float = 10.0
+    version: str = ""
+
+
+@dataclass(frozen=True)
 class PollRequest:
     hello: WorkerHello
     wait_seconds: float  # the master answers at once when it has work or a kill, else then
+
+
+@dataclass
+class Directives:
+    """What the master tells a worker in answer to a poll or heartbeat."""
+
+    tasks: list[Assignment] = field(default_factory=list)  # to run
+    cancel: list[str] = field(default_factory=list)  # task instance ids to stop
+    lost: list[str] = field(default_factory=list)  # ids it no longer holds: stop, do not report
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,13 @@ class LogBatch:
     task_instance_id: str
     attempt: int
     lines: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class LogAck:
+    """The answer to `log`: `cancel` when the task was killed meanwhile."""
+
+    cancel: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,19 +107,21 @@ class TaskResult:
     lines: tuple[tuple[str, str], ...] = ()  # the attempt's last log lines, not shipped yet
 
 
-@dataclass
-class Directives:
-    """What the master tells a worker in answer to a poll or heartbeat."""
+@dataclass(frozen=True)
+class ResultAck:
+    """The answer to `result`: the task's status once the outcome is recorded."""
 
-    tasks: list[dict[str, Any]] = field(default_factory=list)  # encoded assignments
-    cancel: list[str] = field(default_factory=list)  # task instance ids to stop
-    lost: list[str] = field(default_factory=list)  # ids it no longer holds: stop, do not report
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "cancel": self.cancel, "lost": self.lost}
+    status: str = ""
 
 
-# ---------------------------------------------------------------- reading worker messages
+# ---------------------------------------------------------------- register and heartbeat
+
+
+def encode_hello(hello: WorkerHello) -> dict[str, Any]:
+    data = asdict(hello)
+    data["pools"] = list(hello.pools)
+    data["held"] = [list(h) for h in hello.held]
+    return data
 
 
 def read_hello(body: Any) -> WorkerHello:
@@ -101,6 +146,34 @@ def read_hello(body: Any) -> WorkerHello:
     )
 
 
+def encode_welcome(welcome: Welcome) -> dict[str, Any]:
+    return {
+        "worker_id": welcome.worker_id,
+        "lease_seconds": welcome.lease_seconds,
+        "heartbeat_seconds": welcome.heartbeat_seconds,
+        "poll_wait_seconds": welcome.poll_wait_seconds,
+        "version": welcome.version,
+    }
+
+
+def decode_welcome(data: dict[str, Any]) -> Welcome:
+    defaults = Welcome("")
+    return Welcome(
+        worker_id=str(data.get("worker_id", "")),
+        lease_seconds=_seconds(data, "lease_seconds", defaults.lease_seconds),
+        heartbeat_seconds=_seconds(data, "heartbeat_seconds", defaults.heartbeat_seconds),
+        poll_wait_seconds=_seconds(data, "poll_wait_seconds", defaults.poll_wait_seconds),
+        version=str(data.get("version", "")),
+    )
+
+
+# ---------------------------------------------------------------- poll
+
+
+def encode_poll(request: PollRequest) -> dict[str, Any]:
+    return {**encode_hello(request.hello), "wait_seconds": request.wait_seconds}
+
+
 def read_poll(body: Any) -> PollRequest:
     hello = read_hello(body)
     data = _object(body)
@@ -108,6 +181,50 @@ def read_poll(body: Any) -> PollRequest:
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise BadRequest(f"wait_seconds: expected a number of seconds >= 0, found {wait!r}")
     return PollRequest(hello, min(float(wait), MAX_WAIT_SECONDS))
+
+
+def encode_directives(directives: Directives) -> dict[str, Any]:
+    return {
+        "tasks": [encode_assignment(a) for a in directives.tasks],
+        "cancel": list(directives.cancel),
+        "lost": list(directives.lost),
+    }
+
+
+def decode_directives(data: dict[str, Any]) -> Directives:
+    return Directives(
+        tasks=[decode_assignment(t) for t in _list(data, "tasks") if isinstance(t, dict)],
+        cancel=[i for i in _list(data, "cancel") if isinstance(i, str)],
+        lost=[i for i in _list(data, "lost") if isinstance(i, str)],
+    )
+
+
+def encode_assignment(assignment: Assignment) -> dict[str, Any]:
+    data = asdict(assignment)
+    data["volumes"] = list(assignment.volumes)
+    return data
+
+
+def decode_assignment(data: dict[str, Any]) -> Assignment:
+    fields = dict(data)
+    resources = fields.get("resources")
+    fields["resources"] = Resources(**resources) if isinstance(resources, dict) else None
+    fields["volumes"] = tuple(fields.get("volumes") or ())
+    fields["env"] = {str(k): str(v) for k, v in (fields.get("env") or {}).items()}
+    known = Assignment.__dataclass_fields__
+    return Assignment(**{k: v for k, v in fields.items() if k in known})
+
+
+# ---------------------------------------------------------------- log
+
+
+def encode_log_batch(batch: LogBatch) -> dict[str, Any]:
+    return {
+        "worker_id": batch.worker_id,
+        "task_instance_id": batch.task_instance_id,
+        "attempt": batch.attempt,
+        "lines": [[stream, line] for stream, line in batch.lines],
+    }
 
 
 def read_log_batch(body: Any, max_line_chars: int) -> LogBatch:
@@ -139,6 +256,30 @@ def _lines(lines: Any, max_line_chars: int) -> tuple[tuple[str, str], ...]:
     return tuple(parsed)
 
 
+def encode_log_ack(ack: LogAck) -> dict[str, Any]:
+    return {"cancel": ack.cancel}
+
+
+def decode_log_ack(data: dict[str, Any]) -> LogAck:
+    return LogAck(cancel=data.get("cancel") is True)
+
+
+# ---------------------------------------------------------------- result
+
+
+def encode_result(result: TaskResult) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "worker_id": result.worker_id,
+        "task_instance_id": result.task_instance_id,
+        "attempt": result.attempt,
+        "outcome": encode_outcome(result.outcome),
+        "cancel_reason": result.cancel_reason,
+    }
+    if result.lines:
+        data["lines"] = [[stream, line] for stream, line in result.lines]
+    return data
+
+
 def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
     data = _object(body)
     outcome = data.get("outcome")
@@ -153,32 +294,6 @@ def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
         cancel_reason=reason[:200] if isinstance(reason, str) else "",
         lines=_lines(data.get("lines", []), max_line_chars),
     )
-
-
-# ---------------------------------------------------------------- encoding both ways
-
-
-def encode_hello(hello: WorkerHello) -> dict[str, Any]:
-    data = asdict(hello)
-    data["pools"] = list(hello.pools)
-    data["held"] = [list(h) for h in hello.held]
-    return data
-
-
-def encode_assignment(assignment: Assignment) -> dict[str, Any]:
-    data = asdict(assignment)
-    data["volumes"] = list(assignment.volumes)
-    return data
-
-
-def decode_assignment(data: dict[str, Any]) -> Assignment:
-    fields = dict(data)
-    resources = fields.get("resources")
-    fields["resources"] = Resources(**resources) if isinstance(resources, dict) else None
-    fields["volumes"] = tuple(fields.get("volumes") or ())
-    fields["env"] = {str(k): str(v) for k, v in (fields.get("env") or {}).items()}
-    known = Assignment.__dataclass_fields__
-    return Assignment(**{k: v for k, v in fields.items() if k in known})
 
 
 def encode_outcome(outcome: Outcome) -> dict[str, Any]:
@@ -206,6 +321,14 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
             executor_type="docker" if metrics.get("executor_type") == "docker" else "local",
         ),
     )
+
+
+def encode_result_ack(ack: ResultAck) -> dict[str, Any]:
+    return {"status": ack.status}
+
+
+def decode_result_ack(data: dict[str, Any]) -> ResultAck:
+    return ResultAck(status=str(data.get("status", "")))
 
 
 # ---------------------------------------------------------------- field readers
@@ -254,3 +377,15 @@ def _held(value: Any) -> tuple[tuple[str, int], ...]:
             raise BadRequest(f"held: expected [task_instance_id, attempt] pairs, found {entry!r}")
         held.append((entry[0], entry[1]))
     return tuple(held)
+
+
+def _seconds(data: dict[str, Any], name: str, default: float) -> float:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return default
+    return float(value)
+
+
+def _list(data: dict[str, Any], name: str) -> list[Any]:
+    value = data.get(name)
+    return value if isinstance(value, list) else []

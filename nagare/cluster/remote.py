@@ -20,17 +20,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from nagare.assignment import SECRET_VARIABLES
 from nagare.attempts import HANDED_BACK_REASON
 from nagare.client import ApiClient, ApiError
 from nagare.cluster.protocol import (
     MAX_LINES,
+    Directives,
+    LogBatch,
+    PollRequest,
+    TaskResult,
+    Welcome,
     WorkerHello,
-    decode_assignment,
+    decode_directives,
+    decode_log_ack,
+    decode_result_ack,
+    decode_welcome,
     encode_hello,
-    encode_outcome,
+    encode_log_batch,
+    encode_poll,
+    encode_result,
 )
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
@@ -75,13 +84,6 @@ class _Task:
         self.worker._ended(self, outcome)
 
 
-@dataclass
-class _Settings:
-    lease_seconds: float = 30.0
-    heartbeat_seconds: float = 5.0
-    poll_wait_seconds: float = 10.0
-
-
 class RemoteWorker:
     def __init__(
         self,
@@ -99,12 +101,12 @@ class RemoteWorker:
         self.grace_seconds = grace_seconds
         env = dict(os.environ) if base_env is None else base_env
         self.base_env = {k: v for k, v in env.items() if k not in SECRET_VARIABLES}
-        self.settings = _Settings()
+        self.settings = Welcome(hello.worker_id)  # the master's timings, once it answers
         self._lock = threading.Condition()
         self._tasks: dict[str, _Task] = {}
         self._lines: dict[tuple[str, int], list[tuple[str, str]]] = {}
         self._buffered = 0  # characters waiting in _lines
-        self._results: list[dict[str, Any]] = []
+        self._results: list[TaskResult] = []
         self._draining = threading.Event()  # no new work: shutting down
         self._finished = threading.Event()  # everything delivered: the shipper may stop
         self._unreachable_since: float | None = None
@@ -152,11 +154,7 @@ class RemoteWorker:
                 stop.wait(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
                 continue
-            self.settings = _Settings(
-                float(answer.get("lease_seconds", 30)),
-                float(answer.get("heartbeat_seconds", 5)),
-                float(answer.get("poll_wait_seconds", 10)),
-            )
+            self.settings = decode_welcome(answer)
             log.info(
                 "worker %s joined %s (pools %s, up to %d tasks)",
                 self.hello.worker_id,
@@ -189,10 +187,7 @@ class RemoteWorker:
             try:
                 answer = self.master.cluster(
                     "poll",
-                    {
-                        **self._hello(),
-                        "wait_seconds": self.settings.poll_wait_seconds,
-                    },
+                    encode_poll(PollRequest(self._hello(), self.settings.poll_wait_seconds)),
                     timeout=self.settings.poll_wait_seconds + 15,
                 )
             except ApiError as err:
@@ -204,25 +199,27 @@ class RemoteWorker:
                 continue
             delay = BACKOFF_FIRST
             self._reachable()
-            self._obey(answer)
-            for data in answer.get("tasks", []):
+            directives = decode_directives(answer)
+            self._obey(directives)
+            for assignment in directives.tasks:
                 # claimed just as the worker stops: hand it back at once
-                self._start(decode_assignment(data), hand_back=stop.is_set())
+                self._start(assignment, hand_back=stop.is_set())
 
-    def _hello(self) -> dict[str, Any]:
+    def _hello(self) -> WorkerHello:
         with self._lock:
-            held = [[t.assignment.task_instance_id, t.assignment.attempt] for t in self._held()]
-        hello = replace(self.hello, held=tuple(map(tuple, held)), leaving=self._draining.is_set())  # type: ignore[arg-type]
-        return encode_hello(hello)
+            held = tuple(
+                (t.assignment.task_instance_id, t.assignment.attempt) for t in self._held()
+            )
+        return replace(self.hello, held=held, leaving=self._draining.is_set())
 
     def _held(self) -> list[_Task]:
         return [t for t in self._tasks.values() if not t.lost]
 
-    def _obey(self, answer: dict[str, Any]) -> None:
+    def _obey(self, directives: Directives) -> None:
         """Stop what the master killed; drop what it no longer counts on."""
-        for task_instance_id in answer.get("cancel", []):
+        for task_instance_id in directives.cancel:
             self._stop_task(task_instance_id, "killed", lost=False)
-        for task_instance_id in answer.get("lost", []):
+        for task_instance_id in directives.lost:
             self._stop_task(task_instance_id, "the master no longer holds this task", lost=True)
 
     def _stop_task(self, task_instance_id: str, reason: str, lost: bool) -> None:
@@ -266,20 +263,20 @@ class RemoteWorker:
     def _heartbeats(self) -> None:
         while not self._finished.wait(self.settings.heartbeat_seconds):
             try:
-                answer = self.master.cluster("heartbeat", self._hello(), timeout=10)
+                answer = self.master.cluster("heartbeat", encode_hello(self._hello()), timeout=10)
             except ApiError as err:
                 log.debug("heartbeat failed: %s", err)
                 continue
-            self._obey(answer)
+            self._obey(decode_directives(answer))
 
     def _say_goodbye(self) -> None:
         """A heartbeat saying the worker is leaving: the master hands it no more work."""
         try:
-            answer = self.master.cluster("heartbeat", self._hello(), timeout=5)
+            answer = self.master.cluster("heartbeat", encode_hello(self._hello()), timeout=5)
         except ApiError as err:
             log.debug("goodbye not delivered: %s", err)
         else:
-            self._obey(answer)
+            self._obey(decode_directives(answer))
 
     # ------------------------------------------------------------ running tasks
 
@@ -349,13 +346,13 @@ class RemoteWorker:
                 self._tasks.pop(assignment.task_instance_id, None)
                 return
             self._results.append(
-                {
-                    "worker_id": self.hello.worker_id,
-                    "task_instance_id": assignment.task_instance_id,
-                    "attempt": assignment.attempt,
-                    "outcome": encode_outcome(outcome),
-                    "cancel_reason": task.cancel_reason,
-                }
+                TaskResult(
+                    worker_id=self.hello.worker_id,
+                    task_instance_id=assignment.task_instance_id,
+                    attempt=assignment.attempt,
+                    outcome=outcome,
+                    cancel_reason=task.cancel_reason,
+                )
             )
             self._lock.notify_all()
 
@@ -396,45 +393,38 @@ class RemoteWorker:
                     if key not in self._lines:
                         break
         with self._lock:
-            ready = [
-                r for r in self._results if (r["task_instance_id"], r["attempt"]) not in self._lines
-            ]
+            ready = [r for r in self._results if (r.task_instance_id, r.attempt) not in self._lines]
         return all(self._ship_result(result) for result in ready)
 
     def _attach_last_lines(self) -> None:
         """(lock held) A finished task's last lines travel with its result when they fit in
         one batch: one request instead of two for most tasks."""
-        for result in self._results:
-            key = (result["task_instance_id"], result["attempt"])
+        for index, result in enumerate(self._results):
+            key = (result.task_instance_id, result.attempt)
             pending = self._lines.get(key)
-            if not pending or "lines" in result or len(pending) > MAX_LINES:
+            if not pending or result.lines or len(pending) > MAX_LINES:
                 continue
             size = sum(len(line) for _, line in pending)
             if size <= BATCH_CHARS:
-                result["lines"] = [[stream, line] for stream, line in pending]
+                self._results[index] = replace(result, lines=tuple(pending))
                 self._buffered -= size
                 del self._lines[key]
 
     def _ship_lines(self, key: tuple[str, int]) -> bool:
         with self._lock:
             pending = self._lines.get(key, [])
-            batch: list[list[str]] = []
+            batch: list[tuple[str, str]] = []
             size = 0
             for stream, line in pending:
                 if batch and (size + len(line) > BATCH_CHARS or len(batch) >= MAX_LINES):
                     break
-                batch.append([stream, line])
+                batch.append((stream, line))
                 size += len(line)
         if not batch:
             return True
-        body = {
-            "worker_id": self.hello.worker_id,
-            "task_instance_id": key[0],
-            "attempt": key[1],
-            "lines": batch,
-        }
+        message = LogBatch(self.hello.worker_id, key[0], key[1], tuple(batch))
         try:
-            answer = self.master.cluster("log", body)
+            answer = self.master.cluster("log", encode_log_batch(message))
         except ApiError as err:
             if err.status in (404, 409):
                 self._stop_task(key[0], f"the master refused its log: {err.message}", lost=True)
@@ -445,7 +435,7 @@ class RemoteWorker:
                 self._unreachable(err)
                 return False
         else:
-            if answer.get("cancel"):
+            if decode_log_ack(answer).cancel:
                 self._stop_task(key[0], "killed", lost=False)
         with self._lock:
             shipped = self._lines.get(key)
@@ -457,10 +447,10 @@ class RemoteWorker:
             self._lock.notify_all()
         return True
 
-    def _ship_result(self, result: dict[str, Any]) -> bool:
-        task_instance_id = result["task_instance_id"]
+    def _ship_result(self, result: TaskResult) -> bool:
+        task_instance_id = result.task_instance_id
         try:
-            answer = self.master.cluster("result", result)
+            answer = self.master.cluster("result", encode_result(result))
         except ApiError as err:
             if err.status in (400, 404, 409):
                 log.warning(
@@ -470,7 +460,7 @@ class RemoteWorker:
                 self._unreachable(err)
                 return False
         else:
-            log.info("task %s ended: %s", task_instance_id, answer.get("status"))
+            log.info("task %s ended: %s", task_instance_id, decode_result_ack(answer).status)
         with self._lock:
             self._results.remove(result)
             self._tasks.pop(task_instance_id, None)

@@ -14,11 +14,12 @@ from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key, check_token
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
-from nagare.http.serialize import attempt_json, dag_json, run_json, task_json
+from nagare.http.serialize import attempt_json, dag_json, pool_json, run_json, task_json
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
 from nagare.http.static import StaticFiles
 from nagare.logs import LogFiles
+from nagare.metrics import PoolInfo
 from nagare.models import RunStatus, TaskInstance, Trigger
 from nagare.runs import RunService
 from nagare.store import RunFilter, Store
@@ -52,7 +53,7 @@ class Services:
     folder: DagFolder
     logs: LogFiles
     settings: ApiSettings
-    pools: Callable[[], dict[str, Any]]
+    pools: Callable[[], list[PoolInfo]]
     stopping: threading.Event
 
 
@@ -296,8 +297,7 @@ class Api:
         }
 
     def pools(self, request: Request) -> list[dict[str, Any]]:
-        info = self.s.pools()
-        return info["pools"]  # type: ignore[no-any-return]
+        return [pool_json(p) for p in self.s.pools()]
 
     # ------------------------------------------------------------ DAGs
 

@@ -7,12 +7,17 @@ from typing import Any
 
 from nagare.cluster.coordinator import Coordinator
 from nagare.cluster.protocol import (
+    encode_directives,
+    encode_log_ack,
+    encode_result_ack,
+    encode_welcome,
     read_hello,
     read_log_batch,
     read_poll,
     read_result,
 )
 from nagare.http.routing import Route
+from nagare.http.serialize import worker_json
 from nagare.http.server import Request
 
 PROTOCOL_BODY = {
@@ -74,19 +79,22 @@ class ClusterApi:
         ]
 
     def workers(self, request: Request) -> list[dict[str, Any]]:
-        return self.coordinator.workers()
+        return [worker_json(w) for w in self.coordinator.workers()]
 
     def register(self, request: Request) -> dict[str, Any]:
-        return self.coordinator.register(read_hello(request.json()))
+        return encode_welcome(self.coordinator.register(read_hello(request.json())))
 
     def heartbeat(self, request: Request) -> dict[str, Any]:
-        return self.coordinator.heartbeat(read_hello(request.json())).to_json()
+        return encode_directives(self.coordinator.heartbeat(read_hello(request.json())))
 
     def poll(self, request: Request) -> dict[str, Any]:
-        return self.coordinator.poll(read_poll(request.json()), request.client_gone).to_json()
+        directives = self.coordinator.poll(read_poll(request.json()), request.client_gone)
+        return encode_directives(directives)
 
     def log(self, request: Request) -> dict[str, Any]:
-        return self.coordinator.log_lines(read_log_batch(request.json(), self.max_line_chars))
+        batch = read_log_batch(request.json(), self.max_line_chars)
+        return encode_log_ack(self.coordinator.log_lines(batch))
 
     def result(self, request: Request) -> dict[str, Any]:
-        return self.coordinator.result(read_result(request.json(), self.max_line_chars))
+        result = read_result(request.json(), self.max_line_chars)
+        return encode_result_ack(self.coordinator.result(result))

@@ -8,6 +8,13 @@ from typing import Any
 
 from nagare.errors import BadRequest
 from nagare.http.routing import Param, Route
+from nagare.http.serialize import (
+    dag_metrics_json,
+    overview_json,
+    point_json,
+    series_json,
+    task_metrics_json,
+)
 from nagare.http.server import Request, Response
 from nagare.metrics import BUCKETS_MS, DEFAULT_LIMIT, MAX_LIMIT, SINCE_PRESETS, MetricsService
 from nagare.prometheus import CONTENT_TYPE
@@ -87,23 +94,25 @@ class MetricsApi:
         ]
 
     def overview(self, request: Request) -> dict[str, Any]:
-        return self.metrics.overview(request.arg("since"))
+        return overview_json(self.metrics.overview(request.arg("since")))
 
     def timeseries(self, request: Request) -> list[dict[str, Any]]:
-        return self.metrics.timeseries(
+        series = self.metrics.timeseries(
             request.arg("since"), request.arg("dag_id"), _limit(request), request.arg("bucket")
         )
+        return series_json(series)
 
     def task(self, request: Request) -> dict[str, Any]:
-        return self.metrics.task(request.params["task_instance_id"])
+        return task_metrics_json(self.metrics.task(request.params["task_instance_id"]))
 
     def run(self, request: Request) -> list[dict[str, Any]]:
-        return self.metrics.run(request.params["run_id"])
+        return [point_json(p) for p in self.metrics.run(request.params["run_id"])]
 
     def dag(self, request: Request) -> dict[str, Any]:
-        return self.metrics.dag(
+        metrics = self.metrics.dag(
             request.params["dag_id"], request.arg("since"), _limit(request), request.arg("bucket")
         )
+        return dag_metrics_json(metrics)
 
     def prometheus(self, request: Request) -> Response:
         return Response(200, self.metrics.prometheus().encode(), CONTENT_TYPE)

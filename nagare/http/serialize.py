@@ -7,8 +7,19 @@ from dataclasses import asdict
 from typing import Any
 
 from nagare.clock import to_iso
+from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import describe, parse_schedule
+from nagare.metrics import (
+    DagMetrics,
+    Overview,
+    PoolInfo,
+    TaskMetrics,
+    TimeSeries,
+    mean,
+    rate,
+)
 from nagare.models import Attempt, AttemptMetrics, DagDef, Run, TaskDef, TaskInstance
+from nagare.store import MetricAgg, MetricPoint
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -137,4 +148,205 @@ def dag_json(
         "env": sorted(dag.env),
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
+    }
+
+
+# ---------------------------------------------------------------- pools and workers
+
+
+def pool_json(pool: PoolInfo) -> dict[str, Any]:
+    return {
+        "pool": pool.pool,
+        "local_slots": pool.local_slots,
+        "busy_slots": pool.busy_slots,
+        "queued": pool.queued,
+        "running": pool.running,
+        "remote_only": pool.remote_only,
+        "remote_workers": pool.remote_workers,
+        "remote_workers_online": pool.remote_workers_online,
+        "remote_capacity": pool.remote_capacity,
+        "no_live_worker": pool.no_live_worker,
+    }
+
+
+def worker_json(status: WorkerStatus) -> dict[str, Any]:
+    """A remote worker; `active_tasks` and `last_heartbeat` repeat `running_tasks` and
+    `last_seen` under the upstream names."""
+    worker = status.worker
+    last_seen = to_iso(worker.last_seen)
+    return {
+        "worker_id": worker.worker_id,
+        "hostname": worker.hostname,
+        "pools": list(worker.pools),
+        "max_tasks": worker.max_tasks,
+        "running_tasks": worker.running,
+        "active_tasks": worker.running,
+        "status": status.status,
+        "left": worker.state == "left",
+        "version": worker.version,
+        "registered_at": to_iso(worker.registered_at),
+        "last_heartbeat": last_seen,
+        "last_seen": last_seen,
+    }
+
+
+# ---------------------------------------------------------------- metrics
+
+_POINT_KEYS = (
+    "timestamp",
+    "task_instance_id",
+    "run_id",
+    "dag_id",
+    "task_id",
+    "attempt",
+    "status",
+    "worker",
+    "executor_type",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "cpu_user_ms",
+    "cpu_system_ms",
+    "cpu_ms",
+    "peak_memory_bytes",
+    "memory_bytes",
+    "exit_code",
+    "timed_out",
+)
+
+
+def point_json(point: MetricPoint) -> dict[str, Any]:
+    """One finished attempt: the upstream time-series keys (`timestamp`, `duration_ms`,
+    `memory_bytes`, `cpu_ms`, `task_id`, `run_id`, `status`) and the full metrics."""
+    cpu = point.cpu_user_ms + point.cpu_system_ms
+    return {
+        "timestamp": to_iso(point.completed_at),
+        "task_instance_id": point.task_instance_id,
+        "run_id": point.run_id,
+        "dag_id": point.dag_id,
+        "task_id": point.task_id,
+        "attempt": point.attempt,
+        "status": point.status,
+        "worker": point.worker,
+        "executor_type": point.executor_type,
+        "started_at": to_iso(point.started_at),
+        "completed_at": to_iso(point.completed_at),
+        "duration_ms": point.duration_ms,
+        "cpu_user_ms": point.cpu_user_ms,
+        "cpu_system_ms": point.cpu_system_ms,
+        "cpu_ms": cpu,
+        "peak_memory_bytes": point.peak_memory_bytes,
+        "memory_bytes": point.peak_memory_bytes,
+        "exit_code": point.exit_code,
+        "timed_out": point.timed_out,
+    }
+
+
+def bucket_json(agg: MetricAgg) -> dict[str, Any]:
+    """One time bucket: `timestamp` is its start; `duration_ms` and `cpu_ms` are means per
+    attempt, `memory_bytes` the highest peak."""
+    return {
+        "timestamp": to_iso(agg.bucket),
+        "count": agg.attempts,
+        "duration_ms": mean(agg.duration_sum, agg.attempts),
+        "max_duration_ms": agg.duration_max,
+        "memory_bytes": agg.memory_max,
+        "avg_memory_bytes": mean(agg.memory_sum, agg.attempts),
+        "cpu_ms": mean(agg.cpu_sum, agg.attempts),
+        "total_cpu_ms": agg.cpu_sum,
+        "success": agg.success,
+        "failed": agg.failed,
+        "cancelled": agg.cancelled,
+        "success_rate": rate(agg.success, agg.failed),
+    }
+
+
+def _dag_stats(agg: MetricAgg) -> dict[str, Any]:
+    return {
+        "dag_id": agg.dag_id,
+        "count": agg.attempts,
+        "avg_duration_ms": mean(agg.duration_sum, agg.attempts),
+        "max_duration_ms": agg.duration_max,
+        "avg_memory_bytes": mean(agg.memory_sum, agg.attempts),
+        "max_memory_bytes": agg.memory_max,
+        "total_cpu_ms": agg.cpu_sum,
+        "success_rate": rate(agg.success, agg.failed),
+        "success": agg.success,
+        "failed": agg.failed,
+        "cancelled": agg.cancelled,
+    }
+
+
+def _slow_task(point: MetricPoint) -> dict[str, Any]:
+    return {
+        "task_instance_id": point.task_instance_id,
+        "dag_id": point.dag_id,
+        "task_id": point.task_id,
+        "run_id": point.run_id,
+        "attempt": point.attempt,
+        "status": point.status,
+        "duration_ms": point.duration_ms,
+        "peak_memory_bytes": point.peak_memory_bytes,
+        "exit_code": point.exit_code,
+        "created_at": to_iso(point.completed_at),
+    }
+
+
+def series_json(series: TimeSeries) -> list[dict[str, Any]]:
+    return [point_json(p) if isinstance(p, MetricPoint) else bucket_json(p) for p in series]
+
+
+def overview_json(overview: Overview) -> dict[str, Any]:
+    total = overview.total
+    return {
+        "since": to_iso(overview.since),
+        "until": to_iso(overview.until),
+        "total_tasks": total.attempts,
+        "avg_duration_ms": mean(total.duration_sum, total.attempts),
+        "max_duration_ms": total.duration_max,
+        "max_memory_bytes": total.memory_max,
+        "total_cpu_ms": total.cpu_sum,
+        "success_rate": rate(total.success, total.failed),
+        "success": total.success,
+        "failed": total.failed,
+        "cancelled": total.cancelled,
+        "dag_stats": [_dag_stats(a) for a in overview.per_dag],
+        "slowest_tasks": [_slow_task(p) for p in overview.slowest],
+    }
+
+
+def dag_metrics_json(metrics: DagMetrics) -> dict[str, Any]:
+    agg = metrics.aggregate
+    aggregate = {
+        "dag_id": metrics.dag_id,
+        "run_count": metrics.run_count,
+        "task_count": agg.attempts,
+        "avg_duration_ms": mean(agg.duration_sum, agg.attempts),
+        "p50_duration_ms": metrics.p50_duration_ms,
+        "p95_duration_ms": metrics.p95_duration_ms,
+        "max_duration_ms": agg.duration_max,
+        "avg_memory_bytes": mean(agg.memory_sum, agg.attempts),
+        "max_memory_bytes": agg.memory_max,
+        "avg_cpu_ms": mean(agg.cpu_sum, agg.attempts),
+        "total_cpu_ms": agg.cpu_sum,
+        "success_rate": rate(agg.success, agg.failed),
+        "success": agg.success,
+        "failed": agg.failed,
+        "cancelled": agg.cancelled,
+    }
+    return {"aggregate": aggregate, "time_series": series_json(metrics.time_series)}
+
+
+def task_metrics_json(metrics: TaskMetrics) -> dict[str, Any]:
+    """The latest attempt's point (all null without one), then the task and every attempt."""
+    attempts = metrics.attempts
+    latest = point_json(attempts[-1]) if attempts else dict.fromkeys(_POINT_KEYS)
+    return {
+        **latest,
+        "task_instance_id": metrics.task_instance_id,
+        "run_id": metrics.run_id,
+        "dag_id": metrics.dag_id,
+        "task_id": metrics.task_id,
+        "task_status": str(metrics.task_status),
+        "attempts": [point_json(p) for p in attempts],
     }
