@@ -26,7 +26,7 @@ from nagare.executors.spawn import kill_orphan_group
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.metrics_api import MetricsApi
-from nagare.http.server import NagareHTTPServer, serve_in_thread, tls_context
+from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
@@ -57,7 +57,10 @@ class App:
         line_sink: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.config = config
+        # two phases of a stop: `stopping` ends the loops that face users and the folder; the
+        # engine (dispatcher, scheduler, checkpoints) stops once running tasks are recorded
         self.stopping = threading.Event()
+        self._engine_stop = threading.Event()
         self.store = Store(config.db)
         self.logs = LogFiles(config.resolved_logs_dir)
         self.reactor = Reactor()  # owned by the pools' dispatcher thread
@@ -82,7 +85,7 @@ class App:
             self.store,
             self.logs,
             config.lease_timeout_seconds,
-            on_finished=self._tasks_finished,
+            on_finished=self._tasks_finished_elsewhere,
             on_queued=self._tasks_queued,
         )
         self.scheduler = Scheduler(
@@ -147,12 +150,12 @@ class App:
     def _remove_leftover_containers(self) -> dict[tuple[str, int], str]:
         """Before the pools start, when a container task's attempt was left running: remove
         the leftovers now so that recovery can say so (otherwise the SDK waits until needed)."""
-        for attempt in self.store.running_attempts("local"):
-            task = self.store.get_task_by_id(attempt.task_instance_id)
-            run = self.store.get_run(task.run_id, counts=False) if task else None
+        for attempt in self.store.tasks.running_attempts("local"):
+            task = self.store.tasks.by_id(attempt.task_instance_id)
+            run = self.store.runs.get(task.run_id, counts=False) if task else None
             if task is None or run is None:
                 continue
-            definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
+            definition = self.store.dags.version(run.dag_version).task(task.base_task_id)
             if definition is not None and definition.image:
                 self._docker_executor()
                 return self._leftover_containers
@@ -167,7 +170,13 @@ class App:
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
 
     def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
+        """(dispatcher thread) It settles the runs of its ended attempts itself."""
         self.scheduler.settle_finished(finished)
+
+    def _tasks_finished_elsewhere(self, finished: list[tuple[str, str, int | None]]) -> None:
+        """(an HTTP or the lease reaper's thread) The scheduler thread settles their runs: a
+        scheduler pass runs only in the scheduler and the dispatcher threads."""
+        self.scheduler.hand_over(finished)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)
@@ -177,7 +186,7 @@ class App:
         return LiveState(self.pool_info(), self.scheduler.last_lag_ms, dict(workers))
 
     def pool_info(self) -> list[PoolInfo]:
-        counts = self.store.pool_counts()
+        counts = self.store.tasks.pool_counts()
         busy = self.pools.busy()
         remote = self.coordinator.pool_workers()
         names = sorted(set(self.config.worker_pools) | set(counts) | set(remote))
@@ -205,19 +214,25 @@ class App:
         return self.http.port if self.http else 0
 
     def start(self, poll_interval: float = 0.5) -> None:
+        """Recover what a crash left running, then start every long-lived loop, each an object's
+        `run(stop)` in a thread of its own (ARCHITECTURE.md, Threading model)."""
         self.folder.scan()
         for run_id in self.pools.recover(self._remove_leftover_containers()):
             self.scheduler.wake(run_id)
-        self.pools.start()
+        if self.store.db.checkpointer is not None:
+            self._spawn("checkpoint", self.store.db.checkpointer.run, self._engine_stop)
+        if self.pools.has_slots:
+            self._spawn("pools", self.pools.run, self._engine_stop)
         if self.http is not None:
             self.coordinator.start()
             self._spawn("leases", self.coordinator.run)
-        self._spawn("scheduler", self.scheduler.run)
+        self._spawn("scheduler", self.scheduler.run, self._engine_stop)
         self._spawn("dag-folder", self.folder.run)
         if self.http is not None:  # a server keeps history bounded; `nagare exec` does not
             self._spawn("retention", self.retention.run)
         if self.http is not None:
-            self._threads.append(serve_in_thread(self.http, poll_interval))
+            self.http.poll_interval = poll_interval
+            self._spawn("http", self.http.run)
             log.info(
                 "Nagare %s serving on %s://%s:%d (DAGs: %s, database: %s)",
                 __version__,
@@ -231,8 +246,15 @@ class App:
         self._warn_open_cluster()
         self._warn_open_volumes()
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
-        thread = threading.Thread(target=target, args=(self.stopping,), daemon=True, name=name)
+    def _spawn(
+        self,
+        name: str,
+        loop: Callable[[threading.Event], None],
+        stop: threading.Event | None = None,
+    ) -> None:
+        thread = threading.Thread(
+            target=loop, args=(stop or self.stopping,), daemon=True, name=name
+        )
         thread.start()
         self._threads.append(thread)
 
@@ -278,10 +300,11 @@ class App:
                 "%d running task(s) were interrupted and will run again on the next start",
                 len(interrupted),
             )
+        self._engine_stop.set()
+        self.pools.stop_accepting()
         self.scheduler.stop()
         for thread in self._threads:
-            thread.join(timeout=2)
-        self.scheduler.drain()
+            thread.join(timeout=5)
         if self.http is not None:
             self.http.server_close()
         self.store.close()
@@ -292,7 +315,7 @@ class App:
         """Start a run and block until it finishes; returns the run status (for `nagare exec`)."""
         run = self.runs.trigger(dag_id, conf)
         while not self.stopping.wait(0.05):
-            current = self.store.get_run(run.run_id, counts=False)
+            current = self.store.runs.get(run.run_id, counts=False)
             if current is not None and current.status.terminal:
                 return str(current.status)
             if interrupted():
@@ -311,7 +334,7 @@ def _static_files() -> StaticFiles | None:
 # ---------------------------------------------------------------- worker mode
 
 
-def build_worker(config: Config) -> RemoteWorker:
+def build_worker(config: Config) -> WorkerApp:
     """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
     if not config.join:
         raise ConfigError("--join is required in worker mode (e.g. --join http://master:8080)")
@@ -332,13 +355,58 @@ def build_worker(config: Config) -> RemoteWorker:
     except Exception as err:
         raise ConfigError(f"--join: {err}") from None
     reactor = Reactor()  # owned by the worker's task loop
-    return RemoteWorker(
+    worker = RemoteWorker(
         master,
         hello,
         reactor,
         _WorkerExecutors(config, hello.worker_id, reactor),
         grace_seconds=config.shutdown_grace_seconds,
     )
+    return WorkerApp(worker)
+
+
+class WorkerApp:
+    """The worker role's composition: its loops, each `run(stop)` in a thread of its own, started
+    and stopped here as the server's are in `App`."""
+
+    def __init__(self, worker: RemoteWorker) -> None:
+        self.worker = worker
+        self.stopping = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        worker.on_fatal = self._refused
+        self.on_fatal: Callable[[], None] = lambda: None  # cli wires: wake the main thread
+
+    def start(self) -> None:
+        """The poll loop joins the master first (retrying until it answers)."""
+        for name, loop in (
+            ("poll", self.worker.poll_loop),
+            ("heartbeat", self.worker.heartbeat_loop),
+            ("shipper", self.worker.ship_loop),
+            ("tasks", self.worker.task_loop),
+        ):
+            thread = threading.Thread(target=loop, args=(self.stopping,), daemon=True, name=name)
+            thread.start()
+            self._threads[name] = thread
+
+    def _refused(self) -> None:
+        self.stopping.set()
+        self.on_fatal()
+
+    def stop(self) -> None:
+        """Take no new work, let running tasks finish within the grace period (hand the rest
+        back), deliver every result, say goodbye. Raises WorkerRejected if the master refused
+        this worker."""
+        self.stopping.set()
+        self.worker.leave()  # the master answers the outstanding poll at once, with no work
+        poll = self._threads.pop("poll", None)
+        if poll is not None:
+            poll.join(timeout=self.worker.settings.poll_wait_seconds + 5)
+        self.worker.finish()
+        for thread in self._threads.values():
+            thread.join(timeout=5)
+        self.worker.say_goodbye()
+        if self.worker.fatal is not None:
+            raise self.worker.fatal
 
 
 class _WorkerExecutors:

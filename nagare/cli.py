@@ -151,15 +151,13 @@ def cmd_worker(namespace: argparse.Namespace) -> int:
     from nagare.app import build_worker
 
     worker = build_worker(config)
-    stop = threading.Event()
     signals = _Signals()
-
-    def stop_on_signal() -> None:
+    worker.on_fatal = signals.interrupt  # a master that refuses the worker ends the wait
+    worker.start()
+    try:
         signals.wait()
-        stop.set()
-
-    threading.Thread(target=stop_on_signal, name="signals", daemon=True).start()
-    worker.run(stop)
+    finally:
+        worker.stop()  # raises the master's refusal, if that is why the wait ended
     return 0
 
 
@@ -170,14 +168,18 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd)
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        signal.set_wakeup_fd(self._write_fd)
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
+
+    def interrupt(self) -> None:
+        """End `wait` without a signal (any thread): the process stops on its own."""
+        os.write(self._write_fd, b"\0")
 
     def wait(self) -> None:
         """Block until SIGTERM or SIGINT (callable from any thread: the wake-up pipe carries
@@ -246,10 +248,10 @@ def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) 
 def _print_summary(app: Any, dag_id: str) -> None:
     from nagare.store import RunFilter
 
-    runs, _ = app.store.list_runs(RunFilter(dag_id=dag_id), 1, 1)
+    runs, _ = app.store.runs.find(RunFilter(dag_id=dag_id), 1, 1)
     if not runs:
         return
-    for task in app.store.run_tasks(runs[0].run_id):
+    for task in app.store.tasks.of_run(runs[0].run_id):
         note = f" ({task.message})" if task.message else ""
         print(f"  {task.task_id:<30} {task.status}{note}", file=sys.stderr)
 

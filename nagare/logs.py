@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import IO
 
-from nagare.assignment import size_text
+from nagare.engine.assignment import size_text
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000

@@ -27,8 +27,7 @@ from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NotFound
 from nagare.models import TaskStatus
 from nagare.prometheus import Family, render
-from nagare.store import MetricAgg, MetricPoint, Store
-from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
+from nagare.store import DURATION_BUCKETS_MS, INF_MS, MetricAgg, MetricPoint, Store
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -197,12 +196,12 @@ class MetricsService:
     def overview(self, since: str) -> Overview:
         now = self.clock()
         start = now - parse_span(since or DEFAULT_SINCE)
-        per_dag = self.store.metric_aggregates(start, by_dag=True)
+        per_dag = self.store.metrics.aggregates(start, by_dag=True)
         total = MetricAgg(0, "")
         for agg in per_dag:
             total.add(agg)
         per_dag.sort(key=lambda a: (-a.attempts, a.dag_id))
-        slowest = self.store.slowest_attempts(start, SLOWEST, total.attempts)
+        slowest = self.store.metrics.slowest_attempts(start, SLOWEST, total.attempts)
         return Overview(start, now, total, per_dag, slowest)
 
     def timeseries(self, since: str, dag_id: str, limit: int, bucket: str) -> TimeSeries:
@@ -210,21 +209,21 @@ class MetricsService:
         start = now - parse_span(since or DEFAULT_SINCE)
         bucket_ms = parse_bucket(bucket)
         if not bucket_ms:
-            return self.store.metric_points(start, dag_id, limit)
+            return self.store.metrics.points(start, dag_id, limit)
         first = (now // bucket_ms - (limit - 1)) * bucket_ms  # the newest `limit` buckets
-        return self.store.metric_aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
+        return self.store.metrics.aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
 
     def dag(self, dag_id: str, since: str, limit: int, bucket: str) -> DagMetrics:
         start = self.window_start(since)
         parse_bucket(bucket)  # bad input is a 400 before an unknown DAG is a 404
-        if self.folder.get(dag_id) is None and not self.store.has_attempts(dag_id):
+        if self.folder.get(dag_id) is None and not self.store.metrics.has_attempts(dag_id):
             raise NotFound(f"DAG '{dag_id}' is not loaded and has no recorded metrics")
-        aggs = self.store.metric_aggregates(start, dag_id=dag_id)
+        aggs = self.store.metrics.aggregates(start, dag_id=dag_id)
         agg = aggs[0] if aggs else MetricAgg(0, dag_id)
         p50, p95 = self._percentiles(start, dag_id, agg.attempts, (0.5, 0.95))
         return DagMetrics(
             dag_id=dag_id,
-            run_count=self.store.runs_created_since(start, dag_id),
+            run_count=self.store.metrics.runs_created_since(start, dag_id),
             aggregate=agg,
             p50_duration_ms=p50,
             p95_duration_ms=p95,
@@ -238,16 +237,16 @@ class MetricsService:
             return [None for _ in quantiles]
         ranks = [rank_offsets(count, q) for q in quantiles]
         offsets = sorted({r for low, high, _ in ranks for r in (low, high)})
-        found = self.store.duration_at_ranks(start, dag_id, offsets)
+        found = self.store.metrics.duration_at_ranks(start, dag_id, offsets)
         values = dict(zip(offsets, found, strict=True))
         return [round(interpolated(values[lo], values[hi], w), 3) for lo, hi, w in ranks]
 
     def task(self, task_instance_id: str) -> TaskMetrics:
-        task = self.store.get_task_by_id(task_instance_id)
+        task = self.store.tasks.by_id(task_instance_id)
         if task is None:
             raise NotFound(f"task instance '{task_instance_id}' not found")
-        attempts = self.store.task_attempt_metrics(task_instance_id)
-        run = self.store.get_run(task.run_id, counts=False)
+        attempts = self.store.metrics.of_task(task_instance_id)
+        run = self.store.runs.get(task.run_id, counts=False)
         return TaskMetrics(
             task_instance_id=task.id,
             run_id=task.run_id,
@@ -258,9 +257,9 @@ class MetricsService:
         )
 
     def run(self, run_id: str) -> list[MetricPoint]:
-        if not self.store.run_exists(run_id):
+        if not self.store.runs.exists(run_id):
             raise NotFound(f"run '{run_id}' not found")
-        return self.store.run_attempt_metrics(run_id)
+        return self.store.metrics.of_run(run_id)
 
     # ------------------------------------------------------------ Prometheus
 
@@ -283,7 +282,7 @@ class MetricsService:
             "Task attempts that finished, by DAG, task (map children count under their map "
             "task) and status.",
         )
-        for row in self.store.metric_counters():
+        for row in self.store.metrics.counters():
             if row.name == "dag_runs":
                 runs.add(row.value, dag=row.dag_id, status=row.status)
             elif row.name == "task_runs":
@@ -297,7 +296,7 @@ class MetricsService:
             "Duration of finished task attempts, by DAG and pool.",
         )
         series: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
-        for row in self.store.duration_histogram():
+        for row in self.store.metrics.duration_histogram():
             series.setdefault((row.dag_id, row.pool), []).append((row.le_ms, row.count, row.sum_ms))
         for (dag_id, pool), rows in sorted(series.items()):
             counts = {le: count for le, count, _ in rows}
@@ -308,7 +307,7 @@ class MetricsService:
         return family
 
     def _live_families(self, live: LiveState) -> list[Family]:
-        runs = self.store.active_run_counts()
+        runs = self.store.metrics.active_run_counts()
         snapshot = self.folder.snapshot
         queued = Family("nagare_tasks_queued", "gauge", "Tasks waiting for a slot, by pool.")
         running = Family("nagare_tasks_running", "gauge", "Tasks running, by pool.")

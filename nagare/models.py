@@ -59,6 +59,10 @@ TERMINAL_TASK = frozenset(
 )
 # A dependency in one of these states can never succeed: its dependants become upstream_failed.
 BLOCKING_TASK = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
+# A task in one of these states may still run: its run is not finished, a kill cancels it.
+ACTIVE_TASK = frozenset(
+    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY}
+)
 
 # Every transition a task instance may take; the store refuses any other.
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -107,6 +111,11 @@ class Trigger(StrEnum):
     TRIGGERED = "triggered"
     CATCHUP = "catchup"
     BACKFILL = "backfill"
+
+
+# Runs of a schedule slot: their id is deterministic (a slot runs once), their tasks get the slot
+# as NAGARE_SCHEDULED_TIME.
+SLOT_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL})
 
 
 class ExecutorType(StrEnum):
@@ -372,6 +381,44 @@ class Outcome:
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.error
+
+
+@dataclass
+class Claim:
+    """A task instance a worker slot now owns, with the attempt number it must report and the
+    DAG version its run follows."""
+
+    task: TaskInstance
+    run: Run
+    attempt: int
+    dag: DagDef
+
+    @property
+    def definition(self) -> TaskDef | None:
+        """The task's definition in its run's DAG version (None if it is not there)."""
+        return self.dag.task(self.task.base_task_id)
+
+
+@dataclass
+class AttemptFinish:
+    """How one attempt ended, as the store records it."""
+
+    task_instance_id: str
+    attempt: int
+    status: TaskStatus  # the task's next status: success | failed | up_for_retry | queued
+    attempt_status: TaskStatus  # the attempt row's own status
+    metrics: AttemptMetrics
+    now: int
+    timed_out: bool = False
+    message: str = ""
+    output_tail: str = ""
+    ready_at: int | None = None
+    extra_attempts: int = 0
+
+    @property
+    def retry_at(self) -> int | None:
+        """When the task may run again, if this attempt put it up for retry."""
+        return self.ready_at if self.status is TaskStatus.UP_FOR_RETRY else None
 
 
 JsonDict = dict[str, Any]

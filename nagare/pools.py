@@ -22,17 +22,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from nagare.attempts import SHUTDOWN_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
+from nagare.engine.assignment import build_assignment
+from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.logs import AttemptLog, LogFiles, append_pid_records
-from nagare.models import Outcome, TaskDef, TaskType
-from nagare.store import AttemptFinish, Claim, Store
+from nagare.models import AttemptFinish, Claim, Outcome, TaskDef, TaskType
+from nagare.store import Store
 
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
 EARLY_KILL_SECONDS = 60.0
+KILL_RECORD_SECONDS = 3.0  # on shutdown, how long the killed attempts may take to be recorded
 # while every local slot is busy, the runs of ended attempts are settled in batches: at most
 # this many attempts, or this long after the first of them ended
 SETTLE_BATCH = 64
@@ -47,8 +49,6 @@ class _Attempt:
     claim: Claim
     pool: str
     log: AttemptLog | None = None
-    timeout: float = 0
-    retry_delay: float = 0
     handle: AttemptHandle | None = None  # set once started (under the pools' lock)
     cancel_reason: str = ""  # why it was killed, if it was (under the pools' lock)
 
@@ -136,18 +136,16 @@ class WorkerPools:
         self.settle_batch = SETTLE_BATCH
         self.settle_delay = SETTLE_DELAY_SECONDS
         self._accepting = True
-        self._thread: threading.Thread | None = None
         self._base_env = dict(os.environ)
         # names of server variables that hold secrets (webhook `secret_env`s), set by `app`
         self.hidden_env: Callable[[], set[str]] = set
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        if not any(self.sizes.values()):
-            return
-        self._thread = threading.Thread(target=self._dispatch, daemon=True, name="pools")
-        self._thread.start()
+    @property
+    def has_slots(self) -> bool:
+        """Whether any pool runs tasks here (else no dispatcher loop is needed)."""
+        return any(self.sizes.values())
 
     def notify(self, queued: dict[str, int]) -> None:
         """Tasks of these pools were queued: the dispatcher claims them for free slots."""
@@ -162,7 +160,8 @@ class WorkerPools:
 
     def shutdown(self, grace_seconds: float) -> list[str]:
         """Stop claiming, let running tasks finish for `grace_seconds`, then kill the rest; they
-        go back to `queued` for the next start. Returns the ids of interrupted tasks."""
+        go back to `queued` for the next start. Returns the ids of interrupted tasks once their
+        ends are recorded (or after a few more seconds); then the dispatcher loop ends."""
         self.stop_accepting()
         with self._idle:
             self._idle.wait_for(lambda: not self._running, max(0.0, grace_seconds))
@@ -170,8 +169,8 @@ class WorkerPools:
             attempts = list(self._running.values())
         for attempt in attempts:
             self.cancel(attempt.claim.task.id, SHUTDOWN_REASON)
-        if self._thread is not None:
-            self._thread.join(max(0.5, 2.0 + 1.0))
+        with self._idle:
+            self._idle.wait_for(lambda: not self._running, KILL_RECORD_SECONDS)
         return interrupted
 
     def recover(self, removed_containers: Mapping[tuple[str, int], str] | None = None) -> list[str]:
@@ -183,10 +182,11 @@ class WorkerPools:
         affected run ids."""
         removed_containers = removed_containers or {}
         runs = []
-        for attempt in self.store.running_attempts("local"):
-            task = self.store.get_task_by_id(attempt.task_instance_id)
-            if task is None:
+        for attempt in self.store.tasks.running_attempts("local"):
+            claim = self.store.tasks.claim_of(attempt.task_instance_id, attempt.attempt)
+            if claim is None:
                 continue
+            task = claim.task
             recorded = self.logs.read_pid(task.run_id, task.id, attempt.attempt)
             killed = recorded is not None and self.kill_leftover(*recorded)
             message = "the server stopped while this attempt ran" + (
@@ -195,8 +195,7 @@ class WorkerPools:
             container = removed_containers.get((task.id, attempt.attempt))
             if container:
                 message += f"; its leftover container {container} was removed"
-            claim = Claim(task=task, run=self.store.get_run(task.run_id), attempt=attempt.attempt)  # type: ignore[arg-type]
-            self.store.finish_attempt(
+            self.store.tasks.finish_attempt(
                 self._finish_of(claim, Outcome(exit_code=None, error=message), None)
             )
             with contextlib.suppress(OSError):
@@ -243,7 +242,9 @@ class WorkerPools:
 
     # ------------------------------------------------------------ the dispatcher thread
 
-    def _dispatch(self) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """The dispatcher loop (it owns the reactor): claims, starts, records and settles until
+        the pools stop accepting work (`shutdown`, or `stop`) and nothing runs any more."""
         ended: list[tuple[_Attempt, AttemptFinish]] = []
         unsettled = _Unsettled(self.settle_batch, self.settle_delay)
         recheck = time.monotonic() + IDLE_WAIT_SECONDS
@@ -267,6 +268,8 @@ class WorkerPools:
                 self.on_finished(unsettled.take())
             if ended:
                 continue
+            if stop.is_set():
+                self.stop_accepting()
             with self._lock:
                 if not self._accepting and not self._running:
                     break
@@ -295,7 +298,9 @@ class WorkerPools:
         if not ended and not wants:
             return []
         try:
-            claims = self.store.finish_and_claim([f for _, f in ended], wants, "local", self.clock)
+            claims = self.store.tasks.finish_and_claim(
+                [f for _, f in ended], wants, "local", self.clock
+            )
         except Exception:
             log.exception("recording %d attempts and claiming tasks failed", len(ended))
             claims = []
@@ -315,7 +320,7 @@ class WorkerPools:
 
     def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> None:
         try:
-            self.store.finish_attempt(finish)
+            self.store.tasks.finish_attempt(finish)
         except Exception:
             log.exception(
                 "recording task %s of run %s failed",
@@ -373,8 +378,7 @@ class WorkerPools:
         """None when the attempt runs; else the Outcome of an attempt that cannot start."""
         claim = attempt.claim
         task, run = claim.task, claim.run
-        dag = self.store.dag_version(run.dag_version)
-        definition = dag.task(task.base_task_id)
+        definition = claim.definition
         if definition is None or (
             definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
         ):
@@ -387,9 +391,7 @@ class WorkerPools:
         hidden = self.hidden_env()
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
-        assignment = build_assignment(dag, definition, claim, base_env)
-        attempt.timeout = definition.timeout_seconds
-        attempt.retry_delay = definition.retry_delay_seconds
+        assignment = build_assignment(claim, definition, base_env)
         attempt.log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
         )
@@ -417,9 +419,7 @@ class WorkerPools:
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         try:
-            return self._finish_of(
-                attempt.claim, outcome, attempt.log, reason, attempt.timeout, attempt.retry_delay
-            )
+            return self._finish_of(attempt.claim, outcome, attempt.log, reason)
         finally:
             if attempt.log is not None:
                 attempt.log.close()
@@ -430,18 +430,9 @@ class WorkerPools:
         outcome: Outcome,
         attempt_log: AttemptLog | None,
         cancel_reason: str = "",
-        timeout: float = 0,
-        retry_delay: float = 0,
     ) -> AttemptFinish:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
-        finish = attempt_finish(
-            claim,
-            outcome,
-            self.clock(),
-            cancel_reason=cancel_reason,
-            timeout=timeout,
-            retry_delay=retry_delay,
-        )
+        finish = attempt_finish(claim, outcome, self.clock(), cancel_reason)
         if attempt_log is not None:
             if finish.message:
                 attempt_log.note(finish.message)

@@ -94,7 +94,7 @@ class RetentionSweep:
 def delete_batch(store: Store, logs: LogFiles, cutoff: int, limit: int) -> list[OldRun]:
     """Delete up to `limit` of the oldest finished runs created before `cutoff`, their rows and
     their log folders, then release the freed database pages. Returns the deleted runs."""
-    runs = store.delete_old_runs(cutoff, limit)
+    runs = store.retention.delete_old_runs(cutoff, limit)
     for run in runs:
         logs.remove_run(run.run_id)
     if runs:
@@ -116,7 +116,7 @@ def cleanup(
     after: tuple[int, str] | None = None
     while True:
         if dry_run:
-            runs = store.old_runs(cutoff, batch, after)
+            runs = store.retention.old_runs(cutoff, batch, after)
             if runs:
                 after = (runs[-1].created_at, runs[-1].run_id)
         else:

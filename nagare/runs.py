@@ -7,24 +7,22 @@ the local pools are told to kill the process group (callbacks wired by `app`).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nagare.assignment import env_value
 from nagare.clock import now_ms, to_iso
 from nagare.cron import parse_schedule
 from nagare.dag_folder import DagFolder
+from nagare.engine.assignment import env_value
+from nagare.engine.new_run import run_id_for
+from nagare.engine.next_steps import descendants
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import DagDef, Run, RunStatus, TaskInstance, TaskStatus, TaskType, Trigger
-from nagare.planning import run_id_for
-from nagare.progress import descendants
-from nagare.scheduler import create_run
+from nagare.patterns import ENV_NAME
 from nagare.store import Store
 
 log = logging.getLogger("nagare.runs")
-CONF_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACTIVE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY)
 MAX_CONF_KEYS = 200
 
@@ -46,7 +44,7 @@ def clean_conf(conf: Any) -> dict[str, str]:
         raise Unprocessable(f"conf has {len(conf)} keys; at most {MAX_CONF_KEYS} are allowed")
     result = {}
     for key, value in conf.items():
-        if not CONF_KEY.match(str(key)):
+        if not ENV_NAME.match(str(key)):
             raise Unprocessable(
                 f"conf key '{key}' is not a valid environment variable name "
                 "(expected [A-Za-z_][A-Za-z0-9_]*)"
@@ -99,7 +97,7 @@ class RunService:
         dag = self.dag(dag_id)
         values = clean_conf(conf)
         now = self.clock()
-        run = create_run(self.store, dag, trigger, now, values, now)
+        run = self.store.runs.start(dag, trigger, now, values, now)
         if run is None:
             raise Conflict(f"could not create a run of '{dag_id}'")
         log.info(
@@ -110,11 +108,11 @@ class RunService:
             extra={"dag_id": dag_id, "run_id": run.run_id},
         )
         self.wake(run.run_id)
-        return self.store.get_run(run.run_id) or run
+        return self.store.runs.get(run.run_id) or run
 
     def set_paused(self, dag_id: str, paused: bool) -> bool:
         self.dag(dag_id)
-        self.store.set_paused(dag_id, paused, self.clock())
+        self.store.dags.set_paused(dag_id, paused, self.clock())
         self.wake(None)
         return paused
 
@@ -135,7 +133,7 @@ class RunService:
         result = Backfill(dag_id)
         now = self.clock()
         for slot in slots:
-            run = create_run(self.store, dag, Trigger.BACKFILL, slot, {}, now)
+            run = self.store.runs.start(dag, Trigger.BACKFILL, slot, {}, now)
             if run is None:
                 result.skipped.append(run_id_for(dag_id, Trigger.BACKFILL, slot, now))
             else:
@@ -146,14 +144,14 @@ class RunService:
     # ------------------------------------------------------------ kill
 
     def run(self, run_id: str) -> Run:
-        run = self.store.get_run(run_id)
+        run = self.store.runs.get(run_id)
         if run is None:
             raise NotFound(f"run '{run_id}' not found")
         return run
 
     def task(self, run_id: str, task_id: str) -> TaskInstance:
         self.run(run_id)
-        task = self.store.get_task(run_id, task_id)
+        task = self.store.tasks.get(run_id, task_id)
         if task is None:
             raise NotFound(f"task '{task_id}' not found in run '{run_id}'")
         return task
@@ -162,11 +160,11 @@ class RunService:
         run = self.run(run_id)
         if run.status.terminal:
             raise Conflict(f"run '{run_id}' already finished ({run.status})")
-        self.store.mark_run_killed(run_id)
+        self.store.runs.mark_killed(run_id)
         log.info("run %s killed", run_id, extra={"dag_id": run.dag_id, "run_id": run_id})
-        self._cancel(self.store.run_tasks(run_id))
-        if not any(t.status in ACTIVE for t in self.store.run_tasks(run_id)):
-            self.store.finish_run(run_id, RunStatus.CANCELLED, self.clock())
+        self._cancel(self.store.tasks.of_run(run_id))
+        if not any(t.status in ACTIVE for t in self.store.tasks.of_run(run_id)):
+            self.store.runs.finish(run_id, RunStatus.CANCELLED, self.clock())
         self.wake(run_id)
         return self.run(run_id)
 
@@ -182,7 +180,7 @@ class RunService:
         )
         targets = [task]
         if task.map_index is None:
-            targets += [c for c in self.store.children(run_id, task_id) if c.status in ACTIVE]
+            targets += [c for c in self.store.tasks.children(run_id, task_id) if c.status in ACTIVE]
         self._cancel(targets)
         self.wake(run_id)
         return self.task(run_id, task_id)
@@ -191,7 +189,7 @@ class RunService:
         now = self.clock()
         active = [t for t in tasks if t.status in ACTIVE]
         moved = set(
-            self.store.transition(
+            self.store.tasks.transition(
                 [t.id for t in active], ACTIVE, TaskStatus.CANCELLED, now, message="killed"
             )
         )
@@ -208,13 +206,15 @@ class RunService:
                 f"task '{task_id}' is {task.status}; only a finished task can be retried"
             )
         run = self.run(run_id)
-        dag = self.store.dag_version(run.dag_version)
+        dag = self.store.dags.version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None:
             raise NotFound(f"task '{task.base_task_id}' is not in the run's DAG")
         plan = self._retry_plan(run_id, task, definition.type, definition.retries)
         pending = self._dependants(run_id, dag, task.base_task_id, exclude=plan.running)
-        self.store.reopen(run_id, plan.queue, plan.running, pending + plan.pending, self.clock())
+        self.store.tasks.reopen(
+            run_id, plan.queue, plan.running, pending + plan.pending, self.clock()
+        )
         log.info(
             "task %s of run %s retried",
             task_id,
@@ -230,12 +230,12 @@ class RunService:
         plan = _RetryPlan()
         if task.map_index is not None:
             plan.queue.append((task.id, retries))
-            parent = self.store.get_task(run_id, task.base_task_id)
+            parent = self.store.tasks.get(run_id, task.base_task_id)
             if parent is not None and parent.status.terminal:
                 plan.running.append(parent.id)
             return plan
         if kind is TaskType.MAP:
-            children = self.store.children(run_id, task.task_id)
+            children = self.store.tasks.children(run_id, task.task_id)
             failed = [c for c in children if c.status is not TaskStatus.SUCCESS]
             if children and failed:
                 plan.queue += [(c.id, retries) for c in failed]
@@ -255,7 +255,7 @@ class RunService:
             return []
         return [
             t.id
-            for t in self.store.run_tasks(run_id, include_children=False)
+            for t in self.store.tasks.of_run(run_id, include_children=False)
             if t.task_id in names
             and t.id not in exclude
             and t.status in (TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED)

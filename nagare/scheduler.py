@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nagare.assignment import parse_map_items
 from nagare.clock import now_ms, to_iso
 from nagare.cron import Schedule, parse_schedule
 from nagare.dag_folder import DagFolder
+from nagare.engine.assignment import parse_map_items
+from nagare.engine.new_run import map_children
+from nagare.engine.next_steps import Plan, plan_changes
 from nagare.logs import LogFiles
 from nagare.models import DagDef, InstanceLike, Run, TaskState, TaskStatus, Trigger
-from nagare.planning import build_run, map_children, run_id_for
-from nagare.progress import Plan, plan_changes
 from nagare.store import DagState, Store
 
 log = logging.getLogger("nagare.scheduler")
@@ -69,22 +68,6 @@ def slots_to_fire(
     return firing
 
 
-def create_run(
-    store: Store, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
-) -> Run | None:
-    """Insert a run of `dag`; None when the (deterministic) id of a slot run exists already."""
-    version = store.save_dag_version(dag, now)
-    base_id = run_id_for(dag.dag_id, trigger, execution_date, now)
-    for suffix in range(50):
-        run_id = base_id if suffix == 0 else f"{base_id}-{suffix + 1}"
-        run, tasks = build_run(dag, version, trigger, execution_date, conf, now, run_id)
-        if store.create_run(run, tasks):
-            return run
-        if base_id.count("__scheduled__"):
-            return None
-    return None
-
-
 class Scheduler:
     def __init__(
         self,
@@ -109,7 +92,7 @@ class Scheduler:
         self._views: dict[str, _View] = {}
         self._schedules_changed = True
         self._next_slot: dict[str, int] = {}
-        self._last_sweep = 0.0
+        self._last_sweep: int | None = None  # epoch ms of the last safety sweep
         self.last_lag_ms = 0
         # the earliest `ready_at` of a task up for retry, as far as known (a lower bound; None
         # with _retry_known: none), so that a pass reads the retries only when one is due
@@ -174,35 +157,47 @@ class Scheduler:
                 retry = True
         return retry
 
+    def hand_over(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
+        """Task instances ended where no pass should run (a remote worker's result in an HTTP
+        thread, an expired lease in the reaper): the scheduler thread settles their runs next."""
+        with self._cond:
+            self._mark_finished(finished)
+            self._cond.notify()
+
     def run(self, stop: threading.Event) -> None:
+        """The scheduler loop; once `stop` is set (after the pools stopped), it settles the runs
+        of the tasks that ended in the last moments (no schedules fire, nothing is announced),
+        so nothing is left for the next start to discover."""
         while not stop.is_set():
             try:
                 with self._pass_lock:
-                    delay = self.tick()
+                    delay = self.tick(self.clock())
             except Exception:
                 log.exception("scheduler pass failed; retrying shortly")
                 delay = 1.0
             with self._cond:
                 if not self._dirty and not self._schedules_changed and not stop.is_set():
                     self._cond.wait(max(0.0, delay))
+        self._drain()
 
     def stop(self) -> None:
+        """Wake the loop to see its `stop` event."""
         with self._cond:
             self._cond.notify_all()
 
-    def drain(self) -> None:
-        """On shutdown, after the loop has stopped: settle the runs tasks finished in the last
-        moments (no schedules fire), so nothing is left for the next start to discover."""
-        with self._pass_lock:
-            with self._cond:
-                dirty, self._dirty = self._dirty, {}
-            self._advance_all(dirty, announce=False)
+    def _drain(self) -> None:
+        try:
+            with self._pass_lock:
+                with self._cond:
+                    dirty, self._dirty = self._dirty, {}
+                self._advance_all(dirty, announce=False)
+        except Exception:
+            log.exception("settling the last finished tasks failed; the next start does it")
 
     # ------------------------------------------------------------ one pass
 
-    def tick(self) -> float:
-        """Run one pass; returns seconds until the next pass is needed."""
-        now = self.clock()
+    def tick(self, now: int) -> float:
+        """Run one pass at `now` (epoch ms); returns seconds until the next pass is needed."""
         with self._cond:
             dirty, self._dirty = self._dirty, {}
             schedules_changed, self._schedules_changed = self._schedules_changed, False
@@ -211,15 +206,21 @@ class Scheduler:
                 dirty[run_id] = None
         for run_id, task_id in self._queue_due_retries(now):
             _mark(dirty, run_id, task_id)
-        if time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
-            self._last_sweep = time.monotonic()
+        if self._sweep_due(now):
+            self._last_sweep = now
             with self._cond:
                 self._retry_known = False  # a retry no finished task announced: found here
-            active = self.store.active_run_ids()
+            active = self.store.runs.active_ids()
             self._views = {k: v for k, v in self._views.items() if k in active}
             dirty.update(dict.fromkeys(active))
         self._advance_all(dirty)
-        return self._seconds_to_next(self.clock())
+        return self._seconds_to_next(max(now, self.clock()))  # the pass itself took time
+
+    def _sweep_due(self, now: int) -> bool:
+        """The safety sweep reloads every active run every SWEEP_SECONDS (and at once if the
+        clock was set back)."""
+        last = self._last_sweep
+        return last is None or not 0 <= now - last < int(SWEEP_SECONDS * 1000)
 
     def _advance_all(self, dirty: dict[str, set[str] | None], announce: bool = True) -> None:
         pools: Counter[str] = Counter()
@@ -255,7 +256,7 @@ class Scheduler:
 
     def _fire_dag(self, dag: DagDef, now: int) -> set[str]:
         schedule = parse_schedule(dag.schedule, dag.timezone)
-        state = self.store.ensure_dag_state(dag.dag_id, now)
+        state = self.store.dags.ensure_state(dag.dag_id, now)
         if state.paused:
             self._next_slot.pop(dag.dag_id, None)
             return set()
@@ -274,7 +275,7 @@ class Scheduler:
             )
         created = set()
         for slot, trigger in firing.slots:
-            run = create_run(self.store, dag, trigger, slot, {}, now)
+            run = self.store.runs.start(dag, trigger, slot, {}, now)
             if run is not None:
                 created.add(run.run_id)
                 self.last_lag_ms = max(0, now - slot)
@@ -287,7 +288,7 @@ class Scheduler:
                     extra={"dag_id": dag.dag_id, "run_id": run.run_id},
                 )
         if firing.last_slot is not None:
-            self.store.set_last_slot(dag.dag_id, firing.last_slot, now)
+            self.store.dags.set_last_slot(dag.dag_id, firing.last_slot, now)
         last = (
             firing.last_slot
             if firing.last_slot is not None
@@ -305,7 +306,7 @@ class Scheduler:
                 return self._retry_at
             # hints given before this read are in the store already (sent after the commit)
             self._retry_known, self._retry_at = True, None
-        found = self.store.next_retry_at()
+        found = self.store.tasks.next_retry_at()
         with self._cond:  # hints that came during the read are kept
             self._retry_at = _earliest(self._retry_at, found)
             return self._retry_at
@@ -316,11 +317,11 @@ class Scheduler:
             return []
         with self._cond:
             self._retry_known = False  # re-read after these leave up_for_retry
-        due = self.store.due_retries(now)
+        due = self.store.tasks.due_retries(now)
         if not due:
             return []
         moved = set(
-            self.store.transition(
+            self.store.tasks.transition(
                 [t.id for t in due], [TaskStatus.UP_FOR_RETRY], TaskStatus.QUEUED, now
             )
         )
@@ -345,7 +346,7 @@ class Scheduler:
         else:
             changed = self._refresh(view, finished or set())
         dag = view.dag
-        child_counts = self.store.child_counts(run_id) if dag.map_task_ids else {}
+        child_counts = self.store.tasks.child_counts(run_id) if dag.map_task_ids else {}
         plan = plan_changes(
             dag, dag.order, view.by_task, child_counts, view.run.killed, changed, view.waits
         )
@@ -354,7 +355,7 @@ class Scheduler:
             pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
             self._views.pop(run_id, None)
-            ended = self.store.finish_run(run_id, plan.run_status, now)
+            ended = self.store.runs.finish(run_id, plan.run_status, now)
             if ended is not None:
                 log.info(
                     "run %s finished: %s",
@@ -369,12 +370,12 @@ class Scheduler:
         return pools
 
     def _load(self, run_id: str) -> _View | None:
-        run = self.store.get_run(run_id, counts=False)
+        run = self.store.runs.get(run_id, counts=False)
         if run is None or run.status.terminal:
             self._views.pop(run_id, None)
             return None
-        dag = self.store.dag_version(run.dag_version)
-        states = self.store.run_states(run_id)
+        dag = self.store.dags.version(run.dag_version)
+        states = self.store.tasks.run_states(run_id)
         view = _View(run, dag, {t.task_id: t for t in states}, {t.id: t.task_id for t in states})
         self._views[run_id] = view
         return view
@@ -383,7 +384,7 @@ class Scheduler:
         """Re-read the finished task instances of a cached run; returns the changed task ids."""
         ids = [i for i in finished if i in view.task_ids]
         changed = set()
-        for state in self.store.task_states(ids):
+        for state in self.store.tasks.states_of(ids):
             if view.by_task.get(state.task_id) != state:
                 view.by_task[state.task_id] = state
                 changed.add(state.task_id)
@@ -393,7 +394,7 @@ class Scheduler:
         run, dag = view.run, view.dag
         pools: Counter[str] = Counter()
         if plan.upstream_failed:
-            moved = self.store.transition(
+            moved = self.store.tasks.transition(
                 [t.id for t in plan.upstream_failed],
                 [TaskStatus.PENDING],
                 TaskStatus.UPSTREAM_FAILED,
@@ -402,7 +403,7 @@ class Scheduler:
             )
             view.moved(plan.upstream_failed, moved, TaskStatus.UPSTREAM_FAILED)
         if plan.queue:
-            moved = self.store.transition(
+            moved = self.store.tasks.transition(
                 [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
             )
             view.moved(plan.queue, moved, TaskStatus.QUEUED)
@@ -411,7 +412,7 @@ class Scheduler:
         if view.stale:
             self._views.pop(run.run_id, None)
         for task_id, status, message in plan.map_done:
-            self.store.complete_task(task_id, [TaskStatus.RUNNING], status, now, message)
+            self.store.tasks.complete(task_id, [TaskStatus.RUNNING], status, now, message)
         for parent in plan.expand:
             pools.update(self._expand(run, dag, parent, now))
         for task in plan.trigger:
@@ -421,7 +422,7 @@ class Scheduler:
     def _expand(self, run: Run, dag: DagDef, parent: InstanceLike, now: int) -> Counter[str]:
         definition = dag.task(parent.task_id)
         assert definition is not None
-        source = self.store.get_task(run.run_id, definition.map_over)
+        source = self.store.tasks.get(run.run_id, definition.map_over)
         stdout, cut_at = None, None
         if source is not None:
             stdout = self.logs.read_stdout(run.run_id, source.id, source.attempt)
@@ -431,15 +432,15 @@ class Scheduler:
                 stdout or "", definition.map_over, self.settings.max_map_items, cut_at
             )
         except ValueError as exc:
-            self.store.complete_task(
+            self.store.tasks.complete(
                 parent.id, [TaskStatus.PENDING], TaskStatus.FAILED, now, str(exc)
             )
             return Counter()
         children = map_children(parent, definition.command, definition.max_attempts, items, now)
-        if not self.store.expand_map(parent.id, children, now):
+        if not self.store.tasks.expand_map(parent.id, children, now):
             return Counter()
         if not children:
-            self.store.complete_task(
+            self.store.tasks.complete(
                 parent.id,
                 [TaskStatus.RUNNING],
                 TaskStatus.SUCCESS,
@@ -459,11 +460,11 @@ class Scheduler:
     def _trigger(self, run: Run, dag: DagDef, task: InstanceLike, now: int) -> None:
         definition = dag.task(task.task_id)
         assert definition is not None
-        if not self.store.start_internal(task.id, [TaskStatus.PENDING], now):
+        if not self.store.tasks.start_internal(task.id, [TaskStatus.PENDING], now):
             return
         target = self.folder.get(definition.dag_id)
         if target is None:
-            self.store.complete_task(
+            self.store.tasks.complete(
                 task.id,
                 [TaskStatus.RUNNING],
                 TaskStatus.FAILED,
@@ -471,9 +472,9 @@ class Scheduler:
                 f"DAG '{definition.dag_id}' is not loaded, so it cannot be triggered",
             )
             return
-        child = create_run(self.store, target, Trigger.TRIGGERED, now, dict(run.conf), now)
+        child = self.store.runs.start(target, Trigger.TRIGGERED, now, dict(run.conf), now)
         if child is None:
-            self.store.complete_task(
+            self.store.tasks.complete(
                 task.id,
                 [TaskStatus.RUNNING],
                 TaskStatus.FAILED,
@@ -482,7 +483,7 @@ class Scheduler:
             )
             return
         self.wake(child.run_id)
-        self.store.complete_task(
+        self.store.tasks.complete(
             task.id,
             [TaskStatus.RUNNING],
             TaskStatus.SUCCESS,
@@ -492,7 +493,7 @@ class Scheduler:
         )
 
     def active(self) -> list[str]:
-        return self.store.active_run_ids()
+        return self.store.runs.active_ids()
 
 
 @dataclass

@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nagare.assignment import env_value
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
+from nagare.engine.assignment import env_value
 from nagare.errors import BadRequest, Conflict, NagareError, NotFound
 from nagare.models import DagDef, Run, TriggerDef
 from nagare.store import Store
@@ -158,7 +158,7 @@ class WebhookService:
             raise NotFound(f"no webhook trigger for {delivery.method.upper()} {delivery.path}")
         self._verify(trigger, delivery)
         payload = _parse(delivery.body)
-        state = self.store.dag_states().get(dag.dag_id)
+        state = self.store.dags.states().get(dag.dag_id)
         if state is not None and state.paused:
             raise Conflict(f"dag paused: DAG '{dag.dag_id}' is paused; activate it first")
         delivery_id = delivery.headers.get(self.delivery_header, "").strip()[:MAX_DELIVERY_ID]
@@ -167,12 +167,12 @@ class WebhookService:
         key = f"{dag.dag_id}\n{delivery_id}"
         with self._dedupe_lock:
             now = self.clock()
-            first = self.store.find_delivery(key, now - DEDUPE_WINDOW_MS)
+            first = self.store.deliveries.find(key, now - DEDUPE_WINDOW_MS)
             if first is not None:
                 log.info("DAG '%s': repeated delivery %s -> run %s", dag.dag_id, delivery_id, first)
                 return first
             run_id = self._start(dag, trigger, payload)
-            self.store.record_delivery(key, run_id, now, now - DEDUPE_WINDOW_MS)
+            self.store.deliveries.record(key, run_id, now, now - DEDUPE_WINDOW_MS)
             return run_id
 
     def _verify(self, trigger: TriggerDef, delivery: Delivery) -> None:

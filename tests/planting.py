@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from nagare.models import AttemptMetrics, DagDef, TaskDef
 from nagare.store import Store
 from nagare.store.metrics import AttemptTally, count_run
+from nagare.store.schema import ROLLUP_SQL
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -45,7 +46,7 @@ def plant_run(
     run_id = run_id or f"{dag_id}__manual__{uuid.uuid4().hex[:12]}"
     tasks = sorted({a.task_id for a in attempts}) or ["t"]
     dag = DagDef(dag_id, tasks=tuple(TaskDef(t.split("[")[0]) for t in dict.fromkeys(tasks)))
-    version = store.save_dag_version(dag, created_at)
+    version = store.dags.save_version(dag, created_at)
     ids = {t: uuid.uuid4().hex[:20] for t in tasks}
     finished_at = max((a.completed_at or created_at for a in attempts), default=created_at)
     done = status in ("success", "failed", "cancelled")
@@ -132,3 +133,12 @@ def _insert_attempt(conn, instance_id, run_id, dag_id, a, created_at) -> None:  
         tally = AttemptTally()
         tally.add(dag_id, base_task, pool, a.status, metrics, a.completed_at)
         tally.write(conn)
+
+
+def rebuild_rollup(store: Store) -> None:
+    """Recompute the whole metric roll-up from the attempt rows: the oracle the incremental
+    roll-up (closing attempts, retention) is compared with."""
+    with store.db.write() as conn:
+        conn.execute("DELETE FROM metric_rollup")
+        for sql in ROLLUP_SQL:
+            conn.execute(sql)

@@ -4,10 +4,16 @@ Every `nagare/**/*.py` is parsed (never imported). The rules:
 
 - every module has a layer (a new module fails until it is given one in LAYERS below);
 - a module imports only `nagare` modules of its own layer or lower;
-- L3 services do not import each other (one documented exception);
+- L3 services do not import each other;
 - executors never touch the store or HTTP;
+- outside the store, only the `nagare.store` package is imported, never its modules; outside
+  the executors, only the seam (`nagare.executors`) and its reactor, never a concrete executor
+  (but in `app`, the composition root, which builds them);
 - each technology has one owner module (sqlite3, subprocess, signal, psutil, ctypes, docker, jq,
-  croniter, http.server, urllib.request, yaml, print);
+  croniter, http.server, urllib.request, yaml, print), and only `executors/spawn.py` starts or
+  signals processes (`_posixsubprocess`, `os.posix_spawn`, `os.fork`, `os.exec*`, `os.kill`,
+  `os.killpg`, ...);
+- threads are created only where ARCHITECTURE.md's threading model says;
 - no service object is built at import time (no module-level `Store(...)`, `App(...)`);
 - no `time.sleep` in nagare/: background loops wait on events or conditions.
 """
@@ -36,28 +42,32 @@ LAYERS: dict[str, int] = {
     "nagare.clock": L0,
     "nagare.models": L0,
     "nagare.resources": L0,
-    # L1: pure decisions (parsing, validation, cron, "what runs next")
+    "nagare.patterns": L0,
+    # L1: pure decisions (parsing, validation, cron, "what runs next") and formats
     "nagare.dagfile": L1,  # the package and every module in it
+    "nagare.engine": L1,  # the package and every module in it
     "nagare.cron": L1,
-    "nagare.assignment": L1,
     "nagare.config": L1,
     "nagare.settings": L1,  # generated from config.OPTIONS (tests/generate_settings.py)
     "nagare.prometheus": L1,
     "nagare.server_log": L1,
-    "nagare.progress": L1,
-    "nagare.planning": L1,
+    "nagare.cluster": L1,  # the package's __init__ only: its modules have layers of their own
+    "nagare.cluster.protocol": L1,
     # L2: I/O seams
     "nagare.store": L2,  # the package and every module in it
     "nagare.dag_folder": L2,
     "nagare.logs": L2,
-    "nagare.executors": L2,  # the package and every module in it (local, docker)
+    "nagare.executors": L2,  # the package and every module in it
     "nagare.client": L2,
-    "nagare.attempts": L2,
     # L3: services; they meet in the store and in callbacks that `app` wires
     "nagare.scheduler": L3,
     "nagare.pools": L3,
     "nagare.runs": L3,
     "nagare.retention": L3,
+    "nagare.webhooks": L3,
+    "nagare.metrics": L3,
+    "nagare.cluster.coordinator": L3,
+    "nagare.cluster.remote": L3,
     # L4: the HTTP layer
     "nagare.http": L4,  # the package and every module in it
     # L5: the composition root
@@ -67,27 +77,28 @@ LAYERS: dict[str, int] = {
     "nagare.cli_client": L6,
     "nagare.__main__": L6,
 }
-# Modules DESIGN.md §3 places already, written by later features. They need no entry when they
-# arrive; until then they do not exist and nothing is checked for them.
-PLANNED: dict[str, int] = {
-    "nagare.cluster": L2,
-    "nagare.cluster.protocol": L2,
-    "nagare.webhooks": L3,
-    "nagare.metrics": L3,
-    "nagare.cluster.coordinator": L3,
-    "nagare.cluster.remote": L3,
-}
 # Packages whose every module shares the package's layer.
-LAYERED_PACKAGES = ("nagare.store", "nagare.executors", "nagare.http", "nagare.dagfile")
+LAYERED_PACKAGES = (
+    "nagare.store",
+    "nagare.executors",
+    "nagare.http",
+    "nagare.dagfile",
+    "nagare.engine",
+)
 
-# `runs` (user operations: trigger, backfill) creates runs exactly as the scheduler does, so it
-# imports `scheduler.create_run`. This is the single allowed import between L3 services.
-ALLOWED_L3_IMPORTS = frozenset({("nagare.runs", "nagare.scheduler")})
+# What other modules may import of the store and of the executors: the public package and the
+# seam. The composition root builds the concrete executors and so may import them.
+STORE_PUBLIC = "nagare.store"
+EXECUTOR_SEAM = frozenset({"nagare.executors", "nagare.executors.reactor"})
+COMPOSITION_ROOT = "nagare.app"
 
 # Each technology has one owner (paths relative to the repository; a trailing "/" is a folder).
 TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "sqlite3": ("nagare/store/",),
     "subprocess": ("nagare/executors/spawn.py",),
+    "_posixsubprocess": ("nagare/executors/spawn.py",),
+    "multiprocessing": (),
+    "pty": (),
     "psutil": ("nagare/executors/procfs.py",),
     # the C library's sched_getcpu: where a new task process starts (see Spawner._hand_off)
     "ctypes": ("nagare/executors/spawn.py",),
@@ -102,6 +113,51 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "yaml": ("nagare/dagfile/", "nagare/config.py"),
 }
 PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py")
+# Calls that start, replace or signal a process: only the spawner makes them.
+PROCESS_CALLS = frozenset(
+    {
+        "os.kill",
+        "os.killpg",
+        "os.posix_spawn",
+        "os.posix_spawnp",
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.popen",
+        "os.execv",
+        "os.execve",
+        "os.execl",
+        "os.execle",
+        "os.execlp",
+        "os.execlpe",
+        "os.execvp",
+        "os.execvpe",
+        "os.spawnv",
+        "os.spawnve",
+        "os.spawnl",
+        "os.spawnle",
+        "os.spawnlp",
+        "os.spawnlpe",
+        "os.spawnvp",
+        "os.spawnvpe",
+        "os.pidfd_send_signal",
+        "signal.pthread_kill",
+    }
+)
+PROCESS_OWNER = "nagare/executors/spawn.py"
+# Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` starts every
+# long-lived loop; the HTTP server makes a thread per connection (ThreadingHTTPServer); the
+# Docker executor runs each blocking container attempt (and its stats stream and timers) in
+# threads of its own.
+THREAD_OWNERS = ("nagare/app.py", "nagare/http/server.py", "nagare/executors/docker.py")
+THREAD_CALLS = frozenset(
+    {
+        "threading.Thread",
+        "threading.Timer",
+        "concurrent.futures.ThreadPoolExecutor",
+        "_thread.start_new_thread",
+    }
+)
 
 # Import-time construction of these is a module-level singleton or a side effect.
 STDLIB_SERVICE_CALLS = frozenset(
@@ -163,7 +219,7 @@ def all_modules() -> tuple[Module, ...]:
 
 
 def known_names() -> set[str]:
-    names = {m.name for m in all_modules()} | set(LAYERS) | set(PLANNED)
+    names = {m.name for m in all_modules()} | set(LAYERS)
     for name in list(names):  # namespace packages (a folder without __init__.py)
         parts = name.split(".")
         names |= {".".join(parts[:i]) for i in range(1, len(parts))}
@@ -173,8 +229,6 @@ def known_names() -> set[str]:
 def layer_of(name: str) -> int | None:
     if name in LAYERS:
         return LAYERS[name]
-    if name in PLANNED:
-        return PLANNED[name]
     for package in LAYERED_PACKAGES:
         if name.startswith(package + "."):
             return LAYERS[package]
@@ -421,9 +475,7 @@ def test_l3_services_do_not_import_each_other(module: Module) -> None:
     peers = [
         f"{module.path}:{line} imports {target}"
         for line, target in nagare_imports(module)
-        if layer_of(target) == L3
-        and target != module.name
-        and (module.name, target) not in ALLOWED_L3_IMPORTS
+        if layer_of(target) == L3 and target != module.name
     ]
     assert peers == [], (
         f"L3 services meet in the store and in callbacks wired by app, not by imports: {peers}"
@@ -445,6 +497,89 @@ def test_executors_never_touch_the_store_or_http(module: Module) -> None:
     assert touching == [], (
         "executors get an Assignment and callbacks and return an Outcome (DESIGN.md §3): "
         f"{touching}"
+    )
+
+
+def _outside(module: Module, package: str) -> bool:
+    return module.name != package and not module.name.startswith(package + ".")
+
+
+@pytest.mark.parametrize(
+    "module",
+    module_cases("store-public", [m for m in all_modules() if _outside(m, STORE_PUBLIC)]),
+)
+def test_only_the_store_package_is_imported_never_its_modules(module: Module) -> None:
+    internals = [
+        f"{module.path}:{line} imports {target}"
+        for line, target in nagare_imports(module)
+        if target.startswith(STORE_PUBLIC + ".")
+    ]
+    assert internals == [], (
+        "services see the store through `nagare.store` (and a Protocol of what they call); its "
+        f"modules are its own: {internals}"
+    )
+
+
+def _not_executor_or_root(module: Module) -> bool:
+    return _outside(module, "nagare.executors") and module.name != COMPOSITION_ROOT
+
+
+@pytest.mark.parametrize(
+    "module",
+    module_cases("executor-seam", [m for m in all_modules() if _not_executor_or_root(m)]),
+)
+def test_only_the_executor_seam_is_imported_never_a_concrete_executor(module: Module) -> None:
+    concrete = [
+        f"{module.path}:{line} imports {target}"
+        for line, target in nagare_imports(module)
+        if target.startswith("nagare.executors.") and target not in EXECUTOR_SEAM
+    ]
+    assert concrete == [], (
+        "the dispatcher and the worker know executors only through the seam (start -> handle, "
+        f"listener callbacks); {COMPOSITION_ROOT} builds the concrete ones: {concrete}"
+    )
+
+
+def calls_to(module: Module, names: frozenset[str]) -> list[tuple[int, str]]:
+    """(line, full name) of every call of one of `names`, however it was imported."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = alias.name
+    found = []
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Call):
+            name = dotted(node.func)
+            head, _, rest = name.partition(".")
+            full = aliases.get(head, head) + ("." + rest if rest else "")
+            if full in names:
+                found.append((node.lineno, full))
+    return found
+
+
+@pytest.mark.parametrize("module", module_cases("process-calls"))
+def test_only_the_spawner_starts_or_signals_processes(module: Module) -> None:
+    if module.path == PROCESS_OWNER:
+        return
+    calls = calls_to(module, PROCESS_CALLS)
+    assert calls == [], (
+        f"{module.path} starts or signals processes {calls}; only {PROCESS_OWNER} does (an "
+        "executor asks it, and a kill is posted to the thread that owns the process)"
+    )
+
+
+@pytest.mark.parametrize("module", module_cases("threads"))
+def test_threads_are_created_only_where_the_threading_model_says(module: Module) -> None:
+    if owns(module.path, THREAD_OWNERS):
+        return
+    calls = calls_to(module, THREAD_CALLS)
+    assert calls == [], (
+        f"{module.path} creates threads {calls}: a long-lived loop is an object with "
+        "run(stop_event) that nagare/app.py starts (ARCHITECTURE.md, Threading model)"
     )
 
 
@@ -542,6 +677,7 @@ def test_checker_layers() -> None:
     assert layer_of("nagare") == L0
     assert layer_of("nagare.store.schema") == L2
     assert layer_of("nagare.executors.docker") == L2
+    assert layer_of("nagare.engine.next_steps") == L1
     assert layer_of("nagare.http.api") == L4
     assert layer_of("nagare.webhooks") == L3
     assert layer_of("nagare.brand_new") is None
@@ -599,3 +735,13 @@ def test_checker_finds_module_level_services() -> None:
         (5, "Store"),
         (7, "threading.Thread"),
     ]
+
+
+def test_checker_finds_process_and_thread_calls() -> None:
+    module = fake(
+        "nagare.x",
+        "import os, threading\nfrom os import killpg as kp\nos.kill(1, 9)\nkp(2, 9)\n"
+        "os.waitpid(3, 0)\nthreading.Thread(target=f).start()\n",
+    )
+    assert calls_to(module, PROCESS_CALLS) == [(3, "os.kill"), (4, "os.killpg")]
+    assert calls_to(module, THREAD_CALLS) == [(6, "threading.Thread")]

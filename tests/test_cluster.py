@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -993,7 +992,8 @@ def test_a_real_worker_sends_exactly_what_the_master_reads(
     config = make_config(
         tmp_path / "worker", join=nagare.url, pools="gpu", worker_id="w1", max_tasks=3
     )
-    worker = build_worker(config.with_values(shutdown_grace_seconds=0.5))
+    app = build_worker(config.with_values(shutdown_grace_seconds=0.5))
+    worker = app.worker
     sent: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     send = worker.master.cluster
 
@@ -1003,9 +1003,7 @@ def test_a_real_worker_sends_exactly_what_the_master_reads(
         return answer
 
     worker.master.cluster = recording  # type: ignore[method-assign]
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
+    app.start()
     try:
         run_id = nagare.trigger("wire")
         wait_task(nagare, run_id, "long", "running")
@@ -1014,8 +1012,7 @@ def test_a_real_worker_sends_exactly_what_the_master_reads(
         assert nagare.call("POST", f"/api/runs/{run_id}/tasks/long/kill").status == 200
         wait_task(nagare, run_id, "long", "cancelled")
     finally:
-        stop.set()
-        thread.join(15)
+        app.stop()
 
     readers = {
         "register": (protocol.read_hello, protocol.encode_hello),
@@ -1219,12 +1216,12 @@ def test_a_worker_joins_a_master_over_tls(
     run = nagare.app.runs.trigger("overtls", {})
 
     def finished() -> str | None:
-        current = nagare.app.store.get_run(run.run_id, counts=False)
+        current = nagare.app.store.runs.get(run.run_id, counts=False)
         assert w1.proc.poll() is None, w1.text()
         return str(current.status) if current and current.status.terminal else None
 
     assert wait_for(finished, 20, 0.05, "the run over TLS") == "success"
-    task = nagare.app.store.get_task(run.run_id, "t")
+    task = nagare.app.store.tasks.get(run.run_id, "t")
     assert task is not None and task.worker == "w1"
     lines = [text for _, text in nagare.app.logs.lines(run.run_id, task.id, task.attempt)]
     assert "via-tls" in lines

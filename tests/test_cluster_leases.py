@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nagare.attempts import HANDED_BACK_REASON, attempt_finish
 from nagare.cluster.coordinator import Coordinator
 from nagare.cluster.protocol import (
     MAX_HELD,
@@ -49,6 +48,7 @@ from nagare.cluster.protocol import (
     read_result,
 )
 from nagare.dagfile import parse_dag
+from nagare.engine.attempt_end import HANDED_BACK_REASON, attempt_finish
 from nagare.errors import BadRequest
 from nagare.logs import LogFiles
 from nagare.models import (
@@ -59,7 +59,6 @@ from nagare.models import (
     TaskStatus,
     Trigger,
 )
-from nagare.scheduler import create_run
 from nagare.store import Store, WorkerRecord
 
 HELLO = {"worker_id": "w1", "hostname": "box-1", "pools": ["gpu"], "max_tasks": 2}
@@ -304,7 +303,7 @@ def store(tmp_path: Path) -> Store:
         "  - id: u\n    pool: gpu\n    command: 'true'\n"
     )
     assert dag is not None, errors
-    create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
     return store
 
 
@@ -313,94 +312,96 @@ def finish(store: Store, claim: Any, outcome: Outcome, now: int, reason: str = "
 
 
 def test_a_claim_is_a_lease_renewed_only_for_its_holder(store: Store) -> None:
-    claims = store.claim_remote("w1", ["gpu"], 5, now=1_000, lease_until=1_000 + LEASE)
+    claims = store.workers.claim("w1", ["gpu"], 5, now=1_000, lease_until=1_000 + LEASE)
     assert sorted(c.task.task_id for c in claims) == ["t", "u"]  # both, in one poll
-    assert store.held_count("w1") == 2
+    assert store.workers.held_count("w1") == 2
     first = claims[0]
-    answers = store.renew_leases("w1", [(first.task.id, first.attempt)], 20_000 + LEASE)
+    answers = store.workers.renew("w1", [(first.task.id, first.attempt)], 20_000 + LEASE)
     assert [(a.cancel, a.lost) for a in answers] == [(False, False)]
-    stranger = store.renew_leases("w2", [(first.task.id, first.attempt)], 20_000 + LEASE)
+    stranger = store.workers.renew("w2", [(first.task.id, first.attempt)], 20_000 + LEASE)
     assert stranger[0].lost  # not its task
-    wrong_attempt = store.renew_leases("w1", [(first.task.id, first.attempt + 1)], 20_000)
+    wrong_attempt = store.workers.renew("w1", [(first.task.id, first.attempt + 1)], 20_000)
     assert wrong_attempt[0].lost
     # the renewed lease outlives the other one
-    expired = store.expired_leases(1_000 + LEASE + 1)
+    expired = store.workers.expired(1_000 + LEASE + 1)
     assert [e[0] for e in expired] == [claims[1].task.id]
-    assert store.holder(first.task.id, first.attempt, 1_000 + LEASE + 1) == "w1"
+    assert store.workers.holder(first.task.id, first.attempt, 1_000 + LEASE + 1) == "w1"
 
 
 def test_a_result_after_the_lease_ran_out_is_refused(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
     late = finish(store, claim, Outcome(exit_code=0), LEASE + 1)
-    assert store.finish_remote(late, "w1", LEASE + 1) is None
+    assert store.workers.finish(late, "w1", LEASE + 1) is None
     lost = finish(store, claim, Outcome(exit_code=None, error="worker w1 lost"), LEASE + 1)
-    assert store.expire_lease(lost, "w1", LEASE + 1)
-    assert not store.expire_lease(lost, "w1", LEASE + 2)  # closed once
-    task = store.get_task_by_id(claim.task.id)
+    assert store.workers.expire(lost, "w1", LEASE + 1)
+    assert not store.workers.expire(lost, "w1", LEASE + 2)  # closed once
+    task = store.tasks.by_id(claim.task.id)
     assert task is not None and task.status is TaskStatus.UP_FOR_RETRY  # retries: 1
     assert "worker w1 lost; retrying (attempt 2 of 2)" in task.message
-    assert store.finish_remote(late, "w1", LEASE + 1) is None  # still refused afterwards
-    (attempt,) = store.attempts(claim.task.id)
+    assert store.workers.finish(late, "w1", LEASE + 1) is None  # still refused afterwards
+    (attempt,) = store.tasks.attempts(claim.task.id)
     assert attempt.status is TaskStatus.FAILED and attempt.worker == "w1"
 
 
 def test_a_result_in_time_wins_over_the_reaper(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.finish_remote(finish(store, claim, Outcome(exit_code=0), 10), "w1", 10) is True
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.workers.finish(finish(store, claim, Outcome(exit_code=0), 10), "w1", 10) is True
     lost = finish(store, claim, Outcome(exit_code=None, error="lost"), LEASE + 1)
-    assert not store.expire_lease(lost, "w1", LEASE + 1)
-    assert store.expired_leases(LEASE * 10) == []
-    task = store.get_task_by_id(claim.task.id)
+    assert not store.workers.expire(lost, "w1", LEASE + 1)
+    assert store.workers.expired(LEASE * 10) == []
+    task = store.tasks.by_id(claim.task.id)
     assert task is not None and task.status is TaskStatus.SUCCESS
 
 
 def test_another_worker_cannot_report_the_attempt(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.finish_remote(finish(store, claim, Outcome(exit_code=0), 5), "w2", 5) is None
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.workers.finish(finish(store, claim, Outcome(exit_code=0), 5), "w2", 5) is None
 
 
 def test_a_killed_remote_task_keeps_its_attempt_open_for_the_report(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    store.transition([claim.task.id], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 5, "killed")
-    (answer,) = store.renew_leases("w1", [(claim.task.id, claim.attempt)], 10 + LEASE)
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    store.tasks.transition([claim.task.id], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 5, "killed")
+    (answer,) = store.workers.renew("w1", [(claim.task.id, claim.attempt)], 10 + LEASE)
     assert answer.cancel and not answer.lost
     report = finish(store, claim, Outcome(exit_code=None, cancelled=True), 20, "killed")
-    assert store.finish_remote(report, "w1", 20) is False  # the kill had already won
-    (attempt,) = store.attempts(claim.task.id)
+    assert store.workers.finish(report, "w1", 20) is False  # the kill had already won
+    (attempt,) = store.tasks.attempts(claim.task.id)
     assert attempt.status is TaskStatus.CANCELLED and attempt.completed_at == 20
 
 
 def test_a_handed_back_task_is_queued_again_without_spending_a_retry(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
     back = finish(store, claim, Outcome(exit_code=None, cancelled=True), 5, HANDED_BACK_REASON)
-    assert store.finish_remote(back, "w1", 5) is True
-    task = store.get_task_by_id(claim.task.id)
+    assert store.workers.finish(back, "w1", 5) is True
+    task = store.tasks.by_id(claim.task.id)
     assert task is not None and task.status is TaskStatus.QUEUED
     assert task.max_attempts == 3 and "handed back" in task.message  # 2 + the attempt given back
 
 
 def test_a_restarted_master_gives_open_leases_a_full_term(store: Store) -> None:
-    claim = store.claim_remote("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.extend_leases(100_000 + LEASE) == 1
-    assert store.expired_leases(LEASE + 1) == []
-    assert store.holder(claim.task.id, claim.attempt, 100_000) == "w1"
+    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    assert store.workers.extend(100_000 + LEASE) == 1
+    assert store.workers.expired(LEASE + 1) == []
+    assert store.workers.holder(claim.task.id, claim.attempt, 100_000) == "w1"
 
 
 def test_the_registry_is_an_upsert(store: Store) -> None:
-    store.worker_seen(WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 1, 1))
-    store.worker_seen(WorkerRecord("w1", "h2", ("gpu", "cpu"), 4, "0.1", "", 9, 9))
-    store.claim_remote("w1", ["gpu"], 1, now=10, lease_until=LEASE)
-    (worker,) = store.workers()
+    store.workers.renew("w1", [], LEASE, WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 1, 1))
+    seen = WorkerRecord("w1", "h2", ("gpu", "cpu"), 4, "0.1", "", 9, 9)
+    store.workers.renew("w1", [], LEASE, seen)
+    store.workers.claim("w1", ["gpu"], 1, now=10, lease_until=LEASE)
+    (worker,) = store.workers.registered()
     assert (worker.hostname, worker.pools, worker.max_tasks) == ("h2", ("gpu", "cpu"), 4)
     assert (worker.registered_at, worker.last_seen, worker.running) == (1, 9, 1)
-    store.worker_seen(WorkerRecord("w1", "h2", ("gpu",), 4, "0.1", "", 12, 12), leaving=True)
-    assert store.workers()[0].state == "left"
+    leaving = WorkerRecord("w1", "h2", ("gpu",), 4, "0.1", "", 12, 12)
+    store.workers.renew("w1", [], LEASE, leaving, leaving=True)
+    assert store.workers.registered()[0].state == "left"
 
 
 def test_a_lease_is_confirmed_by_the_holders_first_renewal(store: Store) -> None:
-    first, second = store.claim_remote("w1", ["gpu"], 2, now=0, lease_until=LEASE)
-    store.renew_leases("w1", [(first.task.id, first.attempt)], LEASE)
-    expired = {e[0]: e[3] for e in store.expired_leases(LEASE + 1)}
+    first, second = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    store.workers.renew("w1", [(first.task.id, first.attempt)], LEASE)
+    expired = {e[0]: e[3] for e in store.workers.expired(LEASE + 1)}
     assert expired == {first.task.id: True, second.task.id: False}
 
 
@@ -419,15 +420,15 @@ def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(
         on_queued=queued.append,
         clock=lambda: 0,
     )
-    first, second = store.claim_remote("w1", ["gpu"], 2, now=0, lease_until=LEASE)
-    store.renew_leases("w1", [(first.task.id, first.attempt)], LEASE)
+    first, second = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    store.workers.renew("w1", [(first.task.id, first.attempt)], LEASE)
     assert coordinator.reap(LEASE) == 0  # not yet
     assert coordinator.reap(LEASE + 1) == 2
     assert sorted(finished) == sorted([first.task.id, second.task.id])
-    lost = store.get_task_by_id(first.task.id)
+    lost = store.tasks.by_id(first.task.id)
     assert lost is not None and lost.status is TaskStatus.UP_FOR_RETRY
     assert lost.message == "worker w1 lost: no word from it for 30s; retrying (attempt 2 of 2)"
-    again = store.get_task_by_id(second.task.id)
+    again = store.tasks.by_id(second.task.id)
     assert again is not None and again.status is TaskStatus.QUEUED
     assert again.max_attempts == 2 and "without spending a retry" in again.message
     assert queued == [{"gpu": 1}]

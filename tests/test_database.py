@@ -10,8 +10,8 @@ from pathlib import Path
 
 from conftest import wait_for
 
-from nagare.planning import new_instance_id
-from nagare.store import Store
+from nagare.engine.new_run import new_instance_id
+from nagare.store import Database, Store
 from nagare.store.db import CHECKPOINT_EVERY_COMMITS
 
 
@@ -27,28 +27,75 @@ def _rows_in_main_file(path: Path, copy: Path) -> int:
         conn.close()
 
 
-def test_wal_checkpoints_run_in_a_thread_of_their_own(tmp_path: Path) -> None:
+def test_wal_checkpoints_run_in_the_checkpointer_loop(tmp_path: Path) -> None:
     path = tmp_path / "nagare.db"
     store = Store(str(path))
     store.db.release_free_pages()  # the schema goes into the file
+    checkpointer = store.db.checkpointer
+    assert checkpointer is not None
+    stop = threading.Event()
+    loop = threading.Thread(target=checkpointer.run, args=(stop,), name="checkpoint")
+    loop.start()  # as app starts it
     for number in range(CHECKPOINT_EVERY_COMMITS - 1):
         with store.db.write() as conn:
             conn.execute(
                 "INSERT INTO dag_state(dag_id, watermark, updated_at) VALUES (?, 0, 0)",
                 (f"d{number}",),
             )
-    # the writer itself does not checkpoint a short WAL: the rows are in the WAL only
+    # neither the writer nor the loop checkpoints a short WAL: the rows are in the WAL only
     assert _rows_in_main_file(path, tmp_path / "copy.db") == 0
-    assert "checkpoint" not in {t.name for t in threading.enumerate()}
     with store.db.write() as conn:
         conn.execute("INSERT INTO dag_state(dag_id, watermark, updated_at) VALUES ('last', 0, 0)")
-    assert "checkpoint" in {t.name for t in threading.enumerate()}
     wait_for(
         lambda: _rows_in_main_file(path, tmp_path / "copy.db") == CHECKPOINT_EVERY_COMMITS,
         message="the background checkpoint copied every committed row into the file",
     )
+    store.close()  # the loop leaves at once, without waiting for `stop`
+    loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_without_the_checkpointer_loop_the_writer_still_works(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "nagare.db"))  # a command-line tool: no loop runs
+    for number in range(CHECKPOINT_EVERY_COMMITS * 2):
+        with store.db.write() as conn:
+            conn.execute(
+                "INSERT INTO dag_state(dag_id, watermark, updated_at) VALUES (?, 0, 0)",
+                (f"d{number}",),
+            )
+    assert len(store.dags.states()) == CHECKPOINT_EVERY_COMMITS * 2
     store.close()
-    assert "checkpoint" not in {t.name for t in threading.enumerate()}
+
+
+def test_readers_are_bounded_and_a_nested_read_reuses_its_connection(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "nagare.db"), readers=2)
+    with db.read() as first, db.read() as nested:
+        assert nested is first  # the same thread never waits for itself
+    holding = threading.Barrier(3)
+    release = threading.Event()
+    seen: list[object] = []
+
+    def hold() -> None:
+        with db.read() as conn:
+            seen.append(conn)
+            holding.wait()
+            release.wait(10)
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in holders:
+        thread.start()
+    holding.wait()  # both readers are lent out
+    third: list[object] = []
+    waiter = threading.Thread(target=lambda: third.append(db.read().__enter__()))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and third == []  # a third reader waits for one to come back
+    release.set()
+    waiter.join(5)
+    assert third and third[0] in seen  # it got one of the two connections, not a new one
+    for thread in holders:
+        thread.join(5)
+    db.close()
 
 
 def test_task_ids_are_unique_and_sort_in_creation_order() -> None:

@@ -20,9 +20,8 @@ from nagare import pools
 from nagare.dagfile import parse_dag
 from nagare.executors.procfs import boot_ticks, process_alive
 from nagare.executors.spawn import Spawner
-from nagare.models import AttemptMetrics, Run, TaskStatus, Trigger
-from nagare.scheduler import create_run
-from nagare.store import AttemptFinish, Store
+from nagare.models import AttemptFinish, AttemptMetrics, Run, TaskStatus, Trigger
+from nagare.store import Store
 from nagare.store.tasks import TRANSITION_CHUNK
 
 
@@ -253,7 +252,7 @@ def _stored_run(path: Path, dag_text: str) -> tuple[Store, Run]:
     store = Store(str(path))
     dag, errors = parse_dag(dag_text)
     assert dag is not None, errors
-    run = create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    run = store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
     assert run is not None
     return store, run
 
@@ -267,10 +266,10 @@ def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
         "  - id: t\n    with_items: [0, 1, 2, 3, 4, 5]\n    command: 'true'\n"
         "  - id: g\n    pool: gpu\n    command: 'true'\n",
     )
-    first = store.finish_and_claim([], {"default": 3}, "local", 10)
+    first = store.tasks.finish_and_claim([], {"default": 3}, "local", 10)
     assert [c.task.task_id for c in first] == ["t_0", "t_1", "t_2"]  # oldest first
     killed = first[2].task.id
-    assert store.transition([killed], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 15)
+    assert store.tasks.transition([killed], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 15)
     finishes = [
         AttemptFinish(
             c.task.id,
@@ -282,12 +281,12 @@ def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
         )
         for i, c in enumerate(first)
     ]
-    second = store.finish_and_claim(finishes, {"default": 5, "gpu": 1}, "local", 30)
+    second = store.tasks.finish_and_claim(finishes, {"default": 5, "gpu": 1}, "local", 30)
     assert sorted(c.task.task_id for c in second) == ["g", "t_3", "t_4", "t_5"]
-    states = {t.task_id: t.status for t in store.run_tasks(first[0].run.run_id)}
+    states = {t.task_id: t.status for t in store.tasks.of_run(first[0].run.run_id)}
     assert states["t_0"] is TaskStatus.SUCCESS and states["t_1"] is TaskStatus.SUCCESS
     assert states["t_2"] is TaskStatus.CANCELLED  # the kill that came first wins
-    attempts = store.attempts(killed)
+    attempts = store.tasks.attempts(killed)
     assert attempts[0].status is TaskStatus.CANCELLED
     with store.db.read() as conn:
         rollup = conn.execute(
@@ -317,13 +316,13 @@ def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_reco
     )
     store = nagare.app.store
     turns: list[tuple[int, dict[str, int]]] = []
-    finish_and_claim = store.finish_and_claim
+    finish_and_claim = store.tasks.finish_and_claim
 
     def recording(finishes, wants, worker, clock):  # type: ignore[no-untyped-def]
         turns.append((len(finishes), dict(wants)))
         return finish_and_claim(finishes, wants, worker, clock)
 
-    store.finish_and_claim = recording  # type: ignore[method-assign]
+    store.tasks.finish_and_claim = recording  # type: ignore[method-assign]
     run_id = nagare.trigger("one")
     assert nagare.wait_run(run_id)["status"] == "success"
     recorded = [wants for finished, wants in turns if finished]
@@ -343,20 +342,20 @@ def test_a_transition_moves_many_tasks_with_few_statements_and_still_compares(
         "  - id: t\n    with_items: [" + ", ".join(map(str, range(1200))) + "]\n"
         "    command: 'true'\n    depends_on: [s]\n",
     )
-    ids = [t.id for t in store.run_tasks(run.run_id) if t.task_id != "s"]
+    ids = [t.id for t in store.tasks.of_run(run.run_id) if t.task_id != "s"]
     assert len(ids) == 1200 > TRANSITION_CHUNK
-    taken = store.transition([ids[700]], [TaskStatus.PENDING], TaskStatus.CANCELLED, 5)
+    taken = store.tasks.transition([ids[700]], [TaskStatus.PENDING], TaskStatus.CANCELLED, 5)
     assert taken == [ids[700]]
     statements: list[str] = []
     with store.db.write() as conn:
         conn.set_trace_callback(statements.append)
     wanted = [*reversed(ids), ids[3]]  # any order, a duplicate, one no longer pending
-    moved = store.transition(wanted, [TaskStatus.PENDING], TaskStatus.QUEUED, 9)
+    moved = store.tasks.transition(wanted, [TaskStatus.PENDING], TaskStatus.QUEUED, 9)
     with store.db.write() as conn:
         conn.set_trace_callback(None)
     assert moved == [i for i in reversed(ids) if i != ids[700]]  # the caller's order, once each
     assert sum(s.startswith("UPDATE task_instances") for s in statements) == 3
-    states = {t.id: t for t in store.run_tasks(run.run_id)}
+    states = {t.id: t for t in store.tasks.of_run(run.run_id)}
     assert states[ids[700]].status is TaskStatus.CANCELLED
     assert {states[i].status for i in moved} == {TaskStatus.QUEUED}
     assert {states[i].queued_at for i in moved} == {9}

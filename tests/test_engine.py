@@ -324,10 +324,10 @@ def test_a_killed_run_ends_cancelled_whatever_a_stale_plan_says(nagare: Nagare) 
     run_id = nagare.trigger("stale")
     wait_for(lambda: nagare.task(run_id, "wait")["status"] == "running", message="wait running")
     store = nagare.app.store
-    assert store.mark_run_killed(run_id)
-    assert store.finish_run(run_id, RunStatus.FAILED, 1) is RunStatus.CANCELLED
+    assert store.runs.mark_killed(run_id)
+    assert store.runs.finish(run_id, RunStatus.FAILED, 1) is RunStatus.CANCELLED
     assert nagare.get(f"/api/runs/{run_id}")["status"] == "cancelled"
-    assert store.finish_run(run_id, RunStatus.SUCCESS, 2) is None
+    assert store.runs.finish(run_id, RunStatus.SUCCESS, 2) is None
 
 
 # ---------------------------------------------------------------- map and with_items
@@ -581,7 +581,6 @@ def test_claims_are_compare_and_set(tmp_path: Path) -> None:
 
     from nagare.dagfile import parse_dag
     from nagare.models import Trigger
-    from nagare.scheduler import create_run
     from nagare.store import Store
 
     store = Store(str(tmp_path / "cas.db"))
@@ -591,12 +590,13 @@ def test_claims_are_compare_and_set(tmp_path: Path) -> None:
         + "]\n    command: 'true'\n"
     )
     assert dag is not None, errors
-    create_run(store, dag, Trigger.MANUAL, 0, {}, 0)
+    store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
     claimed: list[str] = []
     lock = threading.Lock()
 
     def worker() -> None:
-        while (claim := store.claim_next("default", "local", 1)) is not None:
+        while claims := store.tasks.finish_and_claim([], {"default": 1}, "local", 1):
+            (claim,) = claims
             with lock:
                 claimed.append(claim.task.id)
 

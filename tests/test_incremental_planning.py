@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nagare.engine.next_steps import Plan, plan_changes, plan_run
 from nagare.models import DagDef, TaskDef, TaskState, TaskStatus, TaskType
-from nagare.progress import Plan, plan_changes, plan_run
 
 S = TaskStatus
 FINISHED = [S.SUCCESS, S.FAILED, S.CANCELLED]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Nagare, http, wait_for
-from planting import DAY, HOUR, MINUTE, Attempt, plant_run
+from planting import DAY, HOUR, MINUTE, Attempt, plant_run, rebuild_rollup
 from prometheus_client.parser import text_string_to_metric_families
 
 from nagare.clock import parse_iso, to_iso
@@ -353,7 +353,7 @@ def test_running_attempts_are_not_metrics(store: Store, service: MetricsService)
 def test_the_incremental_roll_up_equals_a_rebuild(store: Store, service: MetricsService) -> None:
     random_history(store, 200)
     before = [series_json(service.timeseries(s, "", 10_000, "1h")) for s in ("6h", "3d")]
-    store.rebuild_metric_rollup()
+    rebuild_rollup(store)
     assert [series_json(service.timeseries(s, "", 10_000, "1h")) for s in ("6h", "3d")] == before
 
 
@@ -719,11 +719,11 @@ def test_attempt_indexes_hold_finished_attempts_only(tmp_path: Path) -> None:
     for name in FINISHED_ATTEMPT_INDEXES:
         assert definitions[name].endswith("WHERE completed_at IS NOT NULL"), definitions[name]
     start = NOW - 4 * DAY
-    walked = store.slowest_attempts(start, 5, window_attempts=SLOWEST_SORT_LIMIT + 1)
-    sorted_ = store.slowest_attempts(start, 5, window_attempts=1)
+    walked = store.metrics.slowest_attempts(start, 5, window_attempts=SLOWEST_SORT_LIMIT + 1)
+    sorted_ = store.metrics.slowest_attempts(start, 5, window_attempts=1)
     assert [p.duration_ms for p in walked] == [p.duration_ms for p in sorted_]
     assert [p.duration_ms for p in walked] == sorted(
         (a.duration_ms for _, a in history), reverse=True
     )[:5]
-    assert len(store.metric_points(start, "", 1000)) == len(history)  # not the running one
+    assert len(store.metrics.points(start, "", 1000)) == len(history)  # not the running one
     store.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Nagare, pythonpath_env, wait_for
-from planting import DAY, HOUR, Attempt, plant_run
+from planting import DAY, HOUR, Attempt, plant_run, rebuild_rollup
 
 from nagare.clock import now_ms, parse_iso
 from nagare.config import load_config
@@ -75,7 +75,7 @@ def run_ids(store: Store) -> set[str]:
 
 
 def counters(store: Store) -> list[tuple[str, str, str, str, int]]:
-    return [(c.name, c.dag_id, c.task_id, c.status, c.value) for c in store.metric_counters()]
+    return [(c.name, c.dag_id, c.task_id, c.status, c.value) for c in store.metrics.counters()]
 
 
 def test_the_sweep_deletes_exactly_the_finished_runs_older_than_the_limit(
@@ -107,7 +107,7 @@ def test_the_sweep_deletes_exactly_the_finished_runs_older_than_the_limit(
     folder = DagFolder(str(tmp_path / "dags"))
     service = MetricsService(store, folder, LiveState, clock=lambda: NOW)
     hourly = series_json(service.timeseries("3650d", "", 10_000, "1h"))
-    store.rebuild_metric_rollup()
+    rebuild_rollup(store)
     assert series_json(service.timeseries("3650d", "", 10_000, "1h")) == hourly  # kept in step
     assert sum(p["count"] for p in hourly) == 2 * 3  # the finished kept runs' attempts
 

@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from nagare.assignment import item_text, parse_map_items, render_command, task_env
 from nagare.cron import Schedule, parse_schedule
 from nagare.dagfile import topological_order
+from nagare.engine.assignment import item_text, parse_map_items, render_command, task_env
+from nagare.engine.attempt_end import after_failure
+from nagare.engine.new_run import run_id_for
+from nagare.engine.next_steps import Plan, descendants, plan_run
 from nagare.models import (
     DagDef,
     Run,
@@ -26,8 +29,6 @@ from nagare.models import (
     TaskType,
     Trigger,
 )
-from nagare.planning import run_id_for
-from nagare.progress import Plan, after_failure, descendants, plan_run
 from nagare.scheduler import Firing, slots_to_fire
 from nagare.store import DagState
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from nagare import __version__
-from nagare.attempts import UNCONFIRMED_REASON, attempt_finish, build_assignment
 from nagare.clock import now_ms
 from nagare.cluster.protocol import (
     Directives,
@@ -29,10 +28,12 @@ from nagare.cluster.protocol import (
     Welcome,
     WorkerHello,
 )
+from nagare.engine.assignment import build_assignment
+from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
 from nagare.errors import Conflict, NotFound
 from nagare.logs import AttemptLog, LogFiles
-from nagare.models import Assignment, Outcome, TaskStatus, TaskType
-from nagare.store import Claim, Store, WorkerRecord
+from nagare.models import Assignment, Claim, Outcome, TaskStatus, TaskType
+from nagare.store import Store, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
 RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
@@ -91,7 +92,7 @@ class Coordinator:
 
     def start(self) -> None:
         """The workers could not renew their leases while this master was down."""
-        extended = self.store.extend_leases(self.clock() + self.lease_ms)
+        extended = self.store.workers.extend(self.clock() + self.lease_ms)
         if extended:
             log.info("%d remote task(s) in flight keep their leases", extended)
 
@@ -119,7 +120,7 @@ class Coordinator:
 
     def cancel(self, task_instance_id: str) -> bool:
         """A task was killed: if a remote worker holds it, tell that worker at once."""
-        task = self.store.get_task_by_id(task_instance_id)
+        task = self.store.tasks.by_id(task_instance_id)
         if task is None or task.worker in ("", "local"):
             return False
         with self._cond:
@@ -183,7 +184,7 @@ class Coordinator:
                 return directives
             # the master's count, not the worker's (its figure is as old as the poll): a slot
             # frees when the result arrives, and that wakes this poll
-            free = hello.max_tasks - self.store.held_count(hello.worker_id)
+            free = hello.max_tasks - self.store.workers.held_count(hello.worker_id)
             if free > 0:
                 directives.tasks.extend(self._hand_out(hello, free))
             remaining = deadline - time.monotonic()
@@ -205,34 +206,24 @@ class Coordinator:
 
     def result(self, result: TaskResult) -> ResultAck:
         now = self.clock()
-        task = self.store.get_task_by_id(result.task_instance_id)
-        if task is None:
+        claim = self.store.tasks.claim_of(result.task_instance_id, result.attempt)
+        if claim is None:
             raise NotFound(f"task instance '{result.task_instance_id}' not found")
+        task = claim.task
         # checked before anything is written to the attempt's log (finish_remote checks again,
         # in its transaction): a refused late result leaves no trace there
-        holder = self.store.holder(task.id, result.attempt, now)
+        holder = self.store.workers.holder(task.id, result.attempt, now)
         if holder != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
-        run = self.store.get_run(task.run_id, counts=False)
-        assert run is not None
-        definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
-        claim = Claim(task, run, result.attempt)
-        finish = attempt_finish(
-            claim,
-            result.outcome,
-            now,
-            cancel_reason=result.cancel_reason,
-            timeout=definition.timeout_seconds if definition else 0,
-            retry_delay=definition.retry_delay_seconds if definition else 0,
-        )
+        finish = attempt_finish(claim, result.outcome, now, result.cancel_reason)
         attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
         for stream, line in result.lines:
             attempt_log.on_line(stream, line)
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
-        moved = self.store.finish_remote(finish, result.worker_id, now)
+        moved = self.store.workers.finish(finish, result.worker_id, now)
         self._close_log(task.id, result.attempt)
         if moved is None:
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
@@ -241,7 +232,7 @@ class Coordinator:
         if moved and finish.status is TaskStatus.QUEUED:
             self.on_queued({task.pool: 1})
         self.on_finished([(task.run_id, task.id, finish.retry_at)])
-        status = finish.status if moved else self.store.get_task_by_id(task.id).status  # type: ignore[union-attr]
+        status = finish.status if moved else self.store.tasks.by_id(task.id).status  # type: ignore[union-attr]
         return ResultAck(str(status))
 
     # ------------------------------------------------------------ leases
@@ -249,7 +240,7 @@ class Coordinator:
     def reap(self, now: int) -> int:
         """Close every attempt whose lease ran out; returns how many."""
         closed = 0
-        for task_instance_id, attempt, worker, confirmed in self.store.expired_leases(now):
+        for task_instance_id, attempt, worker, confirmed in self.store.workers.expired(now):
             if self._expire(task_instance_id, attempt, worker, confirmed, now):
                 closed += 1
         return closed
@@ -259,18 +250,16 @@ class Coordinator:
     ) -> bool:
         """A lost worker's attempt fails (its retries decide what follows); one it never
         confirmed (e.g. handed out to a worker that had just died) is queued again."""
-        task = self.store.get_task_by_id(task_instance_id)
-        run = self.store.get_run(task.run_id, counts=False) if task else None
-        if task is None or run is None:
+        claim = self.store.tasks.claim_of(task_instance_id, attempt)
+        if claim is None:
             return False
-        definition = self.store.dag_version(run.dag_version).task(task.base_task_id)
+        task, run = claim.task, claim.run
         lost = f"worker {worker} lost: no word from it for {self.lease_seconds:g}s"
         finish = attempt_finish(
-            Claim(task, run, attempt),
+            claim,
             Outcome(exit_code=None, error=lost, cancelled=not confirmed),
             now,
-            cancel_reason="" if confirmed else UNCONFIRMED_REASON,
-            retry_delay=definition.retry_delay_seconds if definition else 0,
+            "" if confirmed else UNCONFIRMED_REASON,
         )
         if not confirmed:
             finish.message = f"{lost}; {finish.message}"
@@ -282,7 +271,7 @@ class Coordinator:
         finish.output_tail = attempt_log.tail()
         if entry is None:
             attempt_log.close()
-        if not self.store.expire_lease(finish, worker, now):
+        if not self.store.workers.expire(finish, worker, now):
             return False
         self._close_log(task.id, attempt)
         self._discard_cancel(worker, task.id)
@@ -303,12 +292,12 @@ class Coordinator:
 
     def workers(self) -> list[WorkerStatus]:
         now = self.clock()
-        return [WorkerStatus(w, self._online(w, now)) for w in self.store.workers()]
+        return [WorkerStatus(w, self._online(w, now)) for w in self.store.workers.registered()]
 
     def pool_workers(self) -> dict[str, PoolWorkers]:
         now = self.clock()
         pools: dict[str, PoolWorkers] = {}
-        for worker in self.store.workers():
+        for worker in self.store.workers.registered():
             online = self._online(worker, now)
             for pool in worker.pools:
                 entry = pools.setdefault(pool, PoolWorkers())
@@ -336,7 +325,7 @@ class Coordinator:
             now,
             now,
         )
-        renewed = self.store.renew_leases(
+        renewed = self.store.workers.renew(
             hello.worker_id, hello.held, now + self.lease_ms, record, hello.leaving
         )
         with self._cond:
@@ -366,7 +355,7 @@ class Coordinator:
 
     def _hand_out(self, hello: WorkerHello, free: int) -> list[Assignment]:
         now = self.clock()
-        claims = self.store.claim_remote(
+        claims = self.store.workers.claim(
             hello.worker_id, hello.pools, free, now, now + self.lease_ms
         )
         tasks = []
@@ -377,13 +366,12 @@ class Coordinator:
         return tasks
 
     def _assignment(self, claim: Claim, worker_id: str) -> Assignment | None:
-        dag = self.store.dag_version(claim.run.dag_version)
-        definition = dag.task(claim.task.base_task_id)
+        definition = claim.definition
         attempt_log = self.logs.open_attempt(
             claim.run.run_id,
             claim.task.id,
             claim.attempt,
-            capture_stdout=claim.task.task_id in dag.map_sources,
+            capture_stdout=claim.task.task_id in claim.dag.map_sources,
         )
         if definition is None or definition.type not in RUNNABLE:
             self._refuse(claim, worker_id, attempt_log)
@@ -391,7 +379,7 @@ class Coordinator:
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
         attempt_log.note_before_output(f"running on worker {worker_id}")
-        assignment = build_assignment(dag, definition, claim, {})  # never this host's env
+        assignment = build_assignment(claim, definition, {})  # never this host's env
         # stdout is captured here, from the streamed log
         return replace(assignment, capture_stdout=False)
 
@@ -400,7 +388,7 @@ class Coordinator:
         finish = attempt_finish(claim, outcome, self.clock())
         attempt_log.note(finish.message)
         attempt_log.close()
-        self.store.finish_remote(finish, worker_id, self.clock())
+        self.store.workers.finish(finish, worker_id, self.clock())
         self.on_finished([(claim.run.run_id, claim.task.id, finish.retry_at)])
 
     def _attempt_log(self, worker_id: str, task_instance_id: str, attempt: int) -> AttemptLog:
@@ -411,14 +399,13 @@ class Coordinator:
             entry = self._open_logs.get(key)
         if entry is not None and entry[0] == worker_id:
             return entry[1]
-        task = self.store.get_task_by_id(task_instance_id)
-        if task is None:
+        claim = self.store.tasks.claim_of(task_instance_id, attempt)
+        if claim is None:
             raise NotFound(f"task instance '{task_instance_id}' not found")
-        if self.store.holder(task_instance_id, attempt, self.clock()) != worker_id:
+        task = claim.task
+        if self.store.workers.holder(task_instance_id, attempt, self.clock()) != worker_id:
             raise Conflict(_not_held(worker_id, task.task_id, attempt))
-        run = self.store.get_run(task.run_id, counts=False)
-        dag = self.store.dag_version(run.dag_version) if run else None
-        capture = dag is not None and task.task_id in dag.map_sources
+        capture = task.task_id in claim.dag.map_sources
         attempt_log = self.logs.open_attempt(
             task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
         )

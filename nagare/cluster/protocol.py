@@ -26,11 +26,9 @@ from typing import Any
 
 from nagare.errors import BadRequest
 from nagare.models import Assignment, AttemptMetrics, Outcome, Resources
+from nagare.patterns import HOSTNAME, NAME, TASK_INSTANCE_ID, WORKER_ID
 
-WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-TASK_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+POOL = NAME
 RESERVED_WORKER_IDS = frozenset({"local"})
 MAX_POOLS = 32
 MAX_TASKS = 256

@@ -2,8 +2,10 @@
 with a long poll, runs them with the same executors as the master (local `sh -c` or Docker),
 streams their output back in batches and reports each outcome; the master decides retries.
 
-Threads: the poll loop, a heartbeat loop (renews the leases, carries kills), a shipper (log
-batches, then results, in order) and the task loop, which owns the `Reactor` of the executors:
+Loops (each a `run(stop)`-style method that `app.WorkerApp` starts in a thread of its own): the
+poll loop (joins the master, then long-polls for work), the heartbeat loop (renews the leases,
+carries kills), the shipper (log batches, then results, in order) and the task loop, which owns
+the `Reactor` of the executors:
 it starts every task (through the executor seam, as the master's dispatcher does), watches the
 local ones and receives every task's end. Memory is bounded: a task whose lines cannot be
 shipped waits (its output pipe fills, the process pauses) instead of buffering without limit.
@@ -21,8 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from nagare.assignment import SECRET_VARIABLES
-from nagare.attempts import HANDED_BACK_REASON
 from nagare.client import ApiClient, ApiError
 from nagare.cluster.protocol import (
     MAX_LINES,
@@ -41,6 +41,8 @@ from nagare.cluster.protocol import (
     encode_poll,
     encode_result,
 )
+from nagare.engine.assignment import SECRET_VARIABLES
+from nagare.engine.attempt_end import HANDED_BACK_REASON
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
@@ -112,33 +114,27 @@ class RemoteWorker:
         self._unreachable_since: float | None = None
         self._drain_deadline: float | None = None
         self._fatal: WorkerRejected | None = None
+        self.on_fatal: Callable[[], None] = lambda: None  # app wires: stop the process
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ lifecycle (see WorkerApp)
 
-    def run(self, stop: threading.Event) -> None:
-        """Join, work until `stop`, then drain: finish or hand back running tasks within the
-        grace period and deliver their results. Raises WorkerRejected if the master refuses."""
-        self._join(stop)
-        if stop.is_set():
-            return
-        poller = threading.Thread(target=self._poll_loop, args=(stop,), name="poll", daemon=True)
-        helpers = [
-            threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
-            threading.Thread(target=self._ship, name="shipper", daemon=True),
-            threading.Thread(target=self._task_loop, name="tasks", daemon=True),
-        ]
-        for thread in (poller, *helpers):
-            thread.start()
-        stop.wait()
+    @property
+    def fatal(self) -> WorkerRejected | None:
+        """Why the master refused this worker, if it did (the worker then stops)."""
+        return self._fatal
+
+    def leave(self) -> None:
+        """`stop` is set: take no new work; the master answers the outstanding poll at once."""
         self._draining.set()
-        self._say_goodbye()  # the master answers the outstanding poll at once, with no work
-        poller.join(timeout=self.settings.poll_wait_seconds + 5)
-        self._drain()
-        for thread in helpers:
-            thread.join(timeout=5)
         self._say_goodbye()
-        if self._fatal is not None:
-            raise self._fatal
+
+    def finish(self) -> None:
+        """After the poll loop ended: finish or hand back running tasks within the grace
+        period and deliver their results; then the other loops end."""
+        self._drain()
+
+    def say_goodbye(self) -> None:
+        self._say_goodbye()
 
     def _join(self, stop: threading.Event) -> None:
         delay = BACKOFF_FIRST
@@ -170,13 +166,20 @@ class RemoteWorker:
 
     # ------------------------------------------------------------ polling
 
-    def _poll_loop(self, stop: threading.Event) -> None:
+    def poll_loop(self, stop: threading.Event) -> None:
+        """Join the master (retrying with backoff), then long-poll for work until `stop`. A
+        master that refuses this worker stops it (`fatal`, then `on_fatal`)."""
+        joined = False
         while not stop.is_set():
             try:
+                if not joined:
+                    self._join(stop)
+                    joined = True
                 self._poll_until(stop)
             except WorkerRejected as err:
                 self._fatal = err
                 stop.set()
+                self.on_fatal()
             except Exception:  # a bug here must not leave a worker that only heartbeats
                 log.exception("the poll loop failed; polling again shortly")
                 stop.wait(1.0)
@@ -260,7 +263,9 @@ class RemoteWorker:
 
     # ------------------------------------------------------------ heartbeats
 
-    def _heartbeats(self) -> None:
+    def heartbeat_loop(self, stop: threading.Event) -> None:
+        """Renew leases and hear of kills until every result is delivered (past `stop`: the
+        tasks that finish while draining still hold leases)."""
         while not self._finished.wait(self.settings.heartbeat_seconds):
             try:
                 answer = self.master.cluster("heartbeat", encode_hello(self._hello()), timeout=10)
@@ -288,9 +293,9 @@ class RemoteWorker:
                 task.cancel_reason = HANDED_BACK_REASON
         self.reactor.post(lambda: self._begin(task))
 
-    def _task_loop(self) -> None:
+    def task_loop(self, stop: threading.Event) -> None:
         """Starts tasks, watches local processes and receives every task's end, until every
-        result is delivered (or given up) at shutdown."""
+        result is delivered (or given up) at shutdown (past `stop`: draining needs it)."""
         while not self._finished.is_set():
             try:
                 self.reactor.run_once(0.5)
@@ -358,7 +363,9 @@ class RemoteWorker:
 
     # ------------------------------------------------------------ shipping to the master
 
-    def _ship(self) -> None:
+    def ship_loop(self, stop: threading.Event) -> None:
+        """Ships log batches, then results, until every one is delivered (or given up) at
+        shutdown (past `stop`: the results of draining tasks go out too)."""
         delay = BACKOFF_FIRST
         while True:
             with self._lock:

@@ -41,8 +41,8 @@ from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exporte
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
+from nagare.patterns import MEMORY
 
-MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"
 

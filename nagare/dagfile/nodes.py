@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+from nagare.patterns import ENV_NAME, NAME
+
+ID_PATTERN = NAME
 ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nagare.models import Assignment
+from nagare.patterns import MEMORY
 
 SHELL = ("/bin/sh", "-c")
 
@@ -26,7 +27,6 @@ TASK_INSTANCE_LABEL = "nagare.task_instance"
 ATTEMPT_LABEL = "nagare.attempt"
 
 MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-MEMORY = re.compile(r"^(\d+)([bkmg]?)$", re.IGNORECASE)
 
 
 class ContainerConfigError(ValueError):

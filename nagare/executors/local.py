@@ -139,7 +139,7 @@ class _Process:
             self._terminate()
 
     def _time_out(self) -> None:
-        if self.exited_at is None:
+        if self.exited_at is None and not self.cancelled:  # a kill that came first stays one
             self.timed_out = True
             self._terminate()
 

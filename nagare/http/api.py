@@ -284,7 +284,7 @@ class Api:
         return self._openapi
 
     def stats(self, request: Request) -> dict[str, Any]:
-        stats = self.s.store.stats(now_ms())
+        stats = self.s.store.runs.stats(now_ms())
         snapshot = self.s.folder.snapshot
         return {
             "active_runs": stats.active_runs,
@@ -303,8 +303,8 @@ class Api:
 
     def dags(self, request: Request) -> list[dict[str, Any]]:
         snapshot = self.s.folder.snapshot
-        states = self.s.store.dag_states()
-        last = self.s.store.last_runs(snapshot.dags)
+        states = self.s.store.dags.states()
+        last = self.s.store.runs.last_of(snapshot.dags)
         now = now_ms()
         return [
             dag_json(
@@ -323,8 +323,8 @@ class Api:
     def dag(self, request: Request) -> dict[str, Any]:
         dag_id = request.params["dag_id"]
         dag = self.s.runs.dag(dag_id)
-        state = self.s.store.dag_states().get(dag_id)
-        last = self.s.store.last_runs([dag_id]).get(dag_id)
+        state = self.s.store.dags.states().get(dag_id)
+        last = self.s.store.runs.last_of([dag_id]).get(dag_id)
         return dag_json(
             dag,
             bool(state and state.paused),
@@ -380,7 +380,7 @@ class Api:
         )
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
-        runs, total = self.s.store.list_runs(filt, page, limit)
+        runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
 
     def run(self, request: Request) -> dict[str, Any]:
@@ -394,14 +394,14 @@ class Api:
     def tasks(self, request: Request) -> list[dict[str, Any]]:
         run_id = request.params["run_id"]
         self.s.runs.run(run_id)
-        return [task_json(t) for t in self.s.store.run_tasks(run_id)]
+        return [task_json(t) for t in self.s.store.tasks.of_run(run_id)]
 
     def task(self, request: Request) -> dict[str, Any]:
         return task_json(self._task(request))
 
     def attempts(self, request: Request) -> list[dict[str, Any]]:
         task = self._task(request)
-        return [attempt_json(a, task) for a in self.s.store.attempts(task.id)]
+        return [attempt_json(a, task) for a in self.s.store.tasks.attempts(task.id)]
 
     def kill_task(self, request: Request) -> dict[str, Any]:
         return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))
@@ -446,7 +446,7 @@ class Api:
             task=task,
             attempt=attempt,
             start_line=start,
-            load_task=lambda: self.s.store.get_task_by_id(task.id),
+            load_task=lambda: self.s.store.tasks.by_id(task.id),
             ping_seconds=self.s.settings.sse_ping_seconds,
             stopping=self.s.stopping,
         )

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from nagare.errors import BadRequest, MethodNotAllowed, NotFound
+from nagare.patterns import NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
 
 PARAM_PATTERNS = {
-    "dag_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"),
-    "run_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$"),
-    "task_id": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(\[\d{1,7}\])?$"),
-    "task_instance_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
+    "dag_id": NAME,
+    "run_id": RUN_ID,
+    "task_id": TASK_REF,
+    "task_instance_id": TASK_INSTANCE_ID,
 }
 
 

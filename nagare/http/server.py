@@ -221,6 +221,7 @@ class NagareHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.poll_interval = 0.5  # how soon `shutdown()` is noticed
         self.stopping = threading.Event()
         if tls is not None:  # the handshake runs in the request thread, under its timeout
             self.socket = tls.wrap_socket(
@@ -230,6 +231,10 @@ class NagareHTTPServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def run(self, stop: threading.Event) -> None:
+        """Accept connections (each served in a thread of its own) until `shutdown()`."""
+        self.serve_forever(poll_interval=self.poll_interval)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
@@ -245,14 +250,3 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
     return context
-
-
-def serve_in_thread(server: NagareHTTPServer, poll_interval: float = 0.5) -> threading.Thread:
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": poll_interval},
-        daemon=True,
-        name="http",
-    )
-    thread.start()
-    return thread

@@ -1,30 +1,28 @@
 """The store: the only code that speaks SQL. Every state change is one short transaction of the
 form `UPDATE ... WHERE id=? AND status IN (...)` with the row count checked (compare-and-set).
+
+`Store` is composed of parts, one per kind of record, sharing one `Database`; SQL steps that
+several parts run inside their own transactions (claiming queued tasks, closing attempts) are
+functions over a connection (`store/tasks.py`). Services never see this module's insides: each
+declares a Protocol of the parts and methods it calls.
 """
 
 from __future__ import annotations
 
-from nagare.models import DagDef
+from nagare.store.dags import DagStore
 from nagare.store.db import Database, DatabaseError
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
-from nagare.store.records import (
-    AttemptFinish,
-    Claim,
-    DagState,
-    HeldAttempt,
-    RunFilter,
-    Stats,
-    WorkerRecord,
-)
+from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
+from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
 from nagare.store.tasks import TaskStore
 from nagare.store.workers import WorkerStore
 
 __all__ = [
-    "AttemptFinish",
-    "Claim",
+    "DURATION_BUCKETS_MS",
+    "INF_MS",
     "CounterRow",
     "DagState",
     "Database",
@@ -41,15 +39,20 @@ __all__ = [
 ]
 
 
-class Store(RunStore, TaskStore, MetricsStore, RetentionStore, DeliveryStore, WorkerStore):
-    """One SQLite database: runs and DAG state (RunStore), tasks and attempts (TaskStore),
-    metrics (MetricsStore), deletion of old runs (RetentionStore), webhook deliveries
-    (DeliveryStore), remote workers and their leases (WorkerStore)."""
+class Store:
+    """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
+    claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
+    (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
-        self._dag_cache: dict[str, DagDef] = {}
-        self._digests: dict[int, tuple[DagDef, str]] = {}
+        self.dags = DagStore(self.db)
+        self.runs = RunStore(self.db, self.dags)
+        self.tasks = TaskStore(self.db, self.dags)
+        self.workers = WorkerStore(self.db, self.dags)
+        self.metrics = MetricsStore(self.db)
+        self.retention = RetentionStore(self.db)
+        self.deliveries = DeliveryStore(self.db)
 
     def close(self) -> None:
         self.db.close()

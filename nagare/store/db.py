@@ -1,4 +1,4 @@
-"""SQLite connections: one writer behind a lock, a small pool of readers, WAL mode."""
+"""SQLite connections: one writer behind a lock, a bounded pool of readers, WAL mode."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from nagare.errors import NagareError
 from nagare.store.schema import MIGRATIONS
 
 log = logging.getLogger("nagare.store")
-READERS = 8
+READERS = 8  # reader connections at most; a thread that finds them all lent out waits
 # Checkpoints (copying the WAL back into the database file) run in a thread of their own after
 # this many commits, so that no writer pays for one inside its transaction; the writer's own
 # automatic checkpoint stays as a safety net for a WAL this many pages long.
@@ -28,22 +28,27 @@ class DatabaseError(NagareError):
 
 class Database:
     """Owns the SQLite file. `write()` gives the single writer inside one IMMEDIATE transaction;
-    `read()` lends a reader connection. WAL checkpoints run in a background thread."""
+    `read()` lends one of at most READERS reader connections (a thread that already holds one
+    gets the same one back, so nested reads never wait for themselves). WAL checkpoints run in
+    the `checkpointer` loop, which `app` starts in a thread of its own."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, readers: int = READERS) -> None:
         self.path = path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         self._writer = self._connect(new_file_setup=True)
         self._lock = threading.RLock()
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._readers: queue.LifoQueue[sqlite3.Connection | None] = queue.LifoQueue()
+        for _ in range(readers):  # None: a connection not opened yet
+            self._readers.put(None)
+        self._lent = threading.local()
         self._all: list[sqlite3.Connection] = [self._writer]
         self._commits = 0
-        self._checkpointer: _Checkpointer | None = None
+        self.checkpointer: Checkpointer | None = None
         self._migrate()
         if path != ":memory:":
             self._writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
-            self._checkpointer = _Checkpointer(self._connect())
+            self.checkpointer = Checkpointer(self._connect)
 
     def _connect(self, new_file_setup: bool = False) -> sqlite3.Connection:
         try:
@@ -91,26 +96,33 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if self._checkpointer is not None:  # counted from the end of the migrations
+            if self.checkpointer is not None:  # counted from the end of the migrations
                 self._commits += 1
                 if self._commits >= CHECKPOINT_EVERY_COMMITS:
                     self._commits = 0
-                    self._checkpointer.request()
+                    self.checkpointer.request()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = self._readers.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-            with self._lock:
-                self._all.append(conn)
+        held: sqlite3.Connection | None = getattr(self._lent, "conn", None)
+        if held is not None:  # a nested read in the same thread
+            yield held
+            return
+        conn = self._readers.get() or self._open_reader()
+        self._lent.conn = conn
         try:
             yield conn
         finally:
+            self._lent.conn = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._readers.put(conn)
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        with self._lock:
+            self._all.append(conn)
+        return conn
 
     @property
     def incremental_vacuum_enabled(self) -> bool:
@@ -138,48 +150,48 @@ class Database:
         return True
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
 
 
-class _Checkpointer:
-    """Copies the WAL back into the database file on request, on a connection and in a thread
-    of its own (PASSIVE: it never waits for, nor blocks, readers and the writer)."""
+class Checkpointer:
+    """Copies the WAL back into the database file on request (every CHECKPOINT_EVERY_COMMITS
+    commits), on a connection of its own, in the thread that runs `run` (PASSIVE: it never
+    waits for, nor blocks, readers and the writer). Without that thread (a command-line tool),
+    requests are ignored and the writer's own automatic checkpoint bounds the WAL."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
         self._due = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def request(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True, name="checkpoint")
-            self._thread.start()
         self._due.set()
 
-    def stop(self) -> None:
-        self._stopping = True
-        self._due.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-        if self._thread is None or not self._thread.is_alive():
-            self._conn.close()
+    def run(self, stop: threading.Event) -> None:
+        conn = self._connect()
+        try:
+            while not stop.is_set() and not self._closing.is_set():
+                if not self._due.wait(1.0):
+                    continue
+                self._due.clear()
+                if stop.is_set() or self._closing.is_set():
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the writer's own checkpoint still bounds the WAL
+                    log.warning("background WAL checkpoint of the database failed: %s", exc)
+        finally:
+            conn.close()
 
-    def _run(self) -> None:
-        while True:
-            self._due.wait()
-            self._due.clear()
-            if self._stopping:
-                return
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # the writer's own checkpoint still bounds the WAL
-                log.warning("background WAL checkpoint of the database failed: %s", exc)
+    def close(self) -> None:
+        """The database is closing: leave the loop at once."""
+        self._closing.set()
+        self._due.set()
 
 
 def _statements(script: str) -> list[str]:

@@ -6,9 +6,10 @@ from nagare.store.db import Database
 
 
 class DeliveryStore:
-    db: Database
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    def find_delivery(self, key: str, since: int) -> str | None:
+    def find(self, key: str, since: int) -> str | None:
         """The run id a delivery `key` started at or after `since` (epoch ms), if any."""
         with self.db.read() as conn:
             row = conn.execute(
@@ -17,7 +18,7 @@ class DeliveryStore:
             ).fetchone()
         return str(row[0]) if row else None
 
-    def record_delivery(self, key: str, run_id: str, now: int, forget_before: int) -> None:
+    def record(self, key: str, run_id: str, now: int, forget_before: int) -> None:
         """Remember `key` -> `run_id`; deliveries older than `forget_before` are dropped."""
         with self.db.write() as conn:
             conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))

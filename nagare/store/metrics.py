@@ -25,7 +25,6 @@ from nagare.store.schema import (
     DURATION_BUCKETS_MS,
     ROLLUP_AGGREGATES,
     ROLLUP_COLUMNS,
-    ROLLUP_SQL,
     ROLLUP_UNITS_MS,
 )
 
@@ -231,9 +230,10 @@ def refresh_rollup(conn: sqlite3.Connection, finished: set[tuple[str, int]]) -> 
 
 
 class MetricsStore:
-    db: Database
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    def metric_aggregates(
+    def aggregates(
         self, start: int, *, dag_id: str = "", bucket_ms: int = 0, by_dag: bool = False
     ) -> list[MetricAgg]:
         """Totals of the attempts finished at or after `start` (epoch ms), optionally per time
@@ -260,7 +260,7 @@ class MetricsStore:
                 merged[key] = agg
         return [merged[k] for k in sorted(merged)]
 
-    def metric_points(self, start: int, dag_id: str, limit: int) -> list[MetricPoint]:
+    def points(self, start: int, dag_id: str, limit: int) -> list[MetricPoint]:
         """The newest `limit` attempts finished at or after `start`, returned oldest first."""
         where, params = _window(start, dag_id)
         with self.db.read() as conn:
@@ -312,7 +312,7 @@ class MetricsStore:
             ).fetchone()
         return row is not None
 
-    def task_attempt_metrics(self, task_instance_id: str) -> list[MetricPoint]:
+    def of_task(self, task_instance_id: str) -> list[MetricPoint]:
         """Every finished attempt of a task instance, oldest first."""
         with self.db.read() as conn:
             rows = conn.execute(
@@ -322,7 +322,7 @@ class MetricsStore:
             ).fetchall()
         return [_point(r) for r in rows]
 
-    def run_attempt_metrics(self, run_id: str) -> list[MetricPoint]:
+    def of_run(self, run_id: str) -> list[MetricPoint]:
         """Every finished attempt of every task instance of a run, by completion time."""
         with self.db.read() as conn:
             rows = conn.execute(
@@ -333,7 +333,7 @@ class MetricsStore:
             ).fetchall()
         return [_point(r) for r in rows]
 
-    def metric_counters(self) -> list[CounterRow]:
+    def counters(self) -> list[CounterRow]:
         with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT name, dag_id, task_id, status, value FROM metric_counters "
@@ -359,13 +359,6 @@ class MetricsStore:
         counts = {"queued": 0, "running": 0}
         counts.update({r[0]: r[1] for r in rows})
         return counts
-
-    def rebuild_metric_rollup(self) -> None:
-        """Recompute the whole roll-up from the attempt rows (repairs, bulk loads)."""
-        with self.db.write() as conn:
-            conn.execute("DELETE FROM metric_rollup")
-            for sql in ROLLUP_SQL:
-                conn.execute(sql)
 
 
 def _window(start: int, dag_id: str) -> tuple[str, list[object]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nagare.models import AttemptMetrics, Run, TaskInstance, TaskStatus
-
 
 @dataclass
 class DagState:
@@ -23,43 +21,12 @@ class RunFilter:
 
 
 @dataclass
-class Claim:
-    """A task instance a worker slot now owns, with the attempt number it must report."""
-
-    task: TaskInstance
-    run: Run
-    attempt: int
-
-
-@dataclass
 class Stats:
     active_runs: int
     failed_runs_24h: int
     total_runs: int
     queued_tasks: int
     running_tasks: int
-
-
-@dataclass
-class AttemptFinish:
-    """How one attempt ended, as the store records it."""
-
-    task_instance_id: str
-    attempt: int
-    status: TaskStatus  # the task's next status: success | failed | up_for_retry | queued
-    attempt_status: TaskStatus  # the attempt row's own status
-    metrics: AttemptMetrics
-    now: int
-    timed_out: bool = False
-    message: str = ""
-    output_tail: str = ""
-    ready_at: int | None = None
-    extra_attempts: int = 0
-
-    @property
-    def retry_at(self) -> int | None:
-        """When the task may run again, if this attempt put it up for retry."""
-        return self.ready_at if self.status is TaskStatus.UP_FOR_RETRY else None
 
 
 @dataclass

@@ -29,7 +29,8 @@ class OldRun:
 
 
 class RetentionStore:
-    db: Database
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def old_runs(
         self, cutoff: int, limit: int, after: tuple[int, str] | None = None

@@ -8,15 +8,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from nagare.models import (
     STATUS_BY_VALUE,
     TASK_TRANSITIONS,
+    TERMINAL_TASK,
     Attempt,
+    AttemptFinish,
+    Claim,
     RunStatus,
     TaskInstance,
     TaskState,
     TaskStatus,
 )
+from nagare.store.dags import DagStore
 from nagare.store.db import Database
 from nagare.store.metrics import AttemptTally
-from nagare.store.records import AttemptFinish, Claim
 from nagare.store.rows import (
     METRIC_COLUMNS,
     TASK_COLUMNS,
@@ -39,7 +42,9 @@ def _read(now: Clock) -> int:
 
 
 class TaskStore:
-    db: Database
+    def __init__(self, db: Database, dags: DagStore) -> None:
+        self.db = db
+        self.dags = dags
 
     # ------------------------------------------------------------ task instances
 
@@ -56,7 +61,7 @@ class TaskStore:
         status = STATUS_BY_VALUE
         return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
 
-    def task_states(self, task_instance_ids: Sequence[str]) -> list[TaskState]:
+    def states_of(self, task_instance_ids: Sequence[str]) -> list[TaskState]:
         """The planning fields of the given (non-child) task instances."""
         if not task_instance_ids:
             return []
@@ -72,7 +77,7 @@ class TaskStore:
         status = STATUS_BY_VALUE
         return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
 
-    def run_tasks(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
+    def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
         """Latest state of every task instance of a run, in DAG order, with metrics."""
         child = "" if include_children else " AND ti.map_index IS NULL"
         with self.db.read() as conn:
@@ -96,7 +101,7 @@ class TaskStore:
             counts.setdefault(row["base_task_id"], {})[TaskStatus(row["status"])] = row["n"]
         return counts
 
-    def get_task(self, run_id: str, task_id: str) -> TaskInstance | None:
+    def get(self, run_id: str, task_id: str) -> TaskInstance | None:
         with self.db.read() as conn:
             row = conn.execute(
                 f"SELECT {TASK_COLUMNS}, {METRIC_COLUMNS} FROM task_instances ti {LATEST_ATTEMPT}"
@@ -105,12 +110,29 @@ class TaskStore:
             ).fetchone()
         return task_from_row(row) if row else None
 
-    def get_task_by_id(self, task_instance_id: str) -> TaskInstance | None:
+    def by_id(self, task_instance_id: str) -> TaskInstance | None:
         with self.db.read() as conn:
             row = conn.execute(
                 f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE ti.id=?", (task_instance_id,)
             ).fetchone()
         return task_from_row(row) if row else None
+
+    def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None:
+        """A task instance with its run and the DAG version that run follows (the lookup every
+        holder of an attempt needs), for its attempt `attempt` (default: the latest)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti WHERE ti.id=?", (task_instance_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            task = task_from_row(row)
+            run_row = conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
+        if run_row is None:
+            return None
+        run = run_from_row(run_row)
+        number = task.attempt if attempt is None else attempt
+        return Claim(task, run, number, self.dags.version(run.dag_version))
 
     def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]:
         with self.db.read() as conn:
@@ -128,10 +150,6 @@ class TaskStore:
                 (task_instance_id,),
             ).fetchall()
         return [attempt_from_row(r) for r in rows]
-
-    def add_tasks(self, tasks: Sequence[TaskInstance]) -> None:
-        with self.db.write() as conn:
-            insert_tasks(conn, tasks)
 
     def transition(
         self,
@@ -167,18 +185,6 @@ class TaskStore:
                 )
         return [task_id for task_id in dict.fromkeys(task_ids) if task_id in moved]
 
-    def set_task_message(self, task_instance_id: str, message: str) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                "UPDATE task_instances SET message=? WHERE id=?", (message, task_instance_id)
-            )
-
-    def set_item_and_command(self, task_instance_id: str, command: str) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                "UPDATE task_instances SET command=? WHERE id=?", (command, task_instance_id)
-            )
-
     def due_retries(self, now: int) -> list[TaskInstance]:
         with self.db.read() as conn:
             rows = conn.execute(
@@ -195,13 +201,6 @@ class TaskStore:
             ).fetchone()
         return row[0]
 
-    def queued_pools(self) -> set[str]:
-        with self.db.read() as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT pool FROM task_instances WHERE status='queued'"
-            ).fetchall()
-        return {r["pool"] for r in rows}
-
     def pool_counts(self) -> dict[str, dict[str, int]]:
         with self.db.read() as conn:
             rows = conn.execute(
@@ -217,16 +216,6 @@ class TaskStore:
 
     # ------------------------------------------------------------ claims and attempts
 
-    def claim_next(self, pool: str, worker: str, now: Clock) -> Claim | None:
-        """Atomically move the oldest queued task of `pool` to running and open its attempt.
-
-        `now` may be a clock: it is then read inside the transaction, so a task's start time is
-        never earlier than the moment it was queued (a caller waiting for the writer would
-        otherwise stamp an older time)."""
-        with self.db.write() as conn:
-            claims = self._claim(conn, pool, worker, _read(now))
-        return claims[0] if claims else None
-
     def finish_and_claim(
         self,
         finishes: Sequence[AttemptFinish],
@@ -240,65 +229,13 @@ class TaskStore:
         with self.db.write() as conn:
             tally = AttemptTally()
             for start in range(0, len(finishes), FINISH_CHUNK):
-                self._finish_many(conn, finishes[start : start + FINISH_CHUNK], tally)
+                finish_many(conn, finishes[start : start + FINISH_CHUNK], tally)
             tally.write(conn)
             at = _read(now)
             claims = []
             for pool, count in wants.items():
-                claims += self._claim(conn, pool, worker, at, count=count)
+                claims += claim_queued(conn, self.dags, pool, worker, at, count=count)
             return claims
-
-    def _claim(
-        self,
-        conn: sqlite3.Connection,
-        pool: str,
-        worker: str,
-        now: int,
-        lease_until: int | None = None,
-        count: int = 1,
-    ) -> list[Claim]:
-        """Claim the `count` oldest queued tasks of `pool` for `worker` (a remote worker holds
-        them under a lease that ends at `lease_until` unless renewed), oldest first."""
-        rows = conn.execute(
-            f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
-            "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
-            "lease_expires_at=?, lease_confirmed=0 "
-            "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-            "ORDER BY queued_at, rowid LIMIT ?) AND status='queued' "
-            f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-            (worker, now, lease_until, pool, count),
-        ).fetchall()
-        if not rows:
-            return []
-        tasks = sorted(map(task_from_row, rows), key=lambda t: (t.queued_at or 0, t.position))
-        runs = {}
-        for run_id in dict.fromkeys(t.run_id for t in tasks):
-            runs[run_id] = run_from_row(
-                conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            )
-        conn.executemany(
-            "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
-            "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            [
-                (t.id, t.attempt, t.run_id, runs[t.run_id].dag_id, t.task_id, worker, now)
-                for t in tasks
-            ],
-        )
-        for run in runs.values():
-            if run.status is RunStatus.QUEUED:
-                conn.execute(
-                    "UPDATE runs SET status='running', started_at=? WHERE run_id=? "
-                    "AND status='queued'",
-                    (now, run.run_id),
-                )
-        return [Claim(t, runs[t.run_id], t.attempt) for t in tasks]
-
-    def set_executor_type(self, task_instance_id: str, attempt: int, executor_type: str) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                "UPDATE task_attempts SET executor_type=? WHERE task_instance_id=? AND attempt=?",
-                (executor_type, task_instance_id, attempt),
-            )
 
     def finish_attempt(self, finish: AttemptFinish) -> bool:
         """Close an attempt and move its task running -> `finish.status` (CAS on the attempt).
@@ -307,83 +244,9 @@ class TaskStore:
         attempt (a kill that won the race keeps `cancelled`). Returns whether the task moved.
         """
         with self.db.write() as conn:
-            return self._finish(conn, finish)
+            return finish_one(conn, finish)
 
-    def _finish(
-        self, conn: sqlite3.Connection, finish: AttemptFinish, tally: AttemptTally | None = None
-    ) -> bool:
-        """Close one attempt; its metrics go to `tally` (written by the caller before the
-        commit), or are written here without one. Returns whether the task moved."""
-        own = tally or AttemptTally()
-        moved = self._finish_many(conn, [finish], own)
-        if tally is None:
-            own.write(conn)
-        return finish.task_instance_id in moved
-
-    def _finish_many(
-        self, conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], tally: AttemptTally
-    ) -> set[str]:
-        """Close attempts with two statements however many (task rows, then attempt rows);
-        their metrics go to `tally`. Returns the ids of the tasks that moved: a task no longer
-        running that attempt (a kill that won the race) keeps its status, and its attempt is
-        closed as cancelled."""
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
-        moved = {
-            row[0]: (row[1], row[2])
-            for row in conn.execute(
-                "UPDATE task_instances SET status=v.column3, completed_at=v.column4, "
-                "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
-                "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
-                "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
-                f"max_attempts=max_attempts+v.column11 FROM (VALUES {rows}) AS v "
-                "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
-                "RETURNING id, base_task_id, pool",
-                [value for f in finishes for value in _task_values(f)],
-            ).fetchall()
-        }
-        statuses = {
-            f.task_instance_id: f.attempt_status
-            if f.task_instance_id in moved
-            else TaskStatus.CANCELLED
-            for f in finishes
-        }
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
-        closed = dict(
-            conn.execute(
-                "UPDATE task_attempts SET status=v.column3, completed_at=v.column4, "
-                "exit_code=v.column5, timed_out=v.column6, error=v.column7, "
-                "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
-                f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM (VALUES {rows}) "
-                "AS v WHERE task_instance_id=v.column1 AND attempt=v.column2 "
-                "AND status='running' RETURNING task_instance_id, dag_id",
-                [
-                    value
-                    for f in finishes
-                    for value in _attempt_values(f, statuses[f.task_instance_id])
-                ],
-            ).fetchall()
-        )
-        for finish in finishes:
-            task_id = finish.task_instance_id
-            task = moved.get(task_id)
-            if task is None:  # keeps its output tail if it had none
-                conn.execute(
-                    "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
-                    (finish.output_tail, task_id),
-                )
-            if task_id in closed:
-                task = (
-                    task
-                    or conn.execute(
-                        "SELECT base_task_id, pool FROM task_instances WHERE id=?", (task_id,)
-                    ).fetchone()
-                )
-                tally.add(
-                    closed[task_id], task[0], task[1], statuses[task_id], finish.metrics, finish.now
-                )
-        return set(moved)
-
-    def complete_task(
+    def complete(
         self,
         task_instance_id: str,
         from_status: Sequence[TaskStatus],
@@ -462,7 +325,7 @@ class TaskStore:
         """A manual retry in one transaction: `queue` (id, retries) -> queued for a new attempt,
         `running` (map parents) -> running, `pending` (dependants) -> pending; the run re-opens.
         Returns how many tasks were queued."""
-        done = ", ".join(f"'{s}'" for s in _FINISHED)
+        done = ", ".join(f"'{s}'" for s in sorted(TERMINAL_TASK))
         with self.db.write() as conn:
             queued = 0
             for task_id, _ in queue:  # a remote worker's report of a killed attempt is moot now
@@ -495,7 +358,124 @@ class TaskStore:
         return queued
 
 
-_FINISHED = ("success", "failed", "upstream_failed", "cancelled", "skipped")
+# ---------------------------------------------------------------- shared SQL steps
+
+
+def claim_queued(
+    conn: sqlite3.Connection,
+    dags: DagStore,
+    pool: str,
+    worker: str,
+    now: int,
+    lease_until: int | None = None,
+    count: int = 1,
+) -> list[Claim]:
+    """A shared step: claim the `count` oldest queued tasks of `pool` for `worker` (a remote
+    worker holds them under a lease that ends at `lease_until` unless renewed), oldest first,
+    and open their attempts."""
+    rows = conn.execute(
+        f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
+        "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
+        "lease_expires_at=?, lease_confirmed=0 "
+        "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+        "ORDER BY queued_at, rowid LIMIT ?) AND status='queued' "
+        f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
+        (worker, now, lease_until, pool, count),
+    ).fetchall()
+    if not rows:
+        return []
+    tasks = sorted(map(task_from_row, rows), key=lambda t: (t.queued_at or 0, t.position))
+    runs = {}
+    for run_id in dict.fromkeys(t.run_id for t in tasks):
+        runs[run_id] = run_from_row(
+            conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        )
+    conn.executemany(
+        "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
+        "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+        [(t.id, t.attempt, t.run_id, runs[t.run_id].dag_id, t.task_id, worker, now) for t in tasks],
+    )
+    for run in runs.values():
+        if run.status is RunStatus.QUEUED:
+            conn.execute(
+                "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
+                (now, run.run_id),
+            )
+    return [
+        Claim(t, runs[t.run_id], t.attempt, dags.version(runs[t.run_id].dag_version)) for t in tasks
+    ]
+
+
+def finish_one(
+    conn: sqlite3.Connection, finish: AttemptFinish, tally: AttemptTally | None = None
+) -> bool:
+    """A shared step: close one attempt; its metrics go to `tally` (written by the caller before the
+    commit), or are written here without one. Returns whether the task moved."""
+    own = tally or AttemptTally()
+    moved = finish_many(conn, [finish], own)
+    if tally is None:
+        own.write(conn)
+    return finish.task_instance_id in moved
+
+
+def finish_many(
+    conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], tally: AttemptTally
+) -> set[str]:
+    """A shared step: close attempts with two statements however many (task rows, then
+    attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
+    no longer running that attempt (a kill that won the race) keeps its status, and its attempt is
+    closed as cancelled."""
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    moved = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute(
+            "UPDATE task_instances SET status=v.column3, completed_at=v.column4, "
+            "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
+            "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
+            "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
+            f"max_attempts=max_attempts+v.column11 FROM (VALUES {rows}) AS v "
+            "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
+            "RETURNING id, base_task_id, pool",
+            [value for f in finishes for value in _task_values(f)],
+        ).fetchall()
+    }
+    statuses = {
+        f.task_instance_id: f.attempt_status
+        if f.task_instance_id in moved
+        else TaskStatus.CANCELLED
+        for f in finishes
+    }
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    closed = dict(
+        conn.execute(
+            "UPDATE task_attempts SET status=v.column3, completed_at=v.column4, "
+            "exit_code=v.column5, timed_out=v.column6, error=v.column7, "
+            "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
+            f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM (VALUES {rows}) "
+            "AS v WHERE task_instance_id=v.column1 AND attempt=v.column2 "
+            "AND status='running' RETURNING task_instance_id, dag_id",
+            [value for f in finishes for value in _attempt_values(f, statuses[f.task_instance_id])],
+        ).fetchall()
+    )
+    for finish in finishes:
+        task_id = finish.task_instance_id
+        task = moved.get(task_id)
+        if task is None:  # keeps its output tail if it had none
+            conn.execute(
+                "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
+                (finish.output_tail, task_id),
+            )
+        if task_id in closed:
+            task = (
+                task
+                or conn.execute(
+                    "SELECT base_task_id, pool FROM task_instances WHERE id=?", (task_id,)
+                ).fetchone()
+            )
+            tally.add(
+                closed[task_id], task[0], task[1], statuses[task_id], finish.metrics, finish.now
+            )
+    return set(moved)
 
 
 def _transition_columns(to_status: TaskStatus) -> str:

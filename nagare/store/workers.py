@@ -11,27 +11,21 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from nagare.models import TaskStatus
+from nagare.models import AttemptFinish, Claim, TaskStatus
+from nagare.store.dags import DagStore
 from nagare.store.db import Database
-from nagare.store.records import AttemptFinish, Claim, HeldAttempt, WorkerRecord
-
-# statuses in which a remote attempt is still open (a killed task keeps its open attempt until
-# the worker reports how the kill ended, or its lease runs out)
-HELD_STATUSES = ("running", "cancelled")
+from nagare.store.records import HeldAttempt, WorkerRecord
+from nagare.store.tasks import claim_queued, finish_one
 
 
 class WorkerStore:
-    db: Database
+    def __init__(self, db: Database, dags: DagStore) -> None:
+        self.db = db
+        self.dags = dags
 
     # ------------------------------------------------------------ registry
 
-    def worker_seen(self, worker: WorkerRecord, leaving: bool = False) -> None:
-        """Register or refresh a worker (a heartbeat is an upsert: a master that lost its
-        registry learns the worker back from its next message)."""
-        with self.db.write() as conn:
-            _upsert_worker(conn, worker, "left" if leaving else "online")
-
-    def workers(self) -> list[WorkerRecord]:
+    def registered(self) -> list[WorkerRecord]:
         with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT w.*, (SELECT count(*) FROM task_attempts a WHERE a.status='running' "
@@ -49,7 +43,7 @@ class WorkerStore:
 
     # ------------------------------------------------------------ leases
 
-    def claim_remote(
+    def claim(
         self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
     ) -> list[Claim]:
         """Claim up to `count` queued tasks of `pools` (oldest first per pool, pools taken in
@@ -61,13 +55,13 @@ class WorkerStore:
                 for pool in list(open_pools):
                     if len(claims) >= count:
                         break
-                    claimed = self._claim(conn, pool, worker_id, now, lease_until)  # type: ignore[attr-defined]
+                    claimed = claim_queued(conn, self.dags, pool, worker_id, now, lease_until)
                     if not claimed:
                         open_pools.remove(pool)
                     claims += claimed
         return claims
 
-    def renew_leases(
+    def renew(
         self,
         worker_id: str,
         held: Sequence[tuple[str, int]],
@@ -77,7 +71,8 @@ class WorkerStore:
     ) -> list[HeldAttempt]:
         """Extend the leases of the attempts a worker reports holding; say for each whether
         the worker must stop it (killed) or drop it (no longer its own). With `seen`, the
-        worker is registered or refreshed (`worker_seen`) in the same transaction."""
+        worker is registered or refreshed in the same transaction (a master that lost its
+        registry learns the worker back from its next message)."""
         answers = []
         with self.db.write() as conn:
             if seen is not None:
@@ -107,16 +102,16 @@ class WorkerStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def finish_remote(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None:
+    def finish(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None:
         """Record a worker's result if it still holds the attempt under a live lease; None when
         it does not (lease ran out, another attempt, another worker). Otherwise like
         finish_attempt: whether the task moved (a kill that came first keeps `cancelled`)."""
         with self.db.write() as conn:
             if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, True):
                 return None
-            return self._finish(conn, finish)  # type: ignore[attr-defined,no-any-return]
+            return finish_one(conn, finish)
 
-    def expired_leases(self, now: int) -> list[tuple[str, int, str, bool]]:
+    def expired(self, now: int) -> list[tuple[str, int, str, bool]]:
         """(task instance, attempt, worker, confirmed) of open remote attempts whose lease ran
         out; `confirmed`: the worker said it held the attempt at least once after the claim."""
         with self.db.read() as conn:
@@ -129,20 +124,20 @@ class WorkerStore:
             ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
-    def expire_lease(self, finish: AttemptFinish, worker_id: str, now: int) -> bool:
+    def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool:
         """Close an attempt whose lease ran out (compare-and-set: a result that arrived first
         wins). Returns whether it was closed here."""
         with self.db.write() as conn:
             if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, False):
                 return False
-            self._finish(conn, finish)  # type: ignore[attr-defined]
+            finish_one(conn, finish)
             conn.execute(
                 "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=?",
                 (finish.task_instance_id, finish.attempt),
             )
         return True
 
-    def extend_leases(self, until: int) -> int:
+    def extend(self, until: int) -> int:
         """On master start: the workers could not renew while it was down, so every open lease
         gets a full term from now. Returns how many were extended."""
         with self.db.write() as conn:

@@ -1,4 +1,5 @@
-"""What one attempt runs: the command with its map item, and its environment. Pure functions."""
+"""What one attempt runs: the command with its map item, its environment (the assignment an
+executor gets), and the items a map task fans out over. Pure functions."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import json
 from typing import Any
 
 from nagare.clock import to_iso
-from nagare.models import DagDef, Run, TaskDef, TaskInstance, Trigger
+from nagare.models import SLOT_TRIGGERS, Assignment, Claim, DagDef, Run, TaskDef, TaskInstance
 
 SECRET_VARIABLES = ("NAGARE_API_KEY", "NAGARE_TOKEN")
-SLOT_TRIGGERS = (Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL)
 
 
 def item_text(item_json: str | None) -> str:
@@ -68,6 +68,28 @@ def task_env(
     env.update(dag.env)
     env.update(definition.env)
     return env
+
+
+def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]) -> Assignment:
+    """What the executor runs for this claim (`definition`: its task's, from `claim.dag`);
+    `base_env` is the executing host's environment (empty for containers and for remote
+    workers, which add their own)."""
+    task, run, dag = claim.task, claim.run, claim.dag
+    return Assignment(
+        task_instance_id=task.id,
+        run_id=run.run_id,
+        dag_id=dag.dag_id,
+        task_id=task.task_id,
+        attempt=claim.attempt,
+        command=task.command,
+        env=task_env(base_env, dag, definition, run, task, claim.attempt),
+        timeout_seconds=definition.timeout_seconds,
+        image=definition.image,
+        workdir=definition.workdir,
+        volumes=definition.volumes,
+        resources=definition.resources,
+        capture_stdout=task.task_id in dag.map_sources,
+    )
 
 
 def parse_map_items(stdout: str, source: str, limit: int, cut_at: int | None = None) -> list[Any]:

@@ -9,9 +9,10 @@ import threading
 import time
 from typing import Any
 
-from nagare.assignment import render_command
 from nagare.clock import compact_stamp, slot_stamp
+from nagare.engine.assignment import render_command
 from nagare.models import (
+    SLOT_TRIGGERS,
     DagDef,
     InstanceLike,
     Run,
@@ -21,9 +22,6 @@ from nagare.models import (
     TaskType,
     Trigger,
 )
-
-SLOT_TRIGGERS = (Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL)
-
 
 _ids_lock = threading.Lock()
 _last_id_micros = 0

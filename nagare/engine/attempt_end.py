@@ -1,13 +1,11 @@
-"""One attempt of a command task, wherever it runs: what the executor gets (the assignment) and
-how its outcome becomes the task's next state (retry, fail, requeue). Local pools and the
-cluster coordinator share these, so a remote task behaves exactly like a local one."""
+"""How an attempt's outcome becomes its task's next state: success, a retry (and when), failed,
+cancelled, or queued again without spending a retry (a shutdown, a worker handing it back).
+Pure. Local pools and the cluster coordinator share it, so a remote task behaves exactly like a
+local one."""
 
 from __future__ import annotations
 
-from nagare.assignment import task_env
-from nagare.models import Assignment, DagDef, Outcome, TaskDef, TaskStatus
-from nagare.progress import after_failure
-from nagare.store.records import AttemptFinish, Claim
+from nagare.models import AttemptFinish, Claim, Outcome, TaskStatus
 
 SHUTDOWN_REASON = "server shutdown"
 HANDED_BACK_REASON = "worker shutdown"
@@ -21,40 +19,14 @@ REQUEUE_MESSAGES = {
 }
 
 
-def build_assignment(
-    dag: DagDef, definition: TaskDef, claim: Claim, base_env: dict[str, str]
-) -> Assignment:
-    """What the executor runs for this claim; `base_env` is the executing host's environment
-    (empty for containers and for remote workers, which add their own)."""
-    task, run = claim.task, claim.run
-    return Assignment(
-        task_instance_id=task.id,
-        run_id=run.run_id,
-        dag_id=dag.dag_id,
-        task_id=task.task_id,
-        attempt=claim.attempt,
-        command=task.command,
-        env=task_env(base_env, dag, definition, run, task, claim.attempt),
-        timeout_seconds=definition.timeout_seconds,
-        image=definition.image,
-        workdir=definition.workdir,
-        volumes=definition.volumes,
-        resources=definition.resources,
-        capture_stdout=task.task_id in dag.map_sources,
-    )
-
-
 def attempt_finish(
-    claim: Claim,
-    outcome: Outcome,
-    now: int,
-    *,
-    cancel_reason: str = "",
-    timeout: float = 0,
-    retry_delay: float = 0,
-    output_tail: str = "",
+    claim: Claim, outcome: Outcome, now: int, cancel_reason: str = ""
 ) -> AttemptFinish:
-    """How the attempt ended, as the store records it."""
+    """How the attempt ended, as the store records it (the task's timeout and retry delay come
+    from its definition in the run's DAG version)."""
+    definition = claim.definition
+    timeout = definition.timeout_seconds if definition else 0
+    retry_delay = definition.retry_delay_seconds if definition else 0
     status, attempt_status, message, extra, ready_at = decide(
         claim, outcome, cancel_reason, timeout, retry_delay, now
     )
@@ -67,7 +39,6 @@ def attempt_finish(
         now=now,
         timed_out=outcome.timed_out,
         message=message,
-        output_tail=output_tail,
         ready_at=ready_at,
         extra_attempts=extra,
     )
@@ -100,3 +71,8 @@ def failure_message(outcome: Outcome, timeout: float) -> str:
     if outcome.error:
         return outcome.error
     return f"exit code {outcome.exit_code}"
+
+
+def after_failure(attempt: int, max_attempts: int) -> TaskStatus:
+    """A failed or timed-out attempt: retry while attempts remain."""
+    return TaskStatus.UP_FOR_RETRY if attempt < max_attempts else TaskStatus.FAILED

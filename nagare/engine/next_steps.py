@@ -1,5 +1,7 @@
-"""Run progression as a pure function: given a run's DAG and the states of its tasks, decide what
-happens next (queue, expand a map, trigger a DAG, mark upstream_failed, finish the run).
+"""What happens next in a run, as a pure function: given a run's DAG and the states of its tasks,
+decide what follows (queue, expand a map, trigger a DAG, mark upstream_failed) and when the run
+ends with which status (`run_status`: success when every task succeeded or was skipped,
+cancelled when it was killed, else failed).
 
 One pass in dependency order settles everything that can be decided now, so a failure
 propagates down a whole chain at once and a run finishes in the same pass as its last task.
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Reversible, Sequence
 from dataclasses import dataclass, field
 
 from nagare.models import (
+    ACTIVE_TASK,
     BLOCKING_TASK,
     DagDef,
     InstanceLike,
@@ -21,9 +24,6 @@ from nagare.models import (
 )
 
 OK_FOR_DEPENDANTS = frozenset({TaskStatus.SUCCESS, TaskStatus.SKIPPED})
-ACTIVE = frozenset(
-    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY}
-)
 
 
 @dataclass
@@ -100,7 +100,7 @@ def plan_changes(
             status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
         if moved is not None and status[task_id] is not before:
             moved.add(task_id)
-    plan.run_status = _run_status(status, killed)
+    plan.run_status = run_status(status, killed)
     return plan
 
 
@@ -204,7 +204,7 @@ def _decide_pending(
 
 
 def _decide_map(instance: InstanceLike, counts: dict[TaskStatus, int], plan: Plan) -> TaskStatus:
-    if any(counts.get(s, 0) for s in ACTIVE):
+    if any(counts.get(s, 0) for s in ACTIVE_TASK):
         return TaskStatus.RUNNING
     total = sum(counts.values())
     bad = sum(counts.get(s, 0) for s in BLOCKING_TASK)
@@ -216,19 +216,14 @@ def _decide_map(instance: InstanceLike, counts: dict[TaskStatus, int], plan: Pla
     return TaskStatus.SUCCESS
 
 
-def _run_status(status: _Statuses, killed: bool) -> RunStatus | None:
-    if any(s in ACTIVE for s in status.values_last_first()):
+def run_status(status: _Statuses, killed: bool) -> RunStatus | None:
+    if any(s in ACTIVE_TASK for s in status.values_last_first()):
         return None
     if killed:
         return RunStatus.CANCELLED
     if all(s in OK_FOR_DEPENDANTS for s in status.values()):
         return RunStatus.SUCCESS
     return RunStatus.FAILED
-
-
-def after_failure(attempt: int, max_attempts: int) -> TaskStatus:
-    """A failed or timed-out attempt: retry while attempts remain."""
-    return TaskStatus.UP_FOR_RETRY if attempt < max_attempts else TaskStatus.FAILED
 
 
 def descendants(dag: DagDef, task_id: str) -> list[str]:

@@ -1,0 +1,18 @@
+"""The forms of the names Nagare accepts, declared once: DAG, task and pool ids, environment
+variable names, run and task instance ids, worker ids, host names, memory sizes. The DAG file
+parser, the URL router, the run service and the cluster protocol all check against these."""
+
+from __future__ import annotations
+
+import re
+
+# a DAG, task or pool id (a map child's task id adds `[index]`)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TASK_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(\[\d{1,7}\])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$")
+TASK_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
+# bytes, or a number with a unit b, k, m or g (any case): "512m", "2g"
+MEMORY = re.compile(r"^([0-9]+)([bkmg]?)$", re.IGNORECASE)
