@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from nagare.client import ApiClient, ApiError
 from nagare.clock import now_ms, parse_iso
@@ -34,7 +34,7 @@ STATS_ORDER = (
 )
 
 Handler = Callable[[argparse.Namespace], int]
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_client_commands(commands: Subparsers) -> None:

@@ -285,7 +285,7 @@ class LogFollower:
         self.path = path
         self.line = 0
         self._start = start
-        self._handle: object | None = None
+        self._handle: IO[str] | None = None
         self._pending = ""
 
     def read_new(self) -> list[tuple[int, str]]:
@@ -307,7 +307,7 @@ class LogFollower:
                 out.append((self.line, text))
         return out
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> IO[str] | None:
         if self._handle is None:
             try:
                 self._handle = open(self.path, encoding="utf-8", errors="replace")  # noqa: SIM115
@@ -317,7 +317,7 @@ class LogFollower:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
+            self._handle.close()
 
 
 def append_pid_records(run_folder: str, records: list[str]) -> None:

@@ -20,14 +20,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nagare import __version__
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, NotFound
-from nagare.models import TaskStatus
+from nagare.models import Run, TaskInstance, TaskStatus
 from nagare.prometheus import Family, render
-from nagare.store import DURATION_BUCKETS_MS, INF_MS, MetricAgg, MetricPoint, Store
+from nagare.store import (
+    DURATION_BUCKETS_MS,
+    INF_MS,
+    CounterRow,
+    DurationRow,
+    MetricAgg,
+    MetricPoint,
+)
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -175,10 +183,61 @@ class TaskMetrics:
 # ---------------------------------------------------------------- the service
 
 
+class _MetricsMetrics(Protocol):
+    def active_run_counts(self) -> dict[str, int]: ...
+
+    def aggregates(
+        self, start: int, *, dag_id: str = "", bucket_ms: int = 0, by_dag: bool = False
+    ) -> list[MetricAgg]: ...
+
+    def counters(self) -> list[CounterRow]: ...
+
+    def duration_at_ranks(self, start: int, dag_id: str, offsets: list[int]) -> list[int]: ...
+
+    def duration_histogram(self) -> list[DurationRow]: ...
+
+    def has_attempts(self, dag_id: str) -> bool: ...
+
+    def of_run(self, run_id: str) -> list[MetricPoint]: ...
+
+    def of_task(self, task_instance_id: str) -> list[MetricPoint]: ...
+
+    def points(self, start: int, dag_id: str, limit: int) -> list[MetricPoint]: ...
+
+    def runs_created_since(self, start: int, dag_id: str) -> int: ...
+
+    def slowest_attempts(
+        self, start: int, limit: int, window_attempts: int
+    ) -> list[MetricPoint]: ...
+
+
+class _MetricsRuns(Protocol):
+    def exists(self, run_id: str) -> bool: ...
+
+    def get(self, run_id: str, counts: bool = True) -> Run | None: ...
+
+
+class _MetricsTasks(Protocol):
+    def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
+
+
+class MetricsStore(Protocol):
+    """What the metrics reads and writes."""
+
+    @property
+    def metrics(self) -> _MetricsMetrics: ...
+
+    @property
+    def runs(self) -> _MetricsRuns: ...
+
+    @property
+    def tasks(self) -> _MetricsTasks: ...
+
+
 class MetricsService:
     def __init__(
         self,
-        store: Store,
+        store: MetricsStore,
         folder: DagFolder,
         live: Callable[[], LiveState],
         clock: Callable[[], int] = now_ms,

@@ -19,8 +19,9 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nagare.clock import now_ms
 from nagare.engine.assignment import build_assignment
@@ -28,8 +29,8 @@ from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.logs import AttemptLog, LogFiles, append_pid_records
-from nagare.models import AttemptFinish, Claim, Outcome, TaskDef, TaskType
-from nagare.store import Store
+from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
+from nagare.store import Clock
 
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
@@ -102,10 +103,33 @@ class _Unsettled:
         return taken
 
 
+class _PoolsTasks(Protocol):
+    def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
+
+    def finish_and_claim(
+        self,
+        finishes: Sequence[AttemptFinish],
+        wants: Mapping[str, int],
+        worker: str,
+        now: Clock,
+    ) -> list[Claim]: ...
+
+    def finish_attempt(self, finish: AttemptFinish) -> bool: ...
+
+    def running_attempts(self, worker: str) -> list[Attempt]: ...
+
+
+class PoolsStore(Protocol):
+    """What the pools reads and writes."""
+
+    @property
+    def tasks(self) -> _PoolsTasks: ...
+
+
 class WorkerPools:
     def __init__(
         self,
-        store: Store,
+        store: PoolsStore,
         logs: LogFiles,
         sizes: dict[str, int],
         reactor: Reactor,

@@ -13,10 +13,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from nagare.clock import now_ms
 from nagare.logs import LogFiles
-from nagare.store import OldRun, Store
+from nagare.store import OldRun
 
 log = logging.getLogger("nagare.retention")
 DAY_MS = 86_400_000
@@ -44,10 +45,27 @@ def cutoff_for(days: float, now: int) -> int:
     return now - int(days * DAY_MS)
 
 
+class _RetentionRetention(Protocol):
+    def delete_old_runs(self, cutoff: int, limit: int) -> list[OldRun]: ...
+
+    def old_runs(
+        self, cutoff: int, limit: int, after: tuple[int, str] | None = None
+    ) -> list[OldRun]: ...
+
+    def release_free_pages(self) -> None: ...
+
+
+class RetentionStore(Protocol):
+    """What the retention reads and writes."""
+
+    @property
+    def retention(self) -> _RetentionRetention: ...
+
+
 class RetentionSweep:
     def __init__(
         self,
-        store: Store,
+        store: RetentionStore,
         logs: LogFiles,
         retention_days: int,
         clock: Callable[[], int] = now_ms,
@@ -91,19 +109,19 @@ class RetentionSweep:
         return removed
 
 
-def delete_batch(store: Store, logs: LogFiles, cutoff: int, limit: int) -> list[OldRun]:
+def delete_batch(store: RetentionStore, logs: LogFiles, cutoff: int, limit: int) -> list[OldRun]:
     """Delete up to `limit` of the oldest finished runs created before `cutoff`, their rows and
     their log folders, then release the freed database pages. Returns the deleted runs."""
     runs = store.retention.delete_old_runs(cutoff, limit)
     for run in runs:
         logs.remove_run(run.run_id)
     if runs:
-        store.db.release_free_pages()
+        store.retention.release_free_pages()
     return runs
 
 
 def cleanup(
-    store: Store,
+    store: RetentionStore,
     logs: LogFiles,
     cutoff: int,
     dry_run: bool,

@@ -7,9 +7,9 @@ the local pools are told to kill the process group (callbacks wired by `app`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nagare.clock import now_ms, to_iso
 from nagare.cron import parse_schedule
@@ -20,7 +20,6 @@ from nagare.engine.next_steps import descendants
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import DagDef, Run, RunStatus, TaskInstance, TaskStatus, TaskType, Trigger
 from nagare.patterns import ENV_NAME
-from nagare.store import Store
 
 log = logging.getLogger("nagare.runs")
 ACTIVE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY)
@@ -68,10 +67,67 @@ def json_type(value: Any) -> str:
     return "an object"
 
 
+class _RunServiceDags(Protocol):
+    def set_paused(self, dag_id: str, paused: bool, now: int) -> None: ...
+
+    def version(self, digest: str) -> DagDef: ...
+
+
+class _RunServiceRuns(Protocol):
+    def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+
+    def get(self, run_id: str, counts: bool = True) -> Run | None: ...
+
+    def mark_killed(self, run_id: str) -> bool: ...
+
+    def start(
+        self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+    ) -> Run | None: ...
+
+
+class _RunServiceTasks(Protocol):
+    def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
+
+    def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
+
+    def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
+
+    def reopen(
+        self,
+        run_id: str,
+        queue: Sequence[tuple[str, int]],
+        running: Sequence[str],
+        pending: Sequence[str],
+        now: int,
+    ) -> int: ...
+
+    def transition(
+        self,
+        task_ids: Sequence[str],
+        from_status: Iterable[TaskStatus],
+        to_status: TaskStatus,
+        now: int,
+        message: str | None = None,
+    ) -> list[str]: ...
+
+
+class RunServiceStore(Protocol):
+    """What the runservice reads and writes."""
+
+    @property
+    def dags(self) -> _RunServiceDags: ...
+
+    @property
+    def runs(self) -> _RunServiceRuns: ...
+
+    @property
+    def tasks(self) -> _RunServiceTasks: ...
+
+
 class RunService:
     def __init__(
         self,
-        store: Store,
+        store: RunServiceStore,
         folder: DagFolder,
         max_catchup_runs: int,
         wake: Callable[[str | None], None],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,8 +21,17 @@ from nagare.engine.assignment import parse_map_items
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
 from nagare.logs import LogFiles
-from nagare.models import DagDef, InstanceLike, Run, TaskState, TaskStatus, Trigger
-from nagare.store import DagState, Store
+from nagare.models import (
+    DagDef,
+    InstanceLike,
+    Run,
+    RunStatus,
+    TaskInstance,
+    TaskState,
+    TaskStatus,
+    Trigger,
+)
+from nagare.store import DagState
 
 log = logging.getLogger("nagare.scheduler")
 SWEEP_SECONDS = 5.0
@@ -68,10 +77,82 @@ def slots_to_fire(
     return firing
 
 
+class _SchedulerDags(Protocol):
+    def version(self, digest: str) -> DagDef: ...
+
+    def ensure_state(self, dag_id: str, now: int) -> DagState: ...
+
+    def set_last_slot(self, dag_id: str, slot: int, now: int) -> None: ...
+
+
+class _SchedulerRuns(Protocol):
+    def active_ids(self) -> list[str]: ...
+
+    def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+
+    def get(self, run_id: str, counts: bool = True) -> Run | None: ...
+
+    def start(
+        self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+    ) -> Run | None: ...
+
+
+class _SchedulerTasks(Protocol):
+    def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]: ...
+
+    def complete(
+        self,
+        task_instance_id: str,
+        from_status: Sequence[TaskStatus],
+        to_status: TaskStatus,
+        now: int,
+        message: str,
+        output_tail: str = "",
+    ) -> bool: ...
+
+    def due_retries(self, now: int) -> list[TaskInstance]: ...
+
+    def expand_map(self, parent_id: str, children: Sequence[TaskInstance], now: int) -> bool: ...
+
+    def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
+
+    def next_retry_at(self) -> int | None: ...
+
+    def run_states(self, run_id: str) -> list[TaskState]: ...
+
+    def start_internal(
+        self, task_instance_id: str, from_status: Sequence[TaskStatus], now: int
+    ) -> bool: ...
+
+    def states_of(self, task_instance_ids: Sequence[str]) -> list[TaskState]: ...
+
+    def transition(
+        self,
+        task_ids: Sequence[str],
+        from_status: Iterable[TaskStatus],
+        to_status: TaskStatus,
+        now: int,
+        message: str | None = None,
+    ) -> list[str]: ...
+
+
+class SchedulerStore(Protocol):
+    """What the scheduler reads and writes."""
+
+    @property
+    def dags(self) -> _SchedulerDags: ...
+
+    @property
+    def runs(self) -> _SchedulerRuns: ...
+
+    @property
+    def tasks(self) -> _SchedulerTasks: ...
+
+
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: SchedulerStore,
         folder: DagFolder,
         logs: LogFiles,
         settings: SchedulerSettings,

@@ -71,7 +71,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure` installs (so that a second call replaces it). It writes to
     whatever `sys.stderr` is at the time of each record."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stderr
 

@@ -16,14 +16,14 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
 from nagare.errors import BadRequest, Conflict, NagareError, NotFound
 from nagare.models import DagDef, Run, TriggerDef
-from nagare.store import Store
+from nagare.store import DagState
 
 log = logging.getLogger("nagare.webhooks")
 ERRORS_KEY = "NAGARE_WEBHOOK_ERRORS"
@@ -112,10 +112,30 @@ def resolve_secret(trigger: TriggerDef, environ: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- the service
 
 
+class _WebhookDags(Protocol):
+    def states(self) -> dict[str, DagState]: ...
+
+
+class _WebhookDeliveries(Protocol):
+    def find(self, key: str, since: int) -> str | None: ...
+
+    def record(self, key: str, run_id: str, now: int, forget_before: int) -> None: ...
+
+
+class WebhookStore(Protocol):
+    """What the webhook reads and writes."""
+
+    @property
+    def dags(self) -> _WebhookDags: ...
+
+    @property
+    def deliveries(self) -> _WebhookDeliveries: ...
+
+
 class WebhookService:
     def __init__(
         self,
-        store: Store,
+        store: WebhookStore,
         folder: DagFolder,
         start_run: Callable[[str, dict[str, str]], Run],
         delivery_header: str = "X-GitHub-Delivery",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from nagare import __version__
 from nagare.clock import now_ms
@@ -32,8 +33,16 @@ from nagare.engine.assignment import build_assignment
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
 from nagare.errors import Conflict, NotFound
 from nagare.logs import AttemptLog, LogFiles
-from nagare.models import Assignment, Claim, Outcome, TaskStatus, TaskType
-from nagare.store import Store, WorkerRecord
+from nagare.models import (
+    Assignment,
+    AttemptFinish,
+    Claim,
+    Outcome,
+    TaskInstance,
+    TaskStatus,
+    TaskType,
+)
+from nagare.store import HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
 RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
@@ -60,10 +69,55 @@ class PoolWorkers:
     capacity: int = 0
 
 
+class _CoordinatorTasks(Protocol):
+    def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
+
+    def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
+
+
+class _CoordinatorWorkers(Protocol):
+    def claim(
+        self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
+    ) -> list[Claim]: ...
+
+    def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
+
+    def expired(self, now: int) -> list[tuple[str, int, str, bool]]: ...
+
+    def extend(self, until: int) -> int: ...
+
+    def finish(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None: ...
+
+    def held_count(self, worker_id: str) -> int: ...
+
+    def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None: ...
+
+    def registered(self) -> list[WorkerRecord]: ...
+
+    def renew(
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, int]],
+        lease_until: int,
+        seen: WorkerRecord | None = None,
+        leaving: bool = False,
+    ) -> list[HeldAttempt]: ...
+
+
+class CoordinatorStore(Protocol):
+    """What the coordinator reads and writes."""
+
+    @property
+    def tasks(self) -> _CoordinatorTasks: ...
+
+    @property
+    def workers(self) -> _CoordinatorWorkers: ...
+
+
 class Coordinator:
     def __init__(
         self,
-        store: Store,
+        store: CoordinatorStore,
         logs: LogFiles,
         lease_seconds: float,
         on_finished: Callable[[list[tuple[str, str, int | None]]], None],

@@ -21,11 +21,9 @@ from nagare.cron import MANUAL_SCHEDULES, parse_schedule
 from nagare.dagfile.graph import check_graph
 from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
 from nagare.dagfile.nodes import (
-    ENV_NAME,
     ID_EXPECTED,
     ID_PATTERN,
     Collector,
-    DagError,
     boolean,
     check_id,
     env_map,
@@ -37,11 +35,14 @@ from nagare.dagfile.nodes import (
     string_list,
     task_path,
 )
+from nagare.dagfile.nodes import (
+    DagError as DagError,  # re-exported
+)
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
-from nagare.patterns import MEMORY
+from nagare.patterns import ENV_NAME, MEMORY
 
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,9 +20,9 @@ from nagare.http.sse import LogStream
 from nagare.http.static import StaticFiles
 from nagare.logs import LogFiles
 from nagare.metrics import PoolInfo
-from nagare.models import RunStatus, TaskInstance, Trigger
+from nagare.models import Attempt, Run, RunStatus, TaskInstance, Trigger
 from nagare.runs import RunService
-from nagare.store import RunFilter, Store
+from nagare.store import DagState, RunFilter, Stats
 
 MAX_PAGE_SIZE = 500
 CONF_BODY = {"type": "object", "properties": {"conf": {"type": "object"}}}
@@ -46,9 +46,42 @@ class ApiSettings(Protocol):
     def sse_ping_seconds(self) -> float: ...
 
 
+class _ApiDags(Protocol):
+    def states(self) -> dict[str, DagState]: ...
+
+
+class _ApiRuns(Protocol):
+    def find(self, filt: RunFilter, page: int, limit: int) -> tuple[list[Run], int]: ...
+
+    def last_of(self, dag_ids: Iterable[str]) -> dict[str, Run]: ...
+
+    def stats(self, now: int) -> Stats: ...
+
+
+class _ApiTasks(Protocol):
+    def attempts(self, task_instance_id: str) -> list[Attempt]: ...
+
+    def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
+
+    def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
+
+
+class ApiStore(Protocol):
+    """What the api reads and writes."""
+
+    @property
+    def dags(self) -> _ApiDags: ...
+
+    @property
+    def runs(self) -> _ApiRuns: ...
+
+    @property
+    def tasks(self) -> _ApiTasks: ...
+
+
 @dataclass
 class Services:
-    store: Store
+    store: ApiStore
     runs: RunService
     folder: DagFolder
     logs: LogFiles

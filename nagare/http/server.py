@@ -145,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         except OSError:
             return True
-        return data == b""
+        return bool(data == b"")
 
     def _body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():

@@ -17,12 +17,13 @@ from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, Worker
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
-from nagare.store.tasks import TaskStore
+from nagare.store.tasks import Clock, TaskStore
 from nagare.store.workers import WorkerStore
 
 __all__ = [
     "DURATION_BUCKETS_MS",
     "INF_MS",
+    "Clock",
     "CounterRow",
     "DagState",
     "Database",

@@ -63,6 +63,10 @@ class RetentionStore:
             refresh_rollup(conn, {(r[0], r[1]) for r in finished})
         return runs
 
+    def release_free_pages(self) -> None:
+        """Give the pages deletions freed back to the file system (see Database)."""
+        self.db.release_free_pages()
+
 
 def _old_runs(
     conn: sqlite3.Connection, cutoff: int, limit: int, after: tuple[int, str] | None

@@ -199,7 +199,7 @@ class TaskStore:
             row = conn.execute(
                 "SELECT min(ready_at) FROM task_instances WHERE status='up_for_retry'"
             ).fetchone()
-        return row[0]
+        return None if row[0] is None else int(row[0])
 
     def pool_counts(self) -> dict[str, dict[str, int]]:
         with self.db.read() as conn:
