@@ -76,26 +76,26 @@ class _Unsettled:
     batch: int = SETTLE_BATCH
     delay: float = SETTLE_DELAY_SECONDS
     finished: list[tuple[str, str, int | None]] = field(default_factory=list)
-    since: float = 0.0  # when the first of them was added
+    since: float = 0.0  # when the first of them was added (monotonic seconds)
 
     def __bool__(self) -> bool:
         return bool(self.finished)
 
-    def add(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> None:
+    def add(self, ended: list[tuple[_Attempt, AttemptFinish]], now: float) -> None:
         if ended and not self.finished:
-            self.since = time.monotonic()
+            self.since = now
         self.finished.extend((a.claim.task.run_id, a.claim.task.id, f.retry_at) for a, f in ended)
 
-    def ready(self, more_ended: bool, slot_free: bool) -> bool:
-        """Whether to settle now: when no other attempt has ended meanwhile, when a slot is
-        free (settling may give it a task), or when the batch is full or old enough."""
+    def ready(self, more_ended: bool, slot_free: bool, now: float) -> bool:
+        """Whether to settle at `now`: when no other attempt has ended meanwhile, when a slot
+        is free (settling may give it a task), or when the batch is full or old enough."""
         if not self.finished:
             return False
         return (
             not more_ended
             or slot_free
             or len(self.finished) >= self.batch
-            or time.monotonic() - self.since >= self.delay
+            or now - self.since >= self.delay
         )
 
     def take(self) -> list[tuple[str, str, int | None]]:
@@ -157,8 +157,9 @@ class WorkerPools:
         # the dispatcher thread's own: attempts whose end was reported this turn, pid records
         self._ended: list[tuple[_Attempt, Outcome]] = []
         self._pid_records: dict[str, list[str]] = {}  # run log folder -> records to append
-        self.settle_batch = SETTLE_BATCH
-        self.settle_delay = SETTLE_DELAY_SECONDS
+        self._recorded: list[tuple[_Attempt, AttemptFinish]] = []  # ended, to record next turn
+        self.settling = _Unsettled()  # which ended attempts wait for a batch, and how long
+        self._recheck_at = 0.0
         self._accepting = True
         self._base_env = dict(os.environ)
         # names of server variables that hold secrets (webhook `secret_env`s), set by `app`
@@ -267,37 +268,44 @@ class WorkerPools:
     # ------------------------------------------------------------ the dispatcher thread
 
     def run(self, stop: threading.Event) -> None:
-        """The dispatcher loop (it owns the reactor): claims, starts, records and settles until
-        the pools stop accepting work (`shutdown`, or `stop`) and nothing runs any more."""
-        ended: list[tuple[_Attempt, AttemptFinish]] = []
-        unsettled = _Unsettled(self.settle_batch, self.settle_delay)
-        recheck = time.monotonic() + IDLE_WAIT_SECONDS
-        while True:
-            if time.monotonic() >= recheck:  # safety net: a queued task nobody announced
-                recheck = time.monotonic() + IDLE_WAIT_SECONDS
-                with self._lock:
-                    self._hot.update(p for p, size in self.sizes.items() if size > 0)
-            for claim in self._record_and_claim(ended):
-                self._begin(claim)
-            self._write_pid_records()
-            for attempt, finish in ended:
-                _log_end(attempt, finish)
-            unsettled.add(ended)
-            # the ended attempts' runs are settled (in this thread, see
-            # Scheduler.settle_finished) once the freed slots are busy again; while every slot
-            # is busy and more attempts have ended meanwhile, those go first, and the runs of a
-            # whole batch are settled together: one scheduler pass, not one per turn
-            ended = self._wait(0.0) if unsettled else []
-            if unsettled and unsettled.ready(bool(ended), self._slot_free()):
-                self.on_finished(unsettled.take())
-            if ended:
-                continue
+        """The dispatcher loop (it owns the reactor): turns until the pools stop accepting work
+        (`shutdown`, or `stop`) and nothing runs any more."""
+        while self.turn(time.monotonic()):
             if stop.is_set():
                 self.stop_accepting()
+
+    def turn(self, now: float, max_wait: float = IDLE_WAIT_SECONDS) -> bool:
+        """One turn of the dispatcher at `now` (monotonic seconds): record the attempts that
+        ended together with the claims for the slots free, start those, settle runs, then wait
+        (at most `max_wait`, and not past the next recheck) for an end, a queued task or a
+        kill. False once the pools stopped accepting work and nothing runs."""
+        if now >= self._recheck_at:  # safety net: a queued task nobody announced
+            self._recheck_at = now + IDLE_WAIT_SECONDS
             with self._lock:
-                if not self._accepting and not self._running:
-                    break
-            ended = self._wait(max(0.0, recheck - time.monotonic()))
+                self._hot.update(p for p, size in self.sizes.items() if size > 0)
+        ended, self._recorded = self._recorded, []
+        for claim in self._record_and_claim(ended):
+            self._begin(claim)
+        self._write_pid_records()
+        for attempt, finish in ended:
+            _log_end(attempt, finish)
+        unsettled = self.settling
+        unsettled.add(ended, now)
+        # the ended attempts' runs are settled (in this thread, see Scheduler.settle_finished)
+        # once the freed slots are busy again; while every slot is busy and more attempts have
+        # ended meanwhile, those go first, and the runs of a whole batch are settled together:
+        # one scheduler pass, not one per turn
+        self._recorded = self._wait(0.0) if unsettled else []
+        if unsettled.ready(bool(self._recorded), self._slot_free(), time.monotonic()):
+            self.on_finished(unsettled.take())
+        if self._recorded:
+            return True
+        with self._lock:
+            if not self._accepting and not self._running:
+                return False
+        wait = min(max_wait, self._recheck_at - time.monotonic())
+        self._recorded = self._wait(max(0.0, wait))
+        return True
 
     def _slot_free(self) -> bool:
         """Whether a local slot is free: its pool has no queued task left, so settling a run

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -448,11 +449,12 @@ def test_a_worker_killed_while_it_waits_for_work_costs_no_retry(
     )
     w1 = workers(nagare.url, "w1")
     wait_online(nagare, w1)
-    time.sleep(0.3)  # let it settle into its long poll
+    coordinator = nagare.app.coordinator
+    wait_for(lambda: coordinator.waiting_polls("w1"), 10, message="w1's long poll to wait")
     w1.signal(signal.SIGKILL)
     w1.wait_exit(5)
-    run_id = nagare.trigger("quick")
-    time.sleep(0.5)
+    run_id = nagare.trigger("quick")  # wakes the dead worker's poll, which hands out nothing
+    wait_for(lambda: not coordinator.waiting_polls("w1"), 10, message="the dead poll to end")
     w2 = workers(nagare.url, "w2")
     wait_online(nagare, w2)
     assert nagare.wait_run(run_id, LEASE * 3 + 10)["status"] == "success"
@@ -1242,6 +1244,13 @@ def test_a_kept_alive_connection_the_master_dropped_is_replaced(
     assert client.cluster("register", hello)["worker_id"] == "w1"
     assert client.cluster("heartbeat", hello) == {"tasks": [], "cancel": [], "lost": []}
     first = client._kept.connection
-    time.sleep(1.0)  # idle past the master's timeout: it closes the connection
+    assert first is not None and first.sock is not None
+    wait_for(lambda: _closed_by_peer(first.sock), 5, message="the master to drop the connection")
     assert client.cluster("heartbeat", hello) == {"tasks": [], "cancel": [], "lost": []}
     assert client._kept.connection is not first
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closed this connection (readable, and nothing to read)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""

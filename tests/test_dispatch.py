@@ -493,8 +493,8 @@ def test_finished_tasks_wait_for_a_scheduler_pass_under_way_then_go_on(nagare: N
     scheduler_pass = nagare.app.scheduler._pass_lock  # the scheduler thread is in a long pass
     with scheduler_pass:
         wait_for(lambda: nagare.task(run_id, "a")["status"] == "success", 5, message="a done")
-        time.sleep(0.3)
-        assert nagare.task(run_id, "b")["status"] == "pending"  # left to that pass, not lost
+        # every pass holds this lock: b stays pending until the pass under way ends
+        assert nagare.task(run_id, "b")["status"] == "pending"
     assert nagare.wait_run(run_id)["status"] == "success"
     assert "scheduler" in threads, threads
 
@@ -522,17 +522,15 @@ def test_a_failed_settling_pass_leaves_the_run_to_the_scheduler_thread(
 
 
 def test_ended_attempts_wait_for_a_batch_only_while_every_slot_is_busy() -> None:
-    unsettled = pools._Unsettled(batch=64, delay=0.02)
-    assert not unsettled.ready(more_ended=False, slot_free=True)  # nothing to settle
-    unsettled.finished, unsettled.since = [("run", "task", None)], time.monotonic()
-    assert unsettled.ready(more_ended=False, slot_free=False)  # nothing else to record first
-    assert unsettled.ready(more_ended=True, slot_free=True)  # a free slot may get a dependant
-    assert not unsettled.ready(more_ended=True, slot_free=False)  # the next turn goes first
-    unsettled.since -= 0.02
-    assert unsettled.ready(more_ended=True, slot_free=False)  # waited long enough
-    unsettled.since = time.monotonic()
+    unsettled = pools._Unsettled(batch=64, delay=0.5)
+    assert not unsettled.ready(more_ended=False, slot_free=True, now=0.0)  # nothing to settle
+    unsettled.finished, unsettled.since = [("run", "task", None)], 100.0
+    assert unsettled.ready(more_ended=False, slot_free=False, now=100.0)  # nothing else first
+    assert unsettled.ready(more_ended=True, slot_free=True, now=100.0)  # a free slot may fill
+    assert not unsettled.ready(more_ended=True, slot_free=False, now=100.0)  # the next turn first
+    assert unsettled.ready(more_ended=True, slot_free=False, now=100.5)  # waited long enough
     unsettled.finished = unsettled.finished * 64
-    assert unsettled.ready(more_ended=True, slot_free=False)  # a full batch
+    assert unsettled.ready(more_ended=True, slot_free=False, now=100.0)  # a full batch
     assert len(unsettled.take()) == 64 and not unsettled
 
 
@@ -548,7 +546,7 @@ class _SlowSpawner(Spawner):
 
 def _slow_starts(nagare: Nagare) -> None:
     nagare.app.local.spawner = _SlowSpawner()
-    nagare.app.pools.settle_delay = 30.0  # only the other rules apply
+    nagare.app.pools.settling.delay = 30.0  # only the other rules apply
 
 
 def _record_settled(nagare: Nagare) -> list[int]:
@@ -576,7 +574,7 @@ def test_while_every_slot_is_busy_the_runs_of_ended_tasks_are_settled_in_batches
         },
     )
     _slow_starts(nagare)
-    nagare.app.pools.settle_batch = 10
+    nagare.app.pools.settling.batch = 10
     batches = _record_settled(nagare)
     run_id = nagare.trigger("wide")
     assert nagare.wait_run(run_id)["status"] == "success"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -131,6 +132,7 @@ class Coordinator:
         self.on_queued = on_queued  # a handed-back task is queued again: wake whoever serves it
         self.clock = clock
         self._cond = threading.Condition()
+        self._waiting: Counter[str] = Counter()  # worker id -> its polls waiting now
         self._generation = 0  # bumped whenever waiting polls should look again
         self._cancels: dict[str, set[str]] = {}  # worker id -> task instances to stop
         self._open_logs: dict[tuple[str, int], tuple[str, AttemptLog]] = {}
@@ -248,7 +250,14 @@ class Coordinator:
                 if self._stopping:
                     return directives
                 if self._generation == generation:
+                    self._waiting[hello.worker_id] += 1
                     self._cond.wait(remaining)
+                    self._waiting[hello.worker_id] -= 1
+
+    def waiting_polls(self, worker_id: str) -> int:
+        """How many long polls of this worker wait for work right now."""
+        with self._cond:
+            return self._waiting[worker_id]
 
     def log_lines(self, batch: LogBatch) -> LogAck:
         attempt_log = self._attempt_log(batch.worker_id, batch.task_instance_id, batch.attempt)
