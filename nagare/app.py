@@ -405,6 +405,7 @@ class WorkerApp:
         for thread in self._threads.values():
             thread.join(timeout=5)
         self.worker.say_goodbye()
+        self.worker.master.close()
         if self.worker.fatal is not None:
             raise self.worker.fatal
 

@@ -18,8 +18,6 @@ from nagare.dagfile import load_dag_file
 from nagare.errors import ConfigError, NagareError
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
-SERVER_COMMANDS = ("serve", "worker", "exec", "validate", "cleanup", "version")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)

@@ -46,6 +46,15 @@ class ApiClient:
         self.api_key = api_key
         self.timeout = timeout
         self._kept = threading.local()  # per thread: a kept-alive connection (cluster calls)
+        self._kept_all: set[http.client.HTTPConnection] = set()  # for `close`
+        self._open_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the kept-alive connections of every thread."""
+        with self._open_lock:
+            connections, self._kept_all = self._kept_all, set()
+        for connection in connections:
+            connection.close()
 
     # ------------------------------------------------------------ system
 
@@ -74,14 +83,12 @@ class ApiClient:
                 response = connection.getresponse()
                 raw = response.read()
             except (OSError, http.client.HTTPException) as exc:
-                self._kept.connection = None
-                connection.close()
+                self._drop(connection)
                 if first_try and reused and isinstance(exc, _STALE_CONNECTION):
                     continue
                 raise _network_error(self.base_url, exc) from None
             if response.will_close:
-                self._kept.connection = None
-                connection.close()
+                self._drop(connection)
             return self._cluster_answer(verb, response.status, raw)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -98,7 +105,15 @@ class ApiClient:
         else:
             connection = http.client.HTTPConnection(host, port)
         self._kept.connection = connection
+        with self._open_lock:
+            self._kept_all.add(connection)
         return connection, False
+
+    def _drop(self, connection: http.client.HTTPConnection) -> None:
+        self._kept.connection = None
+        with self._open_lock:
+            self._kept_all.discard(connection)
+        connection.close()
 
     def _cluster_answer(self, verb: str, status: int, raw: bytes) -> JsonObject:
         if status >= 400:

@@ -266,9 +266,6 @@ class Config(Settings):
             )
         return dataclasses.replace(self, **changes)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
     @property
     def listen(self) -> tuple[str, int]:
         return parse_listen(self.port)

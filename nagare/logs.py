@@ -104,11 +104,6 @@ class AttemptLog:
                 self._capture(line)
         self._hub.notify(self.key)
 
-    def record_pid(self, pid: int, start_time: float) -> None:
-        """Append `<task instance> <attempt> <pid> <start>` to the run's pids file (one short
-        O_APPEND write: cheaper than creating a file per attempt)."""
-        append_pid_records(os.path.dirname(self.path), [self.pid_record(pid, start_time)])
-
     def pid_record(self, pid: int, start_time: float) -> str:
         """The pids-file line of this attempt's process (see `append_pid_records`)."""
         return f"{self.key.replace('/', ' ')} {pid} {start_time}\n"

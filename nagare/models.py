@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 
 class TaskType(StrEnum):
@@ -121,7 +121,6 @@ SLOT_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL}
 class ExecutorType(StrEnum):
     LOCAL = "local"
     DOCKER = "docker"
-    INTERNAL = "internal"
 
 
 # ---------------------------------------------------------------- DAG definitions
@@ -309,10 +308,6 @@ class TaskInstance:
     position: int = 0
     metrics: AttemptMetrics | None = None
 
-    @property
-    def is_map_child(self) -> bool:
-        return self.map_index is not None
-
 
 class TaskState(NamedTuple):
     """The few fields of a task instance that run planning reads (cheap to load in bulk)."""
@@ -419,6 +414,3 @@ class AttemptFinish:
     def retry_at(self) -> int | None:
         """When the task may run again, if this attempt put it up for retry."""
         return self.ready_at if self.status is TaskStatus.UP_FOR_RETRY else None
-
-
-JsonDict = dict[str, Any]

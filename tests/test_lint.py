@@ -1,4 +1,5 @@
-"""House style is part of the test suite: ruff (lint and format) and mypy over the code."""
+"""House style is part of the test suite: ruff (lint and format), mypy --strict over the package,
+and a dead-code check (vulture, with a small whitelist of names only frameworks and tests use)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,20 @@ def test_mypy() -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[test]')")
     result = run(sys.executable, "-m", "mypy", "nagare")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_dead_code() -> None:
+    pytest.importorskip("vulture", reason="vulture is not installed (pip install -e '.[test]')")
+    result = run(
+        sys.executable,
+        "-m",
+        "vulture",
+        "nagare",
+        "tests/vulture_whitelist.py",
+        "--min-confidence",
+        "60",
+    )
+    assert result.returncode == 0, (
+        "unused code (delete it; if only a framework or a test uses it by name, add it to "
+        "tests/vulture_whitelist.py with the reason):\n" + result.stdout + result.stderr
+    )

@@ -22,7 +22,6 @@ from nagare.errors import BadRequest, ConfigError, NagareError, PayloadTooLarge
 
 log = logging.getLogger("nagare.http")
 REQUEST_TIMEOUT_SECONDS = 30
-MAX_HEADER_LINE = 16384
 _TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
 
 

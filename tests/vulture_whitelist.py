@@ -1,0 +1,26 @@
+"""Names the dead-code check (tests/test_lint.py, vulture) must not report: hooks that a
+framework calls by name, and the few parts of the product's interface that only tests and
+tools use. Each entry says why. Parsed by vulture, never imported."""
+
+# ruff: noqa: B018, F821
+
+# http.server calls these by name, or reads them as class settings
+_Handler.do_GET, _Handler.do_HEAD, _Handler.do_POST, _Handler.do_PUT  # http/server.py
+_Handler.do_PATCH, _Handler.do_DELETE, _Handler.do_OPTIONS
+_Handler.log_message, _Handler.version_string, _Handler.sys_version
+_Handler.protocol_version, _Handler.disable_nagle_algorithm, _Handler.wbufsize
+NagareHTTPServer.daemon_threads, NagareHTTPServer.allow_reuse_address
+NagareHTTPServer.request_queue_size
+# sqlite3 reads a connection's and a cursor's row_factory
+_.row_factory
+
+# read by tests and tools, not by the server
+Config.with_values  # tests build settings with overrides (conftest.make_config)
+options_markdown  # the README's configuration table, checked by tests/test_docs.py
+settings_module_source, SETTINGS_PATH  # tests/generate_settings.py writes nagare/settings.py
+plan_run  # engine/next_steps: the whole-run planner the incremental one is checked against
+Plan.empty  # tests/test_scheduling_rules.py
+Database.schema_version  # tests/test_metrics.py (migrations)
+Reactor.idle  # tests/executor_harness.py: nothing left registered after an attempt
+Spawner.uses_vfork, Spawner.hands_off_cpu  # tests/test_dispatch.py (start methods)
+Coordinator.waiting_polls  # tests/test_cluster.py waits for a worker's long poll
