@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 from nagare.app import App  # noqa: E402
 from nagare.config import load_config  # noqa: E402
+from nagare.store import Store  # noqa: E402
 
 
 def wait_for(
@@ -195,6 +196,71 @@ def pythonpath_env(**extra: str) -> dict[str, str]:
     env.pop("NAGARE_API_KEY", None)
     env.update(extra)
     return env
+
+
+# ---------------------------------------------------------------- stores, one per backend
+
+
+@dataclass(frozen=True)
+class StoreBackend:
+    """How the tests get an empty database of one backend and open a Store on it."""
+
+    name: str
+    new_database: Callable[[Path, int], str]  # (tmp_path, number) -> where a fresh store lives
+    open: Callable[[str], Store]
+    drop: Callable[[str], None] = lambda where: None  # after the test (files go with tmp_path)
+
+
+SQLITE = StoreBackend("sqlite", lambda root, number: str(root / f"store-{number}.db"), Store)
+# Every test that takes `store_factory` or `store` runs once per backend listed here. A second
+# backend is one more entry, e.g. StoreBackend("postgresql", <a fresh database>, <its Store>).
+STORE_BACKENDS: tuple[StoreBackend, ...] = (SQLITE,)
+
+
+class StoreFactory:
+    """`make_store()` -> a new Store on a database of its own, empty but for the schema;
+    `reopen(store)` -> another Store on the same database (what a restarted server sees, with
+    nothing cached). The fixture closes every store made and drops their databases."""
+
+    def __init__(self, backend: StoreBackend, root: Path) -> None:
+        self.backend = backend
+        self._root = root
+        self._databases: list[str] = []
+        self._opened: list[tuple[Store, str]] = []
+
+    def __call__(self) -> Store:
+        where = self.backend.new_database(self._root, len(self._databases))
+        self._databases.append(where)
+        return self._open(where)
+
+    def reopen(self, store: Store) -> Store:
+        where = next(w for s, w in self._opened if s is store)
+        return self._open(where)
+
+    def _open(self, where: str) -> Store:
+        store = self.backend.open(where)
+        self._opened.append((store, where))
+        return store
+
+    def close_all(self) -> None:
+        for store, _ in reversed(self._opened):
+            store.close()
+        self._opened.clear()
+        for where in self._databases:
+            self.backend.drop(where)
+
+
+@pytest.fixture(params=STORE_BACKENDS, ids=lambda backend: backend.name)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    factory = StoreFactory(request.param, tmp_path)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    """A fresh store of each backend (closed at teardown)."""
+    return store_factory()
 
 
 # ---------------------------------------------------------------- real Docker and Chromium

@@ -1,5 +1,6 @@
-"""The cluster's decisions without processes: message validation (pure) and the lease rules in
-a real SQLite store, with time passed in."""
+"""The cluster's decisions without processes: message validation (pure), how a lost or
+handed-back attempt ends (pure) and the coordinator's reaper over a real store, with time passed
+in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import StoreFactory
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,12 +56,16 @@ from nagare.logs import LogFiles
 from nagare.models import (
     Assignment,
     AttemptMetrics,
+    Claim,
     Outcome,
     Resources,
+    Run,
+    RunStatus,
+    TaskInstance,
     TaskStatus,
     Trigger,
 )
-from nagare.store import Store, WorkerRecord
+from nagare.store import Store
 
 HELLO = {"worker_id": "w1", "hostname": "box-1", "pools": ["gpu"], "max_tasks": 2}
 LEASE = 30_000
@@ -292,12 +298,15 @@ def test_a_result_carries_lines_only_when_it_has_some() -> None:
     assert with_lines["lines"] == [["stdout", "x"]]
 
 
-# ---------------------------------------------------------------- leases in the store
+# ---------------------------------------------------------------- leases
+# The lease rules of the store itself (claim, renew, holder, finish, expire, extend, the
+# registry) are the store contract's: tests/test_store_contract.py.
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(str(tmp_path / "leases.db"))
+def store(store_factory: StoreFactory) -> Store:
+    """A store of each backend holding one manual run of two gpu tasks (`t` with a retry)."""
+    store = store_factory()
     dag, errors = parse_dag(
         "id: d\ntasks:\n  - id: t\n    pool: gpu\n    retries: 1\n    command: 'true'\n"
         "  - id: u\n    pool: gpu\n    command: 'true'\n"
@@ -307,102 +316,35 @@ def store(tmp_path: Path) -> Store:
     return store
 
 
-def finish(store: Store, claim: Any, outcome: Outcome, now: int, reason: str = "") -> Any:
-    return attempt_finish(claim, outcome, now, cancel_reason=reason)
+def _claim_of(attempt: int, max_attempts: int) -> Claim:
+    dag, errors = parse_dag("id: d\ntasks:\n  - id: t\n    pool: gpu\n    command: 'true'\n")
+    assert dag is not None, errors
+    task = TaskInstance("abc", "r", "t", "t", TaskStatus.RUNNING, attempt, max_attempts, "gpu")
+    run = Run("r", "d", RunStatus.RUNNING, Trigger.MANUAL, 0, {}, 0)
+    return Claim(task, run, attempt, dag)
 
 
-def test_a_claim_is_a_lease_renewed_only_for_its_holder(store: Store) -> None:
-    claims = store.workers.claim("w1", ["gpu"], 5, now=1_000, lease_until=1_000 + LEASE)
-    assert sorted(c.task.task_id for c in claims) == ["t", "u"]  # both, in one poll
-    assert store.workers.held_count("w1") == 2
-    first = claims[0]
-    answers = store.workers.renew("w1", [(first.task.id, first.attempt)], 20_000 + LEASE)
-    assert [(a.cancel, a.lost) for a in answers] == [(False, False)]
-    stranger = store.workers.renew("w2", [(first.task.id, first.attempt)], 20_000 + LEASE)
-    assert stranger[0].lost  # not its task
-    wrong_attempt = store.workers.renew("w1", [(first.task.id, first.attempt + 1)], 20_000)
-    assert wrong_attempt[0].lost
-    # the renewed lease outlives the other one
-    expired = store.workers.expired(1_000 + LEASE + 1)
-    assert [e[0] for e in expired] == [claims[1].task.id]
-    assert store.workers.holder(first.task.id, first.attempt, 1_000 + LEASE + 1) == "w1"
-
-
-def test_a_result_after_the_lease_ran_out_is_refused(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    late = finish(store, claim, Outcome(exit_code=0), LEASE + 1)
-    assert store.workers.finish(late, "w1", LEASE + 1) is None
-    lost = finish(store, claim, Outcome(exit_code=None, error="worker w1 lost"), LEASE + 1)
-    assert store.workers.expire(lost, "w1", LEASE + 1)
-    assert not store.workers.expire(lost, "w1", LEASE + 2)  # closed once
-    task = store.tasks.by_id(claim.task.id)
-    assert task is not None and task.status is TaskStatus.UP_FOR_RETRY  # retries: 1
-    assert "worker w1 lost; retrying (attempt 2 of 2)" in task.message
-    assert store.workers.finish(late, "w1", LEASE + 1) is None  # still refused afterwards
-    (attempt,) = store.tasks.attempts(claim.task.id)
-    assert attempt.status is TaskStatus.FAILED and attempt.worker == "w1"
-
-
-def test_a_result_in_time_wins_over_the_reaper(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.workers.finish(finish(store, claim, Outcome(exit_code=0), 10), "w1", 10) is True
-    lost = finish(store, claim, Outcome(exit_code=None, error="lost"), LEASE + 1)
-    assert not store.workers.expire(lost, "w1", LEASE + 1)
-    assert store.workers.expired(LEASE * 10) == []
-    task = store.tasks.by_id(claim.task.id)
-    assert task is not None and task.status is TaskStatus.SUCCESS
-
-
-def test_another_worker_cannot_report_the_attempt(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.workers.finish(finish(store, claim, Outcome(exit_code=0), 5), "w2", 5) is None
-
-
-def test_a_killed_remote_task_keeps_its_attempt_open_for_the_report(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    store.tasks.transition([claim.task.id], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 5, "killed")
-    (answer,) = store.workers.renew("w1", [(claim.task.id, claim.attempt)], 10 + LEASE)
-    assert answer.cancel and not answer.lost
-    report = finish(store, claim, Outcome(exit_code=None, cancelled=True), 20, "killed")
-    assert store.workers.finish(report, "w1", 20) is False  # the kill had already won
-    (attempt,) = store.tasks.attempts(claim.task.id)
-    assert attempt.status is TaskStatus.CANCELLED and attempt.completed_at == 20
-
-
-def test_a_handed_back_task_is_queued_again_without_spending_a_retry(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    back = finish(store, claim, Outcome(exit_code=None, cancelled=True), 5, HANDED_BACK_REASON)
-    assert store.workers.finish(back, "w1", 5) is True
-    task = store.tasks.by_id(claim.task.id)
-    assert task is not None and task.status is TaskStatus.QUEUED
-    assert task.max_attempts == 3 and "handed back" in task.message  # 2 + the attempt given back
-
-
-def test_a_restarted_master_gives_open_leases_a_full_term(store: Store) -> None:
-    claim = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
-    assert store.workers.extend(100_000 + LEASE) == 1
-    assert store.workers.expired(LEASE + 1) == []
-    assert store.workers.holder(claim.task.id, claim.attempt, 100_000) == "w1"
-
-
-def test_the_registry_is_an_upsert(store: Store) -> None:
-    store.workers.renew("w1", [], LEASE, WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 1, 1))
-    seen = WorkerRecord("w1", "h2", ("gpu", "cpu"), 4, "0.1", "", 9, 9)
-    store.workers.renew("w1", [], LEASE, seen)
-    store.workers.claim("w1", ["gpu"], 1, now=10, lease_until=LEASE)
-    (worker,) = store.workers.registered()
-    assert (worker.hostname, worker.pools, worker.max_tasks) == ("h2", ("gpu", "cpu"), 4)
-    assert (worker.registered_at, worker.last_seen, worker.running) == (1, 9, 1)
-    leaving = WorkerRecord("w1", "h2", ("gpu",), 4, "0.1", "", 12, 12)
-    store.workers.renew("w1", [], LEASE, leaving, leaving=True)
-    assert store.workers.registered()[0].state == "left"
-
-
-def test_a_lease_is_confirmed_by_the_holders_first_renewal(store: Store) -> None:
-    first, second = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
-    store.workers.renew("w1", [(first.task.id, first.attempt)], LEASE)
-    expired = {e[0]: e[3] for e in store.workers.expired(LEASE + 1)}
-    assert expired == {first.task.id: True, second.task.id: False}
+def test_a_lost_or_handed_back_remote_attempt_ends_like_a_local_one() -> None:
+    """What the coordinator records when a worker is lost or hands a task back (the store
+    takes it from there)."""
+    lost = attempt_finish(_claim_of(1, 2), Outcome(exit_code=None, error="worker w1 lost"), 7)
+    assert (lost.status, lost.attempt_status, lost.ready_at) == (
+        TaskStatus.UP_FOR_RETRY,
+        TaskStatus.FAILED,
+        7,
+    )
+    assert lost.message == "worker w1 lost; retrying (attempt 2 of 2)"
+    gone = attempt_finish(_claim_of(2, 2), Outcome(exit_code=None, error="worker w1 lost"), 9)
+    assert (gone.status, gone.message) == (TaskStatus.FAILED, "worker w1 lost")
+    back = attempt_finish(
+        _claim_of(1, 1), Outcome(exit_code=None, cancelled=True), 5, HANDED_BACK_REASON
+    )
+    assert (back.status, back.attempt_status, back.extra_attempts) == (
+        TaskStatus.QUEUED,
+        TaskStatus.FAILED,
+        1,
+    )
+    assert "handed back" in back.message  # without spending a retry
 
 
 def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(

@@ -1,5 +1,6 @@
-"""The SQLite policy: WAL checkpoints off the writer's path, task ids that keep index writes
-close together."""
+"""The SQLite policy: WAL checkpoints off the writer's path, bounded readers, wide transitions
+in few statements, task ids that keep index writes close together. (What every store backend
+does is the store contract's: tests/test_store_contract.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 
 from conftest import wait_for
 
+from nagare.dagfile import parse_dag
 from nagare.engine.new_run import new_instance_id
+from nagare.models import TaskStatus, Trigger
 from nagare.store import Database, Store
 from nagare.store.db import CHECKPOINT_EVERY_COMMITS
+from nagare.store.tasks import TRANSITION_CHUNK
 
 
 def _rows_in_main_file(path: Path, copy: Path) -> int:
@@ -96,6 +100,31 @@ def test_readers_are_bounded_and_a_nested_read_reuses_its_connection(tmp_path: P
     for thread in holders:
         thread.join(5)
     db.close()
+
+
+def test_a_wide_transition_takes_one_statement_per_chunk_of_ids(tmp_path: Path) -> None:
+    """Queueing a 1,200-wide fan-out: statements of TRANSITION_CHUNK ids (below SQLite's limit
+    on parameters), not one per task."""
+    store = Store(str(tmp_path / "nagare.db"))
+    dag, errors = parse_dag(
+        "id: w\ntasks:\n  - id: s\n    command: 'true'\n"
+        "  - id: t\n    with_items: [" + ", ".join(map(str, range(1200))) + "]\n"
+        "    command: 'true'\n    depends_on: [s]\n"
+    )
+    assert dag is not None, errors
+    run = store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
+    assert run is not None
+    ids = [t.id for t in store.tasks.of_run(run.run_id) if t.task_id != "s"]
+    assert len(ids) == 1200 > 2 * TRANSITION_CHUNK
+    statements: list[str] = []
+    with store.db.write() as conn:
+        conn.set_trace_callback(statements.append)
+    moved = store.tasks.transition(ids, [TaskStatus.PENDING], TaskStatus.QUEUED, 9)
+    with store.db.write() as conn:
+        conn.set_trace_callback(None)
+    assert len(moved) == 1200
+    assert sum(s.startswith("UPDATE task_instances") for s in statements) == 3
+    store.close()
 
 
 def test_task_ids_are_unique_and_sort_in_creation_order() -> None:

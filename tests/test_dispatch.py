@@ -1,7 +1,8 @@
 """The local dispatcher: one thread runs every local task through one Reactor; attempts that
-end together are recorded with the next claims in one transaction; silent tasks cost no log
-file; tasks start with the signal dispositions of a normal process; the pid records that the
-restart recovery reads."""
+end together are recorded with the next claims in one transaction (what the store does with them
+is the store contract's: tests/test_store_contract.py); silent tasks cost no log file; tasks
+start with the signal dispositions of a normal process; the pid records that the restart
+recovery reads."""
 
 from __future__ import annotations
 
@@ -17,12 +18,8 @@ import pytest
 from conftest import Nagare, wait_for
 
 from nagare import pools
-from nagare.dagfile import parse_dag
 from nagare.executors.procfs import boot_ticks, process_alive
 from nagare.executors.spawn import Spawner
-from nagare.models import AttemptFinish, AttemptMetrics, Run, TaskStatus, Trigger
-from nagare.store import Store
-from nagare.store.tasks import TRANSITION_CHUNK
 
 
 def test_eight_parallel_tasks_run_at_once_on_one_dispatcher_thread(nagare_factory) -> None:  # type: ignore[no-untyped-def]
@@ -247,66 +244,6 @@ def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() ->
     assert not process_alive(process.pid, before)
 
 
-def _stored_run(path: Path, dag_text: str) -> tuple[Store, Run]:
-    """A database at `path` holding one manual run of the DAG `dag_text`."""
-    store = Store(str(path))
-    dag, errors = parse_dag(dag_text)
-    assert dag is not None, errors
-    run = store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
-    assert run is not None
-    return store, run
-
-
-def test_attempts_that_end_together_are_recorded_with_the_next_claims_at_once(
-    tmp_path: Path,
-) -> None:
-    store, _ = _stored_run(
-        tmp_path / "batch.db",
-        "id: d\ntasks:\n"
-        "  - id: t\n    with_items: [0, 1, 2, 3, 4, 5]\n    command: 'true'\n"
-        "  - id: g\n    pool: gpu\n    command: 'true'\n",
-    )
-    first = store.tasks.finish_and_claim([], {"default": 3}, "local", 10)
-    assert [c.task.task_id for c in first] == ["t_0", "t_1", "t_2"]  # oldest first
-    killed = first[2].task.id
-    assert store.tasks.transition([killed], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 15)
-    finishes = [
-        AttemptFinish(
-            c.task.id,
-            1,
-            TaskStatus.SUCCESS,
-            TaskStatus.SUCCESS,
-            AttemptMetrics(duration_ms=100 * (i + 1), peak_memory_bytes=1000, exit_code=0),
-            now=20,
-        )
-        for i, c in enumerate(first)
-    ]
-    second = store.tasks.finish_and_claim(finishes, {"default": 5, "gpu": 1}, "local", 30)
-    assert sorted(c.task.task_id for c in second) == ["g", "t_3", "t_4", "t_5"]
-    states = {t.task_id: t.status for t in store.tasks.of_run(first[0].run.run_id)}
-    assert states["t_0"] is TaskStatus.SUCCESS and states["t_1"] is TaskStatus.SUCCESS
-    assert states["t_2"] is TaskStatus.CANCELLED  # the kill that came first wins
-    attempts = store.tasks.attempts(killed)
-    assert attempts[0].status is TaskStatus.CANCELLED
-    with store.db.read() as conn:
-        rollup = conn.execute(
-            "SELECT attempts, success, cancelled, duration_sum, duration_max FROM metric_rollup "
-            "WHERE unit=3600000"
-        ).fetchone()
-        counters = conn.execute(
-            "SELECT task_id, status, value FROM metric_counters WHERE name='task_runs'"
-        ).fetchall()
-        histogram = conn.execute("SELECT sum(count), sum(sum_ms) FROM metric_durations").fetchone()
-    assert tuple(rollup) == (3, 2, 1, 600, 300)
-    assert sorted(tuple(r) for r in counters) == [
-        ("t_0", "success", 1),
-        ("t_1", "success", 1),
-        ("t_2", "cancelled", 1),
-    ]
-    assert tuple(histogram) == (3, 600)
-    store.close()
-
-
 def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_records_them(
     nagare_factory,
 ) -> None:  # type: ignore[no-untyped-def]
@@ -330,36 +267,6 @@ def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_reco
     # the same transaction, not one turn later
     assert recorded[:3] == [{"default": 1}] * 3, turns
     assert len(turns) <= 6, turns
-
-
-def test_a_transition_moves_many_tasks_with_few_statements_and_still_compares(
-    tmp_path: Path,
-) -> None:
-    """Queueing a 1,200-wide fan-out: statements of 500 ids, each row compared and set."""
-    store, run = _stored_run(
-        tmp_path / "wide.db",
-        "id: w\ntasks:\n  - id: s\n    command: 'true'\n"
-        "  - id: t\n    with_items: [" + ", ".join(map(str, range(1200))) + "]\n"
-        "    command: 'true'\n    depends_on: [s]\n",
-    )
-    ids = [t.id for t in store.tasks.of_run(run.run_id) if t.task_id != "s"]
-    assert len(ids) == 1200 > TRANSITION_CHUNK
-    taken = store.tasks.transition([ids[700]], [TaskStatus.PENDING], TaskStatus.CANCELLED, 5)
-    assert taken == [ids[700]]
-    statements: list[str] = []
-    with store.db.write() as conn:
-        conn.set_trace_callback(statements.append)
-    wanted = [*reversed(ids), ids[3]]  # any order, a duplicate, one no longer pending
-    moved = store.tasks.transition(wanted, [TaskStatus.PENDING], TaskStatus.QUEUED, 9)
-    with store.db.write() as conn:
-        conn.set_trace_callback(None)
-    assert moved == [i for i in reversed(ids) if i != ids[700]]  # the caller's order, once each
-    assert sum(s.startswith("UPDATE task_instances") for s in statements) == 3
-    states = {t.id: t for t in store.tasks.of_run(run.run_id)}
-    assert states[ids[700]].status is TaskStatus.CANCELLED
-    assert {states[i].status for i in moved} == {TaskStatus.QUEUED}
-    assert {states[i].queued_at for i in moved} == {9}
-    store.close()
 
 
 def test_a_retry_starts_when_due_not_at_the_next_safety_sweep(nagare: Nagare) -> None:

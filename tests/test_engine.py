@@ -9,8 +9,6 @@ from pathlib import Path
 
 from conftest import Nagare, wait_for
 
-from nagare.models import RunStatus
-
 
 def load(nagare: Nagare, name: str, text: str) -> None:
     nagare.write_dag(name, text)
@@ -318,18 +316,6 @@ def test_retry_after_kill_reopens_the_run(nagare: Nagare) -> None:
     assert nagare.tasks(run_id)["after"]["status"] == "success"
 
 
-def test_a_killed_run_ends_cancelled_whatever_a_stale_plan_says(nagare: Nagare) -> None:
-    """The scheduler may plan a run's end from a cached view taken before the kill."""
-    load(nagare, "stale.yaml", "id: stale\ntasks:\n  - id: wait\n    command: sleep 30\n")
-    run_id = nagare.trigger("stale")
-    wait_for(lambda: nagare.task(run_id, "wait")["status"] == "running", message="wait running")
-    store = nagare.app.store
-    assert store.runs.mark_killed(run_id)
-    assert store.runs.finish(run_id, RunStatus.FAILED, 1) is RunStatus.CANCELLED
-    assert nagare.get(f"/api/runs/{run_id}")["status"] == "cancelled"
-    assert store.runs.finish(run_id, RunStatus.SUCCESS, 2) is None
-
-
 # ---------------------------------------------------------------- map and with_items
 
 
@@ -572,40 +558,6 @@ def test_pool_of_size_zero_keeps_tasks_queued(nagare_factory) -> None:  # type: 
     assert nagare.task(run_id, "train")["status"] == "queued"  # never claimed: test_services
     pools = {p["pool"]: p for p in nagare.get("/api/pools")}
     assert pools["gpu"]["queued"] == 1 and pools["gpu"]["remote_only"] is True
-
-
-def test_claims_are_compare_and_set(tmp_path: Path) -> None:
-    """Many threads claiming the same queue: every task is claimed exactly once."""
-    import threading
-
-    from nagare.dagfile import parse_dag
-    from nagare.models import Trigger
-    from nagare.store import Store
-
-    store = Store(str(tmp_path / "cas.db"))
-    dag, errors = parse_dag(
-        "id: d\ntasks:\n  - id: t\n    with_items: ["
-        + ", ".join(str(i) for i in range(200))
-        + "]\n    command: 'true'\n"
-    )
-    assert dag is not None, errors
-    store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
-    claimed: list[str] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while claims := store.tasks.finish_and_claim([], {"default": 1}, "local", 1):
-            (claim,) = claims
-            with lock:
-                claimed.append(claim.task.id)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(claimed) == 200 and len(set(claimed)) == 200
-    store.close()
 
 
 # ---------------------------------------------------------------- hot reload

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +27,6 @@ from nagare.retention import RetentionSweep
 from nagare.store import Store
 
 NOW = parse_iso("2026-11-21T10:37:12.345Z")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(str(tmp_path / "nagare.db"))
-    yield db
-    db.close()
 
 
 @pytest.fixture
@@ -126,7 +119,8 @@ def test_retention_zero_keeps_everything(store: Store, logs: LogFiles) -> None:
     assert len(run_ids(store)) == 1
 
 
-def test_finding_old_runs_walks_the_created_at_index(store: Store) -> None:
+def test_finding_old_runs_walks_the_created_at_index(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "nagare.db"))  # SQLite's query plan
     with store.db.read() as conn:
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT run_id FROM runs INDEXED BY runs_created WHERE "
@@ -134,6 +128,7 @@ def test_finding_old_runs_walks_the_created_at_index(store: Store) -> None:
             "coalesce(completed_at, created_at) < ? ORDER BY created_at, run_id LIMIT 10",
             (NOW, NOW),
         ).fetchall()
+    store.close()
     details = " | ".join(str(row[-1]) for row in plan)
     assert "SEARCH runs USING INDEX runs_created (created_at<?)" in details, details
 
