@@ -307,6 +307,8 @@ class App:
             thread.join(timeout=5)
         if self.http is not None:
             self.http.server_close()
+        if self._docker is not None:
+            self._docker.close()
         self.store.close()
 
     def trigger_and_wait(

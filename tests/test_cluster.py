@@ -1248,6 +1248,7 @@ def test_a_kept_alive_connection_the_master_dropped_is_replaced(
     wait_for(lambda: _closed_by_peer(first.sock), 5, message="the master to drop the connection")
     assert client.cluster("heartbeat", hello) == {"tasks": [], "cancel": [], "lost": []}
     assert client._kept.connection is not first
+    client.close()
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

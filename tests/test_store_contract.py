@@ -797,13 +797,6 @@ def test_expanding_a_map_replaces_its_children_at_once(store: Store) -> None:
     assert [k.id for k in store.tasks.children(run.run_id, "each")] == [c.id for c in second]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskStore.expand_map deletes the replaced children with their finished attempt "
-    "rows (ON DELETE CASCADE) but leaves the metric roll-up counting them (retention "
-    "recomputes it, expand_map does not): a window read from the roll-up counts attempts "
-    "that the rows no longer hold",
-)
 def test_a_map_expanded_again_leaves_the_metrics_in_step(store: Store) -> None:
     """Re-expansion happens when a map task (or its source) is retried after its children
     all succeeded. Whatever becomes of the old children, every window must count the same
@@ -1056,12 +1049,6 @@ def test_a_restarted_master_gives_open_leases_a_full_term(store: Store) -> None:
     assert store.workers.holder(held.task.id, held.attempt, 100_000 + LEASE) == "w1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WorkerStore.extend counts (and moves) the lease of a killed remote task whose "
-    "attempt was closed by the worker's report: finish_many clears lease_expires_at only for "
-    "tasks that moved",
-)
 def test_a_restarted_master_extends_no_lease_of_a_closed_attempt(store: Store) -> None:
     start(store, dag_of(GPU))
     held = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]

@@ -233,6 +233,14 @@ class DockerExecutor:
                 )
             return self._client
 
+    def close(self) -> None:
+        """Close the engine client's connections (the server is stopping)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
     def unreachable(self, exc: BaseException) -> str:
         return f"Docker engine not reachable at {self.address}: {_reason(exc)}"
 

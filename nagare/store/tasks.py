@@ -19,7 +19,7 @@ from nagare.models import (
 )
 from nagare.store.dags import DagStore
 from nagare.store.db import Database
-from nagare.store.metrics import AttemptTally
+from nagare.store.metrics import AttemptTally, refresh_rollup
 from nagare.store.rows import (
     METRIC_COLUMNS,
     TASK_COLUMNS,
@@ -28,6 +28,7 @@ from nagare.store.rows import (
     run_from_row,
     task_from_row,
 )
+from nagare.store.schema import ROLLUP_UNITS_MS
 
 LATEST_ATTEMPT = (
     "LEFT JOIN task_attempts a ON a.task_instance_id = ti.id AND a.attempt = ti.attempt "
@@ -302,11 +303,7 @@ class TaskStore:
             ).fetchone()
             if row is None:
                 return False
-            conn.execute(
-                "DELETE FROM task_instances WHERE run_id=? AND base_task_id=? AND "
-                "map_index IS NOT NULL",
-                (row["run_id"], row["task_id"]),
-            )
+            _drop_children(conn, row["run_id"], row["task_id"])
             insert_tasks(conn, children)
             conn.execute(
                 "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND status='queued'",
@@ -359,6 +356,24 @@ class TaskStore:
 
 
 # ---------------------------------------------------------------- shared SQL steps
+
+
+def _drop_children(conn: sqlite3.Connection, run_id: str, parent_task_id: str) -> None:
+    """Delete a map's children with their attempts (a map expanded again), and recompute the
+    metric roll-up of the times their finished attempts counted in, as retention does."""
+    finest = ROLLUP_UNITS_MS[-1]
+    counted = conn.execute(
+        "SELECT DISTINCT a.dag_id, (a.completed_at / ?) * ? FROM task_instances ti "
+        "JOIN task_attempts a ON a.task_instance_id = ti.id WHERE ti.run_id=? AND "
+        "ti.base_task_id=? AND ti.map_index IS NOT NULL AND a.completed_at IS NOT NULL",
+        (finest, finest, run_id, parent_task_id),
+    ).fetchall()
+    conn.execute(
+        "DELETE FROM task_instances WHERE run_id=? AND base_task_id=? AND map_index IS NOT NULL",
+        (run_id, parent_task_id),
+    )
+    if counted:
+        refresh_rollup(conn, {(r[0], r[1]) for r in counted})
 
 
 def claim_queued(
@@ -460,10 +475,12 @@ def finish_many(
     for finish in finishes:
         task_id = finish.task_instance_id
         task = moved.get(task_id)
-        if task is None:  # keeps its output tail if it had none
+        if task is None:  # keeps its output tail if it had none; its attempt holds no lease
             conn.execute(
-                "UPDATE task_instances SET output_tail=? WHERE id=? AND output_tail=''",
-                (finish.output_tail, task_id),
+                "UPDATE task_instances SET output_tail=CASE WHEN output_tail='' THEN ? ELSE "
+                "output_tail END, lease_expires_at=CASE WHEN attempt=? THEN NULL ELSE "
+                "lease_expires_at END WHERE id=?",
+                (finish.output_tail, finish.attempt, task_id),
             )
         if task_id in closed:
             task = (
