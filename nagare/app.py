@@ -303,6 +303,8 @@ class App:
         self._engine_stop.set()
         self.pools.stop_accepting()
         self.scheduler.stop()
+        if self.store.db.checkpointer is not None:
+            self.store.db.checkpointer.wake()
         for thread in self._threads:
             thread.join(timeout=5)
         if self.http is not None:

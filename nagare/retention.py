@@ -85,17 +85,17 @@ class RetentionSweep:
         wait = self.first_pass
         while not stop.wait(wait):
             try:
-                removed = self.sweep_once()
+                removed = self.sweep_once(self.clock())
             except Exception:
                 log.exception("retention sweep failed; trying again later")
                 removed = Removed()
             wait = BACKLOG_SECONDS if removed.runs >= self.batch else self.interval
 
-    def sweep_once(self) -> Removed:
+    def sweep_once(self, now: int) -> Removed:
         """One bounded pass: delete at most `batch` runs finished before the cutoff."""
         if self.retention_days <= 0:
             return Removed()
-        cutoff = cutoff_for(self.retention_days, self.clock())
+        cutoff = cutoff_for(self.retention_days, now)
         removed = Removed()
         removed.add(delete_batch(self.store, self.logs, cutoff, self.batch))
         if removed.runs:

@@ -18,11 +18,19 @@ from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
-from nagare.models import DagDef, Run, RunStatus, TaskInstance, TaskStatus, TaskType, Trigger
+from nagare.models import (
+    ACTIVE_TASK,
+    DagDef,
+    Run,
+    RunStatus,
+    TaskInstance,
+    TaskStatus,
+    TaskType,
+    Trigger,
+)
 from nagare.patterns import ENV_NAME
 
 log = logging.getLogger("nagare.runs")
-ACTIVE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY)
 MAX_CONF_KEYS = 200
 
 
@@ -219,7 +227,7 @@ class RunService:
         self.store.runs.mark_killed(run_id)
         log.info("run %s killed", run_id, extra={"dag_id": run.dag_id, "run_id": run_id})
         self._cancel(self.store.tasks.of_run(run_id))
-        if not any(t.status in ACTIVE for t in self.store.tasks.of_run(run_id)):
+        if not any(t.status in ACTIVE_TASK for t in self.store.tasks.of_run(run_id)):
             self.store.runs.finish(run_id, RunStatus.CANCELLED, self.clock())
         self.wake(run_id)
         return self.run(run_id)
@@ -236,17 +244,19 @@ class RunService:
         )
         targets = [task]
         if task.map_index is None:
-            targets += [c for c in self.store.tasks.children(run_id, task_id) if c.status in ACTIVE]
+            targets += [
+                c for c in self.store.tasks.children(run_id, task_id) if c.status in ACTIVE_TASK
+            ]
         self._cancel(targets)
         self.wake(run_id)
         return self.task(run_id, task_id)
 
     def _cancel(self, tasks: list[TaskInstance]) -> None:
         now = self.clock()
-        active = [t for t in tasks if t.status in ACTIVE]
+        active = [t for t in tasks if t.status in ACTIVE_TASK]
         moved = set(
             self.store.tasks.transition(
-                [t.id for t in active], ACTIVE, TaskStatus.CANCELLED, now, message="killed"
+                [t.id for t in active], ACTIVE_TASK, TaskStatus.CANCELLED, now, message="killed"
             )
         )
         for task in active:

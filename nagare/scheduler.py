@@ -448,6 +448,7 @@ class Scheduler:
             self._views.pop(run_id, None)  # engine-side work changed rows: reload next pass
             with self._cond:
                 self._dirty[run_id] = None
+                self._cond.notify()  # a settling thread's pass leaves it to the scheduler
         return pools
 
     def _load(self, run_id: str) -> _View | None:

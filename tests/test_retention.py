@@ -87,7 +87,7 @@ def test_the_sweep_deletes_exactly_the_finished_runs_older_than_the_limit(
         plant_with_logs(store, logs, HOUR),
     ]
     before = counters(store)
-    removed = RetentionSweep(store, logs, 30, clock=lambda: NOW).sweep_once()
+    removed = RetentionSweep(store, logs, 30, clock=lambda: NOW).sweep_once(NOW)
     assert (removed.runs, removed.tasks, removed.attempts) == (3, 6, 6)
     assert run_ids(store) == set(kept)
     for run_id in old:
@@ -109,13 +109,13 @@ def test_each_pass_is_bounded(store: Store, logs: LogFiles) -> None:
     for age in range(5):
         plant_with_logs(store, logs, 40 * DAY + age * HOUR)
     sweep = RetentionSweep(store, logs, 30, clock=lambda: NOW, batch=2)
-    assert [sweep.sweep_once().runs for _ in range(4)] == [2, 2, 1, 0]
+    assert [sweep.sweep_once(NOW).runs for _ in range(4)] == [2, 2, 1, 0]
     assert run_ids(store) == set()
 
 
 def test_retention_zero_keeps_everything(store: Store, logs: LogFiles) -> None:
     plant_with_logs(store, logs, 3000 * DAY)
-    assert RetentionSweep(store, logs, 0, clock=lambda: NOW).sweep_once().runs == 0
+    assert RetentionSweep(store, logs, 0, clock=lambda: NOW).sweep_once(NOW).runs == 0
     assert len(run_ids(store)) == 1
 
 
@@ -144,7 +144,7 @@ def test_deleted_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     store.close()
     full = db.stat().st_size
     store = Store(str(db))
-    RetentionSweep(store, logs, 30, clock=lambda: NOW, batch=1000).sweep_once()
+    RetentionSweep(store, logs, 30, clock=lambda: NOW, batch=1000).sweep_once(NOW)
     with store.db.read() as conn:
         assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
     store.close()

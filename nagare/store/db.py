@@ -172,12 +172,15 @@ class Checkpointer:
     def request(self) -> None:
         self._due.set()
 
+    def wake(self) -> None:
+        """Let the loop see its `stop` event now."""
+        self._due.set()
+
     def run(self, stop: threading.Event) -> None:
         conn = self._connect()
         try:
             while not stop.is_set() and not self._closing.is_set():
-                if not self._due.wait(1.0):
-                    continue
+                self._due.wait()
                 self._due.clear()
                 if stop.is_set() or self._closing.is_set():
                     return
