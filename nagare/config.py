@@ -252,7 +252,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Config(Settings):
     """Resolved settings: the typed fields of `Settings` (generated from OPTIONS), and what is
     derived from them."""
@@ -483,7 +483,7 @@ def settings_module_source() -> str:
         f"from dataclasses import {imports}\n"
         "\n"
         "\n"
-        "@dataclass(frozen=True, slots=True)\n"
+        "@dataclass(frozen=True)\n"
         "class Settings:\n"
         '    """Every setting, typed; each comment is the help text of its option."""\n'
         "\n"

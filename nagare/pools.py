@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
 from nagare.engine.assignment import build_assignment
@@ -103,27 +103,28 @@ class _Unsettled:
         return taken
 
 
-class _PoolsTasks(Protocol):
-    def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    def finish_and_claim(
-        self,
-        finishes: Sequence[AttemptFinish],
-        wants: Mapping[str, int],
-        worker: str,
-        now: Clock,
-    ) -> list[Claim]: ...
+    class _PoolsTasks(Protocol):
+        def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
 
-    def finish_attempt(self, finish: AttemptFinish) -> bool: ...
+        def finish_and_claim(
+            self,
+            finishes: Sequence[AttemptFinish],
+            wants: Mapping[str, int],
+            worker: str,
+            now: Clock,
+        ) -> list[Claim]: ...
 
-    def running_attempts(self, worker: str) -> list[Attempt]: ...
+        def finish_attempt(self, finish: AttemptFinish) -> bool: ...
 
+        def running_attempts(self, worker: str) -> list[Attempt]: ...
 
-class PoolsStore(Protocol):
-    """What the pools reads and writes."""
+    class PoolsStore(Protocol):
+        """The parts of the store the dispatcher reads and writes, and what of them."""
 
-    @property
-    def tasks(self) -> _PoolsTasks: ...
+        @property
+        def tasks(self) -> _PoolsTasks: ...
 
 
 class WorkerPools:

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
 from nagare.logs import LogFiles
@@ -45,21 +45,22 @@ def cutoff_for(days: float, now: int) -> int:
     return now - int(days * DAY_MS)
 
 
-class _RetentionRetention(Protocol):
-    def delete_old_runs(self, cutoff: int, limit: int) -> list[OldRun]: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    def old_runs(
-        self, cutoff: int, limit: int, after: tuple[int, str] | None = None
-    ) -> list[OldRun]: ...
+    class _RetentionRetention(Protocol):
+        def delete_old_runs(self, cutoff: int, limit: int) -> list[OldRun]: ...
 
-    def release_free_pages(self) -> None: ...
+        def old_runs(
+            self, cutoff: int, limit: int, after: tuple[int, str] | None = None
+        ) -> list[OldRun]: ...
 
+        def release_free_pages(self) -> None: ...
 
-class RetentionStore(Protocol):
-    """What the retention reads and writes."""
+    class RetentionStore(Protocol):
+        """The parts of the store the retention sweep reads and writes, and what of them."""
 
-    @property
-    def retention(self) -> _RetentionRetention: ...
+        @property
+        def retention(self) -> _RetentionRetention: ...
 
 
 class RetentionSweep:

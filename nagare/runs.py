@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms, to_iso
 from nagare.cron import parse_schedule
@@ -75,61 +75,60 @@ def json_type(value: Any) -> str:
     return "an object"
 
 
-class _RunServiceDags(Protocol):
-    def set_paused(self, dag_id: str, paused: bool, now: int) -> None: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    def version(self, digest: str) -> DagDef: ...
+    class _RunServiceDags(Protocol):
+        def set_paused(self, dag_id: str, paused: bool, now: int) -> None: ...
 
+        def version(self, digest: str) -> DagDef: ...
 
-class _RunServiceRuns(Protocol):
-    def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+    class _RunServiceRuns(Protocol):
+        def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
 
-    def get(self, run_id: str, counts: bool = True) -> Run | None: ...
+        def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
-    def mark_killed(self, run_id: str) -> bool: ...
+        def mark_killed(self, run_id: str) -> bool: ...
 
-    def start(
-        self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
-    ) -> Run | None: ...
+        def start(
+            self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+        ) -> Run | None: ...
 
+    class _RunServiceTasks(Protocol):
+        def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
 
-class _RunServiceTasks(Protocol):
-    def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
+        def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
 
-    def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
+        def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
 
-    def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
+        def reopen(
+            self,
+            run_id: str,
+            queue: Sequence[tuple[str, int]],
+            running: Sequence[str],
+            pending: Sequence[str],
+            now: int,
+        ) -> int: ...
 
-    def reopen(
-        self,
-        run_id: str,
-        queue: Sequence[tuple[str, int]],
-        running: Sequence[str],
-        pending: Sequence[str],
-        now: int,
-    ) -> int: ...
+        def transition(
+            self,
+            task_ids: Sequence[str],
+            from_status: Iterable[TaskStatus],
+            to_status: TaskStatus,
+            now: int,
+            message: str | None = None,
+        ) -> list[str]: ...
 
-    def transition(
-        self,
-        task_ids: Sequence[str],
-        from_status: Iterable[TaskStatus],
-        to_status: TaskStatus,
-        now: int,
-        message: str | None = None,
-    ) -> list[str]: ...
+    class RunServiceStore(Protocol):
+        """The parts of the store the run service reads and writes, and what of them."""
 
+        @property
+        def dags(self) -> _RunServiceDags: ...
 
-class RunServiceStore(Protocol):
-    """What the runservice reads and writes."""
+        @property
+        def runs(self) -> _RunServiceRuns: ...
 
-    @property
-    def dags(self) -> _RunServiceDags: ...
-
-    @property
-    def runs(self) -> _RunServiceRuns: ...
-
-    @property
-    def tasks(self) -> _RunServiceTasks: ...
+        @property
+        def tasks(self) -> _RunServiceTasks: ...
 
 
 class RunService:

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms, to_iso
 from nagare.cron import Schedule, parse_schedule
@@ -37,15 +37,17 @@ log = logging.getLogger("nagare.scheduler")
 SWEEP_SECONDS = 5.0
 
 
-class SchedulerSettings(Protocol):
-    """The settings the scheduler reads (`Config` has them)."""
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    @property
-    def max_map_items(self) -> int: ...
-    @property
-    def max_catchup_runs(self) -> int: ...
-    @property
-    def misfire_grace_seconds(self) -> float: ...
+    class SchedulerSettings(Protocol):
+        """The settings the scheduler reads (`Config` has them)."""
+
+        @property
+        def max_map_items(self) -> int: ...
+        @property
+        def max_catchup_runs(self) -> int: ...
+        @property
+        def misfire_grace_seconds(self) -> float: ...
 
 
 @dataclass
@@ -77,76 +79,77 @@ def slots_to_fire(
     return firing
 
 
-class _SchedulerDags(Protocol):
-    def version(self, digest: str) -> DagDef: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    def ensure_state(self, dag_id: str, now: int) -> DagState: ...
+    class _SchedulerDags(Protocol):
+        def version(self, digest: str) -> DagDef: ...
 
-    def set_last_slot(self, dag_id: str, slot: int, now: int) -> None: ...
+        def ensure_state(self, dag_id: str, now: int) -> DagState: ...
 
+        def set_last_slot(self, dag_id: str, slot: int, now: int) -> None: ...
 
-class _SchedulerRuns(Protocol):
-    def active_ids(self) -> list[str]: ...
+    class _SchedulerRuns(Protocol):
+        def active_ids(self) -> list[str]: ...
 
-    def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+        def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
 
-    def get(self, run_id: str, counts: bool = True) -> Run | None: ...
+        def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
-    def start(
-        self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
-    ) -> Run | None: ...
+        def start(
+            self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+        ) -> Run | None: ...
 
+    class _SchedulerTasks(Protocol):
+        def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]: ...
 
-class _SchedulerTasks(Protocol):
-    def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]: ...
+        def complete(
+            self,
+            task_instance_id: str,
+            from_status: Sequence[TaskStatus],
+            to_status: TaskStatus,
+            now: int,
+            message: str,
+            output_tail: str = "",
+        ) -> bool: ...
 
-    def complete(
-        self,
-        task_instance_id: str,
-        from_status: Sequence[TaskStatus],
-        to_status: TaskStatus,
-        now: int,
-        message: str,
-        output_tail: str = "",
-    ) -> bool: ...
+        def due_retries(self, now: int) -> list[TaskInstance]: ...
 
-    def due_retries(self, now: int) -> list[TaskInstance]: ...
+        def expand_map(
+            self, parent_id: str, children: Sequence[TaskInstance], now: int
+        ) -> bool: ...
 
-    def expand_map(self, parent_id: str, children: Sequence[TaskInstance], now: int) -> bool: ...
+        def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
 
-    def get(self, run_id: str, task_id: str) -> TaskInstance | None: ...
+        def next_retry_at(self) -> int | None: ...
 
-    def next_retry_at(self) -> int | None: ...
+        def run_states(self, run_id: str) -> list[TaskState]: ...
 
-    def run_states(self, run_id: str) -> list[TaskState]: ...
+        def start_internal(
+            self, task_instance_id: str, from_status: Sequence[TaskStatus], now: int
+        ) -> bool: ...
 
-    def start_internal(
-        self, task_instance_id: str, from_status: Sequence[TaskStatus], now: int
-    ) -> bool: ...
+        def states_of(self, task_instance_ids: Sequence[str]) -> list[TaskState]: ...
 
-    def states_of(self, task_instance_ids: Sequence[str]) -> list[TaskState]: ...
+        def transition(
+            self,
+            task_ids: Sequence[str],
+            from_status: Iterable[TaskStatus],
+            to_status: TaskStatus,
+            now: int,
+            message: str | None = None,
+        ) -> list[str]: ...
 
-    def transition(
-        self,
-        task_ids: Sequence[str],
-        from_status: Iterable[TaskStatus],
-        to_status: TaskStatus,
-        now: int,
-        message: str | None = None,
-    ) -> list[str]: ...
+    class SchedulerStore(Protocol):
+        """The parts of the store the scheduler reads and writes, and what of them."""
 
+        @property
+        def dags(self) -> _SchedulerDags: ...
 
-class SchedulerStore(Protocol):
-    """What the scheduler reads and writes."""
+        @property
+        def runs(self) -> _SchedulerRuns: ...
 
-    @property
-    def dags(self) -> _SchedulerDags: ...
-
-    @property
-    def runs(self) -> _SchedulerRuns: ...
-
-    @property
-    def tasks(self) -> _SchedulerTasks: ...
+        @property
+        def tasks(self) -> _SchedulerTasks: ...
 
 
 class Scheduler:

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
@@ -112,24 +112,24 @@ def resolve_secret(trigger: TriggerDef, environ: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- the service
 
 
-class _WebhookDags(Protocol):
-    def states(self) -> dict[str, DagState]: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
+    class _WebhookDags(Protocol):
+        def states(self) -> dict[str, DagState]: ...
 
-class _WebhookDeliveries(Protocol):
-    def find(self, key: str, since: int) -> str | None: ...
+    class _WebhookDeliveries(Protocol):
+        def find(self, key: str, since: int) -> str | None: ...
 
-    def record(self, key: str, run_id: str, now: int, forget_before: int) -> None: ...
+        def record(self, key: str, run_id: str, now: int, forget_before: int) -> None: ...
 
+    class WebhookStore(Protocol):
+        """The parts of the store the webhook service reads and writes, and what of them."""
 
-class WebhookStore(Protocol):
-    """What the webhook reads and writes."""
+        @property
+        def dags(self) -> _WebhookDags: ...
 
-    @property
-    def dags(self) -> _WebhookDags: ...
-
-    @property
-    def deliveries(self) -> _WebhookDeliveries: ...
+        @property
+        def deliveries(self) -> _WebhookDeliveries: ...
 
 
 class WebhookService:

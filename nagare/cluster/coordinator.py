@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nagare import __version__
 from nagare.clock import now_ms
@@ -70,49 +70,49 @@ class PoolWorkers:
     capacity: int = 0
 
 
-class _CoordinatorTasks(Protocol):
-    def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
+if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
-    def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
+    class _CoordinatorTasks(Protocol):
+        def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
 
+        def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
 
-class _CoordinatorWorkers(Protocol):
-    def claim(
-        self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
-    ) -> list[Claim]: ...
+    class _CoordinatorWorkers(Protocol):
+        def claim(
+            self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
+        ) -> list[Claim]: ...
 
-    def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
+        def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
 
-    def expired(self, now: int) -> list[tuple[str, int, str, bool]]: ...
+        def expired(self, now: int) -> list[tuple[str, int, str, bool]]: ...
 
-    def extend(self, until: int) -> int: ...
+        def extend(self, until: int) -> int: ...
 
-    def finish(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None: ...
+        def finish(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None: ...
 
-    def held_count(self, worker_id: str) -> int: ...
+        def held_count(self, worker_id: str) -> int: ...
 
-    def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None: ...
+        def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None: ...
 
-    def registered(self) -> list[WorkerRecord]: ...
+        def registered(self) -> list[WorkerRecord]: ...
 
-    def renew(
-        self,
-        worker_id: str,
-        held: Sequence[tuple[str, int]],
-        lease_until: int,
-        seen: WorkerRecord | None = None,
-        leaving: bool = False,
-    ) -> list[HeldAttempt]: ...
+        def renew(
+            self,
+            worker_id: str,
+            held: Sequence[tuple[str, int]],
+            lease_until: int,
+            seen: WorkerRecord | None = None,
+            leaving: bool = False,
+        ) -> list[HeldAttempt]: ...
 
+    class CoordinatorStore(Protocol):
+        """The parts of the store the coordinator reads and writes, and what of them."""
 
-class CoordinatorStore(Protocol):
-    """What the coordinator reads and writes."""
+        @property
+        def tasks(self) -> _CoordinatorTasks: ...
 
-    @property
-    def tasks(self) -> _CoordinatorTasks: ...
-
-    @property
-    def workers(self) -> _CoordinatorWorkers: ...
+        @property
+        def workers(self) -> _CoordinatorWorkers: ...
 
 
 class Coordinator:
