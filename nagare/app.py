@@ -15,7 +15,6 @@ from nagare import __version__
 from nagare.client import ApiClient
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
-from nagare.cluster.remote import RemoteWorker
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.errors import BadRequest, ConfigError
@@ -42,6 +41,7 @@ from nagare.webhooks import WebhookService
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
+    from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
 
 log = logging.getLogger("nagare")
@@ -219,8 +219,11 @@ class App:
         self.folder.scan()
         for run_id in self.pools.recover(self._remove_leftover_containers()):
             self.scheduler.wake(run_id)
-        if self.store.db.checkpointer is not None:
-            self._spawn("checkpoint", self.store.db.checkpointer.run, self._engine_stop)
+        checkpointer = self.store.db.checkpointer
+        if checkpointer is not None:  # its loop starts at the 32nd commit
+            checkpointer.start_with(
+                lambda: self._spawn("checkpoint", checkpointer.run, self._engine_stop)
+            )
         if self.pools.has_slots:
             self._spawn("pools", self.pools.run, self._engine_stop)
         if self.http is not None:
@@ -358,6 +361,8 @@ def build_worker(config: Config) -> WorkerApp:
         master = ApiClient(config.join, api_key=config.token)
     except Exception as err:
         raise ConfigError(f"--join: {err}") from None
+    from nagare.cluster.remote import RemoteWorker  # the worker role only: a server never loads it
+
     reactor = Reactor()  # owned by the worker's task loop
     worker = RemoteWorker(
         master,

@@ -252,10 +252,9 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
 
-@dataclass(frozen=True)
 class Config(Settings):
-    """Resolved settings: the typed fields of `Settings` (generated from OPTIONS), and what is
-    derived from them."""
+    """Resolved settings: the typed fields of `Settings` (generated from OPTIONS, a frozen
+    dataclass whose methods it inherits), and what is derived from them."""
 
     def with_values(self, **changes: Any) -> Config:
         unknown = sorted(set(changes) - set(OPTION_BY_NAME))
@@ -483,7 +482,7 @@ def settings_module_source() -> str:
         f"from dataclasses import {imports}\n"
         "\n"
         "\n"
-        "@dataclass(frozen=True)\n"
+        "@dataclass(frozen=True, eq=False)  # compared by identity: one per process\n"
         "class Settings:\n"
         '    """Every setting, typed; each comment is the help text of its option."""\n'
         "\n"

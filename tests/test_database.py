@@ -59,6 +59,29 @@ def test_wal_checkpoints_run_in_the_checkpointer_loop(tmp_path: Path) -> None:
     assert not loop.is_alive()
 
 
+def test_the_checkpointer_loop_is_started_at_the_first_request_only(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "nagare.db"))
+    checkpointer = store.db.checkpointer
+    assert checkpointer is not None
+    starts: list[int] = []
+    checkpointer.start_with(lambda: starts.append(1))  # as app does, with its thread
+    for number in range(CHECKPOINT_EVERY_COMMITS - 1):
+        with store.db.write() as conn:
+            conn.execute(
+                "INSERT INTO dag_state(dag_id, watermark, updated_at) VALUES (?, 0, 0)",
+                (f"d{number}",),
+            )
+    assert starts == []  # an idle server pays for no thread and no connection
+    for number in range(CHECKPOINT_EVERY_COMMITS * 2):
+        with store.db.write() as conn:
+            conn.execute(
+                "INSERT INTO dag_state(dag_id, watermark, updated_at) VALUES (?, 0, 0)",
+                (f"e{number}",),
+            )
+    assert starts == [1]  # started once, at the first checkpoint due
+    store.close()
+
+
 def test_without_the_checkpointer_loop_the_writer_still_works(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "nagare.db"))  # a command-line tool: no loop runs
     for number in range(CHECKPOINT_EVERY_COMMITS * 2):

@@ -161,15 +161,28 @@ class Database:
 class Checkpointer:
     """Copies the WAL back into the database file on request (every CHECKPOINT_EVERY_COMMITS
     commits), on a connection of its own, in the thread that runs `run` (PASSIVE: it never
-    waits for, nor blocks, readers and the writer). Without that thread (a command-line tool),
-    requests are ignored and the writer's own automatic checkpoint bounds the WAL."""
+    waits for, nor blocks, readers and the writer). `app` says how to start that loop
+    (`start_with`); it is started at the first request, so an idle server pays for neither the
+    thread nor the connection. Without it (a command-line tool), requests are ignored and the
+    writer's own automatic checkpoint bounds the WAL."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
         self._due = threading.Event()
         self._closing = threading.Event()
+        self._starter: Callable[[], None] | None = None
+        self._start_lock = threading.Lock()
+
+    def start_with(self, starter: Callable[[], None]) -> None:
+        """How to start the loop (`app` runs `run` in a thread of its own) when first needed."""
+        self._starter = starter
 
     def request(self) -> None:
+        if self._starter is not None:
+            with self._start_lock:
+                starter, self._starter = self._starter, None
+            if starter is not None:
+                starter()
         self._due.set()
 
     def wake(self) -> None:
@@ -177,19 +190,21 @@ class Checkpointer:
         self._due.set()
 
     def run(self, stop: threading.Event) -> None:
-        conn = self._connect()
-        try:
+        conn: sqlite3.Connection | None = None  # opened at the first request: an idle server
+        try:  # never pays for a connection it does not use
             while not stop.is_set() and not self._closing.is_set():
                 self._due.wait()
                 self._due.clear()
                 if stop.is_set() or self._closing.is_set():
                     return
                 try:
+                    conn = conn or self._connect()
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # the writer's own checkpoint still bounds the WAL
+                except (sqlite3.Error, DatabaseError) as exc:  # the writer's own still bounds it
                     log.warning("background WAL checkpoint of the database failed: %s", exc)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def close(self) -> None:
         """The database is closing: leave the loop at once."""
