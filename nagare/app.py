@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
-from nagare.client import ApiClient
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
@@ -357,6 +356,8 @@ def build_worker(config: Config) -> WorkerApp:
         read_hello(encode_hello(hello))
     except BadRequest as err:
         raise ConfigError(f"worker settings: {err.message}") from None
+    from nagare.client import ApiClient  # the worker role only, as below
+
     try:
         master = ApiClient(config.join, api_key=config.token)
     except Exception as err:

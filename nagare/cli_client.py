@@ -14,10 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from nagare.client import ApiClient, ApiError
 from nagare.clock import now_ms, parse_iso
+
+if TYPE_CHECKING:
+    from nagare.client import ApiClient, ApiError
 
 DEFAULT_API_URL = "http://localhost:8080"
 DEFAULT_RUNS_LIMIT = 20
@@ -174,6 +176,8 @@ def _guarded(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def run(namespace: argparse.Namespace) -> int:
+        from nagare.client import ApiError  # a client command only: a server never loads it
+
         try:
             return handler(namespace)
         except ApiError as err:
@@ -200,6 +204,8 @@ def _explain(err: ApiError) -> str:
 
 
 def _client(namespace: argparse.Namespace) -> ApiClient:
+    from nagare.client import ApiClient
+
     url = namespace.api or os.environ.get("NAGARE_API_URL") or DEFAULT_API_URL
     key = namespace.api_key if namespace.api_key is not None else os.environ.get("NAGARE_API_KEY")
     return ApiClient(url, key or "")
