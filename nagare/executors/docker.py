@@ -9,9 +9,11 @@ the container is created (entrypoint overridden to `/bin/sh -c`, env = the assig
 only, labels naming the attempt and the owning server), attached to before it starts (so no
 output is missed, whatever the engine's logging driver), started, and its output is split into
 lines as it arrives. A stats stream samples memory and CPU; a timer kills the container at the
-timeout; a kill (`Cancellation`) kills it at once from the killing thread. Whatever happens,
-the container is removed afterwards. Containers a crashed server left behind are found by
-their labels and removed by `cleanup_orphans()` when the server starts again.
+timeout; the handle's `cancel` asks the engine to kill it at once. The attempt runs in a thread
+of its own (engine calls block) and posts its end to the reactor of the thread that owns the
+executor. Whatever happens, the container is removed afterwards. Containers a crashed server
+left behind are found by their labels and removed by `cleanup_orphans()` when the server starts
+again.
 
 The translation from task fields to container settings, the pull progress condensing and the
 stats accounting are pure, in `executors/containers.py`.
