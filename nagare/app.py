@@ -254,11 +254,7 @@ class App:
         loop: Callable[[threading.Event], None],
         stop: threading.Event | None = None,
     ) -> None:
-        thread = threading.Thread(
-            target=loop, args=(stop or self.stopping,), daemon=True, name=name
-        )
-        thread.start()
-        self._threads.append(thread)
+        self._threads.append(_start_loop(name, loop, stop or self.stopping))
 
     def _warn_open_api(self) -> None:
         if self.http is not None and not self.config.api_key:
@@ -329,6 +325,16 @@ class App:
         return "interrupted"
 
 
+def _start_loop(
+    name: str, loop: Callable[[threading.Event], None], stop: threading.Event
+) -> threading.Thread:
+    """A long-lived loop's `run(stop)` in a daemon thread of its own: the one place both roles
+    start their loops."""
+    thread = threading.Thread(target=loop, args=(stop,), daemon=True, name=name)
+    thread.start()
+    return thread
+
+
 def _static_files() -> StaticFiles | None:
     try:
         root = asset_root("web_static")
@@ -394,9 +400,7 @@ class WorkerApp:
             ("shipper", self.worker.ship_loop),
             ("tasks", self.worker.task_loop),
         ):
-            thread = threading.Thread(target=loop, args=(self.stopping,), daemon=True, name=name)
-            thread.start()
-            self._threads[name] = thread
+            self._threads[name] = _start_loop(name, loop, self.stopping)
 
     def _refused(self) -> None:
         self.stopping.set()

@@ -297,7 +297,9 @@ class WorkerPools:
         # ended meanwhile, those go first, and the runs of a whole batch are settled together:
         # one scheduler pass, not one per turn
         self._recorded = self._wait(0.0) if unsettled else []
-        if unsettled.ready(bool(self._recorded), self._slot_free(), time.monotonic()):
+        if unsettled and unsettled.ready(  # (the guard skips the lock _slot_free takes)
+            bool(self._recorded), self._slot_free(), time.monotonic()
+        ):
             self.on_finished(unsettled.take())
         if self._recorded:
             return True

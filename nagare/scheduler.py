@@ -577,9 +577,6 @@ class Scheduler:
             f"triggered run {child.run_id}",
         )
 
-    def active(self) -> list[str]:
-        return self.store.runs.active_ids()
-
 
 @dataclass
 class _View:

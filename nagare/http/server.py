@@ -221,7 +221,6 @@ class NagareHTTPServer(ThreadingHTTPServer):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.poll_interval = 0.5  # how soon `shutdown()` is noticed
-        self.stopping = threading.Event()
         if tls is not None:  # the handshake runs in the request thread, under its timeout
             self.socket = tls.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
