@@ -112,7 +112,7 @@ def load_dag_file(
     name = os.path.basename(path)
     text = read_dag_text(path, max_bytes)
     if isinstance(text, DagError):
-        return None, [replace(text, file=name)]
+        return None, [text]
     return parse_dag(text, name, os.path.dirname(os.path.abspath(path)), extra_check)
 
 
