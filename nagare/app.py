@@ -68,7 +68,10 @@ class App:
         self._docker_lock = threading.Lock()
         self._leftover_containers: dict[tuple[str, int], str] = {}
         self.folder = DagFolder(
-            config.dags, on_change=self._dags_changed, extra_check=webhook_compile_errors
+            config.dags,
+            on_change=self._dags_changed,
+            extra_check=webhook_compile_errors,
+            max_file_bytes=config.max_dag_file_bytes,
         )
         self.pools = WorkerPools(
             self.store,

@@ -60,6 +60,14 @@ OPTIONS: tuple[Option, ...] = (
     _opt("db", "str", "nagare.db", "SQLite database file (created and migrated on start)."),
     _opt("dags", "str", "dags", "Folder of DAG files (*.yaml, *.yml); created if missing."),
     _opt(
+        "max_dag_file_bytes",
+        "int",
+        1048576,
+        "Largest DAG file read; a larger one is reported as that file's error, not read.",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
         "config",
         "str",
         "nagare.yaml",

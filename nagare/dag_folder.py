@@ -1,26 +1,52 @@
 """The DAGs folder: loads every `*.yaml`/`*.yml` file, notices new, changed and deleted files
 within about a second, keeps the last good version of a file that breaks, and reports every
-file's errors. Only changed files are parsed again (mtime, size and inode decide).
+file's errors. Only changed files are parsed again (what `stat` says decides).
+
+Whatever one file is or holds, it only gets errors of its own: anything that is not a regular
+file (a FIFO, a socket, a directory, a symlink loop or a dangling link) is reported from its
+`stat` without being opened, a file over `max_file_bytes` without being read, and any exception
+while reading one file becomes that file's error. A fault that stays the same is logged once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nagare.dagfile import DagError, load_dag_file
+from nagare.dagfile import (
+    MAX_FILE_BYTES,
+    DagError,
+    clip,
+    load_dag_file,
+    not_regular_message,
+    read_dag_text,
+    too_large_message,
+)
 from nagare.models import DagDef
 
 log = logging.getLogger("nagare.dags")
 SCAN_SECONDS = 0.5
+MAX_ERROR_CHARS = 500  # one error line in the snapshot (the parser's errors are shorter)
+
+Signature = tuple[int, ...]  # what stat says; a file is read again when it changes
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One folder entry as the scan found it: its signature, and why it cannot be read
+    (found without opening it), or ''."""
+
+    signature: Signature
+    problem: str = ""
 
 
 @dataclass
 class _FileState:
-    signature: tuple[int, int, int]
+    signature: Signature
     dag: DagDef | None
     errors: list[DagError]
     last_good: DagDef | None
@@ -40,10 +66,14 @@ class DagFolder:
         path: str,
         on_change: Callable[[], None] | None = None,
         extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.path = path
         self._on_change = on_change
         self._extra_check = extra_check  # checks of later layers (jq expressions compile)
+        self._max_file_bytes = max_file_bytes
+        self._folder_problem = ""  # the last "cannot read the folder" logged
+        self._scan_failure = ""  # the last unexpected scan failure logged
         self._files: dict[str, _FileState] = {}
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
@@ -63,11 +93,9 @@ class DagFolder:
         name = self._snapshot.files.get(dag_id)
         if name is None:
             return None
-        try:
-            with open(os.path.join(self.path, name), encoding="utf-8") as handle:
-                return handle.read()
-        except OSError:
-            return None
+        # the same reader as a scan: a FIFO or a huge file put there since is refused at once
+        text = read_dag_text(os.path.join(self.path, name), self._max_file_bytes)
+        return None if isinstance(text, DagError) else text
 
     # ------------------------------------------------------------ scanning
 
@@ -75,18 +103,22 @@ class DagFolder:
         while not stop.wait(SCAN_SECONDS):
             try:
                 self.scan()
-            except Exception:  # the watcher must survive anything a folder can do
-                log.exception("scanning the DAGs folder failed")
+                self._scan_failure = ""
+            except Exception as exc:  # the watcher must survive anything a folder can do
+                failure = clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+                if failure != self._scan_failure:  # the same failure again is not news
+                    self._scan_failure = failure
+                    log.exception("scanning the DAGs folder failed")
 
     def scan(self) -> bool:
         """Re-read what changed; returns whether the loaded set or the errors changed."""
         with self._lock:
             current = self._list_files()
             changed = self._forget_deleted(current)
-            for name, signature in current.items():
+            for name, seen in current.items():
                 state = self._files.get(name)
-                if state is None or state.signature != signature:
-                    self._load(name, signature, state)
+                if state is None or state.signature != seen.signature:
+                    self._load(name, seen, state)
                     changed = True
             if changed:
                 self._snapshot = self._assemble()
@@ -94,48 +126,92 @@ class DagFolder:
             self._on_change()
         return changed
 
-    def _list_files(self) -> dict[str, tuple[int, int, int]]:
-        found: dict[str, tuple[int, int, int]] = {}
+    def _list_files(self) -> dict[str, _Seen]:
+        """Every `*.yaml`/`*.yml` entry with its signature: one `stat` each (following links)."""
+        found: dict[str, _Seen] = {}
         try:
             entries = list(os.scandir(self.path))
         except OSError as exc:
-            log.error("cannot read the DAGs folder %s: %s", self.path, exc)
-            return {name: state.signature for name, state in self._files.items()}
+            problem = f"cannot read the DAGs folder {self.path}: {exc.strerror or exc}"
+            if problem != self._folder_problem:  # logged once, not on every scan
+                self._folder_problem = problem
+                log.error("%s (the DAGs loaded before are kept)", problem)
+            return {name: _Seen(state.signature) for name, state in self._files.items()}
+        if self._folder_problem:
+            self._folder_problem = ""
+            log.info("the DAGs folder %s can be read again", self.path)
         for entry in entries:
             if entry.name.startswith(".") or not entry.name.endswith((".yaml", ".yml")):
                 continue
-            try:
-                if not entry.is_file():
-                    continue
-                st = entry.stat()
-            except OSError:
-                continue
-            found[entry.name] = (st.st_mtime_ns, st.st_size, st.st_ino)
+            seen = self._look_at(entry)
+            if seen is not None:
+                found[entry.name] = seen
         return found
 
-    def _forget_deleted(self, current: dict[str, tuple[int, int, int]]) -> bool:
+    def _look_at(self, entry: os.DirEntry[str]) -> _Seen | None:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            if not entry.is_symlink():
+                return None  # removed since the listing
+            return self._broken_link(entry, "a symbolic link to a file that does not exist")
+        except OSError as exc:  # a symlink loop, a name too long, ...
+            return self._broken_link(entry, f"cannot read the file: {exc.strerror or exc}")
+        signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            return _Seen(signature, not_regular_message(st.st_mode))
+        if st.st_size > self._max_file_bytes:
+            return _Seen(signature, too_large_message(st.st_size, self._max_file_bytes))
+        return _Seen(signature)
+
+    @staticmethod
+    def _broken_link(entry: os.DirEntry[str], problem: str) -> _Seen | None:
+        """The entry itself (a link that cannot be followed): its own stat is the signature,
+        so the problem is reported once, and again only if it changes or the link is fixed."""
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return None  # removed since the listing
+        return _Seen((-1, st.st_mtime_ns, st.st_ctime_ns, st.st_ino), problem)
+
+    def _forget_deleted(self, current: dict[str, _Seen]) -> bool:
         gone = [name for name in self._files if name not in current]
         for name in gone:
             log.info("DAG file %s was removed", name)
             del self._files[name]
         return bool(gone)
 
-    def _load(self, name: str, signature: tuple[int, int, int], old: _FileState | None) -> None:
-        dag, errors = load_dag_file(os.path.join(self.path, name), self._extra_check)
+    def _load(self, name: str, seen: _Seen, old: _FileState | None) -> None:
+        dag, errors = self._read(name, seen)
         last_good = dag or (old.last_good if old else None)
         order = old.order if old and old.last_good else self._next_order()
-        self._files[name] = _FileState(signature, dag, errors, last_good, order)
-        if errors:
+        self._files[name] = _FileState(seen.signature, dag, errors, last_good, order)
+        if errors and old is not None and old.errors == errors:
+            log.debug("DAG file %s changed but has the same error(s)", name)
+        elif errors:
             kept = " (its last good version keeps running)" if last_good else ""
             log.warning(
                 "DAG file %s has %d error(s)%s: %s",
                 name,
                 len(errors),
                 kept,
-                "; ".join(str(e) for e in errors),
+                clip("; ".join(str(e) for e in errors), 10 * MAX_ERROR_CHARS),
             )
         else:
             log.info("loaded DAG '%s' from %s", dag.dag_id if dag else "?", name)
+
+    def _read(self, name: str, seen: _Seen) -> tuple[DagDef | None, list[DagError]]:
+        """The file's DAG or its errors; whatever goes wrong stays this file's error."""
+        if seen.problem:
+            return None, [DagError(name, 0, "", seen.problem)]
+        try:
+            return load_dag_file(
+                os.path.join(self.path, name), self._extra_check, self._max_file_bytes
+            )
+        except Exception as exc:  # a bug must not stop the other files (or the server start)
+            log.error("reading DAG file %s failed unexpectedly", name, exc_info=True)
+            problem = clip(f"{type(exc).__name__}: {exc}", 200)
+            return None, [DagError(name, 0, "", f"the file could not be read ({problem})")]
 
     def _next_order(self) -> int:
         self._counter += 1
@@ -145,7 +221,7 @@ class DagFolder:
         snapshot = Snapshot()
         for name, state in sorted(self._files.items(), key=lambda kv: (kv[1].order, kv[0])):
             if state.errors:
-                snapshot.errors[name] = [str(e) for e in state.errors]
+                snapshot.errors[name] = [clip(str(e), MAX_ERROR_CHARS) for e in state.errors]
             dag = state.dag or state.last_good
             if dag is None:
                 continue

@@ -21,6 +21,9 @@ class Settings:
     # Folder of DAG files (*.yaml, *.yml); created if missing.
     dags: str = "dags"
 
+    # Largest DAG file read; a larger one is reported as that file's error, not read.
+    max_dag_file_bytes: int = 1048576
+
     # Settings file; a missing file means defaults.
     config: str = "nagare.yaml"
 

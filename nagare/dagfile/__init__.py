@@ -11,10 +11,12 @@ import difflib
 import math
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
@@ -38,11 +40,21 @@ from nagare.dagfile.nodes import (
 from nagare.dagfile.nodes import (
     DagError as DagError,  # re-exported
 )
+from nagare.dagfile.nodes import (
+    clip as clip,  # re-exported
+)
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
 from nagare.patterns import ENV_NAME, MEMORY
+
+MAX_FILE_BYTES = 1048576  # the default of max_dag_file_bytes
+MAX_DEPTH = 50  # lists and mappings inside each other; a DAG file needs about 6
+MAX_NODES = 1_000_000  # values with every alias expanded (a 1 MiB file without aliases has fewer)
+MAX_TASKS = 10_000  # tasks of one DAG once with_items is expanded
+MAX_DEPENDENCIES = 200_000  # depends_on entries of one DAG once with_items is expanded
+MAX_COMMAND_CHARS = 16_000_000  # command text of one DAG once with_items is expanded
 
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"
@@ -91,16 +103,69 @@ RESOURCE_KEYS = ("cpus", "memory", "gpus")
 
 
 def load_dag_file(
-    path: str, extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None
+    path: str,
+    extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> tuple[DagDef | None, list[DagError]]:
-    """Read and validate one DAG file (`extra_check`: see `parse_dag`)."""
+    """Read and validate one DAG file (`extra_check`: see `parse_dag`). A file that cannot be
+    read (not a regular file, larger than `max_bytes`, not UTF-8, an OS error) is one error."""
+    name = os.path.basename(path)
+    text = read_dag_text(path, max_bytes)
+    if isinstance(text, DagError):
+        return None, [text]
+    return parse_dag(text, name, os.path.dirname(os.path.abspath(path)), extra_check)
+
+
+def read_dag_text(path: str, max_bytes: int) -> str | DagError:
+    """The file's text, or why it cannot be a DAG file. Opened without blocking (a FIFO swapped
+    in after the folder looked at it is refused, not waited on); at most `max_bytes` are read."""
     name = os.path.basename(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [DagError(name, 0, "", f"cannot read the file: {exc}")]
-    return parse_dag(text, name, os.path.dirname(os.path.abspath(path)), extra_check)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return DagError(name, 0, "", f"cannot read the file: {exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return DagError(name, 0, "", not_regular_message(st.st_mode))
+            if st.st_size > max_bytes:
+                return DagError(name, 0, "", too_large_message(st.st_size, max_bytes))
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            return DagError(name, 0, "", f"cannot read the file: {exc.strerror or exc}")
+    if len(data) > max_bytes:  # it grew since the stat
+        return DagError(name, 0, "", too_large_message(len(data), max_bytes, "at least "))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return DagError(
+            name,
+            line,
+            "",
+            f"cannot read the file: it is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+            f"offset {exc.start}); expected a YAML text file",
+        )
+
+
+def not_regular_message(mode: int) -> str:
+    kinds = {
+        stat.S_IFDIR: "a directory",
+        stat.S_IFIFO: "a FIFO (named pipe)",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }
+    kind = kinds.get(stat.S_IFMT(mode), "not a file")
+    return f"not a regular file ({kind}); it is not read (expected a YAML text file)"
+
+
+def too_large_message(size: int, limit: int, prefix: str = "") -> str:
+    return (
+        f"the file has {prefix}{size} bytes; the limit is {limit} "
+        "(max_dag_file_bytes in nagare.yaml); it is not read"
+    )
 
 
 def parse_dag(
@@ -113,21 +178,53 @@ def parse_dag(
     errors = Collector(file)
     root = _compose(text, errors)
     if root is None:
-        return None, errors.errors
+        return None, errors.summary()
     dag = _build_dag(root, errors, base_dir)
     if dag is not None:
         check_graph(dag, errors)
     if dag is not None and not errors.errors and extra_check is not None:
         for line, field, message in extra_check(dag):
-            errors.errors.append(DagError(file, line, field, message))
+            errors.add_at(line, field, message)
     if errors.errors:
-        return None, errors.errors
+        return None, errors.summary()
     return replace(dag, file=file) if dag else None, []
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Composes nodes no deeper than `MAX_DEPTH`: pyyaml composes recursively, so a file of
+    100,000 `[` would otherwise end in a RecursionError (in any thread, whatever its stack)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ComposerError(
+                    None,
+                    None,
+                    f"nesting deeper than {MAX_DEPTH} levels (lists and mappings inside each "
+                    "other)",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _compose(text: str, errors: Collector) -> MappingNode | None:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text)  # checks that every character is allowed in YAML
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        errors.add_at(
+            line, "", f"invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
+        )
+        return None
+    try:
+        node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -139,18 +236,64 @@ def _compose(text: str, errors: Collector) -> MappingNode | None:
             if (": *" in bad_line)
             else ""
         )
-        errors.errors.append(DagError(errors.file, line, "", f"invalid YAML: {problem}{hint}"))
+        errors.add_at(line, "", f"invalid YAML: {problem}{hint}")
         return None
     except yaml.YAMLError as exc:
-        errors.errors.append(DagError(errors.file, 0, "", f"invalid YAML: {exc}"))
+        errors.add_at(0, "", f"invalid YAML: {exc}")
         return None
+    finally:
+        loader.dispose()
     if node is None:
         errors.add(None, "", "the file is empty (expected a mapping with 'id' and 'tasks')")
         return None
     if not isinstance(node, MappingNode):
         errors.add(node, "", f"expected a mapping with 'id' and 'tasks', found {node_kind(node)}")
         return None
+    bomb = _expansion_problem(node)
+    if bomb is not None:
+        errors.add(*bomb)
+        return None
     return node
+
+
+def _expansion_problem(root: Node) -> tuple[Node, str, str] | None:
+    """An alias makes a node appear again wherever it is used: composing keeps one shared node,
+    but reading the document visits every use. A file whose nodes, counted with every alias
+    expanded, exceed `MAX_NODES` (a "billion laughs" file), or a node that contains itself, is
+    refused before it is read. Iterative (no recursion), linear in the distinct nodes."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()  # on the current path
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            entered.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_NODES:
+                message = (
+                    f"with its aliases expanded the file has more than {MAX_NODES} values; "
+                    "expected a DAG file, not an alias bomb"
+                )
+                return node, "", message
+            continue
+        if key in sizes:
+            continue
+        if key in entered:
+            return node, "", "an alias refers to a list or mapping that contains it (a loop)"
+        entered.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return None
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 # ---------------------------------------------------------------- DAG level
@@ -300,9 +443,39 @@ def _build_tasks(
         built = _build_task(task_node, task_path(index, task_node), errors, base_dir)
         if built is not None:
             raw.append(built)
+    problem = _expansion_limit(raw)
+    if problem:
+        errors.add(node, "tasks", problem)
+        return None
     expanded = _expand_with_items(raw, errors)
     _check_map_sources(raw, {t.task_id for t in expanded}, errors)
     return expanded
+
+
+def _expansion_limit(raw: list[_RawTask]) -> str:
+    """What `with_items` would make too large (tasks, dependencies, command text), computed
+    before any clone is made: a few lines of YAML must not make millions of them."""
+    own = [1 if entry.items is None else len(entry.items) for entry in raw]
+    copies = {entry.task.task_id: count for entry, count in zip(raw, own, strict=True)}
+    tasks = sum(own)
+    if tasks > MAX_TASKS:
+        return f"the DAG has {tasks} tasks (with_items expanded); the limit is {MAX_TASKS}"
+    edges = sum(
+        count * sum(copies.get(dep, 1) for dep in entry.task.depends_on)
+        for entry, count in zip(raw, own, strict=True)
+    )
+    if edges > MAX_DEPENDENCIES:
+        return (
+            f"the DAG has {edges} dependencies (with_items expanded); "
+            f"the limit is {MAX_DEPENDENCIES}"
+        )
+    chars = sum(count * len(entry.task.command) for entry, count in zip(raw, own, strict=True))
+    if chars > MAX_COMMAND_CHARS:
+        return (
+            f"the DAG's commands have {chars} characters (with_items expanded); "
+            f"the limit is {MAX_COMMAND_CHARS}"
+        )
+    return ""
 
 
 def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: Collector) -> None:

@@ -18,6 +18,17 @@ from nagare.patterns import ENV_NAME, NAME
 ID_PATTERN = NAME
 ID_EXPECTED = "letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100)"
 
+# Bounds of what one file can report: a broken file gets a readable answer, never megabytes.
+MAX_ERRORS = 50  # errors listed per file; the rest are counted in one last line
+MAX_FIELD_CHARS = 100
+MAX_MESSAGE_CHARS = 300
+MAX_VALUE_CHARS = 120  # a value quoted in a message (an id too long by a few still shows)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 @dataclass(frozen=True)
 class DagError:
@@ -36,15 +47,38 @@ class DagError:
 
 
 class Collector:
-    """Gathers every error of one file."""
+    """Gathers the errors of one file: the first `MAX_ERRORS`, each field and message clipped,
+    and how many more there were (`summary` adds that count as a last error)."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.errors: list[DagError] = []
+        self.more = 0
+
+    @property
+    def full(self) -> bool:
+        """No more errors will be listed (callers may skip costly hints)."""
+        return len(self.errors) >= MAX_ERRORS
 
     def add(self, node: Node | None, field: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 0
-        self.errors.append(DagError(self.file, line, field, message))
+        self.add_at(node.start_mark.line + 1 if node is not None else 0, field, message)
+
+    def add_at(self, line: int, field: str, message: str) -> None:
+        if self.full:
+            self.more += 1
+            return
+        self.errors.append(
+            DagError(
+                self.file, line, clip(field, MAX_FIELD_CHARS), clip(message, MAX_MESSAGE_CHARS)
+            )
+        )
+
+    def summary(self) -> list[DagError]:
+        """The errors listed, and one saying how many were left out."""
+        if not self.more:
+            return self.errors
+        more = f"... and {self.more} more error(s) not listed (fix the ones above first)"
+        return [*self.errors, DagError(self.file, 0, "", more)]
 
 
 # ---------------------------------------------------------------- node readers
@@ -65,7 +99,7 @@ def node_kind(node: Node) -> str:
     tag = node.tag.rsplit(":", 1)[-1]
     if tag == "null":
         return "nothing (null)"
-    return f"{TAG_NAMES.get(tag, tag)} '{node.value}'"
+    return f"{TAG_NAMES.get(tag, tag)} '{clip(str(node.value), MAX_VALUE_CHARS)}'"
 
 
 def mapping(
@@ -74,6 +108,9 @@ def mapping(
     """Keys -> value nodes; unknown or duplicate keys are errors with a suggestion."""
     result: dict[str, Node] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            errors.add(key_node, path, f"expected a string key, found {node_kind(key_node)}")
+            continue
         key = str(key_node.value)
         field = f"{path}.{key}" if path else key
         if key not in allowed:
@@ -155,6 +192,9 @@ def env_map(node: Node, field: str, errors: Collector) -> dict[str, str]:
         return {}
     env: dict[str, str] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            errors.add(key_node, field, f"expected a variable name, found {node_kind(key_node)}")
+            continue
         name = str(key_node.value)
         if not ENV_NAME.match(name):
             errors.add(
@@ -185,4 +225,5 @@ def task_path(index: int, node: Node) -> str:
 
 def check_id(node: Node, value: str, field: str, errors: Collector) -> None:
     if not ID_PATTERN.match(value):
-        errors.add(node, field, f"'{value}' is not a valid id (expected {ID_EXPECTED})")
+        shown = clip(value, MAX_VALUE_CHARS)
+        errors.add(node, field, f"'{shown}' is not a valid id (expected {ID_EXPECTED})")
