@@ -307,6 +307,7 @@ class App:
             thread.join(timeout=5)
         if self.http is not None:
             self.http.server_close()
+        self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         if self._docker is not None:
             self._docker.close()
         self.store.close()
@@ -371,22 +372,24 @@ def build_worker(config: Config) -> WorkerApp:
     from nagare.cluster.remote import RemoteWorker  # the worker role only: a server never loads it
 
     reactor = Reactor()  # owned by the worker's task loop
+    executors = _WorkerExecutors(config, hello.worker_id, reactor)
     worker = RemoteWorker(
         master,
         hello,
         reactor,
-        _WorkerExecutors(config, hello.worker_id, reactor),
+        executors,
         grace_seconds=config.shutdown_grace_seconds,
     )
-    return WorkerApp(worker)
+    return WorkerApp(worker, executors.local)
 
 
 class WorkerApp:
     """The worker role's composition: its loops, each `run(stop)` in a thread of its own, started
     and stopped here as the server's are in `App`."""
 
-    def __init__(self, worker: RemoteWorker) -> None:
+    def __init__(self, worker: RemoteWorker, local: LocalExecutor | None = None) -> None:
         self.worker = worker
+        self.local = local
         self.stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         worker.on_fatal = self._refused
@@ -418,6 +421,8 @@ class WorkerApp:
         self.worker.finish()
         for thread in self._threads.values():
             thread.join(timeout=5)
+        if self.local is not None:
+            self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         self.worker.say_goodbye()
         self.worker.master.close()
         if self.worker.fatal is not None:

@@ -118,6 +118,7 @@ def test_a_task_leads_its_own_session_reads_dev_null_and_gets_no_server_fds(
 def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing() -> None:
     spawner = Spawner(shell="/nonexistent/sh")
     spawner._stdin()  # /dev/null is opened once, kept for every start
+    spawner.guardian.start()  # so is the guardian's pipe
     fds = len(os.listdir("/proc/self/fd"))
     try:
         spawner.spawn("true", {})

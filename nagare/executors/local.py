@@ -202,6 +202,7 @@ class _Process:
         for fd in [*self.open_fds, self.pidfd]:
             self.reactor.remove_reader(fd)
         signal_group(self.pid, signal.SIGKILL)
+        self.executor.spawner.release(self.pid)
         for fd in list(self.open_fds):
             self.splitters[fd].close()
         self.open_fds.clear()

@@ -4,6 +4,11 @@ vfork + exec helper that `subprocess` uses, else `posix_spawn`) and sends them s
 Each task is `sh -c COMMAND` in a session and process group of its own, stdin from /dev/null,
 stdout and stderr on pipes, only fds 0-2 open, default signal dispositions, no blocked signals.
 A new process is moved off the CPU of the thread that started it (see `Spawner._hand_off`).
+
+Task processes die with the process that supervises them: a `Guardian` (a small Python process in
+a session of its own, started at the first task start) holds the list of running task groups and
+SIGKILLs them all when its pipe from this process reaches end-of-file — which the kernel makes
+happen however this process ends, `kill -9` included.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import signal
 import sys
@@ -30,6 +36,126 @@ SHELL = "/bin/sh"
 # posix_spawn sets them; programs set those themselves)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 ForkExec = Callable[..., int]
+log = logging.getLogger(__name__)
+
+# The guardian: reads `+PGID` / `-PGID` lines from stdin; at end-of-file (the process that
+# started it ended, however) it SIGKILLs every group still registered and exits. It imports
+# only os, signal and sys (it runs with -I -S: no site, no environment), so it works whether
+# Nagare runs from a checkout or from nagare.pyz, and costs a few MB.
+GUARDIAN_CODE = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+rest = b""
+while True:
+    try:
+        data = os.read(0, 65536)
+    except InterruptedError:
+        continue
+    except OSError:
+        data = b""
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class Guardian:
+    """The process that kills the task groups of this process when it ends (see the module
+    docstring). Started lazily; one small write per task start and per attempt end. Used only
+    by the thread that owns the Spawner."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self._write = -1
+        self._groups: set[int] = set()
+        self._failed = False
+
+    def start(self) -> None:
+        """Started before the first task (so no task runs while no guardian exists)."""
+        if self._write < 0:
+            self._send(b"")
+
+    def add(self, group: int) -> None:
+        self._groups.add(group)
+        self._send(f"+{group}\n".encode())
+
+    def remove(self, group: int) -> None:
+        if group in self._groups:
+            self._groups.discard(group)
+            self._send(f"-{group}\n".encode())
+
+    def _send(self, message: bytes) -> None:
+        """Write; a guardian that died (EPIPE) is replaced and told every live group again."""
+        for _ in range(2):
+            if self._write < 0:
+                if not self._start():
+                    return
+                message = b"".join(f"+{g}\n".encode() for g in sorted(self._groups))
+                if not message:
+                    return
+            try:
+                os.write(self._write, message)
+                return
+            except OSError:  # BrokenPipeError: it died; start another one
+                self._discard()
+
+    def _start(self) -> bool:
+        """Start a guardian; a failure is logged once and tasks run unguarded (never fatal)."""
+        if self._failed:
+            return False
+        read_end, write_end = _pipe()
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", GUARDIAN_CODE],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                ],
+                setsid=True,
+                setsigdef=DEFAULT_SIGNALS,
+                setsigmask=(),
+            )
+        except OSError as exc:
+            os.close(write_end)
+            self._failed = True
+            log.warning(
+                "cannot start the guardian process (%s): task processes will outlive a crash "
+                "of this process",
+                exc,
+            )
+            return False
+        finally:
+            os.close(read_end)
+        self._write = write_end
+        return True
+
+    def _discard(self) -> None:
+        os.close(self._write)
+        self._write = -1
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)  # it has closed its stdin: it is ending
+
+    def close(self) -> None:
+        """End-of-file for the guardian: it kills what is still registered and exits; reaped."""
+        if self._write >= 0:
+            os.close(self._write)
+            self._write = -1
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self._groups.clear()
 
 
 class Spawner:
@@ -48,6 +174,7 @@ class Spawner:
         self._fork_exec: ForkExec | None = fork_exec or default_fork_exec
         self._current_cpu = current_cpu or _current_cpu_reader()
         self._devnull = -1
+        self.guardian = Guardian()
 
     @property
     def uses_vfork(self) -> bool:
@@ -61,7 +188,9 @@ class Spawner:
         """Start `sh -c COMMAND`: (pid, stdout read end, stderr read end). With vfork + exec,
         the calling thread waits until the child has exec'd (on a busy machine most of a start's
         time) but other threads run meanwhile; `posix_spawn` holds the interpreter for the
-        whole wait. Raises OSError (or ValueError) when the shell cannot be started."""
+        whole wait. Raises OSError (or ValueError) when the shell cannot be started. The new
+        group is registered with the guardian; `release` it once its attempt ended."""
+        self.guardian.start()
         out_read, out_write = _pipe()
         err_read, err_write = _pipe()
         try:
@@ -73,8 +202,13 @@ class Spawner:
         finally:
             os.close(out_write)
             os.close(err_write)
+        self.guardian.add(pid)
         self._hand_off(pid)
         return pid, out_read, err_read
+
+    def release(self, pid: int) -> None:
+        """The attempt of the group `pid` leads ended (its group was killed): unregister it."""
+        self.guardian.remove(pid)
 
     def _start(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
         if self._fork_exec is not None:
@@ -174,6 +308,7 @@ class Spawner:
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
+        self.guardian.close()
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
