@@ -16,11 +16,12 @@ from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
+from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
-from nagare.executors.spawn import kill_orphan_group
+from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.metrics_api import MetricsApi
@@ -29,7 +30,7 @@ from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
-from nagare.models import Assignment, TaskDef, Trigger
+from nagare.models import Assignment, DagDef, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -68,7 +69,7 @@ class App:
         self._docker_lock = threading.Lock()
         self._leftover_containers: dict[tuple[str, int], str] = {}
         self.folder = DagFolder(
-            config.dags, on_change=self._dags_changed, extra_check=webhook_compile_errors
+            config.dags, on_change=self._dags_changed, extra_check=self._check_dag
         )
         self.pools = WorkerPools(
             self.store,
@@ -79,6 +80,7 @@ class App:
             on_finished=self._tasks_finished,
             kill_leftover=kill_orphan_group,
             line_sink=line_sink,
+            run_as=config.pool_run_as,
         )
         self.coordinator = Coordinator(
             self.store,
@@ -86,6 +88,7 @@ class App:
             config.lease_timeout_seconds,
             on_finished=self._tasks_finished_elsewhere,
             on_queued=self._tasks_queued,
+            run_as=config.pool_run_as,
         )
         self.scheduler = Scheduler(
             self.store,
@@ -131,6 +134,10 @@ class App:
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ wiring
+
+    def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
+        """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
+        return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
     def _executor_for(self, definition: TaskDef) -> Executor:
         return self._docker_executor() if definition.image else self.local
@@ -347,6 +354,16 @@ def _static_files() -> StaticFiles | None:
 # ---------------------------------------------------------------- worker mode
 
 
+def protect_process() -> None:
+    """The server and worker roles, at start (after reading their settings): other processes of
+    the same user — tasks included — can no longer read this one's /proc files (the environment
+    its secrets came from, its memory), and Nagare's own secret variables are dropped from the
+    environment, so nothing started later inherits them."""
+    set_not_dumpable()
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
 def build_worker(config: Config) -> WorkerApp:
     """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
     if not config.join:
@@ -379,6 +396,7 @@ def build_worker(config: Config) -> WorkerApp:
         reactor,
         executors,
         grace_seconds=config.shutdown_grace_seconds,
+        run_as=config.run_as,
     )
     return WorkerApp(worker, executors.local)
 

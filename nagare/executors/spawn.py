@@ -18,9 +18,11 @@ import ctypes
 import fcntl
 import logging
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 try:
@@ -36,6 +38,7 @@ SHELL = "/bin/sh"
 # posix_spawn sets them; programs set those themselves)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 ForkExec = Callable[..., int]
+PR_SET_DUMPABLE = 4
 log = logging.getLogger(__name__)
 
 # The guardian: reads `+PGID` / `-PGID` lines from stdin; at end-of-file (the process that
@@ -68,6 +71,57 @@ for group in groups:
     except OSError:
         pass
 """
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The user a task runs as: ids, supplementary groups and the variables that name it."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+def lookup_user(name: str) -> RunAs:
+    """`name`'s passwd entry and groups. Raises ValueError with a message for the task log."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"run_as: there is no user '{name}' on this host") from None
+    try:
+        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except OSError:
+        groups = (entry.pw_gid,)
+    return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+def run_as_problem(user: RunAs, server_uid: int) -> str:
+    """Why this server cannot start a task as `user` ("" when it can): changing user needs
+    root; naming the server's own user needs nothing."""
+    if server_uid == 0 or user.uid == server_uid:
+        return ""
+    return f"run_as needs the server to run as root (it runs as uid {server_uid})"
+
+
+def user_env(env: dict[str, str], user: RunAs) -> dict[str, str]:
+    """The task's environment with HOME, USER and LOGNAME of the user it runs as."""
+    return {**env, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+
+
+def set_not_dumpable() -> bool:
+    """prctl(PR_SET_DUMPABLE, 0): other processes of the same user (tasks included) can no
+    longer read this process's /proc files (its environment, its memory) nor ptrace it; it
+    still reads its own. Tasks are dumpable again (exec resets it). Linux only: False where it
+    does not apply."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class Guardian:
@@ -184,17 +238,21 @@ class Spawner:
     def hands_off_cpu(self) -> bool:
         return self._current_cpu is not None
 
-    def spawn(self, command: str, env: dict[str, str]) -> tuple[int, int, int]:
-        """Start `sh -c COMMAND`: (pid, stdout read end, stderr read end). With vfork + exec,
-        the calling thread waits until the child has exec'd (on a busy machine most of a start's
-        time) but other threads run meanwhile; `posix_spawn` holds the interpreter for the
-        whole wait. Raises OSError (or ValueError) when the shell cannot be started. The new
-        group is registered with the guardian; `release` it once its attempt ended."""
+    def spawn(
+        self, command: str, env: dict[str, str], user: RunAs | None = None
+    ) -> tuple[int, int, int]:
+        """Start `sh -c COMMAND` (as `user`, when given: the caller checked `run_as_problem`):
+        (pid, stdout read end, stderr read end). With vfork + exec, the calling thread waits
+        until the child has exec'd (on a busy machine most of a start's time) but other threads
+        run meanwhile; `posix_spawn` holds the interpreter for the whole wait (and cannot change
+        user: a `user` there is a ValueError). Raises OSError (or ValueError) when the shell
+        cannot be started. The new group is registered with the guardian; `release` it once its
+        attempt ended."""
         self.guardian.start()
         out_read, out_write = _pipe()
         err_read, err_write = _pipe()
         try:
-            pid = self._start(command, env, out_write, err_write)
+            pid = self._start(command, env, out_write, err_write, user)
         except BaseException:
             os.close(out_read)
             os.close(err_read)
@@ -210,12 +268,16 @@ class Spawner:
         """The attempt of the group `pid` leads ended (its group was killed): unregister it."""
         self.guardian.remove(pid)
 
-    def _start(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    def _start(
+        self, command: str, env: dict[str, str], stdout: int, stderr: int, user: RunAs | None
+    ) -> int:
         if self._fork_exec is not None:
             try:
-                return self._vfork_exec(command, env, stdout, stderr)
+                return self._vfork_exec(command, env, stdout, stderr, user)
             except TypeError:  # another Python's private signature: posix_spawn from now on
                 self._fork_exec = None
+        if user is not None:
+            raise ValueError("run_as is not available with this Python (no fork_exec helper)")
         return self._posix_spawn(command, env, stdout, stderr)
 
     def _hand_off(self, pid: int) -> None:
@@ -241,11 +303,15 @@ class Spawner:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(pid, allowed)
 
-    def _vfork_exec(self, command: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    def _vfork_exec(
+        self, command: str, env: dict[str, str], stdout: int, stderr: int, user: RunAs | None
+    ) -> int:
         """`_posixsubprocess.fork_exec` (vfork where it can; its argument list is private and
         changed in Python 3.14, one flag less). The child gets the server's signal handlers and
         its ignored SIGPIPE and SIGXFSZ back at their defaults and the calling thread's signal
-        mask (Nagare blocks none). Raises OSError when the shell cannot be executed."""
+        mask (Nagare blocks none). With a `user`, the child sets its groups, gid and uid before
+        the exec (CPython then forks instead of vforking, for those tasks only). Raises OSError
+        when the shell cannot be executed."""
         assert self._fork_exec is not None
         env_list = [os.fsencode(f"{key}={value}") for key, value in env.items()]
         argv = [self._shell_bytes, b"-c", os.fsencode(command)]
@@ -254,7 +320,11 @@ class Spawner:
             keep = (errors_write,)  # open in the child until its exec (close-on-exec) or report
             args: tuple[Any, ...] = (argv, [self._shell_bytes], True, keep, None, env_list)
             args += (self._stdin(), -1, -1, stdout)
-            args += (-1, stderr, errors_read, errors_write, True, True, -1, None, None, None)
+            args += (-1, stderr, errors_read, errors_write, True, True, -1)
+            if user is None:
+                args += (None, None, None)
+            else:
+                args += (user.gid, list(user.groups), user.uid)
             args += (-1, None)
             fork_exec = self._fork_exec
             pid = fork_exec(*args) if sys.version_info >= (3, 14) else fork_exec(*args, True)
