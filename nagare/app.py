@@ -16,11 +16,12 @@ from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
+from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
-from nagare.executors.spawn import kill_orphan_group
+from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.metrics_api import MetricsApi
@@ -29,7 +30,7 @@ from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
-from nagare.models import Assignment, TaskDef, Trigger
+from nagare.models import Assignment, DagDef, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -70,7 +71,7 @@ class App:
         self.folder = DagFolder(
             config.dags,
             on_change=self._dags_changed,
-            extra_check=webhook_compile_errors,
+            extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
         )
         self.pools = WorkerPools(
@@ -82,6 +83,7 @@ class App:
             on_finished=self._tasks_finished,
             kill_leftover=kill_orphan_group,
             line_sink=line_sink,
+            run_as=config.pool_run_as,
         )
         self.coordinator = Coordinator(
             self.store,
@@ -89,6 +91,7 @@ class App:
             config.lease_timeout_seconds,
             on_finished=self._tasks_finished_elsewhere,
             on_queued=self._tasks_queued,
+            run_as=config.pool_run_as,
         )
         self.scheduler = Scheduler(
             self.store,
@@ -134,6 +137,10 @@ class App:
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ wiring
+
+    def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
+        """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
+        return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
     def _executor_for(self, definition: TaskDef) -> Executor:
         return self._docker_executor() if definition.image else self.local
@@ -310,6 +317,7 @@ class App:
             thread.join(timeout=5)
         if self.http is not None:
             self.http.server_close()
+        self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         if self._docker is not None:
             self._docker.close()
         self.store.close()
@@ -349,6 +357,16 @@ def _static_files() -> StaticFiles | None:
 # ---------------------------------------------------------------- worker mode
 
 
+def protect_process() -> None:
+    """The server and worker roles, at start (after reading their settings): other processes of
+    the same user — tasks included — can no longer read this one's /proc files (the environment
+    its secrets came from, its memory), and Nagare's own secret variables are dropped from the
+    environment, so nothing started later inherits them."""
+    set_not_dumpable()
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
 def build_worker(config: Config) -> WorkerApp:
     """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
     if not config.join:
@@ -374,22 +392,25 @@ def build_worker(config: Config) -> WorkerApp:
     from nagare.cluster.remote import RemoteWorker  # the worker role only: a server never loads it
 
     reactor = Reactor()  # owned by the worker's task loop
+    executors = _WorkerExecutors(config, hello.worker_id, reactor)
     worker = RemoteWorker(
         master,
         hello,
         reactor,
-        _WorkerExecutors(config, hello.worker_id, reactor),
+        executors,
         grace_seconds=config.shutdown_grace_seconds,
+        run_as=config.run_as,
     )
-    return WorkerApp(worker)
+    return WorkerApp(worker, executors.local)
 
 
 class WorkerApp:
     """The worker role's composition: its loops, each `run(stop)` in a thread of its own, started
     and stopped here as the server's are in `App`."""
 
-    def __init__(self, worker: RemoteWorker) -> None:
+    def __init__(self, worker: RemoteWorker, local: LocalExecutor | None = None) -> None:
         self.worker = worker
+        self.local = local
         self.stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         worker.on_fatal = self._refused
@@ -421,6 +442,8 @@ class WorkerApp:
         self.worker.finish()
         for thread in self._threads.values():
             thread.join(timeout=5)
+        if self.local is not None:
+            self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         self.worker.say_goodbye()
         self.worker.master.close()
         if self.worker.fatal is not None:

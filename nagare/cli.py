@@ -126,7 +126,9 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     if config.worker:
         return cmd_worker(namespace)
-    from nagare.app import App
+    from nagare.app import App, protect_process
+
+    protect_process()
 
     app = App(config)
     signals = _Signals()
@@ -146,7 +148,9 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
 def cmd_worker(namespace: argparse.Namespace) -> int:
     config = load_config(_flags(namespace))
     setup_logging(config.log_level, config.log_format)
-    from nagare.app import build_worker
+    from nagare.app import build_worker, protect_process
+
+    protect_process()
 
     worker = build_worker(config)
     signals = _Signals()

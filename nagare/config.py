@@ -85,6 +85,15 @@ OPTIONS: tuple[Option, ...] = (
         env=False,
     ),
     _opt(
+        "pool_run_as",
+        "users",
+        {},
+        "User the tasks of a pool run as, e.g. {default: nobody} (needs the server to run as "
+        "root); a task's run_as must then name that user or none.",
+        flag=False,
+        env=False,
+    ),
+    _opt(
         "max_map_items",
         "int",
         10000,
@@ -242,6 +251,14 @@ OPTIONS: tuple[Option, ...] = (
         yaml_key=False,
     ),
     _opt(
+        "run_as",
+        "str",
+        "",
+        "User a worker's tasks run as (needs the worker to run as root); a task's run_as must "
+        "then name that user or none.",
+        yaml_key=False,
+    ),
+    _opt(
         "token",
         "str",
         "",
@@ -349,6 +366,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def _coerce(option: Option, raw: Any, where: str) -> Any:
     if option.kind == "pools":
         return _coerce_pools(raw, where)
+    if option.kind == "users":
+        return _coerce_users(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -434,6 +453,20 @@ def _coerce_pools(raw: Any, where: str) -> dict[str, int]:
     return pools
 
 
+def _coerce_users(raw: Any, where: str) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of pool name to user name, e.g. "
+            f"{{default: nobody}}, found '{raw}'"
+        )
+    users: dict[str, str] = {}
+    for name, user in raw.items():
+        if not isinstance(user, str) or not user.strip():
+            raise ConfigError(f"{where}.{name}: expected a user name, found '{user}'")
+        users[str(name)] = user.strip()
+    return users
+
+
 def options_markdown() -> str:
     """The README's configuration table, derived from OPTIONS."""
     rows = [
@@ -470,6 +503,7 @@ _FIELD_TYPES = {
     "float": "float",
     "bool": "bool",
     "pools": "dict[str, int]",
+    "users": "dict[str, str]",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }

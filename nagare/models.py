@@ -161,6 +161,7 @@ class TaskDef:
     workdir: str = ""
     volumes: tuple[str, ...] = ()
     resources: Resources | None = None
+    run_as: str = ""
     line: int = 0
 
     @property
@@ -360,6 +361,7 @@ class Assignment:
     volumes: tuple[str, ...] = ()
     resources: Resources | None = None
     capture_stdout: bool = False
+    run_as: str = ""  # the user the task runs as ("" = the server's own)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import re
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(\[\d{1,7}\])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$")  # a user name (may end in $)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$")
 TASK_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

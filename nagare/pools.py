@@ -20,11 +20,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
-from nagare.engine.assignment import build_assignment
+from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
@@ -139,8 +139,10 @@ class WorkerPools:
         kill_leftover: Callable[[int, float | None], bool],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
+        run_as: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.run_as = dict(run_as or {})  # pool -> the user its local tasks run as
         self.logs = logs
         self.sizes = dict(sizes)
         self.reactor = reactor  # owned by the dispatcher thread
@@ -427,6 +429,13 @@ class WorkerPools:
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(claim, definition, base_env)
+        user, problem = effective_run_as(
+            definition.run_as, self.run_as.get(task.pool, ""), f"pool '{task.pool}'"
+        )
+        if problem:
+            return Outcome(exit_code=None, error=problem)
+        if user != assignment.run_as:
+            assignment = replace(assignment, run_as=user)
         attempt.log = self.logs.open_attempt(
             run.run_id, task.id, claim.attempt, assignment.capture_stdout
         )

@@ -36,6 +36,10 @@ class Settings:
     # Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.
     worker_pools: dict[str, int] = field(default_factory=lambda: {"default": 4})
 
+    # User the tasks of a pool run as, e.g. {default: nobody} (needs the server to run as root); a
+    # task's run_as must then name that user or none.
+    pool_run_as: dict[str, str] = field(default_factory=lambda: {})
+
     # Most children a map task may fan out to.
     max_map_items: int = 10000
 
@@ -107,6 +111,10 @@ class Settings:
 
     # A worker's name in the cluster (default: HOSTNAME-PID).
     worker_id: str = ""
+
+    # User a worker's tasks run as (needs the worker to run as root); a task's run_as must then name
+    # that user or none.
+    run_as: str = ""
 
     # Cluster token: the master requires it on the worker protocol routes (without one, the API
     # key), a worker sends it.

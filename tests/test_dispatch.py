@@ -19,7 +19,7 @@ from conftest import Nagare, wait_for
 
 from nagare import pools
 from nagare.executors.procfs import boot_ticks, process_alive
-from nagare.executors.spawn import Spawner
+from nagare.executors.spawn import RunAs, Spawner
 
 
 def test_eight_parallel_tasks_run_at_once_on_one_dispatcher_thread(nagare_factory) -> None:  # type: ignore[no-untyped-def]
@@ -118,6 +118,7 @@ def test_a_task_leads_its_own_session_reads_dev_null_and_gets_no_server_fds(
 def test_a_shell_that_cannot_be_started_is_reported_and_leaks_nothing() -> None:
     spawner = Spawner(shell="/nonexistent/sh")
     spawner._stdin()  # /dev/null is opened once, kept for every start
+    spawner.guardian.start()  # so is the guardian's pipe
     fds = len(os.listdir("/proc/self/fd"))
     try:
         spawner.spawn("true", {})
@@ -445,8 +446,10 @@ class _SlowSpawner(Spawner):
     """Every start returns only once its process has ended (it is left for the executor to
     reap): the tasks started before the next one have surely ended."""
 
-    def spawn(self, command: str, env: dict[str, str]) -> tuple[int, int, int]:
-        started = super().spawn(command, env)
+    def spawn(
+        self, command: str, env: dict[str, str], user: RunAs | None = None
+    ) -> tuple[int, int, int]:
+        started = super().spawn(command, env, user)
         os.waitid(os.P_PID, started[0], os.WEXITED | os.WNOWAIT)
         return started
 

@@ -30,7 +30,7 @@ from nagare.cluster.protocol import (
     Welcome,
     WorkerHello,
 )
-from nagare.engine.assignment import build_assignment
+from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
 from nagare.errors import Conflict, NotFound
 from nagare.logs import AttemptLog, LogFiles
@@ -124,8 +124,10 @@ class Coordinator:
         on_finished: Callable[[list[tuple[str, str, int | None]]], None],
         on_queued: Callable[[dict[str, int]], None] = lambda queued: None,
         clock: Callable[[], int] = now_ms,
+        run_as: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.run_as = dict(run_as or {})  # pool_run_as: shipped with the pool's tasks
         self.logs = logs
         self.lease_seconds = lease_seconds
         self.on_finished = on_finished
@@ -437,17 +439,24 @@ class Coordinator:
             capture_stdout=claim.task.task_id in claim.dag.map_sources,
         )
         if definition is None or definition.type not in RUNNABLE:
-            self._refuse(claim, worker_id, attempt_log)
+            self._refuse(claim, worker_id, attempt_log, "task definition not found")
+            return None
+        pool = claim.task.pool
+        user, problem = effective_run_as(
+            definition.run_as, self.run_as.get(pool, ""), f"pool '{pool}'"
+        )
+        if problem:
+            self._refuse(claim, worker_id, attempt_log, problem)
             return None
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
         attempt_log.note_before_output(f"running on worker {worker_id}")
         assignment = build_assignment(claim, definition, {})  # never this host's env
-        # stdout is captured here, from the streamed log
-        return replace(assignment, capture_stdout=False)
+        # stdout is captured here, from the streamed log; the worker enforces its own --run-as
+        return replace(assignment, capture_stdout=False, run_as=user)
 
-    def _refuse(self, claim: Claim, worker_id: str, attempt_log: AttemptLog) -> None:
-        outcome = Outcome(exit_code=None, error="task definition not found")
+    def _refuse(self, claim: Claim, worker_id: str, attempt_log: AttemptLog, error: str) -> None:
+        outcome = Outcome(exit_code=None, error=error)
         finish = attempt_finish(claim, outcome, self.clock())
         attempt_log.note(finish.message)
         attempt_log.close()

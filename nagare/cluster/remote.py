@@ -41,7 +41,7 @@ from nagare.cluster.protocol import (
     encode_poll,
     encode_result,
 )
-from nagare.engine.assignment import SECRET_VARIABLES
+from nagare.engine.assignment import SECRET_VARIABLES, effective_run_as
 from nagare.engine.attempt_end import HANDED_BACK_REASON
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
@@ -95,8 +95,10 @@ class RemoteWorker:
         executor_for: Callable[[Assignment], Executor],
         grace_seconds: float = 10.0,
         base_env: dict[str, str] | None = None,
+        run_as: str = "",
     ) -> None:
         self.master = master
+        self.run_as = run_as  # the user every task of this worker runs as ("" = its own)
         self.hello = hello
         self.reactor = reactor  # owned by the task loop
         self.executor_for = executor_for
@@ -311,8 +313,14 @@ class RemoteWorker:
         if handed_back:
             self._ended(task, Outcome(exit_code=None, cancelled=True))
             return
+        user, problem = effective_run_as(
+            assignment.run_as, self.run_as, f"worker {self.hello.worker_id}"
+        )
+        if problem:
+            self._ended(task, Outcome(exit_code=None, error=problem))
+            return
         base = {} if assignment.image else self.base_env  # containers: never the host's
-        runnable = replace(assignment, env={**base, **assignment.env})
+        runnable = replace(assignment, env={**base, **assignment.env}, run_as=user)
         try:
             handle = self.executor_for(assignment).start(runnable, task)
         except Exception as exc:  # an executor failure is the task's, not the worker's

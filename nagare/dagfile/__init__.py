@@ -47,7 +47,7 @@ from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exporte
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
-from nagare.patterns import ENV_NAME, MEMORY
+from nagare.patterns import ENV_NAME, MEMORY, USER_NAME
 
 MAX_FILE_BYTES = 1048576  # the default of max_dag_file_bytes
 MAX_DEPTH = 50  # lists and mappings inside each other; a DAG file needs about 6
@@ -87,6 +87,7 @@ TASK_KEYS = (
     "workdir",
     "volumes",
     "resources",
+    "run_as",
 )
 TRIGGER_KEYS = (
     "type",
@@ -503,7 +504,7 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
     kind = _task_type(fields, path, errors)
     text = {
         key: _optional_text(fields, key, errors, path)
-        for key in ("command", "pool", "map_over", "dag_id", "image", "workdir")
+        for key in ("command", "pool", "map_over", "dag_id", "image", "workdir", "run_as")
     }
     task = TaskDef(
         task_id=task_id or "",
@@ -525,6 +526,7 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
         workdir=text["workdir"],
         volumes=tuple(_volumes(fields, path, errors, base_dir)),
         resources=_resources(fields, path, errors),
+        run_as=text["run_as"],
         line=node.start_mark.line + 1,
     )
     _check_task(task, fields, node, path, errors)
@@ -678,6 +680,16 @@ def _check_task(
     for key in ("workdir", "volumes", "resources"):
         if key in fields and not task.image:
             errors.add(fields[key], f"{path}.{key}", f"'{key}' requires 'image' to be set")
+    if task.run_as and not USER_NAME.match(task.run_as):
+        errors.add(
+            at("run_as"),
+            f"{path}.run_as",
+            f"'{task.run_as}' is not a valid user name (expected letters, digits, '_', '.', '-')",
+        )
+    if task.run_as and task.type is TaskType.TRIGGER_DAG:
+        errors.add(
+            at("run_as"), f"{path}.run_as", "'run_as' cannot be used with type 'trigger_dag'"
+        )
     if task.pool and not ID_PATTERN.match(task.pool):
         errors.add(
             at("pool"),

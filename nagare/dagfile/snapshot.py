@@ -46,6 +46,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
     }
     if task.resources:
         data["resources"] = asdict(task.resources)
+    if task.run_as:  # only when set: the JSON (and hash) of other definitions stays as it was
+        data["run_as"] = task.run_as
     return data
 
 

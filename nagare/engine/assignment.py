@@ -70,6 +70,31 @@ def task_env(
     return env
 
 
+def effective_run_as(task_user: str, enforced: str, where: str) -> tuple[str, str]:
+    """The user a task runs as, and why it cannot run ("" when it can): `enforced` is the user
+    its pool (or its worker) runs every task as — a task may name that same user or none;
+    `where` names the setting in the message (e.g. "pool 'default'")."""
+    if enforced and task_user and task_user != enforced:
+        return "", (
+            f"run_as: {where} runs its tasks as '{enforced}'; this task asks for '{task_user}' "
+            f"(remove run_as, or name '{enforced}')"
+        )
+    return task_user or enforced, ""
+
+
+def run_as_errors(dag: DagDef, pool_users: dict[str, str]) -> list[tuple[int, str, str]]:
+    """Load-time check (`parse_dag(extra_check=...)`) of the server's `pool_run_as`: a task in a
+    pool with a user may name only that user. (A remote worker's `--run-as` is checked when the
+    task reaches it.)"""
+    found = []
+    for task in dag.tasks:
+        enforced = pool_users.get(task.pool, "")
+        _, problem = effective_run_as(task.run_as, enforced, f"pool '{task.pool}'")
+        if problem:
+            found.append((task.line, f"{task.task_id}.run_as", problem))
+    return found
+
+
 def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]) -> Assignment:
     """What the executor runs for this claim (`definition`: its task's, from `claim.dag`);
     `base_env` is the executing host's environment (empty for containers and for remote
@@ -89,6 +114,7 @@ def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]
         volumes=definition.volumes,
         resources=definition.resources,
         capture_stdout=task.task_id in dag.map_sources,
+        run_as=definition.run_as,
     )
 
 

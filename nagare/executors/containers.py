@@ -49,6 +49,7 @@ class ContainerSpec:
     labels: dict[str, str]
     host_config: dict[str, Any] = field(default_factory=dict)
     memory_text: str = ""  # the limit as the task wrote it, for the OOM message
+    user: str = ""  # run_as: the container's user (a name from the image, or uid[:gid])
 
     def create_kwargs(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class ContainerSpec:
             "labels": self.labels,
             "host_config": self.host_config,
             "use_config_proxy": False,  # no proxy variables from ~/.docker/config.json either
+            "user": self.user or None,
         }
 
 
@@ -92,6 +94,7 @@ def container_spec(
         labels=container_labels(assignment, owner),
         host_config=host_config,
         memory_text=resources.memory if resources is not None else "",
+        user=assignment.run_as,
     )
 
 

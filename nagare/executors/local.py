@@ -28,7 +28,13 @@ import time
 from nagare.executors import AttemptHandle, AttemptListener, LineSplitter, not_started
 from nagare.executors.procfs import boot_ticks, peak_rss, tree_rss
 from nagare.executors.reactor import Reactor, Timer
-from nagare.executors.spawn import Spawner, signal_group
+from nagare.executors.spawn import (
+    Spawner,
+    lookup_user,
+    run_as_problem,
+    signal_group,
+    user_env,
+)
 from nagare.models import Assignment, AttemptMetrics, ExecutorType, Outcome
 
 KILL_GRACE_SECONDS = 0.5  # SIGTERM, then SIGKILL to the whole group after this long
@@ -57,9 +63,19 @@ class LocalExecutor:
         return ExecutorType.LOCAL
 
     def start(self, assignment: Assignment, listener: AttemptListener) -> AttemptHandle:
+        env, user = assignment.env, None
+        if assignment.run_as:
+            try:
+                user = lookup_user(assignment.run_as)
+            except ValueError as exc:
+                return not_started(self.reactor, listener, Outcome(exit_code=None, error=str(exc)))
+            problem = run_as_problem(user, os.geteuid())
+            if problem:
+                return not_started(self.reactor, listener, Outcome(exit_code=None, error=problem))
+            env = user_env(env, user)
         spawned_at = boot_ticks()
         try:
-            pid, stdout, stderr = self.spawner.spawn(assignment.command, assignment.env)
+            pid, stdout, stderr = self.spawner.spawn(assignment.command, env, user)
         except (OSError, ValueError) as exc:
             outcome = Outcome(exit_code=None, error=f"cannot start {self.spawner.shell}: {exc}")
             return not_started(self.reactor, listener, outcome)
@@ -202,6 +218,7 @@ class _Process:
         for fd in [*self.open_fds, self.pidfd]:
             self.reactor.remove_reader(fd)
         signal_group(self.pid, signal.SIGKILL)
+        self.executor.spawner.release(self.pid)
         for fd in list(self.open_fds):
             self.splitters[fd].close()
         self.open_fds.clear()

@@ -109,6 +109,8 @@ def task_def_json(task: TaskDef) -> dict[str, Any]:
         data["map_over"] = task.map_over
     if task.dag_id:
         data["dag_id"] = task.dag_id
+    if task.run_as:
+        data["run_as"] = task.run_as
     if task.image:
         data["image"] = task.image
         data["workdir"] = task.workdir
