@@ -15,7 +15,9 @@ from typing import Any
 from nagare import __version__
 from nagare.config import OPTIONS, Config, load_config
 from nagare.dagfile import load_dag_file
+from nagare.engine.assignment import run_as_errors
 from nagare.errors import ConfigError, NagareError
+from nagare.models import DagDef
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "paths", nargs="*", metavar="PATH", help="DAG files or folders (default: the --dags folder)"
     )
     validate.add_argument("--dags", default="dags", help="DAGs folder (default: dags)")
+    validate.add_argument(
+        "--config", help="settings file whose DAG limits apply (default: nagare.yaml)"
+    )
     validate.set_defaults(func=cmd_validate)
     _add_cleanup(commands)
     version = commands.add_parser("version", help="print the version")
@@ -294,11 +299,16 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
     if not files:
         print("no DAG files found", file=sys.stderr)
         return 1
+    config = load_config({"config": namespace.config, "dags": namespace.dags})
+
+    def check(dag: DagDef) -> list[tuple[int, str, str]]:  # as the server checks at load
+        return webhook_compile_errors(dag) + run_as_errors(dag, config.pool_run_as)
+
     bad = 0
     seen: dict[str, str] = {}
     hooks: dict[str, str] = {}  # webhook path -> file
     for path in files:
-        dag, found = load_dag_file(path, webhook_compile_errors)
+        dag, found = load_dag_file(path, check, config.max_dag_file_bytes)
         errors = [str(e) for e in found]
         if dag is not None and dag.dag_id in seen:
             errors = [

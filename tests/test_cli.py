@@ -111,6 +111,17 @@ def test_validate_reports_good_and_bad_files(tmp_path: Path) -> None:
     assert nagare("validate", "dags/good.yaml", cwd=tmp_path).returncode == 0
 
 
+def test_validate_applies_the_servers_dag_limits_from_its_settings(tmp_path: Path) -> None:
+    write(tmp_path / "dags" / "good.yaml", GOOD)
+    write(tmp_path / "dags" / "root.yaml", "id: r\ntasks:\n  - {id: a, command: x, run_as: root}\n")
+    write(tmp_path / "nagare.yaml", "max_dag_file_bytes: 80\npool_run_as: {default: nobody}\n")
+    result = nagare("validate", cwd=tmp_path)
+    assert result.returncode == 1 and "0 valid, 2 invalid" in result.stderr
+    assert "the limit is 80 (max_dag_file_bytes in nagare.yaml)" in result.stdout
+    assert "pool 'default' runs its tasks as 'nobody'" in result.stdout
+    assert nagare("validate", "--config", "none.yaml", cwd=tmp_path).returncode == 0
+
+
 def test_help_version_and_worker_mode_flags(tmp_path: Path) -> None:
     top = nagare("--help", cwd=tmp_path)
     assert top.returncode == 0 and "exec" in top.stdout and "validate" in top.stdout
