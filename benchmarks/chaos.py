@@ -52,6 +52,7 @@ RESULTS = BENCH_DIR / "chaos-results.md"
 TERMINAL = ("success", "failed", "cancelled")
 GONE_WITHIN_SECONDS = 2.0  # a killed supervisor's task processes must be gone by then
 WIDTH = 3  # tasks after the first one
+RETRIES = 6  # a task may be killed in every round (an attempt lost in a crash counts)
 BODY_SECONDS = 2.5  # longer than GONE_WITHIN_SECONDS: a body that ends by itself proves nothing
 
 
@@ -82,12 +83,20 @@ def _body(marks: Path, seconds: float) -> str:
 
 
 def _dag(dag_id: str, marks: Path, width: int, pool: str = "default", seconds: float = 0.6) -> str:
-    tasks = [{"id": "first", "command": _body(marks, seconds), "retries": 3, "pool": pool}]
+    tasks = [
+        {
+            "id": "first",
+            "command": _body(marks, seconds),
+            "retries": RETRIES,
+            "retry_delay_seconds": 0,
+            "pool": pool,
+        }
+    ]
     tasks += [
         {
             "id": f"t{i}",
             "command": _body(marks, seconds),
-            "retries": 3,
+            "retries": RETRIES,
             "retry_delay_seconds": 0,
             "depends_on": ["first"],
             "pool": pool,
@@ -200,9 +209,11 @@ def _master_kills(launcher: Launcher, sig: signal.Signals, rounds: int) -> str:
                 gone.append(_wait_gone(dag_id, GONE_WITHIN_SECONDS))
             server.process = None
             server.start()
-        statuses = _wait_finished(server.client(keep_alive=False), run_ids, 90)
+        client = server.client(keep_alive=False)
+        statuses = _wait_finished(client, run_ids, 90)
         if statuses != Counter({"success": len(run_ids)}):
-            raise Failed(f"runs ended {dict(statuses)}")
+            reasons = Counter(_failure_reasons(client, dag_id))
+            raise Failed(f"runs ended {dict(statuses)}; failed tasks: {dict(reasons)}")
         seen = _check_bodies(marks, len(run_ids), WIDTH + 1)
     finally:
         server.close()
