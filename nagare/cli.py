@@ -126,8 +126,9 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     if config.worker:
         return cmd_worker(namespace)
-    from nagare.app import App
+    from nagare.app import App, raise_open_file_limit
 
+    raise_open_file_limit()
     app = App(config)
     signals = _Signals()
     app.start()
@@ -146,8 +147,9 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
 def cmd_worker(namespace: argparse.Namespace) -> int:
     config = load_config(_flags(namespace))
     setup_logging(config.log_level, config.log_format)
-    from nagare.app import build_worker
+    from nagare.app import build_worker, raise_open_file_limit
 
+    raise_open_file_limit()
     worker = build_worker(config)
     signals = _Signals()
     worker.on_fatal = signals.interrupt  # a master that refuses the worker ends the wait
