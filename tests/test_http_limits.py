@@ -276,3 +276,32 @@ def test_malformed_requests_get_the_json_error_shape(
     assert (got, body["error"]["code"]) == (status, code), body
     assert headers["content-type"] == "application/json"
     assert body["error"]["message"]
+
+
+def test_the_gate_speaks_tls(nagare_factory: Any, tmp_path: Any) -> None:
+    import ssl
+
+    from tests.test_security import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    n = nagare_factory(
+        max_connections=1, request_timeout_seconds=6, tls_cert=str(cert), tls_key=str(key)
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def tls(raw: bytes) -> bytes:
+        with context.wrap_socket(_connect(n), server_hostname="127.0.0.1") as sock:
+            sock.sendall(raw)
+            return _read_all(sock)
+
+    held = context.wrap_socket(_connect(n), server_hostname="127.0.0.1")
+    try:
+        held.sendall(b"GET /api/dags HTTP/1.1\r\n")
+        assert n.app.http is not None
+        slots = n.app.http.slots
+        wait_for(lambda: slots.general == 1, 5, message="the one slot taken")
+        assert _answer(tls(_get("/api/health")))[0] == 200
+        status, _, body = _answer(tls(_get("/api/dags")))
+        assert (status, body["error"]["code"]) == (503, "overloaded")
+    finally:
+        held.close()
