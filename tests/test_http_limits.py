@@ -305,3 +305,19 @@ def test_the_gate_speaks_tls(nagare_factory: Any, tmp_path: Any) -> None:
         assert (status, body["error"]["code"]) == (503, "overloaded")
     finally:
         held.close()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from nagare.app import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"the hard open-file limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        assert raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
