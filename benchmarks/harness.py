@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,7 @@ class Server:
     settings: dict[str, Any] = field(default_factory=dict)  # nagare.yaml
     dags_dir: Path | None = None  # use this folder instead of writing `dags`
     db: Path | None = None  # use this database instead of a fresh one
+    preexec: Callable[[], None] | None = None  # runs in the child before exec (limits)
     root: Path = field(init=False)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -328,6 +329,7 @@ class Server:
             stdout=log,
             stderr=log,
             start_new_session=True,  # its own process group: tasks can be killed with it
+            preexec_fn=self.preexec,
         )
         log.close()
         if wait:

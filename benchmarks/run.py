@@ -37,6 +37,7 @@ from harness import (
 )
 from profile_server import summary
 from report import Row, console_table, error_row, write_markdown
+from trickle import trickle1000
 from workloads import WORKLOADS, Settings
 
 RESULTS = BENCH_DIR / "results.md"
@@ -372,6 +373,7 @@ def _cluster_rows(
 
 
 WORKLOADS["cluster"] = cluster
+WORKLOADS["trickle1000"] = trickle1000
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

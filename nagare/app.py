@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import socket
 import threading
 from collections import Counter
@@ -24,6 +25,7 @@ from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
+from nagare.http.gate import Limits, affordable_connections
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles
@@ -133,6 +135,7 @@ class App:
                 self.api,
                 config.max_body_bytes,
                 tls_context(config.tls_cert, config.tls_key),
+                _http_limits(config),
             )
         self._threads: list[threading.Thread] = []
 
@@ -344,6 +347,41 @@ def _start_loop(
     thread = threading.Thread(target=loop, args=(stop,), daemon=True, name=name)
     thread.start()
     return thread
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit of open files to the hard limit (a server holds a descriptor per
+    connection, and tasks their pipes and log files); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    return target
+
+
+def _http_limits(config: Config) -> Limits:
+    """The connection limits, `max_connections` lowered to what the open-file limit holds."""
+    wanted = Limits(
+        config.max_connections, config.reserved_connections, config.request_timeout_seconds
+    )
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    affordable = affordable_connections(wanted, soft)
+    if affordable < wanted.max_connections:
+        log.warning(
+            "max_connections lowered from %d to %d: the open-file limit is %d (raise it with "
+            "ulimit -n)",
+            wanted.max_connections,
+            affordable,
+            soft,
+        )
+    return Limits(affordable, wanted.reserved_connections, wanted.request_seconds)
 
 
 def _static_files() -> StaticFiles | None:

@@ -131,10 +131,10 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     if config.worker:
         return cmd_worker(namespace)
-    from nagare.app import App, protect_process
+    from nagare.app import App, protect_process, raise_open_file_limit
 
     protect_process()
-
+    raise_open_file_limit()
     app = App(config)
     signals = _Signals()
     app.start()
@@ -153,10 +153,10 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
 def cmd_worker(namespace: argparse.Namespace) -> int:
     config = load_config(_flags(namespace))
     setup_logging(config.log_level, config.log_format)
-    from nagare.app import build_worker, protect_process
+    from nagare.app import build_worker, protect_process, raise_open_file_limit
 
     protect_process()
-
+    raise_open_file_limit()
     worker = build_worker(config)
     signals = _Signals()
     worker.on_fatal = signals.interrupt  # a master that refuses the worker ends the wait

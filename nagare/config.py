@@ -134,6 +134,34 @@ OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     _opt(
+        "request_timeout_seconds",
+        "float",
+        30.0,
+        "Longest time a client may take to send a whole request (request line, headers and "
+        "body, however slowly it trickles); a kept-alive connection may idle at most this "
+        "long, and 15 s, between requests.",
+        flag=False,
+        minimum=0.1,
+    ),
+    _opt(
+        "max_connections",
+        "int",
+        512,
+        "Most HTTP connections served at once (log streams and workers' long polls count); "
+        "more get a 503 and are closed. Lowered at start to what the open-file limit allows.",
+        flag=False,
+        minimum=1,
+    ),
+    _opt(
+        "reserved_connections",
+        "int",
+        32,
+        "Connections beyond max_connections kept for /api/health, the dashboard's pages and "
+        "the cluster protocol (/api/workers/...), so they answer while the others are full.",
+        flag=False,
+        minimum=0,
+    ),
+    _opt(
         "max_log_line_bytes",
         "int",
         65536,

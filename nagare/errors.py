@@ -58,3 +58,10 @@ class ConfigError(NagareError):
 
     code = "config_error"
     status = 400
+
+
+class Overloaded(NagareError):
+    """The server holds as many connections as it may (answered with Retry-After)."""
+
+    code = "overloaded"
+    status = 503

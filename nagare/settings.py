@@ -55,6 +55,19 @@ class Settings:
     # Largest accepted HTTP request body (413 above).
     max_body_bytes: int = 1048576
 
+    # Longest time a client may take to send a whole request (request line, headers and body,
+    # however slowly it trickles); a kept-alive connection may idle at most this long, and 15 s,
+    # between requests.
+    request_timeout_seconds: float = 30.0
+
+    # Most HTTP connections served at once (log streams and workers' long polls count); more get a
+    # 503 and are closed. Lowered at start to what the open-file limit allows.
+    max_connections: int = 512
+
+    # Connections beyond max_connections kept for /api/health, the dashboard's pages and the cluster
+    # protocol (/api/workers/...), so they answer while the others are full.
+    reserved_connections: int = 32
+
     # Longer output lines are cut and marked as truncated in the task log.
     max_log_line_bytes: int = 65536
 

@@ -1230,15 +1230,14 @@ def test_a_worker_joins_a_master_over_tls(
 
 
 def test_a_kept_alive_connection_the_master_dropped_is_replaced(
-    nagare_factory: Callable[..., Nagare], monkeypatch: pytest.MonkeyPatch
+    nagare_factory: Callable[..., Nagare],
 ) -> None:
     """A worker keeps one connection per thread; when the master has closed an idle one, the
     next message goes out once more on a fresh connection instead of failing."""
     from nagare.client import ApiClient
-    from nagare.http import server
 
-    monkeypatch.setattr(server._Handler, "timeout", 0.3)  # idle connections dropped quickly
-    nagare = nagare_factory(worker_pools=GPU_ONLY)
+    # idle kept-alive connections are dropped after request_timeout_seconds (when below 15 s)
+    nagare = nagare_factory(worker_pools=GPU_ONLY, request_timeout_seconds=0.3)
     client = ApiClient(nagare.url)
     hello = {"worker_id": "w1", "hostname": "h", "pools": ["gpu"], "max_tasks": 1}
     assert client.cluster("register", hello)["worker_id"] == "w1"

@@ -5,8 +5,9 @@ tools use. Each entry says why. Parsed by vulture, never imported."""
 # ruff: noqa: B018, F821
 
 # http.server calls these by name, or reads them as class settings
-_Handler.do_GET, _Handler.do_HEAD, _Handler.do_POST, _Handler.do_PUT  # http/server.py
-_Handler.do_PATCH, _Handler.do_DELETE, _Handler.do_OPTIONS
+_Handler.raw_requestline, _Handler.requestline, _Handler.handle_one_request  # http/server.py
+_Deadline.readable, _Deadline.readinto  # io.BufferedReader reads through them
+NagareHTTPServer.process_request  # socketserver hands it each accepted connection
 _Handler.log_message, _Handler.version_string, _Handler.sys_version
 _Handler.protocol_version, _Handler.disable_nagle_algorithm, _Handler.wbufsize
 NagareHTTPServer.daemon_threads, NagareHTTPServer.allow_reuse_address

@@ -119,14 +119,13 @@ class Api:
         try:
             route, params = self.router.match(method, request.path)
         except NagareError as err:
+            # authenticate before saying which paths and methods exist
+            self._authenticate(request, self.router.auths(request.path))
             allowed = self.router.allowed_methods(request.path)
             if request.method == "OPTIONS" and allowed:
                 return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
-        if route.auth == "key":
-            check_key(request, self.s.settings.api_key, route.query_token)
-        elif route.auth == "token":
-            check_token(request, self.s.settings.token, self.s.settings.api_key)
+        self._authenticate(request, {route.auth}, route.query_token)
         if route.auth != "hmac":  # webhook senders add their own query parameters
             _check_query(route, request)
         request.params = params
@@ -134,6 +133,18 @@ class Api:
         if isinstance(result, Response):
             return result
         return json_response(result, route.status)
+
+    def _authenticate(self, request: Request, auths: set[str], query_token: bool = False) -> None:
+        """The checks of a route's `auth`; for a path no route of this method matches, those of
+        every route of the path (the API key when none is), so a wrong method or an unknown
+        path answers 401 without the key, never 405 or 404."""
+        settings = self.s.settings
+        if not auths:
+            check_key(request, settings.api_key, False)
+        elif "key" in auths:
+            check_key(request, settings.api_key, query_token)
+        elif "token" in auths:
+            check_token(request, settings.token, settings.api_key)
 
     def _routed(self, request: Request) -> bool:
         """`/api/*`, and page paths that are also routes (`/metrics`) unless a browser asks for

@@ -86,6 +86,11 @@ class Router:
             )
         raise NotFound(f"no API route {method} {unquote(raw_path)}")
 
+    def auths(self, raw_path: str) -> set[str]:
+        """The `auth` of every route of this path, whatever its method."""
+        parts = raw_path.strip("/").split("/")
+        return {r.auth for r in self.routes if _match(r.segments, parts) is not None}
+
     def allowed_methods(self, raw_path: str) -> list[str]:
         parts = raw_path.strip("/").split("/")
         return sorted({r.method for r in self.routes if _match(r.segments, parts) is not None})

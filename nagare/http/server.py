@@ -1,10 +1,16 @@
 """The HTTP server: the only module that uses http.server. It turns each request into a `Request`,
 asks the application for a `Response` (or a streaming body), and never lets a traceback reach a
-client: unexpected errors become a JSON 500 and are logged here.
+client: unexpected errors become a JSON 500 and are logged here, and every error http.server
+itself answers (a malformed request line, over-long headers, a bad HTTP version) is the same
+JSON shape. Every method, known or not, goes to the application.
+
+Reading a request has one deadline for the whole of it (request line, headers, body), however
+slowly a client trickles; connections are capped (`gate.py`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -12,16 +18,36 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from nagare.errors import BadRequest, ConfigError, NagareError, PayloadTooLarge
+from nagare.errors import BadRequest, ConfigError, NagareError, Overloaded, PayloadTooLarge
+from nagare.http.gate import (
+    RETRY_AFTER_SECONDS,
+    Gate,
+    Limits,
+    Slots,
+    Ticket,
+    reserved_path,
+    too_many,
+)
 
 log = logging.getLogger("nagare.http")
-REQUEST_TIMEOUT_SECONDS = 30
+WRITE_TIMEOUT_SECONDS = 30  # each send of a response (a client that stops reading is dropped)
+_SERVER_ERRORS = {  # what http.server itself answers, as error codes of the JSON shape
+    400: "bad_request",
+    408: "request_timeout",
+    414: "uri_too_long",
+    431: "headers_too_large",
+    501: "not_implemented",
+    503: "overloaded",
+    505: "http_version_not_supported",
+}
 _TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
 
 
@@ -72,6 +98,8 @@ def error_response(err: NagareError) -> Response:
     response = json_response(body, err.status)
     if err.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'
+    if err.status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     allow = getattr(err, "allow", None)
     if allow:
         response.headers["Allow"] = ", ".join(allow)
@@ -81,6 +109,45 @@ def error_response(err: NagareError) -> Response:
 App = Callable[[Request], Response]
 
 
+class _Deadline(io.RawIOBase):
+    """The socket as a raw stream whose reads share one deadline: a request must arrive whole
+    by `deadline` (monotonic), whatever the pace of its bytes. `arm` sets the deadline of the
+    next request; `disarm` leaves reads (there are none while a response is written) unbounded.
+    The bytes the gate already read come first."""
+
+    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+        super().__init__()
+        self.sock = sock
+        self.prefix = prefix
+        self.deadline: float | None = None
+        self._then: float | None = None  # seconds for the rest once the first byte arrived
+
+    def arm(self, deadline: float, then_seconds: float | None = None) -> None:
+        self.deadline, self._then = deadline, then_seconds
+
+    def disarm(self) -> None:
+        self.deadline = self._then = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.prefix:
+            n = min(len(buffer), len(self.prefix))
+            buffer[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the request was not received in time")
+            self.sock.settimeout(remaining)
+        n = self.sock.recv_into(buffer)
+        if n and self._then is not None:  # the next request has begun: its own deadline
+            self.deadline, self._then = time.monotonic() + self._then, None
+        return n
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: NagareHTTPServer
     protocol_version = "HTTP/1.1"
@@ -88,27 +155,88 @@ class _Handler(BaseHTTPRequestHandler):
     # a buffered writer: the status line, headers and body of a response leave in one send
     # (one segment, one wake-up of the client), flushed at the end of each request
     wbufsize = 64 * 1024
-    timeout = REQUEST_TIMEOUT_SECONDS
+    timeout = WRITE_TIMEOUT_SECONDS
     server_version = "Nagare"
     sys_version = ""
+
+    def __init__(
+        self, request: Any, client_address: Any, server: Any, ticket: Ticket | None = None
+    ) -> None:
+        self.ticket = ticket or Ticket(False, time.monotonic())
+        self.requests = 0
+        super().__init__(request, client_address, server)
 
     def version_string(self) -> str:
         return self.server_version
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the file http.server opened; reads go through the deadline
+        self.reader = _Deadline(self.connection, self.ticket.prefix)
+        self.rfile = io.BufferedReader(self.reader)
+
     def handle_one_request(self) -> None:
+        """One request: read it within its deadline, then answer it (every method goes to
+        `_serve`; http.server's own errors are JSON through `send_error`)."""
+        self._arm()
+        self.requests += 1
         try:
-            super().handle_one_request()
-        except (ConnectionError, TimeoutError):
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.command = ""
+                self.request_version = "HTTP/1.1"
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+            if self.request_version == "HTTP/0.9":
+                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not supported")
+                return
+            self._serve()
+            self.wfile.flush()
+        except (OSError, ValueError):  # timed out, reset, a failed TLS handshake, closed
             self.close_connection = True
 
-    def do_GET(self) -> None:
-        self._serve()
+    def _arm(self) -> None:
+        limits = self.server.limits
+        if self.requests == 0:  # the first request counts from the connection's accept
+            total = limits.reserved_read_seconds if self.ticket.reserved else limits.request_seconds
+            self.reader.arm(self.ticket.accepted_at + total)
+        else:  # a kept-alive connection: the next request begins soon, then has its deadline
+            self.reader.arm(time.monotonic() + limits.idle_seconds, limits.request_seconds)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors, in the JSON error shape (never its HTML page)."""
+        if self.request_version in ("HTTP/0.9", ""):  # else no status line would be written
+            self.request_version = "HTTP/1.0"
+        status = HTTPStatus(code)
+        text = message or status.phrase
+        if explain and explain != text:
+            text = f"{text}: {explain}"
+        self.close_connection = True
+        self._done_reading()
+        body = {"error": {"code": _SERVER_ERRORS.get(code, "error"), "message": text}}
+        self._send(json_response(body, code))
+        self.wfile.flush()
+
+    def _done_reading(self) -> None:
+        """The request is in (or refused): no read deadline while the answer is written."""
+        self.reader.disarm()
+        self.connection.settimeout(WRITE_TIMEOUT_SECONDS)
 
     def _serve(self) -> None:
         try:
-            request = self._request()
+            try:
+                request = self._request()
+            finally:
+                self._done_reading()
+            if self.ticket.reserved and not reserved_path(request.path):
+                self.close_connection = True
+                self._send(error_response(Overloaded(too_many(self.server.limits))))
+                return
             response = self.server.app(request)
         except (ConnectionError, TimeoutError):  # a client too slow to send its body: drop it
             self.close_connection = True
@@ -206,9 +334,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class NagareHTTPServer(ThreadingHTTPServer):
+    """Accepts connections; each one that gets a slot (see `gate.py`) is served in a thread of
+    its own, the others wait in the gate's thread for their request line or a 503."""
+
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024  # a burst of connections waits in the kernel, not refused
 
     def __init__(
         self,
@@ -216,12 +347,18 @@ class NagareHTTPServer(ThreadingHTTPServer):
         app: App,
         max_body_bytes: int,
         tls: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.limits = limits or Limits()
+        self.slots = Slots(self.limits)
         self.poll_interval = 0.5  # how soon `shutdown()` is noticed
-        if tls is not None:  # the handshake runs in the request thread, under its timeout
+        self._gate: Gate | None = None  # started at the first connection beyond the cap
+        self._gate_stop = threading.Event()
+        self._gate_thread: threading.Thread | None = None
+        if tls is not None:  # the handshake runs in the request thread, under its deadline
             self.socket = tls.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -231,8 +368,51 @@ class NagareHTTPServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def run(self, stop: threading.Event) -> None:
-        """Accept connections (each served in a thread of its own) until `shutdown()`."""
+        """Accept connections until `shutdown()`."""
         self.serve_forever(poll_interval=self.poll_interval)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        accepted_at = time.monotonic()
+        if self.slots.take_general():
+            self.serve_connection(request, client_address, Ticket(False, accepted_at))
+        else:
+            self._gate_for_overflow().admit(request, client_address, accepted_at)
+
+    def serve_connection(self, request: Any, client_address: Any, ticket: Ticket) -> None:
+        """A thread for a connection that holds a slot (freed when the connection ends)."""
+        thread = threading.Thread(
+            target=self._connection, args=(request, client_address, ticket), daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the slot goes back, the client is closed
+            self.slots.release(ticket.reserved)
+            self.shutdown_request(request)
+
+    def _connection(self, request: Any, client_address: Any, ticket: Ticket) -> None:
+        try:
+            _Handler(request, client_address, self, ticket)
+        except Exception:
+            log.exception("unexpected error on the connection from %s", client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release(ticket.reserved)
+
+    def _gate_for_overflow(self) -> Gate:
+        if self._gate is None:
+            self._gate = Gate(self.limits, self.slots, self.serve_connection)
+            self._gate_thread = threading.Thread(
+                target=self._gate.run, args=(self._gate_stop,), daemon=True, name="http-gate"
+            )
+            self._gate_thread.start()
+        return self._gate
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._gate_stop.set()
+        if self._gate is not None and self._gate_thread is not None:
+            self._gate.wake()
+            self._gate_thread.join(timeout=5)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
