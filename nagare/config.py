@@ -156,8 +156,9 @@ OPTIONS: tuple[Option, ...] = (
         "reserved_connections",
         "int",
         32,
-        "Connections beyond max_connections kept for /api/health, the dashboard's pages and "
-        "the cluster protocol (/api/workers/...), so they answer while the others are full.",
+        "Connections beyond max_connections kept for /api/health, /metrics, the dashboard's "
+        "pages and the cluster protocol (/api/workers/...), so they answer while the others "
+        "are full.",
         flag=False,
         minimum=0,
     ),

@@ -64,8 +64,8 @@ class Settings:
     # 503 and are closed. Lowered at start to what the open-file limit allows.
     max_connections: int = 512
 
-    # Connections beyond max_connections kept for /api/health, the dashboard's pages and the cluster
-    # protocol (/api/workers/...), so they answer while the others are full.
+    # Connections beyond max_connections kept for /api/health, /metrics, the dashboard's pages and
+    # the cluster protocol (/api/workers/...), so they answer while the others are full.
     reserved_connections: int = 32
 
     # Longer output lines are cut and marked as truncated in the task log.

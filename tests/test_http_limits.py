@@ -183,7 +183,7 @@ def test_the_admission_rules() -> None:
     assert reserved_path("/api/workers/poll")
     assert reserved_path("/") and reserved_path("/runs/x") and reserved_path("/app.js")
     assert not reserved_path("/api/dags") and not reserved_path("/api/health/x")
-    assert not reserved_path("/metrics") and not reserved_path("/api")
+    assert reserved_path("/metrics") and not reserved_path("/api")
     assert request_path(b"GET /api/health?x=1 HTTP/1.1\r") == "/api/health"
     assert request_path(b"GET /api/health") is None
     limits = Limits(max_connections=512, reserved_connections=32)

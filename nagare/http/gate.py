@@ -68,11 +68,11 @@ class Ticket:
 
 
 def reserved_path(path: str) -> bool:
-    """Paths the reserve serves: the liveness probe, the cluster protocol and the dashboard's
-    pages (every path outside `/api` and `/metrics`)."""
-    if path == "/api/health" or path.startswith("/api/workers/"):
+    """Paths the reserve serves: what monitoring reads (the liveness probe and the Prometheus
+    scrape), the cluster protocol and the dashboard's pages (every path outside `/api`)."""
+    if path in ("/api/health", "/metrics") or path.startswith("/api/workers/"):
         return True
-    return not (path == "/api" or path.startswith("/api/") or path == "/metrics")
+    return not (path == "/api" or path.startswith("/api/"))
 
 
 def affordable_connections(limits: Limits, open_file_limit: int) -> int:
