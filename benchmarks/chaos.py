@@ -298,19 +298,15 @@ class _Cluster:
             self.server.close()
 
 
-def _worker_holds_task(client: Client, worker_id: str, run_ids: list[str]) -> bool:
-    for run_id in run_ids:
-        for task in client.get_json(f"/api/runs/{run_id}/tasks"):
-            if task["status"] == "running" and task.get("worker") == worker_id:
-                return True
-    return False
-
-
-def _wait_worker_busy(client: Client, worker_id: str, run_ids: list[str], bound: float) -> None:
+def _wait_worker_busy(cluster: _Cluster, worker_id: str, dag_id: str, bound: float) -> set[int]:
+    """The pids of the DAG's task processes under `worker_id` once it runs one (and its shell
+    has started the body's child)."""
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
-        if _worker_holds_task(client, worker_id, run_ids):
-            return
+        under = {p.pid for p in _descendants(cluster.workers[worker_id].pid)}
+        mine = {p.pid for p in _task_processes(dag_id)} & under
+        if len(mine) >= 2:
+            return mine
         time.sleep(0.05)
     raise Failed(f"{worker_id} ran no task within {bound:.0f}s")
 
@@ -322,11 +318,10 @@ def kill9_worker(launcher: Launcher) -> str:
         cluster.start()
         client = cluster.server.client(keep_alive=False)
         run_ids = _trigger(client, dag_id, 4)
-        _wait_worker_busy(client, "w1", run_ids, 20)
-        before = {p.pid for p in _task_processes(dag_id)}
+        before = _wait_worker_busy(cluster, "w1", dag_id, 20)
         cluster.workers["w1"].kill()
         cluster.workers["w1"].wait(timeout=10)
-        gone = _wait_orphans_gone(cluster.workers["w2"].pid, before, GONE_WITHIN_SECONDS)
+        gone = _wait_orphans_gone(before, GONE_WITHIN_SECONDS)
         cluster.start_worker("w1")  # the same worker id comes back
         statuses = _wait_finished(client, run_ids, 90)
         if statuses != Counter({"success": len(run_ids)}):
@@ -340,12 +335,11 @@ def kill9_worker(launcher: Launcher) -> str:
     )
 
 
-def _wait_orphans_gone(survivor: int, before: set[int], bound: float) -> float:
-    """Seconds until every task process of `before` not under the surviving worker is gone."""
-    keep = {p.pid for p in _descendants(survivor)}
+def _wait_orphans_gone(orphans: set[int], bound: float) -> float:
+    """Seconds until every process of `orphans` is gone."""
     start = time.monotonic()
     while True:
-        left = [pid for pid in before - keep if psutil.pid_exists(pid) and _alive(pid)]
+        left = [pid for pid in orphans if _alive(pid)]
         if not left:
             return time.monotonic() - start
         if time.monotonic() - start > bound:
@@ -376,7 +370,7 @@ def freeze_worker(launcher: Launcher) -> str:
         cluster.start()
         client = cluster.server.client(keep_alive=False)
         run_ids = _trigger(client, dag_id, 4)
-        _wait_worker_busy(client, "w1", run_ids, 20)
+        _wait_worker_busy(cluster, "w1", dag_id, 20)
         cluster.workers["w1"].send_signal(signal.SIGSTOP)
         time.sleep(6)  # twice the lease
         cluster.workers["w1"].send_signal(signal.SIGCONT)
