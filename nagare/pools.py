@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
@@ -40,6 +40,8 @@ KILL_RECORD_SECONDS = 3.0  # on shutdown, how long the killed attempts may take 
 # this many attempts, or this long after the first of them ended
 SETTLE_BATCH = 64
 SETTLE_DELAY_SECONDS = 0.02
+# an attempt whose log cannot be written (a full disk) is killed and fails with this reason
+LOG_WRITE_FAILED = "cannot write the task's log"
 
 
 @dataclass(eq=False)
@@ -52,10 +54,14 @@ class _Attempt:
     log: AttemptLog | None = None
     handle: AttemptHandle | None = None  # set once started (under the pools' lock)
     cancel_reason: str = ""  # why it was killed, if it was (under the pools' lock)
+    log_failure: str = ""  # its log could not be written: the attempt fails with this
 
     def line(self, stream: str, text: str) -> None:
         assert self.log is not None
         self.log.on_line(stream, text)
+        if self.log.failed is not None and not self.log_failure:
+            self.log_failure = f"{LOG_WRITE_FAILED}: {self.log.failed}"
+            self.pools.cancel(self.claim.task.id, self.log_failure)
         sink = self.pools.line_sink
         if sink is not None:
             sink(self.claim.task.task_id, stream, text)
@@ -427,9 +433,12 @@ class WorkerPools:
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(claim, definition, base_env)
-        attempt.log = self.logs.open_attempt(
-            run.run_id, task.id, claim.attempt, assignment.capture_stdout
-        )
+        try:
+            attempt.log = self.logs.open_attempt(
+                run.run_id, task.id, claim.attempt, assignment.capture_stdout
+            )
+        except OSError as exc:  # its run's log folder cannot be made (a full disk)
+            return Outcome(exit_code=None, error=f"{LOG_WRITE_FAILED}: {exc}")
         handle = self.executor_for(definition).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
@@ -451,6 +460,9 @@ class WorkerPools:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
         with self._lock:
             reason = attempt.cancel_reason
+        if attempt.log_failure and reason == attempt.log_failure:  # killed for it: it failed
+            outcome = replace(outcome, exit_code=None, cancelled=False, error=reason)
+            reason = ""
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         try:
