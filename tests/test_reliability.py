@@ -54,3 +54,37 @@ def test_a_log_write_on_a_full_disk_fails_only_that_attempt(nagare_factory) -> N
     ok = nagare.trigger("ok")
     assert nagare.wait_run(ok)["status"] == "success"
     assert nagare.log(ok, "a").strip() == "fine"
+
+
+def _fill_database(nagare: Nagare) -> None:
+    """No page more for the writer: the next write that needs one fails with SQLITE_FULL."""
+    writer = nagare.app.store.db._writer
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count={pages}")
+
+
+def _free_database(nagare: Nagare) -> None:
+    nagare.app.store.db._writer.execute("PRAGMA max_page_count=1073741823")
+
+
+def test_a_full_database_answers_507_keeps_its_integrity_and_works_again(nagare_factory) -> None:  # type: ignore[no-untyped-def]
+    nagare = _full_log_server(nagare_factory)
+    _fill_database(nagare)
+    first = wait_for(  # the pages still have room for a few runs
+        lambda: (r := nagare.call("POST", "/api/dags/ok/runs")).status != 201 and r,
+        message="a write that does not fit",
+    )
+    failed = [first] + [nagare.call("POST", "/api/dags/ok/runs") for _ in range(2)]
+    for result in failed:
+        assert result.status == 507, result.body
+        assert result.json == {
+            "error": {
+                "code": "storage_full",
+                "message": "the database cannot be written: database or disk is full",
+            }
+        }
+    _free_database(nagare)
+    with nagare.app.store.db.read() as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    run_id = nagare.trigger("ok")
+    assert nagare.wait_run(run_id)["status"] == "success"

@@ -26,6 +26,13 @@ class DatabaseError(NagareError):
     code = "database_error"
 
 
+class StorageFull(DatabaseError):
+    """A write did not fit (a full disk): nothing of it was stored; later writes may fit."""
+
+    code = "storage_full"
+    status = 507
+
+
 class Database:
     """Owns the SQLite file. `write()` gives the single writer inside one IMMEDIATE transaction;
     `read()` lends one of at most READERS reader connections (a thread that already holds one
@@ -86,16 +93,25 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One short IMMEDIATE transaction on the writer connection."""
+        """One short IMMEDIATE transaction on the writer connection. A write that does not fit
+        (SQLITE_FULL: the disk, or the file's size limit) is rolled back whole — SQLite's
+        journal keeps the file intact — and raised as `StorageFull`; the next write tries
+        again, so the server works again as soon as there is room."""
         with self._lock:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may have rolled back already
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise StorageFull(f"the database cannot be written: {exc}") from None
                 raise
-            conn.execute("COMMIT")
             if self.checkpointer is not None:  # counted from the end of the migrations
                 self._commits += 1
                 if self._commits >= CHECKPOINT_EVERY_COMMITS:
