@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nagare.dagfile import DagError, load_dag_file
+from nagare.liveness import Heartbeat
 from nagare.models import DagDef
 
 log = logging.getLogger("nagare.dags")
@@ -48,6 +49,7 @@ class DagFolder:
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
         self._counter = 0
+        self.liveness = Heartbeat("dag_folder", SCAN_SECONDS)
         os.makedirs(path, exist_ok=True)
 
     # ------------------------------------------------------------ reading
@@ -72,11 +74,11 @@ class DagFolder:
     # ------------------------------------------------------------ scanning
 
     def run(self, stop: threading.Event) -> None:
+        """Rescan every SCAN_SECONDS (an exception ends it: app logs it, backs off and runs
+        it again)."""
         while not stop.wait(SCAN_SECONDS):
-            try:
-                self.scan()
-            except Exception:  # the watcher must survive anything a folder can do
-                log.exception("scanning the DAGs folder failed")
+            self.scan()
+            self.liveness.beat()
 
     def scan(self) -> bool:
         """Re-read what changed; returns whether the loaded set or the errors changed."""

@@ -54,10 +54,6 @@ class Health:
     ok: bool
     loops: dict[str, LoopHealth]
 
-    @property
-    def unhealthy(self) -> list[str]:
-        return [name for name, loop in self.loops.items() if loop.status is not LoopStatus.OK]
-
 
 class Heartbeat:
     """One loop's progress. The loop's thread beats; anyone may read `beat_now()`."""
@@ -69,6 +65,13 @@ class Heartbeat:
         self._last: float | None = None
         self._error = ""
         self._stopped = False
+
+    def started(self) -> None:
+        """The loop's thread started (reported from now on; its first beat may take an
+        interval)."""
+        with self._lock:
+            if self._last is None:
+                self._last = time.monotonic()
 
     def beat(self, error: str = "", now: float | None = None) -> None:
         """An iteration completed (`error`: it did, but its work cannot be done)."""
@@ -134,7 +137,7 @@ def _status(beat: Beat, age: float) -> LoopStatus:
 
 def backoff_seconds(failures: int) -> float:
     """How long a loop waits after its `failures`-th exception in a row (from 1)."""
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, min(failures - 1, 16)))
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * (1 << max(0, min(failures - 1, 16))))
 
 
 def short_error(error: str | BaseException) -> str:

@@ -173,7 +173,7 @@ class WorkerPools:
         self._retry_at = 0.0
         self._record_error = ""
         self._errors = DistinctErrors()  # what was logged already (each distinct error once)
-        self.heartbeat = Heartbeat("dispatcher", IDLE_WAIT_SECONDS)
+        self.liveness = Heartbeat("dispatcher", IDLE_WAIT_SECONDS)
         self.settling = _Unsettled()  # which ended attempts wait for a batch, and how long
         self._recheck_at = 0.0
         self._accepting = True
@@ -308,7 +308,6 @@ class WorkerPools:
         self._write_pid_records()
         for attempt, finish in ended:
             _log_end(attempt, finish)
-        self._beat(now)
         unsettled = self.settling
         unsettled.add(ended, now)
         # the ended attempts' runs are settled (in this thread, see Scheduler.settle_finished)
@@ -321,6 +320,7 @@ class WorkerPools:
         ):
             self.on_finished(unsettled.take())
         if self._recorded:
+            self._beat()
             return True
         with self._lock:
             if not self._accepting and not self._running:
@@ -329,14 +329,15 @@ class WorkerPools:
         if self._unrecorded:
             wait = min(wait, self._retry_at - time.monotonic())
         self._recorded = self._wait(max(0.0, wait))
+        self._beat()
         return True
 
-    def _beat(self, now: float) -> None:
-        """The dispatcher made progress; failing while it holds attempts it cannot record."""
+    def _beat(self) -> None:
+        """A turn completed; failing while the dispatcher holds attempts it cannot record."""
         error = ""
         if self._unrecorded:
             error = f"cannot record {len(self._unrecorded)} ended attempt(s): {self._record_error}"
-        self.heartbeat.beat(error, now)
+        self.liveness.beat(error)
 
     def _slot_free(self) -> bool:
         """Whether a local slot is free: its pool has no queued task left, so settling a run

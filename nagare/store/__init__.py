@@ -28,7 +28,6 @@ __all__ = [
     "DagState",
     "Database",
     "DatabaseError",
-    "StorageFull",
     "DurationRow",
     "HeldAttempt",
     "MetricAgg",
@@ -36,6 +35,7 @@ __all__ = [
     "OldRun",
     "RunFilter",
     "Stats",
+    "StorageFull",
     "Store",
     "WorkerRecord",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from nagare.errors import NagareError
+from nagare.liveness import Heartbeat
 from nagare.store.schema import MIGRATIONS
 
 log = logging.getLogger("nagare.store")
@@ -20,6 +21,7 @@ READERS = 8  # reader connections at most; a thread that finds them all lent out
 # automatic checkpoint stays as a safety net for a WAL this many pages long.
 CHECKPOINT_EVERY_COMMITS = 32
 WRITER_AUTOCHECKPOINT_PAGES = 8000
+BEAT_SECONDS = 5.0  # the checkpoint loop shows it is alive at least this often
 
 
 class DatabaseError(NagareError):
@@ -188,6 +190,7 @@ class Checkpointer:
         self._closing = threading.Event()
         self._starter: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
+        self.liveness = Heartbeat("checkpoint", BEAT_SECONDS)
 
     def start_with(self, starter: Callable[[], None]) -> None:
         """How to start the loop (`app` runs `run` in a thread of its own) when first needed."""
@@ -209,7 +212,10 @@ class Checkpointer:
         conn: sqlite3.Connection | None = None  # opened at the first request: an idle server
         try:  # never pays for a connection it does not use
             while not stop.is_set() and not self._closing.is_set():
-                self._due.wait()
+                due = self._due.wait(BEAT_SECONDS)
+                self.liveness.beat()
+                if not due:  # no checkpoint due: only a beat
+                    continue
                 self._due.clear()
                 if stop.is_set() or self._closing.is_set():
                     return
