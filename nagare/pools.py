@@ -31,7 +31,7 @@ from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
 from nagare.logs import AttemptLog, LogFiles, append_pid_records
 from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
-from nagare.store import Clock
+from nagare.store import Clock, StorageFull
 
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
@@ -378,7 +378,7 @@ class WorkerPools:
                 ended = [e for e in ended if e not in kept]
         else:
             if not self._unrecorded and self._errors.clear():
-                log.info("the dispatcher records ended attempts again")
+                log.info("the dispatcher's writes work again")
         got = {pool: 0 for pool in wants}
         for claim in claims:
             got[claim.task.pool] = got.get(claim.task.pool, 0) + 1
@@ -392,20 +392,29 @@ class WorkerPools:
         return claims, ended
 
     def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> bool:
-        """Record one ended attempt; False when that failed (it is kept and tried again)."""
+        """Record one ended attempt; False when the database is full: it is kept and tried
+        again. Any other failure is logged and the attempt dropped (a row that can never be
+        written must not hold its slot for good; the next start's recovery closes it)."""
         try:
             self.store.tasks.finish_attempt(finish)
-        except Exception as exc:
+        except StorageFull as exc:
             self._record_error = short_error(exc)
             self._log_once(
                 exc,
-                "recording task %s of run %s failed; kept, it is recorded once the database "
-                "takes it",
+                "recording task %s of run %s failed; kept until the database takes it",
                 attempt.claim.task.task_id,
                 attempt.claim.task.run_id,
                 extra=_context(attempt.claim),
             )
             return False
+        except Exception as exc:
+            self._log_once(
+                exc,
+                "recording task %s of run %s failed",
+                attempt.claim.task.task_id,
+                attempt.claim.task.run_id,
+                extra=_context(attempt.claim),
+            )
         return True
 
     def _log_once(self, exc: Exception, message: str, *args: object, **kw: Any) -> None:

@@ -11,6 +11,7 @@ import itertools
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 import pytest
 from conftest import Nagare, wait_for
 
+from nagare.app import Supervisor
 from nagare.liveness import (
     STALL_GRACE_SECONDS,
     Beat,
     DistinctErrors,
+    Heartbeat,
     LoopStatus,
     assess,
     backoff_seconds,
@@ -359,3 +362,22 @@ def test_a_loop_blocked_in_an_iteration_is_reported_stalled(nagare: Nagare) -> N
         message="the scheduler to beat again",
     )
     assert app.health().ok
+
+
+def test_the_supervisor_runs_a_failed_loop_again_and_reports_one_that_ends_early(caplog) -> None:  # type: ignore[no-untyped-def]
+    stop, ending = threading.Event(), threading.Event()
+    heartbeat = Heartbeat("worker_poll", 1.0)
+    entered: list[float] = []
+
+    def loop(stop: threading.Event) -> None:
+        entered.append(time.monotonic())
+        if len(entered) == 1:
+            raise RuntimeError("boom")
+        assert heartbeat.beat_now().error == "RuntimeError: boom"  # failing while it backs off
+        # then it returns although nobody asked it to stop
+
+    Supervisor("poll", loop, stop, heartbeat, ending).run()  # in this thread: no thread needed
+    assert len(entered) == 2 and entered[1] - entered[0] >= 0.45
+    assert "the poll loop failed: RuntimeError: boom" in caplog.text
+    assert "the poll loop ended while the process runs" in caplog.text
+    assert assess([heartbeat.beat_now()], time.monotonic()).loops["worker_poll"].status == "stopped"
