@@ -30,6 +30,7 @@ from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
     DistinctErrors,
     Health,
     Heartbeat,
@@ -367,7 +368,7 @@ class Supervisor:
     """Runs a loop's `run(stop)` and keeps it running: an exception is logged (each distinct
     one once, with its traceback), the loop's heartbeat says `failing` with it, and `run(stop)`
     is entered again after a back-off (0.5 s, doubling to 30 s; from 0.5 s again once the loop
-    made progress). After `stop` the loop gets a few more tries (loops that drain past it).
+    ran 30 s without one). After `stop` the loop gets a few more tries (loops that drain past it).
     A loop that returns before `ending` is set is logged and reported `stopped`."""
 
     STOPPING_TRIES = 3
@@ -389,17 +390,15 @@ class Supervisor:
 
     def run(self) -> None:
         failures = stopping_failures = 0
-        failed_at: float | None = None
         self.heartbeat.started()
         while True:
+            entered = time.monotonic()
             try:
                 self.loop(self.stop)
             except Exception as exc:
-                last = self.heartbeat.beat_now().last
-                if failed_at is not None and last is not None and last > failed_at:
-                    failures = 0  # it made progress since: a new incident
+                if time.monotonic() - entered >= BACKOFF_MAX_SECONDS:
+                    failures = 0  # it ran well for a while: a new incident
                 failures += 1
-                failed_at = time.monotonic()
                 self._report(exc, failures)
                 if not self.stop.is_set():
                     self.stop.wait(backoff_seconds(failures))

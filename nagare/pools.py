@@ -325,15 +325,16 @@ class WorkerPools:
         with self._lock:
             if not self._accepting and not self._running:
                 return False
+        self._beat()
         wait = min(max_wait, self._recheck_at - time.monotonic())
         if self._unrecorded:
             wait = min(wait, self._retry_at - time.monotonic())
         self._recorded = self._wait(max(0.0, wait))
-        self._beat()
         return True
 
     def _beat(self) -> None:
-        """A turn completed; failing while the dispatcher holds attempts it cannot record."""
+        """A turn's work is done (before it waits: the wait is at most IDLE_WAIT_SECONDS);
+        failing while the dispatcher holds attempts it cannot record."""
         error = ""
         if self._unrecorded:
             error = f"cannot record {len(self._unrecorded)} ended attempt(s): {self._record_error}"
