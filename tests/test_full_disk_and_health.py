@@ -129,6 +129,15 @@ def _health(nagare: Nagare) -> Any:
     return result.json
 
 
+def _failing(nagare: Nagare, loop: str) -> Any:
+    """The 503 answer of /api/health once it says `loop` is failing, else None."""
+    result = nagare.call("GET", "/api/health")
+    failing = result.json["components"].get(loop, {}).get("status") == "failing"
+    if failing:
+        assert result.status == 503 and result.json["status"] == "degraded"
+    return result.json if failing else None
+
+
 def _pack_database(nagare: Nagare) -> None:
     """No free page left: a write that needs one more page (a 4 KB output tail) fails."""
     with nagare.app.store.db.write() as conn:
@@ -153,8 +162,8 @@ def test_ended_attempts_the_database_cannot_take_are_kept_and_recorded_once_it_c
     _pack_database(nagare)
     # the attempt ended but cannot be recorded: kept, and /api/health names the dispatcher
     health = wait_for(
-        lambda: (r := nagare.call("GET", "/api/health")).status == 503 and r.json,
-        message="a degraded health",
+        lambda: _failing(nagare, "dispatcher"),
+        message="a failing dispatcher",
     )
     dispatcher = health["components"]["dispatcher"]
     assert dispatcher["status"] == "failing"
@@ -247,8 +256,8 @@ def test_a_full_file_system_fails_runs_clearly_and_they_proceed_once_space_retur
             if task["status"] == "failed":
                 assert "No space left on device" in task["message"]
         health = wait_for(  # the late task ended: its log failed, and its end is kept
-            lambda: (r := nagare.call("GET", "/api/health")).status == 503 and r.json,
-            message="a degraded health",
+            lambda: _failing(nagare, "dispatcher"),
+            message="a failing dispatcher",
         )
         assert health["components"]["dispatcher"]["error"].startswith("cannot record 1 ended")
         big.unlink()  # the late task's end is recorded now
@@ -335,8 +344,8 @@ def test_a_loop_that_keeps_failing_is_named_by_health_logged_once_and_recovers( 
     reactor.wake()
     try:
         body = wait_for(
-            lambda: (r := nagare.call("GET", "/api/health")).status == 503 and r.json,
-            message="a degraded health",
+            lambda: _failing(nagare, "dispatcher"),
+            message="a failing dispatcher",
         )
         assert body["status"] == "degraded"
         assert body["components"]["dispatcher"]["status"] == "failing"
@@ -354,15 +363,23 @@ def test_a_loop_that_keeps_failing_is_named_by_health_logged_once_and_recovers( 
     wait_for(lambda: nagare.call("GET", "/api/health").status == 200, message="health ok")
 
 
+def _folder_beats_after(app: Any, when: float) -> None:
+    wait_for(
+        lambda: (app.folder.liveness.beat_now().last or 0) > when,
+        message="the DAG folder loop to beat",
+    )
+
+
 def test_a_loop_blocked_in_an_iteration_is_reported_stalled(nagare: Nagare) -> None:
     app = nagare.app
     scheduler = app.scheduler
     with scheduler._pass_lock:  # its next pass blocks here
         scheduler.wake(None)
+        _folder_beats_after(app, time.monotonic())  # the scheduler is blocked by now
         blocked = scheduler.liveness.beat_now()
-        time.sleep(0.3)
-        assert scheduler.liveness.beat_now().last == blocked.last  # no progress
         assert blocked.last is not None
+        _folder_beats_after(app, time.monotonic())  # the DAG folder loop goes on beating ...
+        assert scheduler.liveness.beat_now().last == blocked.last  # ... the scheduler does not
         later = blocked.last + blocked.interval + STALL_GRACE_SECONDS + 1
         stalled = app.health(now=later).loops["scheduler"]
         assert stalled.status is LoopStatus.STALLED
