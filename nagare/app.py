@@ -8,6 +8,7 @@ import re
 import resource
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -30,6 +31,17 @@ from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles
 from nagare.http.webhooks_api import WebhooksApi
+from nagare.liveness import (
+    BACKOFF_FIRST_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    DistinctErrors,
+    Health,
+    Heartbeat,
+    Heartbeats,
+    assess,
+    backoff_seconds,
+    short_error,
+)
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
 from nagare.models import Assignment, DagDef, TaskDef, Trigger
@@ -63,6 +75,7 @@ class App:
         # engine (dispatcher, scheduler, checkpoints) stops once running tasks are recorded
         self.stopping = threading.Event()
         self._engine_stop = threading.Event()
+        self.heartbeats = Heartbeats()  # the loops' progress, for /api/health
         self.store = Store(config.db)
         self.logs = LogFiles(config.resolved_logs_dir)
         self.reactor = Reactor()  # owned by the pools' dispatcher thread
@@ -112,7 +125,14 @@ class App:
         )
         self.api = Api(
             Services(
-                self.store, self.runs, self.folder, self.logs, config, self.pool_info, self.stopping
+                self.store,
+                self.runs,
+                self.folder,
+                self.logs,
+                config,
+                self.pool_info,
+                self.stopping,
+                self.health,
             ),
             _static_files(),
         )
@@ -234,17 +254,19 @@ class App:
         checkpointer = self.store.db.checkpointer
         if checkpointer is not None:  # its loop starts at the 32nd commit
             checkpointer.start_with(
-                lambda: self._spawn("checkpoint", checkpointer.run, self._engine_stop)
+                lambda: self._spawn(
+                    "checkpoint", checkpointer.run, self._engine_stop, checkpointer.liveness
+                )
             )
         if self.pools.has_slots:
-            self._spawn("pools", self.pools.run, self._engine_stop)
+            self._spawn("pools", self.pools.run, self._engine_stop, self.pools.liveness)
         if self.http is not None:
             self.coordinator.start()
-            self._spawn("leases", self.coordinator.run)
-        self._spawn("scheduler", self.scheduler.run, self._engine_stop)
-        self._spawn("dag-folder", self.folder.run)
+            self._spawn("leases", self.coordinator.run, heartbeat=self.coordinator.liveness)
+        self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
+        self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
         if self.http is not None:  # a server keeps history bounded; `nagare exec` does not
-            self._spawn("retention", self.retention.run)
+            self._spawn("retention", self.retention.run, heartbeat=self.retention.liveness)
         if self.http is not None:
             self.http.poll_interval = poll_interval
             self._spawn("http", self.http.run)
@@ -266,8 +288,17 @@ class App:
         name: str,
         loop: Callable[[threading.Event], None],
         stop: threading.Event | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
-        self._threads.append(_start_loop(name, loop, stop or self.stopping))
+        """Start a loop; its heartbeat (if it beats) is what `/api/health` reports."""
+        if heartbeat is not None:
+            self.heartbeats.add(heartbeat)
+        supervisor = Supervisor(name, loop, stop or self.stopping, heartbeat, self.stopping)
+        self._threads.append(_start_loop(name, supervisor.run))
+
+    def health(self, now: float | None = None) -> Health:
+        """How the background loops are (pure `assess` over their heartbeats)."""
+        return assess(self.heartbeats.beats(), time.monotonic() if now is None else now)
 
     def _warn_open_api(self) -> None:
         if self.http is not None and not self.config.api_key:
@@ -339,12 +370,10 @@ class App:
         return "interrupted"
 
 
-def _start_loop(
-    name: str, loop: Callable[[threading.Event], None], stop: threading.Event
-) -> threading.Thread:
-    """A long-lived loop's `run(stop)` in a daemon thread of its own: the one place both roles
-    start their loops."""
-    thread = threading.Thread(target=loop, args=(stop,), daemon=True, name=name)
+def _start_loop(name: str, run: Callable[[], None]) -> threading.Thread:
+    """A long-lived loop (a `Supervisor`'s `run`) in a daemon thread of its own: the one place
+    both roles start their loops."""
+    thread = threading.Thread(target=run, daemon=True, name=name)
     thread.start()
     return thread
 
@@ -382,6 +411,69 @@ def _http_limits(config: Config) -> Limits:
             soft,
         )
     return Limits(affordable, wanted.reserved_connections, wanted.request_seconds)
+
+
+class Supervisor:
+    """Runs a loop's `run(stop)` and keeps it running: an exception is logged (each distinct
+    one once, with its traceback), the loop's heartbeat says `failing` with it, and `run(stop)`
+    is entered again after a back-off (0.5 s, doubling to 30 s; from 0.5 s again once the loop
+    ran 30 s without one). After `stop` the loop gets a few more tries (loops that drain past it).
+    A loop that returns before `ending` is set is logged and reported `stopped`."""
+
+    STOPPING_TRIES = 3
+
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[threading.Event], None],
+        stop: threading.Event,
+        heartbeat: Heartbeat | None,
+        ending: threading.Event,
+    ) -> None:
+        self.name = name
+        self.loop = loop
+        self.stop = stop
+        self.heartbeat = heartbeat or Heartbeat(name, 0.0)  # not reported: log only
+        self.ending = ending
+        self.errors = DistinctErrors()
+
+    def run(self) -> None:
+        failures = stopping_failures = 0
+        self.heartbeat.started()
+        while True:
+            entered = time.monotonic()
+            try:
+                self.loop(self.stop)
+            except Exception as exc:
+                if time.monotonic() - entered >= BACKOFF_MAX_SECONDS:
+                    failures = 0  # it ran well for a while: a new incident
+                failures += 1
+                self._report(exc, failures)
+                if not self.stop.is_set():
+                    self.stop.wait(backoff_seconds(failures))
+                    continue
+                stopping_failures += 1
+                if stopping_failures >= self.STOPPING_TRIES:
+                    return
+                threading.Event().wait(BACKOFF_FIRST_SECONDS)
+                continue
+            if not self.ending.is_set():
+                log.error("the %s loop ended while the process runs", self.name)
+                self.heartbeat.stopped()
+            return
+
+    def _report(self, exc: Exception, failures: int) -> None:
+        error = short_error(exc)
+        self.heartbeat.failed(error)
+        delay = backoff_seconds(failures)
+        if self.errors.first(error):
+            log.error(
+                "the %s loop failed: %s; it runs again in %.1fs (this error is logged once)",
+                self.name,
+                error,
+                delay,
+                exc_info=exc,
+            )
 
 
 def _static_files() -> StaticFiles | None:
@@ -462,7 +554,8 @@ class WorkerApp:
             ("shipper", self.worker.ship_loop),
             ("tasks", self.worker.task_loop),
         ):
-            self._threads[name] = _start_loop(name, loop, self.stopping)
+            supervisor = Supervisor(name, loop, self.stopping, None, self.stopping)
+            self._threads[name] = _start_loop(name, supervisor.run)
 
     def _refused(self) -> None:
         self.stopping.set()

@@ -26,6 +26,7 @@ from nagare.dagfile import (
     read_dag_text,
     too_large_message,
 )
+from nagare.liveness import Heartbeat
 from nagare.models import DagDef
 
 log = logging.getLogger("nagare.dags")
@@ -73,11 +74,11 @@ class DagFolder:
         self._extra_check = extra_check  # checks of later layers (jq expressions compile)
         self._max_file_bytes = max_file_bytes
         self._folder_problem = ""  # the last "cannot read the folder" logged
-        self._scan_failure = ""  # the last unexpected scan failure logged
         self._files: dict[str, _FileState] = {}
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
         self._counter = 0
+        self.liveness = Heartbeat("dag_folder", SCAN_SECONDS)
         os.makedirs(path, exist_ok=True)
 
     # ------------------------------------------------------------ reading
@@ -100,15 +101,11 @@ class DagFolder:
     # ------------------------------------------------------------ scanning
 
     def run(self, stop: threading.Event) -> None:
+        """Rescan every SCAN_SECONDS (an exception ends it: app logs it, backs off and runs
+        it again)."""
         while not stop.wait(SCAN_SECONDS):
-            try:
-                self.scan()
-                self._scan_failure = ""
-            except Exception as exc:  # the watcher must survive anything a folder can do
-                failure = clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
-                if failure != self._scan_failure:  # the same failure again is not news
-                    self._scan_failure = failure
-                    log.exception("scanning the DAGs folder failed")
+            self.scan()
+            self.liveness.beat()
 
     def scan(self) -> bool:
         """Re-read what changed; returns whether the loaded set or the errors changed."""

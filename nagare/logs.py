@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from nagare.engine.assignment import size_text
@@ -89,20 +89,45 @@ class AttemptLog:
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._lock = threading.Lock()
         self._header = ""  # see note_before_output
+        self.failed: OSError | None = None  # the write that failed (then nothing more is written)
 
     def on_line(self, stream: str, line: str) -> None:
+        """Write a line through. A write that fails (a full disk: ENOSPC) never raises: the
+        log stops being written, `failed` holds the error, and the tail is still kept."""
         with self._lock:
-            if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-                if self._header:
-                    self._file.write(self._header + "\n")
-                    self._tail.append(self._header)
-            self._file.write(line + "\n")
-            self._file.flush()
+            written = self._try(self._write, line)
             self._tail.append(line)
-            if stream == "stdout" and self._capture_stdout:
-                self._capture(line)
+            if written and stream == "stdout" and self._capture_stdout:
+                self._try(self._capture, line)
         self._hub.notify(self.key)
+
+    def _try(self, write: Callable[[str], None], line: str) -> bool:
+        if self.failed is not None:
+            return False
+        try:
+            write(line)
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def _write(self, line: str) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            if self._header:
+                self._file.write(self._header + "\n")
+                self._tail.append(self._header)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def _fail(self, exc: OSError) -> None:
+        """Stop writing (the files are closed; what they could not take is dropped)."""
+        self.failed = exc
+        for handle in (self._file, self._stdout):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self._file = self._stdout = None
 
     def pid_record(self, pid: int, start_time: float) -> str:
         """The pids-file line of this attempt's process (see `append_pid_records`)."""
@@ -159,10 +184,13 @@ class AttemptLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-            if self._stdout is not None:
-                self._stdout.close()
+            for handle in (self._file, self._stdout):
+                if handle is not None:
+                    try:
+                        handle.close()
+                    except OSError as exc:  # the last buffered bytes did not fit
+                        self.failed = self.failed or exc
+            self._file = self._stdout = None
         self._hub.closed(self.key)
 
 

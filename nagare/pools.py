@@ -21,16 +21,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms
 from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
+from nagare.liveness import DistinctErrors, Heartbeat, short_error
 from nagare.logs import AttemptLog, LogFiles, append_pid_records
 from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
-from nagare.store import Clock
+from nagare.store import Clock, StorageFull
 
 log = logging.getLogger("nagare.pools")
 IDLE_WAIT_SECONDS = 5.0  # a pool with free slots looks for queued tasks at least this often
@@ -40,6 +41,9 @@ KILL_RECORD_SECONDS = 3.0  # on shutdown, how long the killed attempts may take 
 # this many attempts, or this long after the first of them ended
 SETTLE_BATCH = 64
 SETTLE_DELAY_SECONDS = 0.02
+RECORD_RETRY_SECONDS = 1.0  # ended attempts the database did not take are tried again this often
+# an attempt whose log cannot be written (a full disk) is killed and fails with this reason
+LOG_WRITE_FAILED = "cannot write the task's log"
 
 
 @dataclass(eq=False)
@@ -52,10 +56,14 @@ class _Attempt:
     log: AttemptLog | None = None
     handle: AttemptHandle | None = None  # set once started (under the pools' lock)
     cancel_reason: str = ""  # why it was killed, if it was (under the pools' lock)
+    log_failure: str = ""  # its log could not be written: the attempt fails with this
 
     def line(self, stream: str, text: str) -> None:
         assert self.log is not None
         self.log.on_line(stream, text)
+        if self.log.failed is not None and not self.log_failure:
+            self.log_failure = f"{LOG_WRITE_FAILED}: {self.log.failed}"
+            self.pools.cancel(self.claim.task.id, self.log_failure)
         sink = self.pools.line_sink
         if sink is not None:
             sink(self.claim.task.task_id, stream, text)
@@ -161,6 +169,13 @@ class WorkerPools:
         self._ended: list[tuple[_Attempt, Outcome]] = []
         self._pid_records: dict[str, list[str]] = {}  # run log folder -> records to append
         self._recorded: list[tuple[_Attempt, AttemptFinish]] = []  # ended, to record next turn
+        # ended attempts whose recording failed (a full database): kept, their slots still
+        # busy, and recorded again on a later turn (from `_retry_at` on) — nothing is lost
+        self._unrecorded: list[tuple[_Attempt, AttemptFinish]] = []
+        self._retry_at = 0.0
+        self._record_error = ""
+        self._errors = DistinctErrors()  # what was logged already (each distinct error once)
+        self.liveness = Heartbeat("dispatcher", IDLE_WAIT_SECONDS)
         self.settling = _Unsettled()  # which ended attempts wait for a batch, and how long
         self._recheck_at = 0.0
         self._accepting = True
@@ -287,7 +302,10 @@ class WorkerPools:
             with self._lock:
                 self._hot.update(p for p, size in self.sizes.items() if size > 0)
         ended, self._recorded = self._recorded, []
-        for claim in self._record_and_claim(ended):
+        if self._unrecorded and now >= self._retry_at:
+            ended, self._unrecorded = self._unrecorded + ended, []
+        claims, ended = self._record_and_claim(ended, now)
+        for claim in claims:
             self._begin(claim)
         self._write_pid_records()
         for attempt, finish in ended:
@@ -304,13 +322,25 @@ class WorkerPools:
         ):
             self.on_finished(unsettled.take())
         if self._recorded:
+            self._beat()
             return True
         with self._lock:
             if not self._accepting and not self._running:
                 return False
+        self._beat()
         wait = min(max_wait, self._recheck_at - time.monotonic())
+        if self._unrecorded:
+            wait = min(wait, self._retry_at - time.monotonic())
         self._recorded = self._wait(max(0.0, wait))
         return True
+
+    def _beat(self) -> None:
+        """A turn's work is done (before it waits: the wait is at most IDLE_WAIT_SECONDS);
+        failing while the dispatcher holds attempts it cannot record."""
+        error = ""
+        if self._unrecorded:
+            error = f"cannot record {len(self._unrecorded)} ended attempt(s): {self._record_error}"
+        self.liveness.beat(error)
 
     def _slot_free(self) -> bool:
         """Whether a local slot is free: its pool has no queued task left, so settling a run
@@ -328,21 +358,30 @@ class WorkerPools:
             free = {pool: self.sizes[pool] - self._busy[pool] + freed[pool] for pool in self._hot}
         return {pool: n for pool, n in free.items() if n > 0}
 
-    def _record_and_claim(self, ended: list[tuple[_Attempt, AttemptFinish]]) -> list[Claim]:
+    def _record_and_claim(
+        self, ended: list[tuple[_Attempt, AttemptFinish]], now: float
+    ) -> tuple[list[Claim], list[tuple[_Attempt, AttemptFinish]]]:
         """Record the attempts that ended and claim tasks for the free slots: one transaction
-        for all of them (slots that finish together share one commit)."""
+        for all of them (slots that finish together share one commit). Returns the claims and
+        the attempts recorded; the others are kept for a later turn and keep their slots."""
         wants = self._free_slots(ended)
         if not ended and not wants:
-            return []
+            return [], []
         try:
             claims = self.store.tasks.finish_and_claim(
                 [f for _, f in ended], wants, "local", self.clock
             )
-        except Exception:
-            log.exception("recording %d attempts and claiming tasks failed", len(ended))
+        except Exception as exc:
+            self._log_once(exc, "recording %d attempts and claiming tasks failed", len(ended))
             claims = []
-            for attempt, finish in ended:  # record each alone: one bad row spoils no other
-                self._record_alone(attempt, finish)
+            kept = [e for e in ended if not self._record_alone(*e)]  # one bad row spoils no other
+            if kept:
+                self._unrecorded.extend(kept)
+                self._retry_at = now + RECORD_RETRY_SECONDS
+                ended = [e for e in ended if e not in kept]
+        else:
+            if not self._unrecorded and self._errors.clear():
+                log.info("the dispatcher's writes work again")
         got = {pool: 0 for pool in wants}
         for claim in claims:
             got[claim.task.pool] = got.get(claim.task.pool, 0) + 1
@@ -353,18 +392,39 @@ class WorkerPools:
                 self._busy[attempt.pool] -= 1
             if ended:
                 self._idle.notify_all()
-        return claims
+        return claims, ended
 
-    def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> None:
+    def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> bool:
+        """Record one ended attempt; False when the database is full: it is kept and tried
+        again. Any other failure is logged and the attempt dropped (a row that can never be
+        written must not hold its slot for good; the next start's recovery closes it)."""
         try:
             self.store.tasks.finish_attempt(finish)
-        except Exception:
-            log.exception(
+        except StorageFull as exc:
+            self._record_error = short_error(exc)
+            self._log_once(
+                exc,
+                "recording task %s of run %s failed; kept until the database takes it",
+                attempt.claim.task.task_id,
+                attempt.claim.task.run_id,
+                extra=_context(attempt.claim),
+            )
+            return False
+        except Exception as exc:
+            self._log_once(
+                exc,
                 "recording task %s of run %s failed",
                 attempt.claim.task.task_id,
                 attempt.claim.task.run_id,
                 extra=_context(attempt.claim),
             )
+        return True
+
+    def _log_once(self, exc: Exception, message: str, *args: object, **kw: Any) -> None:
+        """Log an error with its traceback the first time it is seen, then no more (a full
+        disk fails every turn)."""
+        if self._errors.first(short_error(exc)):
+            log.error(message + ": %s", *args, short_error(exc), exc_info=exc, **kw)
 
     def _wait(self, timeout: float) -> list[tuple[_Attempt, AttemptFinish]]:
         """Block until attempts end, tasks are queued, or `timeout`; the attempts that ended."""
@@ -372,7 +432,15 @@ class WorkerPools:
             hurry = self._accepting and bool(self._hot_free())
         self.reactor.run_once(0.0 if hurry or self._ended else timeout)
         ended, self._ended = self._ended, []
-        return [(attempt, self._conclude(attempt, outcome)) for attempt, outcome in ended]
+        return [self._concluded(attempt, outcome) for attempt, outcome in ended]
+
+    def _concluded(self, attempt: _Attempt, outcome: Outcome) -> tuple[_Attempt, AttemptFinish]:
+        try:
+            return attempt, self._conclude(attempt, outcome)
+        except Exception as exc:  # never lose an ended attempt: it is recorded as failed
+            log.exception("concluding task %s failed", attempt.claim.task.task_id)
+            failed = Outcome(exit_code=None, error=f"internal error: {short_error(exc)}")
+            return attempt, attempt_finish(attempt.claim, failed, self.clock())
 
     def _hot_free(self) -> list[str]:
         return [p for p in self._hot if self.sizes[p] > self._busy[p]]
@@ -436,9 +504,12 @@ class WorkerPools:
             return Outcome(exit_code=None, error=problem)
         if user != assignment.run_as:
             assignment = replace(assignment, run_as=user)
-        attempt.log = self.logs.open_attempt(
-            run.run_id, task.id, claim.attempt, assignment.capture_stdout
-        )
+        try:
+            attempt.log = self.logs.open_attempt(
+                run.run_id, task.id, claim.attempt, assignment.capture_stdout
+            )
+        except OSError as exc:  # its run's log folder cannot be made (a full disk)
+            return Outcome(exit_code=None, error=f"{LOG_WRITE_FAILED}: {exc}")
         handle = self.executor_for(definition).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
@@ -454,12 +525,16 @@ class WorkerPools:
             try:
                 append_pid_records(folder, lines)
             except OSError as exc:
-                log.error("cannot record task process ids in %s: %s", folder, exc)
+                if self._errors.first(short_error(exc)):
+                    log.error("cannot record task process ids in %s: %s", folder, exc)
 
     def _conclude(self, attempt: _Attempt, outcome: Outcome) -> AttemptFinish:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
         with self._lock:
             reason = attempt.cancel_reason
+        if attempt.log_failure and reason == attempt.log_failure:  # killed for it: it failed
+            outcome = replace(outcome, exit_code=None, cancelled=False, error=reason)
+            reason = ""
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         try:

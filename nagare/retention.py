@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
+from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.store import OldRun
 
@@ -23,6 +25,7 @@ log = logging.getLogger("nagare.retention")
 DAY_MS = 86_400_000
 SWEEP_SECONDS = 600.0  # between passes when there is nothing left to delete
 BACKLOG_SECONDS = 1.0  # between passes while old runs remain
+BEAT_SECONDS = 5.0  # while waiting for the next sweep, the loop beats this often
 FIRST_PASS_SECONDS = 30.0  # after start: leave the start-up to the scheduler and pools
 BATCH_RUNS = 100
 
@@ -81,16 +84,26 @@ class RetentionSweep:
         self.interval = interval
         self.batch = batch
         self.first_pass = first_pass
+        self.liveness = Heartbeat("retention", BEAT_SECONDS)
 
     def run(self, stop: threading.Event) -> None:
+        """A sweep after `first_pass`, then every `interval` (while a backlog remains, every
+        BACKLOG_SECONDS); it beats at least every BEAT_SECONDS meanwhile (an exception ends
+        it: app logs it, backs off and runs it again)."""
         wait = self.first_pass
-        while not stop.wait(wait):
-            try:
-                removed = self.sweep_once(self.clock())
-            except Exception:
-                log.exception("retention sweep failed; trying again later")
-                removed = Removed()
+        while self._wait(stop, wait):
+            removed = self.sweep_once(self.clock())
+            self.liveness.beat()
             wait = BACKLOG_SECONDS if removed.runs >= self.batch else self.interval
+
+    def _wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait `seconds`, beating on the way; False once `stop` is set."""
+        due = time.monotonic() + seconds
+        while not stop.wait(max(0.0, min(BEAT_SECONDS, due - time.monotonic()))):
+            self.liveness.beat()
+            if time.monotonic() >= due:
+                return True
+        return False
 
     def sweep_once(self, now: int) -> Removed:
         """One bounded pass: delete at most `batch` runs finished before the cutoff."""

@@ -20,6 +20,7 @@ from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import parse_map_items
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
+from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.models import (
     DagDef,
@@ -184,6 +185,7 @@ class Scheduler:
         self._retry_known = False
         # one pass at a time: the scheduler thread's, or a caller's of `settle_finished`
         self._pass_lock = threading.Lock()
+        self.liveness = Heartbeat("scheduler", SWEEP_SECONDS)  # a pass at least this often
 
     # ------------------------------------------------------------ waking
 
@@ -252,13 +254,10 @@ class Scheduler:
         """The scheduler loop; once `stop` is set (after the pools stopped), it settles the runs
         of the tasks that ended in the last moments (no schedules fire, nothing is announced),
         so nothing is left for the next start to discover."""
-        while not stop.is_set():
-            try:
-                with self._pass_lock:
-                    delay = self.tick(self.clock())
-            except Exception:
-                log.exception("scheduler pass failed; retrying shortly")
-                delay = 1.0
+        while not stop.is_set():  # an exception ends it: app logs it, backs off and runs it again
+            with self._pass_lock:
+                delay = self.tick(self.clock())
+            self.liveness.beat()
             with self._cond:
                 if not self._dirty and not self._schedules_changed and not stop.is_set():
                     self._cond.wait(max(0.0, delay))

@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "nagare.settings": L1,  # generated from config.OPTIONS (tests/generate_settings.py)
     "nagare.prometheus": L1,
     "nagare.server_log": L1,
+    "nagare.liveness": L1,  # heartbeats of the loops and the health decision
     "nagare.cluster": L1,  # the package's __init__ only: its modules have layers of their own
     "nagare.cluster.protocol": L1,
     # L2: I/O seams

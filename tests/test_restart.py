@@ -275,6 +275,7 @@ def forget_recent_slots(root: Path, ms: int) -> int:
     import sqlite3
 
     with sqlite3.connect(root / "nagare.db") as conn:
+        conn.execute("PRAGMA foreign_keys=ON")  # their task instances and attempts go too
         (last,) = conn.execute("SELECT max(last_slot) FROM dag_state").fetchone()
         cutoff = last - ms
         conn.execute("DELETE FROM runs WHERE execution_date > ?", (cutoff,))

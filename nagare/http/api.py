@@ -14,10 +14,18 @@ from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key, check_token
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
-from nagare.http.serialize import attempt_json, dag_json, pool_json, run_json, task_json
+from nagare.http.serialize import (
+    attempt_json,
+    dag_json,
+    loop_json,
+    pool_json,
+    run_json,
+    task_json,
+)
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
 from nagare.http.static import StaticFiles
+from nagare.liveness import Health
 from nagare.logs import LogFiles
 from nagare.metrics import PoolInfo
 from nagare.models import Attempt, Run, RunStatus, TaskInstance, Trigger
@@ -86,6 +94,7 @@ class Services:
     settings: ApiSettings
     pools: Callable[[], list[PoolInfo]]
     stopping: threading.Event
+    health: Callable[[], Health] = lambda: Health(True, {})  # how the background loops are
 
 
 class Api:
@@ -186,7 +195,8 @@ class Api:
                 "GET",
                 "/api/health",
                 self.health,
-                "Liveness and version",
+                "Liveness: 200 when every background loop makes progress, else 503 naming "
+                "the loops that failed, stalled or stopped",
                 auth="open",
                 tags=("system",),
             ),
@@ -317,8 +327,14 @@ class Api:
 
     # ------------------------------------------------------------ system
 
-    def health(self, request: Request) -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+    def health(self, request: Request) -> Response:
+        health = self.s.health()
+        body = {
+            "status": "ok" if health.ok else "degraded",
+            "version": __version__,
+            "components": {name: loop_json(loop) for name, loop in health.loops.items()},
+        }
+        return json_response(body, 200 if health.ok else 503)
 
     def openapi(self, request: Request) -> dict[str, Any]:
         if self._openapi is None:

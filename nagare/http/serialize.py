@@ -9,6 +9,7 @@ from typing import Any
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import describe, parse_schedule
+from nagare.liveness import LoopHealth
 from nagare.metrics import (
     DagMetrics,
     Overview,
@@ -151,6 +152,20 @@ def dag_json(
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
     }
+
+
+# ---------------------------------------------------------------- health
+
+
+def loop_json(loop: LoopHealth) -> dict[str, Any]:
+    """One background loop in `/api/health`: small, no traceback, no secret."""
+    body: dict[str, Any] = {
+        "status": str(loop.status),
+        "last_progress_seconds": loop.last_progress_seconds,
+    }
+    if loop.error:
+        body["error"] = loop.error
+    return body
 
 
 # ---------------------------------------------------------------- pools and workers

@@ -10,7 +10,7 @@ declares a Protocol of the parts and methods it calls.
 from __future__ import annotations
 
 from nagare.store.dags import DagStore
-from nagare.store.db import Database, DatabaseError
+from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
 from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
@@ -35,6 +35,7 @@ __all__ = [
     "OldRun",
     "RunFilter",
     "Stats",
+    "StorageFull",
     "Store",
     "WorkerRecord",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from nagare.errors import NagareError
+from nagare.liveness import Heartbeat
 from nagare.store.schema import MIGRATIONS
 
 log = logging.getLogger("nagare.store")
@@ -20,10 +21,18 @@ READERS = 8  # reader connections at most; a thread that finds them all lent out
 # automatic checkpoint stays as a safety net for a WAL this many pages long.
 CHECKPOINT_EVERY_COMMITS = 32
 WRITER_AUTOCHECKPOINT_PAGES = 8000
+BEAT_SECONDS = 5.0  # the checkpoint loop shows it is alive at least this often
 
 
 class DatabaseError(NagareError):
     code = "database_error"
+
+
+class StorageFull(DatabaseError):
+    """A write did not fit (a full disk): nothing of it was stored; later writes may fit."""
+
+    code = "storage_full"
+    status = 507
 
 
 class Database:
@@ -86,16 +95,25 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One short IMMEDIATE transaction on the writer connection."""
+        """One short IMMEDIATE transaction on the writer connection. A write that does not fit
+        (SQLITE_FULL: the disk, or the file's size limit) is rolled back whole — SQLite's
+        journal keeps the file intact — and raised as `StorageFull`; the next write tries
+        again, so the server works again as soon as there is room."""
         with self._lock:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may have rolled back already
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise StorageFull(f"the database cannot be written: {exc}") from None
                 raise
-            conn.execute("COMMIT")
             if self.checkpointer is not None:  # counted from the end of the migrations
                 self._commits += 1
                 if self._commits >= CHECKPOINT_EVERY_COMMITS:
@@ -172,6 +190,7 @@ class Checkpointer:
         self._closing = threading.Event()
         self._starter: Callable[[], None] | None = None
         self._start_lock = threading.Lock()
+        self.liveness = Heartbeat("checkpoint", BEAT_SECONDS)
 
     def start_with(self, starter: Callable[[], None]) -> None:
         """How to start the loop (`app` runs `run` in a thread of its own) when first needed."""
@@ -193,7 +212,10 @@ class Checkpointer:
         conn: sqlite3.Connection | None = None  # opened at the first request: an idle server
         try:  # never pays for a connection it does not use
             while not stop.is_set() and not self._closing.is_set():
-                self._due.wait()
+                due = self._due.wait(BEAT_SECONDS)
+                self.liveness.beat()
+                if not due:  # no checkpoint due: only a beat
+                    continue
                 self._due.clear()
                 if stop.is_set() or self._closing.is_set():
                     return
