@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import http, pythonpath_env, wait_for
 
+from nagare.app import Supervisor
 from nagare.dag_folder import MAX_ERROR_CHARS, DagFolder
 from nagare.dagfile import MAX_DEPTH, MAX_NODES, DagError, load_dag_file, parse_dag
 from nagare.models import DagDef
@@ -349,7 +350,8 @@ def test_an_unreadable_folder_is_logged_once(
 def test_the_same_scan_failure_is_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The watcher survives a failing callback and logs the same failure once, not per scan."""
+    """The watcher (under the app's supervisor, as a server runs it) survives a failing
+    callback and logs the same failure once, not per scan."""
 
     def failing_callback() -> None:
         raise RuntimeError("the callback failed")
@@ -358,7 +360,8 @@ def test_the_same_scan_failure_is_logged_once(
     dags.mkdir()
     folder = DagFolder(str(dags), on_change=failing_callback)
     stop = threading.Event()
-    watcher = threading.Thread(target=folder.run, args=(stop,))
+    supervisor = Supervisor("dag-folder", folder.run, stop, None, ending=stop)
+    watcher = threading.Thread(target=supervisor.run)
     watcher.start()
     try:
         for i in range(3):  # each new file is a change, and the callback fails again
@@ -367,8 +370,8 @@ def test_the_same_scan_failure_is_logged_once(
     finally:
         stop.set()
         watcher.join(5)
-    failures = [r for r in caplog.records if "scanning the DAGs folder failed" in r.getMessage()]
-    assert len(failures) == 1
+    failures = [r for r in caplog.records if "the dag-folder loop failed" in r.getMessage()]
+    assert len(failures) == 1 and "the callback failed" in failures[0].getMessage()
 
 
 def test_an_unchanged_folder_is_not_read_again(tmp_path: Path) -> None:
