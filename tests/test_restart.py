@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from conftest import http, pythonpath_env, wait_for
 
 
@@ -112,6 +113,8 @@ def alive(pid: int) -> bool:
 
 
 def test_kill_9_then_restart_reconciles_and_kills_orphans(tmp_path: Path) -> None:
+    """The guardian normally kills a crashed server's tasks at once (tests/test_supervision.py);
+    here it is killed first, so the next start must find and kill the orphans itself."""
     server = ServerProcess(tmp_path)
     child_pid = tmp_path / "child.pid"
     server.dag(
@@ -146,8 +149,14 @@ def test_kill_9_then_restart_reconciles_and_kills_orphans(tmp_path: Path) -> Non
             5,
             message="no_retry to run",
         )
+        assert server.proc is not None
+        guardians = [
+            child for child in psutil.Process(server.proc.pid).children() if "-S" in child.cmdline()
+        ]
+        assert len(guardians) == 1, "the server started its guardian with its first task"
+        guardians[0].kill()
         server.signal(signal.SIGKILL)
-        assert alive(orphan), "the task's process outlives a kill -9 of the server"
+        assert alive(orphan), "without its guardian the task's process outlives a kill -9"
         server.start()
         wait_for(lambda: not alive(orphan), 5, message="the orphaned process group to be killed")
         run = server.wait_run(run_id)
