@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import time
 
-import psutil
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss(pid: int) -> int:
-    """The sum of each member's peak resident memory (VmHWM) over a process tree, in bytes."""
+    """The sum of each member's peak resident memory (VmHWM) over a process tree, in bytes.
+    psutil is loaded at the first call (when a task ends): an idle server never loads it."""
+    import psutil
+
     try:
         root = psutil.Process(pid)
         pids = [pid, *(child.pid for child in root.children(recursive=True))]
