@@ -4,9 +4,9 @@ ones beyond the cap.
 Every accepted connection takes a slot. Under `max_connections` it is served at once (a thread
 of its own). Beyond it, the connection waits in the gate (one thread, one selector, no thread
 per connection) until its request line arrives, for at most `GATE_SECONDS`: a request for a
-reserved path (`/api/health`, the dashboard's pages, the cluster protocol) then takes one of
-the `reserved_connections` slots and is served; anything else, a request line that does not
-arrive in time, or a full reserve gets a JSON `503` with `Retry-After` and is closed. The
+reserved path (`/api/health`, `/metrics`, the dashboard's pages, the cluster protocol) then
+takes one of the `reserved_connections` slots and is served; anything else, a request line that
+does not arrive in time, or a full reserve gets a JSON `503` with `Retry-After` and is closed. The
 decisions are the pure functions at the top; the gate is the only I/O here.
 """
 
