@@ -95,7 +95,8 @@ def _trigger_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=_key_value,
         metavar="KEY=VALUE",
-        help="a run parameter (env var of every task); repeatable; wins over --conf",
+        help="a run parameter (env var of every task; a DAG with params: converts it to the "
+        "declared type); repeatable; wins over --conf",
     )
     parser.add_argument(
         "--conf",
