@@ -90,7 +90,7 @@ def test_every_bad_parameter_is_named_at_once() -> None:
         "filters, ratio, tables)",
         "batch_size": "expected an integer from 1 to 10000, found the number 0",
         "mode": 'expected one of "full", "incremental", found the string "fulll"',
-        "dry_run": "expected true or false, found the string \"yes\"",
+        "dry_run": 'expected true or false, found the string "yes"',
         "since": "required, not given (expected a string matching ^\\d{4}-\\d{2}-\\d{2}$)",
         "filters": "expected a JSON object, found the array []",
         "ratio": "expected a number from 0 to 1, found the number 2",
@@ -164,8 +164,9 @@ def test_integers_round_trip_through_their_text(value: int) -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda inner: st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
         max_leaves=5,
     )
 )
@@ -174,9 +175,7 @@ def test_any_json_value_is_accepted_by_exactly_its_type(value: Any) -> None:
     if value is None:
         return
     accepted = {
-        kind
-        for kind in ParamType
-        if check_value(ParamDef("p", kind), value, "json")[1] == ""
+        kind for kind in ParamType if check_value(ParamDef("p", kind), value, "json")[1] == ""
     }
     if isinstance(value, bool):
         assert accepted == {ParamType.BOOLEAN}

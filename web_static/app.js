@@ -304,7 +304,7 @@ function paramText(p) {
   if (!("default" in p) || p.default === null) return p.type === "boolean" ? false : "";
   if (p.type === "boolean") return p.default === true;
   if (p.enum) return String(p.enum.findIndex((v) => JSON.stringify(v) === JSON.stringify(p.default)));
-  if (p.type === "object" || p.type === "array") return JSON.stringify(p.default, null, 1).replace(/\n\s*/g, " ");
+  if (p.type === "object" || p.type === "array") return JSON.stringify(p.default);
   return String(p.default);
 }
 
@@ -336,7 +336,7 @@ function ParamField({ p, value, error, onChange }) {
       ${!("default" in p) && html`<option value="">(choose)</option>`}
       ${p.enum.map((v, i) => html`<option value=${String(i)}>${typeof v === "string" ? v : JSON.stringify(v)}</option>`)}</select>`;
   } else if (p.type === "object" || p.type === "array") {
-    input = html`<textarea ...${common} rows="2" spellcheck="false" placeholder=${p.type === "object" ? "{}" : "[]"} value=${value} onInput=${(e) => onChange(e.target.value)}></textarea>`;
+    input = html`<textarea ...${common} rows="2" spellcheck=${false} placeholder=${p.type === "object" ? "{}" : "[]"} value=${value} onInput=${(e) => onChange(e.target.value)}></textarea>`;
   } else if (p.type === "integer" || p.type === "number") {
     input = html`<input type="number" inputmode=${p.type === "integer" ? "numeric" : "decimal"} step=${p.type === "integer" ? "1" : "any"} min=${p.minimum} max=${p.maximum} ...${common} value=${value} onInput=${(e) => onChange(e.target.value)} />`;
   } else {
