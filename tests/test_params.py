@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, Nagare, pythonpath_env, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, Nagare, pythonpath_env, wait_for
 from nagare.dagfile import parse_dag
 from nagare.engine.params import check_value, from_text, resolve_params, run_values
 from nagare.errors import InvalidParams
@@ -330,7 +330,7 @@ def test_a_schedule_needs_defaults_and_a_webhook_extracts_declared_names() -> No
         "you mean 'region'?; with params: declared, the extracted values are the run's "
         "parameters",
     ]
-    dag, errors = parse("id: p\nparams: [a]\ntasks: [{id: t, command: x}]\n")
+    _, errors = parse("id: p\nparams: [a]\ntasks: [{id: t, command: x}]\n")
     assert errors == [
         "p.yaml:2: params: expected a mapping of NAME: default or NAME: {type: ..., default: "
         "...}, found a list"
@@ -362,7 +362,9 @@ params:
 tasks:
   - id: show
     env: {TASK: task}
-    command: 'echo "region=$region batch=$batch_size mode=$mode since=$since tables=$tables keep=$KEEP"'
+    command: >-
+      echo "region=$region batch=$batch_size mode=$mode since=$since
+      tables=$tables keep=$KEEP"
 """
 
 
@@ -473,7 +475,10 @@ def test_trigger_dag_checks_the_targets_params(nagare_factory: NagareFactory) ->
             id: caller
             params: {since: {type: string, default: "2026-03-04"}, other: x}
             tasks:
-              - {id: explicit, type: trigger_dag, dag_id: typed, params: {batch_size: 9, since: "2026-05-06"}}
+              - id: explicit
+                type: trigger_dag
+                dag_id: typed
+                params: {batch_size: 9, since: "2026-05-06"}
               - {id: inherited, type: trigger_dag, dag_id: typed}
               - {id: bad, type: trigger_dag, dag_id: typed, params: {batch_size: 0}}
             """,

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ui import browser, expect, ui  # noqa: F401  (fixtures)
-
+import test_ui
 from conftest import ROOT
+from test_ui import expect
+
+browser = test_ui.browser  # the fixtures of the browser tests
+ui = test_ui.ui
 
 AXE_PATHS = (
     "/usr/lib/node_modules/axe-core/axe.min.js",
@@ -46,7 +49,8 @@ def axe_violations(page: Any, script: str | None) -> list[str]:
     found = page.evaluate(
         """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
             .filter((v) => v.impact === "critical" || v.impact === "serious")
-            .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
+            .map((v) => `${v.id}: ${v.help} `
+                + `(${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
     )
     return list(found)
 
