@@ -431,7 +431,9 @@ def run_details(run: dict[str, Any]) -> str:
     if run.get("task_counts"):
         counts = ", ".join(f"{n} {s}" for s, n in sorted(run["task_counts"].items()))
         fields.append(("Tasks", counts))
-    if run.get("conf"):
+    if run.get("params"):
+        fields.append(("Params", json.dumps(run["params"], ensure_ascii=False)))
+    elif run.get("conf"):
         fields.append(("Conf", json.dumps(run["conf"], ensure_ascii=False)))
     return "\n".join(f"{name + ':':<11}{value}" for name, value in fields)
 

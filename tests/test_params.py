@@ -567,3 +567,35 @@ def test_the_dags_example_runs_with_typed_cli_values(tmp_path: Path) -> None:
         '  mode: expected one of "full", "incremental", found the string "all"',
         "  since: required, not given (expected a string matching ^\\d{4}-\\d{2}-\\d{2}$)",
     ]
+
+
+def test_the_trigger_command_converts_p_values_through_the_server(
+    nagare_factory: NagareFactory,
+) -> None:
+    nagare = nagare_factory(dags={"typed.yaml": PARAMS_DAG})
+
+    def trigger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nagare", "trigger", "typed", *args, "--api", nagare.url],
+            env=pythonpath_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    result = trigger("-p", "batch_size=10", "-p", "since=2026-01-02", "-p", 'tables=["x"]')
+    assert result.returncode == 0, result.stderr
+    (run,) = nagare.get("/api/runs")["data"]
+    assert (run["params"]["batch_size"], run["params"]["tables"]) == (10, ["x"])
+    shown = subprocess.run(
+        [sys.executable, "-m", "nagare", "run", run["run_id"], "--api", nagare.url],
+        env=pythonpath_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert 'Params:    {"region": "eu", "batch_size": 10' in shown.stdout, shown
+    result = trigger("-p", "batch_size=ten")
+    assert result.returncode == 1
+    assert "batch_size: expected an integer from 1 to 10000, found 'ten'" in result.stderr
+    assert "since: required, not given" in result.stderr
