@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from nagare.dagfile import parse_dag
 from nagare.engine.params import check_value, from_text, resolve_params, run_values
 from nagare.errors import InvalidParams
-from nagare.models import DagDef, ParamDef, ParamType
+from nagare.models import DagDef, ParamDef, ParamType, Trigger
 
 NagareFactory = Callable[..., Nagare]
 
@@ -599,3 +599,37 @@ def test_the_trigger_command_converts_p_values_through_the_server(
     assert result.returncode == 1
     assert "batch_size: expected an integer from 1 to 10000, found 'ten'" in result.stderr
     assert "since: required, not given" in result.stderr
+
+
+def test_a_database_of_the_previous_release_upgrades_and_its_runs_have_empty_params(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from nagare.store import Store
+    from nagare.store.schema import MIGRATIONS
+
+    mine = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN params" in m)
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:mine]:
+        conn.executescript(script)
+    conn.execute(f"PRAGMA user_version={mine}")
+    conn.execute(
+        "INSERT INTO runs(run_id, dag_id, status, trigger, execution_date, conf, dag_version, "
+        "killed, created_at) VALUES ('old', 'd', 'success', 'manual', 1, ?, '', 0, 1)",
+        ('{"K": "v"}',),
+    )
+    conn.commit()
+    conn.close()
+    store = Store(str(path))
+    try:
+        assert store.db.schema_version == len(MIGRATIONS)
+        run = store.runs.get("old")
+        assert run is not None and (run.conf, run.params) == ({"K": "v"}, {})
+        dag = DagDef("d", (), params=DECLARED)
+        new = store.runs.start(dag, Trigger.MANUAL, 5, {"since": "x"}, 5, {"since": "x", "n": 1})
+        assert new is not None
+        assert store.runs.get(new.run_id).params == {"since": "x", "n": 1}  # type: ignore[union-attr]
+    finally:
+        store.close()
