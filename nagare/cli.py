@@ -16,7 +16,7 @@ from nagare import __version__
 from nagare.config import OPTIONS, Config, load_config
 from nagare.dagfile import load_dag_file
 from nagare.engine.assignment import run_as_errors
-from nagare.errors import ConfigError, NagareError
+from nagare.errors import ConfigError, InvalidParams, NagareError
 from nagare.models import DagDef
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
@@ -32,6 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(namespace.func(namespace))
+    except InvalidParams as err:
+        if not err.details:
+            print(f"error: {err.message}", file=sys.stderr)
+            return 2
+        print(f"error: {err.message.split(': ', 1)[0]}:", file=sys.stderr)
+        for param, message in err.details:
+            print(f"  {param}: {message}", file=sys.stderr)
+        return 2
     except (NagareError, ConfigError) as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 2
@@ -65,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a run parameter (env var of every task); repeatable",
+        help="a run parameter (env var of every task), converted to the type the DAG's "
+        "params: declare (JSON text for object and array); repeatable",
     )
     run.add_argument("--db", help="record the run in this database (default: a temporary one)")
     run.add_argument("--dags", help="DAGs folder for a DAG id (default: dags)")

@@ -95,7 +95,8 @@ def _trigger_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=_key_value,
         metavar="KEY=VALUE",
-        help="a run parameter (env var of every task); repeatable; wins over --conf",
+        help="a run parameter (env var of every task; a DAG with params: converts it to the "
+        "declared type); repeatable; wins over --conf",
     )
     parser.add_argument(
         "--conf",
@@ -430,7 +431,9 @@ def run_details(run: dict[str, Any]) -> str:
     if run.get("task_counts"):
         counts = ", ".join(f"{n} {s}" for s, n in sorted(run["task_counts"].items()))
         fields.append(("Tasks", counts))
-    if run.get("conf"):
+    if run.get("params"):
+        fields.append(("Params", json.dumps(run["params"], ensure_ascii=False)))
+    elif run.get("conf"):
         fields.append(("Conf", json.dumps(run["conf"], ensure_ascii=False)))
     return "\n".join(f"{name + ':':<11}{value}" for name, value in fields)
 

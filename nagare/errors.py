@@ -53,6 +53,16 @@ class Unprocessable(NagareError):
     status = 422
 
 
+class InvalidParams(Unprocessable):
+    """A run's parameters do not match the DAG's `params:`; `details` names every bad one."""
+
+    code = "invalid_params"
+
+    def __init__(self, message: str, details: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class ConfigError(NagareError):
     """A bad option value in nagare.yaml, the environment or the command line."""
 

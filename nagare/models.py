@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class TaskType(StrEnum):
@@ -118,6 +118,15 @@ class Trigger(StrEnum):
 SLOT_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL})
 
 
+class ParamType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    OBJECT = "object"
+    ARRAY = "array"
+
+
 class ExecutorType(StrEnum):
     LOCAL = "local"
     DOCKER = "docker"
@@ -131,6 +140,23 @@ class Resources:
     cpus: str = ""
     memory: str = ""
     gpus: str = ""
+
+
+@dataclass(frozen=True)
+class ParamDef:
+    """One declared run parameter (`params:` of a DAG file). `default` is a JSON value; a
+    parameter is required when it has no default, unless the file says `required: false`."""
+
+    name: str
+    type: ParamType = ParamType.STRING
+    default: Any = None
+    has_default: bool = False
+    required: bool = True
+    enum: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    pattern: str = ""
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +188,7 @@ class TaskDef:
     volumes: tuple[str, ...] = ()
     resources: Resources | None = None
     run_as: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # trigger_dag: the target's parameters
     line: int = 0
 
     @property
@@ -180,6 +207,7 @@ class DagDef:
     env: dict[str, str] = field(default_factory=dict)
     trigger: TriggerDef | None = None
     file: str = ""
+    params: tuple[ParamDef, ...] = ()
 
     @property
     def is_scheduled(self) -> bool:
@@ -257,6 +285,9 @@ class Run:
     dag_version: str = ""
     killed: bool = False
     task_counts: dict[str, int] = field(default_factory=dict)
+    # the resolved run parameters of a DAG with `params:` (defaults filled in, typed; `conf`
+    # holds their environment form); empty for a DAG without, whose values are only in `conf`
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

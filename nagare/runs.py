@@ -17,6 +17,7 @@ from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
+from nagare.engine.params import Source, run_values
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
@@ -90,7 +91,13 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def mark_killed(self, run_id: str) -> bool: ...
 
         def start(
-            self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+            self,
+            dag: DagDef,
+            trigger: Trigger,
+            execution_date: int,
+            conf: dict[str, str],
+            now: int,
+            params: dict[str, Any] | None = None,
         ) -> Run | None: ...
 
     class _RunServiceTasks(Protocol):
@@ -156,11 +163,20 @@ class RunService:
             raise NotFound(f"DAG '{dag_id}' not found")
         return dag
 
-    def trigger(self, dag_id: str, conf: Any = None, trigger: Trigger = Trigger.MANUAL) -> Run:
+    def trigger(
+        self,
+        dag_id: str,
+        conf: Any = None,
+        trigger: Trigger = Trigger.MANUAL,
+        params: Any = None,
+    ) -> Run:
+        """A new run. For a DAG with `params:`, `params` (typed JSON values) or `conf` (values as
+        text, converted like `nagare exec -p`) are checked (InvalidParams, 422); for a DAG
+        without, either is today's conf (any names, values as strings)."""
         dag = self.dag(dag_id)
-        values = clean_conf(conf)
+        values, resolved = self.run_parameters(dag, conf, params)
         now = self.clock()
-        run = self.store.runs.start(dag, trigger, now, values, now)
+        run = self.store.runs.start(dag, trigger, now, values, now, resolved)
         if run is None:
             raise Conflict(f"could not create a run of '{dag_id}'")
         log.info(
@@ -172,6 +188,24 @@ class RunService:
         )
         self.wake(run.run_id)
         return self.store.runs.get(run.run_id) or run
+
+    @staticmethod
+    def run_parameters(
+        dag: DagDef, conf: Any, params: Any
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        if conf is not None and params is not None:
+            raise BadRequest("give either 'params' or 'conf', not both")
+        given, source, name = (
+            (params, "json", "params") if params is not None else (conf, "text", "conf")
+        )
+        if not dag.params:
+            return clean_conf(given), {}
+        if given is not None and not isinstance(given, dict):
+            raise Unprocessable(
+                f"{name} must be an object of NAME: value, found {json_type(given)}"
+            )
+        kind: Source = "json" if source == "json" else "text"
+        return run_values(dag, given, kind)
 
     def set_paused(self, dag_id: str, paused: bool) -> bool:
         self.dag(dag_id)
@@ -195,8 +229,9 @@ class RunService:
             )
         result = Backfill(dag_id)
         now = self.clock()
+        values, resolved = run_values(dag, {}, "json")  # the defaults (checked at load)
         for slot in slots:
-            run = self.store.runs.start(dag, Trigger.BACKFILL, slot, {}, now)
+            run = self.store.runs.start(dag, Trigger.BACKFILL, slot, values, now, resolved)
             if run is None:
                 result.skipped.append(run_id_for(dag_id, Trigger.BACKFILL, slot, now))
             else:

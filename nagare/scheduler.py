@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms, to_iso
 from nagare.cron import Schedule, parse_schedule
@@ -20,6 +20,8 @@ from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import parse_map_items
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
+from nagare.engine.params import run_values, triggered_values
+from nagare.errors import InvalidParams
 from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.models import (
@@ -97,7 +99,13 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
         def start(
-            self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+            self,
+            dag: DagDef,
+            trigger: Trigger,
+            execution_date: int,
+            conf: dict[str, str],
+            now: int,
+            params: dict[str, Any] | None = None,
         ) -> Run | None: ...
 
     class _SchedulerTasks(Protocol):
@@ -357,8 +365,9 @@ class Scheduler:
                 extra={"dag_id": dag.dag_id},
             )
         created = set()
+        values, resolved = run_values(dag, {}, "json")  # the defaults (checked at load)
         for slot, trigger in firing.slots:
-            run = self.store.runs.start(dag, trigger, slot, {}, now)
+            run = self.store.runs.start(dag, trigger, slot, values, now, resolved)
             if run is not None:
                 created.add(run.run_id)
                 self.last_lag_ms = max(0, now - slot)
@@ -556,7 +565,15 @@ class Scheduler:
                 f"DAG '{definition.dag_id}' is not loaded, so it cannot be triggered",
             )
             return
-        child = self.store.runs.start(target, Trigger.TRIGGERED, now, dict(run.conf), now)
+        try:
+            values, resolved = triggered_values(target, definition.params, dag, run)
+        except InvalidParams as exc:
+            message = f"cannot trigger '{target.dag_id}': {exc}"
+            self.store.tasks.complete(
+                task.id, [TaskStatus.RUNNING], TaskStatus.FAILED, now, message, message
+            )
+            return
+        child = self.store.runs.start(target, Trigger.TRIGGERED, now, values, now, resolved)
         if child is None:
             self.store.tasks.complete(
                 task.id,

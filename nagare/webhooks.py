@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
-from nagare.errors import BadRequest, Conflict, NagareError, NotFound
+from nagare.errors import BadRequest, Conflict, InvalidParams, NagareError, NotFound
 from nagare.models import DagDef, Run, TriggerDef
 from nagare.store import DagState
 
@@ -94,6 +94,26 @@ def extract(expressions: Mapping[str, str], payload: Any) -> tuple[dict[str, str
     return conf, errors
 
 
+def extract_params(trigger: TriggerDef, payload: Any) -> dict[str, Any]:
+    """The run parameters a payload gives a DAG with `params:`: each expression's first result
+    as a JSON value (no result or null: the parameter's default). A failing expression answers
+    the sender with 422 (InvalidParams) and starts no run; the values are then checked by the
+    run service as a `conf` is (a string is converted to the declared type, "10" -> 10)."""
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    if trigger.extract_payload:
+        import jq
+    for name, expression in trigger.extract_payload.items():
+        try:
+            values[name] = next(iter(jq.compile(expression).input_value(payload)), None)
+        except (ValueError, StopIteration) as exc:
+            problems.append((name, f"jq expression '{expression}' failed: {exc}"))
+    if problems:
+        listed = "; ".join(f"{name}: {message}" for name, message in problems)
+        raise InvalidParams(f"the payload does not give valid parameters: {listed}", problems)
+    return values
+
+
 def signature_ok(secret: str, supplied: str, body: bytes) -> bool:
     """`sha256=<hex>` or bare `<hex>` of HMAC-SHA256(secret, body), compared in constant time."""
     value = supplied.strip()
@@ -137,7 +157,7 @@ class WebhookService:
         self,
         store: WebhookStore,
         folder: DagFolder,
-        start_run: Callable[[str, dict[str, str]], Run],
+        start_run: Callable[[str, dict[str, Any]], Run],
         delivery_header: str = "X-GitHub-Delivery",
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], int] = now_ms,
@@ -213,6 +233,8 @@ class WebhookService:
             raise Forbidden("invalid signature")
 
     def _start(self, dag: DagDef, trigger: TriggerDef, payload: Any) -> str:
+        if dag.params:
+            return self.start_run(dag.dag_id, extract_params(trigger, payload)).run_id
         conf, errors = extract(trigger.extract_payload, payload)
         if errors:
             conf[ERRORS_KEY] = "\n".join(errors)

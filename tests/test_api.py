@@ -33,6 +33,7 @@ RUN_KEYS = {
     "trigger",
     "execution_date",
     "conf",
+    "params",  # workflow language §2
     "created_at",
     "started_at",
     "completed_at",

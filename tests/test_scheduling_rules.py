@@ -615,7 +615,7 @@ def test_task_env_layers_in_the_documented_order() -> None:
     assert env["FROM_BASE"] == "base"
     assert env["NAGARE_RUN_ID"] == "d__scheduled__20240510T100000Z"  # Nagare beats base
     assert env["L1"] == "conf"  # conf beats base
-    assert env["L2"] == "dag"  # DAG env beats conf
+    assert env["L2"] == "conf"  # run parameters (conf) beat DAG env (workflow language §2)
     assert env["L3"] == "task"  # task env beats everything
     assert (env["CONF_ONLY"], env["DAG_ONLY"], env["TASK_ONLY"]) == ("conf", "dag", "task")
 

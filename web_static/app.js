@@ -18,7 +18,7 @@ let onUnauthorized = () => {};
 const storedKey = () => { try { return localStorage.getItem(KEY) || ""; } catch { return ""; } };
 
 class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, details = []) { super(message); this.status = status; this.details = details; }
 }
 
 async function api(path, { method = "GET", body, text = false, key } = {}) {
@@ -30,8 +30,13 @@ async function api(path, { method = "GET", body, text = false, key } = {}) {
   if (res.status === 401 && key === undefined) onUnauthorized();
   if (!res.ok) {
     let message = `HTTP ${res.status}`;
-    try { const j = await res.json(); message = j?.error?.message || message; } catch { /* not JSON */ }
-    throw new ApiError(res.status, message);
+    let details = [];
+    try {
+      const j = await res.json();
+      message = j?.error?.message || message;
+      details = Array.isArray(j?.error?.details) ? j.error.details : [];
+    } catch { /* not JSON */ }
+    throw new ApiError(res.status, message, details);
   }
   return text ? res.text() : res.json();
 }
@@ -257,6 +262,20 @@ function App() {
 // ------------------------------------------------------------------ shared pieces
 
 function TriggerDialog({ dag, onClose }) {
+  return dag.params?.length
+    ? html`<${ParamsDialog} dag=${dag} onClose=${onClose} />`
+    : html`<${ConfDialog} dag=${dag} onClose=${onClose} />`;
+}
+
+async function startRun(dag, body, onClose) {
+  const run = await api(`/api/dags/${enc(dag.dag_id)}/runs`, { method: "POST", body });
+  pushToast(`Triggered ${run.run_id}`);
+  onClose();
+  navigate(runHref(run.run_id));
+}
+
+// A DAG without `params:`: free-form conf (any names, values become strings).
+function ConfDialog({ dag, onClose }) {
   const ref = useRef(null);
   const [conf, setConf] = useState("{}");
   const [error, setError] = useState("");
@@ -266,12 +285,7 @@ function TriggerDialog({ dag, onClose }) {
     let parsed;
     try { parsed = JSON.parse(conf || "{}"); } catch { setError("Parameters must be a JSON object."); return; }
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) { setError("Parameters must be a JSON object."); return; }
-    try {
-      const run = await api(`/api/dags/${enc(dag.dag_id)}/runs`, { method: "POST", body: { conf: parsed } });
-      pushToast(`Triggered ${run.run_id}`);
-      onClose();
-      navigate(runHref(run.run_id));
-    } catch (err) { setError(err.message); }
+    try { await startRun(dag, { conf: parsed }, onClose); } catch (err) { setError(err.message); }
   };
   return html`<dialog ref=${ref} onClose=${onClose} aria-labelledby="trig-title">
     <form onSubmit=${submit}>
@@ -285,9 +299,99 @@ function TriggerDialog({ dag, onClose }) {
     </form></dialog>`;
 }
 
+// The form field's text for a parameter's default ("" when it has none).
+function paramText(p) {
+  if (!("default" in p) || p.default === null) return p.type === "boolean" ? false : "";
+  if (p.type === "boolean") return p.default === true;
+  if (p.enum) return String(p.enum.findIndex((v) => JSON.stringify(v) === JSON.stringify(p.default)));
+  if (p.type === "object" || p.type === "array") return JSON.stringify(p.default);
+  return String(p.default);
+}
+
+// The form's values as the API's typed `params` (empty fields are left out: the default, or
+// the server's "required"; text that is not of the type is sent as is, for the server to name).
+function paramValues(params, values) {
+  const out = {};
+  for (const p of params) {
+    const v = values[p.name];
+    if (p.type === "boolean") { out[p.name] = v === true; continue; }
+    if (p.enum) { if (v !== "") out[p.name] = p.enum[Number(v)]; continue; }
+    if (v === "") continue;
+    if (p.type === "integer" || p.type === "number") { const n = Number(v); out[p.name] = v.trim() !== "" && Number.isFinite(n) ? n : v; continue; }
+    if (p.type === "object" || p.type === "array") { try { out[p.name] = JSON.parse(v); } catch { out[p.name] = v; } continue; }
+    out[p.name] = v;
+  }
+  return out;
+}
+
+function ParamField({ p, value, error, onChange }) {
+  const id = `param-${p.name}`;
+  const described = [p.description && `${id}-desc`, error && `${id}-err`].filter(Boolean).join(" ") || undefined;
+  const common = { id, name: p.name, "aria-describedby": described, "aria-invalid": error ? "true" : undefined, "aria-required": p.required ? "true" : undefined };
+  let input;
+  if (p.type === "boolean") {
+    input = html`<input type="checkbox" ...${common} checked=${value === true} onChange=${(e) => onChange(e.target.checked)} />`;
+  } else if (p.enum) {
+    input = html`<select ...${common} value=${value} onChange=${(e) => onChange(e.target.value)}>
+      ${!("default" in p) && html`<option value="">(choose)</option>`}
+      ${p.enum.map((v, i) => html`<option value=${String(i)}>${typeof v === "string" ? v : JSON.stringify(v)}</option>`)}</select>`;
+  } else if (p.type === "object" || p.type === "array") {
+    input = html`<textarea ...${common} rows="2" spellcheck=${false} placeholder=${p.type === "object" ? "{}" : "[]"} value=${value} onInput=${(e) => onChange(e.target.value)}></textarea>`;
+  } else if (p.type === "integer" || p.type === "number") {
+    input = html`<input type="number" inputmode=${p.type === "integer" ? "numeric" : "decimal"} step=${p.type === "integer" ? "1" : "any"} min=${p.minimum} max=${p.maximum} ...${common} value=${value} onInput=${(e) => onChange(e.target.value)} />`;
+  } else {
+    input = html`<input type="text" pattern=${p.pattern || undefined} ...${common} value=${value} onInput=${(e) => onChange(e.target.value)} />`;
+  }
+  const label = html`<label for=${id}><span class="mono">${p.name}</span>${p.required && html`<span class="req" aria-hidden="true"> *</span><span class="visually-hidden"> (required)</span>`}<span class="muted small"> ${p.enum ? "choice" : p.type}</span></label>`;
+  return html`<div class=${`field${p.type === "boolean" ? " check" : ""}`} data-param=${p.name}>
+    ${p.type === "boolean" ? html`${input}${label}` : html`${label}${input}`}
+    ${p.description && html`<p id=${`${id}-desc`} class="small muted hint">${p.description}</p>`}
+    ${error && html`<p id=${`${id}-err`} class="error-text field-error">${error}</p>`}
+  </div>`;
+}
+
+// A DAG with `params:`: a form generated from the declaration; the server's 422 messages are
+// shown next to their fields.
+function ParamsDialog({ dag, onClose }) {
+  const ref = useRef(null);
+  const [values, setValues] = useState(() => Object.fromEntries(dag.params.map((p) => [p.name, paramText(p)])));
+  const [errors, setErrors] = useState({});
+  const [general, setGeneral] = useState("");
+  const [busy, setBusy] = useState(false);
+  useEffect(() => { ref.current?.showModal(); }, []);
+  const submit = async (e) => {
+    e.preventDefault();
+    setBusy(true);
+    try { await startRun(dag, { params: paramValues(dag.params, values) }, onClose); }
+    catch (err) {
+      const known = new Set(dag.params.map((p) => p.name));
+      const byField = {};
+      const other = [];
+      for (const d of err.details || []) (known.has(d.param) ? (byField[d.param] = d.message) : other.push(`${d.param}: ${d.message}`));
+      setErrors(byField);
+      setGeneral(other.length ? other.join("; ") : Object.keys(byField).length ? "Some parameters are not valid; see the messages below each field." : err.message);
+      const first = dag.params.find((p) => byField[p.name]);
+      if (first) setTimeout(() => document.getElementById(`param-${first.name}`)?.focus(), 0);
+    } finally { setBusy(false); }
+  };
+  const set = (name) => (v) => { setValues((old) => ({ ...old, [name]: v })); };
+  return html`<dialog ref=${ref} onClose=${onClose} aria-labelledby="trig-title" class="params-dialog">
+    <form onSubmit=${submit} noValidate>
+      <h2 id="trig-title">Trigger ${dag.dag_id}</h2>
+      <p class="small muted">Run parameters; fields marked * are required.</p>
+      ${general && html`<p class="error-text" role="alert">${general}</p>`}
+      <div class="fields">${dag.params.map((p) => html`<${ParamField} key=${p.name} p=${p} value=${values[p.name]} error=${errors[p.name]} onChange=${set(p.name)} />`)}</div>
+      <div class="row"><span class="spacer"></span>
+        <button type="button" onClick=${() => ref.current?.close()}>Cancel</button>
+        <button type="submit" class="primary" disabled=${busy}>Trigger run</button></div>
+    </form></dialog>`;
+}
+
 function TriggerButtons({ dag }) {
   const [dialog, setDialog] = useState(false);
+  const needsForm = (dag.params || []).some((p) => p.required);
   const quick = async () => {
+    if (needsForm) { setDialog(true); return; }
     try {
       const run = await api(`/api/dags/${enc(dag.dag_id)}/runs`, { method: "POST", body: {} });
       pushToast(`Triggered ${run.run_id}`);
@@ -812,7 +916,9 @@ function RunDetail({ runId, focusTask }) {
         <div class="progress" style="margin-top:8px" title=${`${done} of ${total} tasks finished`}><div class=${c.failed || c.upstream_failed || c.cancelled ? "bar-fail" : ""} style=${`width:${total ? (100 * done) / total : 0}%`}></div></div>
         <div class="sub">${done} of ${total} tasks finished</div></div>
     </div>
-    ${Object.keys(run.conf || {}).length > 0 && html`<section class="panel"><h2>Parameters</h2><pre class="code">${JSON.stringify(run.conf, null, 2)}</pre></section>`}
+    ${Object.keys(run.params || {}).length > 0
+      ? html`<section class="panel"><h2>Parameters</h2><pre class="code" data-params>${JSON.stringify(run.params, null, 2)}</pre></section>`
+      : Object.keys(run.conf || {}).length > 0 && html`<section class="panel"><h2>Parameters</h2><pre class="code">${JSON.stringify(run.conf, null, 2)}</pre></section>`}
     <div class="grid2">
       <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${children} onSelect=${selectNode} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
       <section class="panel"><h2>Timeline</h2><${Gantt} run=${run} tasks=${top} children=${children} now=${now} /></section>

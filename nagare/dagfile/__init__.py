@@ -43,6 +43,7 @@ from nagare.dagfile.nodes import (
 from nagare.dagfile.nodes import (
     clip as clip,  # re-exported
 )
+from nagare.dagfile.params import build_params, check_dag_params, trigger_dag_params
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
@@ -69,6 +70,7 @@ DAG_KEYS = (
     "trigger",
     "tasks",
     "autoscaler",
+    "params",
 )
 TASK_KEYS = (
     "id",
@@ -88,6 +90,7 @@ TASK_KEYS = (
     "volumes",
     "resources",
     "run_as",
+    "params",
 )
 TRIGGER_KEYS = (
     "type",
@@ -309,10 +312,11 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     catchup = boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
     env = env_map(fields["env"], "env", errors) if "env" in fields else {}
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
+    params = build_params(fields["params"], errors) if "params" in fields else ()
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
         return None
-    return DagDef(
+    dag = DagDef(
         dag_id=dag_id or "",
         tasks=tuple(tasks),
         description=_optional_text(fields, "description", errors),
@@ -321,7 +325,10 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         catchup=bool(catchup),
         env=env,
         trigger=trigger,
+        params=params,
     )
+    check_dag_params(dag, fields.get("params"), fields.get("trigger"), errors)
+    return dag
 
 
 def _required_id(
@@ -527,6 +534,9 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
         volumes=tuple(_volumes(fields, path, errors, base_dir)),
         resources=_resources(fields, path, errors),
         run_as=text["run_as"],
+        params=trigger_dag_params(fields["params"], f"{path}.params", errors)
+        if "params" in fields
+        else {},
         line=node.start_mark.line + 1,
     )
     _check_task(task, fields, node, path, errors)
@@ -685,6 +695,12 @@ def _check_task(
             at("run_as"),
             f"{path}.run_as",
             f"'{task.run_as}' is not a valid user name (expected letters, digits, '_', '.', '-')",
+        )
+    if "params" in fields and task.type is not TaskType.TRIGGER_DAG:
+        errors.add(
+            fields["params"],
+            f"{path}.params",
+            "'params' is only valid with type: trigger_dag (the parameters of the run it starts)",
         )
     if task.run_as and task.type is TaskType.TRIGGER_DAG:
         errors.add(

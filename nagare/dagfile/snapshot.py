@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
-from nagare.models import DagDef, Resources, TaskDef, TaskType
+from nagare.models import DagDef, ParamDef, ParamType, Resources, TaskDef, TaskType
 
 
 def dag_to_json(dag: DagDef) -> str:
@@ -14,7 +15,7 @@ def dag_to_json(dag: DagDef) -> str:
 
 
 def _dag_dict(dag: DagDef) -> dict[str, object]:
-    return {
+    data: dict[str, object] = {
         "dag_id": dag.dag_id,
         "description": dag.description,
         "schedule": dag.schedule,
@@ -24,6 +25,43 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
     }
+    if dag.params:  # only when declared: the JSON (and hash) of other definitions stays
+        data["params"] = [param_dict(p) for p in dag.params]
+    return data
+
+
+def param_dict(param: ParamDef) -> dict[str, Any]:
+    """A declared parameter as JSON (also the API's DAG `params`): only the keywords it has."""
+    data: dict[str, Any] = {"name": param.name, "type": param.type.value}
+    if param.has_default:
+        data["default"] = param.default
+    data["required"] = param.required
+    if param.enum is not None:
+        data["enum"] = list(param.enum)
+    if param.minimum is not None:
+        data["minimum"] = param.minimum
+    if param.maximum is not None:
+        data["maximum"] = param.maximum
+    if param.pattern:
+        data["pattern"] = param.pattern
+    if param.description:
+        data["description"] = param.description
+    return data
+
+
+def param_from_dict(data: dict[str, Any]) -> ParamDef:
+    return ParamDef(
+        name=data["name"],
+        type=ParamType(data["type"]),
+        default=data.get("default"),
+        has_default="default" in data,
+        required=data["required"],
+        enum=tuple(data["enum"]) if "enum" in data else None,
+        minimum=data.get("minimum"),
+        maximum=data.get("maximum"),
+        pattern=data.get("pattern", ""),
+        description=data.get("description", ""),
+    )
 
 
 def _task_dict(task: TaskDef) -> dict[str, object]:
@@ -48,6 +86,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["resources"] = asdict(task.resources)
     if task.run_as:  # only when set: the JSON (and hash) of other definitions stays as it was
         data["run_as"] = task.run_as
+    if task.params:
+        data["params"] = task.params
     return data
 
 
@@ -77,4 +117,5 @@ def dag_from_json(text: str) -> DagDef:
         catchup=data["catchup"],
         env=data["env"],
         file=data["file"],
+        params=tuple(param_from_dict(p) for p in data.get("params", ())),
     )

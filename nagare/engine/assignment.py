@@ -55,7 +55,8 @@ def task_env(
     attempt: int,
 ) -> dict[str, str]:
     """Base environment (minus Nagare's secrets and the DAG's webhook secret), then Nagare
-    variables, conf, DAG env, task env.
+    variables, DAG env, the run's parameters (conf: their environment form), task env; later
+    wins, so a run parameter overrides a DAG-level default.
 
     For containers and remote workers `base` is empty: they never get the server's environment.
     """
@@ -64,8 +65,8 @@ def task_env(
         hidden.add(dag.trigger.secret_env)  # the webhook secret stays with the server
     env = {k: v for k, v in base.items() if k not in hidden}
     env.update(nagare_env(dag, run, task, attempt))
-    env.update({k: str(v) for k, v in run.conf.items()})
     env.update(dag.env)
+    env.update({k: str(v) for k, v in run.conf.items()})
     env.update(definition.env)
     return env
 

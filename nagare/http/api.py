@@ -33,7 +33,20 @@ from nagare.runs import RunService
 from nagare.store import DagState, RunFilter, Stats
 
 MAX_PAGE_SIZE = 500
-CONF_BODY = {"type": "object", "properties": {"conf": {"type": "object"}}}
+CONF_BODY = {
+    "type": "object",
+    "properties": {
+        "params": {
+            "type": "object",
+            "description": "run parameters as typed JSON values, checked against the DAG's params",
+        },
+        "conf": {
+            "type": "object",
+            "description": "run parameters as text (a DAG with params converts them to the "
+            "declared types); give params or conf, not both",
+        },
+    },
+}
 BACKFILL_BODY = {
     "type": "object",
     "required": ["start", "end"],
@@ -402,11 +415,16 @@ class Api:
     def trigger(self, request: Request) -> dict[str, Any]:
         body = request.json()
         if body is not None and not isinstance(body, dict):
-            raise BadRequest('expected a JSON object such as {"conf": {"KEY": "value"}}')
-        unknown = set(body or {}) - {"conf"}
+            raise BadRequest('expected a JSON object such as {"params": {"KEY": "value"}}')
+        unknown = set(body or {}) - {"conf", "params"}
         if unknown:
-            raise BadRequest(f"unknown field(s) {', '.join(sorted(unknown))} (expected 'conf')")
-        run = self.s.runs.trigger(request.params["dag_id"], (body or {}).get("conf"))
+            raise BadRequest(
+                f"unknown field(s) {', '.join(sorted(unknown))} (expected 'params' or 'conf')"
+            )
+        body = body or {}
+        run = self.s.runs.trigger(
+            request.params["dag_id"], body.get("conf"), params=body.get("params")
+        )
         return run_json(run)
 
     def pause(self, request: Request) -> dict[str, Any]:

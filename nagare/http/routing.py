@@ -189,7 +189,18 @@ _ERROR_SCHEMA = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {  # invalid_params: every bad run parameter
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["param", "message"],
+                        "properties": {"param": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
+            },
         }
     },
 }

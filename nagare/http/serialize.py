@@ -9,6 +9,8 @@ from typing import Any
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import describe, parse_schedule
+from nagare.dagfile.snapshot import param_dict
+from nagare.errors import InvalidParams
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
     DagMetrics,
@@ -31,6 +33,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "trigger": str(run.trigger),
         "execution_date": to_iso(run.execution_date),
         "conf": run.conf,
+        "params": run.params,
         "created_at": to_iso(run.created_at),
         "started_at": to_iso(run.started_at),
         "completed_at": to_iso(run.completed_at),
@@ -149,9 +152,15 @@ def dag_json(
         "next_run_at": next_run,
         "last_run": run_json(last_run) if last_run else None,
         "env": sorted(dag.env),
+        "params": [param_dict(p) for p in dag.params],
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
     }
+
+
+def params_details_json(err: InvalidParams) -> list[dict[str, str]]:
+    """The `details` of a 422 `invalid_params` error: every bad parameter with its message."""
+    return [{"param": param, "message": message} for param, message in err.details]
 
 
 # ---------------------------------------------------------------- health

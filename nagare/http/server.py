@@ -26,7 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from nagare.errors import BadRequest, ConfigError, NagareError, Overloaded, PayloadTooLarge
+from nagare.errors import (
+    BadRequest,
+    ConfigError,
+    InvalidParams,
+    NagareError,
+    Overloaded,
+    PayloadTooLarge,
+)
 from nagare.http.gate import (
     RETRY_AFTER_SECONDS,
     Gate,
@@ -36,6 +43,7 @@ from nagare.http.gate import (
     reserved_path,
     too_many,
 )
+from nagare.http.serialize import params_details_json
 
 log = logging.getLogger("nagare.http")
 WRITE_TIMEOUT_SECONDS = 30  # each send of a response (a client that stops reading is dropped)
@@ -94,7 +102,9 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def error_response(err: NagareError) -> Response:
-    body = {"error": {"code": err.code, "message": err.message}}
+    body: dict[str, Any] = {"error": {"code": err.code, "message": err.message}}
+    if isinstance(err, InvalidParams):
+        body["error"]["details"] = params_details_json(err)
     response = json_response(body, err.status)
     if err.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'

@@ -41,6 +41,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         completed_at=row["completed_at"],
         dag_version=row["dag_version"],
         killed=bool(row["killed"]),
+        params={} if row["params"] is None else json.loads(row["params"]),
     )
 
 

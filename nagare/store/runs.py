@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from nagare.engine.new_run import build_run, run_id_for
 from nagare.models import SLOT_TRIGGERS, DagDef, Run, RunStatus, TaskInstance, Trigger
@@ -23,15 +24,23 @@ class RunStore:
         self.dags = dags
 
     def start(
-        self, dag: DagDef, trigger: Trigger, execution_date: int, conf: dict[str, str], now: int
+        self,
+        dag: DagDef,
+        trigger: Trigger,
+        execution_date: int,
+        conf: dict[str, str],
+        now: int,
+        params: dict[str, Any] | None = None,
     ) -> Run | None:
         """A new run of `dag` (its version stored once), with its task instances; None when the
-        (deterministic) id of a slot run exists already."""
+        (deterministic) id of a slot run exists already. `params`: the resolved parameters
+        (none for a DAG without `params:`)."""
         version = self.dags.save_version(dag, now)
         base_id = run_id_for(dag.dag_id, trigger, execution_date, now)
         for suffix in range(MAX_ID_SUFFIX):
             run_id = base_id if suffix == 0 else f"{base_id}-{suffix + 1}"
             run, tasks = build_run(dag, version, trigger, execution_date, conf, now, run_id)
+            run.params = params or {}
             if self.insert(run, tasks):
                 return run
             if trigger in SLOT_TRIGGERS:
@@ -45,7 +54,8 @@ class RunStore:
         with self.db.write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO runs(run_id, dag_id, status, trigger, execution_date, "
-                "conf, dag_version, killed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                "conf, dag_version, killed, created_at, params) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (
                     run.run_id,
                     run.dag_id,
@@ -55,6 +65,7 @@ class RunStore:
                     json.dumps(run.conf),
                     run.dag_version,
                     run.created_at,
+                    json.dumps(run.params, separators=(",", ":"), ensure_ascii=False),
                 ),
             )
             if cursor.rowcount == 0:

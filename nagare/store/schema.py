@@ -242,4 +242,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at)
         WHERE completed_at IS NOT NULL;
     """,
+    # 7: run parameters: the resolved, typed values of a run (NULL for runs made before: their
+    # parameters are their conf)
+    """
+    ALTER TABLE runs ADD COLUMN params TEXT;
+    """,
 )
