@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from axe import axe_violations
 from conftest import (
     ROOT,
     Nagare,
@@ -707,6 +708,8 @@ def test_user_controlled_text_stays_inert(nagare_factory: Any, ui: Any) -> None:
 def test_every_page_light_dark_and_phone_without_console_errors(
     nagare_factory: Any, ui: Any
 ) -> None:
+    """Every page in both themes and on a phone: no console error, no horizontal overflow on
+    the phone, and no critical or serious axe-core violation anywhere."""
     server = nagare_factory(dags={"map.yaml": MAP, "printer.yaml": SLOW, "broken.yaml": BAD})
     run_id = server.trigger("map_reduce")
     server.wait_run(run_id)
@@ -719,6 +722,7 @@ def test_every_page_light_dark_and_phone_without_console_errors(
         "metrics": "/metrics",
         "workers": "/workers",
     }
+    violations: dict[str, list[str]] = {}
     for theme in ("light", "dark"):
         u = ui(server, color_scheme=theme)
         for name, path in pages.items():
@@ -726,6 +730,7 @@ def test_every_page_light_dark_and_phone_without_console_errors(
             expect(page.locator("main h1")).to_be_visible()
             page.wait_for_load_state("networkidle")
             u.shot(f"{name}_{theme}")
+            violations[f"{name}_{theme}"] = axe_violations(page)
         assert u.errors == [], (theme, u.errors)
     page = u.go("/")  # the dashboard lists load errors and no remote workers sensibly
     paint = page.evaluate(
@@ -753,7 +758,9 @@ def test_every_page_light_dark_and_phone_without_console_errors(
         phone.shot(f"{name}_phone")
         overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
         assert overflow <= 1, (name, overflow)
+        violations[f"{name}_phone"] = axe_violations(page)
     assert phone.errors == []
+    assert {name: found for name, found in violations.items() if found} == {}
 
 
 def test_dashboard_loads_from_the_built_pyz(browser: Any, built_pyz: Path, tmp_path: Path) -> None:

@@ -4,55 +4,16 @@ field, a run started with the typed values; light, dark and phone screenshots; a
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
 import test_ui
+from axe import axe_violations
 from conftest import ROOT
 from test_ui import expect
 
 browser = test_ui.browser  # the fixtures of the browser tests
 ui = test_ui.ui
-
-AXE_PATHS = (
-    "/usr/lib/node_modules/axe-core/axe.min.js",
-    "/usr/local/lib/node_modules/axe-core/axe.min.js",
-)
-
-
-def axe_script() -> str | None:
-    """axe-core's script (`npm install -g axe-core`; .ci/run installs it), or None."""
-    candidates = [os.environ.get("NAGARE_AXE_JS", ""), *AXE_PATHS]
-    if shutil.which("npm"):
-        root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout.strip()
-        candidates.append(os.path.join(root, "axe-core", "axe.min.js"))
-    for path in candidates:
-        if path and os.path.isfile(path):
-            return Path(path).read_text()
-    if os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
-        pytest.fail(
-            "NAGARE_REQUIRE_BROWSER=1 but axe-core is not installed (npm install -g axe-core)"
-        )
-    return None
-
-
-def axe_violations(page: Any, script: str | None) -> list[str]:
-    """Critical and serious axe-core violations of the page as it is now."""
-    if script is None:
-        return []
-    page.add_script_tag(content=script)
-    found = page.evaluate(
-        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
-            .filter((v) => v.impact === "critical" || v.impact === "serious")
-            .map((v) => `${v.id}: ${v.help} `
-                + `(${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
-    )
-    return list(found)
 
 
 def test_params_form_server_errors_next_to_fields_then_a_typed_run(
@@ -60,7 +21,6 @@ def test_params_form_server_errors_next_to_fields_then_a_typed_run(
 ) -> None:
     example = (ROOT / "dags" / "params_example.yaml").read_text()
     server = nagare_factory(dags={"params_example.yaml": example})
-    script = axe_script()
     u = ui(server)
     page = u.go("/")
     # A required parameter: the quick trigger opens the form instead of failing.
@@ -86,7 +46,7 @@ def test_params_form_server_errors_next_to_fields_then_a_typed_run(
     expect(since).to_have_attribute("aria-required", "true")
     expect(since).to_have_attribute("pattern", r"^\d{4}-\d{2}-\d{2}$")
     u.shot("params_form_light")
-    assert axe_violations(page, script) == []
+    assert axe_violations(page) == []
 
     # Out of bounds and a bad date: the server's messages appear next to their fields.
     batch.fill("0")
@@ -102,7 +62,7 @@ def test_params_form_server_errors_next_to_fields_then_a_typed_run(
     expect(batch).to_be_focused()
     assert server.get("/api/runs")["total"] == 0
     u.shot("params_form_errors_light")
-    assert axe_violations(page, script) == []
+    assert axe_violations(page) == []
 
     # Fixed: the run starts with the typed values.
     batch.fill("25")
@@ -141,7 +101,7 @@ def test_params_form_server_errors_next_to_fields_then_a_typed_run(
         dialog.get_by_role("button", name="Trigger run").click()
         expect(dialog.locator("#param-batch_size-err")).to_be_visible()
         other.shot(f"params_form_errors_{name}")
-        assert axe_violations(page, script) == [], name
+        assert axe_violations(page) == [], name
         overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
         assert overflow <= 1, (name, overflow)
         assert [e for e in other.errors if "status of 422" not in e] == [], other.errors
