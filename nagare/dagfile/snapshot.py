@@ -48,6 +48,12 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["resources"] = asdict(task.resources)
     if task.run_as:  # only when set: the JSON (and hash) of other definitions stays as it was
         data["run_as"] = task.run_as
+    if task.when:
+        data["when"] = task.when
+    if task.output:
+        data["output"] = task.output
+    if task.with_item is not None:
+        data["with_item"] = task.with_item
     return data
 
 

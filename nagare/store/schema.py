@@ -242,4 +242,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at)
         WHERE completed_at IS NOT NULL;
     """,
+    # 7: task outputs (the successful attempt's `$NAGARE_OUTPUT` and `output: NAME`, JSON); a
+    # run remembers whether any task published some, so tasks of other runs never look for them
+    """
+    ALTER TABLE task_instances ADD COLUMN outputs TEXT;
+    ALTER TABLE runs ADD COLUMN has_outputs INTEGER NOT NULL DEFAULT 0;
+    """,
 )
