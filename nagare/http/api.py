@@ -73,6 +73,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
 
+        def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
+
     class ApiStore(Protocol):
         """The parts of the store the API routes read, and what of them."""
 

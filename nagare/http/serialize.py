@@ -58,9 +58,7 @@ def tasks_json(tasks: list[TaskInstance]) -> list[dict[str, Any]]:
     for task in tasks:
         if task.map_index is not None:
             children.setdefault(task.base_task_id, []).append(task)
-    return [
-        task_json(t, children.get(t.task_id) if t.map_index is None else None) for t in tasks
-    ]
+    return [task_json(t, children.get(t.task_id) if t.map_index is None else None) for t in tasks]
 
 
 def outputs_json(task: TaskInstance, children: list[TaskInstance] | None) -> dict[str, Any]:
