@@ -401,9 +401,6 @@ tasks:
     depends_on: [a]
     when: .tasks.a.outputs.COUNT == "4"
     command: echo never
-  - id: after_skip
-    depends_on: [skip_me]
-    command: echo after
 """
 
 
@@ -420,7 +417,6 @@ def test_outputs_travel_downstream_as_env_and_context(
     assert tasks["unrelated"]["outputs"] == {"V": ""}  # a is not its upstream
     assert tasks["skip_me"]["status"] == "skipped"
     assert tasks["skip_me"]["message"] == 'when: .tasks.a.outputs.COUNT == "4" was false'
-    assert tasks["after_skip"]["status"] == "success"
     assert tasks["c"]["outputs"] == {}
 
 
@@ -561,3 +557,29 @@ def test_tasks_without_outputs_leave_no_output_file(nagare_factory: Callable[...
     assert not list((nagare.root / "logs").rglob("*.outputs"))
     wait_for(lambda: True)
     assert os.path.isdir(nagare.root / "logs" / run_id)
+
+
+def test_when_on_a_map_task_filters_its_items(nagare_factory: Callable[..., Nagare]) -> None:
+    dag = """
+    id: filter
+    tasks:
+      - {id: src, command: "echo '[1, 2, 3, 4]'"}
+      - id: even
+        type: map
+        map_over: src
+        when: .item % 2 == 0
+        command: echo "N={{ .item }}" >> "$NAGARE_OUTPUT"
+      - {id: total, depends_on: [even], command: "echo N=$N"}
+    """
+    nagare = nagare_factory(dags={"filter.yaml": dag})
+    run_id = nagare.trigger("filter")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    tasks = nagare.tasks(run_id)
+    assert [tasks[f"even[{i}]"]["status"] for i in range(4)] == [
+        "skipped",
+        "success",
+        "skipped",
+        "success",
+    ]
+    assert tasks["even"]["outputs"] == {"N": [None, "2", None, "4"]}
+    assert 'N=[null,"2",null,"4"]' in nagare.log(run_id, "total")
