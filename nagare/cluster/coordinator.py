@@ -497,7 +497,7 @@ class Coordinator:
         task = claim.task
         if self.store.workers.holder(task_instance_id, attempt, self.clock()) != worker_id:
             raise Conflict(_not_held(worker_id, task.task_id, attempt))
-        capture = task.task_id in claim.dag.map_sources
+        capture = captures_stdout(claim.dag, claim.definition, task.task_id)
         attempt_log = self.logs.open_attempt(
             task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
         )
