@@ -23,6 +23,20 @@ def chain(dag_id: str, length: int) -> str:
     return _dag(dag_id, tasks)
 
 
+OUTPUT_HOP = 'echo "V=$((${V:-0} + 1))" >> "$NAGARE_OUTPUT"'
+
+
+def output_chain(dag_id: str, length: int) -> str:
+    """A chain where each task reads its upstream's output V and publishes V + 1."""
+    tasks: list[dict[str, object]] = []
+    for index in range(length):
+        task: dict[str, object] = {"id": f"t{index:04d}", "command": OUTPUT_HOP}
+        if index:
+            task["depends_on"] = [f"t{index - 1:04d}"]
+        tasks.append(task)
+    return _dag(dag_id, tasks)
+
+
 def fanout(dag_id: str, width: int) -> str:
     """start -> `width` parallel tasks -> end."""
     middle = [f"w{index:04d}" for index in range(width)]

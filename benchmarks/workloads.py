@@ -126,6 +126,41 @@ def chain100(cfg: Settings) -> list[Row]:
     ]
 
 
+# ---------------------------------------------------------------- output_chain100
+
+
+def output_chain100(cfg: Settings) -> list[Row]:
+    """chain100 where every task reads its upstream's output from its environment and
+    publishes the next value ($NAGARE_OUTPUT): the per-hop cost of outputs, next to chain100's
+    (same floor: 100 sequential `sh -c true`)."""
+    hops = 100
+    reps = cfg.reps_for(5, 3)
+    dag = {"output_chain.yaml": dagfiles.output_chain("output_chain100", hops)}
+    with Server(cfg.launcher, dags=dag) as server:
+        results, floors, peak = _repeat_runs(
+            server, "output_chain100", reps, 0.01, 120, cfg.say, floor=("chain", hops, 1)
+        )
+        last = f"/api/runs/{results[-1].run_id}/tasks/t{hops - 1:04d}"
+        status, body = server.client().request("GET", last)
+        outputs = json.loads(body).get("outputs") if status == 200 else None
+        if outputs != {"V": str(hops)}:
+            raise BenchError(f"the last task of the chain published {outputs}, not V={hops}")
+    engine = median([r.wall_seconds for r in results])
+    floor = median(floors)
+    per_hop_ms = (engine - floor) / hops * 1000
+    return [
+        Row(
+            "output_chain100",
+            f"{engine:.3f} s",
+            f"{floor:.3f} s",
+            f"{per_hop_ms:.2f} ms/hop",
+            "<= 5 ms/hop",
+            per_hop_ms <= 5.0,
+            f"N={reps}; each hop reads V and publishes V+1; " + _server_note(results, peak),
+        )
+    ]
+
+
 # ---------------------------------------------------------------- fanout1000
 
 
@@ -495,6 +530,7 @@ def _percentiles(seconds: list[float]) -> Latency:
 
 WORKLOADS: dict[str, Callable[[Settings], list[Row]]] = {
     "chain100": chain100,
+    "output_chain100": output_chain100,
     "fanout1000": fanout1000,
     "map10000": map10000,
     "startup": startup,

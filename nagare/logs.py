@@ -5,7 +5,9 @@ written through, only a short tail is kept for the task row.
 Layout: `<logs_dir>/<run_id>/<task_instance_id>.<attempt>.log`; for tasks whose stdout feeds a
 map task, the stdout alone also goes to `...<attempt>.stdout`, capped at MAX_STDOUT_BYTES: past
 the cap that file is removed and `...<attempt>.stdout-cut` (holding the cap) marks the attempt,
-so that the map task fails rather than parse cut output, even after a restart.
+so that the map task fails rather than parse cut output, even after a restart (the same capture
+serves `output: NAME`). `...<attempt>.outputs` is the attempt's $NAGARE_OUTPUT: the task
+creates it if it publishes anything; it is read once when the attempt ends.
 Each started attempt appends `<task instance> <attempt> <pid> <start time>` to `<run_id>/pids`,
 so that a server restarted after a crash can find and kill an orphaned process group (an
 append, not a database write or a new file, to keep the start of every task cheap).
@@ -22,6 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from nagare.engine.assignment import size_text
+from nagare.engine.outputs import MAX_FILE_BYTES as MAX_OUTPUT_FILE_BYTES
+from nagare.engine.outputs import MAX_OUTPUTS, MAX_VALUE_BYTES, OutputError
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000
@@ -177,6 +181,20 @@ class AttemptLog:
         self._file.write(note + "\n")
         self._file.flush()
         self._tail.append(note)
+
+    def captured_stdout(self) -> tuple[str | None, bool]:
+        """The stdout captured so far (None when nothing was) and whether it was cut."""
+        with self._lock:
+            if self.stdout_overflow:
+                return None, True
+            if self._stdout is not None:
+                with contextlib.suppress(OSError):
+                    self._stdout.flush()
+        try:
+            with open(stdout_path(self.path), encoding="utf-8", errors="replace") as handle:
+                return handle.read(), False
+        except OSError:
+            return None, False
 
     def tail(self) -> str:
         text = "\n".join(self._tail)
@@ -351,6 +369,33 @@ def append_pid_records(run_folder: str, records: list[str]) -> None:
         os.write(fd, "".join(records).encode())
     finally:
         os.close(fd)
+
+
+def output_path(log_path: str) -> str:
+    """Where an attempt's $NAGARE_OUTPUT points (created by the task if it writes one)."""
+    return log_path[: -len(".log")] + ".outputs"
+
+
+def read_output_file(path: str) -> str | None:
+    """The text a task wrote to its $NAGARE_OUTPUT (None when it wrote none; one failed open
+    is all a task that publishes nothing costs). OutputError when it is too large to be valid."""
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        return None
+    with handle:
+        text = handle.read(MAX_OUTPUT_FILE_BYTES + 1)
+    if len(text) > MAX_OUTPUT_FILE_BYTES:
+        raise OutputError(
+            f"the file $NAGARE_OUTPUT is larger than {MAX_OUTPUT_FILE_BYTES} bytes "
+            f"(at most {MAX_OUTPUTS} outputs of {size_text(MAX_VALUE_BYTES)} each)"
+        )
+    return text
+
+
+def remove_output_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def stdout_path(log_path: str) -> str:

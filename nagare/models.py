@@ -10,6 +10,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
+from nagare.patterns import has_template
+
 
 class TaskType(StrEnum):
     COMMAND = "command"
@@ -86,6 +88,7 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.UP_FOR_RETRY,
             TaskStatus.CANCELLED,
             TaskStatus.QUEUED,
+            TaskStatus.SKIPPED,  # a `when:` found false as the attempt was about to start
         }
     ),
     TaskStatus.UP_FOR_RETRY: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
@@ -190,10 +193,34 @@ class TaskDef:
     run_as: str = ""
     params: dict[str, Any] = field(default_factory=dict)  # trigger_dag: the target's parameters
     line: int = 0
+    when: str = ""  # a jq condition over the task's context; false/null -> skipped
+    output: str = ""  # `output: NAME`: the whole stdout becomes the output NAME
+    with_item: str | None = None  # a with_items clone's item (JSON text), `.item` of its context
 
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+    @cached_property
+    def templated(self) -> frozenset[str]:
+        """The templated fields that hold a `{{ … }}` template (computed once per definition;
+        the plain `{{item}}` of map tasks is substituted without the context)."""
+        found = set()
+        if has_template(self.command.replace("{{item}}", "")):
+            found.add("command")
+        for name in ("image", "workdir"):
+            if has_template(getattr(self, name)):
+                found.add(name)
+        if any(has_template(v) for v in self.env.values()):
+            found.add("env")
+        if any(has_template(v) for v in self.volumes):
+            found.add("volumes")
+        return frozenset(found)
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether starting this task needs its context (templates or a condition)."""
+        return bool(self.when or self.templated)
 
 
 @dataclass(frozen=True)
@@ -285,9 +312,7 @@ class Run:
     dag_version: str = ""
     killed: bool = False
     task_counts: dict[str, int] = field(default_factory=dict)
-    # the resolved run parameters of a DAG with `params:` (defaults filled in, typed; `conf`
-    # holds their environment form); empty for a DAG without, whose values are only in `conf`
-    params: dict[str, Any] = field(default_factory=dict)
+    has_outputs: bool = False  # some task of the run published outputs
 
 
 @dataclass
@@ -339,6 +364,7 @@ class TaskInstance:
     message: str = ""
     position: int = 0
     metrics: AttemptMetrics | None = None
+    outputs: dict[str, Any] | None = None  # published by its successful attempt
 
 
 class TaskState(NamedTuple):
@@ -393,6 +419,7 @@ class Assignment:
     resources: Resources | None = None
     capture_stdout: bool = False
     run_as: str = ""  # the user the task runs as ("" = the server's own)
+    output_file: str = ""  # where $NAGARE_OUTPUT points on this host ("" = the executor picks)
 
 
 @dataclass
@@ -405,10 +432,18 @@ class Outcome:
     error: str = ""
     metrics: AttemptMetrics = field(default_factory=AttemptMetrics)
     stdout: str | None = None
+    outputs: dict[str, str] | None = None  # what the attempt wrote to $NAGARE_OUTPUT
+    skipped: str = ""  # the reason it was skipped before it ran (a `when:` that was false)
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.error
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.cancelled
+            and not self.error
+            and not self.skipped
+        )
 
 
 @dataclass
@@ -442,6 +477,7 @@ class AttemptFinish:
     output_tail: str = ""
     ready_at: int | None = None
     extra_attempts: int = 0
+    outputs: dict[str, str] | None = None  # published (a success only)
 
     @property
     def retry_at(self) -> int | None:

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms
-from nagare.engine.assignment import build_assignment, effective_run_as
+from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
+from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
+from nagare.engine.outputs import OutputError, with_outputs
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
-from nagare.logs import AttemptLog, LogFiles, append_pid_records
+from nagare.logs import AttemptLog, LogFiles, append_pid_records, output_path, read_output_file
 from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
 from nagare.store import Clock, StorageFull
 
@@ -57,6 +59,7 @@ class _Attempt:
     handle: AttemptHandle | None = None  # set once started (under the pools' lock)
     cancel_reason: str = ""  # why it was killed, if it was (under the pools' lock)
     log_failure: str = ""  # its log could not be written: the attempt fails with this
+    output_file: str = ""  # its $NAGARE_OUTPUT (read when it ends)
 
     def line(self, stream: str, text: str) -> None:
         assert self.log is not None
@@ -127,6 +130,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def finish_attempt(self, finish: AttemptFinish) -> bool: ...
 
         def running_attempts(self, worker: str) -> list[Attempt]: ...
+
+        def context_rows(self, run_id: str) -> list[UpstreamRow]: ...
 
     class PoolsStore(Protocol):
         """The parts of the store the dispatcher reads and writes, and what of them."""
@@ -496,7 +501,27 @@ class WorkerPools:
         hidden = self.hidden_env()
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
-        assignment = build_assignment(claim, definition, base_env)
+        try:
+            attempt.log = self.logs.open_attempt(
+                run.run_id,
+                task.id,
+                claim.attempt,
+                captures_stdout(claim.dag, definition, task.task_id),
+            )
+        except OSError as exc:  # its run's log folder cannot be made (a full disk)
+            return Outcome(exit_code=None, error=f"{LOG_WRITE_FAILED}: {exc}")
+        rows = (
+            self.store.tasks.context_rows(run.run_id) if needs_upstream(claim, definition) else None
+        )
+        prepared = start_assignment(claim, definition, base_env, rows)
+        if isinstance(prepared, Outcome):  # skipped by its `when:`, or a template failed
+            return prepared
+        attempt.output_file = output_path(attempt.log.path)
+        assignment = replace(
+            prepared,
+            output_file=attempt.output_file,
+            env={**prepared.env, "NAGARE_OUTPUT": attempt.output_file},
+        )
         user, problem = effective_run_as(
             definition.run_as, self.run_as.get(task.pool, ""), f"pool '{task.pool}'"
         )
@@ -504,12 +529,6 @@ class WorkerPools:
             return Outcome(exit_code=None, error=problem)
         if user != assignment.run_as:
             assignment = replace(assignment, run_as=user)
-        try:
-            attempt.log = self.logs.open_attempt(
-                run.run_id, task.id, claim.attempt, assignment.capture_stdout
-            )
-        except OSError as exc:  # its run's log folder cannot be made (a full disk)
-            return Outcome(exit_code=None, error=f"{LOG_WRITE_FAILED}: {exc}")
         handle = self.executor_for(definition).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
@@ -537,6 +556,8 @@ class WorkerPools:
             reason = ""
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
+        if outcome.succeeded and attempt.log is not None:
+            outcome = _with_outputs(attempt, outcome)
         try:
             return self._finish_of(attempt.claim, outcome, attempt.log, reason)
         finally:
@@ -557,6 +578,21 @@ class WorkerPools:
                 attempt_log.note(finish.message)
             finish.output_tail = attempt_log.tail()
         return finish
+
+
+def _with_outputs(attempt: _Attempt, outcome: Outcome) -> Outcome:
+    """A successful outcome with the outputs the attempt published (or failed by them)."""
+    assert attempt.log is not None
+    definition = attempt.claim.definition
+    name = definition.output if definition is not None else ""
+    try:
+        text = read_output_file(attempt.output_file) if attempt.output_file else None
+    except OutputError as exc:
+        return replace(outcome, error=f"outputs: {exc}")
+    if text is None and not name:
+        return outcome
+    stdout, cut = attempt.log.captured_stdout() if name else (None, False)
+    return with_outputs(outcome, text, name, stdout, cut)
 
 
 def _log_end(attempt: _Attempt, finish: AttemptFinish) -> None:

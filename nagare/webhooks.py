@@ -2,8 +2,8 @@
 HMAC-SHA256 signature of the raw body (before parsing it), extract run parameters with `jq`,
 de-duplicate deliveries, and start a run through the callback that `app` wires.
 
-The only module that uses `jq`. Extraction errors do not reject a delivery: the run starts and
-its conf carries `NAGARE_WEBHOOK_ERRORS` (one line per failed expression), also logged.
+jq itself runs in `engine/expressions.py`. Extraction errors do not reject a delivery: the run
+starts and its conf carries `NAGARE_WEBHOOK_ERRORS` (one line per failed expression), also logged.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
+from nagare.engine.expressions import ExpressionError, compile_error, first_result
 from nagare.errors import BadRequest, Conflict, InvalidParams, NagareError, NotFound
 from nagare.models import DagDef, Run, TriggerDef
 from nagare.store import DagState
@@ -54,12 +55,8 @@ def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
     if trigger is None:
         return found
     for name, expression in trigger.extract_payload.items():
-        import jq  # loaded by the first DAG that extracts, not by every server
-
-        try:
-            jq.compile(expression)
-        except ValueError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        message = compile_error(expression)
+        if message:
             found.append(
                 (
                     0,
@@ -81,12 +78,10 @@ def extract(expressions: Mapping[str, str], payload: Any) -> tuple[dict[str, str
     returned as a message (the variable is then left empty too)."""
     conf: dict[str, str] = {}
     errors: list[str] = []
-    if expressions:
-        import jq
     for name, expression in expressions.items():
         try:
-            first = next(iter(jq.compile(expression).input_value(payload)), None)
-        except (ValueError, StopIteration) as exc:
+            first = first_result(expression, payload)
+        except ExpressionError as exc:
             errors.append(f"{name}: jq expression '{expression}' failed: {exc}")
             conf[name] = ""
             continue

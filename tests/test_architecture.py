@@ -106,7 +106,8 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     # cli.py handles SIGTERM/SIGINT to stop the server; local.py names the signals of a kill.
     "signal": ("nagare/executors/spawn.py", "nagare/executors/local.py", "nagare/cli.py"),
     "docker": ("nagare/executors/docker.py",),
-    "jq": ("nagare/webhooks.py",),
+    # the one expression language: templates, `when:` conditions, webhook extraction
+    "jq": ("nagare/engine/expressions.py",),
     "croniter": ("nagare/cron.py",),
     "http.server": ("nagare/http/server.py",),
     # nagare/cluster/remote.py: the remote worker's side of the cluster protocol (planned).

@@ -960,7 +960,7 @@ function Gantt({ run, tasks, children, now }) {
   const t0 = parseT(run.started_at || run.created_at);
   const t1 = Math.max(t0 + 1000, ...rows.map((r) => r.e || 0), parseT(run.completed_at) || (TERMINAL_RUN.has(run.status) ? 0 : now));
   const span = t1 - t0;
-  return html`<div class="gantt" role="list" aria-label="Task timeline">
+  return html`<div class="gantt" role="group" aria-label="Task timeline">
     ${rows.map(({ t, s, e }) => html`<div class="mono trunc" title=${t.task_id}>${t.task_id}</div>
       <div class="track" title=${s ? `${fmtTime(new Date(s).toISOString())} · ${fmtDur(e - s)}` : "not started"}>
         ${s && html`<div class="bar" style=${`color:${STATUS_VAR(t.status)};left:${(100 * (s - t0)) / span}%;width:${Math.max(0.5, (100 * (e - s)) / span)}%`}></div>`}</div>`)}
@@ -991,13 +991,44 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       ${task.exit_code != null && html`<span class=${`badge ${task.exit_code === 0 ? "st-success" : "st-failed"}`}>exit ${task.exit_code}</span>`}
       ${task.timed_out && html`<span class="badge st-failed">timed out</span>`}
       ${task.worker && task.worker !== "local" && html`<span class="badge muted">${task.worker}</span>`}
+      ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
       ${task.message && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
       ${task.status === "running" || task.status === "queued" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
       ${TERMINAL_TASK.has(task.status) && !isParent ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
-    ${open && html`<div class="body"><${TaskLogs} run=${run} task=${task} /></div>`}
+    ${open && html`<div class="body"><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;
+}
+
+// ------------------------------------------------------------------ outputs
+
+const outputCount = (task) => Object.keys(task.outputs || {}).length;
+const OUTPUT_SHOWN = 4000; // characters of one value shown before "Show all"
+
+function OutputValue({ value }) {
+  const [all, setAll] = useState(false);
+  const compact = typeof value === "string" ? value : JSON.stringify(value);
+  const text = compact.length <= 100 || typeof value === "string" ? compact : JSON.stringify(value, null, 2);
+  const cut = !all && text.length > OUTPUT_SHOWN;
+  return html`<pre class="code">${cut ? text.slice(0, OUTPUT_SHOWN) + "…" : text}</pre>
+    ${cut && html`<button class="small" onClick=${() => setAll(true)}>Show all ${text.length.toLocaleString()} characters</button>`}`;
+}
+
+// What the task published ($NAGARE_OUTPUT, `output: NAME`); a map parent's values are lists.
+function Outputs({ task }) {
+  const names = Object.keys(task.outputs || {});
+  if (!names.length) return null;
+  const list = task.map_index == null && names.some((n) => Array.isArray(task.outputs[n]));
+  return html`<section class="outputs" aria-label=${`Outputs of ${task.task_id}`} data-outputs=${task.task_id}>
+    <h3>Outputs${list ? html` <span class="small muted">(one value per map child, in index order)</span>` : ""}</h3>
+    <div class="tablewrap"><table>
+      <thead><tr><th scope="col">Name</th><th scope="col">Value</th></tr></thead>
+      <tbody>${names.map((n) => html`<tr data-output=${n}>
+        <th scope="row" class="mono name">${n}</th>
+        <td><${OutputValue} value=${task.outputs[n]} /></td></tr>`)}</tbody>
+    </table></div>
+  </section>`;
 }
 
 // ------------------------------------------------------------------ logs

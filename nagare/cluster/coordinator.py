@@ -30,8 +30,10 @@ from nagare.cluster.protocol import (
     Welcome,
     WorkerHello,
 )
-from nagare.engine.assignment import build_assignment, effective_run_as
+from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
+from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
+from nagare.engine.outputs import with_outputs
 from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
@@ -77,6 +79,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
 
         def claim_of(self, task_instance_id: str, attempt: int | None = None) -> Claim | None: ...
+
+        def context_rows(self, run_id: str) -> list[UpstreamRow]: ...
 
     class _CoordinatorWorkers(Protocol):
         def claim(
@@ -281,10 +285,15 @@ class Coordinator:
         if holder != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
-        finish = attempt_finish(claim, result.outcome, now, result.cancel_reason)
         attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
         for stream, line in result.lines:
             attempt_log.on_line(stream, line)
+        outcome = result.outcome
+        name = claim.definition.output if claim.definition is not None else ""
+        if outcome.succeeded and (name or outcome.outputs):
+            stdout, cut = attempt_log.captured_stdout() if name else (None, False)
+            outcome = with_outputs(outcome, None, name, stdout, cut)
+        finish = attempt_finish(claim, outcome, now, result.cancel_reason)
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
@@ -436,27 +445,38 @@ class Coordinator:
             claim.run.run_id,
             claim.task.id,
             claim.attempt,
-            capture_stdout=claim.task.task_id in claim.dag.map_sources,
+            capture_stdout=captures_stdout(claim.dag, definition, claim.task.task_id),
         )
         if definition is None or definition.type not in RUNNABLE:
-            self._refuse(claim, worker_id, attempt_log, "task definition not found")
+            self._refuse(claim, worker_id, attempt_log, _failed("task definition not found"))
             return None
         pool = claim.task.pool
         user, problem = effective_run_as(
             definition.run_as, self.run_as.get(pool, ""), f"pool '{pool}'"
         )
         if problem:
-            self._refuse(claim, worker_id, attempt_log, problem)
+            self._refuse(claim, worker_id, attempt_log, _failed(problem))
+            return None
+        rows = (
+            self.store.tasks.context_rows(claim.run.run_id)
+            if needs_upstream(claim, definition)
+            else None
+        )
+        prepared = start_assignment(claim, definition, {}, rows)  # never this host's env
+        if isinstance(prepared, Outcome):  # skipped by its `when:`, or a template failed
+            self._refuse(claim, worker_id, attempt_log, prepared)
             return None
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
         attempt_log.note_before_output(f"running on worker {worker_id}")
-        assignment = build_assignment(claim, definition, {})  # never this host's env
         # stdout is captured here, from the streamed log; the worker enforces its own --run-as
-        return replace(assignment, capture_stdout=False, run_as=user)
+        # and picks its own $NAGARE_OUTPUT
+        return replace(prepared, capture_stdout=False, run_as=user)
 
-    def _refuse(self, claim: Claim, worker_id: str, attempt_log: AttemptLog, error: str) -> None:
-        outcome = Outcome(exit_code=None, error=error)
+    def _refuse(
+        self, claim: Claim, worker_id: str, attempt_log: AttemptLog, outcome: Outcome
+    ) -> None:
+        """End an attempt that is not handed out (it failed or was skipped before it ran)."""
         finish = attempt_finish(claim, outcome, self.clock())
         attempt_log.note(finish.message)
         attempt_log.close()
@@ -477,7 +497,7 @@ class Coordinator:
         task = claim.task
         if self.store.workers.holder(task_instance_id, attempt, self.clock()) != worker_id:
             raise Conflict(_not_held(worker_id, task.task_id, attempt))
-        capture = task.task_id in claim.dag.map_sources
+        capture = captures_stdout(claim.dag, claim.definition, task.task_id)
         attempt_log = self.logs.open_attempt(
             task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
         )
@@ -490,6 +510,10 @@ class Coordinator:
             entry = self._open_logs.pop((task_instance_id, attempt), None)
         if entry is not None:
             entry[1].close()
+
+
+def _failed(error: str) -> Outcome:
+    return Outcome(exit_code=None, error=error)
 
 
 def _not_held(worker_id: str, task_id: str, attempt: int) -> str:

@@ -24,9 +24,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nagare.engine.outputs import OutputError, check_outputs
 from nagare.errors import BadRequest
 from nagare.models import Assignment, AttemptMetrics, Outcome, Resources
-from nagare.patterns import HOSTNAME, NAME, TASK_INSTANCE_ID, WORKER_ID
+from nagare.patterns import HOSTNAME, NAME, OUTPUT_NAME, TASK_INSTANCE_ID, WORKER_ID
 
 POOL = NAME
 RESERVED_WORKER_IDS = frozenset({"local"})
@@ -297,7 +298,28 @@ def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
 def encode_outcome(outcome: Outcome) -> dict[str, Any]:
     data = asdict(outcome)
     data.pop("stdout", None)  # the master captures stdout from the streamed log
+    data.pop("skipped", None)  # decided by the master, never by a worker
+    if not outcome.outputs:
+        data.pop("outputs", None)
     return data
+
+
+def _outputs(value: Any) -> tuple[dict[str, str] | None, str]:
+    """A result's outputs, or why they are refused (the task then fails with it)."""
+    if value is None:
+        return None, ""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None, "outputs: expected an object of names to strings"
+    bad = [k for k in value if not OUTPUT_NAME.match(k)]
+    if bad:
+        return None, f"outputs: '{bad[0][:60]}' is not a valid output name"
+    try:
+        check_outputs(value)
+    except OutputError as exc:
+        return None, f"outputs: {exc}"
+    return dict(value) or None, ""
 
 
 def decode_outcome(data: dict[str, Any]) -> Outcome:
@@ -305,11 +327,13 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
     metrics: dict[str, Any] = raw_metrics if isinstance(raw_metrics, dict) else {}
     raw_exit = data.get("exit_code")
     exit_code = raw_exit if isinstance(raw_exit, int) and not isinstance(raw_exit, bool) else None
+    outputs, refused = _outputs(data.get("outputs"))
     return Outcome(
         exit_code=exit_code,
         timed_out=data.get("timed_out") is True,
         cancelled=data.get("cancelled") is True,
-        error=str(data.get("error") or "")[:2000],
+        error=str(data.get("error") or refused or "")[:2000],
+        outputs=outputs,
         metrics=AttemptMetrics(
             duration_ms=_number(metrics, "duration_ms"),
             cpu_user_ms=_number(metrics, "cpu_user_ms"),

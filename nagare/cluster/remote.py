@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,9 +44,11 @@ from nagare.cluster.protocol import (
 )
 from nagare.engine.assignment import SECRET_VARIABLES, effective_run_as
 from nagare.engine.attempt_end import HANDED_BACK_REASON
+from nagare.engine.outputs import OutputError, with_outputs
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
+from nagare.logs import read_output_file, remove_output_file
 from nagare.models import Assignment, Outcome
 
 log = logging.getLogger("nagare.worker")
@@ -55,6 +58,24 @@ SHIP_INTERVAL = 0.05
 BATCHES_PER_ROUND = 8
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 FATAL_STATUSES = (400, 401, 403, 404)
+
+
+# outputs a result may carry: the result must stay under the master's request body limit
+# (max_body_bytes, 1 MiB by default), with room for the rest of it
+MAX_SHIPPED_OUTPUT_BYTES = 768 * 1024
+
+
+def _shippable(outcome: Outcome) -> Outcome:
+    """Outcome with outputs small enough to ship, or failed saying they are not."""
+    size = sum(len(k) + len(v.encode()) for k, v in (outcome.outputs or {}).items())
+    if size <= MAX_SHIPPED_OUTPUT_BYTES:
+        return outcome
+    return replace(
+        outcome,
+        outputs=None,
+        error=f"outputs: {size} bytes in all; a task on a remote worker may publish at most "
+        f"{MAX_SHIPPED_OUTPUT_BYTES // 1024} KiB (they travel with its result)",
+    )
 
 
 class WorkerRejected(NagareError):
@@ -71,6 +92,7 @@ class _Task:
     cancel_reason: str = ""  # why it was stopped, if it was (under the worker's lock)
     lost: bool = False  # the master no longer counts on it: drop its lines and result
     done: bool = False  # the process ended; its result may still wait for delivery
+    output_file: str = ""  # its $NAGARE_OUTPUT on this host
 
     @property
     def key(self) -> tuple[str, int]:
@@ -117,6 +139,7 @@ class RemoteWorker:
         self._drain_deadline: float | None = None
         self._fatal: WorkerRejected | None = None
         self.on_fatal: Callable[[], None] = lambda: None  # app wires: stop the process
+        self._outputs_dir = ""  # where the tasks' $NAGARE_OUTPUT files are (made on first use)
 
     # ------------------------------------------------------------ lifecycle (see WorkerApp)
 
@@ -320,7 +343,14 @@ class RemoteWorker:
             self._ended(task, Outcome(exit_code=None, error=problem))
             return
         base = {} if assignment.image else self.base_env  # containers: never the host's
-        runnable = replace(assignment, env={**base, **assignment.env}, run_as=user)
+        output_file = self._output_file(assignment)
+        task.output_file = output_file
+        runnable = replace(
+            assignment,
+            env={**base, **assignment.env, "NAGARE_OUTPUT": output_file},
+            run_as=user,
+            output_file=output_file,
+        )
         try:
             handle = self.executor_for(assignment).start(runnable, task)
         except Exception as exc:  # an executor failure is the task's, not the worker's
@@ -340,7 +370,23 @@ class RemoteWorker:
             reason = task.cancel_reason
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
+        if task.output_file:  # the outputs travel with the result ($NAGARE_OUTPUT is ours)
+            if outcome.succeeded:
+                try:
+                    text = read_output_file(task.output_file)
+                except OutputError as exc:
+                    outcome = replace(outcome, error=f"outputs: {exc}")
+                else:
+                    outcome = _shippable(with_outputs(outcome, text, "", None, False))
+            remove_output_file(task.output_file)
         self._report(task, outcome)
+
+    def _output_file(self, assignment: Assignment) -> str:
+        """This attempt's $NAGARE_OUTPUT, in the worker's own folder (made once)."""
+        if not self._outputs_dir:
+            self._outputs_dir = tempfile.mkdtemp(prefix="nagare-worker-outputs-")
+        name = f"{assignment.task_instance_id}.{assignment.attempt}.outputs"
+        return os.path.join(self._outputs_dir, name)
 
     def _line(self, task: _Task, stream: str, line: str) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ string "5432" and `MODE: 0755` stays "0755", as DAG authors wrote them.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -46,9 +47,10 @@ from nagare.dagfile.nodes import (
 from nagare.dagfile.params import build_params, check_dag_params, trigger_dag_params
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
+from nagare.engine.expressions import compile_error, template_errors
 from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
-from nagare.patterns import ENV_NAME, MEMORY, USER_NAME
+from nagare.patterns import ENV_NAME, MEMORY, OUTPUT_NAME, USER_NAME
 
 MAX_FILE_BYTES = 1048576  # the default of max_dag_file_bytes
 MAX_DEPTH = 50  # lists and mappings inside each other; a DAG file needs about 6
@@ -91,6 +93,8 @@ TASK_KEYS = (
     "resources",
     "run_as",
     "params",
+    "when",
+    "output",
 )
 TRIGGER_KEYS = (
     "type",
@@ -511,7 +515,17 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
     kind = _task_type(fields, path, errors)
     text = {
         key: _optional_text(fields, key, errors, path)
-        for key in ("command", "pool", "map_over", "dag_id", "image", "workdir", "run_as")
+        for key in (
+            "command",
+            "pool",
+            "map_over",
+            "dag_id",
+            "image",
+            "workdir",
+            "run_as",
+            "when",
+            "output",
+        )
     }
     task = TaskDef(
         task_id=task_id or "",
@@ -538,8 +552,11 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
         if "params" in fields
         else {},
         line=node.start_mark.line + 1,
+        when=text["when"].strip(),
+        output=text["output"],
     )
     _check_task(task, fields, node, path, errors)
+    _check_expressions(task, fields, node, path, errors)
     items = _with_items(fields, path, errors) if "with_items" in fields else None
     if items is not None and kind is TaskType.MAP:
         errors.add(
@@ -714,6 +731,58 @@ def _check_task(
         )
 
 
+def _check_expressions(
+    task: TaskDef, fields: dict[str, Node], node: Node, path: str, errors: Collector
+) -> None:
+    """`when:` and the templates of templated fields compile; `output:` names an output."""
+    if "when" in fields and not task.when:
+        errors.add(fields["when"], f"{path}.when", "expected a jq condition, found nothing")
+    if task.when:
+        if task.type is TaskType.TRIGGER_DAG:
+            errors.add(
+                fields["when"], f"{path}.when", "'when' cannot be used with type 'trigger_dag'"
+            )
+        problem = compile_error(task.when)
+        if problem:
+            errors.add(
+                fields["when"],
+                f"{path}.when",
+                f"jq condition '{task.when}' does not compile: {problem}",
+            )
+    if "output" in fields:
+        if not OUTPUT_NAME.match(task.output):
+            errors.add(
+                fields["output"],
+                f"{path}.output",
+                f"'{task.output}' is not a valid output name (expected letters, digits and '_', "
+                "not starting with a digit)",
+            )
+        if task.type is TaskType.TRIGGER_DAG:
+            errors.add(
+                fields["output"],
+                f"{path}.output",
+                "'output' cannot be used with type 'trigger_dag'",
+            )
+    templated: list[tuple[str, str, Node]] = [
+        (key, getattr(task, key), fields[key])
+        for key in ("command", "image", "workdir")
+        if key in fields
+    ]
+    if "env" in fields and isinstance(fields["env"], MappingNode):
+        for key_node, value_node in fields["env"].value:
+            name = str(key_node.value)
+            if name in task.env:
+                templated.append((f"env.{name}", task.env[name], value_node))
+    if "volumes" in fields and isinstance(fields["volumes"], SequenceNode):
+        for index, value_node in enumerate(fields["volumes"].value):
+            if isinstance(value_node.value, str):
+                templated.append((f"volumes[{index}]", value_node.value, value_node))
+    for key, text, at in templated:
+        if "{{" in text:
+            for problem in template_errors(text):
+                errors.add(at, f"{path}.{key}", problem)
+
+
 def _expand_with_items(raw: list[_RawTask], errors: Collector) -> list[TaskDef]:
     """`with_items` clones a task per item (`<id>_<item>`); dependants depend on every clone."""
     clones: dict[str, list[str]] = {}
@@ -739,6 +808,7 @@ def _expand_with_items(raw: list[_RawTask], errors: Collector) -> list[TaskDef]:
                     entry.task,
                     task_id=clone_id,
                     command=entry.task.command.replace("{{item}}", item),
+                    with_item=json.dumps(item),
                 )
             )
         clones[entry.task.task_id] = ids

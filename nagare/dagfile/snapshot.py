@@ -88,6 +88,12 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["run_as"] = task.run_as
     if task.params:
         data["params"] = task.params
+    if task.when:
+        data["when"] = task.when
+    if task.output:
+        data["output"] = task.output
+    if task.with_item is not None:
+        data["with_item"] = task.with_item
     return data
 
 

@@ -4,6 +4,7 @@ executor gets), and the items a map task fans out over. Pure functions."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from nagare.clock import to_iso
@@ -53,10 +54,11 @@ def task_env(
     run: Run,
     task: TaskInstance,
     attempt: int,
+    outputs: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Base environment (minus Nagare's secrets and the DAG's webhook secret), then Nagare
-    variables, DAG env, the run's parameters (conf: their environment form), task env; later
-    wins, so a run parameter overrides a DAG-level default.
+    variables, DAG env, the run's parameters (conf: their environment form), the upstream
+    tasks' outputs, task env; later wins, so a run parameter overrides a DAG-level default.
 
     For containers and remote workers `base` is empty: they never get the server's environment.
     """
@@ -67,6 +69,8 @@ def task_env(
     env.update(nagare_env(dag, run, task, attempt))
     env.update(dag.env)
     env.update({k: str(v) for k, v in run.conf.items()})
+    if outputs:
+        env.update(outputs)
     env.update(definition.env)
     return env
 
@@ -96,10 +100,15 @@ def run_as_errors(dag: DagDef, pool_users: dict[str, str]) -> list[tuple[int, st
     return found
 
 
-def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]) -> Assignment:
+def build_assignment(
+    claim: Claim,
+    definition: TaskDef,
+    base_env: dict[str, str],
+    outputs: Mapping[str, str] | None = None,
+) -> Assignment:
     """What the executor runs for this claim (`definition`: its task's, from `claim.dag`);
     `base_env` is the executing host's environment (empty for containers and for remote
-    workers, which add their own)."""
+    workers, which add their own); `outputs`: the upstream tasks' outputs as variables."""
     task, run, dag = claim.task, claim.run, claim.dag
     return Assignment(
         task_instance_id=task.id,
@@ -108,15 +117,20 @@ def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]
         task_id=task.task_id,
         attempt=claim.attempt,
         command=task.command,
-        env=task_env(base_env, dag, definition, run, task, claim.attempt),
+        env=task_env(base_env, dag, definition, run, task, claim.attempt, outputs),
         timeout_seconds=definition.timeout_seconds,
         image=definition.image,
         workdir=definition.workdir,
         volumes=definition.volumes,
         resources=definition.resources,
-        capture_stdout=task.task_id in dag.map_sources,
+        capture_stdout=captures_stdout(dag, definition, task.task_id),
         run_as=definition.run_as,
     )
+
+
+def captures_stdout(dag: DagDef, definition: TaskDef | None, task_id: str) -> bool:
+    """Whether an attempt's stdout is kept: it feeds a map, or it is an `output: NAME`."""
+    return task_id in dag.map_sources or (definition is not None and bool(definition.output))
 
 
 def parse_map_items(stdout: str, source: str, limit: int, cut_at: int | None = None) -> list[Any]:

@@ -41,6 +41,7 @@ def attempt_finish(
         message=message,
         ready_at=ready_at,
         extra_attempts=extra,
+        outputs=outcome.outputs if status is TaskStatus.SUCCESS else None,
     )
 
 
@@ -49,6 +50,8 @@ def decide(
 ) -> tuple[TaskStatus, TaskStatus, str, int, int | None]:
     """(task status, attempt status, message, extra attempts granted, ready_at) for an outcome."""
     task = claim.task
+    if outcome.skipped:  # it never ran (its `when:` was false)
+        return TaskStatus.SKIPPED, TaskStatus.SKIPPED, outcome.skipped, 0, None
     if outcome.succeeded:
         return TaskStatus.SUCCESS, TaskStatus.SUCCESS, "", 0, None
     if outcome.cancelled and cancel_reason in REQUEUE_MESSAGES:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nagare.engine.outputs import CONTAINER_OUTPUT_DIR, OUTPUT_FILE_NAME
 from nagare.models import Assignment
 from nagare.patterns import MEMORY
 
@@ -74,6 +75,10 @@ def container_spec(
     resources = assignment.resources
     host_config: dict[str, Any] = {}
     binds = volume_binds(assignment.volumes, volume_roots)
+    environment = dict(assignment.env)
+    if assignment.output_file:  # the attempt's own folder for $NAGARE_OUTPUT (see outputs_dir)
+        binds.append(f"{outputs_dir(assignment.output_file)}:{CONTAINER_OUTPUT_DIR}:rw")
+        environment["NAGARE_OUTPUT"] = f"{CONTAINER_OUTPUT_DIR}/{OUTPUT_FILE_NAME}"
     if binds:
         host_config["Binds"] = binds
     if resources is not None and resources.cpus:
@@ -89,13 +94,19 @@ def container_spec(
         image=assignment.image,
         entrypoint=list(SHELL),
         command=[assignment.command],
-        environment=dict(assignment.env),
+        environment=environment,
         working_dir=assignment.workdir or None,
         labels=container_labels(assignment, owner),
         host_config=host_config,
         memory_text=resources.memory if resources is not None else "",
         user=assignment.run_as,
     )
+
+
+def outputs_dir(output_file: str) -> str:
+    """The per-attempt folder mounted at CONTAINER_OUTPUT_DIR: the task writes its outputs to
+    the file OUTPUT_FILE_NAME there, which the executor moves to `output_file` at the end."""
+    return output_file + ".d"
 
 
 def container_name(assignment: Assignment) -> str:

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,7 @@ import docker.utils
 import requests
 from docker.types import CancellableStream
 
+from nagare.engine.outputs import OUTPUT_FILE_NAME
 from nagare.executors import AttemptHandle, AttemptListener, LineSplitter, OnLine, not_started
 from nagare.executors.containers import (
     ATTEMPT_LABEL,
@@ -50,6 +52,7 @@ from nagare.executors.containers import (
     ContainerUsage,
     PullProgress,
     container_spec,
+    outputs_dir,
 )
 from nagare.executors.reactor import Reactor
 from nagare.models import Assignment, AttemptMetrics, ExecutorType, Outcome
@@ -281,7 +284,13 @@ class DockerExecutor:
             attempt.api = self._api()
             self._ensure_image(attempt)
             self._stop_if_cancelled(attempt, "before start")
-            return self._run_container(attempt, assignment.timeout_seconds)
+            if not assignment.output_file:
+                return self._run_container(attempt, assignment.timeout_seconds)
+            folder = _make_outputs_dir(assignment.output_file)
+            try:
+                return self._run_container(attempt, assignment.timeout_seconds)
+            finally:
+                _take_outputs(folder, assignment.output_file)
         except _Stop as stop:
             return stop.outcome
         except docker.errors.APIError as exc:
@@ -503,6 +512,23 @@ class DockerExecutor:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _make_outputs_dir(output_file: str) -> str:
+    """The attempt's folder for $NAGARE_OUTPUT, writable by whatever user the container runs as
+    (it holds nothing but this attempt's outputs)."""
+    folder = outputs_dir(output_file)
+    os.makedirs(folder, exist_ok=True)
+    os.chmod(folder, 0o777)
+    return folder
+
+
+def _take_outputs(folder: str, output_file: str) -> None:
+    """Move what the container published to `output_file` (read like a local task's) and drop
+    the folder."""
+    with contextlib.suppress(OSError):
+        os.replace(os.path.join(folder, OUTPUT_FILE_NAME), output_file)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _json_lines(response: requests.Response) -> Iterator[dict[str, Any]]:

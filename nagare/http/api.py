@@ -21,6 +21,7 @@ from nagare.http.serialize import (
     pool_json,
     run_json,
     task_json,
+    tasks_json,
 )
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
@@ -84,6 +85,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
 
         def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
+
+        def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
 
     class ApiStore(Protocol):
         """The parts of the store the API routes read, and what of them."""
@@ -470,10 +473,16 @@ class Api:
     def tasks(self, request: Request) -> list[dict[str, Any]]:
         run_id = request.params["run_id"]
         self.s.runs.run(run_id)
-        return [task_json(t) for t in self.s.store.tasks.of_run(run_id)]
+        return tasks_json(self.s.store.tasks.of_run(run_id))
 
     def task(self, request: Request) -> dict[str, Any]:
-        return task_json(self._task(request))
+        task = self._task(request)
+        children = (
+            self.s.store.tasks.children(task.run_id, task.task_id)
+            if task.map_index is None and not task.outputs
+            else None
+        )
+        return task_json(task, children)
 
     def attempts(self, request: Request) -> list[dict[str, Any]]:
         task = self._task(request)

@@ -54,7 +54,27 @@ def metrics_json(metrics: AttemptMetrics | None) -> dict[str, Any] | None:
     }
 
 
-def task_json(task: TaskInstance) -> dict[str, Any]:
+def tasks_json(tasks: list[TaskInstance]) -> list[dict[str, Any]]:
+    """Task instances of a run (children included): a map parent's outputs are lists of its
+    children's values."""
+    children: dict[str, list[TaskInstance]] = {}
+    for task in tasks:
+        if task.map_index is not None:
+            children.setdefault(task.base_task_id, []).append(task)
+    return [task_json(t, children.get(t.task_id) if t.map_index is None else None) for t in tasks]
+
+
+def outputs_json(task: TaskInstance, children: list[TaskInstance] | None) -> dict[str, Any]:
+    """`{"NAME": "value"}`, or for a map parent each name's values over its children in index
+    order (null for a child that published none)."""
+    if not children:
+        return dict(task.outputs or {})
+    ordered = sorted(children, key=lambda c: c.map_index or 0)
+    names = dict.fromkeys(name for c in ordered for name in (c.outputs or {}))
+    return {name: [(c.outputs or {}).get(name) for c in ordered] for name in names}
+
+
+def task_json(task: TaskInstance, children: list[TaskInstance] | None = None) -> dict[str, Any]:
     return {
         "id": task.id,
         "run_id": task.run_id,
@@ -76,6 +96,7 @@ def task_json(task: TaskInstance) -> dict[str, Any]:
         "retry_at": to_iso(task.ready_at) if task.status == "up_for_retry" else None,
         "message": task.message,
         "output_tail": task.output_tail,
+        "outputs": outputs_json(task, children),
         "metrics": metrics_json(task.metrics),
     }
 
@@ -115,6 +136,10 @@ def task_def_json(task: TaskDef) -> dict[str, Any]:
         data["dag_id"] = task.dag_id
     if task.run_as:
         data["run_as"] = task.run_as
+    if task.when:
+        data["when"] = task.when
+    if task.output:
+        data["output"] = task.output
     if task.image:
         data["image"] = task.image
         data["workdir"] = task.workdir

@@ -20,7 +20,7 @@ TASK_COLUMNS = (
     "ti.id, ti.run_id, ti.task_id, ti.base_task_id, ti.map_index, ti.item, ti.position, "
     "ti.status, ti.attempt, ti.max_attempts, ti.pool, ti.worker, ti.command, ti.exit_code, "
     "ti.timed_out, ti.queued_at, ti.started_at, ti.completed_at, ti.ready_at, ti.output_tail, "
-    "ti.message"
+    "ti.message, ti.outputs"
 )
 METRIC_COLUMNS = (
     "a.duration_ms, a.cpu_user_ms, a.cpu_system_ms, a.peak_memory_bytes, a.exit_code AS a_exit, "
@@ -42,6 +42,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         dag_version=row["dag_version"],
         killed=bool(row["killed"]),
         params={} if row["params"] is None else json.loads(row["params"]),
+        has_outputs=bool(row["has_outputs"]),
     )
 
 
@@ -69,6 +70,8 @@ def task_from_row(row: sqlite3.Row) -> TaskInstance:
         message=row["message"],
         position=row["position"],
     )
+    if row["outputs"] is not None:
+        task.outputs = json.loads(row["outputs"])
     if "a_completed" in row.keys() and row["a_completed"] is not None:  # noqa: SIM118
         task.metrics = metrics_from_row(row, exit_key="a_exit")
     return task

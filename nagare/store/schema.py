@@ -247,4 +247,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN params TEXT;
     """,
+    # 8: task outputs (the successful attempt's `$NAGARE_OUTPUT` and `output: NAME`, JSON); a
+    # run remembers whether any task published some, so tasks of other runs never look for them
+    """
+    ALTER TABLE task_instances ADD COLUMN outputs TEXT;
+    ALTER TABLE runs ADD COLUMN has_outputs INTEGER NOT NULL DEFAULT 0;
+    """,
 )

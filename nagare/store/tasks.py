@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from nagare.engine.context import UpstreamRow
 from nagare.models import (
     STATUS_BY_VALUE,
     TASK_TRANSITIONS,
@@ -134,6 +136,22 @@ class TaskStore:
         run = run_from_row(run_row)
         number = task.attempt if attempt is None else attempt
         return Claim(task, run, number, self.dags.version(run.dag_version))
+
+    def context_rows(self, run_id: str) -> list[UpstreamRow]:
+        """Status, exit code and outputs of every task instance of the run (for the context of
+        a task that uses it, see engine.context)."""
+        with self.db.read() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(
+                "SELECT task_id, base_task_id, map_index, status, exit_code, outputs "
+                "FROM task_instances WHERE run_id=?",
+                (run_id,),
+            ).fetchall()
+        return [
+            UpstreamRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None)
+            for r in rows
+        ]
 
     def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]:
         with self.db.read() as conn:
@@ -440,7 +458,7 @@ def finish_many(
     attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
     no longer running that attempt (a kill that won the race) keeps its status, and its attempt is
     closed as cancelled."""
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
     moved = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
@@ -448,12 +466,22 @@ def finish_many(
             "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
             "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
             "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
+            "outputs=CASE WHEN v.column3='queued' THEN outputs ELSE v.column12 END, "
             f"max_attempts=max_attempts+v.column11 FROM (VALUES {rows}) AS v "
             "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
             "RETURNING id, base_task_id, pool",
             [value for f in finishes for value in _task_values(f)],
         ).fetchall()
     }
+    published = [
+        (f.task_instance_id,) for f in finishes if f.outputs and f.task_instance_id in moved
+    ]
+    if published:  # the run's tasks look for outputs from now on (see models.Run.has_outputs)
+        conn.executemany(
+            "UPDATE runs SET has_outputs=1 WHERE run_id=(SELECT run_id FROM task_instances "
+            "WHERE id=?) AND has_outputs=0",
+            published,
+        )
     statuses = {
         f.task_instance_id: f.attempt_status
         if f.task_instance_id in moved
@@ -530,6 +558,7 @@ def _task_values(finish: AttemptFinish) -> tuple[object, ...]:
         finish.message,
         finish.now,
         finish.extra_attempts,
+        json.dumps(finish.outputs, ensure_ascii=False) if finish.outputs else None,
     )
 
 
