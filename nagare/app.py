@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from nagare.executors.docker import DockerExecutor
 
 log = logging.getLogger("nagare")
+STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
 
 
 class App:
@@ -351,6 +352,8 @@ class App:
             thread.join(timeout=5)
         if self.http is not None:
             self.http.server_close()
+            if not self.http.requests.wait_idle(STOP_REQUESTS_SECONDS):
+                log.warning("requests still being answered after %.0fs", STOP_REQUESTS_SECONDS)
         self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         if self._docker is not None:
             self._docker.close()

@@ -312,6 +312,9 @@ class Run:
     dag_version: str = ""
     killed: bool = False
     task_counts: dict[str, int] = field(default_factory=dict)
+    # the resolved run parameters of a DAG with `params:` (defaults filled in, typed; `conf`
+    # holds their environment form); empty for a DAG without, whose values are only in `conf`
+    params: dict[str, Any] = field(default_factory=dict)
     has_outputs: bool = False  # some task of the run published outputs
 
 

@@ -96,12 +96,10 @@ def extract_params(trigger: TriggerDef, payload: Any) -> dict[str, Any]:
     run service as a `conf` is (a string is converted to the declared type, "10" -> 10)."""
     values: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
-    if trigger.extract_payload:
-        import jq
     for name, expression in trigger.extract_payload.items():
         try:
-            values[name] = next(iter(jq.compile(expression).input_value(payload)), None)
-        except (ValueError, StopIteration) as exc:
+            values[name] = first_result(expression, payload)
+        except ExpressionError as exc:
             problems.append((name, f"jq expression '{expression}' failed: {exc}"))
     if problems:
         listed = "; ".join(f"{name}: {message}" for name, message in problems)

@@ -9,13 +9,14 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import wait_for
 
 from nagare.dagfile import parse_dag
 from nagare.engine.new_run import new_instance_id
 from nagare.models import TaskStatus, Trigger
 from nagare.store import Database, Store
-from nagare.store.db import CHECKPOINT_EVERY_COMMITS
+from nagare.store.db import CHECKPOINT_EVERY_COMMITS, DatabaseError
 from nagare.store.tasks import TRANSITION_CHUNK
 
 
@@ -171,3 +172,29 @@ def test_task_ids_made_in_threads_never_collide() -> None:
     every = [i for m in made for i in m]
     assert len(set(every)) == len(every)
     assert all(m == sorted(m) for m in made)
+
+
+def test_closing_never_closes_a_reader_under_a_thread_that_uses_it(tmp_path: Path) -> None:
+    """A request still being answered while the server stops keeps its reader until it is
+    done; reads that start after the close get a clear DatabaseError, never a crash."""
+    db = Database(str(tmp_path / "n.db"), readers=2)
+    inside, release = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def long_read() -> None:
+        with db.read() as conn:
+            inside.set()
+            release.wait(5)
+            seen.append(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    assert inside.wait(5)
+    db.close()
+    with pytest.raises(DatabaseError, match="closed"), db.read():
+        pass
+    release.set()
+    reader.join(5)
+    assert seen == [0]  # its statement ran on its still-open connection
+    with pytest.raises(DatabaseError, match="closed"), db.read():
+        pass

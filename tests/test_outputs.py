@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,15 @@ def test_the_context_holds_upstream_tasks_only_and_map_outputs_as_lists() -> Non
     assert context["run"]["scheduled_time"] is None
     assert context["params"] == {"p": "P"}
     assert context["item"] is None and context["index"] is None
+
+
+def test_params_of_the_context_are_the_typed_run_parameters_else_the_conf() -> None:
+    dag = _dag()
+    claim = _claim(dag, "c")
+    typed = replace(claim, run=replace(claim.run, params={"n": 10, "on": True}))
+    context = build_context(dag, typed, dag.task("c"), {})  # type: ignore[arg-type]
+    assert context["params"] == {"n": 10, "on": True}  # typed, not their environment text
+    assert render("{{ .params.n + 1 }}", context) == "11"
 
 
 def test_nearest_upstream_wins_a_clash_of_output_names() -> None:

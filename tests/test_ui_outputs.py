@@ -3,16 +3,13 @@ values in an Outputs section (a map parent's as lists), light, dark and phone, a
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
+from axe import axe_violations
 from test_ui import browser, expect, ui  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
-
-AXE_PATHS = (os.environ.get("NAGARE_AXE_JS", ""), "/tmp/axe/package/axe.min.js")
 
 DAG = """
 id: published
@@ -35,22 +32,6 @@ tasks:
     depends_on: [per_region]
     command: echo "sum {{ .tasks.per_region.outputs.TOTAL | map(tonumber) | add }}"
 """
-
-
-def axe_violations(page: Any) -> list[dict[str, Any]]:
-    """Critical and serious axe-core violations of the page."""
-    script = next((p for p in AXE_PATHS if p and Path(p).is_file()), None)
-    if script is None:
-        if os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
-            pytest.fail("axe-core (axe.min.js) not found: set NAGARE_AXE_JS")
-        pytest.skip("axe-core (axe.min.js) not found: set NAGARE_AXE_JS")
-    page.add_script_tag(path=script)
-    result = page.evaluate("async () => (await axe.run(document)).violations")
-    return [
-        {"id": v["id"], "targets": [n["target"] for n in v["nodes"]]}
-        for v in result
-        if v.get("impact") in ("critical", "serious")
-    ]
 
 
 def test_outputs_on_the_run_page_light_dark_phone_and_axe_clean(

@@ -158,6 +158,30 @@ class _Deadline(io.RawIOBase):
         return n
 
 
+class _InFlight:
+    """The requests the application is answering (a stop waits for them before the database
+    closes under them)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is being answered, at most `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: NagareHTTPServer
     protocol_version = "HTTP/1.1"
@@ -247,7 +271,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._send(error_response(Overloaded(too_many(self.server.limits))))
                 return
-            response = self.server.app(request)
+            with self.server.requests:
+                response = self.server.app(request)
+                self._send(response)
+            return
         except (ConnectionError, TimeoutError):  # a client too slow to send its body: drop it
             self.close_connection = True
             return
@@ -368,6 +395,7 @@ class NagareHTTPServer(ThreadingHTTPServer):
         self._gate: Gate | None = None  # started at the first connection beyond the cap
         self._gate_stop = threading.Event()
         self._gate_thread: threading.Thread | None = None
+        self.requests = _InFlight()  # requests inside the application
         if tls is not None:  # the handshake runs in the request thread, under its deadline
             self.socket = tls.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False

@@ -53,6 +53,7 @@ class Database:
         self._lent = threading.local()
         self._all: list[sqlite3.Connection] = [self._writer]
         self._commits = 0
+        self._closed = False
         self.checkpointer: Checkpointer | None = None
         self._migrate()
         if path != ":memory:":
@@ -126,7 +127,14 @@ class Database:
         if held is not None:  # a nested read in the same thread
             yield held
             return
-        conn = self._readers.get() or self._open_reader()
+        token = self._readers.get()
+        if self._closed:  # closed meanwhile: the pool holds only empty tokens; pass one on
+            if token is not None:
+                self._give_back(token)
+            else:
+                self._readers.put(None)
+            raise DatabaseError("the database is closed (the server is stopping)")
+        conn = token or self._open_reader()
         self._lent.conn = conn
         try:
             yield conn
@@ -134,7 +142,18 @@ class Database:
             self._lent.conn = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._readers.put(conn)
+            self._give_back(conn)
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        """A lent reader returns to the pool; once the database closed, it is closed here, by
+        the thread that used it (never under a thread still running a statement on it)."""
+        with self._lock:
+            if not self._closed:
+                self._readers.put(conn)
+                return
+            self._all.remove(conn)
+            self._readers.put(None)
+        conn.close()
 
     def _open_reader(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -168,12 +187,25 @@ class Database:
         return True
 
     def close(self) -> None:
+        """Close the writer and the idle readers; a reader lent to another thread (a request
+        still being answered) is closed when that thread gives it back, and reads started
+        after this raise DatabaseError: a connection is never closed under a statement."""
         if self.checkpointer is not None:
             self.checkpointer.close()
         with self._lock:
-            for conn in self._all:
+            self._closed = True
+            idle = [self._writer]
+            tokens = 0
+            while not self._readers.empty():
+                conn = self._readers.get_nowait()
+                tokens += 1
+                if conn is not None:
+                    idle.append(conn)
+            for _ in range(tokens):  # a read waiting for a reader wakes and sees the close
+                self._readers.put(None)
+            for conn in idle:
                 conn.close()
-            self._all.clear()
+                self._all.remove(conn)
 
 
 class Checkpointer:
