@@ -26,6 +26,7 @@ from nagare.dagfile import (
     read_dag_text,
     too_large_message,
 )
+from nagare.engine.secrets import MAX_SECRET_BYTES
 from nagare.liveness import Heartbeat
 from nagare.models import DagDef
 
@@ -251,3 +252,19 @@ def _webhook_clash(snapshot: Snapshot, dag: DagDef) -> str | None:
         if other.trigger is not None and other.trigger.path == dag.trigger.path:
             return other.dag_id
     return None
+
+
+def read_secret_file(path: str) -> str:
+    """The text of a secret's file (`secrets: [{file: ...}]`), read when a task starts.
+    Raises OSError (unreadable, not a regular file, too large) or ValueError (not UTF-8)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        data = handle.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise OSError(0, f"larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None

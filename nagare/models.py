@@ -145,6 +145,16 @@ class TriggerDef:
 
 
 @dataclass(frozen=True)
+class SecretDef:
+    """A secret a task gets as an environment variable: its name, and where the value is read
+    when the task starts (`env`: a server environment variable, or `file`: a path)."""
+
+    name: str
+    env: str = ""
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class TaskDef:
     task_id: str
     type: TaskType = TaskType.COMMAND
@@ -163,6 +173,7 @@ class TaskDef:
     resources: Resources | None = None
     run_as: str = ""
     line: int = 0
+    secrets: tuple[SecretDef, ...] = ()
 
     @property
     def max_attempts(self) -> int:
@@ -180,6 +191,7 @@ class DagDef:
     env: dict[str, str] = field(default_factory=dict)
     trigger: TriggerDef | None = None
     file: str = ""
+    secrets: tuple[SecretDef, ...] = ()
 
     @property
     def is_scheduled(self) -> bool:
@@ -362,6 +374,7 @@ class Assignment:
     resources: Resources | None = None
     capture_stdout: bool = False
     run_as: str = ""  # the user the task runs as ("" = the server's own)
+    secrets: tuple[str, ...] = ()  # secret values in `env`: masked in every log line
 
 
 @dataclass

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms
+from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
+from nagare.engine.secrets import resolve, source_variables, task_secrets, with_secrets
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
@@ -494,6 +496,8 @@ class WorkerPools:
             return Outcome(exit_code=None, cancelled=True, error=f"{reason} before start")
         base_env = {} if definition.image else self._base_env  # containers: never the host's
         hidden = self.hidden_env()
+        if claim.dag.secrets or definition.secrets:  # a secret's source variable stays hidden
+            hidden = hidden | source_variables(claim.dag)
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(claim, definition, base_env)
@@ -510,6 +514,13 @@ class WorkerPools:
             )
         except OSError as exc:  # its run's log folder cannot be made (a full disk)
             return Outcome(exit_code=None, error=f"{LOG_WRITE_FAILED}: {exc}")
+        secrets = task_secrets(claim.dag, definition)
+        if secrets:
+            values, problem = resolve(secrets, os.environ, read_secret_file)
+            if problem:
+                return Outcome(exit_code=None, error=problem)
+            assignment = with_secrets(assignment, values)
+            attempt.log.set_secrets(assignment.secrets)
         handle = self.executor_for(definition).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
@@ -553,6 +564,7 @@ class WorkerPools:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
         finish = attempt_finish(claim, outcome, self.clock(), cancel_reason)
         if attempt_log is not None:
+            finish.message = attempt_log.masked(finish.message)
             if finish.message:
                 attempt_log.note(finish.message)
             finish.output_tail = attempt_log.tail()

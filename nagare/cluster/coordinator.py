@@ -11,6 +11,7 @@ result for an attempt the worker no longer holds is refused, so one attempt has 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -30,8 +31,10 @@ from nagare.cluster.protocol import (
     Welcome,
     WorkerHello,
 )
+from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
+from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
@@ -285,6 +288,7 @@ class Coordinator:
         attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
         for stream, line in result.lines:
             attempt_log.on_line(stream, line)
+        finish.message = attempt_log.masked(finish.message)
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
@@ -448,10 +452,18 @@ class Coordinator:
         if problem:
             self._refuse(claim, worker_id, attempt_log, problem)
             return None
+        # secrets are resolved here, on the master, and travel with this assignment only
+        values, problem = resolve(task_secrets(claim.dag, definition), os.environ, read_secret_file)
+        if problem:
+            self._refuse(claim, worker_id, attempt_log, problem)
+            return None
+        attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
         attempt_log.note_before_output(f"running on worker {worker_id}")
         assignment = build_assignment(claim, definition, {})  # never this host's env
+        if values:
+            assignment = with_secrets(assignment, values)
         # stdout is captured here, from the streamed log; the worker enforces its own --run-as
         return replace(assignment, capture_stdout=False, run_as=user)
 
@@ -481,6 +493,10 @@ class Coordinator:
         attempt_log = self.logs.open_attempt(
             task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
         )
+        # reopened (after a master restart): its lines are masked again (an unreadable secret
+        # masks nothing more than the worker already did)
+        values, _ = resolve(task_secrets(claim.dag, claim.definition), os.environ, read_secret_file)
+        attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:
             self._open_logs[key] = (worker_id, attempt_log)
         return attempt_log

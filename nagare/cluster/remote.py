@@ -43,6 +43,7 @@ from nagare.cluster.protocol import (
 )
 from nagare.engine.assignment import SECRET_VARIABLES, effective_run_as
 from nagare.engine.attempt_end import HANDED_BACK_REASON
+from nagare.engine.secrets import apply_mask, mask_values
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
@@ -71,6 +72,10 @@ class _Task:
     cancel_reason: str = ""  # why it was stopped, if it was (under the worker's lock)
     lost: bool = False  # the master no longer counts on it: drop its lines and result
     done: bool = False  # the process ended; its result may still wait for delivery
+    masked: tuple[str, ...] = ()  # its secret values, prepared for masking
+
+    def __post_init__(self) -> None:
+        self.masked = mask_values(self.assignment.secrets)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -343,6 +348,8 @@ class RemoteWorker:
         self._report(task, outcome)
 
     def _line(self, task: _Task, stream: str, line: str) -> None:
+        if task.masked:  # masked before it leaves this host
+            line = apply_mask(line, task.masked)
         with self._lock:
             while self._buffered > BUFFER_CHARS and not task.lost and not task.cancel_reason:
                 self._lock.wait(0.5)  # backpressure: the shipper is behind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from nagare.models import DagDef, Resources, TaskDef, TaskType
+from nagare.models import DagDef, Resources, SecretDef, TaskDef, TaskType
 
 
 def dag_to_json(dag: DagDef) -> str:
@@ -23,6 +23,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "env": dag.env,
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
+        **({"secrets": [asdict(s) for s in dag.secrets]} if dag.secrets else {}),
     }
 
 
@@ -48,6 +49,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["resources"] = asdict(task.resources)
     if task.run_as:  # only when set: the JSON (and hash) of other definitions stays as it was
         data["run_as"] = task.run_as
+    if task.secrets:  # names and sources only (values are read when the task starts)
+        data["secrets"] = [asdict(s) for s in task.secrets]
     return data
 
 
@@ -57,6 +60,7 @@ def dag_from_json(text: str) -> DagDef:
     tasks = []
     for item in data["tasks"]:
         resources = item.pop("resources", None)
+        secrets = tuple(SecretDef(**s) for s in item.pop("secrets", ()))
         tasks.append(
             TaskDef(
                 **{
@@ -66,6 +70,7 @@ def dag_from_json(text: str) -> DagDef:
                     "volumes": tuple(item["volumes"]),
                 },
                 resources=Resources(**resources) if resources else None,
+                secrets=secrets,
             )
         )
     return DagDef(
@@ -77,4 +82,5 @@ def dag_from_json(text: str) -> DagDef:
         catchup=data["catchup"],
         env=data["env"],
         file=data["file"],
+        secrets=tuple(SecretDef(**s) for s in data.get("secrets", ())),
     )
