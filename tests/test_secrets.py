@@ -242,7 +242,7 @@ def test_a_missing_secret_fails_the_task_naming_the_secret(
 
 def test_a_remote_worker_gets_the_secret_only_with_its_task_and_masks_its_lines(
     nagare_factory: Callable[..., Nagare],
-    workers: Callable[..., Worker],  # noqa: F811 (the fixture imported above)
+    workers: Callable[..., Worker],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
