@@ -23,6 +23,7 @@ from nagare.dagfile import (
     clip,
     load_dag_file,
     not_regular_message,
+    parse_dag,
     read_dag_text,
     too_large_message,
 )
@@ -98,6 +99,11 @@ class DagFolder:
         # the same reader as a scan: a FIFO or a huge file put there since is refused at once
         text = read_dag_text(os.path.join(self.path, name), self._max_file_bytes)
         return None if isinstance(text, DagError) else text
+
+    def check_text(self, text: str, file: str = "<request>") -> list[DagError]:
+        """Every problem of a DAG file's text, with this folder's checks; nothing is loaded
+        (`POST /api/dags/validate`)."""
+        return parse_dag(text, file, self.path, self._extra_check)[1]
 
     # ------------------------------------------------------------ scanning
 

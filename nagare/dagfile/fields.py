@@ -189,7 +189,6 @@ def dag_schema() -> dict[str, Any]:
     secret["oneOf"] = [{"required": ["env"]}, {"required": ["file"]}]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://nagare.dev/schema/dag.json",
         "title": "Nagare DAG file",
         **schema,
         "$defs": {
