@@ -67,8 +67,8 @@ class _Attempt:
             self.log_failure = f"{LOG_WRITE_FAILED}: {self.log.failed}"
             self.pools.cancel(self.claim.task.id, self.log_failure)
         sink = self.pools.line_sink
-        if sink is not None:
-            sink(self.claim.task.task_id, stream, text)
+        if sink is not None:  # (`nagare exec` prints it: masked as the log is)
+            sink(self.claim.task.task_id, stream, self.log.masked(text))
 
     def started(self, pid: int, start_time: float) -> None:
         """Its process started: the pid record is written at the end of this turn."""

@@ -5,14 +5,18 @@ server, real SQLite, real `sh -c`; a remote worker for the cluster path."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Nagare
+from conftest import DOCKER_TEST_IMAGE, Nagare, pythonpath_env, require_docker
 from test_cluster import GPU_ONLY, LEASE, Worker, gpu_dag, wait_online, workers
 
 from nagare.cluster import protocol
+from nagare.cluster.remote import RemoteWorker, _Task
 from nagare.dagfile import dag_from_json, dag_to_json, parse_dag
 from nagare.engine.secrets import MASK, mask, mask_values, resolve, task_secrets, with_secrets
 from nagare.models import Assignment, SecretDef, TaskDef
@@ -99,6 +103,16 @@ def test_the_assignment_carries_its_secrets_to_the_worker() -> None:
     assert protocol.decode_assignment(wire) == assignment
     old = {k: v for k, v in wire.items() if k != "secrets"}  # a master of the previous release
     assert protocol.decode_assignment(old).secrets == ()
+
+
+def test_the_worker_masks_a_line_before_it_is_buffered_for_the_master() -> None:
+    worker = RemoteWorker.__new__(RemoteWorker)  # only the line buffer of a worker
+    worker._lock = threading.Condition()
+    worker._buffered = 0
+    worker._lines = {}
+    task = _Task(worker, Assignment("i", "r", "d", "t", 1, "x", {}, secrets=(VALUE,)))
+    task.line("stdout", f"pw={VALUE}")
+    assert worker._lines[task.key] == [("stdout", f"pw={MASK}")]
 
 
 # ---------------------------------------------------------------- validation at load
@@ -263,6 +277,45 @@ def test_a_remote_worker_gets_the_secret_only_with_its_task_and_masks_its_lines(
     run_id = nagare.trigger("remote_secret")
     assert nagare.wait_run(run_id)["status"] == "success"
     assert nagare.task(run_id, "t")["worker"] == "w1"
+    assert f"pw={MASK} len={len(VALUE)}" in nagare.log(run_id, "t")
+    nagare.app.stop()
+    assert files_containing(tmp_path, VALUE) == []
+
+
+def test_nagare_exec_prints_the_example_masked(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nagare", "exec", str(ROOT / "dags" / "secrets_example.yaml")],
+        cwd=tmp_path,
+        env=pythonpath_env(NAGARE_EXAMPLE_DB_PASSWORD=VALUE),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"[connect] connecting as app with password {MASK}" in result.stdout
+    assert VALUE not in result.stdout + result.stderr
+
+
+def test_a_container_task_gets_the_secret_and_its_log_is_masked(
+    nagare_factory: Callable[..., Nagare], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    require_docker()
+    monkeypatch.setenv("SRC_PW", VALUE)
+    nagare = nagare_factory(
+        dags={
+            "c.yaml": f"""
+                id: boxed
+                schedule: workflow_dispatch
+                secrets: [{{name: PW, env: SRC_PW}}]
+                tasks:
+                  - id: t
+                    image: {DOCKER_TEST_IMAGE}
+                    command: echo "pw=$PW len=${{#PW}}"
+            """
+        }
+    )
+    run_id = nagare.trigger("boxed")
+    assert nagare.wait_run(run_id, timeout=60)["status"] == "success"
     assert f"pw={MASK} len={len(VALUE)}" in nagare.log(run_id, "t")
     nagare.app.stop()
     assert files_containing(tmp_path, VALUE) == []
