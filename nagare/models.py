@@ -201,6 +201,15 @@ class DagDef:
         return self._by_id.get(task_id)
 
     @cached_property
+    def secret_sources(self) -> frozenset[str]:
+        """The server environment variables its secrets (DAG's and tasks') are read from: no
+        task inherits them (a task sees a value only under its secret's name)."""
+        names = {secret.env for secret in self.secrets if secret.env}
+        for task in self.tasks:
+            names.update(secret.env for secret in task.secrets if secret.env)
+        return frozenset(names)
+
+    @cached_property
     def _by_id(self) -> dict[str, TaskDef]:
         return {task.task_id: task for task in self.tasks}
 

@@ -27,7 +27,7 @@ from nagare.clock import now_ms
 from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import build_assignment, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
-from nagare.engine.secrets import resolve, source_variables, task_secrets, with_secrets
+from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
@@ -496,8 +496,8 @@ class WorkerPools:
             return Outcome(exit_code=None, cancelled=True, error=f"{reason} before start")
         base_env = {} if definition.image else self._base_env  # containers: never the host's
         hidden = self.hidden_env()
-        if claim.dag.secrets or definition.secrets:  # a secret's source variable stays hidden
-            hidden = hidden | source_variables(claim.dag)
+        if claim.dag.secret_sources:  # a secret's source variable stays hidden
+            hidden = hidden | claim.dag.secret_sources
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         assignment = build_assignment(claim, definition, base_env)

@@ -226,8 +226,9 @@ def test_secret_values_are_masked_in_multiline_output_messages_and_hidden_from_e
 
 
 def test_a_missing_secret_fails_the_task_naming_the_secret(
-    nagare_factory: Callable[..., Nagare], tmp_path: Path
+    nagare_factory: Callable[..., Nagare], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("NAGARE_TEST_SET_VARIABLE", VALUE)
     nagare = nagare_factory(
         dags={
             "m.yaml": f"""
@@ -237,6 +238,11 @@ def test_a_missing_secret_fails_the_task_naming_the_secret(
                   - id: from_env
                     secrets: [{{name: PW, env: NAGARE_TEST_UNSET_VARIABLE}}]
                     command: echo never
+                  - id: other
+                    secrets: [{{name: PW, env: NAGARE_TEST_SET_VARIABLE}}]
+                    command: echo never
+                  - id: no_secrets
+                    command: echo "inherited:${{NAGARE_TEST_SET_VARIABLE:-no}}"
                   - id: from_file
                     secrets: [{{name: TOKEN, file: {tmp_path / "absent"}}}]
                     command: echo never
@@ -252,6 +258,8 @@ def test_a_missing_secret_fails_the_task_naming_the_secret(
     )
     assert "never" not in nagare.log(run_id, "from_env")
     assert "secret 'TOKEN': cannot read the file" in nagare.log(run_id, "from_file")
+    # a task without secrets does not inherit another task's source variable either
+    assert nagare.log(run_id, "no_secrets") == "inherited:no\n"
 
 
 def test_a_remote_worker_gets_the_secret_only_with_its_task_and_masks_its_lines(
@@ -278,6 +286,8 @@ def test_a_remote_worker_gets_the_secret_only_with_its_task_and_masks_its_lines(
     assert nagare.wait_run(run_id)["status"] == "success"
     assert nagare.task(run_id, "t")["worker"] == "w1"
     assert f"pw={MASK} len={len(VALUE)}" in nagare.log(run_id, "t")
+    w1.proc.kill()  # (stopping a master while a worker's long poll is in flight can crash it)
+    w1.wait_exit(10)
     nagare.app.stop()
     assert files_containing(tmp_path, VALUE) == []
 

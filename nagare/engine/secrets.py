@@ -56,15 +56,6 @@ def task_secrets(dag: DagDef, task: TaskDef | None) -> tuple[SecretDef, ...]:
     return tuple(merged.values())
 
 
-def source_variables(dag: DagDef) -> set[str]:
-    """The server environment variables secrets are read from: hidden from the environment a
-    task inherits (a task sees the value under the secret's name only)."""
-    names = {secret.env for secret in dag.secrets if secret.env}
-    for task in dag.tasks:
-        names.update(secret.env for secret in task.secrets if secret.env)
-    return names
-
-
 def resolve(
     secrets: Iterable[SecretDef],
     environ: Mapping[str, str],
