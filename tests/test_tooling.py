@@ -140,10 +140,7 @@ def test_validate_answers_every_problem_with_line_and_field_and_loads_nothing(
     result = nagare.call("POST", "/api/dags/validate", raw=bad)
     assert result.status == 200
     assert result.json["valid"] is False
-    assert [(e["line"], e["field"]) for e in result.json["errors"]] == [
-        (6, "tasks[0] (a).dependson"),
-        (5, "tasks[0] (a).retries"),
-    ] or sorted((e["line"], e["field"]) for e in result.json["errors"]) == [
+    assert sorted((e["line"], e["field"]) for e in result.json["errors"]) == [
         (5, "tasks[0] (a).retries"),
         (6, "tasks[0] (a).dependson"),
     ]
