@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="settings file whose DAG limits apply (default: nagare.yaml)"
     )
     validate.set_defaults(func=cmd_validate)
+    _add_tooling(commands)
     _add_cleanup(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(f"nagare {__version__}") or 0)
@@ -298,6 +299,69 @@ def _params(values: list[str]) -> dict[str, str]:
             raise ConfigError(f"-p expects KEY=VALUE, found '{value}'")
         params[key] = text
     return params
+
+
+# ---------------------------------------------------------------- schema and dry
+
+
+def _add_tooling(commands: Any) -> None:
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of DAG files (for editors and CI checks)"
+    )
+    schema.set_defaults(func=cmd_schema)
+    dry = commands.add_parser(
+        "dry",
+        help="validate a DAG, resolve its parameters and print the plan; runs nothing "
+        "(exit 0 valid, 1 invalid)",
+    )
+    dry.add_argument("target", metavar="FILE_OR_DAG", help="a DAG file, or a DAG id in --dags")
+    dry.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a run parameter"
+    )
+    dry.add_argument("--dags", default="dags", help="DAGs folder for a DAG id (default: dags)")
+    dry.add_argument("--config", help="settings file whose DAG checks apply")
+    dry.set_defaults(func=cmd_dry)
+
+
+def cmd_schema(namespace: argparse.Namespace) -> int:
+    import json
+
+    from nagare.dagfile.fields import dag_schema
+
+    print(json.dumps(dag_schema(), indent=2))
+    return 0
+
+
+def cmd_dry(namespace: argparse.Namespace) -> int:
+    from nagare.engine.plan import dry_plan, plan_text, run_params
+
+    config = load_config({"config": namespace.config, "dags": namespace.dags})
+
+    def check(dag: DagDef) -> list[tuple[int, str, str]]:  # as the server checks at load
+        return webhook_compile_errors(dag) + run_as_errors(dag, config.pool_run_as)
+
+    target = namespace.target
+    paths = [target] if os.path.isfile(target) else _dag_files([namespace.dags])
+    for path in paths:
+        dag, errors = load_dag_file(path, check, config.max_dag_file_bytes)
+        if path == target and errors:
+            for error in errors:
+                print(error)
+            return 1
+        if dag is None or (path != target and dag.dag_id != target):
+            continue
+        params, problems = run_params(dag, _params(namespace.param))
+        if problems:
+            for problem in problems:
+                print(f"-p: {problem}")
+            return 1
+        print(plan_text(dag, params, dry_plan(dag, params)), end="")
+        return 0
+    print(
+        f"DAG '{target}' not found (no such file, and no valid DAG with that id in "
+        f"{namespace.dags})"
+    )
+    return 1
 
 
 # ---------------------------------------------------------------- validate

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from nagare.clock import now_ms, parse_iso
+from nagare.errors import ConfigError
 
 if TYPE_CHECKING:
     from nagare.client import ApiClient, ApiError
@@ -139,6 +140,22 @@ def _kill_args(parser: argparse.ArgumentParser) -> None:
     _run_arg(parser)
     parser.add_argument(
         "task_id", metavar="TASK_ID", nargs="?", help="kill only this task (default: the run)"
+    )
+
+
+def _retry_args(parser: argparse.ArgumentParser) -> None:
+    _run_arg(parser)
+    parser.add_argument(
+        "task_id",
+        metavar="TASK_ID",
+        nargs="?",
+        help="retry only this task (default: every failed, upstream_failed and cancelled task "
+        "of the finished run)",
+    )
+    parser.add_argument(
+        "--downstream",
+        action="store_true",
+        help="with TASK_ID: re-run its successful dependants too (clear downstream)",
     )
 
 
@@ -306,11 +323,25 @@ def _end_message(task_id: str, data: str) -> str:
 
 
 def cmd_retry(namespace: argparse.Namespace) -> int:
-    task = _client(namespace).retry_task(namespace.run_id, namespace.task_id)
+    client = _client(namespace)
+    if namespace.task_id is None:
+        if namespace.downstream:
+            raise ConfigError("--downstream needs a TASK_ID (the task whose dependants re-run)")
+        run = client.retry_run(namespace.run_id)
+        return _emit(
+            namespace,
+            run,
+            lambda: (
+                f"Queued retry of the failed, upstream_failed and cancelled tasks of run "
+                f"{namespace.run_id}"
+            ),
+        )
+    task = client.retry_task(namespace.run_id, namespace.task_id, namespace.downstream)
+    also = " and its successful dependants" if namespace.downstream else ""
     return _emit(
         namespace,
         task,
-        lambda: f"Queued retry for task {namespace.task_id} in run {namespace.run_id}",
+        lambda: f"Queued retry for task {namespace.task_id}{also} in run {namespace.run_id}",
     )
 
 
@@ -344,7 +375,7 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Hand
     ("run", "show one run", _run_arg, cmd_run),
     ("tasks", "list the tasks of a run", _run_arg, cmd_tasks),
     ("logs", "print (or follow with -f) the log of a task", _logs_args, cmd_logs),
-    ("retry", "run a finished task again", _task_args, cmd_retry),
+    ("retry", "run a finished run's failed tasks, or one task, again", _retry_args, cmd_retry),
     ("kill", "kill a run, or one task of it", _kill_args, cmd_kill),
     ("stats", "show run and DAG counters", _no_args, cmd_stats),
     ("workers", "list the connected remote workers", _no_args, cmd_workers),

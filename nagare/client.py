@@ -179,8 +179,12 @@ class ApiClient:
     def kill_task(self, run_id: str, task_id: str) -> JsonObject:
         return self._object("POST", _task_path(run_id, task_id, "kill"))
 
-    def retry_task(self, run_id: str, task_id: str) -> JsonObject:
-        return self._object("POST", _task_path(run_id, task_id, "retry"))
+    def retry_task(self, run_id: str, task_id: str, downstream: bool = False) -> JsonObject:
+        query = {"downstream": "true"} if downstream else None
+        return self._object("POST", _task_path(run_id, task_id, "retry"), query=query)
+
+    def retry_run(self, run_id: str) -> JsonObject:
+        return self._object("POST", _path("api", "runs", run_id, "retry"))
 
     def logs_text(
         self, run_id: str, task_id: str, attempt: int | None = None, tail: int | None = None

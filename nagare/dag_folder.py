@@ -23,9 +23,11 @@ from nagare.dagfile import (
     clip,
     load_dag_file,
     not_regular_message,
+    parse_dag,
     read_dag_text,
     too_large_message,
 )
+from nagare.engine.secrets import MAX_SECRET_BYTES
 from nagare.liveness import Heartbeat
 from nagare.models import DagDef
 
@@ -97,6 +99,11 @@ class DagFolder:
         # the same reader as a scan: a FIFO or a huge file put there since is refused at once
         text = read_dag_text(os.path.join(self.path, name), self._max_file_bytes)
         return None if isinstance(text, DagError) else text
+
+    def check_text(self, text: str, file: str = "<request>") -> list[DagError]:
+        """Every problem of a DAG file's text, with this folder's checks; nothing is loaded
+        (`POST /api/dags/validate`)."""
+        return parse_dag(text, file, self.path, self._extra_check)[1]
 
     # ------------------------------------------------------------ scanning
 
@@ -251,3 +258,19 @@ def _webhook_clash(snapshot: Snapshot, dag: DagDef) -> str | None:
         if other.trigger is not None and other.trigger.path == dag.trigger.path:
             return other.dag_id
     return None
+
+
+def read_secret_file(path: str) -> str:
+    """The text of a secret's file (`secrets: [{file: ...}]`), read when a task starts.
+    Raises OSError (unreadable, not a regular file, too large) or ValueError (not UTF-8)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        data = handle.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise OSError(0, f"larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None

@@ -26,6 +26,7 @@ from typing import IO
 from nagare.engine.assignment import size_text
 from nagare.engine.outputs import MAX_FILE_BYTES as MAX_OUTPUT_FILE_BYTES
 from nagare.engine.outputs import MAX_OUTPUTS, MAX_VALUE_BYTES, OutputError
+from nagare.engine.secrets import apply_mask, mask_values
 
 TAIL_LINES = 20
 TAIL_CHARS = 4000
@@ -94,11 +95,24 @@ class AttemptLog:
         self._lock = threading.Lock()
         self._header = ""  # see note_before_output
         self.failed: OSError | None = None  # the write that failed (then nothing more is written)
+        self._masked: tuple[str, ...] = ()  # secret values, masked before anything is written
+
+    def set_secrets(self, values: tuple[str, ...]) -> None:
+        """Mask these secret values as ***** in every line written from now on (and in the
+        tail, the captured stdout and `masked` messages): nothing unmasked reaches the disk."""
+        with self._lock:
+            self._masked = mask_values(values)
+
+    def masked(self, text: str) -> str:
+        """`text` with this attempt's secret values masked (for messages stored elsewhere)."""
+        return apply_mask(text, self._masked) if self._masked else text
 
     def on_line(self, stream: str, line: str) -> None:
         """Write a line through. A write that fails (a full disk: ENOSPC) never raises: the
         log stops being written, `failed` holds the error, and the tail is still kept."""
         with self._lock:
+            if self._masked:
+                line = apply_mask(line, self._masked)
             written = self._try(self._write, line)
             self._tail.append(line)
             if written and stream == "stdout" and self._capture_stdout:

@@ -174,6 +174,16 @@ class TriggerDef:
 
 
 @dataclass(frozen=True)
+class SecretDef:
+    """A secret a task gets as an environment variable: its name, and where the value is read
+    when the task starts (`env`: a server environment variable, or `file`: a path)."""
+
+    name: str
+    env: str = ""
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class TaskDef:
     task_id: str
     type: TaskType = TaskType.COMMAND
@@ -196,6 +206,7 @@ class TaskDef:
     when: str = ""  # a jq condition over the task's context; false/null -> skipped
     output: str = ""  # `output: NAME`: the whole stdout becomes the output NAME
     with_item: str | None = None  # a with_items clone's item (JSON text), `.item` of its context
+    secrets: tuple[SecretDef, ...] = ()
 
     @property
     def max_attempts(self) -> int:
@@ -235,6 +246,7 @@ class DagDef:
     trigger: TriggerDef | None = None
     file: str = ""
     params: tuple[ParamDef, ...] = ()
+    secrets: tuple[SecretDef, ...] = ()
 
     @property
     def is_scheduled(self) -> bool:
@@ -242,6 +254,15 @@ class DagDef:
 
     def task(self, task_id: str) -> TaskDef | None:
         return self._by_id.get(task_id)
+
+    @cached_property
+    def secret_sources(self) -> frozenset[str]:
+        """The server environment variables its secrets (DAG's and tasks') are read from: no
+        task inherits them (a task sees a value only under its secret's name)."""
+        names = {secret.env for secret in self.secrets if secret.env}
+        for task in self.tasks:
+            names.update(secret.env for secret in task.secrets if secret.env)
+        return frozenset(names)
 
     @cached_property
     def _by_id(self) -> dict[str, TaskDef]:
@@ -423,6 +444,7 @@ class Assignment:
     capture_stdout: bool = False
     run_as: str = ""  # the user the task runs as ("" = the server's own)
     output_file: str = ""  # where $NAGARE_OUTPUT points on this host ("" = the executor picks)
+    secrets: tuple[str, ...] = ()  # secret values in `env`: masked in every log line
 
 
 @dataclass

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms
+from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
 from nagare.engine.outputs import OutputError, with_outputs
+from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
@@ -68,8 +70,8 @@ class _Attempt:
             self.log_failure = f"{LOG_WRITE_FAILED}: {self.log.failed}"
             self.pools.cancel(self.claim.task.id, self.log_failure)
         sink = self.pools.line_sink
-        if sink is not None:
-            sink(self.claim.task.task_id, stream, text)
+        if sink is not None:  # (`nagare exec` prints it: masked as the log is)
+            sink(self.claim.task.task_id, stream, self.log.masked(text))
 
     def started(self, pid: int, start_time: float) -> None:
         """Its process started: the pid record is written at the end of this turn."""
@@ -499,6 +501,8 @@ class WorkerPools:
             return Outcome(exit_code=None, cancelled=True, error=f"{reason} before start")
         base_env = {} if definition.image else self._base_env  # containers: never the host's
         hidden = self.hidden_env()
+        if claim.dag.secret_sources:  # a secret's source variable stays hidden
+            hidden = hidden | claim.dag.secret_sources
         if hidden and base_env:
             base_env = {k: v for k, v in base_env.items() if k not in hidden}
         try:
@@ -529,6 +533,13 @@ class WorkerPools:
             return Outcome(exit_code=None, error=problem)
         if user != assignment.run_as:
             assignment = replace(assignment, run_as=user)
+        secrets = task_secrets(claim.dag, definition)
+        if secrets:
+            values, problem = resolve(secrets, os.environ, read_secret_file)
+            if problem:
+                return Outcome(exit_code=None, error=problem)
+            assignment = with_secrets(assignment, values)
+            attempt.log.set_secrets(assignment.secrets)
         handle = self.executor_for(definition).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
@@ -574,6 +585,7 @@ class WorkerPools:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
         finish = attempt_finish(claim, outcome, self.clock(), cancel_reason)
         if attempt_log is not None:
+            finish.message = attempt_log.masked(finish.message)
             if finish.message:
                 attempt_log.note(finish.message)
             finish.output_tail = attempt_log.tail()

@@ -18,6 +18,7 @@ from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
 from nagare.engine.params import Source, run_values
+from nagare.engine.rerun import downstream_reruns, run_retry
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
@@ -299,7 +300,39 @@ class RunService:
 
     # ------------------------------------------------------------ retry
 
-    def retry_task(self, run_id: str, task_id: str) -> TaskInstance:
+    def retry_run(self, run_id: str) -> Run:
+        """Re-open every failed, upstream_failed and cancelled task of a finished run (same run,
+        new attempts); 409 while it is active or when there is nothing to retry."""
+        run = self.run(run_id)
+        if not run.status.terminal:
+            raise Conflict(f"run '{run_id}' is {run.status}; only a finished run can be retried")
+        dag = self.store.dags.version(run.dag_version)
+        tasks = {t.task_id: t for t in self.store.tasks.of_run(run_id, include_children=False)}
+        now, later = run_retry(dag, {i: t.status for i, t in tasks.items()})
+        if not now and not later:
+            raise Conflict(
+                f"run '{run_id}' has no failed, upstream_failed or cancelled task to retry"
+            )
+        plan = _RetryPlan()
+        for task_id in now:
+            definition = dag.task(task_id)
+            assert definition is not None  # run_retry names tasks of the DAG only
+            one = self._retry_plan(run_id, tasks[task_id], definition.type, definition.retries)
+            plan.queue += one.queue
+            plan.running += one.running
+            plan.pending += one.pending
+        plan.pending += [tasks[t].id for t in later]
+        self.store.tasks.reopen(run_id, plan.queue, plan.running, plan.pending, self.clock())
+        log.info(
+            "run %s retried (%d task(s))",
+            run_id,
+            len(now) + len(later),
+            extra={"dag_id": run.dag_id, "run_id": run_id},
+        )
+        self.wake(run_id)
+        return self.run(run_id)
+
+    def retry_task(self, run_id: str, task_id: str, downstream: bool = False) -> TaskInstance:
         task = self.task(run_id, task_id)
         if task.status in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING):
             raise Conflict(
@@ -312,6 +345,12 @@ class RunService:
             raise NotFound(f"task '{task.base_task_id}' is not in the run's DAG")
         plan = self._retry_plan(run_id, task, definition.type, definition.retries)
         pending = self._dependants(run_id, dag, task.base_task_id, exclude=plan.running)
+        if downstream:  # its successful dependants run again too
+            tops = self.store.tasks.of_run(run_id, include_children=False)
+            again = set(
+                downstream_reruns(dag, task.base_task_id, {t.task_id: t.status for t in tops})
+            )
+            pending += [t.id for t in tops if t.task_id in again and t.id not in plan.running]
         self.store.tasks.reopen(
             run_id, plan.queue, plan.running, pending + plan.pending, self.clock()
         )

@@ -25,3 +25,4 @@ Database.schema_version  # tests/test_metrics.py (migrations)
 Reactor.idle  # tests/executor_harness.py: nothing left registered after an attempt
 Spawner.uses_vfork, Spawner.hands_off_cpu  # tests/test_dispatch.py (start methods)
 Coordinator.waiting_polls  # tests/test_cluster.py waits for a worker's long poll
+mask  # engine/secrets: the one masker, for task outputs (and tests/test_secrets.py)

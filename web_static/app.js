@@ -8,6 +8,7 @@ const html = htm.bind(h);
 const KEY = "nagare_api_key";
 const TERMINAL_RUN = new Set(["success", "failed", "cancelled"]);
 const TERMINAL_TASK = new Set(["success", "failed", "cancelled", "upstream_failed", "skipped"]);
+const RETRIED_RUN = new Set(["failed", "upstream_failed", "cancelled"]); // what a run retry re-queues
 const TASK_STATUSES = ["pending", "queued", "running", "success", "failed", "up_for_retry", "upstream_failed", "cancelled", "skipped"];
 const RUN_STATUSES = ["queued", "running", "success", "failed", "cancelled"];
 const TRIGGERS = ["manual", "scheduled", "webhook", "triggered", "catchup", "backfill"];
@@ -444,6 +445,12 @@ function DagTable({ dags, reload }) {
       <td class="hide-sm">${d.last_run ? html`<${Link} href=${runHref(d.last_run.run_id)}><${StatusBadge} status=${d.last_run.status} /></${Link}>` : html`<span class="muted">—</span>`}</td>
       <td><${PauseSwitch} dag=${d} onChange=${reload} /></td>
       <td><${TriggerButtons} dag=${d} /></td></tr>`)}</tbody></table></div>`;
+}
+
+function retryRun(run, after) {
+  return api(`/api/runs/${enc(run.run_id)}/retry`, { method: "POST" })
+    .then(() => { pushToast(`Run ${run.run_id}: failed tasks requeued`); after?.(); })
+    .catch((e) => pushToast(`Retry failed: ${e.message}`, true));
 }
 
 function killRun(run, after) {
@@ -907,6 +914,7 @@ function RunDetail({ runId, focusTask }) {
     <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} />
       <span class="spacer"></span>
       ${running && html`<button class="danger" onClick=${() => killRun(run, load)} data-action="kill-run">■ Kill run</button>`}
+      ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>

@@ -11,6 +11,7 @@ result for an attempt the worker no longer holds is refused, so one attempt has 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -30,10 +31,12 @@ from nagare.cluster.protocol import (
     Welcome,
     WorkerHello,
 )
+from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
 from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
 from nagare.engine.outputs import with_outputs
+from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
@@ -294,6 +297,7 @@ class Coordinator:
             stdout, cut = attempt_log.captured_stdout() if name else (None, False)
             outcome = with_outputs(outcome, None, name, stdout, cut)
         finish = attempt_finish(claim, outcome, now, result.cancel_reason)
+        finish.message = attempt_log.masked(finish.message)
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
@@ -466,9 +470,17 @@ class Coordinator:
         if isinstance(prepared, Outcome):  # skipped by its `when:`, or a template failed
             self._refuse(claim, worker_id, attempt_log, prepared)
             return None
+        # secrets are resolved here, on the master, and travel with this assignment only
+        values, problem = resolve(task_secrets(claim.dag, definition), os.environ, read_secret_file)
+        if problem:
+            self._refuse(claim, worker_id, attempt_log, problem)
+            return None
+        attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:
             self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
         attempt_log.note_before_output(f"running on worker {worker_id}")
+        if values:
+            prepared = with_secrets(prepared, values)
         # stdout is captured here, from the streamed log; the worker enforces its own --run-as
         # and picks its own $NAGARE_OUTPUT
         return replace(prepared, capture_stdout=False, run_as=user)
@@ -501,6 +513,10 @@ class Coordinator:
         attempt_log = self.logs.open_attempt(
             task.run_id, task_instance_id, attempt, capture_stdout=capture, resume=True
         )
+        # reopened (after a master restart): its lines are masked again (an unreadable secret
+        # masks nothing more than the worker already did)
+        values, _ = resolve(task_secrets(claim.dag, claim.definition), os.environ, read_secret_file)
+        attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:
             self._open_logs[key] = (worker_id, attempt_log)
         return attempt_log

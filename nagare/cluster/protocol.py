@@ -201,6 +201,7 @@ def decode_directives(data: dict[str, Any]) -> Directives:
 def encode_assignment(assignment: Assignment) -> dict[str, Any]:
     data = asdict(assignment)
     data["volumes"] = list(assignment.volumes)
+    data["secrets"] = list(assignment.secrets)
     return data
 
 
@@ -210,6 +211,7 @@ def decode_assignment(data: dict[str, Any]) -> Assignment:
     fields["resources"] = Resources(**resources) if isinstance(resources, dict) else None
     fields["volumes"] = tuple(fields.get("volumes") or ())
     fields["env"] = {str(k): str(v) for k, v in (fields.get("env") or {}).items()}
+    fields["secrets"] = tuple(str(v) for v in (fields.get("secrets") or ()))
     known = Assignment.__dataclass_fields__
     return Assignment(**{k: v for k, v in fields.items() if k in known})
 

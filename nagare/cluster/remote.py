@@ -45,6 +45,7 @@ from nagare.cluster.protocol import (
 from nagare.engine.assignment import SECRET_VARIABLES, effective_run_as
 from nagare.engine.attempt_end import HANDED_BACK_REASON
 from nagare.engine.outputs import OutputError, with_outputs
+from nagare.engine.secrets import apply_mask, mask_values
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
@@ -93,6 +94,10 @@ class _Task:
     lost: bool = False  # the master no longer counts on it: drop its lines and result
     done: bool = False  # the process ended; its result may still wait for delivery
     output_file: str = ""  # its $NAGARE_OUTPUT on this host
+    masked: tuple[str, ...] = ()  # its secret values, prepared for masking
+
+    def __post_init__(self) -> None:
+        self.masked = mask_values(self.assignment.secrets)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -389,6 +394,8 @@ class RemoteWorker:
         return os.path.join(self._outputs_dir, name)
 
     def _line(self, task: _Task, stream: str, line: str) -> None:
+        if task.masked:  # masked before it leaves this host
+            line = apply_mask(line, task.masked)
         with self._lock:
             while self._buffered > BUFFER_CHARS and not task.lost and not task.cancel_reason:
                 self._lock.wait(0.5)  # backpressure: the shipper is behind

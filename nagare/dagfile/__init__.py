@@ -21,6 +21,7 @@ from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
+from nagare.dagfile import fields as fields_table
 from nagare.dagfile.graph import check_graph
 from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
 from nagare.dagfile.nodes import (
@@ -48,7 +49,7 @@ from nagare.dagfile.params import build_params, check_dag_params, trigger_dag_pa
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.engine.expressions import compile_error, template_errors
-from nagare.models import DagDef, Resources, TaskDef, TaskType, TriggerDef
+from nagare.models import DagDef, Resources, SecretDef, TaskDef, TaskType, TriggerDef
 from nagare.models import topological_order as topological_order  # re-exported
 from nagare.patterns import ENV_NAME, MEMORY, OUTPUT_NAME, USER_NAME
 
@@ -62,50 +63,12 @@ MAX_COMMAND_CHARS = 16_000_000  # command text of one DAG once with_items is exp
 HTTP_METHOD = re.compile(r"^[A-Za-z]+$")
 WEBHOOK_PREFIX = "/api/webhooks/"
 
-DAG_KEYS = (
-    "id",
-    "description",
-    "schedule",
-    "timezone",
-    "catchup",
-    "env",
-    "trigger",
-    "tasks",
-    "autoscaler",
-    "params",
-)
-TASK_KEYS = (
-    "id",
-    "type",
-    "command",
-    "depends_on",
-    "env",
-    "timeout_seconds",
-    "retries",
-    "retry_delay_seconds",
-    "pool",
-    "map_over",
-    "dag_id",
-    "with_items",
-    "image",
-    "workdir",
-    "volumes",
-    "resources",
-    "run_as",
-    "params",
-    "when",
-    "output",
-)
-TRIGGER_KEYS = (
-    "type",
-    "path",
-    "method",
-    "secret",
-    "secret_env",
-    "signature_header",
-    "extract_payload",
-)
-RESOURCE_KEYS = ("cpus", "memory", "gpus")
+# Allowed keys come from the field table (which also generates the JSON Schema).
+DAG_KEYS = fields_table.keys(fields_table.DAG)
+TASK_KEYS = fields_table.keys(fields_table.TASK)
+TRIGGER_KEYS = fields_table.keys(fields_table.TRIGGER)
+RESOURCE_KEYS = fields_table.keys(fields_table.RESOURCES)
+SECRET_KEYS = fields_table.keys(fields_table.SECRET)
 
 # ---------------------------------------------------------------- public entry points
 
@@ -317,6 +280,7 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     env = env_map(fields["env"], "env", errors) if "env" in fields else {}
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
     params = build_params(fields["params"], errors) if "params" in fields else ()
+    secrets = _secrets(fields, "", errors, base_dir)
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
         return None
@@ -330,6 +294,7 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         env=env,
         trigger=trigger,
         params=params,
+        secrets=secrets,
     )
     check_dag_params(dag, fields.get("params"), fields.get("trigger"), errors)
     return dag
@@ -427,6 +392,62 @@ def _build_trigger(node: Node, errors: Collector) -> TriggerDef | None:
         or "X-Hub-Signature-256",
         extract_payload=extract,
     )
+
+
+def _secrets(
+    fields: dict[str, Node], path: str, errors: Collector, base_dir: str
+) -> tuple[SecretDef, ...]:
+    """`secrets:` (DAG or task level): a list of {name, env | file}, names unique. A relative
+    file path is relative to the DAG file's folder."""
+    if "secrets" not in fields:
+        return ()
+    node = fields["secrets"]
+    field = f"{path}.secrets" if path else "secrets"
+    if not isinstance(node, SequenceNode):
+        errors.add(
+            node,
+            field,
+            f"expected a list of {{name, env | file}} mappings, found {node_kind(node)}",
+        )
+        return ()
+    result: list[SecretDef] = []
+    seen: set[str] = set()
+    for index, item in enumerate(node.value):
+        at = f"{field}[{index}]"
+        if not isinstance(item, MappingNode):
+            errors.add(
+                item, at, f"expected a mapping {{name, env | file}}, found {node_kind(item)}"
+            )
+            continue
+        values = mapping(item, SECRET_KEYS, at, errors)
+        name = _optional_text(values, "name", errors, at)
+        env = _optional_text(values, "env", errors, at)
+        file = _optional_text(values, "file", errors, at)
+        if not name:
+            errors.add(item, f"{at}.name", "'name' is required (the variable the task gets)")
+        elif not ENV_NAME.match(name):
+            errors.add(
+                values["name"],
+                f"{at}.name",
+                f"'{clip(name, 100)}' is not a valid variable name "
+                "(expected [A-Za-z_][A-Za-z0-9_]*)",
+            )
+        elif name in seen:
+            errors.add(values["name"], f"{at}.name", f"the secret '{name}' is given twice")
+        if bool(env) == bool(file):
+            found = "both" if env else "neither"
+            errors.add(item, at, f"give exactly one source, 'env' or 'file' (found {found})")
+        if env and not ENV_NAME.match(env):
+            errors.add(
+                values["env"],
+                f"{at}.env",
+                f"'{clip(env, 100)}' is not a valid environment variable name",
+            )
+        seen.add(name)
+        if name and file:
+            file = os.path.normpath(os.path.join(base_dir, file))
+        result.append(SecretDef(name=name, env=env, file=file))
+    return tuple(result)
 
 
 # ---------------------------------------------------------------- task level
@@ -554,6 +575,7 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
         line=node.start_mark.line + 1,
         when=text["when"].strip(),
         output=text["output"],
+        secrets=_secrets(fields, path, errors, base_dir),
     )
     _check_task(task, fields, node, path, errors)
     _check_expressions(task, fields, node, path, errors)

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from nagare.models import DagDef, ParamDef, ParamType, Resources, TaskDef, TaskType
+from nagare.models import DagDef, ParamDef, ParamType, Resources, SecretDef, TaskDef, TaskType
 
 
 def dag_to_json(dag: DagDef) -> str:
@@ -24,6 +24,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "env": dag.env,
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
+        **({"secrets": [asdict(s) for s in dag.secrets]} if dag.secrets else {}),
     }
     if dag.params:  # only when declared: the JSON (and hash) of other definitions stays
         data["params"] = [param_dict(p) for p in dag.params]
@@ -94,6 +95,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["output"] = task.output
     if task.with_item is not None:
         data["with_item"] = task.with_item
+    if task.secrets:  # names and sources only (values are read when the task starts)
+        data["secrets"] = [asdict(s) for s in task.secrets]
     return data
 
 
@@ -103,6 +106,7 @@ def dag_from_json(text: str) -> DagDef:
     tasks = []
     for item in data["tasks"]:
         resources = item.pop("resources", None)
+        secrets = tuple(SecretDef(**s) for s in item.pop("secrets", ()))
         tasks.append(
             TaskDef(
                 **{
@@ -112,6 +116,7 @@ def dag_from_json(text: str) -> DagDef:
                     "volumes": tuple(item["volumes"]),
                 },
                 resources=Resources(**resources) if resources else None,
+                secrets=secrets,
             )
         )
     return DagDef(
@@ -124,4 +129,5 @@ def dag_from_json(text: str) -> DagDef:
         env=data["env"],
         file=data["file"],
         params=tuple(param_from_dict(p) for p in data.get("params", ())),
+        secrets=tuple(SecretDef(**s) for s in data.get("secrets", ())),
     )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare import __version__
 from nagare.clock import now_ms, parse_iso
 from nagare.dag_folder import DagFolder
+from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import check_key, check_token
 from nagare.http.cors import cors_headers, is_preflight, preflight
@@ -22,6 +23,7 @@ from nagare.http.serialize import (
     run_json,
     task_json,
     tasks_json,
+    validation_json,
 )
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
@@ -224,11 +226,28 @@ class Api:
                 auth="open",
                 tags=("system",),
             ),
+            Route(
+                "GET",
+                "/api/schema/dag.json",
+                self.schema,
+                "JSON Schema of a DAG file (for editors: yaml-language-server $schema)",
+                auth="open",
+                tags=("system",),
+            ),
             Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
             Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
             Route("GET", "/api/dags", self.dags, "Every loaded DAG, sorted by id", tags=("dags",)),
             Route(
                 "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
+            ),
+            Route(
+                "POST",
+                "/api/dags/validate",
+                self.validate_dag,
+                "Check a DAG file's YAML text (the body) and list every problem; loads nothing",
+                body={"type": "string", "description": "the YAML text of a DAG file"},
+                body_type="text/yaml",
+                tags=("dags",),
             ),
             Route("GET", "/api/dags/{dag_id}", self.dag, "One DAG", tags=("dags",)),
             Route(
@@ -288,6 +307,14 @@ class Api:
                 tags=("runs",),
             ),
             Route(
+                "POST",
+                "/api/runs/{run_id}/retry",
+                self.retry_run,
+                "Re-queue every failed, upstream_failed and cancelled task of a finished run "
+                "(same run, new attempts)",
+                tags=("runs",),
+            ),
+            Route(
                 "GET",
                 "/api/runs/{run_id}/tasks",
                 self.tasks,
@@ -329,7 +356,15 @@ class Api:
                 "POST",
                 "/api/runs/{run_id}/tasks/{task_id}/retry",
                 self.retry_task,
-                "Run a finished task again (re-opens its run)",
+                "Run a finished task again (re-opens its run); downstream=true re-runs its "
+                "successful dependants too",
+                query=(
+                    Param(
+                        "downstream",
+                        "also re-run its successful dependants",
+                        enum=("true", "false"),
+                    ),
+                ),
                 tags=("tasks",),
             ),
         ]
@@ -356,6 +391,9 @@ class Api:
         if self._openapi is None:
             self._openapi = openapi(self.router.routes, __version__)
         return self._openapi
+
+    def schema(self, request: Request) -> dict[str, Any]:
+        return dag_schema()
 
     def stats(self, request: Request) -> dict[str, Any]:
         stats = self.s.store.runs.stats(now_ms())
@@ -390,6 +428,13 @@ class Api:
             )
             for i, dag in sorted(snapshot.dags.items())
         ]
+
+    def validate_dag(self, request: Request) -> dict[str, Any]:
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the body is not UTF-8 text (byte offset {exc.start})") from None
+        return validation_json(self.s.folder.check_text(text))
 
     def dag_errors(self, request: Request) -> dict[str, list[str]]:
         return self.s.folder.snapshot.errors
@@ -492,9 +537,13 @@ class Api:
         return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))
 
     def retry_task(self, request: Request) -> dict[str, Any]:
+        downstream = _enum_arg(request, "downstream", ("true", "false")) == "true"
         return task_json(
-            self.s.runs.retry_task(request.params["run_id"], request.params["task_id"])
+            self.s.runs.retry_task(request.params["run_id"], request.params["task_id"], downstream)
         )
+
+    def retry_run(self, request: Request) -> dict[str, Any]:
+        return run_json(self.s.runs.retry_run(request.params["run_id"]))
 
     def _task(self, request: Request) -> TaskInstance:
         return self.s.runs.task(request.params["run_id"], request.params["task_id"])
@@ -566,11 +615,13 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
-def _enum_arg(request: Request, name: str, enum: type[RunStatus] | type[Trigger]) -> str:
+def _enum_arg(
+    request: Request, name: str, enum: type[RunStatus] | type[Trigger] | tuple[str, ...]
+) -> str:
     raw = request.arg(name)
     if raw in ("", "all"):
         return ""
-    allowed = [e.value for e in enum]
+    allowed = list(enum) if isinstance(enum, tuple) else [e.value for e in enum]
     if raw not in allowed:
         raise BadRequest(
             f"query parameter '{name}' must be one of {', '.join(allowed)}, found '{raw}'"

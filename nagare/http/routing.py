@@ -40,6 +40,7 @@ class Route:
     auth: str = "key"  # key | open | token | hmac (per-DAG webhook signature)
     query: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
+    body_type: str = "application/json"  # the request body's media type
     response: str = "application/json"
     status: int = 200
     query_token: bool = False  # whether ?token= may carry the API key (log streams only)
@@ -226,7 +227,7 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.body is not None:
         op["requestBody"] = {
             "required": False,
-            "content": {"application/json": {"schema": route.body}},
+            "content": {route.body_type: {"schema": route.body}},
         }
     return op
 

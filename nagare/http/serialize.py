@@ -11,6 +11,7 @@ from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import describe, parse_schedule
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
+from nagare.dagfile import DagError
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
     DagMetrics,
@@ -400,4 +401,12 @@ def task_metrics_json(metrics: TaskMetrics) -> dict[str, Any]:
         "task_id": metrics.task_id,
         "task_status": str(metrics.task_status),
         "attempts": [point_json(p) for p in attempts],
+    }
+
+
+def validation_json(errors: list[DagError]) -> dict[str, Any]:
+    """`POST /api/dags/validate`: whether the text is a valid DAG file, and every problem."""
+    return {
+        "valid": not errors,
+        "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in errors],
     }

@@ -1,0 +1,83 @@
+"""`nagare dry`: the plan of a run, as far as it is known before anything runs. Pure.
+
+The tasks in the order they can run, each with its command (with_items already expanded; a
+map's `{{item}}` is known only once its source ran) and the environment it will get from the
+DAG (DAG env, run parameters, task env; secrets by name, never a value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nagare.engine.secrets import MASK, task_secrets
+from nagare.models import DagDef, TaskType, topological_order
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    task_id: str
+    type: str
+    depends_on: tuple[str, ...]
+    command: str
+    env: dict[str, str]
+    pool: str
+    where: str  # "local", or "docker <image>"
+    notes: tuple[str, ...]  # what is decided only when the run runs
+
+
+def run_params(dag: DagDef, raw: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The run parameters of `-p K=V` (resolved, and the problems found). For now every
+    key is accepted as a string, as a run's `conf` is (typed `params:` will check and coerce
+    here: one function for `nagare dry`)."""
+    return dict(raw), []
+
+
+def dry_plan(dag: DagDef, params: dict[str, str]) -> list[PlannedTask]:
+    """Every task of `dag` in run order, with what it will run."""
+    order = {task_id: index for index, task_id in enumerate(topological_order(dag.tasks))}
+    planned = []
+    for task in sorted(dag.tasks, key=lambda t: order[t.task_id]):
+        env = {**dag.env, **params, **task.env}
+        for secret in task_secrets(dag, task):
+            source = f"env {secret.env}" if secret.env else f"file {secret.file}"
+            env[secret.name] = f"{MASK} (secret, from {source})"
+        notes = []
+        if task.type is TaskType.MAP:
+            notes.append(f"one child per item of the JSON array '{task.map_over}' prints")
+        if task.type is TaskType.TRIGGER_DAG:
+            notes.append(f"starts a run of DAG '{task.dag_id}'")
+        if task.retries:
+            notes.append(f"up to {task.retries} retries")
+        if task.timeout_seconds:
+            notes.append(f"timeout {task.timeout_seconds:g} s")
+        planned.append(
+            PlannedTask(
+                task_id=task.task_id,
+                type=str(task.type),
+                depends_on=task.depends_on,
+                command=task.command,
+                env=env,
+                pool=task.pool,
+                where=f"docker {task.image}" if task.image else "local",
+                notes=tuple(notes),
+            )
+        )
+    return planned
+
+
+def plan_text(dag: DagDef, params: dict[str, str], planned: list[PlannedTask]) -> str:
+    """The plan as `nagare dry` prints it."""
+    lines = [f"DAG '{dag.dag_id}': {len(planned)} task(s), in run order (nothing is run)"]
+    if params:
+        lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+    for number, task in enumerate(planned, start=1):
+        after = ", ".join(task.depends_on) or "-"
+        lines.append(f"{number:>3}. {task.task_id}  [{task.type}, pool {task.pool}, {task.where}]")
+        lines.append(f"     after: {after}")
+        if task.command:
+            command = task.command.rstrip("\n").replace("\n", "\n              ")
+            lines.append(f"     command: {command}")
+        for name, value in sorted(task.env.items()):
+            lines.append(f"     env {name}={value}")
+        lines.extend(f"     note: {note}" for note in task.notes)
+    return "\n".join(lines) + "\n"
