@@ -28,12 +28,19 @@ from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import SHUTDOWN_REASON, attempt_finish
 from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
-from nagare.engine.outputs import OutputError, with_outputs
+from nagare.engine.outputs import OutputError, masked_outputs, with_outputs
 from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.executors import AttemptHandle, Executor
 from nagare.executors.reactor import Reactor
 from nagare.liveness import DistinctErrors, Heartbeat, short_error
-from nagare.logs import AttemptLog, LogFiles, append_pid_records, output_path, read_output_file
+from nagare.logs import (
+    AttemptLog,
+    LogFiles,
+    append_pid_records,
+    output_path,
+    read_output_file,
+    remove_output_file,
+)
 from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
 from nagare.store import Clock, StorageFull
 
@@ -569,6 +576,8 @@ class WorkerPools:
             outcome.cancelled = True
         if outcome.succeeded and attempt.log is not None:
             outcome = _with_outputs(attempt, outcome)
+        if attempt.output_file:  # read (the database keeps the values, masked): never left
+            remove_output_file(attempt.output_file)  # on disk with a secret a task wrote
         try:
             return self._finish_of(attempt.claim, outcome, attempt.log, reason)
         finally:
@@ -604,7 +613,7 @@ def _with_outputs(attempt: _Attempt, outcome: Outcome) -> Outcome:
     if text is None and not name:
         return outcome
     stdout, cut = attempt.log.captured_stdout() if name else (None, False)
-    return with_outputs(outcome, text, name, stdout, cut)
+    return masked_outputs(with_outputs(outcome, text, name, stdout, cut), attempt.log.masked)
 
 
 def _log_end(attempt: _Attempt, finish: AttemptFinish) -> None:

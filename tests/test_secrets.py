@@ -225,6 +225,38 @@ def test_secret_values_are_masked_in_multiline_output_messages_and_hidden_from_e
     assert files_containing(tmp_path, "QUJDREVGR0hJSktM", skip=(key,)) == []
 
 
+def test_secret_values_are_masked_in_outputs_and_downstream(
+    nagare_factory: Callable[..., Nagare], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SRC_PW", VALUE)
+    nagare = nagare_factory(
+        dags={
+            "o.yaml": """
+                id: published_secret
+                schedule: workflow_dispatch
+                secrets: [{name: PW, env: SRC_PW}]
+                tasks:
+                  - id: leak
+                    command: echo "DSN=postgres://app:$PW@db/app" >> "$NAGARE_OUTPUT"
+                  - id: whole
+                    output: ECHOED
+                    command: echo "pw $PW"
+                  - id: after
+                    depends_on: [leak, whole]
+                    command: echo "$DSN / $ECHOED"
+            """
+        }
+    )
+    run_id = nagare.trigger("published_secret")
+    assert nagare.wait_run(run_id)["status"] == "success"
+    tasks = {t["task_id"]: t for t in nagare.get(f"/api/runs/{run_id}/tasks")}
+    assert tasks["leak"]["outputs"] == {"DSN": f"postgres://app:{MASK}@db/app"}
+    assert tasks["whole"]["outputs"] == {"ECHOED": f"pw {MASK}"}
+    assert VALUE not in nagare.log(run_id, "after")
+    nagare.app.stop()
+    assert files_containing(tmp_path, VALUE, skip=()) == []
+
+
 def test_a_missing_secret_fails_the_task_naming_the_secret(
     nagare_factory: Callable[..., Nagare], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,13 +5,11 @@ screenshots; axe-core finds no critical or serious violation."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from axe import axe_violations
 from conftest import Nagare
 from test_ui import UI, browser, expect, ui
 
@@ -19,7 +17,6 @@ __all__ = ["browser", "ui"]  # the fixtures of test_ui
 
 pytestmark = pytest.mark.slow
 
-AXE = Path("/usr/lib/node_modules/axe-core/axe.min.js")
 VALUE = "ui-s3cret-Value-77"
 DAG = """
 id: vault
@@ -35,21 +32,6 @@ tasks:
     depends_on: [flaky]
     command: echo after
 """
-
-
-def axe_violations(page: Any) -> list[str]:
-    """Critical and serious axe-core violations of the page (skipped without axe-core)."""
-    if not AXE.is_file():
-        if os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"NAGARE_REQUIRE_BROWSER=1 but axe-core is not at {AXE}")
-        return []
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("async () => JSON.stringify((await axe.run()).violations)")
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
-        for v in json.loads(result)
-        if v["impact"] in ("critical", "serious")
-    ]
 
 
 def test_a_secret_is_masked_in_the_ui_and_a_failed_run_is_retried_from_it(

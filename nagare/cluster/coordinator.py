@@ -35,7 +35,7 @@ from nagare.dag_folder import read_secret_file
 from nagare.engine.assignment import captures_stdout, effective_run_as
 from nagare.engine.attempt_end import UNCONFIRMED_REASON, attempt_finish
 from nagare.engine.context import UpstreamRow, needs_upstream, start_assignment
-from nagare.engine.outputs import with_outputs
+from nagare.engine.outputs import masked_outputs, with_outputs
 from nagare.engine.secrets import resolve, task_secrets, with_secrets
 from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
@@ -296,6 +296,7 @@ class Coordinator:
         if outcome.succeeded and (name or outcome.outputs):
             stdout, cut = attempt_log.captured_stdout() if name else (None, False)
             outcome = with_outputs(outcome, None, name, stdout, cut)
+        outcome = masked_outputs(outcome, attempt_log.masked)  # the worker's values too
         finish = attempt_finish(claim, outcome, now, result.cancel_reason)
         finish.message = attempt_log.masked(finish.message)
         if finish.message:
@@ -473,7 +474,7 @@ class Coordinator:
         # secrets are resolved here, on the master, and travel with this assignment only
         values, problem = resolve(task_secrets(claim.dag, definition), os.environ, read_secret_file)
         if problem:
-            self._refuse(claim, worker_id, attempt_log, problem)
+            self._refuse(claim, worker_id, attempt_log, _failed(problem))
             return None
         attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:

@@ -4,6 +4,7 @@ checked against the limits. Pure; the executors' hosts read the file (nagare/log
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from nagare.engine.assignment import size_text
@@ -102,6 +103,13 @@ def with_outputs(
     except OutputError as exc:
         return replace(outcome, outputs=None, error=f"outputs: {exc}")
     return replace(outcome, outputs=outputs or None)
+
+
+def masked_outputs(outcome: Outcome, mask: Callable[[str], str]) -> Outcome:
+    """The outcome with every output value passed through `mask` (its secrets as *****)."""
+    if not outcome.outputs:
+        return outcome
+    return replace(outcome, outputs={name: mask(value) for name, value in outcome.outputs.items()})
 
 
 def _check_name(name: str, line: int) -> None:

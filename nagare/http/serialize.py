@@ -9,9 +9,9 @@ from typing import Any
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import describe, parse_schedule
+from nagare.dagfile import DagError
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
-from nagare.dagfile import DagError
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
     DagMetrics,
