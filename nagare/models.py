@@ -23,13 +23,16 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_RUN
 
 
-TERMINAL_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN = frozenset(
+    {RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+)
 
 
 class TaskStatus(StrEnum):
