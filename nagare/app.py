@@ -123,6 +123,7 @@ class App:
             wake=self.scheduler.wake,
             kill_local=self._kill,
         )
+        self.scheduler.expire = self.runs.expire  # a run's deadline passed
         self.api = Api(
             Services(
                 self.store,
@@ -359,11 +360,12 @@ class App:
     def trigger_and_wait(
         self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
     ) -> str:
-        """Start a run and block until it finishes; returns the run status (for `nagare exec`)."""
+        """Start a run and block until it finishes, its handlers included; returns the run
+        status (for `nagare exec`)."""
         run = self.runs.trigger(dag_id, conf)
         while not self.stopping.wait(0.05):
             current = self.store.runs.get(run.run_id, counts=False)
-            if current is not None and current.status.terminal:
+            if current is not None and current.status.terminal and not current.handling:
                 return str(current.status)
             if interrupted():
                 return "interrupted"

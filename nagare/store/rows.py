@@ -41,6 +41,11 @@ def run_from_row(row: sqlite3.Row) -> Run:
         completed_at=row["completed_at"],
         dag_version=row["dag_version"],
         killed=bool(row["killed"]),
+        reason=row["reason"],
+        held=bool(row["held"]),
+        deadline_at=row["deadline_at"],
+        handling=bool(row["handling"]),
+        failed_tasks=tuple(t for t in row["failed_tasks"].split(",") if t),
     )
 
 
