@@ -18,6 +18,7 @@ from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
+from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
@@ -44,7 +45,7 @@ from nagare.liveness import (
 )
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
-from nagare.models import Assignment, DagDef, TaskDef, Trigger
+from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -88,6 +89,7 @@ class App:
             on_change=self._dags_changed,
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
+            default_handlers=_default_handlers(config.default_handler_on),
         )
         self.pools = WorkerPools(
             self.store,
@@ -370,6 +372,14 @@ class App:
             if interrupted():
                 return "interrupted"
         return "interrupted"
+
+
+def _default_handlers(text: str) -> dict[HandlerKind, TaskDef]:
+    """`default_handler_on` of the settings, checked like a DAG file's `handler_on`."""
+    handlers, errors = parse_handlers(text)
+    if errors:
+        raise ConfigError("default_handler_on: " + "; ".join(str(e) for e in errors))
+    return handlers
 
 
 def _start_loop(name: str, run: Callable[[], None]) -> threading.Thread:

@@ -351,6 +351,24 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     )
 
 
+def parse_handlers(
+    text: str, file: str = "nagare.yaml", base_dir: str = "."
+) -> tuple[dict[HandlerKind, TaskDef], list[DagError]]:
+    """`default_handler_on` of the settings (YAML or JSON text of a `handler_on` mapping)."""
+    errors = Collector(file)
+    if not text.strip():
+        return {}, []
+    try:
+        node = yaml.compose(text, Loader=_BoundedLoader)
+    except yaml.YAMLError as exc:
+        errors.add_at(0, "default_handler_on", f"invalid YAML: {exc}")
+        return {}, errors.summary()
+    handlers = _build_handlers(node, errors, base_dir) if node is not None else {}
+    if errors.errors:
+        return {}, errors.summary()
+    return handlers, []
+
+
 def _build_handlers(node: Node, errors: Collector, base_dir: str) -> dict[HandlerKind, TaskDef]:
     """`handler_on: {success|failure|cancel|exit: <task body>}` -> handler tasks (reserved
     ids on_success...), in the order they run."""
