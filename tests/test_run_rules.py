@@ -286,7 +286,10 @@ HANDLERS = """\
 id: handlers
 handler_on:
   success: {command: "echo success-handler"}
-  failure: {command: 'echo "status=$NAGARE_RUN_STATUS failed=$NAGARE_FAILED_TASKS"; sleep 0.3; date +%s%N > {stamp}.failure'}
+  failure:
+    command: |
+      echo "status=$NAGARE_RUN_STATUS failed=$NAGARE_FAILED_TASKS"
+      sleep 0.3; date +%s%N > {stamp}.failure
   exit: {command: 'date +%s%N > {stamp}.exit; echo "exit-handler $NAGARE_RUN_STATUS"; exit 3'}
 tasks:
   - {id: ok, command: "true"}
@@ -320,7 +323,8 @@ def test_success_and_cancel_handlers(nagare_factory: NagareFactory) -> None:
     dags = {
         "s.yaml": """\
             id: s
-            handler_on: {success: {command: 'echo "success $NAGARE_RUN_STATUS [$NAGARE_FAILED_TASKS]"'}}
+            handler_on:
+              success: {command: 'echo "success $NAGARE_RUN_STATUS [$NAGARE_FAILED_TASKS]"'}
             tasks: [{id: a, command: "true"}]
             """,
         "c.yaml": """\
