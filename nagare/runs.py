@@ -20,6 +20,7 @@ from nagare.engine.next_steps import descendants
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
+    HANDLER_TASK_IDS,
     DagDef,
     Run,
     RunStatus,
@@ -300,7 +301,14 @@ class RunService:
             raise Conflict(
                 f"task '{task_id}' is {task.status}; only a finished task can be retried"
             )
+        if task.task_id in HANDLER_TASK_IDS:
+            raise Conflict(
+                f"'{task_id}' is a handler: it runs when its run ends (retry a task of the run, "
+                "and the handlers run again when it ends)"
+            )
         run = self.run(run_id)
+        if run.handling:
+            raise Conflict(f"the handlers of run '{run_id}' are still running; retry after them")
         dag = self.store.dags.version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None:

@@ -557,7 +557,10 @@ class Scheduler:
             self._views.pop(run_id, None)
             return None
         dag = self.store.dags.version(run.dag_version)
-        states = self.store.tasks.run_states(run_id)
+        # handlers are not part of the run's plan (nor of its status): `_advance_handlers`
+        states = [
+            t for t in self.store.tasks.run_states(run_id) if t.task_id not in HANDLER_TASK_IDS
+        ]
         view = _View(run, dag, {t.task_id: t for t in states}, {t.id: t.task_id for t in states})
         self._views[run_id] = view
         return view

@@ -350,6 +350,34 @@ def test_success_and_cancel_handlers(nagare_factory: NagareFactory) -> None:
     assert nagare.log(run_c, "on_cancel").strip() == "cancelled cancelled"
 
 
+def test_a_retried_run_runs_its_handlers_again(
+    nagare_factory: NagareFactory, tmp_path: Path
+) -> None:
+    flag = tmp_path / "fixed"
+    dag = f"""\
+        id: again
+        handler_on:
+          success: {{command: 'echo "now $NAGARE_RUN_STATUS"'}}
+          failure: {{command: "echo failure"}}
+          exit: {{command: 'echo "exit $NAGARE_ATTEMPT"; exit 1'}}
+        tasks: [{{id: a, command: "test -e {flag}"}}]
+        """
+    nagare = nagare_factory(dags={"again.yaml": dag})
+    run_id = nagare.trigger("again")
+    assert wait_handlers(nagare, run_id)["status"] == "failed"
+    refused = nagare.call("POST", f"/api/runs/{run_id}/tasks/on_exit/retry")
+    assert refused.status == 409 and "is a handler" in refused.json["error"]["message"]
+    flag.touch()
+    assert nagare.call("POST", f"/api/runs/{run_id}/tasks/a/retry").status == 200
+    wait_for(lambda: nagare.tasks(run_id).get("on_success", {}).get("status") == "success", 15)
+    run = wait_handlers(nagare, run_id)
+    assert run["status"] == "success"  # the failed on_exit of both ends never counts
+    tasks = nagare.tasks(run_id)
+    assert (tasks["on_exit"]["attempt"], tasks["on_exit"]["status"]) == (2, "failed")
+    assert nagare.log(run_id, "on_exit").startswith("exit 2\n")
+    assert nagare.log(run_id, "on_success").strip() == "now success"
+
+
 def test_default_handler_on_serves_dags_without_their_own(nagare_factory: NagareFactory) -> None:
     dags = {
         "plain.yaml": "id: plain\ntasks: [{id: a, command: 'exit 1'}]\n",

@@ -258,7 +258,7 @@ class RunStore:
             handlers = handler_instances(dag, run_id, ended, now, new_instance_id) if dag else []
             if handlers:
                 conn.execute("UPDATE runs SET handling=1 WHERE run_id=?", (run_id,))
-                insert_tasks(conn, handlers)
+                _add_handlers(conn, handlers)
         return ended
 
     def mark_killed(self, run_id: str) -> bool:
@@ -348,3 +348,22 @@ def _cancel_superseded(conn: sqlite3.Connection, run_ids: Sequence[str], now: in
             "WHERE run_id=? AND status='pending'",
             (now, SUPERSEDED, run_id),
         )
+
+
+def _add_handlers(conn: sqlite3.Connection, handlers: Sequence[TaskInstance]) -> None:
+    """Insert a run's handler tasks; a handler that ran before (the run was re-opened by a
+    retry and ended again) runs again as a new attempt of the same task instance."""
+    for handler in handlers:
+        again = conn.execute(
+            "UPDATE task_instances SET status=?, queued_at=?, ready_at=NULL, completed_at=NULL, "
+            "message='', max_attempts=attempt+? WHERE run_id=? AND task_id=?",
+            (
+                handler.status,
+                handler.queued_at,
+                handler.max_attempts,
+                handler.run_id,
+                handler.task_id,
+            ),
+        ).rowcount
+        if not again:
+            insert_tasks(conn, [handler])
