@@ -30,7 +30,10 @@ from nagare.engine.run_rules import (
     handlers_for,
     to_release,
 )
-from nagare.models import HandlerKind, OverlapPolicy, RunStatus, TaskStatus
+from nagare.errors import Conflict
+from nagare.models import HandlerKind, OverlapPolicy, RunStatus, TaskStatus, Trigger
+from nagare.store import Store
+from nagare.store.schema import MIGRATIONS
 
 NagareFactory = Callable[..., Nagare]
 FINISHED = ("success", "failed", "cancelled", "skipped")
@@ -611,3 +614,93 @@ def test_overlap_example_runs(nagare_factory: NagareFactory, tmp_path: Path) -> 
     statuses = [nagare.wait_run(r, 20)["status"] for r in ids]
     assert statuses == ["success", "cancelled", "success"]
     assert "building the report" in nagare.log(ids[0], "report")
+
+
+# ---------------------------------------------------------------- the store (real SQLite)
+
+T0 = 1_800_000_000_000
+
+
+def test_the_store_applies_the_overlap_rule_in_the_creating_transaction(store: Any) -> None:
+    dag = _dag(_overlap_dag("queue", 1, limit=2))
+    first, second, third = (
+        store.runs.start(dag, Trigger.SCHEDULED, T0 + i * 60_000, {}, T0 + i) for i in range(3)
+    )
+    assert (first.held, second.held, third.held) == (False, False, True)
+    assert {t.status for t in store.tasks.of_run(third.run_id)} == {TaskStatus.PENDING}
+    assert store.runs.release_waiting(dag, T0 + 10) == []  # two active: no slot
+    assert sorted(store.runs.active_ids()) == sorted([first.run_id, second.run_id])
+    assert store.runs.finish(first.run_id, RunStatus.SUCCESS, T0 + 20) is RunStatus.SUCCESS
+    assert store.runs.release_waiting(dag, T0 + 30) == [third.run_id]
+    assert store.runs.get(third.run_id).held is False
+    assert store.runs.release_waiting(dag, T0 + 40) == []
+
+    skip = _dag(_overlap_dag("skip", 1, limit=1).replace("id: o", "id: s"))
+    store.runs.start(skip, Trigger.MANUAL, T0, {}, T0)
+    with pytest.raises(Conflict, match="max_active_runs \\(1\\) reached"):
+        store.runs.start(skip, Trigger.MANUAL, T0 + 1, {}, T0 + 1)
+    recorded = store.runs.start(skip, Trigger.WEBHOOK, T0 + 2, {}, T0 + 2)
+    assert recorded.status is RunStatus.SKIPPED
+    assert store.runs.get(recorded.run_id).reason.startswith("max_active_runs (1) reached")
+
+
+def test_the_store_supersedes_older_waiting_runs(store: Any) -> None:
+    dag = _dag(_overlap_dag("latest", 1))
+    runs = [store.runs.start(dag, Trigger.MANUAL, T0 + i, {}, T0 + i) for i in range(4)]
+    states = [store.runs.get(r.run_id) for r in runs]
+    assert [(s.status, s.reason) for s in states] == [
+        (RunStatus.QUEUED, ""),
+        (RunStatus.CANCELLED, "superseded"),
+        (RunStatus.CANCELLED, "superseded"),
+        (RunStatus.QUEUED, ""),
+    ]
+    assert {t.status for t in store.tasks.of_run(runs[1].run_id)} == {TaskStatus.CANCELLED}
+
+
+def test_the_store_keeps_deadlines_and_handlers(store: Any) -> None:
+    dag = _dag(HANDLED.replace("tasks:", "timeout_seconds: 5\ntasks:"))
+    run = store.runs.start(dag, Trigger.MANUAL, T0, {}, T0)
+    assert run.deadline_at == T0 + 5000 and store.runs.next_deadline() == T0 + 5000
+    assert store.runs.past_deadline(T0 + 4999) == []
+    assert store.runs.past_deadline(T0 + 5000) == [run.run_id]
+    assert store.runs.mark_timed_out(run.run_id, "timed out after 5 s")
+    assert not store.runs.mark_timed_out(run.run_id, "again")
+    ended = store.runs.finish(run.run_id, RunStatus.CANCELLED, T0 + 5001, dag, ["a"])
+    assert ended is RunStatus.FAILED  # timed out: failed whatever the planner saw
+    again = store.runs.get(run.run_id)
+    assert (again.handling, again.failed_tasks, again.reason) == (
+        True,
+        ("a",),
+        "timed out after 5 s",
+    )
+    assert run.run_id in store.runs.active_ids()  # until its handlers end
+    handlers = {t.task_id: t.status for t in store.tasks.of_run(run.run_id)}
+    assert handlers == {
+        "a": TaskStatus.QUEUED,  # (the planted run's task was never claimed)
+        "on_failure": TaskStatus.QUEUED,
+        "on_exit": TaskStatus.PENDING,
+    }
+    assert store.runs.end_handling(run.run_id) and not store.runs.end_handling(run.run_id)
+    assert run.run_id not in store.runs.active_ids()
+
+
+def test_a_database_of_the_previous_release_upgrades_in_place(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    dag = _dag("id: old\ntasks: [{id: a, command: 'true'}]\n")
+    run = store.runs.start(dag, Trigger.MANUAL, T0, {"K": "v"}, T0)
+    store.runs.finish(run.run_id, RunStatus.SUCCESS, T0 + 5)
+    with store.db.write() as conn:  # back to the previous release's schema
+        conn.execute("DROP INDEX runs_deadline")
+        conn.execute("DROP INDEX runs_handling")
+        for column in ("reason", "held", "deadline_at", "handling", "failed_tasks"):
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    store.close()
+    upgraded = Store(path)
+    assert upgraded.db.schema_version == len(MIGRATIONS)
+    kept = upgraded.runs.get(run.run_id)
+    assert (kept.status, kept.conf, kept.completed_at) == (RunStatus.SUCCESS, {"K": "v"}, T0 + 5)
+    assert (kept.reason, kept.held, kept.deadline_at, kept.handling) == ("", False, None, False)
+    assert [t.task_id for t in upgraded.tasks.of_run(run.run_id)] == ["a"]
+    upgraded.close()
