@@ -32,7 +32,8 @@ from nagare.engine.run_rules import (
 )
 from nagare.errors import Conflict
 from nagare.models import HandlerKind, OverlapPolicy, RunStatus, TaskStatus, Trigger
-from nagare.store import Store
+from nagare.scheduler import slots_to_fire
+from nagare.store import DagState, Store
 from nagare.store.schema import MIGRATIONS
 
 NagareFactory = Callable[..., Nagare]
@@ -164,6 +165,16 @@ def test_start_and_end_dates_bound_the_slots() -> None:
     assert slots == [ms("2026-03-11T06:00:00Z"), ms("2026-03-12T06:00:00Z")] and dropped == 1
 
 
+def test_the_scheduler_fires_each_slot_of_several_schedules_once() -> None:
+    schedules = dag_schedules(("0 6 * * *", "0 */6 * * *", "0 9 * * 6"), "UTC", None, None)
+    state = DagState(
+        dag_id="d", paused=False, last_slot=None, watermark=ms("2026-03-07T00:00:00Z")
+    )  # a Saturday
+    firing = slots_to_fire(schedules, state, ms("2026-03-07T23:59:00Z"), True, 100, 60_000)
+    assert [datetime.fromtimestamp(s / 1000, UTC).hour for s, _ in firing.slots] == [6, 9, 12, 18]
+    assert {t for _, t in firing.slots} == {Trigger.CATCHUP}
+
+
 # ---------------------------------------------------------------- DAG files
 
 FULL = """\
@@ -242,7 +253,8 @@ def test_a_dag_without_the_new_fields_keeps_its_snapshot() -> None:
             "handler_on.exit.depends_on: unknown",
         ),
         ("handler_on: {exit: {retries: 1}}", "handler_on.exit.command: 'command' is required"),
-        ("handler_on: {exit: {type: map, command: x}}", "handler_on.exit.type: a handler cannot"),
+        ("handler_on: {exit: {type: map, command: x}}", "handler_on.exit.type: a handler runs a"),
+        ("handler_on: {exit: {type: trigger_dag}}", "(type: command), not trigger_dag"),
         ("handler_on: {exit: echo}", "handler_on.exit: expected a task mapping with 'command'"),
         ("max_active_run: 1", "max_active_run: unknown key 'max_active_run'; did you mean"),
     ],

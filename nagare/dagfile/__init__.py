@@ -108,7 +108,7 @@ TRIGGER_KEYS = (
 )
 RESOURCE_KEYS = ("cpus", "memory", "gpus")
 # A handler is a task body: what a task has but its id, its place in the graph and fan-outs.
-HANDLER_EXCLUDED = ("id", "depends_on", "map_over", "with_items")
+HANDLER_EXCLUDED = ("id", "depends_on", "map_over", "with_items", "dag_id")
 HANDLER_KEYS = tuple(k for k in TASK_KEYS if k not in HANDLER_EXCLUDED)
 
 # ---------------------------------------------------------------- public entry points
@@ -573,8 +573,10 @@ def _build_task(
     fields = mapping(node, HANDLER_KEYS if handler_id else TASK_KEYS, path, errors)
     task_id = handler_id or _required_id(node, fields, "id", errors, path)
     kind = _task_type(fields, path, errors)
-    if handler_id and kind is TaskType.MAP:
-        errors.add(fields["type"], f"{path}.type", "a handler cannot be a map task")
+    if handler_id and kind is not TaskType.COMMAND:
+        errors.add(
+            fields["type"], f"{path}.type", f"a handler runs a command (type: command), not {kind}"
+        )
         kind = TaskType.COMMAND
     text = {
         key: _optional_text(fields, key, errors, path)
