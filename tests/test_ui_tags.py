@@ -144,3 +144,21 @@ def test_handlers_on_the_run_page(nagare_factory: Any, ui: Any) -> None:  # noqa
     phone.shot("run-handlers-phone")
     assert axe_violations(page, script) == []
     assert phone.errors == []
+
+
+def test_a_run_a_rule_ended_shows_why(nagare_factory: Any, ui: Any) -> None:  # noqa: F811
+    latest = "id: report\nmax_active_runs: 1\noverlap_policy: latest\n"
+    latest += "tasks: [{id: build, command: 'sleep 0.5'}]\n"
+    server: Nagare = nagare_factory(dags={"report.yaml": latest})
+    first, superseded, last = (server.trigger("report") for _ in range(3))
+    server.wait_run(last, 15)
+    script = axe_script()
+    u = ui(server)
+    page = u.go(f"/runs?id={superseded}")
+    expect(page.locator("[data-reason]")).to_have_text("Cancelled: superseded")
+    expect(page.locator("h1 .badge")).to_have_text("cancelled")
+    u.shot("run-superseded-light")
+    assert axe_violations(page, script) == []
+    page = u.go("/runs")
+    expect(page.locator(f"tr[data-run='{first}']")).to_contain_text("success")
+    assert u.errors == []
