@@ -89,7 +89,7 @@ class App:
             on_change=self._dags_changed,
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
-            default_handlers=_default_handlers(config.default_handler_on),
+            default_handlers=_default_handlers(config),
         )
         self.pools = WorkerPools(
             self.store,
@@ -374,11 +374,12 @@ class App:
         return "interrupted"
 
 
-def _default_handlers(text: str) -> dict[HandlerKind, TaskDef]:
+def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:
     """`default_handler_on` of the settings, checked like a DAG file's `handler_on`."""
-    handlers, errors = parse_handlers(text)
+    handlers, errors = parse_handlers(config.default_handler_on)
     if errors:
-        raise ConfigError("default_handler_on: " + "; ".join(str(e) for e in errors))
+        problems = [f"default_{e.field}: {e.message}" for e in errors]
+        raise ConfigError(f"{config.config}: " + "; ".join(problems))
     return handlers
 
 

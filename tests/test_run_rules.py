@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Nagare, wait_for
+from conftest import ROOT, Nagare, make_config, wait_for
 
+from nagare.app import App
 from nagare.cli_client import dags_table
 from nagare.client import ApiClient
 from nagare.cron import NEVER, dag_schedules
@@ -30,7 +31,7 @@ from nagare.engine.run_rules import (
     handlers_for,
     to_release,
 )
-from nagare.errors import Conflict
+from nagare.errors import ConfigError, Conflict
 from nagare.models import HandlerKind, OverlapPolicy, RunStatus, TaskStatus, Trigger
 from nagare.scheduler import slots_to_fire
 from nagare.store import DagState, Store
@@ -408,6 +409,15 @@ def test_default_handler_on_serves_dags_without_their_own(nagare_factory: Nagare
     wait_handlers(nagare, own)
     assert nagare.log(plain, "on_failure").strip() == "on-call plain"
     assert set(nagare.tasks(own)) == {"a", "on_exit"}
+
+
+def test_a_bad_default_handler_on_stops_the_start_with_its_message(tmp_path: Path) -> None:
+    config = make_config(tmp_path, default_handler_on='{"exit": {"comand": "x"}}')
+    with pytest.raises(ConfigError) as caught:
+        App(config)
+    assert "default_handler_on.exit.comand: unknown key 'comand'; did you mean 'command'?" in str(
+        caught.value
+    )
 
 
 def test_handlers_still_run_after_a_restart(nagare_factory: NagareFactory, tmp_path: Path) -> None:

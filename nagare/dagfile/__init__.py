@@ -361,7 +361,7 @@ def parse_handlers(
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
-        errors.add_at(0, "default_handler_on", f"invalid YAML: {exc}")
+        errors.add_at(0, "handler_on", f"invalid YAML: {exc}")
         return {}, errors.summary()
     handlers = _build_handlers(node, errors, base_dir) if node is not None else {}
     if errors.errors:
