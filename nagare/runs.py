@@ -17,6 +17,7 @@ from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
+from nagare.engine.run_rules import SUPERSEDED
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
@@ -309,6 +310,10 @@ class RunService:
         run = self.run(run_id)
         if run.handling:
             raise Conflict(f"the handlers of run '{run_id}' are still running; retry after them")
+        if run.status is RunStatus.SKIPPED or run.reason == SUPERSEDED:
+            raise Conflict(
+                f"run '{run_id}' never started ({run.reason or run.status}); trigger a new run"
+            )
         dag = self.store.dags.version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None:

@@ -525,6 +525,8 @@ def test_skip_refuses_a_manual_run_and_records_a_scheduled_one(
     skipped = nagare.get(f"/api/runs/{skipped_id}")
     assert skipped["status"] == "skipped" and "overlap_policy: skip" in skipped["reason"]
     assert nagare.tasks(skipped_id)["work"]["status"] == "skipped"
+    refused = nagare.call("POST", f"/api/runs/{skipped_id}/tasks/work/retry")
+    assert refused.status == 409 and "never started" in refused.text
     runs = nagare.get("/api/runs?dag_id=o")["data"]
     assert sorted(r["run_id"] for r in runs) == sorted([first, skipped_id])
     assert nagare.get("/api/runs?status=skipped")["total"] == 1
@@ -537,6 +539,8 @@ def test_latest_keeps_the_newest_waiting_run(nagare_factory: NagareFactory) -> N
     assert [r["status"] for r in finished] == ["success", "cancelled", "cancelled", "success"]
     assert [r.get("reason") for r in finished[1:3]] == ["superseded", "superseded"]
     assert nagare.tasks(ids[1])["work"]["status"] == "cancelled"
+    refused = nagare.call("POST", f"/api/runs/{ids[1]}/tasks/work/retry")
+    assert refused.status == 409 and "never started (superseded)" in refused.text
 
 
 def test_a_waiting_run_starts_after_a_restart(

@@ -157,6 +157,7 @@ def test_a_run_a_rule_ended_shows_why(nagare_factory: Any, ui: Any) -> None:  # 
     page = u.go(f"/runs?id={superseded}")
     expect(page.locator("[data-reason]")).to_have_text("Cancelled: superseded")
     expect(page.locator("h1 .badge")).to_have_text("cancelled")
+    expect(page.locator("[data-action=retry]")).to_have_count(0)  # it never started
     u.shot("run-superseded-light")
     assert axe_violations(page, script) == []
     page = u.go("/runs")

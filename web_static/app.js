@@ -910,7 +910,7 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       <span class="spacer"></span>
       ${task.message && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
       ${task.status === "running" || task.status === "queued" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
-      ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
+      ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
     ${open && html`<div class="body"><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;
