@@ -18,6 +18,7 @@ from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
+from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
@@ -44,7 +45,7 @@ from nagare.liveness import (
 )
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
-from nagare.models import Assignment, DagDef, TaskDef, Trigger
+from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -89,6 +90,7 @@ class App:
             on_change=self._dags_changed,
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
+            default_handlers=_default_handlers(config),
         )
         self.pools = WorkerPools(
             self.store,
@@ -124,6 +126,7 @@ class App:
             wake=self.scheduler.wake,
             kill_local=self._kill,
         )
+        self.scheduler.expire = self.runs.expire  # a run's deadline passed
         self.api = Api(
             Services(
                 self.store,
@@ -362,15 +365,25 @@ class App:
     def trigger_and_wait(
         self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
     ) -> str:
-        """Start a run and block until it finishes; returns the run status (for `nagare exec`)."""
+        """Start a run and block until it finishes, its handlers included; returns the run
+        status (for `nagare exec`)."""
         run = self.runs.trigger(dag_id, conf)
         while not self.stopping.wait(0.05):
             current = self.store.runs.get(run.run_id, counts=False)
-            if current is not None and current.status.terminal:
+            if current is not None and current.status.terminal and not current.handling:
                 return str(current.status)
             if interrupted():
                 return "interrupted"
         return "interrupted"
+
+
+def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:
+    """`default_handler_on` of the settings, checked like a DAG file's `handler_on`."""
+    handlers, errors = parse_handlers(config.default_handler_on)
+    if errors:
+        problems = [f"default_{e.field}: {e.message}" for e in errors]
+        raise ConfigError(f"{config.config}: " + "; ".join(problems))
+    return handlers
 
 
 def _start_loop(name: str, run: Callable[[], None]) -> threading.Thread:

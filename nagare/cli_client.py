@@ -74,6 +74,16 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
     return None
 
 
+def _dags_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only DAGs with this tag (repeatable: DAGs with any of the tags)",
+    )
+
+
 def _dag_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dag_id", metavar="DAG_ID", help="the DAG id")
 
@@ -246,7 +256,7 @@ def _emit(namespace: argparse.Namespace, data: Any, human: Callable[[], str]) ->
 
 
 def cmd_dags(namespace: argparse.Namespace) -> int:
-    dags = _client(namespace).dags()
+    dags = _client(namespace).dags(namespace.tag)
     return _emit(namespace, dags, lambda: dags_table(dags))
 
 
@@ -367,7 +377,7 @@ def cmd_workers(namespace: argparse.Namespace) -> int:
 
 
 _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
-    ("dags", "list the loaded DAGs", _no_args, cmd_dags),
+    ("dags", "list the loaded DAGs", _dags_args, cmd_dags),
     ("trigger", "start a manual run of a DAG", _trigger_args, cmd_trigger),
     ("pause", "stop scheduling a DAG", _dag_arg, cmd_pause),
     ("activate", "resume scheduling a DAG", _dag_arg, cmd_activate),
@@ -432,6 +442,10 @@ def dags_table(dags: list[dict[str, Any]]) -> str:
         )
         for dag in dags
     ]
+    if any(dag.get("tags") for dag in dags):  # a TAGS column once some DAG has tags
+        tags = [",".join(dag.get("tags") or []) for dag in dags]
+        tagged = [(*row, tag) for row, tag in zip(rows, tags, strict=True)]
+        return table(("DAG ID", "SCHEDULE", "TASKS", "STATUS", "TAGS"), tagged)
     return table(("DAG ID", "SCHEDULE", "TASKS", "STATUS"), rows)
 
 

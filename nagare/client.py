@@ -12,7 +12,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -130,8 +130,9 @@ class ApiClient:
 
     # ------------------------------------------------------------ DAGs
 
-    def dags(self) -> JsonList:
-        return self._list("GET", "/api/dags")
+    def dags(self, tags: Sequence[str] = ()) -> JsonList:
+        """The loaded DAGs; with `tags`, those having any of them."""
+        return self._list("GET", "/api/dags", {"tag": list(tags)})
 
     def dag(self, dag_id: str) -> JsonObject:
         return self._object("GET", _path("api", "dags", dag_id))
@@ -228,8 +229,8 @@ class ApiClient:
             raise _unexpected(method, path, "a JSON object", data)
         return data
 
-    def _list(self, method: str, path: str) -> JsonList:
-        data = self._json(method, path, None, None, None)
+    def _list(self, method: str, path: str, query: dict[str, Any] | None = None) -> JsonList:
+        data = self._json(method, path, query, None, None)
         if not isinstance(data, list):
             raise _unexpected(method, path, "a JSON array", data)
         return cast(JsonList, data)
@@ -364,8 +365,8 @@ def _task_path(run_id: str, task_id: str, *rest: str) -> str:
 
 
 def _query_string(query: dict[str, Any] | None) -> str:
-    pairs = {k: v for k, v in (query or {}).items() if v is not None and v != ""}
-    return "?" + urlencode(pairs) if pairs else ""
+    pairs = {k: v for k, v in (query or {}).items() if v is not None and v not in ("", [])}
+    return "?" + urlencode(pairs, doseq=True) if pairs else ""
 
 
 def _http_error(err: urllib.error.HTTPError) -> ApiError:

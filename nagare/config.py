@@ -6,6 +6,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -81,6 +82,15 @@ OPTIONS: tuple[Option, ...] = (
         "pools",
         {"default": 4},
         "Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "default_handler_on",
+        "handlers",
+        "",
+        "Handlers of every DAG without its own handler_on, e.g. {failure: {command: ...}} "
+        "(the DAG file's handler_on syntax).",
         flag=False,
         env=False,
     ),
@@ -397,6 +407,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_pools(raw, where)
     if option.kind == "users":
         return _coerce_users(raw, where)
+    if option.kind == "handlers":
+        return _coerce_handlers(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -482,6 +494,20 @@ def _coerce_pools(raw: Any, where: str) -> dict[str, int]:
     return pools
 
 
+def _coerce_handlers(raw: Any, where: str) -> str:
+    """`default_handler_on`: kept as JSON text; its handlers are checked (with the DAG file's
+    validator) when the server starts."""
+    if raw in (None, ""):
+        return ""
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of success/failure/cancel/exit: task, found '{raw}'"
+        )
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
 def _coerce_users(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -533,6 +559,7 @@ _FIELD_TYPES = {
     "bool": "bool",
     "pools": "dict[str, int]",
     "users": "dict[str, str]",
+    "handlers": "str",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }

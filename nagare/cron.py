@@ -86,6 +86,48 @@ class Schedule:
         return describe(self.expression)
 
 
+NEVER = 2**62  # epoch ms of "no next slot" (past an end_date)
+
+
+class Schedules:
+    """Every schedule of a DAG within its start and end dates: a slot several expressions
+    produce is one slot. Same interface as `Schedule`."""
+
+    def __init__(
+        self, parts: list[Schedule], start: int | None = None, end: int | None = None
+    ) -> None:
+        self.parts = parts
+        self.start = start
+        self.end = end
+
+    def next_after(self, ms: int) -> int:
+        after = ms if self.start is None else max(ms, self.start - 1)
+        slot = min(part.next_after(after) for part in self.parts)
+        return NEVER if self.end is not None and slot > self.end else slot
+
+    def slots_between(self, after_ms: int, until_ms: int, limit: int) -> tuple[list[int], int]:
+        after = after_ms if self.start is None else max(after_ms, self.start - 1)
+        until = until_ms if self.end is None else min(until_ms, self.end)
+        if until <= after:
+            return [], 0
+        merged: set[int] = set()
+        dropped = 0
+        for part in self.parts:
+            slots, lost = part.slots_between(after, until, limit)
+            merged.update(slots)
+            dropped = max(dropped, lost)
+        ordered = sorted(merged)
+        kept = ordered[-limit:] if limit > 0 else []
+        return kept, dropped + len(ordered) - len(kept)
+
+
+def dag_schedules(
+    expressions: tuple[str, ...], timezone: str, start: int | None, end: int | None
+) -> Schedules:
+    """The parsed schedules of a DAG (`DagDef.cron_expressions`, its timezone and dates)."""
+    return Schedules([parse_schedule(e, timezone) for e in expressions], start, end)
+
+
 def _wall(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None)
 

@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nagare.dagfile import (
     MAX_FILE_BYTES,
@@ -29,7 +29,7 @@ from nagare.dagfile import (
 )
 from nagare.engine.secrets import MAX_SECRET_BYTES
 from nagare.liveness import Heartbeat
-from nagare.models import DagDef
+from nagare.models import DagDef, HandlerKind, TaskDef
 
 log = logging.getLogger("nagare.dags")
 SCAN_SECONDS = 0.5
@@ -70,8 +70,10 @@ class DagFolder:
         on_change: Callable[[], None] | None = None,
         extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        default_handlers: dict[HandlerKind, TaskDef] | None = None,
     ) -> None:
         self.path = path
+        self._default_handlers = default_handlers or {}  # of DAGs without handler_on
         self._on_change = on_change
         self._extra_check = extra_check  # checks of later layers (jq expressions compile)
         self._max_file_bytes = max_file_bytes
@@ -209,9 +211,12 @@ class DagFolder:
         if seen.problem:
             return None, [DagError(name, 0, "", seen.problem)]
         try:
-            return load_dag_file(
+            dag, errors = load_dag_file(
                 os.path.join(self.path, name), self._extra_check, self._max_file_bytes
             )
+            if dag is not None and not dag.handler_on and self._default_handlers:
+                dag = replace(dag, handler_on=dict(self._default_handlers))
+            return dag, errors
         except Exception as exc:  # a bug must not stop the other files (or the server start)
             log.error("reading DAG file %s failed unexpectedly", name, exc_info=True)
             problem = clip(f"{type(exc).__name__}: {exc}", 200)

@@ -25,13 +25,16 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_RUN
 
 
-TERMINAL_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN = frozenset(
+    {RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+)
 
 
 class TaskStatus(StrEnum):
@@ -234,12 +237,37 @@ class TaskDef:
         return bool(self.when or self.templated)
 
 
+class OverlapPolicy(StrEnum):
+    """What a new run does when its DAG has `max_active_runs` active runs already."""
+
+    QUEUE = "queue"  # wait (run status queued) until a slot frees, oldest first
+    SKIP = "skip"  # recorded as skipped (a manual trigger is refused)
+    LATEST = "latest"  # wait; older waiting runs are cancelled as superseded
+
+
+class HandlerKind(StrEnum):
+    """The events a DAG's `handler_on` reacts to, in the order their handlers run."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCEL = "cancel"
+    EXIT = "exit"
+
+    @property
+    def task_id(self) -> str:
+        """The reserved task id of this handler in a run."""
+        return f"on_{self.value}"
+
+
+HANDLER_TASK_IDS = frozenset(kind.task_id for kind in HandlerKind)
+
+
 @dataclass(frozen=True)
 class DagDef:
     dag_id: str
     tasks: tuple[TaskDef, ...]
     description: str = ""
-    schedule: str = ""
+    schedule: str = ""  # the first of `schedules` (kept for the API and old snapshots)
     timezone: str = ""
     catchup: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -247,10 +275,23 @@ class DagDef:
     file: str = ""
     params: tuple[ParamDef, ...] = ()
     secrets: tuple[SecretDef, ...] = ()
+    schedules: tuple[str, ...] = ()  # every cron expression (empty: `schedule` alone)
+    start_date: int | None = None  # epoch ms: no slot before it
+    end_date: int | None = None  # epoch ms: no slot after it
+    tags: tuple[str, ...] = ()
+    max_active_runs: int = 0  # 0: unlimited
+    overlap_policy: OverlapPolicy = OverlapPolicy.QUEUE
+    timeout_seconds: float = 0  # the run's deadline (0: none)
+    handler_on: dict[HandlerKind, TaskDef] = field(default_factory=dict)
 
     @property
     def is_scheduled(self) -> bool:
         return self.schedule not in ("", "workflow_dispatch")
+
+    @property
+    def cron_expressions(self) -> tuple[str, ...]:
+        """Every schedule of the DAG (a single `schedule` is a list of one)."""
+        return self.schedules or ((self.schedule,) if self.is_scheduled else ())
 
     def task(self, task_id: str) -> TaskDef | None:
         return self._by_id.get(task_id)
@@ -266,7 +307,10 @@ class DagDef:
 
     @cached_property
     def _by_id(self) -> dict[str, TaskDef]:
-        return {task.task_id: task for task in self.tasks}
+        """Tasks and handlers (on_success...) by id."""
+        by_id = {task.task_id: task for task in self.handler_on.values()}
+        by_id.update((task.task_id, task) for task in self.tasks)
+        return by_id
 
     @cached_property
     def dependants(self) -> dict[str, tuple[str, ...]]:
@@ -337,6 +381,11 @@ class Run:
     # holds their environment form); empty for a DAG without, whose values are only in `conf`
     params: dict[str, Any] = field(default_factory=dict)
     has_outputs: bool = False  # some task of the run published outputs
+    reason: str = ""  # why a rule skipped, cancelled or failed it (overlap, deadline)
+    held: bool = False  # queued by its DAG's overlap policy: its tasks wait for a free slot
+    deadline_at: int | None = None  # epoch ms: the run fails "timed out" at this moment
+    handling: bool = False  # its status is final; its handler tasks are still running
+    failed_tasks: tuple[str, ...] = ()  # set when it ends: what its handlers are told
 
 
 @dataclass

@@ -12,16 +12,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms, to_iso
-from nagare.cron import parse_schedule
+from nagare.cron import dag_schedules
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
 from nagare.engine.params import Source, run_values
 from nagare.engine.rerun import downstream_reruns, run_retry
+from nagare.engine.run_rules import SUPERSEDED
 from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
+    HANDLER_TASK_IDS,
     DagDef,
     Run,
     RunStatus,
@@ -85,7 +87,16 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def version(self, digest: str) -> DagDef: ...
 
     class _RunServiceRuns(Protocol):
-        def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+        def finish(
+            self,
+            run_id: str,
+            status: RunStatus,
+            now: int,
+            dag: DagDef | None = None,
+            failed: Sequence[str] = (),
+        ) -> RunStatus | None: ...
+
+        def mark_timed_out(self, run_id: str, reason: str) -> bool: ...
 
         def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
@@ -221,7 +232,7 @@ class RunService:
         if end < start:
             raise BadRequest(f"end ({to_iso(end)}) is before start ({to_iso(start)})")
         limit = self.max_catchup_runs
-        schedule = parse_schedule(dag.schedule, dag.timezone)
+        schedule = dag_schedules(dag.cron_expressions, dag.timezone, dag.start_date, dag.end_date)
         slots, dropped = schedule.slots_between(start - 1, end, limit)
         if dropped:
             raise Unprocessable(
@@ -261,11 +272,32 @@ class RunService:
             raise Conflict(f"run '{run_id}' already finished ({run.status})")
         self.store.runs.mark_killed(run_id)
         log.info("run %s killed", run_id, extra={"dag_id": run.dag_id, "run_id": run_id})
-        self._cancel(self.store.tasks.of_run(run_id))
-        if not any(t.status in ACTIVE_TASK for t in self.store.tasks.of_run(run_id)):
-            self.store.runs.finish(run_id, RunStatus.CANCELLED, self.clock())
-        self.wake(run_id)
+        self._end(run, RunStatus.CANCELLED, "killed")
         return self.run(run_id)
+
+    def expire(self, run_id: str) -> None:
+        """The run's deadline passed: running tasks are killed, the rest cancelled, and the run
+        ends `failed` with the reason "timed out after N s"."""
+        run = self.store.runs.get(run_id, counts=False)
+        if run is None or run.status.terminal:
+            return
+        timeout = self.store.dags.version(run.dag_version).timeout_seconds
+        reason = f"timed out after {timeout:g} s"
+        if not self.store.runs.mark_timed_out(run_id, reason):
+            return
+        log.warning("run %s %s", run_id, reason, extra={"dag_id": run.dag_id, "run_id": run_id})
+        self._end(run, RunStatus.FAILED, f"run {reason}")
+
+    def _end(self, run: Run, status: RunStatus, message: str) -> None:
+        """Cancel what is active (killing what runs); the run ends now if nothing still runs
+        (with its handlers, unless it never started), else when its last task stops."""
+        self._cancel(self.store.tasks.of_run(run.run_id), message)
+        tasks = self.store.tasks.of_run(run.run_id)
+        if not any(t.status in ACTIVE_TASK for t in tasks):
+            dag = None if run.held else self.store.dags.version(run.dag_version)
+            failed = [t.task_id for t in tasks if t.status is TaskStatus.FAILED]
+            self.store.runs.finish(run.run_id, status, self.clock(), dag, failed)
+        self.wake(run.run_id)
 
     def kill_task(self, run_id: str, task_id: str) -> TaskInstance:
         task = self.task(run_id, task_id)
@@ -286,12 +318,12 @@ class RunService:
         self.wake(run_id)
         return self.task(run_id, task_id)
 
-    def _cancel(self, tasks: list[TaskInstance]) -> None:
+    def _cancel(self, tasks: list[TaskInstance], message: str = "killed") -> None:
         now = self.clock()
         active = [t for t in tasks if t.status in ACTIVE_TASK]
         moved = set(
             self.store.tasks.transition(
-                [t.id for t in active], ACTIVE_TASK, TaskStatus.CANCELLED, now, message="killed"
+                [t.id for t in active], ACTIVE_TASK, TaskStatus.CANCELLED, now, message=message
             )
         )
         for task in active:
@@ -338,7 +370,18 @@ class RunService:
             raise Conflict(
                 f"task '{task_id}' is {task.status}; only a finished task can be retried"
             )
+        if task.task_id in HANDLER_TASK_IDS:
+            raise Conflict(
+                f"'{task_id}' is a handler: it runs when its run ends (retry a task of the run, "
+                "and the handlers run again when it ends)"
+            )
         run = self.run(run_id)
+        if run.handling:
+            raise Conflict(f"the handlers of run '{run_id}' are still running; retry after them")
+        if run.status is RunStatus.SKIPPED or run.reason == SUPERSEDED:
+            raise Conflict(
+                f"run '{run_id}' never started ({run.reason or run.status}); trigger a new run"
+            )
         dag = self.store.dags.version(run.dag_version)
         definition = dag.task(task.base_task_id)
         if definition is None:

@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare.clock import now_ms, to_iso
-from nagare.cron import Schedule, parse_schedule
+from nagare.cron import Schedule, Schedules, dag_schedules
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import parse_map_items
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
 from nagare.engine.params import run_values, triggered_values
+from nagare.engine.run_rules import handler_step
 from nagare.errors import InvalidParams
 from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.models import (
+    HANDLER_TASK_IDS,
     DagDef,
     InstanceLike,
     Run,
@@ -63,7 +65,12 @@ class Firing:
 
 
 def slots_to_fire(
-    schedule: Schedule, state: DagState, now: int, catchup: bool, max_catchup: int, grace_ms: int
+    schedule: Schedule | Schedules,
+    state: DagState,
+    now: int,
+    catchup: bool,
+    max_catchup: int,
+    grace_ms: int,
 ) -> Firing:
     """Which slots to run now. A slot is `scheduled` when it is found within `grace_ms` of its
     time, else `catchup`; without catchup, late slots are skipped (only the watermark moves)."""
@@ -94,7 +101,24 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
     class _SchedulerRuns(Protocol):
         def active_ids(self) -> list[str]: ...
 
-        def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
+        def finish(
+            self,
+            run_id: str,
+            status: RunStatus,
+            now: int,
+            dag: DagDef | None = None,
+            failed: Sequence[str] = (),
+        ) -> RunStatus | None: ...
+
+        def release_waiting(self, dag: DagDef, now: int) -> list[str]: ...
+
+        def dags_with_waiting(self) -> list[str]: ...
+
+        def next_deadline(self) -> int | None: ...
+
+        def past_deadline(self, now: int) -> list[str]: ...
+
+        def end_handling(self, run_id: str) -> bool: ...
 
         def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
@@ -173,6 +197,9 @@ class Scheduler:
         fire_schedules: bool = True,
     ) -> None:
         self.store = store
+        # called with the id of a run whose deadline passed (app wires the run service's
+        # `expire`: it kills the running tasks and cancels the rest)
+        self.expire: Callable[[str], None] = lambda run_id: None
         self.folder = folder
         self.logs = logs
         self.settings = settings
@@ -297,7 +324,12 @@ class Scheduler:
                 dirty[run_id] = None
         for run_id, task_id in self._queue_due_retries(now):
             _mark(dirty, run_id, task_id)
+        for run_id in self.store.runs.past_deadline(now):
+            self.expire(run_id)
+            dirty[run_id] = None
         if self._sweep_due(now):
+            for dag_id in self.store.runs.dags_with_waiting():
+                dirty.update(dict.fromkeys(self._release(dag_id, now)))
             self._last_sweep = now
             with self._cond:
                 self._retry_known = False  # a retry no finished task announced: found here
@@ -326,6 +358,9 @@ class Scheduler:
         retry_at = self._next_retry()
         if retry_at is not None:
             candidates.append(retry_at)
+        deadline = self.store.runs.next_deadline()
+        if deadline is not None:
+            candidates.append(deadline)
         return max(0.0, (min(candidates) - now) / 1000)
 
     # ------------------------------------------------------------ cron
@@ -346,7 +381,7 @@ class Scheduler:
         return created
 
     def _fire_dag(self, dag: DagDef, now: int) -> set[str]:
-        schedule = parse_schedule(dag.schedule, dag.timezone)
+        schedule = dag_schedules(dag.cron_expressions, dag.timezone, dag.start_date, dag.end_date)
         state = self.store.dags.ensure_state(dag.dag_id, now)
         if state.paused:
             self._next_slot.pop(dag.dag_id, None)
@@ -434,7 +469,7 @@ class Scheduler:
         if view is None:
             view = self._load(run_id)
             if view is None:
-                return Counter()
+                return self._advance_handlers(run_id, now)
         else:
             changed = self._refresh(view, finished or set())
         dag = view.dag
@@ -447,7 +482,8 @@ class Scheduler:
             pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
         if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
             self._views.pop(run_id, None)
-            ended = self.store.runs.finish(run_id, plan.run_status, now)
+            failed = [t.task_id for t in view.by_task.values() if t.status is TaskStatus.FAILED]
+            ended = self.store.runs.finish(run_id, plan.run_status, now, dag, failed)
             if ended is not None:
                 log.info(
                     "run %s finished: %s",
@@ -455,6 +491,7 @@ class Scheduler:
                     ended,
                     extra={"dag_id": dag.dag_id, "run_id": run_id},
                 )
+                pools += self._after_end(run_id, dag, now)
         elif plan.expand or plan.trigger or plan.map_done:
             self._views.pop(run_id, None)  # engine-side work changed rows: reload next pass
             with self._cond:
@@ -462,13 +499,77 @@ class Scheduler:
                 self._cond.notify()  # a settling thread's pass leaves it to the scheduler
         return pools
 
+    def _after_end(self, run_id: str, dag: DagDef, now: int) -> Counter[str]:
+        """A run ended: its first handler was queued with it (its pool is woken); without
+        handlers a slot of its DAG freed."""
+        run = self.store.runs.get(run_id, counts=False)
+        if run is not None and run.handling:
+            states = self.store.tasks.run_states(run_id)
+            return Counter(t.pool for t in states if t.status is TaskStatus.QUEUED)
+        if dag.max_active_runs:  # (runs held under a limit removed since: the sweep)
+            self._wake_released(self._release(dag.dag_id, now))
+        return Counter()
+
+    def _release(self, dag_id: str, now: int) -> list[str]:
+        """Let waiting runs of a DAG start as far as its max_active_runs allows."""
+        dag = self.folder.get(dag_id)
+        if dag is None:
+            return []
+        released = self.store.runs.release_waiting(dag, now)
+        for run_id in released:
+            log.info(
+                "run %s starts: a slot of max_active_runs freed",
+                run_id,
+                extra={"dag_id": dag_id, "run_id": run_id},
+            )
+        return released
+
+    def _wake_released(self, run_ids: list[str]) -> None:
+        if run_ids:
+            with self._cond:
+                for run_id in run_ids:
+                    self._dirty[run_id] = None
+                self._cond.notify()
+
+    def _advance_handlers(self, run_id: str, now: int) -> Counter[str]:
+        """A finished run whose handlers run: `exit` after the other one, then the run is no
+        longer active (a slot of its DAG frees)."""
+        run = self.store.runs.get(run_id, counts=False)
+        if run is None or run.held:
+            return Counter()
+        if not run.handling:  # ended elsewhere (a kill): a slot of its DAG may have freed
+            dag = self.folder.get(run.dag_id)
+            if dag is not None and dag.max_active_runs:
+                self._wake_released(self._release(run.dag_id, now))
+            return Counter()
+        states = {
+            t.task_id: t
+            for t in self.store.tasks.run_states(run_id)
+            if t.task_id in HANDLER_TASK_IDS
+        }
+        step = handler_step({k: v.status for k, v in states.items()})
+        if step.queue:
+            self.store.tasks.transition(
+                [states[t].id for t in step.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
+            )
+            return Counter(t.pool for t in states.values() if t.task_id in step.queue)
+        if not step.done:  # a handler queued by the run's end: make sure its pool looks
+            return Counter(t.pool for t in states.values() if t.status is TaskStatus.QUEUED)
+        if step.done and self.store.runs.end_handling(run_id):
+            log.info("run %s: handlers ended", run_id, extra={"run_id": run_id})
+            self._wake_released(self._release(run.dag_id, now))
+        return Counter()
+
     def _load(self, run_id: str) -> _View | None:
         run = self.store.runs.get(run_id, counts=False)
-        if run is None or run.status.terminal:
+        if run is None or run.status.terminal or run.held:
             self._views.pop(run_id, None)
             return None
         dag = self.store.dags.version(run.dag_version)
-        states = self.store.tasks.run_states(run_id)
+        # handlers are not part of the run's plan (nor of its status): `_advance_handlers`
+        states = [
+            t for t in self.store.tasks.run_states(run_id) if t.task_id not in HANDLER_TASK_IDS
+        ]
         view = _View(run, dag, {t.task_id: t for t in states}, {t.id: t.task_id for t in states})
         self._views[run_id] = view
         return view

@@ -36,6 +36,10 @@ class Settings:
     # Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.
     worker_pools: dict[str, int] = field(default_factory=lambda: {"default": 4})
 
+    # Handlers of every DAG without its own handler_on, e.g. {failure: {command: ...}} (the DAG
+    # file's handler_on syntax).
+    default_handler_on: str = ""
+
     # User the tasks of a pool run as, e.g. {default: nobody} (needs the server to run as root); a
     # task's run_as must then name that user or none.
     pool_run_as: dict[str, str] = field(default_factory=lambda: {})

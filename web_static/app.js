@@ -6,11 +6,12 @@ import htm from "./vendor/htm.module.js";
 
 const html = htm.bind(h);
 const KEY = "nagare_api_key";
-const TERMINAL_RUN = new Set(["success", "failed", "cancelled"]);
+const TERMINAL_RUN = new Set(["success", "failed", "cancelled", "skipped"]);
+const HANDLER_IDS = new Set(["on_success", "on_failure", "on_cancel", "on_exit"]);
 const TERMINAL_TASK = new Set(["success", "failed", "cancelled", "upstream_failed", "skipped"]);
 const RETRIED_RUN = new Set(["failed", "upstream_failed", "cancelled"]); // what a run retry re-queues
 const TASK_STATUSES = ["pending", "queued", "running", "success", "failed", "up_for_retry", "upstream_failed", "cancelled", "skipped"];
-const RUN_STATUSES = ["queued", "running", "success", "failed", "cancelled"];
+const RUN_STATUSES = ["queued", "running", "success", "failed", "cancelled", "skipped"];
 const TRIGGERS = ["manual", "scheduled", "webhook", "triggered", "catchup", "backfill"];
 
 // ------------------------------------------------------------------ API and auth
@@ -439,7 +440,8 @@ function DagTable({ dags, reload }) {
     <thead><tr><th>DAG</th><th>Schedule</th><th class="hide-sm">Next run</th><th class="hide-sm">Last run</th><th>Active</th><th>Actions</th></tr></thead>
     <tbody>${dags.map((d) => html`<tr key=${d.dag_id} data-dag=${d.dag_id}>
       <td><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}>
-        <div class="muted small trunc" title=${d.description}>${d.description}</div></td>
+        <div class="muted small trunc" title=${d.description}>${d.description}</div>
+        ${(d.tags || []).length > 0 && html`<div class="row tags">${d.tags.map((t) => html`<span class="tag">${t}</span>`)}</div>`}</td>
       <td>${d.paused ? html`<span class="badge st-queued">paused</span> ` : ""}<span title=${d.schedule}>${d.schedule_description || d.schedule}</span></td>
       <td class="hide-sm small">${d.paused ? "—" : fmtTime(d.next_run_at)}</td>
       <td class="hide-sm">${d.last_run ? html`<${Link} href=${runHref(d.last_run.run_id)}><${StatusBadge} status=${d.last_run.status} /></${Link}>` : html`<span class="muted">—</span>`}</td>
@@ -540,9 +542,23 @@ function Dashboard() {
 
 function DagList() {
   const [dags, errors, reload] = useDags();
+  const [chosen, setChosen] = useState(() => new URLSearchParams(location.search).getAll("tag"));
   useEffect(() => { document.title = "Nagare | DAGs"; }, []);
+  const tags = useMemo(() => [...new Set((dags || []).flatMap((d) => d.tags || []))].sort(), [dags]);
+  const toggleTag = (tag) => {
+    const next = chosen.includes(tag) ? chosen.filter((t) => t !== tag) : [...chosen, tag];
+    setChosen(next);
+    const q = new URLSearchParams(next.map((t) => ["tag", t])).toString();
+    navigate(`/dags${q ? `?${q}` : ""}`, true);
+  };
+  // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
+  const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
   return html`<main><h1>DAGs</h1><${DagErrors} errors=${errors} />
-    <section class="panel"><${DagTable} dags=${dags} reload=${reload} /></section></main>`;
+    ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
+      <span class="small muted">Tags</span>
+      ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}
+      ${chosen.length > 0 && html`<button type="button" class="link" onClick=${() => { setChosen([]); navigate("/dags", true); }}>Clear</button>`}</div>`}
+    <section class="panel"><${DagTable} dags=${shown} reload=${reload} /></section></main>`;
 }
 
 function RunsPage() {
@@ -872,7 +888,7 @@ function RunDetail({ runId, focusTask }) {
   const [open, setOpen] = useState(() => new Set(focusTask ? [focusTask] : []));
   const [openGroups, setOpenGroups] = useState(new Set());
   const auto = useRef(!focusTask);
-  const finished = run && TERMINAL_RUN.has(run.status) && tasks && tasks.every((t) => TERMINAL_TASK.has(t.status) || t.status === "pending");
+  const finished = run && TERMINAL_RUN.has(run.status) && !run.handlers_running && tasks && tasks.every((t) => TERMINAL_TASK.has(t.status) || t.status === "pending");
   const load = useCallback(async () => {
     try {
       const [r, ts] = await Promise.all([api(`/api/runs/${enc(runId)}`), api(`/api/runs/${enc(runId)}/tasks`)]);
@@ -902,7 +918,8 @@ function RunDetail({ runId, focusTask }) {
   const c = counts(tasks.filter((t) => t.map_index == null || true));
   const total = tasks.length;
   const done = tasks.filter((t) => TERMINAL_TASK.has(t.status)).length;
-  const top = tasks.filter((t) => t.map_index == null);
+  const top = tasks.filter((t) => t.map_index == null && !HANDLER_IDS.has(t.task_id));
+  const handlers = tasks.filter((t) => HANDLER_IDS.has(t.task_id));
   const selectNode = (id) => {
     const child = tasks.find((t) => t.task_id === id && t.map_index != null);
     if (child && !openGroups.has(child.base_task_id)) setOpenGroups(new Set([...openGroups, child.base_task_id]));
@@ -916,6 +933,7 @@ function RunDetail({ runId, focusTask }) {
       ${running && html`<button class="danger" onClick=${() => killRun(run, load)} data-action="kill-run">■ Kill run</button>`}
       ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
+    ${run.reason && html`<p class="reason" data-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
       <div class="card"><div class="label">Started</div><div>${fmtTime(run.started_at || run.created_at)}</div><div class="sub">execution date ${fmtTime(run.execution_date)}</div></div>
@@ -937,6 +955,10 @@ function RunDetail({ runId, focusTask }) {
           onExpand=${() => { const n = new Set(openGroups); n.has(t.task_id) ? n.delete(t.task_id) : n.add(t.task_id); setOpenGroups(n); }}
           open=${open} toggle=${toggle} reload=${load} now=${now} />`}`)}
     </section>
+    ${handlers.length > 0 && html`<section class="panel" data-handlers><h2>Handlers ${run.handlers_running ? html`<span class="badge st-running pulse">running</span>` : ""}</h2>
+      <p class="small muted">Run after the run ended ${run.status}; they never change its status.</p>
+      ${handlers.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />`)}
+    </section>`}
   </main>`;
 }
 
@@ -1003,7 +1025,7 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       <span class="spacer"></span>
       ${task.message && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
       ${task.status === "running" || task.status === "queued" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
-      ${TERMINAL_TASK.has(task.status) && !isParent ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
+      ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
     ${open && html`<div class="body"><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;

@@ -46,10 +46,25 @@ from nagare.dagfile.nodes import (
     clip as clip,  # re-exported
 )
 from nagare.dagfile.params import build_params, check_dag_params, trigger_dag_params
+from nagare.dagfile.run_rules import (
+    RULE_KEYS,
+    check_reserved_ids,
+    check_schedules,
+    read_rules,
+    read_schedules,
+)
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.engine.expressions import compile_error, template_errors
-from nagare.models import DagDef, Resources, SecretDef, TaskDef, TaskType, TriggerDef
+from nagare.models import (
+    DagDef,
+    HandlerKind,
+    Resources,
+    SecretDef,
+    TaskDef,
+    TaskType,
+    TriggerDef,
+)
 from nagare.models import topological_order as topological_order  # re-exported
 from nagare.patterns import ENV_NAME, MEMORY, OUTPUT_NAME, USER_NAME
 
@@ -69,6 +84,9 @@ TASK_KEYS = fields_table.keys(fields_table.TASK)
 TRIGGER_KEYS = fields_table.keys(fields_table.TRIGGER)
 RESOURCE_KEYS = fields_table.keys(fields_table.RESOURCES)
 SECRET_KEYS = fields_table.keys(fields_table.SECRET)
+# A handler is a task body: what a task has but its id, its place in the graph and fan-outs.
+HANDLER_EXCLUDED = ("id", "depends_on", "map_over", "with_items", "dag_id")
+HANDLER_KEYS = tuple(k for k in TASK_KEYS if k not in HANDLER_EXCLUDED)
 
 # ---------------------------------------------------------------- public entry points
 
@@ -273,9 +291,16 @@ def _children(node: Node) -> list[Node]:
 def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | None:
     fields = mapping(root, DAG_KEYS, "", errors)
     dag_id = _required_id(root, fields, "id", errors)
-    schedule = _optional_text(fields, "schedule", errors).strip()
+    schedules = read_schedules(fields.get("schedule"), errors)
+    schedule = schedules[0] if schedules else ""
     timezone = _optional_text(fields, "timezone", errors).strip()
-    _check_schedule(fields, schedule, timezone, errors)
+    listed = isinstance(fields.get("schedule"), SequenceNode)
+    _check_schedule(fields, "" if listed else schedule, timezone, errors)
+    check_schedules(fields.get("schedule"), schedules, timezone, errors)
+    rules = read_rules(fields, timezone, errors)
+    handlers = (
+        _build_handlers(fields["handler_on"], errors, base_dir) if "handler_on" in fields else {}
+    )
     catchup = boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
     env = env_map(fields["env"], "env", errors) if "env" in fields else {}
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
@@ -284,6 +309,7 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
         return None
+    check_reserved_ids(tasks, errors)
     dag = DagDef(
         dag_id=dag_id or "",
         tasks=tuple(tasks),
@@ -295,9 +321,57 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         trigger=trigger,
         params=params,
         secrets=secrets,
+        schedules=schedules if len(schedules) > 1 else (),
+        start_date=rules.start_date,
+        end_date=rules.end_date,
+        tags=rules.tags,
+        max_active_runs=rules.max_active_runs,
+        overlap_policy=rules.overlap_policy,
+        timeout_seconds=rules.timeout_seconds,
+        handler_on=handlers,
     )
     check_dag_params(dag, fields.get("params"), fields.get("trigger"), errors)
     return dag
+
+
+def parse_handlers(
+    text: str, file: str = "nagare.yaml", base_dir: str = "."
+) -> tuple[dict[HandlerKind, TaskDef], list[DagError]]:
+    """`default_handler_on` of the settings (YAML or JSON text of a `handler_on` mapping)."""
+    errors = Collector(file)
+    if not text.strip():
+        return {}, []
+    try:
+        node = yaml.compose(text, Loader=_BoundedLoader)
+    except yaml.YAMLError as exc:
+        errors.add_at(0, "handler_on", f"invalid YAML: {exc}")
+        return {}, errors.summary()
+    handlers = _build_handlers(node, errors, base_dir) if node is not None else {}
+    if errors.errors:
+        return {}, errors.summary()
+    return handlers, []
+
+
+def _build_handlers(node: Node, errors: Collector, base_dir: str) -> dict[HandlerKind, TaskDef]:
+    """`handler_on: {success|failure|cancel|exit: <task body>}` -> handler tasks (reserved
+    ids on_success...), in the order they run."""
+    if not isinstance(node, MappingNode):
+        errors.add(
+            node,
+            "handler_on",
+            f"expected a mapping of success/failure/cancel/exit: task, found {node_kind(node)}",
+        )
+        return {}
+    fields = mapping(node, tuple(k.value for k in HandlerKind), "handler_on", errors)
+    result: dict[HandlerKind, TaskDef] = {}
+    for kind in HandlerKind:
+        if kind.value not in fields:
+            continue
+        path = f"handler_on.{kind.value}"
+        built = _build_task(fields[kind.value], path, errors, base_dir, kind.task_id)
+        if built is not None:
+            result[kind] = built.task
+    return result
 
 
 def _required_id(
@@ -527,13 +601,22 @@ def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: Collector) ->
             )
 
 
-def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _RawTask | None:
+def _build_task(
+    node: Node, path: str, errors: Collector, base_dir: str, handler_id: str = ""
+) -> _RawTask | None:
+    """A task (or, with `handler_id`, a handler's task body: no id, no dependencies)."""
     if not isinstance(node, MappingNode):
-        errors.add(node, path, f"expected a task mapping with 'id', found {node_kind(node)}")
+        wanted = "with 'command'" if handler_id else "with 'id'"
+        errors.add(node, path, f"expected a task mapping {wanted}, found {node_kind(node)}")
         return None
-    fields = mapping(node, TASK_KEYS, path, errors)
-    task_id = _required_id(node, fields, "id", errors, path)
+    fields = mapping(node, HANDLER_KEYS if handler_id else TASK_KEYS, path, errors)
+    task_id = handler_id or _required_id(node, fields, "id", errors, path)
     kind = _task_type(fields, path, errors)
+    if handler_id and kind is not TaskType.COMMAND:
+        errors.add(
+            fields["type"], f"{path}.type", f"a handler runs a command (type: command), not {kind}"
+        )
+        kind = TaskType.COMMAND
     text = {
         key: _optional_text(fields, key, errors, path)
         for key in (

@@ -75,8 +75,49 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "schedule",
         (DAG,),
-        TEXT,
-        "Cron expression (5 fields), @hourly/@daily/..., or empty/workflow_dispatch: manual only.",
+        {"anyOf": [TEXT, {"type": "array", "items": TEXT, "maxItems": 20}]},
+        "Cron expression (5 fields), @hourly/@daily/..., or empty/workflow_dispatch: manual only; "
+        "or a list of them (a slot produced twice runs once).",
+    ),
+    Field("start_date", (DAG,), TEXT, "No slot (and no catch-up) before this date or time."),
+    Field("end_date", (DAG,), TEXT, "No slot after this date (the whole day) or time."),
+    Field(
+        "tags",
+        (DAG,),
+        {"type": "array", "items": TEXT, "maxItems": 20},
+        "Labels to filter DAGs by (API ?tag=, CLI, UI).",
+    ),
+    Field(
+        "timeout_seconds",
+        (DAG,),
+        SECONDS,
+        "The run's deadline: running tasks are killed, the rest cancelled, the run failed.",
+    ),
+    Field(
+        "max_active_runs",
+        (DAG,),
+        {"type": "integer", "minimum": 1},
+        "At most this many active runs of the DAG (default unlimited).",
+    ),
+    Field(
+        "overlap_policy",
+        (DAG,),
+        {"enum": ["queue", "skip", "latest"]},
+        "When max_active_runs is reached: queue (wait), skip, or latest (older waiting runs "
+        "are superseded).",
+    ),
+    Field(
+        "handler_on",
+        (DAG,),
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                kind: {"$ref": "#/$defs/handler"}
+                for kind in ("success", "failure", "cancel", "exit")
+            },
+        },
+        "Commands run after the run's tasks ended: success, failure, cancel, exit (last).",
     ),
     Field("timezone", (DAG,), TEXT, "IANA time zone of the schedule (default UTC)."),
     Field("catchup", (DAG,), BOOLEAN, "Run the slots missed while the server was down."),
@@ -230,6 +271,15 @@ def _object(place: str, description: str) -> dict[str, Any]:
     return result
 
 
+def _handler() -> dict[str, Any]:
+    """A handler: a task body without an id, a place in the graph or a fan-out."""
+    handler = _object(TASK, "A handler: a task body (command and the usual task fields)")
+    excluded = ("id", "depends_on", "map_over", "with_items", "dag_id")
+    handler["properties"] = {k: v for k, v in handler["properties"].items() if k not in excluded}
+    handler["required"] = ["command"]
+    return handler
+
+
 def dag_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of a DAG file, from FIELDS."""
     schema = _object(DAG, "A Nagare DAG file")
@@ -245,5 +295,6 @@ def dag_schema() -> dict[str, Any]:
             "resources": _object(RESOURCES, "Container resource limits"),
             "secret": secret,
             "param": PARAM,
+            "handler": _handler(),
         },
     }

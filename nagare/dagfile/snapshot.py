@@ -6,7 +6,17 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from nagare.models import DagDef, ParamDef, ParamType, Resources, SecretDef, TaskDef, TaskType
+from nagare.models import (
+    DagDef,
+    HandlerKind,
+    OverlapPolicy,
+    ParamDef,
+    ParamType,
+    Resources,
+    SecretDef,
+    TaskDef,
+    TaskType,
+)
 
 
 def dag_to_json(dag: DagDef) -> str:
@@ -25,6 +35,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
         **({"secrets": [asdict(s) for s in dag.secrets]} if dag.secrets else {}),
+        **_rules_dict(dag),
     }
     if dag.params:  # only when declared: the JSON (and hash) of other definitions stays
         data["params"] = [param_dict(p) for p in dag.params]
@@ -65,6 +76,23 @@ def param_from_dict(data: dict[str, Any]) -> ParamDef:
     )
 
 
+def _rules_dict(dag: DagDef) -> dict[str, object]:
+    """The run rules, only those set: the JSON (and hash) of other definitions stays as it was."""
+    data: dict[str, object] = {
+        "schedules": list(dag.schedules),
+        "start_date": dag.start_date,
+        "end_date": dag.end_date,
+        "tags": list(dag.tags),
+        "max_active_runs": dag.max_active_runs,
+        "overlap_policy": dag.overlap_policy.value
+        if dag.overlap_policy is not OverlapPolicy.QUEUE
+        else None,
+        "timeout_seconds": dag.timeout_seconds,
+        "handler_on": {k.value: _task_dict(t) for k, t in dag.handler_on.items()},
+    }
+    return {k: v for k, v in data.items() if v}
+
+
 def _task_dict(task: TaskDef) -> dict[str, object]:
     data: dict[str, object] = {
         "task_id": task.task_id,
@@ -103,22 +131,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
 def dag_from_json(text: str) -> DagDef:
     """The inverse of dag_to_json (webhook trigger details are not part of a run's snapshot)."""
     data = json.loads(text)
-    tasks = []
-    for item in data["tasks"]:
-        resources = item.pop("resources", None)
-        secrets = tuple(SecretDef(**s) for s in item.pop("secrets", ()))
-        tasks.append(
-            TaskDef(
-                **{
-                    **item,
-                    "type": TaskType(item["type"]),
-                    "depends_on": tuple(item["depends_on"]),
-                    "volumes": tuple(item["volumes"]),
-                },
-                resources=Resources(**resources) if resources else None,
-                secrets=secrets,
-            )
-        )
+    tasks = [_task_from(item) for item in data["tasks"]]
+    handlers = {HandlerKind(k): _task_from(v) for k, v in data.get("handler_on", {}).items()}
     return DagDef(
         dag_id=data["dag_id"],
         tasks=tuple(tasks),
@@ -130,4 +144,27 @@ def dag_from_json(text: str) -> DagDef:
         file=data["file"],
         params=tuple(param_from_dict(p) for p in data.get("params", ())),
         secrets=tuple(SecretDef(**s) for s in data.get("secrets", ())),
+        schedules=tuple(data.get("schedules", ())),
+        start_date=data.get("start_date"),
+        end_date=data.get("end_date"),
+        tags=tuple(data.get("tags", ())),
+        max_active_runs=data.get("max_active_runs", 0),
+        overlap_policy=OverlapPolicy(data.get("overlap_policy") or "queue"),
+        timeout_seconds=data.get("timeout_seconds", 0),
+        handler_on=handlers,
+    )
+
+
+def _task_from(item: dict[str, Any]) -> TaskDef:
+    resources = item.pop("resources", None)
+    secrets = tuple(SecretDef(**s) for s in item.pop("secrets", ()))
+    return TaskDef(
+        **{
+            **item,
+            "type": TaskType(item["type"]),
+            "depends_on": tuple(item["depends_on"]),
+            "volumes": tuple(item["volumes"]),
+        },
+        resources=Resources(**resources) if resources else None,
+        secrets=secrets,
     )

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from nagare.clock import to_iso
-from nagare.models import SLOT_TRIGGERS, Assignment, Claim, DagDef, Run, TaskDef, TaskInstance
+from nagare.models import (
+    HANDLER_TASK_IDS,
+    SLOT_TRIGGERS,
+    Assignment,
+    Claim,
+    DagDef,
+    Run,
+    TaskDef,
+    TaskInstance,
+)
 
 SECRET_VARIABLES = ("NAGARE_API_KEY", "NAGARE_TOKEN")
 
@@ -44,6 +53,9 @@ def nagare_env(dag: DagDef, run: Run, task: TaskInstance, attempt: int) -> dict[
     if task.map_index is not None:
         env["NAGARE_MAP_INDEX"] = str(task.map_index)
         env["NAGARE_MAP_ITEM"] = item_text(task.item)
+    if task.task_id in HANDLER_TASK_IDS:  # a handler: how the run it handles ended
+        env["NAGARE_RUN_STATUS"] = str(run.status)
+        env["NAGARE_FAILED_TASKS"] = ",".join(run.failed_tasks)
     return env
 
 

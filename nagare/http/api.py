@@ -236,7 +236,19 @@ class Api:
             ),
             Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
             Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
-            Route("GET", "/api/dags", self.dags, "Every loaded DAG, sorted by id", tags=("dags",)),
+            Route(
+                "GET",
+                "/api/dags",
+                self.dags,
+                "Every loaded DAG, sorted by id",
+                query=(
+                    Param(
+                        "tag",
+                        "only DAGs with this tag (repeatable: DAGs with any of the tags)",
+                    ),
+                ),
+                tags=("dags",),
+            ),
             Route(
                 "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
             ),
@@ -415,8 +427,14 @@ class Api:
 
     def dags(self, request: Request) -> list[dict[str, Any]]:
         snapshot = self.s.folder.snapshot
+        wanted = set(request.query.get("tag", []))
+        dags = {
+            i: dag
+            for i, dag in snapshot.dags.items()
+            if not wanted or wanted.intersection(dag.tags)
+        }
         states = self.s.store.dags.states()
-        last = self.s.store.runs.last_of(snapshot.dags)
+        last = self.s.store.runs.last_of(dags)
         now = now_ms()
         return [
             dag_json(
@@ -426,7 +444,7 @@ class Api:
                 now,
                 snapshot.files.get(i, ""),
             )
-            for i, dag in sorted(snapshot.dags.items())
+            for i, dag in sorted(dags.items())
         ]
 
     def validate_dag(self, request: Request) -> dict[str, Any]:

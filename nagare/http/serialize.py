@@ -8,7 +8,7 @@ from typing import Any
 
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
-from nagare.cron import describe, parse_schedule
+from nagare.cron import NEVER, dag_schedules, describe
 from nagare.dagfile import DagError
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
@@ -27,6 +27,15 @@ from nagare.store import MetricAgg, MetricPoint
 
 
 def run_json(run: Run) -> dict[str, Any]:
+    body = _run_body(run)
+    if run.reason:  # a run skipped, cancelled or failed by a rule (overlap, deadline)
+        body["reason"] = run.reason
+    if run.handling:  # its status is final; its handlers still run
+        body["handlers_running"] = True
+    return body
+
+
+def _run_body(run: Run) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
         "dag_id": run.dag_id,
@@ -156,7 +165,9 @@ def dag_json(
     """A DAG; env values and webhook secrets are never returned (only env names)."""
     next_run = None
     if dag.is_scheduled and not paused:
-        next_run = to_iso(parse_schedule(dag.schedule, dag.timezone).next_after(now))
+        schedules = dag_schedules(dag.cron_expressions, dag.timezone, dag.start_date, dag.end_date)
+        upcoming = schedules.next_after(now)
+        next_run = to_iso(upcoming) if upcoming < NEVER else None
     trigger = None
     if dag.trigger is not None:
         trigger = {
@@ -181,6 +192,21 @@ def dag_json(
         "params": [param_dict(p) for p in dag.params],
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
+        **run_rules_json(dag),
+    }
+
+
+def run_rules_json(dag: DagDef) -> dict[str, Any]:
+    """Schedules, dates, tags, overlap control, deadline and handlers (types only)."""
+    return {
+        "schedules": list(dag.cron_expressions),
+        "start_date": to_iso(dag.start_date) if dag.start_date is not None else None,
+        "end_date": to_iso(dag.end_date) if dag.end_date is not None else None,
+        "tags": list(dag.tags),
+        "max_active_runs": dag.max_active_runs or None,
+        "overlap_policy": str(dag.overlap_policy) if dag.max_active_runs else None,
+        "timeout_seconds": dag.timeout_seconds or None,
+        "handler_on": {str(k): str(t.type) for k, t in dag.handler_on.items()},
     }
 
 

@@ -43,6 +43,11 @@ def run_from_row(row: sqlite3.Row) -> Run:
         killed=bool(row["killed"]),
         params={} if row["params"] is None else json.loads(row["params"]),
         has_outputs=bool(row["has_outputs"]),
+        reason=row["reason"],
+        held=bool(row["held"]),
+        deadline_at=row["deadline_at"],
+        handling=bool(row["handling"]),
+        failed_tasks=tuple(t for t in row["failed_tasks"].split(",") if t),
     )
 
 

@@ -253,4 +253,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE task_instances ADD COLUMN outputs TEXT;
     ALTER TABLE runs ADD COLUMN has_outputs INTEGER NOT NULL DEFAULT 0;
     """,
+    # 9: run rules: why a rule skipped or cancelled a run, a run held by its DAG's overlap
+    # policy (held=1: queued, its tasks not yet queued), the run's deadline, and its handlers
+    # (handling=1: its status is final, its handler tasks still run)
+    """
+    ALTER TABLE runs ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN deadline_at INTEGER;
+    ALTER TABLE runs ADD COLUMN handling INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN failed_tasks TEXT NOT NULL DEFAULT '';
+    CREATE INDEX runs_deadline ON runs(deadline_at)
+        WHERE deadline_at IS NOT NULL AND status IN ('queued', 'running');
+    CREATE INDEX runs_handling ON runs(run_id) WHERE handling = 1;
+    """,
 )

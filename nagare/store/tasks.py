@@ -367,7 +367,8 @@ class TaskStore:
                 [(i,) for i in pending],
             )
             conn.execute(
-                "UPDATE runs SET status='running', completed_at=NULL, killed=0 WHERE run_id=?",
+                "UPDATE runs SET status='running', completed_at=NULL, killed=0, handling=0, "
+                "reason='', deadline_at=NULL WHERE run_id=?",
                 (run_id,),
             )
         return queued
