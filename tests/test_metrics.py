@@ -676,7 +676,7 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
         conn.execute("DROP INDEX ti_leases")
         conn.execute("ALTER TABLE task_instances DROP COLUMN lease_expires_at")
         conn.execute("ALTER TABLE task_instances DROP COLUMN lease_confirmed")
-        undo_run_rules_migration(conn)
+        undo_later_migrations(conn)
         conn.execute("PRAGMA user_version=2")
     store.close()
     upgraded = Store(path)
@@ -685,9 +685,12 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
     upgraded.close()
 
 
-def undo_run_rules_migration(conn: Any) -> None:
-    """The run rules' columns and indexes go too (a lower user_version runs that migration
-    again)."""
+def undo_later_migrations(conn: Any) -> None:
+    """What the migrations after 6 added goes too (a lower user_version runs them again):
+    run parameters (7), task outputs (8), run rules (9)."""
+    conn.execute("ALTER TABLE runs DROP COLUMN params")
+    conn.execute("ALTER TABLE task_instances DROP COLUMN outputs")
+    conn.execute("ALTER TABLE runs DROP COLUMN has_outputs")
     conn.execute("DROP INDEX runs_deadline")
     conn.execute("DROP INDEX runs_handling")
     for column in ("reason", "held", "deadline_at", "handling", "failed_tasks"):
@@ -712,7 +715,7 @@ def test_attempt_indexes_hold_finished_attempts_only(tmp_path: Path) -> None:
         for name, columns in FINISHED_ATTEMPT_INDEXES.items():
             conn.execute(f"DROP INDEX {name}")
             conn.execute(f"CREATE INDEX {name} ON task_attempts({columns})")
-        undo_run_rules_migration(conn)
+        undo_later_migrations(conn)
         conn.execute("PRAGMA user_version=5")
     history = random_history(store, 60)
     plant_run(store, "alpha", NOW - HOUR, [Attempt("t", None)])  # still running

@@ -4,22 +4,15 @@ no critical or serious axe-core violation."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
+from axe import axe_violations
 from conftest import Nagare, wait_for
 from test_ui import browser, expect, ui  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
-AXE_PATHS = (
-    "/usr/lib/node_modules/axe-core/axe.min.js",
-    "/usr/local/lib/node_modules/axe-core/axe.min.js",
-)
 DAGS = {
     "ledger.yaml": """\
         id: ledger
@@ -51,42 +44,12 @@ DAGS = {
 }
 
 
-def axe_script() -> str | None:
-    """axe-core's script (`npm install -g axe-core`), or None (a failure when the browser
-    tests are required)."""
-    candidates = [os.environ.get("NAGARE_AXE_JS", ""), *AXE_PATHS]
-    if shutil.which("npm"):
-        root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True).stdout
-        candidates.append(os.path.join(root.strip(), "axe-core", "axe.min.js"))
-    for path in candidates:
-        if path and os.path.isfile(path):
-            return Path(path).read_text()
-    if os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
-        pytest.fail("NAGARE_REQUIRE_BROWSER=1 but axe-core is not installed")
-    return None
-
-
-def axe_violations(page: Any, script: str | None) -> list[str]:
-    """Critical and serious axe-core violations of the page as it is now."""
-    if script is None:
-        return []
-    page.add_script_tag(content=script)
-    found: list[str] = page.evaluate(
-        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
-            .filter((v) => v.impact === "critical" || v.impact === "serious")
-            .map((v) => `${v.id}: ${v.help} `
-                + `(${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
-    )
-    return found
-
-
 def shown_dags(page: Any) -> list[str]:
     return [r.get_attribute("data-dag") for r in page.locator("tr[data-dag]").all()]
 
 
 def test_tag_filter_on_the_dag_list(nagare_factory: Any, ui: Any) -> None:  # noqa: F811
     server: Nagare = nagare_factory(dags=DAGS)
-    script = axe_script()
     for theme in ("light", "dark"):
         u = ui(server, color_scheme=theme)
         page = u.go("/dags")
@@ -107,7 +70,7 @@ def test_tag_filter_on_the_dag_list(nagare_factory: Any, ui: Any) -> None:  # no
         assert shown_dags(page) == ["backup", "cleanup", "ledger"]
         expect(filters.get_by_role("button", name="ops")).to_have_attribute("aria-pressed", "true")
         u.shot(f"dags-tag-filter-{theme}")
-        assert axe_violations(page, script) == []
+        assert axe_violations(page) == []
         page.get_by_role("button", name="Clear").click()
         expect(page.locator("tr[data-dag]")).to_have_count(4)
         assert u.errors == []
@@ -115,7 +78,7 @@ def test_tag_filter_on_the_dag_list(nagare_factory: Any, ui: Any) -> None:  # no
     page = phone.go("/dags?tag=nightly")  # the filter survives a reload (it is in the URL)
     expect(page.locator("tr[data-dag]")).to_have_count(2)
     phone.shot("dags-tag-filter-phone")
-    assert axe_violations(page, script) == []
+    assert axe_violations(page) == []
     assert phone.errors == []
 
 
@@ -123,7 +86,6 @@ def test_handlers_on_the_run_page(nagare_factory: Any, ui: Any) -> None:  # noqa
     server: Nagare = nagare_factory(dags=DAGS)
     run_id = server.trigger("cleanup")
     wait_for(lambda: server.tasks(run_id).get("on_exit", {}).get("status") == "success", 15)
-    script = axe_script()
     for theme in ("light", "dark"):
         u = ui(server, color_scheme=theme)
         page = u.go(f"/runs?id={run_id}")
@@ -136,13 +98,13 @@ def test_handlers_on_the_run_page(nagare_factory: Any, ui: Any) -> None:  # noqa
         panel.get_by_role("button", name="Show log of on_failure").click()
         expect(panel).to_contain_text("telling on-call: load failed")
         u.shot(f"run-handlers-{theme}")
-        assert axe_violations(page, script) == []
+        assert axe_violations(page) == []
         assert u.errors == []
     phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
     page = phone.go(f"/runs?id={run_id}&task=on_exit")
     expect(page.locator("section[data-handlers]")).to_contain_text("removing temporary files")
     phone.shot("run-handlers-phone")
-    assert axe_violations(page, script) == []
+    assert axe_violations(page) == []
     assert phone.errors == []
 
 
@@ -152,14 +114,13 @@ def test_a_run_a_rule_ended_shows_why(nagare_factory: Any, ui: Any) -> None:  # 
     server: Nagare = nagare_factory(dags={"report.yaml": latest})
     first, superseded, last = (server.trigger("report") for _ in range(3))
     server.wait_run(last, 15)
-    script = axe_script()
     u = ui(server)
     page = u.go(f"/runs?id={superseded}")
     expect(page.locator("[data-reason]")).to_have_text("Cancelled: superseded")
     expect(page.locator("h1 .badge")).to_have_text("cancelled")
     expect(page.locator("[data-action=retry]")).to_have_count(0)  # it never started
     u.shot("run-superseded-light")
-    assert axe_violations(page, script) == []
+    assert axe_violations(page) == []
     page = u.go("/runs")
     expect(page.locator(f"tr[data-run='{first}']")).to_contain_text("success")
     assert u.errors == []

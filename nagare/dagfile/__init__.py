@@ -47,7 +47,6 @@ from nagare.dagfile.nodes import (
 )
 from nagare.dagfile.params import build_params, check_dag_params, trigger_dag_params
 from nagare.dagfile.run_rules import (
-    RULE_KEYS,
     check_reserved_ids,
     check_schedules,
     read_rules,

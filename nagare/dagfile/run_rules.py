@@ -21,15 +21,6 @@ from nagare.dagfile.nodes import (
 )
 from nagare.models import HANDLER_TASK_IDS, OverlapPolicy, TaskDef
 
-RULE_KEYS = (
-    "start_date",
-    "end_date",
-    "tags",
-    "timeout_seconds",
-    "max_active_runs",
-    "overlap_policy",
-    "handler_on",
-)
 MAX_SCHEDULES = 20
 MAX_TAGS = 20
 DATE_EXPECTED = "a date (2026-01-01) or a date and time (2026-01-01T06:00:00Z)"
