@@ -23,13 +23,16 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # the DAG's own condition (when / preconditions) was not met
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_RUN
 
 
-TERMINAL_RUN = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN = frozenset(
+    {RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+)
 
 
 class TaskStatus(StrEnum):
@@ -74,6 +77,7 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.CANCELLED,
             TaskStatus.FAILED,
             TaskStatus.SUCCESS,
+            TaskStatus.SKIPPED,
         }
     ),
     TaskStatus.QUEUED: frozenset(
@@ -86,6 +90,7 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.UP_FOR_RETRY,
             TaskStatus.CANCELLED,
             TaskStatus.QUEUED,
+            TaskStatus.SKIPPED,
         }
     ),
     TaskStatus.UP_FOR_RETRY: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
