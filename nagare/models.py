@@ -123,6 +123,18 @@ class Trigger(StrEnum):
 SLOT_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL})
 
 
+class TriggerRule(StrEnum):
+    """What a pending task does once its upstream tasks have ended (Airflow's names)."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+
+
 class ExecutorType(StrEnum):
     LOCAL = "local"
     DOCKER = "docker"
@@ -150,6 +162,14 @@ class TriggerDef:
 
 
 @dataclass(frozen=True)
+class AllowFailure:
+    """`allow_failure`: a last attempt that fails (with one of `exit_codes`, when given) ends the
+    task failed-but-allowed, which counts as a success downstream and for the run."""
+
+    exit_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskDef:
     task_id: str
     type: TaskType = TaskType.COMMAND
@@ -168,6 +188,13 @@ class TaskDef:
     resources: Resources | None = None
     run_as: str = ""
     line: int = 0
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    preconditions: tuple[str, ...] = ()
+    allow_failure: AllowFailure | None = None
+    retry_backoff: float = 1
+    retry_max_delay_seconds: float = 0  # 0: no maximum
+    retry_on_exit_codes: tuple[int, ...] = ()  # empty: every failure is retried
+    retry_on_timeout: bool = True
 
     @property
     def max_attempts(self) -> int:
@@ -185,6 +212,8 @@ class DagDef:
     env: dict[str, str] = field(default_factory=dict)
     trigger: TriggerDef | None = None
     file: str = ""
+    when: str = ""  # a jq condition over {dag, run, params}: false -> the run is skipped
+    preconditions: tuple[str, ...] = ()  # commands: one failing -> the run is skipped
 
     @property
     def is_scheduled(self) -> bool:
@@ -261,6 +290,8 @@ class Run:
     completed_at: int | None = None
     dag_version: str = ""
     killed: bool = False
+    warnings: int = 0  # tasks that failed with allow_failure
+    reason: str = ""  # why a run was skipped
     task_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -313,6 +344,7 @@ class TaskInstance:
     message: str = ""
     position: int = 0
     metrics: AttemptMetrics | None = None
+    allowed_failure: bool = False
 
 
 class TaskState(NamedTuple):
@@ -324,6 +356,7 @@ class TaskState(NamedTuple):
     status: TaskStatus
     pool: str
     position: int
+    allowed_failure: bool = False
 
 
 class InstanceLike(Protocol):
@@ -341,6 +374,8 @@ class InstanceLike(Protocol):
     def pool(self) -> str: ...
     @property
     def position(self) -> int: ...
+    @property
+    def allowed_failure(self) -> bool: ...
 
 
 STATUS_BY_VALUE = {s.value: s for s in TaskStatus}
@@ -416,6 +451,7 @@ class AttemptFinish:
     output_tail: str = ""
     ready_at: int | None = None
     extra_attempts: int = 0
+    allowed_failure: bool = False
 
     @property
     def retry_at(self) -> int | None:

@@ -18,6 +18,7 @@ from nagare.clock import now_ms, to_iso
 from nagare.cron import Schedule, parse_schedule
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import parse_map_items
+from nagare.engine.conditions import UPSTREAM_DID_NOT_SUCCEED
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
 from nagare.liveness import Heartbeat
@@ -478,14 +479,9 @@ class Scheduler:
         run, dag = view.run, view.dag
         pools: Counter[str] = Counter()
         if plan.upstream_failed:
-            moved = self.store.tasks.transition(
-                [t.id for t in plan.upstream_failed],
-                [TaskStatus.PENDING],
-                TaskStatus.UPSTREAM_FAILED,
-                now,
-                message="an upstream task did not succeed",
-            )
-            view.moved(plan.upstream_failed, moved, TaskStatus.UPSTREAM_FAILED)
+            self._settle(view, plan.upstream_failed, TaskStatus.UPSTREAM_FAILED, plan.reasons, now)
+        if plan.skipped:
+            self._settle(view, plan.skipped, TaskStatus.SKIPPED, plan.reasons, now)
         if plan.queue:
             moved = self.store.tasks.transition(
                 [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
@@ -502,6 +498,24 @@ class Scheduler:
         for task in plan.trigger:
             self._trigger(run, dag, task, now)
         return pools
+
+    def _settle(
+        self,
+        view: _View,
+        tasks: list[InstanceLike],
+        status: TaskStatus,
+        reasons: dict[str, str],
+        now: int,
+    ) -> None:
+        """pending -> upstream_failed / skipped, one statement per reason (a few fixed texts)."""
+        groups: dict[str, list[InstanceLike]] = {}
+        for task in tasks:
+            groups.setdefault(reasons.get(task.id, UPSTREAM_DID_NOT_SUCCEED), []).append(task)
+        for reason, group in groups.items():
+            moved = self.store.tasks.transition(
+                [t.id for t in group], [TaskStatus.PENDING], status, now, message=reason
+            )
+            view.moved(group, moved, status)
 
     def _expand(self, run: Run, dag: DagDef, parent: InstanceLike, now: int) -> Counter[str]:
         definition = dag.task(parent.task_id)

@@ -281,10 +281,12 @@ class Coordinator:
         if holder != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
-        finish = attempt_finish(claim, result.outcome, now, result.cancel_reason)
         attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
         for stream, line in result.lines:
             attempt_log.on_line(stream, line)
+        finish = attempt_finish(
+            claim, result.outcome, now, result.cancel_reason, attempt_log.tail()
+        )
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()

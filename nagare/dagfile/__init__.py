@@ -20,6 +20,11 @@ from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
+from nagare.dagfile.conditions import (
+    CONDITION_KEYS,
+    check_conditions,
+    condition_fields,
+)
 from nagare.dagfile.graph import check_graph
 from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
 from nagare.dagfile.nodes import (
@@ -88,6 +93,7 @@ TASK_KEYS = (
     "volumes",
     "resources",
     "run_as",
+    *CONDITION_KEYS,
 )
 TRIGGER_KEYS = (
     "type",
@@ -528,8 +534,10 @@ def _build_task(node: Node, path: str, errors: Collector, base_dir: str) -> _Raw
         resources=_resources(fields, path, errors),
         run_as=text["run_as"],
         line=node.start_mark.line + 1,
+        **condition_fields(fields, path, errors),
     )
     _check_task(task, fields, node, path, errors)
+    check_conditions(kind, fields, node, path, errors)
     items = _with_items(fields, path, errors) if "with_items" in fields else None
     if items is not None and kind is TaskType.MAP:
         errors.add(

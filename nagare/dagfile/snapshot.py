@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
-from nagare.models import DagDef, Resources, TaskDef, TaskType
+from nagare.models import AllowFailure, DagDef, Resources, TaskDef, TaskType, TriggerRule
 
 
 def dag_to_json(dag: DagDef) -> str:
@@ -48,7 +49,42 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["resources"] = asdict(task.resources)
     if task.run_as:  # only when set: the JSON (and hash) of other definitions stays as it was
         data["run_as"] = task.run_as
+    data.update(_condition_dict(task))
     return data
+
+
+def _condition_dict(task: TaskDef) -> dict[str, object]:
+    """The conditions and failure handling fields that differ from their defaults."""
+    data: dict[str, object] = {}
+    if task.trigger_rule is not TriggerRule.ALL_SUCCESS:
+        data["trigger_rule"] = task.trigger_rule.value
+    if task.preconditions:
+        data["preconditions"] = list(task.preconditions)
+    if task.allow_failure is not None:
+        data["allow_failure"] = list(task.allow_failure.exit_codes)
+    if task.retry_backoff != 1:
+        data["retry_backoff"] = task.retry_backoff
+    if task.retry_max_delay_seconds:
+        data["retry_max_delay_seconds"] = task.retry_max_delay_seconds
+    if task.retry_on_exit_codes:
+        data["retry_on_exit_codes"] = list(task.retry_on_exit_codes)
+    if not task.retry_on_timeout:
+        data["retry_on_timeout"] = False
+    return data
+
+
+def _condition_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `_condition_dict` (popped from `item`)."""
+    found: dict[str, Any] = {}
+    if "trigger_rule" in item:
+        found["trigger_rule"] = TriggerRule(item.pop("trigger_rule"))
+    if "preconditions" in item:
+        found["preconditions"] = tuple(item.pop("preconditions"))
+    if "allow_failure" in item:
+        found["allow_failure"] = AllowFailure(tuple(item.pop("allow_failure")))
+    if "retry_on_exit_codes" in item:
+        found["retry_on_exit_codes"] = tuple(item.pop("retry_on_exit_codes"))
+    return found
 
 
 def dag_from_json(text: str) -> DagDef:
@@ -57,6 +93,7 @@ def dag_from_json(text: str) -> DagDef:
     tasks = []
     for item in data["tasks"]:
         resources = item.pop("resources", None)
+        conditions = _condition_fields(item)
         tasks.append(
             TaskDef(
                 **{
@@ -66,6 +103,7 @@ def dag_from_json(text: str) -> DagDef:
                     "volumes": tuple(item["volumes"]),
                 },
                 resources=Resources(**resources) if resources else None,
+                **conditions,
             )
         )
     return DagDef(

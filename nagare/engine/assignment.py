@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from nagare.clock import to_iso
+from nagare.engine.conditions import with_preconditions
 from nagare.models import SLOT_TRIGGERS, Assignment, Claim, DagDef, Run, TaskDef, TaskInstance
 
 SECRET_VARIABLES = ("NAGARE_API_KEY", "NAGARE_TOKEN")
@@ -106,7 +107,7 @@ def build_assignment(claim: Claim, definition: TaskDef, base_env: dict[str, str]
         dag_id=dag.dag_id,
         task_id=task.task_id,
         attempt=claim.attempt,
-        command=task.command,
+        command=with_preconditions(task.command, definition.preconditions),
         env=task_env(base_env, dag, definition, run, task, claim.attempt),
         timeout_seconds=definition.timeout_seconds,
         image=definition.image,

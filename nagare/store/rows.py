@@ -20,7 +20,7 @@ TASK_COLUMNS = (
     "ti.id, ti.run_id, ti.task_id, ti.base_task_id, ti.map_index, ti.item, ti.position, "
     "ti.status, ti.attempt, ti.max_attempts, ti.pool, ti.worker, ti.command, ti.exit_code, "
     "ti.timed_out, ti.queued_at, ti.started_at, ti.completed_at, ti.ready_at, ti.output_tail, "
-    "ti.message"
+    "ti.message, ti.allowed_failure"
 )
 METRIC_COLUMNS = (
     "a.duration_ms, a.cpu_user_ms, a.cpu_system_ms, a.peak_memory_bytes, a.exit_code AS a_exit, "
@@ -41,6 +41,8 @@ def run_from_row(row: sqlite3.Row) -> Run:
         completed_at=row["completed_at"],
         dag_version=row["dag_version"],
         killed=bool(row["killed"]),
+        warnings=row["warnings"],
+        reason=row["reason"],
     )
 
 
@@ -67,6 +69,7 @@ def task_from_row(row: sqlite3.Row) -> TaskInstance:
         output_tail=row["output_tail"],
         message=row["message"],
         position=row["position"],
+        allowed_failure=bool(row["allowed_failure"]),
     )
     if "a_completed" in row.keys() and row["a_completed"] is not None:  # noqa: SIM118
         task.metrics = metrics_from_row(row, exit_key="a_exit")

@@ -123,15 +123,20 @@ class RunStore:
             ).fetchall()
         return [r["run_id"] for r in rows]
 
-    def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None:
+    def finish(
+        self, run_id: str, status: RunStatus, now: int, reason: str = ""
+    ) -> RunStatus | None:
         """End an active run; a run killed meanwhile ends `cancelled` whatever the caller saw
-        (the kill flag is read in the same statement). Returns the status set, or None."""
+        (the kill flag is read in the same statement); its warnings are counted (the tasks that
+        failed with allow_failure). Returns the status set, or None."""
         with self.db.write() as conn:
             row = conn.execute(
                 "UPDATE runs SET status=CASE WHEN killed=1 THEN 'cancelled' ELSE ? END, "
-                "completed_at=?, started_at=coalesce(started_at, ?) "
+                "completed_at=?, started_at=coalesce(started_at, ?), reason=?, "
+                "warnings=(SELECT count(*) FROM task_instances WHERE run_id=runs.run_id AND "
+                "allowed_failure=1) "
                 "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id, status",
-                (status, now, now, run_id),
+                (status, now, now, reason, run_id),
             ).fetchone()
             if row is not None:
                 count_run(conn, row[0], row[1])

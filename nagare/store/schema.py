@@ -242,4 +242,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_dag_duration ON task_attempts(dag_id, duration_ms, completed_at)
         WHERE completed_at IS NOT NULL;
     """,
+    # conditions and failure handling: a task failed-but-allowed (allow_failure), a run's count
+    # of them and why a run was skipped (a task's reason is its message)
+    """
+    ALTER TABLE task_instances ADD COLUMN allowed_failure INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN warnings INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    """,
 )
