@@ -51,7 +51,7 @@ from nagare.retention import RetentionSweep
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
-from nagare.webhooks import WebhookService
+from nagare.webhooks import WebhookService, condition_holds
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class App:
             config,
             on_queued=self._tasks_queued,
             fire_schedules=schedule,
+            condition=condition_holds,
         )
         self.runs = RunService(
             self.store,

@@ -213,7 +213,7 @@ class DagDef:
     trigger: TriggerDef | None = None
     file: str = ""
     when: str = ""  # a jq condition over {dag, run, params}: false -> the run is skipped
-    preconditions: tuple[str, ...] = ()  # commands: one failing -> the run is skipped
+    when_line: int = 0
 
     @property
     def is_scheduled(self) -> bool:

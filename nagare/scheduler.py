@@ -21,6 +21,7 @@ from nagare.engine.assignment import parse_map_items
 from nagare.engine.conditions import UPSTREAM_DID_NOT_SUCCEED
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
+from nagare.engine.run_gate import Condition, run_gate
 from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.models import (
@@ -93,6 +94,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
     class _SchedulerRuns(Protocol):
         def active_ids(self) -> list[str]: ...
 
+        def end_unstarted(self, run_id: str, status: RunStatus, reason: str, now: int) -> bool: ...
+
         def finish(self, run_id: str, status: RunStatus, now: int) -> RunStatus | None: ...
 
         def get(self, run_id: str, counts: bool = True) -> Run | None: ...
@@ -164,8 +167,10 @@ class Scheduler:
         on_queued: Callable[[dict[str, int]], None],
         clock: Callable[[], int] = now_ms,
         fire_schedules: bool = True,
+        condition: Condition | None = None,
     ) -> None:
         self.store = store
+        self.condition = condition  # evaluates a DAG's `when` (jq); None: no DAG has one
         self.folder = folder
         self.logs = logs
         self.settings = settings
@@ -425,7 +430,7 @@ class Scheduler:
         changed: set[str] | None = None
         if view is None:
             view = self._load(run_id)
-            if view is None:
+            if view is None or self._gated(view, now):
                 return Counter()
         else:
             changed = self._refresh(view, finished or set())
@@ -453,6 +458,28 @@ class Scheduler:
                 self._dirty[run_id] = None
                 self._cond.notify()  # a settling thread's pass leaves it to the scheduler
         return pools
+
+    def _gated(self, view: _View, now: int) -> bool:
+        """A new run of a DAG with `when`: decide first whether it starts (True: it ended)."""
+        run, dag = view.run, view.dag
+        if not dag.when or run.status is not RunStatus.QUEUED or self.condition is None:
+            return False
+        if any(t.status is not TaskStatus.PENDING for t in view.by_task.values()):
+            return False  # it started: the gate was passed
+        verdict = run_gate(dag, run, self.condition)
+        if verdict is None:
+            return False
+        status, reason = verdict
+        self._views.pop(run.run_id, None)
+        if self.store.runs.end_unstarted(run.run_id, status, reason, now):
+            log.info(
+                "run %s %s: %s",
+                run.run_id,
+                status,
+                reason,
+                extra={"dag_id": dag.dag_id, "run_id": run.run_id},
+            )
+        return True
 
     def _load(self, run_id: str) -> _View | None:
         run = self.store.runs.get(run_id, counts=False)

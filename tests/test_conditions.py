@@ -28,6 +28,7 @@ from nagare.engine.conditions import (
     with_preconditions,
 )
 from nagare.engine.next_steps import plan_run
+from nagare.engine.run_gate import run_gate
 from nagare.models import (
     AllowFailure,
     AttemptMetrics,
@@ -42,6 +43,7 @@ from nagare.models import (
     Trigger,
     TriggerRule,
 )
+from nagare.webhooks import condition_holds
 
 ROOT = Path(__file__).resolve().parents[1]
 S = TaskStatus
@@ -527,3 +529,93 @@ def test_a_failure_outside_the_allowed_codes_fails_the_run(nagare: Nagare) -> No
         "upstream_failed",
     )
     assert tasks["after"]["reason"] == "an upstream task did not succeed"
+
+
+# ---------------------------------------------------------------- DAG-level `when`
+
+
+def test_the_run_gate_context_and_verdicts() -> None:
+    dag = DagDef("d", (task("a"),), when='.params.MODE == "full"')
+    run = Run("d__manual__x", "d", RunStatus.QUEUED, Trigger.SCHEDULED, 0, {"MODE": "x"}, 0)
+    seen: list[Any] = []
+
+    def holds(expression: str, context: Any) -> bool:
+        seen.append((expression, context))
+        return False
+
+    assert run_gate(dag, run, holds) == (
+        RunStatus.SKIPPED,
+        'when: .params.MODE == "full" was false',
+    )
+    assert seen == [
+        (
+            '.params.MODE == "full"',
+            {
+                "dag": {"id": "d"},
+                "run": {
+                    "id": "d__manual__x",
+                    "trigger": "scheduled",
+                    "logical_date": "1970-01-01T00:00:00.000Z",
+                    "scheduled_time": "1970-01-01T00:00:00.000Z",
+                    "conf": {"MODE": "x"},
+                },
+                "params": {"MODE": "x"},
+            },
+        )
+    ]
+    assert run_gate(dag, run, lambda e, c: True) is None
+    assert run_gate(DagDef("d", (task("a"),)), run, holds) is None
+
+    def broken(expression: str, context: Any) -> bool:
+        raise ValueError("jq: error: null (null) has no keys\nmore")
+
+    assert run_gate(dag, run, broken) == (
+        RunStatus.FAILED,
+        'when: .params.MODE == "full" failed: jq: error: null (null) has no keys',
+    )
+    assert condition_holds(".a", {"a": 0}) and not condition_holds(".a", {"a": None})
+    assert not condition_holds(".a", {"a": False}) and not condition_holds("empty", {})
+
+
+GATED = """
+id: gated
+when: .params.MODE == "full"
+tasks:
+  - id: first
+    command: echo first
+  - id: second
+    depends_on: first
+    command: echo second
+"""
+
+
+def test_a_dag_level_when_skips_the_whole_run_or_lets_it_start(nagare: Nagare) -> None:
+    nagare.write_dag("gated.yaml", GATED)
+    nagare.app.folder.scan()
+    skipped = nagare.wait_run(nagare.trigger("gated"))
+    assert (skipped["status"], skipped["reason"]) == (
+        "skipped",
+        'when: .params.MODE == "full" was false',
+    )
+    tasks = nagare.tasks(skipped["run_id"])
+    assert {t["status"] for t in tasks.values()} == {"skipped"}
+    assert (
+        tasks["first"]["reason"] == 'the run did not start: when: .params.MODE == "full" was false'
+    )
+    assert tasks["first"]["attempt"] == 0
+    started = nagare.wait_run(nagare.trigger("gated", {"MODE": "full"}))
+    assert (started["status"], started["reason"]) == ("success", None)
+    assert nagare.log(started["run_id"], "second") == "second\n"
+    assert nagare.get("/api/runs?status=skipped")["total"] == 1
+
+
+def test_a_dag_level_when_that_does_not_compile_is_a_load_error(nagare: Nagare) -> None:
+    nagare.write_dag(
+        "bad_when.yaml",
+        "id: bad_when\nwhen: '.params.MODE =='\ntasks:\n  - id: a\n    command: x\n",
+    )
+    nagare.app.folder.scan()
+    errors = nagare.get("/api/dags/errors")["bad_when.yaml"]
+    assert len(errors) == 1 and errors[0].startswith(
+        "bad_when.yaml:2: when: jq condition '.params.MODE ==' does not compile"
+    ), errors

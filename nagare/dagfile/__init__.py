@@ -74,6 +74,7 @@ DAG_KEYS = (
     "trigger",
     "tasks",
     "autoscaler",
+    "when",
 )
 TASK_KEYS = (
     "id",
@@ -315,6 +316,9 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     catchup = boolean(fields["catchup"], "catchup", errors) if "catchup" in fields else False
     env = env_map(fields["env"], "env", errors) if "env" in fields else {}
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
+    when = _optional_text(fields, "when", errors).strip()
+    if "when" in fields and not when:
+        errors.add(fields["when"], "when", "expected a jq condition, found an empty string")
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
         return None
@@ -327,6 +331,8 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         catchup=bool(catchup),
         env=env,
         trigger=trigger,
+        when=when,
+        when_line=fields["when"].start_mark.line + 1 if "when" in fields else 0,
     )
 
 

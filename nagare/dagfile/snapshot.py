@@ -24,6 +24,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "env": dag.env,
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
+        **({"when": dag.when} if dag.when else {}),
     }
 
 
@@ -115,4 +116,5 @@ def dag_from_json(text: str) -> DagDef:
         catchup=data["catchup"],
         env=data["env"],
         file=data["file"],
+        when=data.get("when", ""),
     )

@@ -142,6 +142,26 @@ class RunStore:
                 count_run(conn, row[0], row[1])
         return None if row is None else RunStatus(row[1])
 
+    def end_unstarted(self, run_id: str, status: RunStatus, reason: str, now: int) -> bool:
+        """A run that never started (its DAG's condition said so): its pending tasks are
+        skipped with the reason, and it ends `status` with it. False if it started meanwhile."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                "UPDATE runs SET status=?, reason=?, completed_at=?, started_at=? WHERE run_id=? "
+                "AND status='queued' AND killed=0 AND NOT EXISTS (SELECT 1 FROM task_instances "
+                "WHERE run_id=? AND status!='pending') RETURNING dag_id",
+                (status, reason, now, now, run_id, run_id),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE task_instances SET status='skipped', message=?, completed_at=? "
+                "WHERE run_id=? AND status='pending'",
+                (f"the run did not start: {reason}", now, run_id),
+            )
+            count_run(conn, row[0], str(status))
+        return True
+
     def mark_killed(self, run_id: str) -> bool:
         with self.db.write() as conn:
             cursor = conn.execute(
