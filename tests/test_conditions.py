@@ -43,6 +43,8 @@ from nagare.models import (
     Trigger,
     TriggerRule,
 )
+from nagare.store import Store
+from nagare.store.schema import MIGRATIONS
 from nagare.webhooks import condition_holds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -619,3 +621,33 @@ def test_a_dag_level_when_that_does_not_compile_is_a_load_error(nagare: Nagare) 
     assert len(errors) == 1 and errors[0].startswith(
         "bad_when.yaml:2: when: jq condition '.params.MODE ==' does not compile"
     ), errors
+
+
+def test_a_database_of_the_previous_schema_upgrades_with_its_history(tmp_path: Path) -> None:
+    """The previous release's schema (every migration but this feature's): its runs and tasks
+    are read back unchanged, with no warnings, no reason and no allowed failure."""
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    dag = DagDef("d", (task("a"), task("b", "a")))
+    run = store.runs.start(dag, Trigger.MANUAL, 1_000, {"K": "v"}, 1_000)
+    assert run is not None
+    store.runs.finish(run.run_id, RunStatus.SUCCESS, 2_000)
+    with store.db.write() as conn:
+        conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")
+        conn.execute("ALTER TABLE runs DROP COLUMN warnings")
+        conn.execute("ALTER TABLE runs DROP COLUMN reason")
+        conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    store.close()
+    upgraded = Store(path)
+    assert upgraded.db.schema_version == len(MIGRATIONS)
+    again = upgraded.runs.get(run.run_id)
+    assert again is not None
+    assert (again.status, again.conf, again.warnings, again.reason) == (
+        RunStatus.SUCCESS,
+        {"K": "v"},
+        0,
+        "",
+    )
+    tasks = upgraded.tasks.of_run(run.run_id)
+    assert [(t.task_id, t.allowed_failure) for t in tasks] == [("a", False), ("b", False)]
+    upgraded.close()

@@ -676,12 +676,21 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
         conn.execute("DROP INDEX ti_leases")
         conn.execute("ALTER TABLE task_instances DROP COLUMN lease_expires_at")
         conn.execute("ALTER TABLE task_instances DROP COLUMN lease_confirmed")
+        undo_conditions_migration(conn)
         conn.execute("PRAGMA user_version=2")
     store.close()
     upgraded = Store(path)
     assert upgraded.db.schema_version == len(MIGRATIONS)
     assert snapshot(upgraded) == recorded
     upgraded.close()
+
+
+def undo_conditions_migration(conn: Any) -> None:
+    """The columns of conditions and failure handling go too (a lower user_version runs that
+    migration again)."""
+    conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")
+    conn.execute("ALTER TABLE runs DROP COLUMN warnings")
+    conn.execute("ALTER TABLE runs DROP COLUMN reason")
 
 
 FINISHED_ATTEMPT_INDEXES = {
@@ -702,6 +711,7 @@ def test_attempt_indexes_hold_finished_attempts_only(tmp_path: Path) -> None:
         for name, columns in FINISHED_ATTEMPT_INDEXES.items():
             conn.execute(f"DROP INDEX {name}")
             conn.execute(f"CREATE INDEX {name} ON task_attempts({columns})")
+        undo_conditions_migration(conn)
         conn.execute("PRAGMA user_version=5")
     history = random_history(store, 60)
     plant_run(store, "alpha", NOW - HOUR, [Attempt("t", None)])  # still running
