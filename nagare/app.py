@@ -48,6 +48,7 @@ from nagare.models import Assignment, DagDef, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
+from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
@@ -117,6 +118,10 @@ class App:
             fire_schedules=schedule,
             condition=condition_holds,
         )
+        self.run_checks = RunPreconditions(
+            self.reactor, self.local, os.environ, self.scheduler.preconditions_done
+        )
+        self.scheduler.check_preconditions = self.run_checks.check
         self.runs = RunService(
             self.store,
             self.folder,

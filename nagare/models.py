@@ -214,6 +214,7 @@ class DagDef:
     file: str = ""
     when: str = ""  # a jq condition over {dag, run, params}: false -> the run is skipped
     when_line: int = 0
+    preconditions: tuple[str, ...] = ()  # commands: one failing -> the run is skipped
 
     @property
     def is_scheduled(self) -> bool:

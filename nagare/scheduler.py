@@ -171,6 +171,10 @@ class Scheduler:
     ) -> None:
         self.store = store
         self.condition = condition  # evaluates a DAG's `when` (jq); None: no DAG has one
+        # runs a DAG's `preconditions` for a run (set by `app`; the verdict: `preconditions_done`)
+        self.check_preconditions: Callable[[DagDef, Run], None] | None = None
+        self._checking: set[str] = set()  # runs whose preconditions run now
+        self._checked: set[str] = set()  # runs whose preconditions passed, not yet started
         self.folder = folder
         self.logs = logs
         self.settings = settings
@@ -460,26 +464,52 @@ class Scheduler:
         return pools
 
     def _gated(self, view: _View, now: int) -> bool:
-        """A new run of a DAG with `when`: decide first whether it starts (True: it ended)."""
+        """A new run of a DAG with `when` or `preconditions`: decide first whether it starts
+        (True: not yet, or it ended)."""
         run, dag = view.run, view.dag
-        if not dag.when or run.status is not RunStatus.QUEUED or self.condition is None:
+        if not (dag.when or dag.preconditions) or run.status is not RunStatus.QUEUED:
             return False
         if any(t.status is not TaskStatus.PENDING for t in view.by_task.values()):
             return False  # it started: the gate was passed
-        verdict = run_gate(dag, run, self.condition)
+        verdict = run_gate(dag, run, self.condition) if self.condition is not None else None
+        if verdict is None and dag.preconditions and self.check_preconditions is not None:
+            with self._cond:
+                if run.run_id in self._checked:
+                    self._checked.discard(run.run_id)
+                    return False
+                waiting = run.run_id in self._checking
+                self._checking.add(run.run_id)
+            self._views.pop(run.run_id, None)
+            if not waiting:
+                self.check_preconditions(dag, run)
+            return True
         if verdict is None:
             return False
         status, reason = verdict
-        self._views.pop(run.run_id, None)
-        if self.store.runs.end_unstarted(run.run_id, status, reason, now):
-            log.info(
-                "run %s %s: %s",
-                run.run_id,
-                status,
-                reason,
-                extra={"dag_id": dag.dag_id, "run_id": run.run_id},
-            )
+        self._end_unstarted(run.run_id, dag.dag_id, status, reason, now)
         return True
+
+    def preconditions_done(self, run_id: str, status: RunStatus | None, reason: str) -> None:
+        """(any thread) The verdict of a run's DAG preconditions: None lets it start."""
+        with self._cond:
+            self._checking.discard(run_id)
+            if status is None:
+                self._checked.add(run_id)
+        if status is None:
+            self.wake(run_id)
+            return
+        run = self.store.runs.get(run_id, counts=False)
+        if run is not None:
+            self._end_unstarted(run_id, run.dag_id, status, reason, self.clock())
+
+    def _end_unstarted(
+        self, run_id: str, dag_id: str, status: RunStatus, reason: str, now: int
+    ) -> None:
+        self._views.pop(run_id, None)
+        if self.store.runs.end_unstarted(run_id, status, reason, now):
+            log.info(
+                "run %s %s: %s", run_id, status, reason, extra={"dag_id": dag_id, "run_id": run_id}
+            )
 
     def _load(self, run_id: str) -> _View | None:
         run = self.store.runs.get(run_id, counts=False)

@@ -651,3 +651,36 @@ def test_a_database_of_the_previous_schema_upgrades_with_its_history(tmp_path: P
     tasks = upgraded.tasks.of_run(run.run_id)
     assert [(t.task_id, t.allowed_failure) for t in tasks] == [("a", False), ("b", False)]
     upgraded.close()
+
+
+CHECKED = """
+id: checked
+env: {READY_FILE: "%s"}
+preconditions:
+  - test -n "$NAGARE_RUN_ID"
+  - test -e "$READY_FILE"
+tasks:
+  - id: first
+    command: echo first
+  - id: second
+    depends_on: first
+    command: echo second
+"""
+
+
+def test_dag_level_preconditions_decide_whether_a_run_starts(
+    nagare: Nagare, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready"
+    nagare.write_dag("checked.yaml", CHECKED % ready)
+    nagare.app.folder.scan()
+    skipped = nagare.wait_run(nagare.trigger("checked"))
+    reason = 'precondition failed: test -e "$READY_FILE" (exit code 1)'
+    assert (skipped["status"], skipped["reason"]) == ("skipped", reason)
+    tasks = nagare.tasks(skipped["run_id"])
+    assert {t["status"] for t in tasks.values()} == {"skipped"}
+    assert tasks["second"]["reason"] == f"the run did not start: {reason}"
+    ready.write_text("")
+    started = nagare.wait_run(nagare.trigger("checked"))
+    assert (started["status"], started["reason"]) == ("success", None)
+    assert nagare.log(started["run_id"], "second") == "second\n"

@@ -25,6 +25,7 @@ from nagare.dagfile.conditions import (
     check_conditions,
     condition_fields,
 )
+from nagare.dagfile.conditions import preconditions as dag_preconditions
 from nagare.dagfile.graph import check_graph
 from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
 from nagare.dagfile.nodes import (
@@ -75,6 +76,7 @@ DAG_KEYS = (
     "tasks",
     "autoscaler",
     "when",
+    "preconditions",
 )
 TASK_KEYS = (
     "id",
@@ -332,6 +334,9 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         env=env,
         trigger=trigger,
         when=when,
+        preconditions=dag_preconditions(fields["preconditions"], "preconditions", errors)
+        if "preconditions" in fields
+        else (),
         when_line=fields["when"].start_mark.line + 1 if "when" in fields else 0,
     )
 

@@ -25,6 +25,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "file": dag.file,
         "tasks": [_task_dict(t) for t in dag.tasks],
         **({"when": dag.when} if dag.when else {}),
+        **({"preconditions": list(dag.preconditions)} if dag.preconditions else {}),
     }
 
 
@@ -117,4 +118,5 @@ def dag_from_json(text: str) -> DagDef:
         env=data["env"],
         file=data["file"],
         when=data.get("when", ""),
+        preconditions=tuple(data.get("preconditions", ())),
     )

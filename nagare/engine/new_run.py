@@ -65,7 +65,7 @@ def build_run(
         dag_version=version,
     )
     tasks = []
-    gated = bool(dag.when)  # the engine decides first whether the run starts (run_gate)
+    gated = bool(dag.when or dag.preconditions)  # first: does the run start? (Scheduler._gated)
     for position, task in enumerate(dag.tasks):
         ready = not task.depends_on and task.type is TaskType.COMMAND and not gated
         tasks.append(
