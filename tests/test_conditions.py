@@ -684,3 +684,32 @@ def test_dag_level_preconditions_decide_whether_a_run_starts(
     started = nagare.wait_run(nagare.trigger("checked"))
     assert (started["status"], started["reason"]) == ("success", None)
     assert nagare.log(started["run_id"], "second") == "second\n"
+
+
+def test_retrying_a_skipped_task_reopens_its_skipped_dependants(
+    nagare: Nagare, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
+    nagare.write_dag(
+        "again.yaml",
+        f"""
+    id: again
+    tasks:
+      - id: gate
+        preconditions: ['test -e "{flag}"']
+        command: echo gate
+      - id: after
+        depends_on: gate
+        command: echo after
+    """,
+    )
+    nagare.app.folder.scan()
+    run = nagare.wait_run(nagare.trigger("again"))
+    assert {t["status"] for t in nagare.tasks(run["run_id"]).values()} == {"skipped"}
+    flag.write_text("")
+    retried = nagare.call("POST", f"/api/runs/{run['run_id']}/tasks/gate/retry")
+    assert retried.status == 200, retried.body
+    assert nagare.wait_run(run["run_id"])["status"] == "success"
+    tasks = nagare.tasks(run["run_id"])
+    assert (tasks["gate"]["status"], tasks["after"]["status"]) == ("success", "success")
+    assert tasks["after"]["reason"] is None
