@@ -609,6 +609,8 @@ def test_a_dag_level_when_skips_the_whole_run_or_lets_it_start(nagare: Nagare) -
     assert (started["status"], started["reason"]) == ("success", None)
     assert nagare.log(started["run_id"], "second") == "second\n"
     assert nagare.get("/api/runs?status=skipped")["total"] == 1
+    dag = nagare.get("/api/dags/gated")
+    assert (dag["when"], dag["preconditions"]) == ('.params.MODE == "full"', [])
 
 
 def test_a_dag_level_when_that_does_not_compile_is_a_load_error(nagare: Nagare) -> None:

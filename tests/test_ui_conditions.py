@@ -47,24 +47,35 @@ def serious_violations(page: Any, script: Path) -> list[str]:
     ]
 
 
-def examples(nagare_factory: Any) -> tuple[Nagare, str, str]:
+GATED = """
+id: gated
+when: .params.MODE == "full"
+tasks:
+  - id: only
+    command: echo only
+"""
+
+
+def examples(nagare_factory: Any) -> tuple[Nagare, str, str, str]:
     dags = {
         name: (ROOT / "dags" / name).read_text()
         for name in ("conditions_example.yaml", "allow_failure_example.yaml")
     }
-    server: Nagare = nagare_factory(dags=dags)
+    server: Nagare = nagare_factory(dags={**dags, "gated.yaml": GATED})
     skipping = server.trigger("conditions_demo")
     warned = server.trigger("allow_failure_demo")
+    gated = server.trigger("gated")
     assert server.wait_run(skipping)["status"] == "success"
     assert server.wait_run(warned)["warnings"] == 2
-    return server, skipping, warned
+    assert server.wait_run(gated)["status"] == "skipped"
+    return server, skipping, warned, gated
 
 
 def test_skipped_tasks_allowed_failures_and_the_warning_badge(
     nagare_factory: Any,
     ui: Any,  # noqa: F811
 ) -> None:
-    server, skipping, warned = examples(nagare_factory)
+    server, skipping, warned, gated = examples(nagare_factory)
     axe = axe_script()
     if axe is None and os.environ.get("NAGARE_REQUIRE_BROWSER") == "1":
         pytest.fail("axe-core not found (set NAGARE_AXE_JS or npm install -g axe-core)")
@@ -102,7 +113,18 @@ def test_skipped_tasks_allowed_failures_and_the_warning_badge(
         if axe is not None:
             assert serious_violations(page, axe) == [], theme
 
+        page = u.go(f"/runs?id={gated}")
+        expect(page.locator("main h1 .badge.st-skipped")).to_have_text("skipped")
+        expect(page.locator("[data-run-reason]")).to_have_text(
+            'skipped: when: .params.MODE == "full" was false'
+        )
+        expect(page.locator('[data-task="only"] [data-reason]')).to_contain_text(
+            "the run did not start"
+        )
+        u.shot(f"skipped_run_{theme}")
+
         page = u.go("/runs")
+        expect(page.locator(f'[data-run="{gated}"] .badge.st-skipped')).to_be_visible()
         row = page.locator(f'[data-run="{warned}"]')
         expect(row.locator("[data-warnings]")).to_have_text("⚠ 2 warnings")
         expect(page.locator(f'[data-run="{skipping}"] [data-warnings]')).to_have_count(0)

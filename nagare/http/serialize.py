@@ -192,6 +192,8 @@ def dag_json(
         "env": sorted(dag.env),
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
+        "when": dag.when or None,  # the run's own condition (conditions and failure handling)
+        "preconditions": list(dag.preconditions),
     }
 
 
