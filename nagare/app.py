@@ -49,10 +49,11 @@ from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
+from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
-from nagare.webhooks import WebhookService
+from nagare.webhooks import WebhookService, condition_holds
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
@@ -118,7 +119,12 @@ class App:
             config,
             on_queued=self._tasks_queued,
             fire_schedules=schedule,
+            condition=condition_holds,
         )
+        self.run_checks = RunPreconditions(
+            self.reactor, self.local, os.environ, self.scheduler.preconditions_done
+        )
+        self.scheduler.check_preconditions = self.run_checks.check
         self.runs = RunService(
             self.store,
             self.folder,

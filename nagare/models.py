@@ -25,7 +25,7 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    SKIPPED = "skipped"
+    SKIPPED = "skipped"  # the DAG's own condition (when / preconditions) was not met
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +79,7 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.CANCELLED,
             TaskStatus.FAILED,
             TaskStatus.SUCCESS,
+            TaskStatus.SKIPPED,
         }
     ),
     TaskStatus.QUEUED: frozenset(
@@ -131,6 +132,18 @@ class ParamType(StrEnum):
     BOOLEAN = "boolean"
     OBJECT = "object"
     ARRAY = "array"
+
+
+class TriggerRule(StrEnum):
+    """What a pending task does once its upstream tasks have ended (Airflow's names)."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_DONE = "all_done"
+    ALL_FAILED = "all_failed"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
 
 
 class ExecutorType(StrEnum):
@@ -187,6 +200,14 @@ class SecretDef:
 
 
 @dataclass(frozen=True)
+class AllowFailure:
+    """`allow_failure`: a last attempt that fails (with one of `exit_codes`, when given) ends the
+    task failed-but-allowed, which counts as a success downstream and for the run."""
+
+    exit_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskDef:
     task_id: str
     type: TaskType = TaskType.COMMAND
@@ -210,6 +231,13 @@ class TaskDef:
     output: str = ""  # `output: NAME`: the whole stdout becomes the output NAME
     with_item: str | None = None  # a with_items clone's item (JSON text), `.item` of its context
     secrets: tuple[SecretDef, ...] = ()
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    preconditions: tuple[str, ...] = ()
+    allow_failure: AllowFailure | None = None
+    retry_backoff: float = 1
+    retry_max_delay_seconds: float = 0  # 0: no maximum
+    retry_on_exit_codes: tuple[int, ...] = ()  # empty: every failure is retried
+    retry_on_timeout: bool = True
 
     @property
     def max_attempts(self) -> int:
@@ -283,6 +311,9 @@ class DagDef:
     overlap_policy: OverlapPolicy = OverlapPolicy.QUEUE
     timeout_seconds: float = 0  # the run's deadline (0: none)
     handler_on: dict[HandlerKind, TaskDef] = field(default_factory=dict)
+    when: str = ""  # a jq condition over {dag, run, params}: false -> the run is skipped
+    when_line: int = 0
+    preconditions: tuple[str, ...] = ()  # commands: one failing -> the run is skipped
 
     @property
     def is_scheduled(self) -> bool:
@@ -376,6 +407,8 @@ class Run:
     completed_at: int | None = None
     dag_version: str = ""
     killed: bool = False
+    warnings: int = 0  # tasks that failed with allow_failure
+    reason: str = ""  # why a run was skipped
     task_counts: dict[str, int] = field(default_factory=dict)
     # the resolved run parameters of a DAG with `params:` (defaults filled in, typed; `conf`
     # holds their environment form); empty for a DAG without, whose values are only in `conf`
@@ -438,6 +471,7 @@ class TaskInstance:
     position: int = 0
     metrics: AttemptMetrics | None = None
     outputs: dict[str, Any] | None = None  # published by its successful attempt
+    allowed_failure: bool = False
 
 
 class TaskState(NamedTuple):
@@ -449,6 +483,7 @@ class TaskState(NamedTuple):
     status: TaskStatus
     pool: str
     position: int
+    allowed_failure: bool = False
 
 
 class InstanceLike(Protocol):
@@ -466,6 +501,8 @@ class InstanceLike(Protocol):
     def pool(self) -> str: ...
     @property
     def position(self) -> int: ...
+    @property
+    def allowed_failure(self) -> bool: ...
 
 
 STATUS_BY_VALUE = {s.value: s for s in TaskStatus}
@@ -552,6 +589,7 @@ class AttemptFinish:
     ready_at: int | None = None
     extra_attempts: int = 0
     outputs: dict[str, str] | None = None  # published (a success only)
+    allowed_failure: bool = False
 
     @property
     def retry_at(self) -> int | None:

@@ -592,7 +592,8 @@ class WorkerPools:
         cancel_reason: str = "",
     ) -> AttemptFinish:
         """How the attempt ended, as the store records it (its message also goes to the log)."""
-        finish = attempt_finish(claim, outcome, self.clock(), cancel_reason)
+        tail = attempt_log.tail() if attempt_log is not None else ""
+        finish = attempt_finish(claim, outcome, self.clock(), cancel_reason, tail)
         if attempt_log is not None:
             finish.message = attempt_log.masked(finish.message)
             if finish.message:

@@ -440,7 +440,7 @@ class RunService:
             for t in self.store.tasks.of_run(run_id, include_children=False)
             if t.task_id in names
             and t.id not in exclude
-            and t.status in (TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED)
+            and t.status in (TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED)
         ]
 
 

@@ -18,9 +18,11 @@ from nagare.clock import now_ms, to_iso
 from nagare.cron import Schedule, Schedules, dag_schedules
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import parse_map_items
+from nagare.engine.conditions import UPSTREAM_DID_NOT_SUCCEED
 from nagare.engine.new_run import map_children
 from nagare.engine.next_steps import Plan, plan_changes
 from nagare.engine.params import run_values, triggered_values
+from nagare.engine.run_gate import Condition, run_gate
 from nagare.engine.run_rules import handler_step
 from nagare.errors import InvalidParams
 from nagare.liveness import Heartbeat
@@ -108,6 +110,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             now: int,
             dag: DagDef | None = None,
             failed: Sequence[str] = (),
+            reason: str = "",
         ) -> RunStatus | None: ...
 
         def release_waiting(self, dag: DagDef, now: int) -> list[str]: ...
@@ -119,6 +122,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def past_deadline(self, now: int) -> list[str]: ...
 
         def end_handling(self, run_id: str) -> bool: ...
+
+        def end_unstarted(self, run_id: str, status: RunStatus, reason: str, now: int) -> bool: ...
 
         def get(self, run_id: str, counts: bool = True) -> Run | None: ...
 
@@ -195,11 +200,17 @@ class Scheduler:
         on_queued: Callable[[dict[str, int]], None],
         clock: Callable[[], int] = now_ms,
         fire_schedules: bool = True,
+        condition: Condition | None = None,
     ) -> None:
         self.store = store
         # called with the id of a run whose deadline passed (app wires the run service's
         # `expire`: it kills the running tasks and cancels the rest)
         self.expire: Callable[[str], None] = lambda run_id: None
+        self.condition = condition  # evaluates a DAG's `when` (jq); None: no DAG has one
+        # runs a DAG's `preconditions` for a run (set by `app`; the verdict: `preconditions_done`)
+        self.check_preconditions: Callable[[DagDef, Run], None] | None = None
+        self._checking: set[str] = set()  # runs whose preconditions run now
+        self._checked: set[str] = set()  # runs whose preconditions passed, not yet started
         self.folder = folder
         self.logs = logs
         self.settings = settings
@@ -470,6 +481,8 @@ class Scheduler:
             view = self._load(run_id)
             if view is None:
                 return self._advance_handlers(run_id, now)
+            if self._gated(view, now):
+                return Counter()
         else:
             changed = self._refresh(view, finished or set())
         dag = view.dag
@@ -560,6 +573,54 @@ class Scheduler:
             self._wake_released(self._release(run.dag_id, now))
         return Counter()
 
+    def _gated(self, view: _View, now: int) -> bool:
+        """A new run of a DAG with `when` or `preconditions`: decide first whether it starts
+        (True: not yet, or it ended)."""
+        run, dag = view.run, view.dag
+        if not (dag.when or dag.preconditions) or run.status is not RunStatus.QUEUED:
+            return False
+        if any(t.status is not TaskStatus.PENDING for t in view.by_task.values()):
+            return False  # it started: the gate was passed
+        verdict = run_gate(dag, run, self.condition) if self.condition is not None else None
+        if verdict is None and dag.preconditions and self.check_preconditions is not None:
+            with self._cond:
+                if run.run_id in self._checked:
+                    self._checked.discard(run.run_id)
+                    return False
+                waiting = run.run_id in self._checking
+                self._checking.add(run.run_id)
+            self._views.pop(run.run_id, None)
+            if not waiting:
+                self.check_preconditions(dag, run)
+            return True
+        if verdict is None:
+            return False
+        status, reason = verdict
+        self._end_unstarted(run.run_id, dag.dag_id, status, reason, now)
+        return True
+
+    def preconditions_done(self, run_id: str, status: RunStatus | None, reason: str) -> None:
+        """(any thread) The verdict of a run's DAG preconditions: None lets it start."""
+        with self._cond:
+            self._checking.discard(run_id)
+            if status is None:
+                self._checked.add(run_id)
+        if status is None:
+            self.wake(run_id)
+            return
+        run = self.store.runs.get(run_id, counts=False)
+        if run is not None:
+            self._end_unstarted(run_id, run.dag_id, status, reason, self.clock())
+
+    def _end_unstarted(
+        self, run_id: str, dag_id: str, status: RunStatus, reason: str, now: int
+    ) -> None:
+        self._views.pop(run_id, None)
+        if self.store.runs.end_unstarted(run_id, status, reason, now):
+            log.info(
+                "run %s %s: %s", run_id, status, reason, extra={"dag_id": dag_id, "run_id": run_id}
+            )
+
     def _load(self, run_id: str) -> _View | None:
         run = self.store.runs.get(run_id, counts=False)
         if run is None or run.status.terminal or run.held:
@@ -588,14 +649,9 @@ class Scheduler:
         run, dag = view.run, view.dag
         pools: Counter[str] = Counter()
         if plan.upstream_failed:
-            moved = self.store.tasks.transition(
-                [t.id for t in plan.upstream_failed],
-                [TaskStatus.PENDING],
-                TaskStatus.UPSTREAM_FAILED,
-                now,
-                message="an upstream task did not succeed",
-            )
-            view.moved(plan.upstream_failed, moved, TaskStatus.UPSTREAM_FAILED)
+            self._settle(view, plan.upstream_failed, TaskStatus.UPSTREAM_FAILED, plan.reasons, now)
+        if plan.skipped:
+            self._settle(view, plan.skipped, TaskStatus.SKIPPED, plan.reasons, now)
         if plan.queue:
             moved = self.store.tasks.transition(
                 [t.id for t in plan.queue], [TaskStatus.PENDING], TaskStatus.QUEUED, now
@@ -612,6 +668,24 @@ class Scheduler:
         for task in plan.trigger:
             self._trigger(run, dag, task, now)
         return pools
+
+    def _settle(
+        self,
+        view: _View,
+        tasks: list[InstanceLike],
+        status: TaskStatus,
+        reasons: dict[str, str],
+        now: int,
+    ) -> None:
+        """pending -> upstream_failed / skipped, one statement per reason (a few fixed texts)."""
+        groups: dict[str, list[InstanceLike]] = {}
+        for task in tasks:
+            groups.setdefault(reasons.get(task.id, UPSTREAM_DID_NOT_SUCCEED), []).append(task)
+        for reason, group in groups.items():
+            moved = self.store.tasks.transition(
+                [t.id for t in group], [TaskStatus.PENDING], status, now, message=reason
+            )
+            view.moved(group, moved, status)
 
     def _expand(self, run: Run, dag: DagDef, parent: InstanceLike, now: int) -> Counter[str]:
         definition = dag.task(parent.task_id)

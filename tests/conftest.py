@@ -110,7 +110,7 @@ class Nagare:
 
         def done() -> dict[str, Any] | None:
             run = self.get(f"/api/runs/{run_id}")
-            return run if run["status"] in ("success", "failed", "cancelled") else None
+            return run if run["status"] in ("success", "failed", "cancelled", "skipped") else None
 
         return wait_for(done, timeout, message=f"run {run_id} to finish")  # type: ignore[no-any-return]
 

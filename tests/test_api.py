@@ -38,6 +38,8 @@ RUN_KEYS = {
     "started_at",
     "completed_at",
     "task_counts",
+    "warnings",  # workflow language §4: allowed failures
+    "reason",  # why a run was skipped
 }
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 LEAKS = re.compile(

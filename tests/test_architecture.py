@@ -64,6 +64,7 @@ LAYERS: dict[str, int] = {
     "nagare.scheduler": L3,
     "nagare.pools": L3,
     "nagare.runs": L3,
+    "nagare.run_checks": L3,  # DAG-level preconditions, through the executor seam
     "nagare.retention": L3,
     "nagare.webhooks": L3,
     "nagare.metrics": L3,

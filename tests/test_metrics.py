@@ -687,7 +687,7 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
 
 def undo_later_migrations(conn: Any) -> None:
     """What the migrations after 6 added goes too (a lower user_version runs them again):
-    run parameters (7), task outputs (8), run rules (9)."""
+    run parameters (7), task outputs (8), run rules (9), conditions (10)."""
     conn.execute("ALTER TABLE runs DROP COLUMN params")
     conn.execute("ALTER TABLE task_instances DROP COLUMN outputs")
     conn.execute("ALTER TABLE runs DROP COLUMN has_outputs")
@@ -695,6 +695,8 @@ def undo_later_migrations(conn: Any) -> None:
     conn.execute("DROP INDEX runs_handling")
     for column in ("reason", "held", "deadline_at", "handling", "failed_tasks"):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")
+    conn.execute("ALTER TABLE runs DROP COLUMN warnings")
 
 
 FINISHED_ATTEMPT_INDEXES = {

@@ -246,9 +246,16 @@ def test_a_task_is_queued_when_every_dependency_succeeded() -> None:
     )
 
 
-def test_a_skipped_dependency_counts_as_done() -> None:
+def test_a_skipped_dependency_skips_an_all_success_task() -> None:
+    """The spec's trigger-rule table (workflow language §4) changed this: under the default
+    rule a skipped upstream task skips its dependants (Airflow's meaning); the run succeeds."""
     dag = make_dag(cmd("a"), cmd("b", "a"))
-    assert ids(plan(dag, {"a": S.SKIPPED, "b": S.PENDING}).queue) == ["b"]
+    result = plan(dag, {"a": S.SKIPPED, "b": S.PENDING})
+    assert (ids(result.queue), ids(result.skipped), result.run_status) == (
+        [],
+        ["b"],
+        RunStatus.SUCCESS,
+    )
 
 
 @pytest.mark.parametrize("dep_status", [S.PENDING, S.QUEUED, S.RUNNING, S.UP_FOR_RETRY])

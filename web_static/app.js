@@ -164,10 +164,16 @@ function elapsed(obj, now) {
 }
 const pct = (x) => (x == null ? "—" : `${(x * 100).toFixed(1)}%`);
 
-function StatusBadge({ status }) {
+function StatusBadge({ status, allowed }) {
+  // a failure with allow_failure: failed, but shown as a warning (it counts as a success)
+  if (allowed && status === "failed") return html`<span class="badge st-allowed" data-allowed-failure title="failed with allow_failure: counts as a success">failed · allowed</span>`;
   const label = status === "up_for_retry" ? "retrying" : (status || "").replaceAll("_", " ");
   return html`<span class=${`badge st-${status}` + (status === "running" ? " pulse" : "")}>${label}</span>`;
 }
+// A run's allowed failures (allow_failure): a warning badge next to its status.
+const WarningBadge = ({ run }) => (run.warnings > 0
+  ? html`<span class="badge st-allowed" data-warnings=${run.warnings} title=${`${run.warnings} task${run.warnings === 1 ? "" : "s"} failed with allow_failure`}>⚠ ${run.warnings} warning${run.warnings === 1 ? "" : "s"}</span>`
+  : null);
 const TriggerBadge = ({ trigger }) => html`<span class=${`badge tr-${trigger}`}>${trigger}</span>`;
 
 function ErrorLine({ error }) {
@@ -491,7 +497,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
       <tbody>${data && data.data.map((r) => html`<tr key=${r.run_id} data-run=${r.run_id}>
         <td class="mono trunc"><${Link} href=${runHref(r.run_id)} title=${r.run_id}>${r.run_id}</${Link}></td>
         ${!dagId && html`<td><${Link} href=${dagHref(r.dag_id)}>${r.dag_id}</${Link}></td>`}
-        <td><${StatusBadge} status=${r.status} /></td>
+        <td><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} /></td>
         <td class="hide-sm small">${fmtTime(r.execution_date)}</td>
         <td><${TriggerBadge} trigger=${r.trigger} /></td>
         <td class="num">${fmtDur(elapsed(r, now))}</td>
@@ -570,6 +576,8 @@ function RunsPage() {
 // ------------------------------------------------------------------ graph (layered layout, SVG)
 
 const STATUS_VAR = (s) => `var(--${s === "up_for_retry" ? "retry" : s === "upstream_failed" ? "upstream" : s || "pending"})`;
+// the graph's colour of a task: an allowed failure is drawn as a warning, not as a failure
+const shownStatus = (t) => (t.allowed_failure && t.status === "failed" ? "allowed" : t.status);
 const FAN_CAP = 12; // map children drawn one by one; the rest become one "+N more" node
 const FAN_FIRST = new Set(["failed", "up_for_retry", "running", "upstream_failed", "cancelled"]);
 
@@ -751,7 +759,7 @@ function DagGraph({ tasks, states, fans, onSelect }) {
     const fanned = isMap && fans?.[t.task_id]?.length > 0;
     const label = t.task_id.length > 18 ? t.task_id.slice(0, 17) + "…" : t.task_id;
     const sub = s ? s.label || s.status : isMap ? `⇉ fan-out over ${t.map_over}` : t.type;
-    return html`<g key=${it.id} class=${"node" + (select ? " clickable" : "") + (s?.status === "running" ? " pulse" : "")} data-node=${t.task_id}
+    return html`<g key=${it.id} class=${"node" + (select ? " clickable" : "") + (s?.status === "running" ? " pulse" : "")} data-node=${t.task_id} data-status=${s?.status}
       data-fan-out=${isMap ? (fanned ? "expanded" : "collapsed") : undefined}
       transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(t.task_id) : undefined}>
       <title>${t.task_id} (${t.type})${s ? ` — ${s.status}` : ""}${isMap ? `\nfan-out: one child per item of ${t.map_over}` : ""}${t.command ? `\n${t.command.slice(0, 200)}` : ""}</title>
@@ -780,8 +788,8 @@ function DagGraph({ tasks, states, fans, onSelect }) {
 }
 
 function Legend() {
-  return html`<div class="legend">${["success", "running", "queued", "pending", "failed", "up_for_retry", "upstream_failed", "cancelled"].map((s) =>
-    html`<span><span style=${`display:inline-block;width:10px;height:10px;border-radius:2px;background:${STATUS_VAR(s)}`}></span> ${s.replaceAll("_", " ")}</span>`)}</div>`;
+  return html`<div class="legend">${["success", "running", "queued", "pending", "failed", "allowed", "up_for_retry", "upstream_failed", "cancelled", "skipped"].map((s) =>
+    html`<span><span style=${`display:inline-block;width:10px;height:10px;border-radius:2px;background:${STATUS_VAR(s)}`}></span> ${s === "allowed" ? "failed · allowed" : s.replaceAll("_", " ")}</span>`)}</div>`;
 }
 
 // ------------------------------------------------------------------ YAML highlighting (as text nodes)
@@ -863,7 +871,7 @@ function runStates(tasks) {
   const kids = {};
   for (const t of tasks) {
     if (t.map_index != null) (kids[t.base_task_id] = kids[t.base_task_id] || []).push(t);
-    else out[t.task_id] = { status: t.status, label: `${t.status}${t.attempt > 1 ? ` #${t.attempt}` : ""}${t.metrics ? " · " + fmtDur(t.metrics.duration_ms) : ""}` };
+    else out[t.task_id] = { status: shownStatus(t), label: `${t.allowed_failure && t.status === "failed" ? "failed · allowed" : t.status}${t.attempt > 1 ? ` #${t.attempt}` : ""}${t.metrics ? " · " + fmtDur(t.metrics.duration_ms) : ""}` };
   }
   for (const [base, ks] of Object.entries(kids)) {
     const done = ks.filter((k) => k.status === "success").length;
@@ -876,7 +884,7 @@ function runStates(tasks) {
 
 function counts(list) {
   const c = {};
-  for (const t of list) c[t.status] = (c[t.status] || 0) + 1;
+  for (const t of list) { const s = shownStatus(t); c[s] = (c[s] || 0) + 1; }
   return c;
 }
 
@@ -928,17 +936,17 @@ function RunDetail({ runId, focusTask }) {
   };
   const running = !TERMINAL_RUN.has(run.status);
   return html`<main>
-    <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} />
+    <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} /> <${WarningBadge} run=${run} />
       <span class="spacer"></span>
       ${running && html`<button class="danger" onClick=${() => killRun(run, load)} data-action="kill-run">■ Kill run</button>`}
       ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
-    ${run.reason && html`<p class="reason" data-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
+    ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
       <div class="card"><div class="label">Started</div><div>${fmtTime(run.started_at || run.created_at)}</div><div class="sub">execution date ${fmtTime(run.execution_date)}</div></div>
       <div class="card"><div class="label">Duration</div><div class="value" data-duration>${fmtDur(elapsed(run, now))}</div></div>
-      <div class="card"><div class="label">Tasks</div><div class="row small">${Object.entries(c).map(([s, n]) => html`<span class=${`badge st-${s}`}>${n} ${s.replaceAll("_", " ")}</span>`)}</div>
+      <div class="card"><div class="label">Tasks</div><div class="row small">${Object.entries(c).map(([s, n]) => html`<span class=${`badge st-${s}`}>${n} ${s === "allowed" ? "failed · allowed" : s.replaceAll("_", " ")}</span>`)}</div>
         <div class="progress" style="margin-top:8px" title=${`${done} of ${total} tasks finished`}><div class=${c.failed || c.upstream_failed || c.cancelled ? "bar-fail" : ""} style=${`width:${total ? (100 * done) / total : 0}%`}></div></div>
         <div class="sub">${done} of ${total} tasks finished</div></div>
     </div>
@@ -993,7 +1001,7 @@ function Gantt({ run, tasks, children, now }) {
   return html`<div class="gantt" role="group" aria-label="Task timeline">
     ${rows.map(({ t, s, e }) => html`<div class="mono trunc" title=${t.task_id}>${t.task_id}</div>
       <div class="track" title=${s ? `${fmtTime(new Date(s).toISOString())} · ${fmtDur(e - s)}` : "not started"}>
-        ${s && html`<div class="bar" style=${`color:${STATUS_VAR(t.status)};left:${(100 * (s - t0)) / span}%;width:${Math.max(0.5, (100 * (e - s)) / span)}%`}></div>`}</div>`)}
+        ${s && html`<div class="bar" style=${`color:${STATUS_VAR(shownStatus(t))};left:${(100 * (s - t0)) / span}%;width:${Math.max(0.5, (100 * (e - s)) / span)}%`}></div>`}</div>`)}
     <div></div><div class="row small muted"><span>0 s</span><span class="spacer"></span><span>${fmtDur(span)}</span></div>
   </div>`;
 }
@@ -1013,20 +1021,21 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
     <div class="head">
       <button class="expander" onClick=${onToggle} aria-expanded=${open} aria-label=${`${open ? "Hide" : "Show"} log of ${task.task_id}`}>${open ? "▾" : "▸"}</button>
       <span class="taskid mono">${task.task_id}</span>
-      <${StatusBadge} status=${task.status} />
+      <${StatusBadge} status=${task.status} allowed=${task.allowed_failure} />
       ${task.attempt > 1 && html`<span class="badge muted">attempt ${task.attempt}/${task.max_attempts}</span>`}
       ${dur != null && html`<span class="badge muted" title="duration">${fmtDur(dur)}</span>`}
       ${m && m.peak_memory_bytes > 0 && html`<span class="badge muted" title="peak memory">${fmtBytes(m.peak_memory_bytes)}</span>`}
       ${m && html`<span class="badge muted hide-sm" title="CPU time">CPU ${fmtDur(m.cpu_user_ms + m.cpu_system_ms)}</span>`}
-      ${task.exit_code != null && html`<span class=${`badge ${task.exit_code === 0 ? "st-success" : "st-failed"}`}>exit ${task.exit_code}</span>`}
+      ${task.exit_code != null && task.status !== "skipped" && html`<span class=${`badge ${task.exit_code === 0 ? "st-success" : task.allowed_failure ? "st-allowed" : "st-failed"}`}>exit ${task.exit_code}</span>`}
       ${task.timed_out && html`<span class="badge st-failed">timed out</span>`}
       ${task.worker && task.worker !== "local" && html`<span class="badge muted">${task.worker}</span>`}
       ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
-      ${task.message && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
+      ${task.message && !task.reason && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
       ${task.status === "running" || task.status === "queued" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
       ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
+    ${task.reason && html`<p class="reason" data-reason>${task.status === "skipped" ? "skipped" : "not run"}: ${task.reason}</p>`}
     ${open && html`<div class="body"><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;
 }

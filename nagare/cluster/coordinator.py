@@ -297,7 +297,7 @@ class Coordinator:
             stdout, cut = attempt_log.captured_stdout() if name else (None, False)
             outcome = with_outputs(outcome, None, name, stdout, cut)
         outcome = masked_outputs(outcome, attempt_log.masked)  # the worker's values too
-        finish = attempt_finish(claim, outcome, now, result.cancel_reason)
+        finish = attempt_finish(claim, outcome, now, result.cancel_reason, attempt_log.tail())
         finish.message = attempt_log.masked(finish.message)
         if finish.message:
             attempt_log.note(finish.message)

@@ -22,6 +22,12 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
 from nagare.dagfile import fields as fields_table
+from nagare.dagfile.conditions import (
+    CONDITION_KEYS,
+    check_conditions,
+    condition_fields,
+)
+from nagare.dagfile.conditions import preconditions as dag_preconditions
 from nagare.dagfile.graph import check_graph
 from nagare.dagfile.graph import find_cycle as find_cycle  # re-exported
 from nagare.dagfile.nodes import (
@@ -305,6 +311,9 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
     trigger = _build_trigger(fields["trigger"], errors) if "trigger" in fields else None
     params = build_params(fields["params"], errors) if "params" in fields else ()
     secrets = _secrets(fields, "", errors, base_dir)
+    when = _optional_text(fields, "when", errors).strip()
+    if "when" in fields and not when:
+        errors.add(fields["when"], "when", "expected a jq condition, found an empty string")
     tasks = _build_tasks(root, fields.get("tasks"), errors, base_dir)
     if tasks is None:
         return None
@@ -328,6 +337,11 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         overlap_policy=rules.overlap_policy,
         timeout_seconds=rules.timeout_seconds,
         handler_on=handlers,
+        when=when,
+        preconditions=dag_preconditions(fields["preconditions"], "preconditions", errors)
+        if "preconditions" in fields
+        else (),
+        when_line=fields["when"].start_mark.line + 1 if "when" in fields else 0,
     )
     check_dag_params(dag, fields.get("params"), fields.get("trigger"), errors)
     return dag
@@ -658,9 +672,11 @@ def _build_task(
         when=text["when"].strip(),
         output=text["output"],
         secrets=_secrets(fields, path, errors, base_dir),
+        **condition_fields(fields, path, errors),
     )
     _check_task(task, fields, node, path, errors)
     _check_expressions(task, fields, node, path, errors)
+    check_conditions(kind, fields, node, path, errors)
     items = _with_items(fields, path, errors) if "with_items" in fields else None
     if items is not None and kind is TaskType.MAP:
         errors.add(

@@ -119,6 +119,18 @@ FIELDS: tuple[Field, ...] = (
         },
         "Commands run after the run's tasks ended: success, failure, cancel, exit (last).",
     ),
+    Field(
+        "when",
+        (DAG,),
+        TEXT,
+        "A jq condition over {dag, run, params}: false or null records the run as skipped.",
+    ),
+    Field(
+        "preconditions",
+        (DAG,),
+        TEXT_LIST,
+        "Commands run on the server before a run starts: one failing records it as skipped.",
+    ),
     Field("timezone", (DAG,), TEXT, "IANA time zone of the schedule (default UTC)."),
     Field("catchup", (DAG,), BOOLEAN, "Run the slots missed while the server was down."),
     Field("env", (DAG,), ENV_MAP, "Environment variables NAME: value of every task."),
@@ -206,6 +218,52 @@ FIELDS: tuple[Field, ...] = (
         ENV_NAME,
         "Publish the task's whole stdout (trailing newline trimmed) as the output NAME.",
     ),
+    Field(
+        "trigger_rule",
+        (TASK,),
+        {
+            "enum": [
+                "all_success",
+                "all_done",
+                "all_failed",
+                "one_success",
+                "one_failed",
+                "none_failed",
+                "none_failed_min_one_success",
+            ]
+        },
+        "When the task runs once its upstream tasks ended (Airflow's rules; all_success).",
+    ),
+    Field(
+        "preconditions",
+        (TASK,),
+        TEXT_LIST,
+        "Commands run first, where the task runs: one failing skips the task.",
+    ),
+    Field(
+        "allow_failure",
+        (TASK,),
+        {
+            "anyOf": [
+                BOOLEAN,
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"exit_codes": {"type": "array", "items": {"type": "integer"}}},
+                },
+            ]
+        },
+        "A failure (with one of exit_codes, if given) counts as a success, with a warning.",
+    ),
+    Field("retry_backoff", (TASK,), {"type": "number", "minimum": 1}, "Retry delay multiplier."),
+    Field("retry_max_delay_seconds", (TASK,), SECONDS, "The longest retry delay."),
+    Field(
+        "retry_on_exit_codes",
+        (TASK,),
+        {"type": "array", "items": {"type": "integer"}},
+        "Only these exit codes are retried.",
+    ),
+    Field("retry_on_timeout", (TASK,), BOOLEAN, "Whether a timeout is retried (default true)."),
     Field(
         "secrets",
         (TASK,),

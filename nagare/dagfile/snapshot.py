@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from nagare.models import (
+    AllowFailure,
     DagDef,
     HandlerKind,
     OverlapPolicy,
@@ -16,6 +17,7 @@ from nagare.models import (
     SecretDef,
     TaskDef,
     TaskType,
+    TriggerRule,
 )
 
 
@@ -36,6 +38,8 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         "tasks": [_task_dict(t) for t in dag.tasks],
         **({"secrets": [asdict(s) for s in dag.secrets]} if dag.secrets else {}),
         **_rules_dict(dag),
+        **({"when": dag.when} if dag.when else {}),
+        **({"preconditions": list(dag.preconditions)} if dag.preconditions else {}),
     }
     if dag.params:  # only when declared: the JSON (and hash) of other definitions stays
         data["params"] = [param_dict(p) for p in dag.params]
@@ -125,7 +129,42 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["with_item"] = task.with_item
     if task.secrets:  # names and sources only (values are read when the task starts)
         data["secrets"] = [asdict(s) for s in task.secrets]
+    data.update(_condition_dict(task))
     return data
+
+
+def _condition_dict(task: TaskDef) -> dict[str, object]:
+    """The conditions and failure handling fields that differ from their defaults."""
+    data: dict[str, object] = {}
+    if task.trigger_rule is not TriggerRule.ALL_SUCCESS:
+        data["trigger_rule"] = task.trigger_rule.value
+    if task.preconditions:
+        data["preconditions"] = list(task.preconditions)
+    if task.allow_failure is not None:
+        data["allow_failure"] = list(task.allow_failure.exit_codes)
+    if task.retry_backoff != 1:
+        data["retry_backoff"] = task.retry_backoff
+    if task.retry_max_delay_seconds:
+        data["retry_max_delay_seconds"] = task.retry_max_delay_seconds
+    if task.retry_on_exit_codes:
+        data["retry_on_exit_codes"] = list(task.retry_on_exit_codes)
+    if not task.retry_on_timeout:
+        data["retry_on_timeout"] = False
+    return data
+
+
+def _condition_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `_condition_dict` (popped from `item`)."""
+    found: dict[str, Any] = {}
+    if "trigger_rule" in item:
+        found["trigger_rule"] = TriggerRule(item.pop("trigger_rule"))
+    if "preconditions" in item:
+        found["preconditions"] = tuple(item.pop("preconditions"))
+    if "allow_failure" in item:
+        found["allow_failure"] = AllowFailure(tuple(item.pop("allow_failure")))
+    if "retry_on_exit_codes" in item:
+        found["retry_on_exit_codes"] = tuple(item.pop("retry_on_exit_codes"))
+    return found
 
 
 def dag_from_json(text: str) -> DagDef:
@@ -152,12 +191,15 @@ def dag_from_json(text: str) -> DagDef:
         overlap_policy=OverlapPolicy(data.get("overlap_policy") or "queue"),
         timeout_seconds=data.get("timeout_seconds", 0),
         handler_on=handlers,
+        when=data.get("when", ""),
+        preconditions=tuple(data.get("preconditions", ())),
     )
 
 
 def _task_from(item: dict[str, Any]) -> TaskDef:
     resources = item.pop("resources", None)
     secrets = tuple(SecretDef(**s) for s in item.pop("secrets", ()))
+    conditions = _condition_fields(item)
     return TaskDef(
         **{
             **item,
@@ -167,4 +209,5 @@ def _task_from(item: dict[str, Any]) -> TaskDef:
         },
         resources=Resources(**resources) if resources else None,
         secrets=secrets,
+        **conditions,
     )

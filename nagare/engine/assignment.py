@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nagare.clock import to_iso
+from nagare.engine.conditions import with_preconditions
 from nagare.models import (
     HANDLER_TASK_IDS,
     SLOT_TRIGGERS,
@@ -128,7 +129,7 @@ def build_assignment(
         dag_id=dag.dag_id,
         task_id=task.task_id,
         attempt=claim.attempt,
-        command=task.command,
+        command=with_preconditions(task.command, definition.preconditions),
         env=task_env(base_env, dag, definition, run, task, claim.attempt, outputs),
         timeout_seconds=definition.timeout_seconds,
         image=definition.image,

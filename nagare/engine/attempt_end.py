@@ -1,11 +1,22 @@
 """How an attempt's outcome becomes its task's next state: success, a retry (and when), failed,
-cancelled, or queued again without spending a retry (a shutdown, a worker handing it back).
-Pure. Local pools and the cluster coordinator share it, so a remote task behaves exactly like a
-local one."""
+cancelled, skipped (a precondition not met), or queued again without spending a retry (a
+shutdown, a worker handing it back). Pure, but for the jitter source of the retry delay.
+Local pools and the cluster coordinator share it, so a remote task behaves exactly like a local
+one."""
 
 from __future__ import annotations
 
-from nagare.models import AttemptFinish, Claim, Outcome, TaskStatus
+import random as _random
+from collections.abc import Callable
+from typing import NamedTuple
+
+from nagare.engine.conditions import (
+    failure_allowed,
+    precondition_reason,
+    retry_delay_ms,
+    retryable,
+)
+from nagare.models import AttemptFinish, Claim, Outcome, TaskDef, TaskStatus
 
 SHUTDOWN_REASON = "server shutdown"
 HANDED_BACK_REASON = "worker shutdown"
@@ -20,51 +31,95 @@ REQUEUE_MESSAGES = {
 
 
 def attempt_finish(
-    claim: Claim, outcome: Outcome, now: int, cancel_reason: str = ""
+    claim: Claim,
+    outcome: Outcome,
+    now: int,
+    cancel_reason: str = "",
+    tail: str = "",
+    random: Callable[[], float] = _random.random,
 ) -> AttemptFinish:
-    """How the attempt ended, as the store records it (the task's timeout and retry delay come
-    from its definition in the run's DAG version)."""
-    definition = claim.definition
-    timeout = definition.timeout_seconds if definition else 0
-    retry_delay = definition.retry_delay_seconds if definition else 0
-    status, attempt_status, message, extra, ready_at = decide(
-        claim, outcome, cancel_reason, timeout, retry_delay, now
-    )
+    """How the attempt ended, as the store records it (the task's timeout, retry policy,
+    preconditions and allowed failure come from its definition in the run's DAG version).
+    `tail`: the last lines of the attempt's output (a precondition reports there); `random`:
+    the jitter source of the retry delay."""
+    definition = claim.definition or TaskDef(task_id=claim.task.base_task_id)
+    ended = decide(claim, outcome, cancel_reason, definition, now, tail, random)
     return AttemptFinish(
         task_instance_id=claim.task.id,
         attempt=claim.attempt,
-        status=status,
-        attempt_status=attempt_status,
+        status=ended.status,
+        attempt_status=ended.attempt_status,
         metrics=outcome.metrics,
         now=now,
         timed_out=outcome.timed_out,
-        message=message,
-        ready_at=ready_at,
-        extra_attempts=extra,
-        outputs=outcome.outputs if status is TaskStatus.SUCCESS else None,
+        message=ended.message,
+        ready_at=ended.ready_at,
+        extra_attempts=ended.extra_attempts,
+        allowed_failure=ended.allowed_failure,
+        outputs=outcome.outputs if ended.status is TaskStatus.SUCCESS else None,
     )
 
 
+class Ended(NamedTuple):
+    status: TaskStatus  # the task's next status
+    attempt_status: TaskStatus
+    message: str
+    extra_attempts: int = 0
+    ready_at: int | None = None
+    allowed_failure: bool = False
+
+
 def decide(
-    claim: Claim, outcome: Outcome, cancel_reason: str, timeout: float, retry_delay: float, now: int
-) -> tuple[TaskStatus, TaskStatus, str, int, int | None]:
-    """(task status, attempt status, message, extra attempts granted, ready_at) for an outcome."""
-    task = claim.task
+    claim: Claim,
+    outcome: Outcome,
+    cancel_reason: str,
+    definition: TaskDef,
+    now: int,
+    tail: str = "",
+    random: Callable[[], float] = _random.random,
+) -> Ended:
+    """The task's next state for an attempt's outcome."""
     if outcome.skipped:  # it never ran (its `when:` was false)
-        return TaskStatus.SKIPPED, TaskStatus.SKIPPED, outcome.skipped, 0, None
+        return Ended(TaskStatus.SKIPPED, TaskStatus.SKIPPED, outcome.skipped)
     if outcome.succeeded:
-        return TaskStatus.SUCCESS, TaskStatus.SUCCESS, "", 0, None
+        return Ended(TaskStatus.SUCCESS, TaskStatus.SUCCESS, "")
     if outcome.cancelled and cancel_reason in REQUEUE_MESSAGES:
-        return TaskStatus.QUEUED, TaskStatus.FAILED, REQUEUE_MESSAGES[cancel_reason], 1, None
+        return Ended(TaskStatus.QUEUED, TaskStatus.FAILED, REQUEUE_MESSAGES[cancel_reason], 1)
     if outcome.cancelled:
-        return TaskStatus.CANCELLED, TaskStatus.CANCELLED, "killed", 0, None
-    message = failure_message(outcome, timeout)
-    status = after_failure(claim.attempt, task.max_attempts)
+        return Ended(TaskStatus.CANCELLED, TaskStatus.CANCELLED, "killed")
+    if definition.preconditions and not outcome.timed_out and not outcome.error:
+        reason = precondition_reason(outcome.exit_code, tail)
+        if reason:
+            return Ended(TaskStatus.SKIPPED, TaskStatus.SKIPPED, reason)
+    return _failed(claim, outcome, definition, now, random)
+
+
+def _failed(
+    claim: Claim, outcome: Outcome, definition: TaskDef, now: int, random: Callable[[], float]
+) -> Ended:
+    message = failure_message(outcome, definition.timeout_seconds)
+    code, timed_out = outcome.exit_code, outcome.timed_out
+    status = after_failure(claim.attempt, claim.task.max_attempts)
+    if status is TaskStatus.UP_FOR_RETRY and retryable(
+        definition.retry_on_exit_codes, definition.retry_on_timeout, code, timed_out
+    ):
+        delay = retry_delay_ms(
+            definition.retry_delay_seconds,
+            definition.retry_backoff,
+            definition.retry_max_delay_seconds,
+            claim.attempt,
+            random,
+        )
+        message += f"; retrying (attempt {claim.attempt + 1} of {claim.task.max_attempts})"
+        return Ended(status, TaskStatus.FAILED, message, ready_at=now + delay)
     if status is TaskStatus.UP_FOR_RETRY:
-        ready_at = now + int(retry_delay * 1000)
-        message += f"; retrying (attempt {claim.attempt + 1} of {task.max_attempts})"
-        return status, TaskStatus.FAILED, message, 0, ready_at
-    return status, TaskStatus.FAILED, message, 0, None
+        message += "; not retried (" + (
+            "retry_on_timeout is false)" if timed_out else "retry_on_exit_codes does not list it)"
+        )
+    allowed = failure_allowed(definition.allow_failure, code, timed_out)
+    if allowed:
+        message += "; allowed to fail (allow_failure): counts as a success"
+    return Ended(TaskStatus.FAILED, TaskStatus.FAILED, message, allowed_failure=allowed)
 
 
 def failure_message(outcome: Outcome, timeout: float) -> str:

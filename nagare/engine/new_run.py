@@ -65,8 +65,9 @@ def build_run(
         dag_version=version,
     )
     tasks = []
+    gated = bool(dag.when or dag.preconditions)  # first: does the run start? (Scheduler._gated)
     for position, task in enumerate(dag.tasks):
-        ready = not task.depends_on and task.type is TaskType.COMMAND
+        ready = not task.depends_on and task.type is TaskType.COMMAND and not gated
         tasks.append(
             TaskInstance(
                 id=new_instance_id(),

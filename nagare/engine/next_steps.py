@@ -1,7 +1,8 @@
 """What happens next in a run, as a pure function: given a run's DAG and the states of its tasks,
-decide what follows (queue, expand a map, trigger a DAG, mark upstream_failed) and when the run
-ends with which status (`run_status`: success when every task succeeded or was skipped,
-cancelled when it was killed, else failed).
+decide what follows (queue, expand a map, trigger a DAG, mark upstream_failed or skipped as the
+task's `trigger_rule` says) and when the run ends with which status (`run_status`: success when
+every task succeeded, was skipped or failed with allow_failure, cancelled when it was killed,
+else failed). A failure with allow_failure counts as a success everywhere here.
 
 One pass in dependency order settles everything that can be decided now, so a failure
 propagates down a whole chain at once and a run finishes in the same pass as its last task.
@@ -13,6 +14,7 @@ import heapq
 from collections.abc import Iterable, Iterator, Mapping, Reversible, Sequence
 from dataclasses import dataclass, field
 
+from nagare.engine.conditions import Verdict, reason_of, trigger_verdict
 from nagare.models import (
     ACTIVE_TASK,
     BLOCKING_TASK,
@@ -21,6 +23,7 @@ from nagare.models import (
     RunStatus,
     TaskStatus,
     TaskType,
+    TriggerRule,
 )
 
 OK_FOR_DEPENDANTS = frozenset({TaskStatus.SUCCESS, TaskStatus.SKIPPED})
@@ -32,6 +35,9 @@ class Plan:
     expand: list[InstanceLike] = field(default_factory=list)
     trigger: list[InstanceLike] = field(default_factory=list)
     upstream_failed: list[InstanceLike] = field(default_factory=list)
+    skipped: list[InstanceLike] = field(default_factory=list)
+    # why, for the upstream_failed and skipped tasks (by instance id) of a trigger rule's own
+    reasons: dict[str, str] = field(default_factory=dict)
     map_done: list[tuple[str, TaskStatus, str]] = field(default_factory=list)
     run_status: RunStatus | None = None
 
@@ -42,6 +48,7 @@ class Plan:
             or self.expand
             or self.trigger
             or self.upstream_failed
+            or self.skipped
             or self.map_done
             or self.run_status
         )
@@ -86,15 +93,22 @@ def plan_changes(
             continue
         before = status[task_id]
         if before is TaskStatus.PENDING:
-            status[task_id] = _decide_pending(
-                instance,
-                definition.depends_on,
-                dag.dependency_sets[task_id],
-                definition.type,
-                status,
-                plan,
-                moved,
-                waits,
+            if definition.trigger_rule is TriggerRule.ALL_SUCCESS:
+                verdict = _all_success_verdict(
+                    instance,
+                    definition.depends_on,
+                    dag.dependency_sets[task_id],
+                    status,
+                    moved,
+                    waits,
+                )
+            else:
+                verdict = trigger_verdict(
+                    definition.trigger_rule,
+                    (status.get(d, _ENDED_OK) for d in definition.depends_on),
+                )
+            status[task_id] = _apply_verdict(
+                instance, verdict, definition.trigger_rule, definition.type, plan
             )
         elif before is TaskStatus.RUNNING and definition.type is TaskType.MAP:
             status[task_id] = _decide_map(instance, child_counts.get(task_id, {}), plan)
@@ -104,8 +118,17 @@ def plan_changes(
     return plan
 
 
+_ENDED_OK = TaskStatus.SUCCESS  # the status of a dependency that is not in the run
+
+
+def _effective(instance: InstanceLike) -> TaskStatus:
+    """A task's status for planning: a failure with allow_failure counts as a success."""
+    return TaskStatus.SUCCESS if instance.allowed_failure else instance.status
+
+
 class _Statuses:
-    """Task statuses as planned so far: the instances' own, overlaid by this pass's decisions."""
+    """Task statuses as planned so far: the instances' own (an allowed failure as a success),
+    overlaid by this pass's decisions."""
 
     def __init__(self, by_task: Mapping[str, InstanceLike]) -> None:
         self._by_task = by_task
@@ -113,21 +136,22 @@ class _Statuses:
 
     def __getitem__(self, task_id: str) -> TaskStatus:
         decided = self._decided.get(task_id)
-        return decided if decided is not None else self._by_task[task_id].status
+        return decided if decided is not None else _effective(self._by_task[task_id])
 
     def get(self, task_id: str, default: TaskStatus) -> TaskStatus:
         decided = self._decided.get(task_id)
         if decided is not None:
             return decided
         instance = self._by_task.get(task_id)
-        return instance.status if instance is not None else default
+        return _effective(instance) if instance is not None else default
 
     def __setitem__(self, task_id: str, status: TaskStatus) -> None:
         self._decided[task_id] = status
 
     def values(self) -> Iterator[TaskStatus]:
         for task_id, instance in self._by_task.items():
-            yield self._decided.get(task_id, instance.status)
+            decided = self._decided.get(task_id)
+            yield decided if decided is not None else _effective(instance)
 
     def values_last_first(self) -> Iterator[TaskStatus]:
         """In reverse order: the last tasks of a DAG are the ones still waiting. (Callers pass
@@ -135,7 +159,8 @@ class _Statuses:
         items = self._by_task.items()
         ordered = reversed(items) if isinstance(items, Reversible) else items
         for task_id, instance in ordered:
-            yield self._decided.get(task_id, instance.status)
+            decided = self._decided.get(task_id)
+            yield decided if decided is not None else _effective(instance)
 
 
 def _candidates(
@@ -168,31 +193,50 @@ def _dependants_of(dag: DagDef, changed: Iterable[str]) -> set[str]:
     return result
 
 
-def _decide_pending(
+def _all_success_verdict(
     instance: InstanceLike,
     deps: tuple[str, ...],
     dep_set: frozenset[str],
-    kind: TaskType,
     status: _Statuses,
-    plan: Plan,
     moved: set[str] | None,
     waits: dict[str, int] | None,
-) -> TaskStatus:
+) -> Verdict:
+    """`trigger_verdict` for the default rule, at the cost of what changed: only changed
+    dependencies can block, and a wide fan-in resumes where it waited last time."""
     if moved is None:
         suspects: Iterable[str] = deps
     elif len(moved) < len(deps):  # a wide fan-in: look at what changed, not at every dependency
         suspects = [d for d in moved if d in dep_set]
     else:
         suspects = [d for d in deps if d in moved]
-    if any(status.get(d, TaskStatus.SUCCESS) in BLOCKING_TASK for d in suspects):
-        plan.upstream_failed.append(instance)
-        return TaskStatus.UPSTREAM_FAILED
+    if any(status.get(d, _ENDED_OK) in BLOCKING_TASK for d in suspects):
+        return Verdict.UPSTREAM_FAILED
     start = waits.get(instance.task_id, 0) if waits is not None and moved is not None else 0
     for index in range(start, len(deps)):
-        if status.get(deps[index], TaskStatus.SUCCESS) not in OK_FOR_DEPENDANTS:
+        if status.get(deps[index], _ENDED_OK) not in OK_FOR_DEPENDANTS:
             if waits is not None:
                 waits[instance.task_id] = index
-            return TaskStatus.PENDING
+            return Verdict.WAIT
+    if any(status.get(d, _ENDED_OK) is TaskStatus.SKIPPED for d in deps):
+        return Verdict.SKIP
+    return Verdict.RUN
+
+
+def _apply_verdict(
+    instance: InstanceLike, verdict: Verdict, rule: TriggerRule, kind: TaskType, plan: Plan
+) -> TaskStatus:
+    """Record a pending task's verdict in the plan; its status as planned."""
+    if verdict is Verdict.WAIT:
+        return TaskStatus.PENDING
+    if verdict is Verdict.UPSTREAM_FAILED or verdict is Verdict.SKIP:
+        reason = reason_of(rule, verdict)
+        if reason and (rule is not TriggerRule.ALL_SUCCESS or verdict is Verdict.SKIP):
+            plan.reasons[instance.id] = reason
+        if verdict is Verdict.SKIP:
+            plan.skipped.append(instance)
+            return TaskStatus.SKIPPED
+        plan.upstream_failed.append(instance)
+        return TaskStatus.UPSTREAM_FAILED
     if kind is TaskType.MAP:
         plan.expand.append(instance)
         return TaskStatus.RUNNING

@@ -22,8 +22,20 @@ from nagare.metrics import (
     mean,
     rate,
 )
-from nagare.models import Attempt, AttemptMetrics, DagDef, Run, TaskDef, TaskInstance
+from nagare.models import (
+    Attempt,
+    AttemptMetrics,
+    DagDef,
+    Run,
+    TaskDef,
+    TaskInstance,
+    TaskStatus,
+    TriggerRule,
+)
 from nagare.store import MetricAgg, MetricPoint
+
+# statuses whose message says why the task did not run (the task JSON's `reason`)
+REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED})
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -48,6 +60,8 @@ def _run_body(run: Run) -> dict[str, Any]:
         "started_at": to_iso(run.started_at),
         "completed_at": to_iso(run.completed_at),
         "task_counts": run.task_counts,
+        "warnings": run.warnings,
+        "reason": run.reason or None,
     }
 
 
@@ -105,6 +119,8 @@ def task_json(task: TaskInstance, children: list[TaskInstance] | None = None) ->
         "completed_at": to_iso(task.completed_at),
         "retry_at": to_iso(task.ready_at) if task.status == "up_for_retry" else None,
         "message": task.message,
+        "reason": task.message if task.status in REASONED else None,
+        "allowed_failure": task.allowed_failure,
         "output_tail": task.output_tail,
         "outputs": outputs_json(task, children),
         "metrics": metrics_json(task.metrics),
@@ -150,12 +166,37 @@ def task_def_json(task: TaskDef) -> dict[str, Any]:
         data["when"] = task.when
     if task.output:
         data["output"] = task.output
+    data.update(_condition_json(task))
     if task.image:
         data["image"] = task.image
         data["workdir"] = task.workdir
         data["volumes"] = list(task.volumes)
         if task.resources:
             data["resources"] = asdict(task.resources)
+    return data
+
+
+def _condition_json(task: TaskDef) -> dict[str, Any]:
+    """The conditions and failure handling fields a task sets (absent: the defaults)."""
+    data: dict[str, Any] = {}
+    if task.trigger_rule is not TriggerRule.ALL_SUCCESS:
+        data["trigger_rule"] = str(task.trigger_rule)
+    if task.preconditions:
+        data["preconditions"] = list(task.preconditions)
+    if task.allow_failure is not None:
+        data["allow_failure"] = (
+            {"exit_codes": list(task.allow_failure.exit_codes)}
+            if task.allow_failure.exit_codes
+            else True
+        )
+    if task.retry_backoff != 1:
+        data["retry_backoff"] = task.retry_backoff
+    if task.retry_max_delay_seconds:
+        data["retry_max_delay_seconds"] = task.retry_max_delay_seconds
+    if task.retry_on_exit_codes:
+        data["retry_on_exit_codes"] = list(task.retry_on_exit_codes)
+    if not task.retry_on_timeout:
+        data["retry_on_timeout"] = False
     return data
 
 
@@ -193,6 +234,8 @@ def dag_json(
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,
         **run_rules_json(dag),
+        "when": dag.when or None,  # the run's own condition (conditions and failure handling)
+        "preconditions": list(dag.preconditions),
     }
 
 

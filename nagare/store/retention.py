@@ -14,7 +14,7 @@ from nagare.store.db import Database
 from nagare.store.metrics import refresh_rollup
 from nagare.store.schema import ROLLUP_UNITS_MS
 
-FINISHED_RUNS = "('success', 'failed', 'cancelled')"
+FINISHED_RUNS = "('success', 'failed', 'cancelled', 'skipped')"
 
 
 @dataclass

@@ -20,7 +20,7 @@ TASK_COLUMNS = (
     "ti.id, ti.run_id, ti.task_id, ti.base_task_id, ti.map_index, ti.item, ti.position, "
     "ti.status, ti.attempt, ti.max_attempts, ti.pool, ti.worker, ti.command, ti.exit_code, "
     "ti.timed_out, ti.queued_at, ti.started_at, ti.completed_at, ti.ready_at, ti.output_tail, "
-    "ti.message, ti.outputs"
+    "ti.message, ti.outputs, ti.allowed_failure"
 )
 METRIC_COLUMNS = (
     "a.duration_ms, a.cpu_user_ms, a.cpu_system_ms, a.peak_memory_bytes, a.exit_code AS a_exit, "
@@ -48,6 +48,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         deadline_at=row["deadline_at"],
         handling=bool(row["handling"]),
         failed_tasks=tuple(t for t in row["failed_tasks"].split(",") if t),
+        warnings=row["warnings"],
     )
 
 
@@ -74,6 +75,7 @@ def task_from_row(row: sqlite3.Row) -> TaskInstance:
         output_tail=row["output_tail"],
         message=row["message"],
         position=row["position"],
+        allowed_failure=bool(row["allowed_failure"]),
     )
     if row["outputs"] is not None:
         task.outputs = json.loads(row["outputs"])

@@ -248,18 +248,23 @@ class RunStore:
         now: int,
         dag: DagDef | None = None,
         failed: Sequence[str] = (),
+        reason: str = "",
     ) -> RunStatus | None:
         """End an active run; a run killed meanwhile ends `cancelled` (timed out: `failed`)
-        whatever the caller saw (the kill flag is read in the same statement). With `dag`, the
-        handlers of the status set are added in the same transaction (the run then stays
-        active, `handling`, until they end). Returns the status set, or None."""
+        whatever the caller saw (the kill flag is read in the same statement); its warnings are
+        counted (the tasks that failed with allow_failure); `reason` (if given) says why. With
+        `dag`, the handlers of the status set are added in the same transaction (the run then
+        stays active, `handling`, until they end). Returns the status set, or None."""
         with self.db.write() as conn:
             row = conn.execute(
                 f"UPDATE runs SET status=CASE killed WHEN {KILLED} THEN 'cancelled' "
                 f"WHEN {TIMED_OUT} THEN 'failed' ELSE ? END, "
-                "completed_at=?, started_at=coalesce(started_at, ?), failed_tasks=? "
+                "completed_at=?, started_at=coalesce(started_at, ?), failed_tasks=?, "
+                "reason=CASE WHEN ?='' THEN reason ELSE ? END, "
+                "warnings=(SELECT count(*) FROM task_instances WHERE run_id=runs.run_id AND "
+                "allowed_failure=1) "
                 "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id, status",
-                (status, now, now, ",".join(failed), run_id),
+                (status, now, now, ",".join(failed), reason, reason, run_id),
             ).fetchone()
             if row is None:
                 return None
@@ -270,6 +275,26 @@ class RunStore:
                 conn.execute("UPDATE runs SET handling=1 WHERE run_id=?", (run_id,))
                 _add_handlers(conn, handlers)
         return ended
+
+    def end_unstarted(self, run_id: str, status: RunStatus, reason: str, now: int) -> bool:
+        """A run that never started (its DAG's condition said so): its pending tasks are
+        skipped with the reason, and it ends `status` with it. False if it started meanwhile."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                "UPDATE runs SET status=?, reason=?, completed_at=?, started_at=? WHERE run_id=? "
+                "AND status='queued' AND killed=0 AND NOT EXISTS (SELECT 1 FROM task_instances "
+                "WHERE run_id=? AND status!='pending') RETURNING dag_id",
+                (status, reason, now, now, run_id, run_id),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE task_instances SET status='skipped', message=?, completed_at=? "
+                "WHERE run_id=? AND status='pending'",
+                (f"the run did not start: {reason}", now, run_id),
+            )
+            count_run(conn, row[0], str(status))
+        return True
 
     def mark_killed(self, run_id: str) -> bool:
         with self.db.write() as conn:

@@ -266,4 +266,10 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE deadline_at IS NOT NULL AND status IN ('queued', 'running');
     CREATE INDEX runs_handling ON runs(run_id) WHERE handling = 1;
     """,
+    # 10: conditions and failure handling: a task failed-but-allowed (allow_failure), a run's count
+    # of them (a run's reason, why it was skipped, came with 9; a task's reason is its message)
+    """
+    ALTER TABLE task_instances ADD COLUMN allowed_failure INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN warnings INTEGER NOT NULL DEFAULT 0;
+    """,
 )

@@ -57,12 +57,13 @@ class TaskStore:
             cursor = conn.cursor()
             cursor.row_factory = None
             rows = cursor.execute(
-                "SELECT id, run_id, task_id, status, pool, position FROM task_instances "
+                "SELECT id, run_id, task_id, status, pool, position, allowed_failure "
+                "FROM task_instances "
                 "WHERE run_id=? AND map_index IS NULL ORDER BY position",
                 (run_id,),
             ).fetchall()
         status = STATUS_BY_VALUE
-        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
+        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5], r[6] == 1) for r in rows]
 
     def states_of(self, task_instance_ids: Sequence[str]) -> list[TaskState]:
         """The planning fields of the given (non-child) task instances."""
@@ -73,12 +74,13 @@ class TaskStore:
             cursor = conn.cursor()
             cursor.row_factory = None
             rows = cursor.execute(
-                "SELECT id, run_id, task_id, status, pool, position FROM task_instances "
+                "SELECT id, run_id, task_id, status, pool, position, allowed_failure "
+                "FROM task_instances "
                 f"WHERE id IN ({marks}) AND map_index IS NULL",
                 list(task_instance_ids),
             ).fetchall()
         status = STATUS_BY_VALUE
-        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5]) for r in rows]
+        return [TaskState(r[0], r[1], r[2], status[r[3]], r[4], r[5], r[6] == 1) for r in rows]
 
     def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]:
         """Latest state of every task instance of a run, in DAG order, with metrics."""
@@ -95,8 +97,9 @@ class TaskStore:
         """For each map parent of a run: how many children are in each status."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT base_task_id, status, count(*) AS n FROM task_instances "
-                "WHERE run_id=? AND map_index IS NOT NULL GROUP BY base_task_id, status",
+                "SELECT base_task_id, CASE WHEN allowed_failure=1 THEN 'success' ELSE status END "
+                "AS status, count(*) AS n FROM task_instances WHERE run_id=? AND "
+                "map_index IS NOT NULL GROUP BY base_task_id, 2",
                 (run_id,),
             ).fetchall()
         counts: dict[str, dict[TaskStatus, int]] = {}
@@ -352,17 +355,20 @@ class TaskStore:
             for task_id, retries in queue:
                 queued += conn.execute(
                     "UPDATE task_instances SET status='queued', queued_at=?, ready_at=NULL, "
-                    "completed_at=NULL, message='', max_attempts=attempt+1+? WHERE id=? AND "
+                    "completed_at=NULL, message='', allowed_failure=0, "
+                    "max_attempts=attempt+1+? WHERE id=? AND "
                     f"status IN ({done}, 'up_for_retry')",
                     (now, retries, task_id),
                 ).rowcount
             conn.executemany(
-                "UPDATE task_instances SET status='running', completed_at=NULL, message='' "
+                "UPDATE task_instances SET status='running', completed_at=NULL, message='', "
+                "allowed_failure=0 "
                 f"WHERE id=? AND status IN ({done})",
                 [(i,) for i in running],
             )
             conn.executemany(
-                "UPDATE task_instances SET status='pending', completed_at=NULL, message='' "
+                "UPDATE task_instances SET status='pending', completed_at=NULL, message='', "
+                "allowed_failure=0 "
                 f"WHERE id=? AND status IN ({done})",
                 [(i,) for i in pending],
             )
@@ -410,6 +416,7 @@ def claim_queued(
     rows = conn.execute(
         f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
         "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
+        "allowed_failure=0, "
         "lease_expires_at=?, lease_confirmed=0 "
         "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
         "ORDER BY queued_at, rowid LIMIT ?) AND status='queued' "
@@ -459,7 +466,7 @@ def finish_many(
     attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
     no longer running that attempt (a kill that won the race) keeps its status, and its attempt is
     closed as cancelled."""
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
     moved = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
@@ -468,7 +475,8 @@ def finish_many(
             "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
             "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
             "outputs=CASE WHEN v.column3='queued' THEN outputs ELSE v.column12 END, "
-            f"max_attempts=max_attempts+v.column11 FROM (VALUES {rows}) AS v "
+            "max_attempts=max_attempts+v.column11, allowed_failure=v.column13 "
+            f"FROM (VALUES {rows}) AS v "
             "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
             "RETURNING id, base_task_id, pool",
             [value for f in finishes for value in _task_values(f)],
@@ -540,7 +548,7 @@ def _transition_params(to_status: TaskStatus, now: int) -> list[object]:
     return []
 
 
-FINISH_CHUNK = 200  # attempts per statement of `_finish_many` (12 parameters each)
+FINISH_CHUNK = 200  # attempts per statement of `_finish_many` (13 parameters each)
 TRANSITION_CHUNK = 500  # task instances per statement of `transition`
 
 
@@ -560,6 +568,7 @@ def _task_values(finish: AttemptFinish) -> tuple[object, ...]:
         finish.now,
         finish.extra_attempts,
         json.dumps(finish.outputs, ensure_ascii=False) if finish.outputs else None,
+        int(finish.allowed_failure),
     )
 
 
