@@ -20,6 +20,7 @@ from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
+from nagare.engine.expressions import condition
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
@@ -53,7 +54,7 @@ from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
-from nagare.webhooks import WebhookService, condition_holds
+from nagare.webhooks import WebhookService
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class App:
             config,
             on_queued=self._tasks_queued,
             fire_schedules=schedule,
-            condition=condition_holds,
+            condition=condition,
         )
         self.run_checks = RunPreconditions(
             self.reactor, self.local, os.environ, self.scheduler.preconditions_done

@@ -408,13 +408,12 @@ class Run:
     dag_version: str = ""
     killed: bool = False
     warnings: int = 0  # tasks that failed with allow_failure
-    reason: str = ""  # why a run was skipped
     task_counts: dict[str, int] = field(default_factory=dict)
     # the resolved run parameters of a DAG with `params:` (defaults filled in, typed; `conf`
     # holds their environment form); empty for a DAG without, whose values are only in `conf`
     params: dict[str, Any] = field(default_factory=dict)
     has_outputs: bool = False  # some task of the run published outputs
-    reason: str = ""  # why a rule skipped, cancelled or failed it (overlap, deadline)
+    reason: str = ""  # why a rule skipped, cancelled or failed it (condition, overlap, deadline)
     held: bool = False  # queued by its DAG's overlap policy: its tasks wait for a free slot
     deadline_at: int | None = None  # epoch ms: the run fails "timed out" at this moment
     handling: bool = False  # its status is final; its handler tasks are still running

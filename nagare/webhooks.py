@@ -52,12 +52,8 @@ def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
     """Load-time check (`parse_dag(extra_check=...)`): every jq expression must compile."""
     found: list[tuple[int, str, str]] = []
     if dag.when:
-        import jq
-
-        try:
-            jq.compile(dag.when)
-        except ValueError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        message = compile_error(dag.when)
+        if message:
             found.append(
                 (dag.when_line, "when", f"jq condition '{dag.when}' does not compile: {message}")
             )
@@ -75,15 +71,6 @@ def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
                 )
             )
     return found
-
-
-def condition_holds(expression: str, context: Any) -> bool:
-    """A jq condition over `context`: its first result, `false` and `null` (and no result) being
-    false. Raises ValueError with jq's message when it fails."""
-    import jq
-
-    first = next(iter(jq.compile(expression).input_value(context)), None)
-    return first is not None and first is not False
 
 
 def stringify(value: Any) -> str:

@@ -45,7 +45,7 @@ from nagare.models import (
 )
 from nagare.store import Store
 from nagare.store.schema import MIGRATIONS
-from nagare.webhooks import condition_holds
+from nagare.engine.expressions import condition as condition_holds
 
 ROOT = Path(__file__).resolve().parents[1]
 S = TaskStatus

@@ -23,7 +23,6 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
 from nagare.dagfile import fields as fields_table
 from nagare.dagfile.conditions import (
-    CONDITION_KEYS,
     check_conditions,
     condition_fields,
 )

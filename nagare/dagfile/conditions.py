@@ -21,15 +21,6 @@ from nagare.dagfile.nodes import (
 )
 from nagare.models import AllowFailure, TaskType, TriggerRule
 
-CONDITION_KEYS = (
-    "trigger_rule",
-    "preconditions",
-    "allow_failure",
-    "retry_backoff",
-    "retry_max_delay_seconds",
-    "retry_on_exit_codes",
-    "retry_on_timeout",
-)
 ALLOW_FAILURE_KEYS = ("exit_codes",)
 RULES = tuple(r.value for r in TriggerRule)
 
