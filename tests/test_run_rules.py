@@ -716,12 +716,14 @@ def test_a_database_of_the_previous_release_upgrades_in_place(tmp_path: Path) ->
     dag = _dag("id: old\ntasks: [{id: a, command: 'true'}]\n")
     run = store.runs.start(dag, Trigger.MANUAL, T0, {"K": "v"}, T0)
     store.runs.finish(run.run_id, RunStatus.SUCCESS, T0 + 5)
-    with store.db.write() as conn:  # back to the previous release's schema
+    with store.db.write() as conn:  # back to the schema before the run rules (migration 9)
+        conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")  # 10 goes too
+        conn.execute("ALTER TABLE runs DROP COLUMN warnings")
         conn.execute("DROP INDEX runs_deadline")
         conn.execute("DROP INDEX runs_handling")
         for column in ("reason", "held", "deadline_at", "handling", "failed_tasks"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
-        conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+        conn.execute("PRAGMA user_version=8")
     store.close()
     upgraded = Store(path)
     assert upgraded.db.schema_version == len(MIGRATIONS)
