@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from nagare.engine.conditions import (
     trigger_verdict,
     with_preconditions,
 )
+from nagare.engine.expressions import condition
 from nagare.engine.expressions import condition as condition_holds
 from nagare.engine.next_steps import plan_run
 from nagare.engine.run_gate import run_gate
@@ -567,6 +569,13 @@ def test_the_run_gate_context_and_verdicts() -> None:
     ]
     assert run_gate(dag, run, lambda e, c: True) is None
     assert run_gate(DagDef("d", (task("a"),)), run, holds) is None
+    typed = replace(run, conf={"n": "10"}, params={"n": 10})  # a DAG with typed params
+    numeric = DagDef("d", (task("a"),), when=".params.n > 5")
+    assert run_gate(numeric, typed, condition) is None  # 10 > 5: the number, not its text
+    assert run_gate(numeric, replace(typed, params={"n": 3}), condition) == (
+        RunStatus.SKIPPED,
+        "when: .params.n > 5 was false",
+    )
 
     def broken(expression: str, context: Any) -> bool:
         raise ValueError("jq: error: null (null) has no keys\nmore")

@@ -38,6 +38,7 @@ PLANTED = (KEY, TOKEN, HOOK_SECRET, HOOK_ENV_SECRET)
 OPEN_ROUTES = {
     ("GET", "/api/health"): "liveness probes",
     ("GET", "/api/openapi.json"): "the API description",
+    ("GET", "/api/schema/dag.json"): "the DAG file format, for editors",
     (ANY, "/api/webhooks/{webhook_path...}"): "per-DAG HMAC signature instead",
 }
 CLUSTER_PREFIX = "/api/workers/"  # the token-protected protocol routes

@@ -178,12 +178,13 @@ def test_dry_prints_the_plan_of_every_example_and_runs_nothing(
     path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["dry", str(path), "-p", "GREETING=hi"]) == 0
-    out = capsys.readouterr().out
     dag, _ = parse_dag(path.read_text(), path.name, str(path.parent))
     assert dag is not None
+    given = "since=2026-01-01" if dag.params else "GREETING=hi"  # a DAG with params: typed
+    assert main(["dry", str(path), "-p", given]) == 0
+    out = capsys.readouterr().out
     assert out.startswith(f"DAG '{dag.dag_id}': {len(dag.tasks)} task(s)")
-    assert "parameters: GREETING=hi" in out
+    assert given in out.splitlines()[1]
     assert list(tmp_path.iterdir()) == []  # no database, no log folder: nothing ran
 
 
@@ -212,6 +213,17 @@ def test_dry_by_dag_id_shows_order_commands_env_and_secrets_by_name_only(tmp_pat
     assert "env PW=***** (secret, from env SRC_PW)" in out
     assert "note: up to 2 retries" in out
     assert "hunter2-value" not in out
+
+
+def test_dry_checks_typed_params_as_a_run_would(tmp_path: Path) -> None:
+    example = str(ROOT / "dags" / "params_example.yaml")
+    bad = cli("dry", example, "-p", "batch_size=abc", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "-p: batch_size: expected an integer from 1 to 10000, found 'abc'" in bad.stdout
+    assert "-p: since: required, not given" in bad.stdout
+    good = cli("dry", example, "-p", "since=2026-01-01", "-p", "batch_size=20", cwd=tmp_path)
+    assert good.returncode == 0 and "env batch_size=20" in good.stdout
+    assert "env mode=incremental" in good.stdout  # a default filled in
 
 
 def test_dry_exits_1_with_every_problem_of_an_invalid_file(tmp_path: Path) -> None:

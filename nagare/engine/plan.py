@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nagare.engine.params import run_values
 from nagare.engine.secrets import MASK, task_secrets
+from nagare.errors import InvalidParams
 from nagare.models import DagDef, TaskType, topological_order
 
 
@@ -26,10 +28,14 @@ class PlannedTask:
 
 
 def run_params(dag: DagDef, raw: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The run parameters of `-p K=V` (resolved, and the problems found). For now every
-    key is accepted as a string, as a run's `conf` is (typed `params:` will check and coerce
-    here: one function for `nagare dry`)."""
-    return dict(raw), []
+    """The run parameters of `-p K=V` as a run gets them (checked and converted to their
+    declared types as `nagare exec -p` does, defaults filled in; their environment form), and
+    the problems found."""
+    try:
+        conf, _ = run_values(dag, raw, "text")
+    except InvalidParams as err:
+        return {}, [f"{name}: {message}" for name, message in err.details] or [err.message]
+    return conf, []
 
 
 def dry_plan(dag: DagDef, params: dict[str, str]) -> list[PlannedTask]:

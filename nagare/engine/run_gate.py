@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nagare.clock import to_iso
+from nagare.engine.context import run_params
 from nagare.models import SLOT_TRIGGERS, DagDef, Run, RunStatus
 
 Condition = Callable[[str, Any], bool]  # (jq expression, context) -> holds; ValueError: failed
@@ -15,7 +16,7 @@ Condition = Callable[[str, Any], bool]  # (jq expression, context) -> holds; Val
 
 def run_context(dag: DagDef, run: Run) -> dict[str, Any]:
     """`{dag: {id}, run: {id, trigger, logical_date, scheduled_time, conf}, params}` (params: the
-    run's parameters, its conf until typed parameters exist)."""
+    run's typed parameters, or its conf for a DAG without `params:`)."""
     logical = to_iso(run.execution_date)
     return {
         "dag": {"id": dag.dag_id},
@@ -26,7 +27,7 @@ def run_context(dag: DagDef, run: Run) -> dict[str, Any]:
             "scheduled_time": logical if run.trigger in SLOT_TRIGGERS else None,
             "conf": dict(run.conf),
         },
-        "params": dict(run.conf),
+        "params": run_params(run),
     }
 
 
