@@ -439,10 +439,16 @@ def compile_pure(vendored: Vendored, site_dir: Path, out_dir: Path) -> dict[str,
     )
     if not sources:
         return {}
+    return _compiled(sources, site_dir, out_dir, PYC_DISPLAY_PREFIX)
+
+
+def _compiled(sources: list[str], root: Path, out_dir: Path, shown: str) -> dict[str, bytes]:
+    """``rel.pyc`` for each ``rel`` (a .py path under `root`), compiled in a child with a fixed
+    hash seed (reproducible bytes); a file that does not compile is shipped as source only."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("PYTHONOPTIMIZE", None)
     subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, str(site_dir), str(out_dir), PYC_DISPLAY_PREFIX],
+        [sys.executable, "-c", COMPILE_SCRIPT, str(root), str(out_dir), shown],
         input="\n".join(sources),
         text=True,
         env=env,
@@ -453,6 +459,13 @@ def compile_pure(vendored: Vendored, site_dir: Path, out_dir: Path) -> dict[str,
         for rel in sources
         if (out_dir / (rel + "c")).is_file()
     }
+
+
+def compile_package(package: dict[str, bytes], out_dir: Path) -> dict[str, bytes]:
+    """Bytecode of the nagare package itself, beside its sources: zipimport cannot cache
+    bytecode either, and compiling the package's sources took most of a start."""
+    sources = sorted(rel for rel in package if rel.endswith(".py"))
+    return _compiled(sources, PACKAGE_DIR.parent, out_dir, "nagare.pyz/") if sources else {}
 
 
 def collect_package(package_dir: Path = PACKAGE_DIR) -> dict[str, bytes]:
@@ -605,11 +618,13 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], list[Distribution
         if deps:
             install_deps(deps, wheel_dir, site_dir)
         vendored = collect_vendored(site_dir) if site_dir.is_dir() else Vendored()
+        package = collect_package()
         if args.bytecode:
             vendored.files.update(compile_pure(vendored, site_dir, Path(tmp) / "pyc"))
+            package.update(compile_package(package, Path(tmp) / "package-pyc"))
     content = {
         **split_vendored(vendored),
-        **collect_package(),
+        **package,
         **collect_static(),
         **extra_modules(args.add_module),
     }

@@ -399,8 +399,14 @@ def test_archive_layout(built: Path) -> None:
         if path.is_file() and "__pycache__" not in path.parts:
             assert f"web_static/{path.relative_to(static).as_posix()}" in names
     assert not [n for n in names if "__pycache__" in n]
-    assert not [n for n in names if n.startswith("nagare/") and not n.endswith((".py", "/"))]
-    assert not [n for n in names if n.endswith(".pyc") and not n.startswith("_vendor/pure/")]
+    assert not [
+        n for n in names if n.startswith("nagare/") and not n.endswith((".py", ".pyc", "/"))
+    ]
+    sources = {n for n in names if n.startswith("nagare/") and n.endswith(".py")}
+    assert {n + "c" for n in sources} <= set(names)  # the package's bytecode beside its sources
+    assert not [
+        n for n in names if n.endswith(".pyc") and not n.startswith(("_vendor/pure/", "nagare/"))
+    ]
     assert not [n for n in names if n.startswith(("_vendor/pure/bin/", "_vendor/native/bin/"))]
     assert not [n for n in names if "/tests/" in n.removeprefix("_vendor/")]
 
