@@ -371,6 +371,12 @@ class DagDef:
         return frozenset(t.task_id for t in self.tasks if t.type is TaskType.MAP)
 
     @cached_property
+    def map_allows_failure(self) -> bool:
+        """Whether a map task of this DAG has `allow_failure` (its children's may count as
+        successes)."""
+        return any(t.allow_failure is not None for t in self.tasks if t.type is TaskType.MAP)
+
+    @cached_property
     def map_sources(self) -> frozenset[str]:
         """Ids of tasks whose stdout feeds a `type: map` task."""
         return frozenset(t.map_over for t in self.tasks if t.type is TaskType.MAP)

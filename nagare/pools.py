@@ -524,15 +524,10 @@ class WorkerPools:
         rows = (
             self.store.tasks.context_rows(run.run_id) if needs_upstream(claim, definition) else None
         )
-        prepared = start_assignment(claim, definition, base_env, rows)
-        if isinstance(prepared, Outcome):  # skipped by its `when:`, or a template failed
-            return prepared
         attempt.output_file = output_path(attempt.log.path)
-        assignment = replace(
-            prepared,
-            output_file=attempt.output_file,
-            env={**prepared.env, "NAGARE_OUTPUT": attempt.output_file},
-        )
+        assignment = start_assignment(claim, definition, base_env, rows, attempt.output_file)
+        if isinstance(assignment, Outcome):  # skipped by its `when:`, or a template failed
+            return assignment
         user, problem = effective_run_as(
             definition.run_as, self.run_as.get(task.pool, ""), f"pool '{task.pool}'"
         )
@@ -575,9 +570,9 @@ class WorkerPools:
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         if outcome.succeeded and attempt.log is not None:
-            outcome = _with_outputs(attempt, outcome)
-        if attempt.output_file:  # read (the database keeps the values, masked): never left
-            remove_output_file(attempt.output_file)  # on disk with a secret a task wrote
+            outcome = _with_outputs(attempt, outcome)  # (removes the file it read)
+        elif attempt.output_file:  # never left on disk with a secret a task wrote
+            remove_output_file(attempt.output_file)
         try:
             return self._finish_of(attempt.claim, outcome, attempt.log, reason)
         finally:
@@ -610,7 +605,10 @@ def _with_outputs(attempt: _Attempt, outcome: Outcome) -> Outcome:
     try:
         text = read_output_file(attempt.output_file) if attempt.output_file else None
     except OutputError as exc:
+        remove_output_file(attempt.output_file)
         return replace(outcome, error=f"outputs: {exc}")
+    if text is not None:  # read: the database keeps the values (masked); the file goes
+        remove_output_file(attempt.output_file)
     if text is None and not name:
         return outcome
     stdout, cut = attempt.log.captured_stdout() if name else (None, False)

@@ -138,7 +138,9 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         ) -> Run | None: ...
 
     class _SchedulerTasks(Protocol):
-        def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]: ...
+        def child_counts(
+            self, run_id: str, allowed_failures: bool = False
+        ) -> dict[str, dict[TaskStatus, int]]: ...
 
         def complete(
             self,
@@ -486,7 +488,11 @@ class Scheduler:
         else:
             changed = self._refresh(view, finished or set())
         dag = view.dag
-        child_counts = self.store.tasks.child_counts(run_id) if dag.map_task_ids else {}
+        child_counts = (
+            self.store.tasks.child_counts(run_id, dag.map_allows_failure)
+            if dag.map_task_ids
+            else {}
+        )
         plan = plan_changes(
             dag, dag.order, view.by_task, child_counts, view.run.killed, changed, view.waits
         )

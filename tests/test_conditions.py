@@ -491,6 +491,31 @@ def test_conditions_example_skips_with_reasons_and_succeeds(nagare_factory: Any)
     )
 
 
+def test_map_children_allowed_to_fail_count_as_successes(nagare_factory: Any) -> None:
+    n: Nagare = nagare_factory(
+        dags={
+            "m.yaml": """
+                id: lenient_map
+                tasks:
+                  - id: items
+                    command: echo '[1, 2, 3]'
+                  - id: each
+                    type: map
+                    map_over: items
+                    allow_failure: true
+                    command: test "$NAGARE_MAP_ITEM" != 2
+                  - id: reduce
+                    depends_on: [each]
+                    command: echo reduced
+            """
+        }
+    )
+    run = n.wait_run(n.trigger("lenient_map"))
+    assert (run["status"], run["warnings"]) == ("success", 1)
+    tasks = n.tasks(run["run_id"])
+    assert (tasks["each"]["status"], tasks["reduce"]["status"]) == ("success", "success")
+
+
 def test_allow_failure_example_succeeds_with_warnings_after_a_retry(
     nagare_factory: Any,
 ) -> None:

@@ -118,11 +118,16 @@ def build_assignment(
     definition: TaskDef,
     base_env: dict[str, str],
     outputs: Mapping[str, str] | None = None,
+    output_file: str = "",
 ) -> Assignment:
     """What the executor runs for this claim (`definition`: its task's, from `claim.dag`);
     `base_env` is the executing host's environment (empty for containers and for remote
-    workers, which add their own); `outputs`: the upstream tasks' outputs as variables."""
+    workers, which add their own); `outputs`: the upstream tasks' outputs as variables;
+    `output_file`: where `$NAGARE_OUTPUT` points on this host ("": the executor picks)."""
     task, run, dag = claim.task, claim.run, claim.dag
+    env = task_env(base_env, dag, definition, run, task, claim.attempt, outputs)
+    if output_file:
+        env["NAGARE_OUTPUT"] = output_file
     return Assignment(
         task_instance_id=task.id,
         run_id=run.run_id,
@@ -130,7 +135,7 @@ def build_assignment(
         task_id=task.task_id,
         attempt=claim.attempt,
         command=with_preconditions(task.command, definition.preconditions),
-        env=task_env(base_env, dag, definition, run, task, claim.attempt, outputs),
+        env=env,
         timeout_seconds=definition.timeout_seconds,
         image=definition.image,
         workdir=definition.workdir,
@@ -138,6 +143,7 @@ def build_assignment(
         resources=definition.resources,
         capture_stdout=captures_stdout(dag, definition, task.task_id),
         run_as=definition.run_as,
+        output_file=output_file,
     )
 
 

@@ -140,17 +140,21 @@ def build_context(
 
 
 def start_assignment(
-    claim: Claim, definition: TaskDef, base_env: dict[str, str], rows: list[UpstreamRow] | None
+    claim: Claim,
+    definition: TaskDef,
+    base_env: dict[str, str],
+    rows: list[UpstreamRow] | None,
+    output_file: str = "",
 ) -> Assignment | Outcome:
     """The assignment of a task about to start (`rows`: the run's task rows when
     `needs_upstream`, else None), or the outcome of one that does not run: skipped by its
     `when:`, or failed by a condition or template that failed (with jq's message)."""
     if rows is None:
-        return build_assignment(claim, definition, base_env)
+        return build_assignment(claim, definition, base_env, None, output_file)
     dag = claim.dag
     tasks = upstream_tasks(dag, definition.task_id, rows)
     outputs = output_env(dag, definition.task_id, tasks)
-    assignment = build_assignment(claim, definition, base_env, outputs)
+    assignment = build_assignment(claim, definition, base_env, outputs, output_file)
     if not definition.uses_context:
         return assignment
     context = build_context(dag, claim, definition, tasks)

@@ -54,6 +54,7 @@ class Database:
         self._all: list[sqlite3.Connection] = [self._writer]
         self._commits = 0
         self._closed = False
+        self._pool_lock = threading.Lock()  # the readers' pool and `_closed` (not the writer's)
         self.checkpointer: Checkpointer | None = None
         self._migrate()
         if path != ":memory:":
@@ -147,7 +148,7 @@ class Database:
     def _give_back(self, conn: sqlite3.Connection) -> None:
         """A lent reader returns to the pool; once the database closed, it is closed here, by
         the thread that used it (never under a thread still running a statement on it)."""
-        with self._lock:
+        with self._pool_lock:
             if not self._closed:
                 self._readers.put(conn)
                 return
@@ -157,7 +158,7 @@ class Database:
 
     def _open_reader(self) -> sqlite3.Connection:
         conn = self._connect()
-        with self._lock:
+        with self._pool_lock:
             self._all.append(conn)
         return conn
 
@@ -192,7 +193,7 @@ class Database:
         after this raise DatabaseError: a connection is never closed under a statement."""
         if self.checkpointer is not None:
             self.checkpointer.close()
-        with self._lock:
+        with self._lock, self._pool_lock:
             self._closed = True
             idle = [self._writer]
             tokens = 0

@@ -93,18 +93,37 @@ class TaskStore:
             ).fetchall()
         return [task_from_row(r) for r in rows]
 
-    def child_counts(self, run_id: str) -> dict[str, dict[TaskStatus, int]]:
-        """For each map parent of a run: how many children are in each status."""
+    def child_counts(
+        self, run_id: str, allowed_failures: bool = False
+    ) -> dict[str, dict[TaskStatus, int]]:
+        """For each map parent of a run: how many children are in each status (with
+        `allowed_failures`, a child failed-but-allowed counts as a success: a second query
+        that only DAGs whose map tasks have `allow_failure` pay for)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT base_task_id, CASE WHEN allowed_failure=1 THEN 'success' ELSE status END "
-                "AS status, count(*) AS n FROM task_instances WHERE run_id=? AND "
-                "map_index IS NOT NULL GROUP BY base_task_id, 2",
+                "SELECT base_task_id, status, count(*) AS n FROM task_instances "
+                "WHERE run_id=? AND map_index IS NOT NULL GROUP BY base_task_id, status",
                 (run_id,),
             ).fetchall()
+            allowed = (
+                conn.execute(
+                    "SELECT base_task_id, count(*) AS n FROM task_instances WHERE run_id=? AND "
+                    "status='failed' AND allowed_failure=1 AND map_index IS NOT NULL "
+                    "GROUP BY base_task_id",
+                    (run_id,),
+                ).fetchall()
+                if allowed_failures
+                else []
+            )
         counts: dict[str, dict[TaskStatus, int]] = {}
         for row in rows:
             counts.setdefault(row["base_task_id"], {})[TaskStatus(row["status"])] = row["n"]
+        for row in allowed:
+            mine = counts[row["base_task_id"]]
+            mine[TaskStatus.FAILED] -= row["n"]
+            if not mine[TaskStatus.FAILED]:
+                del mine[TaskStatus.FAILED]
+            mine[TaskStatus.SUCCESS] = mine.get(TaskStatus.SUCCESS, 0) + row["n"]
         return counts
 
     def get(self, run_id: str, task_id: str) -> TaskInstance | None:
