@@ -40,6 +40,8 @@ RUN_KEYS = {
     "task_counts",
     "warnings",  # workflow language §4: allowed failures
     "reason",  # why a run was skipped
+    "dag_version",  # the digest of the definition it runs
+    "parent",  # the calling `dag` task ({run_id, task_id}); null until sub-DAG calls exist
 }
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 LEAKS = re.compile(

@@ -62,6 +62,8 @@ def _run_body(run: Run) -> dict[str, Any]:
         "task_counts": run.task_counts,
         "warnings": run.warnings,
         "reason": run.reason or None,
+        "dag_version": run.dag_version,
+        "parent": None,  # the calling `dag` task's {run_id, task_id}: sub-DAG calls (§6)
     }
 
 
