@@ -50,6 +50,8 @@ def mask_values(values: Iterable[str]) -> tuple[str, ...]:
 
 def task_secrets(dag: DagDef, task: TaskDef | None) -> tuple[SecretDef, ...]:
     """The secrets a task gets: the DAG's, then its own (a task secret of the same name wins)."""
+    if not dag.secrets and (task is None or not task.secrets):
+        return ()  # most tasks: nothing to merge
     merged = {secret.name: secret for secret in dag.secrets}
     if task is not None:
         merged.update({secret.name: secret for secret in task.secrets})
