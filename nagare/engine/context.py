@@ -112,17 +112,11 @@ def output_env(dag: DagDef, task_id: str, tasks: dict[str, dict[str, Any]]) -> d
     return env
 
 
-def build_context(
-    dag: DagDef, claim: Claim, definition: TaskDef, tasks: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    task, run = claim.task, claim.run
+def run_context(dag: DagDef, run: Run) -> dict[str, Any]:
+    """The run's part of a context: `{dag: {id}, run: {id, trigger, logical_date,
+    scheduled_time, conf}, params}` (params: the run's typed parameters, or its conf for a DAG
+    without `params:`). A DAG's own `when` sees just this."""
     execution = to_iso(run.execution_date)
-    if task.item is not None:
-        item: Any = json.loads(task.item)
-    elif definition.with_item is not None:
-        item = json.loads(definition.with_item)
-    else:
-        item = None
     return {
         "dag": {"id": dag.dag_id},
         "run": {
@@ -133,6 +127,21 @@ def build_context(
             "conf": dict(run.conf),
         },
         "params": run_params(run),
+    }
+
+
+def build_context(
+    dag: DagDef, claim: Claim, definition: TaskDef, tasks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    task = claim.task
+    if task.item is not None:
+        item: Any = json.loads(task.item)
+    elif definition.with_item is not None:
+        item = json.loads(definition.with_item)
+    else:
+        item = None
+    return {
+        **run_context(dag, claim.run),
         "tasks": tasks,
         "item": item,
         "index": task.map_index,
