@@ -482,6 +482,8 @@ def test_conditions_example_skips_with_reasons_and_succeeds(nagare_factory: Any)
     assert tasks["alert"]["reason"] == "trigger_rule one_failed: no upstream task failed"
     assert tasks["report"]["reason"] is None
     assert "reloading everything" not in n.log(run_id, "full_reload")
+    off = n.wait_run(n.trigger("conditions_demo", {"MODE": "off"}))  # the DAG's own `when`
+    assert (off["status"], off["reason"]) == ("skipped", 'when: .params.MODE != "off" was false')
     full = n.wait_run(n.trigger("conditions_demo", {"MODE": "full"}))
     statuses = {tid: t["status"] for tid, t in n.tasks(full["run_id"]).items()}
     assert (statuses["full_reload"], statuses["rebuild_index"], statuses["alert"]) == (

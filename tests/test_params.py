@@ -64,7 +64,7 @@ def test_defaults_fill_in_and_optional_params_without_default_stay_absent() -> N
     resolved, found = resolve_params(DECLARED, {"since": "2026-01-02"}, "json")
     assert found == []
     assert resolved == {
-        "region": "eu",
+        "REGION": "eu",
         "batch_size": 500,
         "mode": "incremental",
         "dry_run": False,
@@ -196,7 +196,7 @@ def test_run_values_give_conf_as_environment_text_and_params_typed() -> None:
     conf, params = run_values(dag, {"since": "2026-01-02", "tables": ["a"]}, "json")
     assert params["batch_size"] == 500 and params["tables"] == ["a"]
     assert conf == {
-        "region": "eu",
+        "REGION": "eu",
         "batch_size": "500",
         "mode": "incremental",
         "dry_run": "false",
@@ -404,7 +404,7 @@ def test_api_runs_with_typed_params_and_answers_422_naming_every_bad_one(
     assert good.status == 201, good.body
     run = good.json
     assert run["params"] == {
-        "region": "eu",
+        "REGION": "eu",
         "batch_size": 20,
         "mode": "incremental",
         "since": "2026-01-02",
@@ -633,3 +633,23 @@ def test_a_database_of_the_previous_release_upgrades_and_its_runs_have_empty_par
         assert store.runs.get(new.run_id).params == {"since": "x", "n": 1}  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_the_trigger_params_example_starts_the_params_example_with_typed_values(
+    nagare_factory: NagareFactory,
+) -> None:
+    names = ("params_example.yaml", "trigger_params_example.yaml")
+    nagare = nagare_factory(dags={n: (ROOT / "dags" / n).read_text() for n in names})
+    assert nagare.wait_run(nagare.trigger("nightly_loader"))["status"] == "success"
+    child = wait_for(lambda: nagare.get("/api/runs?dag_id=params_example")["data"], 10)[0]
+    assert nagare.wait_run(child["run_id"])["status"] == "success"
+    assert child["params"] == {
+        "REGION": "eu",
+        "since": "2026-01-01",
+        "batch_size": 250,
+        "mode": "incremental",
+        "dry_run": False,
+        "ratio": 0.5,
+        "tables": ["orders"],
+        "filters": {},
+    }
