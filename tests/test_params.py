@@ -64,7 +64,7 @@ def test_defaults_fill_in_and_optional_params_without_default_stay_absent() -> N
     resolved, found = resolve_params(DECLARED, {"since": "2026-01-02"}, "json")
     assert found == []
     assert resolved == {
-        "REGION": "eu",
+        "region": "eu",
         "batch_size": 500,
         "mode": "incremental",
         "dry_run": False,
@@ -196,7 +196,7 @@ def test_run_values_give_conf_as_environment_text_and_params_typed() -> None:
     conf, params = run_values(dag, {"since": "2026-01-02", "tables": ["a"]}, "json")
     assert params["batch_size"] == 500 and params["tables"] == ["a"]
     assert conf == {
-        "REGION": "eu",
+        "region": "eu",
         "batch_size": "500",
         "mode": "incremental",
         "dry_run": "false",
@@ -404,7 +404,7 @@ def test_api_runs_with_typed_params_and_answers_422_naming_every_bad_one(
     assert good.status == 201, good.body
     run = good.json
     assert run["params"] == {
-        "REGION": "eu",
+        "region": "eu",
         "batch_size": 20,
         "mode": "incremental",
         "since": "2026-01-02",
