@@ -22,7 +22,7 @@ from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
 from nagare.engine.expressions import condition
 from nagare.errors import BadRequest, ConfigError
-from nagare.executors import Executor
+from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
@@ -46,7 +46,7 @@ from nagare.liveness import (
 )
 from nagare.logs import LogFiles
 from nagare.metrics import LiveState, MetricsService, PoolInfo
-from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, Trigger
+from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, TaskType, Trigger
 from nagare.pools import WorkerPools
 from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
@@ -84,6 +84,7 @@ class App:
         self.logs = LogFiles(config.resolved_logs_dir)
         self.reactor = Reactor()  # owned by the pools' dispatcher thread
         self.local = LocalExecutor(self.reactor, max_line_bytes=config.max_log_line_bytes)
+        self.steps = StepExecutors(config, self.reactor, self.local)
         self._docker: DockerExecutor | None = None  # created by the first container task
         self._docker_lock = threading.Lock()
         self._leftover_containers: dict[tuple[str, int], str] = {}
@@ -176,8 +177,10 @@ class App:
         """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
         return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
-    def _executor_for(self, definition: TaskDef) -> Executor:
-        return self._docker_executor() if definition.image else self.local
+    def _executor_for(self, assignment: Assignment) -> Executor:
+        if assignment.step_type != TaskType.COMMAND:
+            return self.steps(assignment.step_type)
+        return self._docker_executor() if assignment.image else self.local
 
     def _docker_executor(self) -> DockerExecutor:
         """Built on first use: a server that never runs a container never loads the SDK. On
@@ -612,10 +615,13 @@ class _WorkerExecutors:
         self.worker_id = worker_id
         self.reactor = reactor
         self.local = LocalExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
+        self.steps = StepExecutors(config, reactor, self.local)
         self._docker: DockerExecutor | None = None
         self._lock = threading.Lock()
 
     def __call__(self, assignment: Assignment) -> Executor:
+        if assignment.step_type != TaskType.COMMAND:
+            return self.steps(assignment.step_type)
         if not assignment.image:
             return self.local
         with self._lock:
@@ -624,6 +630,29 @@ class _WorkerExecutors:
                 self._docker = _docker_executor(self.config, owner, self.reactor)
                 self._docker.cleanup_orphans()
             return self._docker
+
+
+class StepExecutors:
+    """The executors of the step types that run in a pool slot (http, mail, ssh, chat), each
+    built on its first use, for the server and for a worker alike."""
+
+    def __init__(self, config: Config, reactor: Reactor, local: LocalExecutor) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.local = local
+        self._built: dict[str, Executor] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, step_type: str) -> Executor:
+        with self._lock:
+            executor = self._built.get(step_type)
+            if executor is None:
+                executor = self._build(step_type)
+                self._built[step_type] = executor
+            return executor
+
+    def _build(self, step_type: str) -> Executor:
+        return Unavailable(self.reactor, step_type)
 
 
 def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:

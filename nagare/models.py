@@ -17,6 +17,24 @@ class TaskType(StrEnum):
     COMMAND = "command"
     MAP = "map"
     TRIGGER_DAG = "trigger_dag"
+    DAG = "dag"  # call another DAG as a child run and wait for it
+    HTTP = "http"
+    MAIL = "mail"
+    SSH = "ssh"
+    CHAT = "chat"
+    APPROVAL = "approval"
+    WAIT = "wait"  # wait for an event
+
+
+# Step types an executor runs in a pool slot, on this host or on a remote worker (a map's
+# children run its command).
+SLOT_STEPS = frozenset(
+    {TaskType.COMMAND, TaskType.MAP, TaskType.HTTP, TaskType.MAIL, TaskType.SSH, TaskType.CHAT}
+)
+# Step types with an executor of their own (the others run a command: locally or in Docker).
+EXECUTOR_STEPS = frozenset({TaskType.HTTP, TaskType.MAIL, TaskType.SSH, TaskType.CHAT})
+# Step types the engine coordinates while the task is `waiting`: no slot, no thread.
+WAITING_STEPS = frozenset({TaskType.DAG, TaskType.APPROVAL, TaskType.WAIT})
 
 
 class RunStatus(StrEnum):
@@ -47,6 +65,7 @@ class TaskStatus(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"  # a dag / approval / wait step: waits for a child run, a person, an event
 
     @property
     def terminal(self) -> bool:
@@ -66,7 +85,13 @@ TERMINAL_TASK = frozenset(
 BLOCKING_TASK = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
 # A task in one of these states may still run: its run is not finished, a kill cancels it.
 ACTIVE_TASK = frozenset(
-    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.UP_FOR_RETRY}
+    {
+        TaskStatus.PENDING,
+        TaskStatus.QUEUED,
+        TaskStatus.RUNNING,
+        TaskStatus.UP_FOR_RETRY,
+        TaskStatus.WAITING,
+    }
 )
 
 # Every transition a task instance may take; the store refuses any other.
@@ -79,6 +104,16 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.CANCELLED,
             TaskStatus.FAILED,
             TaskStatus.SUCCESS,
+            TaskStatus.SKIPPED,
+            TaskStatus.WAITING,
+        }
+    ),
+    TaskStatus.WAITING: frozenset(
+        {
+            TaskStatus.SUCCESS,
+            TaskStatus.FAILED,
+            TaskStatus.UP_FOR_RETRY,
+            TaskStatus.CANCELLED,
             TaskStatus.SKIPPED,
         }
     ),
@@ -95,7 +130,9 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
             TaskStatus.SKIPPED,  # a `when:` found false as the attempt was about to start
         }
     ),
-    TaskStatus.UP_FOR_RETRY: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
+    TaskStatus.UP_FOR_RETRY: frozenset(
+        {TaskStatus.QUEUED, TaskStatus.CANCELLED, TaskStatus.WAITING}
+    ),
     # A finished task re-opens only through a manual retry (running: a map parent whose
     # children are retried).
     **{
@@ -238,6 +275,9 @@ class TaskDef:
     retry_max_delay_seconds: float = 0  # 0: no maximum
     retry_on_exit_codes: tuple[int, ...] = ()  # empty: every failure is retried
     retry_on_timeout: bool = True
+    # The fields of its step type (http, mail, ssh, chat, dag, approval, wait), as parsed by
+    # nagare/dagfile/steps.py; string values may hold templates (except the jq of RAW_STEP_KEYS).
+    step: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_attempts(self) -> int:
@@ -257,12 +297,30 @@ class TaskDef:
             found.add("env")
         if any(has_template(v) for v in self.volumes):
             found.add("volumes")
+        if self.step and _holds_template(
+            {k: v for k, v in self.step.items() if k not in RAW_STEP_KEYS}
+        ):
+            found.add("step")
         return frozenset(found)
 
     @property
     def uses_context(self) -> bool:
         """Whether starting this task needs its context (templates or a condition)."""
         return bool(self.when or self.templated)
+
+
+# Step fields that are jq themselves (a condition, extractions): never rendered as templates.
+RAW_STEP_KEYS = frozenset({"output_jq", "match"})
+
+
+def _holds_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template(value)
+    if isinstance(value, dict):
+        return any(_holds_template(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_template(v) for v in value)
+    return False
 
 
 class OverlapPolicy(StrEnum):
@@ -536,6 +594,8 @@ class Assignment:
     run_as: str = ""  # the user the task runs as ("" = the server's own)
     output_file: str = ""  # where $NAGARE_OUTPUT points on this host ("" = the executor picks)
     secrets: tuple[str, ...] = ()  # secret values in `env`: masked in every log line
+    step_type: str = TaskType.COMMAND  # which executor runs it (command: local or Docker)
+    step: dict[str, Any] = field(default_factory=dict)  # its step fields, templates rendered
 
 
 @dataclass

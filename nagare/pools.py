@@ -41,7 +41,7 @@ from nagare.logs import (
     read_output_file,
     remove_output_file,
 )
-from nagare.models import Attempt, AttemptFinish, Claim, Outcome, TaskDef, TaskType
+from nagare.models import SLOT_STEPS, Assignment, Attempt, AttemptFinish, Claim, Outcome
 from nagare.store import Clock, StorageFull
 
 log = logging.getLogger("nagare.pools")
@@ -156,7 +156,7 @@ class WorkerPools:
         logs: LogFiles,
         sizes: dict[str, int],
         reactor: Reactor,
-        executor_for: Callable[[TaskDef], Executor],
+        executor_for: Callable[[Assignment], Executor],
         on_finished: Callable[[list[tuple[str, str, int | None]]], None],
         kill_leftover: Callable[[int, float | None], bool],
         clock: Callable[[], int] = now_ms,
@@ -498,9 +498,7 @@ class WorkerPools:
         claim = attempt.claim
         task, run = claim.task, claim.run
         definition = claim.definition
-        if definition is None or (
-            definition.type is not TaskType.COMMAND and definition.type is not TaskType.MAP
-        ):
+        if definition is None or definition.type not in SLOT_STEPS:
             return Outcome(exit_code=None, error="task definition not found")
         with self._lock:
             reason = attempt.cancel_reason
@@ -542,7 +540,7 @@ class WorkerPools:
                 return Outcome(exit_code=None, error=problem)
             assignment = with_secrets(assignment, values)
             attempt.log.set_secrets(assignment.secrets)
-        handle = self.executor_for(definition).start(assignment, attempt)
+        handle = self.executor_for(assignment).start(assignment, attempt)
         with self._lock:
             attempt.handle = handle
             reason = attempt.cancel_reason
@@ -609,8 +607,8 @@ def _with_outputs(attempt: _Attempt, outcome: Outcome) -> Outcome:
         return replace(outcome, error=f"outputs: {exc}")
     if text is not None:  # read: the database keeps the values (masked); the file goes
         remove_output_file(attempt.output_file)
-    if text is None and not name:
-        return outcome
+    if text is None and not name:  # a step's executor may have published some itself
+        return masked_outputs(outcome, attempt.log.masked) if outcome.outputs else outcome
     stdout, cut = attempt.log.captured_stdout() if name else (None, False)
     return masked_outputs(with_outputs(outcome, text, name, stdout, cut), attempt.log.masked)
 

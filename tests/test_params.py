@@ -302,8 +302,8 @@ def test_every_declaration_error_is_reported_with_line_field_found_and_expected(
         "[A-Za-z_][A-Za-z0-9_]* (it becomes the task's env var))",
         "p.yaml:12: params.i.minimum: 'minimum' applies to integer and number parameters",
         "p.yaml:13: params.j.enum[1]: expected a value of type integer, found the string 'two'",
-        "p.yaml:14: tasks[0] (t).params: 'params' is only valid with type: trigger_dag (the "
-        "parameters of the run it starts)",
+        "p.yaml:14: tasks[0] (t).params: 'params' is only valid with type: trigger_dag or dag "
+        "(the parameters of the run it starts)",
     ]
 
 

@@ -59,6 +59,7 @@ from nagare.dagfile.run_rules import (
 )
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
+from nagare.dagfile.steps import COMMAND_STEPS, build_step, keys_of_type
 from nagare.engine.expressions import compile_error, template_errors
 from nagare.models import (
     DagDef,
@@ -89,7 +90,7 @@ TRIGGER_KEYS = fields_table.keys(fields_table.TRIGGER)
 RESOURCE_KEYS = fields_table.keys(fields_table.RESOURCES)
 SECRET_KEYS = fields_table.keys(fields_table.SECRET)
 # A handler is a task body: what a task has but its id, its place in the graph and fan-outs.
-HANDLER_EXCLUDED = ("id", "depends_on", "map_over", "with_items", "dag_id")
+HANDLER_EXCLUDED = ("id", "depends_on", "map_over", "with_items")
 HANDLER_KEYS = tuple(k for k in TASK_KEYS if k not in HANDLER_EXCLUDED)
 
 # ---------------------------------------------------------------- public entry points
@@ -621,12 +622,16 @@ def _build_task(
         wanted = "with 'command'" if handler_id else "with 'id'"
         errors.add(node, path, f"expected a task mapping {wanted}, found {node_kind(node)}")
         return None
-    fields = mapping(node, HANDLER_KEYS if handler_id else TASK_KEYS, path, errors)
+    keys = HANDLER_KEYS if handler_id else TASK_KEYS
+    fields = mapping(node, keys, path, errors, keys_of_type(_peek_type(node), keys))
     task_id = handler_id or _required_id(node, fields, "id", errors, path)
     kind = _task_type(fields, path, errors)
-    if handler_id and kind is not TaskType.COMMAND:
+    if handler_id and kind in (TaskType.MAP, TaskType.TRIGGER_DAG):
         errors.add(
-            fields["type"], f"{path}.type", f"a handler runs a command (type: command), not {kind}"
+            fields["type"],
+            f"{path}.type",
+            f"a handler runs a command or a step (type: command, dag, http, mail, ssh, chat, "
+            f"approval, wait), not {kind}",
         )
         kind = TaskType.COMMAND
     text = {
@@ -671,6 +676,7 @@ def _build_task(
         when=text["when"].strip(),
         output=text["output"],
         secrets=_secrets(fields, path, errors, base_dir),
+        step=build_step(kind, fields, node, path, errors),
         **condition_fields(fields, path, errors),
     )
     _check_task(task, fields, node, path, errors)
@@ -684,6 +690,14 @@ def _build_task(
             "with_items cannot be combined with type: map",
         )
     return _RawTask(task, node, fields, items, path) if task_id else None
+
+
+def _peek_type(node: MappingNode) -> str:
+    """The `type:` a task mapping names, read before its keys are checked ("" if none)."""
+    for key_node, value_node in node.value:
+        if getattr(key_node, "value", None) == "type" and isinstance(value_node.value, str):
+            return value_node.value
+    return ""
 
 
 def _task_type(fields: dict[str, Node], path: str, errors: Collector) -> TaskType:
@@ -800,21 +814,31 @@ def _check_task(
     def at(key: str) -> Node:
         return fields.get(key, node)
 
-    if task.type in (TaskType.COMMAND, TaskType.MAP) and not task.command.strip():
+    if task.type in COMMAND_STEPS and not task.command.strip():
         errors.add(
             at("command"), f"{path}.command", f"'command' is required for type '{task.type}' tasks"
         )
-    if task.type is TaskType.TRIGGER_DAG:
-        if not task.dag_id:
-            errors.add(
-                at("dag_id"),
-                f"{path}.dag_id",
-                "'dag_id' is required for type 'trigger_dag' (the DAG to trigger)",
-            )
-        if task.image:
-            errors.add(
-                at("image"), f"{path}.image", "'image' cannot be used with type 'trigger_dag'"
-            )
+    if task.type not in COMMAND_STEPS and task.type is not TaskType.TRIGGER_DAG:
+        for key in ("command", "output", "run_as", "preconditions"):
+            if key in fields:
+                errors.add(
+                    fields[key],
+                    f"{path}.{key}",
+                    f"'{key}' cannot be used with type '{task.type}' (it runs no command here)",
+                )
+    if task.type in (TaskType.TRIGGER_DAG, TaskType.DAG) and not task.dag_id:
+        errors.add(
+            at("dag_id"),
+            f"{path}.dag_id",
+            f"'dag_id' is required for type '{task.type}' (the DAG to "
+            f"{'trigger' if task.type is TaskType.TRIGGER_DAG else 'call'})",
+        )
+    if task.type not in (TaskType.COMMAND, TaskType.MAP):
+        for key in ("image", "workdir", "volumes", "resources"):
+            if key in fields:
+                errors.add(
+                    fields[key], f"{path}.{key}", f"'{key}' cannot be used with type '{task.type}'"
+                )
     if task.type is TaskType.MAP and not task.map_over:
         errors.add(
             at("map_over"),
@@ -824,7 +848,7 @@ def _check_task(
     if task.map_over and task.type is not TaskType.MAP:
         errors.add(at("map_over"), f"{path}.map_over", "'map_over' is only valid with type: map")
     for key in ("workdir", "volumes", "resources"):
-        if key in fields and not task.image:
+        if key in fields and not task.image and task.type in (TaskType.COMMAND, TaskType.MAP):
             errors.add(fields[key], f"{path}.{key}", f"'{key}' requires 'image' to be set")
     if task.run_as and not USER_NAME.match(task.run_as):
         errors.add(
@@ -832,11 +856,18 @@ def _check_task(
             f"{path}.run_as",
             f"'{task.run_as}' is not a valid user name (expected letters, digits, '_', '.', '-')",
         )
-    if "params" in fields and task.type is not TaskType.TRIGGER_DAG:
+    if "params" in fields and task.type not in (TaskType.TRIGGER_DAG, TaskType.DAG):
         errors.add(
             fields["params"],
             f"{path}.params",
-            "'params' is only valid with type: trigger_dag (the parameters of the run it starts)",
+            "'params' is only valid with type: trigger_dag or dag (the parameters of the run it "
+            "starts)",
+        )
+    if "dag_id" in fields and task.type not in (TaskType.TRIGGER_DAG, TaskType.DAG):
+        errors.add(
+            fields["dag_id"],
+            f"{path}.dag_id",
+            "'dag_id' is only valid with type: trigger_dag or dag (the DAG it starts)",
         )
     if task.run_as and task.type is TaskType.TRIGGER_DAG:
         errors.add(

@@ -29,6 +29,7 @@ SECONDS: dict[str, Any] = {"type": "number", "minimum": 0}
 COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 TEXT_LIST: dict[str, Any] = {"type": "array", "items": TEXT}
 SECRETS: dict[str, Any] = {"type": "array", "items": {"$ref": "#/$defs/secret"}}
+ENV_MAP_ANY: dict[str, Any] = {"type": ["object", "null"], "additionalProperties": TEXT}
 ENV_MAP: dict[str, Any] = {
     "type": ["object", "null"],
     "propertyNames": ENV_NAME,
@@ -162,8 +163,22 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "type",
         (TASK,),
-        {"enum": ["command", "map", "trigger_dag"]},
-        "command (default), map or trigger_dag.",
+        {
+            "enum": [
+                "command",
+                "map",
+                "trigger_dag",
+                "dag",
+                "http",
+                "mail",
+                "ssh",
+                "chat",
+                "approval",
+                "wait",
+            ]
+        },
+        "command (default), map, trigger_dag, or a step type: dag, http, mail, ssh, chat, "
+        "approval, wait.",
     ),
     Field("command", (TASK,), TEXT, "Shell command (sh -c); {{item}} is the map/with_items item."),
     Field(
@@ -178,7 +193,7 @@ FIELDS: tuple[Field, ...] = (
     Field("retry_delay_seconds", (TASK,), SECONDS, "Wait before each retry."),
     Field("pool", (TASK,), ID, "Pool the task runs in (default: default)."),
     Field("map_over", (TASK,), ID, "type map: the task whose stdout is the JSON array of items."),
-    Field("dag_id", (TASK,), ID, "type trigger_dag: the DAG to start."),
+    Field("dag_id", (TASK,), ID, "type trigger_dag / dag: the DAG to start (or call)."),
     Field(
         "with_items",
         (TASK,),
@@ -204,7 +219,8 @@ FIELDS: tuple[Field, ...] = (
         "params",
         (TASK,),
         {"type": "object", "propertyNames": ENV_NAME},
-        "type trigger_dag: the parameters of the run it starts (checked against the target's).",
+        "type trigger_dag / dag: the parameters of the run it starts (checked against the "
+        "target's; templated for dag).",
     ),
     Field(
         "when",
@@ -270,6 +286,63 @@ FIELDS: tuple[Field, ...] = (
         SECRETS,
         "Secrets of this task only (added to the DAG's; a task secret of the same name wins).",
     ),
+    # ---- step type http (nagare/dagfile/steps.py reads these)
+    Field("method", (TASK,), TEXT, "type http: the HTTP method (default GET)."),
+    Field("url", (TASK,), TEXT, "type http: the URL (http or https)."),
+    Field("headers", (TASK,), ENV_MAP_ANY, "type http: request headers NAME: value."),
+    Field("body", (TASK,), TEXT, "type http / mail: the request or mail body."),
+    Field("json", (TASK,), {}, "type http: a JSON request body (rather than body)."),
+    Field(
+        "expect_status",
+        (TASK,),
+        {"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "array"}]},
+        'type http: the statuses that succeed (default 2xx): 200, [200, 201], "2xx".',
+    ),
+    Field("insecure", (TASK,), BOOLEAN, "type http / chat: do not verify the TLS certificate."),
+    Field(
+        "output_jq",
+        (TASK,),
+        {"type": "object", "additionalProperties": TEXT},
+        "type http / wait: outputs NAME: jq over the response body or the event payload.",
+    ),
+    # ---- step type mail
+    Field("to", (TASK,), {"anyOf": [TEXT, TEXT_LIST]}, "type mail: recipients."),
+    Field("cc", (TASK,), {"anyOf": [TEXT, TEXT_LIST]}, "type mail: copy recipients."),
+    Field("subject", (TASK,), TEXT, "type mail: the subject."),
+    Field("attach", (TASK,), {"anyOf": [TEXT, TEXT_LIST]}, "type mail: files to attach."),
+    # ---- step type ssh
+    Field("host", (TASK,), TEXT, "type ssh: the host to run the command on."),
+    Field("user", (TASK,), TEXT, "type ssh: the remote user."),
+    Field("port", (TASK,), {"type": "integer", "minimum": 1, "maximum": 65535}, "type ssh: port."),
+    Field("identity_file", (TASK,), TEXT, "type ssh: the private key file."),
+    Field("known_hosts", (TASK,), TEXT, "type ssh: the known_hosts file (strict checking)."),
+    # ---- step type chat
+    Field("provider", (TASK,), {"enum": ["openai", "anthropic"]}, "type chat: the wire protocol."),
+    Field("model", (TASK,), TEXT, "type chat: the model name."),
+    Field("base_url", (TASK,), TEXT, "type chat: the API's base URL."),
+    Field(
+        "messages",
+        (TASK,),
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "role": {"enum": ["system", "user", "assistant"]},
+                    "content": TEXT,
+                },
+            },
+        },
+        "type chat: the conversation (role system / user / assistant, content).",
+    ),
+    Field("temperature", (TASK,), {"type": "number", "minimum": 0}, "type chat: sampling."),
+    Field("max_tokens", (TASK,), {"type": "integer", "minimum": 1}, "type chat: answer limit."),
+    Field("api_key", (TASK,), TEXT, "type chat: the API key (use a secret: ${NAME})."),
+    # ---- step types approval and wait
+    Field("message", (TASK,), TEXT, "type approval: what the approver is asked."),
+    Field("approvers", (TASK,), {"anyOf": [TEXT, TEXT_LIST]}, "type approval: who may answer."),
+    Field("event", (TASK,), TEXT, "type wait: the name of the event to wait for."),
+    Field("match", (TASK,), TEXT, "type wait: a jq condition over the event (see README)."),
     # ---- trigger
     Field("type", (TRIGGER,), {"const": "webhook"}, "webhook.", (TRIGGER,)),
     Field("path", (TRIGGER,), {"type": "string", "pattern": "^/api/webhooks/."}, "Webhook path."),
@@ -283,6 +356,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("signature_header", (TRIGGER,), TEXT, "Header of the signature."),
     Field("extract_payload", (TRIGGER,), ENV_MAP, "conf key: jq expression over the payload."),
+    Field(
+        "emit_event",
+        (TRIGGER,),
+        TEXT,
+        "Emit the payload as this event (for `wait` steps) rather than start a run.",
+    ),
     # ---- resources
     Field("cpus", (RESOURCES,), TEXT, 'CPUs, e.g. "0.5".'),
     Field("memory", (RESOURCES,), TEXT, 'Memory with optional b/k/m/g suffix, e.g. "512m".'),

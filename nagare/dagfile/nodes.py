@@ -103,9 +103,15 @@ def node_kind(node: Node) -> str:
 
 
 def mapping(
-    node: MappingNode, allowed: tuple[str, ...], path: str, errors: Collector
+    node: MappingNode,
+    allowed: tuple[str, ...],
+    path: str,
+    errors: Collector,
+    suggest: tuple[str, ...] | None = None,
 ) -> dict[str, Node]:
-    """Keys -> value nodes; unknown or duplicate keys are errors with a suggestion."""
+    """Keys -> value nodes; unknown or duplicate keys are errors with a suggestion (from
+    `suggest` when given: the keys that fit here, of all those allowed)."""
+    candidates = allowed if suggest is None else suggest
     result: dict[str, Node] = {}
     for key_node, value_node in node.value:
         if not isinstance(key_node, ScalarNode):
@@ -114,8 +120,10 @@ def mapping(
         key = str(key_node.value)
         field = f"{path}.{key}" if path else key
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(allowed)})"
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            hint = (
+                f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(candidates)})"
+            )
             errors.add(key_node, field, f"unknown key '{key}'{hint}")
             continue
         if key in result:

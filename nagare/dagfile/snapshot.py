@@ -129,6 +129,8 @@ def _task_dict(task: TaskDef) -> dict[str, object]:
         data["with_item"] = task.with_item
     if task.secrets:  # names and sources only (values are read when the task starts)
         data["secrets"] = [asdict(s) for s in task.secrets]
+    if task.step:
+        data["step"] = task.step
     data.update(_condition_dict(task))
     return data
 

@@ -10,6 +10,7 @@ from typing import Any
 from nagare.clock import to_iso
 from nagare.engine.conditions import with_preconditions
 from nagare.models import (
+    EXECUTOR_STEPS,
     HANDLER_TASK_IDS,
     SLOT_TRIGGERS,
     Assignment,
@@ -18,6 +19,7 @@ from nagare.models import (
     Run,
     TaskDef,
     TaskInstance,
+    TaskType,
 )
 
 SECRET_VARIABLES = ("NAGARE_API_KEY", "NAGARE_TOKEN")
@@ -144,6 +146,8 @@ def build_assignment(
         capture_stdout=captures_stdout(dag, definition, task.task_id),
         run_as=definition.run_as,
         output_file=output_file,
+        step_type=definition.type if definition.type in EXECUTOR_STEPS else TaskType.COMMAND,
+        step=definition.step,
     )
 
 

@@ -19,7 +19,17 @@ from typing import Any, NamedTuple
 from nagare.clock import to_iso
 from nagare.engine.assignment import build_assignment, env_value, render_command
 from nagare.engine.expressions import ExpressionError, condition, render
-from nagare.models import SLOT_TRIGGERS, Assignment, Claim, DagDef, Outcome, Run, TaskDef
+from nagare.models import (
+    RAW_STEP_KEYS,
+    SLOT_TRIGGERS,
+    Assignment,
+    Claim,
+    DagDef,
+    Outcome,
+    Run,
+    TaskDef,
+)
+from nagare.patterns import has_template
 
 
 class UpstreamRow(NamedTuple):
@@ -198,4 +208,22 @@ def rendered(
         for name, value in definition.env.items():
             env[name] = render(value, context)
         changes["env"] = env
+    if "step" in fields:
+        changes["step"] = render_step(definition.step, context)
     return replace(assignment, **changes) if changes else assignment
+
+
+def render_step(step: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """A step's fields with the templates of its strings rendered (the jq of RAW_STEP_KEYS
+    is left as written)."""
+    return {k: v if k in RAW_STEP_KEYS else _render_value(v, context) for k, v in step.items()}
+
+
+def _render_value(value: Any, context: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return render(value, context) if has_template(value) else value
+    if isinstance(value, dict):
+        return {k: _render_value(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_value(v, context) for v in value]
+    return value

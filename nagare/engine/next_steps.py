@@ -18,6 +18,7 @@ from nagare.engine.conditions import Verdict, reason_of, trigger_verdict
 from nagare.models import (
     ACTIVE_TASK,
     BLOCKING_TASK,
+    WAITING_STEPS,
     DagDef,
     InstanceLike,
     RunStatus,
@@ -34,6 +35,7 @@ class Plan:
     queue: list[InstanceLike] = field(default_factory=list)
     expand: list[InstanceLike] = field(default_factory=list)
     trigger: list[InstanceLike] = field(default_factory=list)
+    wait: list[InstanceLike] = field(default_factory=list)  # dag / approval / wait steps to begin
     upstream_failed: list[InstanceLike] = field(default_factory=list)
     skipped: list[InstanceLike] = field(default_factory=list)
     # why, for the upstream_failed and skipped tasks (by instance id) of a trigger rule's own
@@ -47,6 +49,7 @@ class Plan:
             self.queue
             or self.expand
             or self.trigger
+            or self.wait
             or self.upstream_failed
             or self.skipped
             or self.map_done
@@ -243,6 +246,9 @@ def _apply_verdict(
     if kind is TaskType.TRIGGER_DAG:
         plan.trigger.append(instance)
         return TaskStatus.RUNNING
+    if kind in WAITING_STEPS:
+        plan.wait.append(instance)
+        return TaskStatus.WAITING
     plan.queue.append(instance)
     return TaskStatus.QUEUED
 

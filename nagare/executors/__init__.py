@@ -61,6 +61,23 @@ def not_started(reactor: Reactor, listener: AttemptListener, outcome: Outcome) -
     return _NotStarted()
 
 
+class Unavailable:
+    """The executor of a step type this process cannot run: each attempt fails at once, saying
+    so."""
+
+    def __init__(self, reactor: Reactor, step_type: str) -> None:
+        self.reactor = reactor
+        self.step_type = step_type
+
+    @property
+    def executor_type(self) -> str:
+        return self.step_type
+
+    def start(self, assignment: Assignment, listener: AttemptListener) -> AttemptHandle:
+        message = f"step type '{self.step_type}' is not supported by this Nagare"
+        return not_started(self.reactor, listener, Outcome(exit_code=None, error=message))
+
+
 class LineSplitter:
     """Turns raw byte chunks into lines; a line longer than `max_bytes` is cut and marked, and
     the rest of it is skipped, so memory stays bounded for any output."""
