@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
+from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
@@ -32,6 +33,7 @@ from nagare.http.gate import Limits, affordable_connections
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles
+from nagare.http.waits_api import WaitsApi
 from nagare.http.webhooks_api import WebhooksApi
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
@@ -54,6 +56,7 @@ from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
 from nagare.store import Store
+from nagare.waits import Waits
 from nagare.webhooks import WebhookService
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
@@ -135,6 +138,10 @@ class App:
             kill_local=self._kill,
         )
         self.scheduler.expire = self.runs.expire  # a run's deadline passed
+        self.waits = Waits(self.store, self.logs, now_ms, self._tasks_finished_elsewhere)
+        self.waits.children = self.runs
+        self.scheduler.waits = self.waits
+        self.runs.on_waits_cancelled = self.waits.cancelled
         self.api = Api(
             Services(
                 self.store,
@@ -157,6 +164,7 @@ class App:
             delivery_header=config.webhook_delivery_header,
         )
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
+        self.api.add_routes(WaitsApi(self.waits).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.pools.hidden_env = self.webhooks.secret_variables
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)

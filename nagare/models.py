@@ -35,6 +35,9 @@ SLOT_STEPS = frozenset(
 EXECUTOR_STEPS = frozenset({TaskType.HTTP, TaskType.MAIL, TaskType.SSH, TaskType.CHAT})
 # Step types the engine coordinates while the task is `waiting`: no slot, no thread.
 WAITING_STEPS = frozenset({TaskType.DAG, TaskType.APPROVAL, TaskType.WAIT})
+# The pool of their task instances: no pool of any host serves it (not a valid pool name), so
+# a queued one (a handler, a retry) is begun by the engine, never claimed by a slot.
+WAIT_POOL = "~engine"
 
 
 class RunStatus(StrEnum):
@@ -118,7 +121,13 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
         }
     ),
     TaskStatus.QUEUED: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.CANCELLED, TaskStatus.SUCCESS, TaskStatus.FAILED}
+        {
+            TaskStatus.RUNNING,
+            TaskStatus.CANCELLED,
+            TaskStatus.SUCCESS,
+            TaskStatus.FAILED,
+            TaskStatus.WAITING,  # a queued step that waits (a handler, a retry) begins
+        }
     ),
     TaskStatus.RUNNING: frozenset(
         {
@@ -282,6 +291,11 @@ class TaskDef:
     @property
     def max_attempts(self) -> int:
         return self.retries + 1
+
+    @property
+    def instance_pool(self) -> str:
+        """The pool its task instances are in (WAIT_POOL for the steps that wait)."""
+        return WAIT_POOL if self.type in WAITING_STEPS else self.pool
 
     @cached_property
     def templated(self) -> frozenset[str]:
@@ -482,6 +496,8 @@ class Run:
     deadline_at: int | None = None  # epoch ms: the run fails "timed out" at this moment
     handling: bool = False  # its status is final; its handler tasks are still running
     failed_tasks: tuple[str, ...] = ()  # set when it ends: what its handlers are told
+    parent: tuple[str, str] | None = None  # (run id, task id) of the `dag` step that called it
+    outputs: dict[str, Any] | None = None  # its DAG's `outputs:`, rendered when it succeeded
 
 
 @dataclass
@@ -535,6 +551,7 @@ class TaskInstance:
     metrics: AttemptMetrics | None = None
     outputs: dict[str, Any] | None = None  # published by its successful attempt
     allowed_failure: bool = False
+    child_run_id: str = ""  # a `dag` step: the run its current attempt started
 
 
 class TaskState(NamedTuple):

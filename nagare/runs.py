@@ -24,6 +24,7 @@ from nagare.errors import BadRequest, Conflict, NotFound, Unprocessable
 from nagare.models import (
     ACTIVE_TASK,
     HANDLER_TASK_IDS,
+    Claim,
     DagDef,
     Run,
     RunStatus,
@@ -110,6 +111,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             conf: dict[str, str],
             now: int,
             params: dict[str, Any] | None = None,
+            parent: tuple[str, str] | None = None,
         ) -> Run | None: ...
 
     class _RunServiceTasks(Protocol):
@@ -166,6 +168,9 @@ class RunService:
         self.wake = wake
         self.kill_local = kill_local
         self.clock = clock
+        # waiting steps a kill cancelled (app wires nagare.waits: their attempts close, their
+        # child runs are killed)
+        self.on_waits_cancelled: Callable[[list[TaskInstance]], None] = lambda tasks: None
 
     # ------------------------------------------------------------ DAG level
 
@@ -200,6 +205,32 @@ class RunService:
         )
         self.wake(run.run_id)
         return self.store.runs.get(run.run_id) or run
+
+    # ------------------------------------------------------------ child runs (`dag` steps)
+
+    def start_child(self, claim: Claim, dag_id: str, params: dict[str, Any]) -> str:
+        """A run of `dag_id` called by a `dag` step (its parent); returns its id."""
+        dag = self.dag(dag_id)
+        values, resolved = self.run_parameters(dag, None, params)
+        now = self.clock()
+        parent = (claim.run.run_id, claim.task.task_id)
+        run = self.store.runs.start(dag, Trigger.TRIGGERED, now, values, now, resolved, parent)
+        if run is None:
+            raise Conflict(f"could not create a run of '{dag_id}'")
+        log.info(
+            "DAG '%s': run %s called by %s of run %s",
+            dag_id,
+            run.run_id,
+            claim.task.task_id,
+            claim.run.run_id,
+            extra={"dag_id": dag_id, "run_id": run.run_id},
+        )
+        self.wake(run.run_id)
+        return run.run_id
+
+    def kill_child(self, run_id: str) -> None:
+        """The calling step was killed (or timed out): its child run is killed."""
+        self.kill_run(run_id)
 
     @staticmethod
     def run_parameters(
@@ -329,6 +360,9 @@ class RunService:
         for task in active:
             if task.id in moved and task.status is TaskStatus.RUNNING:
                 self.kill_local(task.id)
+        waiting = [t for t in active if t.id in moved and t.status is TaskStatus.WAITING]
+        if waiting:
+            self.on_waits_cancelled(waiting)
 
     # ------------------------------------------------------------ retry
 

@@ -29,6 +29,7 @@ from nagare.liveness import Heartbeat
 from nagare.logs import LogFiles
 from nagare.models import (
     HANDLER_TASK_IDS,
+    WAIT_POOL,
     DagDef,
     InstanceLike,
     Run,
@@ -162,6 +163,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def next_retry_at(self) -> int | None: ...
 
+        def queued_ids(self, pool: str) -> list[str]: ...
+
         def run_states(self, run_id: str) -> list[TaskState]: ...
 
         def start_internal(
@@ -190,6 +193,18 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         @property
         def tasks(self) -> _SchedulerTasks: ...
+
+
+class StepWaits(Protocol):
+    """What the scheduler asks of the steps that wait (nagare.waits.Waits)."""
+
+    def begin(self, task_instance_ids: Iterable[str], now: int) -> None: ...
+
+    def expire(self, now: int) -> None: ...
+
+    def next_deadline(self) -> int | None: ...
+
+    def child_ended(self, run_id: str) -> None: ...
 
 
 class Scheduler:
@@ -234,6 +249,8 @@ class Scheduler:
         # one pass at a time: the scheduler thread's, or a caller's of `settle_finished`
         self._pass_lock = threading.Lock()
         self.liveness = Heartbeat("scheduler", SWEEP_SECONDS)  # a pass at least this often
+        # the steps that wait (app wires nagare.waits.Waits; None: no such step ever begins)
+        self.waits: StepWaits | None = None
 
     # ------------------------------------------------------------ waking
 
@@ -340,6 +357,8 @@ class Scheduler:
         for run_id in self.store.runs.past_deadline(now):
             self.expire(run_id)
             dirty[run_id] = None
+        if self.waits is not None:
+            self.waits.expire(now)
         if self._sweep_due(now):
             for dag_id in self.store.runs.dags_with_waiting():
                 dirty.update(dict.fromkeys(self._release(dag_id, now)))
@@ -362,8 +381,14 @@ class Scheduler:
         pools: Counter[str] = Counter()
         for run_id in sorted(dirty):
             pools.update(self.advance(run_id, self.clock(), dirty[run_id]))
+        self._begin_queued_waits(pools)
         if pools and announce:
             self.on_queued(dict(pools))
+
+    def _begin_queued_waits(self, pools: Counter[str]) -> None:
+        """Queued steps that wait (handlers, retries) are begun by the engine, not a slot."""
+        if pools.pop(WAIT_POOL, 0) and self.waits is not None:
+            self.waits.begin(self.store.tasks.queued_ids(WAIT_POOL), self.clock())
 
     def _seconds_to_next(self, now: int) -> float:
         candidates = [now + int(SWEEP_SECONDS * 1000)]
@@ -374,6 +399,9 @@ class Scheduler:
         deadline = self.store.runs.next_deadline()
         if deadline is not None:
             candidates.append(deadline)
+        waits_until = self.waits.next_deadline() if self.waits is not None else None
+        if waits_until is not None:
+            candidates.append(waits_until)
         return max(0.0, (min(candidates) - now) / 1000)
 
     # ------------------------------------------------------------ cron
@@ -466,6 +494,7 @@ class Scheduler:
             )
         )
         pools = Counter(t.pool for t in due if t.id in moved)
+        self._begin_queued_waits(pools)
         if pools:
             self.on_queued(dict(pools))
         return [(t.run_id, t.id) for t in due]
@@ -499,7 +528,9 @@ class Scheduler:
         pools = self._apply(view, plan, now)
         if changed is None:
             pools += _waiting_pools(dag, list(view.by_task.values()), child_counts)
-        if plan.run_status is not None and not (plan.expand or plan.trigger or plan.queue):
+        if plan.run_status is not None and not (
+            plan.expand or plan.trigger or plan.queue or plan.wait
+        ):
             self._views.pop(run_id, None)
             failed = [t.task_id for t in view.by_task.values() if t.status is TaskStatus.FAILED]
             ended = self.store.runs.finish(run_id, plan.run_status, now, dag, failed)
@@ -511,7 +542,9 @@ class Scheduler:
                     extra={"dag_id": dag.dag_id, "run_id": run_id},
                 )
                 pools += self._after_end(run_id, dag, now)
-        elif plan.expand or plan.trigger or plan.map_done:
+                if view.run.parent is not None and self.waits is not None:
+                    self.waits.child_ended(run_id)
+        elif plan.expand or plan.trigger or plan.map_done or plan.wait:
             self._views.pop(run_id, None)  # engine-side work changed rows: reload next pass
             with self._cond:
                 self._dirty[run_id] = None
@@ -556,6 +589,8 @@ class Scheduler:
         run = self.store.runs.get(run_id, counts=False)
         if run is None or run.held:
             return Counter()
+        if run.parent is not None and run.status.terminal and self.waits is not None:
+            self.waits.child_ended(run_id)  # (ended by a kill or a deadline: its caller ends)
         if not run.handling:  # ended elsewhere (a kill): a slot of its DAG may have freed
             dag = self.folder.get(run.dag_id)
             if dag is not None and dag.max_active_runs:
@@ -673,6 +708,8 @@ class Scheduler:
             pools.update(self._expand(run, dag, parent, now))
         for task in plan.trigger:
             self._trigger(run, dag, task, now)
+        if plan.wait and self.waits is not None:
+            self.waits.begin([t.id for t in plan.wait], now)
         return pools
 
     def _settle(

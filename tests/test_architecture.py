@@ -67,6 +67,7 @@ LAYERS: dict[str, int] = {
     "nagare.run_checks": L3,  # DAG-level preconditions, through the executor seam
     "nagare.retention": L3,
     "nagare.webhooks": L3,
+    "nagare.waits": L3,  # the steps that wait: approvals, events, child runs
     "nagare.metrics": L3,
     "nagare.cluster.coordinator": L3,
     "nagare.cluster.remote": L3,

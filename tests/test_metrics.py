@@ -687,7 +687,7 @@ def test_upgrading_a_database_fills_the_metric_tables(tmp_path: Path) -> None:
 
 def undo_later_migrations(conn: Any) -> None:
     """What the migrations after 6 added goes too (a lower user_version runs them again):
-    run parameters (7), task outputs (8), run rules (9), conditions (10)."""
+    run parameters (7), task outputs (8), run rules (9), conditions (10), steps that wait (11)."""
     conn.execute("ALTER TABLE runs DROP COLUMN params")
     conn.execute("ALTER TABLE task_instances DROP COLUMN outputs")
     conn.execute("ALTER TABLE runs DROP COLUMN has_outputs")
@@ -697,6 +697,12 @@ def undo_later_migrations(conn: Any) -> None:
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")
     conn.execute("ALTER TABLE runs DROP COLUMN warnings")
+    conn.execute("DROP INDEX ti_waiting")
+    conn.execute("DROP INDEX runs_parent")
+    for column in ("wait", "wait_until", "child_run_id"):
+        conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
+    for column in ("parent_run_id", "parent_task_id", "outputs"):
+        conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
 
 
 FINISHED_ATTEMPT_INDEXES = {

@@ -255,7 +255,7 @@ def test_a_dag_without_the_new_fields_keeps_its_snapshot() -> None:
         ),
         ("handler_on: {exit: {retries: 1}}", "handler_on.exit.command: 'command' is required"),
         ("handler_on: {exit: {type: map, command: x}}", "handler_on.exit.type: a handler runs a"),
-        ("handler_on: {exit: {type: trigger_dag}}", "(type: command), not trigger_dag"),
+        ("handler_on: {exit: {type: trigger_dag}}", "approval, wait), not trigger_dag"),
         ("handler_on: {exit: echo}", "handler_on.exit: expected a task mapping with 'command'"),
         ("max_active_run: 1", "max_active_run: unknown key 'max_active_run'; did you mean"),
     ],
@@ -718,6 +718,12 @@ def test_a_database_of_the_previous_release_upgrades_in_place(tmp_path: Path) ->
     store.runs.finish(run.run_id, RunStatus.SUCCESS, T0 + 5)
     with store.db.write() as conn:  # back to the schema before the run rules (migration 9)
         conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")  # 10 goes too
+        conn.execute("DROP INDEX ti_waiting")  # and 11
+        conn.execute("DROP INDEX runs_parent")
+        for column in ("wait", "wait_until", "child_run_id"):
+            conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
+        for column in ("parent_run_id", "parent_task_id", "outputs"):
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         conn.execute("ALTER TABLE runs DROP COLUMN warnings")
         conn.execute("DROP INDEX runs_deadline")
         conn.execute("DROP INDEX runs_handling")

@@ -216,14 +216,15 @@ def rendered(
 def render_step(step: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """A step's fields with the templates of its strings rendered (the jq of RAW_STEP_KEYS
     is left as written)."""
-    return {k: v if k in RAW_STEP_KEYS else _render_value(v, context) for k, v in step.items()}
+    return {k: v if k in RAW_STEP_KEYS else render_value(v, context) for k, v in step.items()}
 
 
-def _render_value(value: Any, context: dict[str, Any]) -> Any:
+def render_value(value: Any, context: dict[str, Any]) -> Any:
+    """A JSON value with the templates of its strings rendered."""
     if isinstance(value, str):
         return render(value, context) if has_template(value) else value
     if isinstance(value, dict):
-        return {k: _render_value(v, context) for k, v in value.items()}
+        return {k: render_value(v, context) for k, v in value.items()}
     if isinstance(value, list):
-        return [_render_value(v, context) for v in value]
+        return [render_value(v, context) for v in value]
     return value

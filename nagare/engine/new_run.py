@@ -12,6 +12,7 @@ from typing import Any
 from nagare.clock import compact_stamp, slot_stamp
 from nagare.engine.assignment import render_command
 from nagare.models import (
+    EXECUTOR_STEPS,
     SLOT_TRIGGERS,
     DagDef,
     InstanceLike,
@@ -67,7 +68,11 @@ def build_run(
     tasks = []
     gated = bool(dag.when or dag.preconditions)  # first: does the run start? (Scheduler._gated)
     for position, task in enumerate(dag.tasks):
-        ready = not task.depends_on and task.type is TaskType.COMMAND and not gated
+        ready = (
+            not task.depends_on
+            and (task.type is TaskType.COMMAND or task.type in EXECUTOR_STEPS)
+            and not gated
+        )
         tasks.append(
             TaskInstance(
                 id=new_instance_id(),
@@ -76,7 +81,7 @@ def build_run(
                 base_task_id=task.task_id,
                 status=TaskStatus.QUEUED if ready else TaskStatus.PENDING,
                 max_attempts=task.max_attempts,
-                pool=task.pool,
+                pool=task.instance_pool,
                 command=task.command,
                 position=position,
                 queued_at=now if ready else None,

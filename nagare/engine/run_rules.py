@@ -99,7 +99,7 @@ def handler_instances(
                 base_task_id=kind.task_id,
                 status=TaskStatus.QUEUED if first else TaskStatus.PENDING,
                 max_attempts=definition.max_attempts,
-                pool=definition.pool,
+                pool=definition.instance_pool,
                 command=definition.command,
                 position=len(dag.tasks) + list(HandlerKind).index(kind),
                 queued_at=now if first else None,

@@ -35,7 +35,7 @@ from nagare.models import (
 from nagare.store import MetricAgg, MetricPoint
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
-REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED})
+REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED, TaskStatus.WAITING})
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -44,6 +44,8 @@ def run_json(run: Run) -> dict[str, Any]:
         body["reason"] = run.reason
     if run.handling:  # its status is final; its handlers still run
         body["handlers_running"] = True
+    if run.outputs is not None:  # what it returns to a calling `dag` step (its DAG's outputs)
+        body["outputs"] = run.outputs
     return body
 
 
@@ -63,7 +65,7 @@ def _run_body(run: Run) -> dict[str, Any]:
         "warnings": run.warnings,
         "reason": run.reason or None,
         "dag_version": run.dag_version,
-        "parent": None,  # the calling `dag` task's {run_id, task_id}: sub-DAG calls (§6)
+        "parent": {"run_id": run.parent[0], "task_id": run.parent[1]} if run.parent else None,
     }
 
 
@@ -125,6 +127,7 @@ def task_json(task: TaskInstance, children: list[TaskInstance] | None = None) ->
         "allowed_failure": task.allowed_failure,
         "output_tail": task.output_tail,
         "outputs": outputs_json(task, children),
+        "child_run_id": task.child_run_id or None,  # a `dag` step: the run it called
         "metrics": metrics_json(task.metrics),
     }
 

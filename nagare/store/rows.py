@@ -20,7 +20,7 @@ TASK_COLUMNS = (
     "ti.id, ti.run_id, ti.task_id, ti.base_task_id, ti.map_index, ti.item, ti.position, "
     "ti.status, ti.attempt, ti.max_attempts, ti.pool, ti.worker, ti.command, ti.exit_code, "
     "ti.timed_out, ti.queued_at, ti.started_at, ti.completed_at, ti.ready_at, ti.output_tail, "
-    "ti.message, ti.outputs, ti.allowed_failure"
+    "ti.message, ti.outputs, ti.allowed_failure, ti.child_run_id"
 )
 METRIC_COLUMNS = (
     "a.duration_ms, a.cpu_user_ms, a.cpu_system_ms, a.peak_memory_bytes, a.exit_code AS a_exit, "
@@ -49,6 +49,8 @@ def run_from_row(row: sqlite3.Row) -> Run:
         handling=bool(row["handling"]),
         failed_tasks=tuple(t for t in row["failed_tasks"].split(",") if t),
         warnings=row["warnings"],
+        parent=(row["parent_run_id"], row["parent_task_id"]) if row["parent_run_id"] else None,
+        outputs=None if row["outputs"] is None else json.loads(row["outputs"]),
     )
 
 
@@ -76,6 +78,7 @@ def task_from_row(row: sqlite3.Row) -> TaskInstance:
         message=row["message"],
         position=row["position"],
         allowed_failure=bool(row["allowed_failure"]),
+        child_run_id=row["child_run_id"] or "",
     )
     if row["outputs"] is not None:
         task.outputs = json.loads(row["outputs"])

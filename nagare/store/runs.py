@@ -46,6 +46,7 @@ class RunStore:
         conf: dict[str, str],
         now: int,
         params: dict[str, Any] | None = None,
+        parent: tuple[str, str] | None = None,
     ) -> Run | None:
         """A new run of `dag` (its version stored once), with its task instances; None when the
         (deterministic) id of a slot run exists already. `params`: the resolved parameters
@@ -58,6 +59,7 @@ class RunStore:
             run_id = base_id if suffix == 0 else f"{base_id}-{suffix + 1}"
             run, tasks = build_run(dag, version, trigger, execution_date, conf, now, run_id)
             run.params = params or {}
+            run.parent = parent
             if self._admit_and_insert(dag, run, tasks, now):
                 return run
             if trigger in SLOT_TRIGGERS:
@@ -158,7 +160,8 @@ class RunStore:
         cursor = conn.execute(
             "INSERT OR IGNORE INTO runs(run_id, dag_id, status, trigger, execution_date, "
             "conf, dag_version, killed, created_at, completed_at, reason, held, deadline_at, "
-            "params) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            "params, parent_run_id, parent_task_id) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, "
+            "?, ?, ?, ?)",
             (
                 run.run_id,
                 run.dag_id,
@@ -173,6 +176,8 @@ class RunStore:
                 int(run.held),
                 run.deadline_at,
                 json.dumps(run.params, separators=(",", ":"), ensure_ascii=False),
+                run.parent[0] if run.parent else None,
+                run.parent[1] if run.parent else None,
             ),
         )
         if cursor.rowcount == 0:

@@ -272,4 +272,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE task_instances ADD COLUMN allowed_failure INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN warnings INTEGER NOT NULL DEFAULT 0;
     """,
+    # 11: steps that wait (dag, approval, wait): what a waiting task waits for (JSON: its
+    # rendered step), until when, the child run of a `dag` step; a child run's parent task and
+    # the outputs a run returns (its DAG's `outputs:`)
+    """
+    ALTER TABLE task_instances ADD COLUMN wait TEXT;
+    ALTER TABLE task_instances ADD COLUMN wait_until INTEGER;
+    ALTER TABLE task_instances ADD COLUMN child_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN parent_task_id TEXT;
+    ALTER TABLE runs ADD COLUMN outputs TEXT;
+    CREATE INDEX ti_waiting ON task_instances(wait_until) WHERE status = 'waiting';
+    CREATE INDEX runs_parent ON runs(parent_run_id) WHERE parent_run_id IS NOT NULL;
+    """,
 )

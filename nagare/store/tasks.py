@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from nagare.engine.context import UpstreamRow
 from nagare.models import (
@@ -31,6 +32,10 @@ from nagare.store.rows import (
     task_from_row,
 )
 from nagare.store.schema import ROLLUP_UNITS_MS
+
+# The worker of the attempts the engine holds itself (steps that wait): never a host's, so no
+# recovery of local or remote attempts ever takes them for its own.
+ENGINE_WORKER = "engine"
 
 LATEST_ATTEMPT = (
     "LEFT JOIN task_attempts a ON a.task_instance_id = ti.id AND a.attempt = ti.attempt "
@@ -235,6 +240,16 @@ class TaskStore:
             ).fetchall()
         return [task_from_row(r) for r in rows]
 
+    def queued_ids(self, pool: str) -> list[str]:
+        """The queued task instances of a pool, oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+                "ORDER BY queued_at, rowid",
+                (pool,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def next_retry_at(self) -> int | None:
         with self.db.read() as conn:
             row = conn.execute(
@@ -324,6 +339,116 @@ class TaskStore:
                 (now, task_instance_id),
             )
         return cursor.rowcount == 1
+
+    # ------------------------------------------------------------ steps that wait
+
+    def begin_waiting(
+        self,
+        task_instance_id: str,
+        from_status: Sequence[TaskStatus],
+        now: int,
+        wait: dict[str, Any] | None = None,
+        wait_until: int | None = None,
+        message: str = "",
+    ) -> Claim | None:
+        """pending / up_for_retry -> waiting (a dag, approval or wait step): a new attempt opens,
+        held by the engine (no slot); `wait` is what it waits for, `wait_until` its deadline."""
+        marks = ",".join("?" * len(from_status))
+        with self.db.write() as conn:
+            row = conn.execute(
+                "UPDATE task_instances AS ti SET status='waiting', attempt=attempt+1, "
+                "worker=?, started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, "
+                "message=?, allowed_failure=0, ready_at=NULL, child_run_id=NULL, wait=?, "
+                f"wait_until=? WHERE id=? AND status IN ({marks}) "
+                f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
+                (
+                    ENGINE_WORKER,
+                    now,
+                    message,
+                    None if wait is None else json.dumps(wait, ensure_ascii=False),
+                    wait_until,
+                    task_instance_id,
+                    *from_status,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            task = task_from_row(row)
+            run = run_from_row(
+                conn.execute("SELECT * FROM runs WHERE run_id=?", (task.run_id,)).fetchone()
+            )
+            conn.execute(
+                "INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
+                "status, worker, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (task.id, task.attempt, task.run_id, run.dag_id, task.task_id, ENGINE_WORKER, now),
+            )
+            if run.status is RunStatus.QUEUED:
+                conn.execute(
+                    "UPDATE runs SET status='running', started_at=? WHERE run_id=? AND "
+                    "status='queued'",
+                    (now, run.run_id),
+                )
+        return Claim(task, run, task.attempt, self.dags.version(run.dag_version))
+
+    def set_child_run(self, task_instance_id: str, attempt: int, child_run_id: str) -> bool:
+        """Record the child run a waiting `dag` step's attempt started."""
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE task_instances SET child_run_id=? WHERE id=? AND attempt=? AND "
+                "status='waiting'",
+                (child_run_id, task_instance_id, attempt),
+            )
+        return cursor.rowcount == 1
+
+    def finish_waiting(self, finish: AttemptFinish) -> bool:
+        """Close a waiting task's attempt: waiting -> `finish.status` (CAS on status and
+        attempt). Returns whether the task moved."""
+        with self.db.write() as conn:
+            tally = AttemptTally()
+            moved = finish_many(conn, [finish], tally, TaskStatus.WAITING)
+            tally.write(conn)
+        return finish.task_instance_id in moved
+
+    def close_cancelled_waits(self, task_instance_ids: Sequence[str], now: int) -> None:
+        """The open attempts of waiting tasks that a kill cancelled end `cancelled` too."""
+        if not task_instance_ids:
+            return
+        marks = ",".join("?" * len(task_instance_ids))
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE task_attempts SET status='cancelled', completed_at=?, error='killed', "
+                f"duration_ms=?-started_at WHERE task_instance_id IN ({marks}) AND "
+                "status='running' AND worker=?",
+                (now, now, *task_instance_ids, ENGINE_WORKER),
+            )
+
+    def waiting(self, event: str | None = None) -> list[tuple[TaskInstance, dict[str, Any]]]:
+        """The waiting tasks with what they wait for (only those waiting for `event`, if given)."""
+        sql = f"SELECT {TASK_COLUMNS}, ti.wait FROM task_instances ti WHERE ti.status='waiting'"
+        params: tuple[object, ...] = ()
+        if event is not None:
+            sql += " AND json_extract(ti.wait, '$.event') = ?"
+            params = (event,)
+        with self.db.read() as conn:
+            rows = conn.execute(sql + " ORDER BY ti.started_at, ti.rowid", params).fetchall()
+        return [(task_from_row(r), json.loads(r["wait"]) if r["wait"] else {}) for r in rows]
+
+    def next_wait_deadline(self) -> int | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT min(wait_until) FROM task_instances INDEXED BY ti_waiting "
+                "WHERE status='waiting'"
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def past_wait_deadline(self, now: int) -> list[TaskInstance]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM task_instances ti INDEXED BY ti_waiting "
+                "WHERE ti.status='waiting' AND ti.wait_until <= ?",
+                (now,),
+            ).fetchall()
+        return [task_from_row(r) for r in rows]
 
     def running_attempts(self, worker: str) -> list[Attempt]:
         with self.db.read() as conn:
@@ -479,7 +604,10 @@ def finish_one(
 
 
 def finish_many(
-    conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], tally: AttemptTally
+    conn: sqlite3.Connection,
+    finishes: Sequence[AttemptFinish],
+    tally: AttemptTally,
+    from_status: TaskStatus = TaskStatus.RUNNING,
 ) -> set[str]:
     """A shared step: close attempts with two statements however many (task rows, then
     attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
@@ -496,7 +624,7 @@ def finish_many(
             "outputs=CASE WHEN v.column3='queued' THEN outputs ELSE v.column12 END, "
             "max_attempts=max_attempts+v.column11, allowed_failure=v.column13 "
             f"FROM (VALUES {rows}) AS v "
-            "WHERE id=v.column1 AND attempt=v.column2 AND status='running' "
+            f"WHERE id=v.column1 AND attempt=v.column2 AND status='{from_status}' "
             "RETURNING id, base_task_id, pool",
             [value for f in finishes for value in _task_values(f)],
         ).fetchall()

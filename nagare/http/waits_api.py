@@ -1,0 +1,87 @@
+"""The routes of the steps that wait: answering an approval and emitting an event."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from nagare.errors import BadRequest
+from nagare.http.routing import Route
+from nagare.http.serialize import task_json
+from nagare.http.server import Request
+from nagare.waits import Waits
+
+EVENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+MAX_BY_CHARS = 200
+
+
+class WaitsApi:
+    def __init__(self, waits: Waits) -> None:
+        self.waits = waits
+
+    def routes(self) -> list[Route]:
+        answer = {
+            "type": "object",
+            "properties": {"comment": {"type": "string"}, "by": {"type": "string"}},
+        }
+        return [
+            Route(
+                "POST",
+                "/api/runs/{run_id}/tasks/{task_id}/approve",
+                self.approve,
+                "Approve a task waiting for approval (body: optional comment and by); 409 unless "
+                "it waits for one",
+                body=answer,
+                tags=("tasks",),
+            ),
+            Route(
+                "POST",
+                "/api/runs/{run_id}/tasks/{task_id}/reject",
+                self.reject,
+                "Reject a task waiting for approval: it fails (body: optional comment and by); "
+                "409 unless it waits for one",
+                body=answer,
+                tags=("tasks",),
+            ),
+            Route(
+                "POST",
+                "/api/events/{name}",
+                self.emit,
+                "Emit an event (the JSON body is its payload): every `wait` step waiting for it "
+                "whose match holds ends -> {matched: [{run_id, task_id}]}",
+                body={},
+                tags=("events",),
+            ),
+        ]
+
+    def approve(self, request: Request) -> dict[str, Any]:
+        return self._answer(request, True)
+
+    def reject(self, request: Request) -> dict[str, Any]:
+        return self._answer(request, False)
+
+    def _answer(self, request: Request, approved: bool) -> dict[str, Any]:
+        body = request.json()
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise BadRequest('the body must be an object: {"comment": "..."}')
+        comment, by = body.get("comment", ""), body.get("by", "")
+        if not isinstance(comment, str) or not isinstance(by, str):
+            raise BadRequest("'comment' and 'by' must be strings")
+        task = self.waits.approve(
+            request.params["run_id"],
+            request.params["task_id"],
+            by.strip()[:MAX_BY_CHARS] or "api",
+            comment,
+            approved,
+        )
+        return task_json(task)
+
+    def emit(self, request: Request) -> dict[str, Any]:
+        name = request.params["name"]
+        if not EVENT_NAME.match(name):
+            raise BadRequest(
+                f"'{name[:60]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
+            )
+        return {"matched": self.waits.emit(name, request.json())}

@@ -1,0 +1,340 @@
+"""Steps that wait: `approval` (a person answers), `wait` (an event arrives) and `dag` (a child
+run ends). Such a task is `waiting`: its attempt is open, held by the engine, and it takes no
+pool slot and no thread; what it waits for is a row in the store, so it survives restarts.
+
+The scheduler begins them (`begin`), asks for the next deadline and expires the past ones; the
+API resolves them (approve / reject, events); the end of a child run resolves its parent task.
+Every end goes through the same attempt bookkeeping as an executor's (`attempt_finish`: retry
+policy, allow_failure, outputs), as a compare-and-set on `waiting` and the attempt number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from nagare.clock import to_iso
+from nagare.engine.attempt_end import attempt_finish
+from nagare.engine.context import (
+    build_context,
+    needs_upstream,
+    render_value,
+    start_assignment,
+    upstream_tasks,
+)
+from nagare.engine.expressions import ExpressionError, as_text, condition, first_result
+from nagare.errors import Conflict, NotFound
+from nagare.logs import LogFiles
+from nagare.models import (
+    Claim,
+    Outcome,
+    RunStatus,
+    TaskInstance,
+    TaskStatus,
+    TaskType,
+)
+from nagare.store import Store
+
+log = logging.getLogger("nagare.waits")
+
+Finished = Callable[[list[tuple[str, str, int | None]]], None]
+MAX_COMMENT_CHARS = 2000
+MAX_MATCHED = 1000  # wait tasks one event resolves at most (the rest see the next one)
+
+
+class ChildRuns(Protocol):
+    """How `dag` steps start and stop child runs (app wires the run service)."""
+
+    def start_child(self, claim: Claim, dag_id: str, params: dict[str, Any]) -> str: ...
+
+    def kill_child(self, run_id: str) -> None: ...
+
+
+class Waits:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogFiles,
+        clock: Callable[[], int],
+        on_finished: Finished,
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.clock = clock
+        self.on_finished = on_finished
+        self.children: ChildRuns | None = None  # app wires it (the run service)
+
+    # ------------------------------------------------------------ begin
+
+    def begin(self, task_instance_ids: Iterable[str], now: int) -> None:
+        """Start waiting: each task moves pending / queued / up_for_retry -> waiting (one that
+        moved elsewhere meanwhile is left alone)."""
+        for task_instance_id in task_instance_ids:
+            try:
+                self._begin(task_instance_id, now)
+            except Exception:
+                log.exception("step %s could not begin waiting", task_instance_id)
+
+    def _begin(self, task_instance_id: str, now: int) -> None:
+        found = self.store.tasks.claim_of(task_instance_id)
+        if found is None or found.definition is None:
+            return
+        definition = found.definition
+        rows = self.store.tasks.context_rows(found.run.run_id)
+        prepared = start_assignment(
+            found, definition, {}, rows if needs_upstream(found, definition) else None
+        )
+        wait: dict[str, Any] = {"type": definition.type.value}
+        problem = ""
+        if isinstance(prepared, Outcome):
+            if prepared.skipped:
+                self._skip(found.task, prepared.skipped, now)
+                return
+            problem = prepared.error
+        else:
+            wait.update(prepared.step)
+            if definition.type in (TaskType.WAIT, TaskType.DAG):
+                context = build_context(
+                    found.dag,
+                    found,
+                    definition,
+                    upstream_tasks(found.dag, definition.task_id, rows),
+                )
+                if definition.type is TaskType.WAIT:  # what its `match` sees besides the event
+                    wait["context"] = {
+                        k: v for k, v in context.items() if k in ("dag", "run", "params", "tasks")
+                    }
+                else:
+                    try:
+                        wait["params"] = render_value(definition.params, context)
+                    except ExpressionError as exc:
+                        problem = f"params: {exc}"
+        timeout = definition.timeout_seconds
+        until = now + int(timeout * 1000) if timeout else None
+        note = _waiting_note(wait, until)
+        claim = self.store.tasks.begin_waiting(
+            task_instance_id,
+            [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.UP_FOR_RETRY],
+            now,
+            wait,
+            until,
+            note,
+        )
+        if claim is None:
+            return
+        if problem:
+            self._end(claim, Outcome(exit_code=None, error=problem), now)
+            return
+        self._note(claim, note, resume=False)
+        if definition.type is TaskType.DAG:
+            self._start_child(claim, wait, now)
+
+    def _skip(self, task: TaskInstance, reason: str, now: int) -> None:
+        moved = self.store.tasks.transition(
+            [task.id],
+            [TaskStatus.PENDING, TaskStatus.QUEUED],
+            TaskStatus.SKIPPED,
+            now,
+            message=reason,
+        )
+        if moved:
+            self.on_finished([(task.run_id, task.id, None)])
+
+    def _start_child(self, claim: Claim, wait: dict[str, Any], now: int) -> None:
+        definition = claim.definition
+        assert definition is not None
+        if self.children is None:
+            self._end(claim, Outcome(exit_code=None, error="sub-DAG calls are not available"), now)
+            return
+        try:
+            child = self.children.start_child(claim, definition.dag_id, wait.get("params", {}))
+        except (Conflict, NotFound, ValueError) as exc:
+            self._end(
+                claim,
+                Outcome(exit_code=None, error=f"cannot call '{definition.dag_id}': {exc}"),
+                now,
+            )
+            return
+        self.store.tasks.set_child_run(claim.task.id, claim.attempt, child)
+        self._note(claim, f"started child run {child} of '{definition.dag_id}'")
+
+    # ------------------------------------------------------------ resolve
+
+    def approve(
+        self, run_id: str, task_id: str, by: str, comment: str, approved: bool
+    ) -> TaskInstance:
+        """Answer a waiting approval; Conflict unless the task waits for one."""
+        claim = self._waiting_claim(run_id, task_id, TaskType.APPROVAL, "an approval")
+        comment = comment[:MAX_COMMENT_CHARS]
+        now = self.clock()
+        verb = "approved" if approved else "rejected"
+        text = f"{verb} by {by or 'someone'} at {to_iso(now)}" + (f": {comment}" if comment else "")
+        self._note(claim, text)
+        outputs = {"approved_by": by, "comment": comment, "decision": verb}
+        outcome = (
+            Outcome(exit_code=0, outputs=outputs) if approved else Outcome(exit_code=1, error=text)
+        )
+        if not self._end(claim, outcome, now):
+            raise Conflict(f"task '{task_id}' of run '{run_id}' is no longer waiting")
+        task = self.store.tasks.get(run_id, task_id)
+        assert task is not None
+        return task
+
+    def emit(self, name: str, payload: Any) -> list[dict[str, str]]:
+        """An event: every `wait` step waiting for `name` whose `match` holds ends with its
+        `output_jq` values; returns the tasks it resolved."""
+        now = self.clock()
+        matched: list[dict[str, str]] = []
+        for task, wait in self.store.tasks.waiting(name)[:MAX_MATCHED]:
+            claim = self.store.tasks.claim_of(task.id)
+            if claim is None or claim.task.status is not TaskStatus.WAITING:
+                continue
+            outcome = _event_outcome(wait, name, payload)
+            if outcome is None:
+                continue
+            self._note(
+                claim,
+                f"event '{name}' arrived" + ("" if outcome.succeeded else f": {outcome.error}"),
+            )
+            if self._end(claim, outcome, now):
+                matched.append({"run_id": task.run_id, "task_id": task.task_id})
+        return matched
+
+    def child_ended(self, run_id: str) -> None:
+        """A run ended: if a `dag` step waits for it, that step ends as the run did."""
+        child = self.store.runs.get(run_id, counts=False)
+        if child is None or child.parent is None or not child.status.terminal:
+            return
+        parent_run, parent_task = child.parent
+        task = self.store.tasks.get(parent_run, parent_task)
+        if task is None or task.status is not TaskStatus.WAITING or task.child_run_id != run_id:
+            return
+        claim = self.store.tasks.claim_of(task.id)
+        if claim is None:
+            return
+        status = child.status
+        if status is RunStatus.SUCCESS:
+            outputs = {k: as_text(v) for k, v in (child.outputs or {}).items()}
+            outcome = Outcome(exit_code=0, outputs=outputs or None)
+        elif status is RunStatus.SKIPPED:
+            outcome = Outcome(
+                exit_code=None, skipped=f"child run {run_id} was skipped ({child.reason})"
+            )
+        else:
+            outcome = Outcome(
+                exit_code=None,
+                cancelled=status is RunStatus.CANCELLED,
+                error=f"child run {run_id} {status}"
+                + (f": {child.reason}" if child.reason else ""),
+            )
+        self._note(claim, f"child run {run_id} ended {status}")
+        self._end(claim, outcome, self.clock())
+
+    def expire(self, now: int) -> None:
+        """The waiting tasks whose `timeout_seconds` passed fail, timed out."""
+        for task in self.store.tasks.past_wait_deadline(now):
+            claim = self.store.tasks.claim_of(task.id)
+            if claim is None or claim.definition is None:
+                continue
+            seconds = claim.definition.timeout_seconds
+            message = f"timed out after {seconds:g} s waiting"
+            self._note(claim, message)
+            if self._end(claim, Outcome(exit_code=None, timed_out=True, error=message), now):
+                self._stop_child(claim.task)
+
+    def next_deadline(self) -> int | None:
+        return self.store.tasks.next_wait_deadline()
+
+    def cancelled(self, tasks: Iterable[TaskInstance]) -> None:
+        """Waiting tasks a kill cancelled: their attempts close; their child runs are killed."""
+        ids = [t.id for t in tasks]
+        self.store.tasks.close_cancelled_waits(ids, self.clock())
+        for task in tasks:
+            self._stop_child(task)
+
+    # ------------------------------------------------------------ helpers
+
+    def _stop_child(self, task: TaskInstance) -> None:
+        current = self.store.tasks.by_id(task.id)
+        child = current.child_run_id if current is not None else task.child_run_id
+        if child and self.children is not None:
+            with contextlib.suppress(Conflict, NotFound):  # it ended already
+                self.children.kill_child(child)
+
+    def _waiting_claim(self, run_id: str, task_id: str, kind: TaskType, what: str) -> Claim:
+        task = self.store.tasks.get(run_id, task_id)
+        if task is None:
+            raise NotFound(f"task '{task_id}' not found in run '{run_id}'")
+        claim = self.store.tasks.claim_of(task.id)
+        if claim is None or claim.definition is None or claim.definition.type is not kind:
+            raise Conflict(f"task '{task_id}' of run '{run_id}' does not wait for {what}")
+        if task.status is not TaskStatus.WAITING:
+            raise Conflict(f"task '{task_id}' of run '{run_id}' is {task.status}, not waiting")
+        return claim
+
+    def _end(self, claim: Claim, outcome: Outcome, now: int) -> bool:
+        started = claim.task.started_at or now
+        outcome.metrics.duration_ms = max(0, now - started)
+        outcome.metrics.exit_code = outcome.exit_code
+        outcome.metrics.executor_type = "engine"
+        attempt_log = self.logs.open_attempt(
+            claim.run.run_id, claim.task.id, claim.attempt, resume=True
+        )
+        try:
+            finish = attempt_finish(claim, outcome, now, "", attempt_log.tail())
+            if finish.message:
+                attempt_log.note(finish.message)
+        finally:
+            attempt_log.close()
+        moved = self.store.tasks.finish_waiting(finish)
+        if moved:
+            self.on_finished([(claim.run.run_id, claim.task.id, finish.retry_at)])
+        return moved
+
+    def _note(self, claim: Claim, text: str, resume: bool = True) -> None:
+        attempt_log = self.logs.open_attempt(
+            claim.run.run_id, claim.task.id, claim.attempt, resume=resume
+        )
+        try:
+            attempt_log.note(text)
+        finally:
+            attempt_log.close()
+
+
+def _waiting_note(wait: dict[str, Any], until: int | None) -> str:
+    kind = wait.get("type")
+    if kind == TaskType.APPROVAL:
+        text = "waiting for approval" + (f": {wait['message']}" if wait.get("message") else "")
+    elif kind == TaskType.WAIT:
+        text = f"waiting for event '{wait.get('event', '')}'"
+        if wait.get("match"):
+            text += f" matching {wait['match']}"
+    else:
+        text = "waiting for its child run"
+    if until is not None:
+        text += f" (until {to_iso(until)})"
+    return text
+
+
+def _event_outcome(wait: dict[str, Any], name: str, payload: Any) -> Outcome | None:
+    """How a `wait` step ends on this event: None when its `match` does not hold."""
+    context = {
+        **wait.get("context", {}),
+        "event": {"name": name, "payload": payload},
+        "payload": payload,
+    }
+    match = wait.get("match", "")
+    try:
+        if match and not condition(match, context):
+            return None
+    except ExpressionError as exc:
+        return Outcome(exit_code=None, error=f"match: {match}: {exc}")
+    outputs: dict[str, str] = {}
+    for output, expression in (wait.get("output_jq") or {}).items():
+        try:
+            outputs[output] = as_text(first_result(expression, payload))
+        except ExpressionError as exc:
+            return Outcome(exit_code=None, error=f"output_jq.{output}: {expression}: {exc}")
+    return Outcome(exit_code=0, outputs=outputs or None)
