@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from nagare.engine.params import run_values
 from nagare.engine.secrets import MASK, task_secrets
 from nagare.errors import InvalidParams
-from nagare.models import DagDef, TaskType, topological_order
+from nagare.models import WAITING_STEPS, DagDef, TaskDef, TaskType, topological_order
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ def dry_plan(dag: DagDef, params: dict[str, str]) -> list[PlannedTask]:
             notes.append(f"one child per item of the JSON array '{task.map_over}' prints")
         if task.type is TaskType.TRIGGER_DAG:
             notes.append(f"starts a run of DAG '{task.dag_id}'")
+        step = step_note(task)
+        if step:
+            notes.append(step)
         if task.retries:
             notes.append(f"up to {task.retries} retries")
         if task.timeout_seconds:
@@ -63,12 +66,41 @@ def dry_plan(dag: DagDef, params: dict[str, str]) -> list[PlannedTask]:
                 depends_on=task.depends_on,
                 command=task.command,
                 env=env,
-                pool=task.pool,
-                where=f"docker {task.image}" if task.image else "local",
+                pool="-" if task.type in WAITING_STEPS else task.pool,
+                where=_where(task),
                 notes=tuple(notes),
             )
         )
     return planned
+
+
+def _where(task: TaskDef) -> str:
+    if task.type in WAITING_STEPS:
+        return "in the engine, no slot"
+    return f"docker {task.image}" if task.image else "local"
+
+
+def step_note(task: TaskDef) -> str:
+    """What a step does, in a few words (templates as written)."""
+    step = task.step
+    if task.type is TaskType.HTTP:
+        return f"{step.get('method') or 'GET'} {step.get('url', '')}"
+    if task.type is TaskType.MAIL:
+        return f"mail to {', '.join(step.get('to', []))}: {step.get('subject', '')}"
+    if task.type is TaskType.SSH:
+        user = f"{step['user']}@" if step.get("user") else ""
+        port = f":{step['port']}" if step.get("port") else ""
+        return f"runs the command on {user}{step.get('host', '')}{port} over ssh"
+    if task.type is TaskType.CHAT:
+        return f"asks {step.get('provider', '')} model {step.get('model', '')}"
+    if task.type is TaskType.DAG:
+        return f"calls DAG '{task.dag_id}' and waits for its run"
+    if task.type is TaskType.APPROVAL:
+        message = step.get("message", "")
+        return "waits for an approval" + (f": {message}" if message else "")
+    if task.type is TaskType.WAIT:
+        return f"waits for the event '{step.get('event', '')}'"
+    return ""
 
 
 def plan_text(dag: DagDef, params: dict[str, str], planned: list[PlannedTask]) -> str:
