@@ -80,7 +80,8 @@ def test_templates_of_a_step_render_but_its_jq_fields_stay_as_written() -> None:
     [
         (
             "  - id: a\n    command: echo\n    url: http://x\n",
-            "d.yaml:5: tasks[0] (a).url: 'url' is only valid with type: http (this task is command)",
+            "d.yaml:5: tasks[0] (a).url: 'url' is only valid with type: http "
+            "(this task is command)",
         ),
         (
             "  - id: a\n    type: http\n",
