@@ -59,6 +59,7 @@ def test_a_step_s_fields_land_in_its_step_and_survive_the_stored_version() -> No
     }
     assert "step" in task.templated
     again = dag_from_json(dag_to_json(dag)).task("call")
+    assert again is not None
     assert again.step == task.step and again.type is TaskType.HTTP
 
 
@@ -164,7 +165,7 @@ def test_every_step_type_can_be_a_handler_but_a_map_or_trigger_dag_cannot() -> N
         "  exit: {type: http, url: 'http://127.0.0.1:1/'}\n"
     )
     dag, errors = parse_dag(text, "d.yaml")
-    assert errors == []
+    assert errors == [] and dag is not None
     assert [t.type for t in dag.handler_on.values()] == [TaskType.APPROVAL, TaskType.HTTP]
     _, errors = parse_dag(text.replace("type: http", "type: map"), "d.yaml")
     assert "not map" in str(errors[0])
