@@ -586,3 +586,34 @@ def test_a_stream_opens_before_its_first_event(nagare_factory: NagareFactory) ->
         assert time.monotonic() - started < 2
     finally:
         stream.close()
+
+
+APPROVAL = """
+id: gate
+tasks:
+  - id: ask
+    type: approval
+    message: ship it?
+"""
+
+
+def test_sse_of_a_waiting_step_stays_open_until_it_is_answered(
+    nagare_factory: NagareFactory,
+) -> None:
+    nagare = nagare_factory(dags={"gate.yaml": APPROVAL})
+    run_id = nagare.trigger("gate")
+    wait_for(lambda: nagare.task(run_id, "ask")["status"] == "waiting", 10)
+    stream = open_stream(nagare, run_id, "ask")
+    try:
+        time.sleep(0.6)  # a waiting step's log is not over: no end event (checked below)
+        answer = nagare.call(
+            "POST", f"/api/runs/{run_id}/tasks/ask/approve", {"by": "ann", "comment": "yes"}
+        )
+        assert answer.status == 200, answer.text
+        stream.until_end(10)
+    finally:
+        stream.close()
+    texts = [e.data for e in stream.lines]
+    assert texts[0] == "[nagare] waiting for approval: ship it?"
+    assert texts[1].startswith("[nagare] approved by ann at ") and texts[1].endswith(": yes")
+    assert stream.end == {"status": "success"}

@@ -19,7 +19,9 @@ from nagare.models import TaskInstance, TaskStatus
 
 Write = Callable[[bytes], None]
 WAITING = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.UP_FOR_RETRY)
-_AGAIN = ("up_for_retry", "queued", "running")  # following the latest attempt: a retry comes
+_AGAIN = ("up_for_retry", "queued", "running", "waiting")  # following the latest: a retry comes
+# an attempt is open: running in a slot, or a step waiting in the engine (approval, event, child)
+OPEN = (TaskStatus.RUNNING, TaskStatus.WAITING)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class LogStream:
     def _waiting(self, task: TaskInstance, done: int) -> bool:
         if task.status in WAITING:
             return True
-        return task.status is TaskStatus.RUNNING and task.attempt <= done
+        return task.status in OPEN and task.attempt <= done
 
     def _follow(self, write: Write, follower: LogFollower, key: str, attempt: int) -> str:
         while True:
@@ -101,7 +103,7 @@ class LogStream:
         task = self.load_task()
         if task is None:
             return "deleted"
-        if task.attempt > attempt or task.status is not TaskStatus.RUNNING:
+        if task.attempt > attempt or task.status not in OPEN:
             return str(task.status)
         return None
 
