@@ -453,9 +453,7 @@ def test_the_example_calls_nagares_own_health(
 ) -> None:
     text = (ROOT / "dags" / "http_example.yaml").read_text()
     nagare = nagare_factory(dags={"http_example.yaml": text})
-    run_id = nagare.call(
-        "POST", "/api/dags/http_example/runs", {"params": {"base_url": nagare.url}}
-    ).json["run_id"]
+    run_id = nagare.trigger("http_example", {"NAGARE_URL": nagare.url})
     assert nagare.wait_run(run_id)["status"] == "success"
     health = nagare.task(run_id, "health")
     assert health["outputs"]["status"] == "200"
