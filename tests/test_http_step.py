@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Nagare
+from executor_harness import Recorder
 from test_cluster import GPU_ONLY, LEASE, Worker, gpu_dag, wait_online, workers
 from test_secrets import files_containing
 from web_servers import JSON_DOC, WebHarness, self_signed_certificate, web_server
@@ -149,6 +150,9 @@ def test_output_jq_over_a_body_that_is_not_json_or_was_cut_fails_clearly() -> No
     with pytest.raises(StepError, match=r"output_jq.X: jq '.a.b' failed"):
         http_outputs(answer(b'{"a": 1}'), {"X": ".a.b"})
     assert http_outputs(answer(b"plain"), {}) == {"status": "200", "body": "plain"}
+    big = json.dumps({"a": "\n" * 600_000}).encode()  # < 1 MiB of body, > 1 MiB as an output
+    with pytest.raises(StepError, match="outputs: output 'A' is 1200002 bytes"):
+        http_outputs(answer(big), {"A": ".a | tojson"})
 
 
 def test_body_text_stays_within_its_byte_limit_whatever_the_bytes() -> None:
@@ -316,6 +320,28 @@ def test_a_kill_ends_a_never_ending_body_at_once(harness: WebHarness, server: An
     attempt.handle.cancel("killed")
     outcome = harness.finish(attempt, timeout=2)
     assert outcome.cancelled and outcome.exit_code is None
+
+
+class _CancelsOnFirstLine(Recorder):
+    """A listener that kills its attempt from inside `line` (as a pool does when the log
+    cannot be written)."""
+
+    handle: Any = None
+
+    def line(self, stream: str, text: str) -> None:
+        super().line(stream, text)
+        if self.handle is not None:
+            self.handle.cancel("log full")
+
+
+def test_a_listener_may_cancel_from_inside_a_line(harness: WebHarness, server: Any) -> None:
+    recorder = _CancelsOnFirstLine()
+    assignment = harness.assignment("", step_type="http", step={"url": f"{server.url}/slow/0.3"})
+    recorder.handle = harness.executor.start(assignment, recorder)
+    harness.run_until(lambda: recorder.outcomes, 3, "the end")
+    assert recorder.outcomes[0].cancelled and recorder.outcomes[0].error == "log full"
+    assert recorder.lines_after_end == 0
+    assert not any(stream == "stdout" for stream, _ in recorder.lines)  # cut before the body
 
 
 def test_a_huge_body_is_read_up_to_the_cap_in_bounded_memory(

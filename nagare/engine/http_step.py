@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from nagare import __version__
 from nagare.engine.assignment import env_value, size_text
 from nagare.engine.expressions import ExpressionError, first_result
-from nagare.engine.outputs import MAX_VALUE_BYTES
+from nagare.engine.outputs import MAX_VALUE_BYTES, OutputError, check_outputs
 from nagare.engine.steps_env import expand_env
 
 EXIT_NO_RESPONSE = 1
@@ -181,6 +181,10 @@ def http_outputs(answer: Answer, output_jq: Mapping[str, str]) -> dict[str, str]
         document = json_body(answer, "output_jq")
         for name, expression in output_jq.items():
             outputs[name] = jq_output(name, expression, document)
+    try:
+        check_outputs(outputs)
+    except OutputError as exc:
+        raise StepError(f"outputs: {exc}") from None
     return outputs
 
 

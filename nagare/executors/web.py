@@ -78,7 +78,9 @@ class _Call:
         self.kind = kind
         self.stopped = threading.Event()  # set when the attempt ended (waits are cut short)
         self._masked = mask_values(secrets)
-        self._lock = threading.Lock()
+        # reentrant: a listener may cancel the attempt from inside `line` (its log cannot be
+        # written), in the thread that holds the lock to deliver that line
+        self._lock = threading.RLock()
         self._over = False
         self._sock: socket.socket | None = None
         self._timer: Timer | None = None
