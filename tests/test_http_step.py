@@ -6,13 +6,14 @@ status, the `dags/` example against Nagare's own /api/health, and a remote worke
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Nagare
+from conftest import Nagare, wait_for
 from executor_harness import Recorder
 from test_cluster import GPU_ONLY, LEASE, Worker, gpu_dag, wait_online, workers
 from test_secrets import files_containing
@@ -472,6 +473,39 @@ def test_statuses_are_retried_as_retry_on_exit_codes_says(
     missing = nagare.get(f"/api/runs/{run_id}/tasks/missing/attempts")
     assert len(missing) == 1 and missing[0]["exit_code"] == 404
     assert "retry_on_exit_codes does not list it" in nagare.log(run_id, "missing")
+
+
+def test_a_slow_call_times_out_and_a_killed_one_is_cancelled_at_once(
+    nagare_factory: Callable[..., Nagare], server: Any
+) -> None:
+    nagare = nagare_factory(
+        dags={
+            "s.yaml": f"""
+                id: http_slow
+                schedule: workflow_dispatch
+                tasks:
+                  - id: timed
+                    type: http
+                    url: {server.url}/slow/30
+                    timeout_seconds: 0.5
+                  - id: killed
+                    type: http
+                    url: {server.url}/drip
+            """
+        }
+    )
+    run_id = nagare.trigger("http_slow")
+    wait_for(lambda: "< 200 OK" in nagare.log(run_id, "killed"), 10, message="the drip")
+    started = time.monotonic()
+    assert nagare.call("POST", f"/api/runs/{run_id}/tasks/killed/kill").status == 200
+    wait_for(lambda: nagare.task(run_id, "killed")["status"] == "cancelled", 5)
+    assert time.monotonic() - started < 2
+    assert nagare.wait_run(run_id)["status"] in ("failed", "cancelled")
+    timed = nagare.task(run_id, "timed")
+    assert timed["status"] == "failed"
+    assert "timed out after 0.5s: the request was abandoned (its connection closed)" in (
+        nagare.log(run_id, "timed")
+    )
 
 
 def test_the_example_calls_nagares_own_health(
