@@ -660,7 +660,18 @@ class StepExecutors:
             return executor
 
     def _build(self, step_type: str) -> Executor:
+        if step_type in (TaskType.HTTP, TaskType.CHAT):
+            return _web_executor(step_type, self.config, self.reactor)
         return Unavailable(self.reactor, step_type)
+
+
+def _web_executor(step_type: str, config: Config, reactor: Reactor) -> Executor:
+    """The executor of `http` or `chat` steps, imported on first use."""
+    from nagare.executors.web import ChatExecutor, HttpExecutor
+
+    if step_type == TaskType.CHAT:
+        return ChatExecutor(reactor)
+    return HttpExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
 
 
 def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:

@@ -112,6 +112,8 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "jq": ("nagare/engine/expressions.py",),
     "croniter": ("nagare/cron.py",),
     "http.server": ("nagare/http/server.py",),
+    # the API client, and the `http` / `chat` step types' calls (executors/web.py)
+    "http.client": ("nagare/client.py", "nagare/executors/web.py"),
     # nagare/cluster/remote.py: the remote worker's side of the cluster protocol (planned).
     "urllib.request": ("nagare/client.py", "nagare/cluster/remote.py"),
     "yaml": ("nagare/dagfile/", "nagare/config.py"),
@@ -153,7 +155,13 @@ PROCESS_OWNER = "nagare/executors/spawn.py"
 # long-lived loop; the HTTP server makes a thread per connection (ThreadingHTTPServer); the
 # Docker executor runs each blocking container attempt (and its stats stream and timers) in
 # threads of its own.
-THREAD_OWNERS = ("nagare/app.py", "nagare/http/server.py", "nagare/executors/docker.py")
+# executors/web.py: an `http` / `chat` attempt's own thread (the standard client blocks)
+THREAD_OWNERS = (
+    "nagare/app.py",
+    "nagare/http/server.py",
+    "nagare/executors/docker.py",
+    "nagare/executors/web.py",
+)
 THREAD_CALLS = frozenset(
     {
         "threading.Thread",

@@ -41,6 +41,7 @@ from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
 from nagare.models import (
+    EXECUTOR_STEPS,
     Assignment,
     AttemptFinish,
     Claim,
@@ -52,7 +53,8 @@ from nagare.models import (
 from nagare.store import HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
-RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
+# map: the children (parents never reach the queue); the step types with an executor
+RUNNABLE = frozenset({TaskType.COMMAND, TaskType.MAP, *EXECUTOR_STEPS})
 
 
 @dataclass(frozen=True)

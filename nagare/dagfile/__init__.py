@@ -25,6 +25,7 @@ from nagare.dagfile import fields as fields_table
 from nagare.dagfile.conditions import (
     check_conditions,
     condition_fields,
+    max_exit_code,
 )
 from nagare.dagfile.conditions import preconditions as dag_preconditions
 from nagare.dagfile.graph import check_graph
@@ -677,7 +678,7 @@ def _build_task(
         output=text["output"],
         secrets=_secrets(fields, path, errors, base_dir),
         step=build_step(kind, fields, node, path, errors),
-        **condition_fields(fields, path, errors),
+        **condition_fields(fields, path, errors, max_exit_code(kind)),
     )
     _check_task(task, fields, node, path, errors)
     _check_expressions(task, fields, node, path, errors)

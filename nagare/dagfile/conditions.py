@@ -23,17 +23,27 @@ from nagare.models import AllowFailure, TaskType, TriggerRule
 
 ALLOW_FAILURE_KEYS = ("exit_codes",)
 RULES = tuple(r.value for r in TriggerRule)
+# Steps whose failed attempts have an HTTP status as their exit code (README, "type: http"):
+# their `retry_on_exit_codes` and `allow_failure.exit_codes` go up to 599.
+STATUS_EXIT_STEPS = frozenset({TaskType.HTTP, TaskType.CHAT})
 
 
-def condition_fields(fields: dict[str, Node], path: str, errors: Collector) -> dict[str, Any]:
-    """The TaskDef keyword arguments of the fields present (absent fields keep the defaults)."""
+def max_exit_code(kind: TaskType) -> int:
+    return 599 if kind in STATUS_EXIT_STEPS else 255
+
+
+def condition_fields(
+    fields: dict[str, Node], path: str, errors: Collector, maximum: int = 255
+) -> dict[str, Any]:
+    """The TaskDef keyword arguments of the fields present (absent fields keep the defaults);
+    `maximum`: the highest exit code of the task's type."""
     found: dict[str, Any] = {}
     if "trigger_rule" in fields:
         found["trigger_rule"] = _trigger_rule(fields["trigger_rule"], path, errors)
     if "preconditions" in fields:
         found["preconditions"] = _preconditions(fields["preconditions"], path, errors)
     if "allow_failure" in fields:
-        found["allow_failure"] = _allow_failure(fields["allow_failure"], path, errors)
+        found["allow_failure"] = _allow_failure(fields["allow_failure"], path, errors, maximum)
     if "retry_backoff" in fields:
         found["retry_backoff"] = _backoff(fields["retry_backoff"], path, errors)
     if "retry_max_delay_seconds" in fields:
@@ -43,7 +53,7 @@ def condition_fields(fields: dict[str, Node], path: str, errors: Collector) -> d
         )
     if "retry_on_exit_codes" in fields:
         found["retry_on_exit_codes"] = exit_codes(
-            fields["retry_on_exit_codes"], f"{path}.retry_on_exit_codes", errors
+            fields["retry_on_exit_codes"], f"{path}.retry_on_exit_codes", errors, maximum
         )
     if "retry_on_timeout" in fields:
         value = boolean(fields["retry_on_timeout"], f"{path}.retry_on_timeout", errors)
@@ -95,7 +105,9 @@ def _preconditions(node: Node, path: str, errors: Collector) -> tuple[str, ...]:
     return preconditions(node, f"{path}.preconditions", errors)
 
 
-def _allow_failure(node: Node, path: str, errors: Collector) -> AllowFailure | None:
+def _allow_failure(
+    node: Node, path: str, errors: Collector, maximum: int = 255
+) -> AllowFailure | None:
     field = f"{path}.allow_failure"
     if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
         return AllowFailure() if boolean(node, field, errors) else None
@@ -110,22 +122,26 @@ def _allow_failure(node: Node, path: str, errors: Collector) -> AllowFailure | N
     if "exit_codes" not in values:
         errors.add(node, f"{field}.exit_codes", "'exit_codes' is required (expected e.g. [2, 3])")
         return None
-    codes = exit_codes(values["exit_codes"], f"{field}.exit_codes", errors)
+    codes = exit_codes(values["exit_codes"], f"{field}.exit_codes", errors, maximum)
     return AllowFailure(exit_codes=codes) if codes else None
 
 
-def exit_codes(node: Node, field: str, errors: Collector) -> tuple[int, ...]:
-    """A non-empty list of exit codes 1-255."""
+def exit_codes(node: Node, field: str, errors: Collector, maximum: int = 255) -> tuple[int, ...]:
+    """A non-empty list of exit codes 1-`maximum` (255; 599 for steps with HTTP statuses)."""
     if not isinstance(node, SequenceNode) or not node.value:
         errors.add(
-            node, field, f"expected a non-empty list of exit codes (1-255), found {node_kind(node)}"
+            node,
+            field,
+            f"expected a non-empty list of exit codes (1-{maximum}), found {node_kind(node)}",
         )
         return ()
     codes = []
     for index, item in enumerate(node.value):
         code = integer(item, f"{field}[{index}]", errors, minimum=1)
-        if code is not None and code > 255:
-            errors.add(item, f"{field}[{index}]", f"expected an exit code 1-255, found {code}")
+        if code is not None and code > maximum:
+            errors.add(
+                item, f"{field}[{index}]", f"expected an exit code 1-{maximum}, found {code}"
+            )
         elif code is not None:
             codes.append(code)
     return tuple(dict.fromkeys(codes))

@@ -311,7 +311,8 @@ def _check_http(
 ) -> None:
     _require(step, fields, node, path, errors, "url", "http", "the URL to call")
     url = step.get("url", "")
-    if url and "{{" not in url[:8] and not url.lower().startswith(("http://", "https://")):
+    templated = "{{" in url[:8] or url.startswith("${")  # checked when the task starts
+    if url and not templated and not url.lower().startswith(("http://", "https://")):
         errors.add(
             fields["url"], f"{path}.url", f"expected an http:// or https:// URL, found '{url}'"
         )
@@ -320,6 +321,13 @@ def _check_http(
     method = step.get("method", "")
     if method and "{{" not in method and not method.isalpha():
         errors.add(fields["method"], f"{path}.method", f"'{method}' is not an HTTP method")
+    for name in ("status", "body"):
+        if name in step.get("output_jq", {}):
+            errors.add(
+                fields["output_jq"],
+                f"{path}.output_jq.{name}",
+                f"'{name}' is an output of every http step already (choose another name)",
+            )
 
 
 def _check_mail(

@@ -122,10 +122,18 @@ def _failed(
     return Ended(TaskStatus.FAILED, TaskStatus.FAILED, message, allowed_failure=allowed)
 
 
+# What a timeout stopped, per executor type (a local process group otherwise).
+_TIMEOUT_ENDS = {
+    "docker": "the container was killed",
+    "http": "the request was abandoned (its connection closed)",
+    "chat": "the request was abandoned (its connection closed)",
+}
+
+
 def failure_message(outcome: Outcome, timeout: float) -> str:
     if outcome.timed_out:
-        killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
-        return f"timed out after {timeout:g}s: the {killed} was killed"
+        stopped = _TIMEOUT_ENDS.get(outcome.metrics.executor_type, "the process group was killed")
+        return f"timed out after {timeout:g}s: {stopped}"
     if outcome.error:
         return outcome.error
     return f"exit code {outcome.exit_code}"
