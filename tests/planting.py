@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from nagare.models import AttemptMetrics, DagDef, TaskDef
 from nagare.store import Store
@@ -142,3 +143,14 @@ def rebuild_rollup(store: Store) -> None:
         conn.execute("DELETE FROM metric_rollup")
         for sql in ROLLUP_SQL:
             conn.execute(sql)
+
+
+def undo_migration_11(conn: Any) -> None:
+    """Back to the schema before the steps that wait (migration 11): what a test of an older
+    schema's upgrade drops first (a lower user_version runs the migration again)."""
+    conn.execute("DROP INDEX ti_waiting")
+    conn.execute("DROP INDEX runs_parent")
+    for column in ("wait", "wait_until", "child_run_id"):
+        conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
+    for column in ("parent_run_id", "parent_task_id", "outputs"):
+        conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Nagare, http, wait_for
-from planting import DAY, HOUR, MINUTE, Attempt, plant_run, rebuild_rollup
+from planting import DAY, HOUR, MINUTE, Attempt, plant_run, rebuild_rollup, undo_migration_11
 from prometheus_client.parser import text_string_to_metric_families
 
 from nagare.clock import parse_iso, to_iso
@@ -697,12 +697,7 @@ def undo_later_migrations(conn: Any) -> None:
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")
     conn.execute("ALTER TABLE runs DROP COLUMN warnings")
-    conn.execute("DROP INDEX ti_waiting")
-    conn.execute("DROP INDEX runs_parent")
-    for column in ("wait", "wait_until", "child_run_id"):
-        conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
-    for column in ("parent_run_id", "parent_task_id", "outputs"):
-        conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    undo_migration_11(conn)
 
 
 FINISHED_ATTEMPT_INDEXES = {

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Nagare, make_config, wait_for
+from planting import undo_migration_11
 
 from nagare.app import App
 from nagare.cli_client import dags_table
@@ -718,12 +719,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place(tmp_path: Path) ->
     store.runs.finish(run.run_id, RunStatus.SUCCESS, T0 + 5)
     with store.db.write() as conn:  # back to the schema before the run rules (migration 9)
         conn.execute("ALTER TABLE task_instances DROP COLUMN allowed_failure")  # 10 goes too
-        conn.execute("DROP INDEX ti_waiting")  # and 11
-        conn.execute("DROP INDEX runs_parent")
-        for column in ("wait", "wait_until", "child_run_id"):
-            conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
-        for column in ("parent_run_id", "parent_task_id", "outputs"):
-            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        undo_migration_11(conn)  # and 11
         conn.execute("ALTER TABLE runs DROP COLUMN warnings")
         conn.execute("DROP INDEX runs_deadline")
         conn.execute("DROP INDEX runs_handling")
