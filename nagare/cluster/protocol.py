@@ -26,7 +26,7 @@ from typing import Any
 
 from nagare.engine.outputs import OutputError, check_outputs
 from nagare.errors import BadRequest
-from nagare.models import Assignment, AttemptMetrics, Outcome, Resources
+from nagare.models import EXECUTOR_STEPS, Assignment, AttemptMetrics, Outcome, Resources
 from nagare.patterns import HOSTNAME, NAME, OUTPUT_NAME, TASK_INSTANCE_ID, WORKER_ID
 
 POOL = NAME
@@ -342,9 +342,16 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
             cpu_system_ms=_number(metrics, "cpu_system_ms"),
             peak_memory_bytes=_number(metrics, "peak_memory_bytes"),
             exit_code=exit_code,
-            executor_type="docker" if metrics.get("executor_type") == "docker" else "local",
+            executor_type=_executor_type(metrics.get("executor_type")),
         ),
     )
+
+
+def _executor_type(value: Any) -> str:
+    """docker, a step type with an executor of its own (mail, http, ...), else local."""
+    if value == "docker" or value in EXECUTOR_STEPS:
+        return str(value)
+    return "local"
 
 
 def encode_result_ack(ack: ResultAck) -> dict[str, Any]:
