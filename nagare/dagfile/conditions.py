@@ -22,6 +22,9 @@ from nagare.dagfile.nodes import (
 from nagare.models import AllowFailure, TaskType, TriggerRule
 
 ALLOW_FAILURE_KEYS = ("exit_codes",)
+# Step types whose exit code may be a server's reply code (an SMTP or HTTP status, 100-599).
+REPLY_CODE_STEPS = ("mail", "http")
+MAX_REPLY_CODE = 599
 RULES = tuple(r.value for r in TriggerRule)
 
 
@@ -55,6 +58,7 @@ def check_conditions(
     kind: TaskType, fields: dict[str, Node], node: Node, path: str, errors: Collector
 ) -> None:
     """What does not fit the task's type."""
+    _reply_codes(kind, fields, path, errors)
     if kind is TaskType.TRIGGER_DAG and "preconditions" in fields:
         errors.add(
             fields["preconditions"],
@@ -115,7 +119,8 @@ def _allow_failure(node: Node, path: str, errors: Collector) -> AllowFailure | N
 
 
 def exit_codes(node: Node, field: str, errors: Collector) -> tuple[int, ...]:
-    """A non-empty list of exit codes 1-255."""
+    """A non-empty list of exit codes 1-255, or reply codes up to 599 (steps whose exit code is
+    a server's reply code: `check_conditions` refuses them for other types)."""
     if not isinstance(node, SequenceNode) or not node.value:
         errors.add(
             node, field, f"expected a non-empty list of exit codes (1-255), found {node_kind(node)}"
@@ -124,11 +129,40 @@ def exit_codes(node: Node, field: str, errors: Collector) -> tuple[int, ...]:
     codes = []
     for index, item in enumerate(node.value):
         code = integer(item, f"{field}[{index}]", errors, minimum=1)
-        if code is not None and code > 255:
-            errors.add(item, f"{field}[{index}]", f"expected an exit code 1-255, found {code}")
+        if code is not None and code > MAX_REPLY_CODE:
+            errors.add(
+                item,
+                f"{field}[{index}]",
+                f"expected an exit code 1-255 (or a reply code up to {MAX_REPLY_CODE} for "
+                f"type: {' / '.join(REPLY_CODE_STEPS)}), found {code}",
+            )
         elif code is not None:
             codes.append(code)
     return tuple(dict.fromkeys(codes))
+
+
+def _reply_codes(kind: TaskType, fields: dict[str, Node], path: str, errors: Collector) -> None:
+    """Codes above 255 are reply codes: only the step types that exit with one may list them."""
+    if kind.value in REPLY_CODE_STEPS:
+        return
+    lists = [("retry_on_exit_codes", fields.get("retry_on_exit_codes"))]
+    allow = fields.get("allow_failure")
+    if isinstance(allow, MappingNode):
+        lists += [
+            ("allow_failure.exit_codes", v) for k, v in allow.value if k.value == "exit_codes"
+        ]
+    for field, node in lists:
+        if not isinstance(node, SequenceNode):
+            continue
+        for index, item in enumerate(node.value):
+            value = item.value if isinstance(item, ScalarNode) else ""
+            if str(value).isdigit() and 255 < int(value) <= MAX_REPLY_CODE:
+                errors.add(
+                    item,
+                    f"{path}.{field}[{index}]",
+                    f"expected an exit code 1-255, found {value} (codes up to {MAX_REPLY_CODE} "
+                    f"are reply codes of type: {' / '.join(REPLY_CODE_STEPS)} steps)",
+                )
 
 
 def _backoff(node: Node, path: str, errors: Collector) -> float:

@@ -124,11 +124,19 @@ def _failed(
 
 def failure_message(outcome: Outcome, timeout: float) -> str:
     if outcome.timed_out:
-        killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
-        return f"timed out after {timeout:g}s: the {killed} was killed"
+        return f"timed out after {timeout:g}s: {_stopped(outcome.metrics.executor_type)}"
     if outcome.error:
         return outcome.error
     return f"exit code {outcome.exit_code}"
+
+
+def _stopped(executor_type: str) -> str:
+    """What a timeout did to an attempt of this executor."""
+    if executor_type == "docker":
+        return "the container was killed"
+    if executor_type == "local":
+        return "the process group was killed"
+    return f"the {executor_type} step was stopped"
 
 
 def after_failure(attempt: int, max_attempts: int) -> TaskStatus:
