@@ -32,6 +32,7 @@ from test_cluster import GPU_ONLY, LEASE, Worker, gpu_dag, wait_online, workers
 
 from nagare.config import load_config
 from nagare.dagfile import parse_dag
+from nagare.engine.attempt_end import failure_message
 from nagare.engine.secrets import MASK
 from nagare.engine.steps_env import expand_env
 from nagare.errors import ConfigError
@@ -886,3 +887,9 @@ def test_reply_codes_may_be_retried_on_mail_steps_only() -> None:
     messages = [e.message for e in errors]
     assert any(m.startswith("expected an exit code 1-255, found 450") for m in messages), messages
     assert any("found 600" in m for m in messages), messages
+
+
+def test_a_timed_out_mail_says_the_step_was_stopped() -> None:
+    outcome = Outcome(exit_code=None, timed_out=True)
+    outcome.metrics.executor_type = "mail"
+    assert failure_message(outcome, 5) == "timed out after 5s: the mail step was stopped"
