@@ -166,7 +166,7 @@ class App:
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
         self.api.add_routes(WaitsApi(self.waits).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
-        self.pools.hidden_env = self.webhooks.secret_variables
+        self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
         if serve_http:
@@ -184,6 +184,13 @@ class App:
     def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
         """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
         return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
+
+    def _hidden_env(self) -> set[str]:
+        """Server variables kept out of the tasks' environment: webhook secrets, and the SMTP
+        password of `mail` steps."""
+        hidden = self.webhooks.secret_variables()
+        smtp = self.config.smtp
+        return hidden | {smtp.password_env} if smtp is not None and smtp.password_env else hidden
 
     def _executor_for(self, assignment: Assignment) -> Executor:
         if assignment.step_type != TaskType.COMMAND:
@@ -563,9 +570,17 @@ def build_worker(config: Config) -> WorkerApp:
         reactor,
         executors,
         grace_seconds=config.shutdown_grace_seconds,
+        base_env=_without_smtp_password(config, dict(os.environ)),
         run_as=config.run_as,
     )
     return WorkerApp(worker, executors.local)
+
+
+def _without_smtp_password(config: Config, env: dict[str, str]) -> dict[str, str]:
+    """A worker's environment for its tasks: without the SMTP password of its `mail` steps."""
+    if config.smtp is not None and config.smtp.password_env:
+        env.pop(config.smtp.password_env, None)
+    return env
 
 
 class WorkerApp:
@@ -662,6 +677,8 @@ class StepExecutors:
     def _build(self, step_type: str) -> Executor:
         if step_type in (TaskType.HTTP, TaskType.CHAT):
             return _web_executor(step_type, self.config, self.reactor)
+        if step_type == TaskType.MAIL:
+            return _mail_executor(self.config, self.reactor)
         return Unavailable(self.reactor, step_type)
 
 
@@ -672,6 +689,14 @@ def _web_executor(step_type: str, config: Config, reactor: Reactor) -> Executor:
     if step_type == TaskType.CHAT:
         return ChatExecutor(reactor)
     return HttpExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
+
+
+def _mail_executor(config: Config, reactor: Reactor) -> Executor:
+    """The mail executor, with this host's `smtp:` (the password is read from this host's
+    environment when a mail is sent)."""
+    from nagare.executors.mail import MailExecutor
+
+    return MailExecutor(reactor, config.smtp, os.environ)
 
 
 def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:

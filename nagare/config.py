@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from nagare.errors import ConfigError
+from nagare.models import SmtpSettings
+from nagare.patterns import ENV_NAME
 from nagare.settings import Settings
 
 
@@ -91,6 +93,16 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "Handlers of every DAG without its own handler_on, e.g. {failure: {command: ...}} "
         "(the DAG file's handler_on syntax).",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "smtp",
+        "smtp",
+        None,
+        "The mail server of `type: mail` steps on this host: {host, port, from, username, "
+        "password_env, starttls, ssl, timeout_seconds, ca_file, insecure} (see the README, "
+        "type: mail).",
         flag=False,
         env=False,
     ),
@@ -409,6 +421,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_users(raw, where)
     if option.kind == "handlers":
         return _coerce_handlers(raw, where)
+    if option.kind == "smtp":
+        return _coerce_smtp(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -508,6 +522,102 @@ def _coerce_handlers(raw: Any, where: str) -> str:
     return json.dumps(raw, sort_keys=True, default=str)
 
 
+SMTP_KEYS = (
+    "host",
+    "port",
+    "from",
+    "username",
+    "password_env",
+    "starttls",
+    "ssl",
+    "timeout_seconds",
+    "ca_file",
+    "insecure",
+)
+
+
+def _coerce_smtp(raw: Any, where: str) -> SmtpSettings | None:
+    """`smtp: {host, port, from, username, password_env, starttls, ssl, ...}`: the mail server
+    of `mail` steps. The port defaults to 465 with ssl, 587 with starttls, else 25."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, SmtpSettings):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping such as {{host: mail.example.com, port: 587, "
+            f"starttls: true, from: nagare@example.com}}, found '{raw}'"
+        )
+    unknown = sorted(str(k) for k in raw if k not in SMTP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(SMTP_KEYS)})")
+    host = _smtp_text(raw, "host", where, required=True)
+    sender = _smtp_text(raw, "from", where, required=True)
+    if "@" not in sender or not sender.rpartition("<")[2].isascii():
+        raise ConfigError(f"{where}.from: expected a mail address (ASCII), found '{sender}'")
+    flags = {k: _coerce_bool(raw.get(k, False), f"{where}.{k}") for k in _SMTP_FLAGS}
+    if flags["ssl"] and flags["starttls"]:
+        raise ConfigError(
+            f"{where}: give either ssl (implicit TLS, port 465) or starttls (port 587), not both"
+        )
+    settings = SmtpSettings(
+        host=host,
+        sender=sender,
+        port=_smtp_port(raw.get("port"), flags, where),
+        username=_smtp_text(raw, "username", where),
+        password_env=_smtp_text(raw, "password_env", where),
+        timeout_seconds=float(
+            _coerce_number(
+                _SMTP_TIMEOUT, raw.get("timeout_seconds", 30), f"{where}.timeout_seconds"
+            )
+        ),
+        ca_file=_smtp_text(raw, "ca_file", where),
+        **flags,
+    )
+    _check_smtp_login(settings, where)
+    return settings
+
+
+_SMTP_FLAGS = ("starttls", "ssl", "insecure")
+_SMTP_TIMEOUT = Option("timeout_seconds", "float", 30.0, "", minimum=0.1)
+_SMTP_PORT = Option("port", "int", 25, "", minimum=1)
+
+
+def _smtp_text(raw: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+    value = raw.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ConfigError(f"{where}.{key}: required (the mail server's {key})")
+        return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected text, found '{value}'")
+    return str(value).strip()
+
+
+def _smtp_port(raw: Any, flags: dict[str, bool], where: str) -> int:
+    if raw is None:
+        return 465 if flags["ssl"] else 587 if flags["starttls"] else 25
+    port = int(_coerce_number(_SMTP_PORT, raw, f"{where}.port"))
+    if port > 65535:
+        raise ConfigError(f"{where}.port: expected a port number 1-65535, found {port}")
+    return port
+
+
+def _check_smtp_login(settings: SmtpSettings, where: str) -> None:
+    if settings.password_env and not ENV_NAME.match(settings.password_env):
+        raise ConfigError(
+            f"{where}.password_env: expected the name of an environment variable, found "
+            f"'{settings.password_env}'"
+        )
+    if settings.username and not settings.password_env:
+        raise ConfigError(
+            f"{where}.password_env: required with username (the environment variable that "
+            "holds the password; the password itself is never written in nagare.yaml)"
+        )
+    if settings.password_env and not settings.username:
+        raise ConfigError(f"{where}.username: required with password_env (the login)")
+
+
 def _coerce_users(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -560,15 +670,23 @@ _FIELD_TYPES = {
     "pools": "dict[str, int]",
     "users": "dict[str, str]",
     "handlers": "str",
+    "smtp": "SmtpSettings | None",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }
+
+
+# Types of settings defined in nagare.models (imported by the generated module).
+_MODEL_TYPES = ("SmtpSettings",)
 
 
 def settings_module_source() -> str:
     """The text of `nagare/settings.py`: a frozen dataclass with one typed field per option."""
     fields = "\n".join(_settings_field(o) for o in OPTIONS)
     imports = "dataclass, field" if "field(" in fields else "dataclass"
+    models = [name for name in _MODEL_TYPES if name in fields]
+    if models:
+        imports += f"\n\nfrom nagare.models import {', '.join(models)}"
     return (
         "# Generated from nagare.config.OPTIONS by nagare.config.settings_module_source(): do not\n"
         "# edit. After changing OPTIONS, regenerate with: python3 tests/generate_settings.py\n"

@@ -246,6 +246,24 @@ class SecretDef:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """`smtp:` of nagare.yaml: the mail server `mail` steps send with (on the host that runs
+    the step). The password is never held here: it is read from the environment variable
+    `password_env` names when a mail is sent."""
+
+    host: str
+    sender: str  # `from`: the envelope sender and the From header
+    port: int = 25
+    username: str = ""
+    password_env: str = ""
+    starttls: bool = False  # upgrade a plain connection with STARTTLS (port 587)
+    ssl: bool = False  # implicit TLS from the first byte (port 465)
+    timeout_seconds: float = 30.0  # each network operation of the conversation
+    ca_file: str = ""  # PEM certificates to verify the server with (default: the system's)
+    insecure: bool = False  # do not verify the server's TLS certificate
+
+
+@dataclass(frozen=True)
 class AllowFailure:
     """`allow_failure`: a last attempt that fails (with one of `exit_codes`, when given) ends the
     task failed-but-allowed, which counts as a success downstream and for the run."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nagare.models import SmtpSettings
+
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one per process
 class Settings:
@@ -39,6 +41,10 @@ class Settings:
     # Handlers of every DAG without its own handler_on, e.g. {failure: {command: ...}} (the DAG
     # file's handler_on syntax).
     default_handler_on: str = ""
+
+    # The mail server of `type: mail` steps on this host: {host, port, from, username, password_env,
+    # starttls, ssl, timeout_seconds, ca_file, insecure} (see the README, type: mail).
+    smtp: SmtpSettings | None = None
 
     # User the tasks of a pool run as, e.g. {default: nobody} (needs the server to run as root); a
     # task's run_as must then name that user or none.

@@ -117,6 +117,8 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     # nagare/cluster/remote.py: the remote worker's side of the cluster protocol (planned).
     "urllib.request": ("nagare/client.py", "nagare/cluster/remote.py"),
     "yaml": ("nagare/dagfile/", "nagare/config.py"),
+    # the SMTP client of `type: mail` steps
+    "smtplib": ("nagare/executors/mail.py",),
 }
 PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py")
 # Calls that start, replace or signal a process: only the spawner makes them.
@@ -154,13 +156,15 @@ PROCESS_OWNER = "nagare/executors/spawn.py"
 # Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` starts every
 # long-lived loop; the HTTP server makes a thread per connection (ThreadingHTTPServer); the
 # Docker executor runs each blocking container attempt (and its stats stream and timers) in
-# threads of its own.
+# threads of its own; the mail executor runs each (blocking) SMTP conversation in a thread of its
+# own.
 # executors/web.py: an `http` / `chat` attempt's own thread (the standard client blocks)
 THREAD_OWNERS = (
     "nagare/app.py",
     "nagare/http/server.py",
     "nagare/executors/docker.py",
     "nagare/executors/web.py",
+    "nagare/executors/mail.py",
 )
 THREAD_CALLS = frozenset(
     {

@@ -41,20 +41,20 @@ from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
 from nagare.models import (
-    EXECUTOR_STEPS,
+    SLOT_STEPS,
     Assignment,
     AttemptFinish,
     Claim,
     Outcome,
     TaskInstance,
     TaskStatus,
-    TaskType,
 )
 from nagare.store import HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
-# map: the children (parents never reach the queue); the step types with an executor
-RUNNABLE = frozenset({TaskType.COMMAND, TaskType.MAP, *EXECUTOR_STEPS})
+# What a worker runs: commands (a map's children; parents never reach the queue) and the step
+# types with an executor of their own (http, mail, ssh, chat), on the worker's settings.
+RUNNABLE = SLOT_STEPS
 
 
 @dataclass(frozen=True)

@@ -347,12 +347,11 @@ def decode_outcome(data: dict[str, Any]) -> Outcome:
     )
 
 
-# executor types a worker may report (anything else is recorded as local)
-_EXECUTOR_TYPES = frozenset({"local", "docker", *EXECUTOR_STEPS})
-
-
 def _executor_type(value: Any) -> str:
-    return value if isinstance(value, str) and value in _EXECUTOR_TYPES else "local"
+    """docker, a step type with an executor of its own (mail, http, ...), else local."""
+    if value == "docker" or value in EXECUTOR_STEPS:
+        return str(value)
+    return "local"
 
 
 def encode_result_ack(ack: ResultAck) -> dict[str, Any]:

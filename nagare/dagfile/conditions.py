@@ -23,9 +23,10 @@ from nagare.models import AllowFailure, TaskType, TriggerRule
 
 ALLOW_FAILURE_KEYS = ("exit_codes",)
 RULES = tuple(r.value for r in TriggerRule)
-# Steps whose failed attempts have an HTTP status as their exit code (README, "type: http"):
-# their `retry_on_exit_codes` and `allow_failure.exit_codes` go up to 599.
-STATUS_EXIT_STEPS = frozenset({TaskType.HTTP, TaskType.CHAT})
+# Steps whose failed attempts have a server's reply code as their exit code (an HTTP status, an
+# SMTP reply; README, "type: http", "type: mail"): their `retry_on_exit_codes` and
+# `allow_failure.exit_codes` go up to 599.
+STATUS_EXIT_STEPS = frozenset({TaskType.HTTP, TaskType.CHAT, TaskType.MAIL})
 
 
 def max_exit_code(kind: TaskType) -> int:

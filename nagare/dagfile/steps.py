@@ -335,6 +335,14 @@ def _check_mail(
 ) -> None:
     _require(step, fields, node, path, errors, "to", "mail", "the recipients")
     _require(step, fields, node, path, errors, "subject", "mail", "the subject")
+    for attached in step.get("attach", []):
+        if not attached.startswith(("/", "{{", "${")):
+            errors.add(
+                fields["attach"],
+                f"{path}.attach",
+                f"expected an absolute path (a file on the host that runs the step), found "
+                f"'{attached}'",
+            )
 
 
 def _check_ssh(

@@ -132,11 +132,19 @@ _TIMEOUT_ENDS = {
 
 def failure_message(outcome: Outcome, timeout: float) -> str:
     if outcome.timed_out:
-        stopped = _TIMEOUT_ENDS.get(outcome.metrics.executor_type, "the process group was killed")
-        return f"timed out after {timeout:g}s: {stopped}"
+        return f"timed out after {timeout:g}s: {_stopped(outcome.metrics.executor_type)}"
     if outcome.error:
         return outcome.error
     return f"exit code {outcome.exit_code}"
+
+
+def _stopped(executor_type: str) -> str:
+    """What a timeout did to an attempt of this executor."""
+    if executor_type in _TIMEOUT_ENDS:
+        return _TIMEOUT_ENDS[executor_type]
+    if executor_type == "local":
+        return "the process group was killed"
+    return f"the {executor_type} step was stopped"
 
 
 def after_failure(attempt: int, max_attempts: int) -> TaskStatus:
