@@ -652,7 +652,17 @@ class StepExecutors:
             return executor
 
     def _build(self, step_type: str) -> Executor:
+        if step_type == TaskType.SSH:
+            return _ssh_executor(self.reactor, self.local)
         return Unavailable(self.reactor, step_type)
+
+
+def _ssh_executor(reactor: Reactor, local: LocalExecutor) -> Executor:
+    """The ssh step's executor: the system's OpenSSH client run by `local`; the variables of
+    this process's own environment (what local tasks inherit) are never sent to the host."""
+    from nagare.executors.ssh import SshExecutor
+
+    return SshExecutor(reactor, local, os.environ)
 
 
 def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:

@@ -41,18 +41,20 @@ from nagare.errors import Conflict, NotFound
 from nagare.liveness import Heartbeat
 from nagare.logs import AttemptLog, LogFiles
 from nagare.models import (
+    SLOT_STEPS,
     Assignment,
     AttemptFinish,
     Claim,
     Outcome,
     TaskInstance,
     TaskStatus,
-    TaskType,
 )
 from nagare.store import HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
-RUNNABLE = (TaskType.COMMAND, TaskType.MAP)  # map: the children; parents never reach the queue
+# What a worker runs: commands, map children (parents never reach the queue) and the step types
+# that take a slot (http, mail, ssh, chat: the worker's StepExecutors run them).
+RUNNABLE = SLOT_STEPS
 
 
 @dataclass(frozen=True)
