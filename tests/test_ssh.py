@@ -29,6 +29,7 @@ from nagare.executors.ssh import (
     SshFieldError,
     SshTarget,
     failure_message,
+    missing_file,
     remote_env,
     remote_line,
     ssh_line,
@@ -466,6 +467,17 @@ def test_the_command_line_quotes_every_part_and_stays_under_the_argument_cap() -
     assert dropped == ["A"] and len(line) <= MAX_LINE_BYTES
     with pytest.raises(SshFieldError, match="fit on the ssh command line"):
         ssh_line("/usr/bin/ssh", target, "x" * MAX_LINE_BYTES, {})
+
+
+def test_key_files_that_do_not_exist_are_named_before_connecting(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k")
+    home = str(tmp_path)
+    assert missing_file(SshTarget("h", identity_file="~/key"), home) == ""
+    assert missing_file(SshTarget("h", identity_file=f"{home}/key", known_hosts="~/kh"), home) == (
+        "known_hosts: no file ~/kh on this host"
+    )
+    for left_to_ssh in ("~/kh", "~other/kh", "%d/kh"):  # no home given, another's, a token
+        assert missing_file(SshTarget("h", identity_file=left_to_ssh), "") == ""
 
 
 def test_ssh_failures_become_messages() -> None:

@@ -266,18 +266,18 @@ def explained(outcome: Outcome, tail: Sequence[str], target: SshTarget) -> Outco
 
 def missing_file(target: SshTarget, home: str) -> str:
     """A message when the identity or known_hosts file does not exist on this host ("" when
-    they do); `home` expands a leading `~/`."""
+    they do); `home` expands a leading `~/` (without it, such a path, like one with ssh's `%`
+    tokens, is left to the client)."""
     for field, path in (
         ("identity_file", target.identity_file),
         ("known_hosts", target.known_hosts),
     ):
-        if path and not os.path.isfile(_home_path(path, home)):
+        if not path or "%" in path or (path.startswith("~") and not (home and path[:2] == "~/")):
+            continue
+        local = home + path[1:] if path.startswith("~/") else path
+        if not os.path.isfile(local):
             return f"{field}: no file {path} on this host"
     return ""
-
-
-def _home_path(path: str, home: str) -> str:
-    return home + path[1:] if path.startswith("~/") and home else path
 
 
 # ---------------------------------------------------------------- the executor
@@ -303,7 +303,8 @@ class SshExecutor:
             client = shutil.which("ssh", path=env.get("PATH") or os.defpath)
             if client is None:
                 raise SshFieldError("the OpenSSH client (ssh) is not installed on this host")
-            problem = missing_file(target, env.get("HOME", ""))
+            home = "" if assignment.run_as else env.get("HOME", "")  # run_as: another home
+            problem = missing_file(target, home)
             if problem:
                 raise SshFieldError(problem)
             exports = remote_env(env, self.host_env, assignment.secrets)
