@@ -83,7 +83,7 @@ def harness(tmp_path: Path) -> Iterator[SshHarness]:
 @pytest.fixture
 def step(sshd: SshServer, tmp_path: Path) -> dict[str, Any]:
     """Fields of a step that reaches the test server."""
-    return sshd.step(sshd.known_hosts(tmp_path / "known_hosts"))
+    return sshd.step(sshd.known_hosts(tmp_path / "known hosts"))  # (a path with a space)
 
 
 def pids_gone(*pid_files: Path) -> bool:
@@ -219,6 +219,19 @@ def test_an_unknown_user_or_a_key_the_server_does_not_know_is_refused(
         assert outcome.exit_code == 255
         assert outcome.error.startswith("ssh: authentication refused: "), outcome.error
         assert str(fields.get("identity_file", step["identity_file"])) in outcome.error
+
+
+def test_a_key_other_users_can_read_is_refused_with_the_reason(
+    harness: SshHarness, step: dict[str, Any], tmp_path: Path
+) -> None:
+    key = tmp_path / "open_key"
+    key.write_bytes(Path(step["identity_file"]).read_bytes())
+    key.chmod(0o644)
+    outcome = harness.finish(harness.run("true", {**step, "identity_file": str(key)}))
+    assert outcome.exit_code == 255
+    assert outcome.error == (
+        f"ssh: the key {key} can be read by other users, so ssh ignores it (chmod 600 it)"
+    )
 
 
 def test_bad_fields_fail_before_anything_starts(
@@ -414,6 +427,7 @@ def test_the_target_reads_the_fields_and_checks_them() -> None:
         ({"host": "a b"}, "host: 'a b' is not a host name or address"),
         ({"host": "h", "user": "-oX"}, "user: '-oX' is not a user name"),
         ({"host": "h", "port": "70000"}, "port: expected a port number 1-65535, found '70000'"),
+        ({"host": "h", "known_hosts": '/a"b'}, "known_hosts: ssh cannot take a path with"),
     ):
         with pytest.raises(SshFieldError, match=problem.replace("(", r"\(")):
             ssh_target(step, {})
@@ -460,11 +474,16 @@ def test_the_command_line_quotes_every_part_and_stays_under_the_argument_cap() -
     assert argv[0] == "exec" and argv[1:3] == ["/usr/bin/ssh", "-tt"]
     assert argv[argv.index("-i") : argv.index("-i") + 2] == ["-i", "/k y"]
     assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
-    assert "UserKnownHostsFile=/kh" in argv and argv[argv.index("-p") :][:2] == ["-p", "2200"]
+    assert 'UserKnownHostsFile="/kh"' in argv and argv[argv.index("-p") :][:2] == ["-p", "2200"]
     assert argv[-3:] == ["--", "h", "export A=1; exec /bin/sh -c 'echo hi'"]
     big = {"A": "a" * MAX_LINE_BYTES, "B": "b" * 100, "C": "c" * (MAX_LINE_BYTES // 2)}
     line, dropped = ssh_line("/usr/bin/ssh", target, "true", big)
     assert dropped == ["A"] and len(line) <= MAX_LINE_BYTES
+    for quoted in ("'" * 4000, "x'y" * 9000, "é'" * 12000, "plain" * 5000):
+        values = {f"V{i}": quoted[: len(quoted) // (i + 1)] for i in range(6)}
+        line, dropped = ssh_line("/usr/bin/ssh", target, "true", values)
+        assert len(line.encode()) <= MAX_LINE_BYTES and len(dropped) < 6, dropped
+        assert [n for n in values if f" {n}=" in line] == [n for n in values if n not in dropped]
     with pytest.raises(SshFieldError, match="fit on the ssh command line"):
         ssh_line("/usr/bin/ssh", target, "x" * MAX_LINE_BYTES, {})
 
@@ -501,6 +520,10 @@ def test_ssh_failures_become_messages() -> None:
             "with the key /keys/id"
         ),
         "Timeout, server db1 not responding.": "ssh: the connection to deploy@db1 port 2222",
+        'Load key "/keys/id": bad permissions': (
+            "ssh: the key /keys/id can be read by other users, so ssh ignores it (chmod 600 it)"
+        ),
+        'Load key "/keys/id": error in libcrypto': "ssh: cannot load the key /keys/id",
         "something new": "ssh to deploy@db1 port 2222 failed (exit code 255): something new",
     }
     for line, expected in cases.items():

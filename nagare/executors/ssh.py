@@ -112,12 +112,15 @@ def ssh_target(step: Mapping[str, Any], env: Mapping[str, str]) -> SshTarget:
         raise SshFieldError(f"host: '{host}' is not a host name or address")
     if user and (user.startswith("-") or not _USER.fullmatch(user)):
         raise SshFieldError(f"user: '{user}' is not a user name")
+    known_hosts = _field(step, "known_hosts", env)
+    if '"' in known_hosts:
+        raise SshFieldError(f"known_hosts: ssh cannot take a path with '\"' ({known_hosts})")
     return SshTarget(
         host=host,
         user=user,
         port=_port(step.get("port"), env),
         identity_file=_field(step, "identity_file", env),
-        known_hosts=_field(step, "known_hosts", env),
+        known_hosts=known_hosts,
     )
 
 
@@ -167,8 +170,8 @@ def ssh_argv(client: str, target: SshTarget, remote: str) -> list[str]:
     argv = [client, "-tt", "-e", "none"]
     for option in FIXED_OPTIONS:
         argv += ["-o", option]
-    if target.known_hosts:
-        argv += ["-o", f"UserKnownHostsFile={target.known_hosts}"]
+    if target.known_hosts:  # (the option takes a list of files: quoted, a path is one)
+        argv += ["-o", f'UserKnownHostsFile="{target.known_hosts}"']
     if target.identity_file:
         argv += ["-i", target.identity_file, "-o", "IdentitiesOnly=yes"]
     if target.port:
@@ -181,24 +184,37 @@ def ssh_argv(client: str, target: SshTarget, remote: str) -> list[str]:
 def ssh_line(
     client: str, target: SshTarget, command: str, exports: Mapping[str, str]
 ) -> tuple[str, list[str]]:
-    """The local shell line, and the names of the variables left out because the line would
-    be longer than MAX_LINE_BYTES (largest first). Raises SshFieldError when the command
-    alone is too long."""
-    kept = dict(exports)
-    dropped: list[str] = []
-    while True:
-        line = "exec " + shlex.join(ssh_argv(client, target, remote_line(command, kept)))
-        size = len(line.encode())
-        if size <= MAX_LINE_BYTES:
-            return line, dropped
-        if not kept:
-            raise SshFieldError(
-                f"the command is {size} bytes once quoted for ssh; at most {MAX_LINE_BYTES} "
-                "fit on the ssh command line (copy a script to the host and run that)"
-            )
-        largest = max(kept, key=lambda name: len(kept[name]))
-        dropped.append(largest)
-        del kept[largest]
+    """The local shell line, and the names of the variables left out (largest first) because
+    the line would be longer than MAX_LINE_BYTES: the smallest are kept first. Raises
+    SshFieldError when the command alone is too long."""
+    bare = _shell_line(client, target, command, {})
+    size = len(bare.encode())
+    if size > MAX_LINE_BYTES:
+        raise SshFieldError(
+            f"the command is {size} bytes once quoted for ssh; at most {MAX_LINE_BYTES} fit on "
+            "the ssh command line (copy a script to the host and run that)"
+        )
+    budget = MAX_LINE_BYTES - size - len("export ; ")
+    fitting: set[str] = set()
+    for name in sorted(exports, key=lambda n: (len(exports[n]), n)):
+        cost = _export_bytes(name, exports[name])
+        if cost <= budget:
+            fitting.add(name)
+            budget -= cost
+    kept = {name: value for name, value in exports.items() if name in fitting}
+    dropped = sorted(set(exports) - fitting, key=lambda n: (-len(exports[n]), n))
+    return _shell_line(client, target, command, kept), dropped
+
+
+def _shell_line(client: str, target: SshTarget, command: str, exports: Mapping[str, str]) -> str:
+    return "exec " + shlex.join(ssh_argv(client, target, remote_line(command, exports)))
+
+
+def _export_bytes(name: str, value: str) -> int:
+    """What ` NAME='value'` adds to the local line: quoted once for the remote shell, then
+    again inside the quoted remote line (where each `'` becomes five characters)."""
+    fragment = f"{name}={shlex.quote(value)}"
+    return len(fragment.encode()) + 4 * fragment.count("'") + 1
 
 
 def failure_message(tail: Sequence[str], target: SshTarget) -> str:
@@ -223,7 +239,7 @@ def _failures(target: SshTarget, known: str) -> list[tuple[tuple[str, ...], str]
     user = f"user '{target.user}'" if target.user else "the local user's name"
     return [
         (
-            ("remote host identification has changed", "host key for", "key mismatch"),
+            ("remote host identification has changed", "host key for"),
             f"the host key of {target.where} does not match the one in {known}; the host was "
             "reinstalled, or the connection is intercepted (update the known_hosts line only "
             "if the change is expected)",
@@ -245,6 +261,16 @@ def _failures(target: SshTarget, known: str) -> list[tuple[tuple[str, ...], str]
         (
             ("no route to host", "network is unreachable"),
             f"{target.where} is unreachable (no route to it)",
+        ),
+        (
+            ("unprotected private key file", "bad permissions"),
+            f"the key {target.identity_file or '(default)'} can be read by other users, so "
+            "ssh ignores it (chmod 600 it)",
+        ),
+        (
+            ("load key",),
+            f"cannot load the key {target.identity_file or '(default)'} (not a private key "
+            "ssh can read, or one with a passphrase)",
         ),
         (
             ("permission denied", "too many authentication failures"),
