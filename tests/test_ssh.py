@@ -113,10 +113,10 @@ def test_output_streams_while_the_remote_command_runs(
 def test_exit_code_is_the_remote_commands_and_stderr_arrives_as_stdout(
     harness: SshHarness, step: dict[str, Any]
 ) -> None:
-    attempt = harness.run("echo out; echo err >&2; exit 3", step)
+    attempt = harness.run("echo out; echo err >&2; read line; echo read=$?; exit 3", step)
     outcome = harness.finish(attempt)
     assert outcome.exit_code == 3 and not outcome.error, outcome
-    assert attempt.stdout == ["out", "err"]
+    assert attempt.stdout == ["out", "err", "read=1"]  # stdin: /dev/null, as for local tasks
     assert attempt.stderr == []
 
 
@@ -351,6 +351,31 @@ def test_a_host_key_mismatch_fails_only_its_task_with_the_message(
     assert "does not match" in nagare.log(run_id, "remote")
 
 
+def test_killing_the_run_ends_the_remote_command(
+    nagare_factory: Callable[..., Nagare], sshd: SshServer, tmp_path: Path
+) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    shell, child = tmp_path / "shell.pid", tmp_path / "child.pid"
+    dag = f"""
+    id: killed
+    tasks:
+      - id: remote
+        type: ssh
+        host: 127.0.0.1
+        port: {sshd.port}
+        identity_file: {sshd.client_key}
+        known_hosts: {known}
+        command: echo $$ > {shell}; sleep 60 & echo $! > {child}; wait
+    """
+    nagare = nagare_factory(dags={"killed.yaml": dag})
+    run_id = nagare.trigger("killed")
+    wait_for(lambda: child.exists() and child.read_text().strip(), 10, message="the pid files")
+    assert nagare.call("POST", f"/api/runs/{run_id}/kill").status == 200
+    assert nagare.wait_run(run_id)["status"] == "cancelled"
+    assert nagare.task(run_id, "remote")["status"] == "cancelled"
+    wait_for(lambda: pids_gone(shell, child), 10, message="the remote processes to end")
+
+
 def test_a_remote_worker_runs_an_ssh_task_of_its_pool(
     nagare_factory: Callable[..., Nagare],
     sshd: SshServer,
@@ -463,7 +488,7 @@ def test_the_remote_line_runs_the_command_under_sh_with_the_exports(tmp_path: Pa
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.stdout == "it's|$(date) `x` \\\ndone\n"
-    assert remote_line("true", {}) == "exec /bin/sh -c true"
+    assert remote_line("true", {}) == "exec /bin/sh -c true </dev/null"
 
 
 def test_the_command_line_quotes_every_part_and_stays_under_the_argument_cap() -> None:
@@ -475,7 +500,7 @@ def test_the_command_line_quotes_every_part_and_stays_under_the_argument_cap() -
     assert argv[argv.index("-i") : argv.index("-i") + 2] == ["-i", "/k y"]
     assert "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
     assert 'UserKnownHostsFile="/kh"' in argv and argv[argv.index("-p") :][:2] == ["-p", "2200"]
-    assert argv[-3:] == ["--", "h", "export A=1; exec /bin/sh -c 'echo hi'"]
+    assert argv[-3:] == ["--", "h", "export A=1; exec /bin/sh -c 'echo hi' </dev/null"]
     big = {"A": "a" * MAX_LINE_BYTES, "B": "b" * 100, "C": "c" * (MAX_LINE_BYTES // 2)}
     line, dropped = ssh_line("/usr/bin/ssh", target, "true", big)
     assert dropped == ["A"] and len(line) <= MAX_LINE_BYTES

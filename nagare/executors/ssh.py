@@ -14,8 +14,8 @@ What the remote side gets and guarantees:
   process group, which ends every process of it that does not ignore SIGHUP. A side effect: the
   remote stderr is merged into the remote stdout (both arrive as stdout), and lines end in CRLF
   (the CR is trimmed). The terminal type is `dumb` unless the task sets TERM.
-- REMOTE is `export NAME='value' ...; exec /bin/sh -c 'COMMAND'` run by the remote user's login
-  shell (which must understand that POSIX line): the task's own variables (Nagare's NAGARE_*,
+- REMOTE is `export NAME='value' ...; exec /bin/sh -c 'COMMAND' </dev/null` run by the remote
+  user's login shell (which must understand that POSIX line): the task's own variables (Nagare's NAGARE_*,
   the DAG's and task's `env`, run parameters, upstream outputs and the task's secrets) are
   exported; the server's own environment never is. `$NAGARE_OUTPUT` is a local file, so it is
   not sent: an ssh task publishes its stdout through `output: NAME`.
@@ -157,8 +157,9 @@ def remote_env(
 
 
 def remote_line(command: str, exports: Mapping[str, str]) -> str:
-    """What the remote login shell runs: the exports, then the command under `/bin/sh -c`."""
-    run = f"exec {REMOTE_SHELL} -c {shlex.quote(command)}"
+    """What the remote login shell runs: the exports, then the command under `/bin/sh -c` with
+    its stdin from /dev/null, as a local task's (the terminal would never give it an EOF)."""
+    run = f"exec {REMOTE_SHELL} -c {shlex.quote(command)} </dev/null"
     if not exports:
         return run
     assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items())
