@@ -451,6 +451,7 @@ def test_the_target_reads_the_fields_and_checks_them() -> None:
     for step, problem in (
         ({"host": "a b"}, "host: 'a b' is not a host name or address"),
         ({"host": "h", "user": "-oX"}, "user: '-oX' is not a user name"),
+        ({"host": "me@h"}, "host: 'me@h' holds a user: give it in 'user' instead"),
         ({"host": "h", "port": "70000"}, "port: expected a port number 1-65535, found '70000'"),
         ({"host": "h", "known_hosts": '/a"b'}, "known_hosts: ssh cannot take a path with"),
     ):

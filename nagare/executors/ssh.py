@@ -15,10 +15,10 @@ What the remote side gets and guarantees:
   remote stderr is merged into the remote stdout (both arrive as stdout), and lines end in CRLF
   (the CR is trimmed). The terminal type is `dumb` unless the task sets TERM.
 - REMOTE is `export NAME='value' ...; exec /bin/sh -c 'COMMAND' </dev/null` run by the remote
-  user's login shell (which must understand that POSIX line): the task's own variables (Nagare's NAGARE_*,
-  the DAG's and task's `env`, run parameters, upstream outputs and the task's secrets) are
-  exported; the server's own environment never is. `$NAGARE_OUTPUT` is a local file, so it is
-  not sent: an ssh task publishes its stdout through `output: NAME`.
+  user's login shell (which must understand that POSIX line): the task's own variables
+  (Nagare's NAGARE_*, the DAG's and task's `env`, run parameters, upstream outputs and the
+  task's secrets) are exported; the server's own environment never is. `$NAGARE_OUTPUT` is a
+  local file, so it is not sent: an ssh task publishes its stdout through `output: NAME`.
 - Host keys are checked strictly (`StrictHostKeyChecking=yes`, `BatchMode=yes`: never a
   prompt); the client exits 255 on its own failures, and the last lines it wrote to stderr
   become a clear `Outcome.error` (host key mismatch, unknown host key, connection refused,
@@ -108,6 +108,8 @@ def ssh_target(step: Mapping[str, Any], env: Mapping[str, str]) -> SshTarget:
     user = _field(step, "user", env)
     if not host:
         raise SshFieldError("'host' is empty (the machine to run the command on)")
+    if "@" in host:
+        raise SshFieldError(f"host: '{host}' holds a user: give it in 'user' instead")
     if host.startswith("-") or not _HOST.fullmatch(host):
         raise SshFieldError(f"host: '{host}' is not a host name or address")
     if user and (user.startswith("-") or not _USER.fullmatch(user)):
