@@ -679,6 +679,8 @@ class StepExecutors:
             return _web_executor(step_type, self.config, self.reactor)
         if step_type == TaskType.MAIL:
             return _mail_executor(self.config, self.reactor)
+        if step_type == TaskType.SSH:
+            return _ssh_executor(self.reactor, self.local)
         return Unavailable(self.reactor, step_type)
 
 
@@ -697,6 +699,14 @@ def _mail_executor(config: Config, reactor: Reactor) -> Executor:
     from nagare.executors.mail import MailExecutor
 
     return MailExecutor(reactor, config.smtp, os.environ)
+
+
+def _ssh_executor(reactor: Reactor, local: LocalExecutor) -> Executor:
+    """The ssh step's executor: the system's OpenSSH client run by `local`; the variables of
+    this process's own environment (what local tasks inherit) are never sent to the host."""
+    from nagare.executors.ssh import SshExecutor
+
+    return SshExecutor(reactor, local, os.environ)
 
 
 def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:

@@ -21,6 +21,7 @@ from nagare.cli import main
 from nagare.dagfile import DAG_KEYS, RESOURCE_KEYS, SECRET_KEYS, TASK_KEYS, TRIGGER_KEYS, parse_dag
 from nagare.dagfile import fields as field_table
 from nagare.engine.rerun import downstream_reruns, run_retry
+from nagare.models import DagDef, ParamType
 from nagare.models import TaskStatus as S
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,12 +181,22 @@ def test_dry_prints_the_plan_of_every_example_and_runs_nothing(
     monkeypatch.chdir(tmp_path)
     dag, _ = parse_dag(path.read_text(), path.name, str(path.parent))
     assert dag is not None
-    given = "since=2026-01-01" if dag.params else "GREETING=hi"  # a DAG with params: typed
+    given = _given_param(dag)
     assert main(["dry", str(path), "-p", given]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"DAG '{dag.dag_id}': {len(dag.tasks)} task(s)")
     assert given in out.splitlines()[1]
     assert list(tmp_path.iterdir()) == []  # no database, no log folder: nothing ran
+
+
+def _given_param(dag: DagDef) -> str:
+    """A `-p NAME=VALUE` the example accepts: a DAG with params takes only its own (typed)."""
+    if not dag.params:
+        return "GREETING=hi"
+    if any(p.name == "since" for p in dag.params):
+        return "since=2026-01-01"  # params_example: required, a date
+    text = next(p.name for p in dag.params if p.type == ParamType.STRING and not p.enum)
+    return f"{text}=given-value"
 
 
 def test_dry_by_dag_id_shows_order_commands_env_and_secrets_by_name_only(tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ from nagare.models import (
 from nagare.store import HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
-# What a worker runs: commands (a map's children; parents never reach the queue) and the step
-# types with an executor of their own (http, mail, ssh, chat), on the worker's settings.
+# What a worker runs: commands, map children (parents never reach the queue) and the step types
+# that take a slot (http, mail, ssh, chat: the worker's StepExecutors run them).
 RUNNABLE = SLOT_STEPS
 
 

@@ -313,7 +313,12 @@ FIELDS: tuple[Field, ...] = (
     # ---- step type ssh
     Field("host", (TASK,), TEXT, "type ssh: the host to run the command on."),
     Field("user", (TASK,), TEXT, "type ssh: the remote user."),
-    Field("port", (TASK,), {"type": "integer", "minimum": 1, "maximum": 65535}, "type ssh: port."),
+    Field(
+        "port",
+        (TASK,),
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535}, {"type": "string"}]},
+        "type ssh: the port (default 22); a number, or a template or ${NAME} giving one.",
+    ),
     Field("identity_file", (TASK,), TEXT, "type ssh: the private key file."),
     Field("known_hosts", (TASK,), TEXT, "type ssh: the known_hosts file (strict checking)."),
     # ---- step type chat

@@ -85,6 +85,11 @@ def _texts(node: Node, field: str, errors: Collector) -> Any:
 
 
 def _port(node: Node, field: str, errors: Collector) -> Any:
+    """A port number, or a text with a template or a `${NAME}` that gives one when the task
+    starts (checked then)."""
+    is_text = isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str"
+    if is_text and ("{{" in node.value or "${" in node.value):
+        return node.value
     value = integer(node, field, errors, 1)
     if value is not None and value > 65535:
         errors.add(node, field, f"expected a port number 1-65535, found {value}")
