@@ -155,6 +155,18 @@ def test_approval_timeout_fails_it_timed_out(nagare_factory: Callable[..., Nagar
     assert answer(n, run_id, "ask", "approve").status == 409
 
 
+def test_killing_a_waiting_task_cancels_it(nagare_factory: Callable[..., Nagare]) -> None:
+    n = nagare_factory(dags={"listen.yaml": EVENTS})
+    run_id = n.trigger("listen")
+    waiting(n, run_id, "paid")
+    assert n.call("POST", f"/api/runs/{run_id}/tasks/paid/kill").status == 200
+    assert n.task(run_id, "paid")["status"] == "cancelled"
+    assert n.get(f"/api/runs/{run_id}/tasks/paid/attempts")[0]["status"] == "cancelled"
+    assert n.call("POST", f"/api/events/payment-{run_id}", {"status": "paid", "amount": 99}).json[
+        "matched"
+    ] == [{"run_id": run_id, "task_id": "strict"}]  # (strict still waited; paid no longer)
+
+
 def test_events_match_extract_and_bad_input(nagare_factory: Callable[..., Nagare]) -> None:
     n = nagare_factory(dags={"listen.yaml": EVENTS})
     run_id = n.trigger("listen")
