@@ -82,9 +82,12 @@ def test_approval_records_who_and_when_and_checks_approvers(
     for task_id in ("later", "build", "ship"):
         result = answer(n, run_id, task_id, "approve", by="alice")
         assert result.status == 409, (task_id, result.body)
-    assert "is pending, not waiting" in answer(n, run_id, "later", "approve").json["error"]["message"]
-    assert "does not wait for an approval" in (
-        answer(n, run_id, "build", "approve").json["error"]["message"]
+    assert (
+        "is pending, not waiting" in answer(n, run_id, "later", "approve").json["error"]["message"]
+    )
+    assert (
+        "does not wait for an approval"
+        in (answer(n, run_id, "build", "approve").json["error"]["message"])
     )
     assert answer(n, "nope", "ask", "approve").status == 404
     # approvers: only those names may answer
@@ -226,7 +229,12 @@ def test_webhook_with_emit_event_resolves_waits(nagare_factory: Callable[..., Na
     body = json.dumps({"ref": "main", "sha": "abc123"}).encode()
     signature = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     headers = {"Content-Type": "application/json"}
-    forged = n.call("POST", "/api/webhooks/ci", raw=body, headers={**headers, "X-Hub-Signature-256": "sha256=00"})
+    forged = n.call(
+        "POST",
+        "/api/webhooks/ci",
+        raw=body,
+        headers={**headers, "X-Hub-Signature-256": "sha256=00"},
+    )
     assert forged.status == 403
     assert n.task(run_id, "ci")["status"] == "waiting"
     delivered = n.call(
@@ -331,10 +339,13 @@ def test_example_dags_run(nagare_factory: Callable[..., Nagare]) -> None:
     names = ("approval_example.yaml", "wait_example.yaml")
     n = nagare_factory(dags={name: (ROOT / "dags" / name).read_text() for name in names})
     approval = n.trigger("approval_example")
-    waiting(n, approval, "approve_release")
+    task = waiting(n, approval, "approve_release")
+    assert task["waiting_for"]["message"] == (
+        f"Release of run {approval} (3 fixes, 1 feature) to production?"
+    )
     assert answer(n, approval, "approve_release", "approve", by="alice", comment="ok").status == 200
     assert n.wait_run(approval)["status"] == "success"
-    assert "approved by alice" in n.log(approval, "release")
+    assert n.log(approval, "release").startswith("released 1.4.2, approved by alice at 20")
     run_id = n.trigger("wait_example")
     waiting(n, run_id, "wait_for_upload")
     from test_cli_client import ok

@@ -43,7 +43,10 @@ def test_approve_and_reject_from_the_command_line(nagare_factory: Callable[..., 
     waiting(n, first, "ask")
     waiting(n, second, "ask")
     denied = fails("approve", first, "ask", "--by", "mallory", api=n.url)
-    assert denied.strip() == "error: 'mallory' may not answer the approval 'ask': its approvers are alice"
+    assert (
+        denied.strip()
+        == "error: 'mallory' may not answer the approval 'ask': its approvers are alice"
+    )
     missing = cli("approve", first, "ask", api=n.url, env={"USER": "bob"})  # --by: $USER
     assert missing.returncode == 1 and "'bob' may not answer" in missing.stderr
     out = ok("approve", first, "ask", "-m", "ship it", "--by", "alice", api=n.url)
@@ -57,12 +60,16 @@ def test_approve_and_reject_from_the_command_line(nagare_factory: Callable[..., 
     assert fails("approve", "no_such_run", "ask", api=n.url).strip() == (
         "error: task 'ask' not found in run 'no_such_run'"
     )
-    rejected = json.loads(ok("reject", second, "ask", "--by=alice", "-m", "no", "--json", api=n.url))
+    rejected = json.loads(
+        ok("reject", second, "ask", "--by=alice", "-m", "no", "--json", api=n.url)
+    )
     assert rejected["status"] == "failed" and rejected["exit_code"] == 1
     assert rejected["message"].endswith(": no")
 
 
-def test_emit_with_data_file_and_stdin(nagare_factory: Callable[..., Nagare], tmp_path: Path) -> None:
+def test_emit_with_data_file_and_stdin(
+    nagare_factory: Callable[..., Nagare], tmp_path: Path
+) -> None:
     n = nagare_factory(dags=DAGS)
     runs = [n.trigger("hold") for _ in range(3)]
     for run_id in runs:
@@ -71,9 +78,9 @@ def test_emit_with_data_file_and_stdin(nagare_factory: Callable[..., Nagare], tm
     assert out == f"Event go-{runs[0]} resolved 1 waiting task:\n  {runs[0]} ev\n"
     payload = tmp_path / "payload.json"
     payload.write_text('{"who": "file"}')
-    assert json.loads(ok("emit", f"go-{runs[1]}", "--data", f"@{payload}", "--json", api=n.url)) == {
-        "matched": [{"run_id": runs[1], "task_id": "ev"}]
-    }
+    assert json.loads(
+        ok("emit", f"go-{runs[1]}", "--data", f"@{payload}", "--json", api=n.url)
+    ) == {"matched": [{"run_id": runs[1], "task_id": "ev"}]}
     piped = subprocess.run(
         [sys.executable, "-m", "nagare", "emit", f"go-{runs[2]}", "--data", "-", "--api", n.url],
         input='{"who": "stdin"}',
@@ -84,7 +91,10 @@ def test_emit_with_data_file_and_stdin(nagare_factory: Callable[..., Nagare], tm
     )
     assert piped.returncode == 0, piped.stderr
     assert [n.task(r, "ev")["outputs"]["WHO"] for r in runs] == ["text", "file", "stdin"]
-    assert ok("emit", "nobody-waits", api=n.url).strip() == "Event nobody-waits: no waiting task matched"
+    assert (
+        ok("emit", "nobody-waits", api=n.url).strip()
+        == "Event nobody-waits: no waiting task matched"
+    )
     bad = fails("emit", "x", "--data", "{nope", api=n.url, code=2)
     assert bad.startswith("error: the payload is not valid JSON (")
     missing = fails("emit", "x", "--data", f"@{tmp_path / 'none.json'}", api=n.url, code=2)

@@ -99,7 +99,9 @@ def test_approve_from_the_run_page_and_filter_the_runs_list(
     page = u.go("/runs?waiting=approval")  # a link to what needs an answer
     expect(page.get_by_label("Waiting for approval")).to_be_checked()
     expect(page.locator("tr[data-run]")).to_have_count(1)
-    phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True, reduced_motion="reduce")
+    phone = ui(
+        server, viewport={"width": 390, "height": 844}, is_mobile=True, reduced_motion="reduce"
+    )
     page = phone.go(f"/runs?id={asking}")
     banner = page.get_by_role("region", name="Waiting for approval · go_live")
     expect(banner).to_be_visible()
