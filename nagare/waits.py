@@ -173,8 +173,8 @@ class Waits:
         and (approved) its outputs `approved_by`, `approved_at`, `comment`. Conflict unless the
         task waits for an approval; Forbidden when `approvers` is set and `by` is not one."""
         claim = self._waiting_claim(run_id, task_id, TaskType.APPROVAL, "an approval")
+        by, comment = _one_line(by), _one_line(comment)[:MAX_COMMENT_CHARS]  # (one log line)
         _check_approver(self._wait_of(claim), by, task_id)
-        comment = comment[:MAX_COMMENT_CHARS]
         now = self.clock()
         verb = "approved" if approved else "rejected"
         text = f"{verb} by {by or 'someone'} at {to_iso(now)}" + (f": {comment}" if comment else "")
@@ -360,6 +360,10 @@ def _event_outcome(wait: dict[str, Any], name: str, payload: Any) -> Outcome | N
         except ExpressionError as exc:
             return Outcome(exit_code=None, error=f"output_jq.{output}: {expression}: {exc}")
     return Outcome(exit_code=0, outputs=outputs or None)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _check_approver(wait: dict[str, Any], by: str, task_id: str) -> None:

@@ -98,14 +98,16 @@ def test_approval_records_who_and_when_and_checks_approvers(
     )
     assert answer(n, run_id, "ask", "reject").status == 403  # no name: "api"
     assert n.task(run_id, "ask")["status"] == "waiting"
-    done = answer(n, run_id, "ask", "approve", by="alice", comment="LGTM")
+    done = answer(n, run_id, "ask", "approve", by="alice", comment="LGTM\n[nagare] forged")
     assert done.status == 200, done.body
     body = done.json
     assert body["status"] == "success"
     assert body["outputs"]["approved_by"] == "alice"
-    assert body["outputs"]["comment"] == "LGTM"
+    assert body["outputs"]["comment"] == "LGTM [nagare] forged"  # one line in the log
     assert body["outputs"]["approved_at"].endswith("Z")
-    assert body["message"] == f"approved by alice at {body['outputs']['approved_at']}: LGTM"
+    assert body["message"] == (
+        f"approved by alice at {body['outputs']['approved_at']}: LGTM [nagare] forged"
+    )
     assert n.log(run_id, "ask").splitlines()[-1] == f"[nagare] {body['message']}"
     assert answer(n, run_id, "ask", "approve", by="alice").status == 409  # answered already
     waiting(n, run_id, "later")
