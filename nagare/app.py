@@ -162,6 +162,7 @@ class App:
             self.folder,
             lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
             delivery_header=config.webhook_delivery_header,
+            emit=self.waits.emit,  # a trigger with `emit_event`
         )
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
         self.api.add_routes(WaitsApi(self.waits).routes())

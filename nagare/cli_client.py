@@ -169,6 +169,30 @@ def _retry_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _answer_args(parser: argparse.ArgumentParser) -> None:
+    _task_args(parser)
+    parser.add_argument(
+        "-m", "--message", default="", metavar="COMMENT", help="a comment, recorded with the answer"
+    )
+    parser.add_argument(
+        "--by",
+        default=None,
+        metavar="NAME",
+        help="who answers (default: $USER); with `approvers:` set it must be one of them",
+    )
+
+
+def _emit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the event name, e.g. deploy-done")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="JSON",
+        help="the payload: JSON text, @FILE to read it from a file, or - for stdin "
+        "(default: none, null)",
+    )
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -366,6 +390,64 @@ def cmd_kill(namespace: argparse.Namespace) -> int:
     )
 
 
+def cmd_approve(namespace: argparse.Namespace) -> int:
+    return _answer(namespace, True)
+
+
+def cmd_reject(namespace: argparse.Namespace) -> int:
+    return _answer(namespace, False)
+
+
+def _answer(namespace: argparse.Namespace, approved: bool) -> int:
+    client = _client(namespace)
+    by = namespace.by if namespace.by is not None else os.environ.get("USER", "")
+    answer = client.approve if approved else client.reject
+    task = answer(namespace.run_id, namespace.task_id, by, namespace.message)
+    verb = "Approved" if approved else "Rejected"
+    return _emit(
+        namespace,
+        task,
+        lambda: f"{verb} task {namespace.task_id} in run {namespace.run_id} → {task['status']}",
+    )
+
+
+def cmd_emit(namespace: argparse.Namespace) -> int:
+    payload = event_payload(namespace.data, sys.stdin.read)
+    answer = _client(namespace).emit(namespace.name, payload)
+    return _emit(namespace, answer, lambda: matched_lines(namespace.name, answer))
+
+
+def event_payload(data: str | None, read_stdin: Callable[[], str]) -> Any:
+    """`--data`: JSON text, `@FILE`, or `-` (stdin); None without it."""
+    if data is None:
+        return None
+    where = "the payload"
+    if data == "-":
+        text, where = read_stdin(), "the payload on stdin"
+    elif data.startswith("@"):
+        try:
+            with open(data[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the payload file {data[1:]}: {exc}") from None
+        where = f"the payload in {data[1:]}"
+    else:
+        text = data
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not valid JSON ({exc})") from None
+
+
+def matched_lines(name: str, answer: dict[str, Any]) -> str:
+    matched = answer.get("matched") or []
+    if not matched:
+        return f"Event {name}: no waiting task matched"
+    lines = [f"Event {name} resolved {len(matched)} waiting task{'s' if len(matched) > 1 else ''}:"]
+    lines += [f"  {m.get('run_id', '')} {m.get('task_id', '')}" for m in matched]
+    return "\n".join(lines)
+
+
 def cmd_stats(namespace: argparse.Namespace) -> int:
     stats = _client(namespace).stats()
     return _emit(namespace, stats, lambda: stats_lines(stats))
@@ -387,6 +469,9 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Hand
     ("logs", "print (or follow with -f) the log of a task", _logs_args, cmd_logs),
     ("retry", "run a finished run's failed tasks, or one task, again", _retry_args, cmd_retry),
     ("kill", "kill a run, or one task of it", _kill_args, cmd_kill),
+    ("approve", "approve a task waiting for approval", _answer_args, cmd_approve),
+    ("reject", "reject a task waiting for approval (it fails)", _answer_args, cmd_reject),
+    ("emit", "emit an event for the `wait` steps waiting for it", _emit_args, cmd_emit),
     ("stats", "show run and DAG counters", _no_args, cmd_stats),
     ("workers", "list the connected remote workers", _no_args, cmd_workers),
 )

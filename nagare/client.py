@@ -187,6 +187,22 @@ class ApiClient:
     def retry_run(self, run_id: str) -> JsonObject:
         return self._object("POST", _path("api", "runs", run_id, "retry"))
 
+    def approve(self, run_id: str, task_id: str, by: str = "", comment: str = "") -> JsonObject:
+        """Approve a task waiting for approval (409 unless it waits for one)."""
+        body = {"by": by, "comment": comment}
+        return self._object("POST", _task_path(run_id, task_id, "approve"), body=body)
+
+    def reject(self, run_id: str, task_id: str, by: str = "", comment: str = "") -> JsonObject:
+        """Reject a task waiting for approval: it fails (or waits again, with retries left)."""
+        body = {"by": by, "comment": comment}
+        return self._object("POST", _task_path(run_id, task_id, "reject"), body=body)
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, name: str, payload: Any = None) -> JsonObject:
+        """Emit an event: `{"matched": [{run_id, task_id}]}`, the `wait` tasks it resolved."""
+        return self._object("POST", _path("api", "events", name), body=payload)
+
     def logs_text(
         self, run_id: str, task_id: str, attempt: int | None = None, tail: int | None = None
     ) -> str:

@@ -24,6 +24,11 @@ class Unauthorized(NagareError):
     status = 401
 
 
+class Forbidden(NagareError):
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(NagareError):
     code = "not_found"
     status = 404

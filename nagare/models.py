@@ -233,6 +233,7 @@ class TriggerDef:
     secret_env: str = ""
     signature_header: str = "X-Hub-Signature-256"
     extract_payload: dict[str, str] = field(default_factory=dict)
+    emit_event: str = ""  # a delivery emits this event (for `wait` steps) instead of a run
 
 
 @dataclass(frozen=True)

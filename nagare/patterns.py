@@ -13,6 +13,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$")  # a user name (may end in $)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$")
 TASK_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# an event name (`wait` steps, POST /api/events/{name}, a webhook trigger's `emit_event`)
+EVENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 # bytes, or a number with a unit b, k, m or g (any case): "512m", "2g"

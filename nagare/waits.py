@@ -11,6 +11,7 @@ policy, allow_failure, outputs), as a compare-and-set on `waiting` and the attem
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ from nagare.engine.context import (
     upstream_tasks,
 )
 from nagare.engine.expressions import ExpressionError, as_text, condition, first_result
-from nagare.errors import Conflict, NotFound
+from nagare.errors import Conflict, Forbidden, NotFound
 from nagare.logs import LogFiles
 from nagare.models import (
     Claim,
@@ -35,6 +36,7 @@ from nagare.models import (
     TaskStatus,
     TaskType,
 )
+from nagare.patterns import EVENT_NAME
 from nagare.store import Store
 
 log = logging.getLogger("nagare.waits")
@@ -42,6 +44,7 @@ log = logging.getLogger("nagare.waits")
 Finished = Callable[[list[tuple[str, str, int | None]]], None]
 MAX_COMMENT_CHARS = 2000
 MAX_MATCHED = 1000  # wait tasks one event resolves at most (the rest see the next one)
+REJECTED_EXIT_CODE = 1  # a rejected approval fails as if it exited 1 (retry_on_exit_codes)
 
 
 class ChildRuns(Protocol):
@@ -103,6 +106,7 @@ class Waits:
                     upstream_tasks(found.dag, definition.task_id, rows),
                 )
                 if definition.type is TaskType.WAIT:  # what its `match` sees besides the event
+                    problem = _event_name_problem(str(wait.get("event", "")))
                     wait["context"] = {
                         k: v for k, v in context.items() if k in ("dag", "run", "params", "tasks")
                     }
@@ -165,22 +169,32 @@ class Waits:
     def approve(
         self, run_id: str, task_id: str, by: str, comment: str, approved: bool
     ) -> TaskInstance:
-        """Answer a waiting approval; Conflict unless the task waits for one."""
+        """Answer a waiting approval: who (`by`) and when are recorded in its log, its message
+        and (approved) its outputs `approved_by`, `approved_at`, `comment`. Conflict unless the
+        task waits for an approval; Forbidden when `approvers` is set and `by` is not one."""
         claim = self._waiting_claim(run_id, task_id, TaskType.APPROVAL, "an approval")
-        comment = comment[:MAX_COMMENT_CHARS]
+        by, comment = _one_line(by), _one_line(comment)[:MAX_COMMENT_CHARS]  # (one log line)
+        _check_approver(self._wait_of(claim), by, task_id)
         now = self.clock()
         verb = "approved" if approved else "rejected"
         text = f"{verb} by {by or 'someone'} at {to_iso(now)}" + (f": {comment}" if comment else "")
         self._note(claim, text)
-        outputs = {"approved_by": by, "comment": comment, "decision": verb}
+        outputs = {"approved_by": by, "approved_at": to_iso(now) or "", "comment": comment}
         outcome = (
-            Outcome(exit_code=0, outputs=outputs) if approved else Outcome(exit_code=1, error=text)
+            Outcome(exit_code=0, outputs=outputs)
+            if approved
+            else Outcome(exit_code=REJECTED_EXIT_CODE, error=text)
         )
-        if not self._end(claim, outcome, now):
+        if not self._end(claim, outcome, now, text):
             raise Conflict(f"task '{task_id}' of run '{run_id}' is no longer waiting")
         task = self.store.tasks.get(run_id, task_id)
         assert task is not None
         return task
+
+    def _wait_of(self, claim: Claim) -> dict[str, Any]:
+        """What a waiting task waits for (its rendered step, as `begin` stored it)."""
+        found = self.store.tasks.wait_of(claim.task.id)
+        return found if found is not None else {}
 
     def emit(self, name: str, payload: Any) -> list[dict[str, str]]:
         """An event: every `wait` step waiting for `name` whose `match` holds ends with its
@@ -274,7 +288,7 @@ class Waits:
             raise Conflict(f"task '{task_id}' of run '{run_id}' is {task.status}, not waiting")
         return claim
 
-    def _end(self, claim: Claim, outcome: Outcome, now: int) -> bool:
+    def _end(self, claim: Claim, outcome: Outcome, now: int, success_note: str = "") -> bool:
         started = claim.task.started_at or now
         outcome.metrics.duration_ms = max(0, now - started)
         outcome.metrics.exit_code = outcome.exit_code
@@ -284,6 +298,8 @@ class Waits:
         )
         try:
             finish = attempt_finish(claim, outcome, now, "", attempt_log.tail())
+            if success_note and finish.status is TaskStatus.SUCCESS:
+                finish = dataclasses.replace(finish, message=success_note)
             if finish.message:
                 attempt_log.note(finish.message)
         finally:
@@ -301,6 +317,12 @@ class Waits:
             attempt_log.note(text)
         finally:
             attempt_log.close()
+
+
+def _event_name_problem(name: str) -> str:
+    if EVENT_NAME.match(name):
+        return ""
+    return f"event: '{name[:200]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
 
 
 def _waiting_note(wait: dict[str, Any], until: int | None) -> str:
@@ -338,3 +360,18 @@ def _event_outcome(wait: dict[str, Any], name: str, payload: Any) -> Outcome | N
         except ExpressionError as exc:
             return Outcome(exit_code=None, error=f"output_jq.{output}: {expression}: {exc}")
     return Outcome(exit_code=0, outputs=outputs or None)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_approver(wait: dict[str, Any], by: str, task_id: str) -> None:
+    """With `approvers`, only those names may answer (names as given: there are no user
+    accounts yet, so `by` is what the caller says it is)."""
+    approvers = [a for a in wait.get("approvers") or [] if isinstance(a, str) and a]
+    if approvers and by not in approvers:
+        raise Forbidden(
+            f"'{by}' may not answer the approval '{task_id}': its approvers are "
+            + ", ".join(approvers)
+        )

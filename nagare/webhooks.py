@@ -1,6 +1,8 @@
 """Webhook triggers: match a request to the DAG whose `trigger` names its path, verify the
 HMAC-SHA256 signature of the raw body (before parsing it), extract run parameters with `jq`,
-de-duplicate deliveries, and start a run through the callback that `app` wires.
+de-duplicate deliveries, and start a run through the callback that `app` wires. A trigger with
+`emit_event: NAME` starts no run: its verified payload is emitted as that event (`wait` steps)
+through the `emit` callback (`app` wires nagare.waits), and is not de-duplicated.
 
 jq itself runs in `engine/expressions.py`. Extraction errors do not reject a delivery: the run
 starts and its conf carries `NAGARE_WEBHOOK_ERRORS` (one line per failed expression), also logged.
@@ -22,7 +24,7 @@ from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
 from nagare.engine.expressions import ExpressionError, compile_error, first_result
-from nagare.errors import BadRequest, Conflict, InvalidParams, NagareError, NotFound
+from nagare.errors import BadRequest, Conflict, Forbidden, InvalidParams, NotFound
 from nagare.models import DagDef, Run, TriggerDef
 from nagare.store import DagState
 
@@ -30,11 +32,6 @@ log = logging.getLogger("nagare.webhooks")
 ERRORS_KEY = "NAGARE_WEBHOOK_ERRORS"
 DEDUPE_WINDOW_MS = 24 * 3_600_000
 MAX_DELIVERY_ID = 200
-
-
-class Forbidden(NagareError):
-    code = "forbidden"
-    status = 403
 
 
 @dataclass(frozen=True)
@@ -160,8 +157,10 @@ class WebhookService:
         delivery_header: str = "X-GitHub-Delivery",
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], int] = now_ms,
+        emit: Callable[[str, Any], list[dict[str, str]]] | None = None,
     ) -> None:
         self.store = store
+        self.emit = emit
         self.folder = folder
         self.start_run = start_run
         self.delivery_header = delivery_header.lower()
@@ -191,6 +190,14 @@ class WebhookService:
 
     def receive(self, delivery: Delivery) -> str:
         """Start (or find, for a repeated delivery id) the run; returns its run id."""
+        answer = self.deliver(delivery)
+        if not isinstance(answer, str):
+            raise Conflict("this webhook emits an event; it starts no run")
+        return answer
+
+    def deliver(self, delivery: Delivery) -> str | list[dict[str, str]]:
+        """A delivery: the run id it started (or found, for a repeated delivery id), or, for a
+        trigger with `emit_event`, the `wait` tasks the event resolved."""
         dag = self.find(delivery.path)
         trigger = dag.trigger if dag is not None else None
         if dag is None or trigger is None or trigger.method.upper() != delivery.method.upper():
@@ -200,6 +207,11 @@ class WebhookService:
         state = self.store.dags.states().get(dag.dag_id)
         if state is not None and state.paused:
             raise Conflict(f"dag paused: DAG '{dag.dag_id}' is paused; activate it first")
+        if trigger.emit_event:
+            if self.emit is None:
+                raise Conflict("events are not available")
+            log.info("DAG '%s': webhook emits event '%s'", dag.dag_id, trigger.emit_event)
+            return self.emit(trigger.emit_event, payload)
         delivery_id = delivery.headers.get(self.delivery_header, "").strip()[:MAX_DELIVERY_ID]
         if not delivery_id:
             return self._start(dag, trigger, payload)

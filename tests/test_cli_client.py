@@ -47,7 +47,7 @@ tasks:
 LONG_COMMAND = "echo " + "x" * 80
 CLIENT_COMMANDS = (
     *("dags", "trigger", "pause", "activate", "runs", "run", "tasks", "logs", "retry", "kill"),
-    *("stats", "workers"),
+    *("stats", "workers", "approve", "reject", "emit"),
 )
 
 

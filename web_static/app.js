@@ -10,7 +10,7 @@ const TERMINAL_RUN = new Set(["success", "failed", "cancelled", "skipped"]);
 const HANDLER_IDS = new Set(["on_success", "on_failure", "on_cancel", "on_exit"]);
 const TERMINAL_TASK = new Set(["success", "failed", "cancelled", "upstream_failed", "skipped"]);
 const RETRIED_RUN = new Set(["failed", "upstream_failed", "cancelled"]); // what a run retry re-queues
-const TASK_STATUSES = ["pending", "queued", "running", "success", "failed", "up_for_retry", "upstream_failed", "cancelled", "skipped"];
+const TASK_STATUSES = ["pending", "queued", "running", "waiting", "success", "failed", "up_for_retry", "upstream_failed", "cancelled", "skipped"];
 const RUN_STATUSES = ["queued", "running", "success", "failed", "cancelled", "skipped"];
 const TRIGGERS = ["manual", "scheduled", "webhook", "triggered", "catchup", "backfill"];
 
@@ -468,7 +468,9 @@ function killRun(run, after) {
 }
 
 function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
-  const [filters, setFilters] = useState({ dag_id: dagId || "", status: "", trigger: "" });
+  // ?waiting=approval (a link to the runs someone must answer) starts with that filter on
+  const [filters, setFilters] = useState(() => ({ dag_id: dagId || "", status: "", trigger: "",
+    waiting: showFilters && new URLSearchParams(location.search).get("waiting") === "approval" ? "approval" : "" }));
   const [page, setPage] = useState(1);
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
@@ -478,9 +480,14 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
     try { setData(await api(`/api/runs?${q}`)); setError(null); } catch (e) { setError(e); }
   };
   const anyRunning = data?.data.some((r) => !TERMINAL_RUN.has(r.status));
-  usePoll(load, anyRunning ? 2000 : 5000, [page, filters.dag_id, filters.status, filters.trigger, anyRunning]);
+  usePoll(load, anyRunning ? 2000 : 5000, [page, filters.dag_id, filters.status, filters.trigger, filters.waiting, anyRunning]);
   const now = useNow(anyRunning);
   const set = (k) => (e) => { setFilters({ ...filters, [k]: e.target.value }); setPage(1); };
+  const setWaiting = (e) => {
+    const waiting = e.target.checked ? "approval" : "";
+    setFilters({ ...filters, waiting }); setPage(1);
+    if (!dagId) navigate(waiting ? "/runs?waiting=approval" : "/runs", true);
+  };
   const pages = data ? Math.max(1, Math.ceil(data.total / limit)) : 1;
   return html`<div>
     ${showFilters && html`<div class="row" style="margin-bottom:8px">
@@ -490,6 +497,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
         <option value="">all</option>${RUN_STATUSES.map((s) => html`<option value=${s}>${s}</option>`)}</select></label>
       <label class="small">Trigger <select onChange=${set("trigger")} value=${filters.trigger} aria-label="Filter by trigger">
         <option value="">all</option>${TRIGGERS.map((s) => html`<option value=${s}>${s}</option>`)}</select></label>
+      <label class="small check-filter"><input type="checkbox" checked=${filters.waiting === "approval"} onChange=${setWaiting} data-filter="waiting-approval" /> Waiting for approval</label>
     </div>`}
     <${ErrorLine} error=${error} />
     <div class="tablewrap"><table class="runs">
@@ -497,7 +505,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
       <tbody>${data && data.data.map((r) => html`<tr key=${r.run_id} data-run=${r.run_id}>
         <td class="mono trunc"><${Link} href=${runHref(r.run_id)} title=${r.run_id}>${r.run_id}</${Link}></td>
         ${!dagId && html`<td><${Link} href=${dagHref(r.dag_id)}>${r.dag_id}</${Link}></td>`}
-        <td><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} /></td>
+        <td><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} />${r.task_counts?.waiting > 0 && html` <span class="badge st-waiting" data-waiting-count title="tasks waiting (an approval, an event or a child run)">${r.task_counts.waiting} waiting</span>`}</td>
         <td class="hide-sm small">${fmtTime(r.execution_date)}</td>
         <td><${TriggerBadge} trigger=${r.trigger} /></td>
         <td class="num">${fmtDur(elapsed(r, now))}</td>
@@ -788,7 +796,7 @@ function DagGraph({ tasks, states, fans, onSelect }) {
 }
 
 function Legend() {
-  return html`<div class="legend">${["success", "running", "queued", "pending", "failed", "allowed", "up_for_retry", "upstream_failed", "cancelled", "skipped"].map((s) =>
+  return html`<div class="legend">${["success", "running", "waiting", "queued", "pending", "failed", "allowed", "up_for_retry", "upstream_failed", "cancelled", "skipped"].map((s) =>
     html`<span><span style=${`display:inline-block;width:10px;height:10px;border-radius:2px;background:${STATUS_VAR(s)}`}></span> ${s === "allowed" ? "failed · allowed" : s.replaceAll("_", " ")}</span>`)}</div>`;
 }
 
@@ -941,6 +949,7 @@ function RunDetail({ runId, focusTask }) {
       ${running && html`<button class="danger" onClick=${() => killRun(run, load)} data-action="kill-run">■ Kill run</button>`}
       ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
+    ${tasks.filter((t) => t.status === "waiting" && t.waiting_for?.type === "approval").map((t) => html`<${ApprovalBanner} key=${t.id} run=${run} task=${t} reload=${load} />`)}
     ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
@@ -1006,6 +1015,43 @@ function Gantt({ run, tasks, children, now }) {
   </div>`;
 }
 
+// A task waiting for someone: its message, who may answer, and Approve / Reject with a comment.
+const USER_KEY = "nagare_user";
+const storedUser = () => { try { return localStorage.getItem(USER_KEY) || ""; } catch { return ""; } };
+
+function ApprovalBanner({ run, task, reload }) {
+  const w = task.waiting_for || {};
+  const approvers = w.approvers || [];
+  const [by, setBy] = useState(() => storedUser() || (approvers.length === 1 ? approvers[0] : ""));
+  const [comment, setComment] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const id = `approval-${task.id}`;
+  const answer = async (verb) => {
+    setBusy(true); setError(null);
+    try {
+      await api(`${taskPath(run.run_id, task.task_id)}/${verb}`, { method: "POST", body: { by: by.trim(), comment } });
+      try { if (by.trim()) localStorage.setItem(USER_KEY, by.trim()); } catch { /* private mode */ }
+      pushToast(`Task ${task.task_id} ${verb === "approve" ? "approved" : "rejected"}`);
+      reload();
+    } catch (e) { setError(e); } finally { setBusy(false); }
+  };
+  return html`<section class="approval" role="region" aria-labelledby=${`${id}-title`} data-approval=${task.task_id}>
+    <h2 id=${`${id}-title`}>Waiting for approval · <span class="mono">${task.task_id}</span></h2>
+    <p class="approval-message" data-approval-message>${w.message || "Approve to continue this run, or reject to fail the task."}</p>
+    <p class="small muted">${approvers.length ? `Only ${approvers.join(", ")} may answer.` : "Anyone with access may answer."}${w.until ? ` Fails if unanswered by ${fmtTime(w.until)}.` : ""}</p>
+    <div class="approval-form">
+      <label><span>Your name${approvers.length ? "" : " (optional)"}</span><input value=${by} onInput=${(e) => setBy(e.target.value)} autocomplete="username" data-approval-by /></label>
+      <label class="grow"><span>Comment (optional)</span><input value=${comment} onInput=${(e) => setComment(e.target.value)} data-approval-comment /></label>
+      <div class="row">
+        <button class="approve" disabled=${busy} onClick=${() => answer("approve")} data-action="approve">✓ Approve</button>
+        <button class="danger" disabled=${busy} onClick=${() => answer("reject")} data-action="reject">✕ Reject</button>
+      </div>
+    </div>
+    <${ErrorLine} error=${error} />
+  </section>`;
+}
+
 function TaskRow({ run, task, open, onToggle, reload, now }) {
   const m = task.metrics;
   const act = async (what) => {
@@ -1028,14 +1074,15 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       ${m && html`<span class="badge muted hide-sm" title="CPU time">CPU ${fmtDur(m.cpu_user_ms + m.cpu_system_ms)}</span>`}
       ${task.exit_code != null && task.status !== "skipped" && html`<span class=${`badge ${task.exit_code === 0 ? "st-success" : task.allowed_failure ? "st-allowed" : "st-failed"}`}>exit ${task.exit_code}</span>`}
       ${task.timed_out && html`<span class="badge st-failed">timed out</span>`}
-      ${task.worker && task.worker !== "local" && html`<span class="badge muted">${task.worker}</span>`}
+      ${task.worker && task.worker !== "local" && task.worker !== "engine" && html`<span class="badge muted">${task.worker}</span>`}
+      ${task.status === "waiting" && task.waiting_for?.event && html`<span class="badge st-waiting mono" title="the event it waits for (POST /api/events/NAME or nagare emit NAME)" data-waiting-event>event ${task.waiting_for.event}</span>`}
       ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
       ${task.message && !task.reason && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
-      ${task.status === "running" || task.status === "queued" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
+      ${task.status === "running" || task.status === "queued" || task.status === "waiting" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
       ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
-    ${task.reason && html`<p class="reason" data-reason>${task.status === "skipped" ? "skipped" : "not run"}: ${task.reason}</p>`}
+    ${task.reason && html`<p class="reason" data-reason>${task.status === "waiting" ? "" : task.status === "skipped" ? "skipped: " : "not run: "}${task.reason}</p>`}
     ${open && html`<div class="body"><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;
 }

@@ -72,7 +72,7 @@ from nagare.models import (
     TriggerDef,
 )
 from nagare.models import topological_order as topological_order  # re-exported
-from nagare.patterns import ENV_NAME, MEMORY, OUTPUT_NAME, USER_NAME
+from nagare.patterns import ENV_NAME, EVENT_NAME, MEMORY, OUTPUT_NAME, USER_NAME
 
 MAX_FILE_BYTES = 1048576  # the default of max_dag_file_bytes
 MAX_DEPTH = 50  # lists and mappings inside each other; a DAG file needs about 6
@@ -470,6 +470,20 @@ def _build_trigger(node: Node, errors: Collector) -> TriggerDef | None:
         if "extract_payload" in fields
         else {}
     )
+    emit_event = _optional_text(fields, "emit_event", errors, "trigger")
+    if emit_event and not EVENT_NAME.match(emit_event):
+        errors.add(
+            fields["emit_event"],
+            "trigger.emit_event",
+            f"'{emit_event}' is not a valid event name (letters, digits, '_', '.', ':', '-')",
+        )
+    if emit_event and extract:
+        errors.add(
+            fields["extract_payload"],
+            "trigger.extract_payload",
+            "'extract_payload' gives run parameters, but a trigger with 'emit_event' starts no "
+            "run (a `wait` step's output_jq reads the payload instead)",
+        )
     return TriggerDef(
         type=kind,
         path=path,
@@ -479,6 +493,7 @@ def _build_trigger(node: Node, errors: Collector) -> TriggerDef | None:
         signature_header=_optional_text(fields, "signature_header", errors, "trigger")
         or "X-Hub-Signature-256",
         extract_payload=extract,
+        emit_event=emit_event,
     )
 
 

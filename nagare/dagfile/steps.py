@@ -29,7 +29,7 @@ from nagare.dagfile.nodes import (
 from nagare.dagfile.params import yaml_value
 from nagare.engine.expressions import compile_error, template_errors
 from nagare.models import RAW_STEP_KEYS, TaskType
-from nagare.patterns import OUTPUT_NAME
+from nagare.patterns import EVENT_NAME, OUTPUT_NAME
 
 # The keys each step type reads into `TaskDef.step` (fields shared by every task are not here).
 STEP_KEYS: dict[TaskType, tuple[str, ...]] = {
@@ -375,6 +375,13 @@ def _check_wait(
     step: dict[str, Any], fields: dict[str, Node], node: Node, path: str, errors: Collector
 ) -> None:
     _require(step, fields, node, path, errors, "event", "wait", "the name of the event")
+    event = step.get("event", "")
+    if event and "{{" not in event and not EVENT_NAME.match(event):
+        errors.add(
+            fields["event"],
+            f"{path}.event",
+            f"'{event}' is not a valid event name (letters, digits, '_', '.', ':', '-')",
+        )
 
 
 _CHECKS: dict[TaskType, Callable[[dict[str, Any], dict[str, Node], Node, str, Collector], None]] = {

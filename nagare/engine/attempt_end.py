@@ -131,6 +131,8 @@ _TIMEOUT_ENDS = {
 
 
 def failure_message(outcome: Outcome, timeout: float) -> str:
+    if outcome.timed_out and outcome.error and outcome.metrics.executor_type == "engine":
+        return outcome.error  # a step that waits: what it waited for (nothing was killed)
     if outcome.timed_out:
         return f"timed out after {timeout:g}s: {_stopped(outcome.metrics.executor_type)}"
     if outcome.error:

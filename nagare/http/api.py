@@ -24,6 +24,7 @@ from nagare.http.serialize import (
     task_json,
     tasks_json,
     validation_json,
+    waiting_json,
 )
 from nagare.http.server import Request, Response, error_response, json_response
 from nagare.http.sse import LogStream
@@ -31,11 +32,20 @@ from nagare.http.static import StaticFiles
 from nagare.liveness import Health
 from nagare.logs import LogFiles
 from nagare.metrics import PoolInfo
-from nagare.models import Attempt, Run, RunStatus, TaskInstance, Trigger
+from nagare.models import (
+    WAITING_STEPS,
+    Attempt,
+    Run,
+    RunStatus,
+    TaskInstance,
+    TaskStatus,
+    Trigger,
+)
 from nagare.runs import RunService
 from nagare.store import DagState, RunFilter, Stats
 
 MAX_PAGE_SIZE = 500
+WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
 CONF_BODY = {
     "type": "object",
     "properties": {
@@ -89,6 +99,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def of_run(self, run_id: str, include_children: bool = True) -> list[TaskInstance]: ...
 
         def children(self, run_id: str, parent_task_id: str) -> list[TaskInstance]: ...
+
+        def waits_of_run(self, run_id: str) -> dict[str, tuple[dict[str, Any], int | None]]: ...
 
     class ApiStore(Protocol):
         """The parts of the store the API routes read, and what of them."""
@@ -194,6 +206,12 @@ class Api:
             Param("dag_id", "only runs of this DAG"),
             Param("status", "only runs in this status", enum=tuple(s.value for s in RunStatus)),
             Param("trigger", "only runs started this way", enum=tuple(t.value for t in Trigger)),
+            Param(
+                "waiting",
+                "only runs with a task waiting on a step of this type (approval: someone must "
+                "answer)",
+                enum=WAITING_TYPES,
+            ),
             Param("page", "page number, from 1", "integer", minimum=1),
             Param(
                 "limit",
@@ -519,6 +537,7 @@ class Api:
             dag_id=request.arg("dag_id"),
             status=_enum_arg(request, "status", RunStatus),
             trigger=_enum_arg(request, "trigger", Trigger),
+            waiting=_enum_arg(request, "waiting", WAITING_TYPES),
         )
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
@@ -536,7 +555,7 @@ class Api:
     def tasks(self, request: Request) -> list[dict[str, Any]]:
         run_id = request.params["run_id"]
         self.s.runs.run(run_id)
-        return tasks_json(self.s.store.tasks.of_run(run_id))
+        return self._with_waits(run_id, tasks_json(self.s.store.tasks.of_run(run_id)))
 
     def task(self, request: Request) -> dict[str, Any]:
         task = self._task(request)
@@ -545,7 +564,16 @@ class Api:
             if task.map_index is None and not task.outputs
             else None
         )
-        return task_json(task, children)
+        return self._with_waits(task.run_id, [task_json(task, children)])[0]
+
+    def _with_waits(self, run_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Waiting tasks get `waiting_for` (what they wait for: the run page's banners)."""
+        if any(item["status"] == TaskStatus.WAITING for item in items):
+            waits = self.s.store.tasks.waits_of_run(run_id)
+            for item in items:
+                if item["id"] in waits:
+                    item["waiting_for"] = waiting_json(*waits[item["id"]])
+        return items
 
     def attempts(self, request: Request) -> list[dict[str, Any]]:
         task = self._task(request)

@@ -82,6 +82,18 @@ def metrics_json(metrics: AttemptMetrics | None) -> dict[str, Any] | None:
     }
 
 
+# what a waiting task's `waiting_for` shows of its rendered step (not the `match` context)
+WAIT_FIELDS = ("type", "message", "approvers", "event", "match")
+
+
+def waiting_json(wait: dict[str, Any], until: int | None) -> dict[str, Any]:
+    """A waiting task's `waiting_for`: its step type and what it waits for (approval: message
+    and approvers; wait: event and match), and until when (its timeout)."""
+    body = {k: wait[k] for k in WAIT_FIELDS if wait.get(k)}
+    body["until"] = to_iso(until) if until is not None else None
+    return body
+
+
 def tasks_json(tasks: list[TaskInstance]) -> list[dict[str, Any]]:
     """Task instances of a run (children included): a map parent's outputs are lists of its
     children's values."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from nagare.errors import BadRequest
 from nagare.http.routing import Route
 from nagare.http.serialize import task_json
 from nagare.http.server import Request
+from nagare.patterns import EVENT_NAME
 from nagare.waits import Waits
 
-EVENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 MAX_BY_CHARS = 200
 
 

@@ -25,8 +25,9 @@ class WebhooksApi:
                 PREFIX + "{webhook_path...}",
                 self.receive,
                 "Webhook of a DAG trigger (any method the DAG names; HMAC-SHA256 signature when "
-                "the trigger has a secret): 202 {run_id}, 403 bad/missing signature, 400 not "
-                "JSON, 404 no matching trigger, 409 dag paused, 413 too large",
+                "the trigger has a secret): 202 {run_id}, or {matched: [{run_id, task_id}]} for "
+                "a trigger with emit_event; 403 bad/missing signature, 400 not JSON, 404 no "
+                "matching trigger, 409 dag paused, 413 too large",
                 auth="hmac",
                 body={"type": "object"},
                 status=202,
@@ -36,4 +37,5 @@ class WebhooksApi:
 
     def receive(self, request: Request) -> dict[str, Any]:
         delivery = Delivery(request.method, unquote(request.path), request.headers, request.body)
-        return {"run_id": self.webhooks.receive(delivery)}
+        answer = self.webhooks.deliver(delivery)
+        return {"run_id": answer} if isinstance(answer, str) else {"matched": answer}

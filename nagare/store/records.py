@@ -18,6 +18,7 @@ class RunFilter:
     dag_id: str = ""
     status: str = ""
     trigger: str = ""
+    waiting: str = ""  # a step type: only runs with a task waiting on such a step (approval)
 
 
 @dataclass

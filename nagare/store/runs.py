@@ -209,6 +209,12 @@ class RunStore:
             if value:
                 clauses.append(f"{column}=?")
                 params.append(value)
+        if filt.waiting:
+            clauses.append(
+                "run_id IN (SELECT run_id FROM task_instances INDEXED BY ti_waiting WHERE "
+                "status='waiting' AND json_extract(wait, '$.type')=?)"
+            )
+            params.append(filt.waiting)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:
             total = conn.execute(f"SELECT count(*) FROM runs {where}", params).fetchone()[0]

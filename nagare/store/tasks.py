@@ -433,6 +433,25 @@ class TaskStore:
             rows = conn.execute(sql + " ORDER BY ti.started_at, ti.rowid", params).fetchall()
         return [(task_from_row(r), json.loads(r["wait"]) if r["wait"] else {}) for r in rows]
 
+    def wait_of(self, task_instance_id: str) -> dict[str, Any] | None:
+        """What a waiting task waits for (None when it does not wait)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT wait FROM task_instances WHERE id=? AND status='waiting'",
+                (task_instance_id,),
+            ).fetchone()
+        return None if row is None or not row[0] else dict(json.loads(row[0]))
+
+    def waits_of_run(self, run_id: str) -> dict[str, tuple[dict[str, Any], int | None]]:
+        """The waiting tasks of a run: task instance id -> (what it waits for, until when)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT id, wait, wait_until FROM task_instances INDEXED BY ti_waiting "
+                "WHERE status='waiting' AND run_id=?",
+                (run_id,),
+            ).fetchall()
+        return {r[0]: (dict(json.loads(r[1])) if r[1] else {}, r[2]) for r in rows}
+
     def next_wait_deadline(self) -> int | None:
         with self.db.read() as conn:
             row = conn.execute(
