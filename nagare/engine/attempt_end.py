@@ -123,6 +123,8 @@ def _failed(
 
 
 def failure_message(outcome: Outcome, timeout: float) -> str:
+    if outcome.timed_out and outcome.error and outcome.metrics.executor_type == "engine":
+        return outcome.error  # a step that waited (what it waited for says the message)
     if outcome.timed_out:
         killed = "container" if outcome.metrics.executor_type == "docker" else "process group"
         return f"timed out after {timeout:g}s: the {killed} was killed"
