@@ -325,7 +325,8 @@ def test_a_killed_child_fails_the_step_and_a_retry_starts_a_new_child(
     assert (second["status"], second["parent"]["run_id"]) == ("success", run_id)
     attempts = n.get(f"/api/runs/{run_id}/tasks/call/attempts")
     assert attempts[0]["status"] == "failed"
-    assert f"child run {first['run_id']} cancelled; retrying (attempt 2 of 2)" in attempts[0]["message"]
+    retried = f"child run {first['run_id']} cancelled; retrying (attempt 2 of 2)"
+    assert retried in attempts[0]["message"]
 
 
 def test_the_step_timeout_kills_the_child_run(nagare_factory: Any, tmp_path: Path) -> None:
@@ -358,9 +359,8 @@ def test_a_child_run_timeout_fails_the_step(nagare_factory: Any, tmp_path: Path)
     run_id = n.trigger("caller")
     assert n.wait_run(run_id)["status"] == "failed"
     call = n.task(run_id, "call")
-    assert call["message"] == (
-        f"child run {call['child_run_id']} failed: timed out after 1 s"
-    ), call
+    expected = f"child run {call['child_run_id']} failed: timed out after 1 s"
+    assert call["message"] == expected, call
 
 
 def test_a_waiting_parent_holds_no_slot(nagare_factory: Any) -> None:

@@ -180,7 +180,8 @@ def test_dry_prints_the_plan_of_every_example_and_runs_nothing(
     monkeypatch.chdir(tmp_path)
     dag, _ = parse_dag(path.read_text(), path.name, str(path.parent))
     assert dag is not None
-    given = "since=2026-01-01" if dag.params else "GREETING=hi"  # a DAG with params: typed
+    names = [p.name for p in dag.params]  # a DAG with params: typed (their first is a string)
+    given = "since=2026-01-01" if "since" in names else f"{names[0]}=eu" if names else "GREETING=hi"
     assert main(["dry", str(path), "-p", given]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"DAG '{dag.dag_id}': {len(dag.tasks)} task(s)")
