@@ -6,18 +6,21 @@ and the load-time checks of the call graph (cycles, depth) over the DAG folder."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, Nagare, wait_for
+from conftest import ROOT, Nagare, pythonpath_env, wait_for
 
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import dag_from_json, dag_to_json, parse_dag
 from nagare.dagfile.calls import MAX_CALL_DEPTH, call_errors
-from nagare.models import DagDef
+from nagare.models import DagDef, RunStatus, Trigger
+from nagare.store import Store
 
 
 def dag_of(text: str) -> DagDef:
@@ -116,6 +119,51 @@ def test_the_folder_does_not_load_dags_whose_calls_form_a_cycle(tmp_path: Path) 
     folder.scan()
     assert sorted(folder.snapshot.dags) == ["a", "b", "c"]
     assert folder.snapshot.errors == {}
+
+
+def test_validate_reports_call_cycles_and_warns_of_unknown_callees(tmp_path: Path) -> None:
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("id: a\ntasks:\n  - {id: call, type: dag, dag_id: b}\n")
+    (folder / "b.yaml").write_text("id: b\ntasks:\n  - {id: call, type: dag, dag_id: a}\n")
+    (folder / "c.yaml").write_text("id: c\ntasks:\n  - {id: call, type: dag, dag_id: zzz}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "nagare", "validate"],
+        cwd=tmp_path,
+        env=pythonpath_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "a.yaml:3: tasks[0] (call).dag_id: calls form a cycle: a → b → a" in lines
+    assert "b.yaml:3: tasks[0] (call).dag_id: calls form a cycle: b → a → b" in lines
+    assert "ok   dags/c.yaml: DAG 'c' (1 tasks)" in lines
+    assert (
+        "warning: c.yaml:3: task 'call' calls DAG 'zzz', which is not among these files (the "
+        "step fails unless it is loaded by then)"
+    ) in lines
+    assert "1 valid, 2 invalid" in result.stderr
+
+
+def test_a_run_keeps_its_outputs_only_when_it_succeeds(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "n.db"))
+    try:
+        dag = dag_of("id: d\ntasks:\n  - {id: a, command: 'true'}\n")
+        made = [store.runs.start(dag, Trigger.MANUAL, i, {}, i) for i in (1, 2, 3)]
+        ok, killed, failed = (run.run_id for run in made if run is not None)
+        store.runs.start(dag, Trigger.TRIGGERED, 9, {}, 9, None, (ok, "a"))
+        assert store.runs.finish(ok, RunStatus.SUCCESS, 5, outputs={"X": "1"})
+        assert store.runs.mark_killed(killed)
+        assert store.runs.finish(killed, RunStatus.SUCCESS, 5, outputs={"X": "1"})
+        assert store.runs.finish(failed, RunStatus.FAILED, 5, outputs={"X": "1"})
+        outputs = {r: (store.runs.get(r) or made[0]).outputs for r in (ok, killed, failed)}
+        assert outputs == {ok: {"X": "1"}, killed: None, failed: None}
+        child = store.runs.child_of(ok, "a", 9)
+        assert child is not None and store.runs.child_of(ok, "a", 10) is None
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------- the real server
