@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,13 @@ def test_a_cycle_of_calls_is_an_error_of_each_dag_in_it_naming_the_chain() -> No
 def test_a_templated_dag_id_is_left_to_run_time() -> None:
     looping = dag_of('id: loop\ntasks:\n  - {id: again, type: dag, dag_id: "{{ .dag.id }}"}\n')
     assert call_errors({"loop": looping}) == {}
+    _, errors = parse_dag(
+        'id: l\ntasks:\n  - {id: a, type: dag, dag_id: "{{ .tasks | }}"}\n', "l.yaml"
+    )
+    assert len(errors) == 1, errors
+    assert str(errors[0]).startswith(
+        "l.yaml:3: tasks[0] (a).dag_id: template '{{ .tasks | }}' does not compile"
+    )
 
 
 def test_calls_nested_deeper_than_the_limit_are_an_error_of_the_dags_too_deep() -> None:
@@ -287,6 +295,12 @@ def test_recursion_stops_at_the_depth_limit(nagare_factory: Any) -> None:
     assert n.task(run_id, "again")["message"].startswith(f"child run {chain[1]} failed")
 
 
+EVENT_CHILD = """
+id: event_child
+tasks:
+  - {id: hold, type: wait, event: go}
+"""
+
 WAITING_CHILD = """
 id: slow_child
 tasks:
@@ -422,6 +436,22 @@ def test_a_waiting_parent_holds_no_slot(nagare_factory: Any) -> None:
     call = n.task(run_id, "call")
     assert call["pool"] != "default"  # held by the engine, in no pool of slots
     assert n.task(call["child_run_id"], "count")["pool"] == "default"
+
+
+def test_waiting_parents_and_children_hold_no_thread(nagare_factory: Any) -> None:
+    """Twenty parents wait for twenty children waiting for an event: no thread more."""
+    n: Nagare = nagare_factory(
+        dags={"child.yaml": EVENT_CHILD, "caller.yaml": caller_of("event_child")}
+    )
+    before = threading.active_count()
+    runs = [n.trigger("caller") for _ in range(20)]
+    for run_id in runs:
+        child = only_child(n, run_id)["run_id"]
+        wait_for(lambda c=child: n.task(c, "hold")["status"] == "waiting", 10)
+    assert threading.active_count() <= before + 2  # (an HTTP request's thread may linger)
+    assert len(n.call("POST", "/api/events/go", {}).json["matched"]) == 20
+    for run_id in runs:
+        assert n.wait_run(run_id)["status"] == "success"
 
 
 def test_the_subdag_example_runs(nagare_factory: Any) -> None:

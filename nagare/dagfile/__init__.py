@@ -920,6 +920,8 @@ def _check_expressions(
         for key in ("command", "image", "workdir")
         if key in fields
     ]
+    if task.type is TaskType.DAG and "dag_id" in fields:  # (rendered when the step starts)
+        templated.append(("dag_id", task.dag_id, fields["dag_id"]))
     if "env" in fields and isinstance(fields["env"], MappingNode):
         for key_node, value_node in fields["env"].value:
             name = str(key_node.value)
