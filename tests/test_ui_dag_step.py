@@ -41,6 +41,8 @@ def test_parent_and_child_runs_link_to_each_other(
         expect(card).to_contain_text("Called by")
         expect(card).to_contain_text(f"in {run_id}")
         expect(page.locator("h1")).to_contain_text(child_id)
+        returns = page.get_by_role("region", name=f"Outputs of run {child_id}")
+        expect(returns.locator('[data-output="ROWS"] td')).to_have_text("750")
         page.wait_for_load_state("networkidle")
         u.shot(f"dag_step_child_{theme}")
         assert axe_violations(page) == [], theme

@@ -954,6 +954,9 @@ function RunDetail({ runId, focusTask }) {
     ${Object.keys(run.params || {}).length > 0
       ? html`<section class="panel"><h2>Parameters</h2><pre class="code" data-params>${JSON.stringify(run.params, null, 2)}</pre></section>`
       : Object.keys(run.conf || {}).length > 0 && html`<section class="panel"><h2>Parameters</h2><pre class="code">${JSON.stringify(run.conf, null, 2)}</pre></section>`}
+    ${run.outputs && html`<section class="panel" data-run-outputs><h2>Returns</h2>
+      <p class="small muted">Its DAG's outputs, rendered when the run succeeded${run.parent ? ": the outputs of the step that called it" : ""}.</p>
+      <${Outputs} task=${{ task_id: `run ${run.run_id}`, outputs: run.outputs }} /></section>`}
     <div class="grid2">
       <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${children} onSelect=${selectNode} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
       <section class="panel"><h2>Timeline</h2><${Gantt} run=${run} tasks=${top} children=${children} now=${now} /></section>
