@@ -281,6 +281,7 @@ class App:
         self.folder.scan()
         for run_id in self.pools.recover(self._remove_leftover_containers()):
             self.scheduler.wake(run_id)
+        self.waits.recover()  # `dag` steps whose child run ended (or never started) meanwhile
         checkpointer = self.store.db.checkpointer
         if checkpointer is not None:  # its loop starts at the 32nd commit
             checkpointer.start_with(

@@ -14,10 +14,12 @@ from typing import Any
 
 from nagare import __version__
 from nagare.config import OPTIONS, Config, load_config
-from nagare.dagfile import load_dag_file
+from nagare.dagfile import DagError, load_dag_file
+from nagare.dagfile.calls import call_errors
 from nagare.engine.assignment import run_as_errors
 from nagare.errors import ConfigError, InvalidParams, NagareError
-from nagare.models import DagDef
+from nagare.models import DagDef, TaskType
+from nagare.patterns import has_template
 from nagare.webhooks import compile_errors as webhook_compile_errors
 
 
@@ -379,6 +381,7 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
 
     bad = 0
     seen: dict[str, str] = {}
+    valid: dict[str, tuple[str, DagDef]] = {}  # dag_id -> (path, DAG) of the files without error
     hooks: dict[str, str] = {}  # webhook path -> file
     for path in files:
         dag, found = load_dag_file(path, check, config.max_dag_file_bytes)
@@ -402,9 +405,32 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
                 print(error)
         elif dag is not None:
             seen[dag.dag_id] = os.path.basename(path)
-            print(f"ok   {path}: DAG '{dag.dag_id}' ({len(dag.tasks)} tasks)")
+            valid[dag.dag_id] = (path, dag)
+    bad += _print_calls(valid)
     print(f"{len(files) - bad} valid, {bad} invalid", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _print_calls(valid: dict[str, tuple[str, DagDef]]) -> int:
+    """The valid files, less those whose `dag` steps call in a cycle or too deep (as the
+    server's DAG folder refuses them), and a warning for each call of a DAG not among them.
+    Returns how many DAGs the calls made invalid."""
+    dags = {dag_id: dag for dag_id, (_, dag) in valid.items()}
+    problems = call_errors(dags)
+    for dag_id, (path, dag) in valid.items():
+        name = os.path.basename(path)
+        for line, field, message in problems.get(dag_id, ()):
+            print(DagError(name, line, field, message))
+        if dag_id not in problems:
+            print(f"ok   {path}: DAG '{dag_id}' ({len(dag.tasks)} tasks)")
+        for task in (*dag.tasks, *dag.handler_on.values()):
+            callee = task.dag_id
+            if task.type is TaskType.DAG and not has_template(callee) and callee not in dags:
+                print(
+                    f"warning: {name}:{task.line}: task '{task.task_id}' calls DAG '{callee}', "
+                    "which is not among these files (the step fails unless it is loaded by then)"
+                )
+    return len(problems)
 
 
 def _dag_files(paths: list[str]) -> list[str]:

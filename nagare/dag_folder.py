@@ -27,6 +27,7 @@ from nagare.dagfile import (
     read_dag_text,
     too_large_message,
 )
+from nagare.dagfile.calls import call_errors
 from nagare.engine.secrets import MAX_SECRET_BYTES
 from nagare.liveness import Heartbeat
 from nagare.models import DagDef, HandlerKind, TaskDef
@@ -252,7 +253,24 @@ class DagFolder:
                 continue
             snapshot.dags[dag.dag_id] = dag
             snapshot.files[dag.dag_id] = name
+        self._check_calls(snapshot)
         return snapshot
+
+    def _check_calls(self, snapshot: Snapshot) -> None:
+        """The DAGs whose `dag` steps call in a cycle or too deep are not loaded: each one's
+        file reports it (logged when it is new)."""
+        for dag_id, problems in call_errors(snapshot.dags).items():
+            name = snapshot.files.pop(dag_id)
+            del snapshot.dags[dag_id]
+            lines = [
+                clip(str(DagError(name, line, field, message)), MAX_ERROR_CHARS)
+                for line, field, message in problems
+            ]
+            known = self._snapshot.errors.get(name, [])
+            fresh = [line for line in lines if line not in known]
+            if fresh:
+                log.warning("DAG file %s is not loaded: %s", name, "; ".join(fresh))
+            snapshot.errors.setdefault(name, []).extend(lines)
 
 
 def _webhook_clash(snapshot: Snapshot, dag: DagDef) -> str | None:

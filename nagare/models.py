@@ -405,6 +405,8 @@ class DagDef:
     when: str = ""  # a jq condition over {dag, run, params}: false -> the run is skipped
     when_line: int = 0
     preconditions: tuple[str, ...] = ()  # commands: one failing -> the run is skipped
+    # what a run returns to a calling `dag` step: NAME -> template, rendered when it succeeds
+    outputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_scheduled(self) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare.clock import now_ms, to_iso
 from nagare.cron import dag_schedules
 from nagare.dag_folder import DagFolder
+from nagare.dagfile.calls import MAX_CALL_DEPTH
 from nagare.engine.assignment import env_value
 from nagare.engine.new_run import run_id_for
 from nagare.engine.next_steps import descendants
@@ -209,7 +210,12 @@ class RunService:
     # ------------------------------------------------------------ child runs (`dag` steps)
 
     def start_child(self, claim: Claim, dag_id: str, params: dict[str, Any]) -> str:
-        """A run of `dag_id` called by a `dag` step (its parent); returns its id."""
+        """A run of `dag_id` called by a `dag` step (its parent); returns its id. Refused
+        (Unprocessable) when it would nest deeper than MAX_CALL_DEPTH calls."""
+        chain = self._call_chain(claim.run.run_id)
+        if len(chain) > MAX_CALL_DEPTH:
+            path = " → ".join([*chain, dag_id])
+            raise Unprocessable(f"calls would nest deeper than {MAX_CALL_DEPTH}: {path}")
         dag = self.dag(dag_id)
         values, resolved = self.run_parameters(dag, None, params)
         now = self.clock()
@@ -227,6 +233,19 @@ class RunService:
         )
         self.wake(run.run_id)
         return run.run_id
+
+    def _call_chain(self, run_id: str) -> list[str]:
+        """The DAG ids of a run and the runs that called it, the first caller first (at most
+        MAX_CALL_DEPTH + 1 of them: enough to know that a call is too deep)."""
+        chain: list[str] = []
+        current: str | None = run_id
+        while current is not None and len(chain) <= MAX_CALL_DEPTH:
+            run = self.store.runs.get(current, counts=False)
+            if run is None:
+                break
+            chain.append(run.dag_id)
+            current = run.parent[0] if run.parent else None
+        return chain[::-1]
 
     def kill_child(self, run_id: str) -> None:
         """The calling step was killed (or timed out): its child run is killed."""

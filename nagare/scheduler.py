@@ -112,6 +112,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             dag: DagDef | None = None,
             failed: Sequence[str] = (),
             reason: str = "",
+            outputs: dict[str, str] | None = None,
         ) -> RunStatus | None: ...
 
         def release_waiting(self, dag: DagDef, now: int) -> list[str]: ...
@@ -205,6 +206,8 @@ class StepWaits(Protocol):
     def next_deadline(self) -> int | None: ...
 
     def child_ended(self, run_id: str) -> None: ...
+
+    def run_outputs(self, run: Run, dag: DagDef) -> tuple[dict[str, str] | None, str]: ...
 
 
 class Scheduler:
@@ -533,7 +536,11 @@ class Scheduler:
         ):
             self._views.pop(run_id, None)
             failed = [t.task_id for t in view.by_task.values() if t.status is TaskStatus.FAILED]
-            ended = self.store.runs.finish(run_id, plan.run_status, now, dag, failed)
+            status, reason, outputs = plan.run_status, "", None
+            if status is RunStatus.SUCCESS and dag.outputs and self.waits is not None:
+                outputs, reason = self.waits.run_outputs(view.run, dag)
+                status = RunStatus.FAILED if reason else status
+            ended = self.store.runs.finish(run_id, status, now, dag, failed, reason, outputs)
             if ended is not None:
                 log.info(
                     "run %s finished: %s",

@@ -25,12 +25,15 @@ from nagare.engine.context import (
     start_assignment,
     upstream_tasks,
 )
+from nagare.engine.dag_outputs import dag_outputs
 from nagare.engine.expressions import ExpressionError, as_text, condition, first_result
-from nagare.errors import Conflict, Forbidden, NotFound
+from nagare.errors import Conflict, Forbidden, NagareError, NotFound
 from nagare.logs import LogFiles
 from nagare.models import (
     Claim,
+    DagDef,
     Outcome,
+    Run,
     RunStatus,
     TaskInstance,
     TaskStatus,
@@ -112,9 +115,10 @@ class Waits:
                     }
                 else:
                     try:
+                        wait["dag_id"] = render_value(definition.dag_id, context)
                         wait["params"] = render_value(definition.params, context)
                     except ExpressionError as exc:
-                        problem = f"params: {exc}"
+                        problem = f"{'params' if 'dag_id' in wait else 'dag_id'}: {exc}"
         timeout = definition.timeout_seconds
         until = now + int(timeout * 1000) if timeout else None
         note = _waiting_note(wait, until)
@@ -149,20 +153,51 @@ class Waits:
     def _start_child(self, claim: Claim, wait: dict[str, Any], now: int) -> None:
         definition = claim.definition
         assert definition is not None
+        dag_id = str(wait.get("dag_id") or definition.dag_id)
         if self.children is None:
             self._end(claim, Outcome(exit_code=None, error="sub-DAG calls are not available"), now)
             return
         try:
-            child = self.children.start_child(claim, definition.dag_id, wait.get("params", {}))
-        except (Conflict, NotFound, ValueError) as exc:
-            self._end(
-                claim,
-                Outcome(exit_code=None, error=f"cannot call '{definition.dag_id}': {exc}"),
-                now,
-            )
+            child = self.children.start_child(claim, dag_id, wait.get("params", {}))
+        except (NagareError, ValueError) as exc:  # unknown DAG, bad params, too deep
+            self._end(claim, Outcome(exit_code=None, error=f"cannot call '{dag_id}': {exc}"), now)
             return
         self.store.tasks.set_child_run(claim.task.id, claim.attempt, child)
-        self._note(claim, f"started child run {child} of '{definition.dag_id}'")
+        self._note(claim, f"started child run {child} of '{dag_id}'")
+
+    def run_outputs(self, run: Run, dag: DagDef) -> tuple[dict[str, str] | None, str]:
+        """What a run that succeeded returns (its DAG's `outputs:` rendered), or why it fails
+        instead (a template that failed, with jq's message)."""
+        try:
+            return dag_outputs(dag, run, self.store.tasks.context_rows(run.run_id)), ""
+        except ExpressionError as exc:
+            return None, str(exc)
+
+    def recover(self) -> None:
+        """At start: a `dag` step that waits for a child run which ended while the server was
+        down ends now; one whose child was never recorded (a crash while it started) gets the
+        child started for it, or a new one."""
+        for task, wait in self.store.tasks.waiting():
+            if wait.get("type") != TaskType.DAG:
+                continue
+            try:
+                self._recover(task, wait)
+            except Exception:
+                log.exception("step %s waiting for a child run could not be recovered", task.id)
+
+    def _recover(self, task: TaskInstance, wait: dict[str, Any]) -> None:
+        if task.child_run_id:
+            self.child_ended(task.child_run_id)
+            return
+        claim = self.store.tasks.claim_of(task.id)
+        if claim is None or claim.task.status is not TaskStatus.WAITING:
+            return
+        started = self.store.runs.child_of(task.run_id, task.task_id, task.started_at or 0)
+        if started is not None:
+            self.store.tasks.set_child_run(task.id, claim.attempt, started)
+            self.child_ended(started)
+        else:
+            self._start_child(claim, wait, self.clock())
 
     # ------------------------------------------------------------ resolve
 
@@ -236,10 +271,9 @@ class Waits:
             outcome = Outcome(
                 exit_code=None, skipped=f"child run {run_id} was skipped ({child.reason})"
             )
-        else:
+        else:  # (killed: the step fails, and may be retried, as for any other end)
             outcome = Outcome(
                 exit_code=None,
-                cancelled=status is RunStatus.CANCELLED,
                 error=f"child run {run_id} {status}"
                 + (f": {child.reason}" if child.reason else ""),
             )
@@ -254,6 +288,8 @@ class Waits:
                 continue
             seconds = claim.definition.timeout_seconds
             message = f"timed out after {seconds:g} s waiting"
+            if task.child_run_id:
+                message += f" (its child run {task.child_run_id} is killed)"
             self._note(claim, message)
             if self._end(claim, Outcome(exit_code=None, timed_out=True, error=message), now):
                 self._stop_child(claim.task)

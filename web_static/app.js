@@ -953,6 +953,7 @@ function RunDetail({ runId, focusTask }) {
     ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
+      ${run.parent && html`<${ParentCard} parent=${run.parent} />`}
       <div class="card"><div class="label">Started</div><div>${fmtTime(run.started_at || run.created_at)}</div><div class="sub">execution date ${fmtTime(run.execution_date)}</div></div>
       <div class="card"><div class="label">Duration</div><div class="value" data-duration>${fmtDur(elapsed(run, now))}</div></div>
       <div class="card"><div class="label">Tasks</div><div class="row small">${Object.entries(c).map(([s, n]) => html`<span class=${`badge st-${s}`}>${n} ${s === "allowed" ? "failed · allowed" : s.replaceAll("_", " ")}</span>`)}</div>
@@ -962,6 +963,9 @@ function RunDetail({ runId, focusTask }) {
     ${Object.keys(run.params || {}).length > 0
       ? html`<section class="panel"><h2>Parameters</h2><pre class="code" data-params>${JSON.stringify(run.params, null, 2)}</pre></section>`
       : Object.keys(run.conf || {}).length > 0 && html`<section class="panel"><h2>Parameters</h2><pre class="code">${JSON.stringify(run.conf, null, 2)}</pre></section>`}
+    ${run.outputs && html`<section class="panel" data-run-outputs><h2>Returns</h2>
+      <p class="small muted">Its DAG's outputs, rendered when the run succeeded${run.parent ? ": the outputs of the step that called it" : ""}.</p>
+      <${Outputs} task=${{ task_id: `run ${run.run_id}`, outputs: run.outputs }} /></section>`}
     <div class="grid2">
       <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${children} onSelect=${selectNode} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
       <section class="panel"><h2>Timeline</h2><${Gantt} run=${run} tasks=${top} children=${children} now=${now} /></section>
@@ -977,6 +981,13 @@ function RunDetail({ runId, focusTask }) {
       ${handlers.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />`)}
     </section>`}
   </main>`;
+}
+
+// A child run (started by a `dag` step): the step and the run that called it.
+function ParentCard({ parent }) {
+  return html`<div class="card" data-parent-run><div class="label">Called by</div>
+    <div class="trunc"><${Link} href=${runHref(parent.run_id, parent.task_id)} class="mono" title=${`${parent.task_id} in ${parent.run_id}`}>${parent.task_id}</${Link}></div>
+    <div class="sub trunc mono" title=${parent.run_id}>in ${parent.run_id}</div></div>`;
 }
 
 function MapGroup({ run, parent, kids, expanded, onExpand, open, toggle, reload, now }) {
@@ -1076,6 +1087,7 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       ${task.timed_out && html`<span class="badge st-failed">timed out</span>`}
       ${task.worker && task.worker !== "local" && task.worker !== "engine" && html`<span class="badge muted">${task.worker}</span>`}
       ${task.status === "waiting" && task.waiting_for?.event && html`<span class="badge st-waiting mono" title="the event it waits for (POST /api/events/NAME or nagare emit NAME)" data-waiting-event>event ${task.waiting_for.event}</span>`}
+      ${task.child_run_id && html`<${Link} href=${runHref(task.child_run_id)} class="badge childrun" data-child-run=${task.child_run_id} title=${`Child run ${task.child_run_id}`} aria-label=${`Child run of ${task.task_id}`}>child run ↗</${Link}>`}
       ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
       ${task.message && !task.reason && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}

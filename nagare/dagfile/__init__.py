@@ -22,6 +22,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
 from nagare.dagfile import fields as fields_table
+from nagare.dagfile.calls import read_outputs
 from nagare.dagfile.conditions import (
     check_conditions,
     condition_fields,
@@ -343,6 +344,7 @@ def _build_dag(root: MappingNode, errors: Collector, base_dir: str) -> DagDef | 
         if "preconditions" in fields
         else (),
         when_line=fields["when"].start_mark.line + 1 if "when" in fields else 0,
+        outputs=read_outputs(fields["outputs"], errors) if "outputs" in fields else {},
     )
     check_dag_params(dag, fields.get("params"), fields.get("trigger"), errors)
     return dag
@@ -934,6 +936,8 @@ def _check_expressions(
         for key in ("command", "image", "workdir")
         if key in fields
     ]
+    if task.type is TaskType.DAG and "dag_id" in fields:  # (rendered when the step starts)
+        templated.append(("dag_id", task.dag_id, fields["dag_id"]))
     if "env" in fields and isinstance(fields["env"], MappingNode):
         for key_node, value_node in fields["env"].value:
             name = str(key_node.value)

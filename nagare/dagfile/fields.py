@@ -158,6 +158,18 @@ FIELDS: tuple[Field, ...] = (
         "Run parameters: NAME: default (a string parameter), or NAME: {type, default, required, "
         "enum, minimum, maximum, pattern, description}.",
     ),
+    Field(
+        "outputs",
+        (DAG,),
+        {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": TEXT,
+            "maxProperties": 100,
+        },
+        'What a run returns to a calling `type: dag` step: NAME: "{{ template }}", rendered '
+        "over {dag, run, params, tasks} when the run succeeds.",
+    ),
     # ---- task level
     Field("id", (TASK,), ID, "Task id, unique in the DAG.", (TASK,)),
     Field(

@@ -40,6 +40,7 @@ def _dag_dict(dag: DagDef) -> dict[str, object]:
         **_rules_dict(dag),
         **({"when": dag.when} if dag.when else {}),
         **({"preconditions": list(dag.preconditions)} if dag.preconditions else {}),
+        **({"outputs": dag.outputs} if dag.outputs else {}),
     }
     if dag.params:  # only when declared: the JSON (and hash) of other definitions stays
         data["params"] = [param_dict(p) for p in dag.params]
@@ -195,6 +196,7 @@ def dag_from_json(text: str) -> DagDef:
         handler_on=handlers,
         when=data.get("when", ""),
         preconditions=tuple(data.get("preconditions", ())),
+        outputs=data.get("outputs", {}),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Container
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -83,11 +84,17 @@ def upstream_distances(dag: DagDef, task_id: str) -> dict[str, int]:
 
 def upstream_tasks(dag: DagDef, task_id: str, rows: list[UpstreamRow]) -> dict[str, dict[str, Any]]:
     """`.tasks` of the context: the upstream tasks of `task_id` (its base id for a map child)."""
-    wanted = upstream_distances(dag, task_id)
+    return tasks_context(rows, upstream_distances(dag, task_id))
+
+
+def tasks_context(
+    rows: list[UpstreamRow], wanted: Container[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`.tasks` of a context: the tasks of `rows` (only those `wanted`, if given)."""
     tasks: dict[str, dict[str, Any]] = {}
     children: dict[str, list[UpstreamRow]] = {}
     for row in rows:
-        if row.base_task_id not in wanted:
+        if wanted is not None and row.base_task_id not in wanted:
             continue
         if row.map_index is None:
             tasks[row.task_id] = {

@@ -202,6 +202,16 @@ class RunStore:
                 run.task_counts = self._task_counts(conn, [run_id]).get(run_id, {})
         return run
 
+    def child_of(self, run_id: str, task_id: str, since: int) -> str | None:
+        """The latest run a `dag` step of run `run_id` started at or after `since`."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT run_id FROM runs WHERE parent_run_id=? AND parent_task_id=? AND "
+                "created_at>=? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (run_id, task_id, since),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def find(self, filt: RunFilter, page: int, limit: int) -> tuple[list[Run], int]:
         clauses, params = [], []
         for column in ("dag_id", "status", "trigger"):
@@ -260,22 +270,26 @@ class RunStore:
         dag: DagDef | None = None,
         failed: Sequence[str] = (),
         reason: str = "",
+        outputs: dict[str, str] | None = None,
     ) -> RunStatus | None:
         """End an active run; a run killed meanwhile ends `cancelled` (timed out: `failed`)
         whatever the caller saw (the kill flag is read in the same statement); its warnings are
-        counted (the tasks that failed with allow_failure); `reason` (if given) says why. With
-        `dag`, the handlers of the status set are added in the same transaction (the run then
-        stays active, `handling`, until they end). Returns the status set, or None."""
+        counted (the tasks that failed with allow_failure); `reason` (if given) says why;
+        `outputs` (its DAG's, rendered) are kept only if it ends `success`. With `dag`, the
+        handlers of the status set are added in the same transaction (the run then stays
+        active, `handling`, until they end). Returns the status set, or None."""
+        returned = None if outputs is None else json.dumps(outputs, ensure_ascii=False)
         with self.db.write() as conn:
             row = conn.execute(
                 f"UPDATE runs SET status=CASE killed WHEN {KILLED} THEN 'cancelled' "
                 f"WHEN {TIMED_OUT} THEN 'failed' ELSE ? END, "
                 "completed_at=?, started_at=coalesce(started_at, ?), failed_tasks=?, "
                 "reason=CASE WHEN ?='' THEN reason ELSE ? END, "
+                "outputs=CASE WHEN killed=0 AND ?='success' THEN ? ELSE outputs END, "
                 "warnings=(SELECT count(*) FROM task_instances WHERE run_id=runs.run_id AND "
                 "allowed_failure=1) "
                 "WHERE run_id=? AND status IN ('queued', 'running') RETURNING dag_id, status",
-                (status, now, now, ",".join(failed), reason, reason, run_id),
+                (status, now, now, ",".join(failed), reason, reason, status, returned, run_id),
             ).fetchone()
             if row is None:
                 return None
