@@ -1,6 +1,6 @@
 """A `dag` step on the run page, in a real browser (fixtures of test_ui.py): the parent task
 links to its child run, the child run's page links back to the step that called it; both
-links followed; light and dark, axe clean."""
+links followed; light, dark and phone, axe clean."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def test_parent_and_child_runs_link_to_each_other(
         expect(page.locator("h1")).to_contain_text(run_id)
         expect(page.get_by_role("link", name="Child run of load_default")).to_be_visible()
         assert u.errors == [], u.errors
+    phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = phone.go(f"/runs?id={child_id}")
+    expect(page.locator("[data-parent-run]")).to_contain_text("Called by")
+    page.wait_for_load_state("networkidle")
+    phone.shot("dag_step_child_phone")
+    overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 1, overflow
+    assert axe_violations(page) == []
+    assert phone.errors == []
