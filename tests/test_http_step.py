@@ -545,3 +545,37 @@ def test_an_http_step_runs_on_the_remote_worker_of_its_pool(
     assert f"> GET {server.url}/json" in nagare.log(run_id, "t")
     w1.proc.kill()
     w1.wait_exit(10)
+
+
+def test_an_http_step_is_a_handler_told_how_the_run_ended(
+    nagare_factory: Callable[..., Nagare], server: Any
+) -> None:
+    """handler_on with an http step: the failure handler calls out with the run's failed
+    tasks, in the run's context (the on-call webhook of a team)."""
+    nagare = nagare_factory(
+        dags={
+            "hh.yaml": f"""
+                id: http_handler
+                schedule: workflow_dispatch
+                tasks:
+                  - id: load
+                    command: exit 3
+                handler_on:
+                  failure:
+                    type: http
+                    method: POST
+                    url: "{server.url}/echo"
+                    json:
+                      text: "{{{{ .dag.id }}}} run {{{{ .run.id }}}} failed"
+                      failed: "${{NAGARE_FAILED_TASKS}}"
+            """
+        }
+    )
+    run_id = nagare.trigger("http_handler")
+    assert nagare.wait_run(run_id)["status"] == "failed"
+    wait_for(lambda: nagare.task(run_id, "on_failure")["status"] == "success", 10)
+    assert server.received[-1].json == {
+        "text": f"http_handler run {run_id} failed",
+        "failed": "load",
+    }
+    assert nagare.task(run_id, "on_failure")["outputs"]["status"] == "200"
