@@ -1,184 +1,50 @@
 // Nagare dashboard: Preact + htm as plain ES modules, no build step.
 // Everything user-controlled is rendered as text nodes (never innerHTML), so it stays inert.
-import { h, render } from "./vendor/preact.module.js";
-import { useState, useEffect, useRef, useCallback, useMemo } from "./vendor/preact-hooks.module.js";
-import htm from "./vendor/htm.module.js";
-
-const html = htm.bind(h);
-const KEY = "nagare_api_key";
-const TERMINAL_RUN = new Set(["success", "failed", "cancelled", "skipped"]);
-const HANDLER_IDS = new Set(["on_success", "on_failure", "on_cancel", "on_exit"]);
-const TERMINAL_TASK = new Set(["success", "failed", "cancelled", "upstream_failed", "skipped"]);
-const RETRIED_RUN = new Set(["failed", "upstream_failed", "cancelled"]); // what a run retry re-queues
-const TASK_STATUSES = ["pending", "queued", "running", "waiting", "success", "failed", "up_for_retry", "upstream_failed", "cancelled", "skipped"];
-const RUN_STATUSES = ["queued", "running", "success", "failed", "cancelled", "skipped"];
-const TRIGGERS = ["manual", "scheduled", "webhook", "triggered", "catchup", "backfill"];
-
-// ------------------------------------------------------------------ API and auth
-
-let onUnauthorized = () => {};
-const storedKey = () => { try { return localStorage.getItem(KEY) || ""; } catch { return ""; } };
-
-class ApiError extends Error {
-  constructor(status, message, details = []) { super(message); this.status = status; this.details = details; }
-}
-
-async function api(path, { method = "GET", body, text = false, key } = {}) {
-  const headers = {};
-  const k = key ?? storedKey();
-  if (k) headers.Authorization = `Bearer ${k}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (res.status === 401 && key === undefined) onUnauthorized();
-  if (!res.ok) {
-    let message = `HTTP ${res.status}`;
-    let details = [];
-    try {
-      const j = await res.json();
-      message = j?.error?.message || message;
-      details = Array.isArray(j?.error?.details) ? j.error.details : [];
-    } catch { /* not JSON */ }
-    throw new ApiError(res.status, message, details);
-  }
-  return text ? res.text() : res.json();
-}
-
-const enc = encodeURIComponent;
-const taskPath = (runId, taskId) => `/api/runs/${enc(runId)}/tasks/${enc(taskId)}`;
-
-// ------------------------------------------------------------------ routing
-
-function useLocation() {
-  const [loc, setLoc] = useState(() => location.pathname + location.search);
-  useEffect(() => {
-    const on = () => setLoc(location.pathname + location.search);
-    addEventListener("popstate", on);
-    addEventListener("nagare:navigate", on);
-    return () => { removeEventListener("popstate", on); removeEventListener("nagare:navigate", on); };
-  }, []);
-  return loc;
-}
-
-function navigate(to, replace = false) {
-  if (to === location.pathname + location.search) return;
-  history[replace ? "replaceState" : "pushState"](null, "", to);
-  dispatchEvent(new Event("nagare:navigate"));
-  if (!replace) scrollTo(0, 0);
-}
-
-function Link({ href, children, ...rest }) {
-  const click = (e) => {
-    if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
-    e.preventDefault();
-    navigate(href);
-  };
-  return html`<a href=${href} onClick=${click} ...${rest}>${children}</a>`;
-}
-
-const runHref = (id, task) => `/runs?id=${enc(id)}${task ? `&task=${enc(task)}` : ""}`;
-const dagHref = (id) => `/dags?id=${enc(id)}`;
-
-// ------------------------------------------------------------------ hooks
-
-// Calls fn now and every ms while the tab is visible; pauses while hidden.
-function usePoll(fn, ms, deps) {
-  const saved = useRef(fn);
-  saved.current = fn;
-  useEffect(() => {
-    let stopped = false;
-    let timer = null;
-    const tick = async () => {
-      if (stopped) return;
-      if (!document.hidden) { try { await saved.current(); } catch (e) { /* shown by the page */ } }
-      if (!stopped && ms) timer = setTimeout(tick, ms);
-    };
-    const vis = () => { if (!document.hidden && !stopped) { clearTimeout(timer); tick(); } };
-    tick();
-    document.addEventListener("visibilitychange", vis);
-    return () => { stopped = true; clearTimeout(timer); document.removeEventListener("visibilitychange", vis); };
-  }, deps);
-}
-
-function useNow(active = true) {
-  const [now, setNow] = useState(Date.now());
-  useEffect(() => {
-    if (!active) return;
-    const t = setInterval(() => { if (!document.hidden) setNow(Date.now()); }, 1000);
-    return () => clearInterval(t);
-  }, [active]);
-  return now;
-}
-
-// ------------------------------------------------------------------ toasts
-
-let pushToast = () => {};
-function Toasts() {
-  const [items, setItems] = useState([]);
-  pushToast = (text, bad = false) => {
-    const id = Math.random();
-    setItems((xs) => [...xs, { id, text, bad }]);
-    setTimeout(() => setItems((xs) => xs.filter((x) => x.id !== id)), 4000);
-  };
-  return html`<div class="toasts" role="status" aria-live="polite">
-    ${items.map((t) => html`<div key=${t.id} class=${"toast" + (t.bad ? " bad" : "")}>${t.text}</div>`)}
-  </div>`;
-}
-
-// ------------------------------------------------------------------ formatting
-
-const parseT = (s) => (s ? Date.parse(s) : null);
-function fmtTime(s) {
-  if (!s) return "—";
-  const d = new Date(s);
-  return d.toLocaleString(undefined, { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
-}
-function fmtDur(ms) {
-  if (ms == null || isNaN(ms)) return "—";
-  if (ms < 1000) return `${Math.round(ms)} ms`;
-  const s = ms / 1000;
-  if (s < 60) return `${s.toFixed(1)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m ${Math.floor(s % 60)}s`;
-  return `${Math.floor(m / 60)}h ${m % 60}m`;
-}
-function fmtBytes(b) {
-  if (b == null) return "—";
-  if (b < 1024) return `${b} B`;
-  if (b < 1024 ** 2) return `${(b / 1024).toFixed(1)} KB`;
-  if (b < 1024 ** 3) return `${(b / 1024 ** 2).toFixed(1)} MB`;
-  return `${(b / 1024 ** 3).toFixed(2)} GB`;
-}
-function ago(s, now = Date.now()) {
-  if (!s) return "never";
-  const d = Math.max(0, (now - parseT(s)) / 1000);
-  if (d < 60) return `${Math.round(d)}s ago`;
-  if (d < 3600) return `${Math.round(d / 60)}m ago`;
-  if (d < 86400) return `${Math.round(d / 3600)}h ago`;
-  return `${Math.round(d / 86400)}d ago`;
-}
-function elapsed(obj, now) {
-  const start = parseT(obj.started_at || obj.created_at);
-  if (!start) return null;
-  const end = parseT(obj.completed_at) || (obj.status === "running" ? now : null);
-  return end == null ? null : end - start;
-}
-const pct = (x) => (x == null ? "—" : `${(x * 100).toFixed(1)}%`);
-
-function StatusBadge({ status, allowed }) {
-  // a failure with allow_failure: failed, but shown as a warning (it counts as a success)
-  if (allowed && status === "failed") return html`<span class="badge st-allowed" data-allowed-failure title="failed with allow_failure: counts as a success">failed · allowed</span>`;
-  const label = status === "up_for_retry" ? "retrying" : (status || "").replaceAll("_", " ");
-  return html`<span class=${`badge st-${status}` + (status === "running" ? " pulse" : "")}>${label}</span>`;
-}
-// A run's allowed failures (allow_failure): a warning badge next to its status.
-const WarningBadge = ({ run }) => (run.warnings > 0
-  ? html`<span class="badge st-allowed" data-warnings=${run.warnings} title=${`${run.warnings} task${run.warnings === 1 ? "" : "s"} failed with allow_failure`}>⚠ ${run.warnings} warning${run.warnings === 1 ? "" : "s"}</span>`
-  : null);
-const TriggerBadge = ({ trigger }) => html`<span class=${`badge tr-${trigger}`}>${trigger}</span>`;
-
-function ErrorLine({ error }) {
-  return error ? html`<p class="error-text" role="alert">${String(error.message || error)}</p>` : null;
-}
+// Shared parts (API, routing, hooks, formatting, badges) are in common.js.
+import {
+  ApiError,
+  ErrorLine,
+  HANDLER_IDS,
+  KEY,
+  Link,
+  RETRIED_RUN,
+  RUN_STATUSES,
+  StatusBadge,
+  TASK_STATUSES,
+  TERMINAL_RUN,
+  TERMINAL_TASK,
+  TRIGGERS,
+  Toasts,
+  TriggerBadge,
+  WarningBadge,
+  ago,
+  api,
+  dagHref,
+  elapsed,
+  enc,
+  fmtBytes,
+  fmtDur,
+  fmtTime,
+  h,
+  html,
+  navigate,
+  parseT,
+  pct,
+  pushToast,
+  render,
+  runHref,
+  setOnUnauthorized,
+  storedKey,
+  taskPath,
+  useCallback,
+  useEffect,
+  useLocation,
+  useMemo,
+  useNow,
+  usePoll,
+  useRef,
+  useState,
+} from "./common.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -232,11 +98,11 @@ function App() {
   const [gateError, setGateError] = useState("");
   const loc = useLocation();
   useEffect(() => {
-    onUnauthorized = () => {
+    setOnUnauthorized(() => {
       try { localStorage.removeItem(KEY); } catch { /* ignore */ }
       setGateError(storedKey() ? "" : "");
       setAuth("gate");
-    };
+    });
     fetch("/api/stats", { headers: storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {} })
       .then((r) => {
         if (r.status === 401) { try { localStorage.removeItem(KEY); } catch { /* ignore */ } setAuth("gate"); } else setAuth("ok");
