@@ -30,8 +30,8 @@ from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpa
 from nagare.git_sync import GitSync
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
-from nagare.http.git_api import GitApi
 from nagare.http.gate import Limits, affordable_connections
+from nagare.http.git_api import GitApi
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles

@@ -17,6 +17,7 @@ from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
     attempt_json,
+    backfill_json,
     dag_json,
     loop_json,
     pool_json,
@@ -63,7 +64,11 @@ CONF_BODY = {
 BACKFILL_BODY = {
     "type": "object",
     "required": ["start", "end"],
-    "properties": {"start": {"type": "string"}, "end": {"type": "string"}},
+    "properties": {
+        "start": {"type": "string"},
+        "end": {"type": "string"},
+        "dry_run": {"type": "boolean"},
+    },
 }
 
 
@@ -315,7 +320,8 @@ class Api:
                 "POST",
                 "/api/dags/{dag_id}/backfill",
                 self.backfill,
-                "Create runs for every slot in a time range",
+                "Create runs for every slot in a time range; with dry_run, only list the slots "
+                "(200) and how max_active_runs will start them",
                 body=BACKFILL_BODY,
                 status=201,
                 tags=("dags",),
@@ -519,16 +525,21 @@ class Api:
         dag_id = request.params["dag_id"]
         return {"dag_id": dag_id, "paused": self.s.runs.set_paused(dag_id, False)}
 
-    def backfill(self, request: Request) -> dict[str, Any]:
+    def backfill(self, request: Request) -> Response:
         body = request.json()
         if not isinstance(body, dict) or "start" not in body or "end" not in body:
-            raise BadRequest('expected {"start": ISO-8601, "end": ISO-8601}')
+            raise BadRequest(
+                'expected {"start": ISO-8601, "end": ISO-8601} (and optionally "dry_run": true)'
+            )
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run: expected true or false")
         try:
             start, end = parse_iso(str(body["start"])), parse_iso(str(body["end"]))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        result = self.s.runs.backfill(request.params["dag_id"], start, end)
-        return {"dag_id": result.dag_id, "created": result.created, "skipped": result.skipped}
+        result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
+        return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs
 

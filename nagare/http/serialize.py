@@ -33,6 +33,7 @@ from nagare.models import (
     TaskStatus,
     TriggerRule,
 )
+from nagare.runs import Backfill
 from nagare.store import MetricAgg, MetricPoint
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
@@ -517,4 +518,22 @@ def git_status_json(status: GitStatus | None) -> dict[str, Any]:
         "last_success_at": to_iso(status.last_success_at),
         "last_error": status.last_error or None,
         "ok": status.last_attempt_at is not None and not status.last_error,
+    }
+
+
+def backfill_json(result: Backfill) -> dict[str, Any]:
+    """`POST /api/dags/{dag_id}/backfill`: the slots of the range and what was (or would be)
+    created."""
+    return {
+        "dag_id": result.dag_id,
+        "dry_run": result.dry_run,
+        "created": result.created,
+        "skipped": result.skipped,
+        "slots": [
+            {"execution_date": to_iso(s.execution_date), "run_id": s.run_id, "exists": s.exists}
+            for s in result.slots
+        ],
+        "max_active_runs": result.max_active_runs or None,
+        "overlap_policy": result.overlap_policy,
+        "note": result.note,
     }
