@@ -150,7 +150,7 @@ def test_a_folder_with_files_is_not_replaced(tmp_path: Path, remote: Remote) -> 
 class _Auth(BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+    def do_GET(self) -> None:
         self.seen.append(self.headers.get("Authorization", ""))
         self.send_response(403)
         self.end_headers()

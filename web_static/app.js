@@ -45,6 +45,8 @@ import {
   useRef,
   useState,
 } from "./common.js";
+import { BackfillButton } from "./backfill.js";
+import { GitSyncStatus } from "./gitsync.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -433,7 +435,7 @@ function DagList() {
   };
   // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
   const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
-  return html`<main><h1>DAGs</h1><${DagErrors} errors=${errors} />
+  return html`<main><h1>DAGs</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
     ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
       <span class="small muted">Tags</span>
       ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}
@@ -716,7 +718,7 @@ function DagDetail({ dagId }) {
     <h1>${dag.dag_id} <span class="badge muted">${dag.schedule_description || dag.schedule}</span>
       ${dag.paused && html`<span class="badge st-queued">paused</span>`}
       ${live && html`<span class="badge st-running pulse">live</span>`}
-      <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /></h1>
+      <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} /></h1>
     <p class="muted">${dag.description}</p>
     <p class="small muted">File ${dag.file}${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
     <div class="grid2">
