@@ -115,6 +115,19 @@ def test_a_new_commit_replaces_the_folder_atomically(tmp_path: Path, remote: Rem
     assert again.commit == third and again.synced_at == sync.status().synced_at
 
 
+def test_a_restart_keeps_the_link_and_its_checkout(tmp_path: Path, remote: Remote) -> None:
+    first = remote.commit({"a.yaml": DAG.format(name="a")}, "add a")
+    syncer(tmp_path, str(remote.bare)).sync_once()
+    again = syncer(tmp_path, str(remote.bare))  # a new server process, same folders
+    status = again.sync_once()
+    assert status.commit == first and status.subject == "add a" and status.last_error == ""
+    assert dag_files(tmp_path) == ["a.yaml"]
+    second = remote.commit({"b.yaml": DAG.format(name="b")}, "add b")
+    again.sync_once()
+    # the checkout the folder pointed at before stays next to the new one
+    assert sorted(os.listdir(tmp_path / "cache" / "checkouts")) == sorted([first, second])
+
+
 def test_subdirectory_and_a_missing_one(tmp_path: Path, remote: Remote) -> None:
     remote.commit({"dags/x.yaml": DAG.format(name="x"), "README": "hi"}, "layout")
     sync = syncer(tmp_path, str(remote.bare), subdirectory="dags")
