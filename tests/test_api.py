@@ -702,6 +702,28 @@ def test_runs_list_filters_paginates_newest_first(nagare_factory: NagareFactory)
     assert nagare.get("/api/runs?limit=500")["limit"] == 500
 
 
+def test_runs_list_search_by_run_id_and_tag(nagare_factory: NagareFactory) -> None:
+    tagged = FAILING.replace("id: failing\n", "id: failing\ntags: [nightly, demo]\n", 1)
+    assert tagged != FAILING
+    nagare = nagare_factory(dags={"hello.yaml": HELLO, "failing.yaml": tagged})
+    hello = finished_run(nagare, "hello")
+    failing = finished_run(nagare, "failing")
+
+    def ids(query: str) -> list[str]:
+        return [r["run_id"] for r in nagare.get(f"/api/runs?{query}")["data"]]
+
+    assert ids(f"q={failing[-10:]}") == [failing]
+    assert ids(f"q={quote(failing[:12].upper())}") == [failing]  # case-insensitive
+    assert ids("q=__manual__") == [failing, hello]  # `_` is a character, not a wildcard
+    assert ids("q=%25") == [] and ids("q=nothing-like-it") == []
+    assert ids("q=%20%20") == [failing, hello]  # blank: no search
+    assert ids("tag=demo") == [failing]
+    assert ids("tag=demo&tag=other") == [failing]  # any of the tags
+    assert ids("tag=other") == []  # no DAG has it: no run
+    assert ids("tag=demo&status=success") == []
+    assert nagare.get(f"/api/runs?tag=nightly&q={failing[-6:]}")["total"] == 1
+
+
 @pytest.mark.parametrize(
     ("query", "fragments"),
     [

@@ -217,6 +217,8 @@ class Api:
                 "answer)",
                 enum=WAITING_TYPES,
             ),
+            Param("q", "only runs whose id contains this text (case-insensitive)"),
+            Param("tag", "only runs of DAGs with this tag (repeatable: any of the tags)"),
             Param("page", "page number, from 1", "integer", minimum=1),
             Param(
                 "limit",
@@ -549,11 +551,21 @@ class Api:
             status=_enum_arg(request, "status", RunStatus),
             trigger=_enum_arg(request, "trigger", Trigger),
             waiting=_enum_arg(request, "waiting", WAITING_TYPES),
+            search=request.arg("q").strip(),
+            dag_ids=self._dags_tagged(request.query.get("tag", [])),
         )
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
+
+    def _dags_tagged(self, tags: list[str]) -> tuple[str, ...] | None:
+        """The loaded DAGs with any of `tags` (None: no tag filter)."""
+        wanted = {t for t in tags if t}
+        if not wanted:
+            return None
+        dags = self.s.folder.snapshot.dags.items()
+        return tuple(sorted(i for i, dag in dags if wanted.intersection(dag.tags)))
 
     def run(self, request: Request) -> dict[str, Any]:
         return run_json(self.s.runs.run(request.params["run_id"]))
