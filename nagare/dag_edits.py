@@ -20,7 +20,9 @@ from nagare.dagfile import DagError, parse_dag, read_dag_text
 from nagare.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.ya?ml$")
-FILE_EXPECTED = "a file name of the DAG folder: letters, digits, '_', '.', '-', ending in .yaml or .yml"
+FILE_EXPECTED = (
+    "a file name of the DAG folder: letters, digits, '_', '.', '-', ending in .yaml or .yml"
+)
 EDITS_OFF = (
     "DAG edits are turned off on this server (allow_dag_edits: false in nagare.yaml); change "
     "the files of the DAG folder instead"
@@ -154,7 +156,9 @@ class DagEdits:
                 try:
                     os.link(temp, final)
                 except FileExistsError:
-                    raise Conflict(f"the file {name} already exists; it is not overwritten") from None
+                    raise Conflict(
+                        f"the file {name} already exists; it is not overwritten"
+                    ) from None
         finally:
             if os.path.lexists(temp):
                 os.unlink(temp)

@@ -34,7 +34,9 @@ def test_read_save_and_the_folder_loads_the_new_version(
     assert leftovers == []  # the temporary file was renamed, not left behind
     # a broken save is written, reported, and the last good version keeps running
     broken = nagare.call(
-        "PUT", "/api/dag-files/hello.yaml", {"text": "id: hello\ntasks: 3\n", "version": saved.json["version"]}
+        "PUT",
+        "/api/dag-files/hello.yaml",
+        {"text": "id: hello\ntasks: 3\n", "version": saved.json["version"]},
     )
     assert broken.status == 200
     assert broken.json["errors"] and "hello.yaml:2: tasks" in broken.json["errors"][0]
@@ -95,11 +97,16 @@ def test_writes_need_the_key_and_file_names_stay_in_the_folder(
 ) -> None:
     nagare = nagare_factory(dags={"hello.yaml": DAG}, api_key=KEY)
     anonymous = {"Authorization": ""}
-    assert nagare.call("PUT", "/api/dag-files/hello.yaml", {"text": DAG}, headers=anonymous).status == 401
+    assert (
+        nagare.call("PUT", "/api/dag-files/hello.yaml", {"text": DAG}, headers=anonymous).status
+        == 401
+    )
     assert nagare.call("POST", "/api/dags", {"text": DAG}, headers=anonymous).status == 401
     assert nagare.call("DELETE", "/api/dag-files/hello.yaml", headers=anonymous).status == 401
     for name in ("../nagare.db", ".hidden.yaml", "a/b.yaml", "notes.txt"):
-        result = nagare.call("PUT", f"/api/dag-files/{quote(name, safe='')}", {"text": DAG, "version": ""})
+        result = nagare.call(
+            "PUT", f"/api/dag-files/{quote(name, safe='')}", {"text": DAG, "version": ""}
+        )
         assert result.status in (400, 404), (name, result.status)
     assert (nagare.root / "nagare.db").exists()
 
@@ -109,7 +116,9 @@ def test_allow_dag_edits_false_refuses_every_write(nagare_factory: Callable[...,
     source = nagare.get("/api/dag-files/hello.yaml")
     assert source["editable"] is False
     writes = [
-        nagare.call("PUT", "/api/dag-files/hello.yaml", {"text": DAG + "#\n", "version": source["version"]}),
+        nagare.call(
+            "PUT", "/api/dag-files/hello.yaml", {"text": DAG + "#\n", "version": source["version"]}
+        ),
         nagare.call("POST", "/api/dags", {"text": DAG.replace("hello", "new")}),
         nagare.call("DELETE", "/api/dag-files/hello.yaml"),
     ]

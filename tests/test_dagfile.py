@@ -666,7 +666,9 @@ def test_an_unclosed_quote_is_reported_where_it_opens() -> None:
     text = 'id: d\ndescription: "never closed\ntasks:\n  - id: a\n    command: x\n\n\n'
     error = only_error(text)
     assert error.line == 2
-    assert error.message.startswith("invalid YAML: unclosed quote: the value quoted at line 2, column 14")
+    assert error.message.startswith(
+        "invalid YAML: unclosed quote: the value quoted at line 2, column 14"
+    )
 
 
 def test_an_unclosed_flow_list_is_reported_where_it_opens() -> None:

@@ -43,9 +43,7 @@ def test_the_error_panel_names_each_file_once_and_opens_the_editor_at_the_line(
     nagare_factory: Any,
     ui: Any,  # noqa: F811
 ) -> None:
-    server = nagare_factory(
-        dags={"hello.yaml": HELLO, "broken.yaml": BROKEN, "cronbad.yaml": CRON}
-    )
+    server = nagare_factory(dags={"hello.yaml": HELLO, "broken.yaml": BROKEN, "cronbad.yaml": CRON})
     u = ui(server, viewport=DESKTOP)
     page = u.go("/dags")
     broken = page.locator('[data-error-file="broken.yaml"]')
@@ -144,7 +142,9 @@ def test_create_a_dag_in_dark_and_on_a_phone(
     assert (Path(server.root) / "dags" / "made_here.yaml").exists()
     # creating the same id again is refused (the file is never overwritten)
     page = u.go("/dags/new")
-    page.get_by_label("YAML of the DAG file").fill("id: made_here\ntasks:\n  - id: b\n    command: x\n")
+    page.get_by_label("YAML of the DAG file").fill(
+        "id: made_here\ntasks:\n  - id: b\n    command: x\n"
+    )
     page.get_by_role("button", name="Create DAG").click()
     expect(page.locator("[data-outcome=error]")).to_contain_text("already exists")
     assert "echo made" in (Path(server.root) / "dags" / "made_here.yaml").read_text()

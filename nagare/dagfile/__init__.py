@@ -267,7 +267,10 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
     where = f"line {context.line + 1}, column {context.column + 1}"
     found = f"; {problem} at line {mark.line + 1}" if mark else ""
     if "quoted" in opened:
-        return context.line + 1, f"unclosed quote: the value quoted at {where} is never closed{found}"
+        return (
+            context.line + 1,
+            f"unclosed quote: the value quoted at {where} is never closed{found}",
+        )
     what = opened.removeprefix("while scanning ").removeprefix("while parsing ")
     return context.line + 1, f"{what} that starts at {where} is not closed{found}"
 

@@ -104,4 +104,3 @@ def _text_and_version(request: Request) -> tuple[str, str]:
     if not isinstance(version, str):
         raise BadRequest("'version' must be a string")
     return body["text"], version
-

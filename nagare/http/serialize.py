@@ -501,7 +501,12 @@ def validation_json(errors: list[DagError]) -> dict[str, Any]:
 
 def dag_source_json(source: DagSource, editable: bool) -> dict[str, Any]:
     """`GET /api/dag-files/{file}`: the text and the version to send back when saving."""
-    return {"file": source.file, "text": source.text, "version": source.version, "editable": editable}
+    return {
+        "file": source.file,
+        "text": source.text,
+        "version": source.version,
+        "editable": editable,
+    }
 
 
 def dag_write_json(result: WriteResult) -> dict[str, Any]:
