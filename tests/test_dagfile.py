@@ -674,7 +674,7 @@ def test_an_unclosed_quote_is_reported_where_it_opens() -> None:
 def test_an_unclosed_flow_list_is_reported_where_it_opens() -> None:
     error = only_error("id: d\ntags: [a, b\ntasks:\n  - id: a\n    command: x\n")
     assert error.line == 2
-    assert "flow sequence that starts at line 2, column 7 is not closed" in error.message
+    assert "the '[' list that starts at line 2, column 7 is not closed" in error.message
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])

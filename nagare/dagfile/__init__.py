@@ -257,10 +257,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
     problem = exc.problem or str(exc)
     mark, context = exc.problem_mark, exc.context_mark
     opened = exc.context or ""
-    unclosed = context is not None and (
-        "end of stream" in problem
-        or "<stream end>" in problem
-        or opened.startswith(("while scanning a quoted", "while parsing a flow"))
+    unclosed = context is not None and opened.startswith(
+        ("while scanning a quoted", "while parsing a flow sequence", "while parsing a flow mapping")
     )
     if not unclosed or context is None:
         return (mark.line + 1 if mark else 0), problem
@@ -271,7 +269,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
             context.line + 1,
             f"unclosed quote: the value quoted at {where} is never closed{found}",
         )
-    what = opened.removeprefix("while scanning ").removeprefix("while parsing ")
+    what = "the '[' list" if "sequence" in opened else "the '{' mapping"
     return context.line + 1, f"{what} that starts at {where} is not closed{found}"
 
 
