@@ -95,7 +95,7 @@ function useValidation(text) {
 
 // ------------------------------------------------------------------ the code area
 
-function CodeArea({ text, onInput, errorsByLine, readOnly, jump }) {
+function CodeArea({ text, onInput, errorsByLine, readOnly, jump, onSave }) {
   const area = useRef(null);
   const pre = useRef(null);
   const gutter = useRef(null);
@@ -121,6 +121,7 @@ function CodeArea({ text, onInput, errorsByLine, readOnly, jump }) {
     sync();
   }, [jump]);
   const keydown = (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); onSave?.(); return; }
     if (e.key !== "Tab" || readOnly || e.shiftKey || e.ctrlKey || e.altKey || e.metaKey) return;
     // Tab indents by two spaces (YAML has no tabs); Esc then Tab leaves the field
     if (area.current?.dataset.escaped === "1") { area.current.dataset.escaped = ""; return; }
@@ -188,11 +189,19 @@ export function DagEditor({ file, line }) {
     for (const e of result?.errors || []) if (e.line) m.set(e.line, [...(m.get(e.line) || []), `${e.field ? e.field + ": " : ""}${e.message}`]);
     return m;
   }, [result]);
+  const dirty = source != null && text != null && text !== source.text;
+  useEffect(() => {
+    if (!dirty) return undefined;
+    const warn = (e) => { e.preventDefault(); e.returnValue = ""; };
+    addEventListener("beforeunload", warn);
+    return () => removeEventListener("beforeunload", warn);
+  }, [dirty]);
   if (loadError) {
     return html`<main><h1>${file}</h1><p class="error-text" role="alert">${loadError.message}</p><p><${Link} href="/dags">All DAGs</${Link}></p></main>`;
   }
   if (source == null || text == null) return html`<main><p class="muted">Loading…</p></main>`;
   const modified = text !== source.text;
+  const editable = source.editable !== false;
   const save = async () => {
     setBusy(true);
     try {
@@ -219,15 +228,16 @@ export function DagEditor({ file, line }) {
     } finally { setBusy(false); }
   };
   const jumpTo = (n) => setJump({ line: n, at: Date.now() });
-  const editable = source.editable !== false;
   return html`<main class="editor-page">
-    <h1>${isNew ? "New DAG" : html`Edit <span class="mono">${file}</span>`}
+    <h1>${isNew ? "New DAG" : html`${editable ? "Edit " : ""}<span class="mono">${file}</span>`}
+      ${!editable && html`<span class="badge muted" data-read-only>read-only</span>`}
       ${modified && html`<span class="badge st-queued" data-modified>unsaved changes</span>`}</h1>
     <p class="small muted" id="editor-help">
-      ${isNew ? "The file is named after the DAG's id. " : ""}Problems are checked as you type; Tab indents (Esc, then Tab leaves the editor).</p>
+      ${isNew ? "The file is named after the DAG's id. " : ""}${editable ? "Problems are checked as you type; Ctrl+S saves; Tab indents (Esc, then Tab leaves the editor)." : "Problems are checked as the file is shown."}</p>
     ${!editable && html`<p class="notice" role="note" data-edits-off>Editing is turned off on this server (<code>allow_dag_edits: false</code> in nagare.yaml): the DAG folder is managed elsewhere. The text is shown read-only.</p>`}
     <section class="panel">
-      <${CodeArea} text=${text} onInput=${setText} errorsByLine=${errorsByLine} readOnly=${!editable} jump=${jump} />
+      <${CodeArea} text=${text} onInput=${setText} errorsByLine=${errorsByLine} readOnly=${!editable} jump=${jump}
+        onSave=${editable && !busy && (isNew || modified) ? save : null} />
       <${Problems} result=${result} jumpTo=${jumpTo} />
       ${editable && html`<div class="row editor-actions">
         <button type="button" class="primary" data-save disabled=${busy || (!isNew && !modified)} onClick=${save}>${isNew ? "Create DAG" : "Save"}</button>
