@@ -18,6 +18,7 @@ from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
+from nagare.dag_edits import DagEdits
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
@@ -30,6 +31,7 @@ from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpa
 from nagare.git_sync import GitSync
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
+from nagare.http.editor_api import EditorApi
 from nagare.http.gate import Limits, affordable_connections
 from nagare.http.git_api import GitApi
 from nagare.http.metrics_api import MetricsApi
@@ -168,6 +170,8 @@ class App:
         )
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
         self.api.add_routes(WaitsApi(self.waits).routes())
+        edits = DagEdits(self.folder, config.allow_dag_edits, config.max_dag_file_bytes)
+        self.api.add_routes(EditorApi(edits).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.git_sync = _git_sync(config)
         self.api.add_routes(GitApi(self.git_sync).routes())

@@ -71,6 +71,14 @@ OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     _opt(
+        "allow_dag_edits",
+        "bool",
+        True,
+        "Whether the dashboard and the API may create, save and delete DAG files (false for "
+        "GitOps setups: the folder is then read-only to Nagare).",
+        flag=False,
+    ),
+    _opt(
         "config",
         "str",
         "nagare.yaml",

@@ -155,10 +155,14 @@ def parse_schedule(expression: str, timezone: str = "") -> Schedule:
             f"unknown schedule descriptor '{expression}' "
             f"(expected one of {', '.join(DESCRIPTORS)} or @every <n>s|m|h|d)"
         )
-    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+    problem = field_problem(cron.split())
+    if problem:
+        raise ValueError(f"'{expression}' is not a valid cron expression: {problem}")
+    if not croniter.is_valid(cron):
         raise ValueError(
             f"'{expression}' is not a valid cron expression "
-            "(expected 5 fields: minute hour day-of-month month day-of-week, e.g. '0 */6 * * *')"
+            "(expected 5 fields: minute hour day-of-month month day-of-week, each a number, "
+            "a range, a list, a step or '*', e.g. '0 */6 * * *')"
         )
     schedule = Schedule(expr, zone)
     try:
@@ -166,6 +170,34 @@ def parse_schedule(expression: str, timezone: str = "") -> Schedule:
     except Exception:
         raise ValueError(f"cron expression '{expression}' never matches a date") from None
     return schedule
+
+
+# (name, low, high) of the five fields; names (jan, mon) are checked by croniter
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+)
+_NUMBER_PART = re.compile(r"^(\d+)(?:-(\d+))?(?:/(\d+))?$")
+
+
+def field_problem(fields: list[str]) -> str:
+    """What is wrong with the count or the numbers of a cron expression's fields, or ''."""
+    if len(fields) != 5:
+        return (
+            "expected 5 fields: minute hour day-of-month month day-of-week "
+            f"(e.g. '0 */6 * * *'), found {len(fields)}"
+        )
+    for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            match = _NUMBER_PART.match(part.removeprefix("*"))
+            numbers = [int(n) for n in match.groups()[:2] if n is not None] if match else []
+            for number in numbers:
+                if not low <= number <= high:
+                    return f"{name} {number} out of range {low}\u2013{high}"
+    return ""
 
 
 def resolve_zone(name: str) -> tzinfo:

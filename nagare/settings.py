@@ -26,6 +26,10 @@ class Settings:
     # Largest DAG file read; a larger one is reported as that file's error, not read.
     max_dag_file_bytes: int = 1048576
 
+    # Whether the dashboard and the API may create, save and delete DAG files (false for GitOps
+    # setups: the folder is then read-only to Nagare).
+    allow_dag_edits: bool = True
+
     # Settings file; a missing file means defaults.
     config: str = "nagare.yaml"
 

@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     # L2: I/O seams
     "nagare.store": L2,  # the package and every module in it
     "nagare.dag_folder": L2,
+    "nagare.dag_edits": L2,  # writes of the DAG folder (the editor), next to its reader
     "nagare.logs": L2,
     "nagare.executors": L2,  # the package and every module in it
     "nagare.client": L2,

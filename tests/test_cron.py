@@ -135,12 +135,6 @@ def test_every_ignores_the_timezone() -> None:
     [
         "* * * *",
         "* * * * * *",
-        "60 * * * *",
-        "* 24 * * *",
-        "* * 32 * *",
-        "* * 0 * *",
-        "* * * 13 *",
-        "* * * * 8",
         "a b c d e",
         "*/0 * * * *",
         "hourly",
@@ -152,6 +146,32 @@ def test_invalid_cron_expressions(expression: str) -> None:
     message = str(info.value)
     assert f"'{expression}' is not a valid cron expression" in message
     assert "expected 5 fields: minute hour day-of-month month day-of-week" in message
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("61 * * * *", "minute 61 out of range 0\u201359"),
+        ("60 * * * *", "minute 60 out of range 0\u201359"),
+        ("* 24 * * *", "hour 24 out of range 0\u201323"),
+        ("* * 32 * *", "day-of-month 32 out of range 1\u201331"),
+        ("* * 0 * *", "day-of-month 0 out of range 1\u201331"),
+        ("* * * 13 *", "month 13 out of range 1\u201312"),
+        ("* * * * 8", "day-of-week 8 out of range 0\u20137"),
+        ("5-70 * * * *", "minute 70 out of range 0\u201359"),
+        ("0 1,25 * * *", "hour 25 out of range 0\u201323"),
+    ],
+)
+def test_an_out_of_range_field_is_named_with_its_range(expression: str, problem: str) -> None:
+    """Defect 12: an out-of-range field used to be reported as "expected 5 fields"."""
+    with pytest.raises(ValueError) as info:
+        parse_schedule(expression, "UTC")
+    assert str(info.value) == f"'{expression}' is not a valid cron expression: {problem}"
+
+
+def test_a_wrong_field_count_says_how_many_were_found() -> None:
+    with pytest.raises(ValueError, match=r"expected 5 fields: .*found 6"):
+        parse_schedule("* * * * * *", "UTC")
 
 
 @pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"])

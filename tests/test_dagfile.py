@@ -661,6 +661,22 @@ def test_other_invalid_yaml_names_the_line_without_the_star_hint() -> None:
     assert "quote values" not in error.message
 
 
+def test_an_unclosed_quote_is_reported_where_it_opens() -> None:
+    """Defect 12: it used to point at the end of the text ("found unexpected end of stream")."""
+    text = 'id: d\ndescription: "never closed\ntasks:\n  - id: a\n    command: x\n\n\n'
+    error = only_error(text)
+    assert error.line == 2
+    assert error.message.startswith(
+        "invalid YAML: unclosed quote: the value quoted at line 2, column 14"
+    )
+
+
+def test_an_unclosed_flow_list_is_reported_where_it_opens() -> None:
+    error = only_error("id: d\ntags: [a, b\ntasks:\n  - id: a\n    command: x\n")
+    assert error.line == 2
+    assert "the '[' list that starts at line 2, column 7 is not closed" in error.message
+
+
 @pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])
 def test_an_empty_file_is_an_error(text: str) -> None:
     dag, errors = parse_dag(text, FILE)

@@ -743,6 +743,7 @@ def test_every_page_light_dark_and_phone_without_console_errors(
         "dashboard": "/",
         "dags": "/dags",
         "dag_detail": "/dags?id=map_reduce",
+        "dag_editor": "/dags/edit?file=map.yaml",
         "runs": "/runs",
         "run_detail": f"/runs?id={run_id}",
         "run_failed": f"/runs?id={failed_id}",

@@ -48,6 +48,7 @@ import {
 import { BackfillButton } from "./backfill.js";
 import { GitSyncStatus } from "./gitsync.js";
 import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runslist.js";
+import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -119,6 +120,7 @@ function App() {
   if (auth === "probing") page = html`<main class="boot">Loading dashboard…</main>`;
   else if (auth === "gate") page = html`<${Gate} initialError=${gateError} onConnect=${() => setAuth("ok")} />`;
   else if (path === "/") page = html`<${Dashboard} />`;
+  else if (path === "/dags/edit" || path === "/dags/new") page = html`<${DagEditor} key=${loc} file=${path === "/dags/new" ? null : params.get("file")} line=${params.get("line")} />`;
   else if (path === "/dags" || path === "/dags/") page = params.get("id") ? html`<${DagDetail} key=${params.get("id")} dagId=${params.get("id")} />` : html`<${DagList} />`;
   else if (path === "/runs" || path === "/runs/") page = params.get("id") ? html`<${RunDetail} key=${params.get("id")} runId=${params.get("id")} focusTask=${params.get("task")} />` : html`<${RunsPage} />`;
   else if (path === "/metrics") page = html`<${MetricsPage} />`;
@@ -309,16 +311,6 @@ function PauseSwitch({ dag, onChange }) {
     aria-label=${`${dag.dag_id} active`} /><span aria-hidden="true">${paused ? "Paused" : "Active"}</span></label>`;
 }
 
-function DagErrors({ errors }) {
-  const files = Object.entries(errors || {});
-  if (!files.length) return null;
-  const n = files.reduce((a, [, v]) => a + v.length, 0);
-  return html`<details class="errors" open>
-    <summary>DAG load errors (${n})</summary>
-    <ul>${files.map(([file, msgs]) => msgs.map((m) => html`<li><strong>${file}</strong>: ${m}</li>`))}</ul>
-  </details>`;
-}
-
 function DagTable({ dags, reload }) {
   if (!dags) return html`<p class="muted">Loading…</p>`;
   if (!dags.length) return html`<p class="empty">No DAGs loaded. Put YAML files in the DAG folder.</p>`;
@@ -446,7 +438,7 @@ function DagList() {
   };
   // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
   const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
-  return html`<main><h1>DAGs</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
+  return html`<main><h1>DAGs <span class="spacer"></span><${Link} href=${NEW_DAG_HREF} class="btn" data-new-dag>New DAG</${Link}></h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
     ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
       <span class="small muted">Tags</span>
       ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}
@@ -730,7 +722,7 @@ function DagDetail({ dagId }) {
       ${live && html`<span class="badge st-running pulse">live</span>`}
       <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} /></h1>
     <p class="muted">${dag.description}</p>
-    <p class="small muted">File ${dag.file}${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
+    <p class="small muted">File ${dag.file} · <${Link} href=${editorHref(dag.file)} data-edit-file>Edit</${Link}>${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
     <div class="grid2">
       <section class="panel"><div class="tabs" role="tablist">
           <button role="tab" aria-selected=${tab === "graph"} onClick=${() => setTab("graph")}>Graph</button>

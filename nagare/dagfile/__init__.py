@@ -222,9 +222,7 @@ def _compose(text: str, errors: Collector) -> MappingNode | None:
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        problem = exc.problem or str(exc)
+        line, problem = _yaml_problem(exc)
         lines = text.splitlines()
         bad_line = lines[line - 1] if 0 < line <= len(lines) else ""
         hint = (
@@ -250,6 +248,29 @@ def _compose(text: str, errors: Collector) -> MappingNode | None:
         errors.add(*bomb)
         return None
     return node
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    """The line and text of a YAML error. A quoted value or a flow collection that is never
+    closed is reported where it opens (the parser's context mark), not at the end of the text
+    where the parser noticed it."""
+    problem = exc.problem or str(exc)
+    mark, context = exc.problem_mark, exc.context_mark
+    opened = exc.context or ""
+    unclosed = context is not None and opened.startswith(
+        ("while scanning a quoted", "while parsing a flow sequence", "while parsing a flow mapping")
+    )
+    if not unclosed or context is None:
+        return (mark.line + 1 if mark else 0), problem
+    where = f"line {context.line + 1}, column {context.column + 1}"
+    found = f"; {problem} at line {mark.line + 1}" if mark else ""
+    if "quoted" in opened:
+        return (
+            context.line + 1,
+            f"unclosed quote: the value quoted at {where} is never closed{found}",
+        )
+    what = "the '[' list" if "sequence" in opened else "the '{' mapping"
+    return context.line + 1, f"{what} that starts at {where} is not closed{found}"
 
 
 def _expansion_problem(root: Node) -> tuple[Node, str, str] | None:

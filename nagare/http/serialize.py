@@ -9,6 +9,7 @@ from typing import Any
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
 from nagare.cron import NEVER, dag_schedules, describe
+from nagare.dag_edits import DagSource, WriteResult
 from nagare.dagfile import DagError
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
@@ -536,4 +537,24 @@ def backfill_json(result: Backfill) -> dict[str, Any]:
         "max_active_runs": result.max_active_runs or None,
         "overlap_policy": result.overlap_policy,
         "note": result.note,
+    }
+
+
+def dag_source_json(source: DagSource, editable: bool) -> dict[str, Any]:
+    """`GET /api/dag-files/{file}`: the text and the version to send back when saving."""
+    return {
+        "file": source.file,
+        "text": source.text,
+        "version": source.version,
+        "editable": editable,
+    }
+
+
+def dag_write_json(result: WriteResult) -> dict[str, Any]:
+    """A save or create: the new version, the DAG the file defines now, its load errors."""
+    return {
+        "file": result.file,
+        "version": result.version,
+        "dag_id": result.dag_id,
+        "errors": result.errors,
     }
