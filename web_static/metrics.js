@@ -55,13 +55,17 @@ const fmtTickMs = (v) => (v < 1000 ? `${+v.toPrecision(3)} ms` : fmtDur(v));
 const measured = (p) => p.peak_memory_bytes > 0 || p.cpu_ms > 0;
 const bucketWord = (name) => ({ "1m": "minute", "5m": "5 minutes", "15m": "15 minutes", "1h": "hour", "6h": "6 hours", "1d": "day" })[name];
 
-// Every bucket of the window [since, until] (ms), empty ones as null, x at the bucket's middle.
+// Every bucket of the window [since, until] (ms), empty ones as null, x at the bucket's middle;
+// the axis runs from the first bucket's start to the last one's end (the whole window, and the
+// whole of the partial buckets at its edges, so the current one is drawn too).
 export function bucketGrid(points, since, until, sizeS) {
   const size = sizeS * 1000;
   const byStart = new Map(points.map((p) => [parseT(p.timestamp), p]));
   const starts = [];
   for (let t = Math.floor(since / size) * size; t <= until; t += size) starts.push(t);
   return {
+    from: starts[0] / 1000,
+    to: (starts[starts.length - 1] + size) / 1000,
     xs: starts.map((t) => (t + size / 2) / 1000),
     col: (f) => starts.map((t) => { const p = byStart.get(t); const v = p ? f(p) : null; return v == null ? null : v; }),
     filled: starts.filter((t) => byStart.has(t)).length,
@@ -206,7 +210,7 @@ export function MetricsPage({ since: sinceParam, dag: dagParam }) {
     const g = bucketGrid(current.buckets, from, to, bucketS);
     const pctl = current.buckets.some((p) => p.p50_duration_ms != null);
     return {
-      from: from / 1000, to: to / 1000, xs: g.xs, filled: g.filled,
+      from: g.from, to: g.to, xs: g.xs, filled: g.filled,
       count: [
         { label: "attempts", color: "--chart1", back: true, values: g.col((p) => p.count) },
         { label: "failed", color: "--failed", values: g.col((p) => p.failed || null) },
