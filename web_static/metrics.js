@@ -244,7 +244,7 @@ export function MetricsPage({ since: sinceParam, dag: dagParam }) {
       <div class="card"><div class="label">Avg task duration</div><div class="value">${o ? fmtDur(o.avg_duration_ms) : "—"}</div><div class="sub">max ${o ? fmtDur(o.max_duration_ms) : "—"}</div></div>
       <div class="card"><div class="label">Peak memory seen</div><div class="value" data-stat="memory">${o ? fmtMem(o.max_memory_bytes) : "—"}</div><div class="sub">CPU total ${o && o.total_cpu_ms ? fmtDur(o.total_cpu_ms) : "—"}</div></div>
     </div>
-    <section class="panel"><h2>Success rate by DAG <span class="small muted">worst first${dag ? "" : ` · ${o ? o.dag_stats.length : 0} DAGs`}</span></h2>
+    <section class="panel"><h2>Success rate by DAG <span class="small muted">worst first${dag || !o ? "" : ` · ${o.dag_stats.length} DAG${o.dag_stats.length === 1 ? "" : "s"}`}</span></h2>
       ${o ? html`<${SuccessByDag} stats=${o.dag_stats} selected=${dag} />` : html`<p class="empty">Loading…</p>`}</section>
     <div class="grid2">
       <${Chart} title="Task attempts" note=${`per ${per}; failed in front`} ...${chartProps} series=${charts?.count} fmt=${(v) => `${Math.round(v)}`} axisFmt=${(v) => (Number.isInteger(v) ? `${v}` : "")} />
