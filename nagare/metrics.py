@@ -5,9 +5,11 @@ Windows are `[now - since, now]` compared as epoch milliseconds (never as string
 from the store's roll-up (per hour and per 5 minutes) plus the attempt rows of the partial first
 5 minutes, so a 30-day overview reads a few thousand small rows, not every attempt. A time
 series is the newest N attempts (or N buckets), returned oldest first. Success rate = successful
-attempts / attempts that succeeded or failed (killed attempts are not outcomes of the task);
-p50/p95 interpolate linearly between the two nearest ranks (the textbook median for an even
-count).
+attempts / attempts that succeeded or failed (killed attempts are not outcomes of the task); the
+run-level rate is the same over the runs that finished in the window (a run that succeeded after a
+retry is one success, where its attempts are one failure and one success). p50/p95 interpolate
+linearly between the two nearest ranks (the textbook median for an even count), for a window and
+for each time bucket (the latter up to `PERCENTILE_LIMIT` attempts in the window).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from nagare.store import (
     DurationRow,
     MetricAgg,
     MetricPoint,
+    RunOutcomes,
 )
 
 MINUTE_MS = 60_000
@@ -46,6 +49,10 @@ MAX_SPAN_DAYS = 3650
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 10_000
 SLOWEST = 10
+QUANTILES = (0.5, 0.95)
+# Above this many attempts in a bucketed window, its buckets carry no p50/p95 (null): those need
+# every attempt's duration, where the other bucket figures come from the roll-up.
+PERCENTILE_LIMIT = 50_000  # (about 0.15 s of SQLite for the largest window)
 BUCKETS_MS = {
     "1m": MINUTE_MS,
     "5m": 5 * MINUTE_MS,
@@ -107,6 +114,35 @@ def mean(total: int, count: int) -> float:
     return round(total / count, 3) if count else 0.0
 
 
+def quantile_values(
+    count: int, durations: dict[int, int], quantiles: tuple[float, ...]
+) -> list[float | None]:
+    """The interpolated quantiles of `count` sorted values of which `durations` holds those at
+    the ranks `rank_offsets` names (None for a rank not there, i.e. an empty set)."""
+    values: list[float | None] = []
+    for quantile in quantiles:
+        low, high, weight = rank_offsets(max(count, 1), quantile)
+        if count == 0 or low not in durations or high not in durations:
+            values.append(None)
+        else:
+            values.append(round(interpolated(durations[low], durations[high], weight), 3))
+    return values
+
+
+def bucket_percentiles(
+    aggs: list[MetricAgg], ranks: list[tuple[int, int, int, int]]
+) -> list[Bucket]:
+    """Time buckets with their p50/p95, from (bucket, attempts, rank, duration) rows."""
+    found: dict[int, dict[int, int]] = {}
+    for bucket, _, rank, duration in ranks:
+        found.setdefault(bucket, {})[rank] = duration
+    out = []
+    for agg in aggs:
+        p50, p95 = quantile_values(agg.attempts, found.get(agg.bucket, {}), QUANTILES)
+        out.append(Bucket(agg, p50, p95))
+    return out
+
+
 # ---------------------------------------------------------------- what the service returns
 
 
@@ -141,19 +177,32 @@ class LiveState:
     workers: dict[str, int] = field(default_factory=dict)  # status -> count
 
 
-TimeSeries = list[MetricPoint] | list[MetricAgg]  # attempts, or time buckets when bucketed
+@dataclass(frozen=True)
+class Bucket:
+    """The attempts of one time bucket: totals, and duration percentiles (None when the bucket
+    is empty or the window has more than `PERCENTILE_LIMIT` attempts)."""
+
+    agg: MetricAgg
+    p50_duration_ms: float | None = None
+    p95_duration_ms: float | None = None
+
+
+TimeSeries = list[MetricPoint] | list[Bucket]  # attempts, or time buckets when bucketed
 
 
 @dataclass(frozen=True)
 class Overview:
-    """A window `[since, until]` (epoch ms): totals, per DAG (most attempts first), and the
-    slowest attempts (longest first)."""
+    """A window `[since, until]` (epoch ms), of every DAG or of one: attempt totals, per DAG
+    (most attempts first), the slowest attempts (longest first), and the runs that finished
+    (in total and per DAG; a DAG with finished runs and no attempt is in `per_dag` too)."""
 
     since: int
     until: int
     total: MetricAgg
     per_dag: list[MetricAgg]
     slowest: list[MetricPoint]
+    runs: RunOutcomes
+    runs_per_dag: dict[str, RunOutcomes]
 
 
 @dataclass(frozen=True)
@@ -162,6 +211,7 @@ class DagMetrics:
 
     dag_id: str
     run_count: int  # runs created in the window
+    runs: RunOutcomes  # runs finished in the window
     aggregate: MetricAgg
     p50_duration_ms: float | None
     p95_duration_ms: float | None
@@ -192,6 +242,10 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             self, start: int, *, dag_id: str = "", bucket_ms: int = 0, by_dag: bool = False
         ) -> list[MetricAgg]: ...
 
+        def bucket_duration_ranks(
+            self, start: int, dag_id: str, bucket_ms: int, quantiles: tuple[float, ...]
+        ) -> list[tuple[int, int, int, int]]: ...
+
         def counters(self) -> list[CounterRow]: ...
 
         def duration_at_ranks(self, start: int, dag_id: str, offsets: list[int]) -> list[int]: ...
@@ -206,10 +260,12 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def points(self, start: int, dag_id: str, limit: int) -> list[MetricPoint]: ...
 
+        def run_outcomes(self, start: int, dag_id: str = "") -> dict[str, RunOutcomes]: ...
+
         def runs_created_since(self, start: int, dag_id: str) -> int: ...
 
         def slowest_attempts(
-            self, start: int, limit: int, window_attempts: int
+            self, start: int, limit: int, window_attempts: int, dag_id: str = ""
         ) -> list[MetricPoint]: ...
 
     class _MetricsRuns(Protocol):
@@ -251,16 +307,21 @@ class MetricsService:
 
     # ------------------------------------------------------------ /api/metrics/*
 
-    def overview(self, since: str) -> Overview:
+    def overview(self, since: str, dag_id: str = "") -> Overview:
         now = self.clock()
         start = now - parse_span(since or DEFAULT_SINCE)
-        per_dag = self.store.metrics.aggregates(start, by_dag=True)
-        total = MetricAgg(0, "")
+        per_dag = self.store.metrics.aggregates(start, dag_id=dag_id, by_dag=True)
+        runs_per_dag = self.store.metrics.run_outcomes(start, dag_id)
+        total, runs = MetricAgg(0, ""), RunOutcomes("")
         for agg in per_dag:
             total.add(agg)
+        for outcomes in runs_per_dag.values():
+            runs.add(outcomes)
+        seen = {a.dag_id for a in per_dag}
+        per_dag += [MetricAgg(0, d) for d in runs_per_dag if d not in seen]
         per_dag.sort(key=lambda a: (-a.attempts, a.dag_id))
-        slowest = self.store.metrics.slowest_attempts(start, SLOWEST, total.attempts)
-        return Overview(start, now, total, per_dag, slowest)
+        slowest = self.store.metrics.slowest_attempts(start, SLOWEST, total.attempts, dag_id)
+        return Overview(start, now, total, per_dag, slowest, runs, runs_per_dag)
 
     def timeseries(self, since: str, dag_id: str, limit: int, bucket: str) -> TimeSeries:
         now = self.clock()
@@ -268,8 +329,12 @@ class MetricsService:
         bucket_ms = parse_bucket(bucket)
         if not bucket_ms:
             return self.store.metrics.points(start, dag_id, limit)
-        first = (now // bucket_ms - (limit - 1)) * bucket_ms  # the newest `limit` buckets
-        return self.store.metrics.aggregates(max(start, first), dag_id=dag_id, bucket_ms=bucket_ms)
+        first = max(start, (now // bucket_ms - (limit - 1)) * bucket_ms)  # the newest `limit`
+        aggs = self.store.metrics.aggregates(first, dag_id=dag_id, bucket_ms=bucket_ms)
+        if sum(a.attempts for a in aggs) > PERCENTILE_LIMIT:
+            return [Bucket(a) for a in aggs]
+        ranks = self.store.metrics.bucket_duration_ranks(first, dag_id, bucket_ms, QUANTILES)
+        return bucket_percentiles(aggs, ranks)
 
     def dag(self, dag_id: str, since: str, limit: int, bucket: str) -> DagMetrics:
         start = self.window_start(since)
@@ -279,9 +344,11 @@ class MetricsService:
         aggs = self.store.metrics.aggregates(start, dag_id=dag_id)
         agg = aggs[0] if aggs else MetricAgg(0, dag_id)
         p50, p95 = self._percentiles(start, dag_id, agg.attempts, (0.5, 0.95))
+        runs = self.store.metrics.run_outcomes(start, dag_id).get(dag_id, RunOutcomes(dag_id))
         return DagMetrics(
             dag_id=dag_id,
             run_count=self.store.metrics.runs_created_since(start, dag_id),
+            runs=runs,
             aggregate=agg,
             p50_duration_ms=p50,
             p95_duration_ms=p95,

@@ -50,7 +50,7 @@ def plant_run(
     version = store.dags.save_version(dag, created_at)
     ids = {t: uuid.uuid4().hex[:20] for t in tasks}
     finished_at = max((a.completed_at or created_at for a in attempts), default=created_at)
-    done = status in ("success", "failed", "cancelled")
+    done = status in ("success", "failed", "cancelled", "skipped")
     with store.db.write() as conn:
         conn.execute(
             "INSERT INTO runs(run_id, dag_id, status, trigger, execution_date, conf, dag_version, "

@@ -31,7 +31,7 @@ from nagare.http.serialize import (
 from nagare.metrics import LiveState, MetricsService, parse_bucket, parse_span
 from nagare.prometheus import Family, render
 from nagare.store import MetricPoint, Store
-from nagare.store.metrics import SLOWEST_SORT_LIMIT
+from nagare.store.metrics import SLOWEST_SORT_LIMIT, run_outcomes_query
 from nagare.store.schema import MIGRATIONS
 
 NOW = parse_iso("2026-11-21T10:37:12.345Z")  # deliberately not on an hour
@@ -737,3 +737,119 @@ def test_attempt_indexes_hold_finished_attempts_only(tmp_path: Path) -> None:
     )[:5]
     assert len(store.metrics.points(start, "", 1000)) == len(history)  # not the running one
     store.close()
+
+
+# ---------------------------------------------------------------- run-level outcomes
+
+
+def retried_runs(store: Store, dag_id: str, times: list[int]) -> None:
+    """Runs whose only task failed once and then succeeded (one run success, attempts 50 %)."""
+    for at in times:
+        plant_run(
+            store,
+            dag_id,
+            at - 10 * MINUTE,
+            [
+                Attempt("t", at - MINUTE, status="failed", exit_code=1, attempt=1),
+                Attempt("t", at, attempt=2),
+            ],
+        )
+
+
+def test_run_level_success_next_to_attempt_level(store: Store, service: MetricsService) -> None:
+    """A DAG whose every run succeeded after a retry: attempts 50 %, runs 100 %. Runs count in
+    the window their completion falls in; running runs are not outcomes; a DAG whose runs
+    finished without any attempt (skipped) is listed too."""
+    retried_runs(store, "flaky", [NOW - 10 * MINUTE, NOW - 20 * MINUTE, NOW - 2 * DAY])
+    plant_run(store, "broken", NOW - HOUR, [Attempt("t", NOW - 5, status="failed")], "failed")
+    plant_run(store, "broken", NOW - HOUR, [Attempt("t", NOW - 6)], "success")
+    plant_run(store, "broken", NOW - HOUR, [Attempt("t", NOW - 7, status="cancelled")], "cancelled")
+    plant_run(store, "broken", NOW - MINUTE, [Attempt("t", None)], status="running")
+    plant_run(store, "quiet", NOW - MINUTE, [], status="skipped")
+    overview = overview_json(service.overview("1h"))
+    stats = {d["dag_id"]: d for d in overview["dag_stats"]}
+    assert [d["dag_id"] for d in overview["dag_stats"]] == ["flaky", "broken", "quiet"]
+    assert stats["flaky"]["success_rate"] == 0.5
+    assert stats["flaky"]["runs"] == {
+        "finished": 2,
+        "success": 2,
+        "failed": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "success_rate": 1.0,
+    }
+    assert stats["broken"]["runs"]["finished"] == 3  # not the running one
+    assert stats["broken"]["runs"]["success_rate"] == 0.5  # the cancelled run is no outcome
+    assert stats["quiet"]["count"] == 0 and stats["quiet"]["runs"]["skipped"] == 1
+    assert stats["quiet"]["runs"]["success_rate"] is None
+    assert overview["runs"]["finished"] == 6 and overview["runs"]["success"] == 3
+    week = {d["dag_id"]: d for d in overview_json(service.overview("7d"))["dag_stats"]}
+    assert week["flaky"]["runs"]["success"] == 3
+    one = overview_json(service.overview("1h", "flaky"))  # the overview of one DAG
+    assert [d["dag_id"] for d in one["dag_stats"]] == ["flaky"]
+    assert (one["total_tasks"], one["runs"]["finished"]) == (4, 2)
+    assert {t["dag_id"] for t in one["slowest_tasks"]} == {"flaky"}
+    aggregate = dag_metrics_json(service.dag("flaky", "1h", 10, ""))["aggregate"]
+    assert (aggregate["success_rate"], aggregate["runs"]["success_rate"]) == (0.5, 1.0)
+
+
+def test_run_outcomes_read_one_range_of_a_covering_index(store: Store) -> None:
+    with store.db.read() as conn:
+        for dag_id in ("", "d"):
+            sql, params = run_outcomes_query(NOW, dag_id)
+            plan = " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "SEARCH runs USING COVERING INDEX runs_completed (completed_at>?)" in plan
+
+
+def test_a_database_of_schema_11_gets_the_run_completion_index(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    retried_runs(store, "flaky", [NOW - MINUTE])
+    with store.db.write() as conn:
+        conn.execute("DROP INDEX runs_completed")
+        conn.execute("PRAGMA user_version=11")
+    store.close()
+    upgraded = Store(path)
+    assert upgraded.db.schema_version == len(MIGRATIONS)
+    assert upgraded.metrics.run_outcomes(NOW - HOUR)["flaky"].success == 1
+    upgraded.close()
+
+
+# ---------------------------------------------------------------- percentiles per bucket
+
+
+@pytest.mark.parametrize(("since", "bucket"), [("6h", "15m"), ("3d", "1h"), ("3d", "1d")])
+def test_each_bucket_has_its_own_p50_and_p95(
+    store: Store, service: MetricsService, since: str, bucket: str
+) -> None:
+    rows = random_history(store, 300)
+    size = parse_bucket(bucket)
+    start = NOW - parse_span(since)
+    durations: dict[int, list[int]] = {}
+    for _, a in rows:
+        assert a.completed_at is not None
+        if a.completed_at >= start:
+            durations.setdefault(a.completed_at // size * size, []).append(a.duration_ms)
+    points = series_json(service.timeseries(since, "", 10_000, bucket))
+    assert {parse_iso(p["timestamp"]) for p in points} == set(durations)
+    for point in points:
+        values = durations[parse_iso(point["timestamp"])]
+        cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else []
+        assert point["p50_duration_ms"] == pytest.approx(statistics.median(values), abs=1e-3)
+        assert point["p95_duration_ms"] == pytest.approx(cuts[94] if cuts else values[0], abs=1e-3)
+        assert point["p50_duration_ms"] <= point["p95_duration_ms"] <= point["max_duration_ms"]
+
+
+def test_bucket_percentiles_of_one_dag_and_above_the_limit(
+    store: Store, service: MetricsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number, duration in enumerate([5, 1, 3, 100]):
+        plant_at(store, [NOW - number * MINUTE], dag_id="p", duration_ms=duration)
+    plant_at(store, [NOW - MINUTE], dag_id="other", duration_ms=10_000)
+    (point,) = series_json(service.timeseries("1h", "p", 10, "1h"))
+    assert (point["count"], point["p50_duration_ms"], point["p95_duration_ms"]) == (4, 4.0, 85.75)
+    (dag_point,) = dag_metrics_json(service.dag("p", "1h", 10, "1h"))["time_series"]
+    assert dag_point == point
+    monkeypatch.setattr("nagare.metrics.PERCENTILE_LIMIT", 3)
+    (point,) = series_json(service.timeseries("1h", "p", 10, "1h"))
+    assert (point["count"], point["p50_duration_ms"], point["p95_duration_ms"]) == (4, None, None)

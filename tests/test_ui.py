@@ -692,7 +692,7 @@ def test_metrics_page_draws_charts_after_runs(nagare_factory: Any, ui: Any) -> N
     page = u.go("/metrics")
     expect(page.locator('[data-stat="tasks"]')).to_have_text("10")
     charts = page.locator("[data-chart] canvas")
-    expect(charts).to_have_count(3)
+    expect(charts).to_have_count(4)
     painted = page.evaluate(
         """() => [...document.querySelectorAll('[data-chart] canvas')].map(c => {
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

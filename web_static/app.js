@@ -49,6 +49,7 @@ import { BackfillButton } from "./backfill.js";
 import { GitSyncStatus } from "./gitsync.js";
 import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runslist.js";
 import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
+import { MetricsPage } from "./metrics.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -123,7 +124,7 @@ function App() {
   else if (path === "/dags/edit" || path === "/dags/new") page = html`<${DagEditor} key=${loc} file=${path === "/dags/new" ? null : params.get("file")} line=${params.get("line")} />`;
   else if (path === "/dags" || path === "/dags/") page = params.get("id") ? html`<${DagDetail} key=${params.get("id")} dagId=${params.get("id")} />` : html`<${DagList} />`;
   else if (path === "/runs" || path === "/runs/") page = params.get("id") ? html`<${RunDetail} key=${params.get("id")} runId=${params.get("id")} focusTask=${params.get("task")} />` : html`<${RunsPage} />`;
-  else if (path === "/metrics") page = html`<${MetricsPage} />`;
+  else if (path === "/metrics") page = html`<${MetricsPage} since=${params.get("since")} dag=${params.get("dag")} />`;
   else if (path === "/workers") page = html`<${WorkersPage} />`;
   else page = html`<main><h1>Page not found</h1><p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
   const active = (href) => (href === "/" ? path === "/" : path.startsWith(href));
@@ -1093,123 +1094,6 @@ function StaticLog({ run, task, attempt }) {
   }, [attempt]);
   if (!lines) return html`<p class="muted">Loading…</p>`;
   return html`<${LogView} lines=${lines} status=${`attempt ${attempt}`} name=${`${run.run_id}_${task.task_id}_${attempt}.log`} />`;
-}
-
-// ------------------------------------------------------------------ metrics
-
-const WINDOWS = ["1h", "6h", "24h", "7d", "30d"];
-let uplotModule = null;
-const loadUplot = () => (uplotModule ||= import("./vendor/uPlot.esm.js").then((m) => m.default));
-let uplotCss = false;
-
-function Chart({ title, xs, ys, label, kind = "line", color = "--chart1", fmt = (v) => v }) {
-  const ref = useRef(null);
-  const [theme, setTheme] = useState(0);
-  useEffect(() => {
-    const on = () => setTheme((x) => x + 1);
-    addEventListener("nagare:theme", on);
-    return () => removeEventListener("nagare:theme", on);
-  }, []);
-  useEffect(() => {
-    if (!uplotCss) {
-      uplotCss = true;
-      const l = document.createElement("link");
-      l.rel = "stylesheet"; l.href = "/vendor/uPlot.min.css";
-      document.head.appendChild(l);
-    }
-    let plot = null;
-    let dead = false;
-    loadUplot().then((uPlot) => {
-      if (dead || !ref.current) return;
-      const css = getComputedStyle(document.documentElement);
-      const c = css.getPropertyValue(color).trim() || "#2563eb";
-      const fg = css.getPropertyValue("--muted").trim();
-      const grid = css.getPropertyValue("--grid").trim();
-      const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid } };
-      const width = Math.max(260, ref.current.clientWidth - 4);
-      plot = new uPlot({
-        width, height: 200,
-        series: [{}, {
-          label, stroke: c, width: 2, fill: c + "33",
-          paths: kind === "bars" ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined,
-          points: { show: xs.length < 60 },
-          value: (u, v) => (v == null ? "—" : fmt(v)),
-        }],
-        axes: [axis, { ...axis, size: 60, values: (u, vals) => vals.map((v) => fmt(v)) }],
-        legend: { show: true },
-        cursor: { drag: { x: false, y: false } },
-      }, [xs, ys], ref.current);
-    });
-    return () => { dead = true; plot?.destroy(); };
-  }, [xs, ys, theme]);
-  return html`<section class="panel"><h2>${title}</h2>${xs.length ? html`<div class="chart" ref=${ref} data-chart=${title}></div>` : html`<p class="empty">No task executions in this window.</p>`}</section>`;
-}
-
-function MetricsPage() {
-  const [since, setSince] = useState("24h");
-  const [dagId, setDagId] = useState("");
-  const [overview, setOverview] = useState(null);
-  const [series, setSeries] = useState(null);
-  const [error, setError] = useState(null);
-  const [dags] = useDags();
-  useEffect(() => { document.title = "Nagare | Metrics"; }, []);
-  usePoll(async () => {
-    try {
-      const q = new URLSearchParams({ since });
-      const ts = new URLSearchParams({ since, limit: 500 });
-      if (dagId) { ts.set("dag_id", dagId); q.set("dag_id", dagId); }
-      const [o, s] = await Promise.all([api(`/api/metrics/overview?${q}`), api(`/api/metrics/timeseries?${ts}`)]);
-      setOverview(o); setSeries(s); setError(null);
-    } catch (e) { setError(e); }
-  }, 15000, [since, dagId]);
-  const data = useMemo(() => {
-    const pts = (series || []).filter((p) => p.completed_at || p.timestamp);
-    const xs = pts.map((p) => parseT(p.completed_at || p.timestamp) / 1000);
-    return {
-      xs,
-      dur: pts.map((p) => p.duration_ms / 1000),
-      mem: pts.map((p) => (p.peak_memory_bytes || 0) / 1024 / 1024),
-      cpu: pts.map((p) => p.cpu_ms ?? (p.cpu_user_ms + p.cpu_system_ms)),
-    };
-  }, [series]);
-  const o = overview;
-  return html`<main>
-    <h1>Metrics <span class="spacer"></span>
-      <label class="small">DAG <select value=${dagId} onChange=${(e) => setDagId(e.target.value)} aria-label="DAG filter">
-        <option value="">all DAGs</option>${(dags || []).map((d) => html`<option value=${d.dag_id}>${d.dag_id}</option>`)}</select></label>
-      <span class="row" role="group" aria-label="Time window">${WINDOWS.map((w) => html`<button class=${w === since ? "primary" : ""} aria-pressed=${w === since} onClick=${() => setSince(w)}>${w}</button>`)}</span></h1>
-    <${ErrorLine} error=${error} />
-    <div class="cards">
-      <div class="card"><div class="label">Tasks tracked</div><div class="value" data-stat="tasks">${o?.total_tasks ?? "—"}</div><div class="sub">last ${since}</div></div>
-      <div class="card"><div class="label">Avg task duration</div><div class="value">${o ? fmtDur(o.avg_duration_ms) : "—"}</div><div class="sub">max ${o ? fmtDur(o.max_duration_ms) : "—"}</div></div>
-      <div class="card"><div class="label">Peak memory seen</div><div class="value">${o ? fmtBytes(o.max_memory_bytes) : "—"}</div></div>
-      <div class="card"><div class="label">Success rate</div><div class="value">${o ? pct(o.success_rate) : "—"}</div><div class="sub">CPU total ${o ? fmtDur(o.total_cpu_ms) : "—"}</div></div>
-    </div>
-    <div class="grid2">
-      <${Chart} title="Task duration (s)" label="duration" xs=${data.xs} ys=${data.dur} fmt=${(v) => (v < 1 ? `${+(v * 1000).toPrecision(3)} ms` : `${+v.toFixed(2)} s`)} />
-      <${Chart} title="Peak memory (MB)" label="peak memory" kind="bars" color="--chart2" xs=${data.xs} ys=${data.mem} fmt=${(v) => `${+v.toPrecision(3)} MB`} />
-      <${Chart} title="CPU time (ms)" label="CPU" color="--chart3" xs=${data.xs} ys=${data.cpu} fmt=${(v) => `${Math.round(v)} ms`} />
-      <section class="panel"><h2>Success rate by DAG</h2>${o && o.dag_stats.length ? o.dag_stats.slice(0, 8).map((d) => html`<div class="hbar">
-        <${Link} href=${dagHref(d.dag_id)} class="trunc">${d.dag_id}</${Link}>
-        <div class="progress"><div class=${d.success_rate < 0.8 ? "bar-fail" : ""} style=${`width:${(d.success_rate ?? 0) * 100}%`}></div></div>
-        <span class="small num">${pct(d.success_rate)}</span></div>`) : html`<p class="empty">No data.</p>`}</section>
-    </div>
-    <section class="panel"><h2>DAG performance</h2><div class="tablewrap"><table>
-      <thead><tr><th>DAG</th><th class="num">Tasks</th><th class="num">Avg duration</th><th class="num">Max duration</th><th class="num hide-sm">Avg memory</th><th class="num hide-sm">Max memory</th><th class="num">Success</th></tr></thead>
-      <tbody>${(o?.dag_stats || []).map((d) => html`<tr><td><${Link} href=${dagHref(d.dag_id)}>${d.dag_id}</${Link}></td><td class="num">${d.count}</td>
-        <td class="num">${fmtDur(d.avg_duration_ms)}</td><td class="num">${fmtDur(d.max_duration_ms)}</td>
-        <td class="num hide-sm">${fmtBytes(Math.round(d.avg_memory_bytes))}</td><td class="num hide-sm">${fmtBytes(d.max_memory_bytes)}</td><td class="num">${pct(d.success_rate)}</td></tr>`)}</tbody></table></div></section>
-    <section class="panel"><h2>Slowest tasks</h2><div class="tablewrap"><table>
-      <thead><tr><th>Task</th><th>DAG</th><th class="hide-sm">Run</th><th class="num">Duration</th><th class="num hide-sm">Peak memory</th><th>Exit</th><th class="hide-sm">Completed</th></tr></thead>
-      <tbody>${(o?.slowest_tasks || []).map((t) => html`<tr><td class="mono"><${Link} href=${runHref(t.run_id, t.task_id)}>${t.task_id}</${Link}></td>
-        <td><${Link} href=${dagHref(t.dag_id)}>${t.dag_id}</${Link}></td><td class="mono small trunc hide-sm"><${Link} href=${runHref(t.run_id)}>${t.run_id}</${Link}></td>
-        <td class="num">${fmtDur(t.duration_ms)}</td><td class="num hide-sm">${fmtBytes(t.peak_memory_bytes)}</td><td>${t.exit_code ?? "—"}</td><td class="small hide-sm">${fmtTime(t.created_at)}</td></tr>`)}</tbody></table></div></section>
-    <section class="panel"><h2>Recent task executions</h2><div class="tablewrap"><table>
-      <thead><tr><th>Task</th><th class="hide-sm">Run</th><th class="num">Duration</th><th class="num hide-sm">Memory</th><th class="num hide-sm">CPU</th><th>Status</th><th class="hide-sm">Time</th></tr></thead>
-      <tbody>${(series || []).slice(-50).reverse().map((p) => html`<tr><td class="mono"><${Link} href=${runHref(p.run_id, p.task_id)}>${p.task_id}</${Link}></td>
-        <td class="mono small trunc hide-sm"><${Link} href=${runHref(p.run_id)}>${p.run_id}</${Link}></td><td class="num">${fmtDur(p.duration_ms)}</td>
-        <td class="num hide-sm">${fmtBytes(p.peak_memory_bytes)}</td><td class="num hide-sm">${fmtDur(p.cpu_ms)}</td><td><${StatusBadge} status=${p.status} /></td><td class="small hide-sm">${fmtTime(p.completed_at)}</td></tr>`)}</tbody></table></div></section>
-  </main>`;
 }
 
 // ------------------------------------------------------------------ workers

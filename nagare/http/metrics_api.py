@@ -35,7 +35,7 @@ BUCKET = Param(
     "aggregate the points into time buckets of this size (aligned to UTC)",
     enum=tuple(BUCKETS_MS),
 )
-DAG_FILTER = Param("dag_id", "only attempts of this DAG")
+DAG_FILTER = Param("dag_id", "only this DAG (its attempts, and its runs in the overview)")
 
 
 class MetricsApi:
@@ -49,8 +49,8 @@ class MetricsApi:
                 "GET",
                 "/api/metrics/overview",
                 self.overview,
-                "Totals, per-DAG stats and the slowest tasks of a time window",
-                query=(SINCE,),
+                "Totals, per-DAG stats (attempts and runs) and the slowest tasks of a time window",
+                query=(SINCE, DAG_FILTER),
                 tags=tags,
             ),
             Route(
@@ -94,7 +94,7 @@ class MetricsApi:
         ]
 
     def overview(self, request: Request) -> dict[str, Any]:
-        return overview_json(self.metrics.overview(request.arg("since")))
+        return overview_json(self.metrics.overview(request.arg("since"), request.arg("dag_id")))
 
     def timeseries(self, request: Request) -> list[dict[str, Any]]:
         series = self.metrics.timeseries(

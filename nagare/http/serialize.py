@@ -16,6 +16,7 @@ from nagare.errors import InvalidParams
 from nagare.git_sync import GitStatus
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
+    Bucket,
     DagMetrics,
     Overview,
     PoolInfo,
@@ -35,7 +36,7 @@ from nagare.models import (
     TriggerRule,
 )
 from nagare.runs import Backfill
-from nagare.store import MetricAgg, MetricPoint
+from nagare.store import MetricAgg, MetricPoint, RunOutcomes
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
 REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED, TaskStatus.WAITING})
@@ -383,13 +384,17 @@ def point_json(point: MetricPoint) -> dict[str, Any]:
     }
 
 
-def bucket_json(agg: MetricAgg) -> dict[str, Any]:
+def bucket_json(bucket: Bucket) -> dict[str, Any]:
     """One time bucket: `timestamp` is its start; `duration_ms` and `cpu_ms` are means per
-    attempt, `memory_bytes` the highest peak."""
+    attempt, `memory_bytes` the highest peak; p50/p95 of the durations (null over
+    `PERCENTILE_LIMIT` attempts)."""
+    agg = bucket.agg
     return {
         "timestamp": to_iso(agg.bucket),
         "count": agg.attempts,
         "duration_ms": mean(agg.duration_sum, agg.attempts),
+        "p50_duration_ms": bucket.p50_duration_ms,
+        "p95_duration_ms": bucket.p95_duration_ms,
         "max_duration_ms": agg.duration_max,
         "memory_bytes": agg.memory_max,
         "avg_memory_bytes": mean(agg.memory_sum, agg.attempts),
@@ -402,7 +407,20 @@ def bucket_json(agg: MetricAgg) -> dict[str, Any]:
     }
 
 
-def _dag_stats(agg: MetricAgg) -> dict[str, Any]:
+def runs_json(runs: RunOutcomes) -> dict[str, Any]:
+    """The runs that finished in a window, by final status, and their success rate (success /
+    success + failed)."""
+    return {
+        "finished": runs.finished,
+        "success": runs.success,
+        "failed": runs.failed,
+        "cancelled": runs.cancelled,
+        "skipped": runs.skipped,
+        "success_rate": rate(runs.success, runs.failed),
+    }
+
+
+def _dag_stats(agg: MetricAgg, runs: RunOutcomes) -> dict[str, Any]:
     return {
         "dag_id": agg.dag_id,
         "count": agg.attempts,
@@ -415,6 +433,7 @@ def _dag_stats(agg: MetricAgg) -> dict[str, Any]:
         "success": agg.success,
         "failed": agg.failed,
         "cancelled": agg.cancelled,
+        "runs": runs_json(runs),
     }
 
 
@@ -451,7 +470,11 @@ def overview_json(overview: Overview) -> dict[str, Any]:
         "success": total.success,
         "failed": total.failed,
         "cancelled": total.cancelled,
-        "dag_stats": [_dag_stats(a) for a in overview.per_dag],
+        "runs": runs_json(overview.runs),
+        "dag_stats": [
+            _dag_stats(a, overview.runs_per_dag.get(a.dag_id, RunOutcomes(a.dag_id)))
+            for a in overview.per_dag
+        ],
         "slowest_tasks": [_slow_task(p) for p in overview.slowest],
     }
 
@@ -474,6 +497,7 @@ def dag_metrics_json(metrics: DagMetrics) -> dict[str, Any]:
         "success": agg.success,
         "failed": agg.failed,
         "cancelled": agg.cancelled,
+        "runs": runs_json(metrics.runs),
     }
     return {"aggregate": aggregate, "time_series": series_json(metrics.time_series)}
 

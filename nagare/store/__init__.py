@@ -12,7 +12,14 @@ from __future__ import annotations
 from nagare.store.dags import DagStore
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
-from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
+from nagare.store.metrics import (
+    CounterRow,
+    DurationRow,
+    MetricAgg,
+    MetricPoint,
+    MetricsStore,
+    RunOutcomes,
+)
 from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
@@ -34,6 +41,7 @@ __all__ = [
     "MetricPoint",
     "OldRun",
     "RunFilter",
+    "RunOutcomes",
     "Stats",
     "StorageFull",
     "Store",

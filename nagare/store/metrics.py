@@ -98,6 +98,32 @@ class MetricAgg:
 
 
 @dataclass
+class RunOutcomes:
+    """Runs of one DAG ('' for all DAGs) that finished in a window, by final status."""
+
+    dag_id: str
+    success: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.success + self.failed + self.cancelled + self.skipped
+
+    def count(self, status: str, runs: int) -> None:
+        if status in RUN_OUTCOMES:
+            setattr(self, status, getattr(self, status) + runs)
+
+    def add(self, other: RunOutcomes) -> None:
+        for status in RUN_OUTCOMES:
+            self.count(status, getattr(other, status))
+
+
+RUN_OUTCOMES = ("success", "failed", "cancelled", "skipped")
+
+
+@dataclass
 class CounterRow:
     name: str  # dag_runs | task_runs
     dag_id: str
@@ -271,16 +297,21 @@ class MetricsStore:
             ).fetchall()
         return [_point(r) for r in reversed(rows)]
 
-    def slowest_attempts(self, start: int, limit: int, window_attempts: int) -> list[MetricPoint]:
-        """The `limit` longest attempts finished at or after `start`, longest first."""
+    def slowest_attempts(
+        self, start: int, limit: int, window_attempts: int, dag_id: str = ""
+    ) -> list[MetricPoint]:
+        """The `limit` longest attempts finished at or after `start` (of one DAG, or of all),
+        longest first."""
         big = window_attempts > SLOWEST_SORT_LIMIT
         index = "attempts_duration" if big else "attempts_completed"
+        if dag_id:
+            index = index.replace("attempts_", "attempts_dag_")
+        where, params = _window(start, dag_id)
         with self.db.read() as conn:
             rows = conn.execute(
                 f"SELECT {_POINT_COLUMNS} FROM task_attempts a INDEXED BY {index} "
-                "WHERE a.completed_at >= ? ORDER BY a.duration_ms DESC, a.completed_at DESC "
-                "LIMIT ?",
-                (start, limit),
+                f"WHERE {where} ORDER BY a.duration_ms DESC, a.completed_at DESC LIMIT ?",
+                [*params, limit],
             ).fetchall()
         return [_point(r) for r in rows]
 
@@ -297,6 +328,40 @@ class MetricsStore:
                 ).fetchone()
                 values.append(int(row[0]) if row is not None else 0)
         return values
+
+    def run_outcomes(self, start: int, dag_id: str = "") -> dict[str, RunOutcomes]:
+        """Per DAG, the runs that finished at or after `start` (epoch ms), by final status: one
+        range of the `runs_completed` index (it covers the DAG and the status)."""
+        with self.db.read() as conn:
+            rows = conn.execute(*run_outcomes_query(start, dag_id)).fetchall()
+        outcomes: dict[str, RunOutcomes] = {}
+        for dag, status, count in rows:
+            outcomes.setdefault(dag, RunOutcomes(dag)).count(status, count)
+        return outcomes
+
+    def bucket_duration_ranks(
+        self, start: int, dag_id: str, bucket_ms: int, quantiles: tuple[float, ...]
+    ) -> list[tuple[int, int, int, int]]:
+        """Per time bucket of the attempts finished at or after `start`: (bucket, attempts,
+        rank, duration) for the two 0-based ranks (shortest first) around each quantile,
+        `floor((n - 1) * q)` and the next one (what `metrics.rank_offsets` interpolates)."""
+        where, params = _window(start, dag_id)
+        ranks = ", ".join(
+            f"CAST((n - 1) * {float(q)!r} AS INTEGER){extra}"
+            for q in quantiles
+            for extra in ("", " + 1")
+        )
+        key = f"a.completed_at / {int(bucket_ms)}"
+        with self.db.read() as conn:
+            rows = conn.execute(
+                f"SELECT k, n, r, d FROM (SELECT ({key}) * {int(bucket_ms)} AS k, "
+                "coalesce(a.duration_ms, 0) AS d, "
+                f"row_number() OVER (PARTITION BY {key} ORDER BY coalesce(a.duration_ms, 0)) - 1 "
+                f"AS r, count(*) OVER (PARTITION BY {key}) AS n "
+                f"FROM task_attempts a WHERE {where}) WHERE r IN ({ranks}) ORDER BY k, r",
+                params,
+            ).fetchall()
+        return [(int(k), int(n), int(r), int(d)) for k, n, r, d in rows]
 
     def runs_created_since(self, start: int, dag_id: str) -> int:
         with self.db.read() as conn:
@@ -359,6 +424,18 @@ class MetricsStore:
         counts = {"queued": 0, "running": 0}
         counts.update({r[0]: r[1] for r in rows})
         return counts
+
+
+def run_outcomes_query(start: int, dag_id: str) -> tuple[str, list[object]]:
+    """(dag_id, status, runs) of the runs finished at or after `start`. Named index: left to
+    itself the planner prefers walking `runs_dag_status_created` whole for its GROUP BY order."""
+    where = "completed_at >= ?" + (" AND dag_id = ?" if dag_id else "")
+    params: list[object] = [start, dag_id] if dag_id else [start]
+    return (
+        "SELECT dag_id, status, count(*) FROM runs INDEXED BY runs_completed "
+        f"WHERE {where} GROUP BY dag_id, status",
+        params,
+    )
 
 
 def _window(start: int, dag_id: str) -> tuple[str, list[object]]:

@@ -285,4 +285,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX ti_waiting ON task_instances(wait_until) WHERE status = 'waiting';
     CREATE INDEX runs_parent ON runs(parent_run_id) WHERE parent_run_id IS NOT NULL;
     """,
+    # 12: runs by completion time, covering their DAG and status: the run-level outcomes of a
+    # metrics window (`/api/metrics/*` `runs`) read a range of this index only
+    """
+    CREATE INDEX IF NOT EXISTS runs_completed ON runs(completed_at, dag_id, status)
+        WHERE completed_at IS NOT NULL;
+    """,
 )
