@@ -171,12 +171,12 @@ class Guardian:
 
     def add(self, group: int) -> None:
         self._groups.add(group)
-        self._send(f"+{group}\n".encode())
+        self._send(b"+%d\n" % group)
 
     def remove(self, group: int) -> None:
         if group in self._groups:
             self._groups.discard(group)
-            self._send(f"-{group}\n".encode())
+            self._send(b"-%d\n" % group)
 
     def _send(self, message: bytes) -> None:
         """Write; a guardian that died (EPIPE) is replaced and told every live group again."""
