@@ -75,9 +75,10 @@ class Heartbeat:
 
     def beat(self, error: str = "", now: float | None = None) -> None:
         """An iteration completed (`error`: it did, but its work cannot be done)."""
+        error = short_error(error) if error else ""  # (a beat per dispatcher turn: no call)
         with self._lock:
             self._last = time.monotonic() if now is None else now
-            self._error = short_error(error)
+            self._error = error
             self._stopped = False
 
     def failed(self, error: str) -> None:

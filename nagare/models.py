@@ -352,7 +352,7 @@ class TaskDef:
             found.add("step")
         return frozenset(found)
 
-    @property
+    @cached_property
     def uses_context(self) -> bool:
         """Whether starting this task needs its context (templates or a condition)."""
         return bool(self.when or self.templated)

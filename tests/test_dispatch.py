@@ -6,6 +6,7 @@ recovery reads."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from conftest import Nagare, wait_for
 
 from nagare import pools
-from nagare.executors.procfs import boot_ticks, process_alive
+from nagare.executors.procfs import boot_ticks, process_alive, tree_pids, tree_rss
 from nagare.executors.spawn import RunAs, Spawner
 
 
@@ -243,6 +244,26 @@ def test_the_pid_record_identifies_the_process_within_a_second_of_its_start() ->
         process.kill()
         process.wait()
     assert not process_alive(process.pid, before)
+
+
+def test_a_tasks_memory_sample_finds_its_whole_process_tree_as_psutil_does() -> None:
+    """The sample reads each member's children (/proc/PID/task/TID/children), not every
+    process's /proc/PID/stat: the same tree, at the cost of the tree."""
+    script = "sleep 30 & (sleep 30 & sleep 30; wait) & wait"
+    process = subprocess.Popen(["sh", "-c", script])
+    try:
+        wait_for(lambda: len(tree_pids(process.pid)) == 5, 5, 0.01, "the tree")
+        found = sorted(tree_pids(process.pid))
+        root = psutil.Process(process.pid)
+        assert found == sorted([process.pid, *(c.pid for c in root.children(recursive=True))])
+        assert tree_rss(process.pid) > 0
+    finally:
+        for pid in tree_pids(process.pid)[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        process.kill()
+        process.wait()
+    assert tree_pids(process.pid) == []
 
 
 def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_records_them(

@@ -28,7 +28,13 @@ from nagare.dagfile import parse_dag
 from nagare.dagfile.snapshot import dag_from_json, dag_to_json
 from nagare.engine.assignment import effective_run_as
 from nagare.executors.containers import container_spec
-from nagare.executors.spawn import RunAs, Spawner, lookup_user, run_as_problem
+from nagare.executors.spawn import (
+    GUARDIAN_READ_MS,
+    RunAs,
+    Spawner,
+    lookup_user,
+    run_as_problem,
+)
 from nagare.models import Assignment
 
 GUARDIAN_MARK = "-I -S -c import os, signal, sys"
@@ -280,6 +286,48 @@ def test_a_guardian_that_died_is_replaced_and_told_every_live_group() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            os.close(out)
+            os.close(err)
+        spawner.close()
+
+
+def voluntary_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no context switch count for {pid}")
+
+
+def test_registrations_do_not_wake_the_guardian_per_task() -> None:
+    """A start and an end write a line each; the guardian reads them in batches (every
+    GUARDIAN_READ_MS while they come): woken per line, it would take a CPU from the dispatcher
+    twice per task. The lines still count: at end-of-file it kills what is registered."""
+    spawner = Spawner()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    started = []
+    try:
+        started.append(spawner.spawn("true", env))  # wakes the idle guardian: lines come
+        wait_for(lambda: voluntary_switches(spawner.guardian.pid) > 0, 2, 0.01, "a first read")
+        before, began = voluntary_switches(spawner.guardian.pid), time.monotonic()
+        for _ in range(40):
+            pid, out, err = spawner.spawn("true", env)
+            os.waitpid(pid, 0)
+            os.close(out)
+            os.close(err)
+            spawner.release(pid)
+        woken = voluntary_switches(spawner.guardian.pid) - before
+        periods = (time.monotonic() - began) / (GUARDIAN_READ_MS / 1000)
+        assert woken <= 2 + periods, (woken, periods)  # 80 lines: not 80 wake-ups
+        started.append(spawner.spawn("sleep 30", env))  # still registered, batched or not
+        spawner.guardian.close()
+        assert_group_dies(started[-1][0])
+    finally:
+        for pid, out, err in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
             os.close(out)
             os.close(err)
         spawner.close()

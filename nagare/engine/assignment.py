@@ -3,6 +3,7 @@ executor gets), and the items a map task fans out over. Pure functions."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -43,7 +44,7 @@ def render_command(command: str, item_json: str | None) -> str:
 
 def nagare_env(dag: DagDef, run: Run, task: TaskInstance, attempt: int) -> dict[str, str]:
     """The variables Nagare itself gives every task."""
-    execution = to_iso(run.execution_date) or ""
+    execution = _run_time(run.execution_date)
     env = {
         "NAGARE_DAG_ID": dag.dag_id,
         "NAGARE_RUN_ID": run.run_id,
@@ -60,6 +61,12 @@ def nagare_env(dag: DagDef, run: Run, task: TaskInstance, attempt: int) -> dict[
         env["NAGARE_RUN_STATUS"] = str(run.status)
         env["NAGARE_FAILED_TASKS"] = ",".join(run.failed_tasks)
     return env
+
+
+@functools.lru_cache(maxsize=64)
+def _run_time(ms: int | None) -> str:
+    """A run's execution date as its tasks see it (the same for all of them: formatted once)."""
+    return to_iso(ms) or ""
 
 
 def task_env(

@@ -11,16 +11,47 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss(pid: int) -> int:
-    """The sum of each member's peak resident memory (VmHWM) over a process tree, in bytes.
-    psutil is loaded at the first call (when a task ends): an idle server never loads it."""
+    """The sum of each member's peak resident memory (VmHWM) over a process tree, in bytes."""
+    pids = tree_pids(pid)
+    return sum(peak_rss(str(p)) for p in pids)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants ([] when it is gone). Each process's children are read from
+    /proc/PID/task/TID/children: the cost of the tree, where psutil reads every process's
+    /proc/PID/stat (~1.5 ms with 150 processes on the machine, per sample of a running task).
+    Without those files (a kernel without CONFIG_PROC_CHILDREN), psutil, loaded at the first
+    call (an idle server never loads it)."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return []
+    if not _HAS_CHILDREN_FILES:
+        return _psutil_tree(pid)
+    pids = [pid]
+    for member in pids:  # (grows while it is read: breadth first)
+        try:
+            threads = os.listdir(f"/proc/{member}/task")
+        except OSError:  # it ended meanwhile
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{member}/task/{thread}/children", "rb") as handle:
+                    pids.extend(int(child) for child in handle.read().split())
+            except (OSError, ValueError):
+                continue
+    return pids
+
+
+def _psutil_tree(pid: int) -> list[int]:
     import psutil
 
     try:
         root = psutil.Process(pid)
-        pids = [pid, *(child.pid for child in root.children(recursive=True))]
+        return [pid, *(child.pid for child in root.children(recursive=True))]
     except psutil.Error:
-        return 0
-    return sum(peak_rss(str(p)) for p in pids)
+        return []
+
+
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 def peak_rss(pid: str) -> int:

@@ -38,33 +38,62 @@ SHELL = "/bin/sh"
 # posix_spawn sets them; programs set those themselves)
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
 ForkExec = Callable[..., int]
+# os.fsencode's encoding, called directly (a task's environment is ~50 strings per start)
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 PR_SET_DUMPABLE = 4
 log = logging.getLogger(__name__)
 
 # The guardian: reads `+PGID` / `-PGID` lines from stdin; at end-of-file (the process that
 # started it ended, however) it SIGKILLs every group still registered and exits. It imports
-# only os, signal and sys (it runs with -I -S: no site, no environment), so it works whether
-# Nagare runs from a checkout or from nagare.pyz, and costs a few MB.
-GUARDIAN_CODE = """\
+# only os, signal, sys and select (it runs with -I -S: no site, no environment), so it works
+# whether Nagare runs from a checkout or from nagare.pyz, and costs a few MB.
+# A line does not wake it: woken per line, it would take a CPU from the dispatcher twice per
+# task (pipes wake their reader on the writer's CPU). While lines come, it reads them every
+# GUARDIAN_READ_MS and in between waits in poll(2) with no event asked for, which only the
+# hang-up ends (the kernel reports POLLHUP whatever is asked; data wakes only a reader that
+# asked for POLLIN); after a read that found nothing it waits for the next line (one wake-up).
+# The pipe holds what comes meanwhile (64 KiB: thousands of tasks per read); a full pipe would
+# only make the next write wait for the read.
+GUARDIAN_READ_MS = 200
+GUARDIAN_CODE = f"""\
 import os, signal, sys
+import select
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+os.set_blocking(0, False)
 groups = set()
 rest = b""
-while True:
-    try:
-        data = os.read(0, 65536)
-    except InterruptedError:
-        continue
-    except OSError:
-        data = b""
-    if not data:
-        break
+def take(data):
+    global rest
     *lines, rest = (rest + data).split(b"\\n")
     for line in lines:
         if line[:1] == b"+":
             groups.add(int(line[1:]))
         elif line[:1] == b"-":
             groups.discard(int(line[1:]))
+def read_all():
+    # (whether anything came, whether the writer is gone)
+    came = False
+    while True:
+        try:
+            data = os.read(0, 65536)
+        except BlockingIOError:
+            return came, False
+        except InterruptedError:
+            continue
+        except OSError:
+            return came, True
+        if not data:
+            return came, True
+        take(data)
+        came = True
+poller = select.poll()
+busy = False
+while True:
+    poller.register(0, 0 if busy else select.POLLIN)
+    poller.poll({GUARDIAN_READ_MS} if busy else None)
+    busy, ended = read_all()
+    if ended:
+        break
 for group in groups:
     try:
         os.killpg(group, signal.SIGKILL)
@@ -142,12 +171,12 @@ class Guardian:
 
     def add(self, group: int) -> None:
         self._groups.add(group)
-        self._send(f"+{group}\n".encode())
+        self._send(b"+%d\n" % group)
 
     def remove(self, group: int) -> None:
         if group in self._groups:
             self._groups.discard(group)
-            self._send(f"-{group}\n".encode())
+            self._send(b"-%d\n" % group)
 
     def _send(self, message: bytes) -> None:
         """Write; a guardian that died (EPIPE) is replaced and told every live group again."""
@@ -313,7 +342,7 @@ class Spawner:
         the exec (CPython then forks instead of vforking, for those tasks only). Raises OSError
         when the shell cannot be executed."""
         assert self._fork_exec is not None
-        env_list = [os.fsencode(f"{key}={value}") for key, value in env.items()]
+        env_list = [f"{key}={value}".encode(FS_ENCODING, FS_ERRORS) for key, value in env.items()]
         argv = [self._shell_bytes, b"-c", os.fsencode(command)]
         errors_read, errors_write = _pipe()
         try:
