@@ -19,8 +19,8 @@ schedule: "workflow_dispatch"
 tasks:
   - id: talk
     command: |
-      echo out one
-      echo err one >&2
+      echo out one; sleep 0.2
+      echo err one >&2; sleep 0.2
       echo out two
 """
 
