@@ -21,8 +21,10 @@ tasks:
   - id: paint
     command: |
       printf '\033[31mred\033[0m plain \033[1;32mbold green\033[0m\n'
-      printf '\033[38;5;208morange256\033[0m \033[38;2;255;200;0mtruecolour\033[0m \033[30;47mblack on white\033[0m\n'
-      printf '\033[3mitalic\033[23m \033[4munder\033[24m \033[2mdim\033[22m \033[?25l\033]0;title\007gone\n'
+      printf '\033[38;5;208morange256\033[0m \033[38;2;255;200;0mtruecolour\033[0m '
+      printf '\033[30;47mblack on white\033[0m\n'
+      printf '\033[3mitalic\033[23m \033[4munder\033[24m \033[2mdim\033[22m '
+      printf '\033[?25l\033]0;title\007gone\n'
       printf '\033[33mspans\nlines\033[0m\n'
       sleep 0.3
       echo 'oops <script>alert(1)</script><img src=x onerror=alert(2)>' >&2
@@ -43,8 +45,10 @@ SEARCH = """([input, q]) => new Promise((done) => {
     requestAnimationFrame(check);
 })"""
 NO_CLIPBOARD = """
-Object.defineProperty(Navigator.prototype, 'clipboard', { get: () => undefined, configurable: true });
-document.addEventListener('copy', (e) => { window.__copied = e.target.value ?? String(getSelection()); }, true);
+Object.defineProperty(Navigator.prototype, 'clipboard', {
+    get: () => undefined, configurable: true });
+document.addEventListener('copy', (e) => {
+    window.__copied = e.target.value ?? String(getSelection()); }, true);
 """
 
 
@@ -63,9 +67,8 @@ def test_colours_streams_search_times_wrap_and_copy(nagare_factory: Any, ui: Any
     expect(red).to_have_count(1)
     assert red.evaluate("e => getComputedStyle(e).color") == "rgb(248, 113, 113)"
     expect(log.locator(".af2.a-b")).to_have_text("bold green")
-    expect(log.locator("span", has_text=re.compile("^orange256$"))).to_have_attribute(
-        "style", re.compile(r"color: rgb\(255, 135, 0\)")
-    )
+    orange = log.locator("span", has_text=re.compile("^orange256$"))
+    expect(orange).to_have_attribute("style", re.compile(r"color: rgb\(255, 135, 0\)"))
     expect(log.locator("span", has_text=re.compile("^truecolour$"))).to_have_attribute(
         "style", re.compile(r"color: rgb\(255, 200, 0\)")
     )
