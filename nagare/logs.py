@@ -89,8 +89,7 @@ class AttemptLog:
         self.key = key
         self._clock = clock
         self._index: IO[str] | None = None  # the `.lines` index, opened with the log
-        self._resume = resume
-        self._written = 0  # lines in the log file (counted from the file when resumed)
+        self._written = 0  # lines in the log file (counted when appending to an existing one)
         self._stamp: tuple[int, str] = (-1, "")  # (second, stream code) of the last record
         self._stream = "stdout"  # of the line being written
         self._hub = hub
@@ -155,11 +154,11 @@ class AttemptLog:
         self._write_line(self._stream, line)
 
     def _open_files(self) -> None:
-        if self._resume:
-            self._written = count_lines(self.path)
         # the index first: a reader that finds a line finds the index of a stamped log
         self._index = open(index_path(self.path), "a", encoding="ascii")  # noqa: SIM115
         self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        if self._file.tell():  # appending to an existing log (resumed, or a note after a restart)
+            self._written = count_lines(self.path)
 
     def _write_line(self, stream: str, line: str) -> None:
         """The line, after its index record when the second or the stream changed (the

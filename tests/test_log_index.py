@@ -66,7 +66,7 @@ def test_records_only_when_the_second_or_the_stream_changes(tmp_path: Path) -> N
     assert stamped_lines[5] == "2023-11-14T22:13:21Z stderr e"
 
 
-def test_a_resumed_attempt_counts_the_lines_already_written(tmp_path: Path) -> None:
+def test_appending_to_a_log_counts_the_lines_already_written(tmp_path: Path) -> None:
     logs = LogFiles(str(tmp_path), LogHub())
     first = logs.open_attempt("r1", "t1", 1)
     first.on_line("stdout", "a")
@@ -75,9 +75,13 @@ def test_a_resumed_attempt_counts_the_lines_already_written(tmp_path: Path) -> N
     again = logs.open_attempt("r1", "t1", 1, resume=True)
     again.on_line("stderr", "c")
     again.close()
+    noted = logs.open_attempt("r1", "t1", 1)  # a note after a restart appends too
+    noted.note("recovered")
+    noted.close()
     meta = LineMeta(again.path)
-    assert [meta.at(n)[1] for n in (1, 2, 3)] == ["stdout", "stdout", "stderr"]
+    streams = [meta.at(n)[1] for n in (1, 2, 3, 4)]
     meta.close()
+    assert streams == ["stdout", "stdout", "stderr", "nagare"]
 
 
 def test_a_log_without_index_has_no_times(tmp_path: Path) -> None:

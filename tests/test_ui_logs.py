@@ -44,6 +44,13 @@ SEARCH = """([input, q]) => new Promise((done) => {
         : performance.now() - t0 > 5000 ? done(-1) : requestAnimationFrame(check));
     requestAnimationFrame(check);
 })"""
+# (the rows' summed height, the room the layout gave them, the stderr row's height)
+ROW_HEIGHTS = """(e) => {
+    const rows = [...e.querySelectorAll('.logv-row')];
+    const inner = e.querySelector('.logv-inner');
+    return [rows.reduce((k, r) => k + r.offsetHeight, 0), inner.offsetHeight - 16,
+            e.querySelector('[data-stream=stderr]').offsetHeight];
+}"""
 NO_CLIPBOARD = """
 Object.defineProperty(Navigator.prototype, 'clipboard', {
     get: () => undefined, configurable: true });
@@ -141,6 +148,12 @@ def test_colours_streams_search_times_wrap_and_copy(nagare_factory: Any, ui: Any
         expect(task.locator("[data-match-count]")).to_have_text("1 of 3")
         v.shot(f"log_viewer_{theme}")
         assert axe_violations(page) == [], theme
+        # wrapped, each row takes the height the character width predicts (no overlap, no gap)
+        task.get_by_role("button", name="Wrap").click()
+        expect(task.locator("[data-log]")).to_have_class(re.compile(r"\bwrap\b"))
+        heights = task.locator("[data-log]").evaluate(ROW_HEIGHTS)
+        assert heights[0] == heights[1], (theme, heights)
+        assert heights[2] >= (36 if theme.startswith("phone") else 18), (theme, heights)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= extra["viewport"]["width"], (theme, width)  # type: ignore[index]
         assert v.errors == []
