@@ -90,7 +90,7 @@ class AttemptLog:
         self._clock = clock
         self._index: IO[str] | None = None  # the `.lines` index, opened with the log
         self._written = 0  # lines in the log file (counted when appending to an existing one)
-        self._stamp: tuple[int, str] = (-1, "")  # (second, stream code) of the last record
+        self._second, self._code = -1, ""  # of the last index record
         self._stream = "stdout"  # of the line being written
         self._hub = hub
         # files are created on the first line: a task without output costs no file (creating
@@ -166,10 +166,10 @@ class AttemptLog:
         assert self._file is not None and self._index is not None
         self._written += 1
         now = self._clock()
-        stamp = (int(now), STREAM_CODES.get(stream, "o"))
-        if stamp != self._stamp:
-            self._stamp = stamp
-            self._index.write(f"{self._written} {int(now * 1000)} {stamp[1]}\n")
+        code = STREAM_CODES.get(stream, "o")
+        if int(now) != self._second or code != self._code:
+            self._second, self._code = int(now), code
+            self._index.write(f"{self._written} {int(now * 1000)} {code}\n")
             self._index.flush()
         self._file.write(line + "\n")
         self._file.flush()
