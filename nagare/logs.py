@@ -8,6 +8,12 @@ the cap that file is removed and `...<attempt>.stdout-cut` (holding the cap) mar
 so that the map task fails rather than parse cut output, even after a restart (the same capture
 serves `output: NAME`). `...<attempt>.outputs` is the attempt's $NAGARE_OUTPUT: the task
 creates it if it publishes anything; it is read once when the attempt ends.
+`...<attempt>.lines` is the log's compact index of when and from which stream lines came: a
+record `<line number> <epoch ms> <o|e|n>` (stdout, stderr, nagare) is appended before a line
+whenever the wall-clock second or the stream changes, so a line's time (to the second) and
+stream are those of the last record at or before it (`LineMeta`). Logs written before the index
+existed have none: their lines have no time and no stream. Lines of a remote worker are stamped
+when they reach the master (batches: within a second or so of being written).
 Each started attempt appends `<task instance> <attempt> <pid> <start time>` to `<run_id>/pids`,
 so that a server restarted after a crash can find and kill an orphaned process group (an
 append, not a database write or a new file, to keep the start of every task cheap).
@@ -19,6 +25,7 @@ import contextlib
 import os
 import shutil
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -32,6 +39,8 @@ TAIL_LINES = 20
 TAIL_CHARS = 4000
 MAX_STDOUT_BYTES = 64 * 1024 * 1024
 PIDS_FILE = "pids"
+STREAM_CODES = {"stdout": "o", "stderr": "e", "nagare": "n"}
+STREAM_NAMES = {code: name for name, code in STREAM_CODES.items()}
 
 
 class LogHub:
@@ -74,9 +83,15 @@ class AttemptLog:
         capture_stdout: bool,
         resume: bool = False,
         max_stdout_bytes: int = MAX_STDOUT_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.key = key
+        self._clock = clock
+        self._index: IO[str] | None = None  # the `.lines` index, opened with the log
+        self._written = 0  # lines in the log file (counted when appending to an existing one)
+        self._second, self._code = -1, ""  # of the last index record
+        self._stream = "stdout"  # of the line being written
         self._hub = hub
         # files are created on the first line: a task without output costs no file (creating
         # one is the dearest part of a short task's start on some file systems)
@@ -113,6 +128,7 @@ class AttemptLog:
         with self._lock:
             if self._masked:
                 line = apply_mask(line, self._masked)
+            self._stream = stream
             written = self._try(self._write, line)
             self._tail.append(line)
             if written and stream == "stdout" and self._capture_stdout:
@@ -131,21 +147,41 @@ class AttemptLog:
 
     def _write(self, line: str) -> None:
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            self._open_files()
             if self._header:
-                self._file.write(self._header + "\n")
+                self._write_line("nagare", self._header)
                 self._tail.append(self._header)
+        self._write_line(self._stream, line)
+
+    def _open_files(self) -> None:
+        # the index first: a reader that finds a line finds the index of a stamped log
+        self._index = open(index_path(self.path), "a", encoding="ascii")  # noqa: SIM115
+        self._file = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        if self._file.tell():  # appending to an existing log (resumed, or a note after a restart)
+            self._written = count_lines(self.path)
+
+    def _write_line(self, stream: str, line: str) -> None:
+        """The line, after its index record when the second or the stream changed (the
+        record is flushed first, so a reader that sees the line can see its record)."""
+        assert self._file is not None and self._index is not None
+        self._written += 1
+        now = self._clock()
+        code = STREAM_CODES.get(stream, "o")
+        if int(now) != self._second or code != self._code:
+            self._second, self._code = int(now), code
+            self._index.write(f"{self._written} {int(now * 1000)} {code}\n")
+            self._index.flush()
         self._file.write(line + "\n")
         self._file.flush()
 
     def _fail(self, exc: OSError) -> None:
         """Stop writing (the files are closed; what they could not take is dropped)."""
         self.failed = exc
-        for handle in (self._file, self._stdout):
+        for handle in (self._file, self._stdout, self._index):
             if handle is not None:
                 with contextlib.suppress(OSError):
                     handle.close()
-        self._file = self._stdout = None
+        self._file = self._stdout = self._index = None
 
     def pid_record(self, pid: int, start_time: float) -> str:
         """The pids-file line of this attempt's process (see `append_pid_records`)."""
@@ -191,9 +227,7 @@ class AttemptLog:
             f"[nagare] the captured stdout was cut at {size_text(cap)}, the most a map source "
             "may print (the map task over it will fail)"
         )
-        assert self._file is not None  # on_line opened it for the line that crossed
-        self._file.write(note + "\n")
-        self._file.flush()
+        self._write_line("nagare", note)  # on_line opened the log for the line that crossed
         self._tail.append(note)
 
     def captured_stdout(self) -> tuple[str | None, bool]:
@@ -216,13 +250,13 @@ class AttemptLog:
 
     def close(self) -> None:
         with self._lock:
-            for handle in (self._file, self._stdout):
+            for handle in (self._file, self._stdout, self._index):
                 if handle is not None:
                     try:
                         handle.close()
                     except OSError as exc:  # the last buffered bytes did not fit
                         self.failed = self.failed or exc
-            self._file = self._stdout = None
+            self._file = self._stdout = self._index = None
         self._hub.closed(self.key)
 
 
@@ -323,6 +357,17 @@ class LogFiles:
                 if number > start:
                     yield number, raw[:-1]
 
+    def stamped_lines(
+        self, run_id: str, task_instance_id: str, attempt: int, start: int = 0
+    ) -> Iterator[tuple[int, str]]:
+        """`lines`, each prefixed with its time and stream (see `stamped`)."""
+        meta = LineMeta(self.path(run_id, task_instance_id, attempt))
+        try:
+            for number, text in self.lines(run_id, task_instance_id, attempt, start):
+                yield number, stamped(text, meta.at(number))
+        finally:
+            meta.close()
+
     def tail(
         self, run_id: str, task_instance_id: str, attempt: int, count: int
     ) -> list[tuple[int, str]]:
@@ -375,6 +420,77 @@ class LogFollower:
             self._handle.close()
 
 
+class LineMeta:
+    """When (epoch ms, to the second) and from which stream each line of a log came, read from
+    its `.lines` index; asked for growing line numbers, it reads the index incrementally (a live
+    follower), and answers (None, None) for logs written before the index existed."""
+
+    def __init__(self, log_path: str) -> None:
+        self._path = index_path(log_path)
+        self._handle: IO[str] | None = None
+        self._missing = False
+        self._pending = ""
+        self._next: tuple[int, int, str] | None = None  # a record read but not reached yet
+        self._current: tuple[int | None, str | None] = (None, None)
+
+    def at(self, number: int) -> tuple[int | None, str | None]:
+        """(epoch ms, stream name) of line `number` (numbers must not decrease)."""
+        while True:
+            if self._next is None:
+                self._next = self._read_record()
+                if self._next is None:
+                    return self._current
+            if self._next[0] > number:
+                return self._current
+            _, ms, code = self._next
+            self._current = (ms, STREAM_NAMES.get(code))
+            self._next = None
+
+    def _read_record(self) -> tuple[int, int, str] | None:
+        handle = self._open()
+        while handle is not None:
+            raw = handle.readline()
+            if not raw:
+                return None
+            if not raw.endswith("\n"):
+                self._pending += raw
+                return None
+            text, self._pending = self._pending + raw, ""
+            parts = text.split()
+            if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+                return int(parts[0]), int(parts[1]), parts[2]
+        return None
+
+    def _open(self) -> IO[str] | None:
+        if self._handle is None and not self._missing:
+            try:
+                self._handle = open(self._path, encoding="ascii", errors="replace")  # noqa: SIM115
+            except OSError:
+                self._missing = True  # (asked once a line exists: the index is made first)
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def stamped(text: str, meta: tuple[int | None, str | None]) -> str:
+    """A log line prefixed with when it was written (ISO 8601 UTC, to the second) and its
+    stream, `-` for what is not known: `2026-01-02T03:04:05Z stderr text`."""
+    ms, stream = meta
+    when = "-" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+    return f"{when} {stream or '-'} {text}"
+
+
+def count_lines(path: str) -> int:
+    """Complete lines in a file (0 when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
 def append_pid_records(run_folder: str, records: list[str]) -> None:
     """Append pid records to a run's pids file in one O_APPEND write (the dispatcher writes
     the records of all attempts it started in one turn at once)."""
@@ -410,6 +526,11 @@ def read_output_file(path: str) -> str | None:
 def remove_output_file(path: str) -> None:
     with contextlib.suppress(OSError):
         os.remove(path)
+
+
+def index_path(log_path: str) -> str:
+    """The `.lines` index of a log (see LineMeta)."""
+    return log_path[: -len(".log")] + ".lines"
 
 
 def stdout_path(log_path: str) -> str:

@@ -50,6 +50,7 @@ import { GitSyncStatus } from "./gitsync.js";
 import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runslist.js";
 import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
 import { MetricsPage } from "./metrics.js";
+import { LiveLog, StaticLog } from "./logview.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -1005,8 +1006,6 @@ function Outputs({ task }) {
 
 // ------------------------------------------------------------------ logs
 
-const WINDOW = 2000;
-
 function TaskLogs({ run, task }) {
   const [attempt, setAttempt] = useState(task.attempt);
   const [attempts, setAttempts] = useState(null);
@@ -1025,76 +1024,6 @@ function TaskLogs({ run, task }) {
   </div>`;
 }
 
-function LogView({ lines, status, name, extra }) {
-  const pre = useRef(null);
-  const [win, setWin] = useState(WINDOW);
-  const stick = useRef(true);
-  const shown = lines.length > win ? lines.slice(lines.length - win) : lines;
-  const autoTop = useRef(-1); // where we scrolled ourselves: its scroll event may arrive after more lines
-  useEffect(() => { const p = pre.current; if (stick.current && p) { p.scrollTop = p.scrollHeight; autoTop.current = p.scrollTop; } });
-  const onScroll = () => { const p = pre.current; stick.current = p.scrollTop === autoTop.current || p.scrollTop + p.clientHeight >= p.scrollHeight - 20; };
-  const text = () => lines.join("\n");
-  const copy = () => navigator.clipboard?.writeText(text()).then(() => pushToast("Log copied"), () => pushToast("Copy failed", true));
-  const download = () => {
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(new Blob([text() + "\n"], { type: "text/plain" }));
-    a.download = name;
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-  };
-  return html`<div>
-    <div class="row small" style="margin:6px 0">
-      <span class="muted">${status}</span><span class="muted">${lines.length} lines</span>${extra}<span class="spacer"></span>
-      ${lines.length > win && html`<button onClick=${() => setWin(win + WINDOW * 5)}>Load ${Math.min(WINDOW * 5, lines.length - win)} earlier lines</button>`}
-      <button onClick=${copy}>Copy</button><button onClick=${download}>Download</button></div>
-    <pre class="log" ref=${pre} onScroll=${onScroll} tabindex="0" aria-label="Task log" data-log>${shown.length ? shown.join("\n") : "No output yet."}</pre>
-  </div>`;
-}
-
-function LiveLog({ run, task }) {
-  const [lines, setLines] = useState([]);
-  const [status, setStatus] = useState("connecting…");
-  useEffect(() => {
-    const buf = [];
-    let all = [];
-    let last = 0;
-    let timer = null;
-    const flush = () => { timer = null; if (buf.length) { all = all.concat(buf.splice(0)); setLines(all); } };
-    const push = (l) => { buf.push(l); if (!timer) timer = setTimeout(flush, 80); };
-    const key = storedKey();
-    const url = `${taskPath(run.run_id, task.task_id)}/logs${key ? `?token=${enc(key)}` : ""}`;
-    const es = new EventSource(url);
-    es.onopen = () => setStatus("live");
-    es.onmessage = (e) => {
-      const id = Number(e.lastEventId);
-      if (id && id <= last) return; // replayed after a reconnect
-      if (id) last = id;
-      push(e.data);
-    };
-    es.addEventListener("attempt", (e) => { last = 0; try { push(`── attempt ${JSON.parse(e.data).attempt} ──`); } catch { /* ignore */ } });
-    es.addEventListener("end", (e) => {
-      es.close();
-      flush();
-      let st = "finished";
-      try { st = `finished: ${JSON.parse(e.data).status}`; } catch { /* ignore */ }
-      setStatus(st);
-    });
-    es.onerror = () => { if (es.readyState === EventSource.CLOSED) setStatus("disconnected"); else setStatus("reconnecting…"); };
-    return () => { es.close(); clearTimeout(timer); };
-  }, [task.id, task.attempt]);
-  return html`<${LogView} lines=${lines} status=${status} name=${`${run.run_id}_${task.task_id}_${task.attempt}.log`} />`;
-}
-
-function StaticLog({ run, task, attempt }) {
-  const [lines, setLines] = useState(null);
-  useEffect(() => {
-    api(`${taskPath(run.run_id, task.task_id)}/logs?attempt=${attempt}`, { text: true })
-      .then((t) => setLines(t ? t.replace(/\n$/, "").split("\n") : []))
-      .catch((e) => setLines([`(could not load the log: ${e.message})`]));
-  }, [attempt]);
-  if (!lines) return html`<p class="muted">Loading…</p>`;
-  return html`<${LogView} lines=${lines} status=${`attempt ${attempt}`} name=${`${run.run_id}_${task.task_id}_${attempt}.log`} />`;
-}
 
 // ------------------------------------------------------------------ workers
 

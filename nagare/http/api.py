@@ -231,6 +231,12 @@ class Api:
         log_params = (
             Param("attempt", "attempt number (default: latest)", "integer", minimum=1),
             Param("tail", "only the last N lines", "integer", minimum=0),
+            Param(
+                "timestamps",
+                "true: prefix each line with when it was written (ISO 8601 UTC, to the second) "
+                "and its stream (stdout, stderr, nagare), `-` where unknown",
+                enum=("true", "false"),
+            ),
             Param("token", "the API key, for EventSource clients"),
         )
         return [
@@ -631,10 +637,14 @@ class Api:
     def _log_text(self, request: Request, task: TaskInstance, attempt: int) -> Response:
         tail = _int_arg(request, "tail", 0, 0, 1_000_000)
         logs = self.s.logs
+        stamps = _enum_arg(request, "timestamps", ("true", "false")) == "true"
         if tail:
-            lines = [text for _, text in logs.tail(task.run_id, task.id, attempt, tail)]
+            last = logs.tail(task.run_id, task.id, attempt, tail)
+            start = last[0][0] - 1 if last else 0
         else:
-            lines = [text for _, text in logs.lines(task.run_id, task.id, attempt)]
+            start = 0
+        read = logs.stamped_lines if stamps else logs.lines
+        lines = [text for _, text in read(task.run_id, task.id, attempt, start)]
         body = "".join(line + "\n" for line in lines)
         return Response(200, body.encode(), "text/plain; charset=utf-8")
 
@@ -649,6 +659,7 @@ class Api:
             task=task,
             attempt=attempt,
             start_line=start,
+            timestamps=_enum_arg(request, "timestamps", ("true", "false")) == "true",
             load_task=lambda: self.s.store.tasks.by_id(task.id),
             ping_seconds=self.s.settings.sse_ping_seconds,
             stopping=self.s.stopping,

@@ -5,6 +5,7 @@ sends `: ping` keep-alives and ends with `event: end` carrying the task status.
 Without `?attempt` the stream follows the task across retries: when an attempt ends and the task
 will run again, `event: attempt` announces the next attempt number and its lines follow
 (numbered from 1 again); `event: end` comes only once the task is finished.
+With `timestamps`, each line's data starts with its time and stream (logs.stamped).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nagare.logs import LogFiles, LogFollower
+from nagare.logs import LineMeta, LogFiles, LogFollower, stamped
 from nagare.models import TaskInstance, TaskStatus
 
 Write = Callable[[bytes], None]
@@ -30,6 +31,7 @@ class LogStream:
     task: TaskInstance
     attempt: int | None  # None: follow the latest attempt
     start_line: int
+    timestamps: bool
     load_task: Callable[[], TaskInstance | None]
     ping_seconds: float
     stopping: threading.Event
@@ -52,14 +54,18 @@ class LogStream:
             start, done, task = 0, attempt, self.load_task()
 
     def _stream_attempt(self, write: Write, task: TaskInstance, attempt: int, start: int) -> str:
-        follower = LogFollower(self.logs.path(task.run_id, task.id, attempt), start)
+        path = self.logs.path(task.run_id, task.id, attempt)
+        follower = LogFollower(path, start)
+        meta = LineMeta(path) if self.timestamps else None
         try:
-            status = self._follow(write, follower, self.logs.key(task.id, attempt), attempt)
+            status = self._follow(write, follower, meta, self.logs.key(task.id, attempt), attempt)
             for number, text in follower.read_new():
-                write(_event(number, text))
+                write(_event(number, text, meta))
             return status
         finally:
             follower.close()
+            if meta is not None:
+                meta.close()
 
     def _await_start(
         self, write: Write, task: TaskInstance | None, done: int
@@ -83,12 +89,14 @@ class LogStream:
             return True
         return task.status in OPEN and task.attempt <= done
 
-    def _follow(self, write: Write, follower: LogFollower, key: str, attempt: int) -> str:
+    def _follow(
+        self, write: Write, follower: LogFollower, meta: LineMeta | None, key: str, attempt: int
+    ) -> str:
         while True:
             version = self.logs.hub.version(key)
             lines = follower.read_new()
             for number, text in lines:
-                write(_event(number, text))
+                write(_event(number, text, meta))
             if not lines:
                 finished = self._finished(attempt)
                 if finished is not None:
@@ -108,7 +116,9 @@ class LogStream:
         return None
 
 
-def _event(number: int, text: str) -> bytes:
+def _event(number: int, text: str, meta: LineMeta | None) -> bytes:
+    if meta is not None:
+        text = stamped(text, meta.at(number))
     lines = text.split("\r")  # a data field cannot hold a bare CR
     body = "".join(f"data: {part}\n" for part in lines)
     return f"id: {number}\n{body}\n".encode()
