@@ -42,10 +42,14 @@ def test_killing_one_task_plans_the_same_outcome_as_killing_the_run() -> None:
             TaskDef(task_id="c", command="true"),
         ),
     )
-    first = plan_run(dag, dag.order, instances({"a": S.CANCELLED, "b": S.PENDING, "c": S.SUCCESS}), {}, False)
+    first = plan_run(
+        dag, dag.order, instances({"a": S.CANCELLED, "b": S.PENDING, "c": S.SUCCESS}), {}, False
+    )
     assert [t.task_id for t in first.upstream_failed] == ["b"]
     assert first.run_status is RunStatus.CANCELLED
-    killed = plan_run(dag, dag.order, instances({"a": S.CANCELLED, "b": S.CANCELLED, "c": S.SUCCESS}), {}, True)
+    killed = plan_run(
+        dag, dag.order, instances({"a": S.CANCELLED, "b": S.CANCELLED, "c": S.SUCCESS}), {}, True
+    )
     assert killed.run_status is RunStatus.CANCELLED
 
 
@@ -71,7 +75,10 @@ def test_a_map_whose_only_unsuccessful_children_were_killed_is_cancelled() -> No
 def test_the_reason_a_queued_task_waits() -> None:
     assert queued_reason("gpu", None) == "waiting for a worker in pool gpu — none online"
     offline = PoolInfo("gpu", 0, 0, 3, 0, remote_workers=2, remote_workers_online=0)
-    assert queued_reason("gpu", offline) == "waiting for a worker in pool gpu — none online (2 offline)"
+    assert (
+        queued_reason("gpu", offline)
+        == "waiting for a worker in pool gpu — none online (2 offline)"
+    )
     full = PoolInfo("default", 4, 4, 2, 4)
     assert queued_reason("default", full) == "pool full: 4/4 running"
     mixed = PoolInfo("p", 1, 1, 1, 3, remote_workers=1, remote_workers_online=1, remote_capacity=2)
@@ -121,8 +128,10 @@ def test_a_queued_task_says_why_a_killed_task_cancels_its_run_and_attempts_come_
 
     flaky = nagare.trigger("flaky")
     wait_for(
-        lambda: nagare.get(f"/api/runs/{flaky}/tasks/try")["status"] == "success"
-        and nagare.get(f"/api/runs/{flaky}/tasks/nap")["status"] == "running",
+        lambda: (
+            nagare.get(f"/api/runs/{flaky}/tasks/try")["status"] == "success"
+            and nagare.get(f"/api/runs/{flaky}/tasks/nap")["status"] == "running"
+        ),
         message="try to succeed on its second attempt while nap runs",
     )
     assert nagare.call("POST", f"/api/runs/{flaky}/tasks/nap/kill").status == 200

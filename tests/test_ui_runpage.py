@@ -44,7 +44,7 @@ env: {REGION: eu}
 tasks:
   - id: files
     command: |
-      echo '["alpha-report-with-a-rather-long-name.csv", "beta.csv", {"id": 3, "path": "/data/gamma.csv"}]'
+      echo '["alpha-report-long-name.csv", "beta.csv", {"id": 3, "path": "/data/gamma.csv"}]'
   - id: each
     type: map
     map_over: files
@@ -102,7 +102,9 @@ def test_kill_asks_first_and_a_killed_task_cancels_the_run_in_grey(
     expect(heading.locator(".badge").first).to_have_text("cancelled")
     bar = page.locator("[data-progress]")
     expect(bar).to_have_class("bar-cancelled")
-    grey = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--cancelled')")
+    grey = page.evaluate(
+        "getComputedStyle(document.documentElement).getPropertyValue('--cancelled')"
+    )
     assert bar.evaluate("b => getComputedStyle(b).backgroundColor") == _rgb(grey.strip())
 
     # the runs list asks too
@@ -142,7 +144,9 @@ def test_queued_reason_timeline_map_items_and_task_details(
     # a task in a pool nobody serves says so, on its row and in the graph; no start time
     page = u.go(f"/runs?id={stuck}")
     train = page.locator("[data-task=train]")
-    expect(train.locator("[data-reason]")).to_have_text("waiting for a worker in pool gpu — none online")
+    expect(train.locator("[data-reason]")).to_have_text(
+        "waiting for a worker in pool gpu — none online"
+    )
     expect(page.locator('[data-node="train"] title')).to_contain_text("none online")
     expect(page.locator("[data-started]")).to_have_text("not started")
     expect(page.locator("[data-duration]")).to_have_text("—")
@@ -155,9 +159,13 @@ def test_queued_reason_timeline_map_items_and_task_details(
         group = page.locator("[data-map-group=each]")
         group.get_by_role("button", name="Expand map children of each").click()
         first = page.locator('[data-task="each[0]"] [data-map-item]')
-        expect(first).to_have_text("alpha-report-with-a-rather-long-name.csv")
-        expect(page.locator('[data-task="each[2]"] [data-map-item]')).to_have_text('{"id":3,"path":"/data/gamma.csv"}')
-        expect(page.locator('[data-node="each[0]"] [data-node-item]')).to_contain_text("[0] alpha-rep…")
+        expect(first).to_have_text("alpha-report-long-name.csv")
+        expect(page.locator('[data-task="each[2]"] [data-map-item]')).to_have_text(
+            '{"id":3,"path":"/data/gamma.csv"}'
+        )
+        expect(page.locator('[data-node="each[0]"] [data-node-item]')).to_contain_text(
+            "[0] alpha-rep…"
+        )
         # the timeline: every attempt, wall-clock ticks, hover details
         timeline = page.locator("[data-timeline]")
         tries = timeline.locator("[data-tl-task=try] [data-seg=attempt]")
@@ -171,7 +179,9 @@ def test_queued_reason_timeline_map_items_and_task_details(
         details = page.locator("[data-task-details=try]")
         expect(details.locator("[data-detail-pool]")).to_have_text("default")
         expect(details.locator("[data-try]")).to_have_count(2)
-        expect(details.locator("[data-detail-command]")).to_contain_text("test $NAGARE_ATTEMPT -ge 2")
+        expect(details.locator("[data-detail-command]")).to_contain_text(
+            "test $NAGARE_ATTEMPT -ge 2"
+        )
         env = details.locator("[data-detail-env]")
         expect(env.locator('[data-env="NAGARE_RUN_ID"]')).to_contain_text(flaky)
         for name in ("REGION", "MODE", "API_TOKEN"):

@@ -598,7 +598,10 @@ class Api:
     def run_attempts(self, request: Request) -> list[dict[str, Any]]:
         run_id = request.params["run_id"]
         self.s.runs.run(run_id)
-        return [run_attempt_json(a, task_id) for task_id, a in self.s.store.tasks.attempts_of_run(run_id)]
+        return [
+            run_attempt_json(a, task_id)
+            for task_id, a in self.s.store.tasks.attempts_of_run(run_id)
+        ]
 
     def kill_task(self, request: Request) -> dict[str, Any]:
         return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))
