@@ -107,6 +107,31 @@ def test_kill_asks_first_and_a_killed_task_cancels_the_run_in_grey(
     )
     assert bar.evaluate("b => getComputedStyle(b).backgroundColor") == _rgb(grey.strip())
 
+    # on a phone, in dark, with reduced motion: the dot stays, still; Kill still asks
+    phone = ui(
+        server,
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        color_scheme="dark",
+        reduced_motion="reduce",
+    )
+    other = server.trigger("sleeper")
+    wait_for(lambda: server.get(f"/api/runs/{other}")["status"] == "running", 10)
+    small = phone.go(f"/runs?id={other}")
+    badge = small.locator("h1 .badge.st-running")
+    assert badge.evaluate("b => getComputedStyle(b, '::before').animationName") == "none"
+    assert small.evaluate("document.documentElement.scrollWidth") <= 390
+    small.wait_for_load_state("networkidle")
+    phone.shot("runpage_running_phone_dark")
+    assert axe_violations(small) == []
+    small.locator("h1").get_by_role("button", name=f"Kill run {other}…").click()
+    expect(small.get_by_role("dialog")).to_be_visible()
+    phone.shot("runpage_confirm_kill_phone_dark")
+    assert axe_violations(small) == []
+    small.get_by_role("dialog").get_by_role("button", name="■ Kill run").click()
+    expect(small.locator("h1 .badge").first).to_have_text("cancelled")
+    assert phone.errors == []
+
     # the runs list asks too
     other = server.trigger("sleeper")
     wait_for(lambda: server.get(f"/api/runs/{other}")["status"] == "running", 10)
@@ -203,6 +228,35 @@ def test_queued_reason_timeline_map_items_and_task_details(
     }"""
     )
     assert len(groups) == 2 and min(groups) >= 15, groups
+    # ... and drawn: a marked break, ticks on both sides, both attempts visible
+    page.evaluate(
+        """async () => {
+        const { html, render } = await import("/common.js");
+        const { Timeline } = await import("/runpage.js");
+        const iso = (ms) => new Date(ms).toISOString();
+        const s = Date.now() - 7300000;
+        const task = (id, status, a, b) => ({ task_id: id, status, attempt: 1,
+            queued_at: iso(a - 2000), started_at: iso(a), completed_at: iso(b) });
+        const tasks = [task("extract", "success", s, s + 40000),
+                       task("load", "failed", s + 40000, s + 70000),
+                       { ...task("load_again", "success", s + 7200000, s + 7230000), attempt: 1 }];
+        const box = document.createElement("section");
+        box.className = "panel"; box.id = "late-retry"; box.style.width = "700px";
+        document.querySelector("main").prepend(box);
+        render(html`<h2>Timeline</h2><${Timeline} run=${{ run_id: "nope" }} tasks=${tasks}
+            children=${{}} now=${Date.now()} />`, box);
+    }"""
+    )
+    late = page.locator("#late-retry [data-timeline]")
+    expect(late).to_have_attribute("data-axis-breaks", "1")
+    # 2 h later, less the 70 s before and the 2 s queued
+    expect(late.locator("[data-axis-break]")).to_have_text("+1h 58m")
+    spans = late.locator("[data-seg=attempt]").evaluate_all(
+        "xs => xs.map((x) => x.getBoundingClientRect().width)"
+    )
+    assert len(spans) == 3 and min(spans) > 20, spans
+    assert late.locator(".tl-tick").count() >= 3
+    late.screenshot(path=str(t.shots / "runpage_timeline_late_retry.png"))
 
     phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
     page = phone.go(f"/runs?id={flaky}&task=try")

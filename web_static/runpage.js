@@ -169,11 +169,11 @@ export function Timeline({ run, tasks, children, now }) {
         })}</div>`)}
     <div></div>
     <div class="tl-axis" aria-hidden="true">
-      ${marks.map((m) => html`<span class="tl-tick" style=${`left:${m.x}%`}>${m.label}</span>`)}
+      ${marks.map((m) => html`<span class=${`tl-tick${m.x < 8 ? " at-start" : m.x > 88 ? " at-end" : ""}`} style=${`left:${m.x}%`}>${m.label}</span>`)}
       ${breaks.map((b) => html`<span class="tl-gap" style=${`left:${b.x + BREAK / 2}%`} data-axis-break>+${fmtDur(b.later)}</span>`)}
     </div>
     <div></div>
-    <p class="small muted tl-detail" data-tl-detail>${hover || html`<span class="tl-key tl-queued"></span> queued <span class="tl-key tl-attempt"></span> attempt · hover a bar for details${breaks.length ? " · ⫽ the axis skips idle time" : ""}`}</p>
+    <p class="small muted tl-detail" data-tl-detail>${hover || html`<span class="tl-key tl-queued"></span> queued <span class="tl-key tl-attempt"></span> attempt · hover a bar for details${breaks.length ? " · the axis skips idle time where marked +time" : ""}`}</p>
   </div>`;
 }
 
