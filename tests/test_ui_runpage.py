@@ -176,6 +176,8 @@ def test_queued_reason_timeline_map_items_and_task_details(
     expect(page.locator("[data-started]")).to_have_text("not started")
     expect(page.locator("[data-duration]")).to_have_text("—")
     expect(page.locator("[data-timeline] [data-seg=queued]")).to_have_count(1)
+    page = u.go("/runs")
+    expect(page.locator(f'[data-run="{stuck}"] [data-not-started]')).to_have_text("not started")
 
     for theme in ("light", "dark"):
         t = ui(server, viewport={"width": 1440, "height": 900}, color_scheme=theme)

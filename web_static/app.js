@@ -375,7 +375,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
         <td><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} />${r.task_counts?.waiting > 0 && html` <span class="badge st-waiting" data-waiting-count title="tasks waiting (an approval, an event or a child run)">${r.task_counts.waiting} waiting</span>`}</td>
         <td class="hide-sm small">${fmtTime(r.execution_date)}</td>
         <td><${TriggerBadge} trigger=${r.trigger} /></td>
-        <td class="num">${fmtDur(elapsed(r, now))}</td>
+        <td class="num">${r.started_at || TERMINAL_RUN.has(r.status) ? fmtDur(elapsed(r, now)) : html`<span class="muted small" data-not-started>not started</span>`}</td>
         <td>${r.status === "running" || r.status === "queued" ? html`<${KillButton} what="run" name=${r.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(r, load)} action="kill-run" />` : ""}</td>
       </tr>`)}</tbody></table></div>
     ${data && !data.data.length && html`<p class="empty">No runs found</p>`}
