@@ -26,10 +26,12 @@ from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
-from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
+from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
+from nagare.git_sync import GitSync
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.gate import Limits, affordable_connections
+from nagare.http.git_api import GitApi
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
 from nagare.http.static import StaticFiles
@@ -167,6 +169,8 @@ class App:
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
         self.api.add_routes(WaitsApi(self.waits).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
+        self.git_sync = _git_sync(config)
+        self.api.add_routes(GitApi(self.git_sync).routes())
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
@@ -296,6 +300,8 @@ class App:
             self._spawn("leases", self.coordinator.run, heartbeat=self.coordinator.liveness)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
         self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
+        if self.git_sync is not None and self.http is not None:
+            self._spawn("git-sync", self.git_sync.run, heartbeat=self.git_sync.liveness)
         if self.http is not None:  # a server keeps history bounded; `nagare exec` does not
             self._spawn("retention", self.retention.run, heartbeat=self.retention.liveness)
         if self.http is not None:
@@ -402,6 +408,15 @@ class App:
             if interrupted():
                 return "interrupted"
         return "interrupted"
+
+
+def _git_sync(config: Config) -> GitSync | None:
+    """The loop that keeps the DAGs folder equal to a git branch; its cache (a bare repository
+    and the checkouts) lives next to the database."""
+    if config.git_sync is None:
+        return None
+    cache = os.path.join(os.path.dirname(os.path.abspath(config.db)), "git-sync")
+    return GitSync(config.git_sync, config.dags, cache, run_command)
 
 
 def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:

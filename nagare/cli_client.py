@@ -88,6 +88,17 @@ def _dag_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dag_id", metavar="DAG_ID", help="the DAG id")
 
 
+def _backfill_args(parser: argparse.ArgumentParser) -> None:
+    _dag_arg(parser)
+    parser.add_argument(
+        "--start", required=True, metavar="TIME", help="first slot, ISO-8601 (2026-11-01 or ...Z)"
+    )
+    parser.add_argument("--end", required=True, metavar="TIME", help="last slot, ISO-8601")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the slots it would create, create nothing"
+    )
+
+
 def _run_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", metavar="RUN_ID", help="the run id")
 
@@ -290,6 +301,13 @@ def cmd_trigger(namespace: argparse.Namespace) -> int:
     return _emit(namespace, run, lambda: f"Triggered DAG {run['dag_id']} → run {run['run_id']}")
 
 
+def cmd_backfill(namespace: argparse.Namespace) -> int:
+    answer = _client(namespace).backfill(
+        namespace.dag_id, namespace.start, namespace.end, namespace.dry_run
+    )
+    return _emit(namespace, answer, lambda: backfill_text(answer))
+
+
 def cmd_pause(namespace: argparse.Namespace) -> int:
     answer = _client(namespace).pause(namespace.dag_id)
     return _emit(namespace, answer, lambda: f"Paused DAG {namespace.dag_id}")
@@ -461,6 +479,12 @@ def cmd_workers(namespace: argparse.Namespace) -> int:
 _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
     ("dags", "list the loaded DAGs", _dags_args, cmd_dags),
     ("trigger", "start a manual run of a DAG", _trigger_args, cmd_trigger),
+    (
+        "backfill",
+        "create a run per schedule slot in a time range (--dry-run: only list them)",
+        _backfill_args,
+        cmd_backfill,
+    ),
     ("pause", "stop scheduling a DAG", _dag_arg, cmd_pause),
     ("activate", "resume scheduling a DAG", _dag_arg, cmd_activate),
     ("runs", "list runs, newest first", _runs_args, cmd_runs),
@@ -513,6 +537,22 @@ def duration(ms: int | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def backfill_text(answer: dict[str, Any]) -> str:
+    """The slots of a backfill (a table) and what happened, or would happen, to them."""
+    slots = answer.get("slots") or []
+    if not slots:
+        return "No schedule slot in that range"
+    dry = bool(answer.get("dry_run"))
+    new = "would create" if dry else "created"
+    rows = [
+        (local_time(s["execution_date"]), s["run_id"], "exists, skipped" if s["exists"] else new)
+        for s in slots
+    ]
+    fresh = sum(1 for s in slots if not s["exists"])
+    head = f"{'Would create' if dry else 'Created'} {fresh} of {len(slots)} slot run(s)"
+    return "\n".join([table(("SLOT", "RUN", ""), rows), f"{head}: {answer.get('note', '')}"])
 
 
 def dags_table(dags: list[dict[str, Any]]) -> str:

@@ -141,6 +141,10 @@ class ApiClient:
         body = {} if conf is None else {"conf": conf}
         return self._object("POST", _path("api", "dags", dag_id, "runs"), body=body)
 
+    def backfill(self, dag_id: str, start: str, end: str, dry_run: bool = False) -> JsonObject:
+        body = {"start": start, "end": end, "dry_run": dry_run}
+        return self._object("POST", _path("api", "dags", dag_id, "backfill"), body=body)
+
     def pause(self, dag_id: str) -> JsonObject:
         return self._object("POST", _path("api", "dags", dag_id, "pause"))
 

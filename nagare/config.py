@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from nagare.errors import ConfigError
-from nagare.models import SmtpSettings
+from nagare.models import GitSyncSettings, SmtpSettings
 from nagare.patterns import ENV_NAME
 from nagare.settings import Settings
 
@@ -103,6 +103,15 @@ OPTIONS: tuple[Option, ...] = (
         "The mail server of `type: mail` steps on this host: {host, port, from, username, "
         "password_env, starttls, ssl, timeout_seconds, ca_file, insecure} (see the README, "
         "type: mail).",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "git_sync",
+        "git_sync",
+        None,
+        "Keep the DAGs folder equal to a git branch: {url, branch, interval_seconds, "
+        "subdirectory, ssh_key_file | token_env, timeout_seconds} (see the README, Git sync).",
         flag=False,
         env=False,
     ),
@@ -423,6 +432,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_handlers(raw, where)
     if option.kind == "smtp":
         return _coerce_smtp(raw, where)
+    if option.kind == "git_sync":
+        return _coerce_git_sync(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -618,6 +629,81 @@ def _check_smtp_login(settings: SmtpSettings, where: str) -> None:
         raise ConfigError(f"{where}.username: required with password_env (the login)")
 
 
+GIT_SYNC_KEYS = (
+    "url",
+    "branch",
+    "interval_seconds",
+    "subdirectory",
+    "ssh_key_file",
+    "token_env",
+    "timeout_seconds",
+)
+_GIT_INTERVAL = Option("interval_seconds", "float", 60.0, "", minimum=1)
+_GIT_TIMEOUT = Option("timeout_seconds", "float", 120.0, "", minimum=1)
+_GIT_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/+-]+$")
+
+
+def _coerce_git_sync(raw: Any, where: str) -> GitSyncSettings | None:
+    """`git_sync: {url, branch, interval_seconds, subdirectory, ssh_key_file | token_env}`."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, GitSyncSettings):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping such as {{url: https://git.example.com/team/dags.git, "
+            f"branch: main}}, found '{raw}'"
+        )
+    unknown = sorted(str(k) for k in raw if k not in GIT_SYNC_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' (known: {', '.join(GIT_SYNC_KEYS)})"
+        )
+    url = _smtp_text(raw, "url", where, required=True)
+    if url.startswith("-"):
+        raise ConfigError(f"{where}.url: expected a repository URL, found '{url}'")
+    branch = _smtp_text(raw, "branch", where) or "main"
+    if not _GIT_BRANCH.match(branch) or branch.endswith((".lock", "/", ".")):
+        raise ConfigError(f"{where}.branch: expected a branch name, found '{branch}'")
+    subdirectory = _smtp_text(raw, "subdirectory", where).strip("/")
+    if subdirectory and ".." in subdirectory.split("/"):
+        raise ConfigError(
+            f"{where}.subdirectory: expected a folder inside the repository, found '{subdirectory}'"
+        )
+    settings = GitSyncSettings(
+        url=url,
+        branch=branch,
+        interval_seconds=float(
+            _coerce_number(
+                _GIT_INTERVAL, raw.get("interval_seconds", 60), f"{where}.interval_seconds"
+            )
+        ),
+        subdirectory=subdirectory,
+        ssh_key_file=_smtp_text(raw, "ssh_key_file", where),
+        token_env=_smtp_text(raw, "token_env", where),
+        timeout_seconds=float(
+            _coerce_number(
+                _GIT_TIMEOUT, raw.get("timeout_seconds", 120), f"{where}.timeout_seconds"
+            )
+        ),
+    )
+    _check_git_credentials(settings, where)
+    return settings
+
+
+def _check_git_credentials(settings: GitSyncSettings, where: str) -> None:
+    if settings.ssh_key_file and settings.token_env:
+        raise ConfigError(
+            f"{where}: give either ssh_key_file (an ssh:// or git@ URL) or token_env (an "
+            "https:// URL), not both"
+        )
+    if settings.token_env and not ENV_NAME.match(settings.token_env):
+        raise ConfigError(
+            f"{where}.token_env: expected the name of an environment variable, found "
+            f"'{settings.token_env}' (the token itself is never written in nagare.yaml)"
+        )
+
+
 def _coerce_users(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -671,13 +757,14 @@ _FIELD_TYPES = {
     "users": "dict[str, str]",
     "handlers": "str",
     "smtp": "SmtpSettings | None",
+    "git_sync": "GitSyncSettings | None",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }
 
 
 # Types of settings defined in nagare.models (imported by the generated module).
-_MODEL_TYPES = ("SmtpSettings",)
+_MODEL_TYPES = ("GitSyncSettings", "SmtpSettings")
 
 
 def settings_module_source() -> str:

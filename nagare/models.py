@@ -265,6 +265,22 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class GitSyncSettings:
+    """`git_sync:` of nagare.yaml: the DAG folder is kept equal to `branch` of `url` (its
+    `subdirectory`, when given), fetched every `interval_seconds`. Credentials are never held
+    here: `token_env` names the environment variable that holds an HTTPS token, `ssh_key_file`
+    the private key of an SSH URL."""
+
+    url: str
+    branch: str = "main"
+    interval_seconds: float = 60.0
+    subdirectory: str = ""
+    ssh_key_file: str = ""
+    token_env: str = ""
+    timeout_seconds: float = 120.0  # one git command (a fetch) at most
+
+
+@dataclass(frozen=True)
 class AllowFailure:
     """`allow_failure`: a last attempt that fails (with one of `exit_codes`, when given) ends the
     task failed-but-allowed, which counts as a success downstream and for the run."""

@@ -40,11 +40,48 @@ log = logging.getLogger("nagare.runs")
 MAX_CONF_KEYS = 200
 
 
+@dataclass(frozen=True)
+class BackfillSlot:
+    execution_date: int
+    run_id: str
+    exists: bool  # a run of this slot exists already: it is skipped
+
+
 @dataclass
 class Backfill:
     dag_id: str
     created: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    slots: list[BackfillSlot] = field(default_factory=list)  # every slot of the range, in order
+    dry_run: bool = False
+    max_active_runs: int = 0
+    overlap_policy: str = "queue"
+
+    @property
+    def note(self) -> str:
+        return backfill_note(len([s for s in self.slots if not s.exists]), self)
+
+
+def backfill_note(new: int, backfill: Backfill) -> str:
+    """How the new runs will start, given the DAG's `max_active_runs` and `overlap_policy`."""
+    cap, policy = backfill.max_active_runs, backfill.overlap_policy
+    if not new:
+        return "every slot in the range has a run already: nothing to create"
+    if not cap:
+        return f"{new} run(s), started at once (no max_active_runs)"
+    if new <= cap:
+        return f"{new} run(s), at most {cap} active at once (max_active_runs)"
+    if policy == "skip":
+        return (
+            f"max_active_runs is {cap} with overlap_policy skip: runs beyond the cap are "
+            "recorded skipped, not run"
+        )
+    if policy == "latest":
+        return (
+            f"max_active_runs is {cap} with overlap_policy latest: waiting runs are superseded "
+            "by newer ones, so only the newest slots run"
+        )
+    return f"{new} run(s), at most {cap} active at once (max_active_runs); the others wait"
 
 
 def clean_conf(conf: Any) -> dict[str, str]:
@@ -275,7 +312,9 @@ class RunService:
         self.wake(None)
         return paused
 
-    def backfill(self, dag_id: str, start: int, end: int) -> Backfill:
+    def backfill(self, dag_id: str, start: int, end: int, dry_run: bool = False) -> Backfill:
+        """A run per slot of the DAG's schedule in [start, end], the slots with a run skipped;
+        with `dry_run`, only what it would create."""
         dag = self.dag(dag_id)
         if not dag.is_scheduled:
             raise Unprocessable(f"DAG '{dag_id}' has no schedule, so it has no slots to backfill")
@@ -289,8 +328,19 @@ class RunService:
                 f"the range holds {len(slots) + dropped} slots; at most {limit} "
                 "can be backfilled at once (max_catchup_runs)"
             )
-        result = Backfill(dag_id)
+        result = Backfill(
+            dag_id,
+            dry_run=dry_run,
+            max_active_runs=dag.max_active_runs,
+            overlap_policy=str(dag.overlap_policy),
+        )
         now = self.clock()
+        for slot in slots:
+            run_id = run_id_for(dag_id, Trigger.BACKFILL, slot, now)
+            exists = self.store.runs.get(run_id, counts=False) is not None
+            result.slots.append(BackfillSlot(slot, run_id, exists))
+        if dry_run:
+            return result
         values, resolved = run_values(dag, {}, "json")  # the defaults (checked at load)
         for slot in slots:
             run = self.store.runs.start(dag, Trigger.BACKFILL, slot, values, now, resolved)

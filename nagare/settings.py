@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nagare.models import SmtpSettings
+from nagare.models import GitSyncSettings, SmtpSettings
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one per process
@@ -45,6 +45,10 @@ class Settings:
     # The mail server of `type: mail` steps on this host: {host, port, from, username, password_env,
     # starttls, ssl, timeout_seconds, ca_file, insecure} (see the README, type: mail).
     smtp: SmtpSettings | None = None
+
+    # Keep the DAGs folder equal to a git branch: {url, branch, interval_seconds, subdirectory,
+    # ssh_key_file | token_env, timeout_seconds} (see the README, Git sync).
+    git_sync: GitSyncSettings | None = None
 
     # User the tasks of a pool run as, e.g. {default: nobody} (needs the server to run as root); a
     # task's run_as must then name that user or none.

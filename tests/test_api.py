@@ -585,6 +585,31 @@ def test_backfill_creates_deterministic_runs_once(nagare_factory: NagareFactory)
     assert nagare.get("/api/runs")["total"] == 3
 
 
+def test_backfill_dry_run_lists_the_slots_and_creates_nothing(
+    nagare_factory: NagareFactory,
+) -> None:
+    capped = DAILY.replace("id: daily", "id: daily\nmax_active_runs: 2")
+    nagare = nagare_factory(dags={"daily.yaml": capped})
+    path = "/api/dags/daily/backfill"
+    first = {"start": "2024-01-01T00:00:00Z", "end": "2024-01-01T00:00:00Z"}
+    assert nagare.call("POST", path, first).status == 201
+    span = {"start": "2024-01-01", "end": "2024-01-04", "dry_run": True}
+    result = nagare.call("POST", path, span)
+    assert result.status == 200, result.body
+    body = result.json
+    assert body["dry_run"] and body["created"] == [] and body["max_active_runs"] == 2
+    assert [(s["execution_date"][:10], s["exists"]) for s in body["slots"]] == [
+        ("2024-01-01", True),
+        ("2024-01-02", False),
+        ("2024-01-03", False),
+        ("2024-01-04", False),
+    ]
+    assert "at most 2 active at once" in body["note"]
+    assert nagare.get("/api/runs?trigger=backfill")["total"] == 1  # nothing created
+    bad = nagare.call("POST", path, {**span, "dry_run": "yes"})
+    assert_error(bad, 400, "bad_request", "dry_run")
+
+
 def test_backfill_errors(nagare_factory: NagareFactory) -> None:
     nagare = nagare_factory(dags={"hello.yaml": HELLO, "daily.yaml": DAILY, "hourly.yaml": HOURLY})
     path = "/api/dags/daily/backfill"
@@ -675,6 +700,28 @@ def test_runs_list_filters_paginates_newest_first(nagare_factory: NagareFactory)
     assert all(p["total"] == 5 and p["limit"] == 2 for p in pages)
     assert [p["page"] for p in pages] == [1, 2, 3, 4]
     assert nagare.get("/api/runs?limit=500")["limit"] == 500
+
+
+def test_runs_list_search_by_run_id_and_tag(nagare_factory: NagareFactory) -> None:
+    tagged = FAILING.replace("id: failing\n", "id: failing\ntags: [nightly, demo]\n", 1)
+    assert tagged != FAILING
+    nagare = nagare_factory(dags={"hello.yaml": HELLO, "failing.yaml": tagged})
+    hello = finished_run(nagare, "hello")
+    failing = finished_run(nagare, "failing")
+
+    def ids(query: str) -> list[str]:
+        return [r["run_id"] for r in nagare.get(f"/api/runs?{query}")["data"]]
+
+    assert ids(f"q={failing[-10:]}") == [failing]
+    assert ids(f"q={quote(failing[:12].upper())}") == [failing]  # case-insensitive
+    assert ids("q=__manual__") == [failing, hello]  # `_` is a character, not a wildcard
+    assert ids("q=%25") == [] and ids("q=nothing-like-it") == []
+    assert ids("q=%20%20") == [failing, hello]  # blank: no search
+    assert ids("tag=demo") == [failing]
+    assert ids("tag=demo&tag=other") == [failing]  # any of the tags
+    assert ids("tag=other") == []  # no DAG has it: no run
+    assert ids("tag=demo&status=success") == []
+    assert nagare.get(f"/api/runs?tag=nightly&q={failing[-6:]}")["total"] == 1
 
 
 @pytest.mark.parametrize(

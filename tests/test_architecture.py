@@ -68,6 +68,7 @@ LAYERS: dict[str, int] = {
     "nagare.retention": L3,
     "nagare.webhooks": L3,
     "nagare.waits": L3,  # the steps that wait: approvals, events, child runs
+    "nagare.git_sync": L3,  # the DAGs folder follows a git branch (git through the spawner)
     "nagare.metrics": L3,
     "nagare.cluster.coordinator": L3,
     "nagare.cluster.remote": L3,

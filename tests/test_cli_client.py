@@ -47,7 +47,7 @@ tasks:
 LONG_COMMAND = "echo " + "x" * 80
 CLIENT_COMMANDS = (
     *("dags", "trigger", "pause", "activate", "runs", "run", "tasks", "logs", "retry", "kill"),
-    *("stats", "workers", "approve", "reject", "emit"),
+    *("stats", "workers", "approve", "reject", "emit", "backfill"),
 )
 
 
@@ -190,6 +190,19 @@ def test_trigger_human_message_and_conf_json(server: Nagare) -> None:
     assert out.startswith(prefix)
     run_id = out.strip()[len(prefix) :]
     assert server.get(f"/api/runs/{run_id}")["conf"] == {"A": "2", "B": "y"}
+
+
+def test_backfill_dry_run_then_for_real(server: Nagare) -> None:
+    span = ("--start", "2024-01-01", "--end", "2024-01-02T23:00:00Z")
+    dry = ok("backfill", "nightly", *span, "--dry-run", api=server.url)
+    assert "Would create 2 of 2 slot run(s)" in dry and dry.count("would create") == 2
+    assert server.get("/api/runs?trigger=backfill")["total"] == 0
+    done = json.loads(ok("backfill", "nightly", *span, "--json", api=server.url))
+    assert len(done["created"]) == 2 and not done["dry_run"]
+    again = ok("backfill", "nightly", *span, api=server.url)
+    assert "Created 0 of 2" in again and again.count("exists, skipped") == 2
+    assert "no schedule" in fails("backfill", "quick", *span, api=server.url)
+    fails("backfill", "nightly", "--start", "2024-01-01", api=server.url, code=2)
 
 
 @pytest.mark.slow

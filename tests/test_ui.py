@@ -37,6 +37,8 @@ ARGS = [
     "--no-first-run",
 ]
 TIMEOUT = 15_000  # ms, for expectations
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
 
 SLOW = """
 id: printer
@@ -85,6 +87,24 @@ tasks:
       echo '<img src=x onerror="window.__xss=4">'
 """
 BAD = "id: broken\ntasks: [\n"
+NIGHTLY = """
+id: nightly
+schedule: "0 3 * * *"
+tasks:
+  - id: report
+    command: echo report
+"""
+FAILING = """
+id: failing
+description: "fails, so its downstream is upstream failed"
+tags: [demo]
+tasks:
+  - id: breaks
+    command: exit 3
+  - id: never
+    depends_on: [breaks]
+    command: echo never
+"""
 BIG_MAP = """
 id: big_map
 schedule: "workflow_dispatch"
@@ -281,7 +301,7 @@ def test_trigger_from_the_ui_live_log_and_success(nagare_factory: Any, ui: Any) 
 
 
 def test_trigger_with_parameters_and_pause_switch(nagare_factory: Any, ui: Any) -> None:
-    server = nagare_factory(dags={"map.yaml": MAP})
+    server = nagare_factory(dags={"map.yaml": MAP, "nightly.yaml": NIGHTLY})
     u = ui(server)
     page = u.go("/")
     page.get_by_role("button", name="Trigger map_reduce with parameters").click()
@@ -296,14 +316,16 @@ def test_trigger_with_parameters_and_pause_switch(nagare_factory: Any, ui: Any) 
     expect(page.get_by_text('"WHO": "<b>ui</b>"')).to_be_visible()
     assert server.get(f"/api/runs/{run_id}")["conf"] == {"WHO": "<b>ui</b>"}
     page = u.go("/")
-    switch = page.get_by_role("switch", name="map_reduce active", exact=False)
+    # a manual-only DAG has nothing to pause: no switch, a note instead
+    expect(page.locator('tr[data-dag="map_reduce"] [data-manual-only]')).to_have_text("manual only")
+    switch = page.get_by_role("switch", name="nightly active", exact=False)
     expect(switch).to_be_checked()
     switch.click()
     expect(switch).not_to_be_checked()
-    wait_for(lambda: server.get("/api/dags/map_reduce")["paused"], 5, message="paused")
+    wait_for(lambda: server.get("/api/dags/nightly")["paused"], 5, message="paused")
     switch.press("Space")  # keyboard works too
     expect(switch).to_be_checked()
-    wait_for(lambda: not server.get("/api/dags/map_reduce")["paused"], 5, message="active")
+    wait_for(lambda: not server.get("/api/dags/nightly")["paused"], 5, message="active")
     u.shot("dashboard_after_trigger")
     assert u.errors == []
 
@@ -712,26 +734,31 @@ def test_every_page_light_dark_and_phone_without_console_errors(
 ) -> None:
     """Every page in both themes and on a phone: no console error, no horizontal overflow on
     the phone, and no critical or serious axe-core violation anywhere."""
-    server = nagare_factory(dags={"map.yaml": MAP, "printer.yaml": SLOW, "broken.yaml": BAD})
+    server = nagare_factory(
+        dags={"map.yaml": MAP, "printer.yaml": SLOW, "broken.yaml": BAD, "failing.yaml": FAILING}
+    )
     run_id = server.trigger("map_reduce")
+    failed_id = server.trigger("failing")
     server.wait_run(run_id)
+    server.wait_run(failed_id)
     pages = {
         "dashboard": "/",
         "dags": "/dags",
         "dag_detail": "/dags?id=map_reduce",
         "runs": "/runs",
         "run_detail": f"/runs?id={run_id}",
+        "run_failed": f"/runs?id={failed_id}",
         "metrics": "/metrics",
         "workers": "/workers",
     }
     violations: dict[str, list[str]] = {}
     for theme in ("light", "dark"):
-        u = ui(server, color_scheme=theme)
+        u = ui(server, color_scheme=theme, viewport=DESKTOP)
         for name, path in pages.items():
             page = u.go(path)
             expect(page.locator("main h1")).to_be_visible()
             page.wait_for_load_state("networkidle")
-            u.shot(f"{name}_{theme}")
+            u.shot(f"{name}_{theme}_1440")
             violations[f"{name}_{theme}"] = axe_violations(page)
         assert u.errors == [], (theme, u.errors)
     page = u.go("/")  # the dashboard lists load errors and no remote workers sensibly
@@ -752,16 +779,17 @@ def test_every_page_light_dark_and_phone_without_console_errors(
     page.get_by_role("button", name="Toggle light/dark theme").focus()
     page.keyboard.press("Enter")
     assert page.evaluate("document.documentElement.dataset.theme") == "light"
-    phone = ui(server, viewport={"width": 390, "height": 844}, is_mobile=True)
-    for name, path in pages.items():
-        page = phone.go(path)
-        expect(page.locator("main h1")).to_be_visible()
-        page.wait_for_load_state("networkidle")
-        phone.shot(f"{name}_phone")
-        overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
-        assert overflow <= 1, (name, overflow)
-        violations[f"{name}_phone"] = axe_violations(page)
-    assert phone.errors == []
+    for theme in ("light", "dark"):
+        phone = ui(server, viewport=PHONE, is_mobile=True, color_scheme=theme)
+        for name, path in pages.items():
+            page = phone.go(path)
+            expect(page.locator("main h1")).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            phone.shot(f"{name}_{theme}_390")
+            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 1, (name, theme, overflow)
+            violations[f"{name}_phone_{theme}"] = axe_violations(page)
+        assert phone.errors == [], (theme, phone.errors)
     assert {name: found for name, found in violations.items() if found} == {}
 
 

@@ -45,6 +45,9 @@ import {
   useRef,
   useState,
 } from "./common.js";
+import { BackfillButton } from "./backfill.js";
+import { GitSyncStatus } from "./gitsync.js";
+import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runslist.js";
 import { KILL_RUN_MESSAGE, KILL_TASK_MESSAGE, KillButton, TaskDetails, Timeline, itemLabel, itemText } from "./runpage.js";
 
 // ------------------------------------------------------------------ auth gate
@@ -126,7 +129,8 @@ function App() {
   return html`
     <header class="top">
       <${Link} href="/" class="brand">≋ NAGARE</${Link}>
-      <nav aria-label="Main">${NAV.map(([href, label]) => html`<${Link} href=${href} class=${active(href) ? "active" : ""} aria-current=${active(href) ? "page" : undefined}>${label}</${Link}>`)}</nav>
+      ${auth === "ok" && html`<nav aria-label="Main">${NAV.map(([href, label]) => html`<${Link} href=${href} class=${active(href) ? "active" : ""} aria-current=${active(href) ? "page" : undefined}>${label}</${Link}>`)}</nav>`}
+      ${auth !== "ok" && html`<span class="spacer"></span>`}
       <${ThemeToggle} />
       ${auth === "ok" && storedKey() && html`<button class="danger" onClick=${disconnect}>Disconnect</button>`}
     </header>
@@ -142,9 +146,14 @@ function TriggerDialog({ dag, onClose }) {
     : html`<${ConfDialog} dag=${dag} onClose=${onClose} />`;
 }
 
+// A manual run of a paused DAG starts anyway: the toast says so (pausing stops only its schedule).
+const triggeredText = (dag, run) => (dag.paused
+  ? `Triggered ${run.run_id}. ${dag.dag_id} is paused: this manual run starts, its schedule stays off.`
+  : `Triggered ${run.run_id}`);
+
 async function startRun(dag, body, onClose) {
   const run = await api(`/api/dags/${enc(dag.dag_id)}/runs`, { method: "POST", body });
-  pushToast(`Triggered ${run.run_id}`);
+  pushToast(triggeredText(dag, run));
   onClose();
   navigate(runHref(run.run_id));
 }
@@ -269,16 +278,19 @@ function TriggerButtons({ dag }) {
     if (needsForm) { setDialog(true); return; }
     try {
       const run = await api(`/api/dags/${enc(dag.dag_id)}/runs`, { method: "POST", body: {} });
-      pushToast(`Triggered ${run.run_id}`);
+      pushToast(triggeredText(dag, run));
       navigate(runHref(run.run_id));
     } catch (e) { pushToast(`Trigger failed: ${e.message}`, true); }
   };
   return html`<span class="row" style="flex-wrap:nowrap">
-    <button class="primary" onClick=${quick} aria-label=${`Trigger ${dag.dag_id}`} data-action="trigger">▶ Trigger</button>
+    <button class="primary" onClick=${quick} aria-label=${`Trigger ${dag.dag_id}`} data-action="trigger" title=${dag.paused ? "Paused: a manual run still starts" : undefined}>▶ Trigger</button>
     <button onClick=${() => setDialog(true)} aria-label=${`Trigger ${dag.dag_id} with parameters`} title="Trigger with parameters">⋯</button>
     ${dialog && html`<${TriggerDialog} dag=${dag} onClose=${() => setDialog(false)} />`}
   </span>`;
 }
+
+// A DAG that only runs when triggered by hand (pausing it would change nothing).
+const manualOnly = (dag) => !(dag.schedules || []).length && !dag.trigger;
 
 function PauseSwitch({ dag, onChange }) {
   const [paused, setPaused] = useState(dag.paused);
@@ -292,8 +304,10 @@ function PauseSwitch({ dag, onChange }) {
       onChange?.();
     } catch (e) { setPaused(!next); pushToast(`Action failed: ${e.message}`, true); }
   };
-  return html`<input type="checkbox" role="switch" class="switch" checked=${!paused} onChange=${toggle}
-    aria-label=${`${dag.dag_id} active (unchecked = paused)`} title=${paused ? "Paused — click to activate" : "Active — click to pause"} />`;
+  if (manualOnly(dag)) return html`<span class="small muted" data-manual-only title="No schedule and no webhook: it runs only when triggered, so there is nothing to pause">manual only</span>`;
+  return html`<label class="switch-label" title=${paused ? "Paused: its schedule and webhooks do not start runs — click to activate" : "Active: its schedule and webhooks start runs — click to pause"}>
+    <input type="checkbox" role="switch" class="switch" checked=${!paused} onChange=${toggle}
+    aria-label=${`${dag.dag_id} active`} /><span aria-hidden="true">${paused ? "Paused" : "Active"}</span></label>`;
 }
 
 function DagErrors({ errors }) {
@@ -309,17 +323,17 @@ function DagErrors({ errors }) {
 function DagTable({ dags, reload }) {
   if (!dags) return html`<p class="muted">Loading…</p>`;
   if (!dags.length) return html`<p class="empty">No DAGs loaded. Put YAML files in the DAG folder.</p>`;
-  return html`<div class="tablewrap"><table>
-    <thead><tr><th>DAG</th><th>Schedule</th><th class="hide-sm">Next run</th><th class="hide-sm">Last run</th><th>Active</th><th>Actions</th></tr></thead>
+  return html`<div class="tablewrap"><table class="dags stack-sm">
+    <thead><tr><th>DAG</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Active</th><th>Actions</th></tr></thead>
     <tbody>${dags.map((d) => html`<tr key=${d.dag_id} data-dag=${d.dag_id}>
-      <td><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}>
+      <td class="card-title"><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}>
         <div class="muted small trunc" title=${d.description}>${d.description}</div>
         ${(d.tags || []).length > 0 && html`<div class="row tags">${d.tags.map((t) => html`<span class="tag">${t}</span>`)}</div>`}</td>
-      <td>${d.paused ? html`<span class="badge st-queued">paused</span> ` : ""}<span title=${d.schedule}>${d.schedule_description || d.schedule}</span></td>
-      <td class="hide-sm small">${d.paused ? "—" : fmtTime(d.next_run_at)}</td>
-      <td class="hide-sm">${d.last_run ? html`<${Link} href=${runHref(d.last_run.run_id)}><${StatusBadge} status=${d.last_run.status} /></${Link}>` : html`<span class="muted">—</span>`}</td>
-      <td><${PauseSwitch} dag=${d} onChange=${reload} /></td>
-      <td><${TriggerButtons} dag=${d} /></td></tr>`)}</tbody></table></div>`;
+      <td data-label="Schedule">${d.paused ? html`<span class="badge st-queued">paused</span> ` : ""}<span title=${d.schedule}>${d.schedule_description || d.schedule}</span></td>
+      <td class="small" data-label="Next run">${d.paused ? "—" : fmtTime(d.next_run_at)}</td>
+      <td data-label="Last run">${d.last_run ? html`<${Link} href=${runHref(d.last_run.run_id)}><${StatusBadge} status=${d.last_run.status} /></${Link}>` : html`<span class="muted">—</span>`}</td>
+      <td data-label="Active"><${PauseSwitch} dag=${d} onChange=${reload} /></td>
+      <td class="card-actions"><${TriggerButtons} dag=${d} /></td></tr>`)}</tbody></table></div>`;
 }
 
 function retryRun(run, after) {
@@ -368,7 +382,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
     </div>`}
     <${ErrorLine} error=${error} />
     <div class="tablewrap"><table class="runs">
-      <thead><tr><th>Run</th>${!dagId && html`<th>DAG</th>`}<th>Status</th><th class="hide-sm">Execution date</th><th>Trigger</th><th class="num">Elapsed</th><th></th></tr></thead>
+      <thead><tr><th>Run</th>${!dagId && html`<th>DAG</th>`}<th>Status</th><th class="hide-sm">Execution date</th><th>Trigger</th><th class="num">Elapsed</th><th><span class="visually-hidden">Actions</span></th></tr></thead>
       <tbody>${data && data.data.map((r) => html`<tr key=${r.run_id} data-run=${r.run_id}>
         <td class="mono trunc"><${Link} href=${runHref(r.run_id)} title=${r.run_id}>${r.run_id}</${Link}></td>
         ${!dagId && html`<td><${Link} href=${dagHref(r.dag_id)}>${r.dag_id}</${Link}></td>`}
@@ -404,48 +418,46 @@ function Dashboard() {
   const [dags, errors, reload] = useDags();
   usePoll(async () => setStats(await api("/api/stats")), 3000, []);
   useEffect(() => { document.title = "Nagare | Dashboard"; }, []);
-  const card = (label, value, extra = "", alert = false) => html`<div class=${"card" + (alert ? " alert" : "")}>
-    <div class="label">${label}</div><div class="value" data-stat=${label}>${value ?? "—"}</div><div class="sub">${extra}</div></div>`;
+  const card = (label, value, extra = "", alert = false, href = "/runs") => html`<${StatCard} label=${label} value=${value} extra=${extra} alert=${alert} href=${href} />`;
   return html`<main>
     <h1>Dashboard</h1>
     <div class="cards">
-      ${card("Active runs", stats?.active_runs, stats ? `${stats.running_tasks} tasks running, ${stats.queued_tasks} queued` : "")}
-      ${card("Failed runs (24 h)", stats?.failed_runs_24h, "", stats?.failed_runs_24h > 0)}
+      ${card("Active runs", stats?.active_runs, stats ? `${stats.running_tasks} tasks running, ${stats.queued_tasks} queued` : "", false, "/runs?status=running")}
+      ${card("Failed runs (24 h)", stats?.failed_runs_24h, "", stats?.failed_runs_24h > 0, "/runs?status=failed")}
       ${card("Total runs", stats?.total_runs)}
-      ${card("Loaded DAGs", stats?.loaded_dags, stats?.dag_errors ? `${stats.dag_errors} with errors` : "", stats?.dag_errors > 0)}
+      ${card("Loaded DAGs", stats?.loaded_dags, stats?.dag_errors ? `${stats.dag_errors} with errors` : "", stats?.dag_errors > 0, "/dags")}
     </div>
     <${DagErrors} errors=${errors} />
     <section class="panel"><h2>DAGs</h2><${DagTable} dags=${dags} reload=${reload} /></section>
     <section class="panel"><div class="row"><h2>Recent runs</h2><span class="spacer"></span><${Link} href="/runs">All runs ›</${Link}></div>
-      <${RunsTable} limit=${10} showFilters=${false} /></section>
+      <${RecentRuns} killRun=${killRun} retryRun=${retryRun} /></section>
   </main>`;
 }
 
 function DagList() {
   const [dags, errors, reload] = useDags();
-  const [chosen, setChosen] = useState(() => new URLSearchParams(location.search).getAll("tag"));
+  const [query, setQuery] = useQuery();
+  const chosen = query.getAll("tag");
+  const setChosen = (tags) => setQuery({ tag: tags });
   useEffect(() => { document.title = "Nagare | DAGs"; }, []);
   const tags = useMemo(() => [...new Set((dags || []).flatMap((d) => d.tags || []))].sort(), [dags]);
   const toggleTag = (tag) => {
     const next = chosen.includes(tag) ? chosen.filter((t) => t !== tag) : [...chosen, tag];
     setChosen(next);
-    const q = new URLSearchParams(next.map((t) => ["tag", t])).toString();
-    navigate(`/dags${q ? `?${q}` : ""}`, true);
   };
   // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
   const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
-  return html`<main><h1>DAGs</h1><${DagErrors} errors=${errors} />
+  return html`<main><h1>DAGs</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
     ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
       <span class="small muted">Tags</span>
       ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}
-      ${chosen.length > 0 && html`<button type="button" class="link" onClick=${() => { setChosen([]); navigate("/dags", true); }}>Clear</button>`}</div>`}
+      ${chosen.length > 0 && html`<button type="button" class="link" onClick=${() => setChosen([])}>Clear</button>`}</div>`}
     <section class="panel"><${DagTable} dags=${shown} reload=${reload} /></section></main>`;
 }
 
 function RunsPage() {
   const [dags] = useDags();
-  useEffect(() => { document.title = "Nagare | Runs"; }, []);
-  return html`<main><h1>Runs</h1><section class="panel"><${RunsTable} dags=${dags} limit=${25} /></section></main>`;
+  return html`<${RunsListPage} dags=${dags} killRun=${killRun} retryRun=${retryRun} />`;
 }
 
 // ------------------------------------------------------------------ graph (layered layout, SVG)
@@ -659,7 +671,7 @@ function DagGraph({ tasks, states, fans, onSelect }) {
     <svg ref=${pz.svg} class=${pz.fit ? "" : "zoomed"} tabindex="0" role="img"
       aria-label="DAG graph: drag to pan, Ctrl + wheel or + and − to zoom, 0 to fit"
       viewBox=${pz.viewBox} preserveAspectRatio="xMidYMid meet" data-scale=${pz.scale.toFixed(3)}
-      style=${`width:min(100%, ${width}px);aspect-ratio:${width} / ${height}`} ...${pz.handlers}>
+      style=${`width:min(100%, ${width}px);aspect-ratio:${width} / ${height};--graph-min:${Math.round(width * 0.85)}px`} ...${pz.handlers}>
       <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="var(--muted)" /></marker></defs>
       ${edgeEls}
       ${nodes}
@@ -721,7 +733,7 @@ function DagDetail({ dagId }) {
     <h1>${dag.dag_id} <span class="badge muted">${dag.schedule_description || dag.schedule}</span>
       ${dag.paused && html`<span class="badge st-queued">paused</span>`}
       ${live && html`<span class="badge st-running pulse">live</span>`}
-      <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /></h1>
+      <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} /></h1>
     <p class="muted">${dag.description}</p>
     <p class="small muted">File ${dag.file}${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
     <div class="grid2">
@@ -776,7 +788,9 @@ function RunDetail({ runId, focusTask }) {
   const [openGroups, setOpenGroups] = useState(new Set());
   const auto = useRef(!focusTask);
   const finished = run && TERMINAL_RUN.has(run.status) && !run.handlers_running && tasks && tasks.every((t) => TERMINAL_TASK.has(t.status) || t.status === "pending");
+  const unknown = useRef(false); // answered 404: an unknown run is not asked for again
   const load = useCallback(async () => {
+    if (unknown.current) return;
     try {
       const [r, ts] = await Promise.all([api(`/api/runs/${enc(runId)}`), api(`/api/runs/${enc(runId)}/tasks`)]);
       setRun(r); setTasks(ts); setError(null);
@@ -785,9 +799,10 @@ function RunDetail({ runId, focusTask }) {
         const want = ts.filter((t) => t.map_index == null && ["running", "failed", "up_for_retry"].includes(t.status)).slice(0, 3);
         if (want.length) setOpen((o) => (want.every((t) => o.has(t.task_id)) ? o : new Set([...o, ...want.map((t) => t.task_id)])));
       }
-    } catch (e) { setError(e); }
+    } catch (e) { unknown.current = e.status === 404; setError(e); }
   }, [runId]);
-  usePoll(load, finished ? 0 : 800, [runId, finished]);
+  const gone = !run && error?.status === 404; // an unknown run: no point asking again
+  usePoll(load, finished || gone ? 0 : 800, [runId, finished, gone]);
   useEffect(() => { if (run && !dag) api(`/api/dags/${enc(run.dag_id)}`).then(setDag).catch(() => setDag({ tasks: [] })); }, [run?.dag_id]);
   useEffect(() => { document.title = `Nagare | ${runId}`; }, [runId]);
   const now = useNow(run && !TERMINAL_RUN.has(run.status));
@@ -1238,7 +1253,7 @@ function WorkersPage() {
         <div class="sub">${stuck.length ? `${plural(sum(stuck, (p) => p.queued), "task")} cannot start` : "nothing waiting on them"}</div></div>
     </div>
     <section class="panel"><h2>Pools</h2><div class="tablewrap"><table>
-      <thead><tr><th>Pool</th><th class="num">Local slots</th><th class="num">Remote workers</th><th class="num hide-sm">Remote capacity</th><th class="num hide-sm">Running</th><th class="num">Queued</th><th class="hide-sm"></th></tr></thead>
+      <thead><tr><th>Pool</th><th class="num">Local slots</th><th class="num">Remote workers</th><th class="num hide-sm">Remote capacity</th><th class="num hide-sm">Running</th><th class="num">Queued</th><th class="hide-sm"><span class="visually-hidden">Warnings</span></th></tr></thead>
       <tbody>${ps.map((p) => html`<tr key=${p.pool} data-pool=${p.pool} class=${p.no_live_worker ? (p.queued > 0 ? "no-live stuck" : "no-live") : ""}>
         <td class="mono">${p.pool}<span class="cell-sub">${p.remote_only ? "remote only" : "local + remote"}</span>${p.no_live_worker && html`<span class="show-sm"><${PoolFlag} p=${p} /></span>`}</td>
         <td class="num">${p.local_slots ? `${p.busy_slots} / ${p.local_slots}` : "0"}${p.local_slots ? html`<span class="cell-sub">busy / total</span>` : ""}</td>

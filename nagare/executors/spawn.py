@@ -418,3 +418,44 @@ def _above_std_streams(fd: int) -> int:
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     os.close(fd)
     return high
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What `run_command` saw: the exit code (-1 when it could not start or timed out) and
+    stdout and stderr together, decoded."""
+
+    exit_code: int
+    output: str
+    timed_out: bool = False
+
+
+def run_command(
+    argv: list[str], env: dict[str, str], cwd: str | None = None, timeout: float = 60.0
+) -> CommandResult:
+    """Run a short helper command (the `git` client of git sync) to its end and capture its
+    output: in a session of its own, stdin from /dev/null, killed with its group after
+    `timeout` seconds. Blocking: call it from a background loop, never the reactor."""
+    import subprocess
+
+    try:
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return CommandResult(-1, f"cannot run {argv[0]}: {exc.strerror or exc}")
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        text = out.decode("utf-8", "replace")
+        return CommandResult(-1, text + f"\n{argv[0]} timed out after {timeout:g} s", True)
+    return CommandResult(process.returncode, out.decode("utf-8", "replace"))

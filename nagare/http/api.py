@@ -17,6 +17,7 @@ from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
     attempt_json,
+    backfill_json,
     dag_json,
     loop_json,
     pool_json,
@@ -64,7 +65,11 @@ CONF_BODY = {
 BACKFILL_BODY = {
     "type": "object",
     "required": ["start", "end"],
-    "properties": {"start": {"type": "string"}, "end": {"type": "string"}},
+    "properties": {
+        "start": {"type": "string"},
+        "end": {"type": "string"},
+        "dry_run": {"type": "boolean"},
+    },
 }
 
 
@@ -215,6 +220,8 @@ class Api:
                 "answer)",
                 enum=WAITING_TYPES,
             ),
+            Param("q", "only runs whose id contains this text (case-insensitive)"),
+            Param("tag", "only runs of DAGs with this tag (repeatable: any of the tags)"),
             Param("page", "page number, from 1", "integer", minimum=1),
             Param(
                 "limit",
@@ -318,7 +325,8 @@ class Api:
                 "POST",
                 "/api/dags/{dag_id}/backfill",
                 self.backfill,
-                "Create runs for every slot in a time range",
+                "Create runs for every slot in a time range; with dry_run, only list the slots "
+                "(200) and how max_active_runs will start them",
                 body=BACKFILL_BODY,
                 status=201,
                 tags=("dags",),
@@ -529,16 +537,21 @@ class Api:
         dag_id = request.params["dag_id"]
         return {"dag_id": dag_id, "paused": self.s.runs.set_paused(dag_id, False)}
 
-    def backfill(self, request: Request) -> dict[str, Any]:
+    def backfill(self, request: Request) -> Response:
         body = request.json()
         if not isinstance(body, dict) or "start" not in body or "end" not in body:
-            raise BadRequest('expected {"start": ISO-8601, "end": ISO-8601}')
+            raise BadRequest(
+                'expected {"start": ISO-8601, "end": ISO-8601} (and optionally "dry_run": true)'
+            )
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run: expected true or false")
         try:
             start, end = parse_iso(str(body["start"])), parse_iso(str(body["end"]))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        result = self.s.runs.backfill(request.params["dag_id"], start, end)
-        return {"dag_id": result.dag_id, "created": result.created, "skipped": result.skipped}
+        result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
+        return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs
 
@@ -548,11 +561,21 @@ class Api:
             status=_enum_arg(request, "status", RunStatus),
             trigger=_enum_arg(request, "trigger", Trigger),
             waiting=_enum_arg(request, "waiting", WAITING_TYPES),
+            search=request.arg("q").strip(),
+            dag_ids=self._dags_tagged(request.query.get("tag", [])),
         )
         page = _int_arg(request, "page", 1, 1, 1_000_000)
         limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
+
+    def _dags_tagged(self, tags: list[str]) -> tuple[str, ...] | None:
+        """The loaded DAGs with any of `tags` (None: no tag filter)."""
+        wanted = {t for t in tags if t}
+        if not wanted:
+            return None
+        dags = self.s.folder.snapshot.dags.items()
+        return tuple(sorted(i for i, dag in dags if wanted.intersection(dag.tags)))
 
     def run(self, request: Request) -> dict[str, Any]:
         return run_json(self.s.runs.run(request.params["run_id"]))

@@ -12,6 +12,7 @@ from nagare.cron import NEVER, dag_schedules, describe
 from nagare.dagfile import DagError
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
+from nagare.git_sync import GitStatus
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
     DagMetrics,
@@ -32,6 +33,7 @@ from nagare.models import (
     TaskStatus,
     TriggerRule,
 )
+from nagare.runs import Backfill
 from nagare.store import MetricAgg, MetricPoint
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
@@ -513,4 +515,43 @@ def validation_json(errors: list[DagError]) -> dict[str, Any]:
     return {
         "valid": not errors,
         "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in errors],
+    }
+
+
+def git_status_json(status: GitStatus | None) -> dict[str, Any]:
+    """`GET /api/git`: whether git sync is on, the commit the DAGs folder holds, the last try."""
+    if status is None:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "url": status.url,
+        "branch": status.branch,
+        "subdirectory": status.subdirectory,
+        "interval_seconds": status.interval_seconds,
+        "commit": status.commit or None,
+        "subject": status.subject or None,
+        "committed_at": to_iso(status.committed_at),
+        "synced_at": to_iso(status.synced_at),
+        "last_attempt_at": to_iso(status.last_attempt_at),
+        "last_success_at": to_iso(status.last_success_at),
+        "last_error": status.last_error or None,
+        "ok": status.last_attempt_at is not None and not status.last_error,
+    }
+
+
+def backfill_json(result: Backfill) -> dict[str, Any]:
+    """`POST /api/dags/{dag_id}/backfill`: the slots of the range and what was (or would be)
+    created."""
+    return {
+        "dag_id": result.dag_id,
+        "dry_run": result.dry_run,
+        "created": result.created,
+        "skipped": result.skipped,
+        "slots": [
+            {"execution_date": to_iso(s.execution_date), "run_id": s.run_id, "exists": s.exists}
+            for s in result.slots
+        ],
+        "max_active_runs": result.max_active_runs or None,
+        "overlap_policy": result.overlap_policy,
+        "note": result.note,
     }

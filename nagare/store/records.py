@@ -19,6 +19,8 @@ class RunFilter:
     status: str = ""
     trigger: str = ""
     waiting: str = ""  # a step type: only runs with a task waiting on such a step (approval)
+    search: str = ""  # only runs whose id contains this text (case-insensitive)
+    dag_ids: tuple[str, ...] | None = None  # only runs of these DAGs (the API's tag filter)
 
 
 @dataclass

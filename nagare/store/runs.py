@@ -225,6 +225,13 @@ class RunStore:
                 "status='waiting' AND json_extract(wait, '$.type')=?)"
             )
             params.append(filt.waiting)
+        if filt.search:
+            clauses.append("run_id LIKE ? ESCAPE '\\'")
+            params.append(f"%{like_escape(filt.search)}%")
+        if filt.dag_ids is not None:  # an empty tuple: no DAG matches, so no run
+            marks = ",".join("?" * len(filt.dag_ids))
+            clauses.append(f"dag_id IN ({marks})" if filt.dag_ids else "0")
+            params.extend(filt.dag_ids)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:
             total = conn.execute(f"SELECT count(*) FROM runs {where}", params).fetchone()[0]
@@ -427,3 +434,8 @@ def _add_handlers(conn: sqlite3.Connection, handlers: Sequence[TaskInstance]) ->
         ).rowcount
         if not again:
             insert_tasks(conn, [handler])
+
+
+def like_escape(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern (with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
