@@ -168,6 +168,21 @@ class PoolInfo:
         return self.remote_only and self.remote_workers_online == 0
 
 
+def queued_reason(pool: str, info: PoolInfo | None) -> str:
+    """Why a queued task has not started, from its pool's load (None: a pool nobody serves and
+    no task ran in): no worker can take it, or every slot is busy, or it is next in line."""
+    if info is None or info.no_live_worker:
+        offline = info.remote_workers - info.remote_workers_online if info else 0
+        known = f" ({offline} offline)" if offline else ""
+        return f"waiting for a worker in pool {pool} — none online{known}"
+    capacity = info.local_slots + info.remote_capacity
+    if capacity and info.running >= capacity:
+        return f"pool full: {info.running}/{capacity} running"
+    if capacity:
+        return f"waiting for a slot in pool {pool}: {info.running}/{capacity} running"
+    return f"waiting for a slot in pool {pool}"
+
+
 @dataclass
 class LiveState:
     """What only the running process knows, gathered by `app` for each scrape."""

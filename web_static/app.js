@@ -51,6 +51,7 @@ import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runs
 import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
 import { MetricsPage } from "./metrics.js";
 import { LiveLog, StaticLog } from "./logview.js";
+import { KILL_RUN_MESSAGE, KILL_TASK_MESSAGE, KillButton, TaskDetails, Timeline, itemLabel, itemText } from "./runpage.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -382,8 +383,8 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
         <td><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} />${r.task_counts?.waiting > 0 && html` <span class="badge st-waiting" data-waiting-count title="tasks waiting (an approval, an event or a child run)">${r.task_counts.waiting} waiting</span>`}</td>
         <td class="hide-sm small">${fmtTime(r.execution_date)}</td>
         <td><${TriggerBadge} trigger=${r.trigger} /></td>
-        <td class="num">${fmtDur(elapsed(r, now))}</td>
-        <td>${r.status === "running" || r.status === "queued" ? html`<button class="danger" onClick=${() => killRun(r, load)} aria-label=${`Kill run ${r.run_id}`}>■ Kill</button>` : ""}</td>
+        <td class="num">${r.started_at || TERMINAL_RUN.has(r.status) ? fmtDur(elapsed(r, now)) : html`<span class="muted small" data-not-started>not started</span>`}</td>
+        <td>${r.status === "running" || r.status === "queued" ? html`<${KillButton} what="run" name=${r.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(r, load)} action="kill-run" />` : ""}</td>
       </tr>`)}</tbody></table></div>
     ${data && !data.data.length && html`<p class="empty">No runs found</p>`}
     ${data && data.total > limit && html`<div class="pager">
@@ -458,6 +459,8 @@ function RunsPage() {
 const STATUS_VAR = (s) => `var(--${s === "up_for_retry" ? "retry" : s === "upstream_failed" ? "upstream" : s || "pending"})`;
 // the graph's colour of a task: an allowed failure is drawn as a warning, not as a failure
 const shownStatus = (t) => (t.allowed_failure && t.status === "failed" ? "allowed" : t.status);
+// a map child's status as a glyph next to its item (not by colour alone)
+const CHILD_GLYPH = { success: "✓", failed: "✕", upstream_failed: "✕", cancelled: "■", skipped: "↷", queued: "…", pending: "·", up_for_retry: "↻", waiting: "⏸", running: "▶" };
 const FAN_CAP = 12; // map children drawn one by one; the rest become one "+N more" node
 const FAN_FIRST = new Set(["failed", "up_for_retry", "running", "upstream_failed", "cancelled"]);
 
@@ -614,12 +617,13 @@ function DagGraph({ tasks, states, fans, onSelect }) {
   const nodes = [...pos.values()].map((it) => {
     if (it.kind === "child") {
       const k = it.k;
-      return html`<g key=${it.id} class=${"node child" + (select ? " clickable" : "") + (k.status === "running" ? " pulse" : "")}
+      return html`<g key=${it.id} class=${"node child" + (select ? " clickable" : "")}
         data-node=${k.task_id} data-status=${k.status} data-map-child=${it.base}
         transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(k.task_id) : undefined}>
-        <title>${k.task_id} — ${k.status}</title>
+        <title>${k.task_id}${k.item != null ? ` (${itemLabel(k.item, 200)})` : ""} — ${k.status.replaceAll("_", " ")}${k.reason ? `\n${k.reason}` : ""}</title>
         <rect width=${it.w} height=${it.h} rx="5" style=${`stroke:${STATUS_VAR(k.status)};fill:color-mix(in srgb, ${STATUS_VAR(k.status)} 14%, var(--panel))`} />
-        <text x="8" y="16" class="small-node">[${k.map_index}] ${k.status.replaceAll("_", " ")}</text>
+        <text x="8" y="16" class="small-node" data-node-item>${CHILD_GLYPH[k.status] || ""} [${k.map_index}] ${k.item != null ? itemLabel(k.item, 10) : k.status.replaceAll("_", " ")}</text>
+        ${k.status === "running" && html`<circle class="activity" cx=${it.w - 8} cy=${it.h / 2} r="3.5" data-activity />`}
       </g>`;
     }
     if (it.kind === "more") {
@@ -639,14 +643,15 @@ function DagGraph({ tasks, states, fans, onSelect }) {
     const fanned = isMap && fans?.[t.task_id]?.length > 0;
     const label = t.task_id.length > 18 ? t.task_id.slice(0, 17) + "…" : t.task_id;
     const sub = s ? s.label || s.status : isMap ? `⇉ fan-out over ${t.map_over}` : t.type;
-    return html`<g key=${it.id} class=${"node" + (select ? " clickable" : "") + (s?.status === "running" ? " pulse" : "")} data-node=${t.task_id} data-status=${s?.status}
+    return html`<g key=${it.id} class=${"node" + (select ? " clickable" : "")} data-node=${t.task_id} data-status=${s?.status}
       data-fan-out=${isMap ? (fanned ? "expanded" : "collapsed") : undefined}
       transform=${`translate(${it.x},${it.y})`} onClick=${select ? () => select(t.task_id) : undefined}>
-      <title>${t.task_id} (${t.type})${s ? ` — ${s.status}` : ""}${isMap ? `\nfan-out: one child per item of ${t.map_over}` : ""}${t.command ? `\n${t.command.slice(0, 200)}` : ""}</title>
+      <title>${t.task_id} (${t.type})${s ? ` — ${s.status}` : ""}${s?.reason ? `\n${s.reason}` : ""}${isMap ? `\nfan-out: one child per item of ${t.map_over}` : ""}${t.command ? `\n${t.command.slice(0, 200)}` : ""}</title>
       ${isMap && !fanned && html`<rect x="6" y="6" width=${it.w} height=${it.h} rx="6" style=${`stroke:${color};opacity:.5`} /><rect x="3" y="3" width=${it.w} height=${it.h} rx="6" style=${`stroke:${color};opacity:.7`} />`}
       <rect width=${it.w} height=${it.h} rx="6" style=${`stroke:${color}` + (isMap ? ";stroke-dasharray:6 2" : "")} />
       <text x="10" y="17">${label}</text>
       <text x="10" y="32" style="fill:var(--muted);font-size:11px">${sub.length > 24 ? sub.slice(0, 23) + "…" : sub}</text>
+      ${s?.status === "running" && html`<circle class="activity" cx=${it.w - 10} cy="10" r="4" data-activity />`}
     </g>`;
   });
   const zoomPct = Math.round(pz.scale * 100);
@@ -751,7 +756,7 @@ function runStates(tasks) {
   const kids = {};
   for (const t of tasks) {
     if (t.map_index != null) (kids[t.base_task_id] = kids[t.base_task_id] || []).push(t);
-    else out[t.task_id] = { status: shownStatus(t), label: `${t.allowed_failure && t.status === "failed" ? "failed · allowed" : t.status}${t.attempt > 1 ? ` #${t.attempt}` : ""}${t.metrics ? " · " + fmtDur(t.metrics.duration_ms) : ""}` };
+    else out[t.task_id] = { status: shownStatus(t), reason: t.reason, label: `${t.allowed_failure && t.status === "failed" ? "failed · allowed" : t.status}${t.attempt > 1 ? ` #${t.attempt}` : ""}${t.metrics ? " · " + fmtDur(t.metrics.duration_ms) : ""}` };
   }
   for (const [base, ks] of Object.entries(kids)) {
     const done = ks.filter((k) => k.status === "success").length;
@@ -820,8 +825,8 @@ function RunDetail({ runId, focusTask }) {
   const running = !TERMINAL_RUN.has(run.status);
   return html`<main>
     <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} /> <${WarningBadge} run=${run} />
+      ${running && html`<${KillButton} what="run" name=${run.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(run, load)} action="kill-run" />`}
       <span class="spacer"></span>
-      ${running && html`<button class="danger" onClick=${() => killRun(run, load)} data-action="kill-run">■ Kill run</button>`}
       ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
     ${tasks.filter((t) => t.status === "waiting" && t.waiting_for?.type === "approval").map((t) => html`<${ApprovalBanner} key=${t.id} run=${run} task=${t} reload=${load} />`)}
@@ -829,10 +834,10 @@ function RunDetail({ runId, focusTask }) {
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
       ${run.parent && html`<${ParentCard} parent=${run.parent} />`}
-      <div class="card"><div class="label">Started</div><div>${fmtTime(run.started_at || run.created_at)}</div><div class="sub">execution date ${fmtTime(run.execution_date)}</div></div>
-      <div class="card"><div class="label">Duration</div><div class="value" data-duration>${fmtDur(elapsed(run, now))}</div></div>
+      <div class="card"><div class="label">Started</div><div data-started>${run.started_at ? fmtTime(run.started_at) : "not started"}</div><div class="sub">${run.started_at ? "" : `created ${fmtTime(run.created_at)} · `}execution date ${fmtTime(run.execution_date)}</div></div>
+      <div class="card"><div class="label">Duration</div><div class="value" data-duration>${run.started_at ? fmtDur(elapsed(run, now)) : "—"}</div></div>
       <div class="card"><div class="label">Tasks</div><div class="row small">${Object.entries(c).map(([s, n]) => html`<span class=${`badge st-${s}`}>${n} ${s === "allowed" ? "failed · allowed" : s.replaceAll("_", " ")}</span>`)}</div>
-        <div class="progress" style="margin-top:8px" title=${`${done} of ${total} tasks finished`}><div class=${c.failed || c.upstream_failed || c.cancelled ? "bar-fail" : ""} style=${`width:${total ? (100 * done) / total : 0}%`}></div></div>
+        <div class="progress" style="margin-top:8px" title=${`${done} of ${total} tasks finished`}><div class=${run.status === "cancelled" || (!c.failed && !c.upstream_failed && c.cancelled) ? "bar-cancelled" : c.failed || c.upstream_failed ? "bar-fail" : ""} data-progress style=${`width:${total ? (100 * done) / total : 0}%`}></div></div>
         <div class="sub">${done} of ${total} tasks finished</div></div>
     </div>
     ${Object.keys(run.params || {}).length > 0
@@ -843,17 +848,17 @@ function RunDetail({ runId, focusTask }) {
       <${Outputs} task=${{ task_id: `run ${run.run_id}`, outputs: run.outputs }} /></section>`}
     <div class="grid2">
       <section class="panel"><h2>Graph</h2>${dag ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${children} onSelect=${selectNode} /><${Legend} />` : html`<p class="muted">Loading…</p>`}</section>
-      <section class="panel"><h2>Timeline</h2><${Gantt} run=${run} tasks=${top} children=${children} now=${now} /></section>
+      <section class="panel"><h2>Timeline</h2><${Timeline} run=${run} tasks=${top} children=${children} now=${now} /></section>
     </div>
     <section class="panel"><h2>Tasks</h2>
-      ${top.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />
+      ${top.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} tasks=${tasks} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />
         ${children[t.task_id] && html`<${MapGroup} run=${run} parent=${t} kids=${children[t.task_id]} expanded=${openGroups.has(t.task_id)}
           onExpand=${() => { const n = new Set(openGroups); n.has(t.task_id) ? n.delete(t.task_id) : n.add(t.task_id); setOpenGroups(n); }}
           open=${open} toggle=${toggle} reload=${load} now=${now} />`}`)}
     </section>
     ${handlers.length > 0 && html`<section class="panel" data-handlers><h2>Handlers ${run.handlers_running ? html`<span class="badge st-running pulse">running</span>` : ""}</h2>
       <p class="small muted">Run after the run ended ${run.status}; they never change its status.</p>
-      ${handlers.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />`)}
+      ${handlers.map((t) => html`<${TaskRow} key=${t.task_id} run=${run} task=${t} tasks=${tasks} open=${open.has(t.task_id)} onToggle=${() => toggle(t.task_id)} reload=${load} now=${now} />`)}
     </section>`}
   </main>`;
 }
@@ -878,26 +883,6 @@ function MapGroup({ run, parent, kids, expanded, onExpand, open, toggle, reload,
       ${kids.slice(0, limit).map((k) => html`<${TaskRow} key=${k.task_id} run=${run} task=${k} open=${open.has(k.task_id)} onToggle=${() => toggle(k.task_id)} reload=${reload} now=${now} />`)}
       ${kids.length > limit && html`<button onClick=${() => setLimit(limit + 200)}>Show more (${kids.length - limit} hidden)</button>`}
     </div>`}
-  </div>`;
-}
-
-function Gantt({ run, tasks, children, now }) {
-  const rows = tasks.map((t) => {
-    const ks = children[t.task_id];
-    const starts = (ks || [t]).map((k) => parseT(k.started_at)).filter(Boolean);
-    const ends = (ks || [t]).map((k) => parseT(k.completed_at) || (k.status === "running" ? now : null)).filter(Boolean);
-    const s = starts.length ? Math.min(...starts, parseT(t.started_at) || Infinity) : parseT(t.started_at);
-    const e = ends.length ? Math.max(...ends, parseT(t.completed_at) || 0) : null;
-    return { t, s, e: e || (s ? now : null) };
-  });
-  const t0 = parseT(run.started_at || run.created_at);
-  const t1 = Math.max(t0 + 1000, ...rows.map((r) => r.e || 0), parseT(run.completed_at) || (TERMINAL_RUN.has(run.status) ? 0 : now));
-  const span = t1 - t0;
-  return html`<div class="gantt" role="group" aria-label="Task timeline">
-    ${rows.map(({ t, s, e }) => html`<div class="mono trunc" title=${t.task_id}>${t.task_id}</div>
-      <div class="track" title=${s ? `${fmtTime(new Date(s).toISOString())} · ${fmtDur(e - s)}` : "not started"}>
-        ${s && html`<div class="bar" style=${`color:${STATUS_VAR(shownStatus(t))};left:${(100 * (s - t0)) / span}%;width:${Math.max(0.5, (100 * (e - s)) / span)}%`}></div>`}</div>`)}
-    <div></div><div class="row small muted"><span>0 s</span><span class="spacer"></span><span>${fmtDur(span)}</span></div>
   </div>`;
 }
 
@@ -938,7 +923,7 @@ function ApprovalBanner({ run, task, reload }) {
   </section>`;
 }
 
-function TaskRow({ run, task, open, onToggle, reload, now }) {
+function TaskRow({ run, task, tasks, open, onToggle, reload, now }) {
   const m = task.metrics;
   const act = async (what) => {
     try {
@@ -953,6 +938,7 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
     <div class="head">
       <button class="expander" onClick=${onToggle} aria-expanded=${open} aria-label=${`${open ? "Hide" : "Show"} log of ${task.task_id}`}>${open ? "▾" : "▸"}</button>
       <span class="taskid mono">${task.task_id}</span>
+      ${task.map_index != null && task.item != null && html`<span class="map-item mono" title=${itemText(task.item)} data-map-item>${itemLabel(task.item)}</span>`}
       <${StatusBadge} status=${task.status} allowed=${task.allowed_failure} />
       ${task.attempt > 1 && html`<span class="badge muted">attempt ${task.attempt}/${task.max_attempts}</span>`}
       ${dur != null && html`<span class="badge muted" title="duration">${fmtDur(dur)}</span>`}
@@ -966,11 +952,11 @@ function TaskRow({ run, task, open, onToggle, reload, now }) {
       ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
       ${task.message && !task.reason && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
-      ${task.status === "running" || task.status === "queued" || task.status === "waiting" ? html`<button class="danger" onClick=${() => act("kill")} data-action="kill-task" aria-label=${`Kill task ${task.task_id}`}>■ Kill</button>` : ""}
+      ${task.status === "running" || task.status === "queued" || task.status === "waiting" ? html`<${KillButton} what="task" name=${task.task_id} message=${KILL_TASK_MESSAGE} onKill=${() => act("kill")} action="kill-task" />` : ""}
       ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
-    ${task.reason && html`<p class="reason" data-reason>${task.status === "waiting" ? "" : task.status === "skipped" ? "skipped: " : "not run: "}${task.reason}</p>`}
-    ${open && html`<div class="body"><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
+    ${task.reason && html`<p class="reason" data-reason>${task.status === "waiting" || task.status === "queued" ? "" : task.status === "skipped" ? "skipped: " : "not run: "}${task.reason}</p>`}
+    ${open && html`<div class="body"><${TaskDetails} run=${run} task=${task} tasks=${tasks} /><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}
   </div>`;
 }
 

@@ -27,6 +27,7 @@ import {
   useRef,
   useState,
 } from "./common.js";
+import { KILL_RUN_MESSAGE, KillButton } from "./runpage.js";
 
 // ------------------------------------------------------------------ view state in the URL
 
@@ -108,7 +109,7 @@ function Filters({ query, setQuery, dags }) {
 
 function RunActions({ run, kill, retry }) {
   return html`<span class="row run-actions">
-    ${canKill(run) && html`<button class="danger" onClick=${kill} aria-label=${`Kill run ${run.run_id}`} data-action="kill">■ Kill</button>`}
+    ${canKill(run) && html`<${KillButton} what="run" name=${run.run_id} message=${KILL_RUN_MESSAGE} onKill=${kill} action="kill" />`}
     ${canRetry(run) && html`<button onClick=${retry} aria-label=${`Retry run ${run.run_id}`} data-action="retry" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry</button>`}
   </span>`;
 }
@@ -136,7 +137,7 @@ export function RunsList({ query, limit = 25, page = 1, setPage = null, killRun,
         <td data-label="Status"><${StatusBadge} status=${r.status} /> <${WarningBadge} run=${r} />${r.task_counts?.waiting > 0 && html` <span class="badge st-waiting" data-waiting-count title="tasks waiting (an approval, an event or a child run)">${r.task_counts.waiting} waiting</span>`}</td>
         <td class="small" data-label="Execution date">${fmtTime(r.execution_date)}</td>
         <td data-label="Trigger"><${TriggerBadge} trigger=${r.trigger} /></td>
-        <td class="num" data-label="Elapsed">${fmtDur(elapsed(r, now))}</td>
+        <td class="num" data-label="Elapsed">${r.started_at || TERMINAL_RUN.has(r.status) ? fmtDur(elapsed(r, now)) : html`<span class="muted small" data-not-started>not started</span>`}</td>
         <td class="card-actions"><${RunActions} run=${r} kill=${() => killRun(r, load)} retry=${() => retryRun(r, load)} /></td>
       </tr>`)}</tbody></table></div>
     ${data && !data.data.length && html`<p class="empty">No runs found</p>`}

@@ -1,8 +1,10 @@
 """What happens next in a run, as a pure function: given a run's DAG and the states of its tasks,
 decide what follows (queue, expand a map, trigger a DAG, mark upstream_failed or skipped as the
 task's `trigger_rule` says) and when the run ends with which status (`run_status`: success when
-every task succeeded, was skipped or failed with allow_failure, cancelled when it was killed,
-else failed). A failure with allow_failure counts as a success everywhere here.
+every task succeeded, was skipped or failed with allow_failure; cancelled when the run was killed,
+or when no task failed but some were killed (a user killed a task: the tasks after it are
+upstream_failed, the run is cancelled, as if the run had been killed); else failed). A failure
+with allow_failure counts as a success everywhere here.
 
 One pass in dependency order settles everything that can be decided now, so a failure
 propagates down a whole chain at once and a run finishes in the same pass as its last task.
@@ -262,6 +264,11 @@ def _decide_map(instance: InstanceLike, counts: dict[TaskStatus, int], plan: Pla
         return TaskStatus.RUNNING
     total = sum(counts.values())
     bad = sum(counts.get(s, 0) for s in BLOCKING_TASK)
+    killed = counts.get(TaskStatus.CANCELLED, 0)
+    if bad and bad == killed:  # only killed children: the map was cancelled, not failed
+        message = f"{killed} of {total} map children were killed"
+        plan.map_done.append((instance.id, TaskStatus.CANCELLED, message))
+        return TaskStatus.CANCELLED
     if bad:
         message = f"{bad} of {total} map children did not succeed"
         plan.map_done.append((instance.id, TaskStatus.FAILED, message))
@@ -275,8 +282,19 @@ def run_status(status: _Statuses, killed: bool) -> RunStatus | None:
         return None
     if killed:
         return RunStatus.CANCELLED
-    if all(s in OK_FOR_DEPENDANTS for s in status.values()):
+    return ended_status(status.values())
+
+
+def ended_status(statuses: Iterable[TaskStatus]) -> RunStatus:
+    """How a run whose tasks all ended ends (not killed as a whole): success when every task
+    succeeded or was skipped; cancelled when none failed but some were killed (what follows a
+    killed task is upstream_failed: killing a task is killing that part of the run); else
+    failed. One rule for a killed run and a killed task, so both end `cancelled`."""
+    seen = set(statuses)
+    if seen <= OK_FOR_DEPENDANTS:
         return RunStatus.SUCCESS
+    if TaskStatus.CANCELLED in seen and TaskStatus.FAILED not in seen:
+        return RunStatus.CANCELLED
     return RunStatus.FAILED
 
 

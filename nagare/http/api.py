@@ -21,6 +21,7 @@ from nagare.http.serialize import (
     dag_json,
     loop_json,
     pool_json,
+    run_attempt_json,
     run_json,
     task_json,
     tasks_json,
@@ -32,7 +33,7 @@ from nagare.http.sse import LogStream
 from nagare.http.static import StaticFiles
 from nagare.liveness import Health
 from nagare.logs import LogFiles
-from nagare.metrics import PoolInfo
+from nagare.metrics import PoolInfo, queued_reason
 from nagare.models import (
     WAITING_STEPS,
     Attempt,
@@ -98,6 +99,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
     class _ApiTasks(Protocol):
         def attempts(self, task_instance_id: str) -> list[Attempt]: ...
+
+        def attempts_of_run(self, run_id: str) -> list[tuple[str, Attempt]]: ...
 
         def by_id(self, task_instance_id: str) -> TaskInstance | None: ...
 
@@ -367,6 +370,13 @@ class Api:
             ),
             Route(
                 "GET",
+                "/api/runs/{run_id}/attempts",
+                self.run_attempts,
+                "Every attempt of the run's tasks (not of map children), by task, oldest first",
+                tags=("tasks",),
+            ),
+            Route(
+                "GET",
                 "/api/runs/{run_id}/tasks/{task_id}",
                 self.task,
                 "One task instance",
@@ -596,7 +606,13 @@ class Api:
         return self._with_waits(task.run_id, [task_json(task, children)])[0]
 
     def _with_waits(self, run_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Waiting tasks get `waiting_for` (what they wait for: the run page's banners)."""
+        """Waiting tasks get `waiting_for` (what they wait for: the run page's banners); queued
+        tasks get `reason` (why they have not started: their pool's workers and load)."""
+        if any(item["status"] == TaskStatus.QUEUED for item in items):
+            pools = {p.pool: p for p in self.s.pools()}
+            for item in items:
+                if item["status"] == TaskStatus.QUEUED:
+                    item["reason"] = queued_reason(item["pool"], pools.get(item["pool"]))
         if any(item["status"] == TaskStatus.WAITING for item in items):
             waits = self.s.store.tasks.waits_of_run(run_id)
             for item in items:
@@ -607,6 +623,14 @@ class Api:
     def attempts(self, request: Request) -> list[dict[str, Any]]:
         task = self._task(request)
         return [attempt_json(a, task) for a in self.s.store.tasks.attempts(task.id)]
+
+    def run_attempts(self, request: Request) -> list[dict[str, Any]]:
+        run_id = request.params["run_id"]
+        self.s.runs.run(run_id)
+        return [
+            run_attempt_json(a, task_id)
+            for task_id, a in self.s.store.tasks.attempts_of_run(run_id)
+        ]
 
     def kill_task(self, request: Request) -> dict[str, Any]:
         return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))

@@ -165,6 +165,22 @@ def attempt_json(attempt: Attempt, task: TaskInstance) -> dict[str, Any]:
     }
 
 
+def run_attempt_json(attempt: Attempt, task_id: str) -> dict[str, Any]:
+    """One attempt in `GET /api/runs/{run_id}/attempts` (the run page's timeline)."""
+    return {
+        "id": attempt.task_instance_id,
+        "task_id": task_id,
+        "attempt": attempt.attempt,
+        "status": str(attempt.status),
+        "worker": attempt.worker,
+        "exit_code": attempt.exit_code,
+        "timed_out": attempt.timed_out,
+        "started_at": to_iso(attempt.started_at),
+        "completed_at": to_iso(attempt.completed_at),
+        "message": attempt.error,
+    }
+
+
 def task_def_json(task: TaskDef) -> dict[str, Any]:
     data: dict[str, Any] = {
         "task_id": task.task_id,
@@ -176,6 +192,7 @@ def task_def_json(task: TaskDef) -> dict[str, Any]:
         "retry_delay_seconds": task.retry_delay_seconds,
         "timeout_seconds": task.timeout_seconds or None,
         "env": sorted(task.env),
+        "secrets": sorted(s.name for s in task.secrets),  # names only, never values
     }
     if task.map_over:
         data["map_over"] = task.map_over
@@ -251,6 +268,7 @@ def dag_json(
         "next_run_at": next_run,
         "last_run": run_json(last_run) if last_run else None,
         "env": sorted(dag.env),
+        "secrets": sorted(s.name for s in dag.secrets),  # names only, never values
         "params": [param_dict(p) for p in dag.params],
         "tasks": [task_def_json(t) for t in dag.tasks],
         "trigger": trigger,

@@ -197,6 +197,18 @@ class TaskStore:
             ).fetchall()
         return [attempt_from_row(r) for r in rows]
 
+    def attempts_of_run(self, run_id: str) -> list[tuple[str, Attempt]]:
+        """(task_id, attempt) of every attempt of the run's tasks but map children, by task
+        and attempt."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT ti.task_id AS ti_task_id, a.* FROM task_instances ti "
+                "JOIN task_attempts a ON a.task_instance_id = ti.id "
+                "WHERE ti.run_id=? AND ti.map_index IS NULL ORDER BY ti.task_id, a.attempt",
+                (run_id,),
+            ).fetchall()
+        return [(r["ti_task_id"], attempt_from_row(r)) for r in rows]
+
     def transition(
         self,
         task_ids: Sequence[str],
