@@ -29,6 +29,7 @@ from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, set_not_dumpable
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
+from nagare.http.dagpage_api import DagPageApi
 from nagare.http.gate import Limits, affordable_connections
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
@@ -166,6 +167,7 @@ class App:
         )
         self.api.add_routes(WebhooksApi(self.webhooks).routes())
         self.api.add_routes(WaitsApi(self.waits).routes())
+        self.api.add_routes(DagPageApi(self.store.history, self.folder).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from nagare.store.dags import DagStore
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
+from nagare.store.history import HistoryStore
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
 from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
 from nagare.store.retention import OldRun, RetentionStore
@@ -44,7 +45,8 @@ __all__ = [
 class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
-    (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`)."""
+    (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
+    page's grid, calendar and versions (`history`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
@@ -55,6 +57,7 @@ class Store:
         self.metrics = MetricsStore(self.db)
         self.retention = RetentionStore(self.db)
         self.deliveries = DeliveryStore(self.db)
+        self.history = HistoryStore(self.db)
 
     def close(self) -> None:
         self.db.close()
