@@ -97,7 +97,13 @@ def test_graph_click_tabs_grid_calendar_versions(nagare_factory: Any, ui: Any) -
     diff = page.locator("[data-diff]")
     expect(diff).to_contain_text("<script>window.__xss=1</script>")
     expect(diff.locator("td.add", has_text='"task_id": "first"')).to_have_count(1)
-    expect(diff.locator("td.del", has_text="echo after")).to_have_count(1)
+    changed = diff.locator("tr[data-change]", has=page.locator("td.del", has_text="echo after"))
+    expect(changed.locator("td.add")).to_contain_text("window.__xss=1")  # side by side
+    ops = page.evaluate(
+        """async () => (await import("/dagpage.js")).lineDiff("a\\nb\\nc\\nd", "a\\nx\\nc\\nd\\ne")
+            .map((o) => `${o.op[0]}${o.a ?? ""}:${o.b ?? ""}:${o.text}`)"""
+    )
+    assert ops == ["s1:1:a", "d2::b", "a:2:x", "s3:3:c", "s4:4:d", "a:5:e"]
     assert page.evaluate("window.__xss") is None
     _settle(page)
     u.shot("dagpage_versions_light")
@@ -190,9 +196,10 @@ def test_grid_of_100_runs_by_200_tasks_renders_and_navigates_by_keyboard(
     started = time.monotonic()
     page = u.go("/dags?id=wide&tab=grid&runs=100")
     grid = page.get_by_role("grid")
-    expect(grid.locator("tbody tr")).to_have_count(200)
+    expect(grid.locator("tbody tr")).to_have_count(200, timeout=20_000)
     took = time.monotonic() - started
-    assert took < 10, took  # loose: speed targets belong to benchmarks
+    print(f"grid of 100 x 200 shown after {took:.2f}s")
+    assert took < 20, took  # loose: speed targets belong to benchmarks
     assert grid.locator("td").count() == 200 * 100
     expect(grid.locator("[data-task-row=each] [data-map-summary]")).to_have_text(
         "⇉ 99/100 ok, 1 failed"

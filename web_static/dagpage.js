@@ -29,7 +29,7 @@ export const STATE_GLYPHS = {
   running: ["▶", "running"],
   queued: ["…", "queued"],
   pending: ["·", "pending"],
-  waiting: ["⏸\uFE0E", "waiting"],
+  waiting: ["‖", "waiting"],
   up_for_retry: ["↻", "retrying"],
   upstream_failed: ["↑", "upstream failed"],
   cancelled: ["⊘", "cancelled"],
@@ -212,6 +212,9 @@ export function DagCalendar({ dagId }) {
     try { setData(await api(`/api/dags/${enc(dagId)}/calendar?days=365&utc_offset_minutes=${offset}`)); setError(null); } catch (e) { setError(e); }
   }, 30000, [dagId]);
   const weeks = useMemo(() => calendarWeeks(365), [data]);
+  const scroller = useRef(null);
+  // the newest days are on the right: a narrow screen starts scrolled to them
+  useEffect(() => { if (scroller.current) scroller.current.scrollLeft = scroller.current.scrollWidth; }, [!data]);
   if (error) return html`<${ErrorLine} error=${error} />`;
   if (!data) return html`<p class="muted">Loading…</p>`;
   const byDay = Object.fromEntries(data.days.map((d) => [d.date, d.counts]));
@@ -235,7 +238,7 @@ export function DagCalendar({ dagId }) {
     <p class="small" data-calendar-summary>${runs
       ? `${runs} run${runs === 1 ? "" : "s"} on ${data.days.length} day${data.days.length === 1 ? "" : "s"} in the last year: ${Object.entries(totals).map(([s, n]) => `${n} ${label(s)}`).join(", ")}${failing ? ` · ${failing} day${failing === 1 ? "" : "s"} with a failure` : ""}`
       : "No runs in the last year"}</p>
-    <div class="cal-scroll" tabindex="0" role="region" aria-label="Calendar (scrolls sideways)"><table class="dag-calendar" data-calendar>
+    <div class="cal-scroll" ref=${scroller} tabindex="0" role="region" aria-label="Calendar (scrolls sideways)"><table class="dag-calendar" data-calendar>
       <caption class="visually-hidden">Runs of ${dagId} per day over the last year (weeks as columns)</caption>
       <thead><tr><td></td>${months.map((m, i) => (m ? html`<th key=${i} scope="col" class="cal-month">${m}</th>` : html`<td key=${i}></td>`))}</tr></thead>
       <tbody>${WEEKDAYS.map((wd, r) => html`<tr key=${wd}>
@@ -280,8 +283,8 @@ export function lineDiff(left, right, maxCells = 4_000_000) {
     let i = 0, j = 0;
     while (i < n || j < m) {
       if (i < n && j < m && a[i] === b[j]) { out.push({ op: "same", text: a[i], a: head + i + 1, b: head + j + 1 }); i++; j++; }
-      else if (j < m && (i >= n || L[i * w + j + 1] >= L[(i + 1) * w + j])) { out.push({ op: "add", text: b[j], b: head + j + 1 }); j++; }
-      else { out.push({ op: "del", text: a[i], a: head + i + 1 }); i++; }
+      else if (i < n && (j >= m || L[(i + 1) * w + j] >= L[i * w + j + 1])) { out.push({ op: "del", text: a[i], a: head + i + 1 }); i++; }
+      else { out.push({ op: "add", text: b[j], b: head + j + 1 }); j++; }
     }
   }
   for (let k = 0; k < tail; k++) out.push({ op: "same", text: A[A.length - tail + k], a: A.length - tail + k + 1, b: B.length - tail + k + 1 });
@@ -339,7 +342,7 @@ export function DagVersions({ dagId, from, to, onPick }) {
           <label><input type="radio" name="diff-to" checked=${v.digest === right} onChange=${() => onPick(left, v.digest)} aria-label=${`Compare to version ${short(v.digest)}`} /> to</label>
         </td></tr>`)}</tbody>
     </table></div>
-    <p class="small muted">A version is stored when a run first follows it; each run keeps the version it ran (its run page draws that one).</p>
+    <p class="small muted">A version is stored when a run first follows it; each run keeps the version it ran (its run page draws that one). The text is the stored definition, without empty fields and source line numbers.</p>
     ${vs.length < 2 ? html`<p class="empty">Only one version so far: nothing to compare.</p>`
       : html`<${VersionDiff} dagId=${dagId} left=${left} right=${right} />`}
   </div>`;

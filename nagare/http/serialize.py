@@ -593,12 +593,26 @@ def version_detail_json(
     dag: DagDef, digest: str, definition: str, first_seen: int | None, current: str
 ) -> dict[str, Any]:
     """One version: its tasks (as the DAG JSON has them, for the run page's graph) and its
-    definition as indented JSON text (for the side-by-side diff)."""
+    definition as indented JSON text without empty fields and source line numbers (for the
+    side-by-side diff)."""
     return {
         "dag_id": dag.dag_id,
         "digest": digest,
         "first_seen": to_iso(first_seen),
         "current": digest == current,
         "tasks": [task_def_json(t) for t in dag.tasks],
-        "text": json.dumps(json.loads(definition), indent=2, sort_keys=True, ensure_ascii=False),
+        "text": json.dumps(
+            _readable(json.loads(definition)), indent=2, sort_keys=True, ensure_ascii=False
+        ),
     }
+
+
+def _readable(value: Any) -> Any:
+    """A definition for reading and diffing: without empty fields and source line numbers."""
+    if isinstance(value, dict):
+        return {
+            k: _readable(v) for k, v in value.items() if k != "line" and v not in ("", None, [], {})
+        }
+    if isinstance(value, list):
+        return [_readable(v) for v in value]
+    return value
