@@ -9,7 +9,7 @@ from typing import Any
 from conftest import wait_for
 
 from nagare.http.dagpage_api import calendar_start
-from nagare.store.history import DAY_MS
+from nagare.store import DAY_MS
 
 FLOW = """
 id: flow

@@ -64,7 +64,8 @@ def test_graph_click_tabs_grid_calendar_versions(nagare_factory: Any, ui: Any) -
     page.get_by_role("tab", name="Grid").click()
     page.wait_for_url(re.compile(r"/dags\?id=flow&tab=grid$"))
     grid = page.get_by_role("grid")
-    expect(grid.locator("[data-task-row=each] [data-map-summary]")).to_have_text("⇉ 2/3 ok, 1 failed")
+    summary = grid.locator("[data-task-row=each] [data-map-summary]")
+    expect(summary).to_have_text("⇉ 2/3 ok, 1 failed")
     cell = grid.locator("[data-task-row=each] td").first
     expect(cell).to_have_attribute("data-state", "failed")
     expect(cell).to_have_text("✕")
@@ -146,7 +147,8 @@ def test_graph_click_tabs_grid_calendar_versions(nagare_factory: Any, ui: Any) -
 
 
 def _wide_dag(tasks: int) -> str:
-    lines = ['id: wide\nschedule: "workflow_dispatch"\ntasks:\n  - id: items\n    command: "true"\n']
+    lines = ['id: wide\nschedule: "workflow_dispatch"\ntasks:\n']
+    lines.append("  - id: items\n    command: 'true'\n")
     lines.append("  - id: each\n    type: map\n    map_over: items\n    command: 'true'\n")
     lines += [f"  - id: t{i:03d}\n    command: 'true'\n" for i in range(tasks - 2)]
     return "".join(lines)

@@ -17,15 +17,14 @@ from nagare.http.serialize import (
     version_json,
 )
 from nagare.http.server import Request
-from nagare.store.dags import text_digest
-from nagare.store.history import DAY_MS
+from nagare.store import DAY_MS, text_digest
 
 GRID_DEFAULT, GRID_MAX = 25, 200  # runs in the grid
 CALENDAR_DAYS, CALENDAR_MAX = 365, 731
 MAX_OFFSET_MINUTES = 14 * 60
 
 if TYPE_CHECKING:
-    from nagare.store.history import DayCount, Grid, VersionRow
+    from nagare.store import DayCount, Grid, VersionRow
 
     class HistoryReads(Protocol):
         """What the routes read of the store's `history` part."""

@@ -32,8 +32,7 @@ from nagare.models import (
     TaskStatus,
     TriggerRule,
 )
-from nagare.store import MetricAgg, MetricPoint
-from nagare.store.history import DayCount, Grid, GridCell, GridRun, VersionRow
+from nagare.store import DayCount, Grid, GridCell, GridRun, MetricAgg, MetricPoint, VersionRow
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
 REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED, TaskStatus.WAITING})

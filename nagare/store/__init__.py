@@ -9,10 +9,10 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
-from nagare.store.dags import DagStore
+from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
-from nagare.store.history import HistoryStore
+from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
 from nagare.store.metrics import CounterRow, DurationRow, MetricAgg, MetricPoint, MetricsStore
 from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
 from nagare.store.retention import OldRun, RetentionStore
@@ -22,6 +22,7 @@ from nagare.store.tasks import Clock, TaskStore
 from nagare.store.workers import WorkerStore
 
 __all__ = [
+    "DAY_MS",
     "DURATION_BUCKETS_MS",
     "INF_MS",
     "Clock",
@@ -29,7 +30,11 @@ __all__ = [
     "DagState",
     "Database",
     "DatabaseError",
+    "DayCount",
     "DurationRow",
+    "Grid",
+    "GridCell",
+    "GridRun",
     "HeldAttempt",
     "MetricAgg",
     "MetricPoint",
@@ -38,7 +43,9 @@ __all__ = [
     "Stats",
     "StorageFull",
     "Store",
+    "VersionRow",
     "WorkerRecord",
+    "text_digest",
 ]
 
 
