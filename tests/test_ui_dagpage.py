@@ -87,6 +87,8 @@ def test_graph_click_tabs_grid_calendar_versions(nagare_factory: Any, ui: Any) -
     expect(page.locator("[data-node=items]")).to_be_visible()
     expect(page.locator("[data-version-changed]")).to_be_visible()
     assert page.locator("[data-node=first]").count() == 0  # today's DAG has it, the run did not
+    _settle(page)
+    u.shot("dagpage_run_of_an_older_version")
     page = u.go(f"/runs?id={second}")
     expect(page.locator("[data-node=first]")).to_be_visible()
 
@@ -128,22 +130,17 @@ def test_graph_click_tabs_grid_calendar_versions(nagare_factory: Any, ui: Any) -
     assert u.errors == [], u.errors
 
     for theme in ("light", "dark"):
-        for name, tab in (("grid", "grid"), ("calendar", "calendar"), ("versions", "versions")):
-            t = ui(server, color_scheme=theme, **DESKTOP)
-            page = t.go(f"/dags?id=flow&tab={tab}")
-            expect(page.locator(f"[data-{name}-tab]")).to_be_visible()
-            _settle(page)
-            t.shot(f"dagpage_{name}_{theme}")
-            assert axe_violations(page) == [], (name, theme)
-            phone = ui(server, color_scheme=theme, **PHONE)
-            page = phone.go(f"/dags?id=flow&tab={tab}")
-            expect(page.locator(f"[data-{name}-tab]")).to_be_visible()
-            _settle(page)
-            phone.shot(f"dagpage_{name}_{theme}_phone")
-            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
-            assert overflow <= 1, (name, theme, overflow)
-            assert axe_violations(page) == [], (name, theme, "phone")
-            assert t.errors == [] and phone.errors == []
+        for where, context in (("", DESKTOP), ("_phone", PHONE)):
+            t = ui(server, color_scheme=theme, **context)
+            for tab in ("grid", "calendar", "versions"):
+                page = t.go(f"/dags?id=flow&tab={tab}")
+                expect(page.locator(f"[data-{tab}-tab]")).to_be_visible()
+                _settle(page)
+                t.shot(f"dagpage_{tab}_{theme}{where}")
+                overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+                assert overflow <= 1, (tab, theme, where, overflow)
+                assert axe_violations(page) == [], (tab, theme, where)
+            assert t.errors == [], t.errors
 
 
 def _wide_dag(tasks: int) -> str:

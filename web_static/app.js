@@ -720,7 +720,7 @@ function DagDetail({ dagId }) {
   const wide = tab !== "graph" && tab !== "yaml";
   const panel = {
     graph: () => html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${fans} onSelect=${openTask} />
-      ${latest ? html`<p class="small muted">Colours from <${Link} href=${runHref(latest.run.run_id)}>${latest.run.run_id}</${Link}>; click a task to open it there</p>` : html`<p class="small muted">No run yet</p>`}<${Legend} />`,
+      ${latest ? html`<p class="small muted colours-from">Colours from <${Link} href=${runHref(latest.run.run_id)}>${latest.run.run_id}</${Link}>; click a task to open it there</p>` : html`<p class="small muted">No run yet</p>`}<${Legend} />`,
     grid: () => html`<${DagGrid} dagId=${dagId} size=${Number(query.get("runs")) || 25} onSize=${(n) => setQuery({ runs: n === 25 ? null : n }, true)} />`,
     calendar: () => html`<${DagCalendar} dagId=${dagId} />`,
     versions: () => html`<${DagVersions} dagId=${dagId} from=${query.get("from")} to=${query.get("to")} onPick=${(from, to) => setQuery({ from, to }, true)} />`,
@@ -846,7 +846,7 @@ function RunDetail({ runId, focusTask }) {
     ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
       <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} />
-        ${run.dag_version && html` <${Link} href=${`${dagHref(run.dag_id)}&tab=versions&to=${enc(run.dag_version)}`} class="mono" data-run-version title=${`the version of ${run.dag_id} this run followed${dag && dag.current === false ? " (changed since)" : ""}`}>v ${run.dag_version.slice(0, 8)}</${Link}>`}
+        ${run.dag_version && html` <${Link} href=${`${dagHref(run.dag_id)}&tab=versions&to=${enc(run.dag_version)}`} class="mono" data-run-version title=${`the version of ${run.dag_id} this run followed${dag && dag.current === false ? " (changed since)" : ""}`}>version ${run.dag_version.slice(0, 8)}</${Link}>`}
         ${dag && dag.current === false && html` <span class="small" data-version-changed>(changed since)</span>`}</div></div>
       ${run.parent && html`<${ParentCard} parent=${run.parent} />`}
       <div class="card"><div class="label">Started</div><div>${fmtTime(run.started_at || run.created_at)}</div><div class="sub">execution date ${fmtTime(run.execution_date)}</div></div>

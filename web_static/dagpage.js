@@ -73,8 +73,14 @@ function gridModel(data) {
 export function DagGrid({ dagId, size, onSize }) {
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
+  const last = useRef("");
   usePoll(async () => {
-    try { setData(await api(`/api/dags/${enc(dagId)}/grid?limit=${size}`)); setError(null); } catch (e) { setError(e); }
+    try {
+      const next = await api(`/api/dags/${enc(dagId)}/grid?limit=${size}`);
+      const key = JSON.stringify(next);
+      if (key !== last.current) { last.current = key; setData(next); } // unchanged: no re-render
+      setError(null);
+    } catch (e) { setError(e); }
   }, 10000, [dagId, size]);
   const model = useMemo(() => (data ? gridModel(data) : null), [data]);
   return html`<div data-grid-tab>
