@@ -31,6 +31,7 @@ from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpa
 from nagare.git_sync import GitSync
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
+from nagare.http.dagpage_api import DagPageApi
 from nagare.http.editor_api import EditorApi
 from nagare.http.gate import Limits, affordable_connections
 from nagare.http.git_api import GitApi
@@ -172,6 +173,7 @@ class App:
         self.api.add_routes(WaitsApi(self.waits).routes())
         edits = DagEdits(self.folder, config.allow_dag_edits, config.max_dag_file_bytes)
         self.api.add_routes(EditorApi(edits).routes())
+        self.api.add_routes(DagPageApi(self.store.history, self.folder).routes())
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.git_sync = _git_sync(config)
         self.api.add_routes(GitApi(self.git_sync).routes())

@@ -52,6 +52,7 @@ import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
 import { MetricsPage } from "./metrics.js";
 import { LiveLog, StaticLog } from "./logview.js";
 import { KILL_RUN_MESSAGE, KILL_TASK_MESSAGE, KillButton, TaskDetails, Timeline, itemLabel, itemText } from "./runpage.js";
+import { DagCalendar, DagGrid, DagVersions, useDagPageQuery } from "./dagpage.js";
 
 // ------------------------------------------------------------------ auth gate
 
@@ -705,7 +706,9 @@ function DagDetail({ dagId }) {
   const [dag, setDag] = useState(null);
   const [yaml, setYaml] = useState(null);
   const [error, setError] = useState(null);
-  const [tab, setTab] = useState("graph");
+  const [query, setQuery] = useDagPageQuery();
+  const tab = DAG_TABS.some(([t]) => t === query.get("tab")) ? query.get("tab") : "graph";
+  const setTab = (t) => setQuery({ tab: t === "graph" ? null : t });
   const [latest, setLatest] = useState(null);
   useEffect(() => { document.title = `Nagare | ${dagId}`; }, [dagId]);
   usePoll(async () => {
@@ -723,6 +726,26 @@ function DagDetail({ dagId }) {
   if (!dag) return html`<main><p class="muted">Loading…</p></main>`;
   const states = latest ? runStates(latest.tasks) : null;
   const live = latest && !TERMINAL_RUN.has(latest.run.status);
+  // a click on a task opens it in the latest run (defect 10: the graph ignored clicks)
+  const openTask = (id) => (latest ? navigate(runHref(latest.run.run_id, id)) : pushToast(`${dag.dag_id} has no run yet: trigger one to see its tasks run`));
+  const wide = tab !== "graph" && tab !== "yaml";
+  const panel = {
+    graph: () => html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${fans} onSelect=${openTask} />
+      ${latest ? html`<p class="small muted colours-from">Colours from <${Link} href=${runHref(latest.run.run_id)}>${latest.run.run_id}</${Link}>; click a task to open it there</p>` : html`<p class="small muted">No run yet</p>`}<${Legend} />`,
+    grid: () => html`<${DagGrid} dagId=${dagId} size=${Number(query.get("runs")) || 25} onSize=${(n) => setQuery({ runs: n === 25 ? null : n }, true)} />`,
+    calendar: () => html`<${DagCalendar} dagId=${dagId} />`,
+    versions: () => html`<${DagVersions} dagId=${dagId} from=${query.get("from")} to=${query.get("to")} onPick=${(from, to) => setQuery({ from, to }, true)} />`,
+    yaml: () => (yaml == null ? html`<p class="muted">Loading…</p>` : yaml ? html`<${YamlView} text=${yaml} />` : html`<p class="muted">YAML source not available.</p>`),
+  }[tab];
+  const tabKeys = (e) => {
+    const i = DAG_TABS.findIndex(([t]) => t === tab);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: DAG_TABS.length - 1 }[e.key];
+    if (next == null) return;
+    e.preventDefault();
+    const [t] = DAG_TABS[(next + DAG_TABS.length) % DAG_TABS.length];
+    setTab(t);
+    setTimeout(() => document.getElementById(`dag-tab-${t}`)?.focus(), 0);
+  };
   return html`<main>
     <h1>${dag.dag_id} <span class="badge muted">${dag.schedule_description || dag.schedule}</span>
       ${dag.paused && html`<span class="badge st-queued">paused</span>`}
@@ -730,17 +753,17 @@ function DagDetail({ dagId }) {
       <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} /></h1>
     <p class="muted">${dag.description}</p>
     <p class="small muted">File ${dag.file} · <${Link} href=${editorHref(dag.file)} data-edit-file>Edit</${Link}>${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
-    <div class="grid2">
-      <section class="panel"><div class="tabs" role="tablist">
-          <button role="tab" aria-selected=${tab === "graph"} onClick=${() => setTab("graph")}>Graph</button>
-          <button role="tab" aria-selected=${tab === "yaml"} onClick=${() => setTab("yaml")}>YAML</button></div>
-        ${tab === "graph" ? html`<${DagGraph} tasks=${dag.tasks} states=${states} fans=${fans} />
-          ${latest && html`<p class="small muted">Colours from <${Link} href=${runHref(latest.run.run_id)}>${latest.run.run_id}</${Link}></p>`}<${Legend} />`
-          : yaml == null ? html`<p class="muted">Loading…</p>` : yaml ? html`<${YamlView} text=${yaml} />` : html`<p class="muted">YAML source not available.</p>`}
+    <div class=${wide ? "" : "grid2"}>
+      <section class="panel"><div class="tabs" role="tablist" aria-label="DAG views" onKeyDown=${tabKeys}>
+          ${DAG_TABS.map(([t, name]) => html`<button key=${t} role="tab" id=${`dag-tab-${t}`} aria-selected=${tab === t} aria-controls="dag-tabpanel"
+            tabindex=${tab === t ? 0 : -1} onClick=${() => setTab(t)}>${name}</button>`)}</div>
+        <div role="tabpanel" id="dag-tabpanel" aria-labelledby=${`dag-tab-${tab}`}>${panel()}</div>
       </section>
       <section class="panel"><h2>Run history</h2><${RunsTable} dagId=${dagId} limit=${10} /></section>
     </div></main>`;
 }
+
+const DAG_TABS = [["graph", "Graph"], ["grid", "Grid"], ["calendar", "Calendar"], ["versions", "Versions"], ["yaml", "YAML"]];
 
 // base task_id -> its map children (task rows), for the fan-out in the graph.
 function mapChildren(tasks) {
@@ -797,7 +820,11 @@ function RunDetail({ runId, focusTask }) {
   }, [runId]);
   const gone = !run && error?.status === 404; // an unknown run: no point asking again
   usePoll(load, finished || gone ? 0 : 800, [runId, finished, gone]);
-  useEffect(() => { if (run && !dag) api(`/api/dags/${enc(run.dag_id)}`).then(setDag).catch(() => setDag({ tasks: [] })); }, [run?.dag_id]);
+  // the graph of the version the run followed (the DAG may have changed since), else the loaded one
+  useEffect(() => {
+    if (run && !dag) api(`/api/dags/${enc(run.dag_id)}/versions/${enc(run.dag_version)}`)
+      .catch(() => api(`/api/dags/${enc(run.dag_id)}`)).then(setDag).catch(() => setDag({ tasks: [] }));
+  }, [run?.dag_id]);
   useEffect(() => { document.title = `Nagare | ${runId}`; }, [runId]);
   const now = useNow(run && !TERMINAL_RUN.has(run.status));
   const children = useMemo(() => (tasks ? mapChildren(tasks) : {}), [tasks]);
@@ -832,7 +859,9 @@ function RunDetail({ runId, focusTask }) {
     ${tasks.filter((t) => t.status === "waiting" && t.waiting_for?.type === "approval").map((t) => html`<${ApprovalBanner} key=${t.id} run=${run} task=${t} reload=${load} />`)}
     ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
     <div class="cards">
-      <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} /></div></div>
+      <div class="card"><div class="label">DAG</div><div><${Link} href=${dagHref(run.dag_id)}><strong>${run.dag_id}</strong></${Link}></div><div class="sub"><${TriggerBadge} trigger=${run.trigger} />
+        ${run.dag_version && html` <${Link} href=${`${dagHref(run.dag_id)}&tab=versions&to=${enc(run.dag_version)}`} class="mono" data-run-version title=${`the version of ${run.dag_id} this run followed${dag && dag.current === false ? " (changed since)" : ""}`}>version ${run.dag_version.slice(0, 8)}</${Link}>`}
+        ${dag && dag.current === false && html` <span class="small" data-version-changed>(changed since)</span>`}</div></div>
       ${run.parent && html`<${ParentCard} parent=${run.parent} />`}
       <div class="card"><div class="label">Started</div><div data-started>${run.started_at ? fmtTime(run.started_at) : "not started"}</div><div class="sub">${run.started_at ? "" : `created ${fmtTime(run.created_at)} · `}execution date ${fmtTime(run.execution_date)}</div></div>
       <div class="card"><div class="label">Duration</div><div class="value" data-duration>${run.started_at ? fmtDur(elapsed(run, now)) : "—"}</div></div>

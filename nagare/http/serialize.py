@@ -36,7 +36,16 @@ from nagare.models import (
     TriggerRule,
 )
 from nagare.runs import Backfill
-from nagare.store import MetricAgg, MetricPoint, RunOutcomes
+from nagare.store import (
+    DayCount,
+    Grid,
+    GridCell,
+    GridRun,
+    MetricAgg,
+    MetricPoint,
+    RunOutcomes,
+    VersionRow,
+)
 
 # statuses whose message says why the task did not run (the task JSON's `reason`)
 REASONED = frozenset({TaskStatus.SKIPPED, TaskStatus.UPSTREAM_FAILED, TaskStatus.WAITING})
@@ -600,3 +609,122 @@ def dag_write_json(result: WriteResult) -> dict[str, Any]:
         "dag_id": result.dag_id,
         "errors": result.errors,
     }
+
+
+# ------------------------------------------------------ the DAG page: grid, calendar, versions
+
+# one character per task state in the grid's matrix ("." no such task in that run); `a` is a
+# failure allowed by allow_failure
+GRID_CODES: dict[str, str] = {
+    "success": "s",
+    "failed": "f",
+    "allowed": "a",
+    "running": "r",
+    "queued": "q",
+    "pending": "p",
+    "waiting": "w",
+    "up_for_retry": "y",
+    "upstream_failed": "u",
+    "cancelled": "c",
+    "skipped": "k",
+}
+
+
+def grid_json(dag_id: str, grid: Grid) -> dict[str, Any]:
+    """The last runs x tasks: `matrix` holds one string per task, one character per run
+    (newest first, codes in `codes`); map tasks also get their children's counts in `maps`."""
+    matrix: list[str] = []
+    maps: dict[str, list[dict[str, int] | None]] = {}
+    for task_id in grid.tasks:
+        row = [grid.cells.get((task_id, r.run_id)) for r in grid.runs]
+        matrix.append("".join(_grid_code(c) for c in row))
+        if any(c is not None and c.children for c in row):
+            maps[task_id] = [dict(c.children) if c and c.children else None for c in row]
+    return {
+        "dag_id": dag_id,
+        "runs": [_grid_run(r) for r in grid.runs],
+        "tasks": [{"task_id": t, "map": t in maps} for t in grid.tasks],
+        "codes": {code: status for status, code in GRID_CODES.items()},
+        "matrix": matrix,
+        "maps": maps,
+    }
+
+
+def _grid_code(cell: GridCell | None) -> str:
+    if cell is None or not cell.status:
+        return "."
+    if cell.allowed_failure and cell.status == TaskStatus.FAILED:
+        return GRID_CODES["allowed"]
+    return GRID_CODES.get(cell.status, ".")
+
+
+def _grid_run(run: GridRun) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "trigger": run.trigger,
+        "execution_date": to_iso(run.execution_date),
+        "created_at": to_iso(run.created_at),
+        "started_at": to_iso(run.started_at),
+        "completed_at": to_iso(run.completed_at),
+        "dag_version": run.dag_version,
+    }
+
+
+def calendar_json(
+    dag_id: str, days: list[DayCount], since: int, offset_minutes: int
+) -> dict[str, Any]:
+    """Runs per day (`date`: YYYY-MM-DD in the asked UTC offset) by status, oldest first."""
+    by_day: dict[int, dict[str, int]] = {}
+    for d in days:
+        by_day.setdefault(d.day, {})[d.status] = d.count
+    return {
+        "dag_id": dag_id,
+        "since": to_iso(since),
+        "utc_offset_minutes": offset_minutes,
+        "days": [
+            {"date": str(to_iso(day * 86_400_000))[:10], "counts": counts}
+            for day, counts in sorted(by_day.items())
+        ],
+    }
+
+
+def version_json(row: VersionRow, current: str) -> dict[str, Any]:
+    return {
+        "digest": row.digest,
+        "first_seen": to_iso(row.first_seen),
+        "runs": row.runs,
+        "last_run_id": row.last_run_id,
+        "last_run_at": to_iso(row.last_run_at),
+        "current": row.digest == current,
+        "stored": True,
+    }
+
+
+def version_detail_json(
+    dag: DagDef, digest: str, definition: str, first_seen: int | None, current: str
+) -> dict[str, Any]:
+    """One version: its tasks (as the DAG JSON has them, for the run page's graph) and its
+    definition as indented JSON text without empty fields and source line numbers (for the
+    side-by-side diff)."""
+    return {
+        "dag_id": dag.dag_id,
+        "digest": digest,
+        "first_seen": to_iso(first_seen),
+        "current": digest == current,
+        "tasks": [task_def_json(t) for t in dag.tasks],
+        "text": json.dumps(
+            _readable(json.loads(definition)), indent=2, sort_keys=True, ensure_ascii=False
+        ),
+    }
+
+
+def _readable(value: Any) -> Any:
+    """A definition for reading and diffing: without empty fields and source line numbers."""
+    if isinstance(value, dict):
+        return {
+            k: _readable(v) for k, v in value.items() if k != "line" and v not in ("", None, [], {})
+        }
+    if isinstance(value, list):
+        return [_readable(v) for v in value]
+    return value

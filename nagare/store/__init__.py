@@ -9,9 +9,10 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
-from nagare.store.dags import DagStore
+from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
+from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
 from nagare.store.metrics import (
     CounterRow,
     DurationRow,
@@ -28,6 +29,7 @@ from nagare.store.tasks import Clock, TaskStore
 from nagare.store.workers import WorkerStore
 
 __all__ = [
+    "DAY_MS",
     "DURATION_BUCKETS_MS",
     "INF_MS",
     "Clock",
@@ -35,7 +37,11 @@ __all__ = [
     "DagState",
     "Database",
     "DatabaseError",
+    "DayCount",
     "DurationRow",
+    "Grid",
+    "GridCell",
+    "GridRun",
     "HeldAttempt",
     "MetricAgg",
     "MetricPoint",
@@ -45,14 +51,17 @@ __all__ = [
     "Stats",
     "StorageFull",
     "Store",
+    "VersionRow",
     "WorkerRecord",
+    "text_digest",
 ]
 
 
 class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
-    (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`)."""
+    (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
+    page's grid, calendar and versions (`history`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
@@ -63,6 +72,7 @@ class Store:
         self.metrics = MetricsStore(self.db)
         self.retention = RetentionStore(self.db)
         self.deliveries = DeliveryStore(self.db)
+        self.history = HistoryStore(self.db)
 
     def close(self) -> None:
         self.db.close()

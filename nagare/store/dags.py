@@ -13,6 +13,11 @@ from nagare.store.records import DagState
 DIGEST_CACHE_SIZE = 512  # loaded definitions whose version digest is remembered
 
 
+def text_digest(text: str) -> str:
+    """The version digest of a definition's JSON form (`dag_to_json`)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 class DagStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -27,7 +32,7 @@ class DagStore:
         if known is not None and known[0] is dag:  # the same loaded definition as last time
             return known[1]
         text = dag_to_json(dag)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+        digest = text_digest(text)
         if len(self._digests) >= DIGEST_CACHE_SIZE:
             self._digests.clear()
         self._digests[id(dag)] = (dag, digest)
