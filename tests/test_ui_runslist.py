@@ -239,3 +239,29 @@ def test_the_gate_leaves_no_clickable_nav(
         page.get_by_role("button", name="Connect").click()
         expect(page.get_by_role("navigation", name="Main")).to_be_visible()
         expect(page.locator("main h1")).to_have_text("Runs")
+
+
+def test_a_dag_page_s_run_history_filters_are_in_the_url(
+    nagare_factory: Any,
+    ui: Any,  # noqa: F811
+) -> None:
+    """Defect 5 on the DAG page: its run history's status filter and page survive a reload,
+    and Back undoes a filter."""
+    server = nagare_factory(dags={"failing.yaml": FAILING})
+    runs = [server.trigger("failing") for _ in range(2)]
+    for run_id in runs:
+        server.wait_run(run_id)
+    u = ui(server, viewport=DESKTOP)
+    page = u.go("/dags?id=failing")
+    history = page.locator("tr[data-run]")
+    expect(history).to_have_count(2)
+    page.get_by_label("Filter by status").select_option("success")
+    expect(page).to_have_url(re.compile(r"/dags\?id=failing&status=success$"))
+    expect(page.get_by_text("No runs found")).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("Filter by status")).to_have_value("success")
+    expect(page.get_by_text("No runs found")).to_be_visible()
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/dags\?id=failing$"))
+    expect(history).to_have_count(2)
+    assert u.errors == []

@@ -344,10 +344,16 @@ function killRun(run, after) {
 }
 
 function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
-  // ?waiting=approval (a link to the runs someone must answer) starts with that filter on
-  const [filters, setFilters] = useState(() => ({ dag_id: dagId || "", status: "", trigger: "",
-    waiting: showFilters && new URLSearchParams(location.search).get("waiting") === "approval" ? "approval" : "" }));
-  const [page, setPage] = useState(1);
+  // filters and page live in the query string (reload, Back and a pasted link restore them)
+  const [query, setQuery] = useQuery();
+  const filters = {
+    dag_id: dagId || query.get("dag_id") || "",
+    status: query.get("status") || "",
+    trigger: query.get("trigger") || "",
+    waiting: showFilters && query.get("waiting") === "approval" ? "approval" : "",
+  };
+  const page = Math.max(1, Number(query.get("page")) || 1);
+  const setPage = (p) => setQuery({ page: p === 1 ? null : p });
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
   const load = async () => {
@@ -358,12 +364,8 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
   const anyRunning = data?.data.some((r) => !TERMINAL_RUN.has(r.status));
   usePoll(load, anyRunning ? 2000 : 5000, [page, filters.dag_id, filters.status, filters.trigger, filters.waiting, anyRunning]);
   const now = useNow(anyRunning);
-  const set = (k) => (e) => { setFilters({ ...filters, [k]: e.target.value }); setPage(1); };
-  const setWaiting = (e) => {
-    const waiting = e.target.checked ? "approval" : "";
-    setFilters({ ...filters, waiting }); setPage(1);
-    if (!dagId) navigate(waiting ? "/runs?waiting=approval" : "/runs", true);
-  };
+  const set = (k) => (e) => setQuery({ [k]: e.target.value, page: null });
+  const setWaiting = (e) => setQuery({ waiting: e.target.checked ? "approval" : null, page: null });
   const pages = data ? Math.max(1, Math.ceil(data.total / limit)) : 1;
   return html`<div>
     ${showFilters && html`<div class="row" style="margin-bottom:8px">
