@@ -199,8 +199,8 @@ def test_the_admission_rules() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("DELETE", "/api/dags", "GET"),
-        ("FOO", "/api/dags", "GET"),
+        ("DELETE", "/api/dags", "GET, POST"),
+        ("FOO", "/api/dags", "GET, POST"),
         ("TRACE", "/api/runs", "GET"),
         ("PUT", "/api/runs/x/kill", "POST"),
         ("GET", "/api/workers/poll", "POST"),

@@ -272,7 +272,9 @@ def test_upstream_failed_propagates_down_a_whole_chain_in_one_pass(dep_status: T
     result = plan(CHAIN, {"a": dep_status, "b": S.PENDING, "c": S.PENDING, "d": S.PENDING})
     assert upstream_failed_ids(result) == ["ti-b", "ti-c", "ti-d"]
     assert result.queue == []
-    assert result.run_status is RunStatus.FAILED
+    # a run whose only unsuccessful tasks were killed (and their dependants) is cancelled
+    killed = dep_status is S.CANCELLED
+    assert result.run_status is (RunStatus.CANCELLED if killed else RunStatus.FAILED)
 
 
 def test_one_failed_dependency_of_several_is_enough() -> None:
@@ -338,9 +340,13 @@ def test_a_map_fails_when_a_child_did_not_succeed(bad: TaskStatus) -> None:
         {"src": S.SUCCESS, "m": S.RUNNING, "after": S.PENDING},
         {"m": {S.SUCCESS: 2, bad: 1}},
     )
-    assert result.map_done == [("ti-m", S.FAILED, "1 of 3 map children did not succeed")]
+    if bad is S.CANCELLED:  # killed children only: the map and its run are cancelled
+        assert result.map_done == [("ti-m", S.CANCELLED, "1 of 3 map children were killed")]
+    else:
+        assert result.map_done == [("ti-m", S.FAILED, "1 of 3 map children did not succeed")]
     assert upstream_failed_ids(result) == ["ti-after"]
-    assert result.run_status is RunStatus.FAILED
+    killed = bad is S.CANCELLED
+    assert result.run_status is (RunStatus.CANCELLED if killed else RunStatus.FAILED)
 
 
 def test_a_map_with_no_children_left_succeeds() -> None:
@@ -374,7 +380,7 @@ def test_a_task_without_dependencies_that_is_still_pending_is_queued() -> None:
         ({"a": S.SUCCESS, "b": S.SKIPPED}, False, RunStatus.SUCCESS),
         ({"a": S.SUCCESS, "b": S.FAILED}, False, RunStatus.FAILED),
         ({"a": S.FAILED, "b": S.UPSTREAM_FAILED}, False, RunStatus.FAILED),
-        ({"a": S.SUCCESS, "b": S.CANCELLED}, False, RunStatus.FAILED),
+        ({"a": S.SUCCESS, "b": S.CANCELLED}, False, RunStatus.CANCELLED),  # a task killed
         ({"a": S.CANCELLED, "b": S.CANCELLED}, True, RunStatus.CANCELLED),
         ({"a": S.SUCCESS, "b": S.CANCELLED}, True, RunStatus.CANCELLED),
         ({"a": S.FAILED, "b": S.CANCELLED}, True, RunStatus.CANCELLED),
