@@ -175,4 +175,8 @@ def test_edits_turned_off_show_the_text_read_only(
     expect(page.locator("[data-delete]")).to_have_count(0)
     u.shot("editor_read_only_light")
     assert axe_violations(page) == []
+    page = u.go("/dags")  # no "New DAG" offered either
+    expect(page.get_by_role("link", name="hello")).to_be_visible()
+    expect(page.locator("[data-new-dag]")).to_have_count(0)
+    assert axe_violations(page) == []
     assert u.errors == []

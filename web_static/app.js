@@ -433,6 +433,8 @@ function Dashboard() {
 
 function DagList() {
   const [dags, errors, reload] = useDags();
+  const [edits, setEdits] = useState(false); // allow_dag_edits: the server says (GET /api/stats)
+  useEffect(() => { api("/api/stats").then((s) => setEdits(s.dag_edits !== false)).catch(() => setEdits(false)); }, []);
   const [query, setQuery] = useQuery();
   const chosen = query.getAll("tag");
   const setChosen = (tags) => setQuery({ tag: tags });
@@ -444,7 +446,7 @@ function DagList() {
   };
   // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
   const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
-  return html`<main><h1>DAGs <span class="spacer"></span><${Link} href=${NEW_DAG_HREF} class="btn" data-new-dag>New DAG</${Link}></h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
+  return html`<main><h1>DAGs <span class="spacer"></span>${edits && html`<${Link} href=${NEW_DAG_HREF} class="btn" data-new-dag>New DAG</${Link}>`}</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
     ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
       <span class="small muted">Tags</span>
       ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}

@@ -86,6 +86,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def cors_allowed_origins(self) -> tuple[str, ...]: ...
         @property
         def sse_ping_seconds(self) -> float: ...
+        @property
+        def allow_dag_edits(self) -> bool: ...
 
     class _ApiDags(Protocol):
         def states(self) -> dict[str, DagState]: ...
@@ -460,6 +462,7 @@ class Api:
             "dag_errors": len(snapshot.errors),
             "queued_tasks": stats.queued_tasks,
             "running_tasks": stats.running_tasks,
+            "dag_edits": self.s.settings.allow_dag_edits,  # whether the UI offers the editor
         }
 
     def pools(self, request: Request) -> list[dict[str, Any]]:
