@@ -28,7 +28,6 @@ from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
-from nagare.git_sync import GitSync
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.dagpage_api import DagPageApi
@@ -68,6 +67,7 @@ from nagare.webhooks import compile_errors as webhook_compile_errors
 if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
+    from nagare.git_sync import GitSync
 
 log = logging.getLogger("nagare")
 STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
@@ -418,9 +418,12 @@ class App:
 
 def _git_sync(config: Config) -> GitSync | None:
     """The loop that keeps the DAGs folder equal to a git branch; its cache (a bare repository
-    and the checkouts) lives next to the database."""
+    and the checkouts) lives next to the database. Imported only when `git_sync:` is set: a
+    server without it never loads the module."""
     if config.git_sync is None:
         return None
+    from nagare.git_sync import GitSync
+
     cache = os.path.join(os.path.dirname(os.path.abspath(config.db)), "git-sync")
     return GitSync(config.git_sync, config.dags, cache, run_command)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import threading
 from dataclasses import dataclass
 
@@ -142,7 +141,7 @@ class DagEdits:
         """Write a hidden temporary file next to the target (the watcher ignores dot files),
         fsync it, then rename it over the target (or link it, which refuses an existing one)."""
         final = self._path(name)
-        temp = os.path.join(self.folder.path, f".{name}.{secrets.token_hex(6)}.tmp")
+        temp = os.path.join(self.folder.path, f".{name}.{os.urandom(6).hex()}.tmp")
         mode = _mode_of(final) if replace else 0o644
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -71,6 +72,12 @@ class Waits:
         self.clock = clock
         self.on_finished = on_finished
         self.children: ChildRuns | None = None  # app wires it (the run service)
+        # The earliest `wait_until` as far as known (None with `_deadline_known`: none), so that
+        # a scheduler pass reads the deadlines only when one is due or a new one came (a pass
+        # runs per batch of ended tasks: two queries each would cost the cluster's throughput).
+        self._deadline_lock = threading.Lock()
+        self._deadline: int | None = None
+        self._deadline_known = False
 
     # ------------------------------------------------------------ begin
 
@@ -132,6 +139,8 @@ class Waits:
         )
         if claim is None:
             return
+        if until is not None:
+            self._new_deadline(until)
         if problem:
             self._end(claim, Outcome(exit_code=None, error=problem), now)
             return
@@ -282,6 +291,11 @@ class Waits:
 
     def expire(self, now: int) -> None:
         """The waiting tasks whose `timeout_seconds` passed fail, timed out."""
+        due = self.next_deadline()
+        if due is None or due > now:
+            return
+        with self._deadline_lock:
+            self._deadline_known = False  # re-read once these have ended
         for task in self.store.tasks.past_wait_deadline(now):
             claim = self.store.tasks.claim_of(task.id)
             if claim is None or claim.definition is None:
@@ -295,7 +309,21 @@ class Waits:
                 self._stop_child(claim.task)
 
     def next_deadline(self) -> int | None:
-        return self.store.tasks.next_wait_deadline()
+        """The earliest deadline of a waiting step (read from the store only when not known)."""
+        with self._deadline_lock:
+            if self._deadline_known:
+                return self._deadline
+            self._deadline_known, self._deadline = True, None
+        found = self.store.tasks.next_wait_deadline()
+        with self._deadline_lock:  # deadlines that came during the read are kept
+            self._deadline = _earliest(self._deadline, found)
+            return self._deadline
+
+    def _new_deadline(self, until: int) -> None:
+        """A step began waiting until `until` (told once its row is written: a pass reading the
+        store before that keeps this hint, one reading after finds the row)."""
+        with self._deadline_lock:
+            self._deadline = _earliest(self._deadline, until)
 
     def cancelled(self, tasks: Iterable[TaskInstance]) -> None:
         """Waiting tasks a kill cancelled: their attempts close; their child runs are killed."""
@@ -359,6 +387,10 @@ def _event_name_problem(name: str) -> str:
     if EVENT_NAME.match(name):
         return ""
     return f"event: '{name[:200]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _waiting_note(wait: dict[str, Any], until: int | None) -> str:

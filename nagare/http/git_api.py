@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nagare.errors import Conflict
-from nagare.git_sync import GitSync
 from nagare.http.routing import Route
 from nagare.http.serialize import git_status_json
 from nagare.http.server import Request
+
+if TYPE_CHECKING:  # (loaded only when nagare.yaml has git_sync:)
+    from nagare.git_sync import GitSync
 
 
 class GitApi:

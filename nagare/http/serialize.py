@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nagare.clock import to_iso
 from nagare.cluster.coordinator import WorkerStatus
@@ -13,7 +13,6 @@ from nagare.dag_edits import DagSource, WriteResult
 from nagare.dagfile import DagError
 from nagare.dagfile.snapshot import param_dict
 from nagare.errors import InvalidParams
-from nagare.git_sync import GitStatus
 from nagare.liveness import LoopHealth
 from nagare.metrics import (
     Bucket,
@@ -36,6 +35,9 @@ from nagare.models import (
     TriggerRule,
 )
 from nagare.runs import Backfill
+
+if TYPE_CHECKING:  # (git sync is loaded only when nagare.yaml has git_sync:)
+    from nagare.git_sync import GitStatus
 from nagare.store import (
     DayCount,
     Grid,
