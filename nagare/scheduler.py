@@ -249,6 +249,9 @@ class Scheduler:
         # with _retry_known: none), so that a pass reads the retries only when one is due
         self._retry_at: int | None = None
         self._retry_known = False
+        # the earliest run deadline as far as known (see _next_run_deadline)
+        self._run_deadline: int | None = None
+        self._run_deadline_known = False
         # one pass at a time: the scheduler thread's, or a caller's of `settle_finished`
         self._pass_lock = threading.Lock()
         self.liveness = Heartbeat("scheduler", SWEEP_SECONDS)  # a pass at least this often
@@ -263,6 +266,7 @@ class Scheduler:
         with self._cond:
             if run_id:
                 _mark(self._dirty, run_id, None)
+                self._run_deadline_known = False  # a new or changed run may bring a deadline
             else:
                 self._schedules_changed = True
             self._cond.notify()
@@ -357,9 +361,13 @@ class Scheduler:
                 dirty[run_id] = None
         for run_id, task_id in self._queue_due_retries(now):
             _mark(dirty, run_id, task_id)
-        for run_id in self.store.runs.past_deadline(now):
-            self.expire(run_id)
-            dirty[run_id] = None
+        due = self._next_run_deadline()
+        if due is not None and due <= now:
+            with self._cond:
+                self._run_deadline_known = False  # re-read once these have ended
+            for run_id in self.store.runs.past_deadline(now):
+                self.expire(run_id)
+                dirty[run_id] = None
         if self.waits is not None:
             self.waits.expire(now)
         if self._sweep_due(now):
@@ -399,7 +407,7 @@ class Scheduler:
         retry_at = self._next_retry()
         if retry_at is not None:
             candidates.append(retry_at)
-        deadline = self.store.runs.next_deadline()
+        deadline = self._next_run_deadline()
         if deadline is not None:
             candidates.append(deadline)
         waits_until = self.waits.next_deadline() if self.waits is not None else None
@@ -422,6 +430,9 @@ class Scheduler:
             if due is not None and due > now and not changed:
                 continue
             created |= self._fire_dag(dag, now)
+        if created:
+            with self._cond:
+                self._run_deadline_known = False
         return created
 
     def _fire_dag(self, dag: DagDef, now: int) -> set[str]:
@@ -469,6 +480,19 @@ class Scheduler:
         return created
 
     # ------------------------------------------------------------ retries
+
+    def _next_run_deadline(self) -> int | None:
+        """The earliest deadline of an active run, read from the store only when unknown: a run
+        created or woken since the last read may have one (every new run is woken or made by a
+        pass). A pass runs per batch of ended tasks; a query each would cost throughput."""
+        with self._cond:
+            if self._run_deadline_known:
+                return self._run_deadline
+            self._run_deadline_known = True
+        found = self.store.runs.next_deadline()
+        with self._cond:
+            self._run_deadline = found
+            return found
 
     def _next_retry(self) -> int | None:
         """The earliest retry time (re-read from the store only when not known)."""
