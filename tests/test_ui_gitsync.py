@@ -59,13 +59,16 @@ def test_git_sync_status_on_the_dags_page(
     box = page.get_by_role("region", name="Git sync")
     second = remote.commit({"more.yaml": DAG.format(name="more")}, "Add more")
     box.get_by_role("button", name="Sync now").click()
-    expect(box.get_by_test_id("gitsync-sha")).to_have_text(second[:10])
-    expect(page.locator("table")).to_contain_text("more")
+    # (the fetch runs in the git sync loop: seconds on a loaded machine)
+    expect(box.get_by_test_id("gitsync-sha")).to_have_text(second[:10], timeout=20_000)
+    expect(page.locator("table")).to_contain_text("more", timeout=20_000)
     os.rename(remote.bare, tmp_path / "gone.git")
     box.get_by_role("button", name="Sync now").click()
-    expect(box.get_by_test_id("gitsync-error")).to_contain_text("git fetch of branch main")
+    expect(box.get_by_test_id("gitsync-error")).to_contain_text(
+        "git fetch of branch main", timeout=20_000
+    )
     expect(box).to_contain_text("sync failing")
-    expect(box.get_by_test_id("gitsync-sha")).to_have_text(second[:10])
+    expect(box.get_by_test_id("gitsync-sha")).to_have_text(second[:10])  # the commit it holds
     expect(page.locator("table")).to_contain_text("more")
     page.wait_for_load_state("networkidle")
     u.shot("gitsync_failing_desktop_light")

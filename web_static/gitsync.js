@@ -29,7 +29,8 @@ export function GitSyncStatus({ onCommit }) {
     try {
       await api("/api/git/sync", { method: "POST" });
       pushToast("Git sync: fetching now");
-      setTimeout(load, 800);
+      // a fetch takes from a moment to many seconds: look again soon, then less often
+      for (const ms of [800, 2000, 4000, 8000]) setTimeout(load, ms);
     } catch (e) { pushToast(`Sync failed: ${e.message}`, true); }
     finally { setBusy(false); }
   };
