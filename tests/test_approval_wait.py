@@ -338,7 +338,7 @@ def test_runs_filter_waiting_for_approval(nagare_factory: Callable[..., Nagare])
 
 
 def test_example_dags_run(nagare_factory: Callable[..., Nagare]) -> None:
-    names = ("approval_example.yaml", "wait_example.yaml")
+    names = ("approval_example.yaml", "wait_example.yaml", "upload_webhook_example.yaml")
     n = nagare_factory(dags={name: (ROOT / "dags" / name).read_text() for name in names})
     approval = n.trigger("approval_example")
     task = waiting(n, approval, "approve_release")
@@ -356,6 +356,15 @@ def test_example_dags_run(nagare_factory: Callable[..., Nagare]) -> None:
     assert out.startswith(f"Event upload-{run_id} resolved 1 waiting task:")
     assert n.wait_run(run_id)["status"] == "success"
     assert n.log(run_id, "process") == "processing report.csv (3 rows)\n"
+    hooked = n.trigger("upload_webhook_example")  # released by a webhook with emit_event
+    waiting(n, hooked, "wait_for_upload")
+    other = n.call("POST", "/api/webhooks/uploads", {"run": "another run", "file": "x.csv"})
+    assert (other.status, other.json["matched"]) == (202, [])
+    sent = n.call("POST", "/api/webhooks/uploads", {"run": hooked, "file": "report.csv"})
+    assert sent.status == 202
+    assert sent.json["matched"] == [{"run_id": hooked, "task_id": "wait_for_upload"}]
+    assert n.wait_run(hooked)["status"] == "success"
+    assert n.log(hooked, "process") == "processing report.csv\n"
 
 
 # ---------------------------------------------------------------- restarts (a real process)
