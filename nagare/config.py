@@ -12,7 +12,7 @@ import os
 import re
 import textwrap
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -555,21 +555,38 @@ SMTP_KEYS = (
 )
 
 
+_S = TypeVar("_S")
+
+
+def _section(raw: Any, where: str, kind: type[Any], keys: tuple[str, ...], example: str) -> Any:
+    """A settings section (`smtp:`, `git_sync:`): None when absent, an instance given as is,
+    else its mapping once every key is known (ConfigError otherwise)."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, kind):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping such as {example}, found '{raw}'")
+    raw = cast(dict[str, Any], raw)
+    unknown = sorted(str(k) for k in raw if k not in keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(keys)})")
+    return raw
+
+
 def _coerce_smtp(raw: Any, where: str) -> SmtpSettings | None:
     """`smtp: {host, port, from, username, password_env, starttls, ssl, ...}`: the mail server
     of `mail` steps. The port defaults to 465 with ssl, 587 with starttls, else 25."""
-    if raw in (None, ""):
-        return None
-    if isinstance(raw, SmtpSettings):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where}: expected a mapping such as {{host: mail.example.com, port: 587, "
-            f"starttls: true, from: nagare@example.com}}, found '{raw}'"
-        )
-    unknown = sorted(str(k) for k in raw if k not in SMTP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(SMTP_KEYS)})")
+    found: SmtpSettings | dict[str, Any] | None = _section(
+        raw,
+        where,
+        SmtpSettings,
+        SMTP_KEYS,
+        "{host: mail.example.com, port: 587, starttls: true, from: nagare@example.com}",
+    )
+    if not isinstance(found, dict):
+        return found
+    raw = found
     host = _smtp_text(raw, "host", where, required=True)
     sender = _smtp_text(raw, "from", where, required=True)
     if "@" not in sender or not sender.rpartition("<")[2].isascii():
@@ -653,20 +670,16 @@ _GIT_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/+-]+$")
 
 def _coerce_git_sync(raw: Any, where: str) -> GitSyncSettings | None:
     """`git_sync: {url, branch, interval_seconds, subdirectory, ssh_key_file | token_env}`."""
-    if raw in (None, ""):
-        return None
-    if isinstance(raw, GitSyncSettings):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where}: expected a mapping such as {{url: https://git.example.com/team/dags.git, "
-            f"branch: main}}, found '{raw}'"
-        )
-    unknown = sorted(str(k) for k in raw if k not in GIT_SYNC_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}' (known: {', '.join(GIT_SYNC_KEYS)})"
-        )
+    found: GitSyncSettings | dict[str, Any] | None = _section(
+        raw,
+        where,
+        GitSyncSettings,
+        GIT_SYNC_KEYS,
+        "{url: https://git.example.com/team/dags.git, branch: main}",
+    )
+    if not isinstance(found, dict):
+        return found
+    raw = found
     url = _smtp_text(raw, "url", where, required=True)
     if url.startswith("-"):
         raise ConfigError(f"{where}.url: expected a repository URL, found '{url}'")

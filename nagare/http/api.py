@@ -573,8 +573,8 @@ class Api:
             search=request.arg("q").strip(),
             dag_ids=self._dags_tagged(request.query.get("tag", [])),
         )
-        page = _int_arg(request, "page", 1, 1, 1_000_000)
-        limit = _int_arg(request, "limit", 50, 1, MAX_PAGE_SIZE)
+        page = request.int_arg("page", 1, 1, 1_000_000)
+        limit = request.int_arg("limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
 
@@ -652,7 +652,7 @@ class Api:
 
     def task_logs(self, request: Request) -> Response:
         task = self._task(request)
-        attempt = _int_arg(request, "attempt", 0, 1, 1_000_000) or None
+        attempt = request.int_arg("attempt", 0, 1, 1_000_000) or None
         if attempt is not None and attempt > task.attempt:
             raise NotFound(
                 f"task '{task.task_id}' has no attempt {attempt} (it has {task.attempt})"
@@ -662,7 +662,7 @@ class Api:
         return self._log_text(request, task, attempt or task.attempt)
 
     def _log_text(self, request: Request, task: TaskInstance, attempt: int) -> Response:
-        tail = _int_arg(request, "tail", 0, 0, 1_000_000)
+        tail = request.int_arg("tail", 0, 0, 1_000_000)
         logs = self.s.logs
         stamps = _enum_arg(request, "timestamps", ("true", "false")) == "true"
         if tail:
@@ -677,7 +677,7 @@ class Api:
 
     def _log_stream(self, request: Request, task: TaskInstance, attempt: int | None) -> Response:
         start = _int_header(request.header("last-event-id"))
-        tail = _int_arg(request, "tail", 0, 0, 1_000_000)
+        tail = request.int_arg("tail", 0, 0, 1_000_000)
         if tail and not start and task.attempt:
             count = sum(1 for _ in self.s.logs.lines(task.run_id, task.id, attempt or task.attempt))
             start = max(0, count - tail)
@@ -703,23 +703,6 @@ def _check_query(route: Route, request: Request) -> None:
             f"unknown query parameter(s) {', '.join(unknown)} for "
             f"{route.method} {route.path} (expected: {expected})"
         )
-
-
-def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.arg(name)
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(
-            f"query parameter '{name}' must be a whole number, found '{raw}'"
-        ) from None
-    if not low <= value <= high:
-        raise BadRequest(
-            f"query parameter '{name}' must be between {low} and {high}, found {value}"
-        )
-    return value
 
 
 def _enum_arg(

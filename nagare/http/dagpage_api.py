@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import dag_from_json, dag_to_json
-from nagare.errors import BadRequest, NotFound
+from nagare.errors import NotFound
 from nagare.http.routing import Param, Route
 from nagare.http.serialize import (
     calendar_json,
@@ -106,7 +106,7 @@ class DagPageApi:
 
     def grid(self, request: Request) -> dict[str, Any]:
         dag_id = request.params["dag_id"]
-        limit = _int_arg(request, "limit", GRID_DEFAULT, 1, GRID_MAX)
+        limit = request.int_arg("limit", GRID_DEFAULT, 1, GRID_MAX)
         grid = self.history.grid(dag_id, limit)
         if not grid.runs:
             self._known(dag_id)
@@ -114,8 +114,8 @@ class DagPageApi:
 
     def calendar(self, request: Request) -> dict[str, Any]:
         dag_id = request.params["dag_id"]
-        days = _int_arg(request, "days", CALENDAR_DAYS, 1, CALENDAR_MAX)
-        offset = _int_arg(request, "utc_offset_minutes", 0, -MAX_OFFSET_MINUTES, MAX_OFFSET_MINUTES)
+        days = request.int_arg("days", CALENDAR_DAYS, 1, CALENDAR_MAX)
+        offset = request.int_arg("utc_offset_minutes", 0, -MAX_OFFSET_MINUTES, MAX_OFFSET_MINUTES)
         since = calendar_start(now_ms(), days, offset * 60_000)
         rows = self.history.per_day(dag_id, since, offset * 60_000)
         if not rows:
@@ -179,20 +179,3 @@ def _unstored(digest: str) -> dict[str, Any]:
         "current": True,
         "stored": False,
     }
-
-
-def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.arg(name)
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(
-            f"query parameter '{name}' must be a whole number, found '{raw[:40]}'"
-        ) from None
-    if not low <= value <= high:
-        raise BadRequest(
-            f"query parameter '{name}' must be between {low} and {high}, found {value}"
-        )
-    return value

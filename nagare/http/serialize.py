@@ -160,27 +160,23 @@ def task_json(task: TaskInstance, children: list[TaskInstance] | None = None) ->
 
 
 def attempt_json(attempt: Attempt, task: TaskInstance) -> dict[str, Any]:
+    """One attempt in `GET .../tasks/{task_id}/attempts`, with its metrics."""
     return {
         "id": task.id,
         "run_id": task.run_id,
         "task_id": task.task_id,
-        "attempt": attempt.attempt,
-        "status": str(attempt.status),
-        "worker": attempt.worker,
-        "exit_code": attempt.exit_code,
-        "timed_out": attempt.timed_out,
-        "started_at": to_iso(attempt.started_at),
-        "completed_at": to_iso(attempt.completed_at),
-        "message": attempt.error,
+        **_attempt_fields(attempt),
         "metrics": metrics_json(attempt.metrics),
     }
 
 
 def run_attempt_json(attempt: Attempt, task_id: str) -> dict[str, Any]:
     """One attempt in `GET /api/runs/{run_id}/attempts` (the run page's timeline)."""
+    return {"id": attempt.task_instance_id, "task_id": task_id, **_attempt_fields(attempt)}
+
+
+def _attempt_fields(attempt: Attempt) -> dict[str, Any]:
     return {
-        "id": attempt.task_instance_id,
-        "task_id": task_id,
         "attempt": attempt.attempt,
         "status": str(attempt.status),
         "worker": attempt.worker,

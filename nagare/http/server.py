@@ -74,6 +74,24 @@ class Request:
         values = self.query.get(name)
         return values[-1] if values else default
 
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        """A whole-number query parameter in [low, high] (`default` when absent); BadRequest
+        naming it otherwise."""
+        raw = self.arg(name)
+        if raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(
+                f"query parameter '{name}' must be a whole number, found '{raw[:40]}'"
+            ) from None
+        if not low <= value <= high:
+            raise BadRequest(
+                f"query parameter '{name}' must be between {low} and {high}, found {value}"
+            )
+        return value
+
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
