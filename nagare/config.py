@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from nagare.access import parse_roles
 from nagare.errors import ConfigError
 from nagare.models import GitSyncSettings, SmtpSettings
 from nagare.patterns import ENV_NAME
@@ -86,6 +87,31 @@ OPTIONS: tuple[Option, ...] = (
         yaml_key=False,
     ),
     _opt("api_key", "str", "", "API key required on /api/* as 'Authorization: Bearer KEY'."),
+    _opt(
+        "auth_mode",
+        "str",
+        "key",
+        "Who may use the API and dashboard: key (the one api_key; open without one), builtin "
+        "(users and API keys with roles, stored in the database; api_key is an admin key) or "
+        "oidc (single sign-on through an OpenID Connect provider, plus builtin's users and keys).",
+        choices=("key", "builtin", "oidc"),
+    ),
+    _opt(
+        "roles",
+        "roles",
+        {},
+        "Roles limited to DAGs with some tags, or new roles on a built-in base, e.g. "
+        "{operator: {tags: [finance]}, finance_dev: {base: developer, tags: [finance]}}.",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "session_hours",
+        "int",
+        12,
+        "How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).",
+        minimum=1,
+    ),
     _opt("logs_dir", "str", "", "Folder of task log files (default: 'logs' next to the db)."),
     _opt(
         "worker_pools",
@@ -440,6 +466,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_handlers(raw, where)
     if option.kind == "smtp":
         return _coerce_smtp(raw, where)
+    if option.kind == "roles":
+        return parse_roles(raw)
     if option.kind == "git_sync":
         return _coerce_git_sync(raw, where)
     if option.kind == "bool":
@@ -778,6 +806,7 @@ _FIELD_TYPES = {
     "users": "dict[str, str]",
     "handlers": "str",
     "smtp": "SmtpSettings | None",
+    "roles": "dict[str, RoleDef]",
     "git_sync": "GitSyncSettings | None",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
@@ -793,8 +822,11 @@ def settings_module_source() -> str:
     fields = "\n".join(_settings_field(o) for o in OPTIONS)
     imports = "dataclass, field" if "field(" in fields else "dataclass"
     models = [name for name in _MODEL_TYPES if name in fields]
+    if "RoleDef" in fields:
+        imports += "\n\nfrom nagare.access import RoleDef"
     if models:
-        imports += f"\n\nfrom nagare.models import {', '.join(models)}"
+        imports += "\n" if "RoleDef" in fields else "\n\n"
+        imports += f"from nagare.models import {', '.join(models)}"
     return (
         "# Generated from nagare.config.OPTIONS by nagare.config.settings_module_source(): do not\n"
         "# edit. After changing OPTIONS, regenerate with: python3 tests/generate_settings.py\n"

@@ -22,6 +22,7 @@ import pytest
 from conftest import HttpResult, Nagare, http, wait_for
 
 from nagare import __version__
+from nagare.access import Permission
 from nagare.http.routing import Route
 
 NagareFactory = Callable[..., Nagare]
@@ -217,7 +218,15 @@ def test_openapi_is_generated_from_the_route_table(nagare: Nagare) -> None:
     before = nagare.get("/api/openapi.json")
     assert "/api/extra/{dag_id}" not in before["paths"]
     nagare.app.api.add_routes(
-        [Route("GET", "/api/extra/{dag_id}", lambda request: {"ok": True}, "An added route")]
+        [
+            Route(
+                "GET",
+                "/api/extra/{dag_id}",
+                lambda request: {"ok": True},
+                "An added route",
+                permission=Permission.READ,
+            )
+        ]
     )
     after = nagare.get("/api/openapi.json")
     assert after["paths"]["/api/extra/{dag_id}"]["get"]["summary"] == "An added route"

@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "nagare.prometheus": L1,
     "nagare.server_log": L1,
     "nagare.liveness": L1,  # heartbeats of the loops and the health decision
+    "nagare.access": L1,  # roles, permissions, principals and the pure decisions over them
     "nagare.cluster": L1,  # the package's __init__ only: its modules have layers of their own
     "nagare.cluster.protocol": L1,
     # L2: I/O seams

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
+from nagare.access import Permission, Scope
 from nagare.clock import now_ms, parse_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
-from nagare.http.auth import check_key, check_token
+from nagare.http.auth import Admission, Authenticator, KeyAuthenticator
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
@@ -135,6 +136,7 @@ class Services:
     pools: Callable[[], list[PoolInfo]]
     stopping: threading.Event
     health: Callable[[], Health] = lambda: Health(True, {})  # how the background loops are
+    authenticator: Authenticator | None = None  # who a request is (default: the API key)
 
 
 class Api:
@@ -146,6 +148,13 @@ class Api:
         self.routes = self._routes()
         self.router = Router(self.routes)
         self._openapi: dict[str, Any] | None = None
+        settings = services.settings
+        self.admission = Admission(
+            services.authenticator or KeyAuthenticator(settings.api_key),
+            lambda: (settings.token, settings.api_key),
+            self._dag_tags,
+            lambda run_id: self.s.runs.run(run_id).dag_id,
+        )
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
 
@@ -168,32 +177,35 @@ class Api:
         try:
             route, params = self.router.match(method, request.path)
         except NagareError as err:
-            # authenticate before saying which paths and methods exist
-            self._authenticate(request, self.router.auths(request.path))
+            self._admit_unrouted(request)
             allowed = self.router.allowed_methods(request.path)
             if request.method == "OPTIONS" and allowed:
                 return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
-        self._authenticate(request, {route.auth}, route.query_token)
+        request.params = params
+        request.principal = self.admission.admit(request, route)
         if route.auth != "hmac":  # webhook senders add their own query parameters
             _check_query(route, request)
-        request.params = params
         result = route.handler(request)
         if isinstance(result, Response):
             return result
         return json_response(result, route.status)
 
-    def _authenticate(self, request: Request, auths: set[str], query_token: bool = False) -> None:
-        """The checks of a route's `auth`; for a path no route of this method matches, those of
-        every route of the path (the API key when none is), so a wrong method or an unknown
-        path answers 401 without the key, never 405 or 404."""
-        settings = self.s.settings
-        if not auths:
-            check_key(request, settings.api_key, False)
-        elif "key" in auths:
-            check_key(request, settings.api_key, query_token)
-        elif "token" in auths:
-            check_token(request, settings.token, settings.api_key)
+    def _admit_unrouted(self, request: Request) -> None:
+        """Before saying which paths and methods exist (404, 405), the caller proves an identity
+        unless every route of the path is open to it (a webhook's, the cluster protocol's), so
+        a wrong method or an unknown path answers 401 without credentials, never 405 or 404."""
+        routes = self.router.path_routes(request.path)
+        if routes and all(r.auth == "open" or r.auth == "hmac" for r in routes):
+            return
+        if routes and all(r.auth == "token" for r in routes):
+            self.admission.admit(request, routes[0])
+            return
+        self.admission.identified(request)
+
+    def _dag_tags(self, dag_id: str) -> tuple[str, ...] | None:
+        dag = self.s.folder.snapshot.dags.get(dag_id)
+        return None if dag is None else tuple(dag.tags)
 
     def _routed(self, request: Request) -> bool:
         """`/api/*`, and page paths that are also routes (`/metrics`) unless a browser asks for
@@ -251,27 +263,43 @@ class Api:
                 self.health,
                 "Liveness: 200 when every background loop makes progress, else 503 naming "
                 "the loops that failed, stalled or stopped",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
             Route(
                 "GET",
                 "/api/openapi.json",
                 self.openapi,
                 "This OpenAPI document",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
             Route(
                 "GET",
                 "/api/schema/dag.json",
                 self.schema,
                 "JSON Schema of a DAG file (for editors: yaml-language-server $schema)",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
-            Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
-            Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
+            Route(
+                "GET",
+                "/api/stats",
+                self.stats,
+                "Run and DAG counters",
+                tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
+            ),
+            Route(
+                "GET",
+                "/api/pools",
+                self.pools,
+                "Worker pools and their load",
+                tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
+            ),
             Route(
                 "GET",
                 "/api/dags",
@@ -284,9 +312,17 @@ class Api:
                     ),
                 ),
                 tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.FILTERED,
             ),
             Route(
-                "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
+                "GET",
+                "/api/dags/errors",
+                self.dag_errors,
+                "Load errors by file",
+                tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "POST",
@@ -296,8 +332,17 @@ class Api:
                 body={"type": "string", "description": "the YAML text of a DAG file"},
                 body_type="text/yaml",
                 tags=("dags",),
+                permission=Permission.READ,
             ),
-            Route("GET", "/api/dags/{dag_id}", self.dag, "One DAG", tags=("dags",)),
+            Route(
+                "GET",
+                "/api/dags/{dag_id}",
+                self.dag,
+                "One DAG",
+                tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.DAG,
+            ),
             Route(
                 "GET",
                 "/api/dags/{dag_id}/yaml",
@@ -305,6 +350,8 @@ class Api:
                 "The DAG file as written",
                 response="text/yaml",
                 tags=("dags",),
+                permission=Permission.SOURCE,
+                scope=Scope.DAG,
             ),
             Route(
                 "POST",
@@ -314,6 +361,9 @@ class Api:
                 body=CONF_BODY,
                 status=201,
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.trigger",
             ),
             Route(
                 "POST",
@@ -321,6 +371,9 @@ class Api:
                 self.pause,
                 "Stop scheduling the DAG",
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.pause",
             ),
             Route(
                 "POST",
@@ -328,6 +381,9 @@ class Api:
                 self.activate,
                 "Resume scheduling from the next slot",
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.activate",
             ),
             Route(
                 "POST",
@@ -338,6 +394,9 @@ class Api:
                 body=BACKFILL_BODY,
                 status=201,
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.backfill",
             ),
             Route(
                 "GET",
@@ -346,14 +405,27 @@ class Api:
                 "Runs, newest first",
                 query=run_filters,
                 tags=("runs",),
+                permission=Permission.READ,
+                scope=Scope.FILTERED,
             ),
-            Route("GET", "/api/runs/{run_id}", self.run, "One run", tags=("runs",)),
+            Route(
+                "GET",
+                "/api/runs/{run_id}",
+                self.run,
+                "One run",
+                tags=("runs",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
+            ),
             Route(
                 "POST",
                 "/api/runs/{run_id}/kill",
                 self.kill_run,
                 "Kill running tasks and cancel the rest",
                 tags=("runs",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="run.kill",
             ),
             Route(
                 "POST",
@@ -362,6 +434,9 @@ class Api:
                 "Re-queue every failed, upstream_failed and cancelled task of a finished run "
                 "(same run, new attempts)",
                 tags=("runs",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="run.retry",
             ),
             Route(
                 "GET",
@@ -369,6 +444,8 @@ class Api:
                 self.tasks,
                 "Latest attempt of every task instance, in DAG order",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -376,6 +453,8 @@ class Api:
                 self.run_attempts,
                 "Every attempt of the run's tasks (not of map children), by task, oldest first",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -383,6 +462,8 @@ class Api:
                 self.task,
                 "One task instance",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -390,6 +471,8 @@ class Api:
                 self.attempts,
                 "Every attempt of a task, oldest first",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -400,6 +483,8 @@ class Api:
                 response="text/plain",
                 query_token=True,
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "POST",
@@ -407,6 +492,9 @@ class Api:
                 self.kill_task,
                 "Kill one task (a map task with its children)",
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.kill",
             ),
             Route(
                 "POST",
@@ -422,6 +510,9 @@ class Api:
                     ),
                 ),
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.retry",
             ),
         ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nagare.access import Permission, Scope
 from nagare.cluster.coordinator import Coordinator
 from nagare.cluster.protocol import (
     encode_directives,
@@ -45,9 +46,9 @@ class ClusterApi:
                 f"/api/workers/{path}",
                 handler,
                 summary,
-                auth="token",
                 body=PROTOCOL_BODY if path != "log" and path != "result" else {"type": "object"},
                 tags=("cluster",),
+                permission=Permission.CLUSTER,
             )
 
         return [
@@ -57,6 +58,8 @@ class ClusterApi:
                 self.workers,
                 "Registered remote workers: pools, capacity, running tasks, last heartbeat, status",
                 tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             protocol("register", self.register, "A worker joins (or re-joins)"),
             protocol(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nagare.access import Permission, Scope
 from nagare.dag_edits import DagEdits, DagSource
 from nagare.errors import BadRequest, NotFound
 from nagare.http.routing import Param, Route
@@ -30,6 +31,8 @@ class EditorApi:
                 "The file of a loaded DAG -> {file, text, version, editable} (version: send it "
                 "back when saving)",
                 tags=("dags",),
+                permission=Permission.SOURCE,
+                scope=Scope.DAG,
             ),
             Route(
                 "GET",
@@ -38,6 +41,8 @@ class EditorApi:
                 "A DAG file by name, also one that does not load -> {file, text, version, "
                 "editable}",
                 tags=("dags",),
+                permission=Permission.SOURCE,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "PUT",
@@ -48,6 +53,9 @@ class EditorApi:
                 "dag_id, errors}",
                 body=_TEXT_BODY,
                 tags=("dags",),
+                permission=Permission.EDIT,
+                scope=Scope.GLOBAL,
+                action="dag.save",
             ),
             Route(
                 "POST",
@@ -58,6 +66,9 @@ class EditorApi:
                 body=_TEXT_BODY,
                 status=201,
                 tags=("dags",),
+                permission=Permission.EDIT,
+                scope=Scope.GLOBAL,
+                action="dag.create",
             ),
             Route(
                 "DELETE",
@@ -66,6 +77,9 @@ class EditorApi:
                 "Delete a DAG file (with ?version=, only if it is still that version)",
                 query=(Param("version", "the version read; 409 when the file changed since"),),
                 tags=("dags",),
+                permission=Permission.EDIT,
+                scope=Scope.GLOBAL,
+                action="dag.delete",
             ),
         ]
 

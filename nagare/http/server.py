@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from nagare.access import NOBODY, Principal
 from nagare.errors import (
     BadRequest,
     ConfigError,
@@ -67,6 +68,8 @@ class Request:
     headers: dict[str, str]
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
+    address: str = ""  # the client's IP address
+    principal: Principal = NOBODY  # who it is, once the route's checks admitted it
     # whether the client has closed its connection (long polls check it before handing out work)
     client_gone: Callable[[], bool] = lambda: False
 
@@ -313,6 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(parts.query, keep_blank_values=True),
             headers=headers,
             body=self._body(headers),
+            address=str(self.client_address[0]) if self.client_address else "",
             client_gone=self._client_gone,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nagare.access import Permission, Scope
 from nagare.errors import BadRequest
 from nagare.http.routing import Route
 from nagare.http.serialize import task_json
@@ -32,6 +33,9 @@ class WaitsApi:
                 "it waits for one",
                 body=answer,
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.approve",
             ),
             Route(
                 "POST",
@@ -41,6 +45,9 @@ class WaitsApi:
                 "409 unless it waits for one",
                 body=answer,
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.reject",
             ),
             Route(
                 "POST",
@@ -50,6 +57,9 @@ class WaitsApi:
                 "whose match holds ends -> {matched: [{run_id, task_id}]}",
                 body={},
                 tags=("events",),
+                permission=Permission.OPERATE,
+                scope=Scope.GLOBAL,
+                action="event.emit",
             ),
         ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from nagare.access import Permission
 from nagare.http.routing import ANY, Route
 from nagare.http.server import Request
 from nagare.webhooks import Delivery, WebhookService
@@ -28,10 +29,11 @@ class WebhooksApi:
                 "the trigger has a secret): 202 {run_id}, or {matched: [{run_id, task_id}]} for "
                 "a trigger with emit_event; 403 bad/missing signature, 400 not JSON, 404 no "
                 "matching trigger, 409 dag paused, 413 too large",
-                auth="hmac",
                 body={"type": "object"},
                 status=202,
                 tags=("webhooks",),
+                permission=Permission.WEBHOOK,
+                action="webhook.receive",
             )
         ]
 
