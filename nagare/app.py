@@ -157,6 +157,7 @@ class App:
                 self.pool_info,
                 self.stopping,
                 self.health,
+                audit=self.store.audit.record,
             ),
             _static_files(),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ from nagare.models import (
     Trigger,
 )
 from nagare.runs import RunService
-from nagare.store import DagState, RunFilter, Stats
+from nagare.store import AuditEntry, DagState, RunFilter, Stats
+
+log = logging.getLogger("nagare.http")
 
 MAX_PAGE_SIZE = 500
 WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
@@ -137,6 +140,7 @@ class Services:
     stopping: threading.Event
     health: Callable[[], Health] = lambda: Health(True, {})  # how the background loops are
     authenticator: Authenticator | None = None  # who a request is (default: the API key)
+    audit: Callable[[AuditEntry], None] = lambda entry: None  # records a state change
 
 
 class Api:
@@ -183,6 +187,11 @@ class Api:
                 return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
         request.params = params
+        if route.action:
+            return self._audited(request, route)
+        return self._call(request, route)
+
+    def _call(self, request: Request, route: Route) -> Response:
         request.principal = self.admission.admit(request, route)
         if route.auth != "hmac":  # webhook senders add their own query parameters
             _check_query(route, request)
@@ -190,6 +199,33 @@ class Api:
         if isinstance(result, Response):
             return result
         return json_response(result, route.status)
+
+    def _audited(self, request: Request, route: Route) -> Response:
+        """A state-changing route: its outcome (ok, or the error's code: refused ones too) goes
+        to the audit log with who asked, from where, and on what."""
+        try:
+            response = self._call(request, route)
+        except NagareError as err:
+            self._record(request, route, err.code)
+            raise
+        self._record(request, route, "ok" if response.status < 400 else str(response.status))
+        return response
+
+    def _record(self, request: Request, route: Route, outcome: str) -> None:
+        note = request.audit
+        entry = AuditEntry(
+            at=now_ms(),
+            actor=note.get("actor") or request.principal.name,
+            action=route.action,
+            target=note.get("target") or audit_target(request.params),
+            address=request.address,
+            outcome=outcome,
+            detail=note.get("detail", ""),
+        )
+        try:
+            self.s.audit(entry)
+        except Exception:  # the action happened: a failed record must not undo its answer
+            log.exception("could not record %s by %s in the audit log", entry.action, entry.actor)
 
     def _admit_unrouted(self, request: Request) -> None:
         """Before saying which paths and methods exist (404, 405), the caller proves an identity
@@ -783,6 +819,23 @@ class Api:
             stopping=self.s.stopping,
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+
+def audit_target(params: dict[str, str]) -> str:
+    """What an action was on, from its path: `task:RUN/TASK`, `run:RUN`, `dag:DAG`, or the
+    kind and value of its one parameter (`file:x.yaml`, `user:alice`)."""
+    if "task_id" in params:
+        return f"task:{params.get('run_id', '')}/{params['task_id']}"
+    if "run_id" in params:
+        return f"run:{params['run_id']}"
+    if "dag_id" in params:
+        return f"dag:{params['dag_id']}"
+    for name, value in params.items():
+        return f"{_TARGET_KINDS.get(name, name)}:{value}"
+    return ""
+
+
+_TARGET_KINDS = {"webhook_path": "webhook", "name": "event", "user_name": "user", "key_id": "key"}
 
 
 def _check_query(route: Route, request: Request) -> None:

@@ -70,6 +70,8 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     address: str = ""  # the client's IP address
     principal: Principal = NOBODY  # who it is, once the route's checks admitted it
+    # what a handler adds to its route's audit entry: actor (a sign-in's name), target, detail
+    audit: dict[str, str] = field(default_factory=dict)
     # whether the client has closed its connection (long polls check it before handing out work)
     client_gone: Callable[[], bool] = lambda: False
 

@@ -9,6 +9,7 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
+from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
@@ -21,7 +22,15 @@ from nagare.store.metrics import (
     MetricsStore,
     RunOutcomes,
 )
-from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
+from nagare.store.records import (
+    AuditEntry,
+    AuditFilter,
+    DagState,
+    HeldAttempt,
+    RunFilter,
+    Stats,
+    WorkerRecord,
+)
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
@@ -32,6 +41,8 @@ __all__ = [
     "DAY_MS",
     "DURATION_BUCKETS_MS",
     "INF_MS",
+    "AuditEntry",
+    "AuditFilter",
     "Clock",
     "CounterRow",
     "DagState",
@@ -61,7 +72,7 @@ class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
-    page's grid, calendar and versions (`history`)."""
+    page's grid, calendar and versions (`history`), the audit log (`audit`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
@@ -73,6 +84,7 @@ class Store:
         self.retention = RetentionStore(self.db)
         self.deliveries = DeliveryStore(self.db)
         self.history = HistoryStore(self.db)
+        self.audit = AuditStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -55,3 +55,28 @@ class HeldAttempt:
     attempt: int
     cancel: bool  # the task was killed: the worker must stop it
     lost: bool  # not (or no longer) held by this worker: the worker must drop it
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded action: who (`actor`), when (epoch ms), from which address, what
+    (`action`, on `target`) and how it ended (`outcome`: ok, or the error's code)."""
+
+    at: int
+    actor: str
+    action: str
+    target: str = ""
+    address: str = ""
+    outcome: str = "ok"
+    detail: str = ""
+    id: int = 0  # given by the store
+
+
+@dataclass
+class AuditFilter:
+    actor: str = ""
+    action: str = ""  # an action, or its family with a trailing '.' ("run.")
+    target: str = ""
+    outcome: str = ""
+    since: int | None = None  # epoch ms, inclusive
+    until: int | None = None  # epoch ms, exclusive
