@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
-from nagare.store.db import Database, DatabaseError, StorageFull
+from nagare.store.db import Database, DatabaseError, StorageFull, open_database
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
 from nagare.store.metrics import (
@@ -74,8 +74,8 @@ class Store:
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
     page's grid, calendar and versions (`history`), the audit log (`audit`)."""
 
-    def __init__(self, path: str) -> None:
-        self.db = Database(path)
+    def __init__(self, path: str, password_env: str = "") -> None:
+        self.db = open_database(path, password_env)
         self.dags = DagStore(self.db)
         self.runs = RunStore(self.db, self.dags)
         self.tasks = TaskStore(self.db, self.dags)

@@ -1,0 +1,392 @@
+"""PostgreSQL connections behind the same interface as `db.Database` (SQLite): `write()` lends
+the one writer connection inside a READ COMMITTED transaction, `read()` one of at most READERS
+reader connections (autocommit), rows answer `row["name"]` and `row[0]` like `sqlite3.Row`.
+
+The only module that imports the driver, pg8000 (pure Python, vendored into nagare.pyz); it is
+imported when a PostgreSQL store is opened, so a SQLite server never loads it. Statements are
+written in SQLite's dialect and translated once (`pg_sql.translate`); each connection keeps
+them prepared (one round trip per execution).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from nagare.db_url import PgTarget, parse_postgres_url, resolve_password
+from nagare.errors import ConfigError
+from nagare.store.db import DatabaseError, StorageFull
+from nagare.store.pg_sql import PRELUDE, translate
+from nagare.store.schema import MIGRATIONS, migration_script
+
+log = logging.getLogger("nagare.store")
+READERS = 8
+PREPARED_PER_CONNECTION = 512  # statements kept prepared on one connection (least recent go)
+MIGRATION_LOCK = 7_467_361  # advisory lock key: one process migrates at a time
+NUMERIC_OID = 1700
+DISK_FULL = "53100"  # SQLSTATE disk_full
+CONNECTION_LOST = ("08", "57P")  # SQLSTATE classes: connection exception, operator intervention
+
+
+class Row:
+    """One result row, read like `sqlite3.Row`: by position, by column name, `keys()`."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: Mapping[str, int], values: Sequence[Any]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return list(self._values) == list(other._values)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._index, self._values, strict=False))!r})"
+
+
+class Cursor:
+    """The result of one execute: rows already read (statements are short), `rowcount`."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows = self._rows[self._next :]
+        self._next = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class PlainCursor:
+    """What the store reads in bulk: tuples, no names (`row_factory` is accepted, unused)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.row_factory: Any = None
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
+        return self._conn._run(translate(sql), params, plain=True)
+
+
+class Connection:
+    """One pg8000 connection speaking the SQLite dialect: `execute`, `executemany`,
+    `in_transaction`; driver errors come out as DatabaseError (StorageFull on a full disk)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._prepared: dict[str, tuple[bytes, Any, Any, dict[str, int]]] = {}
+        self.in_transaction = False
+        self.broken = False
+        self._last = ""
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
+        return self._run(translate(sql), params)
+
+    def cursor(self) -> PlainCursor:
+        """Like sqlite3's `conn.cursor()` whose `row_factory` is set to None: plain rows."""
+        return PlainCursor(self)
+
+    def executemany(self, sql: str, seq: Iterable[Iterable[Any]]) -> Cursor:
+        statement = translate(sql)
+        count = 0
+        for params in seq:
+            count += max(self._run(statement, params).rowcount, 0)
+        return Cursor([], count)
+
+    def execute_plain(self, sql: str) -> None:
+        """A statement without parameters, untranslated (transaction control, DDL)."""
+        with self._errors():
+            self._raw.execute_simple(sql)
+        word = sql.split(None, 1)[0].upper()
+        if word in ("BEGIN", "START"):
+            self.in_transaction = True
+        elif word in ("COMMIT", "ROLLBACK", "END"):
+            self.in_transaction = False
+
+    def _run(self, statement: str, params: Iterable[Any], plain: bool = False) -> Cursor:
+        from pg8000.converters import make_params
+
+        values = [int(v) if v.__class__ is bool else v for v in params]
+        self._last = statement
+        with self._errors():
+            name, columns, funcs, index = self._prepare(statement)
+            context = self._raw.execute_named(
+                name, make_params(self._raw.py_types, values), columns, funcs, statement
+            )
+        if plain:
+            return Cursor([tuple(values) for values in context.rows or ()], context.row_count)
+        return Cursor([Row(index, values) for values in context.rows or ()], context.row_count)
+
+    def _prepare(self, statement: str) -> tuple[bytes, Any, Any, dict[str, int]]:
+        found = self._prepared.pop(statement, None)
+        if found is None:
+            if len(self._prepared) >= PREPARED_PER_CONNECTION:
+                oldest = next(iter(self._prepared))
+                self._raw.close_prepared_statement(self._prepared.pop(oldest)[0])
+            name, columns, funcs = self._raw.prepare_statement(statement, ())
+            index = {c["name"]: i for i, c in enumerate(columns or ())}
+            found = (name, columns, funcs, index)
+        self._prepared[statement] = found  # most recent last
+        return found
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        from pg8000.exceptions import DatabaseError as DriverError
+        from pg8000.exceptions import InterfaceError
+
+        try:
+            yield
+        except DriverError as exc:
+            detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            code = str(detail.get("C", ""))
+            if code.startswith(CONNECTION_LOST):
+                self.broken = True
+            message = f"{detail.get('M', exc)} (SQLSTATE {code})" if detail else str(exc)
+            if code == DISK_FULL:
+                raise StorageFull(f"the database cannot be written: {message}") from None
+            log.debug("PostgreSQL refused: %s", self._last)
+            raise DatabaseError(f"PostgreSQL: {message}") from None
+        except (InterfaceError, OSError) as exc:
+            self.broken = True
+            raise DatabaseError(f"PostgreSQL connection lost: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:  # the socket may be gone already; nothing more to release
+            log.debug("closing a PostgreSQL connection failed", exc_info=True)
+
+
+def connect(target: PgTarget, password: str) -> Connection:
+    """A new connection (autocommit: `write()` opens its transactions itself)."""
+    from pg8000.exceptions import DatabaseError as DriverError
+    from pg8000.exceptions import InterfaceError
+    from pg8000.native import Connection as Native
+
+    try:
+        raw = Native(
+            target.user,
+            host=target.host,
+            port=target.port,
+            database=target.database,
+            password=password or None,
+            ssl_context=ssl_context(target),
+            timeout=target.connect_timeout,
+            application_name=target.application_name,
+        )
+    except (DriverError, InterfaceError, OSError) as exc:
+        raise DatabaseError(f"cannot open database '{target.describe()}': {_reason(exc)}") from None
+    raw.register_in_adapter(NUMERIC_OID, _number)
+    raw._usock.settimeout(None)  # the connect timeout bounds connecting, not a long statement
+    return Connection(raw)
+
+
+def _reason(exc: BaseException) -> str:
+    detail = exc.args[0] if exc.args else exc
+    if isinstance(detail, dict):
+        return str(detail.get("M", detail))
+    cause = exc.__cause__
+    return f"{detail} ({cause})" if cause else str(detail)
+
+
+def _number(text: str) -> int | float:
+    """NUMERIC (what sum() and avg() of integers give) as the int or float SQLite gives."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def ssl_context(target: PgTarget) -> ssl.SSLContext | bool | None:
+    """sslmode -> what pg8000 takes: False (disable), None (prefer/allow: TLS if offered),
+    or a context (require: encrypted; verify-ca: and a trusted certificate; verify-full: and
+    the host's name in it). `sslrootcert` names the CA file (else the system's)."""
+    mode = target.sslmode
+    if mode == "disable":
+        return False
+    if mode in ("allow", "prefer"):
+        return None
+    context = ssl.create_default_context(cafile=target.sslrootcert or None)
+    if mode == "require" and not target.sslrootcert:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = mode == "verify-full"
+    return context
+
+
+class PgDatabase:
+    """A PostgreSQL database with `db.Database`'s interface (see the module's docstring)."""
+
+    dialect = "postgresql"
+    checkpointer = None  # PostgreSQL writes its WAL back itself
+    incremental_vacuum_enabled = True  # autovacuum gives deleted rows' space back
+
+    def __init__(self, url: str, readers: int = READERS, password_env: str = "") -> None:
+        self.target = parse_postgres_url(url, password_env)
+        self.path = self.target.describe()  # never the password
+        try:
+            self._password = resolve_password(self.target)
+        except ConfigError as exc:
+            raise DatabaseError(str(exc)) from None
+        self._lock = threading.RLock()
+        self._writer: Connection | None = self._connect()
+        self._readers: queue.LifoQueue[Connection | None] = queue.LifoQueue()
+        for _ in range(readers):
+            self._readers.put(None)
+        self._lent = threading.local()
+        self._closed = False
+        self._migrate()
+
+    def _connect(self) -> Connection:
+        return connect(self.target, self._password)
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute_plain(
+                "CREATE TABLE IF NOT EXISTS nagare_schema (version BIGINT NOT NULL)"
+            )
+            version = _version(conn)
+            if version > len(MIGRATIONS):
+                raise DatabaseError(
+                    f"database '{self.path}' has schema version {version}, newer than this "
+                    f"Nagare knows ({len(MIGRATIONS)}): upgrade Nagare or use another --db"
+                )
+            if version == len(MIGRATIONS):
+                return
+            for statement in PRELUDE:
+                conn.execute_plain(statement)
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                for statement in _statements(migration_script(number, self.dialect)):
+                    conn.execute_plain(translate(statement))
+            conn.execute("DELETE FROM nagare_schema")
+            conn.execute("INSERT INTO nagare_schema(version) VALUES (?)", (len(MIGRATIONS),))
+
+    @property
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return _version(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction on the writer connection (READ COMMITTED: every compare-and-set
+        `UPDATE ... WHERE status IN (...)` re-checks its condition on the row it locks). A
+        lost connection is opened again by the next write."""
+        with self._lock:
+            if self._closed:
+                raise DatabaseError("the database is closed (the server is stopping)")
+            conn = self._writer = self._writer or self._connect()
+            try:
+                conn.execute_plain("BEGIN")
+                yield conn
+                conn.execute_plain("COMMIT")
+            except BaseException:
+                self._abandon(conn)
+                raise
+
+    def _abandon(self, conn: Connection) -> None:
+        if conn.broken:
+            conn.close()
+            self._writer = None
+            return
+        if conn.in_transaction:
+            try:
+                conn.execute_plain("ROLLBACK")
+            except DatabaseError:
+                conn.close()
+                self._writer = None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        held: Connection | None = getattr(self._lent, "conn", None)
+        if held is not None:
+            yield held
+            return
+        token = self._readers.get()
+        if self._closed:
+            if token is not None:
+                token.close()
+            self._readers.put(None)
+            raise DatabaseError("the database is closed (the server is stopping)")
+        try:
+            conn = token or self._connect()
+        except BaseException:
+            self._readers.put(None)
+            raise
+        self._lent.conn = conn
+        try:
+            yield conn
+        finally:
+            self._lent.conn = None
+            self._give_back(conn)
+
+    def _give_back(self, conn: Connection) -> None:
+        if conn.broken or self._closed:
+            conn.close()
+            self._readers.put(None)
+        else:
+            self._readers.put(conn)
+
+    def release_free_pages(self) -> None:
+        """Nothing to do: autovacuum makes deleted rows' space reusable."""
+
+    def enable_incremental_vacuum(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            idle: list[Connection] = []
+            tokens = 0
+            while not self._readers.empty():
+                conn = self._readers.get_nowait()
+                tokens += 1
+                if conn is not None:
+                    idle.append(conn)
+            for _ in range(tokens):
+                self._readers.put(None)
+            for conn in idle:
+                conn.close()
+
+
+def _version(conn: Connection) -> int:
+    row = conn.execute("SELECT max(version) FROM nagare_schema").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
