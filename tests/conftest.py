@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from postgres_server import PgServer, find_bindir, start_server  # noqa: E402
+
 from nagare.app import App  # noqa: E402
 from nagare.config import load_config  # noqa: E402
 from nagare.store import Store  # noqa: E402
-from postgres_server import PgServer, find_bindir, start_server  # noqa: E402
 
 
 def wait_for(
@@ -159,9 +160,15 @@ def make_config(root: Path, **settings: Any) -> Any:
 
 
 @pytest.fixture
-def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
-    """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0."""
+def nagare_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Nagare]]:
+    """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0. With
+    NAGARE_TEST_STORE=postgresql, a server given no `db` keeps its state in a fresh database of
+    the session's PostgreSQL server (every server test on PostgreSQL: slow, not run by CI)."""
     started: list[App] = []
+    on_postgres = os.environ.get("NAGARE_TEST_STORE") == "postgresql"
+    databases: dict[Path, str] = {}
 
     def start(
         dags: dict[str, str] | None = None, root: Path | None = None, **settings: Any
@@ -172,6 +179,11 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
             (base / "dags" / name).write_text(textwrap.dedent(text))
         settings.setdefault("sse_ping_seconds", 0.2)
         settings.setdefault("shutdown_grace_seconds", 1.0)
+        if on_postgres and "db" not in settings:
+            server: PgServer = request.getfixturevalue("postgres_server")
+            if base not in databases:  # a restart on the same root finds its database again
+                databases[base] = server.url(server.new_database())
+            settings["db"] = databases[base]
         app = App(make_config(base, **settings))
         app.start(poll_interval=0.05)
         started.append(app)
@@ -183,6 +195,8 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
     yield start
     for app in started:
         app.stop()
+    for url in databases.values():
+        _pg_drop(url)
 
 
 @pytest.fixture

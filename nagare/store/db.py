@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import cast
 
 from nagare.db_url import is_postgres_url
-
 from nagare.errors import NagareError
 from nagare.liveness import Heartbeat
 from nagare.store.schema import MIGRATIONS, migration_script

@@ -7,11 +7,13 @@ What it rewrites, and nothing else:
 - `INSERT OR IGNORE` -> `INSERT ... ON CONFLICT DO NOTHING`; `INSERT OR REPLACE INTO t(cols)`
   -> `INSERT ... ON CONFLICT (t's primary key) DO UPDATE SET` every other column
   (REPLACE_KEYS names the keys; an unknown table is an error, caught by the contract tests);
+- `FROM (SELECT ...)` without an alias gets one;
 - `ORDER BY` terms get SQLite's NULL order (`NULLS FIRST` ascending, `NULLS LAST` descending);
 - the two-argument scalars `max(a, b)` / `min(a, b)` -> `GREATEST` / `LEAST`;
 - `json_extract(col, '$.key')` -> `(col::jsonb ->> 'key')`; `LIKE` -> `ILIKE` (SQLite's LIKE
-  ignores ASCII case); `CAST(x AS INTEGER)` -> `CAST(trunc(x) AS BIGINT)` (SQLite truncates,
-  PostgreSQL rounds; `CAST(? AS INTEGER)` types a parameter); `INDEXED BY name` (a planner hint) is dropped;
+  ignores ASCII case); `CAST(x AS INTEGER)` -> `CAST(trunc(x) AS BIGINT)` (SQLite
+  truncates, PostgreSQL rounds; `CAST(? AS INTEGER)` types a parameter); `INDEXED BY name`
+  (a planner hint) is dropped;
 - the hint comment `/*FOR UPDATE SKIP LOCKED*/` (LOCK_ROWS, a comment to SQLite) in
   `IN (SELECT ...)` becomes the clause in `= ANY(ARRAY(SELECT ...))`: a claim's sub-select
   runs once and skips rows another transaction is claiming;
@@ -49,6 +51,9 @@ _INSERT_OR = re.compile(r"^\s*INSERT\s+OR\s+(IGNORE|REPLACE)\s+INTO\s+", re.IGNO
 _REPLACE_TARGET = re.compile(r"^\s*INSERT INTO\s+(\w+)\s*\(([^)]*)\)", re.IGNORECASE)
 _ORDER_BY = re.compile(r"\bORDER\s+BY\s", re.IGNORECASE)
 _ORDER_STOP = re.compile(r"\s(LIMIT|OFFSET|FOR|RETURNING)\b|\s/\*", re.IGNORECASE)
+_FROM_SUBQUERY = re.compile(r"\bFROM\s*\((?=\s*SELECT\b)", re.IGNORECASE)
+_KEYWORDS = "WHERE|GROUP|ORDER|LIMIT|OFFSET|JOIN|LEFT|INNER|CROSS|UNION|ON|HAVING|WINDOW|RETURNING"
+_ALIAS = re.compile(rf"\s*(AS\s+\w+|(?!(?:{_KEYWORDS})\b)[A-Za-z_]\w*)", re.IGNORECASE)
 _DO_UPDATE = re.compile(r"\bDO\s+UPDATE\s+SET\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 _SCALAR = re.compile(r"\b(max|min)\(", re.IGNORECASE)
@@ -77,7 +82,7 @@ def translate(sql: str) -> str:
     text = _INDEXED_BY.sub("", text)
     text = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", text)
     text = _LIKE.sub("ILIKE", text)
-    text = _casts(_scalars(text))
+    text = _aliased(_casts(_scalars(text)))
     text = _null_order(_qualified_upsert(_insert_or(text)))
     return _numbered(text)
 
@@ -135,6 +140,20 @@ def _null_term(term: str) -> str:
     trailing = term[len(stripped) :]
     nulls = " NULLS LAST" if stripped.upper().endswith(" DESC") else " NULLS FIRST"
     return stripped + nulls + trailing
+
+
+def _aliased(sql: str) -> str:
+    """`FROM (SELECT ...)` without an alias gets one (PostgreSQL before 16 requires it)."""
+    out: list[str] = []
+    position = 0
+    for number, found in enumerate(_FROM_SUBQUERY.finditer(sql)):
+        end = _closing(sql, found.end())
+        if _ALIAS.match(sql, end + 1):
+            continue
+        out.append(sql[position : end + 1] + f" AS _sub{number}")
+        position = end + 1
+    out.append(sql[position:])
+    return "".join(out)
 
 
 def _numbered(sql: str) -> str:

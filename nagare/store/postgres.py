@@ -274,9 +274,7 @@ class PgDatabase:
     def _migrate(self) -> None:
         with self.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-            conn.execute_plain(
-                "CREATE TABLE IF NOT EXISTS nagare_schema (version BIGINT NOT NULL)"
-            )
+            conn.execute_plain("CREATE TABLE IF NOT EXISTS nagare_schema (version BIGINT NOT NULL)")
             version = _version(conn)
             if version > len(MIGRATIONS):
                 raise DatabaseError(
