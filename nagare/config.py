@@ -464,6 +464,10 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     return config
 
 
+class _NoInstance:
+    """`database:` is read from its mapping only (no settings object stands for it)."""
+
+
 DATABASE_KEYS = ("url", "password_env", "sslmode", "sslrootcert", "connect_timeout")
 
 
@@ -472,7 +476,7 @@ def database_url(raw: Any, where: str) -> str:
     with those options as its query parameters (the password itself is never in nagare.yaml:
     `password_env` names the variable holding it, or ~/.pgpass has it)."""
     found: dict[str, Any] | None = _section(
-        raw, where, dict, DATABASE_KEYS, "{url: postgresql://nagare@db:5432/nagare}"
+        raw, where, _NoInstance, DATABASE_KEYS, "{url: postgresql://nagare@db:5432/nagare}"
     )
     if found is None:
         raise ConfigError(f"{where}: expected {{url: postgresql://user@host:5432/dbname}}")

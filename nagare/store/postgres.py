@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -196,18 +197,22 @@ def connect(target: PgTarget, password: str) -> Connection:
     from pg8000.exceptions import InterfaceError
     from pg8000.native import Connection as Native
 
-    try:
+    sock: socket.socket | None = None
+    try:  # our own socket: closed here when the server refuses us (pg8000 would leave it open)
+        sock = socket.create_connection((target.host, target.port), target.connect_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         raw = Native(
             target.user,
             host=target.host,
-            port=target.port,
             database=target.database,
             password=password or None,
             ssl_context=ssl_context(target),
-            timeout=target.connect_timeout,
             application_name=target.application_name,
+            sock=sock,
         )
     except (DriverError, InterfaceError, OSError) as exc:
+        if sock is not None:
+            sock.close()
         raise DatabaseError(f"cannot open database '{target.describe()}': {_reason(exc)}") from None
     raw.register_in_adapter(NUMERIC_OID, _number)
     raw._usock.settimeout(None)  # the connect timeout bounds connecting, not a long statement
@@ -266,7 +271,11 @@ class PgDatabase:
             self._readers.put(None)
         self._lent = threading.local()
         self._closed = False
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def _connect(self) -> Connection:
         return connect(self.target, self._password)
