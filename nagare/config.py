@@ -121,7 +121,13 @@ OPTIONS: tuple[Option, ...] = (
         "How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).",
         minimum=1,
     ),
-    _opt("logs_dir", "str", "", "Folder of task log files (default: 'logs' next to the db)."),
+    _opt(
+        "logs_dir",
+        "str",
+        "",
+        "Folder of task log files (default: 'logs' next to a SQLite db; with PostgreSQL, 'logs' "
+        "in the working directory).",
+    ),
     _opt(
         "worker_pools",
         "pools",

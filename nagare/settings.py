@@ -18,7 +18,8 @@ class Settings:
     # Listen address: PORT, :PORT or HOST:PORT.
     port: str = ":8080"
 
-    # SQLite database file (created and migrated on start).
+    # SQLite database file, or a PostgreSQL URL postgresql://user@host:5432/dbname (created and
+    # migrated on start; see the README, PostgreSQL).
     db: str = "nagare.db"
 
     # Folder of DAG files (*.yaml, *.yml); created if missing.
@@ -49,7 +50,8 @@ class Settings:
     # How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).
     session_hours: int = 12
 
-    # Folder of task log files (default: 'logs' next to the db).
+    # Folder of task log files (default: 'logs' next to a SQLite db; with PostgreSQL, 'logs' in the
+    # working directory).
     logs_dir: str = ""
 
     # Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.
