@@ -28,6 +28,8 @@ from nagare.store.schema import MIGRATIONS, migration_script
 log = logging.getLogger("nagare.store")
 READERS = 8
 PREPARED_PER_CONNECTION = 512  # statements kept prepared on one connection (least recent go)
+SEEN_PER_CONNECTION = 4096  # statements remembered as run once (then forgotten at once)
+PIPELINE_ROWS = 256  # at most this many answers of an executemany wait to be read
 MIGRATION_LOCK = 7_467_361  # advisory lock key: one process migrates at a time
 NUMERIC_OID = 1700
 DISK_FULL = "53100"  # SQLSTATE disk_full
@@ -109,8 +111,11 @@ class Connection:
     def __init__(self, raw: Any) -> None:
         self._raw = raw
         self._prepared: dict[str, tuple[bytes, Any, Any, dict[str, int]]] = {}
+        self._unread: list[Any] = []  # contexts of requests sent whose answers are unread
+        self._seen: set[str] = set()  # statements run once, unprepared
         self.in_transaction = False
         self.broken = False
+        self._begin_pending = False
         self._last = ""
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
@@ -121,21 +126,60 @@ class Connection:
         return PlainCursor(self)
 
     def executemany(self, sql: str, seq: Iterable[Iterable[Any]]) -> Cursor:
+        """The statement once per parameter row. Inside a transaction its answers are read
+        with the next request's (write-behind: no caller reads an executemany's result, and an
+        error still fails the transaction before its COMMIT); the row count is unknown (-1)."""
+        from pg8000.converters import make_params
+
         statement = translate(sql)
-        count = 0
-        for params in seq:
-            count += max(self._run(statement, params).rowcount, 0)
-        return Cursor([], count)
+        self._last = statement
+        rows = [[int(v) if v.__class__ is bool else v for v in params] for params in seq]
+        with self._errors():
+            name, columns, funcs, _ = self._prepare(statement)
+            for start in range(0, len(rows), PIPELINE_ROWS):
+                part = rows[start : start + PIPELINE_ROWS]
+                self._send(name, [make_params(self._raw.py_types, r) for r in part])
+                self._expect(statement, columns, funcs)
+            if not self.in_transaction or len(self._unread) > PIPELINE_ROWS:
+                self._drain()
+        return Cursor([], -1)
 
     def execute_plain(self, sql: str) -> None:
-        """A statement without parameters, untranslated (transaction control, DDL)."""
+        """A statement without parameters, untranslated (DDL)."""
+        from pg8000.core import Context
+
         with self._errors():
-            self._raw.execute_simple(sql)
-        word = sql.split(None, 1)[0].upper()
-        if word in ("BEGIN", "START"):
-            self.in_transaction = True
-        elif word in ("COMMIT", "ROLLBACK", "END"):
-            self.in_transaction = False
+            self._send_begin()
+            self._raw.send_QUERY(sql)
+            self._unread.append(Context(sql))
+            self._drain()
+
+    def begin(self) -> None:
+        """Open a transaction. Its BEGIN travels with the transaction's first statement (one
+        round trip for both); a transaction that runs nothing sends nothing."""
+        self.in_transaction = True
+        self._begin_pending = True
+
+    def commit(self) -> None:
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        self._end("ROLLBACK")
+
+    def _end(self, word: str) -> None:
+        self.in_transaction = False
+        if self._begin_pending:  # nothing was sent
+            self._begin_pending = False
+            return
+        self.execute_plain(word)
+
+    def _send_begin(self) -> None:
+        from pg8000.core import Context
+
+        if self._begin_pending:
+            self._begin_pending = False
+            self._raw.send_QUERY("BEGIN")
+            self._unread.append(Context("BEGIN"))
 
     def _run(self, statement: str, params: Iterable[Any], plain: bool = False) -> Cursor:
         from pg8000.converters import make_params
@@ -143,17 +187,82 @@ class Connection:
         values = [int(v) if v.__class__ is bool else v for v in params]
         self._last = statement
         with self._errors():
-            name, columns, funcs, index = self._prepare(statement)
-            context = self._raw.execute_named(
-                name, make_params(self._raw.py_types, values), columns, funcs, statement
-            )
+            if statement not in self._prepared and self._first_time(statement):
+                context = self._run_once(statement, make_params(self._raw.py_types, values))
+                index = {c["name"]: i for i, c in enumerate(context.columns or ())}
+            else:
+                name, columns, funcs, index = self._prepare(statement)
+                self._send(name, [make_params(self._raw.py_types, values)])
+                context = self._expect(statement, columns, funcs)
+                self._drain()
         if plain:
             return Cursor([tuple(values) for values in context.rows or ()], context.row_count)
         return Cursor([Row(index, values) for values in context.rows or ()], context.row_count)
 
+    def _first_time(self, statement: str) -> bool:
+        """Statements are prepared from their second execution on: one seen once (an `IN`
+        list of a new length, say) costs one round trip, not a prepare and an execute."""
+        if statement in self._seen:
+            return False
+        if len(self._seen) >= SEEN_PER_CONNECTION:
+            self._seen.clear()
+        self._seen.add(statement)
+        return True
+
+    def _run_once(self, statement: str, params: Any) -> Any:
+        """Parse (unnamed), bind, describe, execute and sync in one round trip."""
+        from pg8000.core import DESCRIBE, NULL_BYTE, PORTAL, SYNC_MSG, Context, _write
+
+        raw = self._raw
+        self._send_begin()
+        raw.send_PARSE(NULL_BYTE, statement, ())
+        raw.send_BIND(NULL_BYTE, params)
+        raw._send_message(DESCRIBE, PORTAL + NULL_BYTE)
+        raw.send_EXECUTE()
+        _write(raw._sock, SYNC_MSG)
+        context = Context(statement)
+        self._unread.append(context)
+        self._drain()
+        return context
+
+    def _send(self, name: bytes, batch: list[Any]) -> None:
+        """Write (not yet flush) a pending BEGIN, then the prepared statement once per
+        parameter row (bind, execute) and one sync."""
+        from pg8000.core import SYNC_MSG, _write
+
+        self._send_begin()
+        for params in batch:
+            self._raw.send_BIND(name, params)
+            self._raw.send_EXECUTE()
+        _write(self._raw._sock, SYNC_MSG)
+
+    def _expect(self, statement: str, columns: Any, funcs: Any) -> Any:
+        from pg8000.core import Context
+
+        context = Context(statement, columns=columns, input_funcs=funcs)
+        self._unread.append(context)
+        return context
+
+    def _drain(self) -> None:
+        """Send what is written and read every answer in order (one round trip). An error
+        with answers still unread leaves the connection unusable: it is dropped."""
+        from pg8000.core import _flush
+
+        pending, self._unread = self._unread, []
+        if not pending:
+            return
+        _flush(self._raw._sock)
+        for number, context in enumerate(pending):
+            try:
+                self._raw.handle_messages(context)
+            except BaseException:
+                self.broken = self.broken or number < len(pending) - 1 or context.error is None
+                raise
+
     def _prepare(self, statement: str) -> tuple[bytes, Any, Any, dict[str, int]]:
         found = self._prepared.pop(statement, None)
         if found is None:
+            self._drain()  # preparing is a round trip of its own: earlier answers first
             if len(self._prepared) >= PREPARED_PER_CONNECTION:
                 oldest = next(iter(self._prepared))
                 self._raw.close_prepared_statement(self._prepared.pop(oldest)[0])
@@ -201,6 +310,8 @@ def connect(target: PgTarget, password: str) -> Connection:
     try:  # our own socket: closed here when the server refuses us (pg8000 would leave it open)
         sock = socket.create_connection((target.host, target.port), target.connect_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # requests go out whole, at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw = Native(
             target.user,
             host=target.host,
@@ -315,9 +426,9 @@ class PgDatabase:
                 raise DatabaseError("the database is closed (the server is stopping)")
             conn = self._writer = self._writer or self._connect()
             try:
-                conn.execute_plain("BEGIN")
+                conn.begin()
                 yield conn
-                conn.execute_plain("COMMIT")
+                conn.commit()
             except BaseException:
                 self._abandon(conn)
                 raise
@@ -329,7 +440,7 @@ class PgDatabase:
             return
         if conn.in_transaction:
             try:
-                conn.execute_plain("ROLLBACK")
+                conn.rollback()
             except DatabaseError:
                 conn.close()
                 self._writer = None
