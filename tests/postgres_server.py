@@ -1,9 +1,11 @@
 """A real PostgreSQL server for the tests: Debian's `postgresql` package (`initdb`, `pg_ctl` in
 /usr/lib/postgresql/<version>/bin), a cluster made in a temporary folder and started on a free
-127.0.0.1 port, password (SCRAM) authentication for TCP. initdb refuses to run as root: as root
-the folder is given to the `postgres` user (the package creates it) and the programs run as it
-(`runuser`). One server per test session; each test gets a fresh database copied from a
-template that already holds the schema (`CREATE DATABASE ... TEMPLATE`, a file copy).
+127.0.0.1 port, password (SCRAM) authentication for TCP, TLS offered with a certificate for
+localhost and 127.0.0.1 signed by a test CA (`ca.pem` in the server's folder). initdb refuses
+to run as root: as root the folder is given to the `postgres` user (the package creates it)
+and the programs run as it (`runuser`). One server per test session; each test gets a fresh
+database copied from a template that already holds the schema (`CREATE DATABASE ... TEMPLATE`,
+a file copy).
 
 Nothing of the machine's own PostgreSQL setup is used or changed.
 """
@@ -120,6 +122,7 @@ def start_server(bindir: Path) -> PgServer:
     server = PgServer(bindir, folder, free_port())
     try:
         _initdb(server, pwfile)
+        make_certificates(folder, owner)
         _start(server)
         _make_template(server)
     except BaseException:
@@ -148,10 +151,45 @@ def _initdb(server: PgServer, pwfile: Path) -> None:
     )
 
 
+def make_certificates(folder: Path, owner: str | None = None, name: str = "ca") -> Path:
+    """A certificate authority `<name>.pem` and, for the first one, the server's certificate
+    and key (`server.crt`, `server.key`: localhost and 127.0.0.1) signed by it; the CA file."""
+    ca_key, ca = folder / f"{name}.key", folder / f"{name}.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+         "-subj", f"/CN=Nagare test {name}"],
+        check=True, capture_output=True, timeout=START_SECONDS,
+    )  # fmt: skip
+    if name != "ca":
+        return ca
+    key, request, cert = folder / "server.key", folder / "server.csr", folder / "server.crt"
+    extensions = folder / "server.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(request), "-subj", "/CN=localhost"],
+        check=True, capture_output=True, timeout=START_SECONDS,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions)],
+        check=True, capture_output=True, timeout=START_SECONDS,
+    )  # fmt: skip
+    key.chmod(0o600)
+    if owner:
+        shutil.chown(key, owner)
+        shutil.chown(cert, owner)
+    return ca
+
+
 def _start(server: PgServer) -> None:
     options = " ".join(
         [
             f"-p {server.port}",
+            "-c ssl=on",  # TLS offered (sslmode=disable in the tests' URLs but the TLS ones)
+            f"-c ssl_cert_file={server.folder / 'server.crt'}",
+            f"-c ssl_key_file={server.folder / 'server.key'}",
             "-c listen_addresses=127.0.0.1",
             f"-c unix_socket_directories={server.folder}",
             "-c fsync=off",

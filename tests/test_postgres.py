@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import http, pythonpath_env, wait_for
-from postgres_server import PASSWORD, USER, PgServer, free_port
+from postgres_server import PASSWORD, USER, PgServer, free_port, make_certificates
 
 from nagare.config import load_config
 from nagare.db_url import (
@@ -216,9 +216,32 @@ def test_a_wrong_password_or_no_server_is_a_clear_error(postgres_server: PgServe
     nobody = f"postgresql://{USER}@127.0.0.1:{free_port()}/n?sslmode=disable&connect_timeout=2"
     with pytest.raises(DatabaseError, match="cannot open database"):
         Store(nobody)
-    required = f"{postgres_server.url('postgres').split('?')[0]}?sslmode=require"
-    with pytest.raises(DatabaseError, match="SSL"):  # this test server offers no TLS
-        Store(required)
+
+
+def _encrypted(store: Store) -> bool:
+    with store.db.read() as conn:
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+    return bool(row[0])
+
+
+def test_tls_is_used_and_verified_as_sslmode_says(
+    postgres_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    base, ca = pg_url.split("?")[0], postgres_server.folder / "ca.pem"
+    for query, encrypted in (("sslmode=disable", False), ("sslmode=require", True)):
+        store = Store(f"{base}?{query}")
+        assert _encrypted(store) is encrypted, query
+        store.close()
+    by_name = base.replace("@127.0.0.1:", "@localhost:")
+    for url in (f"{base}?sslmode=verify-full&sslrootcert={ca}", f"{by_name}?sslmode=verify-ca"
+                f"&sslrootcert={ca}"):  # fmt: skip
+        store = Store(url)
+        assert _encrypted(store)
+        store.close()
+    other_ca = make_certificates(tmp_path, name="other")
+    with pytest.raises(DatabaseError, match=r"cannot open database.*certificate") as caught:
+        Store(f"{base}?sslmode=verify-full&sslrootcert={other_ca}")
+    assert PASSWORD not in str(caught.value)
 
 
 def test_the_schema_is_migrated_once_and_a_newer_one_is_refused(pg_url: str) -> None:

@@ -331,11 +331,11 @@ def connect(target: PgTarget, password: str) -> Connection:
 
 
 def _reason(exc: BaseException) -> str:
-    detail = exc.args[0] if exc.args else exc
+    detail = exc.args[0] if exc.args else None
     if isinstance(detail, dict):
         return str(detail.get("M", detail))
     cause = exc.__cause__
-    return f"{detail} ({cause})" if cause else str(detail)
+    return f"{exc} ({cause})" if cause else str(exc)
 
 
 def _number(text: str) -> int | float:
