@@ -8,8 +8,8 @@ appears in what `describe` returns (logs, messages, `/api/health`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from nagare.errors import ConfigError
@@ -24,8 +24,7 @@ def is_postgres_url(where: str) -> bool:
     return where.lower().startswith(SCHEMES)
 
 
-@dataclass(frozen=True)
-class PgTarget:
+class PgTarget(NamedTuple):  # a NamedTuple: cheap to define (this module loads with config)
     """A parsed PostgreSQL URL; `password` is the one in the URL (often empty: see
     `resolve_password`)."""
 

@@ -359,7 +359,10 @@ def test_a_server_on_postgresql_runs_a_dag_and_keeps_its_history_across_a_restar
     server = Server(tmp_path, PASSWORD)
     try:
         server.start()
-        posted = http("POST", f"http://127.0.0.1:{server.port}/api/dags/pgflow/runs", {})
+        dag = f"http://127.0.0.1:{server.port}/api/dags/pgflow"
+        wait_for(lambda: http("GET", dag).status == 200, 30, message="the DAG to load")
+        posted = http("POST", dag + "/runs", {})
+        assert posted.status == 201, posted.body
         run_id = posted.json["run_id"]
 
         def finished() -> dict[str, Any] | None:

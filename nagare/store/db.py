@@ -24,6 +24,9 @@ READERS = 8  # reader connections at most; a thread that finds them all lent out
 CHECKPOINT_EVERY_COMMITS = 32
 WRITER_AUTOCHECKPOINT_PAGES = 8000
 BEAT_SECONDS = 5.0  # the checkpoint loop shows it is alive at least this often
+# In a claim's `IN (SELECT ...)`: a comment to SQLite (one writer: nothing to skip), the row
+# locking clause for PostgreSQL (see pg_sql.translate)
+LOCK_ROWS = " /*FOR UPDATE SKIP LOCKED*/"
 
 
 class DatabaseError(NagareError):

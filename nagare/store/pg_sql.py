@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-LOCK_ROWS = " /*FOR UPDATE SKIP LOCKED*/"
+from nagare.store.db import LOCK_ROWS
 
 # The conflict target of each table written with INSERT OR REPLACE (its primary key).
 REPLACE_KEYS: dict[str, tuple[str, ...]] = {

@@ -21,9 +21,8 @@ from nagare.models import (
     TaskStatus,
 )
 from nagare.store.dags import DagStore
-from nagare.store.db import Database
+from nagare.store.db import LOCK_ROWS, Database
 from nagare.store.metrics import AttemptTally, refresh_rollup
-from nagare.store.pg_sql import LOCK_ROWS
 from nagare.store.rows import (
     METRIC_COLUMNS,
     TASK_COLUMNS,
