@@ -27,7 +27,7 @@ from nagare.db_url import (
 )
 from nagare.errors import ConfigError
 from nagare.models import Trigger
-from nagare.store import DatabaseError, Store
+from nagare.store import DatabaseError, RunFilter, Store
 from nagare.store.pg_sql import translate
 from nagare.store.postgres import ssl_context
 
@@ -254,6 +254,31 @@ def test_the_schema_is_migrated_once_and_a_newer_one_is_refused(pg_url: str) -> 
     store.close()
     with pytest.raises(DatabaseError, match="newer than this Nagare knows"):
         Store(pg_url)
+
+
+def test_a_connection_the_server_dropped_is_replaced_by_the_next_write_and_read(
+    postgres_server: PgServer, pg_url: str
+) -> None:
+    from test_store_contract import dag_of
+
+    store = Store(pg_url)
+    dag = dag_of("id: d\ntasks:\n  - id: a\n    command: 'true'\n")
+    assert store.runs.start(dag, Trigger.MANUAL, 1, {}, 1) is not None
+    assert store.runs.find(RunFilter(), 1, 10)[1] == 1  # a reader connection is open too
+    admin = postgres_server.admin()
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin.run(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name",
+        name=database,
+    )
+    admin.close()
+    with pytest.raises(DatabaseError, match="PostgreSQL"):
+        store.runs.start(dag, Trigger.MANUAL, 2, {}, 2)  # the writer's connection is gone
+    with pytest.raises(DatabaseError, match="PostgreSQL"):
+        store.runs.find(RunFilter(), 1, 10)  # and the reader's
+    assert store.runs.start(dag, Trigger.MANUAL, 3, {}, 3) is not None
+    assert store.runs.find(RunFilter(), 1, 10)[1] == 2
+    store.close()
 
 
 def test_two_stores_on_one_database_claim_every_task_exactly_once(pg_url: str) -> None:
