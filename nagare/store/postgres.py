@@ -382,6 +382,7 @@ class PgDatabase:
             self._readers.put(None)
         self._lent = threading.local()
         self._closed = False
+        self._pool_lock = threading.Lock()  # the readers' pool and `_closed`
         try:
             self._migrate()
         except BaseException:
@@ -470,11 +471,15 @@ class PgDatabase:
             self._give_back(conn)
 
     def _give_back(self, conn: Connection) -> None:
-        if conn.broken or self._closed:
-            conn.close()
+        """A lent reader returns to the pool; a broken one, or any once the database closed,
+        is closed here by the thread that used it (`_pool_lock`: never after `close` emptied
+        the pool, where it would stay open)."""
+        with self._pool_lock:
+            if not (conn.broken or self._closed):
+                self._readers.put(conn)
+                return
             self._readers.put(None)
-        else:
-            self._readers.put(conn)
+        conn.close()
 
     def release_free_pages(self) -> None:
         """Nothing to do: autovacuum makes deleted rows' space reusable."""
@@ -483,7 +488,7 @@ class PgDatabase:
         return False
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._pool_lock:
             self._closed = True
             if self._writer is not None:
                 self._writer.close()
