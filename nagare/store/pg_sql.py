@@ -10,6 +10,7 @@ What it rewrites, and nothing else:
 - `FROM (SELECT ...)` without an alias gets one;
 - `ORDER BY` terms get SQLite's NULL order (`NULLS FIRST` ascending, `NULLS LAST` descending);
 - the two-argument scalars `max(a, b)` / `min(a, b)` -> `GREATEST` / `LEAST`;
+- `COLLATE BINARY` (byte order) -> `COLLATE "C"`;
 - `json_extract(col, '$.key')` -> `(col::jsonb ->> 'key')`; `LIKE` -> `ILIKE` (SQLite's LIKE
   ignores ASCII case); `CAST(x AS INTEGER)` -> `CAST(trunc(x) AS BIGINT)` (SQLite
   truncates, PostgreSQL rounds; `CAST(? AS INTEGER)` types a parameter); `INDEXED BY name`
@@ -58,6 +59,7 @@ _DO_UPDATE = re.compile(r"\bDO\s+UPDATE\s+SET\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
 _SCALAR = re.compile(r"\b(max|min)\(", re.IGNORECASE)
 _JSON_EXTRACT = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)", re.IGNORECASE)
+_COLLATE_BINARY = re.compile(r"\bCOLLATE\s+BINARY\b", re.IGNORECASE)
 _LIKE = re.compile(r"\bLIKE\b")
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 _CAST = re.compile(r"\bCAST\(", re.IGNORECASE)
@@ -81,7 +83,7 @@ def translate(sql: str) -> str:
     text = _locked_rows(sql)
     text = _INDEXED_BY.sub("", text)
     text = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", text)
-    text = _LIKE.sub("ILIKE", text)
+    text = _LIKE.sub("ILIKE", _COLLATE_BINARY.sub('COLLATE "C"', text))
     text = _aliased(_casts(_scalars(text)))
     text = _null_order(_qualified_upsert(_insert_or(text)))
     return _numbered(text)
