@@ -10,9 +10,9 @@ import difflib
 import math
 from dataclasses import dataclass
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
 from nagare.patterns import ENV_NAME, NAME
 
 ID_PATTERN = NAME
@@ -148,7 +148,7 @@ def integer(node: Node, field: str, errors: Collector, minimum: int = 0) -> int 
     if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
         errors.add(node, field, f"expected a whole number >= {minimum}, found {node_kind(node)}")
         return None
-    value = int(yaml.safe_load(node.value))
+    value = int(yaml_scalar(node.value))
     if value < minimum:
         errors.add(node, field, f"expected a whole number >= {minimum}, found {value}")
         return None
@@ -163,7 +163,7 @@ def number(node: Node, field: str, errors: Collector, positive: bool) -> float |
     ):
         errors.add(node, field, f"expected {expected} (seconds), found {node_kind(node)}")
         return None
-    value = float(yaml.safe_load(node.value))
+    value = float(yaml_scalar(node.value))
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         errors.add(node, field, f"expected {expected} (seconds), found {node.value}")
         return None
@@ -174,7 +174,7 @@ def boolean(node: Node, field: str, errors: Collector) -> bool | None:
     if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
         errors.add(node, field, f"expected true or false, found {node_kind(node)}")
         return None
-    return bool(yaml.safe_load(node.value))
+    return bool(yaml_scalar(node.value))
 
 
 def string_list(node: Node, field: str, errors: Collector, allow_single: bool) -> list[str]:

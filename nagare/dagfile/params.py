@@ -9,7 +9,6 @@ import re
 from dataclasses import replace
 from typing import Any
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nagare.dagfile.nodes import (
@@ -20,6 +19,7 @@ from nagare.dagfile.nodes import (
     node_kind,
     scalar_text,
 )
+from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
 from nagare.engine.params import MAX_PARAMS, check_value, default_problems, of_type
 from nagare.models import DagDef, ParamDef, ParamType, TriggerDef
 from nagare.patterns import ENV_NAME
@@ -225,7 +225,7 @@ def yaml_value(node: Node, kind: ParamType | None = None) -> Any:
         return str(node.value)
     tag = node.tag.rsplit(":", 1)[-1]
     if tag in ("int", "float", "bool"):
-        value = yaml.safe_load(node.value)
+        value = yaml_scalar(node.value)
         if tag == "float" and not math.isfinite(float(value)):
             return str(node.value)
         return value
