@@ -7,7 +7,6 @@ string "5432" and `MODE: 0755` stays "0755", as DAG authors wrote them.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -64,6 +63,7 @@ from nagare.dagfile.steps import COMMAND_STEPS, build_step, keys_of_type
 from nagare.dagfile.yaml_nodes import MAX_DEPTH as MAX_DEPTH  # re-exported
 from nagare.dagfile.yaml_nodes import compose as compose_yaml
 from nagare.engine.expressions import compile_error, template_errors
+from nagare.errors import close_matches
 from nagare.models import (
     DagDef,
     HandlerKind,
@@ -614,7 +614,7 @@ def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: Collector) ->
     for entry in raw:
         source = entry.task.map_over
         if entry.task.type is TaskType.MAP and source and source not in ids:
-            close = difflib.get_close_matches(source, sorted(ids), n=1)
+            close = close_matches(source, sorted(ids), n=1)
             hint = (
                 f"; did you mean '{close[0]}'?"
                 if close

@@ -6,13 +6,13 @@ booleans must have the YAML type the field expects.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
+from nagare.errors import close_matches
 from nagare.patterns import ENV_NAME, NAME
 
 ID_PATTERN = NAME
@@ -120,7 +120,7 @@ def mapping(
         key = str(key_node.value)
         field = f"{path}.{key}" if path else key
         if key not in allowed:
-            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            close = close_matches(key, candidates, n=1, cutoff=0.6)
             hint = (
                 f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(candidates)})"
             )

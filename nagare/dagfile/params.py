@@ -3,7 +3,6 @@ passes to its target: read from YAML nodes, every problem reported with its line
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import replace
@@ -21,6 +20,7 @@ from nagare.dagfile.nodes import (
 )
 from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
 from nagare.engine.params import MAX_PARAMS, check_value, default_problems, of_type
+from nagare.errors import close_matches
 from nagare.models import DagDef, ParamDef, ParamType, TriggerDef
 from nagare.patterns import ENV_NAME
 
@@ -124,7 +124,7 @@ def _type(fields: dict[str, Node], field: str, errors: Collector) -> ParamType:
     try:
         return ParamType(text)
     except ValueError:
-        close = difflib.get_close_matches(text, [t.value for t in ParamType], n=1)
+        close = close_matches(text, [t.value for t in ParamType], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         errors.add(
             fields["type"],
@@ -291,7 +291,7 @@ def _check_extract(
     names = [p.name for p in params]
     for name in trigger.extract_payload:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
+            close = close_matches(name, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (declared: {', '.join(names)})"
             errors.add(
                 _extract_node(node, name),
