@@ -98,8 +98,3 @@ def scalar(text: str) -> Any:
     if _CSafeLoader is None:
         return yaml.safe_load(text)
     return yaml.load(text, Loader=_CSafeLoader)
-
-
-def uses_libyaml() -> bool:
-    """True when DAG files are parsed by libyaml (PyYAML built with it)."""
-    return _FastLoader is not None
