@@ -30,6 +30,12 @@ BAD_FILES = {
     "control character": "id: a\ntasks:\n  - id: t\x07\n",
     "too deep": "id: a\nx: " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n",
     "mapping in a plain scalar": "id: a\ntasks:\n  - id: t: u\n",
+    "non-ASCII before the error": "id: a\n# ñ\ntasks:\n  - id: t\n    command: [ä, \n",
+}
+
+INVALID_DAGS = {  # valid YAML, invalid DAGs: the errors name lines of the composed nodes
+    "byte order mark": "\ufeffid: a\ntasks:\n  - id: t\n    command: echo é\n    retries: x\n",
+    "non-ASCII values": 'id: a\ntasks:\n  - id: t\n    command: "日本語"\n    timeout: 5\n',
 }
 
 
@@ -90,9 +96,9 @@ def test_an_error_has_the_same_line_and_message_as_the_python_parser(name: str) 
         assert got.value.problem_mark.line == mark.line  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("name", sorted(BAD_FILES))
+@pytest.mark.parametrize("name", sorted(BAD_FILES) + sorted(INVALID_DAGS))
 def test_a_dag_files_error_lines_match_the_python_parser(name: str) -> None:
-    text = BAD_FILES[name]
+    text = BAD_FILES.get(name) or INVALID_DAGS[name]
     fast = parse_dag(text, "f.yaml")
     yaml_nodes_fast = yaml_nodes._FastLoader
     try:
