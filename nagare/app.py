@@ -29,6 +29,7 @@ from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
 from nagare.http.api import Api, Services
+from nagare.http.audit_api import AuditApi
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.dagpage_api import DagPageApi
 from nagare.http.editor_api import EditorApi
@@ -178,6 +179,7 @@ class App:
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.git_sync = _git_sync(config)
         self.api.add_routes(GitApi(self.git_sync).routes())
+        self.api.add_routes(AuditApi(self.store.audit).routes())
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None
