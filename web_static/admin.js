@@ -47,13 +47,14 @@ function UsersPanel() {
   const [asking, setAsking] = useState(null); // {kind: "delete"|"password", user}
   const act = async (what, call) => {
     setError(null);
-    try { await call(); pushToast(what); await load(); } catch (e) { setError(e); }
+    try { await call(); pushToast(what); } catch (e) { setError(e); }
+    await load(); // also puts back what a refused change showed (a role select)
   };
   const update = (user, body, what) => act(what, () => api(`/api/users/${enc(user.name)}`, { method: "PUT", body }));
   const remove = (user) => act(`User ${user.name} deleted`, () => api(`/api/users/${enc(user.name)}`, { method: "DELETE" }));
   return html`<section class="panel" aria-labelledby="users-title" data-users>
     <h2 id="users-title">Users</h2>
-    <${ErrorLine} error=${loadError || error} />
+    <div data-panel-error><${ErrorLine} error=${loadError || error} /></div>
     ${users && !users.length && html`<p class="empty">No users yet.</p>`}
     ${users && users.length > 0 && html`<div class="tablewrap"><table class="users stack-sm">
       <thead><tr><th scope="col">Name</th><th scope="col">Role</th><th scope="col">Source</th><th scope="col">Last sign-in</th><th scope="col">Status</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
@@ -185,7 +186,7 @@ function KeysPanel() {
   return html`<section class="panel" aria-labelledby="keys-title" data-keys>
     <h2 id="keys-title">API keys</h2>
     <p class="small muted">A key acts with its role from scripts and the CLI: send it as <code>Authorization: Bearer KEY</code>.</p>
-    <${ErrorLine} error=${loadError || error} />
+    <div data-panel-error><${ErrorLine} error=${loadError || error} /></div>
     ${keys && !keys.length && html`<p class="empty">No API keys yet.</p>`}
     ${keys && keys.length > 0 && html`<div class="tablewrap"><table class="keys stack-sm">
       <thead><tr><th scope="col">Name</th><th scope="col">Role</th><th scope="col">Prefix</th><th scope="col">Created</th><th scope="col">Expires</th><th scope="col">Last used</th><th scope="col">Status</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
