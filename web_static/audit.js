@@ -34,7 +34,7 @@ function ActorFilter({ value, onChange }) {
   const [text, setText] = useState(value);
   useEffect(() => setText(value), [value]);
   const submit = (e) => { e.preventDefault(); onChange(text.trim()); };
-  return html`<form class="filter" onSubmit=${submit} role="search" aria-label="Filter by actor">
+  return html`<form class="filter" onSubmit=${submit} role="search">
     <label for="audit-actor" class="small">Actor</label>
     <input id="audit-actor" type="search" value=${text} placeholder="name, key:NAME, api-key…" autocomplete="off" spellcheck=${false}
       onInput=${(e) => setText(e.target.value)} onBlur=${() => text.trim() !== value && onChange(text.trim())} data-filter="actor" />
