@@ -32,6 +32,12 @@ id: failing
 tasks:
   - {id: breaks, command: exit 3}
 """
+GATE = """\
+id: gate
+tasks:
+  - {id: ask, type: approval, message: "Ship it?"}
+  - {id: ship, depends_on: [ask], command: echo shipped}
+"""
 VIEWS = {
     "light": {"color_scheme": "light"},
     "dark": {"color_scheme": "dark"},
@@ -41,11 +47,13 @@ VIEWS = {
 
 def teams_server(nagare_factory: Any) -> Nagare:
     server: Nagare = nagare_factory(
-        dags={"sleeper.yaml": SLEEPER, "failing.yaml": FAILING}, auth_mode="builtin"
+        dags={"sleeper.yaml": SLEEPER, "failing.yaml": FAILING, "gate.yaml": GATE},
+        auth_mode="builtin",
     )
     for name, role in USERS.items():
         server.app.accounts.add_user(name, role, PASSWORD, now_ms())
-    server.headers, _ = login(server, "ada")  # the test's own reads (server.get) as an admin
+    cookie, csrf = login(server, "ada")  # the test's own calls (server.get, .trigger) as an admin
+    server.headers = {**cookie, "X-CSRF-Token": csrf}
     return server
 
 
@@ -147,19 +155,7 @@ def test_a_viewer_sees_no_actions_and_no_admin_pages(
     ui: Any,  # noqa: F811
 ) -> None:
     server = teams_server(nagare_factory)
-    headers, csrf = login(server, "ada")
-    failed = http(
-        "POST",
-        server.url + "/api/dags/failing/runs",
-        {},
-        headers={**headers, "X-CSRF-Token": csrf},
-    ).json["run_id"]
-    running = http(
-        "POST",
-        server.url + "/api/dags/sleeper/runs",
-        {},
-        headers={**headers, "X-CSRF-Token": csrf},
-    ).json["run_id"]
+    failed, running = server.trigger("failing"), server.trigger("sleeper")
     u = ui(server)
     page = signed_in(u, "vic")
     assert nav_labels(page) == ["Dashboard", "DAGs", "Runs", "Metrics", "Workers"]
@@ -174,7 +170,7 @@ def test_a_viewer_sees_no_actions_and_no_admin_pages(
     expect(page.get_by_role("tab", name="YAML")).to_have_count(0)
     expect(page.locator("[data-action=trigger], [data-action=backfill], [data-edit-file]")).to_have_count(0)
     page = u.go("/dags")
-    expect(page.locator("tr[data-dag]")).to_have_count(2)
+    expect(page.locator("tr[data-dag]")).to_have_count(3)
     expect(page.locator("[data-new-dag]")).to_have_count(0)
     page = u.go(f"/runs?id={failed}")
     expect(page.locator("h1 .badge")).to_have_text("failed")
@@ -210,16 +206,22 @@ def test_an_operator_runs_and_kills_but_does_not_edit(
     expect(page.locator("[data-new-dag]")).to_have_count(0)
     expect(page.get_by_role("switch", name="sleeper active")).to_be_visible()
     assert server.get(f"/api/runs/{run_id}")["status"] == "cancelled"
-    entries = [(e["actor"], e["action"]) for e in audit(server, "ada")]
-    assert ("olga", "dag.trigger") in entries and ("olga", "run.kill") in entries
+    # an approval: she answers as herself (no name to type)
+    gate = server.trigger("gate")
+    page = u.go(f"/runs?id={gate}")
+    banner = page.locator("[data-approval=ask]")
+    expect(banner.locator("[data-approval-as]")).to_have_text("You answer as olga.")
+    expect(banner.locator("[data-approval-by]")).to_have_count(0)
+    banner.get_by_role("button", name="✓ Approve").click()
+    expect(page.locator("h1 .badge").first).to_have_text("success")
+    entries = [(e["actor"], e["action"]) for e in audit(server)]
+    for done in ("dag.trigger", "run.kill", "task.approve"):
+        assert ("olga", done) in entries, (done, entries)
     assert unexpected(u) == []
 
 
-def audit(server: Nagare, admin: str, query: str = "") -> list[dict[str, Any]]:
-    headers, _ = login(server, admin)
-    answer = http("GET", server.url + "/api/audit" + query, headers=headers)
-    assert answer.status == 200, answer.body
-    return list(answer.json["data"])
+def audit(server: Nagare, query: str = "") -> list[dict[str, Any]]:
+    return list(server.get("/api/audit" + query)["data"])
 
 
 def test_csrf_a_signed_in_write_needs_the_session_token(nagare_factory: Any) -> None:
@@ -375,7 +377,7 @@ def test_admin_creates_a_user_and_a_key_revokes_it_and_audits_it(
         a.shot(f"audit-{view}")
         assert axe_violations(p) == [], view
         assert unexpected(a) == []
-    assert key not in str(audit(server, "ada", "?limit=500"))
+    assert key not in str(audit(server, "?limit=500"))
     assert unexpected(u, 409) == []  # the taken name, the last admin
 
 

@@ -958,6 +958,8 @@ function ApprovalBanner({ run, task, reload }) {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const id = `approval-${task.id}`;
+  // a signed-in user or a created key answers as itself (the server ignores a typed name)
+  const signedAs = me && (me.kind === "session" || me.kind === "key") ? me.name : "";
   const answer = async (verb) => {
     setBusy(true); setError(null);
     try {
@@ -972,7 +974,8 @@ function ApprovalBanner({ run, task, reload }) {
     <p class="approval-message" data-approval-message>${w.message || "Approve to continue this run, or reject to fail the task."}</p>
     <p class="small muted">${approvers.length ? `Only ${approvers.join(", ")} may answer.` : "Anyone with access may answer."}${w.until ? ` Fails if unanswered by ${fmtTime(w.until)}.` : ""}</p>
     ${can("operate") ? html`<div class="approval-form">
-      <label><span>Your name${approvers.length ? "" : " (optional)"}</span><input value=${by} onInput=${(e) => setBy(e.target.value)} autocomplete="username" data-approval-by /></label>
+      ${signedAs ? html`<p class="small" data-approval-as>You answer as <strong>${signedAs}</strong>.</p>`
+        : html`<label><span>Your name${approvers.length ? "" : " (optional)"}</span><input value=${by} onInput=${(e) => setBy(e.target.value)} autocomplete="username" data-approval-by /></label>`}
       <label class="grow"><span>Comment (optional)</span><input value=${comment} onInput=${(e) => setComment(e.target.value)} data-approval-comment /></label>
       <div class="row">
         <button class="approve" disabled=${busy} onClick=${() => answer("approve")} data-action="approve">✓ Approve</button>
