@@ -38,7 +38,7 @@ tasks:
   - {id: ask, type: approval, message: "Ship it?"}
   - {id: ship, depends_on: [ask], command: echo shipped}
 """
-VIEWS = {
+VIEWS: dict[str, dict[str, Any]] = {
     "light": {"color_scheme": "light"},
     "dark": {"color_scheme": "dark"},
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True},
@@ -78,11 +78,14 @@ def unexpected(u: Any, *expected: int) -> list[str]:
 
 
 def nav_labels(page: Any) -> list[str]:
-    return [a.inner_text() for a in page.get_by_role("navigation", name="Main").get_by_role("link").all()]
+    return [
+        a.inner_text()
+        for a in page.get_by_role("navigation", name="Main").get_by_role("link").all()
+    ]
 
 
 def session_token(u: Any) -> str:
-    return next(c["value"] for c in u.context.cookies() if c["name"] == "nagare_session")
+    return str(next(c["value"] for c in u.context.cookies() if c["name"] == "nagare_session"))
 
 
 def login(server: Nagare, name: str) -> tuple[dict[str, str], str]:
@@ -168,7 +171,8 @@ def test_a_viewer_sees_no_actions_and_no_admin_pages(
     page = u.go("/dags?id=sleeper")
     expect(page.get_by_role("tab", name="Graph")).to_be_visible()
     expect(page.get_by_role("tab", name="YAML")).to_have_count(0)
-    expect(page.locator("[data-action=trigger], [data-action=backfill], [data-edit-file]")).to_have_count(0)
+    actions = "[data-action=trigger], [data-action=backfill], [data-edit-file]"
+    expect(page.locator(actions)).to_have_count(0)
     page = u.go("/dags")
     expect(page.locator("tr[data-dag]")).to_have_count(3)
     expect(page.locator("[data-new-dag]")).to_have_count(0)
@@ -324,7 +328,8 @@ def test_admin_creates_a_user_and_a_key_revokes_it_and_audits_it(
 
     # delete a user, asked first
     users.get_by_role("button", name="Delete nina…").click()
-    page.get_by_role("dialog", name="Delete user nina?").get_by_role("button", name="Delete user").click()
+    asked = page.get_by_role("dialog", name="Delete user nina?")
+    asked.get_by_role("button", name="Delete user").click()
     expect(users.locator("tr[data-user=nina]")).to_have_count(0)
     expect(page.locator(".toast")).to_have_count(0, timeout=10_000)  # not over the table
     for theme in ("light", "dark"):
