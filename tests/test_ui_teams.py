@@ -30,7 +30,7 @@ tasks:
 FAILING = """\
 id: failing
 tasks:
-  - {id: breaks, command: exit 3}
+  - {id: breaks, command: "echo broken; exit 3"}
 """
 GATE = """\
 id: gate
@@ -179,6 +179,7 @@ def test_a_viewer_sees_no_actions_and_no_admin_pages(
     page = u.go(f"/runs?id={failed}")
     expect(page.locator("h1 .badge")).to_have_text("failed")
     expect(page.locator("[data-action=retry-run], [data-action=retry]")).to_have_count(0)
+    expect(page.locator("[data-task=breaks] [data-log]")).to_contain_text("broken")  # the cookie
     page = u.go(f"/runs?id={running}")
     expect(page.locator("[data-task=nap]")).to_have_attribute("data-status", "running")
     expect(page.get_by_role("button", name=re.compile("Kill"))).to_have_count(0)
