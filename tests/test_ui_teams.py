@@ -15,6 +15,7 @@ from axe import axe_violations
 from conftest import Nagare, http, wait_for
 from test_ui import browser, expect, ui  # noqa: F401 - fixtures
 
+from nagare.access import parse_roles
 from nagare.clock import now_ms
 
 pytestmark = pytest.mark.slow
@@ -24,6 +25,7 @@ USERS = {"ada": "admin", "olga": "operator", "vic": "viewer", "dev": "developer"
 SLEEPER = """\
 id: sleeper
 schedule: "0 3 * * *"
+tags: [finance]
 tasks:
   - {id: nap, command: sleep 60}
 """
@@ -45,10 +47,11 @@ VIEWS: dict[str, dict[str, Any]] = {
 }
 
 
-def teams_server(nagare_factory: Any) -> Nagare:
+def teams_server(nagare_factory: Any, **settings: Any) -> Nagare:
     server: Nagare = nagare_factory(
         dags={"sleeper.yaml": SLEEPER, "failing.yaml": FAILING, "gate.yaml": GATE},
         auth_mode="builtin",
+        **settings,
     )
     for name, role in USERS.items():
         server.app.accounts.add_user(name, role, PASSWORD, now_ms())
@@ -223,6 +226,32 @@ def test_an_operator_runs_and_kills_but_does_not_edit(
     for done in ("dag.trigger", "run.kill", "task.approve"):
         assert ("olga", done) in entries, (done, entries)
     assert unexpected(u) == []
+
+
+def test_a_role_limited_to_some_tags_sees_only_their_dags(
+    nagare_factory: Any,
+    ui: Any,  # noqa: F811
+) -> None:
+    server = teams_server(nagare_factory, roles=parse_roles({"operator": {"tags": ["finance"]}}))
+    other = server.trigger("failing")
+    u = ui(server)
+    page = signed_in(u, "olga")
+    assert nav_labels(page) == ["Dashboard", "DAGs", "Runs"]  # no pages over every DAG
+    expect(page.locator("tr[data-dag]")).to_have_count(1)
+    expect(page.locator("tr[data-dag=sleeper] [data-action=trigger]")).to_be_visible()
+    expect(page.locator("[data-stat-link]")).to_have_count(0)  # counters cover every DAG
+    page.get_by_role("button", name="Trigger sleeper", exact=True).click()
+    page.wait_for_url(re.compile(r"/runs\?id=sleeper__manual__"))
+    expect(page.locator("[data-task=nap]")).to_have_attribute("data-status", "running")
+    page = u.go("/runs")
+    expect(page.locator("tr[data-run]")).to_have_count(1)
+    expect(page.locator(f"tr[data-run='{other}']")).to_have_count(0)
+    page = u.go("/dags")
+    expect(page.locator("tr[data-dag]")).to_have_count(1)
+    page = u.go("/metrics")
+    expect(page.get_by_role("heading", name="Not available to your role")).to_be_visible()
+    u.shot("limited-operator")
+    assert unexpected(u) == []  # no call of a route over every DAG (403)
 
 
 def audit(server: Nagare, query: str = "") -> list[dict[str, Any]]:
