@@ -21,6 +21,7 @@ from nagare.clock import now_ms
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct-horse-7"
+NEW_PASSWORD = "battery-staple-8"
 USERS = {"ada": "admin", "olga": "operator", "vic": "viewer", "dev": "developer"}
 SLEEPER = """\
 id: sleeper
@@ -66,9 +67,9 @@ def sign_in(page: Any, name: str, password: str = PASSWORD) -> None:
     page.get_by_role("button", name="Sign in", exact=True).click()
 
 
-def signed_in(u: Any, name: str, path: str = "/") -> Any:
+def signed_in(u: Any, name: str, path: str = "/", password: str = PASSWORD) -> Any:
     page = u.go(path)
-    sign_in(page, name)
+    sign_in(page, name, password)
     expect(page.locator(f"[data-who='{name}']")).to_be_visible()
     return page
 
@@ -127,17 +128,31 @@ def test_sign_in_wrong_then_right_sign_out_and_an_ended_session(
     page = signed_in(u, "vic")
     page.reload()  # the session cookie survives a reload
     expect(page.locator("[data-who=vic]")).to_be_visible()
+    # one's own password: the current one first; this session stays
+    page.get_by_role("button", name="Password…").click()
+    dialog = page.get_by_role("dialog", name="Change your password")
+    dialog.get_by_label("Current password").fill("not-it-at-all")
+    dialog.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+    dialog.get_by_label("New password again").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_role("alert")).to_have_text("The current password is wrong.")
+    dialog.get_by_label("Current password").fill(PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_role("status")).to_contain_text("Password changed")
+    page.get_by_role("link", name="Runs", exact=True).click()
+    expect(page.locator("[data-who=vic]")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("[data-signin-notice]")).to_have_text("You have signed out.")
     page.reload()
     expect(page.get_by_role("heading", name="Sign in to Nagare")).to_be_visible()
 
     # a session that ends (expired here) sends the page back to sign-in at its next call
-    page = signed_in(u, "vic", "/runs")
+    page = signed_in(u, "vic", "/runs", NEW_PASSWORD)
     server.app.accounts.session(session_token(u), now_ms() + 48 * 3600_000)  # past its end
     page.get_by_role("link", name="DAGs").click()
     expect(page.locator("[data-signin-notice]")).to_contain_text("Your session has ended")
-    sign_in(page, "vic")
+    sign_in(page, "vic", NEW_PASSWORD)
     expect(page.get_by_role("heading", name="DAGs")).to_be_visible()
 
 
