@@ -913,3 +913,15 @@ def test_a_password_is_typed_twice_on_a_terminal_or_read_from_stdin() -> None:
     assert read_password(True, io.StringIO("from stdin  \nsecond line\n")) == "from stdin  "
     with pytest.raises(ConfigError, match="--password-stdin"):
         read_password(False, io.StringIO())  # not a terminal, and no prompt function
+
+
+def test_with_users_and_no_token_workers_cannot_join(
+    nagare_factory: Callable[..., Nagare], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    n = nagare_factory(auth_mode="builtin")
+    for verb in ("register", "heartbeat", "poll", "log", "result"):
+        refused = http("POST", f"{n.url}/api/workers/{verb}", {})
+        assert refused.status == 401, (verb, refused.body)
+        assert "no cluster token is set" in refused.json["error"]["message"]
+    assert "anyone who can reach this port can join" not in caplog.text
