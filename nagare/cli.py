@@ -455,9 +455,10 @@ def _dag_files(paths: list[str]) -> list[str]:
 def _add_cleanup(commands: Any) -> None:
     cleanup = commands.add_parser(
         "cleanup",
-        help="delete finished runs older than an age, with their tasks, metrics and logs",
+        help="delete finished runs and audit entries older than an age",
         description="Delete finished runs created (and finished) more than AGE ago, with their "
-        "task instances, attempts (metrics) and log folders; running runs are never deleted. "
+        "task instances, attempts (metrics) and log folders, and the audit log's entries "
+        "older than AGE; running runs are never deleted. "
         "The first cleanup of a database created before incremental auto-vacuum converts it "
         "with one VACUUM.",
     )
@@ -507,7 +508,8 @@ def cmd_cleanup(namespace: argparse.Namespace) -> int:
         )
         print(
             f"{verb} {removed.runs} runs, {removed.tasks} task instances, {removed.attempts} "
-            f"attempts{' and their log folders' if removed.runs else ''}"
+            f"attempts{' and their log folders' if removed.runs else ''}; {removed.audit} "
+            "audit log entries"
         )
         if not namespace.dry_run:
             try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from nagare.cli_audit import AUDIT_COMMAND
 from nagare.clock import now_ms, parse_iso
 from nagare.errors import ConfigError
 
@@ -498,6 +499,7 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Hand
     ("emit", "emit an event for the `wait` steps waiting for it", _emit_args, cmd_emit),
     ("stats", "show run and DAG counters", _no_args, cmd_stats),
     ("workers", "list the connected remote workers", _no_args, cmd_workers),
+    AUDIT_COMMAND,
 )
 
 

@@ -67,6 +67,10 @@ class ApiClient:
     def workers(self) -> JsonList:
         return self._list("GET", "/api/workers")
 
+    def audit(self, filters: dict[str, Any]) -> JsonObject:
+        """A page of the audit log: `filters` are GET /api/audit's query (empty ones left out)."""
+        return self._object("GET", "/api/audit", query=filters)
+
     def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
         it; `api_key` carries the cluster token. Each thread keeps its connection alive (a

@@ -81,6 +81,7 @@ LAYERS: dict[str, int] = {
     # L6: the only code that prints or exits
     "nagare.cli": L6,
     "nagare.cli_client": L6,
+    "nagare.cli_audit": L6,
     "nagare.__main__": L6,
 }
 # Packages whose every module shares the package's layer.
