@@ -305,7 +305,7 @@ def test_each_action_is_recorded_with_its_target_and_detail(keyed: Nagare) -> No
     # backfill
     post(keyed, "/api/dags/nightly/backfill", {"start": "2026-11-01", "end": "2026-11-03"}, 201)
     assert last(keyed, "dag.backfill")["detail"] == (
-        "start=2026-11-01T00:00:00.000Z end=2026-11-03T00:00:00.000Z runs=2 dry_run=False"
+        "start=2026-11-01T00:00:00.000Z end=2026-11-03T00:00:00.000Z runs=2"
     )
     # DAG create, save, delete
     made = post(keyed, "/api/dags", {"text": MADE}, 201)

@@ -691,9 +691,9 @@ class Api:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
-        request.note(
-            start=to_iso(start), end=to_iso(end), runs=len(result.created), dry_run=dry_run
-        )
+        request.note(start=to_iso(start), end=to_iso(end), runs=len(result.created))
+        if dry_run:
+            request.note(dry_run="true")
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs

@@ -79,7 +79,9 @@ class WaitsApi:
         if not isinstance(comment, str) or not isinstance(by, str):
             raise BadRequest("'comment' and 'by' must be strings")
         by = by.strip()[:MAX_BY_CHARS] or "api"
-        request.note(by=by, **({"comment": comment} if comment.strip() else {}))
+        request.note(by=by)
+        if comment.strip():
+            request.note(comment=comment)  # the person's words, one line, cut at 200 characters
         task = self.waits.approve(
             request.params["run_id"], request.params["task_id"], by, comment, approved
         )
