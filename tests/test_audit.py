@@ -395,10 +395,12 @@ def nagare_cli(server: Nagare, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_command_lines_actions_are_recorded_and_listed(keyed: Nagare) -> None:
     assert nagare_cli(keyed, "trigger", "hello").returncode == 0
     assert nagare_cli(keyed, "pause", "hello").returncode == 0
-    assert nagare_cli(keyed, "kill", "hello__manual__nope").returncode == 1
+    run_id = last(keyed, "dag.trigger")["detail"].split()[0].removeprefix("run_id=")
+    keyed.wait_run(run_id)
+    assert nagare_cli(keyed, "kill", run_id).returncode == 1  # finished: 409
     found = entries(keyed)
     assert [(e["action"], e["actor"], e["outcome"]) for e in found] == [
-        ("run.kill", "api-key", "not_found"),
+        ("run.kill", "api-key", "conflict"),
         ("dag.pause", "api-key", "ok"),
         ("dag.trigger", "api-key", "ok"),
     ]
