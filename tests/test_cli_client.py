@@ -254,7 +254,7 @@ def test_run_and_tasks_show_details(server: Nagare) -> None:
         "count",
     ]
     assert fails("run", "no_such_run", api=server.url).strip() == (
-        "error: run 'no_such_run' not found"
+        "error: run 'no_such_run' not found, and no DAG has that id"
     )
 
 
