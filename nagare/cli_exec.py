@@ -25,6 +25,7 @@ from nagare.models import DagDef, TaskInstance, TaskStatus, TaskType
 
 PROGRESS_SECONDS = 0.2  # a live status line is redrawn this often
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 CLEAR_LINE = "\r\x1b[K"
 SPINNER = "|/-\\"
 
@@ -50,9 +51,9 @@ def dag_file_of(target: str) -> str:
     """The DAG file `target` names ('' for a DAG id); a path that is no file is an error."""
     if os.path.isfile(target):
         return target
+    if os.path.isdir(target):
+        raise ConfigError(f"{target} is a folder: give one DAG file, or a DAG id with --dags")
     if os.sep in target or target.endswith((".yaml", ".yml")):
-        if os.path.isdir(target):
-            raise ConfigError(f"{target} is a folder: give one DAG file, or a DAG id with --dags")
         raise ConfigError(f"file not found: {target}")
     return ""
 
@@ -101,20 +102,37 @@ def _exec_run(
         started = time.monotonic()
         run_id = app.runs.trigger(dag_id, params).run_id
         every = PROGRESS_SECONDS if progress.mode != "off" else None
+
+        def watch() -> None:
+            progress.tick(app.store.tasks.of_run(run_id))
+
         try:
-            status = app.wait_for_run(
-                run_id, lambda: progress.tick(app.store.tasks.of_run(run_id)), every
-            )
+            status = app.wait_for_run(run_id, watch, every)
         except KeyboardInterrupt:
-            status = "interrupted"
+            status = _kill(app, run_id, progress)
         progress.done()
         tasks = app.store.tasks.of_run(run_id)
         print(summary(tasks), file=sys.stderr)
         took = duration_text(time.monotonic() - started)
         print(f"run of '{dag_id}' finished: {status} in {took}", file=sys.stderr)
-        return 0 if status == "success" else 1
+        return 0 if status == "success" else EXIT_INTERRUPTED if status == "interrupted" else 1
     finally:
         app.stop()
+
+
+def _kill(app: Any, run_id: str, progress: Progress) -> str:
+    """Ctrl-C or SIGTERM: kill the run's tasks and wait for its end (a second one stops
+    waiting); returns "interrupted"."""
+    from nagare.errors import NagareError
+
+    progress.done()
+    print("interrupted: killing the run's tasks (Ctrl-C again to stop waiting)", file=sys.stderr)
+    try:
+        app.runs.kill_run(run_id)
+        app.wait_for_run(run_id)
+    except (NagareError, KeyboardInterrupt):
+        pass
+    return "interrupted"
 
 
 def _dag_of_file(app: Any, selection: _OneFile) -> str | None:
