@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from nagare import __version__
 from nagare.config import OPTIONS, load_config
@@ -47,7 +47,11 @@ GLOBAL_SWITCHES = ("--json",)
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = hoist_global_flags(args, set(_commands(parser).choices))
+    commands = _commands(parser).choices
+    args = hoist_global_flags(args, set(commands))
+    if "--json" in args:  # usage errors too come as JSON
+        for command in commands.values():
+            command.json_errors = True
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version")):
         args = ["serve", *args]
     namespace = parser.parse_args(args)
@@ -104,12 +108,24 @@ def hoist_global_flags(args: list[str], commands: set[str]) -> list[str]:
     return args
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with `json_errors`, a usage error is the API's error shape on stderr."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            fail("usage", f"{self.prog}: {message}", True)
+            sys.exit(2)
+        super().error(message)
+
+
 def _commands(parser: argparse.ArgumentParser) -> Any:
     return next(a for a in parser._actions if a.dest == "command")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nagare",
         description="Nagare: a lean DAG orchestrator. Without a command it "
         "serves the API and dashboard (same as `nagare serve`). Client commands take "
@@ -297,8 +313,11 @@ def cmd_exec(namespace: argparse.Namespace) -> int:
     from nagare.cli_exec import run_exec
 
     params = _params(namespace.param)
-    signal.signal(signal.SIGTERM, _interrupt)  # ends the wait as Ctrl-C does: tasks are killed
-    return run_exec(namespace, params)
+    before = signal.signal(signal.SIGTERM, _interrupt)  # ends the wait as Ctrl-C does
+    try:
+        return run_exec(namespace, params)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

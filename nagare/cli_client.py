@@ -40,7 +40,7 @@ WAITS_TO_START = ("pending", "queued", "up_for_retry")  # `logs -f` waits for th
 DEFAULT_RUNS_LIMIT = 20
 
 Handler = Callable[[argparse.Namespace], int]
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subparsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 
 def add_client_commands(commands: Subparsers) -> None:

@@ -96,6 +96,42 @@ def test_exec_of_a_file_loads_that_file_alone(tmp_path: Path) -> None:
     assert "run of 'greet' finished: success in " in result.stderr
 
 
+SPY_PARSES = """
+import sys
+import nagare.dag_folder as folder
+from nagare.cli import main
+
+real, parsed = folder.load_dag_file, []
+
+
+def spy(path, *args, **kwargs):
+    parsed.append(path)
+    return real(path, *args, **kwargs)
+
+
+folder.load_dag_file = spy
+code = main(["exec", sys.argv[1], "--quiet"])
+print("parsed:", *parsed, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_exec_parses_its_file_once(tmp_path: Path) -> None:
+    write(tmp_path / "dags" / "greet.yaml", GREET)
+    write(tmp_path / "dags" / "broken.yaml", BROKEN)
+    result = subprocess.run(
+        [sys.executable, "-c", SPY_PARSES, "dags/greet.yaml"],
+        cwd=tmp_path,
+        env=pythonpath_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    parsed = next(line for line in result.stderr.splitlines() if line.startswith("parsed:"))
+    assert parsed.split()[1:] == [str(tmp_path / "dags" / "greet.yaml")]
+
+
 def test_exec_of_a_missing_file_says_file_not_found(tmp_path: Path) -> None:
     write(tmp_path / "dags" / "broken.yaml", BROKEN)
     result = nagare("exec", "dags/nope.yaml", cwd=tmp_path)
@@ -312,6 +348,14 @@ def test_errors_are_json_with_json(server: Nagare) -> None:
     assert result.returncode == 1 and result.stdout == ""
     assert json.loads(result.stderr) == {
         "error": {"code": "not_found", "message": "run 'nope' not found, and no DAG has that id"}
+    }
+    usage = nagare("--json", "logs", "only_a_run")
+    assert usage.returncode == 2
+    assert json.loads(usage.stderr) == {
+        "error": {
+            "code": "usage",
+            "message": "nagare logs: the following arguments are required: TASK_ID",
+        }
     }
     bad = nagare("emit", "done", "--data", "{nope", "--json", "--api", server.url)
     assert bad.returncode == 2
