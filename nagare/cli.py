@@ -68,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for param, message in err.details:
             print(f"  {param}: {message}", file=sys.stderr)
         return 2
-    except (NagareError, ConfigError) as err:
-        return fail(getattr(err, "code", "bad_input"), err.message, as_json)
+    except NagareError as err:  # (ConfigError among them)
+        return fail(err.code, err.message, as_json)
     except KeyboardInterrupt:
         return 130
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_API_URL = "http://localhost:8080"
 EXIT_NO_LOG = 3  # `logs` of a task that has not run (pending, skipped, ...): no log to print
+ALIASES = {"run": ("status",)}  # Dagu's `status <dag>`
 WAITS_TO_START = ("pending", "queued", "up_for_retry")  # `logs -f` waits for these to start
 DEFAULT_RUNS_LIMIT = 20
 
@@ -47,7 +48,13 @@ def add_client_commands(commands: Subparsers) -> None:
     """Register the client subcommands on the root parser's subcommand table."""
     common = _common_flags()
     for name, help_text, configure, handler in _COMMANDS:
-        parser = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        parser = commands.add_parser(
+            name,
+            aliases=ALIASES.get(name, ()),
+            help=help_text,
+            description=help_text,
+            parents=[common],
+        )
         configure(parser)
         parser.set_defaults(func=_guarded(handler))
 
@@ -600,7 +607,7 @@ CLIENT_EXAMPLES = {
     "activate": "nagare activate nightly",
     "runs": "nagare runs --dag hello_world --status failed",
     "history": "nagare history hello_world --limit 10",
-    "run": "nagare run hello_world   (a DAG id: its latest run)",
+    "run": "nagare run hello_world",
     "tasks": "nagare tasks hello_world",
     "logs": "nagare logs hello_world t2 -f",
     "retry": "nagare retry hello_world t2 --downstream",

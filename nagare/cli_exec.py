@@ -13,6 +13,7 @@ import argparse
 import difflib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -101,13 +102,16 @@ def _exec_run(
             return EXIT_BAD_INPUT
         started = time.monotonic()
         run_id = app.runs.trigger(dag_id, params).run_id
-        every = PROGRESS_SECONDS if progress.mode != "off" else None
 
         def watch() -> None:
             progress.tick(app.store.tasks.of_run(run_id))
 
+        shown = progress.mode != "off"
         try:
-            status = app.wait_for_run(run_id, watch, every)
+            if shown:
+                status = app.wait_for_run(run_id, watch, PROGRESS_SECONDS)
+            else:
+                status = app.wait_for_run(run_id)
         except KeyboardInterrupt:
             status = _kill(app, run_id, progress)
         progress.done()
@@ -254,6 +258,7 @@ class Progress:
 
     def _show(self, text: str) -> None:
         self._clear()
+        text = text[: shutil.get_terminal_size().columns - 1]  # one screen line: \r clears it
         self.err.write(text)
         self.err.flush()
         self._status = text

@@ -274,6 +274,7 @@ def test_a_dag_id_means_its_latest_run(server: Nagare) -> None:
     run = nagare("run", "greet", "--api", server.url)
     assert run.returncode == 0 and f"Run:       {latest}" in run.stdout
     assert run.stderr == f"latest run of DAG greet: {latest}\n"
+    assert nagare("status", "greet", "--api", server.url).stdout == run.stdout  # (Dagu's verb)
     assert "hello again" in nagare("logs", "greet", "hello", "--api", server.url).stdout
     assert "bye" in nagare("tasks", "greet", "--api", server.url).stdout
     follow = nagare("logs", "greet", "bye", "-f", "--api", server.url)
