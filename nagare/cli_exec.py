@@ -18,11 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nagare.config import Config, load_config
 from nagare.errors import ConfigError
 from nagare.models import DagDef, TaskInstance, TaskStatus, TaskType
+
+if TYPE_CHECKING:
+    from nagare.app import App
 
 PROGRESS_SECONDS = 0.2  # a live status line is redrawn this often
 EXIT_BAD_INPUT = 2
@@ -102,21 +105,8 @@ def _exec_run(
             return EXIT_BAD_INPUT
         started = time.monotonic()
         run_id = app.runs.trigger(dag_id, params).run_id
-
-        def watch() -> None:
-            progress.tick(app.store.tasks.of_run(run_id))
-
-        shown = progress.mode != "off"
-        try:
-            if shown:
-                status = app.wait_for_run(run_id, watch, PROGRESS_SECONDS)
-            else:
-                status = app.wait_for_run(run_id)
-        except KeyboardInterrupt:
-            status = _kill(app, run_id, progress)
-        progress.done()
-        tasks = app.store.tasks.of_run(run_id)
-        print(summary(tasks), file=sys.stderr)
+        status = _wait(app, run_id, progress)
+        print(summary(app.store.tasks.of_run(run_id)), file=sys.stderr)
         took = duration_text(time.monotonic() - started)
         print(f"run of '{dag_id}' finished: {status} in {took}", file=sys.stderr)
         return 0 if status == "success" else EXIT_INTERRUPTED if status == "interrupted" else 1
@@ -124,7 +114,23 @@ def _exec_run(
         app.stop()
 
 
-def _kill(app: Any, run_id: str, progress: Progress) -> str:
+def _wait(app: App, run_id: str, progress: Progress) -> str:
+    """The run's status once it ended (its progress shown meanwhile), or "interrupted"."""
+
+    def watch() -> None:
+        progress.tick(app.store.tasks.of_run(run_id))
+
+    try:
+        if progress.mode == "off":
+            return app.wait_for_run(run_id)
+        return app.wait_for_run(run_id, watch, PROGRESS_SECONDS)
+    except KeyboardInterrupt:
+        return _kill(app, run_id, progress)
+    finally:
+        progress.done()
+
+
+def _kill(app: App, run_id: str, progress: Progress) -> str:
     """Ctrl-C or SIGTERM: kill the run's tasks and wait for its end (a second one stops
     waiting); returns "interrupted"."""
     from nagare.errors import NagareError
@@ -139,7 +145,7 @@ def _kill(app: Any, run_id: str, progress: Progress) -> str:
     return "interrupted"
 
 
-def _dag_of_file(app: Any, selection: _OneFile) -> str | None:
+def _dag_of_file(app: App, selection: _OneFile) -> str | None:
     """The id of the file's DAG, after loading the DAGs it calls; None (printed) if it is
     invalid."""
     name = selection.name
@@ -156,11 +162,11 @@ def _dag_of_file(app: Any, selection: _OneFile) -> str | None:
     return str(dag.dag_id)
 
 
-def _loaded(app: Any, name: str) -> DagDef | None:
+def _loaded(app: App, name: str) -> DagDef | None:
     snapshot = app.folder.snapshot
     for dag_id, owner in snapshot.files.items():
         if owner == name:
-            return snapshot.dags.get(dag_id)  # type: ignore[no-any-return]
+            return snapshot.dags.get(dag_id)
     return None
 
 
@@ -169,7 +175,7 @@ def calls_dags(dag: DagDef) -> bool:
     return any(t.type is TaskType.DAG for t in (*dag.tasks, *dag.handler_on.values()))
 
 
-def _dag_by_id(app: Any, dag_id: str) -> str | None:
+def _dag_by_id(app: App, dag_id: str) -> str | None:
     if app.folder.get(dag_id) is not None:
         return dag_id
     snapshot = app.folder.snapshot
@@ -177,6 +183,9 @@ def _dag_by_id(app: Any, dag_id: str) -> str | None:
         not_found_message(dag_id, app.config.dags, list(snapshot.dags), len(snapshot.errors)),
         file=sys.stderr,
     )
+    for name in (f"{dag_id}.yaml", f"{dag_id}.yml"):  # the file of that name is likely it
+        for error in snapshot.errors.get(name, []):
+            print(error, file=sys.stderr)
     return None
 
 

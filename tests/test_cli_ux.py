@@ -160,6 +160,9 @@ def test_exec_of_an_unknown_dag_id_suggests_the_closest(tmp_path: Path) -> None:
         "error: DAG 'gret' not found in dags; did you mean 'greet'? "
         "(1 file has errors: `nagare validate dags` lists them)"
     ]
+    named = nagare("exec", "broken", cwd=tmp_path)  # broken.yaml is likely the one meant
+    assert named.returncode == 2
+    assert named.stderr.splitlines()[1].startswith("broken.yaml:3: invalid YAML")
 
 
 def test_exec_progress_lines_and_the_live_status_line(tmp_path: Path) -> None:
