@@ -2,7 +2,9 @@
 
 Each command talks to a running server through `nagare.client.ApiClient`, prints a table or a
 message (or, with `--json`, the server's JSON answer) and returns the exit code: 0 on success,
-1 when the API call failed (`error: <message>` on stderr); argparse exits 2 on usage errors.
+1 when the API call failed (`error: <message>` on stderr, or with `--json` the API's error
+shape), 3 when `logs` finds no log (the task has not run); argparse exits 2 on usage errors.
+A RUN_ID argument may be a DAG id: its latest run.
 """
 
 from __future__ import annotations
@@ -435,8 +437,14 @@ def cmd_logs(namespace: argparse.Namespace) -> int:
     elif text:
         sys.stdout.write(text)
     else:
-        print(f"task {namespace.task_id}: its log is empty (it printed nothing)", file=sys.stderr)
+        print(f"task {namespace.task_id}: {empty_log_note(task)}", file=sys.stderr)
     return 0
+
+
+def empty_log_note(task: dict[str, Any]) -> str:
+    if task.get("status") in ("running", "waiting"):
+        return f"its log is empty so far (it is {task['status']}: -f follows it)"
+    return "its log is empty (it printed nothing)"
 
 
 def _no_log(namespace: argparse.Namespace, reason: str) -> int:

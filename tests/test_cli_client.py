@@ -47,7 +47,7 @@ tasks:
 LONG_COMMAND = "echo " + "x" * 80
 CLIENT_COMMANDS = (
     *("dags", "trigger", "pause", "activate", "runs", "run", "tasks", "logs", "retry", "kill"),
-    *("stats", "workers", "approve", "reject", "emit", "backfill"),
+    *("stats", "workers", "approve", "reject", "emit", "backfill", "history", "tags"),
 )
 
 

@@ -318,6 +318,12 @@ def test_logs_say_why_a_task_has_none(server: Nagare) -> None:
         "error: task after has no log: it has not started "
         "(pending: its upstream tasks have not finished)\n"
     )
+    wait_for(lambda: server.task(run_id, "sleeper")["status"] == "running", 15)
+    running = nagare("logs", run_id, "sleeper", "--api", server.url)
+    assert running.returncode == 0
+    assert (
+        running.stderr == "task sleeper: its log is empty so far (it is running: -f follows it)\n"
+    )
     as_json = nagare("logs", run_id, "after", "--json", "--api", server.url)
     assert as_json.returncode == 3
     assert json.loads(as_json.stderr)["error"]["code"] == "no_log"
