@@ -1,12 +1,13 @@
 """`nagare audit`: the audit log of a running server (GET /api/audit) as a table, or its JSON.
 Registered with the other client commands by `cli_client`, whose plumbing (connection flags,
-errors, `--json`) it shares."""
+errors, `--json`) it shares; tables are `cli_format`'s."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from nagare.cli_format import local_time, table
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.errors import BadRequest
 
@@ -65,8 +66,6 @@ AUDIT_COMMAND = (
 
 def audit_table(page: dict[str, Any]) -> str:
     """The entries (local times) and a line saying which of how many they are."""
-    from nagare.cli_client import local_time, table
-
     entries = page.get("data", [])
     rows = [
         (
