@@ -105,7 +105,7 @@ SAMPLES = {
     "name": "sample-event",
     "webhook_path": "absent",
     "user_name": "nobody",
-    "key_id": "k_0000000000000000",
+    "key_id": "k_000000000000",
 }
 
 
