@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nagare")
 STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
+EXEC_SAFETY_SECONDS = 1.0  # `wait_for_run` looks at its run at least this often
 
 
 class App:
@@ -86,6 +87,7 @@ class App:
         serve_http: bool = True,
         schedule: bool = True,
         line_sink: Callable[[str, str, str], None] | None = None,
+        dag_files: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         # two phases of a stop: `stopping` ends the loops that face users and the folder; the
@@ -107,6 +109,7 @@ class App:
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
             default_handlers=_default_handlers(config),
+            include=dag_files,
         )
         self.pools = WorkerPools(
             self.store,
@@ -201,6 +204,7 @@ class App:
                 _http_limits(config),
             )
         self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()  # wakes `wait_for_run`
 
     # ------------------------------------------------------------ wiring
 
@@ -382,6 +386,8 @@ class App:
         )
 
     def _warn_open_cluster(self) -> None:
+        if self.config.auth_mode in ACCOUNT_MODES:  # then workers need a token to join
+            return
         if self.http is not None and not self.config.token and not self.config.api_key:
             log.warning(
                 "neither token nor api_key is configured: anyone who can reach this port can "
@@ -432,18 +438,22 @@ class App:
             self._docker.close()
         self.store.close()
 
-    def trigger_and_wait(
-        self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
+    def wait_for_run(
+        self, run_id: str, tick: Callable[[], None] | None = None, every: float | None = None
     ) -> str:
-        """Start a run and block until it finishes, its handlers included; returns the run
-        status (for `nagare exec`)."""
-        run = self.runs.trigger(dag_id, conf)
-        while not self.stopping.wait(0.05):
-            current = self.store.runs.get(run.run_id, counts=False)
+        """Block until the run finished, its handlers included; returns its status (for
+        `nagare exec`). The scheduler's `on_run_ended` wakes the wait; the run row is the
+        truth, looked at on each wake-up, and at least every `every` seconds (default
+        EXEC_SAFETY_SECONDS, a safety net) when `tick` (a progress display) is called too."""
+        self.scheduler.on_run_ended = lambda _run_id: self._wake.set()
+        while not self.stopping.is_set():
+            self._wake.clear()
+            current = self.store.runs.get(run_id, counts=False)
+            if tick is not None:
+                tick()
             if current is not None and current.status.terminal and not current.handling:
                 return str(current.status)
-            if interrupted():
-                return "interrupted"
+            self._wake.wait(every or EXEC_SAFETY_SECONDS)
         return "interrupted"
 
 

@@ -17,14 +17,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from nagare.cli_format import table
 from nagare.errors import BadRequest, ConfigError
 
 if TYPE_CHECKING:
     from nagare.accounts import Accounts
     from nagare.store import Store
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subparsers: TypeAlias = "argparse._SubParsersAction[Any]"
 Handler = Callable[[argparse.Namespace], int]
+# one example line at the end of each command's --help
+ACCOUNT_EXAMPLES = {
+    "users": "nagare users add alice --role operator --db nagare.db",
+    "keys": "nagare keys create ci-deploy --role operator --expires 90d",
+}
 
 
 def add_account_commands(commands: Subparsers) -> None:
@@ -44,6 +50,7 @@ def _add_users(commands: Subparsers) -> None:
         "(run it on the server machine; the server may be running). Passwords are asked twice "
         "on a terminal, or read from the first line of stdin with --password-stdin.",
     )
+    users.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True)
     add = verbs.add_parser("add", help="add a user with a role")
     add.add_argument("name", metavar="NAME")
@@ -59,7 +66,9 @@ def _add_users(commands: Subparsers) -> None:
     remove = verbs.add_parser("remove", help="remove a user (its sessions end)")
     remove.add_argument("name", metavar="NAME")
     listing = verbs.add_parser("list", help="list the users")
-    listing.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    listing.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (for scripts)"
+    )
     for verb, handler in ((add, cmd_add), (passwd, cmd_passwd), (remove, cmd_remove)):
         _db_flags(verb)
         verb.set_defaults(func=handler)
@@ -193,13 +202,14 @@ def _os_user() -> str:
 def _add_keys(commands: Subparsers) -> None:
     from nagare.cli_client import _common_flags
 
-    common = _common_flags()
     keys = commands.add_parser(
         "keys",
+        parents=[_common_flags()],
         help="create, list and revoke API keys (an admin's key)",
         description="API keys with a role and an optional expiry, through the server's API "
         "(auth_mode builtin or oidc; the caller's key must be an admin's).",
     )
+    common = _verb_flags()
     verbs = keys.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="create a key (printed once)", parents=[common])
     create.add_argument("name", metavar="NAME", help="what the key is for, e.g. ci-deploy")
@@ -214,6 +224,17 @@ def _add_keys(commands: Subparsers) -> None:
     revoke.add_argument("key_id", metavar="ID", help="the key's id (k_...)")
     for parser, handler in ((create, cmd_key_create), (listing, cmd_keys), (revoke, cmd_revoke)):
         parser.set_defaults(func=_guarded(handler))
+
+
+def _verb_flags() -> argparse.ArgumentParser:
+    """The connection flags again after the verb (`nagare keys list --api URL`); without a
+    value they leave what `keys` (or the flags before it) set."""
+    from nagare.cli_client import _common_flags
+
+    flags = _common_flags()
+    for action in flags._actions:
+        action.default = argparse.SUPPRESS
+    return flags
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -294,12 +315,3 @@ def expiry(text: str, now: int) -> str:
             f"--expires: expected an age such as 30d, 12h or 90m, or a date such as "
             f"2027-01-31, found '{text}'"
         ) from None
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-    return "\n".join(lines)

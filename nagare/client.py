@@ -67,6 +67,10 @@ class ApiClient:
     def workers(self) -> JsonList:
         return self._list("GET", "/api/workers")
 
+    def audit(self, filters: dict[str, Any]) -> JsonObject:
+        """A page of the audit log: `filters` are GET /api/audit's query (empty ones left out)."""
+        return self._object("GET", "/api/audit", query=filters)
+
     def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
         it; `api_key` carries the cluster token. Each thread keeps its connection alive (a
@@ -281,6 +285,8 @@ class ApiClient:
         try:
             return json.loads(raw)
         except ValueError:
+            if _looks_like_html(raw):
+                raise _not_nagare(self.base_url, 200) from None
             raise ApiError(
                 200,
                 "bad_response",
@@ -324,7 +330,7 @@ class ApiClient:
                 return urllib.request.urlopen(request)
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as err:
-            raise _http_error(err) from None
+            raise _http_error(err, self.base_url) from None
         except urllib.error.URLError as err:
             raise _network_error(self.base_url, err.reason) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -403,7 +409,7 @@ def _query_string(query: dict[str, Any] | None) -> str:
     return "?" + urlencode(pairs, doseq=True) if pairs else ""
 
 
-def _http_error(err: urllib.error.HTTPError) -> ApiError:
+def _http_error(err: urllib.error.HTTPError, base_url: str) -> ApiError:
     """The server's `{"error": {"code", "message"}}` answer (or its raw text) as an ApiError."""
     try:
         raw = err.read()
@@ -411,11 +417,14 @@ def _http_error(err: urllib.error.HTTPError) -> ApiError:
         raw = b""
     finally:
         err.close()
-    return _error_answer(err.code, raw, str(err.reason))
+    return _error_answer(err.code, raw, str(err.reason), base_url)
 
 
-def _error_answer(status: int, raw: bytes, reason: str) -> ApiError:
+def _error_answer(status: int, raw: bytes, reason: str, base_url: str = "") -> ApiError:
     code, message = _error_fields(raw)
+    if message is None and base_url and status < 500 and _looks_like_html(raw):
+        # (a gateway's 502/503 page may stand in front of a Nagare that is down)
+        return _not_nagare(base_url, status)
     if message is None:
         message = f"server returned {status}: {_excerpt(raw) or reason}"
     return ApiError(status, code or f"http_{status}", message)
@@ -450,6 +459,21 @@ def _network_error(base_url: str, reason: object) -> ApiError:
 def _unexpected(method: str, path: str, expected: str, data: Any) -> ApiError:
     found = type(data).__name__
     return ApiError(200, "bad_response", f"{method} {path} returned {found}, expected {expected}")
+
+
+def _looks_like_html(raw: bytes) -> bool:
+    """A markup page (`<!DOCTYPE html>`, `<html>`, ...): what a web server, not Nagare, sends."""
+    return raw[:512].lstrip().startswith(b"<")
+
+
+def _not_nagare(base_url: str, status: int) -> ApiError:
+    return ApiError(
+        status,
+        "not_nagare",
+        f"{base_url} is not a Nagare API: it answered {status} with an HTML page, not JSON "
+        "(check --api or $NAGARE_API_URL: the URL of the Nagare server, e.g. "
+        "http://localhost:8080)",
+    )
 
 
 def _excerpt(raw: bytes, limit: int = 200) -> str:

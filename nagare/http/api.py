@@ -161,6 +161,7 @@ class Api:
             lambda: (settings.token, settings.api_key),
             self._dag_tags,
             lambda run_id: self.s.runs.run(run_id).dag_id,
+            cluster_open=settings.auth_mode == "key",
         )
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
@@ -694,9 +695,9 @@ class Api:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
-        request.note(
-            start=to_iso(start), end=to_iso(end), runs=len(result.created), dry_run=dry_run
-        )
+        request.note(start=to_iso(start), end=to_iso(end), runs=len(result.created))
+        if dry_run:
+            request.note(dry_run="true")
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs

@@ -79,7 +79,9 @@ class WaitsApi:
         if not isinstance(comment, str) or not isinstance(by, str):
             raise BadRequest("'comment' and 'by' must be strings")
         by = approver(request.principal, by)
-        request.note(by=by, **({"comment": comment} if comment.strip() else {}))
+        request.note(by=by)
+        if comment.strip():
+            request.note(comment=comment)  # the person's words, one line, cut at 200 characters
         task = self.waits.approve(
             request.params["run_id"], request.params["task_id"], by, comment, approved
         )
@@ -96,14 +98,14 @@ class WaitsApi:
         return {"matched": matched}
 
 
-def matched_text(matched: list[dict[str, str]]) -> str:
-    """The waits an event ended, for the audit log: `RUN/TASK,...` (or `none`)."""
-    return ",".join(f"{m['run_id']}/{m['task_id']}" for m in matched) or "none"
-
-
 def approver(principal: Principal, by: str) -> str:
     """Who answers: a signed-in user or a created key is who it proved to be (a `by` in the
     body is ignored); without users (no auth, the one API key) the name the caller gives."""
     if principal.kind in (Kind.SESSION, Kind.KEY):
         return principal.name
     return by.strip()[:MAX_BY_CHARS] or "api"
+
+
+def matched_text(matched: list[dict[str, str]]) -> str:
+    """The waits an event ended, for the audit log: `RUN/TASK,...` (or `none`)."""
+    return ",".join(f"{m['run_id']}/{m['task_id']}" for m in matched) or "none"
