@@ -269,6 +269,29 @@ def test_a_role_limited_to_some_tags_sees_only_their_dags(
     assert unexpected(u) == []  # no call of a route over every DAG (403)
 
 
+def test_key_mode_is_unchanged_but_for_the_audit_page(
+    nagare_factory: Any,
+    ui: Any,  # noqa: F811
+) -> None:
+    server: Nagare = nagare_factory(dags={"failing.yaml": FAILING}, api_key="k3y")
+    server.trigger("failing")
+    u = ui(server)
+    u.page.add_init_script("localStorage.setItem('nagare_api_key', 'k3y')")
+    page = u.go("/audit")
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    assert nav_labels(page) == ["Dashboard", "DAGs", "Runs", "Metrics", "Workers", "Audit"]
+    expect(page.locator("[data-who]")).to_have_count(0)  # no users: no name, no Sign out
+    expect(page.get_by_role("button", name="Disconnect")).to_be_visible()
+    row = page.locator("tr[data-audit-action='dag.trigger']")
+    expect(row.locator("[data-actor]")).to_have_text("api-key")
+    page = u.go("/admin")  # users exist only with auth_mode builtin or oidc
+    expect(page.get_by_role("heading", name="No users on this server")).to_be_visible()
+    page = u.go("/dags?id=failing")
+    expect(page.get_by_role("tab", name="YAML")).to_be_visible()
+    expect(page.locator("[data-edit-file]")).to_be_visible()
+    assert u.errors == []
+
+
 def audit(server: Nagare, query: str = "") -> list[dict[str, Any]]:
     return list(server.get("/api/audit" + query)["data"])
 

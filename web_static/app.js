@@ -116,6 +116,10 @@ function ThemeToggle() {
 const NotAllowed = ({ what }) => html`<main><h1>Not available to your role</h1>
   <p class="muted" data-not-allowed>Your role (${me?.role || "unknown"}) may not ${what}.</p><p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
 
+const NoUsers = () => html`<main><h1>No users on this server</h1>
+  <p class="muted" data-no-users>Users and their API keys exist with <code>auth_mode: builtin</code> or <code>oidc</code> in nagare.yaml; this server uses one API key (or none).</p>
+  <p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
+
 function App() {
   // view: probing | gate (API key) | signin (users) | ok; config: GET /api/auth/config
   const [auth, setAuth] = useState({ view: "probing", config: null, notice: "" });
@@ -153,7 +157,7 @@ function App() {
   else if (path === "/metrics") page = html`<${MetricsPage} since=${params.get("since")} dag=${params.get("dag")} />`;
   else if (path === "/workers") page = html`<${WorkersPage} />`;
   else if (path === "/audit") page = can("audit") ? html`<${AuditPage} />` : html`<${NotAllowed} what="read the audit log" />`;
-  else if (path === "/admin") page = can("admin") && usesAccounts(config) ? html`<${AdminPage} />` : html`<${NotAllowed} what="manage users and API keys" />`;
+  else if (path === "/admin") page = !usesAccounts(config) ? html`<${NoUsers} />` : can("admin") ? html`<${AdminPage} />` : html`<${NotAllowed} what="manage users and API keys" />`;
   else page = html`<main><h1>Page not found</h1><p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
   const active = (href) => (href === "/" ? path === "/" : path.startsWith(href));
   return html`
