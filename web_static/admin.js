@@ -7,7 +7,10 @@ import { ConfirmDialog } from "./runpage.js";
 import { copyText } from "./logview.js";
 
 export const ROLES = ["admin", "manager", "developer", "operator", "viewer"];
-const roles = () => (me?.roles?.length ? me.roles : ROLES);
+// the roles offered: the built-in ones (or the server's list, when /api/me gives one) and any
+// role of nagare.yaml that a user or key already holds
+const seenRoles = new Set();
+const roles = () => [...new Set([...(me?.roles?.length ? me.roles : ROLES), ...seenRoles])];
 const MIN_PASSWORD = 8;
 
 // A password and its confirmation: the message of what is wrong with them ("" when fine).
@@ -36,7 +39,13 @@ export function AdminPage() {
 function useList(path) {
   const [items, setItems] = useState(null);
   const [error, setError] = useState(null);
-  const load = async () => { try { setItems(await api(path)); setError(null); } catch (e) { setError(e); } };
+  const load = async () => {
+    try {
+      const found = await api(path);
+      for (const item of found) seenRoles.add(item.role);
+      setItems(found); setError(null);
+    } catch (e) { setError(e); }
+  };
   useEffect(() => { load(); }, [path]);
   return [items, error, load];
 }
