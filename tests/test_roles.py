@@ -928,3 +928,30 @@ def test_with_users_and_no_token_workers_cannot_join(
         assert refused.status == 401, (verb, refused.body)
         assert "no cluster token is set" in refused.json["error"]["message"]
     assert "anyone who can reach this port can join" not in caplog.text
+
+
+def test_with_users_cors_never_answers_any_origin(nagare_factory: Callable[..., Nagare]) -> None:
+    n = nagare_factory(dags={"hello.yaml": HELLO}, auth_mode="builtin")  # no api_key either
+    result = http("GET", n.url + "/api/auth/config", headers={"Origin": "https://evil.example"})
+    assert result.status == 200
+    assert "Access-Control-Allow-Origin" not in result.headers
+    preflight = http(
+        "OPTIONS",
+        n.url + "/api/auth/login",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    open_server = nagare_factory(dags={"hello.yaml": HELLO}, root=n.root / "open")
+    anyone = http("GET", open_server.url + "/api/health", headers={"Origin": "https://x.example"})
+    assert anyone.headers["Access-Control-Allow-Origin"] == "*"  # auth_mode key without a key
+
+
+def test_a_new_role_applies_to_open_sessions_at_once(nagare_factory: Callable[..., Nagare]) -> None:
+    n = start(nagare_factory)
+    add_user(n, "eve", "viewer")
+    eve = sign_in(n, "eve")
+    assert eve.call("POST", "/api/dags/hello/pause").status == 403
+    changed = Who(n, admin_headers()).call("PUT", "/api/users/eve", {"role": "operator"})
+    assert changed.json["role"] == "operator"
+    assert eve.call("GET", "/api/me").json["permissions"] == ["operate", "read", "self"]
+    assert eve.call("POST", "/api/dags/hello/pause").status == 200
