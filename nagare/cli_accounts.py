@@ -93,7 +93,7 @@ def cmd_add(namespace: argparse.Namespace) -> int:
     password = read_password(namespace.password_stdin)
     with _accounts(namespace) as (accounts, store, now):
         user = accounts.add_user(namespace.name, namespace.role, password, now)
-        _audit(store, "user.create", user.name, now, f"role {user.role}")
+        _audit(store, "user.create", user.name, now, role=user.role)
     print(f"Added user {user.name} (role {user.role})")
     return 0
 
@@ -104,7 +104,7 @@ def cmd_passwd(namespace: argparse.Namespace) -> int:
     password = read_password(namespace.password_stdin)
     with _accounts(namespace) as (accounts, store, now):
         accounts.update_user(namespace.name, now, password=password)
-        _audit(store, "user.passwd", namespace.name, now, "password")
+        _audit(store, "user.passwd", namespace.name, now)
     print(f"Changed the password of {namespace.name}; its sessions ended")
     return 0
 
@@ -182,9 +182,11 @@ def _accounts(namespace: argparse.Namespace) -> Iterator[tuple[Accounts, Store, 
         store.close()
 
 
-def _audit(store: Store, action: str, name: str, now: int, detail: str = "") -> None:
+def _audit(store: Store, action: str, name: str, now: int, **facts: object) -> None:
+    from nagare.http.server import audit_detail
     from nagare.store import AuditEntry
 
+    detail = audit_detail("", facts)
     entry = AuditEntry(now, f"cli:{_os_user()}", action, f"user:{name}", "local", "ok", detail)
     store.audit.record(entry)
 

@@ -186,8 +186,7 @@ def test_every_role_on_every_route_as_a_user_and_as_a_key(
 ) -> None:
     n = start(nagare_factory)
     routes = n.app.api.router.routes
-    # every kind of route is walked (`audit`: once GET /api/audit is in the table)
-    assert set(Permission) - {r.permission for r in routes} <= {Permission.AUDIT}
+    assert {r.permission for r in routes} == set(Permission)  # every kind of route is walked
     callers: list[tuple[str, Who, Role | None]] = []
     for role in Role:
         add_user(n, f"{role.value}-user", role.value)
@@ -520,6 +519,9 @@ def test_a_key_is_shown_once_hashed_at_rest_and_refused_once_revoked_or_expired(
         assert bad.status == 400, (body, bad.body)
     actions = [(e.action, e.outcome) for e in audit(n, action="key.")]
     assert ("key.create", "ok") in actions and ("key.revoke", "ok") in actions
+    created_entry = audit(n, action="key.create", outcome="ok")[0]
+    assert created_entry.detail == f"name=ci role=viewer expires_at={soon}"
+    assert created_entry.target == f"key:{created.json['id']}" and key not in repr(audit(n))
 
 
 def test_users_and_keys_answer_409_in_key_mode(nagare_factory: Callable[..., Nagare]) -> None:
@@ -655,7 +657,8 @@ def test_passwords_never_reach_answers_logs_or_the_audit_log(
         for entry in audit(n):
             assert secret not in repr(entry)
     assert {e.action for e in audit(n)} >= {"user.create", "user.update", "user.passwd"}
-    assert [e.detail for e in audit(n, action="user.update")] == ["password"]
+    assert [e.detail for e in audit(n, action="user.update")] == ["password=changed"]
+    assert [e.detail for e in audit(n, action="user.create", outcome="ok")] == ["role=viewer"]
 
 
 # ---------------------------------------------------------------- approvals
@@ -753,10 +756,10 @@ def test_the_users_command_works_on_the_database_and_is_audited(
     removed = _nagare("users", "remove", "carol", *db)
     assert removed.returncode == 0 and removed.stdout == "Removed user carol\n"
     entries = [e for e in audit(n) if e.actor.startswith("cli:")]
-    assert [(e.action, e.target, e.address) for e in reversed(entries)] == [
-        ("user.create", "user:carol", "local"),
-        ("user.passwd", "user:carol", "local"),
-        ("user.delete", "user:carol", "local"),
+    assert [(e.action, e.target, e.address, e.detail) for e in reversed(entries)] == [
+        ("user.create", "user:carol", "local", "role=viewer"),
+        ("user.passwd", "user:carol", "local", ""),
+        ("user.delete", "user:carol", "local", ""),
     ]
     assert PASSWORD.encode() not in disk_bytes(n) and new.encode() not in disk_bytes(n)
 
@@ -925,3 +928,30 @@ def test_with_users_and_no_token_workers_cannot_join(
         assert refused.status == 401, (verb, refused.body)
         assert "no cluster token is set" in refused.json["error"]["message"]
     assert "anyone who can reach this port can join" not in caplog.text
+
+
+def test_with_users_cors_never_answers_any_origin(nagare_factory: Callable[..., Nagare]) -> None:
+    n = nagare_factory(dags={"hello.yaml": HELLO}, auth_mode="builtin")  # no api_key either
+    result = http("GET", n.url + "/api/auth/config", headers={"Origin": "https://evil.example"})
+    assert result.status == 200
+    assert "Access-Control-Allow-Origin" not in result.headers
+    preflight = http(
+        "OPTIONS",
+        n.url + "/api/auth/login",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    open_server = nagare_factory(dags={"hello.yaml": HELLO}, root=n.root / "open")
+    anyone = http("GET", open_server.url + "/api/health", headers={"Origin": "https://x.example"})
+    assert anyone.headers["Access-Control-Allow-Origin"] == "*"  # auth_mode key without a key
+
+
+def test_a_new_role_applies_to_open_sessions_at_once(nagare_factory: Callable[..., Nagare]) -> None:
+    n = start(nagare_factory)
+    add_user(n, "eve", "viewer")
+    eve = sign_in(n, "eve")
+    assert eve.call("POST", "/api/dags/hello/pause").status == 403
+    changed = Who(n, admin_headers()).call("PUT", "/api/users/eve", {"role": "operator"})
+    assert changed.json["role"] == "operator"
+    assert eve.call("GET", "/api/me").json["permissions"] == ["operate", "read", "self"]
+    assert eve.call("POST", "/api/dags/hello/pause").status == 200

@@ -368,7 +368,7 @@ class AccountsApi:
         user = self.accounts.add_user(
             name, _text(body, "role"), _text(body, "password"), self.clock()
         )
-        request.audit["detail"] = f"role {user.role}"
+        request.note(role=user.role)
         return user_json(user)
 
     def update_user(self, request: Request) -> dict[str, Any]:
@@ -380,7 +380,7 @@ class AccountsApi:
             raise BadRequest("'disabled' must be true or false")
         role = _text(body, "role") if "role" in body else None
         password = _text(body, "password") if "password" in body else None
-        request.audit["detail"] = _change_detail(role, password, disabled)
+        request.note(**_changes(role, password, disabled))
         user = self.accounts.update_user(
             request.params["user_name"], self.clock(), role, password, disabled
         )
@@ -412,7 +412,7 @@ class AccountsApi:
             self.clock(),
         )
         request.audit["target"] = f"key:{key.id}"
-        request.audit["detail"] = f"{key.name}, role {key.role}"
+        request.note(name=key.name, role=key.role, expires_at=to_iso(key.expires_at) or "never")
         return {**key_json(key), "key": secret}
 
     def revoke_key(self, request: Request) -> dict[str, Any]:
@@ -447,11 +447,11 @@ def _parse_time(text: str) -> int:
         raise BadRequest(f"expires_at: {exc}") from None
 
 
-def _change_detail(role: str | None, password: str | None, disabled: bool | None) -> str:
+def _changes(role: str | None, password: str | None, disabled: bool | None) -> dict[str, str]:
     """What an update changed, for the audit log (never the password itself)."""
-    changes = [f"role {role}"] if role is not None else []
+    changes = {"role": role} if role is not None else {}
     if password is not None:
-        changes.append("password")
+        changes["password"] = "changed"
     if disabled is not None:
-        changes.append("disabled" if disabled else "enabled")
-    return ", ".join(changes)
+        changes["disabled"] = str(disabled).lower()
+    return changes
