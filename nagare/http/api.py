@@ -208,7 +208,8 @@ class Api:
         except NagareError as err:
             self._record(request, route, err.code)
             raise
-        self._record(request, route, "ok" if response.status < 400 else str(response.status))
+        failed = request.audit.get("outcome") or str(response.status)  # a handler's own page
+        self._record(request, route, "ok" if response.status < 400 else failed)
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
