@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import resource
+import shlex
 import socket
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
+from nagare.access import all_roles
+from nagare.accounts import Accounts
 from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
@@ -28,6 +31,7 @@ from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
+from nagare.http.accounts_api import ACCOUNT_MODES, AccountsApi, BuiltinAuthenticator
 from nagare.http.api import Api, Services
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.dagpage_api import DagPageApi
@@ -149,6 +153,7 @@ class App:
         self.waits.children = self.runs
         self.scheduler.waits = self.waits
         self.runs.on_waits_cancelled = self.waits.cancelled
+        self.accounts = Accounts(self.store, all_roles(config.roles), config.session_hours)
         self.api = Api(
             Services(
                 self.store,
@@ -159,9 +164,13 @@ class App:
                 self.pool_info,
                 self.stopping,
                 self.health,
+                authenticator=self._authenticator(),
                 audit=self.store.audit.record,
             ),
             _static_files(),
+        )
+        self.api.add_routes(
+            AccountsApi(self.accounts, config.auth_mode, bool(config.tls_cert)).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
         self.api.add_routes(MetricsApi(self.metrics).routes())
@@ -202,6 +211,12 @@ class App:
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ wiring
+
+    def _authenticator(self) -> BuiltinAuthenticator | None:
+        """Users and keys (auth_mode builtin, oidc); None: the one API key, or none."""
+        if self.config.auth_mode not in ACCOUNT_MODES:
+            return None
+        return BuiltinAuthenticator(self.accounts, self.config.api_key)
 
     def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
         """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
@@ -338,6 +353,7 @@ class App:
                 self.config.db,
             )
         self._warn_open_api()
+        self._warn_no_users()
         self._warn_open_cluster()
         self._warn_open_volumes()
 
@@ -359,11 +375,23 @@ class App:
         return assess(self.heartbeats.beats(), time.monotonic() if now is None else now)
 
     def _warn_open_api(self) -> None:
-        if self.http is not None and not self.config.api_key:
+        if self.http is not None and not self.config.api_key and self.config.auth_mode == "key":
             log.warning(
                 "api_key is not configured: the API is open to anyone who can reach "
                 "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
             )
+
+    def _warn_no_users(self) -> None:
+        """The first start with users and no user yet: how to add the first admin (there is
+        never a default password)."""
+        if self.config.auth_mode not in ACCOUNT_MODES or not self.accounts.needs_first_admin():
+            return
+        log.warning(
+            "auth_mode is %s and there is no user yet: add the first admin on this machine "
+            "with: python3 nagare.pyz users add admin --role admin --db %s",
+            self.config.auth_mode,
+            shlex.quote(self.config.db),
+        )
 
     def _warn_open_cluster(self) -> None:
         if self.http is not None and not self.config.token and not self.config.api_key:

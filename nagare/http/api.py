@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
-from nagare.access import Permission, Scope
+from nagare.access import Permission, Principal, Scope, sees
 from nagare.clock import now_ms, parse_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
@@ -92,6 +92,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def sse_ping_seconds(self) -> float: ...
         @property
         def allow_dag_edits(self) -> bool: ...
+        @property
+        def auth_mode(self) -> str: ...
 
     class _ApiDags(Protocol):
         def states(self) -> dict[str, DagState]: ...
@@ -166,7 +168,8 @@ class Api:
         if not self._routed(request):
             return self._static(request)
         settings = self.s.settings
-        cors = cors_headers(request, settings.cors_allowed_origins, bool(settings.api_key))
+        auth_on = bool(settings.api_key) or settings.auth_mode != "key"
+        cors = cors_headers(request, settings.cors_allowed_origins, auth_on)
         if is_preflight(request):  # before auth: browsers send no credentials on a preflight
             return preflight(cors)
         try:
@@ -604,7 +607,7 @@ class Api:
         dags = {
             i: dag
             for i, dag in snapshot.dags.items()
-            if not wanted or wanted.intersection(dag.tags)
+            if (not wanted or wanted.intersection(dag.tags)) and sees(request.principal, dag.tags)
         }
         states = self.s.store.dags.states()
         last = self.s.store.runs.last_of(dags)
@@ -699,20 +702,26 @@ class Api:
             trigger=_enum_arg(request, "trigger", Trigger),
             waiting=_enum_arg(request, "waiting", WAITING_TYPES),
             search=request.arg("q").strip(),
-            dag_ids=self._dags_tagged(request.query.get("tag", [])),
+            dag_ids=self._dags_tagged(request.query.get("tag", []), request.principal),
         )
         page = request.int_arg("page", 1, 1, 1_000_000)
         limit = request.int_arg("limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
 
-    def _dags_tagged(self, tags: list[str]) -> tuple[str, ...] | None:
-        """The loaded DAGs with any of `tags` (None: no tag filter)."""
+    def _dags_tagged(self, tags: list[str], principal: Principal) -> tuple[str, ...] | None:
+        """The loaded DAGs with any of `tags` that `principal` sees (None: every DAG)."""
         wanted = {t for t in tags if t}
-        if not wanted:
+        if not wanted and principal.tags is None:
             return None
         dags = self.s.folder.snapshot.dags.items()
-        return tuple(sorted(i for i, dag in dags if wanted.intersection(dag.tags)))
+        return tuple(
+            sorted(
+                i
+                for i, dag in dags
+                if (not wanted or wanted.intersection(dag.tags)) and sees(principal, dag.tags)
+            )
+        )
 
     def run(self, request: Request) -> dict[str, Any]:
         return run_json(self.s.runs.run(request.params["run_id"]))

@@ -122,6 +122,7 @@ class Admission:
             check_token(request, *self.cluster_secret())
             return WORKER
         principal = self.identified(request, route.query_token)
+        request.principal = principal  # a refusal's audit entry names who was refused
         assert permission is not None  # the router refuses routes without one
         if not can(principal, permission):
             raise Forbidden(_not_allowed(principal, permission))

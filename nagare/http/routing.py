@@ -10,13 +10,15 @@ from urllib.parse import unquote
 
 from nagare.access import Permission, Scope
 from nagare.errors import BadRequest, MethodNotAllowed, NotFound
-from nagare.patterns import NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
+from nagare.patterns import ACCOUNT_NAME, API_KEY_ID, NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
 
 PARAM_PATTERNS = {
     "dag_id": NAME,
     "run_id": RUN_ID,
     "task_id": TASK_REF,
     "task_instance_id": TASK_INSTANCE_ID,
+    "user_name": ACCOUNT_NAME,
+    "key_id": API_KEY_ID,
 }
 
 

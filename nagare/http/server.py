@@ -34,6 +34,7 @@ from nagare.errors import (
     NagareError,
     Overloaded,
     PayloadTooLarge,
+    TooManyRequests,
 )
 from nagare.http.gate import (
     RETRY_AFTER_SECONDS,
@@ -133,6 +134,8 @@ def error_response(err: NagareError) -> Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'
     if err.status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if isinstance(err, TooManyRequests):
+        response.headers["Retry-After"] = str(err.retry_after)
     allow = getattr(err, "allow", None)
     if allow:
         response.headers["Allow"] = ", ".join(allow)

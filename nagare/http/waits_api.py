@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nagare.access import Permission, Scope
+from nagare.access import Kind, Permission, Principal, Scope
 from nagare.errors import BadRequest
 from nagare.http.routing import Route
 from nagare.http.serialize import task_json
@@ -81,7 +81,7 @@ class WaitsApi:
         task = self.waits.approve(
             request.params["run_id"],
             request.params["task_id"],
-            by.strip()[:MAX_BY_CHARS] or "api",
+            approver(request.principal, by),
             comment,
             approved,
         )
@@ -94,3 +94,11 @@ class WaitsApi:
                 f"'{name[:60]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
             )
         return {"matched": self.waits.emit(name, request.json())}
+
+
+def approver(principal: Principal, by: str) -> str:
+    """Who answers: a signed-in user or a created key is who it proved to be (a `by` in the
+    body is ignored); without users (no auth, the one API key) the name the caller gives."""
+    if principal.kind in (Kind.SESSION, Kind.KEY):
+        return principal.name
+    return by.strip()[:MAX_BY_CHARS] or "api"

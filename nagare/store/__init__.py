@@ -9,6 +9,7 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
+from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull
@@ -54,14 +55,19 @@ __all__ = [
     "GridCell",
     "GridRun",
     "HeldAttempt",
+    "KeyRecord",
+    "KeyStore",
     "MetricAgg",
     "MetricPoint",
     "OldRun",
     "RunFilter",
     "RunOutcomes",
+    "SessionStore",
     "Stats",
     "StorageFull",
     "Store",
+    "UserRecord",
+    "UserStore",
     "VersionRow",
     "WorkerRecord",
     "text_digest",
@@ -72,7 +78,8 @@ class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
-    page's grid, calendar and versions (`history`), the audit log (`audit`)."""
+    page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
+    dashboard sessions (`users`, `keys`, `sessions`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
@@ -85,6 +92,9 @@ class Store:
         self.deliveries = DeliveryStore(self.db)
         self.history = HistoryStore(self.db)
         self.audit = AuditStore(self.db)
+        self.users = UserStore(self.db)
+        self.keys = KeyStore(self.db)
+        self.sessions = SessionStore(self.db)
 
     def close(self) -> None:
         self.db.close()
