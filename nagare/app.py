@@ -170,7 +170,12 @@ class App:
             _static_files(),
         )
         self.api.add_routes(
-            AccountsApi(self.accounts, config.auth_mode, bool(config.tls_cert)).routes()
+            AccountsApi(
+                self.accounts,
+                config.auth_mode,
+                bool(config.tls_cert),
+                sso_name=config.oidc.button if config.oidc is not None else "",
+            ).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
         self.api.add_routes(MetricsApi(self.metrics).routes())
@@ -192,7 +197,7 @@ class App:
         self.api.add_routes(
             SsoApi(
                 _single_sign_on(config),
-                None,
+                self.accounts,
                 config.session_hours * 3600,
                 bool(config.tls_cert),
             ).routes()

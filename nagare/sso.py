@@ -28,6 +28,7 @@ from nagare.errors import ConfigError, NagareError
 from nagare.jose import (
     Expected,
     Jwk,
+    Jwt,
     TokenError,
     check_claims,
     parse_jwks,
@@ -83,6 +84,7 @@ class SsoUser:
     subject: str  # the provider's `sub`: the account's stable key
     name: str
     role: str
+    algorithm: str  # how the ID token was signed (RS256, ES256)
 
 
 # ---------------------------------------------------------------- pure decisions
@@ -229,12 +231,15 @@ class SingleSignOn:
             )
         if answer.get("error"):
             raise SsoError(_provider_refusal(answer))
+        if answer.get("iss") and answer["iss"].rstrip("/") != self.settings.issuer:
+            raise SsoError(f"the answer came from another provider ({answer['iss'][:100]})")
         code = answer.get("code", "")
         if not code:
             raise SsoError("the provider's answer has no authorization code")
-        claims = self._verified_claims(self._exchange(code, pending, now), pending.nonce, now)
-        role = map_role(claims, self.settings)
-        return SsoUser(claims["sub"], user_name(claims, self.settings.name_claim), role)
+        jwt = self._verified(self._exchange(code, pending, now), pending.nonce, now)
+        role = map_role(jwt.claims, self.settings)
+        name = user_name(jwt.claims, self.settings.name_claim)
+        return SsoUser(jwt.claims["sub"], name, role, str(jwt.header["alg"]))
 
     def _exchange(self, code: str, pending: Pending, now: float) -> str:
         """The code (and the PKCE verifier) for tokens at the token endpoint: the ID token."""
@@ -260,7 +265,7 @@ class SingleSignOn:
             )
         return id_token
 
-    def _verified_claims(self, id_token: str, nonce: str, now: float) -> dict[str, Any]:
+    def _verified(self, id_token: str, nonce: str, now: float) -> Jwt:
         try:
             jwt = parse_jwt(id_token)
             verify_signature(jwt, self._key_for(jwt.header, now))
@@ -268,7 +273,7 @@ class SingleSignOn:
             check_claims(jwt.claims, expected, now)
         except TokenError as err:
             raise SsoError(f"the provider's ID token was refused: {err.message}") from None
-        return jwt.claims
+        return jwt
 
     def _key_for(self, header: Mapping[str, Any], now: float) -> Jwk:
         """The key the token names; the JWKS is fetched again once when it is not there (the

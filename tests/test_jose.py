@@ -260,7 +260,7 @@ def test_rsa_signature_not_below_the_modulus_fails() -> None:
 @pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "PS256", "ES384", None, ""])
 def test_other_algorithms_are_refused(alg: str | None) -> None:
     head = b64json({"alg": alg} if alg is not None else {})
-    with pytest.raises(TokenError, match="algorithm .* is refused"):
+    with pytest.raises(TokenError, match=r"algorithm .* is refused"):
         parse_jwt(f"{head}.{b64json(claims())}.")
 
 

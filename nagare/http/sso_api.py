@@ -9,36 +9,32 @@ import hashlib
 import html
 import re
 import secrets
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from nagare.access import Permission
+from nagare.accounts import Accounts
 from nagare.clock import now_ms
 from nagare.errors import BadRequest, Conflict, NagareError
+from nagare.http.accounts_api import cookie_of, session_cookie
 from nagare.http.routing import Param, Route, prefers_html
 from nagare.http.server import Request, Response, error_response
 
 if TYPE_CHECKING:  # (loaded only when nagare.yaml has oidc:)
     from nagare.sso import SingleSignOn
 
+PENDING_SECONDS = 600  # nagare.sso.PENDING_SECONDS: how long a sign-in may take at the provider
+
 CALLBACK_PATH = "/api/auth/oidc/callback"
 SIGN_IN_COOKIE = "nagare_sso"  # binds a sign-in to the browser that started it
-SESSION_COOKIE = "nagare_session"
+_ANSWER = ("state", "code", "error", "error_description", "iss")  # the provider's, on callback
 _HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
-
-
-class SsoAccounts(Protocol):
-    """What single sign-on needs of the accounts: a user for the person, and a session."""
-
-    def ensure_sso_user(self, subject: str, name: str, role: str, now: int) -> str: ...
-
-    def start_session(self, user_name: str, address: str, now: int) -> tuple[str, str]: ...
 
 
 class SsoApi:
     def __init__(
         self,
         sso: SingleSignOn | None,
-        accounts: SsoAccounts | None,
+        accounts: Accounts,
         session_seconds: int,
         secure: bool,
     ) -> None:
@@ -72,9 +68,8 @@ class SsoApi:
                     Param("error", "the provider's error code"),
                     Param("error_description", "the provider's error text"),
                     Param("iss", "the provider's issuer (RFC 9207)"),
-                    Param("session_state", "the provider's session state"),
-                    Param("scope", "the scopes granted"),
                 ),
+                any_query=True,  # providers add parameters of their own (session_state, ...)
                 status=302,
                 tags=("auth",),
                 permission=Permission.OPEN,
@@ -89,26 +84,21 @@ class SsoApi:
             url = sso.begin(self._redirect_uri(request), _hash(binding), now_ms() / 1000)
         except NagareError as err:
             return _failure(request, err)
-        cookie = self._cookie(SIGN_IN_COOKIE, binding, 600, "Lax", "/api/auth/oidc")
-        return _redirect(url, cookie)
+        return _redirect(url, self._sign_in_cookie(binding))
 
     def callback(self, request: Request) -> Response:
         try:
             sso = self._sso()
-            if self.accounts is None:
-                raise Conflict("single sign-on has no user accounts to sign in to")
-            answer = {name: request.arg(name) for name in ("state", "code", "error")}
-            answer["error_description"] = request.arg("error_description")
-            binding = _hash(_cookie_value(request, SIGN_IN_COOKIE))
+            answer = {name: request.arg(name) for name in _ANSWER}
+            binding = _hash(cookie_of(request, SIGN_IN_COOKIE))
             user = sso.finish(answer, binding, now_ms() / 1000)
             request.audit["actor"] = user.name
-            request.audit["detail"] = f"role {user.role}"
+            request.audit["detail"] = f"role {user.role} ({user.algorithm} ID token)"
             name = self.accounts.ensure_sso_user(user.subject, user.name, user.role, now_ms())
             token, _csrf = self.accounts.start_session(name, request.address, now_ms())
         except NagareError as err:
             return _failure(request, err)
-        cookie = self._cookie(SESSION_COOKIE, token, self.session_seconds, "Strict", "/")
-        return _redirect("/", cookie)
+        return _redirect("/", session_cookie(token, self.session_seconds, self.secure))
 
     def _sso(self) -> SingleSignOn:
         if self.sso is None:
@@ -126,22 +116,16 @@ class SsoApi:
             )
         return f"{'https' if self.secure else 'http'}://{host}{CALLBACK_PATH}"
 
-    def _cookie(self, name: str, value: str, seconds: int, same_site: str, path: str) -> str:
-        cookie = f"{name}={value}; HttpOnly; SameSite={same_site}; Path={path}; Max-Age={seconds}"
+    def _sign_in_cookie(self, binding: str) -> str:
+        """Lax, not Strict: it must come along when the provider sends the browser back."""
+        cookie = f"{SIGN_IN_COOKIE}={binding}; HttpOnly; SameSite=Lax; Path=/api/auth/oidc; "
+        cookie += f"Max-Age={int(PENDING_SECONDS)}"
         return cookie + "; Secure" if self.secure else cookie
 
 
 def _hash(value: str) -> str:
     """What the server keeps of the browser's sign-in cookie."""
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _cookie_value(request: Request, name: str) -> str:
-    for part in request.header("cookie").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return ""
 
 
 def _redirect(location: str, cookie: str) -> Response:
