@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urljoin
 import pytest
 
 PACKAGE = "oidc-provider@9.13.3"
+MIN_NODE = 20
 SCRIPT = Path(__file__).resolve().parent / "fixtures" / "oidc_provider.mjs"
 CONFIDENTIAL_SECRET = "nagare-test-secret-nagare-test-secret"
 
@@ -42,6 +43,10 @@ def provider_module() -> Path:
     time, under a lock); skips (or fails with NAGARE_REQUIRE_OIDC=1) without node and npm."""
     if not (shutil.which("node") and shutil.which("npm")):
         _unavailable("node and npm are not installed (apt-get install nodejs npm)")
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    major = re.match(r"v(\d+)\.", version)
+    if major is None or int(major.group(1)) < MIN_NODE:
+        _unavailable(f"node {version} is too old for {PACKAGE} (needs {MIN_NODE} or later)")
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     entry = folder / "node_modules" / "oidc-provider" / "lib" / "index.js"
