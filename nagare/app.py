@@ -174,7 +174,7 @@ class App:
                 self.accounts,
                 config.auth_mode,
                 bool(config.tls_cert),
-                sso_name=config.oidc.button if config.oidc is not None else "",
+                sso_name=config.oidc.provider_name if config.oidc is not None else "",
             ).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)

@@ -117,7 +117,7 @@ OPTIONS: tuple[Option, ...] = (
         "oidc",
         None,
         "Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, redirect_url, "
-        "scopes, name_claim, role_claim, role_map, default_role, button, ca_file, insecure, "
+        "scopes, name_claim, role_claim, role_map, default_role, provider_name, ca_file, insecure, "
         "timeout_seconds} (see the README, Single sign-on).",
         flag=False,
         env=False,
@@ -776,7 +776,7 @@ OIDC_KEYS = (
     "role_claim",
     "role_map",
     "default_role",
-    "button",
+    "provider_name",
     "ca_file",
     "insecure",
     "timeout_seconds",
@@ -809,7 +809,7 @@ def coerce_oidc(raw: Any, where: str) -> OidcSettings | None:
         role_claim=_claim(raw, "role_claim", where),
         role_map=_role_map(raw.get("role_map"), f"{where}.role_map"),
         default_role=_smtp_text(raw, "default_role", where),
-        button=_smtp_text(raw, "button", where) or defaults.button,
+        provider_name=_smtp_text(raw, "provider_name", where),
         ca_file=_smtp_text(raw, "ca_file", where),
         insecure=_coerce_bool(raw.get("insecure", False), f"{where}.insecure"),
         timeout_seconds=float(

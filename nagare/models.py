@@ -295,7 +295,7 @@ class OidcSettings:
     role_claim: str = ""  # a claim holding a role name or a list of them (groups, roles)
     role_map: tuple[tuple[str, str], ...] = ()  # claim value -> role, in the order written
     default_role: str = ""  # the role of a user no mapping matched ("": refused)
-    button: str = "Sign in with single sign-on"  # the sign-in page's button label
+    provider_name: str = ""  # the provider as the sign-in page names it ("through Example ID")
     ca_file: str = ""  # PEM certificates to verify the provider with (default: the system's)
     insecure: bool = False  # do not verify the provider's TLS certificate
     timeout_seconds: float = 10.0  # each request to the provider

@@ -50,8 +50,8 @@ class Settings:
     session_hours: int = 12
 
     # Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, redirect_url, scopes,
-    # name_claim, role_claim, role_map, default_role, button, ca_file, insecure, timeout_seconds}
-    # (see the README, Single sign-on).
+    # name_claim, role_claim, role_map, default_role, provider_name, ca_file, insecure,
+    # timeout_seconds} (see the README, Single sign-on).
     oidc: OidcSettings | None = None
 
     # Folder of task log files (default: 'logs' next to the db).

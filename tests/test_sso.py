@@ -94,18 +94,18 @@ def test_sign_in_with_a_confidential_rs256_client(oidc: Callable[..., Any]) -> N
     assert entry.detail == "role admin (RS256 ID token)"
     assert CONFIDENTIAL_SECRET not in str(server.app.store.audit.find(AuditFilter(), 1, 100))
     config = server.get("/api/auth/config")
-    assert config["sso"] is True and config["sso_name"] == "Sign in with single sign-on"
+    assert config["sso"] is True and config["sso_name"] == ""
 
 
 def test_sign_in_with_a_public_es256_client(oidc: Callable[..., Any]) -> None:
-    server, provider = oidc("nagare-es", button="Sign in with Example ID")
+    server, provider = oidc("nagare-es", provider_name="Example ID")
     provider.set_user("bob", groups=["ops"], email="bob@example.com")
     browser, answer = sign_in(server, "bob")
     assert answer.status == 302, answer.body
     assert me(server, browser).json["role"] == "operator"
     assert me(server, browser).json["name"] == "bob"
     assert sso_entries(server)[0].detail == "role operator (ES256 ID token)"
-    assert server.get("/api/auth/config")["sso_name"] == "Sign in with Example ID"
+    assert server.get("/api/auth/config")["sso_name"] == "Example ID"
 
 
 def test_the_role_follows_the_claim_and_no_role_is_refused(oidc: Callable[..., Any]) -> None:

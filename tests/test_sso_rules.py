@@ -44,7 +44,7 @@ def test_minimal_section_gets_the_defaults() -> None:
     assert found.issuer == "https://id.example.com/realms/main"  # the trailing / dropped
     assert found.scopes == ("openid", "profile", "email")
     assert found.name_claim == "preferred_username"
-    assert found.button == "Sign in with single sign-on"
+    assert found.provider_name == ""
     assert (found.role_map, found.default_role, found.client_secret_env) == ((), "", "")
     assert found.timeout_seconds == 10.0
 
@@ -65,7 +65,7 @@ oidc:
   role_claim: groups
   role_map: {nagare-admins: admin, finance-team: finance}
   default_role: viewer
-  button: Sign in with Example ID
+  provider_name: Example ID
   timeout_seconds: 5
 """,
     )
