@@ -289,9 +289,6 @@ class Accounts:
     def end_session(self, token: str) -> None:
         self.store.sessions.remove(token_hash(token))
 
-    def purge_sessions(self, now: int) -> int:
-        return self.store.sessions.purge(now)
-
     # ------------------------------------------------------------ API keys
 
     def api_keys(self) -> list[KeyRecord]:

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nagare.cli_client import add_client_commands
 
     add_client_commands(commands)
+    from nagare.cli_accounts import add_account_commands
+
+    add_account_commands(commands)
     return parser
 
 

@@ -234,6 +234,20 @@ class ApiClient:
             f"the log stream of task '{task_id}' in run '{run_id}' closed before its end event",
         )
 
+    # ------------------------------------------------------------ API keys
+
+    def keys(self) -> JsonList:
+        return self._list("GET", "/api/keys")
+
+    def create_key(self, name: str, role: str, expires_at: str | None = None) -> JsonObject:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if expires_at:
+            body["expires_at"] = expires_at
+        return self._object("POST", "/api/keys", body=body)
+
+    def revoke_key(self, key_id: str) -> JsonObject:
+        return self._object("DELETE", _path("api", "keys", key_id))
+
     # ------------------------------------------------------------ plumbing
 
     def _object(

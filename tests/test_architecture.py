@@ -85,6 +85,7 @@ LAYERS: dict[str, int] = {
     # L6: the only code that prints or exits
     "nagare.cli": L6,
     "nagare.cli_client": L6,
+    "nagare.cli_accounts": L6,
     "nagare.__main__": L6,
 }
 # Packages whose every module shares the package's layer.
@@ -127,7 +128,7 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     # the SMTP client of `type: mail` steps
     "smtplib": ("nagare/executors/mail.py",),
 }
-PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py")
+PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py", "nagare/cli_accounts.py")
 # Calls that start, replace or signal a process: only the spawner makes them.
 PROCESS_CALLS = frozenset(
     {

@@ -221,8 +221,9 @@ class SessionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, token_hash: str, user_name: str, csrf: str, now: int, expires_at: int,
-            address: str) -> None:  # fmt: skip
+    def add(
+        self, token_hash: str, user_name: str, csrf: str, now: int, expires_at: int, address: str
+    ) -> None:
         with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO sessions(token_hash, user_name, csrf, created_at, expires_at, "
