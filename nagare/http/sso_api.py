@@ -151,6 +151,6 @@ def _page(message: str) -> bytes:
         "color:#1f2328;background:#fff}@media(prefers-color-scheme:dark){body{color:#e6edf3;"
         "background:#0d1117}a{color:#7cb7ff}}</style></head><body><main>"
         "<h1>Single sign-on failed</h1>"
-        f'<p role="alert">{html.escape(message)}</p>'
+        f'<p role="alert">{html.escape(message[:1].upper() + message[1:])}</p>'
         '<p><a href="/">Back to the sign-in page</a></p></main></body></html>'
     ).encode()
