@@ -33,6 +33,7 @@ from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
 from nagare.http.accounts_api import ACCOUNT_MODES, AccountsApi, BuiltinAuthenticator
 from nagare.http.api import Api, Services
+from nagare.http.audit_api import AuditApi
 from nagare.http.cluster_api import ClusterApi
 from nagare.http.dagpage_api import DagPageApi
 from nagare.http.editor_api import EditorApi
@@ -202,6 +203,7 @@ class App:
                 bool(config.tls_cert),
             ).routes()
         )
+        self.api.add_routes(AuditApi(self.store.audit).routes())
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.http: NagareHTTPServer | None = None

@@ -65,3 +65,25 @@ def test_a_person_without_a_role_sees_why(oidc: Any, ui: Any) -> None:  # noqa: 
             u.shot(f"sso_refused_{view}_{theme}")
             assert axe_violations(page) == [], (view, theme)
             assert "nagare_session" not in {c["name"] for c in u.context.cookies()}
+
+
+def test_the_sign_in_page_button(oidc: Any, ui: Any) -> None:  # noqa: F811
+    server, provider = oidc(provider_name="Example ID")
+    provider.set_user("ivan", groups=["nagare-admins"])
+    u = ui(server)
+    page = u.go("/")
+    button = page.get_by_role("link", name="Sign in with single sign-on")
+    expect(button).to_be_visible()
+    expect(page.get_by_text("through Example ID")).to_be_visible()
+    u.shot("sso_button")
+    button.click()
+    page.wait_for_url(provider.issuer + "/**")
+    through_provider_pages(page, server.url, "ivan")
+    expect(page.get_by_text("ivan").first).to_be_visible()  # signed in on arrival
+    u.errors.clear()  # (the provider's pages load things of their own; the gate's first 401)
+    page.reload()
+    expect(page.get_by_text("ivan").first).to_be_visible()
+    me = page.evaluate("fetch('/api/me').then(r => r.json())")
+    assert (me["name"], me["role"]) == ("ivan", "admin")
+    u.shot("sso_signed_in")
+    assert u.errors == [], u.errors

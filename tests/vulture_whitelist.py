@@ -29,4 +29,4 @@ mask  # engine/secrets: the one masker, for task outputs (and tests/test_secrets
 
 # teams (auth_mode builtin/oidc): the users, keys and audit code being built reads these;
 # each line goes once its reader lands
-AuditStore.delete_before, AuditStore.find  # retention and GET /api/audit
+AuditStore.delete_before  # retention

@@ -1,6 +1,6 @@
 // Git sync status (GET /api/git): the commit the DAGs folder holds, the last attempt and its
 // error, and "Sync now". Shown in the DAGs page header; renders nothing while git sync is off.
-import { ago, api, fmtTime, html, pushToast, useEffect, useNow, usePoll, useRef, useState } from "./common.js";
+import { ago, api, can, fmtTime, html, pushToast, useEffect, useNow, usePoll, useRef, useState } from "./common.js";
 
 const POLL_MS = 5000;
 const FOLDER_SCAN_MS = 1200; // the folder watcher loads a new commit's files within about a second
@@ -43,7 +43,7 @@ export function GitSyncStatus({ onCommit }) {
         <span class="muted"> of </span><span class="gitsync-url">${git.url}</span>
         ${git.subdirectory && html`<span class="muted"> / </span><code>${git.subdirectory}</code>`}</span>
       <span class="spacer"></span>
-      <button type="button" onClick=${syncNow} disabled=${busy} data-action="git-sync">Sync now</button>
+      ${can("edit") && html`<button type="button" onClick=${syncNow} disabled=${busy} data-action="git-sync">Sync now</button>`}
     </div>
     ${git.commit && html`<p class="gitsync-commit small">
       <span class="muted">Commit</span> <code title=${git.commit} data-testid="gitsync-sha">${git.commit.slice(0, 10)}</code>${" "}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
 from nagare.access import Permission, Principal, Scope, sees
-from nagare.clock import now_ms, parse_iso
+from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
@@ -51,6 +51,7 @@ from nagare.store import AuditEntry, DagState, RunFilter, Stats
 log = logging.getLogger("nagare.http")
 
 MAX_PAGE_SIZE = 500
+CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
 WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
 CONF_BODY = {
     "type": "object",
@@ -216,6 +217,8 @@ class Api:
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
+        if request.header("user-agent").startswith(CLI_AGENT):
+            request.note(via="cli")
         note = request.audit
         entry = AuditEntry(
             at=now_ms(),
@@ -667,6 +670,7 @@ class Api:
         run = self.s.runs.trigger(
             request.params["dag_id"], body.get("conf"), params=body.get("params")
         )
+        request.note(run_id=run.run_id)  # never the params or conf: they may hold secrets
         return run_json(run)
 
     def pause(self, request: Request) -> dict[str, Any]:
@@ -691,6 +695,9 @@ class Api:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
+        request.note(
+            start=to_iso(start), end=to_iso(end), runs=len(result.created), dry_run=dry_run
+        )
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs

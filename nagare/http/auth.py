@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 from typing import Protocol
+from urllib.parse import unquote
 
 from nagare.access import (
     ANONYMOUS,
@@ -117,7 +118,7 @@ class Admission:
         if permission == Permission.OPEN:
             return self._maybe(request)
         if permission == Permission.WEBHOOK:
-            return Principal(f"webhook:{request.path}", Kind.WEBHOOK, None)
+            return Principal(f"webhook:{unquote(request.path)}", Kind.WEBHOOK, None)
         if permission == Permission.CLUSTER:
             check_token(request, *self.cluster_secret())
             return WORKER

@@ -78,12 +78,10 @@ class WaitsApi:
         comment, by = body.get("comment", ""), body.get("by", "")
         if not isinstance(comment, str) or not isinstance(by, str):
             raise BadRequest("'comment' and 'by' must be strings")
+        by = approver(request.principal, by)
+        request.note(by=by, **({"comment": comment} if comment.strip() else {}))
         task = self.waits.approve(
-            request.params["run_id"],
-            request.params["task_id"],
-            approver(request.principal, by),
-            comment,
-            approved,
+            request.params["run_id"], request.params["task_id"], by, comment, approved
         )
         return task_json(task)
 
@@ -93,7 +91,14 @@ class WaitsApi:
             raise BadRequest(
                 f"'{name[:60]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
             )
-        return {"matched": self.waits.emit(name, request.json())}
+        matched = self.waits.emit(name, request.json())
+        request.note(matched=matched_text(matched))
+        return {"matched": matched}
+
+
+def matched_text(matched: list[dict[str, str]]) -> str:
+    """The waits an event ended, for the audit log: `RUN/TASK,...` (or `none`)."""
+    return ",".join(f"{m['run_id']}/{m['task_id']}" for m in matched) or "none"
 
 
 def approver(principal: Principal, by: str) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "INF_MS",
     "AuditEntry",
     "AuditFilter",
+    "AuditStore",
     "Clock",
     "CounterRow",
     "DagState",
