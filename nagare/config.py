@@ -116,9 +116,9 @@ OPTIONS: tuple[Option, ...] = (
         "oidc",
         "oidc",
         None,
-        "Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, redirect_url, "
-        "scopes, name_claim, role_claim, role_map, default_role, provider_name, ca_file, insecure, "
-        "timeout_seconds} (see the README, Single sign-on).",
+        "Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, client_auth, "
+        "redirect_url, scopes, name_claim, role_claim, role_map, default_role, provider_name, "
+        "ca_file, insecure, timeout_seconds} (see the README, Single sign-on).",
         flag=False,
         env=False,
     ),
@@ -770,6 +770,7 @@ OIDC_KEYS = (
     "issuer",
     "client_id",
     "client_secret_env",
+    "client_auth",
     "redirect_url",
     "scopes",
     "name_claim",
@@ -803,6 +804,7 @@ def coerce_oidc(raw: Any, where: str) -> OidcSettings | None:
         issuer=_oidc_url(raw, "issuer", where, required=True).rstrip("/"),
         client_id=_smtp_text(raw, "client_id", where, required=True),
         client_secret_env=_env_name(raw, "client_secret_env", where),
+        client_auth=_client_auth(raw, where),
         redirect_url=_oidc_url(raw, "redirect_url", where),
         scopes=_oidc_scopes(raw.get("scopes"), f"{where}.scopes"),
         name_claim=_claim(raw, "name_claim", where) or defaults.name_claim,
@@ -824,6 +826,16 @@ def coerce_oidc(raw: Any, where: str) -> OidcSettings | None:
             "e.g. groups)"
         )
     return settings
+
+
+def _client_auth(raw: dict[str, Any], where: str) -> str:
+    method = _smtp_text(raw, "client_auth", where) or "post"
+    if method not in ("post", "basic"):
+        raise ConfigError(
+            f"{where}.client_auth: expected post (client_secret_post) or basic "
+            f"(client_secret_basic), found '{method}'"
+        )
+    return method
 
 
 def _oidc_url(raw: dict[str, Any], key: str, where: str, required: bool = False) -> str:

@@ -289,6 +289,7 @@ class OidcSettings:
     issuer: str  # the provider's issuer URL (discovery: ISSUER/.well-known/openid-configuration)
     client_id: str
     client_secret_env: str = ""
+    client_auth: str = "post"  # how the secret is sent: post (in the form) or basic (HTTP Basic)
     redirect_url: str = ""  # "": http(s)://<the request's Host>/api/auth/oidc/callback
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     name_claim: str = "preferred_username"  # the user name (then email, then sub)

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 from nagare.client import ApiError, fetch_json
 from nagare.errors import ConfigError, NagareError
@@ -250,10 +250,8 @@ class SingleSignOn:
             "client_id": self.settings.client_id,
             "code_verifier": pending.verifier,
         }
-        secret = self._client_secret()
-        if secret:
-            form["client_secret"] = secret  # client_secret_post
-        status, answer = self._call(self._endpoint("token_endpoint", now), form)
+        headers = self._client_authentication(form)
+        status, answer = self._call(self._endpoint("token_endpoint", now), form, headers)
         if status != 200 or not isinstance(answer, dict):
             raise ProviderError(
                 f"the provider refused the sign-in's code: {_oauth_error(answer, status)}"
@@ -328,13 +326,32 @@ class SingleSignOn:
             self._keys = _Cached(keys, now)
         return keys
 
-    def _call(self, url: str, form: dict[str, str] | None) -> tuple[int, Any]:
+    def _call(
+        self, url: str, form: dict[str, str] | None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         try:
             return self._fetch(
-                url, form=form, timeout=self.settings.timeout_seconds, context=self._tls
+                url,
+                form=form,
+                headers=headers,
+                timeout=self.settings.timeout_seconds,
+                context=self._tls,
             )
         except ApiError as err:
             raise ProviderError(f"the sign-in provider cannot be reached: {err.message}") from None
+
+    def _client_authentication(self, form: dict[str, str]) -> dict[str, str]:
+        """A confidential client proves itself with its secret: in the form
+        (client_secret_post) or as HTTP Basic (client_secret_basic, RFC 6749 §2.3.1: each part
+        form-encoded first). A public client sends only its client_id (and PKCE)."""
+        secret = self._client_secret()
+        if not secret:
+            return {}
+        if self.settings.client_auth == "post":
+            form["client_secret"] = secret
+            return {}
+        pair = f"{quote_plus(self.settings.client_id)}:{quote_plus(secret)}"
+        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
 
     def _client_secret(self) -> str:
         name = self.settings.client_secret_env

@@ -45,7 +45,7 @@ def oidc(
             "role_map": ROLE_MAP,
             **settings,
         }
-        if client_id == "nagare":
+        if client_id in ("nagare", "nagare-basic"):
             section.setdefault("client_secret_env", "NAGARE_TEST_OIDC_SECRET")
         server = nagare_factory(auth_mode="oidc", oidc=coerce_oidc(section, "oidc"))
         provider = Provider(module, tmp_path, port, server.url + "/api/auth/oidc/callback")
@@ -95,6 +95,27 @@ def test_sign_in_with_a_confidential_rs256_client(oidc: Callable[..., Any]) -> N
     assert CONFIDENTIAL_SECRET not in str(server.app.store.audit.find(AuditFilter(), 1, 100))
     config = server.get("/api/auth/config")
     assert config["sso"] is True and config["sso_name"] == ""
+
+
+def test_client_secret_basic(oidc: Callable[..., Any]) -> None:
+    server, provider = oidc("nagare-basic", client_auth="basic")
+    provider.set_user("judy", groups=["readers"])
+    browser, answer = sign_in(server, "judy")
+    assert answer.status == 302, answer.body
+    assert me(server, browser).json["role"] == "viewer"
+
+
+def test_a_wrong_client_secret_is_a_clear_error(
+    oidc: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAGARE_WRONG_SECRET", "not-the-secret")
+    server, provider = oidc(client_secret_env="NAGARE_WRONG_SECRET")
+    provider.set_user("kim", groups=["ops"])
+    _, answer = sign_in(server, "kim")
+    assert answer.status == 502
+    assert "refused the sign-in&#x27;s code: invalid_client (client authentication" in answer.body
+    assert "not-the-secret" not in answer.body
+    assert [e.outcome for e in sso_entries(server)] == ["sso_provider"]
 
 
 def test_sign_in_with_a_public_es256_client(oidc: Callable[..., Any]) -> None:
@@ -196,6 +217,24 @@ def test_a_provider_that_is_down_gets_a_clear_error(oidc: Callable[..., Any]) ->
     assert server.get("/api/health")["status"] == "ok"  # the server keeps running
     starts = server.app.store.audit.find(AuditFilter(action="auth.sso_start"), 1, 10)[0]
     assert [e.outcome for e in starts] == ["sso_provider", "sso_provider"]
+
+
+def test_the_client_secret_stays_out_of_tasks(
+    nagare_factory: Callable[..., Nagare], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAGARE_TEST_OIDC_SECRET", CONFIDENTIAL_SECRET)
+    section = {
+        "issuer": "https://id.example.com",
+        "client_id": "nagare",
+        "client_secret_env": "NAGARE_TEST_OIDC_SECRET",
+    }
+    dag = "id: env\ntasks:\n  - id: show\n    command: env\n"
+    server = nagare_factory(dags={"env.yaml": dag}, oidc=coerce_oidc(section, "oidc"))
+    run = server.wait_run(server.trigger("env"))
+    assert run["status"] == "success"
+    log = server.log(run["run_id"], "show")
+    assert "PATH=" in log
+    assert "NAGARE_TEST_OIDC_SECRET" not in log and CONFIDENTIAL_SECRET not in log
 
 
 def test_sso_routes_without_oidc(nagare_factory: Callable[..., Nagare]) -> None:

@@ -92,6 +92,7 @@ oidc:
         ({"role_claim": "bad claim"}, "expected a claim name"),
         ({"timeout_seconds": 0}, "timeout_seconds"),
         ({"insecure": "maybe"}, "expected true or false"),
+        ({"client_auth": "jwt"}, "expected post .* or basic"),
         ({"secret": "x"}, "unknown key 'secret'"),
     ],
 )
