@@ -267,7 +267,10 @@ class SingleSignOn:
         try:
             jwt = parse_jwt(id_token)
             verify_signature(jwt, self._key_for(jwt.header, now))
-            expected = Expected(self.settings.issuer, self.settings.client_id, nonce)
+            # the discovery document's spelling (checked against oidc.issuer but for a
+            # trailing slash, which some providers' issuers end with)
+            issuer = str(self._discovery(now)["issuer"])
+            expected = Expected(issuer, self.settings.client_id, nonce)
             check_claims(jwt.claims, expected, now)
         except TokenError as err:
             raise SsoError(f"the provider's ID token was refused: {err.message}") from None
