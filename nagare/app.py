@@ -401,6 +401,8 @@ class App:
         )
 
     def _warn_open_cluster(self) -> None:
+        if self.config.auth_mode in ACCOUNT_MODES:  # then workers need a token to join
+            return
         if self.http is not None and not self.config.token and not self.config.api_key:
             log.warning(
                 "neither token nor api_key is configured: anyone who can reach this port can "

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, HttpResult, Nagare, http, pythonpath_env, wait_for
 
-from nagare.access import ROLE_RIGHTS, Permission, Role, parse_roles
+from nagare.access import ROLE_RIGHTS, Permission, Role, all_roles, parse_roles
 from nagare.accounts import Accounts, SignInLimit, sign_in_wait, with_failure, without_name_failures
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.errors import Forbidden, TooManyRequests, Unauthorized
@@ -871,3 +871,57 @@ def test_hashes_carry_their_costs_and_refuse_malformed_input() -> None:
     for bad in (None, "", "md5$x", "scrypt$a$b$c$d$e", "scrypt$16384$8$1$zz$00"):
         assert not verify_password(PASSWORD, bad)
     assert not verify_password("x" * 5000, stored)
+
+
+def test_a_role_that_nagare_yaml_dropped_is_refused_never_widened(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "nagare.db"))
+    try:
+        declared = all_roles(parse_roles(ROLES))
+        before = Accounts(store, declared, 12)
+        before.add_user("fin", "finance-ops", PASSWORD, 1_000)
+        token, _ = before.start_session("fin", "127.0.0.1", 1_000)
+        _, key = before.create_key("fin-key", "finance-ops", None, "test", 1_000)
+        principal = before.session(token, 2_000)
+        assert principal is not None and principal.tags == frozenset({"finance"})
+        after = Accounts(store, all_roles({}), 12)  # nagare.yaml no longer names finance-ops
+        assert after.session(token, 2_000) is None
+        with pytest.raises(Forbidden, match="no longer exists"):
+            after.sign_in("fin", PASSWORD, "127.0.0.1", 2_000)
+        with pytest.raises(Unauthorized, match="no longer exists"):
+            after.key_principal(key, 2_000)
+    finally:
+        store.close()
+
+
+def test_a_password_is_typed_twice_on_a_terminal_or_read_from_stdin() -> None:
+    import io
+
+    from nagare.cli_accounts import read_password
+    from nagare.errors import BadRequest, ConfigError
+
+    typed = iter(["s3cret-pass", "s3cret-pass", "one-pass", "other-pass"])
+    asked: list[str] = []
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        return next(typed)
+
+    assert read_password(False, io.StringIO(), ask) == "s3cret-pass"
+    assert asked == ["Password: ", "Password again: "]
+    with pytest.raises(BadRequest, match="differ"):
+        read_password(False, io.StringIO(), ask)
+    assert read_password(True, io.StringIO("from stdin  \nsecond line\n")) == "from stdin  "
+    with pytest.raises(ConfigError, match="--password-stdin"):
+        read_password(False, io.StringIO())  # not a terminal, and no prompt function
+
+
+def test_with_users_and_no_token_workers_cannot_join(
+    nagare_factory: Callable[..., Nagare], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    n = nagare_factory(auth_mode="builtin")
+    for verb in ("register", "heartbeat", "poll", "log", "result"):
+        refused = http("POST", f"{n.url}/api/workers/{verb}", {})
+        assert refused.status == 401, (verb, refused.body)
+        assert "no cluster token is set" in refused.json["error"]["message"]
+    assert "anyone who can reach this port can join" not in caplog.text

@@ -161,6 +161,7 @@ class Api:
             lambda: (settings.token, settings.api_key),
             self._dag_tags,
             lambda run_id: self.s.runs.run(run_id).dag_id,
+            cluster_open=settings.auth_mode == "key",
         )
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
