@@ -15,22 +15,25 @@ from axe import axe_violations
 from conftest import Nagare, http, wait_for
 from test_ui import browser, expect, ui  # noqa: F401 - fixtures
 
+from nagare.access import parse_roles
 from nagare.clock import now_ms
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct-horse-7"
+NEW_PASSWORD = "battery-staple-8"
 USERS = {"ada": "admin", "olga": "operator", "vic": "viewer", "dev": "developer"}
 SLEEPER = """\
 id: sleeper
 schedule: "0 3 * * *"
+tags: [finance]
 tasks:
   - {id: nap, command: sleep 60}
 """
 FAILING = """\
 id: failing
 tasks:
-  - {id: breaks, command: exit 3}
+  - {id: breaks, command: "echo broken; exit 3"}
 """
 GATE = """\
 id: gate
@@ -45,10 +48,11 @@ VIEWS: dict[str, dict[str, Any]] = {
 }
 
 
-def teams_server(nagare_factory: Any) -> Nagare:
+def teams_server(nagare_factory: Any, **settings: Any) -> Nagare:
     server: Nagare = nagare_factory(
         dags={"sleeper.yaml": SLEEPER, "failing.yaml": FAILING, "gate.yaml": GATE},
         auth_mode="builtin",
+        **settings,
     )
     for name, role in USERS.items():
         server.app.accounts.add_user(name, role, PASSWORD, now_ms())
@@ -63,9 +67,9 @@ def sign_in(page: Any, name: str, password: str = PASSWORD) -> None:
     page.get_by_role("button", name="Sign in", exact=True).click()
 
 
-def signed_in(u: Any, name: str, path: str = "/") -> Any:
+def signed_in(u: Any, name: str, path: str = "/", password: str = PASSWORD) -> Any:
     page = u.go(path)
-    sign_in(page, name)
+    sign_in(page, name, password)
     expect(page.locator(f"[data-who='{name}']")).to_be_visible()
     return page
 
@@ -124,18 +128,32 @@ def test_sign_in_wrong_then_right_sign_out_and_an_ended_session(
     page = signed_in(u, "vic")
     page.reload()  # the session cookie survives a reload
     expect(page.locator("[data-who=vic]")).to_be_visible()
+    # one's own password: the current one first; this session stays
+    page.get_by_role("button", name="Password…").click()
+    dialog = page.get_by_role("dialog", name="Change your password")
+    dialog.get_by_label("Current password").fill("not-it-at-all")
+    dialog.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+    dialog.get_by_label("New password again").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_role("alert")).to_have_text("The current password is wrong.")
+    dialog.get_by_label("Current password").fill(PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_role("status")).to_contain_text("Password changed")
+    page.get_by_role("link", name="Runs", exact=True).click()
+    expect(page.locator("[data-who=vic]")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("[data-signin-notice]")).to_have_text("You have signed out.")
     page.reload()
     expect(page.get_by_role("heading", name="Sign in to Nagare")).to_be_visible()
 
     # a session that ends (expired here) sends the page back to sign-in at its next call
-    page = signed_in(u, "vic", "/runs")
+    page = signed_in(u, "vic", "/runs", NEW_PASSWORD)
     server.app.accounts.session(session_token(u), now_ms() + 48 * 3600_000)  # past its end
-    page.get_by_role("link", name="DAGs").click()
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # polls at once
     expect(page.locator("[data-signin-notice]")).to_contain_text("Your session has ended")
-    sign_in(page, "vic")
-    expect(page.get_by_role("heading", name="DAGs")).to_be_visible()
+    sign_in(page, "vic", NEW_PASSWORD)
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()  # where it was
 
 
 def test_sign_in_rate_limit_is_said_plainly(nagare_factory: Any, ui: Any) -> None:  # noqa: F811
@@ -179,6 +197,7 @@ def test_a_viewer_sees_no_actions_and_no_admin_pages(
     page = u.go(f"/runs?id={failed}")
     expect(page.locator("h1 .badge")).to_have_text("failed")
     expect(page.locator("[data-action=retry-run], [data-action=retry]")).to_have_count(0)
+    expect(page.locator("[data-task=breaks] [data-log]")).to_contain_text("broken")  # the cookie
     page = u.go(f"/runs?id={running}")
     expect(page.locator("[data-task=nap]")).to_have_attribute("data-status", "running")
     expect(page.get_by_role("button", name=re.compile("Kill"))).to_have_count(0)
@@ -222,6 +241,32 @@ def test_an_operator_runs_and_kills_but_does_not_edit(
     for done in ("dag.trigger", "run.kill", "task.approve"):
         assert ("olga", done) in entries, (done, entries)
     assert unexpected(u) == []
+
+
+def test_a_role_limited_to_some_tags_sees_only_their_dags(
+    nagare_factory: Any,
+    ui: Any,  # noqa: F811
+) -> None:
+    server = teams_server(nagare_factory, roles=parse_roles({"operator": {"tags": ["finance"]}}))
+    other = server.trigger("failing")
+    u = ui(server)
+    page = signed_in(u, "olga")
+    assert nav_labels(page) == ["Dashboard", "DAGs", "Runs"]  # no pages over every DAG
+    expect(page.locator("tr[data-dag]")).to_have_count(1)
+    expect(page.locator("tr[data-dag=sleeper] [data-action=trigger]")).to_be_visible()
+    expect(page.locator("[data-stat-link]")).to_have_count(0)  # counters cover every DAG
+    page.get_by_role("button", name="Trigger sleeper", exact=True).click()
+    page.wait_for_url(re.compile(r"/runs\?id=sleeper__manual__"))
+    expect(page.locator("[data-task=nap]")).to_have_attribute("data-status", "running")
+    page = u.go("/runs")
+    expect(page.locator("tr[data-run]")).to_have_count(1)
+    expect(page.locator(f"tr[data-run='{other}']")).to_have_count(0)
+    page = u.go("/dags")
+    expect(page.locator("tr[data-dag]")).to_have_count(1)
+    page = u.go("/metrics")
+    expect(page.get_by_role("heading", name="Not available to your role")).to_be_visible()
+    u.shot("limited-operator")
+    assert unexpected(u) == []  # no call of a route over every DAG (403)
 
 
 def audit(server: Nagare, query: str = "") -> list[dict[str, Any]]:

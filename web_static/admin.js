@@ -152,7 +152,7 @@ function PasswordDialog({ user, onSet, onClose }) {
   return html`<dialog ref=${ref} onClose=${onClose} aria-labelledby="pw-title" class="admin-dialog">
     <form onSubmit=${submit} noValidate>
       <h2 id="pw-title">New password for ${user.name}</h2>
-      <p class="small muted">Their other sessions keep working until they sign out or expire.</p>
+      <p class="small muted">Their open sessions end: they sign in again with the new password.</p>
       <div class="admin-fields stacked"><${PasswordFields} idPrefix="reset" password=${password} again=${again} setPassword=${setPassword} setAgain=${setAgain} label="New password" /></div>
       ${error && html`<p class="error-text" role="alert">${error}</p>`}
       <div class="row"><span class="spacer"></span>

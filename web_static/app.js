@@ -35,6 +35,7 @@ import {
   pushToast,
   render,
   runHref,
+  seesEveryDag,
   setMe,
   setOnUnauthorized,
   storedKey,
@@ -91,9 +92,10 @@ function Gate({ onConnect }) {
 
 // ------------------------------------------------------------------ app shell
 
+const EVERY_DAG_PAGES = new Set(["/metrics", "/workers"]); // pages over every DAG at once
 const NAV = [["/", "Dashboard"], ["/dags", "DAGs"], ["/runs", "Runs"], ["/metrics", "Metrics"], ["/workers", "Workers"]];
 // the pages only some roles have (common.js `can` reads GET /api/me's permissions)
-const navFor = (config) => [...NAV,
+const navFor = (config) => [...NAV.filter(([href]) => seesEveryDag() || !EVERY_DAG_PAGES.has(href)),
   ...(can("audit") ? [["/audit", "Audit"]] : []),
   ...(can("admin") && usesAccounts(config) ? [["/admin", "Users & keys"]] : [])];
 
@@ -147,6 +149,7 @@ function App() {
   else if (path === "/dags/edit" || path === "/dags/new") page = can("edit") ? html`<${DagEditor} key=${loc} file=${path === "/dags/new" ? null : params.get("file")} line=${params.get("line")} />` : html`<${NotAllowed} what="edit DAG files" />`;
   else if (path === "/dags" || path === "/dags/") page = params.get("id") ? html`<${DagDetail} key=${params.get("id")} dagId=${params.get("id")} />` : html`<${DagList} />`;
   else if (path === "/runs" || path === "/runs/") page = params.get("id") ? html`<${RunDetail} key=${params.get("id")} runId=${params.get("id")} focusTask=${params.get("task")} />` : html`<${RunsPage} />`;
+  else if (EVERY_DAG_PAGES.has(path) && !seesEveryDag()) page = html`<${NotAllowed} what="see pages over every DAG (your role sees only some DAGs)" />`;
   else if (path === "/metrics") page = html`<${MetricsPage} since=${params.get("since")} dag=${params.get("dag")} />`;
   else if (path === "/workers") page = html`<${WorkersPage} />`;
   else if (path === "/audit") page = can("audit") ? html`<${AuditPage} />` : html`<${NotAllowed} what="read the audit log" />`;
@@ -425,7 +428,7 @@ function useDags() {
   const [dags, setDags] = useState(null);
   const [errors, setErrors] = useState({});
   const load = async () => {
-    const [d, e] = await Promise.all([api("/api/dags"), api("/api/dags/errors")]);
+    const [d, e] = await Promise.all([api("/api/dags"), seesEveryDag() ? api("/api/dags/errors") : {}]);
     setDags(d); setErrors(e);
   };
   usePoll(load, 10000, []);
@@ -437,17 +440,17 @@ function useDags() {
 function Dashboard() {
   const [stats, setStats] = useState(null);
   const [dags, errors, reload] = useDags();
-  usePoll(async () => setStats(await api("/api/stats")), 3000, []);
+  usePoll(async () => { if (seesEveryDag()) setStats(await api("/api/stats")); }, 3000, []);
   useEffect(() => { document.title = "Nagare | Dashboard"; }, []);
   const card = (label, value, extra = "", alert = false, href = "/runs") => html`<${StatCard} label=${label} value=${value} extra=${extra} alert=${alert} href=${href} />`;
   return html`<main>
     <h1>Dashboard</h1>
-    <div class="cards">
+    ${seesEveryDag() && html`<div class="cards">
       ${card("Active runs", stats?.active_runs, stats ? `${stats.running_tasks} tasks running, ${stats.queued_tasks} queued` : "", false, "/runs?status=running")}
       ${card("Failed runs (24 h)", stats?.failed_runs_24h, "", stats?.failed_runs_24h > 0, "/runs?status=failed")}
       ${card("Total runs", stats?.total_runs)}
       ${card("Loaded DAGs", stats?.loaded_dags, stats?.dag_errors ? `${stats.dag_errors} with errors` : "", stats?.dag_errors > 0, "/dags")}
-    </div>
+    </div>`}
     <${DagErrors} errors=${errors} />
     <section class="panel"><h2>DAGs</h2><${DagTable} dags=${dags} reload=${reload} /></section>
     <section class="panel"><div class="row"><h2>Recent runs</h2><span class="spacer"></span><${Link} href="/runs">All runs ›</${Link}></div>
@@ -458,7 +461,7 @@ function Dashboard() {
 function DagList() {
   const [dags, errors, reload] = useDags();
   const [edits, setEdits] = useState(false); // allow_dag_edits: the server says (GET /api/stats)
-  useEffect(() => { api("/api/stats").then((s) => setEdits(s.dag_edits !== false)).catch(() => setEdits(false)); }, []);
+  useEffect(() => { if (can("edit")) api("/api/stats").then((s) => setEdits(s.dag_edits !== false)).catch(() => setEdits(false)); }, []);
   const [query, setQuery] = useQuery();
   const chosen = query.getAll("tag");
   const setChosen = (tags) => setQuery({ tag: tags });

@@ -31,7 +31,11 @@ export class ApiError extends Error {
 export let me = null;
 let csrfToken = ""; // a signed-in session's token, sent back on every write (X-CSRF-Token)
 export function setMe(who) { me = who || null; csrfToken = who?.csrf || ""; }
-export const can = (permission) => !me || (me.permissions || []).includes(permission);
+// Whether the role sees every DAG (not limited to some tags: nagare.yaml `roles:`). Routes over
+// every DAG at once (counters, pools, load errors, metrics overview, DAG files) are its only.
+export const seesEveryDag = () => !me || me.tags == null;
+const EVERY_DAG = new Set(["edit"]); // every route of this permission covers all DAGs
+export const can = (permission) => !me || ((me.permissions || []).includes(permission) && (seesEveryDag() || !EVERY_DAG.has(permission)));
 
 // The credentials of a request: the stored API key, and on a write the session's CSRF token.
 export function authHeaders(method = "GET", key = storedKey()) {

@@ -3,7 +3,8 @@
 // or oidc) an unknown browser gets the sign-in page; in key mode it gets today's API key gate.
 // Once signed in, the session's CSRF token goes back on every write (common.js authHeaders) and
 // the header shows the name, the role and Sign out.
-import { KEY, api, html, me, setMe, storedKey, useEffect, useRef, useState } from "./common.js";
+import { KEY, api, html, me, pushToast, setMe, storedKey, useEffect, useRef, useState } from "./common.js";
+import { passwordProblem } from "./admin.js";
 
 // What a server without users answers (or an older server that has no /api/auth/config).
 const KEY_MODE = { auth_mode: "key", password: false, sso: false, sso_name: "" };
@@ -102,6 +103,7 @@ export function SignIn({ config, notice, onSignedIn }) {
 // The header's identity: name, role and Sign out (a session) or Disconnect (an API key).
 export function UserMenu({ config, onSignOut, onDisconnect }) {
   const [busy, setBusy] = useState(false);
+  const [changing, setChanging] = useState(false);
   if (!me || !usesAccounts(config)) return null;
   const signOut = async () => {
     setBusy(true);
@@ -112,8 +114,52 @@ export function UserMenu({ config, onSignOut, onDisconnect }) {
   return html`<span class="who" data-who=${me.name}>
     <span class="who-name" title=${me.kind === "session" ? "Signed in" : "Using an API key"}>${me.name}</span>
     <span class="badge role-badge" data-role=${me.role}>${me.role}</span>
+    ${me.kind === "session" && config.password !== false && html`<button type="button" onClick=${() => setChanging(true)}
+      aria-haspopup="dialog" title="Change your password" data-action="my-password">Password…</button>`}
+    ${changing && html`<${MyPasswordDialog} onClose=${() => setChanging(false)} />`}
     ${me.kind === "session"
       ? html`<button type="button" onClick=${signOut} disabled=${busy} data-action="sign-out">Sign out</button>`
       : storedKey() && html`<button type="button" class="danger" onClick=${onDisconnect}>Disconnect</button>`}
   </span>`;
+}
+
+// Change one's own password (POST /api/me/password): the current one, the new one twice. This
+// session stays signed in; the user's other sessions end.
+function MyPasswordDialog({ onClose }) {
+  const ref = useRef(null);
+  const [current, setCurrent] = useState("");
+  const [password, setPassword] = useState("");
+  const [again, setAgain] = useState("");
+  const [error, setError] = useState("");
+  const [busy, setBusy] = useState(false);
+  useEffect(() => { ref.current?.showModal(); }, []);
+  const submit = async (e) => {
+    e.preventDefault();
+    const problem = !current ? "Enter your current password." : passwordProblem(password, again);
+    if (problem) { setError(problem); return; }
+    setBusy(true);
+    try {
+      await api("/api/me/password", { method: "POST", body: { current, new: password } });
+      pushToast("Password changed; your other sessions have ended");
+      ref.current?.close();
+    } catch (err) {
+      setError(err.status === 403 ? "The current password is wrong." : err.message);
+    } finally { setBusy(false); }
+  };
+  const field = (id, label, value, set, autocomplete) => html`<div class="field"><label for=${id}>${label}</label>
+    <input id=${id} type="password" autocomplete=${autocomplete} value=${value} onInput=${(e) => set(e.target.value)} /></div>`;
+  return html`<dialog ref=${ref} onClose=${onClose} aria-labelledby="mypw-title" class="admin-dialog" data-my-password>
+    <form onSubmit=${submit} noValidate>
+      <h2 id="mypw-title">Change your password</h2>
+      <p class="small muted">You stay signed in here; your other sessions end.</p>
+      <div class="admin-fields stacked">
+        ${field("mypw-current", "Current password", current, setCurrent, "current-password")}
+        ${field("mypw-new", "New password", password, setPassword, "new-password")}
+        ${field("mypw-again", "New password again", again, setAgain, "new-password")}
+      </div>
+      ${error && html`<p class="error-text" role="alert">${error}</p>`}
+      <div class="row"><span class="spacer"></span>
+        <button type="button" onClick=${() => ref.current?.close()}>Cancel</button>
+        <button type="submit" class="primary" disabled=${busy}>Change password</button></div>
+    </form></dialog>`;
 }
