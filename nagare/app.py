@@ -41,6 +41,7 @@ from nagare.http.gate import Limits, affordable_connections
 from nagare.http.git_api import GitApi
 from nagare.http.metrics_api import MetricsApi
 from nagare.http.server import NagareHTTPServer, tls_context
+from nagare.http.sso_api import SsoApi
 from nagare.http.static import StaticFiles
 from nagare.http.waits_api import WaitsApi
 from nagare.http.webhooks_api import WebhooksApi
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
+    from nagare.sso import SingleSignOn
 
 log = logging.getLogger("nagare")
 STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
@@ -172,7 +174,12 @@ class App:
             _static_files(),
         )
         self.api.add_routes(
-            AccountsApi(self.accounts, config.auth_mode, bool(config.tls_cert)).routes()
+            AccountsApi(
+                self.accounts,
+                config.auth_mode,
+                bool(config.tls_cert),
+                sso_name=config.oidc.provider_name if config.oidc is not None else "",
+            ).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
         self.api.add_routes(MetricsApi(self.metrics).routes())
@@ -191,6 +198,14 @@ class App:
         self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         self.git_sync = _git_sync(config)
         self.api.add_routes(GitApi(self.git_sync).routes())
+        self.api.add_routes(
+            SsoApi(
+                _single_sign_on(config),
+                self.accounts,
+                config.session_hours * 3600,
+                bool(config.tls_cert),
+            ).routes()
+        )
         self.api.add_routes(AuditApi(self.store.audit).routes())
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
@@ -219,11 +234,15 @@ class App:
         return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
     def _hidden_env(self) -> set[str]:
-        """Server variables kept out of the tasks' environment: webhook secrets, and the SMTP
-        password of `mail` steps."""
-        hidden = self.webhooks.secret_variables()
-        smtp = self.config.smtp
-        return hidden | {smtp.password_env} if smtp is not None and smtp.password_env else hidden
+        """Server variables kept out of the tasks' environment: webhook secrets, the SMTP
+        password of `mail` steps and single sign-on's client secret."""
+        hidden = set(self.webhooks.secret_variables())
+        smtp, oidc = self.config.smtp, self.config.oidc
+        if smtp is not None and smtp.password_env:
+            hidden.add(smtp.password_env)
+        if oidc is not None and oidc.client_secret_env:
+            hidden.add(oidc.client_secret_env)
+        return hidden
 
     def _executor_for(self, assignment: Assignment) -> Executor:
         if assignment.step_type != TaskType.COMMAND:
@@ -467,6 +486,15 @@ def _git_sync(config: Config) -> GitSync | None:
 
     cache = os.path.join(os.path.dirname(os.path.abspath(config.db)), "git-sync")
     return GitSync(config.git_sync, config.dags, cache, run_command)
+
+
+def _single_sign_on(config: Config) -> SingleSignOn | None:
+    """The OpenID Connect relying party of `auth_mode: oidc`. Imported only then."""
+    if config.auth_mode != "oidc" or config.oidc is None:
+        return None
+    from nagare.sso import SingleSignOn
+
+    return SingleSignOn(config.oidc, os.environ)
 
 
 def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:

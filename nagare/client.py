@@ -337,6 +337,65 @@ class ApiClient:
             raise _network_error(self.base_url, exc) from None
 
 
+# ---------------------------------------------------------------- other JSON services
+
+MAX_SERVICE_ANSWER_BYTES = 1024 * 1024
+
+
+def fetch_json(
+    url: str,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
+    """One call to another service's JSON endpoint (an OpenID provider's discovery document,
+    keys or token endpoint): a GET, or a POST of `form` (URL-encoded). Returns the status and
+    the parsed answer (None when it is not JSON), error statuses included; raises ApiError
+    (status 0) when no answer arrives or it is larger than MAX_SERVICE_ANSWER_BYTES."""
+    data = urlencode(form).encode() if form is not None else None
+    all_headers = {"Accept": "application/json", "User-Agent": f"nagare/{__version__}"}
+    all_headers.update(headers or {})
+    request = urllib.request.Request(url, data=data, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, _json_or_none(_read_capped(response, url))
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, _json_or_none(_read_capped(err, url))
+    except urllib.error.URLError as err:
+        raise _service_error(url, err.reason) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _service_error(url, exc) from None
+
+
+def _read_capped(response: Any, url: str) -> bytes:
+    raw = cast(bytes, response.read(MAX_SERVICE_ANSWER_BYTES + 1))
+    if len(raw) > MAX_SERVICE_ANSWER_BYTES:
+        raise ApiError(0, "too_large", f"{url} answered more than {MAX_SERVICE_ANSWER_BYTES} bytes")
+    return raw
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _service_error(url: str, reason: object) -> ApiError:
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return ApiError(
+            0,
+            "untrusted_certificate",
+            f"the TLS certificate of {url} is not trusted ({reason.verify_message})",
+        )
+    if isinstance(reason, TimeoutError):
+        return ApiError(0, "timeout", f"no answer from {url} in time")
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return ApiError(0, "unreachable", f"cannot reach {url}: {text}")
+
+
 # ---------------------------------------------------------------- SSE
 
 

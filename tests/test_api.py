@@ -1081,6 +1081,8 @@ def test_every_keyed_route_needs_the_key(nagare_factory: NagareFactory) -> None:
         "/api/schema/dag.json": 200,
         "/api/auth/config": 200,
         "/api/auth/login": 409,
+        "/api/auth/oidc/login": 409,  # single sign-on: auth_mode oidc only
+        "/api/auth/oidc/callback": 409,
     }
     checked = 0
     for route in api_routes(nagare):
@@ -1119,7 +1121,8 @@ def test_the_key_is_accepted_as_bearer_and_as_token_only_on_logs(
             continue
         url = nagare.url + sample_path(route, run_id)
         accepted = http("GET", url, headers=bearer)
-        if route.path in ("/api/users", "/api/keys"):  # accounts: auth_mode builtin or oidc
+        # accounts (auth_mode builtin or oidc) and single sign-on (oidc only): 409 here
+        if route.path in ("/api/users", "/api/keys") or route.path.startswith("/api/auth/oidc/"):
             assert accepted.status == 409, (route.path, accepted.body)
         elif known_params(route):
             assert accepted.status == 200, (route.path, accepted.body)

@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "nagare.server_log": L1,
     "nagare.liveness": L1,  # heartbeats of the loops and the health decision
     "nagare.access": L1,  # roles, permissions, principals and the pure decisions over them
+    "nagare.jose": L1,  # JSON Web Tokens: parsing, RS256/ES256 signature and claim checks
     "nagare.passwords": L1,  # password hashes (scrypt) and random tokens: hashlib and secrets
     "nagare.cluster": L1,  # the package's __init__ only: its modules have layers of their own
     "nagare.cluster.protocol": L1,
@@ -72,6 +73,7 @@ LAYERS: dict[str, int] = {
     "nagare.webhooks": L3,
     "nagare.waits": L3,  # the steps that wait: approvals, events, child runs
     "nagare.git_sync": L3,  # the DAGs folder follows a git branch (git through the spawner)
+    "nagare.sso": L3,  # single sign-on: the OpenID Connect flow (the provider through client)
     "nagare.metrics": L3,
     "nagare.accounts": L3,  # users, API keys, sessions and the sign-in limit
     "nagare.cluster.coordinator": L3,

@@ -42,6 +42,8 @@ OPEN_ROUTES = {
     (ANY, "/api/webhooks/{webhook_path...}"): "per-DAG HMAC signature instead",
     ("GET", "/api/auth/config"): "how to sign in, for the sign-in page",
     ("POST", "/api/auth/login"): "signing in (a name and password instead)",
+    ("GET", "/api/auth/oidc/login"): "single sign-on: to the provider (who checks the person)",
+    ("GET", "/api/auth/oidc/callback"): "single sign-on: back from the provider (its ID token)",
 }
 CLUSTER_PREFIX = "/api/workers/"  # the token-protected protocol routes
 SAMPLE_PARAMS = {

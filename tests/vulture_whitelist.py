@@ -29,4 +29,3 @@ mask  # engine/secrets: the one masker, for task outputs (and tests/test_secrets
 
 # teams (auth_mode builtin/oidc): the users, keys and audit code being built reads these;
 # each line goes once its reader lands
-Accounts.ensure_sso_user  # single sign-on (auth_mode oidc) creates its users with it

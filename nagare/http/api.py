@@ -198,7 +198,7 @@ class Api:
 
     def _call(self, request: Request, route: Route) -> Response:
         request.principal = self.admission.admit(request, route)
-        if route.auth != "hmac":  # webhook senders add their own query parameters
+        if route.auth != "hmac" and not route.any_query:  # webhook senders add their own
             _check_query(route, request)
         result = route.handler(request)
         if isinstance(result, Response):
@@ -213,7 +213,8 @@ class Api:
         except NagareError as err:
             self._record(request, route, err.code)
             raise
-        self._record(request, route, "ok" if response.status < 400 else str(response.status))
+        failed = request.audit.get("outcome") or str(response.status)  # a handler's own page
+        self._record(request, route, "ok" if response.status < 400 else failed)
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:

@@ -48,6 +48,9 @@ class Route:
     response: str = "application/json"
     status: int = 200
     query_token: bool = False  # whether ?token= may carry the API key (log streams only)
+    # whether query parameters beyond `query` are let through (another service's redirect back,
+    # which adds parameters of its own)
+    any_query: bool = False
     tags: tuple[str, ...] = ()
     scope: Scope = Scope.NONE  # which DAGs it touches (for roles limited to some tags)
     action: str = ""  # the audit log's name of what a state-changing route does ("run.kill")
