@@ -1036,9 +1036,15 @@ def test_a_real_worker_sends_exactly_what_the_master_reads(
         decode, encode_answer = decoders[verb]
         assert json.dumps(encode_answer(decode(answer))) == json.dumps(answer), verb
     verbs = {verb for verb, _, _ in sent}
-    assert verbs == {"register", "heartbeat", "poll", "log", "result"}, verbs
+    # results travel in polls (protocol 2): `result` is only for workers of protocol 1
+    assert verbs == {"register", "heartbeat", "poll", "log"}, verbs
     assert any(verb == "poll" and answer["tasks"] for verb, _, answer in sent)
-    assert any(verb == "result" and "lines" in body for verb, body, _ in sent)
+    carried = [(body, answer) for verb, body, answer in sent if verb == "poll" and "results" in body]
+    assert any("lines" in r for body, _ in carried for r in body["results"]), carried
+    for body, answer in carried:  # each result acknowledged by attempt
+        keys = {(r["task_instance_id"], r["attempt"]) for r in body["results"]}
+        assert {(a["task_instance_id"], a["attempt"]) for a in answer["results"]} == keys
+        assert body["wait_seconds"] == 0  # a poll that carries results never waits
 
 
 def announced_body_status(nagare: Nagare, path: str, length: int) -> int:
