@@ -133,10 +133,15 @@ class ResultAck:
 
 
 def encode_hello(hello: WorkerHello) -> dict[str, Any]:
-    data = asdict(hello)
-    data["pools"] = list(hello.pools)
-    data["held"] = [list(h) for h in hello.held]
-    return data
+    return {
+        "worker_id": hello.worker_id,
+        "hostname": hello.hostname,
+        "pools": list(hello.pools),
+        "max_tasks": hello.max_tasks,
+        "version": hello.version,
+        "held": [list(h) for h in hello.held],
+        "leaving": hello.leaving,
+    }
 
 
 def read_hello(body: Any) -> WorkerHello:
@@ -348,11 +353,25 @@ def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
 
 
 def encode_outcome(outcome: Outcome) -> dict[str, Any]:
-    data = asdict(outcome)
-    data.pop("stdout", None)  # the master captures stdout from the streamed log
-    data.pop("skipped", None)  # decided by the master, never by a worker
-    if not outcome.outputs:
-        data.pop("outputs", None)
+    """Without `stdout` (the master captures it from the streamed log) and `skipped` (decided
+    by the master, never by a worker)."""
+    metrics = outcome.metrics
+    data: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "timed_out": outcome.timed_out,
+        "cancelled": outcome.cancelled,
+        "error": outcome.error,
+        "metrics": {
+            "duration_ms": metrics.duration_ms,
+            "cpu_user_ms": metrics.cpu_user_ms,
+            "cpu_system_ms": metrics.cpu_system_ms,
+            "peak_memory_bytes": metrics.peak_memory_bytes,
+            "exit_code": metrics.exit_code,
+            "executor_type": metrics.executor_type,
+        },
+    }
+    if outcome.outputs:
+        data["outputs"] = outcome.outputs
     return data
 
 

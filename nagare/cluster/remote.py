@@ -59,6 +59,7 @@ log = logging.getLogger("nagare.worker")
 BATCH_CHARS = 256 * 1024  # text per log batch: well under the master's 1 MiB body limit
 BUFFER_CHARS = 16 * 1024 * 1024  # unshipped output the worker keeps before tasks must wait
 SHIP_INTERVAL = 0.05
+RESULT_LINGER = 0.002  # seconds: see RemoteWorker._linger
 BATCHES_PER_ROUND = 8
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 FATAL_STATUSES = (400, 401, 403, 404)
@@ -471,6 +472,8 @@ class RemoteWorker:
         """Ship every task's pending lines, then the results whose lines are all shipped.
         False when the master could not be reached (everything stays for the next try)."""
         with self._lock:
+            if self._results and self.settings.protocol >= PROTOCOL:
+                self._linger()
             self._attach_last_lines()
             keys = list(self._lines)
         for key in keys:
@@ -485,6 +488,17 @@ class RemoteWorker:
         if self.settings.protocol >= PROTOCOL:
             return all(self._deliver(batch) for batch in _batches(ready))
         return all(self._ship_result(result) for result in ready)
+
+    def _linger(self) -> None:
+        """(lock held) A result is ready while other tasks run: give them RESULT_LINGER to end
+        too, so that one poll carries several results (short tasks handed out together end
+        together), not one poll each."""
+        deadline = time.monotonic() + RESULT_LINGER
+        while any(not t.done for t in self._held()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._lock.wait(left)
 
     def _attach_last_lines(self) -> None:
         """(lock held) A finished task's last lines travel with its result when they fit in
