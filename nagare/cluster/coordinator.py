@@ -318,11 +318,12 @@ class Coordinator:
         scheduler pass and the claims become assignments."""
         now = self.clock()
         ended, refused = self._prepare_all(results, now)
+        reported = {(r.task_instance_id, r.attempt) for r in results}
         exchange = self.store.workers.exchange(
             self._record_of(hello, now),
             hello.leaving,
             [e.finish for e in ended],
-            hello.held,
+            [h for h in hello.held if h not in reported],  # each has its answer in `results`
             now,
             now + self.lease_ms,
         )
