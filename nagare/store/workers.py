@@ -179,15 +179,18 @@ def _claim_for(
     now: int,
     lease_until: int,
 ) -> list[Claim]:
-    """Up to `count` queued tasks of `pools`, oldest first per pool, pools taken in turn."""
+    """Up to `count` queued tasks of `pools`, oldest first per pool, pools taken in turn (one
+    task each; the last pool with work left gives the rest in one statement)."""
     claims: list[Claim] = []
     open_pools = list(pools)
     while open_pools and len(claims) < count:
         for pool in list(open_pools):
-            if len(claims) >= count:
+            left = count - len(claims)
+            if left <= 0:
                 break
-            claimed = claim_queued(conn, dags, pool, worker_id, now, lease_until)
-            if not claimed:
+            want = left if len(open_pools) == 1 else 1
+            claimed = claim_queued(conn, dags, pool, worker_id, now, lease_until, want)
+            if len(claimed) < want:  # its queue is empty now
                 open_pools.remove(pool)
             claims += claimed
     return claims
