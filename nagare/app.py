@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import resource
+import shlex
 import socket
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
+from nagare.access import ACCOUNT_MODES, all_roles
+from nagare.accounts import Accounts
 from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.config import Config
@@ -53,14 +56,17 @@ if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
+    from nagare.http.accounts_api import BuiltinAuthenticator
     from nagare.http.api import Api
     from nagare.http.gate import Limits
     from nagare.http.server import NagareHTTPServer
     from nagare.http.static import StaticFiles
     from nagare.metrics import LiveState, MetricsService, PoolInfo
+    from nagare.sso import SingleSignOn
 
 log = logging.getLogger("nagare")
 STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
+EXEC_SAFETY_SECONDS = 1.0  # `wait_for_run` looks at its run at least this often
 
 
 class App:
@@ -74,6 +80,7 @@ class App:
         serve_http: bool = True,
         schedule: bool = True,
         line_sink: Callable[[str, str, str], None] | None = None,
+        dag_files: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         # two phases of a stop: `stopping` ends the loops that face users and the folder; the
@@ -95,6 +102,7 @@ class App:
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
             default_handlers=_default_handlers(config),
+            include=dag_files,
         )
         self.pools = WorkerPools(
             self.store,
@@ -140,6 +148,7 @@ class App:
         self.waits.children = self.runs
         self.scheduler.waits = self.waits
         self.runs.on_waits_cancelled = self.waits.cancelled
+        self.accounts = Accounts(self.store, all_roles(config.roles), config.session_hours)
         self.webhooks = WebhookService(
             self.store,
             self.folder,
@@ -155,17 +164,21 @@ class App:
             self.api = self._build_api(config)
             self.http = _http_server(config, self.api)
         self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()  # wakes `wait_for_run`
 
     def _build_api(self, config: Config) -> Api:
         """The API, its routes and the services only they use (imported here: see
         ARCHITECTURE.md, Start-up and footprint)."""
         from nagare.dag_edits import DagEdits
+        from nagare.http.accounts_api import AccountsApi
         from nagare.http.api import Api, Services
+        from nagare.http.audit_api import AuditApi
         from nagare.http.cluster_api import ClusterApi
         from nagare.http.dagpage_api import DagPageApi
         from nagare.http.editor_api import EditorApi
         from nagare.http.git_api import GitApi
         from nagare.http.metrics_api import MetricsApi
+        from nagare.http.sso_api import SsoApi
         from nagare.http.waits_api import WaitsApi
         from nagare.http.webhooks_api import WebhooksApi
         from nagare.metrics import MetricsService
@@ -180,8 +193,18 @@ class App:
                 self.pool_info,
                 self.stopping,
                 self.health,
+                authenticator=self._authenticator(),
+                audit=self.store.audit.record,
             ),
             _static_files(),
+        )
+        api.add_routes(
+            AccountsApi(
+                self.accounts,
+                config.auth_mode,
+                bool(config.tls_cert),
+                sso_name=config.oidc.provider_name if config.oidc is not None else "",
+            ).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
         api.add_routes(MetricsApi(self.metrics).routes())
@@ -192,20 +215,41 @@ class App:
         api.add_routes(DagPageApi(self.store.history, self.folder).routes())
         api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
         api.add_routes(GitApi(self.git_sync).routes())
+        api.add_routes(
+            SsoApi(
+                _single_sign_on(config),
+                self.accounts,
+                config.session_hours * 3600,
+                bool(config.tls_cert),
+            ).routes()
+        )
+        api.add_routes(AuditApi(self.store.audit).routes())
         return api
 
     # ------------------------------------------------------------ wiring
+
+    def _authenticator(self) -> BuiltinAuthenticator | None:
+        """Users and keys (auth_mode builtin, oidc); None: the one API key, or none."""
+        from nagare.http.accounts_api import BuiltinAuthenticator
+
+        if self.config.auth_mode not in ACCOUNT_MODES:
+            return None
+        return BuiltinAuthenticator(self.accounts, self.config.api_key)
 
     def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
         """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
         return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
     def _hidden_env(self) -> set[str]:
-        """Server variables kept out of the tasks' environment: webhook secrets, and the SMTP
-        password of `mail` steps."""
-        hidden = self.webhooks.secret_variables()
-        smtp = self.config.smtp
-        return hidden | {smtp.password_env} if smtp is not None and smtp.password_env else hidden
+        """Server variables kept out of the tasks' environment: webhook secrets, the SMTP
+        password of `mail` steps and single sign-on's client secret."""
+        hidden = set(self.webhooks.secret_variables())
+        smtp, oidc = self.config.smtp, self.config.oidc
+        if smtp is not None and smtp.password_env:
+            hidden.add(smtp.password_env)
+        if oidc is not None and oidc.client_secret_env:
+            hidden.add(oidc.client_secret_env)
+        return hidden
 
     def _executor_for(self, assignment: Assignment) -> Executor:
         if assignment.step_type != TaskType.COMMAND:
@@ -331,6 +375,7 @@ class App:
                 self.config.db,
             )
         self._warn_open_api()
+        self._warn_no_users()
         self._warn_open_cluster()
         self._warn_open_volumes()
 
@@ -352,13 +397,27 @@ class App:
         return assess(self.heartbeats.beats(), time.monotonic() if now is None else now)
 
     def _warn_open_api(self) -> None:
-        if self.http is not None and not self.config.api_key:
+        if self.http is not None and not self.config.api_key and self.config.auth_mode == "key":
             log.warning(
                 "api_key is not configured: the API is open to anyone who can reach "
                 "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
             )
 
+    def _warn_no_users(self) -> None:
+        """The first start with users and no user yet: how to add the first admin (there is
+        never a default password)."""
+        if self.config.auth_mode not in ACCOUNT_MODES or not self.accounts.needs_first_admin():
+            return
+        log.warning(
+            "auth_mode is %s and there is no user yet: add the first admin on this machine "
+            "with: python3 nagare.pyz users add admin --role admin --db %s",
+            self.config.auth_mode,
+            shlex.quote(self.config.db),
+        )
+
     def _warn_open_cluster(self) -> None:
+        if self.config.auth_mode in ACCOUNT_MODES:  # then workers need a token to join
+            return
         if self.http is not None and not self.config.token and not self.config.api_key:
             log.warning(
                 "neither token nor api_key is configured: anyone who can reach this port can "
@@ -409,18 +468,22 @@ class App:
             self._docker.close()
         self.store.close()
 
-    def trigger_and_wait(
-        self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
+    def wait_for_run(
+        self, run_id: str, tick: Callable[[], None] | None = None, every: float | None = None
     ) -> str:
-        """Start a run and block until it finishes, its handlers included; returns the run
-        status (for `nagare exec`)."""
-        run = self.runs.trigger(dag_id, conf)
-        while not self.stopping.wait(0.05):
-            current = self.store.runs.get(run.run_id, counts=False)
+        """Block until the run finished, its handlers included; returns its status (for
+        `nagare exec`). The scheduler's `on_run_ended` wakes the wait; the run row is the
+        truth, looked at on each wake-up, and at least every `every` seconds (default
+        EXEC_SAFETY_SECONDS, a safety net) when `tick` (a progress display) is called too."""
+        self.scheduler.on_run_ended = lambda _run_id: self._wake.set()
+        while not self.stopping.is_set():
+            self._wake.clear()
+            current = self.store.runs.get(run_id, counts=False)
+            if tick is not None:
+                tick()
             if current is not None and current.status.terminal and not current.handling:
                 return str(current.status)
-            if interrupted():
-                return "interrupted"
+            self._wake.wait(every or EXEC_SAFETY_SECONDS)
         return "interrupted"
 
 
@@ -434,6 +497,15 @@ def _git_sync(config: Config) -> GitSync | None:
 
     cache = os.path.join(os.path.dirname(os.path.abspath(config.db)), "git-sync")
     return GitSync(config.git_sync, config.dags, cache, run_command)
+
+
+def _single_sign_on(config: Config) -> SingleSignOn | None:
+    """The OpenID Connect relying party of `auth_mode: oidc`. Imported only then."""
+    if config.auth_mode != "oidc" or config.oidc is None:
+        return None
+    from nagare.sso import SingleSignOn
+
+    return SingleSignOn(config.oidc, os.environ)
 
 
 def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:

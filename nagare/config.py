@@ -17,8 +17,9 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from nagare.access import RoleDef, all_roles, parse_roles
 from nagare.errors import ConfigError
-from nagare.models import GitSyncSettings, SmtpSettings
+from nagare.models import GitSyncSettings, OidcSettings, SmtpSettings
 from nagare.patterns import ENV_NAME
 from nagare.settings import Settings
 
@@ -87,6 +88,41 @@ OPTIONS: tuple[Option, ...] = (
         yaml_key=False,
     ),
     _opt("api_key", "str", "", "API key required on /api/* as 'Authorization: Bearer KEY'."),
+    _opt(
+        "auth_mode",
+        "str",
+        "key",
+        "Who may use the API and dashboard: key (the one api_key; open without one), builtin "
+        "(users and API keys with roles, stored in the database; api_key is an admin key) or "
+        "oidc (single sign-on through an OpenID Connect provider, plus builtin's users and keys).",
+        choices=("key", "builtin", "oidc"),
+    ),
+    _opt(
+        "roles",
+        "roles",
+        {},
+        "Roles limited to DAGs with some tags, or new roles on a built-in base, e.g. "
+        "{operator: {tags: [finance]}, finance_dev: {base: developer, tags: [finance]}}.",
+        flag=False,
+        env=False,
+    ),
+    _opt(
+        "session_hours",
+        "int",
+        12,
+        "How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).",
+        minimum=1,
+    ),
+    _opt(
+        "oidc",
+        "oidc",
+        None,
+        "Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, client_auth, "
+        "redirect_url, scopes, name_claim, role_claim, role_map, default_role, provider_name, "
+        "ca_file, insecure, timeout_seconds} (see the README, Single sign-on).",
+        flag=False,
+        env=False,
+    ),
     _opt("logs_dir", "str", "", "Folder of task log files (default: 'logs' next to the db)."),
     _opt(
         "worker_pools",
@@ -401,6 +437,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     values["worker_pools"] = {"default": 4, **values["worker_pools"]}
     config = Config(**values)
     config.listen  # noqa: B018 - validates the address early
+    check_oidc_roles(config.auth_mode, config.oidc, config.roles)
     return config
 
 
@@ -460,8 +497,12 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return _coerce_handlers(raw, where)
     if option.kind == "smtp":
         return _coerce_smtp(raw, where)
+    if option.kind == "roles":
+        return parse_roles(raw)
     if option.kind == "git_sync":
         return _coerce_git_sync(raw, where)
+    if option.kind == "oidc":
+        return coerce_oidc(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -745,6 +786,148 @@ def _check_git_credentials(settings: GitSyncSettings, where: str) -> None:
         )
 
 
+OIDC_KEYS = (
+    "issuer",
+    "client_id",
+    "client_secret_env",
+    "client_auth",
+    "redirect_url",
+    "scopes",
+    "name_claim",
+    "role_claim",
+    "role_map",
+    "default_role",
+    "provider_name",
+    "ca_file",
+    "insecure",
+    "timeout_seconds",
+)
+_OIDC_TIMEOUT = Option("timeout_seconds", "float", 10.0, "", minimum=0.1)
+_CLAIM = re.compile(r"^[A-Za-z0-9_:./-]+$")
+
+
+def coerce_oidc(raw: Any, where: str) -> OidcSettings | None:
+    """`oidc: {issuer, client_id, client_secret_env, role_claim, role_map, ...}`: the OpenID
+    Connect provider of single sign-on. ConfigError names the bad key."""
+    found: OidcSettings | dict[str, Any] | None = _section(
+        raw,
+        where,
+        OidcSettings,
+        OIDC_KEYS,
+        "{issuer: https://id.example.com/realms/main, client_id: nagare}",
+    )
+    if not isinstance(found, dict):
+        return found
+    raw = found
+    defaults = OidcSettings("", "")
+    settings = OidcSettings(
+        issuer=_oidc_url(raw, "issuer", where, required=True).rstrip("/"),
+        client_id=_smtp_text(raw, "client_id", where, required=True),
+        client_secret_env=_env_name(raw, "client_secret_env", where),
+        client_auth=_client_auth(raw, where),
+        redirect_url=_oidc_url(raw, "redirect_url", where),
+        scopes=_oidc_scopes(raw.get("scopes"), f"{where}.scopes"),
+        name_claim=_claim(raw, "name_claim", where) or defaults.name_claim,
+        role_claim=_claim(raw, "role_claim", where),
+        role_map=_role_map(raw.get("role_map"), f"{where}.role_map"),
+        default_role=_smtp_text(raw, "default_role", where),
+        provider_name=_smtp_text(raw, "provider_name", where),
+        ca_file=_smtp_text(raw, "ca_file", where),
+        insecure=_coerce_bool(raw.get("insecure", False), f"{where}.insecure"),
+        timeout_seconds=float(
+            _coerce_number(
+                _OIDC_TIMEOUT, raw.get("timeout_seconds", 10), f"{where}.timeout_seconds"
+            )
+        ),
+    )
+    if settings.role_map and not settings.role_claim:
+        raise ConfigError(
+            f"{where}.role_claim: required with role_map (the claim whose values it maps, "
+            "e.g. groups)"
+        )
+    return settings
+
+
+def _client_auth(raw: dict[str, Any], where: str) -> str:
+    method = _smtp_text(raw, "client_auth", where) or "post"
+    if method not in ("post", "basic"):
+        raise ConfigError(
+            f"{where}.client_auth: expected post (client_secret_post) or basic "
+            f"(client_secret_basic), found '{method}'"
+        )
+    return method
+
+
+def _oidc_url(raw: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+    url = _smtp_text(raw, key, where, required=required)
+    if url and not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", url):
+        raise ConfigError(f"{where}.{key}: expected an http(s):// URL, found '{url}'")
+    return url
+
+
+def _env_name(raw: dict[str, Any], key: str, where: str) -> str:
+    name = _smtp_text(raw, key, where)
+    if name and not ENV_NAME.match(name):
+        raise ConfigError(
+            f"{where}.{key}: expected the name of an environment variable, found '{name}' "
+            "(the secret itself is never written in nagare.yaml)"
+        )
+    return name
+
+
+def _claim(raw: dict[str, Any], key: str, where: str) -> str:
+    claim = _smtp_text(raw, key, where)
+    if claim and not _CLAIM.match(claim):
+        raise ConfigError(f"{where}.{key}: expected a claim name such as groups, found '{claim}'")
+    return claim
+
+
+def _oidc_scopes(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return OidcSettings("", "").scopes
+    items = raw.split() if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(s, str) and s.strip() for s in items):
+        raise ConfigError(f"{where}: expected a list of scopes such as [openid, profile, email]")
+    scopes = tuple(dict.fromkeys(s.strip() for s in items))
+    if "openid" not in scopes:
+        raise ConfigError(f"{where}: must include openid (found {', '.join(scopes)})")
+    return scopes
+
+
+def _role_map(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of claim value to role, e.g. "
+            "{nagare-admins: admin, data-team: developer}"
+        )
+    pairs = []
+    for value, role in raw.items():
+        if not isinstance(role, str) or not role.strip():
+            raise ConfigError(f"{where}.{value}: expected a role name, found '{role}'")
+        pairs.append((str(value), role.strip()))
+    return tuple(pairs)
+
+
+def check_oidc_roles(auth_mode: str, oidc: OidcSettings | None, roles: dict[str, RoleDef]) -> None:
+    """Across settings: `auth_mode: oidc` needs an `oidc:` section, whose roles must exist."""
+    if auth_mode == "oidc" and oidc is None:
+        raise ConfigError(
+            "auth_mode: oidc needs an oidc: section in nagare.yaml (at least issuer and "
+            "client_id; see the README, Single sign-on)"
+        )
+    if oidc is None:
+        return
+    known = all_roles(roles)
+    named = [(f"oidc.role_map.{value}", role) for value, role in oidc.role_map]
+    if oidc.default_role:
+        named.append(("oidc.default_role", oidc.default_role))
+    for where, role in named:
+        if role not in known:
+            raise ConfigError(f"{where}: unknown role '{role}' (known: {', '.join(known)})")
+
+
 def _coerce_users(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -798,14 +981,16 @@ _FIELD_TYPES = {
     "users": "dict[str, str]",
     "handlers": "str",
     "smtp": "SmtpSettings | None",
+    "roles": "dict[str, RoleDef]",
     "git_sync": "GitSyncSettings | None",
+    "oidc": "OidcSettings | None",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }
 
 
 # Types of settings defined in nagare.models (imported by the generated module).
-_MODEL_TYPES = ("GitSyncSettings", "SmtpSettings")
+_MODEL_TYPES = ("GitSyncSettings", "OidcSettings", "SmtpSettings")
 
 
 def settings_module_source() -> str:
@@ -813,8 +998,11 @@ def settings_module_source() -> str:
     fields = "\n".join(_settings_field(o) for o in OPTIONS)
     imports = "dataclass, field" if "field(" in fields else "dataclass"
     models = [name for name in _MODEL_TYPES if name in fields]
+    if "RoleDef" in fields:
+        imports += "\n\nfrom nagare.access import RoleDef"
     if models:
-        imports += f"\n\nfrom nagare.models import {', '.join(models)}"
+        imports += "\n" if "RoleDef" in fields else "\n\n"
+        imports += f"from nagare.models import {', '.join(models)}"
     return (
         "# Generated from nagare.config.OPTIONS by nagare.config.settings_module_source(): do not\n"
         "# edit. After changing OPTIONS, regenerate with: python3 tests/generate_settings.py\n"

@@ -50,6 +50,17 @@ class Conflict(NagareError):
     status = 409
 
 
+class TooManyRequests(NagareError):
+    """Refused for a while (failed sign-ins): answered with Retry-After."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds
+
+
 class PayloadTooLarge(NagareError):
     code = "payload_too_large"
     status = 413

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nagare.models import GitSyncSettings, SmtpSettings
+from nagare.access import RoleDef
+from nagare.models import GitSyncSettings, OidcSettings, SmtpSettings
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one per process
@@ -35,6 +36,23 @@ class Settings:
 
     # API key required on /api/* as 'Authorization: Bearer KEY'.
     api_key: str = ""
+
+    # Who may use the API and dashboard: key (the one api_key; open without one), builtin (users and
+    # API keys with roles, stored in the database; api_key is an admin key) or oidc (single sign-on
+    # through an OpenID Connect provider, plus builtin's users and keys).
+    auth_mode: str = "key"
+
+    # Roles limited to DAGs with some tags, or new roles on a built-in base, e.g. {operator: {tags:
+    # [finance]}, finance_dev: {base: developer, tags: [finance]}}.
+    roles: dict[str, RoleDef] = field(default_factory=lambda: {})
+
+    # How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).
+    session_hours: int = 12
+
+    # Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, client_auth,
+    # redirect_url, scopes, name_claim, role_claim, role_map, default_role, provider_name, ca_file,
+    # insecure, timeout_seconds} (see the README, Single sign-on).
+    oidc: OidcSettings | None = None
 
     # Folder of task log files (default: 'logs' next to the db).
     logs_dir: str = ""

@@ -147,10 +147,18 @@ def rebuild_rollup(store: Store) -> None:
 
 def undo_migration_11(conn: Any) -> None:
     """Back to the schema before the steps that wait (migration 11): what a test of an older
-    schema's upgrade drops first (a lower user_version runs the migration again)."""
+    schema's upgrade drops first (a lower user_version runs the migration again), with what
+    the migrations after it added (13: users, API keys, sessions, the audit log)."""
+    undo_migration_13(conn)
     conn.execute("DROP INDEX ti_waiting")
     conn.execute("DROP INDEX runs_parent")
     for column in ("wait", "wait_until", "child_run_id"):
         conn.execute(f"ALTER TABLE task_instances DROP COLUMN {column}")
     for column in ("parent_run_id", "parent_task_id", "outputs"):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+
+
+def undo_migration_13(conn: Any) -> None:
+    """Back to the schema before users, API keys, sessions and the audit log (migration 13)."""
+    for table in ("sessions", "api_keys", "users", "audit_log"):
+        conn.execute(f"DROP TABLE {table}")

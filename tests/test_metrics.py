@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 from conftest import Nagare, http, wait_for
-from planting import DAY, HOUR, MINUTE, Attempt, plant_run, rebuild_rollup, undo_migration_11
+from planting import (
+    DAY,
+    HOUR,
+    MINUTE,
+    Attempt,
+    plant_run,
+    rebuild_rollup,
+    undo_migration_11,
+    undo_migration_13,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from nagare.clock import parse_iso, to_iso
@@ -807,6 +816,7 @@ def test_a_database_of_schema_11_gets_the_run_completion_index(tmp_path: Path) -
     retried_runs(store, "flaky", [NOW - MINUTE])
     with store.db.write() as conn:
         conn.execute("DROP INDEX runs_completed")
+        undo_migration_13(conn)
         conn.execute("PRAGMA user_version=11")
     store.close()
     upgraded = Store(path)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
-from nagare.clock import now_ms, parse_iso
+from nagare.access import Permission, Principal, Scope, sees
+from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
-from nagare.http.auth import check_key, check_token
+from nagare.http.auth import Admission, Authenticator, KeyAuthenticator
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
@@ -44,9 +46,12 @@ from nagare.models import (
     Trigger,
 )
 from nagare.runs import RunService
-from nagare.store import DagState, RunFilter, Stats
+from nagare.store import AuditEntry, DagState, RunFilter, Stats
+
+log = logging.getLogger("nagare.http")
 
 MAX_PAGE_SIZE = 500
+CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
 WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
 CONF_BODY = {
     "type": "object",
@@ -88,6 +93,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def sse_ping_seconds(self) -> float: ...
         @property
         def allow_dag_edits(self) -> bool: ...
+        @property
+        def auth_mode(self) -> str: ...
 
     class _ApiDags(Protocol):
         def states(self) -> dict[str, DagState]: ...
@@ -135,6 +142,8 @@ class Services:
     pools: Callable[[], list[PoolInfo]]
     stopping: threading.Event
     health: Callable[[], Health] = lambda: Health(True, {})  # how the background loops are
+    authenticator: Authenticator | None = None  # who a request is (default: the API key)
+    audit: Callable[[AuditEntry], None] = lambda entry: None  # records a state change
 
 
 class Api:
@@ -146,6 +155,14 @@ class Api:
         self.routes = self._routes()
         self.router = Router(self.routes)
         self._openapi: dict[str, Any] | None = None
+        settings = services.settings
+        self.admission = Admission(
+            services.authenticator or KeyAuthenticator(settings.api_key),
+            lambda: (settings.token, settings.api_key),
+            self._dag_tags,
+            lambda run_id: self.s.runs.run(run_id).dag_id,
+            cluster_open=settings.auth_mode == "key",
+        )
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
 
@@ -153,7 +170,8 @@ class Api:
         if not self._routed(request):
             return self._static(request)
         settings = self.s.settings
-        cors = cors_headers(request, settings.cors_allowed_origins, bool(settings.api_key))
+        auth_on = bool(settings.api_key) or settings.auth_mode != "key"
+        cors = cors_headers(request, settings.cors_allowed_origins, auth_on)
         if is_preflight(request):  # before auth: browsers send no credentials on a preflight
             return preflight(cors)
         try:
@@ -168,32 +186,70 @@ class Api:
         try:
             route, params = self.router.match(method, request.path)
         except NagareError as err:
-            # authenticate before saying which paths and methods exist
-            self._authenticate(request, self.router.auths(request.path))
+            self._admit_unrouted(request)
             allowed = self.router.allowed_methods(request.path)
             if request.method == "OPTIONS" and allowed:
                 return Response(204, headers={"Allow": ", ".join(allowed)})
             raise err
-        self._authenticate(request, {route.auth}, route.query_token)
-        if route.auth != "hmac":  # webhook senders add their own query parameters
-            _check_query(route, request)
         request.params = params
+        if route.action:
+            return self._audited(request, route)
+        return self._call(request, route)
+
+    def _call(self, request: Request, route: Route) -> Response:
+        request.principal = self.admission.admit(request, route)
+        if route.auth != "hmac" and not route.any_query:  # webhook senders add their own
+            _check_query(route, request)
         result = route.handler(request)
         if isinstance(result, Response):
             return result
         return json_response(result, route.status)
 
-    def _authenticate(self, request: Request, auths: set[str], query_token: bool = False) -> None:
-        """The checks of a route's `auth`; for a path no route of this method matches, those of
-        every route of the path (the API key when none is), so a wrong method or an unknown
-        path answers 401 without the key, never 405 or 404."""
-        settings = self.s.settings
-        if not auths:
-            check_key(request, settings.api_key, False)
-        elif "key" in auths:
-            check_key(request, settings.api_key, query_token)
-        elif "token" in auths:
-            check_token(request, settings.token, settings.api_key)
+    def _audited(self, request: Request, route: Route) -> Response:
+        """A state-changing route: its outcome (ok, or the error's code: refused ones too) goes
+        to the audit log with who asked, from where, and on what."""
+        try:
+            response = self._call(request, route)
+        except NagareError as err:
+            self._record(request, route, err.code)
+            raise
+        failed = request.audit.get("outcome") or str(response.status)  # a handler's own page
+        self._record(request, route, "ok" if response.status < 400 else failed)
+        return response
+
+    def _record(self, request: Request, route: Route, outcome: str) -> None:
+        if request.header("user-agent").startswith(CLI_AGENT):
+            request.note(via="cli")
+        note = request.audit
+        entry = AuditEntry(
+            at=now_ms(),
+            actor=note.get("actor") or request.principal.name,
+            action=route.action,
+            target=note.get("target") or audit_target(request.params),
+            address=request.address,
+            outcome=outcome,
+            detail=note.get("detail", ""),
+        )
+        try:
+            self.s.audit(entry)
+        except Exception:  # the action happened: a failed record must not undo its answer
+            log.exception("could not record %s by %s in the audit log", entry.action, entry.actor)
+
+    def _admit_unrouted(self, request: Request) -> None:
+        """Before saying which paths and methods exist (404, 405), the caller proves an identity
+        unless every route of the path is open to it (a webhook's, the cluster protocol's), so
+        a wrong method or an unknown path answers 401 without credentials, never 405 or 404."""
+        routes = self.router.path_routes(request.path)
+        if routes and all(r.auth == "open" or r.auth == "hmac" for r in routes):
+            return
+        if routes and all(r.auth == "token" for r in routes):
+            self.admission.admit(request, routes[0])
+            return
+        self.admission.identified(request)
+
+    def _dag_tags(self, dag_id: str) -> tuple[str, ...] | None:
+        dag = self.s.folder.snapshot.dags.get(dag_id)
+        return None if dag is None else tuple(dag.tags)
 
     def _routed(self, request: Request) -> bool:
         """`/api/*`, and page paths that are also routes (`/metrics`) unless a browser asks for
@@ -251,27 +307,43 @@ class Api:
                 self.health,
                 "Liveness: 200 when every background loop makes progress, else 503 naming "
                 "the loops that failed, stalled or stopped",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
             Route(
                 "GET",
                 "/api/openapi.json",
                 self.openapi,
                 "This OpenAPI document",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
             Route(
                 "GET",
                 "/api/schema/dag.json",
                 self.schema,
                 "JSON Schema of a DAG file (for editors: yaml-language-server $schema)",
-                auth="open",
                 tags=("system",),
+                permission=Permission.OPEN,
             ),
-            Route("GET", "/api/stats", self.stats, "Run and DAG counters", tags=("system",)),
-            Route("GET", "/api/pools", self.pools, "Worker pools and their load", tags=("system",)),
+            Route(
+                "GET",
+                "/api/stats",
+                self.stats,
+                "Run and DAG counters",
+                tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
+            ),
+            Route(
+                "GET",
+                "/api/pools",
+                self.pools,
+                "Worker pools and their load",
+                tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
+            ),
             Route(
                 "GET",
                 "/api/dags",
@@ -284,9 +356,17 @@ class Api:
                     ),
                 ),
                 tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.FILTERED,
             ),
             Route(
-                "GET", "/api/dags/errors", self.dag_errors, "Load errors by file", tags=("dags",)
+                "GET",
+                "/api/dags/errors",
+                self.dag_errors,
+                "Load errors by file",
+                tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "POST",
@@ -296,8 +376,17 @@ class Api:
                 body={"type": "string", "description": "the YAML text of a DAG file"},
                 body_type="text/yaml",
                 tags=("dags",),
+                permission=Permission.READ,
             ),
-            Route("GET", "/api/dags/{dag_id}", self.dag, "One DAG", tags=("dags",)),
+            Route(
+                "GET",
+                "/api/dags/{dag_id}",
+                self.dag,
+                "One DAG",
+                tags=("dags",),
+                permission=Permission.READ,
+                scope=Scope.DAG,
+            ),
             Route(
                 "GET",
                 "/api/dags/{dag_id}/yaml",
@@ -305,6 +394,8 @@ class Api:
                 "The DAG file as written",
                 response="text/yaml",
                 tags=("dags",),
+                permission=Permission.SOURCE,
+                scope=Scope.DAG,
             ),
             Route(
                 "POST",
@@ -314,6 +405,9 @@ class Api:
                 body=CONF_BODY,
                 status=201,
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.trigger",
             ),
             Route(
                 "POST",
@@ -321,6 +415,9 @@ class Api:
                 self.pause,
                 "Stop scheduling the DAG",
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.pause",
             ),
             Route(
                 "POST",
@@ -328,6 +425,9 @@ class Api:
                 self.activate,
                 "Resume scheduling from the next slot",
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.activate",
             ),
             Route(
                 "POST",
@@ -338,6 +438,9 @@ class Api:
                 body=BACKFILL_BODY,
                 status=201,
                 tags=("dags",),
+                permission=Permission.OPERATE,
+                scope=Scope.DAG,
+                action="dag.backfill",
             ),
             Route(
                 "GET",
@@ -346,14 +449,27 @@ class Api:
                 "Runs, newest first",
                 query=run_filters,
                 tags=("runs",),
+                permission=Permission.READ,
+                scope=Scope.FILTERED,
             ),
-            Route("GET", "/api/runs/{run_id}", self.run, "One run", tags=("runs",)),
+            Route(
+                "GET",
+                "/api/runs/{run_id}",
+                self.run,
+                "One run",
+                tags=("runs",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
+            ),
             Route(
                 "POST",
                 "/api/runs/{run_id}/kill",
                 self.kill_run,
                 "Kill running tasks and cancel the rest",
                 tags=("runs",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="run.kill",
             ),
             Route(
                 "POST",
@@ -362,6 +478,9 @@ class Api:
                 "Re-queue every failed, upstream_failed and cancelled task of a finished run "
                 "(same run, new attempts)",
                 tags=("runs",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="run.retry",
             ),
             Route(
                 "GET",
@@ -369,6 +488,8 @@ class Api:
                 self.tasks,
                 "Latest attempt of every task instance, in DAG order",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -376,6 +497,8 @@ class Api:
                 self.run_attempts,
                 "Every attempt of the run's tasks (not of map children), by task, oldest first",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -383,6 +506,8 @@ class Api:
                 self.task,
                 "One task instance",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -390,6 +515,8 @@ class Api:
                 self.attempts,
                 "Every attempt of a task, oldest first",
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -400,6 +527,8 @@ class Api:
                 response="text/plain",
                 query_token=True,
                 tags=("tasks",),
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "POST",
@@ -407,6 +536,9 @@ class Api:
                 self.kill_task,
                 "Kill one task (a map task with its children)",
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.kill",
             ),
             Route(
                 "POST",
@@ -422,6 +554,9 @@ class Api:
                     ),
                 ),
                 tags=("tasks",),
+                permission=Permission.OPERATE,
+                scope=Scope.RUN,
+                action="task.retry",
             ),
         ]
 
@@ -476,7 +611,7 @@ class Api:
         dags = {
             i: dag
             for i, dag in snapshot.dags.items()
-            if not wanted or wanted.intersection(dag.tags)
+            if (not wanted or wanted.intersection(dag.tags)) and sees(request.principal, dag.tags)
         }
         states = self.s.store.dags.states()
         last = self.s.store.runs.last_of(dags)
@@ -536,6 +671,7 @@ class Api:
         run = self.s.runs.trigger(
             request.params["dag_id"], body.get("conf"), params=body.get("params")
         )
+        request.note(run_id=run.run_id)  # never the params or conf: they may hold secrets
         return run_json(run)
 
     def pause(self, request: Request) -> dict[str, Any]:
@@ -560,6 +696,9 @@ class Api:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
+        request.note(start=to_iso(start), end=to_iso(end), runs=len(result.created))
+        if dry_run:
+            request.note(dry_run="true")
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs
@@ -571,20 +710,26 @@ class Api:
             trigger=_enum_arg(request, "trigger", Trigger),
             waiting=_enum_arg(request, "waiting", WAITING_TYPES),
             search=request.arg("q").strip(),
-            dag_ids=self._dags_tagged(request.query.get("tag", [])),
+            dag_ids=self._dags_tagged(request.query.get("tag", []), request.principal),
         )
         page = request.int_arg("page", 1, 1, 1_000_000)
         limit = request.int_arg("limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
 
-    def _dags_tagged(self, tags: list[str]) -> tuple[str, ...] | None:
-        """The loaded DAGs with any of `tags` (None: no tag filter)."""
+    def _dags_tagged(self, tags: list[str], principal: Principal) -> tuple[str, ...] | None:
+        """The loaded DAGs with any of `tags` that `principal` sees (None: every DAG)."""
         wanted = {t for t in tags if t}
-        if not wanted:
+        if not wanted and principal.tags is None:
             return None
         dags = self.s.folder.snapshot.dags.items()
-        return tuple(sorted(i for i, dag in dags if wanted.intersection(dag.tags)))
+        return tuple(
+            sorted(
+                i
+                for i, dag in dags
+                if (not wanted or wanted.intersection(dag.tags)) and sees(principal, dag.tags)
+            )
+        )
 
     def run(self, request: Request) -> dict[str, Any]:
         return run_json(self.s.runs.run(request.params["run_id"]))
@@ -692,6 +837,23 @@ class Api:
             stopping=self.s.stopping,
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+
+def audit_target(params: dict[str, str]) -> str:
+    """What an action was on, from its path: `task:RUN/TASK`, `run:RUN`, `dag:DAG`, or the
+    kind and value of its one parameter (`file:x.yaml`, `user:alice`)."""
+    if "task_id" in params:
+        return f"task:{params.get('run_id', '')}/{params['task_id']}"
+    if "run_id" in params:
+        return f"run:{params['run_id']}"
+    if "dag_id" in params:
+        return f"dag:{params['dag_id']}"
+    for name, value in params.items():
+        return f"{_TARGET_KINDS.get(name, name)}:{value}"
+    return ""
+
+
+_TARGET_KINDS = {"webhook_path": "webhook", "name": "event", "user_name": "user", "key_id": "key"}
 
 
 def _check_query(route: Route, request: Request) -> None:

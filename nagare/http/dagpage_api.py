@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nagare.access import Permission, Scope
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import dag_from_json, dag_to_json
@@ -62,6 +63,8 @@ class DagPageApi:
                     ),
                 ),
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.DAG,
             ),
             Route(
                 "GET",
@@ -86,6 +89,8 @@ class DagPageApi:
                     ),
                 ),
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.DAG,
             ),
             Route(
                 "GET",
@@ -94,6 +99,8 @@ class DagPageApi:
                 "Every stored version of a DAG, newest first: when first seen, how many runs "
                 "followed it, which is loaded now",
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.DAG,
             ),
             Route(
                 "GET",
@@ -101,6 +108,8 @@ class DagPageApi:
                 self.version,
                 "One version of a DAG: its tasks and its definition as text",
                 tags=tags,
+                permission=Permission.SOURCE,
+                scope=Scope.DAG,
             ),
         ]
 

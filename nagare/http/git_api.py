@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from nagare.access import Permission, Scope
 from nagare.errors import Conflict
 from nagare.http.routing import Route
 from nagare.http.serialize import git_status_json
@@ -27,6 +28,8 @@ class GitApi:
                 "synced commit (sha, subject, committed_at, synced_at), last_attempt_at, "
                 "last_success_at and last_error",
                 tags=("system",),
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "POST",
@@ -36,6 +39,9 @@ class GitApi:
                 "is off",
                 status=202,
                 tags=("system",),
+                permission=Permission.EDIT,
+                scope=Scope.GLOBAL,
+                action="git.sync",
             ),
         ]
 

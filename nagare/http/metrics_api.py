@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nagare.access import Permission, Scope
 from nagare.errors import BadRequest
 from nagare.http.routing import Param, Route
 from nagare.http.serialize import (
@@ -52,6 +53,8 @@ class MetricsApi:
                 "Totals, per-DAG stats (attempts and runs) and the slowest tasks of a time window",
                 query=(SINCE, DAG_FILTER),
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "GET",
@@ -60,6 +63,8 @@ class MetricsApi:
                 "Per-attempt (or bucketed) metrics of a time window",
                 query=(SINCE, DAG_FILTER, LIMIT, BUCKET),
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "GET",
@@ -67,6 +72,8 @@ class MetricsApi:
                 self.task,
                 "Metrics of one task instance (its opaque id) and of each of its attempts",
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
             Route(
                 "GET",
@@ -74,6 +81,8 @@ class MetricsApi:
                 self.run,
                 "Metrics of every finished attempt of a run",
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.RUN,
             ),
             Route(
                 "GET",
@@ -82,6 +91,8 @@ class MetricsApi:
                 "Aggregate (with p50/p95) and time series of one DAG",
                 query=(SINCE, LIMIT, BUCKET),
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.DAG,
             ),
             Route(
                 "GET",
@@ -90,6 +101,8 @@ class MetricsApi:
                 "Prometheus text exposition 0.0.4 (a browser asking for HTML gets the dashboard)",
                 response="text/plain",
                 tags=tags,
+                permission=Permission.READ,
+                scope=Scope.GLOBAL,
             ),
         ]
 

@@ -1,4 +1,5 @@
-"""The route table: one declaration per route gives dispatch, auth and the OpenAPI document."""
+"""The route table: one declaration per route gives dispatch, the permission it needs (and so
+its authentication), the DAGs it touches, its audit action and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from nagare.access import Permission, Scope
 from nagare.errors import BadRequest, MethodNotAllowed, NotFound
-from nagare.patterns import NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
+from nagare.patterns import ACCOUNT_NAME, API_KEY_ID, NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
 
 PARAM_PATTERNS = {
     "dag_id": NAME,
     "run_id": RUN_ID,
     "task_id": TASK_REF,
     "task_instance_id": TASK_INSTANCE_ID,
+    "user_name": ACCOUNT_NAME,
+    "key_id": API_KEY_ID,
 }
 
 
@@ -37,15 +41,26 @@ class Route:
     path: str
     handler: Callable[..., Any]
     summary: str
-    auth: str = "key"  # key | open | token | hmac (per-DAG webhook signature)
+    permission: Permission | None = None  # what the caller needs; every route declares one
     query: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
     body_type: str = "application/json"  # the request body's media type
     response: str = "application/json"
     status: int = 200
     query_token: bool = False  # whether ?token= may carry the API key (log streams only)
+    # whether query parameters beyond `query` are let through (another service's redirect back,
+    # which adds parameters of its own)
+    any_query: bool = False
     tags: tuple[str, ...] = ()
+    scope: Scope = Scope.NONE  # which DAGs it touches (for roles limited to some tags)
+    action: str = ""  # the audit log's name of what a state-changing route does ("run.kill")
     segments: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def auth(self) -> str:
+        """How a caller proves itself: open, token (the cluster token), hmac (the DAG's
+        webhook signature) or key (an identity: an API key, a session, or none configured)."""
+        return _AUTH.get(self.permission, "key") if self.permission else "key"
 
     @property
     def doc_path(self) -> str:
@@ -62,8 +77,14 @@ class Route:
         return [s[1:-1].removesuffix("...") for s in self.segments if s.startswith("{")]
 
 
+_AUTH = {Permission.OPEN: "open", Permission.CLUSTER: "token", Permission.WEBHOOK: "hmac"}
+
+
 class Router:
     def __init__(self, routes: list[Route]) -> None:
+        undeclared = [f"{r.method} {r.path}" for r in routes if r.permission is None]
+        if undeclared:
+            raise ValueError(f"routes without a declared permission: {', '.join(undeclared)}")
         self.routes = [
             Route(**{**r.__dict__, "segments": tuple(r.path.strip("/").split("/"))}) for r in routes
         ]
@@ -87,10 +108,10 @@ class Router:
             )
         raise NotFound(f"no API route {method} {unquote(raw_path)}")
 
-    def auths(self, raw_path: str) -> set[str]:
-        """The `auth` of every route of this path, whatever its method."""
+    def path_routes(self, raw_path: str) -> list[Route]:
+        """Every route of this path, whatever its method."""
         parts = raw_path.strip("/").split("/")
-        return {r.auth for r in self.routes if _match(r.segments, parts) is not None}
+        return [r for r in self.routes if _match(r.segments, parts) is not None]
 
     def allowed_methods(self, raw_path: str) -> list[str]:
         parts = raw_path.strip("/").split("/")
@@ -218,6 +239,8 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if route.tags:
         op["tags"] = list(route.tags)
+    if route.permission is not None:
+        op["x-permission"] = route.permission.value  # see the README's table of roles
     if route.auth == "key":
         op["security"] = [{"apiKey": []}]
     if route.auth == "hmac":  # only when the DAG's trigger has a secret
@@ -269,6 +292,8 @@ def _responses(route: Route) -> dict[str, Any]:
     }
     if route.auth in ("key", "token"):
         responses["401"] = error
+    if route.auth == "key":
+        responses["403"] = error  # the caller's role lacks the permission
     if route.auth == "hmac":
         responses["403"] = error
     if route.method in ("POST", ANY):

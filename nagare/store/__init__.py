@@ -9,6 +9,8 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
+from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
+from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull
 from nagare.store.deliveries import DeliveryStore
@@ -21,7 +23,16 @@ from nagare.store.metrics import (
     MetricsStore,
     RunOutcomes,
 )
-from nagare.store.records import DagState, HeldAttempt, RunFilter, Stats, WorkerRecord
+from nagare.store.records import (
+    AuditEntry,
+    AuditFilter,
+    DagState,
+    Exchange,
+    HeldAttempt,
+    RunFilter,
+    Stats,
+    WorkerRecord,
+)
 from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
@@ -32,6 +43,9 @@ __all__ = [
     "DAY_MS",
     "DURATION_BUCKETS_MS",
     "INF_MS",
+    "AuditEntry",
+    "AuditFilter",
+    "AuditStore",
     "Clock",
     "CounterRow",
     "DagState",
@@ -39,18 +53,24 @@ __all__ = [
     "DatabaseError",
     "DayCount",
     "DurationRow",
+    "Exchange",
     "Grid",
     "GridCell",
     "GridRun",
     "HeldAttempt",
+    "KeyRecord",
+    "KeyStore",
     "MetricAgg",
     "MetricPoint",
     "OldRun",
     "RunFilter",
     "RunOutcomes",
+    "SessionStore",
     "Stats",
     "StorageFull",
     "Store",
+    "UserRecord",
+    "UserStore",
     "VersionRow",
     "WorkerRecord",
     "text_digest",
@@ -61,7 +81,8 @@ class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
-    page's grid, calendar and versions (`history`)."""
+    page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
+    dashboard sessions (`users`, `keys`, `sessions`)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path)
@@ -73,6 +94,10 @@ class Store:
         self.retention = RetentionStore(self.db)
         self.deliveries = DeliveryStore(self.db)
         self.history = HistoryStore(self.db)
+        self.audit = AuditStore(self.db)
+        self.users = UserStore(self.db)
+        self.keys = KeyStore(self.db)
+        self.sessions = SessionStore(self.db)
 
     def close(self) -> None:
         self.db.close()

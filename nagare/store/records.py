@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from nagare.models import Claim
 
 
 @dataclass
@@ -55,3 +57,39 @@ class HeldAttempt:
     attempt: int
     cancel: bool  # the task was killed: the worker must stop it
     lost: bool  # not (or no longer) held by this worker: the worker must drop it
+
+
+@dataclass
+class Exchange:
+    """What one message of a worker changed, in one transaction: per result sent, whether the
+    task moved (None: refused, the worker does not hold that attempt under a live lease); the
+    attempts it holds, renewed; the tasks claimed for it."""
+
+    recorded: list[bool | None] = field(default_factory=list)
+    held: list[HeldAttempt] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded action: who (`actor`), when (epoch ms), from which address, what
+    (`action`, on `target`) and how it ended (`outcome`: ok, or the error's code)."""
+
+    at: int
+    actor: str
+    action: str
+    target: str = ""
+    address: str = ""
+    outcome: str = "ok"
+    detail: str = ""
+    id: int = 0  # given by the store
+
+
+@dataclass
+class AuditFilter:
+    actor: str = ""
+    action: str = ""  # an action, or its family with a trailing '.' ("run.")
+    target: str = ""
+    outcome: str = ""
+    since: int | None = None  # epoch ms, inclusive
+    until: int | None = None  # epoch ms, exclusive

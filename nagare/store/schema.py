@@ -291,4 +291,57 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS runs_completed ON runs(completed_at, dag_id, status)
         WHERE completed_at IS NOT NULL;
     """,
+    # 13: teams: users (scrypt password hashes; single sign-on users have none), API keys with a
+    # role (SHA-256 of the key: keys are long random strings), dashboard sessions (SHA-256 of
+    # the cookie) and the audit log of every state-changing action
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT,
+        source TEXT NOT NULL DEFAULT 'builtin',
+        subject TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_login_at INTEGER,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX users_subject ON users(subject) WHERE subject IS NOT NULL;
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        last_used_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        address TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX sessions_user ON sessions(user_name);
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        address TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit_log(at);
+    CREATE INDEX audit_actor ON audit_log(actor, at);
+    CREATE INDEX audit_action ON audit_log(action, at);
+    """,
 )
