@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import resource
+import shlex
 import socket
 import threading
 import time
@@ -14,31 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
+from nagare.access import ACCOUNT_MODES, all_roles
+from nagare.accounts import Accounts
 from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
-from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
-from nagare.dag_edits import DagEdits
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
+from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.engine.expressions import condition
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
-from nagare.http.api import Api, Services
-from nagare.http.cluster_api import ClusterApi
-from nagare.http.dagpage_api import DagPageApi
-from nagare.http.editor_api import EditorApi
-from nagare.http.gate import Limits, affordable_connections
-from nagare.http.git_api import GitApi
-from nagare.http.metrics_api import MetricsApi
-from nagare.http.server import NagareHTTPServer, tls_context
-from nagare.http.static import StaticFiles
-from nagare.http.waits_api import WaitsApi
-from nagare.http.webhooks_api import WebhooksApi
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -51,10 +42,8 @@ from nagare.liveness import (
     short_error,
 )
 from nagare.logs import LogFiles
-from nagare.metrics import LiveState, MetricsService, PoolInfo
 from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, TaskType, Trigger
 from nagare.pools import WorkerPools
-from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
 from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
@@ -62,18 +51,28 @@ from nagare.scheduler import Scheduler
 from nagare.store import Store
 from nagare.waits import Waits
 from nagare.webhooks import WebhookService
-from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
+    from nagare.http.accounts_api import BuiltinAuthenticator
+    from nagare.http.api import Api
+    from nagare.http.gate import Limits
+    from nagare.http.server import NagareHTTPServer
+    from nagare.http.static import StaticFiles
+    from nagare.metrics import LiveState, MetricsService, PoolInfo
+    from nagare.sso import SingleSignOn
 
 log = logging.getLogger("nagare")
 STOP_REQUESTS_SECONDS = 5.0  # a stop waits this long for the requests being answered
+EXEC_SAFETY_SECONDS = 1.0  # `wait_for_run` looks at its run at least this often
 
 
 class App:
+    api: Api  # the HTTP side, built only by a server (`serve_http`)
+    metrics: MetricsService
+
     def __init__(
         self,
         config: Config,
@@ -81,6 +80,7 @@ class App:
         serve_http: bool = True,
         schedule: bool = True,
         line_sink: Callable[[str, str, str], None] | None = None,
+        dag_files: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         # two phases of a stop: `stopping` ends the loops that face users and the folder; the
@@ -102,6 +102,7 @@ class App:
             extra_check=self._check_dag,
             max_file_bytes=config.max_dag_file_bytes,
             default_handlers=_default_handlers(config),
+            include=dag_files,
         )
         self.pools = WorkerPools(
             self.store,
@@ -147,7 +148,42 @@ class App:
         self.waits.children = self.runs
         self.scheduler.waits = self.waits
         self.runs.on_waits_cancelled = self.waits.cancelled
-        self.api = Api(
+        self.accounts = Accounts(self.store, all_roles(config.roles), config.session_hours)
+        self.webhooks = WebhookService(
+            self.store,
+            self.folder,
+            lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
+            delivery_header=config.webhook_delivery_header,
+            emit=self.waits.emit,  # a trigger with `emit_event`
+        )
+        self.git_sync = _git_sync(config)
+        self.pools.hidden_env = self._hidden_env
+        self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
+        self.http: NagareHTTPServer | None = None
+        if serve_http:  # `nagare exec` imports none of the HTTP side
+            self.api = self._build_api(config)
+            self.http = _http_server(config, self.api)
+        self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()  # wakes `wait_for_run`
+
+    def _build_api(self, config: Config) -> Api:
+        """The API, its routes and the services only they use (imported here: see
+        ARCHITECTURE.md, Start-up and footprint)."""
+        from nagare.dag_edits import DagEdits
+        from nagare.http.accounts_api import AccountsApi
+        from nagare.http.api import Api, Services
+        from nagare.http.audit_api import AuditApi
+        from nagare.http.cluster_api import ClusterApi
+        from nagare.http.dagpage_api import DagPageApi
+        from nagare.http.editor_api import EditorApi
+        from nagare.http.git_api import GitApi
+        from nagare.http.metrics_api import MetricsApi
+        from nagare.http.sso_api import SsoApi
+        from nagare.http.waits_api import WaitsApi
+        from nagare.http.webhooks_api import WebhooksApi
+        from nagare.metrics import MetricsService
+
+        api = Api(
             Services(
                 self.store,
                 self.runs,
@@ -157,52 +193,63 @@ class App:
                 self.pool_info,
                 self.stopping,
                 self.health,
+                authenticator=self._authenticator(),
                 audit=self.store.audit.record,
             ),
             _static_files(),
         )
-        self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
-        self.api.add_routes(MetricsApi(self.metrics).routes())
-        self.webhooks = WebhookService(
-            self.store,
-            self.folder,
-            lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
-            delivery_header=config.webhook_delivery_header,
-            emit=self.waits.emit,  # a trigger with `emit_event`
+        api.add_routes(
+            AccountsApi(
+                self.accounts,
+                config.auth_mode,
+                bool(config.tls_cert),
+                sso_name=config.oidc.provider_name if config.oidc is not None else "",
+            ).routes()
         )
-        self.api.add_routes(WebhooksApi(self.webhooks).routes())
-        self.api.add_routes(WaitsApi(self.waits).routes())
+        self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
+        api.add_routes(MetricsApi(self.metrics).routes())
+        api.add_routes(WebhooksApi(self.webhooks).routes())
+        api.add_routes(WaitsApi(self.waits).routes())
         edits = DagEdits(self.folder, config.allow_dag_edits, config.max_dag_file_bytes)
-        self.api.add_routes(EditorApi(edits).routes())
-        self.api.add_routes(DagPageApi(self.store.history, self.folder).routes())
-        self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
-        self.git_sync = _git_sync(config)
-        self.api.add_routes(GitApi(self.git_sync).routes())
-        self.pools.hidden_env = self._hidden_env
-        self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
-        self.http: NagareHTTPServer | None = None
-        if serve_http:
-            self.http = NagareHTTPServer(
-                config.listen,
-                self.api,
-                config.max_body_bytes,
-                tls_context(config.tls_cert, config.tls_key),
-                _http_limits(config),
-            )
-        self._threads: list[threading.Thread] = []
+        api.add_routes(EditorApi(edits).routes())
+        api.add_routes(DagPageApi(self.store.history, self.folder).routes())
+        api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
+        api.add_routes(GitApi(self.git_sync).routes())
+        api.add_routes(
+            SsoApi(
+                _single_sign_on(config),
+                self.accounts,
+                config.session_hours * 3600,
+                bool(config.tls_cert),
+            ).routes()
+        )
+        api.add_routes(AuditApi(self.store.audit).routes())
+        return api
 
     # ------------------------------------------------------------ wiring
+
+    def _authenticator(self) -> BuiltinAuthenticator | None:
+        """Users and keys (auth_mode builtin, oidc); None: the one API key, or none."""
+        from nagare.http.accounts_api import BuiltinAuthenticator
+
+        if self.config.auth_mode not in ACCOUNT_MODES:
+            return None
+        return BuiltinAuthenticator(self.accounts, self.config.api_key)
 
     def _check_dag(self, dag: DagDef) -> list[tuple[int, str, str]]:
         """Load-time checks of later layers: jq expressions compile; `pool_run_as` users."""
         return webhook_compile_errors(dag) + run_as_errors(dag, self.config.pool_run_as)
 
     def _hidden_env(self) -> set[str]:
-        """Server variables kept out of the tasks' environment: webhook secrets, and the SMTP
-        password of `mail` steps."""
-        hidden = self.webhooks.secret_variables()
-        smtp = self.config.smtp
-        return hidden | {smtp.password_env} if smtp is not None and smtp.password_env else hidden
+        """Server variables kept out of the tasks' environment: webhook secrets, the SMTP
+        password of `mail` steps and single sign-on's client secret."""
+        hidden = set(self.webhooks.secret_variables())
+        smtp, oidc = self.config.smtp, self.config.oidc
+        if smtp is not None and smtp.password_env:
+            hidden.add(smtp.password_env)
+        if oidc is not None and oidc.client_secret_env:
+            hidden.add(oidc.client_secret_env)
+        return hidden
 
     def _executor_for(self, assignment: Assignment) -> Executor:
         if assignment.step_type != TaskType.COMMAND:
@@ -255,10 +302,14 @@ class App:
         self.scheduler.wake(None)
 
     def _live_state(self) -> LiveState:
+        from nagare.metrics import LiveState
+
         workers = Counter(w.status for w in self.coordinator.workers())
         return LiveState(self.pool_info(), self.scheduler.last_lag_ms, dict(workers))
 
     def pool_info(self) -> list[PoolInfo]:
+        from nagare.metrics import PoolInfo
+
         counts = self.store.tasks.pool_counts()
         busy = self.pools.busy()
         remote = self.coordinator.pool_workers()
@@ -324,6 +375,7 @@ class App:
                 self.config.db_display,
             )
         self._warn_open_api()
+        self._warn_no_users()
         self._warn_open_cluster()
         self._warn_open_volumes()
 
@@ -345,13 +397,27 @@ class App:
         return assess(self.heartbeats.beats(), time.monotonic() if now is None else now)
 
     def _warn_open_api(self) -> None:
-        if self.http is not None and not self.config.api_key:
+        if self.http is not None and not self.config.api_key and self.config.auth_mode == "key":
             log.warning(
                 "api_key is not configured: the API is open to anyone who can reach "
                 "this port (set --api-key, NAGARE_API_KEY or api_key in nagare.yaml)"
             )
 
+    def _warn_no_users(self) -> None:
+        """The first start with users and no user yet: how to add the first admin (there is
+        never a default password)."""
+        if self.config.auth_mode not in ACCOUNT_MODES or not self.accounts.needs_first_admin():
+            return
+        log.warning(
+            "auth_mode is %s and there is no user yet: add the first admin on this machine "
+            "with: python3 nagare.pyz users add admin --role admin --db %s",
+            self.config.auth_mode,
+            shlex.quote(self.config.db),
+        )
+
     def _warn_open_cluster(self) -> None:
+        if self.config.auth_mode in ACCOUNT_MODES:  # then workers need a token to join
+            return
         if self.http is not None and not self.config.token and not self.config.api_key:
             log.warning(
                 "neither token nor api_key is configured: anyone who can reach this port can "
@@ -402,18 +468,22 @@ class App:
             self._docker.close()
         self.store.close()
 
-    def trigger_and_wait(
-        self, dag_id: str, conf: dict[str, str], interrupted: Callable[[], bool] = lambda: False
+    def wait_for_run(
+        self, run_id: str, tick: Callable[[], None] | None = None, every: float | None = None
     ) -> str:
-        """Start a run and block until it finishes, its handlers included; returns the run
-        status (for `nagare exec`)."""
-        run = self.runs.trigger(dag_id, conf)
-        while not self.stopping.wait(0.05):
-            current = self.store.runs.get(run.run_id, counts=False)
+        """Block until the run finished, its handlers included; returns its status (for
+        `nagare exec`). The scheduler's `on_run_ended` wakes the wait; the run row is the
+        truth, looked at on each wake-up, and at least every `every` seconds (default
+        EXEC_SAFETY_SECONDS, a safety net) when `tick` (a progress display) is called too."""
+        self.scheduler.on_run_ended = lambda _run_id: self._wake.set()
+        while not self.stopping.is_set():
+            self._wake.clear()
+            current = self.store.runs.get(run_id, counts=False)
+            if tick is not None:
+                tick()
             if current is not None and current.status.terminal and not current.handling:
                 return str(current.status)
-            if interrupted():
-                return "interrupted"
+            self._wake.wait(every or EXEC_SAFETY_SECONDS)
         return "interrupted"
 
 
@@ -428,6 +498,15 @@ def _git_sync(config: Config) -> GitSync | None:
 
     cache = os.path.join(config.data_dir, "git-sync")
     return GitSync(config.git_sync, config.dags, cache, run_command)
+
+
+def _single_sign_on(config: Config) -> SingleSignOn | None:
+    """The OpenID Connect relying party of `auth_mode: oidc`. Imported only then."""
+    if config.auth_mode != "oidc" or config.oidc is None:
+        return None
+    from nagare.sso import SingleSignOn
+
+    return SingleSignOn(config.oidc, os.environ)
 
 
 def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:
@@ -462,7 +541,21 @@ def raise_open_file_limit() -> int:
     return target
 
 
+def _http_server(config: Config, api: Api) -> NagareHTTPServer:
+    from nagare.http.server import NagareHTTPServer, tls_context
+
+    return NagareHTTPServer(
+        config.listen,
+        api,
+        config.max_body_bytes,
+        tls_context(config.tls_cert, config.tls_key),
+        _http_limits(config),
+    )
+
+
 def _http_limits(config: Config) -> Limits:
+    from nagare.http.gate import Limits, affordable_connections
+
     """The connection limits, `max_connections` lowered to what the open-file limit holds."""
     wanted = Limits(
         config.max_connections, config.reserved_connections, config.request_timeout_seconds
@@ -545,12 +638,12 @@ class Supervisor:
             )
 
 
-def _static_files() -> StaticFiles | None:
-    try:
-        root = asset_root("web_static")
-    except (OSError, ValueError):
-        return None
-    return StaticFiles(root) if root.is_dir() else None
+def _static_files() -> StaticFiles:
+    """The dashboard's files, found on the first request for one."""
+    from nagare.http.static import StaticFiles
+    from nagare.resources import asset_root
+
+    return StaticFiles(lambda: asset_root("web_static"))
 
 
 # ---------------------------------------------------------------- worker mode
@@ -568,6 +661,8 @@ def protect_process() -> None:
 
 def build_worker(config: Config) -> WorkerApp:
     """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
+    from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
+
     if not config.join:
         raise ConfigError("--join is required in worker mode (e.g. --join http://master:8080)")
     hostname = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"

@@ -4,69 +4,145 @@ commands (`nagare dags`, `nagare trigger`, ...). The only place that prints or e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import signal
 import sys
-import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, NoReturn
 
 from nagare import __version__
-from nagare.config import OPTIONS, Config, load_config
+from nagare.config import OPTIONS, load_config
 from nagare.dagfile import DagError, load_dag_file
 from nagare.dagfile.calls import call_errors
 from nagare.engine.assignment import run_as_errors
+from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.errors import ConfigError, InvalidParams, NagareError
 from nagare.models import DagDef, TaskType
 from nagare.patterns import has_template
-from nagare.webhooks import compile_errors as webhook_compile_errors
+
+# settings a remote worker reads (the others are the master's)
+WORKER_OPTIONS = frozenset(
+    {"config", "log_level", "log_format", "docker_host", "join", "pools", "max_tasks"}
+    | {"worker_id", "run_as", "token"}
+)
+# one example line at the end of each command's --help
+EXAMPLES = {
+    "serve": "nagare serve --port :8080 --dags dags --db nagare.db",
+    "worker": "nagare worker --join http://master:8080 --pools gpu --token SECRET",
+    "exec": "nagare exec dags/hello.yaml -p WHO=world",
+    "validate": "nagare validate dags/",
+    "schema": "nagare schema > nagare-dag.schema.json",
+    "dry": "nagare dry hello_world -p WHO=world",
+    "cleanup": "nagare cleanup --older-than 30d --dry-run",
+    "version": "nagare version",
+}
+# client flags that may come before the command (`nagare --api URL dags`)
+GLOBAL_VALUE_FLAGS = ("--api", "--api-key")
+GLOBAL_SWITCHES = ("--json",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = _commands(parser).choices
+    args = hoist_global_flags(args, set(commands))
+    if "--json" in args:  # usage errors too come as JSON
+        for command in commands.values():
+            command.json_errors = True
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version")):
         args = ["serve", *args]
-    parser = build_parser()
     namespace = parser.parse_args(args)
     if not getattr(namespace, "command", None):
         parser.print_help()
         return 0
+    as_json = bool(getattr(namespace, "json", False))
     try:
         return int(namespace.func(namespace))
     except InvalidParams as err:
-        if not err.details:
-            print(f"error: {err.message}", file=sys.stderr)
-            return 2
+        if as_json or not err.details:
+            return fail(err.code, err.message, as_json, err.details)
         print(f"error: {err.message.split(': ', 1)[0]}:", file=sys.stderr)
         for param, message in err.details:
             print(f"  {param}: {message}", file=sys.stderr)
         return 2
-    except (NagareError, ConfigError) as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        return 2
+    except NagareError as err:  # (ConfigError among them)
+        return fail(err.code, err.message, as_json)
     except KeyboardInterrupt:
         return 130
 
 
+def fail(
+    code: str, message: str, as_json: bool, details: Sequence[tuple[str, str]] = (), status: int = 2
+) -> int:
+    """Print an error on stderr (`error: ...`, or with --json the API's error shape); returns
+    the exit code."""
+    if as_json:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if details:
+            error["details"] = [{"param": p, "message": m} for p, m in details]
+        print(json.dumps({"error": error}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def hoist_global_flags(args: list[str], commands: set[str]) -> list[str]:
+    """`--api URL`, `--api-key KEY` and `--json` given before the command move after it."""
+    leading: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in GLOBAL_VALUE_FLAGS and i + 1 < len(args):
+            leading += args[i : i + 2]
+            i += 2
+        elif arg in GLOBAL_SWITCHES or arg.startswith(tuple(f + "=" for f in GLOBAL_VALUE_FLAGS)):
+            leading.append(arg)
+            i += 1
+        else:
+            break
+    if leading and i < len(args) and args[i] in commands:
+        return [args[i], *leading, *args[i + 1 :]]
+    return args
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with `json_errors`, a usage error is the API's error shape on stderr."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            fail("usage", f"{self.prog}: {message}", True)
+            sys.exit(2)
+        super().error(message)
+
+
+def _commands(parser: argparse.ArgumentParser) -> Any:
+    return next(a for a in parser._actions if a.dest == "command")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nagare",
         description="Nagare: a lean DAG orchestrator. Without a command it "
-        "serves the API and dashboard (same as `nagare serve`).",
+        "serves the API and dashboard (same as `nagare serve`). Client commands take "
+        "--api URL, --api-key KEY and --json before or after the command.",
     )
     parser.add_argument("--version", action="version", version=f"nagare {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the scheduler, workers, API and dashboard")
     _add_server_flags(serve)
     serve.set_defaults(func=cmd_serve)
-    worker = commands.add_parser("worker", help="run as a remote worker (cluster mode)")
-    _add_server_flags(worker)
+    worker = commands.add_parser("worker", help="run as a remote worker of a master (cluster mode)")
+    _add_server_flags(worker, WORKER_OPTIONS)
     worker.set_defaults(func=cmd_worker)
     run = commands.add_parser(
         "exec",
         help="run one DAG in this process to completion and exit "
-        "0 on success, 1 on failure (no server needed)",
+        "0 on success, 1 on failure, 2 on bad input (no server needed)",
     )
     run.add_argument("target", metavar="FILE_OR_DAG", help="a DAG file, or a DAG id in --dags")
     run.add_argument(
@@ -82,8 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dags", help="DAGs folder for a DAG id (default: dags)")
     run.add_argument("--config", help="settings file (default: nagare.yaml)")
     run.add_argument("--quiet", action="store_true", help="do not print task output")
+    run.add_argument(
+        "--progress",
+        nargs="?",
+        const="live",
+        choices=("live", "lines", "off"),
+        help="on stderr: a line when a task starts and ends, and (live) a status line "
+        "redrawn in place (default: live on a terminal, else off)",
+    )
     run.set_defaults(func=cmd_exec)
-    validate = commands.add_parser("validate", help="check DAG files and print every problem")
+    validate = commands.add_parser(
+        "validate", help="check DAG files and print every problem (exit 1 if any is invalid)"
+    )
     validate.add_argument(
         "paths", nargs="*", metavar="PATH", help="DAG files or folders (default: the --dags folder)"
     )
@@ -96,15 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cleanup(commands)
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _: print(f"nagare {__version__}") or 0)
-    from nagare.cli_client import add_client_commands
+    from nagare.cli_client import CLIENT_EXAMPLES, add_client_commands
 
     add_client_commands(commands)
+    from nagare.cli_accounts import ACCOUNT_EXAMPLES, add_account_commands
+
+    add_account_commands(commands)
+    _describe(commands, {**EXAMPLES, **CLIENT_EXAMPLES, **ACCOUNT_EXAMPLES})
     return parser
 
 
-def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+def _describe(commands: Any, examples: dict[str, str]) -> None:
+    """Each command's --help starts with its summary and ends with one example."""
+    summaries = {action.dest: action.help for action in commands._choices_actions}
+    for name, parser in commands.choices.items():
+        parser.description = parser.description or summaries.get(name)
+        if name in examples:
+            parser.epilog = f"example: {examples[name]}"
+
+
+def _add_server_flags(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
     for option in OPTIONS:
-        if not option.flag:
+        if not option.flag or (only is not None and option.name not in only):
             continue
         if option.kind == "bool":
             parser.add_argument(
@@ -214,83 +313,18 @@ class _Signals:
 
 
 def cmd_exec(namespace: argparse.Namespace) -> int:
+    from nagare.cli_exec import run_exec
+
     params = _params(namespace.param)
-    flags: dict[str, Any] = {"config": namespace.config, "dags": namespace.dags}
-    target = namespace.target
-    if os.path.isfile(target):
-        dag, errors = load_dag_file(target)
-        if dag is None:
-            for error in errors:
-                print(error, file=sys.stderr)
-            return 2
-        flags["dags"] = os.path.dirname(os.path.abspath(target))
-        dag_id = dag.dag_id
-    else:
-        dag_id = target
-    with _exec_db(namespace.db) as db:
-        config = load_config({**flags, "db": db, "port": "0"})
-        setup_logging("warning")
-        return _exec_run(config, dag_id, params, namespace.quiet)
-
-
-def _exec_run(config: Config, dag_id: str, params: dict[str, str], quiet: bool) -> int:
-    from nagare.app import App
-
-    lock = threading.Lock()
-
-    def sink(task_id: str, stream: str, line: str) -> None:
-        if not quiet:
-            with lock:
-                print(f"[{task_id}] {line}", flush=True)
-
-    app = App(config, serve_http=False, schedule=False, line_sink=sink)
-    signals = _Signals()
-    app.start()
+    before = signal.signal(signal.SIGTERM, _interrupt)  # ends the wait as Ctrl-C does
     try:
-        if app.folder.get(dag_id) is None:
-            errors = app.folder.snapshot.errors
-            detail = "; ".join(e for errs in errors.values() for e in errs)
-            print(
-                f"error: DAG '{dag_id}' not found in {config.dags}"
-                + (f" ({detail})" if detail else ""),
-                file=sys.stderr,
-            )
-            return 2
-        status = app.trigger_and_wait(dag_id, params, lambda: signals.received is not None)
-        _print_summary(app, dag_id)
-        print(f"run of '{dag_id}' finished: {status}", file=sys.stderr)
-        return 0 if status == "success" else 1
+        return run_exec(namespace, params)
     finally:
-        app.stop()
+        signal.signal(signal.SIGTERM, before)
 
 
-def _print_summary(app: Any, dag_id: str) -> None:
-    from nagare.store import RunFilter
-
-    runs, _ = app.store.runs.find(RunFilter(dag_id=dag_id), 1, 1)
-    if not runs:
-        return
-    for task in app.store.tasks.of_run(runs[0].run_id):
-        note = f" ({task.message})" if task.message else ""
-        print(f"  {task.task_id:<30} {task.status}{note}", file=sys.stderr)
-
-
-class _exec_db:
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._tmp: Any = None
-
-    def __enter__(self) -> str:
-        if self.path:
-            return self.path
-        import tempfile
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="nagare-exec-")
-        return os.path.join(self._tmp.name, "nagare.db")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _params(values: list[str]) -> dict[str, str]:
@@ -385,26 +419,22 @@ def cmd_validate(namespace: argparse.Namespace) -> int:
     hooks: dict[str, str] = {}  # webhook path -> file
     for path in files:
         dag, found = load_dag_file(path, check, config.max_dag_file_bytes)
-        errors = [str(e) for e in found]
+        errors = [str(replace(e, file=path)) for e in sorted(found, key=lambda e: e.line)]
         if dag is not None and dag.dag_id in seen:
-            errors = [
-                f"{os.path.basename(path)}: id: DAG id '{dag.dag_id}' is already defined "
-                f"by {seen[dag.dag_id]}"
-            ]
+            errors = [f"{path}: id: DAG id '{dag.dag_id}' is already defined by {seen[dag.dag_id]}"]
         hook = dag.trigger.path if dag is not None and dag.trigger else ""
         if hook and hook in hooks and not errors:
             errors = [
-                f"{os.path.basename(path)}: trigger.path: webhook path '{hook}' is already "
-                f"used by {hooks[hook]}"
+                f"{path}: trigger.path: webhook path '{hook}' is already used by {hooks[hook]}"
             ]
         elif hook and not errors:
-            hooks[hook] = os.path.basename(path)
+            hooks[hook] = path
         if errors:
             bad += 1
             for error in errors:
                 print(error)
         elif dag is not None:
-            seen[dag.dag_id] = os.path.basename(path)
+            seen[dag.dag_id] = path
             valid[dag.dag_id] = (path, dag)
     bad += _print_calls(valid)
     print(f"{len(files) - bad} valid, {bad} invalid", file=sys.stderr)
@@ -418,11 +448,11 @@ def _print_calls(valid: dict[str, tuple[str, DagDef]]) -> int:
     dags = {dag_id: dag for dag_id, (_, dag) in valid.items()}
     problems = call_errors(dags)
     for dag_id, (path, dag) in valid.items():
-        name = os.path.basename(path)
-        for line, field, message in problems.get(dag_id, ()):
+        name = path
+        for line, field, message in sorted(problems.get(dag_id, ()), key=lambda p: p[0]):
             print(DagError(name, line, field, message))
         if dag_id not in problems:
-            print(f"ok   {path}: DAG '{dag_id}' ({len(dag.tasks)} tasks)")
+            print(f"ok   {path}: DAG '{dag_id}' ({plural(len(dag.tasks), 'task')})")
         for task in (*dag.tasks, *dag.handler_on.values()):
             callee = task.dag_id
             if task.type is TaskType.DAG and not has_template(callee) and callee not in dags:
@@ -431,6 +461,11 @@ def _print_calls(valid: dict[str, tuple[str, DagDef]]) -> int:
                     "which is not among these files (the step fails unless it is loaded by then)"
                 )
     return len(problems)
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 task`, `2 tasks`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _dag_files(paths: list[str]) -> list[str]:
@@ -455,9 +490,10 @@ def _dag_files(paths: list[str]) -> list[str]:
 def _add_cleanup(commands: Any) -> None:
     cleanup = commands.add_parser(
         "cleanup",
-        help="delete finished runs older than an age, with their tasks, metrics and logs",
+        help="delete finished runs and audit entries older than an age",
         description="Delete finished runs created (and finished) more than AGE ago, with their "
-        "task instances, attempts (metrics) and log folders; running runs are never deleted. "
+        "task instances, attempts (metrics) and log folders, and the audit log's entries "
+        "older than AGE; running runs are never deleted. "
         "The first cleanup of a database created before incremental auto-vacuum converts it "
         "with one VACUUM.",
     )
@@ -508,7 +544,8 @@ def cmd_cleanup(namespace: argparse.Namespace) -> int:
         )
         print(
             f"{verb} {removed.runs} runs, {removed.tasks} task instances, {removed.attempts} "
-            f"attempts{' and their log folders' if removed.runs else ''}"
+            f"attempts{' and their log folders' if removed.runs else ''}; {removed.audit} "
+            "audit log entries"
         )
         if not namespace.dry_run:
             try:

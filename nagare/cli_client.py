@@ -2,7 +2,9 @@
 
 Each command talks to a running server through `nagare.client.ApiClient`, prints a table or a
 message (or, with `--json`, the server's JSON answer) and returns the exit code: 0 on success,
-1 when the API call failed (`error: <message>` on stderr); argparse exits 2 on usage errors.
+1 when the API call failed (`error: <message>` on stderr, or with `--json` the API's error
+shape), 3 when `logs` finds no log (the task has not run); argparse exits 2 on usage errors.
+A RUN_ID argument may be a DAG id: its latest run.
 """
 
 from __future__ import annotations
@@ -12,39 +14,50 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from nagare.clock import now_ms, parse_iso
+from nagare.cli_audit import AUDIT_COMMAND
+from nagare.cli_format import (
+    backfill_text,
+    dags_table,
+    history_table,
+    no_log_reason,
+    run_details,
+    runs_table,
+    stats_lines,
+    tag_counts,
+    tags_table,
+    tasks_table,
+    workers_table,
+)
+from nagare.clock import now_ms
 from nagare.errors import ConfigError
 
 if TYPE_CHECKING:
     from nagare.client import ApiClient, ApiError
 
 DEFAULT_API_URL = "http://localhost:8080"
+EXIT_NO_LOG = 3  # `logs` of a task that has not run (pending, skipped, ...): no log to print
+ALIASES = {"run": ("status",)}  # Dagu's `status <dag>`
+WAITS_TO_START = ("pending", "queued", "up_for_retry")  # `logs -f` waits for these to start
 DEFAULT_RUNS_LIMIT = 20
-COMMAND_WIDTH = 50
-MANUAL_SCHEDULES = ("", "workflow_dispatch")
-STATS_ORDER = (
-    "active_runs",
-    "failed_runs_24h",
-    "total_runs",
-    "loaded_dags",
-    "dag_errors",
-    "queued_tasks",
-    "running_tasks",
-)
 
 Handler = Callable[[argparse.Namespace], int]
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subparsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 
 def add_client_commands(commands: Subparsers) -> None:
     """Register the client subcommands on the root parser's subcommand table."""
     common = _common_flags()
     for name, help_text, configure, handler in _COMMANDS:
-        parser = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        parser = commands.add_parser(
+            name,
+            aliases=ALIASES.get(name, ()),
+            help=help_text,
+            description=help_text,
+            parents=[common],
+        )
         configure(parser)
         parser.set_defaults(func=_guarded(handler))
 
@@ -100,7 +113,9 @@ def _backfill_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", metavar="RUN_ID", help="the run id")
+    parser.add_argument(
+        "run_id", metavar="RUN_ID", help="the run id, or a DAG id for the DAG's latest run"
+    )
 
 
 def _task_args(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +146,17 @@ def _trigger_args(parser: argparse.ArgumentParser) -> None:
 
 def _runs_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dag", metavar="DAG_ID", default="", help="only runs of this DAG")
-    parser.add_argument("--status", default="", help="only runs in this status, e.g. failed")
     parser.add_argument("--trigger", default="", help="only runs started this way, e.g. manual")
+    _page_args(parser)
+
+
+def _history_args(parser: argparse.ArgumentParser) -> None:
+    _dag_arg(parser)
+    _page_args(parser)
+
+
+def _page_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", default="", help="only runs in this status, e.g. failed")
     parser.add_argument(
         "--limit",
         type=_positive_int,
@@ -242,15 +266,51 @@ def _guarded(handler: Handler) -> Handler:
         from nagare.client import ApiError  # a client command only: a server never loads it
 
         try:
+            if getattr(namespace, "run_id", None):
+                namespace.run_id = latest_run(_client(namespace), namespace.run_id, namespace.json)
             return handler(namespace)
         except ApiError as err:
-            print(f"error: {_explain(err)}", file=sys.stderr)
-            return 1
+            from nagare.cli import fail
+
+            return fail(err.code, _explain(err), namespace.json, status=1)
         except BrokenPipeError:  # e.g. `nagare logs -f RUN TASK | head -1`
             _silence_stdout()
             return 1
 
     return run
+
+
+def latest_run(client: ApiClient, ref: str, quiet: bool) -> str:
+    """`ref` if it is a run id; for a DAG id, the id of the DAG's latest run (said on stderr
+    unless `quiet`). Raises ApiError if it is neither, or if the DAG has no run yet."""
+    from nagare.client import ApiError
+
+    try:
+        return str(client.run(ref)["run_id"])
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        missing = err
+    try:
+        client.dag(ref)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        raise ApiError(404, missing.code, f"{missing.message}, and no DAG has that id") from None
+    runs = client.runs(dag_id=ref, limit=1).get("data") or []
+    if not runs:
+        raise ApiError(
+            404, "not_found", f"DAG '{ref}' has no run yet (start one: nagare trigger {ref})"
+        )
+    run_id = str(runs[0]["run_id"])
+    if not quiet:
+        print(f"latest run of DAG {ref}: {run_id}", file=sys.stderr)
+    return run_id
+
+
+def _known_dag(client: ApiClient, dag_id: str) -> None:
+    """Raises ApiError 404 `DAG 'x' not found` unless the DAG is loaded."""
+    client.dag(dag_id)
 
 
 def _silence_stdout() -> None:
@@ -319,14 +379,34 @@ def cmd_activate(namespace: argparse.Namespace) -> int:
 
 
 def cmd_runs(namespace: argparse.Namespace) -> int:
-    page = _client(namespace).runs(
+    client = _client(namespace)
+    page = client.runs(
         dag_id=namespace.dag,
         status=namespace.status,
         trigger=namespace.trigger,
         page=namespace.page,
         limit=namespace.limit,
     )
+    if namespace.dag and not page.get("total"):
+        _known_dag(client, namespace.dag)  # an unknown DAG is an error, not an empty table
     return _emit(namespace, page, lambda: runs_table(page))
+
+
+def cmd_history(namespace: argparse.Namespace) -> int:
+    client = _client(namespace)
+    _known_dag(client, namespace.dag_id)
+    page = client.runs(
+        dag_id=namespace.dag_id,
+        status=namespace.status,
+        page=namespace.page,
+        limit=namespace.limit,
+    )
+    return _emit(namespace, page, lambda: history_table(page, now_ms()))
+
+
+def cmd_tags(namespace: argparse.Namespace) -> int:
+    counts = tag_counts(_client(namespace).dags())
+    return _emit(namespace, counts, lambda: tags_table(counts))
 
 
 def cmd_run(namespace: argparse.Namespace) -> int:
@@ -340,17 +420,39 @@ def cmd_tasks(namespace: argparse.Namespace) -> int:
 
 
 def cmd_logs(namespace: argparse.Namespace) -> int:
-    if namespace.follow:
-        return _follow_logs(namespace)
     client = _client(namespace)
+    task = client.task(namespace.run_id, namespace.task_id)
+    reason = no_log_reason(task)
+    waits = task.get("status") in WAITS_TO_START
+    if reason and not (namespace.follow and waits):
+        return _no_log(namespace, reason)
+    if namespace.follow:
+        if reason and not namespace.json:
+            print(f"task {namespace.task_id}: {reason}; waiting for it to start", file=sys.stderr)
+        return _follow_logs(namespace)
     text = client.logs_text(
         namespace.run_id, namespace.task_id, attempt=namespace.attempt, tail=namespace.tail
     )
     if namespace.json:
         _print_json(text.splitlines())
-    else:
+    elif text:
         sys.stdout.write(text)
+    else:
+        print(f"task {namespace.task_id}: {empty_log_note(task)}", file=sys.stderr)
     return 0
+
+
+def empty_log_note(task: dict[str, Any]) -> str:
+    if task.get("status") in ("running", "waiting"):
+        return f"its log is empty so far (it is {task['status']}: -f follows it)"
+    return "its log is empty (it printed nothing)"
+
+
+def _no_log(namespace: argparse.Namespace, reason: str) -> int:
+    from nagare.cli import fail
+
+    message = f"task {namespace.task_id} has no log: {reason}"
+    return fail("no_log", message, namespace.json, status=EXIT_NO_LOG)
 
 
 def _follow_logs(namespace: argparse.Namespace) -> int:
@@ -488,6 +590,12 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Hand
     ("pause", "stop scheduling a DAG", _dag_arg, cmd_pause),
     ("activate", "resume scheduling a DAG", _dag_arg, cmd_activate),
     ("runs", "list runs, newest first", _runs_args, cmd_runs),
+    (
+        "history",
+        "list the runs of one DAG, newest first, with their duration and end",
+        _history_args,
+        cmd_history,
+    ),
     ("run", "show one run", _run_arg, cmd_run),
     ("tasks", "list the tasks of a run", _run_arg, cmd_tasks),
     ("logs", "print (or follow with -f) the log of a task", _logs_args, cmd_logs),
@@ -498,166 +606,27 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Hand
     ("emit", "emit an event for the `wait` steps waiting for it", _emit_args, cmd_emit),
     ("stats", "show run and DAG counters", _no_args, cmd_stats),
     ("workers", "list the connected remote workers", _no_args, cmd_workers),
+    ("tags", "list the tags of the loaded DAGs, with how many DAGs have each", _no_args, cmd_tags),
+    AUDIT_COMMAND,
 )
-
-
-# ---------------------------------------------------------------- formatting
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart (like Go's tabwriter)."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def local_time(iso: str | None) -> str:
-    """`2026-11-21T10:15:00.123Z` -> `2026-11-21 11:15:00` in the local zone (`-` when unset)."""
-    if not iso:
-        return "-"
-    try:
-        ms = parse_iso(iso)
-    except ValueError:
-        return iso
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration(ms: int | None) -> str:
-    """`350ms`, `4.2s`, `3m05s`, `2h07m` (`-` when unknown)."""
-    if ms is None or ms < 0:
-        return "-"
-    if ms < 1000:
-        return f"{ms}ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f}s"
-    seconds = ms // 1000
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def backfill_text(answer: dict[str, Any]) -> str:
-    """The slots of a backfill (a table) and what happened, or would happen, to them."""
-    slots = answer.get("slots") or []
-    if not slots:
-        return "No schedule slot in that range"
-    dry = bool(answer.get("dry_run"))
-    new = "would create" if dry else "created"
-    rows = [
-        (local_time(s["execution_date"]), s["run_id"], "exists, skipped" if s["exists"] else new)
-        for s in slots
-    ]
-    fresh = sum(1 for s in slots if not s["exists"])
-    head = f"{'Would create' if dry else 'Created'} {fresh} of {len(slots)} slot run(s)"
-    return "\n".join([table(("SLOT", "RUN", ""), rows), f"{head}: {answer.get('note', '')}"])
-
-
-def dags_table(dags: list[dict[str, Any]]) -> str:
-    if not dags:
-        return "No DAGs loaded"
-    rows = [
-        (
-            dag["dag_id"],
-            "manual" if dag.get("schedule") in MANUAL_SCHEDULES else dag["schedule"],
-            str(len(dag.get("tasks") or [])),
-            "paused" if dag.get("paused") else "active",
-        )
-        for dag in dags
-    ]
-    if any(dag.get("tags") for dag in dags):  # a TAGS column once some DAG has tags
-        tags = [",".join(dag.get("tags") or []) for dag in dags]
-        tagged = [(*row, tag) for row, tag in zip(rows, tags, strict=True)]
-        return table(("DAG ID", "SCHEDULE", "TASKS", "STATUS", "TAGS"), tagged)
-    return table(("DAG ID", "SCHEDULE", "TASKS", "STATUS"), rows)
-
-
-def runs_table(page: dict[str, Any]) -> str:
-    runs = page.get("data") or []
-    rows = [
-        (r["run_id"], r["dag_id"], r["status"], r["trigger"], local_time(r.get("created_at")))
-        for r in runs
-    ]
-    summary = f"Showing {len(runs)} of {page.get('total', len(runs))} total runs"
-    if page.get("page", 1) > 1:
-        summary += f" (page {page['page']})"
-    return table(("RUN ID", "DAG", "STATUS", "TRIGGER", "CREATED"), rows) + "\n\n" + summary
-
-
-def run_details(run: dict[str, Any]) -> str:
-    fields = [
-        ("Run", run["run_id"]),
-        ("DAG", run["dag_id"]),
-        ("Status", run["status"]),
-        ("Trigger", run["trigger"]),
-        ("Created", local_time(run.get("created_at"))),
-    ]
-    if run.get("started_at"):
-        fields.append(("Started", local_time(run["started_at"])))
-    if run.get("completed_at"):
-        fields.append(("Completed", local_time(run["completed_at"])))
-    if run.get("task_counts"):
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(run["task_counts"].items()))
-        fields.append(("Tasks", counts))
-    if run.get("params"):
-        fields.append(("Params", json.dumps(run["params"], ensure_ascii=False)))
-    elif run.get("conf"):
-        fields.append(("Conf", json.dumps(run["conf"], ensure_ascii=False)))
-    return "\n".join(f"{name + ':':<11}{value}" for name, value in fields)
-
-
-def tasks_table(tasks: list[dict[str, Any]], now: int) -> str:
-    if not tasks:
-        return "No tasks"
-    rows = [
-        (
-            t["task_id"],
-            t["status"],
-            f"{t.get('attempt', 0)}/{t.get('max_attempts', 0)}",
-            duration(_task_ms(t, now)),
-            "-" if t.get("exit_code") is None else str(t["exit_code"]),
-            _cut(t.get("command") or "", COMMAND_WIDTH),
-        )
-        for t in tasks
-    ]
-    return table(("TASK", "STATUS", "ATTEMPT", "DURATION", "EXIT", "COMMAND"), rows)
-
-
-def _task_ms(task: dict[str, Any], now: int) -> int | None:
-    """Measured duration if known, else from the timestamps (running tasks: until `now`)."""
-    metrics = task.get("metrics") or {}
-    if metrics.get("duration_ms") is not None:
-        return int(metrics["duration_ms"])
-    if not task.get("started_at"):
-        return None
-    end = parse_iso(task["completed_at"]) if task.get("completed_at") else now
-    return end - parse_iso(task["started_at"])
-
-
-def _cut(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
-def stats_lines(stats: dict[str, Any]) -> str:
-    keys = [k for k in STATS_ORDER if k in stats]
-    keys += sorted(k for k in stats if k not in STATS_ORDER)
-    return "\n".join(f"{key}: {stats[key]}" for key in keys)
-
-
-def workers_table(workers: list[dict[str, Any]]) -> str:
-    if not workers:
-        return "No workers connected"
-    rows = [
-        (
-            str(w.get("worker_id", "")),
-            str(w.get("hostname", "")),
-            ",".join(w.get("pools") or []),
-            str(w.get("status", "")),
-            f"{w.get('active_tasks', 0)}/{w.get('max_tasks', 0)}",
-        )
-        for w in workers
-    ]
-    return table(("WORKER ID", "HOSTNAME", "POOLS", "STATUS", "TASKS"), rows)
+CLIENT_EXAMPLES = {
+    "dags": "nagare dags --tag nightly",
+    "trigger": "nagare trigger hello_world -p WHO=world",
+    "backfill": "nagare backfill nightly --start 2026-11-01 --end 2026-11-07 --dry-run",
+    "pause": "nagare pause nightly",
+    "activate": "nagare activate nightly",
+    "runs": "nagare runs --dag hello_world --status failed",
+    "history": "nagare history hello_world --limit 10",
+    "run": "nagare run hello_world",
+    "tasks": "nagare tasks hello_world",
+    "logs": "nagare logs hello_world t2 -f",
+    "retry": "nagare retry hello_world t2 --downstream",
+    "kill": "nagare kill hello_world",
+    "approve": "nagare approve hello_world sign_off -m 'looks good'",
+    "reject": "nagare reject hello_world sign_off -m 'not now'",
+    "emit": "nagare emit deploy-done --data '{\"version\": 3}'",
+    "stats": "nagare stats --json",
+    "workers": "nagare workers --api http://master:8080",
+    "tags": "nagare tags",
+    "audit": "nagare audit --action run. --since 24h",
+}

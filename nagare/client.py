@@ -67,6 +67,10 @@ class ApiClient:
     def workers(self) -> JsonList:
         return self._list("GET", "/api/workers")
 
+    def audit(self, filters: dict[str, Any]) -> JsonObject:
+        """A page of the audit log: `filters` are GET /api/audit's query (empty ones left out)."""
+        return self._object("GET", "/api/audit", query=filters)
+
     def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
         it; `api_key` carries the cluster token. Each thread keeps its connection alive (a
@@ -234,6 +238,20 @@ class ApiClient:
             f"the log stream of task '{task_id}' in run '{run_id}' closed before its end event",
         )
 
+    # ------------------------------------------------------------ API keys
+
+    def keys(self) -> JsonList:
+        return self._list("GET", "/api/keys")
+
+    def create_key(self, name: str, role: str, expires_at: str | None = None) -> JsonObject:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if expires_at:
+            body["expires_at"] = expires_at
+        return self._object("POST", "/api/keys", body=body)
+
+    def revoke_key(self, key_id: str) -> JsonObject:
+        return self._object("DELETE", _path("api", "keys", key_id))
+
     # ------------------------------------------------------------ plumbing
 
     def _object(
@@ -267,6 +285,8 @@ class ApiClient:
         try:
             return json.loads(raw)
         except ValueError:
+            if _looks_like_html(raw):
+                raise _not_nagare(self.base_url, 200) from None
             raise ApiError(
                 200,
                 "bad_response",
@@ -310,11 +330,70 @@ class ApiClient:
                 return urllib.request.urlopen(request)
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as err:
-            raise _http_error(err) from None
+            raise _http_error(err, self.base_url) from None
         except urllib.error.URLError as err:
             raise _network_error(self.base_url, err.reason) from None
         except (OSError, http.client.HTTPException) as exc:
             raise _network_error(self.base_url, exc) from None
+
+
+# ---------------------------------------------------------------- other JSON services
+
+MAX_SERVICE_ANSWER_BYTES = 1024 * 1024
+
+
+def fetch_json(
+    url: str,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
+    """One call to another service's JSON endpoint (an OpenID provider's discovery document,
+    keys or token endpoint): a GET, or a POST of `form` (URL-encoded). Returns the status and
+    the parsed answer (None when it is not JSON), error statuses included; raises ApiError
+    (status 0) when no answer arrives or it is larger than MAX_SERVICE_ANSWER_BYTES."""
+    data = urlencode(form).encode() if form is not None else None
+    all_headers = {"Accept": "application/json", "User-Agent": f"nagare/{__version__}"}
+    all_headers.update(headers or {})
+    request = urllib.request.Request(url, data=data, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, _json_or_none(_read_capped(response, url))
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, _json_or_none(_read_capped(err, url))
+    except urllib.error.URLError as err:
+        raise _service_error(url, err.reason) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _service_error(url, exc) from None
+
+
+def _read_capped(response: Any, url: str) -> bytes:
+    raw = cast(bytes, response.read(MAX_SERVICE_ANSWER_BYTES + 1))
+    if len(raw) > MAX_SERVICE_ANSWER_BYTES:
+        raise ApiError(0, "too_large", f"{url} answered more than {MAX_SERVICE_ANSWER_BYTES} bytes")
+    return raw
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _service_error(url: str, reason: object) -> ApiError:
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return ApiError(
+            0,
+            "untrusted_certificate",
+            f"the TLS certificate of {url} is not trusted ({reason.verify_message})",
+        )
+    if isinstance(reason, TimeoutError):
+        return ApiError(0, "timeout", f"no answer from {url} in time")
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return ApiError(0, "unreachable", f"cannot reach {url}: {text}")
 
 
 # ---------------------------------------------------------------- SSE
@@ -389,7 +468,7 @@ def _query_string(query: dict[str, Any] | None) -> str:
     return "?" + urlencode(pairs, doseq=True) if pairs else ""
 
 
-def _http_error(err: urllib.error.HTTPError) -> ApiError:
+def _http_error(err: urllib.error.HTTPError, base_url: str) -> ApiError:
     """The server's `{"error": {"code", "message"}}` answer (or its raw text) as an ApiError."""
     try:
         raw = err.read()
@@ -397,11 +476,14 @@ def _http_error(err: urllib.error.HTTPError) -> ApiError:
         raw = b""
     finally:
         err.close()
-    return _error_answer(err.code, raw, str(err.reason))
+    return _error_answer(err.code, raw, str(err.reason), base_url)
 
 
-def _error_answer(status: int, raw: bytes, reason: str) -> ApiError:
+def _error_answer(status: int, raw: bytes, reason: str, base_url: str = "") -> ApiError:
     code, message = _error_fields(raw)
+    if message is None and base_url and status < 500 and _looks_like_html(raw):
+        # (a gateway's 502/503 page may stand in front of a Nagare that is down)
+        return _not_nagare(base_url, status)
     if message is None:
         message = f"server returned {status}: {_excerpt(raw) or reason}"
     return ApiError(status, code or f"http_{status}", message)
@@ -436,6 +518,21 @@ def _network_error(base_url: str, reason: object) -> ApiError:
 def _unexpected(method: str, path: str, expected: str, data: Any) -> ApiError:
     found = type(data).__name__
     return ApiError(200, "bad_response", f"{method} {path} returned {found}, expected {expected}")
+
+
+def _looks_like_html(raw: bytes) -> bool:
+    """A markup page (`<!DOCTYPE html>`, `<html>`, ...): what a web server, not Nagare, sends."""
+    return raw[:512].lstrip().startswith(b"<")
+
+
+def _not_nagare(base_url: str, status: int) -> ApiError:
+    return ApiError(
+        status,
+        "not_nagare",
+        f"{base_url} is not a Nagare API: it answered {status} with an HTML page, not JSON "
+        "(check --api or $NAGARE_API_URL: the URL of the Nagare server, e.g. "
+        "http://localhost:8080)",
+    )
 
 
 def _excerpt(raw: bytes, limit: int = 200) -> str:

@@ -6,6 +6,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -17,11 +18,11 @@ from urllib.parse import urlencode, urlsplit
 
 import yaml
 
-from nagare.access import parse_roles
+from nagare.access import RoleDef, all_roles, parse_roles
 from nagare.db_url import describe as describe_database
 from nagare.db_url import is_postgres_url, parse_postgres_url
 from nagare.errors import ConfigError
-from nagare.models import GitSyncSettings, SmtpSettings
+from nagare.models import GitSyncSettings, OidcSettings, SmtpSettings
 from nagare.patterns import ENV_NAME
 from nagare.settings import Settings
 
@@ -120,6 +121,16 @@ OPTIONS: tuple[Option, ...] = (
         12,
         "How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).",
         minimum=1,
+    ),
+    _opt(
+        "oidc",
+        "oidc",
+        None,
+        "Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, client_auth, "
+        "redirect_url, scopes, name_claim, role_claim, role_map, default_role, provider_name, "
+        "ca_file, insecure, timeout_seconds} (see the README, Single sign-on).",
+        flag=False,
+        env=False,
     ),
     _opt(
         "logs_dir",
@@ -465,9 +476,27 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     values["worker_pools"] = {"default": 4, **values["worker_pools"]}
     config = Config(**values)
     config.listen  # noqa: B018 - validates the address early
+    check_oidc_roles(config.auth_mode, config.oidc, config.roles)
     if is_postgres_url(config.db):
         parse_postgres_url(config.db)  # validates the URL early (never quoting a password)
     return config
+
+
+def _load_yaml(text: str, path: str) -> Any:
+    """The settings file's data, parsed by libyaml where PyYAML has it; an error is raised by
+    the pure-Python loader, whose message names the file, the line and the column."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.load(text, Loader=fast)  # a safe loader
+        except yaml.YAMLError:
+            pass
+    loader = yaml.SafeLoader(io.StringIO(text))  # a stream: messages show no snippet
+    loader.name = path
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class _NoInstance:
@@ -509,11 +538,13 @@ def database_url(raw: Any, where: str) -> str:
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            text = handle.read()
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = _load_yaml(text, path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if data is None:
@@ -552,6 +583,8 @@ def _coerce(option: Option, raw: Any, where: str) -> Any:
         return parse_roles(raw)
     if option.kind == "git_sync":
         return _coerce_git_sync(raw, where)
+    if option.kind == "oidc":
+        return coerce_oidc(raw, where)
     if option.kind == "bool":
         return _coerce_bool(raw, where)
     if option.kind in ("int", "float"):
@@ -835,6 +868,148 @@ def _check_git_credentials(settings: GitSyncSettings, where: str) -> None:
         )
 
 
+OIDC_KEYS = (
+    "issuer",
+    "client_id",
+    "client_secret_env",
+    "client_auth",
+    "redirect_url",
+    "scopes",
+    "name_claim",
+    "role_claim",
+    "role_map",
+    "default_role",
+    "provider_name",
+    "ca_file",
+    "insecure",
+    "timeout_seconds",
+)
+_OIDC_TIMEOUT = Option("timeout_seconds", "float", 10.0, "", minimum=0.1)
+_CLAIM = re.compile(r"^[A-Za-z0-9_:./-]+$")
+
+
+def coerce_oidc(raw: Any, where: str) -> OidcSettings | None:
+    """`oidc: {issuer, client_id, client_secret_env, role_claim, role_map, ...}`: the OpenID
+    Connect provider of single sign-on. ConfigError names the bad key."""
+    found: OidcSettings | dict[str, Any] | None = _section(
+        raw,
+        where,
+        OidcSettings,
+        OIDC_KEYS,
+        "{issuer: https://id.example.com/realms/main, client_id: nagare}",
+    )
+    if not isinstance(found, dict):
+        return found
+    raw = found
+    defaults = OidcSettings("", "")
+    settings = OidcSettings(
+        issuer=_oidc_url(raw, "issuer", where, required=True).rstrip("/"),
+        client_id=_smtp_text(raw, "client_id", where, required=True),
+        client_secret_env=_env_name(raw, "client_secret_env", where),
+        client_auth=_client_auth(raw, where),
+        redirect_url=_oidc_url(raw, "redirect_url", where),
+        scopes=_oidc_scopes(raw.get("scopes"), f"{where}.scopes"),
+        name_claim=_claim(raw, "name_claim", where) or defaults.name_claim,
+        role_claim=_claim(raw, "role_claim", where),
+        role_map=_role_map(raw.get("role_map"), f"{where}.role_map"),
+        default_role=_smtp_text(raw, "default_role", where),
+        provider_name=_smtp_text(raw, "provider_name", where),
+        ca_file=_smtp_text(raw, "ca_file", where),
+        insecure=_coerce_bool(raw.get("insecure", False), f"{where}.insecure"),
+        timeout_seconds=float(
+            _coerce_number(
+                _OIDC_TIMEOUT, raw.get("timeout_seconds", 10), f"{where}.timeout_seconds"
+            )
+        ),
+    )
+    if settings.role_map and not settings.role_claim:
+        raise ConfigError(
+            f"{where}.role_claim: required with role_map (the claim whose values it maps, "
+            "e.g. groups)"
+        )
+    return settings
+
+
+def _client_auth(raw: dict[str, Any], where: str) -> str:
+    method = _smtp_text(raw, "client_auth", where) or "post"
+    if method not in ("post", "basic"):
+        raise ConfigError(
+            f"{where}.client_auth: expected post (client_secret_post) or basic "
+            f"(client_secret_basic), found '{method}'"
+        )
+    return method
+
+
+def _oidc_url(raw: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+    url = _smtp_text(raw, key, where, required=required)
+    if url and not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", url):
+        raise ConfigError(f"{where}.{key}: expected an http(s):// URL, found '{url}'")
+    return url
+
+
+def _env_name(raw: dict[str, Any], key: str, where: str) -> str:
+    name = _smtp_text(raw, key, where)
+    if name and not ENV_NAME.match(name):
+        raise ConfigError(
+            f"{where}.{key}: expected the name of an environment variable, found '{name}' "
+            "(the secret itself is never written in nagare.yaml)"
+        )
+    return name
+
+
+def _claim(raw: dict[str, Any], key: str, where: str) -> str:
+    claim = _smtp_text(raw, key, where)
+    if claim and not _CLAIM.match(claim):
+        raise ConfigError(f"{where}.{key}: expected a claim name such as groups, found '{claim}'")
+    return claim
+
+
+def _oidc_scopes(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return OidcSettings("", "").scopes
+    items = raw.split() if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(s, str) and s.strip() for s in items):
+        raise ConfigError(f"{where}: expected a list of scopes such as [openid, profile, email]")
+    scopes = tuple(dict.fromkeys(s.strip() for s in items))
+    if "openid" not in scopes:
+        raise ConfigError(f"{where}: must include openid (found {', '.join(scopes)})")
+    return scopes
+
+
+def _role_map(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of claim value to role, e.g. "
+            "{nagare-admins: admin, data-team: developer}"
+        )
+    pairs = []
+    for value, role in raw.items():
+        if not isinstance(role, str) or not role.strip():
+            raise ConfigError(f"{where}.{value}: expected a role name, found '{role}'")
+        pairs.append((str(value), role.strip()))
+    return tuple(pairs)
+
+
+def check_oidc_roles(auth_mode: str, oidc: OidcSettings | None, roles: dict[str, RoleDef]) -> None:
+    """Across settings: `auth_mode: oidc` needs an `oidc:` section, whose roles must exist."""
+    if auth_mode == "oidc" and oidc is None:
+        raise ConfigError(
+            "auth_mode: oidc needs an oidc: section in nagare.yaml (at least issuer and "
+            "client_id; see the README, Single sign-on)"
+        )
+    if oidc is None:
+        return
+    known = all_roles(roles)
+    named = [(f"oidc.role_map.{value}", role) for value, role in oidc.role_map]
+    if oidc.default_role:
+        named.append(("oidc.default_role", oidc.default_role))
+    for where, role in named:
+        if role not in known:
+            raise ConfigError(f"{where}: unknown role '{role}' (known: {', '.join(known)})")
+
+
 def _coerce_users(raw: Any, where: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise ConfigError(
@@ -890,13 +1065,14 @@ _FIELD_TYPES = {
     "smtp": "SmtpSettings | None",
     "roles": "dict[str, RoleDef]",
     "git_sync": "GitSyncSettings | None",
+    "oidc": "OidcSettings | None",
     "list": "tuple[str, ...]",
     "origins": "tuple[str, ...]",
 }
 
 
 # Types of settings defined in nagare.models (imported by the generated module).
-_MODEL_TYPES = ("GitSyncSettings", "SmtpSettings")
+_MODEL_TYPES = ("GitSyncSettings", "OidcSettings", "SmtpSettings")
 
 
 def settings_module_source() -> str:

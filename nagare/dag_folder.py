@@ -72,8 +72,10 @@ class DagFolder:
         extra_check: Callable[[DagDef], list[tuple[int, str, str]]] | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
         default_handlers: dict[HandlerKind, TaskDef] | None = None,
+        include: Callable[[str], bool] | None = None,
     ) -> None:
         self.path = path
+        self._include = include  # which file names load (`nagare exec FILE`); None: all
         self._default_handlers = default_handlers or {}  # of DAGs without handler_on
         self._on_change = on_change
         self._extra_check = extra_check  # checks of later layers (jq expressions compile)
@@ -149,6 +151,8 @@ class DagFolder:
             log.info("the DAGs folder %s can be read again", self.path)
         for entry in entries:
             if entry.name.startswith(".") or not entry.name.endswith((".yaml", ".yml")):
+                continue
+            if self._include is not None and not self._include(entry.name):
                 continue
             seen = self._look_at(entry)
             if seen is not None:

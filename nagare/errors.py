@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class NagareError(Exception):
     """Base class: `code` is machine-readable, `str(err)` is the user-facing message."""
@@ -48,6 +50,17 @@ class Conflict(NagareError):
     status = 409
 
 
+class TooManyRequests(NagareError):
+    """Refused for a while (failed sign-ins): answered with Retry-After."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds
+
+
 class PayloadTooLarge(NagareError):
     code = "payload_too_large"
     status = 413
@@ -80,3 +93,13 @@ class Overloaded(NagareError):
 
     code = "overloaded"
     status = 503
+
+
+def close_matches(
+    word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.6
+) -> list[str]:
+    """`difflib.get_close_matches`, with difflib imported by the first "did you mean" (a
+    valid DAG file never needs it)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=cutoff)

@@ -281,6 +281,28 @@ class GitSyncSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    """`oidc:` of nagare.yaml: single sign-on with an OpenID Connect provider (`auth_mode:
+    oidc`). The client secret is never held here: `client_secret_env` names the environment
+    variable that holds it (none for a public client, which PKCE alone protects)."""
+
+    issuer: str  # the provider's issuer URL (discovery: ISSUER/.well-known/openid-configuration)
+    client_id: str
+    client_secret_env: str = ""
+    client_auth: str = "post"  # how the secret is sent: post (in the form) or basic (HTTP Basic)
+    redirect_url: str = ""  # "": http(s)://<the request's Host>/api/auth/oidc/callback
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    name_claim: str = "preferred_username"  # the user name (then email, then sub)
+    role_claim: str = ""  # a claim holding a role name or a list of them (groups, roles)
+    role_map: tuple[tuple[str, str], ...] = ()  # claim value -> role, in the order written
+    default_role: str = ""  # the role of a user no mapping matched ("": refused)
+    provider_name: str = ""  # the provider as the sign-in page names it ("through Example ID")
+    ca_file: str = ""  # PEM certificates to verify the provider with (default: the system's)
+    insecure: bool = False  # do not verify the provider's TLS certificate
+    timeout_seconds: float = 10.0  # each request to the provider
+
+
+@dataclass(frozen=True)
 class AllowFailure:
     """`allow_failure`: a last attempt that fails (with one of `exit_codes`, when given) ends the
     task failed-but-allowed, which counts as a success downstream and for the run."""

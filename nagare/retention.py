@@ -1,9 +1,11 @@
 """Retention: finished runs older than `retention_days` are deleted with their task instances,
-attempts (metrics) and log folders. A run that is not finished is never deleted.
+attempts (metrics) and log folders, and so are the audit log's entries older than that. A run
+that is not finished is never deleted.
 
 `RetentionSweep` is the server's background loop: each pass deletes at most one batch of the
 oldest such runs (an index walk, never a full scan), then hands the freed pages back to the file
-system (incremental vacuum). When a pass found a full batch it comes back after a second,
+system (incremental vacuum), and at most one batch of the oldest audit entries. When a pass
+found a full batch (of either) it comes back after a second,
 otherwise after `interval` seconds. `cleanup` does the same to completion for `nagare cleanup`.
 """
 
@@ -28,6 +30,7 @@ BACKLOG_SECONDS = 1.0  # between passes while old runs remain
 BEAT_SECONDS = 5.0  # while waiting for the next sweep, the loop beats this often
 FIRST_PASS_SECONDS = 30.0  # after start: leave the start-up to the scheduler and pools
 BATCH_RUNS = 100
+BATCH_AUDIT = 1000  # audit entries per pass: small rows, one indexed range delete
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Removed:
     runs: int = 0
     tasks: int = 0
     attempts: int = 0
+    audit: int = 0  # audit log entries
 
     def add(self, runs: list[OldRun]) -> None:
         self.runs += len(runs)
@@ -59,11 +63,19 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def release_free_pages(self) -> None: ...
 
+    class _RetentionAudit(Protocol):
+        def delete_before(self, cutoff: int, limit: int) -> int: ...
+
+        def count_before(self, cutoff: int) -> int: ...
+
     class RetentionStore(Protocol):
         """The parts of the store the retention sweep reads and writes, and what of them."""
 
         @property
         def retention(self) -> _RetentionRetention: ...
+
+        @property
+        def audit(self) -> _RetentionAudit: ...
 
 
 class RetentionSweep:
@@ -76,6 +88,7 @@ class RetentionSweep:
         interval: float = SWEEP_SECONDS,
         batch: int = BATCH_RUNS,
         first_pass: float = FIRST_PASS_SECONDS,
+        audit_batch: int = BATCH_AUDIT,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -84,6 +97,7 @@ class RetentionSweep:
         self.interval = interval
         self.batch = batch
         self.first_pass = first_pass
+        self.audit_batch = audit_batch
         self.liveness = Heartbeat("retention", BEAT_SECONDS)
 
     def run(self, stop: threading.Event) -> None:
@@ -94,7 +108,8 @@ class RetentionSweep:
         while self._wait(stop, wait):
             removed = self.sweep_once(self.clock())
             self.liveness.beat()
-            wait = BACKLOG_SECONDS if removed.runs >= self.batch else self.interval
+            backlog = removed.runs >= self.batch or removed.audit >= self.audit_batch
+            wait = BACKLOG_SECONDS if backlog else self.interval
 
     def _wait(self, stop: threading.Event, seconds: float) -> bool:
         """Wait `seconds`, beating on the way; False once `stop` is set."""
@@ -106,7 +121,8 @@ class RetentionSweep:
         return False
 
     def sweep_once(self, now: int) -> Removed:
-        """One bounded pass: delete at most `batch` runs finished before the cutoff."""
+        """One bounded pass: delete at most `batch` runs finished before the cutoff and at most
+        `audit_batch` audit entries recorded before it."""
         if self.retention_days <= 0:
             return Removed()
         cutoff = cutoff_for(self.retention_days, now)
@@ -119,6 +135,13 @@ class RetentionSweep:
                 self.retention_days,
                 removed.tasks,
                 removed.attempts,
+            )
+        removed.audit = delete_audit_batch(self.store, cutoff, self.audit_batch)
+        if removed.audit:
+            log.info(
+                "retention: deleted %d audit entries older than %d days",
+                removed.audit,
+                self.retention_days,
             )
         return removed
 
@@ -134,6 +157,15 @@ def delete_batch(store: RetentionStore, logs: LogFiles, cutoff: int, limit: int)
     return runs
 
 
+def delete_audit_batch(store: RetentionStore, cutoff: int, limit: int) -> int:
+    """Delete up to `limit` of the oldest audit entries recorded before `cutoff`, then release
+    the freed database pages. Returns how many."""
+    deleted = store.audit.delete_before(cutoff, limit)
+    if deleted:
+        store.retention.release_free_pages()
+    return deleted
+
+
 def cleanup(
     store: RetentionStore,
     logs: LogFiles,
@@ -144,6 +176,30 @@ def cleanup(
 ) -> Removed:
     """Everything the sweep would delete before `cutoff`, to completion; `on_run` sees each run
     once it is deleted (with `dry_run`: each run that would be, and nothing is deleted)."""
+    removed = _cleanup_runs(store, logs, cutoff, dry_run, on_run, batch)
+    removed.audit = _cleanup_audit(store, cutoff, dry_run, batch)
+    return removed
+
+
+def _cleanup_audit(store: RetentionStore, cutoff: int, dry_run: bool, batch: int) -> int:
+    if dry_run:
+        return store.audit.count_before(cutoff)
+    deleted = 0
+    while True:
+        count = delete_audit_batch(store, cutoff, batch)
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+def _cleanup_runs(
+    store: RetentionStore,
+    logs: LogFiles,
+    cutoff: int,
+    dry_run: bool,
+    on_run: Callable[[OldRun], None],
+    batch: int,
+) -> Removed:
     removed = Removed()
     after: tuple[int, str] | None = None
     while True:

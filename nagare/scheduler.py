@@ -257,6 +257,8 @@ class Scheduler:
         self.liveness = Heartbeat("scheduler", SWEEP_SECONDS)  # a pass at least this often
         # the steps that wait (app wires nagare.waits.Waits; None: no such step ever begins)
         self.waits: StepWaits | None = None
+        # called with a run's id when it ended, or its handlers did (`nagare exec` waits on it)
+        self.on_run_ended: Callable[[str], None] = lambda run_id: None
 
     # ------------------------------------------------------------ waking
 
@@ -566,6 +568,7 @@ class Scheduler:
                 status = RunStatus.FAILED if reason else status
             ended = self.store.runs.finish(run_id, status, now, dag, failed, reason, outputs)
             if ended is not None:
+                self.on_run_ended(run_id)
                 log.info(
                     "run %s finished: %s",
                     run_id,
@@ -641,6 +644,7 @@ class Scheduler:
         if not step.done:  # a handler queued by the run's end: make sure its pool looks
             return Counter(t.pool for t in states.values() if t.status is TaskStatus.QUEUED)
         if step.done and self.store.runs.end_handling(run_id):
+            self.on_run_ended(run_id)
             log.info("run %s: handlers ended", run_id, extra={"run_id": run_id})
             self._wake_released(self._release(run.dag_id, now))
         return Counter()
@@ -689,6 +693,7 @@ class Scheduler:
     ) -> None:
         self._views.pop(run_id, None)
         if self.store.runs.end_unstarted(run_id, status, reason, now):
+            self.on_run_ended(run_id)
             log.info(
                 "run %s %s: %s", run_id, status, reason, extra={"dag_id": dag_id, "run_id": run_id}
             )

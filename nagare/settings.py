@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nagare.access import RoleDef
-from nagare.models import GitSyncSettings, SmtpSettings
+from nagare.models import GitSyncSettings, OidcSettings, SmtpSettings
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one per process
@@ -49,6 +49,11 @@ class Settings:
 
     # How long a dashboard sign-in lasts without use (auth_mode builtin or oidc).
     session_hours: int = 12
+
+    # Single sign-on (auth_mode oidc): {issuer, client_id, client_secret_env, client_auth,
+    # redirect_url, scopes, name_claim, role_claim, role_map, default_role, provider_name, ca_file,
+    # insecure, timeout_seconds} (see the README, Single sign-on).
+    oidc: OidcSettings | None = None
 
     # Folder of task log files (default: 'logs' next to a SQLite db; with PostgreSQL, 'logs' in the
     # working directory).

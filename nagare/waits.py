@@ -435,8 +435,8 @@ def _one_line(text: str) -> str:
 
 
 def _check_approver(wait: dict[str, Any], by: str, task_id: str) -> None:
-    """With `approvers`, only those names may answer (names as given: there are no user
-    accounts yet, so `by` is what the caller says it is)."""
+    """With `approvers`, only those names may answer: with users (auth_mode builtin, oidc) `by`
+    is the signed-in user (or `key:<name>`); without, the name the caller gives."""
     approvers = [a for a in wait.get("approvers") or [] if isinstance(a, str) and a]
     if approvers and by not in approvers:
         raise Forbidden(

@@ -54,6 +54,8 @@ LAYERS: dict[str, int] = {
     "nagare.server_log": L1,
     "nagare.liveness": L1,  # heartbeats of the loops and the health decision
     "nagare.access": L1,  # roles, permissions, principals and the pure decisions over them
+    "nagare.jose": L1,  # JSON Web Tokens: parsing, RS256/ES256 signature and claim checks
+    "nagare.passwords": L1,  # password hashes (scrypt) and random tokens: hashlib and secrets
     "nagare.cluster": L1,  # the package's __init__ only: its modules have layers of their own
     "nagare.cluster.protocol": L1,
     # L2: I/O seams
@@ -72,7 +74,9 @@ LAYERS: dict[str, int] = {
     "nagare.webhooks": L3,
     "nagare.waits": L3,  # the steps that wait: approvals, events, child runs
     "nagare.git_sync": L3,  # the DAGs folder follows a git branch (git through the spawner)
+    "nagare.sso": L3,  # single sign-on: the OpenID Connect flow (the provider through client)
     "nagare.metrics": L3,
+    "nagare.accounts": L3,  # users, API keys, sessions and the sign-in limit
     "nagare.cluster.coordinator": L3,
     "nagare.cluster.remote": L3,
     # L4: the HTTP layer
@@ -82,6 +86,10 @@ LAYERS: dict[str, int] = {
     # L6: the only code that prints or exits
     "nagare.cli": L6,
     "nagare.cli_client": L6,
+    "nagare.cli_exec": L6,
+    "nagare.cli_format": L6,
+    "nagare.cli_audit": L6,
+    "nagare.cli_accounts": L6,
     "nagare.__main__": L6,
 }
 # Packages whose every module shares the package's layer.
@@ -127,7 +135,12 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     # the SMTP client of `type: mail` steps
     "smtplib": ("nagare/executors/mail.py",),
 }
-PRINT_OWNERS = ("nagare/cli.py", "nagare/cli_client.py")
+PRINT_OWNERS = (
+    "nagare/cli.py",
+    "nagare/cli_client.py",
+    "nagare/cli_exec.py",
+    "nagare/cli_accounts.py",
+)
 # Calls that start, replace or signal a process: only the spawner makes them.
 PROCESS_CALLS = frozenset(
     {

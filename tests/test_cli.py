@@ -104,8 +104,9 @@ def test_validate_reports_good_and_bad_files(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "ok   dags/good.yaml: DAG 'greet' (2 tasks)" in result.stdout
     assert "dependency cycle: a -> b -> a" in result.stdout
-    assert "typo.yaml:4: tasks[0] (a).comand: unknown key 'comand'; did you mean 'command'?" in (
-        result.stdout.splitlines()
+    assert (
+        "dags/typo.yaml:4: tasks[0] (a).comand: unknown key 'comand'; did you mean 'command'?"
+        in result.stdout.splitlines()
     )
     assert "1 valid, 2 invalid" in result.stderr
     assert nagare("validate", "dags/good.yaml", cwd=tmp_path).returncode == 0
@@ -139,8 +140,11 @@ def test_help_version_and_worker_mode_flags(tmp_path: Path) -> None:
     ):
         assert flag in serve.stdout
     assert nagare("--version", cwd=tmp_path).stdout.startswith("nagare ")
-    for flag in ("--max-tasks", "--worker-id", "--lease-timeout-seconds"):
-        assert flag in nagare("worker", "--help", cwd=tmp_path).stdout
+    worker = nagare("worker", "--help", cwd=tmp_path).stdout
+    for flag in ("--max-tasks", "--worker-id", "--join", "--token"):
+        assert flag in worker
+    for flag in ("--lease-timeout-seconds", "--port", "--db", "--retention-days"):
+        assert flag not in worker  # the master's settings
     no_master = nagare("--worker", cwd=tmp_path)
     assert no_master.returncode == 2
     assert "--join is required in worker mode (e.g. --join http://master:8080)" in no_master.stderr

@@ -47,7 +47,7 @@ tasks:
 LONG_COMMAND = "echo " + "x" * 80
 CLIENT_COMMANDS = (
     *("dags", "trigger", "pause", "activate", "runs", "run", "tasks", "logs", "retry", "kill"),
-    *("stats", "workers", "approve", "reject", "emit", "backfill"),
+    *("stats", "workers", "approve", "reject", "emit", "backfill", "history", "tags"),
 )
 
 
@@ -254,7 +254,7 @@ def test_run_and_tasks_show_details(server: Nagare) -> None:
         "count",
     ]
     assert fails("run", "no_such_run", api=server.url).strip() == (
-        "error: run 'no_such_run' not found"
+        "error: run 'no_such_run' not found, and no DAG has that id"
     )
 
 

@@ -58,7 +58,7 @@ def test_approve_and_reject_from_the_command_line(nagare_factory: Callable[..., 
     plain = fails("reject", first, "plain", "--by", "alice", api=n.url)
     assert plain.strip() == f"error: task 'plain' of run '{first}' does not wait for an approval"
     assert fails("approve", "no_such_run", "ask", api=n.url).strip() == (
-        "error: task 'ask' not found in run 'no_such_run'"
+        "error: run 'no_such_run' not found, and no DAG has that id"
     )
     rejected = json.loads(
         ok("reject", second, "ask", "--by=alice", "-m", "no", "--json", api=n.url)

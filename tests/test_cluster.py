@@ -403,6 +403,45 @@ def test_a_worker_killed_mid_task_loses_it_and_the_retry_runs_elsewhere(
         kill_pid_file(pid_file)
 
 
+def test_a_worker_killed_with_a_batch_in_hand_has_each_task_retried_exactly_once(
+    nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """Four tasks held by one worker (handed out together, their leases renewed together)
+    when it is killed: each attempt expires once, and each task's one retry runs elsewhere."""
+    pids = tmp_path / "pids"
+    long_first = (
+        f'[ "$NAGARE_ATTEMPT" -ge 2 ] && echo second && exit 0; echo $$ >> {pids}; exec sleep 30'
+    )
+    tasks = "".join(
+        f"- id: t{i}\n  pool: gpu\n  retries: 1\n  command: '{long_first}'\n" for i in range(4)
+    )
+    nagare = nagare_factory(
+        dags={"batch.yaml": gpu_dag("batch", tasks)},
+        worker_pools=GPU_ONLY,
+        lease_timeout_seconds=LEASE,
+    )
+    try:
+        w1 = workers(nagare.url, "w1", max_tasks=4)
+        run_id = nagare.trigger("batch")
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, 15)
+        assert {nagare.task(run_id, f"t{i}")["worker"] for i in range(4)} == {"w1"}
+        w2 = workers(nagare.url, "w2", max_tasks=4)
+        wait_online(nagare, w2)
+        w1.signal(signal.SIGKILL)
+        w1.wait_exit(5)
+        assert nagare.wait_run(run_id, timeout=LEASE + 15)["status"] == "success"
+        for i in range(4):
+            history = attempts(nagare, run_id, f"t{i}")
+            assert [a["status"] for a in history] == ["failed", "success"], history
+            assert "worker w1 lost" in history[0]["message"]
+            assert nagare.task(run_id, f"t{i}")["worker"] == "w2"
+    finally:
+        if pids.exists():
+            for pid in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
 def test_a_worker_killed_mid_task_without_retries_fails_it_as_lost(
     nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker], tmp_path: Path
 ) -> None:
@@ -1036,9 +1075,59 @@ def test_a_real_worker_sends_exactly_what_the_master_reads(
         decode, encode_answer = decoders[verb]
         assert json.dumps(encode_answer(decode(answer))) == json.dumps(answer), verb
     verbs = {verb for verb, _, _ in sent}
-    assert verbs == {"register", "heartbeat", "poll", "log", "result"}, verbs
+    # results travel in polls (protocol 2): `result` is only for workers of protocol 1
+    assert verbs == {"register", "heartbeat", "poll", "log"}, verbs
     assert any(verb == "poll" and answer["tasks"] for verb, _, answer in sent)
-    assert any(verb == "result" and "lines" in body for verb, body, _ in sent)
+    carried = [
+        (body, answer) for verb, body, answer in sent if verb == "poll" and "results" in body
+    ]
+    assert any("lines" in r for body, _ in carried for r in body["results"]), carried
+    for body, answer in carried:  # each result acknowledged by attempt
+        keys = {(r["task_instance_id"], r["attempt"]) for r in body["results"]}
+        assert {(a["task_instance_id"], a["attempt"]) for a in answer["results"]} == keys
+        assert body["wait_seconds"] == 0  # a poll that carries results never waits
+
+
+def test_a_worker_falls_back_to_one_result_per_request_for_a_master_of_protocol_1(
+    nagare_factory: Callable[..., Nagare], tmp_path: Path
+) -> None:
+    """A master of the previous release ignores the results in a poll and acknowledges none:
+    the worker keeps them and sends each through `result`; none is lost or recorded twice."""
+    nagare = nagare_factory(
+        dags={
+            "o.yaml": gpu_dag(
+                "older",
+                "- id: a\n  pool: gpu\n  command: 'echo a'\n"
+                "- id: b\n  pool: gpu\n  depends_on: [a]\n  command: 'echo b'\n",
+            )
+        },
+        worker_pools=GPU_ONLY,
+        lease_timeout_seconds=LEASE,
+    )
+    (tmp_path / "worker").mkdir()
+    config = make_config(tmp_path / "worker", join=nagare.url, pools="gpu", worker_id="w1")
+    app = build_worker(config.with_values(shutdown_grace_seconds=0.5))
+    send = app.worker.master.cluster
+    verbs: list[str] = []
+
+    def older_master(verb: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        verbs.append(verb)
+        body = {k: v for k, v in body.items() if k != "results"}  # not read by protocol 1
+        answer = send(verb, body, timeout)
+        answer.pop("results", None)  # nor acknowledged
+        return answer
+
+    app.worker.master.cluster = older_master  # type: ignore[method-assign]
+    app.start()
+    try:
+        run_id = nagare.trigger("older")
+        assert nagare.wait_run(run_id, timeout=15)["status"] == "success"
+    finally:
+        app.stop()
+    assert "result" in verbs
+    for task_id in ("a", "b"):
+        assert [a["status"] for a in attempts(nagare, run_id, task_id)] == ["success"]
+        assert nagare.log(run_id, task_id).strip().endswith(task_id)
 
 
 def announced_body_status(nagare: Nagare, path: str, length: int) -> int:

@@ -20,6 +20,7 @@ from nagare.cluster.protocol import (
     MAX_POOLS,
     MAX_TASKS,
     MAX_WAIT_SECONDS,
+    PROTOCOL,
     Directives,
     LogAck,
     LogBatch,
@@ -51,7 +52,7 @@ from nagare.cluster.protocol import (
 )
 from nagare.dagfile import parse_dag
 from nagare.engine.attempt_end import HANDED_BACK_REASON, attempt_finish
-from nagare.errors import BadRequest
+from nagare.errors import BadRequest, Conflict
 from nagare.logs import LogFiles
 from nagare.models import (
     Assignment,
@@ -376,3 +377,217 @@ def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(
     assert queued == [{"gpu": 1}]
     log_text = (tmp_path / "logs" / first.run.run_id / f"{first.task.id}.1.log").read_text()
     assert "[nagare] worker w1 lost" in log_text
+
+
+# ---------------------------------------------------------------- results carried by polls
+
+
+THREE = (
+    "id: three\ntasks:\n"
+    "  - {id: a, pool: gpu, command: 'true', retries: 1}\n"
+    "  - {id: b, pool: gpu, command: 'true', retries: 1}\n"
+    "  - {id: c, pool: gpu, command: 'true'}\n"
+)
+W1 = WorkerHello("w1", "box-1", ("gpu",), 2)
+
+
+class _Master:
+    """A coordinator over a real store holding one run of THREE, its clock set by the test,
+    recording what it hands to the scheduler (one call per batch) and what it queues."""
+
+    def __init__(self, store: Store, tmp_path: Path) -> None:
+        dag, errors = parse_dag(THREE)
+        assert dag is not None, errors
+        run = store.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
+        assert run is not None
+        self.run_id = run.run_id
+        self.store = store
+        self.now = 0
+        self.settled: list[list[str]] = []
+        self.queued: list[dict[str, int]] = []
+        self.coordinator = Coordinator(
+            store,
+            LogFiles(str(tmp_path / "logs")),
+            LEASE / 1000,
+            on_finished=lambda ended: self.settled.append([t for _, t, _ in ended]),
+            on_queued=self.queued.append,
+            clock=lambda: self.now,
+        )
+
+    def poll(
+        self, held: list[Assignment], results: list[TaskResult], hello: WorkerHello = W1
+    ) -> Directives:
+        keys = tuple((a.task_instance_id, a.attempt) for a in held)
+        request = PollRequest(replace(hello, held=keys), 0.0, tuple(results))
+        return self.coordinator.poll(wire_poll(request))
+
+    def status(self, task_id: str) -> TaskStatus:
+        task = self.store.tasks.get(self.run_id, task_id)
+        assert task is not None
+        return task.status
+
+
+def wire_poll(request: PollRequest) -> PollRequest:
+    """The poll as the master reads it off the wire."""
+    return read_poll(wire(encode_poll(request)))
+
+
+def ok(assignment: Assignment, worker: str = "w1", **outcome: Any) -> TaskResult:
+    return TaskResult(
+        worker,
+        assignment.task_instance_id,
+        assignment.attempt,
+        Outcome(exit_code=outcome.pop("exit_code", 0), **outcome),
+    )
+
+
+def acks(directives: Directives) -> list[tuple[str, str, bool]]:
+    """(task instance, status, refused?) of each result the answer acknowledges."""
+    return [(a.task_instance_id, a.status, bool(a.refused)) for a in directives.results]
+
+
+@pytest.fixture
+def master(store_factory: StoreFactory, tmp_path: Path) -> _Master:
+    return _Master(store_factory(), tmp_path)
+
+
+def test_a_poll_carries_results_and_gets_the_freed_slots_filled_at_once(master: _Master) -> None:
+    a, b = master.poll([], []).tasks  # two slots
+    assert [t.task_id for t in (a, b)] == ["a", "b"]
+    master.now = 1_000
+    answer = master.poll([a, b], [ok(a), ok(b, exit_code=3, error="boom")])
+    assert acks(answer) == [
+        (a.task_instance_id, "success", False),
+        (b.task_instance_id, "up_for_retry", False),
+    ]
+    assert [t.task_id for t in answer.tasks] == ["c"]  # a slot freed: filled by the same answer
+    assert answer.lost == [] and answer.cancel == []
+    assert master.settled == [[a.task_instance_id, b.task_instance_id]]  # one scheduler pass
+    assert (master.status("a"), master.status("b"), master.status("c")) == (
+        TaskStatus.SUCCESS,
+        TaskStatus.UP_FOR_RETRY,
+        TaskStatus.RUNNING,
+    )
+    (attempt,) = master.store.tasks.attempts(a.task_instance_id)
+    assert (attempt.status, attempt.completed_at, attempt.worker) == (
+        TaskStatus.SUCCESS,
+        1_000,
+        "w1",
+    )
+
+
+def test_a_result_sent_again_after_its_answer_was_lost_is_recorded_once(master: _Master) -> None:
+    """The worker resends what it sent in a poll whose answer never came: the master refuses
+    it (the attempt is closed) and the worker drops it; the task handed out in the lost answer
+    was never confirmed, so it runs again without spending a retry."""
+    a, b = master.poll([], []).tasks
+    master.now = 1_000
+    lost_answer = master.poll([a, b], [ok(a)])
+    assert [t.task_id for t in lost_answer.tasks] == ["c"]
+    master.now = 2_000
+    again = master.poll([a, b], [ok(a)])  # as if the first had never arrived
+    ((task_instance_id, status, refused),) = acks(again)
+    assert (task_instance_id, status, refused) == (a.task_instance_id, "success", True)
+    assert "does not hold" in again.results[0].refused
+    assert again.tasks == []  # b and c fill its slots, as the master counts them
+    assert master.settled == [[a.task_instance_id]]  # settled once
+    assert len(master.store.tasks.attempts(a.task_instance_id)) == 1
+    counted = [m for m in master.store.metrics.counters() if m.name == "task_runs"]
+    assert [(m.task_id, m.status, m.value) for m in counted] == [("a", "success", 1)]
+    # c's lease (from the lost answer) runs out unconfirmed; b's was renewed at 2_000
+    assert master.coordinator.reap(1_000 + LEASE + 1) == 1
+    assert master.status("c") is TaskStatus.QUEUED and master.status("b") is TaskStatus.RUNNING
+    requeued = master.store.tasks.get(master.run_id, "c")
+    assert requeued is not None and "without spending a retry" in requeued.message
+    assert master.queued == [{"gpu": 1}]
+
+
+def test_a_result_for_a_task_killed_meanwhile_closes_its_attempt_cancelled(
+    master: _Master,
+) -> None:
+    a, b = master.poll([], []).tasks
+    master.store.tasks.transition(
+        [a.task_instance_id], [TaskStatus.RUNNING], TaskStatus.CANCELLED, 5, "killed"
+    )
+    assert master.coordinator.cancel(a.task_instance_id)
+    master.now = 1_000
+    answer = master.poll([a, b], [ok(a), ok(b)])
+    assert acks(answer) == [
+        (a.task_instance_id, "cancelled", False),  # recorded: the kill had won
+        (b.task_instance_id, "success", False),
+    ]
+    assert answer.cancel == []  # its pending kill went with the result
+    (attempt,) = master.store.tasks.attempts(a.task_instance_id)
+    assert attempt.status is TaskStatus.CANCELLED
+    assert master.status("a") is TaskStatus.CANCELLED and master.status("b") is TaskStatus.SUCCESS
+    assert [t.task_id for t in answer.tasks] == ["c"]
+
+
+def test_a_worker_lost_with_a_batch_in_hand_has_each_attempt_retried_exactly_once(
+    master: _Master,
+) -> None:
+    a, b = master.poll([], []).tasks
+    master.now = 1_000
+    assert master.poll([a, b], []).tasks == []  # confirmed; full
+    assert master.coordinator.reap(1_000 + LEASE) == 0
+    assert master.coordinator.reap(1_000 + LEASE + 1) == 2
+    assert master.coordinator.reap(1_000 + LEASE + 2) == 0  # closed once
+    assert (master.status("a"), master.status("b")) == (TaskStatus.UP_FOR_RETRY,) * 2
+    # the worker comes back with results of the lost attempts: refused, nothing moves
+    master.now = 1_000 + LEASE + 3
+    late = master.poll([a, b], [ok(a), ok(b)])
+    assert [refused for _, _, refused in acks(late)] == [True, True]
+    assert late.lost == []  # each has its answer in `results`
+    assert (master.status("a"), master.status("b")) == (TaskStatus.UP_FOR_RETRY,) * 2
+    for held in (a, b):
+        (attempt,) = master.store.tasks.attempts(held.task_instance_id)
+        assert attempt.status is TaskStatus.FAILED
+    settled = [task_instance_id for batch in master.settled for task_instance_id in batch]
+    assert sorted(settled) == sorted([a.task_instance_id, b.task_instance_id])
+
+
+def test_a_result_of_the_previous_protocol_is_recorded_like_one_in_a_poll(
+    master: _Master,
+) -> None:
+    """A worker of the previous release: one result per `result` request, 409 when refused."""
+    a, _ = master.poll([], []).tasks
+    master.now = 1_000
+    assert master.coordinator.result(read_result(wire(encode_result(ok(a))))).status == "success"
+    with pytest.raises(Conflict, match="does not hold"):
+        master.coordinator.result(ok(a))
+    assert master.settled == [[a.task_instance_id]]
+
+
+def test_poll_results_are_validated_and_acknowledged_on_the_wire() -> None:
+    result = TaskResult("w1", "abc", 2, OUTCOME, "", (("stdout", "last"),))
+    poll = PollRequest(HELD_HELLO, 0.0, (result, replace(result, task_instance_id="abd")))
+    assert read_poll(wire(encode_poll(poll))) == poll
+    assert "results" not in encode_poll(PollRequest(HELD_HELLO, 1.0))
+    body = encode_poll(poll)
+    with pytest.raises(BadRequest, match=r"results\[1\]: a result of worker 'w2'"):
+        read_poll(
+            {**body, "results": [body["results"][0], {**body["results"][1], "worker_id": "w2"}]}
+        )
+    with pytest.raises(BadRequest, match=r"results\[0\]: outcome"):
+        read_poll({**body, "results": [{**body["results"][0], "outcome": "ok"}]})
+    with pytest.raises(BadRequest, match="at most 256 results"):
+        read_poll({**body, "results": body["results"] * 129})
+    with pytest.raises(BadRequest, match="results: expected a list"):
+        read_poll({**body, "results": {}})
+    answer = Directives(
+        results=[ResultAck("success", "abc", 2), ResultAck("failed", "abd", 1, "not held")]
+    )
+    assert decode_directives(wire(encode_directives(answer))) == answer
+    assert "results" not in encode_directives(Directives())
+    assert decode_welcome(wire(encode_welcome(Welcome("w1", protocol=PROTOCOL)))).protocol == 2
+    assert decode_welcome({}).protocol == 1  # a master that does not say: the first protocol
+
+
+def test_the_explicit_encoders_name_every_field() -> None:
+    """encode_hello and encode_outcome list their fields by hand (no deep copy): a new field
+    of the dataclass must be added there too."""
+    assert set(encode_hello(HELD_HELLO)) == set(WorkerHello.__dataclass_fields__)
+    encoded = encode_outcome(Outcome(exit_code=0, outputs={"k": "v"}))
+    assert set(encoded) == set(Outcome.__dataclass_fields__) - {"stdout", "skipped"}
+    assert set(encoded["metrics"]) == set(AttemptMetrics.__dataclass_fields__)
+    assert set(encode_assignment(ASSIGNMENT)) == set(Assignment.__dataclass_fields__)

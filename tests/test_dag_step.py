@@ -145,12 +145,12 @@ def test_validate_reports_call_cycles_and_warns_of_unknown_callees(tmp_path: Pat
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert "a.yaml:3: tasks[0] (call).dag_id: calls form a cycle: a → b → a" in lines
-    assert "b.yaml:3: tasks[0] (call).dag_id: calls form a cycle: b → a → b" in lines
-    assert "ok   dags/c.yaml: DAG 'c' (1 tasks)" in lines
+    assert "dags/a.yaml:3: tasks[0] (call).dag_id: calls form a cycle: a → b → a" in lines
+    assert "dags/b.yaml:3: tasks[0] (call).dag_id: calls form a cycle: b → a → b" in lines
+    assert "ok   dags/c.yaml: DAG 'c' (1 task)" in lines
     assert (
-        "warning: c.yaml:3: task 'call' calls DAG 'zzz', which is not among these files (the "
-        "step fails unless it is loaded by then)"
+        "warning: dags/c.yaml:3: task 'call' calls DAG 'zzz', which is not among these files "
+        "(the step fails unless it is loaded by then)"
     ) in lines
     assert "1 valid, 2 invalid" in result.stderr
 

@@ -40,6 +40,10 @@ OPEN_ROUTES = {
     ("GET", "/api/openapi.json"): "the API description",
     ("GET", "/api/schema/dag.json"): "the DAG file format, for editors",
     (ANY, "/api/webhooks/{webhook_path...}"): "per-DAG HMAC signature instead",
+    ("GET", "/api/auth/config"): "how to sign in, for the sign-in page",
+    ("POST", "/api/auth/login"): "signing in (a name and password instead)",
+    ("GET", "/api/auth/oidc/login"): "single sign-on: to the provider (who checks the person)",
+    ("GET", "/api/auth/oidc/callback"): "single sign-on: back from the provider (its ID token)",
 }
 CLUSTER_PREFIX = "/api/workers/"  # the token-protected protocol routes
 SAMPLE_PARAMS = {
@@ -48,6 +52,8 @@ SAMPLE_PARAMS = {
     "task_id": "say",
     "task_instance_id": "abc",
     "webhook_path": "x",
+    "user_name": "alice",
+    "key_id": "k_0123456789ab",
 }
 
 HELLO = """

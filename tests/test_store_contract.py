@@ -1087,6 +1087,69 @@ def test_a_lease_is_confirmed_by_the_holders_first_renewal(store: Store) -> None
     assert {(e[1], e[2]) for e in store.workers.expired(LEASE + 1)} == {(1, "w1")}
 
 
+THREE_GPU = """
+id: three
+tasks:
+  - {id: a, pool: gpu, command: 'true', retries: 1}
+  - {id: b, pool: gpu, command: 'true'}
+  - {id: c, pool: gpu, command: 'true'}
+"""
+
+
+def test_one_exchange_records_results_renews_leases_and_claims_the_freed_slots(
+    store: Store,
+) -> None:
+    """A worker's poll: its results, its other leases and its next claims in one transaction."""
+    run = start(store, dag_of(THREE_GPU))
+    a, b = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    seen = WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 10, 10)
+    held = [(a.task.id, a.attempt), (b.task.id, b.attempt)]
+    done = store.workers.exchange(seen, False, [ended(a, 10)], held, 10, 10 + LEASE)
+    assert done.recorded == [True]
+    # the attempt whose result came along is not renewed (nor reported lost)
+    assert [(h.task_instance_id, h.lost, h.cancel) for h in done.held] == [
+        (b.task.id, False, False)
+    ]
+    assert [c.task.task_id for c in done.claims] == ["c"]  # the slot a freed
+    assert statuses(store, run) == {"a": S.SUCCESS, "b": S.RUNNING, "c": S.RUNNING}
+    assert store.workers.holder(b.task.id, 1, 10 + LEASE) == "w1"  # renewed
+    assert store.workers.held_count("w1") == 2
+    (worker,) = store.workers.registered()
+    assert (worker.last_seen, worker.state, worker.running) == (10, "online", 2)
+    assert attempts(store, a.task.id) == [(1, S.SUCCESS, 10)]
+    counted = [c for c in store.metrics.counters() if c.name == "task_runs"]
+    assert [(c.task_id, c.status, c.value) for c in counted] == [("a", "success", 1)]
+
+
+def test_an_exchange_records_a_result_once_and_only_while_its_lease_lives(store: Store) -> None:
+    """The same result sent again (its answer was lost) changes nothing; nor does one whose
+    lease ran out, one of another worker, or the claims of a leaving worker."""
+    run = start(store, dag_of(THREE_GPU))
+    a, b = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    seen = WorkerRecord("w1", "h", ("gpu",), 2, "0.1", "", 10, 10)
+    first = store.workers.exchange(seen, False, [ended(a, 10)], [], 10, 10 + LEASE)
+    assert first.recorded == [True] and len(first.claims) == 1
+    again = store.workers.exchange(seen, False, [ended(a, 20)], [], 20, 20 + LEASE)
+    assert again.recorded == [None] and again.claims == []  # full: b and c
+    assert attempts(store, a.task.id) == [(1, S.SUCCESS, 10)]  # recorded at 10, once
+    other = WorkerRecord("w2", "h", ("gpu",), 2, "0.1", "", 30, 30)
+    assert store.workers.exchange(other, False, [ended(b, 30)], [], 30, 30 + LEASE).recorded == [
+        None
+    ]
+    late = store.workers.exchange(seen, True, [ended(b, LEASE + 1)], [], LEASE + 1, 2 * LEASE)
+    assert late.recorded == [None] and late.claims == []
+    assert statuses(store, run)["b"] is S.RUNNING
+    assert [w.state for w in store.workers.registered()] == ["left", "online"]  # w1, w2
+
+
+def test_a_claim_with_a_capacity_never_overfills_the_worker(store: Store) -> None:
+    start(store, dag_of(THREE_GPU))
+    store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)
+    more = store.workers.claim("w1", ["gpu"], 5, now=1, lease_until=LEASE, capacity=2)
+    assert len(more) == 1 and store.workers.held_count("w1") == 2
+    assert store.workers.claim("w1", ["gpu"], 5, now=2, lease_until=LEASE, capacity=2) == []
+
+
 # ---------------------------------------------------------------- retention
 
 

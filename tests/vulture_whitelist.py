@@ -29,5 +29,3 @@ mask  # engine/secrets: the one masker, for task outputs (and tests/test_secrets
 
 # teams (auth_mode builtin/oidc): the users, keys and audit code being built reads these;
 # each line goes once its reader lands
-Kind.KEY, all_roles, principal_of, Settings.auth_mode, Settings.session_hours
-AuditStore.delete_before, AuditStore.find  # retention and GET /api/audit

@@ -19,6 +19,7 @@ import {
   WarningBadge,
   ago,
   api,
+  can,
   dagHref,
   elapsed,
   enc,
@@ -27,12 +28,15 @@ import {
   fmtTime,
   h,
   html,
+  me,
   navigate,
   parseT,
   pct,
   pushToast,
   render,
   runHref,
+  seesEveryDag,
+  setMe,
   setOnUnauthorized,
   storedKey,
   taskPath,
@@ -53,12 +57,15 @@ import { MetricsPage } from "./metrics.js";
 import { LiveLog, StaticLog } from "./logview.js";
 import { KILL_RUN_MESSAGE, KILL_TASK_MESSAGE, KillButton, TaskDetails, Timeline, itemLabel, itemText } from "./runpage.js";
 import { DagCalendar, DagGrid, DagVersions, useDagPageQuery } from "./dagpage.js";
+import { EXPIRED, SIGNED_OUT, SignIn, UserMenu, authConfig, forgetKey, startView, usesAccounts } from "./signin.js";
+import { AdminPage } from "./admin.js";
+import { AuditPage } from "./audit.js";
 
 // ------------------------------------------------------------------ auth gate
 
-function Gate({ onConnect, initialError }) {
+function Gate({ onConnect }) {
   const [value, setValue] = useState("");
-  const [error, setError] = useState(initialError || "");
+  const [error, setError] = useState("");
   const [busy, setBusy] = useState(false);
   const submit = async (e) => {
     e.preventDefault();
@@ -85,7 +92,12 @@ function Gate({ onConnect, initialError }) {
 
 // ------------------------------------------------------------------ app shell
 
+const EVERY_DAG_PAGES = new Set(["/metrics", "/workers"]); // pages over every DAG at once
 const NAV = [["/", "Dashboard"], ["/dags", "DAGs"], ["/runs", "Runs"], ["/metrics", "Metrics"], ["/workers", "Workers"]];
+// the pages only some roles have (common.js `can` reads GET /api/me's permissions)
+const navFor = (config) => [...NAV.filter(([href]) => seesEveryDag() || !EVERY_DAG_PAGES.has(href)),
+  ...(can("audit") ? [["/audit", "Audit"]] : []),
+  ...(can("admin") && usesAccounts(config) ? [["/admin", "Users & keys"]] : [])];
 
 function ThemeToggle() {
   const dark = () => document.documentElement.dataset.theme === "dark" ||
@@ -101,43 +113,61 @@ function ThemeToggle() {
   return html`<button onClick=${toggle} aria-label="Toggle light/dark theme" title="Toggle theme">${isDark ? "☀ Light" : "☾ Dark"}</button>`;
 }
 
+const NotAllowed = ({ what }) => html`<main><h1>Not available to your role</h1>
+  <p class="muted" data-not-allowed>Your role (${me?.role || "unknown"}) may not ${what}.</p><p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
+
+const NoUsers = () => html`<main><h1>No users on this server</h1>
+  <p class="muted" data-no-users>Users and their API keys exist with <code>auth_mode: builtin</code> or <code>oidc</code> in nagare.yaml; this server uses one API key (or none).</p>
+  <p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
+
 function App() {
-  const [auth, setAuth] = useState("probing"); // probing | gate | ok
-  const [gateError, setGateError] = useState("");
+  // view: probing | gate (API key) | signin (users) | ok; config: GET /api/auth/config
+  const [auth, setAuth] = useState({ view: "probing", config: null, notice: "" });
   const loc = useLocation();
+  const start = async (notice = "") => {
+    const config = await authConfig();
+    const view = await startView(config);
+    setAuth({ view, config, notice });
+  };
   useEffect(() => {
+    // a 401 from any call: the key or the session no longer works
     setOnUnauthorized(() => {
-      try { localStorage.removeItem(KEY); } catch { /* ignore */ }
-      setGateError(storedKey() ? "" : "");
-      setAuth("gate");
+      forgetKey();
+      setMe(null);
+      setAuth((a) => (usesAccounts(a.config)
+        ? { ...a, view: "signin", notice: a.view === "ok" ? EXPIRED : a.notice }
+        : { ...a, view: "gate" }));
     });
-    fetch("/api/stats", { headers: storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {} })
-      .then((r) => {
-        if (r.status === 401) { try { localStorage.removeItem(KEY); } catch { /* ignore */ } setAuth("gate"); } else setAuth("ok");
-      })
-      .catch(() => setAuth("ok"));
+    start();
   }, []);
-  const disconnect = () => { try { localStorage.removeItem(KEY); } catch { /* ignore */ } setGateError(""); setAuth("gate"); };
+  const disconnect = () => { forgetKey(); start(); };
+  const signedOut = () => { setMe(null); setAuth((a) => ({ ...a, view: "signin", notice: SIGNED_OUT })); };
+  const { view, config } = auth;
   const path = loc.split("?")[0];
   const params = new URLSearchParams(loc.split("?")[1] || "");
   let page;
-  if (auth === "probing") page = html`<main class="boot">Loading dashboard…</main>`;
-  else if (auth === "gate") page = html`<${Gate} initialError=${gateError} onConnect=${() => setAuth("ok")} />`;
+  if (view === "probing") page = html`<main class="boot">Loading dashboard…</main>`;
+  else if (view === "gate") page = html`<${Gate} onConnect=${() => start()} />`;
+  else if (view === "signin") page = html`<${SignIn} config=${config} notice=${auth.notice} onSignedIn=${() => start()} />`;
   else if (path === "/") page = html`<${Dashboard} />`;
-  else if (path === "/dags/edit" || path === "/dags/new") page = html`<${DagEditor} key=${loc} file=${path === "/dags/new" ? null : params.get("file")} line=${params.get("line")} />`;
+  else if (path === "/dags/edit" || path === "/dags/new") page = can("edit") ? html`<${DagEditor} key=${loc} file=${path === "/dags/new" ? null : params.get("file")} line=${params.get("line")} />` : html`<${NotAllowed} what="edit DAG files" />`;
   else if (path === "/dags" || path === "/dags/") page = params.get("id") ? html`<${DagDetail} key=${params.get("id")} dagId=${params.get("id")} />` : html`<${DagList} />`;
   else if (path === "/runs" || path === "/runs/") page = params.get("id") ? html`<${RunDetail} key=${params.get("id")} runId=${params.get("id")} focusTask=${params.get("task")} />` : html`<${RunsPage} />`;
+  else if (EVERY_DAG_PAGES.has(path) && !seesEveryDag()) page = html`<${NotAllowed} what="see pages over every DAG (your role sees only some DAGs)" />`;
   else if (path === "/metrics") page = html`<${MetricsPage} since=${params.get("since")} dag=${params.get("dag")} />`;
   else if (path === "/workers") page = html`<${WorkersPage} />`;
+  else if (path === "/audit") page = can("audit") ? html`<${AuditPage} />` : html`<${NotAllowed} what="read the audit log" />`;
+  else if (path === "/admin") page = !usesAccounts(config) ? html`<${NoUsers} />` : can("admin") ? html`<${AdminPage} />` : html`<${NotAllowed} what="manage users and API keys" />`;
   else page = html`<main><h1>Page not found</h1><p><${Link} href="/">Back to the dashboard</${Link}></p></main>`;
   const active = (href) => (href === "/" ? path === "/" : path.startsWith(href));
   return html`
     <header class="top">
       <${Link} href="/" class="brand">≋ NAGARE</${Link}>
-      ${auth === "ok" && html`<nav aria-label="Main">${NAV.map(([href, label]) => html`<${Link} href=${href} class=${active(href) ? "active" : ""} aria-current=${active(href) ? "page" : undefined}>${label}</${Link}>`)}</nav>`}
-      ${auth !== "ok" && html`<span class="spacer"></span>`}
+      ${view === "ok" && html`<nav aria-label="Main">${navFor(config).map(([href, label]) => html`<${Link} href=${href} class=${active(href) ? "active" : ""} aria-current=${active(href) ? "page" : undefined}>${label}</${Link}>`)}</nav>`}
+      ${view !== "ok" && html`<span class="spacer"></span>`}
       <${ThemeToggle} />
-      ${auth === "ok" && storedKey() && html`<button class="danger" onClick=${disconnect}>Disconnect</button>`}
+      ${view === "ok" && html`<${UserMenu} config=${config} onSignOut=${signedOut} onDisconnect=${disconnect} />`}
+      ${view === "ok" && !usesAccounts(config) && storedKey() && html`<button class="danger" onClick=${disconnect}>Disconnect</button>`}
     </header>
     ${page}
     <${Toasts} />`;
@@ -310,6 +340,7 @@ function PauseSwitch({ dag, onChange }) {
     } catch (e) { setPaused(!next); pushToast(`Action failed: ${e.message}`, true); }
   };
   if (manualOnly(dag)) return html`<span class="small muted" data-manual-only title="No schedule and no webhook: it runs only when triggered, so there is nothing to pause">manual only</span>`;
+  if (!can("operate")) return html`<span class="small muted" data-active-state>${paused ? "Paused" : "Active"}</span>`;
   return html`<label class="switch-label" title=${paused ? "Paused: its schedule and webhooks do not start runs — click to activate" : "Active: its schedule and webhooks start runs — click to pause"}>
     <input type="checkbox" role="switch" class="switch" checked=${!paused} onChange=${toggle}
     aria-label=${`${dag.dag_id} active`} /><span aria-hidden="true">${paused ? "Paused" : "Active"}</span></label>`;
@@ -319,7 +350,7 @@ function DagTable({ dags, reload }) {
   if (!dags) return html`<p class="muted">Loading…</p>`;
   if (!dags.length) return html`<p class="empty">No DAGs loaded. Put YAML files in the DAG folder.</p>`;
   return html`<div class="tablewrap"><table class="dags stack-sm">
-    <thead><tr><th>DAG</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Active</th><th>Actions</th></tr></thead>
+    <thead><tr><th>DAG</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Active</th>${can("operate") && html`<th>Actions</th>`}</tr></thead>
     <tbody>${dags.map((d) => html`<tr key=${d.dag_id} data-dag=${d.dag_id}>
       <td class="card-title"><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}>
         <div class="muted small trunc" title=${d.description}>${d.description}</div>
@@ -328,7 +359,7 @@ function DagTable({ dags, reload }) {
       <td class="small" data-label="Next run">${d.paused ? "—" : fmtTime(d.next_run_at)}</td>
       <td data-label="Last run">${d.last_run ? html`<${Link} href=${runHref(d.last_run.run_id)}><${StatusBadge} status=${d.last_run.status} /></${Link}>` : html`<span class="muted">—</span>`}</td>
       <td data-label="Active"><${PauseSwitch} dag=${d} onChange=${reload} /></td>
-      <td class="card-actions"><${TriggerButtons} dag=${d} /></td></tr>`)}</tbody></table></div>`;
+      ${can("operate") && html`<td class="card-actions"><${TriggerButtons} dag=${d} /></td>`}</tr>`)}</tbody></table></div>`;
 }
 
 function retryRun(run, after) {
@@ -387,7 +418,7 @@ function RunsTable({ dagId, limit = 20, showFilters = true, dags }) {
         <td class="hide-sm small">${fmtTime(r.execution_date)}</td>
         <td><${TriggerBadge} trigger=${r.trigger} /></td>
         <td class="num">${r.started_at || TERMINAL_RUN.has(r.status) ? fmtDur(elapsed(r, now)) : html`<span class="muted small" data-not-started>not started</span>`}</td>
-        <td>${r.status === "running" || r.status === "queued" ? html`<${KillButton} what="run" name=${r.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(r, load)} action="kill-run" />` : ""}</td>
+        <td>${(r.status === "running" || r.status === "queued") && can("operate") ? html`<${KillButton} what="run" name=${r.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(r, load)} action="kill-run" />` : ""}</td>
       </tr>`)}</tbody></table></div>
     ${data && !data.data.length && html`<p class="empty">No runs found</p>`}
     ${data && data.total > limit && html`<div class="pager">
@@ -401,7 +432,7 @@ function useDags() {
   const [dags, setDags] = useState(null);
   const [errors, setErrors] = useState({});
   const load = async () => {
-    const [d, e] = await Promise.all([api("/api/dags"), api("/api/dags/errors")]);
+    const [d, e] = await Promise.all([api("/api/dags"), seesEveryDag() ? api("/api/dags/errors") : {}]);
     setDags(d); setErrors(e);
   };
   usePoll(load, 10000, []);
@@ -413,17 +444,17 @@ function useDags() {
 function Dashboard() {
   const [stats, setStats] = useState(null);
   const [dags, errors, reload] = useDags();
-  usePoll(async () => setStats(await api("/api/stats")), 3000, []);
+  usePoll(async () => { if (seesEveryDag()) setStats(await api("/api/stats")); }, 3000, []);
   useEffect(() => { document.title = "Nagare | Dashboard"; }, []);
   const card = (label, value, extra = "", alert = false, href = "/runs") => html`<${StatCard} label=${label} value=${value} extra=${extra} alert=${alert} href=${href} />`;
   return html`<main>
     <h1>Dashboard</h1>
-    <div class="cards">
+    ${seesEveryDag() && html`<div class="cards">
       ${card("Active runs", stats?.active_runs, stats ? `${stats.running_tasks} tasks running, ${stats.queued_tasks} queued` : "", false, "/runs?status=running")}
       ${card("Failed runs (24 h)", stats?.failed_runs_24h, "", stats?.failed_runs_24h > 0, "/runs?status=failed")}
       ${card("Total runs", stats?.total_runs)}
       ${card("Loaded DAGs", stats?.loaded_dags, stats?.dag_errors ? `${stats.dag_errors} with errors` : "", stats?.dag_errors > 0, "/dags")}
-    </div>
+    </div>`}
     <${DagErrors} errors=${errors} />
     <section class="panel"><h2>DAGs</h2><${DagTable} dags=${dags} reload=${reload} /></section>
     <section class="panel"><div class="row"><h2>Recent runs</h2><span class="spacer"></span><${Link} href="/runs">All runs ›</${Link}></div>
@@ -434,7 +465,7 @@ function Dashboard() {
 function DagList() {
   const [dags, errors, reload] = useDags();
   const [edits, setEdits] = useState(false); // allow_dag_edits: the server says (GET /api/stats)
-  useEffect(() => { api("/api/stats").then((s) => setEdits(s.dag_edits !== false)).catch(() => setEdits(false)); }, []);
+  useEffect(() => { if (can("edit")) api("/api/stats").then((s) => setEdits(s.dag_edits !== false)).catch(() => setEdits(false)); }, []);
   const [query, setQuery] = useQuery();
   const chosen = query.getAll("tag");
   const setChosen = (tags) => setQuery({ tag: tags });
@@ -446,7 +477,7 @@ function DagList() {
   };
   // a DAG is shown when it has any of the chosen tags (as Airflow's tag filter)
   const shown = dags && (chosen.length ? dags.filter((d) => (d.tags || []).some((t) => chosen.includes(t))) : dags);
-  return html`<main><h1>DAGs <span class="spacer"></span>${edits && html`<${Link} href=${NEW_DAG_HREF} class="btn" data-new-dag>New DAG</${Link}>`}</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
+  return html`<main><h1>DAGs <span class="spacer"></span>${edits && can("edit") && html`<${Link} href=${NEW_DAG_HREF} class="btn" data-new-dag>New DAG</${Link}>`}</h1><${GitSyncStatus} onCommit=${reload} /><${DagErrors} errors=${errors} />
     ${tags.length > 0 && html`<div class="row tagfilter" role="group" aria-label="Filter by tag">
       <span class="small muted">Tags</span>
       ${tags.map((t) => html`<button type="button" class="chip" aria-pressed=${chosen.includes(t) ? "true" : "false"} data-tag=${t} onClick=${() => toggleTag(t)}>${t}</button>`)}
@@ -711,7 +742,8 @@ function DagDetail({ dagId }) {
   const [yaml, setYaml] = useState(null);
   const [error, setError] = useState(null);
   const [query, setQuery] = useDagPageQuery();
-  const tab = DAG_TABS.some(([t]) => t === query.get("tab")) ? query.get("tab") : "graph";
+  const tabs = dagTabs();
+  const tab = tabs.some(([t]) => t === query.get("tab")) ? query.get("tab") : "graph";
   const setTab = (t) => setQuery({ tab: t === "graph" ? null : t });
   const [latest, setLatest] = useState(null);
   useEffect(() => { document.title = `Nagare | ${dagId}`; }, [dagId]);
@@ -724,7 +756,7 @@ function DagDetail({ dagId }) {
       setLatest({ run, tasks });
     }
   }, latest && !TERMINAL_RUN.has(latest.run.status) ? 1500 : 5000, [dagId, latest && TERMINAL_RUN.has(latest.run.status)]);
-  useEffect(() => { api(`/api/dags/${enc(dagId)}/yaml`, { text: true }).then(setYaml).catch(() => setYaml("")); }, [dagId]);
+  useEffect(() => { if (can("source")) api(`/api/dags/${enc(dagId)}/yaml`, { text: true }).then(setYaml).catch(() => setYaml("")); }, [dagId]);
   const fans = useMemo(() => (latest ? mapChildren(latest.tasks) : null), [latest]);
   if (error) return html`<main><h1>${dagId}</h1><${ErrorLine} error=${error} /><p><${Link} href="/dags">All DAGs</${Link}></p></main>`;
   if (!dag) return html`<main><p class="muted">Loading…</p></main>`;
@@ -742,11 +774,11 @@ function DagDetail({ dagId }) {
     yaml: () => (yaml == null ? html`<p class="muted">Loading…</p>` : yaml ? html`<${YamlView} text=${yaml} />` : html`<p class="muted">YAML source not available.</p>`),
   }[tab];
   const tabKeys = (e) => {
-    const i = DAG_TABS.findIndex(([t]) => t === tab);
-    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: DAG_TABS.length - 1 }[e.key];
+    const i = tabs.findIndex(([t]) => t === tab);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
     if (next == null) return;
     e.preventDefault();
-    const [t] = DAG_TABS[(next + DAG_TABS.length) % DAG_TABS.length];
+    const [t] = tabs[(next + tabs.length) % tabs.length];
     setTab(t);
     setTimeout(() => document.getElementById(`dag-tab-${t}`)?.focus(), 0);
   };
@@ -754,12 +786,12 @@ function DagDetail({ dagId }) {
     <h1>${dag.dag_id} <span class="badge muted">${dag.schedule_description || dag.schedule}</span>
       ${dag.paused && html`<span class="badge st-queued">paused</span>`}
       ${live && html`<span class="badge st-running pulse">live</span>`}
-      <span class="spacer"></span><${PauseSwitch} dag=${dag} /> <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} /></h1>
+      <span class="spacer"></span><${PauseSwitch} dag=${dag} />${can("operate") && html` <${TriggerButtons} dag=${dag} /> <${BackfillButton} dag=${dag} />`}</h1>
     <p class="muted">${dag.description}</p>
-    <p class="small muted">File ${dag.file} · <${Link} href=${editorHref(dag.file)} data-edit-file>Edit</${Link}>${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
+    <p class="small muted">File ${dag.file}${can("edit") && html` · <${Link} href=${editorHref(dag.file)} data-edit-file>Edit</${Link}>`}${dag.next_run_at && !dag.paused ? ` · next run ${fmtTime(dag.next_run_at)}` : ""}${dag.trigger ? ` · webhook ${dag.trigger.method || ""} ${dag.trigger.path || ""}` : ""}</p>
     <div class=${wide ? "" : "grid2"}>
       <section class="panel"><div class="tabs" role="tablist" aria-label="DAG views" onKeyDown=${tabKeys}>
-          ${DAG_TABS.map(([t, name]) => html`<button key=${t} role="tab" id=${`dag-tab-${t}`} aria-selected=${tab === t} aria-controls="dag-tabpanel"
+          ${tabs.map(([t, name]) => html`<button key=${t} role="tab" id=${`dag-tab-${t}`} aria-selected=${tab === t} aria-controls="dag-tabpanel"
             tabindex=${tab === t ? 0 : -1} onClick=${() => setTab(t)}>${name}</button>`)}</div>
         <div role="tabpanel" id="dag-tabpanel" aria-labelledby=${`dag-tab-${tab}`}>${panel()}</div>
       </section>
@@ -768,6 +800,8 @@ function DagDetail({ dagId }) {
 }
 
 const DAG_TABS = [["graph", "Graph"], ["grid", "Grid"], ["calendar", "Calendar"], ["versions", "Versions"], ["yaml", "YAML"]];
+// the YAML tab needs the permission to read DAG sources
+const dagTabs = () => DAG_TABS.filter(([t]) => t !== "yaml" || can("source"));
 
 // base task_id -> its map children (task rows), for the fan-out in the graph.
 function mapChildren(tasks) {
@@ -826,7 +860,7 @@ function RunDetail({ runId, focusTask }) {
   usePoll(load, finished || gone ? 0 : 800, [runId, finished, gone]);
   // the graph of the version the run followed (the DAG may have changed since), else the loaded one
   useEffect(() => {
-    if (run && !dag) api(`/api/dags/${enc(run.dag_id)}/versions/${enc(run.dag_version)}`)
+    if (run && !dag) (can("source") ? api(`/api/dags/${enc(run.dag_id)}/versions/${enc(run.dag_version)}`) : Promise.reject(null))
       .catch(() => api(`/api/dags/${enc(run.dag_id)}`)).then(setDag).catch(() => setDag({ tasks: [] }));
   }, [run?.dag_id]);
   useEffect(() => { document.title = `Nagare | ${runId}`; }, [runId]);
@@ -856,9 +890,9 @@ function RunDetail({ runId, focusTask }) {
   const running = !TERMINAL_RUN.has(run.status);
   return html`<main>
     <h1><span class="mono">${run.run_id}</span> <${StatusBadge} status=${run.status} /> <${WarningBadge} run=${run} />
-      ${running && html`<${KillButton} what="run" name=${run.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(run, load)} action="kill-run" />`}
+      ${running && can("operate") && html`<${KillButton} what="run" name=${run.run_id} message=${KILL_RUN_MESSAGE} onKill=${() => killRun(run, load)} action="kill-run" />`}
       <span class="spacer"></span>
-      ${!running && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
+      ${!running && can("operate") && top.some((t) => RETRIED_RUN.has(t.status)) && html`<button onClick=${() => retryRun(run, load)} data-action="retry-run" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry failed</button>`}
       <button onClick=${load}>↻ Refresh</button></h1>
     ${tasks.filter((t) => t.status === "waiting" && t.waiting_for?.type === "approval").map((t) => html`<${ApprovalBanner} key=${t.id} run=${run} task=${t} reload=${load} />`)}
     ${run.reason && html`<p class="reason" data-reason data-run-reason>${run.status === "skipped" ? "Skipped" : run.status === "cancelled" ? "Cancelled" : "Ended"}: ${run.reason}</p>`}
@@ -931,6 +965,8 @@ function ApprovalBanner({ run, task, reload }) {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
   const id = `approval-${task.id}`;
+  // a signed-in user or a created key answers as itself (the server ignores a typed name)
+  const signedAs = me && (me.kind === "session" || me.kind === "key") ? me.name : "";
   const answer = async (verb) => {
     setBusy(true); setError(null);
     try {
@@ -944,14 +980,15 @@ function ApprovalBanner({ run, task, reload }) {
     <h2 id=${`${id}-title`}>Waiting for approval · <span class="mono">${task.task_id}</span></h2>
     <p class="approval-message" data-approval-message>${w.message || "Approve to continue this run, or reject to fail the task."}</p>
     <p class="small muted">${approvers.length ? `Only ${approvers.join(", ")} may answer.` : "Anyone with access may answer."}${w.until ? ` Fails if unanswered by ${fmtTime(w.until)}.` : ""}</p>
-    <div class="approval-form">
-      <label><span>Your name${approvers.length ? "" : " (optional)"}</span><input value=${by} onInput=${(e) => setBy(e.target.value)} autocomplete="username" data-approval-by /></label>
+    ${can("operate") ? html`<div class="approval-form">
+      ${signedAs ? html`<p class="small" data-approval-as>You answer as <strong>${signedAs}</strong>.</p>`
+        : html`<label><span>Your name${approvers.length ? "" : " (optional)"}</span><input value=${by} onInput=${(e) => setBy(e.target.value)} autocomplete="username" data-approval-by /></label>`}
       <label class="grow"><span>Comment (optional)</span><input value=${comment} onInput=${(e) => setComment(e.target.value)} data-approval-comment /></label>
       <div class="row">
         <button class="approve" disabled=${busy} onClick=${() => answer("approve")} data-action="approve">✓ Approve</button>
         <button class="danger" disabled=${busy} onClick=${() => answer("reject")} data-action="reject">✕ Reject</button>
       </div>
-    </div>
+    </div>` : html`<p class="small muted" data-no-answer>Your role may not answer it.</p>`}
     <${ErrorLine} error=${error} />
   </section>`;
 }
@@ -985,8 +1022,8 @@ function TaskRow({ run, task, tasks, open, onToggle, reload, now }) {
       ${outputCount(task) > 0 && html`<span class="badge muted" title="outputs published" data-output-count>${outputCount(task)} output${outputCount(task) > 1 ? "s" : ""}</span>`}
       <span class="spacer"></span>
       ${task.message && !task.reason && html`<span class="small muted trunc" title=${task.message}>${task.message}</span>`}
-      ${task.status === "running" || task.status === "queued" || task.status === "waiting" ? html`<${KillButton} what="task" name=${task.task_id} message=${KILL_TASK_MESSAGE} onKill=${() => act("kill")} action="kill-task" />` : ""}
-      ${TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
+      ${!can("operate") ? "" : task.status === "running" || task.status === "queued" || task.status === "waiting" ? html`<${KillButton} what="task" name=${task.task_id} message=${KILL_TASK_MESSAGE} onKill=${() => act("kill")} action="kill-task" />` : ""}
+      ${can("operate") && TERMINAL_TASK.has(task.status) && !isParent && !HANDLER_IDS.has(task.task_id) && run.status !== "skipped" && run.reason !== "superseded" ? html`<button onClick=${() => act("retry")} data-action="retry" aria-label=${`Retry task ${task.task_id}`}>↻ Retry</button>` : ""}
     </div>
     ${task.reason && html`<p class="reason" data-reason>${task.status === "waiting" || task.status === "queued" ? "" : task.status === "skipped" ? "skipped: " : "not run: "}${task.reason}</p>`}
     ${open && html`<div class="body"><${TaskDetails} run=${run} task=${task} tasks=${tasks} /><${Outputs} task=${task} /><${TaskLogs} run=${run} task=${task} /></div>`}

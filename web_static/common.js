@@ -26,10 +26,27 @@ export class ApiError extends Error {
   constructor(status, message, details = []) { super(message); this.status = status; this.details = details; }
 }
 
-export async function api(path, { method = "GET", body, text = false, key } = {}) {
+// Who the dashboard is signed in as (GET /api/me): its role's permissions decide what is shown;
+// null before the answer, or from a server without users (then everything is shown).
+export let me = null;
+let csrfToken = ""; // a signed-in session's token, sent back on every write (X-CSRF-Token)
+export function setMe(who) { me = who || null; csrfToken = who?.csrf || ""; }
+// Whether the role sees every DAG (not limited to some tags: nagare.yaml `roles:`). Routes over
+// every DAG at once (counters, pools, load errors, metrics overview, DAG files) are its only.
+export const seesEveryDag = () => !me || me.tags == null;
+const EVERY_DAG = new Set(["edit"]); // every route of this permission covers all DAGs
+export const can = (permission) => !me || ((me.permissions || []).includes(permission) && (seesEveryDag() || !EVERY_DAG.has(permission)));
+
+// The credentials of a request: the stored API key, and on a write the session's CSRF token.
+export function authHeaders(method = "GET", key = storedKey()) {
   const headers = {};
-  const k = key ?? storedKey();
-  if (k) headers.Authorization = `Bearer ${k}`;
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (csrfToken && method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken;
+  return headers;
+}
+
+export async function api(path, { method = "GET", body, text = false, key } = {}) {
+  const headers = authHeaders(method, key ?? storedKey());
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (res.status === 401 && key === undefined) onUnauthorized();

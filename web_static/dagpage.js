@@ -6,6 +6,7 @@ import {
   ErrorLine,
   Link,
   api,
+  can,
   enc,
   fmtTime,
   html,
@@ -337,19 +338,20 @@ export function DagVersions({ dagId, from, to, onPick }) {
   return html`<div data-versions-tab>
     <div class="tablewrap"><table class="versions" data-versions>
       <caption class="visually-hidden">Stored versions of ${dagId}, newest first</caption>
-      <thead><tr><th scope="col">Version</th><th scope="col">First seen</th><th scope="col" class="num">Runs</th><th scope="col" class="hide-sm">Last run</th><th scope="col">Compare</th></tr></thead>
+      <thead><tr><th scope="col">Version</th><th scope="col">First seen</th><th scope="col" class="num">Runs</th><th scope="col" class="hide-sm">Last run</th>${can("source") && html`<th scope="col">Compare</th>`}</tr></thead>
       <tbody>${vs.map((v) => html`<tr key=${v.digest} data-version=${v.digest}>
         <td><span class="mono" title=${v.digest}>${short(v.digest)}</span>${v.current && html` <span class="badge st-success">loaded now</span>`}</td>
         <td class="small">${v.stored ? fmtTime(v.first_seen) : "not run yet"}</td>
         <td class="num">${v.runs}</td>
         <td class="hide-sm small">${v.last_run_id ? html`<${Link} href=${runHref(v.last_run_id)} class="mono trunc">${v.last_run_id}</${Link}>` : "—"}</td>
-        <td class="row small">
+        ${can("source") && html`<td class="row small">
           <label><input type="radio" name="diff-from" checked=${v.digest === left} onChange=${() => onPick(v.digest, right)} aria-label=${`Compare from version ${short(v.digest)}`} /> from</label>
           <label><input type="radio" name="diff-to" checked=${v.digest === right} onChange=${() => onPick(left, v.digest)} aria-label=${`Compare to version ${short(v.digest)}`} /> to</label>
-        </td></tr>`)}</tbody>
+        </td>`}</tr>`)}</tbody>
     </table></div>
     <p class="small muted">A version is stored when a run first follows it; each run keeps the version it ran (its run page draws that one). The text is the stored definition, without empty fields and source line numbers.</p>
     ${vs.length < 2 ? html`<p class="empty">Only one version so far: nothing to compare.</p>`
+      : !can("source") ? html`<p class="small muted" data-no-source>Your role may not read DAG definitions, so versions cannot be compared here.</p>`
       : html`<${VersionDiff} dagId=${dagId} left=${left} right=${right} />`}
   </div>`;
 }

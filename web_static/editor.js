@@ -7,11 +7,12 @@ import {
   ApiError,
   Link,
   api,
+  authHeaders,
+  can,
   enc,
   html,
   navigate,
   pushToast,
-  storedKey,
   useEffect,
   useMemo,
   useRef,
@@ -72,9 +73,7 @@ function Highlighted({ lines }) {
 // ------------------------------------------------------------------ validation
 
 async function validate(text) {
-  const headers = { "Content-Type": "text/yaml" };
-  const key = storedKey();
-  if (key) headers.Authorization = `Bearer ${key}`;
+  const headers = { ...authHeaders("POST"), "Content-Type": "text/yaml" };
   const res = await fetch("/api/dags/validate", { method: "POST", headers, body: text });
   if (!res.ok) throw new ApiError(res.status, `validation failed (HTTP ${res.status})`);
   return res.json();
@@ -287,7 +286,8 @@ export function DagErrors({ errors }) {
     <summary>DAG load errors (${n})</summary>
     <ul>${files.map(([file, msgs]) => msgs.map((m) => {
       const { line, text } = splitError(file, m);
-      return html`<li data-error-file=${file}><${Link} href=${editorHref(file, line)} class="mono">${file}${line ? `:${line}` : ""}</${Link}>: ${text}</li>`;
+      const where = `${file}${line ? `:${line}` : ""}`;
+      return html`<li data-error-file=${file}>${can("edit") ? html`<${Link} href=${editorHref(file, line)} class="mono">${where}</${Link}>` : html`<span class="mono">${where}</span>`}: ${text}</li>`;
     }))}</ul>
   </details>`;
 }

@@ -1,6 +1,6 @@
 // Git sync status (GET /api/git): the commit the DAGs folder holds, the last attempt and its
 // error, and "Sync now". Shown in the DAGs page header; renders nothing while git sync is off.
-import { ago, api, fmtTime, html, pushToast, useEffect, useNow, usePoll, useRef, useState } from "./common.js";
+import { ago, api, can, fmtTime, seesEveryDag, html, pushToast, useEffect, useNow, usePoll, useRef, useState } from "./common.js";
 
 const POLL_MS = 5000;
 const FOLDER_SCAN_MS = 1200; // the folder watcher loads a new commit's files within about a second
@@ -11,7 +11,8 @@ export function GitSyncStatus({ onCommit }) {
   const [busy, setBusy] = useState(false);
   const seen = useRef(null);
   const now = useNow(Boolean(git?.enabled));
-  const load = async () => { try { setGit(await api("/api/git")); } catch { /* older server: nothing */ } };
+  // a role limited to some DAGs does not see the folder they all come from
+  const load = async () => { if (!seesEveryDag()) return; try { setGit(await api("/api/git")); } catch { /* older server: nothing */ } };
   usePoll(load, POLL_MS, []);
   useEffect(() => {
     if (!git?.enabled) return undefined;
@@ -43,7 +44,7 @@ export function GitSyncStatus({ onCommit }) {
         <span class="muted"> of </span><span class="gitsync-url">${git.url}</span>
         ${git.subdirectory && html`<span class="muted"> / </span><code>${git.subdirectory}</code>`}</span>
       <span class="spacer"></span>
-      <button type="button" onClick=${syncNow} disabled=${busy} data-action="git-sync">Sync now</button>
+      ${can("edit") && html`<button type="button" onClick=${syncNow} disabled=${busy} data-action="git-sync">Sync now</button>`}
     </div>
     ${git.commit && html`<p class="gitsync-commit small">
       <span class="muted">Commit</span> <code title=${git.commit} data-testid="gitsync-sha">${git.commit.slice(0, 10)}</code>${" "}

@@ -12,6 +12,7 @@ import {
   TriggerBadge,
   WarningBadge,
   api,
+  can,
   dagHref,
   elapsed,
   fmtDur,
@@ -108,6 +109,7 @@ function Filters({ query, setQuery, dags }) {
 }
 
 function RunActions({ run, kill, retry }) {
+  if (!can("operate")) return html`<span class="row run-actions"></span>`;
   return html`<span class="row run-actions">
     ${canKill(run) && html`<${KillButton} what="run" name=${run.run_id} message=${KILL_RUN_MESSAGE} onKill=${kill} action="kill" />`}
     ${canRetry(run) && html`<button onClick=${retry} aria-label=${`Retry run ${run.run_id}`} data-action="retry" title="Run every failed, upstream failed and cancelled task again, in this run">↻ Retry</button>`}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from nagare import __version__
 from nagare.clock import now_ms
 from nagare.cluster.protocol import (
+    PROTOCOL,
     Directives,
     LogAck,
     LogBatch,
@@ -49,7 +50,7 @@ from nagare.models import (
     TaskInstance,
     TaskStatus,
 )
-from nagare.store import HeldAttempt, WorkerRecord
+from nagare.store import Exchange, HeldAttempt, WorkerRecord
 
 log = logging.getLogger("nagare.cluster")
 # What a worker runs: commands, map children (parents never reach the queue) and the step types
@@ -89,8 +90,24 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
     class _CoordinatorWorkers(Protocol):
         def claim(
-            self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
+            self,
+            worker_id: str,
+            pools: Sequence[str],
+            count: int,
+            now: int,
+            lease_until: int,
+            capacity: int | None = None,
         ) -> list[Claim]: ...
+
+        def exchange(
+            self,
+            seen: WorkerRecord,
+            leaving: bool,
+            finishes: Sequence[AttemptFinish],
+            held: Sequence[tuple[str, int]],
+            now: int,
+            lease_until: int,
+        ) -> Exchange: ...
 
         def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
 
@@ -147,7 +164,7 @@ class Coordinator:
         self._waiting: Counter[str] = Counter()  # worker id -> its polls waiting now
         self._generation = 0  # bumped whenever waiting polls should look again
         self._cancels: dict[str, set[str]] = {}  # worker id -> task instances to stop
-        self._open_logs: dict[tuple[str, int], tuple[str, AttemptLog]] = {}
+        self._open: dict[tuple[str, int], _OpenAttempt] = {}  # handed out: worker, log, claim
         self._logs_lock = threading.Lock()
         self._stopping = False
         self.liveness = Heartbeat("lease_reaper", 1.0)
@@ -218,6 +235,7 @@ class Coordinator:
             heartbeat_seconds=self.heartbeat_seconds,
             poll_wait_seconds=self.poll_wait_seconds,
             version=__version__,
+            protocol=PROTOCOL,
         )
 
     @property
@@ -238,32 +256,36 @@ class Coordinator:
     def poll(
         self, request: PollRequest, client_gone: Callable[[], bool] = lambda: False
     ) -> Directives:
-        """Long poll: answers as soon as there is work, a kill, or `wait_seconds` passed. No
-        work is handed out once the worker has hung up (it died while waiting)."""
+        """Long poll: records the results it carries, renews leases and hands out work in one
+        transaction, then answers as soon as there is work, a kill, or `wait_seconds` passed.
+        No work is handed out once the worker has hung up (it died while waiting)."""
         hello = request.hello
-        directives = self._seen(hello)
         deadline = time.monotonic() + min(request.wait_seconds, self.poll_wait_seconds)
+        with self._cond:
+            generation = self._generation
+        directives = self._exchange(hello, request.results)
         while True:
-            with self._cond:
-                generation = self._generation
             directives.cancel.extend(self._take_cancels(hello.worker_id))
-            if hello.worker_id in self._leaving or client_gone():
-                return directives
-            # the master's count, not the worker's (its figure is as old as the poll): a slot
-            # frees when the result arrives, and that wakes this poll
-            free = hello.max_tasks - self.store.workers.held_count(hello.worker_id)
-            if free > 0:
-                directives.tasks.extend(self._hand_out(hello, free))
             remaining = deadline - time.monotonic()
             if directives.tasks or directives.cancel or directives.lost or remaining <= 0:
                 return directives
             with self._cond:
-                if self._stopping:
+                if self._stopping or hello.worker_id in self._leaving:
                     return directives
                 if self._generation == generation:
                     self._waiting[hello.worker_id] += 1
                     self._cond.wait(remaining)
                     self._waiting[hello.worker_id] -= 1
+                generation = self._generation
+                if self._stopping or hello.worker_id in self._leaving:
+                    return directives
+            if client_gone():
+                return directives
+            # the master's count, not the worker's (its figure is as old as the poll): a slot
+            # frees when a result arrives, and that wakes this poll
+            free = hello.max_tasks - self.store.workers.held_count(hello.worker_id)
+            if free > 0:
+                directives.tasks.extend(self._hand_out(hello, free))
 
     def waiting_polls(self, worker_id: str) -> int:
         """How many long polls of this worker wait for work right now."""
@@ -271,7 +293,7 @@ class Coordinator:
             return self._waiting[worker_id]
 
     def log_lines(self, batch: LogBatch) -> LogAck:
-        attempt_log = self._attempt_log(batch.worker_id, batch.task_instance_id, batch.attempt)
+        attempt_log = self._attempt(batch.worker_id, batch.task_instance_id, batch.attempt).log
         for stream, line in batch.lines:
             attempt_log.on_line(stream, line)
         with self._cond:
@@ -279,18 +301,71 @@ class Coordinator:
         return LogAck(cancel)
 
     def result(self, result: TaskResult) -> ResultAck:
+        """One result in a request of its own (a worker of protocol 1): recorded like a
+        poll's, refused with Conflict (409) when the worker does not hold the attempt."""
         now = self.clock()
-        claim = self.store.tasks.claim_of(result.task_instance_id, result.attempt)
-        if claim is None:
-            raise NotFound(f"task instance '{result.task_instance_id}' not found")
+        ended = self._prepare(result, now)
+        moved = self.store.workers.finish(ended.finish, result.worker_id, now)
+        ack = self._settle([ended], [moved])[0]
+        if ack.refused:
+            raise Conflict(ack.refused)
+        self._wake()  # the worker has a free slot again: its waiting poll hands it out
+        return ResultAck(ack.status)
+
+    def _exchange(self, hello: WorkerHello, results: Sequence[TaskResult]) -> Directives:
+        """Record the results, refresh the worker, renew its leases and claim work for its free
+        slots: one transaction; then the runs of the recorded results are settled in one
+        scheduler pass and the claims become assignments."""
+        now = self.clock()
+        ended, refused = self._prepare_all(results, now)
+        reported = {(r.task_instance_id, r.attempt) for r in results}
+        exchange = self.store.workers.exchange(
+            self._record_of(hello, now),
+            hello.leaving,
+            [e.finish for e in ended],
+            [h for h in hello.held if h not in reported],  # each has its answer in `results`
+            now,
+            now + self.lease_ms,
+        )
+        self._note_leaving(hello)
+        directives = self._directives(exchange.held)
+        directives.results = refused + self._settle(ended, exchange.recorded)
+        for claim in exchange.claims:
+            assignment = self._assignment(claim, hello.worker_id)
+            if assignment is not None:
+                directives.tasks.append(assignment)
+        return directives
+
+    def _prepare_all(
+        self, results: Sequence[TaskResult], now: int
+    ) -> tuple[list[_Ended], list[ResultAck]]:
+        """Each result's finish (one per attempt, the first if sent twice), or why it is
+        refused before anything is written."""
+        ended: list[_Ended] = []
+        refused: list[ResultAck] = []
+        seen: set[tuple[str, int]] = set()
+        for result in results:
+            key = (result.task_instance_id, result.attempt)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                ended.append(self._prepare(result, now))
+            except (NotFound, Conflict) as err:
+                refused.append(self._refused(result, err.message))
+        return ended, refused
+
+    def _prepare(self, result: TaskResult, now: int) -> _Ended:
+        """How the attempt ended, its last lines and note written to its log; NotFound or
+        Conflict (nothing written) when the worker does not hold it."""
+        held = self._attempt(result.worker_id, result.task_instance_id, result.attempt)
+        claim, attempt_log = held.claim, held.log
         task = claim.task
-        # checked before anything is written to the attempt's log (finish_remote checks again,
-        # in its transaction): a refused late result leaves no trace there
-        holder = self.store.workers.holder(task.id, result.attempt, now)
-        if holder != result.worker_id:
+        # checked before anything is written to the attempt's log (the store checks again, in
+        # its transaction): a refused late result leaves no trace there
+        if self.store.workers.holder(task.id, result.attempt, now) != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
-        attempt_log = self._attempt_log(result.worker_id, task.id, result.attempt)
         for stream, line in result.lines:
             attempt_log.on_line(stream, line)
         outcome = result.outcome
@@ -304,17 +379,40 @@ class Coordinator:
         if finish.message:
             attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
-        moved = self.store.workers.finish(finish, result.worker_id, now)
-        self._close_log(task.id, result.attempt)
-        if moved is None:
-            raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
-        self._discard_cancel(result.worker_id, task.id)
-        self._wake()  # the worker has a free slot again
-        if moved and finish.status is TaskStatus.QUEUED:
-            self.on_queued({task.pool: 1})
-        self.on_finished([(task.run_id, task.id, finish.retry_at)])
-        status = finish.status if moved else self.store.tasks.by_id(task.id).status  # type: ignore[union-attr]
-        return ResultAck(str(status))
+        return _Ended(result, task, finish)
+
+    def _settle(self, ended: Sequence[_Ended], recorded: Sequence[bool | None]) -> list[ResultAck]:
+        """After the transaction: close the logs, wake whoever serves a task queued again,
+        and hand the recorded ones to the scheduler at once (one pass for them all)."""
+        acks = []
+        queued: Counter[str] = Counter()
+        finished = []
+        for end, moved in zip(ended, recorded, strict=True):
+            task, finish = end.task, end.finish
+            self._close_log(task.id, finish.attempt)
+            if moved is None:
+                message = _not_held(end.result.worker_id, task.task_id, finish.attempt)
+                acks.append(self._refused(end.result, message))
+                continue
+            self._discard_cancel(end.result.worker_id, task.id)
+            if moved and finish.status is TaskStatus.QUEUED:
+                queued[task.pool] += 1
+            finished.append((task.run_id, task.id, finish.retry_at))
+            status = finish.status if moved else self._status_of(task.id)
+            acks.append(ResultAck(str(status), task.id, finish.attempt))
+        if queued:
+            self.on_queued(dict(queued))
+        if finished:
+            self.on_finished(finished)
+        return acks
+
+    def _refused(self, result: TaskResult, message: str) -> ResultAck:
+        status = self._status_of(result.task_instance_id)
+        return ResultAck(status, result.task_instance_id, result.attempt, message)
+
+    def _status_of(self, task_instance_id: str) -> str:
+        task = self.store.tasks.by_id(task_instance_id)
+        return "" if task is None else str(task.status)
 
     # ------------------------------------------------------------ leases
 
@@ -345,9 +443,9 @@ class Coordinator:
         if not confirmed:
             finish.message = f"{lost}; {finish.message}"
         with self._logs_lock:
-            entry = self._open_logs.get((task.id, attempt))
+            entry = self._open.get((task.id, attempt))
         # the open log keeps the output tail; after a master restart there is none yet
-        attempt_log = entry[1] if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
+        attempt_log = entry.log if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
         attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
         if entry is None:
@@ -396,7 +494,18 @@ class Coordinator:
     def _seen(self, hello: WorkerHello) -> Directives:
         """Register/refresh the worker and renew the leases of what it holds."""
         now = self.clock()
-        record = WorkerRecord(
+        renewed = self.store.workers.renew(
+            hello.worker_id,
+            hello.held,
+            now + self.lease_ms,
+            self._record_of(hello, now),
+            hello.leaving,
+        )
+        self._note_leaving(hello)
+        return self._directives(renewed)
+
+    def _record_of(self, hello: WorkerHello, now: int) -> WorkerRecord:
+        return WorkerRecord(
             hello.worker_id,
             hello.hostname,
             hello.pools,
@@ -406,9 +515,9 @@ class Coordinator:
             now,
             now,
         )
-        renewed = self.store.workers.renew(
-            hello.worker_id, hello.held, now + self.lease_ms, record, hello.leaving
-        )
+
+    def _note_leaving(self, hello: WorkerHello) -> None:
+        """A leaving worker's polls get no more work (and the one waiting answers now)."""
         with self._cond:
             if hello.leaving:
                 self._leaving.add(hello.worker_id)
@@ -416,6 +525,9 @@ class Coordinator:
                 self._cond.notify_all()
             else:
                 self._leaving.discard(hello.worker_id)
+
+    @staticmethod
+    def _directives(renewed: Sequence[HeldAttempt]) -> Directives:
         directives = Directives()
         for held in renewed:
             if held.lost:
@@ -437,7 +549,7 @@ class Coordinator:
     def _hand_out(self, hello: WorkerHello, free: int) -> list[Assignment]:
         now = self.clock()
         claims = self.store.workers.claim(
-            hello.worker_id, hello.pools, free, now, now + self.lease_ms
+            hello.worker_id, hello.pools, free, now, now + self.lease_ms, hello.max_tasks
         )
         tasks = []
         for claim in claims:
@@ -480,7 +592,7 @@ class Coordinator:
             return None
         attempt_log.set_secrets(tuple(values.values()))
         with self._logs_lock:
-            self._open_logs[(claim.task.id, claim.attempt)] = (worker_id, attempt_log)
+            self._open[(claim.task.id, claim.attempt)] = _OpenAttempt(worker_id, attempt_log, claim)
         attempt_log.note_before_output(f"running on worker {worker_id}")
         if values:
             prepared = with_secrets(prepared, values)
@@ -498,14 +610,14 @@ class Coordinator:
         self.store.workers.finish(finish, worker_id, self.clock())
         self.on_finished([(claim.run.run_id, claim.task.id, finish.retry_at)])
 
-    def _attempt_log(self, worker_id: str, task_instance_id: str, attempt: int) -> AttemptLog:
-        """The open log of an attempt this worker holds (reopened after a master restart);
-        Conflict when it does not hold it."""
+    def _attempt(self, worker_id: str, task_instance_id: str, attempt: int) -> _OpenAttempt:
+        """An attempt this worker was handed, with its open log and claim (reopened after a
+        master restart: NotFound or Conflict when it does not hold it)."""
         key = (task_instance_id, attempt)
         with self._logs_lock:
-            entry = self._open_logs.get(key)
-        if entry is not None and entry[0] == worker_id:
-            return entry[1]
+            entry = self._open.get(key)
+        if entry is not None and entry.worker_id == worker_id:
+            return entry
         claim = self.store.tasks.claim_of(task_instance_id, attempt)
         if claim is None:
             raise NotFound(f"task instance '{task_instance_id}' not found")
@@ -520,15 +632,35 @@ class Coordinator:
         # masks nothing more than the worker already did)
         values, _ = resolve(task_secrets(claim.dag, claim.definition), os.environ, read_secret_file)
         attempt_log.set_secrets(tuple(values.values()))
+        entry = _OpenAttempt(worker_id, attempt_log, claim)
         with self._logs_lock:
-            self._open_logs[key] = (worker_id, attempt_log)
-        return attempt_log
+            self._open[key] = entry
+        return entry
 
     def _close_log(self, task_instance_id: str, attempt: int) -> None:
         with self._logs_lock:
-            entry = self._open_logs.pop((task_instance_id, attempt), None)
+            entry = self._open.pop((task_instance_id, attempt), None)
         if entry is not None:
-            entry[1].close()
+            entry.log.close()
+
+
+@dataclass(frozen=True)
+class _OpenAttempt:
+    """An attempt handed out to a worker: its log, open until the attempt ends, and the claim
+    its result is decided with (as the local pools keep theirs)."""
+
+    worker_id: str
+    log: AttemptLog
+    claim: Claim
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """A result ready to record: the task it ends and how (see `Coordinator._prepare`)."""
+
+    result: TaskResult
+    task: TaskInstance
+    finish: AttemptFinish
 
 
 def _failed(error: str) -> Outcome:

@@ -9,6 +9,11 @@ the master answers. Pure; both sides use these dataclasses and their JSON functi
 | log       | `LogBatch`                   | `LogAck`                       |
 | result    | `TaskResult`                 | `ResultAck`                    |
 
+A poll also carries the worker's finished results (protocol 2, which the master's `Welcome`
+announces): one request records them, renews the leases and hands out new work, and the answer
+acknowledges each result (`Directives.results`). `result` stays for workers of the previous
+release (protocol 1), which send one result per request.
+
 Each message has `encode_<message>(message) -> dict` and a reader: the master reads what a
 worker says with `read_<message>`, strictly (BadRequest naming the field: ids, hostname, pools,
 sizes); the worker reads the master's answers with `decode_<message>`, leniently (a missing or
@@ -34,9 +39,11 @@ RESERVED_WORKER_IDS = frozenset({"local"})
 MAX_POOLS = 32
 MAX_TASKS = 256
 MAX_HELD = 1024
+MAX_RESULTS = MAX_TASKS  # results one poll may carry
 MAX_LINES = 10_000
 STREAMS = frozenset({"stdout", "stderr", "nagare"})
 MAX_WAIT_SECONDS = 30.0
+PROTOCOL = 2  # 2: a poll carries results; 1: results only through the `result` route
 
 
 # ---------------------------------------------------------------- the messages
@@ -64,12 +71,14 @@ class Welcome:
     heartbeat_seconds: float = 5.0
     poll_wait_seconds: float = 10.0
     version: str = ""
+    protocol: int = 1  # a master that does not say is of the first protocol
 
 
 @dataclass(frozen=True)
 class PollRequest:
     hello: WorkerHello
     wait_seconds: float  # the master answers at once when it has work or a kill, else then
+    results: tuple[TaskResult, ...] = ()  # finished attempts, recorded before work is handed out
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Directives:
     tasks: list[Assignment] = field(default_factory=list)  # to run
     cancel: list[str] = field(default_factory=list)  # task instance ids to stop
     lost: list[str] = field(default_factory=list)  # ids it no longer holds: stop, do not report
+    results: list[ResultAck] = field(default_factory=list)  # one per result the poll carried
 
 
 @dataclass(frozen=True)
@@ -108,19 +118,30 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class ResultAck:
-    """The answer to `result`: the task's status once the outcome is recorded."""
+    """The answer to `result` (and, in a poll's answer, to each result it carried): the task's
+    status once the outcome is recorded, or why it was refused (`refused`: the attempt is not
+    the worker's, e.g. its lease ran out or the result was recorded already). Either way the
+    worker is done with the result."""
 
     status: str = ""
+    task_instance_id: str = ""
+    attempt: int = 0
+    refused: str = ""
 
 
 # ---------------------------------------------------------------- register and heartbeat
 
 
 def encode_hello(hello: WorkerHello) -> dict[str, Any]:
-    data = asdict(hello)
-    data["pools"] = list(hello.pools)
-    data["held"] = [list(h) for h in hello.held]
-    return data
+    return {
+        "worker_id": hello.worker_id,
+        "hostname": hello.hostname,
+        "pools": list(hello.pools),
+        "max_tasks": hello.max_tasks,
+        "version": hello.version,
+        "held": [list(h) for h in hello.held],
+        "leaving": hello.leaving,
+    }
 
 
 def read_hello(body: Any) -> WorkerHello:
@@ -152,6 +173,7 @@ def encode_welcome(welcome: Welcome) -> dict[str, Any]:
         "heartbeat_seconds": welcome.heartbeat_seconds,
         "poll_wait_seconds": welcome.poll_wait_seconds,
         "version": welcome.version,
+        "protocol": welcome.protocol,
     }
 
 
@@ -163,6 +185,7 @@ def decode_welcome(data: dict[str, Any]) -> Welcome:
         heartbeat_seconds=_seconds(data, "heartbeat_seconds", defaults.heartbeat_seconds),
         poll_wait_seconds=_seconds(data, "poll_wait_seconds", defaults.poll_wait_seconds),
         version=str(data.get("version", "")),
+        protocol=_whole(data, "protocol", 1),
     )
 
 
@@ -170,24 +193,49 @@ def decode_welcome(data: dict[str, Any]) -> Welcome:
 
 
 def encode_poll(request: PollRequest) -> dict[str, Any]:
-    return {**encode_hello(request.hello), "wait_seconds": request.wait_seconds}
+    data = {**encode_hello(request.hello), "wait_seconds": request.wait_seconds}
+    if request.results:
+        data["results"] = [encode_result(r) for r in request.results]
+    return data
 
 
-def read_poll(body: Any) -> PollRequest:
+def read_poll(body: Any, max_line_chars: int = 65536) -> PollRequest:
     hello = read_hello(body)
     data = _object(body)
     wait = data.get("wait_seconds", 10)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
         raise BadRequest(f"wait_seconds: expected a number of seconds >= 0, found {wait!r}")
-    return PollRequest(hello, min(float(wait), MAX_WAIT_SECONDS))
+    results = _results(data.get("results", []), hello.worker_id, max_line_chars)
+    return PollRequest(hello, min(float(wait), MAX_WAIT_SECONDS), results)
+
+
+def _results(value: Any, worker_id: str, max_line_chars: int) -> tuple[TaskResult, ...]:
+    if not isinstance(value, list) or len(value) > MAX_RESULTS:
+        raise BadRequest(f"results: expected a list of at most {MAX_RESULTS} results")
+    results = []
+    for index, entry in enumerate(value):
+        try:
+            result = read_result(entry, max_line_chars)
+        except BadRequest as err:
+            raise BadRequest(f"results[{index}]: {err.message}") from None
+        if result.worker_id != worker_id:
+            raise BadRequest(
+                f"results[{index}]: a result of worker '{result.worker_id}' in a poll of "
+                f"'{worker_id}'"
+            )
+        results.append(result)
+    return tuple(results)
 
 
 def encode_directives(directives: Directives) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "tasks": [encode_assignment(a) for a in directives.tasks],
         "cancel": list(directives.cancel),
         "lost": list(directives.lost),
     }
+    if directives.results:
+        data["results"] = [encode_result_ack(ack) for ack in directives.results]
+    return data
 
 
 def decode_directives(data: dict[str, Any]) -> Directives:
@@ -195,13 +243,20 @@ def decode_directives(data: dict[str, Any]) -> Directives:
         tasks=[decode_assignment(t) for t in _list(data, "tasks") if isinstance(t, dict)],
         cancel=[i for i in _list(data, "cancel") if isinstance(i, str)],
         lost=[i for i in _list(data, "lost") if isinstance(i, str)],
+        results=[decode_result_ack(a) for a in _list(data, "results") if isinstance(a, dict)],
     )
 
 
+_ASSIGNMENT_FIELDS = tuple(Assignment.__dataclass_fields__)
+
+
 def encode_assignment(assignment: Assignment) -> dict[str, Any]:
-    data = asdict(assignment)
+    """Its fields as they are (no deep copy: the answer is encoded at once)."""
+    data = {name: getattr(assignment, name) for name in _ASSIGNMENT_FIELDS}
     data["volumes"] = list(assignment.volumes)
     data["secrets"] = list(assignment.secrets)
+    if assignment.resources is not None:
+        data["resources"] = asdict(assignment.resources)
     return data
 
 
@@ -298,11 +353,25 @@ def read_result(body: Any, max_line_chars: int = 65536) -> TaskResult:
 
 
 def encode_outcome(outcome: Outcome) -> dict[str, Any]:
-    data = asdict(outcome)
-    data.pop("stdout", None)  # the master captures stdout from the streamed log
-    data.pop("skipped", None)  # decided by the master, never by a worker
-    if not outcome.outputs:
-        data.pop("outputs", None)
+    """Without `stdout` (the master captures it from the streamed log) and `skipped` (decided
+    by the master, never by a worker)."""
+    metrics = outcome.metrics
+    data: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "timed_out": outcome.timed_out,
+        "cancelled": outcome.cancelled,
+        "error": outcome.error,
+        "metrics": {
+            "duration_ms": metrics.duration_ms,
+            "cpu_user_ms": metrics.cpu_user_ms,
+            "cpu_system_ms": metrics.cpu_system_ms,
+            "peak_memory_bytes": metrics.peak_memory_bytes,
+            "exit_code": metrics.exit_code,
+            "executor_type": metrics.executor_type,
+        },
+    }
+    if outcome.outputs:
+        data["outputs"] = outcome.outputs
     return data
 
 
@@ -355,11 +424,21 @@ def _executor_type(value: Any) -> str:
 
 
 def encode_result_ack(ack: ResultAck) -> dict[str, Any]:
-    return {"status": ack.status}
+    data: dict[str, Any] = {"status": ack.status}
+    if ack.task_instance_id:
+        data.update(task_instance_id=ack.task_instance_id, attempt=ack.attempt)
+    if ack.refused:
+        data["refused"] = ack.refused
+    return data
 
 
 def decode_result_ack(data: dict[str, Any]) -> ResultAck:
-    return ResultAck(status=str(data.get("status", "")))
+    return ResultAck(
+        status=str(data.get("status", "")),
+        task_instance_id=str(data.get("task_instance_id", "")),
+        attempt=_whole(data, "attempt", 0),
+        refused=str(data.get("refused", "")),
+    )
 
 
 # ---------------------------------------------------------------- field readers
@@ -415,6 +494,13 @@ def _seconds(data: dict[str, Any], name: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return default
     return float(value)
+
+
+def _whole(data: dict[str, Any], name: str, default: int) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return default
+    return value
 
 
 def _list(data: dict[str, Any], name: str) -> list[Any]:

@@ -27,9 +27,12 @@ from dataclasses import dataclass, replace
 from nagare.client import ApiClient, ApiError
 from nagare.cluster.protocol import (
     MAX_LINES,
+    MAX_RESULTS,
+    PROTOCOL,
     Directives,
     LogBatch,
     PollRequest,
+    ResultAck,
     TaskResult,
     Welcome,
     WorkerHello,
@@ -56,6 +59,7 @@ log = logging.getLogger("nagare.worker")
 BATCH_CHARS = 256 * 1024  # text per log batch: well under the master's 1 MiB body limit
 BUFFER_CHARS = 16 * 1024 * 1024  # unshipped output the worker keeps before tasks must wait
 SHIP_INTERVAL = 0.05
+RESULT_LINGER = 0.002  # seconds: see RemoteWorker._linger
 BATCHES_PER_ROUND = 8
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 FATAL_STATUSES = (400, 401, 403, 404)
@@ -77,6 +81,23 @@ def _shippable(outcome: Outcome) -> Outcome:
         error=f"outputs: {size} bytes in all; a task on a remote worker may publish at most "
         f"{MAX_SHIPPED_OUTPUT_BYTES // 1024} KiB (they travel with its result)",
     )
+
+
+def _batches(results: list[TaskResult]) -> list[list[TaskResult]]:
+    """Results grouped for polls: up to MAX_RESULTS, and about BATCH_CHARS of lines and outputs
+    each (a result larger than that goes alone), so a poll stays under the master's body limit."""
+    batches: list[list[TaskResult]] = []
+    size = 0
+    for result in results:
+        weight = sum(len(line) for _, line in result.lines) + sum(
+            len(k) + len(v) for k, v in (result.outcome.outputs or {}).items()
+        )
+        if not batches or len(batches[-1]) >= MAX_RESULTS or size + weight > BATCH_CHARS:
+            batches.append([])
+            size = 0
+        batches[-1].append(result)
+        size += weight
+    return batches
 
 
 class WorkerRejected(NagareError):
@@ -451,6 +472,8 @@ class RemoteWorker:
         """Ship every task's pending lines, then the results whose lines are all shipped.
         False when the master could not be reached (everything stays for the next try)."""
         with self._lock:
+            if self._results and self.settings.protocol >= PROTOCOL:
+                self._linger()
             self._attach_last_lines()
             keys = list(self._lines)
         for key in keys:
@@ -462,7 +485,20 @@ class RemoteWorker:
                         break
         with self._lock:
             ready = [r for r in self._results if (r.task_instance_id, r.attempt) not in self._lines]
+        if self.settings.protocol >= PROTOCOL:
+            return all(self._deliver(batch) for batch in _batches(ready))
         return all(self._ship_result(result) for result in ready)
+
+    def _linger(self) -> None:
+        """(lock held) A result is ready while other tasks run: give them RESULT_LINGER to end
+        too, so that one poll carries several results (short tasks handed out together end
+        together), not one poll each."""
+        deadline = time.monotonic() + RESULT_LINGER
+        while any(not t.done for t in self._held()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._lock.wait(left)
 
     def _attach_last_lines(self) -> None:
         """(lock held) A finished task's last lines travel with its result when they fit in
@@ -515,6 +551,48 @@ class RemoteWorker:
             self._lock.notify_all()
         return True
 
+    def _deliver(self, results: list[TaskResult]) -> bool:
+        """Results in a poll that does not wait: the master records them, renews the leases
+        and hands out work for the slots they freed, in one request and one transaction. False
+        when the master could not be reached (they stay for the next try: a result the master
+        recorded already is refused when sent again, so it is never recorded twice)."""
+        request = PollRequest(self._hello(), 0.0, tuple(results))
+        try:
+            answer = self.master.cluster("poll", encode_poll(request))
+        except ApiError as err:
+            if err.status == 400:  # one of them is refused: alone, each is named or recorded
+                log.warning("the master refused a poll with %d results: %s", len(results), err)
+                return all(self._ship_result(result) for result in results)
+            self._unreachable(err)
+            return False
+        self._reachable()
+        directives = decode_directives(answer)
+        acks = {(ack.task_instance_id, ack.attempt): ack for ack in directives.results}
+        unheard = []
+        for result in results:
+            ack = acks.get((result.task_instance_id, result.attempt))
+            if ack is None:
+                unheard.append(result)
+            else:
+                self._acknowledged(result, ack)
+        self._obey(directives)
+        for assignment in directives.tasks:  # after the acks: a task may come back as a retry
+            self._start(assignment, hand_back=self._draining.is_set())
+        if unheard:  # a master of the first protocol: results go one per request
+            log.info("the master takes no results in polls; sending them one by one")
+            self.settings = replace(self.settings, protocol=1)
+            return all(self._ship_result(result) for result in unheard)
+        return True
+
+    def _acknowledged(self, result: TaskResult, ack: ResultAck) -> None:
+        if ack.refused:
+            log.warning(
+                "the master refused the result of %s: %s", result.task_instance_id, ack.refused
+            )
+        else:
+            log.info("task %s ended: %s", result.task_instance_id, ack.status)
+        self._delivered(result)
+
     def _ship_result(self, result: TaskResult) -> bool:
         task_instance_id = result.task_instance_id
         try:
@@ -529,11 +607,17 @@ class RemoteWorker:
                 return False
         else:
             log.info("task %s ended: %s", task_instance_id, decode_result_ack(answer).status)
+        self._delivered(result)
+        return True
+
+    def _delivered(self, result: TaskResult) -> None:
+        """The master has the result (or refused it): the worker is done with its task."""
         with self._lock:
             self._results.remove(result)
-            self._tasks.pop(task_instance_id, None)
+            task = self._tasks.get(result.task_instance_id)
+            if task is not None and task.assignment.attempt == result.attempt:
+                del self._tasks[result.task_instance_id]
             self._lock.notify_all()
-        return True
 
     def _gave_up(self) -> bool:
         """While draining, delivery is tried for a bounded time."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
-from nagare.access import Permission, Scope
-from nagare.clock import now_ms, parse_iso
+from nagare.access import Permission, Principal, Scope, sees
+from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
@@ -51,6 +51,7 @@ from nagare.store import AuditEntry, DagState, RunFilter, Stats
 log = logging.getLogger("nagare.http")
 
 MAX_PAGE_SIZE = 500
+CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
 WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
 CONF_BODY = {
     "type": "object",
@@ -92,6 +93,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         def sse_ping_seconds(self) -> float: ...
         @property
         def allow_dag_edits(self) -> bool: ...
+        @property
+        def auth_mode(self) -> str: ...
 
     class _ApiDags(Protocol):
         def states(self) -> dict[str, DagState]: ...
@@ -158,6 +161,7 @@ class Api:
             lambda: (settings.token, settings.api_key),
             self._dag_tags,
             lambda run_id: self.s.runs.run(run_id).dag_id,
+            cluster_open=settings.auth_mode == "key",
         )
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
@@ -166,7 +170,8 @@ class Api:
         if not self._routed(request):
             return self._static(request)
         settings = self.s.settings
-        cors = cors_headers(request, settings.cors_allowed_origins, bool(settings.api_key))
+        auth_on = bool(settings.api_key) or settings.auth_mode != "key"
+        cors = cors_headers(request, settings.cors_allowed_origins, auth_on)
         if is_preflight(request):  # before auth: browsers send no credentials on a preflight
             return preflight(cors)
         try:
@@ -193,7 +198,7 @@ class Api:
 
     def _call(self, request: Request, route: Route) -> Response:
         request.principal = self.admission.admit(request, route)
-        if route.auth != "hmac":  # webhook senders add their own query parameters
+        if route.auth != "hmac" and not route.any_query:  # webhook senders add their own
             _check_query(route, request)
         result = route.handler(request)
         if isinstance(result, Response):
@@ -208,10 +213,13 @@ class Api:
         except NagareError as err:
             self._record(request, route, err.code)
             raise
-        self._record(request, route, "ok" if response.status < 400 else str(response.status))
+        failed = request.audit.get("outcome") or str(response.status)  # a handler's own page
+        self._record(request, route, "ok" if response.status < 400 else failed)
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
+        if request.header("user-agent").startswith(CLI_AGENT):
+            request.note(via="cli")
         note = request.audit
         entry = AuditEntry(
             at=now_ms(),
@@ -603,7 +611,7 @@ class Api:
         dags = {
             i: dag
             for i, dag in snapshot.dags.items()
-            if not wanted or wanted.intersection(dag.tags)
+            if (not wanted or wanted.intersection(dag.tags)) and sees(request.principal, dag.tags)
         }
         states = self.s.store.dags.states()
         last = self.s.store.runs.last_of(dags)
@@ -663,6 +671,7 @@ class Api:
         run = self.s.runs.trigger(
             request.params["dag_id"], body.get("conf"), params=body.get("params")
         )
+        request.note(run_id=run.run_id)  # never the params or conf: they may hold secrets
         return run_json(run)
 
     def pause(self, request: Request) -> dict[str, Any]:
@@ -687,6 +696,9 @@ class Api:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         result = self.s.runs.backfill(request.params["dag_id"], start, end, dry_run)
+        request.note(start=to_iso(start), end=to_iso(end), runs=len(result.created))
+        if dry_run:
+            request.note(dry_run="true")
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
     # ------------------------------------------------------------ runs
@@ -698,20 +710,26 @@ class Api:
             trigger=_enum_arg(request, "trigger", Trigger),
             waiting=_enum_arg(request, "waiting", WAITING_TYPES),
             search=request.arg("q").strip(),
-            dag_ids=self._dags_tagged(request.query.get("tag", [])),
+            dag_ids=self._dags_tagged(request.query.get("tag", []), request.principal),
         )
         page = request.int_arg("page", 1, 1, 1_000_000)
         limit = request.int_arg("limit", 50, 1, MAX_PAGE_SIZE)
         runs, total = self.s.store.runs.find(filt, page, limit)
         return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
 
-    def _dags_tagged(self, tags: list[str]) -> tuple[str, ...] | None:
-        """The loaded DAGs with any of `tags` (None: no tag filter)."""
+    def _dags_tagged(self, tags: list[str], principal: Principal) -> tuple[str, ...] | None:
+        """The loaded DAGs with any of `tags` that `principal` sees (None: every DAG)."""
         wanted = {t for t in tags if t}
-        if not wanted:
+        if not wanted and principal.tags is None:
             return None
         dags = self.s.folder.snapshot.dags.items()
-        return tuple(sorted(i for i, dag in dags if wanted.intersection(dag.tags)))
+        return tuple(
+            sorted(
+                i
+                for i, dag in dags
+                if (not wanted or wanted.intersection(dag.tags)) and sees(principal, dag.tags)
+            )
+        )
 
     def run(self, request: Request) -> dict[str, Any]:
         return run_json(self.s.runs.run(request.params["run_id"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 from typing import Protocol
+from urllib.parse import unquote
 
 from nagare.access import (
     ANONYMOUS,
@@ -82,11 +83,17 @@ def _bearer(value: str) -> str | None:
     return token.strip()
 
 
-def check_token(request: Request, token: str, api_key: str) -> None:
-    """The cluster protocol: the cluster token when one is set, else the API key, else open."""
+def check_token(request: Request, token: str, api_key: str, open_without: bool = True) -> None:
+    """The cluster protocol: the cluster token when one is set, else the API key, else open
+    (`open_without`: auth_mode key) or closed (with users, workers need a token)."""
     secret = token or api_key
     if not secret:
-        return
+        if open_without:
+            return
+        raise Unauthorized(
+            "no cluster token is set: start the server with --token (NAGARE_TOKEN) and give "
+            "workers the same --token"
+        )
     what = "cluster token" if token else "API key (no cluster token is set)"
     supplied = _bearer(request.header("authorization"))
     if supplied is None:
@@ -104,8 +111,10 @@ class Admission:
         cluster_secret: Callable[[], tuple[str, str]],
         dag_tags: Callable[[str], Iterable[str] | None],
         run_dag: Callable[[str], str],
+        cluster_open: bool = True,
     ) -> None:
         self.authenticator = authenticator
+        self.cluster_open = cluster_open  # without a token or key: open (auth_mode key only)
         self.cluster_secret = cluster_secret  # (cluster token, API key)
         self.dag_tags = dag_tags  # a loaded DAG's tags (None: not loaded)
         self.run_dag = run_dag  # the DAG id of a run (NotFound when there is none)
@@ -117,11 +126,12 @@ class Admission:
         if permission == Permission.OPEN:
             return self._maybe(request)
         if permission == Permission.WEBHOOK:
-            return Principal(f"webhook:{request.path}", Kind.WEBHOOK, None)
+            return Principal(f"webhook:{unquote(request.path)}", Kind.WEBHOOK, None)
         if permission == Permission.CLUSTER:
-            check_token(request, *self.cluster_secret())
+            check_token(request, *self.cluster_secret(), open_without=self.cluster_open)
             return WORKER
         principal = self.identified(request, route.query_token)
+        request.principal = principal  # a refusal's audit entry names who was refused
         assert permission is not None  # the router refuses routes without one
         if not can(principal, permission):
             raise Forbidden(_not_allowed(principal, permission))

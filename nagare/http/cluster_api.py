@@ -30,6 +30,7 @@ PROTOCOL_BODY = {
         "pools": {"type": "array", "items": {"type": "string"}},
         "max_tasks": {"type": "integer", "minimum": 1},
         "held": {"type": "array", "description": "[task_instance_id, attempt] pairs it runs"},
+        "results": {"type": "array", "description": "poll: the results of finished attempts"},
     },
 }
 
@@ -70,14 +71,16 @@ class ClusterApi:
             protocol(
                 "poll",
                 self.poll,
-                "Long poll for work: answers {tasks, cancel, lost} as soon as there is some, or "
-                "after wait_seconds",
+                "Long poll for work, carrying the worker's finished results: records them, "
+                "renews its leases and answers {tasks, cancel, lost, results} as soon as there "
+                "is some, or after wait_seconds",
             ),
             protocol("log", self.log, "Lines of a remote attempt's log"),
             protocol(
                 "result",
                 self.result,
-                "How a remote attempt ended; 409 when the worker no longer holds it",
+                "How a remote attempt ended (workers of protocol 1; later ones send results "
+                "in their polls); 409 when the worker no longer holds it",
             ),
         ]
 
@@ -91,7 +94,8 @@ class ClusterApi:
         return encode_directives(self.coordinator.heartbeat(read_hello(request.json())))
 
     def poll(self, request: Request) -> dict[str, Any]:
-        directives = self.coordinator.poll(read_poll(request.json()), request.client_gone)
+        poll = read_poll(request.json(), self.max_line_chars)
+        directives = self.coordinator.poll(poll, request.client_gone)
         return encode_directives(directives)
 
     def log(self, request: Request) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nagare.access import Permission, Scope
-from nagare.dag_edits import DagEdits, DagSource
+from nagare.dag_edits import DagEdits, DagSource, WriteResult
 from nagare.errors import BadRequest, NotFound
 from nagare.http.routing import Param, Route
 from nagare.http.serialize import dag_source_json, dag_write_json
@@ -95,15 +95,19 @@ class EditorApi:
 
     def save(self, request: Request) -> dict[str, Any]:
         text, version = _text_and_version(request)
-        return dag_write_json(self.edits.save(request.params["file"], text, version))
+        return _written(request, self.edits.save(request.params["file"], text, version))
 
     def create(self, request: Request) -> dict[str, Any]:
         text, _ = _text_and_version(request)
-        return dag_write_json(self.edits.create(text))
+        result = self.edits.create(text)
+        request.audit["target"] = f"file:{result.file}"
+        return _written(request, result)
 
     def delete(self, request: Request) -> dict[str, Any]:
         version = request.query.get("version", [""])[0]
         self.edits.delete(request.params["file"], version)
+        if version:
+            request.note(version=version)
         return {"deleted": request.params["file"]}
 
     def _source_json(self, source: DagSource) -> dict[str, Any]:
@@ -118,3 +122,9 @@ def _text_and_version(request: Request) -> tuple[str, str]:
     if not isinstance(version, str):
         raise BadRequest("'version' must be a string")
     return body["text"], version
+
+
+def _written(request: Request, result: WriteResult) -> dict[str, Any]:
+    """A write's answer; its file, new version and DAG go to the audit entry."""
+    request.note(file=result.file, version=result.version, dag_id=result.dag_id or "-")
+    return dag_write_json(result)

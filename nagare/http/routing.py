@@ -10,13 +10,15 @@ from urllib.parse import unquote
 
 from nagare.access import Permission, Scope
 from nagare.errors import BadRequest, MethodNotAllowed, NotFound
-from nagare.patterns import NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
+from nagare.patterns import ACCOUNT_NAME, API_KEY_ID, NAME, RUN_ID, TASK_INSTANCE_ID, TASK_REF
 
 PARAM_PATTERNS = {
     "dag_id": NAME,
     "run_id": RUN_ID,
     "task_id": TASK_REF,
     "task_instance_id": TASK_INSTANCE_ID,
+    "user_name": ACCOUNT_NAME,
+    "key_id": API_KEY_ID,
 }
 
 
@@ -46,6 +48,9 @@ class Route:
     response: str = "application/json"
     status: int = 200
     query_token: bool = False  # whether ?token= may carry the API key (log streams only)
+    # whether query parameters beyond `query` are let through (another service's redirect back,
+    # which adds parameters of its own)
+    any_query: bool = False
     tags: tuple[str, ...] = ()
     scope: Scope = Scope.NONE  # which DAGs it touches (for roles limited to some tags)
     action: str = ""  # the audit log's name of what a state-changing route does ("run.kill")

@@ -39,6 +39,7 @@ from nagare.runs import Backfill
 if TYPE_CHECKING:  # (git sync is loaded only when nagare.yaml has git_sync:)
     from nagare.git_sync import GitStatus
 from nagare.store import (
+    AuditEntry,
     DayCount,
     Grid,
     GridCell,
@@ -726,3 +727,16 @@ def _readable(value: Any) -> Any:
     if isinstance(value, list):
         return [_readable(v) for v in value]
     return value
+
+
+def audit_entry_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": to_iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "address": entry.address,
+        "outcome": entry.outcome,
+        "detail": entry.detail,
+    }

@@ -34,6 +34,7 @@ from nagare.errors import (
     NagareError,
     Overloaded,
     PayloadTooLarge,
+    TooManyRequests,
 )
 from nagare.http.gate import (
     RETRY_AFTER_SECONDS,
@@ -57,6 +58,22 @@ _SERVER_ERRORS = {  # what http.server itself answers, as error codes of the JSO
     503: "overloaded",
     505: "http_version_not_supported",
 }
+MAX_DETAIL_VALUE_CHARS = 200  # one fact of an audit entry's detail (an approval's comment)
+MAX_DETAIL_CHARS = 1000
+
+
+def audit_detail(detail: str, facts: dict[str, object]) -> str:
+    """`detail` with `name=value` facts appended, each value on one line and cut at
+    MAX_DETAIL_VALUE_CHARS, the whole at MAX_DETAIL_CHARS."""
+    parts = [detail] if detail else []
+    for name, value in facts.items():
+        text = " ".join(str(value).split())
+        if len(text) > MAX_DETAIL_VALUE_CHARS:
+            text = text[: MAX_DETAIL_VALUE_CHARS - 3] + "..."
+        parts.append(f"{name}={text}")
+    return " ".join(parts)[:MAX_DETAIL_CHARS]
+
+
 _TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
 
 
@@ -100,6 +117,11 @@ class Request:
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
+    def note(self, **facts: object) -> None:
+        """Add facts to this request's audit entry (`run_id=... runs=3`): ids, counts, names,
+        never a secret, a request body or a run's params."""
+        self.audit["detail"] = audit_detail(self.audit.get("detail", ""), facts)
+
     def json(self) -> Any:
         if not self.body.strip():
             return None
@@ -133,6 +155,8 @@ def error_response(err: NagareError) -> Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nagare"'
     if err.status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if isinstance(err, TooManyRequests):
+        response.headers["Retry-After"] = str(err.retry_after)
     allow = getattr(err, "allow", None)
     if allow:
         response.headers["Allow"] = ", ".join(allow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nagare.access import Permission, Scope
+from nagare.access import Kind, Permission, Principal, Scope
 from nagare.errors import BadRequest
 from nagare.http.routing import Route
 from nagare.http.serialize import task_json
@@ -78,12 +78,12 @@ class WaitsApi:
         comment, by = body.get("comment", ""), body.get("by", "")
         if not isinstance(comment, str) or not isinstance(by, str):
             raise BadRequest("'comment' and 'by' must be strings")
+        by = approver(request.principal, by)
+        request.note(by=by)
+        if comment.strip():
+            request.note(comment=comment)  # the person's words, one line, cut at 200 characters
         task = self.waits.approve(
-            request.params["run_id"],
-            request.params["task_id"],
-            by.strip()[:MAX_BY_CHARS] or "api",
-            comment,
-            approved,
+            request.params["run_id"], request.params["task_id"], by, comment, approved
         )
         return task_json(task)
 
@@ -93,4 +93,19 @@ class WaitsApi:
             raise BadRequest(
                 f"'{name[:60]}' is not a valid event name (letters, digits, '_', '.', ':', '-')"
             )
-        return {"matched": self.waits.emit(name, request.json())}
+        matched = self.waits.emit(name, request.json())
+        request.note(matched=matched_text(matched))
+        return {"matched": matched}
+
+
+def approver(principal: Principal, by: str) -> str:
+    """Who answers: a signed-in user or a created key is who it proved to be (a `by` in the
+    body is ignored); without users (no auth, the one API key) the name the caller gives."""
+    if principal.kind in (Kind.SESSION, Kind.KEY):
+        return principal.name
+    return by.strip()[:MAX_BY_CHARS] or "api"
+
+
+def matched_text(matched: list[dict[str, str]]) -> str:
+    """The waits an event ended, for the audit log: `RUN/TASK,...` (or `none`)."""
+    return ",".join(f"{m['run_id']}/{m['task_id']}" for m in matched) or "none"

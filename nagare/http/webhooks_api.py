@@ -10,6 +10,7 @@ from urllib.parse import unquote
 from nagare.access import Permission
 from nagare.http.routing import ANY, Route
 from nagare.http.server import Request
+from nagare.http.waits_api import matched_text
 from nagare.webhooks import Delivery, WebhookService
 
 PREFIX = "/api/webhooks/"
@@ -40,4 +41,8 @@ class WebhooksApi:
     def receive(self, request: Request) -> dict[str, Any]:
         delivery = Delivery(request.method, unquote(request.path), request.headers, request.body)
         answer = self.webhooks.deliver(delivery)
-        return {"run_id": answer} if isinstance(answer, str) else {"matched": answer}
+        if isinstance(answer, str):
+            request.note(run_id=answer)
+            return {"run_id": answer}
+        request.note(matched=matched_text(answer))
+        return {"matched": answer}

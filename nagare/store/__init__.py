@@ -9,6 +9,7 @@ declares a Protocol of the parts and methods it calls.
 
 from __future__ import annotations
 
+from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
 from nagare.store.db import Database, DatabaseError, StorageFull, open_database
@@ -26,6 +27,7 @@ from nagare.store.records import (
     AuditEntry,
     AuditFilter,
     DagState,
+    Exchange,
     HeldAttempt,
     RunFilter,
     Stats,
@@ -43,6 +45,7 @@ __all__ = [
     "INF_MS",
     "AuditEntry",
     "AuditFilter",
+    "AuditStore",
     "Clock",
     "CounterRow",
     "DagState",
@@ -50,18 +53,24 @@ __all__ = [
     "DatabaseError",
     "DayCount",
     "DurationRow",
+    "Exchange",
     "Grid",
     "GridCell",
     "GridRun",
     "HeldAttempt",
+    "KeyRecord",
+    "KeyStore",
     "MetricAgg",
     "MetricPoint",
     "OldRun",
     "RunFilter",
     "RunOutcomes",
+    "SessionStore",
     "Stats",
     "StorageFull",
     "Store",
+    "UserRecord",
+    "UserStore",
     "VersionRow",
     "WorkerRecord",
     "text_digest",
@@ -72,7 +81,8 @@ class Store:
     """One database: DAG versions and scheduling state (`dags`), runs (`runs`), task instances,
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
-    page's grid, calendar and versions (`history`), the audit log (`audit`)."""
+    page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
+    dashboard sessions (`users`, `keys`, `sessions`)."""
 
     def __init__(self, path: str, password_env: str = "") -> None:
         self.db = open_database(path, password_env)
@@ -85,6 +95,9 @@ class Store:
         self.deliveries = DeliveryStore(self.db)
         self.history = HistoryStore(self.db)
         self.audit = AuditStore(self.db)
+        self.users = UserStore(self.db)
+        self.keys = KeyStore(self.db)
+        self.sessions = SessionStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -43,6 +43,13 @@ class AuditStore:
             ).fetchall()
         return [_entry(r) for r in rows], int(total)
 
+    def count_before(self, cutoff: int) -> int:
+        """How many entries are older than `cutoff` (epoch ms)."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute("SELECT COUNT(*) FROM audit_log WHERE at < ?", (cutoff,)).fetchone()[0]
+            )
+
     def delete_before(self, cutoff: int, limit: int) -> int:
         """Delete at most `limit` of the entries older than `cutoff` (epoch ms); how many."""
         with self.db.write() as conn:

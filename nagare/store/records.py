@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from nagare.models import Claim
 
 
 @dataclass
@@ -55,6 +57,17 @@ class HeldAttempt:
     attempt: int
     cancel: bool  # the task was killed: the worker must stop it
     lost: bool  # not (or no longer) held by this worker: the worker must drop it
+
+
+@dataclass
+class Exchange:
+    """What one message of a worker changed, in one transaction: per result sent, whether the
+    task moved (None: refused, the worker does not hold that attempt under a live lease); the
+    attempts it holds, renewed; the tasks claimed for it."""
+
+    recorded: list[bool | None] = field(default_factory=list)
+    held: list[HeldAttempt] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

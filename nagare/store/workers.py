@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from nagare.models import AttemptFinish, Claim, TaskStatus
 from nagare.store.dags import DagStore
 from nagare.store.db import Database
-from nagare.store.records import HeldAttempt, WorkerRecord
-from nagare.store.tasks import claim_queued, finish_one
+from nagare.store.metrics import AttemptTally
+from nagare.store.records import Exchange, HeldAttempt, WorkerRecord
+from nagare.store.tasks import claim_queued, finish_many, finish_one
 
 
 class WorkerStore:
@@ -44,22 +45,47 @@ class WorkerStore:
     # ------------------------------------------------------------ leases
 
     def claim(
-        self, worker_id: str, pools: Sequence[str], count: int, now: int, lease_until: int
+        self,
+        worker_id: str,
+        pools: Sequence[str],
+        count: int,
+        now: int,
+        lease_until: int,
+        capacity: int | None = None,
     ) -> list[Claim]:
         """Claim up to `count` queued tasks of `pools` (oldest first per pool, pools taken in
-        turn) for a remote worker, in one transaction."""
-        claims: list[Claim] = []
+        turn) for a remote worker, in one transaction; with `capacity`, no more than the worker
+        has room for counting what it holds now (two polls of one worker cannot overfill it)."""
         with self.db.write() as conn:
-            open_pools = list(pools)
-            while open_pools and len(claims) < count:
-                for pool in list(open_pools):
-                    if len(claims) >= count:
-                        break
-                    claimed = claim_queued(conn, self.dags, pool, worker_id, now, lease_until)
-                    if not claimed:
-                        open_pools.remove(pool)
-                    claims += claimed
-        return claims
+            if capacity is not None:
+                count = min(count, capacity - _held_in(conn, worker_id))
+            return _claim_for(conn, self.dags, worker_id, pools, count, now, lease_until)
+
+    def exchange(
+        self,
+        seen: WorkerRecord,
+        leaving: bool,
+        finishes: Sequence[AttemptFinish],
+        held: Sequence[tuple[str, int]],
+        now: int,
+        lease_until: int,
+    ) -> Exchange:
+        """One poll of a worker, in one transaction: register or refresh it (`seen`), record
+        the results it sends (each only if it holds the attempt under a live lease, as
+        `finish`), renew the leases of the other attempts it holds (as `renew`) and claim
+        queued tasks of its pools for the slots it has free (none when `leaving`)."""
+        done = {(f.task_instance_id, f.attempt) for f in finishes}
+        with self.db.write() as conn:
+            _upsert_worker(conn, seen, "left" if leaving else "online")
+            recorded = _record(conn, finishes, seen.worker_id, now)
+            renewed = _renew(conn, seen.worker_id, [h for h in held if h not in done], lease_until)
+            claims: list[Claim] = []
+            free = 0 if leaving else seen.max_tasks - _held_in(conn, seen.worker_id)
+            if free > 0:
+                claims = _claim_for(
+                    conn, self.dags, seen.worker_id, seen.pools, free, now, lease_until
+                )
+        return Exchange(recorded, renewed, claims)
 
     def renew(
         self,
@@ -73,23 +99,10 @@ class WorkerStore:
         the worker must stop it (killed) or drop it (no longer its own). With `seen`, the
         worker is registered or refreshed in the same transaction (a master that lost its
         registry learns the worker back from its next message)."""
-        answers = []
         with self.db.write() as conn:
             if seen is not None:
                 _upsert_worker(conn, seen, "left" if leaving else "online")
-            for task_instance_id, attempt in held:
-                row = conn.execute(
-                    "UPDATE task_instances SET lease_expires_at=?, lease_confirmed=1 "
-                    "WHERE id=? AND attempt=? AND "
-                    "worker=? AND status IN ('running', 'cancelled') AND lease_expires_at IS "
-                    "NOT NULL AND EXISTS (SELECT 1 FROM task_attempts a WHERE "
-                    "a.task_instance_id=? AND a.attempt=? AND a.status='running') "
-                    "RETURNING status",
-                    (lease_until, task_instance_id, attempt, worker_id, task_instance_id, attempt),
-                ).fetchone()
-                cancel = row is not None and row[0] == TaskStatus.CANCELLED
-                answers.append(HeldAttempt(task_instance_id, attempt, cancel, lost=row is None))
-        return answers
+            return _renew(conn, worker_id, held, lease_until)
 
     def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None:
         """The worker that holds this attempt under a live lease, or None."""
@@ -149,8 +162,83 @@ class WorkerStore:
         return cursor.rowcount
 
 
+def _held_in(conn: sqlite3.Connection, worker_id: str) -> int:
+    """How many attempts `worker_id` runs, as this transaction sees it."""
+    row = conn.execute(
+        "SELECT count(*) FROM task_attempts WHERE status='running' AND worker=?", (worker_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _claim_for(
+    conn: sqlite3.Connection,
+    dags: DagStore,
+    worker_id: str,
+    pools: Sequence[str],
+    count: int,
+    now: int,
+    lease_until: int,
+) -> list[Claim]:
+    """Up to `count` queued tasks of `pools`, oldest first per pool, pools taken in turn (one
+    task each; the last pool with work left gives the rest in one statement)."""
+    claims: list[Claim] = []
+    open_pools = list(pools)
+    while open_pools and len(claims) < count:
+        for pool in list(open_pools):
+            left = count - len(claims)
+            if left <= 0:
+                break
+            want = left if len(open_pools) == 1 else 1
+            claimed = claim_queued(conn, dags, pool, worker_id, now, lease_until, want)
+            if len(claimed) < want:  # its queue is empty now
+                open_pools.remove(pool)
+            claims += claimed
+    return claims
+
+
+def _record(
+    conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], worker_id: str, now: int
+) -> list[bool | None]:
+    """Close the attempts `worker_id` holds under a live lease (metrics summed, two statements
+    however many); per finish: whether the task moved, None when the worker does not hold it."""
+    held = [f for f in finishes if _holds(conn, f.task_instance_id, f.attempt, worker_id, now)]
+    moved: set[str] = set()
+    if held:
+        tally = AttemptTally()
+        moved = finish_many(conn, held, tally)
+        tally.write(conn)
+    accepted = {id(f) for f in held}
+    return [f.task_instance_id in moved if id(f) in accepted else None for f in finishes]
+
+
+def _renew(
+    conn: sqlite3.Connection, worker_id: str, held: Sequence[tuple[str, int]], lease_until: int
+) -> list[HeldAttempt]:
+    """Extend the leases of the attempts a worker still holds; for each, whether it must stop
+    it (killed) or drop it (no longer its own)."""
+    answers = []
+    for task_instance_id, attempt in held:
+        row = conn.execute(
+            "UPDATE task_instances SET lease_expires_at=?, lease_confirmed=1 "
+            "WHERE id=? AND attempt=? AND "
+            "worker=? AND status IN ('running', 'cancelled') AND lease_expires_at IS "
+            "NOT NULL AND EXISTS (SELECT 1 FROM task_attempts a WHERE "
+            "a.task_instance_id=? AND a.attempt=? AND a.status='running') "
+            "RETURNING status",
+            (lease_until, task_instance_id, attempt, worker_id, task_instance_id, attempt),
+        ).fetchone()
+        cancel = row is not None and row[0] == TaskStatus.CANCELLED
+        answers.append(HeldAttempt(task_instance_id, attempt, cancel, lost=row is None))
+    return answers
+
+
 def _holds(
-    conn: sqlite3.Connection, task_instance_id: str, attempt: int, worker: str, now: int, live: bool
+    conn: sqlite3.Connection,
+    task_instance_id: str,
+    attempt: int,
+    worker: str,
+    now: int,
+    live: bool = True,
 ) -> bool:
     """Whether `worker` holds the open attempt, under a lease still live (or, with
     live=False, one that has run out)."""
