@@ -412,7 +412,7 @@ class App:
             "auth_mode is %s and there is no user yet: add the first admin on this machine "
             "with: python3 nagare.pyz users add admin --role admin --db %s",
             self.config.auth_mode,
-            shlex.quote(self.config.db),
+            shlex.quote(self.config.db_display),  # a URL's password never shows
         )
 
     def _warn_open_cluster(self) -> None:

@@ -6,6 +6,7 @@ driver. The store contract itself runs on PostgreSQL through conftest's STORE_BA
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -414,6 +415,30 @@ def test_a_server_on_postgresql_runs_a_dag_and_keeps_its_history_across_a_restar
     assert PASSWORD not in output, "the password must never be logged"
     assert f"postgresql://{USER}@127.0.0.1" in output  # the database is named, without it
     assert (tmp_path / "logs").is_dir()  # logs in the working directory
+
+
+def test_the_command_line_tools_work_on_a_postgresql_database(pg_url: str, tmp_path: Path) -> None:
+    def nagare(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nagare", *args, "--db", pg_url],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=pythonpath_env(),
+            cwd=tmp_path,
+            check=False,
+        )
+
+    added = nagare("users", "add", "carol", "--role", "viewer", "--password-stdin", stdin="a" * 12)
+    assert added.returncode == 0, added.stderr
+    listed = nagare("users", "list", "--json")
+    assert [u["name"] for u in json.loads(listed.stdout)] == ["carol"]
+    cleaned = nagare("cleanup", "--older-than", "1d")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert cleaned.stdout.startswith("deleted 0 runs") and "database file" not in cleaned.stdout
+    for done in (added, listed, cleaned):
+        assert PASSWORD not in done.stdout + done.stderr
 
 
 def test_a_sqlite_server_never_imports_the_driver(tmp_path: Path) -> None:
