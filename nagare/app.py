@@ -6,12 +6,14 @@ import logging
 import os
 import re
 import resource
+import secrets
 import shlex
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from nagare import __version__
@@ -30,6 +32,7 @@ from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
+from nagare.leadership import Leadership, digest_mismatches
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -48,7 +51,7 @@ from nagare.retention import RetentionSweep
 from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
-from nagare.store import Store
+from nagare.store import MasterRecord, Store, text_digest
 from nagare.waits import Waits
 from nagare.webhooks import WebhookService
 
@@ -159,10 +162,12 @@ class App:
         self.git_sync = _git_sync(config)
         self.pools.hidden_env = self._hidden_env
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
+        self.leadership = self._leadership()
         self.http: NagareHTTPServer | None = None
         if serve_http:  # `nagare exec` imports none of the HTTP side
             self.api = self._build_api(config)
             self.http = _http_server(config, self.api)
+            self.scheduler.leads = self.retention.leads = lambda: self.leadership.leads
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()  # wakes `wait_for_run`
 
@@ -177,6 +182,7 @@ class App:
         from nagare.http.dagpage_api import DagPageApi
         from nagare.http.editor_api import EditorApi
         from nagare.http.git_api import GitApi
+        from nagare.http.masters_api import MastersApi
         from nagare.http.metrics_api import MetricsApi
         from nagare.http.sso_api import SsoApi
         from nagare.http.waits_api import WaitsApi
@@ -195,6 +201,10 @@ class App:
                 self.health,
                 authenticator=self._authenticator(),
                 audit=self.store.audit.record,
+                master=lambda: {
+                    "id": self.leadership.me.master_id,
+                    "leader": self.leadership.leads,
+                },
             ),
             _static_files(),
         )
@@ -224,9 +234,37 @@ class App:
             ).routes()
         )
         api.add_routes(AuditApi(self.store.audit).routes())
+        leadership = self.leadership
+        api.add_routes(
+            MastersApi(
+                leadership.me.master_id,
+                lambda: leadership.leads,
+                leadership.masters,
+                digest_mismatches,
+            ).routes()
+        )
         return api
 
     # ------------------------------------------------------------ wiring
+
+    def _leadership(self) -> Leadership:
+        """This master's row and its part in leading (ARCHITECTURE.md, Several masters)."""
+        hostname = socket.gethostname()
+        me = MasterRecord(
+            master_id=f"{hostname}-{os.getpid()}-{secrets.token_hex(2)}",
+            hostname=hostname,
+            url="",  # known once the HTTP server is bound (`start`)
+            started_at=now_ms(),
+        )
+        leadership = Leadership(
+            self.store.masters,
+            self.store.db.leader_lock(),
+            me,
+            lambda: self.folder.snapshot.dags,
+            text_digest,
+        )
+        leadership.on_gained = lambda: self.scheduler.wake(None)  # look at the cron slots now
+        return leadership
 
     def _authenticator(self) -> BuiltinAuthenticator | None:
         """Users and keys (auth_mode builtin, oidc); None: the one API key, or none."""
@@ -356,6 +394,10 @@ class App:
         if self.http is not None:
             self.coordinator.start()
             self._spawn("leases", self.coordinator.run, heartbeat=self.coordinator.liveness)
+        if self.http is not None:  # a server takes its part in leading before cron can fire
+            self._first_turn()
+            if self.leadership.lock.shared:  # several masters may share the database
+                self._spawn("leadership", self.leadership.run, heartbeat=self.leadership.liveness)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
         self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
         if self.git_sync is not None and self.http is not None:
@@ -378,6 +420,20 @@ class App:
         self._warn_no_users()
         self._warn_open_cluster()
         self._warn_open_volumes()
+
+    def _first_turn(self) -> None:
+        """Register this master (its URL now that the port is bound) and try the leader lock."""
+        assert self.http is not None
+        host = self.config.listen[0]
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        scheme = "https" if self.config.tls_cert else "http"
+        me = self.leadership.me
+        self.leadership.me = replace(me, url=f"{scheme}://{host}:{self.http.port}")
+        try:
+            self.leadership.turn()
+        except Exception as exc:  # the loop tries again every second
+            log.warning("could not register this master: %s", short_error(exc))
 
     def _spawn(
         self,

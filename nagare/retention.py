@@ -99,6 +99,7 @@ class RetentionSweep:
         self.first_pass = first_pass
         self.audit_batch = audit_batch
         self.liveness = Heartbeat("retention", BEAT_SECONDS)
+        self.leads: Callable[[], bool] = lambda: True  # only the leading master sweeps
 
     def run(self, stop: threading.Event) -> None:
         """A sweep after `first_pass`, then every `interval` (while a backlog remains, every
@@ -123,7 +124,7 @@ class RetentionSweep:
     def sweep_once(self, now: int) -> Removed:
         """One bounded pass: delete at most `batch` runs finished before the cutoff and at most
         `audit_batch` audit entries recorded before it."""
-        if self.retention_days <= 0:
+        if self.retention_days <= 0 or not self.leads():
             return Removed()
         cutoff = cutoff_for(self.retention_days, now)
         removed = Removed()

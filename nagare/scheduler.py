@@ -237,6 +237,9 @@ class Scheduler:
         self.on_queued = on_queued
         self.clock = clock
         self.fire_schedules = fire_schedules
+        # whether this master leads (app wires `Leadership.leads`): only the leader fires cron
+        # slots and ends runs past their deadline; every master promotes and settles runs
+        self.leads: Callable[[], bool] = lambda: True
         self._cond = threading.Condition()
         # run id -> ids of task instances that finished since the last pass (None: reload all)
         self._dirty: dict[str, set[str] | None] = {}
@@ -358,12 +361,13 @@ class Scheduler:
         with self._cond:
             dirty, self._dirty = self._dirty, {}
             schedules_changed, self._schedules_changed = self._schedules_changed, False
-        if self.fire_schedules:
+        leads = self.leads()
+        if self.fire_schedules and leads:
             for run_id in self._fire_schedules(now, schedules_changed):
                 dirty[run_id] = None
         for run_id, task_id in self._queue_due_retries(now):
             _mark(dirty, run_id, task_id)
-        due = self._next_run_deadline()
+        due = self._next_run_deadline() if leads else None
         if due is not None and due <= now:
             with self._cond:
                 self._run_deadline_known = False  # re-read once these have ended
@@ -405,11 +409,13 @@ class Scheduler:
 
     def _seconds_to_next(self, now: int) -> float:
         candidates = [now + int(SWEEP_SECONDS * 1000)]
-        candidates.extend(self._next_slot.values())
+        leads = self.leads()
+        if leads:  # a master that does not lead neither fires slots nor ends runs late
+            candidates.extend(self._next_slot.values())
         retry_at = self._next_retry()
         if retry_at is not None:
             candidates.append(retry_at)
-        deadline = self._next_run_deadline()
+        deadline = self._next_run_deadline() if leads else None
         if deadline is not None:
             candidates.append(deadline)
         waits_until = self.waits.next_deadline() if self.waits is not None else None

@@ -159,6 +159,13 @@ def undo_migration_11(conn: Any) -> None:
 
 
 def undo_migration_13(conn: Any) -> None:
-    """Back to the schema before users, API keys, sessions and the audit log (migration 13)."""
+    """Back to the schema before users, API keys, sessions and the audit log (migration 13),
+    with what the migrations after it added (14: the masters' rows)."""
+    undo_migration_14(conn)
     for table in ("sessions", "api_keys", "users", "audit_log"):
         conn.execute(f"DROP TABLE {table}")
+
+
+def undo_migration_14(conn: Any) -> None:
+    """Back to the schema before the masters' rows (migration 14)."""
+    conn.execute("DROP TABLE masters")

@@ -71,6 +71,7 @@ LAYERS: dict[str, int] = {
     "nagare.runs": L3,
     "nagare.run_checks": L3,  # DAG-level preconditions, through the executor seam
     "nagare.retention": L3,
+    "nagare.leadership": L3,  # which master leads (the leader lock), the masters' rows
     "nagare.webhooks": L3,
     "nagare.waits": L3,  # the steps that wait: approvals, events, child runs
     "nagare.git_sync": L3,  # the DAGs folder follows a git branch (git through the spawner)

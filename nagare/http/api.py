@@ -144,6 +144,7 @@ class Services:
     health: Callable[[], Health] = lambda: Health(True, {})  # how the background loops are
     authenticator: Authenticator | None = None  # who a request is (default: the API key)
     audit: Callable[[AuditEntry], None] = lambda entry: None  # records a state change
+    master: Callable[[], dict[str, Any]] = dict  # this master: {id, leader} (see /api/masters)
 
 
 class Api:
@@ -576,6 +577,9 @@ class Api:
             "version": __version__,
             "components": {name: loop_json(loop) for name, loop in health.loops.items()},
         }
+        master = self.s.master()
+        if master:
+            body["master"] = master
         return json_response(body, 200 if health.ok else 503)
 
     def openapi(self, request: Request) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
-from nagare.store.db import Database, DatabaseError, StorageFull, open_database
+from nagare.store.db import Database, DatabaseError, LeaderLock, StorageFull, open_database
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
+from nagare.store.masters import MasterRecord, MasterStore
 from nagare.store.metrics import (
     CounterRow,
     DurationRow,
@@ -60,6 +61,9 @@ __all__ = [
     "HeldAttempt",
     "KeyRecord",
     "KeyStore",
+    "LeaderLock",
+    "MasterRecord",
+    "MasterStore",
     "MetricAgg",
     "MetricPoint",
     "OldRun",
@@ -82,7 +86,8 @@ class Store:
     claims and attempts (`tasks`), remote workers and their leases (`workers`), metrics
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
     page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
-    dashboard sessions (`users`, `keys`, `sessions`)."""
+    dashboard sessions (`users`, `keys`, `sessions`), the masters serving the database
+    (`masters`)."""
 
     def __init__(self, path: str, password_env: str = "") -> None:
         self.db = open_database(path, password_env)
@@ -98,6 +103,7 @@ class Store:
         self.users = UserStore(self.db)
         self.keys = KeyStore(self.db)
         self.sessions = SessionStore(self.db)
+        self.masters = MasterStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Protocol, cast
 
 from nagare.db_url import is_postgres_url
 from nagare.errors import NagareError
@@ -38,6 +38,29 @@ class StorageFull(DatabaseError):
 
     code = "storage_full"
     status = 507
+
+
+class LeaderLock(Protocol):
+    """Who leads the masters of one database: `hold()` takes the lock if it is free (or says
+    whether this process still holds it); `release()` lets another take it."""
+
+    shared: bool  # whether other masters can share the database (PostgreSQL)
+
+    def hold(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class SoleLeader:
+    """SQLite: one server per database file, so it always leads."""
+
+    shared = False
+
+    def hold(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        """Nothing to let go."""
 
 
 class Database:
@@ -193,6 +216,9 @@ class Database:
             except sqlite3.Error as exc:
                 raise DatabaseError(f"cannot VACUUM '{self.path}': {exc}") from None
         return True
+
+    def leader_lock(self) -> LeaderLock:
+        return SoleLeader()
 
     def close(self) -> None:
         """Close the writer and the idle readers; a reader lent to another thread (a request

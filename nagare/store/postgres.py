@@ -15,7 +15,7 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ PREPARED_PER_CONNECTION = 512  # statements kept prepared on one connection (lea
 SEEN_PER_CONNECTION = 4096  # statements remembered as run once (then forgotten at once)
 PIPELINE_ROWS = 256  # at most this many answers of an executemany wait to be read
 MIGRATION_LOCK = 7_467_361  # advisory lock key: one process migrates at a time
+LEADER_LOCK = 7_467_362  # advisory lock key: held by the leading master, on a connection of its own
 NUMERIC_OID = 1700
 DISK_FULL = "53100"  # SQLSTATE disk_full
 CONNECTION_LOST = ("08", "57P")  # SQLSTATE classes: connection exception, operator intervention
@@ -481,6 +482,11 @@ class PgDatabase:
             self._readers.put(None)
         conn.close()
 
+    def leader_lock(self) -> AdvisoryLock:
+        """The masters' leader lock (a session-level advisory lock on a connection of its own:
+        it is freed when that connection dies, the master's process with it)."""
+        return AdvisoryLock(self._connect, LEADER_LOCK)
+
     def release_free_pages(self) -> None:
         """Nothing to do: autovacuum makes deleted rows' space reusable."""
 
@@ -504,6 +510,44 @@ class PgDatabase:
                 self._readers.put(None)
             for conn in idle:
                 conn.close()
+
+
+class AdvisoryLock:
+    """A session-level advisory lock held on a dedicated connection (`store.db.LeaderLock`).
+    PostgreSQL frees it when the connection ends: a master that dies or loses its database
+    connection stops leading, and the next `hold()` of another master takes it."""
+
+    shared = True
+
+    def __init__(self, open_connection: Callable[[], Connection], key: int) -> None:
+        self._open = open_connection
+        self._key = key
+        self._conn: Connection | None = None
+        self._held = False
+
+    def hold(self) -> bool:
+        """Take the lock if it is free; while held, check that its connection still answers
+        (a lost connection lost the lock). False on any database error."""
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+                self._held = False
+            if self._held:
+                self._conn.execute("SELECT 1")
+            else:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(?)", (self._key,)).fetchone()
+                self._held = bool(row[0])
+        except DatabaseError as exc:
+            log.warning("the leader lock's connection failed: %s", exc)
+            self.release()
+        return self._held
+
+    def release(self) -> None:
+        """Close the connection (which frees the lock)."""
+        self._held = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _version(conn: Connection) -> int:

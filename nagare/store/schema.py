@@ -351,6 +351,19 @@ MIGRATIONS: tuple[str | Mapping[str, str], ...] = (
     CREATE INDEX audit_actor ON audit_log(actor, at);
     CREATE INDEX audit_action ON audit_log(action, at);
     """,
+    # 14: the masters serving one database (several on PostgreSQL): who they are, when each
+    # was last seen, which leads, and the digest of each DAG they loaded
+    """
+    CREATE TABLE masters (
+        master_id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        url TEXT NOT NULL DEFAULT '',
+        started_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        leader INTEGER NOT NULL DEFAULT 0,
+        dag_digests TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
 )
 
 

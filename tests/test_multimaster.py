@@ -1,0 +1,189 @@
+"""Several masters on one database: one leads (the leader lock: always the server on SQLite, a
+PostgreSQL advisory lock otherwise) and another takes over when the leader dies; the masters
+register rows that the API lists, with the DAGs whose definitions differ between them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import http, pythonpath_env, wait_for
+from postgres_server import PgServer, free_port
+
+from nagare.leadership import Leadership, digest_mismatches
+from nagare.store import MasterRecord, Store, text_digest
+
+EVERY_MINUTE = """
+id: tick
+schedule: "* * * * *"
+tasks:
+  - id: a
+    command: 'true'
+"""
+
+
+def _master(master_id: str, leader: bool = False, **digests: str) -> MasterRecord:
+    return MasterRecord(master_id, "h", "", 1, 1, leader, dict(digests))
+
+
+def test_a_dag_whose_definition_differs_between_masters_names_the_odd_ones() -> None:
+    masters = [
+        _master("m1", True, a="x", b="y"),
+        _master("m2", False, a="x", b="z"),
+        _master("m3", False, a="w", b="z"),
+    ]
+    assert digest_mismatches(masters) == {"a": ["m3"], "b": ["m1"]}
+    assert digest_mismatches([_master("m1", True, a="x"), _master("m2", a="y")]) == {"a": ["m2"]}
+    assert digest_mismatches([_master("m1", True, a="x"), _master("m2")]) == {"a": ["m2"]}
+    assert digest_mismatches([_master("m1", a="x"), _master("m2", a="x")]) == {}
+
+
+def _leadership(store: Store, name: str) -> Leadership:
+    me = MasterRecord(name, "host", f"http://{name}", 1)
+    dags: dict[str, Any] = {}
+    return Leadership(store.masters, store.db.leader_lock(), me, lambda: dags, text_digest)
+
+
+def test_a_sqlite_server_always_leads_and_lists_itself(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "n.db"))
+    leadership = _leadership(store, "m1")
+    leadership.turn()
+    assert leadership.leads
+    assert [(m.master_id, m.leader) for m in leadership.masters()] == [("m1", True)]
+    assert store.masters.seen_since(0) == []  # alone on its database: no row to keep
+    store.close()
+
+
+def test_one_of_two_masters_leads_and_the_other_takes_over_when_its_connection_dies(
+    postgres_server: PgServer,
+) -> None:
+    name = postgres_server.new_database()
+    url = postgres_server.url(name)
+    first, second = Store(url), Store(url)
+    try:
+        one, two = _leadership(first, "m1"), _leadership(second, "m2")
+        gained: list[str] = []
+        two.on_gained = lambda: gained.append("m2")
+        one.turn()
+        two.turn()
+        assert one.leads and not two.leads
+        assert {(m.master_id, m.leader) for m in one.masters()} == {("m1", True), ("m2", False)}
+        admin = postgres_server.admin(name)  # the leader's lock connection dies
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objid = 7467362"
+        )
+        admin.close()
+        two.turn()
+        assert two.leads and gained == ["m2"]
+        one.turn()
+        assert not one.leads
+        two.step_down()  # stepping down frees the lock at once
+        one.turn()
+        assert one.leads
+        one.step_down()
+    finally:
+        first.close()
+        second.close()
+        postgres_server.drop_database(name)
+
+
+# ---------------------------------------------------------------- real master processes
+
+
+class Master:
+    """`python -m nagare` on a shared PostgreSQL database, in a folder of its own."""
+
+    def __init__(self, root: Path, url: str, dags: dict[str, str]) -> None:
+        self.root = root
+        (root / "dags").mkdir(parents=True)
+        for file, text in dags.items():
+            (root / "dags" / file).write_text(textwrap.dedent(text))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "server.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nagare", "--port", f"127.0.0.1:{self.port}", "--db", url],
+                cwd=root,
+                env=pythonpath_env(),
+                stdout=out,
+                stderr=out,
+            )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(self.log.read_text())
+        try:
+            return http("GET", self.url + "/api/health", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        answer = http("GET", self.url + path)
+        assert answer.status == 200, (path, answer.status, answer.body)
+        return answer.json
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def masters(postgres_server: PgServer, tmp_path: Path) -> Any:
+    name = postgres_server.new_database()
+    started: list[Master] = []
+
+    def start(dags: dict[str, str], count: int = 2) -> list[Master]:
+        new = [
+            Master(tmp_path / f"m{len(started) + i}", postgres_server.url(name), dags)
+            for i in range(count)
+        ]
+        started.extend(new)
+        for master in new:
+            wait_for(master.ready, 30, message="the master to answer /api/health")
+        return new
+
+    yield start
+    for master in started:
+        master.stop()
+    postgres_server.drop_database(name)
+
+
+def _both(master: Master) -> Any:
+    listed = master.get("/api/masters")
+    return listed if len(listed["masters"]) == 2 else None
+
+
+def test_two_masters_one_leader_and_a_killed_leader_is_replaced_within_seconds(
+    masters: Any,
+) -> None:
+    one, two = masters({"tick.yaml": EVERY_MINUTE})
+    listed = wait_for(lambda: _both(one), 10, message="both masters to register")
+    leader_id = listed["leader"]
+    assert leader_id is not None and listed["digest_mismatch"] == {}
+    by_id = {m["id"]: m for m in listed["masters"]}
+    assert [m["leader"] for m in by_id.values()].count(True) == 1
+    assert one.get("/api/health")["master"]["leader"] == (leader_id == listed["me"])
+    leader, other = (one, two) if leader_id == listed["me"] else (two, one)
+    leader.kill()
+    killed = time.monotonic()
+    wait_for(lambda: other.get("/api/health")["master"]["leader"], 10, interval=0.05,
+             message="the other master to lead")  # fmt: skip
+    took = time.monotonic() - killed
+    print(f"take-over after kill -9 of the leader: {took:.2f} s")
+    assert took < 3.0
+    after = other.get("/api/masters")
+    assert after["leader"] == after["me"] != leader_id
