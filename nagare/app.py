@@ -51,7 +51,7 @@ from nagare.retention import RetentionSweep
 from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
 from nagare.scheduler import Scheduler
-from nagare.store import MasterRecord, Store, text_digest
+from nagare.store import MasterRecord, Store, WakeChannel, text_digest
 from nagare.waits import Waits
 from nagare.webhooks import WebhookService
 
@@ -164,10 +164,14 @@ class App:
         self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
         self.leadership = self._leadership()
         self.http: NagareHTTPServer | None = None
+        self.wakeups: WakeChannel | None = None  # to and from the other masters (PostgreSQL)
         if serve_http:  # `nagare exec` imports none of the HTTP side
             self.api = self._build_api(config)
             self.http = _http_server(config, self.api)
             self.scheduler.leads = self.retention.leads = lambda: self.leadership.leads
+            self.wakeups = self.store.db.wake_channel(self.leadership.me.master_id)
+            if self.wakeups is not None:
+                self.wakeups.on_event = self._woken_elsewhere
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()  # wakes `wait_for_run`
 
@@ -322,19 +326,51 @@ class App:
     def _tasks_queued(self, queued: dict[str, int]) -> None:
         self.pools.notify(queued)
         self.coordinator.notify(queued)
+        if self.wakeups is not None:  # the other masters' pools and workers may take them
+            self.wakeups.publish("queued", *(f"{pool}={n}" for pool, n in queued.items()))
 
     def _kill(self, task_instance_id: str) -> bool:
-        """Stop a running task wherever it runs: on a remote worker, or here."""
+        """Stop a running task wherever it runs: on a remote worker, here, or (told through
+        the wake-ups) on another master."""
+        if self._kill_here(task_instance_id):
+            return True
+        if self.wakeups is not None:
+            self.wakeups.publish("kill", task_instance_id)
+        return False
+
+    def _kill_here(self, task_instance_id: str) -> bool:
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
 
     def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
         """(dispatcher thread) It settles the runs of its ended attempts itself."""
         self.scheduler.settle_finished(finished)
+        self._announce_finished(finished)
 
     def _tasks_finished_elsewhere(self, finished: list[tuple[str, str, int | None]]) -> None:
         """(an HTTP or the lease reaper's thread) The scheduler thread settles their runs: a
         scheduler pass runs only in the scheduler and the dispatcher threads."""
         self.scheduler.hand_over(finished)
+        self._announce_finished(finished)
+
+    def _announce_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
+        """Other masters holding a view of these runs refresh it (a join whose other branch
+        ended there is promoted at once, by whichever master sees both ends first)."""
+        if self.wakeups is not None and finished:
+            self.wakeups.publish("done", *(f"{run_id} {task}" for run_id, task, _ in finished))
+
+    def _woken_elsewhere(self, kind: str, args: list[str]) -> None:
+        """(the wake-ups thread) Another master queued tasks, ended some, or killed one."""
+        if kind == "queued":
+            queued = dict(_pool_count(arg) for arg in args)
+            self.pools.notify(queued)
+            self.coordinator.notify(queued)
+        elif kind == "done":
+            self.scheduler.hand_over(
+                (run_id, task, None) for run_id, _, task in (a.partition(" ") for a in args)
+            )
+        elif kind == "kill":
+            for task_instance_id in args:
+                self._kill_here(task_instance_id)
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)
@@ -398,6 +434,8 @@ class App:
             self._first_turn()
             if self.leadership.lock.shared:  # several masters may share the database
                 self._spawn("leadership", self.leadership.run, heartbeat=self.leadership.liveness)
+        if self.wakeups is not None:
+            self._spawn("wake-ups", self.wakeups.run, self._engine_stop)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
         self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
         if self.git_sync is not None and self.http is not None:
@@ -509,6 +547,8 @@ class App:
                 len(interrupted),
             )
         self._engine_stop.set()
+        if self.wakeups is not None:
+            self.wakeups.wake()
         self.pools.stop_accepting()
         self.scheduler.stop()
         if self.store.db.checkpointer is not None:
@@ -519,6 +559,8 @@ class App:
             self.http.server_close()
             if not self.http.requests.wait_idle(STOP_REQUESTS_SECONDS):
                 log.warning("requests still being answered after %.0fs", STOP_REQUESTS_SECONDS)
+        if self.wakeups is not None:
+            self.wakeups.close()
         self.local.close()  # its guardian (if a task ever ran) exits and is reaped
         if self._docker is not None:
             self._docker.close()
@@ -541,6 +583,12 @@ class App:
                 return str(current.status)
             self._wake.wait(every or EXEC_SAFETY_SECONDS)
         return "interrupted"
+
+
+def _pool_count(arg: str) -> tuple[str, int]:
+    """`pool=n` of a "queued" wake-up."""
+    pool, _, count = arg.rpartition("=")
+    return pool, int(count) if count.isdigit() else 1
 
 
 def _git_sync(config: Config) -> GitSync | None:

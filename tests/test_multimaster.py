@@ -101,11 +101,12 @@ def test_one_of_two_masters_leads_and_the_other_takes_over_when_its_connection_d
 class Master:
     """`python -m nagare` on a shared PostgreSQL database, in a folder of its own."""
 
-    def __init__(self, root: Path, url: str, dags: dict[str, str]) -> None:
+    def __init__(self, root: Path, url: str, dags: dict[str, str], settings: str = "") -> None:
         self.root = root
         (root / "dags").mkdir(parents=True)
         for file, text in dags.items():
             (root / "dags" / file).write_text(textwrap.dedent(text))
+        (root / "nagare.yaml").write_text(textwrap.dedent(settings))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
@@ -125,6 +126,11 @@ class Master:
             return http("GET", self.url + "/api/health", timeout=1).status == 200
         except OSError:
             return False
+
+    def post(self, path: str, body: Any = None) -> Any:
+        answer = http("POST", self.url + path, body or {})
+        assert answer.status in (200, 201, 202), (path, answer.status, answer.body)
+        return answer.json
 
     def get(self, path: str) -> Any:
         answer = http("GET", self.url + path)
@@ -146,10 +152,11 @@ def masters(postgres_server: PgServer, tmp_path: Path) -> Any:
     name = postgres_server.new_database()
     started: list[Master] = []
 
-    def start(dags: dict[str, str], count: int = 2) -> list[Master]:
+    def start(dags: dict[str, str], *settings: str) -> list[Master]:
+        url = postgres_server.url(name)
         new = [
-            Master(tmp_path / f"m{len(started) + i}", postgres_server.url(name), dags)
-            for i in range(count)
+            Master(tmp_path / f"m{len(started) + i}", url, dags, text)
+            for i, text in enumerate(settings or ("", ""))
         ]
         started.extend(new)
         for master in new:
@@ -187,3 +194,46 @@ def test_two_masters_one_leader_and_a_killed_leader_is_replaced_within_seconds(
     assert took < 3.0
     after = other.get("/api/masters")
     assert after["leader"] == after["me"] != leader_id
+
+
+def _chain(hops: int) -> str:
+    """A chain whose tasks alternate between pool a and pool b (and a last one that sleeps)."""
+    tasks = []
+    for i in range(hops):
+        after = f"\n    depends_on: [t{i - 1}]" if i else ""
+        tasks.append(f"  - id: t{i}\n    pool: {'ab'[i % 2]}\n    command: 'true'{after}")
+    tasks.append(f"  - id: last\n    pool: b\n    command: sleep 60\n    depends_on: [t{hops - 1}]")
+    return "id: zigzag\ntasks:\n" + "\n".join(tasks) + "\n"
+
+
+def test_wake_ups_cross_masters_so_each_hop_takes_milliseconds_and_a_kill_reaches_the_task(
+    masters: Any,
+) -> None:
+    """Master one runs pool a only, master two pool b only: every hop of the chain crosses
+    from one master to the other (without wake-ups each would wait for a 5 s recheck)."""
+    one, two = masters(
+        {"zigzag.yaml": _chain(10)},
+        "worker_pools: {a: 2, b: 0}\n",
+        "worker_pools: {a: 0, b: 2}\n",
+    )
+    run_id = one.post("/api/dags/zigzag/runs")["run_id"]
+    started = time.monotonic()
+
+    def running_last() -> bool:
+        task = one.get(f"/api/runs/{run_id}/tasks/last")
+        assert task["status"] in ("queued", "running", "pending", "ready"), task
+        return bool(task["status"] == "running")
+
+    wait_for(running_last, 20, interval=0.02, message="the chain to reach its last task")
+    took = time.monotonic() - started
+    print(f"10 hops across two masters: {took * 100:.0f} ms per hop")
+    assert took < 4.0
+    one.post(f"/api/runs/{run_id}/tasks/last/kill")  # it runs on master two
+    ended = wait_for(
+        lambda: (r := one.get(f"/api/runs/{run_id}"))["status"] != "running" and r,
+        5,
+        message="the run to end",
+    )
+    assert ended["status"] in ("failed", "cancelled")
+    attempts = two.get(f"/api/runs/{run_id}/tasks/last/attempts")
+    assert attempts[-1]["status"] != "running"

@@ -12,7 +12,14 @@ from __future__ import annotations
 from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
-from nagare.store.db import Database, DatabaseError, LeaderLock, StorageFull, open_database
+from nagare.store.db import (
+    Database,
+    DatabaseError,
+    LeaderLock,
+    StorageFull,
+    WakeChannel,
+    open_database,
+)
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
 from nagare.store.masters import MasterRecord, MasterStore
@@ -76,6 +83,7 @@ __all__ = [
     "UserRecord",
     "UserStore",
     "VersionRow",
+    "WakeChannel",
     "WorkerRecord",
     "text_digest",
 ]

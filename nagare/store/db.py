@@ -51,6 +51,22 @@ class LeaderLock(Protocol):
     def release(self) -> None: ...
 
 
+class WakeChannel(Protocol):
+    """Wake-ups between masters sharing a database (PostgreSQL's LISTEN/NOTIFY): `publish`
+    from any thread; `run(stop)` is the loop that sends them and calls `on_event` with those of
+    the other masters."""
+
+    on_event: Callable[[str, list[str]], None]
+
+    def publish(self, kind: str, *args: str) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def run(self, stop: threading.Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SoleLeader:
     """SQLite: one server per database file, so it always leads."""
 
@@ -219,6 +235,10 @@ class Database:
 
     def leader_lock(self) -> LeaderLock:
         return SoleLeader()
+
+    def wake_channel(self, sender: str) -> WakeChannel | None:
+        """None: a SQLite file has one server, nobody else to wake."""
+        return None
 
     def close(self) -> None:
         """Close the writer and the idle readers; a reader lent to another thread (a request

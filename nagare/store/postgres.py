@@ -10,8 +10,12 @@ them prepared (one round trip per execution).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -31,6 +35,9 @@ PREPARED_PER_CONNECTION = 512  # statements kept prepared on one connection (lea
 SEEN_PER_CONNECTION = 4096  # statements remembered as run once (then forgotten at once)
 PIPELINE_ROWS = 256  # at most this many answers of an executemany wait to be read
 MIGRATION_LOCK = 7_467_361  # advisory lock key: one process migrates at a time
+WAKE_CHANNEL = "nagare_wake"  # LISTEN/NOTIFY channel of the masters' wake-ups
+NOTIFY_BYTES = 7000  # a notification's payload stays under PostgreSQL's 8000-byte cap
+LISTEN_POLL_SECONDS = 1.0  # the listener reads its connection at least this often
 LEADER_LOCK = 7_467_362  # advisory lock key: held by the leading master, on a connection of its own
 NUMERIC_OID = 1700
 DISK_FULL = "53100"  # SQLSTATE disk_full
@@ -294,6 +301,18 @@ class Connection:
             self.broken = True
             raise DatabaseError(f"PostgreSQL connection lost: {exc}") from None
 
+    def fileno(self) -> int:
+        """The socket's descriptor (a listener waits on it)."""
+        return int(self._raw._usock.fileno())
+
+    def notifications(self) -> list[str]:
+        """Payloads of the notifications read with the last answers (taken)."""
+        queued = self._raw.notifications
+        payloads = []
+        while queued:
+            payloads.append(str(queued.popleft()[2]))
+        return payloads
+
     def close(self) -> None:
         try:
             self._raw.close()
@@ -487,6 +506,10 @@ class PgDatabase:
         it is freed when that connection dies, the master's process with it)."""
         return AdvisoryLock(self._connect, LEADER_LOCK)
 
+    def wake_channel(self, sender: str) -> PgWakeChannel:
+        """The masters' wake-ups (LISTEN/NOTIFY) on a connection of its own."""
+        return PgWakeChannel(self._connect, sender)
+
     def release_free_pages(self) -> None:
         """Nothing to do: autovacuum makes deleted rows' space reusable."""
 
@@ -548,6 +571,100 @@ class AdvisoryLock:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class PgWakeChannel:
+    """Wake-ups between the masters sharing a database (`store.db.WakeChannel`): `publish`
+    queues an event (a kind and string arguments) from any thread; `run(stop)`, a loop of its
+    own, LISTENs on WAKE_CHANNEL, sends what was published as few NOTIFYs as fit (JSON,
+    `{"from": sender, "events": [[kind, arg, ...], ...]}`) and hands every event another master
+    sent to `on_event(kind, args)`. Delivery is best effort: what a wake-up would have done
+    happens anyway at the receiver's next safety sweep."""
+
+    def __init__(self, open_connection: Callable[[], Connection], sender: str) -> None:
+        self._open = open_connection
+        self.sender = sender
+        self.on_event: Callable[[str, list[str]], None] = lambda kind, args: None
+        self._pending: list[list[str]] = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def publish(self, kind: str, *args: str) -> None:
+        with self._lock:
+            self._pending.append([kind, *args])
+        self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
+            os.write(self._wake_w, b"w")
+
+    def run(self, stop: threading.Event) -> None:
+        """Listen until `stop` (a lost connection raises: the supervisor runs this again)."""
+        conn = self._open()
+        try:
+            conn.execute_plain(f"LISTEN {WAKE_CHANNEL}")
+            while not stop.is_set():
+                ready, _, _ = select.select(
+                    [conn.fileno(), self._wake_r], [], [], LISTEN_POLL_SECONDS
+                )
+                if self._wake_r in ready:
+                    _drain_pipe(self._wake_r)
+                sent = self._send(conn)
+                if not sent:  # answers bring notifications in; else ask (cheaply) for them
+                    conn.execute("SELECT 1")
+                self._deliver(conn.notifications())
+        finally:
+            conn.close()
+
+    def _send(self, conn: Connection) -> bool:
+        with self._lock:
+            events, self._pending = self._pending, []
+        for payload in _payloads(self.sender, events):
+            conn.execute("SELECT pg_notify(?, CAST(? AS TEXT))", (WAKE_CHANNEL, payload))
+        return bool(events)
+
+    def _deliver(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            try:
+                message = json.loads(payload)
+                if message.get("from") == self.sender:
+                    continue
+                events = [[str(part) for part in event] for event in message["events"]]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("ignored a malformed wake-up: %.200s", payload)
+                continue
+            for event in events:
+                if event:
+                    self.on_event(event[0], event[1:])
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _payloads(sender: str, events: list[list[str]]) -> list[str]:
+    """The events as JSON payloads of at most NOTIFY_BYTES each (ASCII: what pg8000 reads)."""
+    payloads: list[str] = []
+    batch: list[list[str]] = []
+    size = 0
+    for event in events:
+        length = len(json.dumps(event)) + 1
+        if batch and size + length > NOTIFY_BYTES:
+            payloads.append(json.dumps({"from": sender, "events": batch}))
+            batch, size = [], 0
+        batch.append(event)
+        size += length
+    if batch:
+        payloads.append(json.dumps({"from": sender, "events": batch}))
+    return payloads
+
+
+def _drain_pipe(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _version(conn: Connection) -> int:
