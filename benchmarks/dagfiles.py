@@ -12,11 +12,14 @@ def _dag(dag_id: str, tasks: list[dict[str, object]]) -> str:
     return header + "".join(f"  - {json.dumps(task)}\n" for task in tasks)
 
 
-def chain(dag_id: str, length: int) -> str:
-    """t0000 -> t0001 -> ... : `length` tasks, each waiting for the previous one."""
+def chain(dag_id: str, length: int, pools: tuple[str, ...] = ()) -> str:
+    """t0000 -> t0001 -> ... : `length` tasks, each waiting for the previous one (with `pools`,
+    the tasks take them in turn)."""
     tasks: list[dict[str, object]] = []
     for index in range(length):
         task: dict[str, object] = {"id": f"t{index:04d}", "command": NOOP}
+        if pools:
+            task["pool"] = pools[index % len(pools)]
         if index:
             task["depends_on"] = [f"t{index - 1:04d}"]
         tasks.append(task)

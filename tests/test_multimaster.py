@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ from conftest import http, pythonpath_env, wait_for
 from postgres_server import PgServer, free_port
 
 from nagare.leadership import Leadership, digest_mismatches
-from nagare.store import MasterRecord, Store, text_digest
+from nagare.models import Trigger
+from nagare.store import MasterRecord, RunFilter, Store, text_digest
 
 EVERY_MINUTE = """
 id: tick
 schedule: "* * * * *"
+catchup: true
+start_date: "2026-01-01"
 tasks:
   - id: a
     command: 'true'
@@ -152,8 +156,15 @@ def masters(postgres_server: PgServer, tmp_path: Path) -> Any:
     name = postgres_server.new_database()
     started: list[Master] = []
 
-    def start(dags: dict[str, str], *settings: str) -> list[Master]:
+    def start(dags: dict[str, str], *settings: str, seen_since: int = 0) -> list[Master]:
+        """Masters on the test's database; `seen_since` (epoch ms): the cron DAGs were first
+        seen then (their slots since then are missed slots to catch up)."""
         url = postgres_server.url(name)
+        if seen_since:
+            store = Store(url)
+            for file in dags:
+                store.dags.ensure_state(file.removesuffix(".yaml"), seen_since)
+            store.close()
         new = [
             Master(tmp_path / f"m{len(started) + i}", url, dags, text)
             for i, text in enumerate(settings or ("", ""))
@@ -177,7 +188,9 @@ def _both(master: Master) -> Any:
 def test_two_masters_one_leader_and_a_killed_leader_is_replaced_within_seconds(
     masters: Any,
 ) -> None:
-    one, two = masters({"tick.yaml": EVERY_MINUTE})
+    catch_up = "max_catchup_runs: 20\n"
+    an_hour_ago = int(time.time() * 1000) - 3_600_000
+    one, two = masters({"tick.yaml": EVERY_MINUTE}, catch_up, catch_up, seen_since=an_hour_ago)
     listed = wait_for(lambda: _both(one), 10, message="both masters to register")
     leader_id = listed["leader"]
     assert leader_id is not None and listed["digest_mismatch"] == {}
@@ -194,6 +207,10 @@ def test_two_masters_one_leader_and_a_killed_leader_is_replaced_within_seconds(
     assert took < 3.0
     after = other.get("/api/masters")
     assert after["leader"] == after["me"] != leader_id
+    time.sleep(0.5)  # the new leader's first pass looked at the cron slots
+    runs = other.get("/api/runs?dag_id=tick&limit=500")["data"]
+    slots = [r["execution_date"] for r in runs if r["trigger"] != "manual"]
+    assert len(slots) >= 20 and len(slots) == len(set(slots)), "each slot fired once"
 
 
 def _chain(hops: int) -> str:
@@ -237,3 +254,35 @@ def test_wake_ups_cross_masters_so_each_hop_takes_milliseconds_and_a_kill_reache
     assert ended["status"] in ("failed", "cancelled")
     attempts = two.get(f"/api/runs/{run_id}/tasks/last/attempts")
     assert attempts[-1]["status"] != "running"
+
+
+def test_a_slot_fired_by_two_masters_at_once_makes_one_run(postgres_server: PgServer) -> None:
+    """Even if two masters both believed they led (the old leader's last pass overlapping the
+    new one's first), a slot's deterministic run id lets only one of them create its run."""
+    from test_store_contract import dag_of
+
+    name = postgres_server.new_database()
+    url = postgres_server.url(name)
+    stores = [Store(url), Store(url)]
+    dag = dag_of("id: tick\ntasks:\n  - id: a\n    command: 'true'\n")
+    slots = [60_000 * minute for minute in range(1, 41)]
+    created: list[str] = []
+
+    def fire(store: Store) -> None:
+        for slot in slots:
+            run = store.runs.start(dag, Trigger.SCHEDULED, slot, {}, slot)
+            if run is not None:
+                created.append(run.run_id)
+
+    try:
+        threads = [threading.Thread(target=fire, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(created) == sorted(set(created)) and len(created) == len(slots)
+        assert stores[0].runs.find(RunFilter(), 1, 100)[1] == len(slots)
+    finally:
+        for store in stores:
+            store.close()
+        postgres_server.drop_database(name)
