@@ -209,6 +209,7 @@ class App:
                     "id": self.leadership.me.master_id,
                     "leader": self.leadership.leads,
                 },
+                digest_mismatch=lambda: digest_mismatches(self.leadership.masters()),
             ),
             _static_files(),
         )

@@ -197,6 +197,17 @@ def test_two_masters_one_leader_and_a_killed_leader_is_replaced_within_seconds(
     by_id = {m["id"]: m for m in listed["masters"]}
     assert [m["leader"] for m in by_id.values()].count(True) == 1
     assert one.get("/api/health")["master"]["leader"] == (leader_id == listed["me"])
+    # a DAG file that differs on one master is flagged in the DAG list (two masters: the one
+    # whose version differs from the leader's)
+    follower = next(m["id"] for m in listed["masters"] if not m["leader"])
+    changed = EVERY_MINUTE.replace("command: 'true'", "command: 'echo changed'")
+    (two.root / "dags" / "tick.yaml").write_text(textwrap.dedent(changed))
+    wait_for(
+        lambda: one.get("/api/dags")[0]["digest_mismatch"] == [follower],
+        10,
+        message="the DAG to be flagged",
+    )
+    assert two.get("/api/masters")["digest_mismatch"] == {"tick": [follower]}
     leader, other = (one, two) if leader_id == listed["me"] else (two, one)
     leader.kill()
     killed = time.monotonic()

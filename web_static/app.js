@@ -51,6 +51,7 @@ import {
 } from "./common.js";
 import { BackfillButton } from "./backfill.js";
 import { GitSyncStatus } from "./gitsync.js";
+import { DigestMismatch } from "./masters.js";
 import { RecentRuns, RunsPage as RunsListPage, StatCard, useQuery } from "./runslist.js";
 import { DagEditor, DagErrors, NEW_DAG_HREF, editorHref } from "./editor.js";
 import { MetricsPage } from "./metrics.js";
@@ -352,7 +353,7 @@ function DagTable({ dags, reload }) {
   return html`<div class="tablewrap"><table class="dags stack-sm">
     <thead><tr><th>DAG</th><th>Schedule</th><th>Next run</th><th>Last run</th><th>Active</th>${can("operate") && html`<th>Actions</th>`}</tr></thead>
     <tbody>${dags.map((d) => html`<tr key=${d.dag_id} data-dag=${d.dag_id}>
-      <td class="card-title"><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}>
+      <td class="card-title"><${Link} href=${dagHref(d.dag_id)}><strong>${d.dag_id}</strong></${Link}> <${DigestMismatch} dag=${d} />
         <div class="muted small trunc" title=${d.description}>${d.description}</div>
         ${(d.tags || []).length > 0 && html`<div class="row tags">${d.tags.map((t) => html`<span class="tag">${t}</span>`)}</div>`}</td>
       <td data-label="Schedule">${d.paused ? html`<span class="badge st-queued">paused</span> ` : ""}<span title=${d.schedule}>${d.schedule_description || d.schedule}</span></td>

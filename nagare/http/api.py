@@ -145,6 +145,8 @@ class Services:
     authenticator: Authenticator | None = None  # who a request is (default: the API key)
     audit: Callable[[AuditEntry], None] = lambda entry: None  # records a state change
     master: Callable[[], dict[str, Any]] = dict  # this master: {id, leader} (see /api/masters)
+    # DAG id -> the live masters whose definition of it differs from the others'
+    digest_mismatch: Callable[[], dict[str, list[str]]] = dict
 
 
 class Api:
@@ -619,6 +621,7 @@ class Api:
         }
         states = self.s.store.dags.states()
         last = self.s.store.runs.last_of(dags)
+        mismatch = self.s.digest_mismatch()
         now = now_ms()
         return [
             dag_json(
@@ -628,6 +631,7 @@ class Api:
                 now,
                 snapshot.files.get(i, ""),
             )
+            | {"digest_mismatch": mismatch.get(i, [])}
             for i, dag in sorted(dags.items())
         ]
 
