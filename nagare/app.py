@@ -45,7 +45,15 @@ from nagare.liveness import (
     short_error,
 )
 from nagare.logs import LogFiles
-from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, TaskType, Trigger
+from nagare.models import (
+    LOCAL_WORKER,
+    Assignment,
+    DagDef,
+    HandlerKind,
+    TaskDef,
+    TaskType,
+    Trigger,
+)
 from nagare.pools import WorkerPools
 from nagare.retention import RetentionSweep
 from nagare.run_checks import RunPreconditions
@@ -170,6 +178,8 @@ class App:
             self.http = _http_server(config, self.api)
             self.scheduler.leads = self.retention.leads = lambda: self.leadership.leads
             self.wakeups = self.store.db.wake_channel(self.leadership.me.master_id)
+            if self.leadership.lock.shared:
+                self._lease_local_attempts()
             if self.wakeups is not None:
                 self.wakeups.on_event = self._woken_elsewhere
         self._threads: list[threading.Thread] = []
@@ -313,7 +323,7 @@ class App:
     def _remove_leftover_containers(self) -> dict[tuple[str, int], str]:
         """Before the pools start, when a container task's attempt was left running: remove
         the leftovers now so that recovery can say so (otherwise the SDK waits until needed)."""
-        for attempt in self.store.tasks.running_attempts("local"):
+        for attempt in self.store.tasks.running_attempts(self.pools.worker):
             task = self.store.tasks.by_id(attempt.task_instance_id)
             run = self.store.runs.get(task.run_id, counts=False) if task else None
             if task is None or run is None:
@@ -333,11 +343,10 @@ class App:
     def _kill(self, task_instance_id: str) -> bool:
         """Stop a running task wherever it runs: on a remote worker, here, or (told through
         the wake-ups) on another master."""
-        if self._kill_here(task_instance_id):
-            return True
-        if self.wakeups is not None:
+        here = self._kill_here(task_instance_id)
+        if self.wakeups is not None:  # a remote worker may be polling another master
             self.wakeups.publish("kill", task_instance_id)
-        return False
+        return here
 
     def _kill_here(self, task_instance_id: str) -> bool:
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
@@ -459,6 +468,19 @@ class App:
         self._warn_no_users()
         self._warn_open_cluster()
         self._warn_open_volumes()
+
+    def _lease_local_attempts(self) -> None:
+        """On a database several masters share, this master's attempts are its own
+        ("local@<id>") and leased like a remote worker's: the leadership loop renews them every
+        second, and once this master dies any other closes them (the retry policy decides)."""
+        worker = f"{LOCAL_WORKER}@{self.leadership.me.master_id}"
+        lease_ms = int(self.config.lease_timeout_seconds * 1000)
+        self.pools.worker, self.pools.lease_ms = worker, lease_ms
+
+        def renew(now: int) -> None:
+            self.store.workers.renew_all(worker, now + lease_ms)
+
+        self.leadership.on_beat = renew
 
     def _first_turn(self) -> None:
         """Register this master (its URL now that the port is bound) and try the leader lock."""
@@ -782,12 +804,16 @@ def build_worker(config: Config) -> WorkerApp:
         read_hello(encode_hello(hello))
     except BadRequest as err:
         raise ConfigError(f"worker settings: {err.message}") from None
-    from nagare.client import ApiClient  # the worker role only, as below
+    from nagare.client import Masters  # the worker role only, as below
 
+    urls = [url.strip() for url in config.join.split(",") if url.strip()]
     try:
-        master = ApiClient(config.join, api_key=config.token)
+        master = Masters(urls, api_key=config.token)
     except Exception as err:
         raise ConfigError(f"--join: {err}") from None
+    master.on_switch = lambda old, new: log.warning(
+        "cannot reach the master at %s; going on with the master at %s", old, new
+    )
     from nagare.cluster.remote import RemoteWorker  # the worker role only: a server never loads it
 
     reactor = Reactor()  # owned by the worker's task loop

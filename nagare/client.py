@@ -12,7 +12,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -499,6 +499,60 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     code = error.get("code")
     return (code if isinstance(code, str) else None), error["message"]
+
+
+class Masters:
+    """The masters a worker joins (`--join URL1,URL2,...`, masters sharing one database): its
+    cluster messages go to the current one; one that cannot be reached (no answer, or 502-504
+    from a proxy in front of it) is left for the next, in turn, and the message is sent there
+    (every message names the worker, its pools and the attempts it holds, so it also registers
+    the worker with a master that never saw it; leases are rows of the shared database, so any
+    master renews them and accepts their results)."""
+
+    FAILOVER_STATUSES = frozenset({0, 502, 503, 504})
+
+    def __init__(self, urls: list[str], api_key: str = "", timeout: float = 30) -> None:
+        if not urls:
+            raise ValueError("no master URL given")
+        self.clients = [ApiClient(url, api_key=api_key, timeout=timeout) for url in urls]
+        self._current = 0
+        self._lock = threading.Lock()
+        self.on_switch: Callable[[str, str], None] = lambda old, new: None
+
+    @property
+    def base_url(self) -> str:
+        return self.clients[self._current].base_url
+
+    def cluster(self, verb: str, body: JsonObject, timeout: float | None = None) -> JsonObject:
+        """One message, to the current master, or to each next one while they cannot be reached
+        (the last one's error is raised when none answers)."""
+        last: ApiError | None = None
+        for _ in range(len(self.clients)):
+            index = self._current
+            try:
+                return self.clients[index].cluster(verb, body, timeout)
+            except ApiError as err:
+                if err.status not in self.FAILOVER_STATUSES or err.code == "untrusted_certificate":
+                    raise
+                if not self._move_on(index) and len(self.clients) == 1:
+                    raise
+                last = err
+        assert last is not None
+        raise last
+
+    def _move_on(self, failed: int) -> bool:
+        """Make the master after `failed` the current one (unless another thread did)."""
+        with self._lock:
+            if self._current != failed or len(self.clients) == 1:
+                return False
+            self._current = (failed + 1) % len(self.clients)
+            old, new = self.clients[failed].base_url, self.clients[self._current].base_url
+        self.on_switch(old, new)
+        return True
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
 
 def _network_error(base_url: str, reason: object) -> ApiError:

@@ -345,7 +345,8 @@ OPTIONS: tuple[Option, ...] = (
         "join",
         "str",
         "",
-        "Master URL a worker joins, e.g. http://master:8080.",
+        "Master URL a worker joins, e.g. http://master:8080; masters sharing a PostgreSQL "
+        "database: their URLs, comma-separated (the worker moves on when one cannot be reached).",
         yaml_key=False,
     ),
     _opt(

@@ -84,6 +84,9 @@ class Leadership:
         self.digest = digest
         self.clock = clock
         self.on_gained: Callable[[], None] = lambda: None
+        # called with the time of every beat of a master sharing its database (app wires: the
+        # leases of its own running attempts are renewed, so they outlive it by one lease only)
+        self.on_beat: Callable[[int], None] = lambda now: None
         self.leads = False
         self._digested: tuple[Mapping[str, DagDef] | None, dict[str, str]] = (None, {})
         self._forgotten = 0  # when the leader last removed rows of long-gone masters
@@ -111,6 +114,7 @@ class Leadership:
                 return
             now = self.clock()
             self.rows.beat(self._record(now, held))
+            self.on_beat(now)
             if held and now - self._forgotten >= FORGET_SECONDS * 1000:
                 self._forgotten = now
                 self.rows.forget_older(now - int(FORGET_SECONDS * 1000))

@@ -170,6 +170,15 @@ class Trigger(StrEnum):
 # as NAGARE_SCHEDULED_TIME.
 SLOT_TRIGGERS = frozenset({Trigger.SCHEDULED, Trigger.CATCHUP, Trigger.BACKFILL})
 
+# The worker name of a server's own (local pool) attempts; on a database several masters share,
+# each master's is "local@<master id>" (remote worker ids cannot contain '@').
+LOCAL_WORKER = "local"
+
+
+def is_local_worker(worker: str) -> bool:
+    """Whether an attempt's worker is a server's own pools (not a remote worker)."""
+    return worker in ("", LOCAL_WORKER) or worker.startswith(LOCAL_WORKER + "@")
+
 
 class ParamType(StrEnum):
     STRING = "string"

@@ -41,7 +41,15 @@ from nagare.logs import (
     read_output_file,
     remove_output_file,
 )
-from nagare.models import SLOT_STEPS, Assignment, Attempt, AttemptFinish, Claim, Outcome
+from nagare.models import (
+    LOCAL_WORKER,
+    SLOT_STEPS,
+    Assignment,
+    Attempt,
+    AttemptFinish,
+    Claim,
+    Outcome,
+)
 from nagare.store import Clock, StorageFull
 
 log = logging.getLogger("nagare.pools")
@@ -134,6 +142,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             wants: Mapping[str, int],
             worker: str,
             now: Clock,
+            lease_ms: int | None = None,
         ) -> list[Claim]: ...
 
         def finish_attempt(self, finish: AttemptFinish) -> bool: ...
@@ -173,6 +182,10 @@ class WorkerPools:
         self.kill_leftover = kill_leftover  # kills a crashed server's leftover process group
         self.clock = clock
         self.line_sink = line_sink
+        # the worker name of this server's attempts: "local"; on a database several masters
+        # share, "local@<master id>" with leases of `lease_ms` that the master renews (app wires)
+        self.worker = LOCAL_WORKER
+        self.lease_ms: int | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when a task finishes
         self._running: dict[str, _Attempt] = {}
@@ -239,7 +252,7 @@ class WorkerPools:
         affected run ids."""
         removed_containers = removed_containers or {}
         runs = []
-        for attempt in self.store.tasks.running_attempts("local"):
+        for attempt in self.store.tasks.running_attempts(self.worker):
             claim = self.store.tasks.claim_of(attempt.task_instance_id, attempt.attempt)
             if claim is None:
                 continue
@@ -383,7 +396,7 @@ class WorkerPools:
             return [], []
         try:
             claims = self.store.tasks.finish_and_claim(
-                [f for _, f in ended], wants, "local", self.clock
+                [f for _, f in ended], wants, self.worker, self.clock, self.lease_ms
             )
         except Exception as exc:
             self._log_once(exc, "recording %d attempts and claiming tasks failed", len(ended))

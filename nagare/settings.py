@@ -151,7 +151,8 @@ class Settings:
     # Run as a remote worker of the master given by --join (also `nagare worker`).
     worker: bool = False
 
-    # Master URL a worker joins, e.g. http://master:8080.
+    # Master URL a worker joins, e.g. http://master:8080; masters sharing a PostgreSQL database:
+    # their URLs, comma-separated (the worker moves on when one cannot be reached).
     join: str = ""
 
     # Comma-separated pools a worker serves, e.g. gpu,cpu.

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import http, pythonpath_env, wait_for
 from postgres_server import PgServer, free_port
+from test_cluster import gpu_dag, online, workers  # noqa: F401 - fixture
 
 from nagare.leadership import Leadership, digest_mismatches
 from nagare.models import Trigger
@@ -151,33 +152,44 @@ class Master:
             self.proc.wait(30)
 
 
-@pytest.fixture
-def masters(postgres_server: PgServer, tmp_path: Path) -> Any:
-    name = postgres_server.new_database()
-    started: list[Master] = []
+class MasterGroup:
+    """`group(dags, settings_one, settings_two, ...)` starts masters on one database (`url`)."""
 
-    def start(dags: dict[str, str], *settings: str, seen_since: int = 0) -> list[Master]:
-        """Masters on the test's database; `seen_since` (epoch ms): the cron DAGs were first
+    def __init__(self, server: PgServer, root: Path) -> None:
+        self.server = server
+        self.root = root
+        self.name = server.new_database()
+        self.url = server.url(self.name)
+        self.started: list[Master] = []
+
+    def __call__(self, dags: dict[str, str], *settings: str, seen_since: int = 0) -> list[Master]:
+        """Masters on the group's database; `seen_since` (epoch ms): the cron DAGs were first
         seen then (their slots since then are missed slots to catch up)."""
-        url = postgres_server.url(name)
         if seen_since:
-            store = Store(url)
+            store = Store(self.url)
             for file in dags:
                 store.dags.ensure_state(file.removesuffix(".yaml"), seen_since)
             store.close()
         new = [
-            Master(tmp_path / f"m{len(started) + i}", url, dags, text)
+            Master(self.root / f"m{len(self.started) + i}", self.url, dags, text)
             for i, text in enumerate(settings or ("", ""))
         ]
-        started.extend(new)
+        self.started.extend(new)
         for master in new:
             wait_for(master.ready, 30, message="the master to answer /api/health")
         return new
 
-    yield start
-    for master in started:
-        master.stop()
-    postgres_server.drop_database(name)
+    def close(self) -> None:
+        for master in self.started:
+            master.stop()
+        self.server.drop_database(self.name)
+
+
+@pytest.fixture
+def masters(postgres_server: PgServer, tmp_path: Path) -> Any:
+    group = MasterGroup(postgres_server, tmp_path)
+    yield group
+    group.close()
 
 
 def _both(master: Master) -> Any:
@@ -297,3 +309,104 @@ def test_a_slot_fired_by_two_masters_at_once_makes_one_run(postgres_server: PgSe
         for store in stores:
             store.close()
         postgres_server.drop_database(name)
+
+
+def test_a_worker_joined_to_two_masters_delivers_its_result_through_the_other_when_one_dies(
+    masters: Any,
+    workers: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    dag = gpu_dag("remote", f"- id: t\n  pool: gpu\n  command: 'echo x >> {marker}; sleep 2'\n")
+    settings = "worker_pools: {default: 0, gpu: 0}\nlease_timeout_seconds: 4\n"
+    one, two = masters({"remote.yaml": dag}, settings, settings)
+    worker = workers(f"{one.url},{two.url}", "w1")
+    wait_for(lambda: online(one.url, "w1"), 15, message="the worker to join")
+    run_id = one.post("/api/dags/remote/runs")["run_id"]
+    wait_for(
+        lambda: two.get(f"/api/runs/{run_id}/tasks/t")["status"] == "running",
+        10,
+        message="the task to run on the worker",
+    )
+    one.kill()  # the master the worker talks to (the first of --join)
+    run = wait_for(
+        lambda: (r := two.get(f"/api/runs/{run_id}"))["status"] in ("success", "failed") and r,
+        20,
+        message="the run to end through the other master",
+    )
+    assert run["status"] == "success"
+    task = two.get(f"/api/runs/{run_id}/tasks/t")
+    assert (task["worker"], task["attempt"]) == ("w1", 1)
+    assert marker.read_text() == "x\n"  # it ran once
+    assert worker.proc.poll() is None
+    assert "going on with the master at " + two.url in worker.output.read_text()
+
+
+def _fanout(marks: Path, count: int) -> str:
+    """A root, then `count` tasks at once: each appends its attempt number to a file of its own
+    (before it sleeps a little), with one retry."""
+    tasks = ["  - id: root\n    command: 'true'"]
+    for i in range(count):
+        tasks.append(
+            f"  - id: t{i:03d}\n    depends_on: [root]\n    retries: 1\n"
+            f"    retry_delay_seconds: 0\n"
+            f"    command: 'echo $NAGARE_ATTEMPT >> {marks}/t{i:03d}; sleep 0.1'"
+        )
+    return "id: fan\ntasks:\n" + "\n".join(tasks) + "\n"
+
+
+def _attempts(url: str, run_id: str) -> dict[str, list[tuple[int, str, str]]]:
+    """task id -> its attempts (number, status, worker), read from the database."""
+    store = Store(url)
+    try:
+        with store.db.read() as conn:
+            rows = conn.execute(
+                "SELECT task_id, attempt, status, worker FROM task_attempts WHERE run_id=? "
+                "ORDER BY task_id, attempt",
+                (run_id,),
+            ).fetchall()
+    finally:
+        store.close()
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    for task_id, attempt, status, worker in rows:
+        found.setdefault(task_id, []).append((attempt, status, worker))
+    return found
+
+
+def test_two_masters_run_500_tasks_once_each_and_survive_the_leaders_kill(
+    masters: MasterGroup, tmp_path: Path
+) -> None:
+    """Both masters claim from one run's queue; the leader dies by kill -9 mid-run: the other
+    leads, closes the dead master's attempts once their lease ran out (their retry runs, once)
+    and finishes the run. Every task's file holds one line per recorded attempt."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    settings = "worker_pools: {default: 8}\nlease_timeout_seconds: 2\n"
+    one, two = masters({"fan.yaml": _fanout(marks, 500)}, settings, settings)
+    listed = wait_for(lambda: _both(one), 10, message="both masters to register")
+    leader, other = (one, two) if listed["leader"] == listed["me"] else (two, one)
+    run_id = other.post("/api/dags/fan/runs")["run_id"]
+    wait_for(lambda: len(list(marks.iterdir())) >= 150, 30, message="a part of the run")
+    leader.kill()
+    killed = time.monotonic()
+    wait_for(lambda: other.get("/api/health")["master"]["leader"], 10, message="a new leader")
+    print(f"take-over mid-run: {time.monotonic() - killed:.2f} s")
+    run = wait_for(
+        lambda: (r := other.get(f"/api/runs/{run_id}"))["status"] != "running" and r,
+        60,
+        message="the run to end",
+    )
+    assert run["status"] == "success", run
+    attempts = _attempts(masters.url, run_id)
+    assert len(attempts) == 501
+    names = {w for tries in attempts.values() for _, _, w in tries}
+    assert len(names) == 2 and all(w.startswith("local@") for w in names)
+    retried = {t: tries for t, tries in attempts.items() if len(tries) > 1}
+    for task_id, tries in attempts.items():
+        assert tries[-1][1] == "success", (task_id, tries)
+        if task_id != "root":
+            lines = (marks / task_id).read_text().split()
+            assert lines == [str(n) for n, _, _ in tries], (task_id, tries, lines)
+    for task_id, tries in retried.items():  # the first ran on the dead master and was lost
+        assert len(tries) == 2 and tries[0][1] == "failed", (task_id, tries)
+    print(f"{len(retried)} task(s) lost with the killed master ran again, once each")

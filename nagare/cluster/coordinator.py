@@ -49,6 +49,7 @@ from nagare.models import (
     Outcome,
     TaskInstance,
     TaskStatus,
+    is_local_worker,
 )
 from nagare.store import Exchange, HeldAttempt, WorkerRecord
 
@@ -205,7 +206,7 @@ class Coordinator:
     def cancel(self, task_instance_id: str) -> bool:
         """A task was killed: if a remote worker holds it, tell that worker at once."""
         task = self.store.tasks.by_id(task_instance_id)
-        if task is None or task.worker in ("", "local"):
+        if task is None or is_local_worker(task.worker):
             return False
         with self._cond:
             self._cancels.setdefault(task.worker, set()).add(task_instance_id)

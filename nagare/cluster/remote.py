@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from nagare.client import ApiClient, ApiError
+from nagare.client import ApiClient, ApiError, Masters
 from nagare.cluster.protocol import (
     MAX_LINES,
     MAX_RESULTS,
@@ -137,7 +137,7 @@ class _Task:
 class RemoteWorker:
     def __init__(
         self,
-        master: ApiClient,
+        master: ApiClient | Masters,
         hello: WorkerHello,
         reactor: Reactor,
         executor_for: Callable[[Assignment], Executor],

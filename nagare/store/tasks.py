@@ -290,19 +290,24 @@ class TaskStore:
         wants: Mapping[str, int],
         worker: str,
         now: Clock,
+        lease_ms: int | None = None,
     ) -> list[Claim]:
         """finish_attempt for each of `finishes`, then claim up to `wants[pool]` tasks of each
         pool, in one transaction: slots that finish together share one commit and one metrics
-        update, and a busy slot costs a fraction of a write per task."""
+        update, and a busy slot costs a fraction of a write per task. With `lease_ms` (a master
+        sharing its database) the claims are leases its master renews, confirmed at once."""
         with self.db.write() as conn:
             tally = AttemptTally()
             for start in range(0, len(finishes), FINISH_CHUNK):
                 finish_many(conn, finishes[start : start + FINISH_CHUNK], tally)
             tally.write(conn)
             at = _read(now)
+            lease = at + lease_ms if lease_ms else None
             claims = []
             for pool, count in wants.items():
-                claims += claim_queued(conn, self.dags, pool, worker, at, count=count)
+                claims += claim_queued(
+                    conn, self.dags, pool, worker, at, lease, count, confirmed=lease is not None
+                )
             return claims
 
     def finish_attempt(self, finish: AttemptFinish) -> bool:
@@ -584,6 +589,7 @@ def claim_queued(
     now: int,
     lease_until: int | None = None,
     count: int = 1,
+    confirmed: bool = False,
 ) -> list[Claim]:
     """A shared step: claim the `count` oldest queued tasks of `pool` for `worker` (a remote
     worker holds them under a lease that ends at `lease_until` unless renewed), oldest first,
@@ -592,11 +598,11 @@ def claim_queued(
         f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
         "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
         "allowed_failure=0, "
-        "lease_expires_at=?, lease_confirmed=0 "
+        "lease_expires_at=?, lease_confirmed=? "
         "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
         f"ORDER BY queued_at, rowid LIMIT ?{LOCK_ROWS}) AND status='queued' "
         f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-        (worker, now, lease_until, pool, count),
+        (worker, now, lease_until, int(confirmed), pool, count),
     ).fetchall()
     if not rows:
         return []

@@ -150,6 +150,17 @@ class WorkerStore:
             )
         return True
 
+    def renew_all(self, worker_id: str, until: int) -> int:
+        """Renew every lease `worker_id` holds (a master's own local attempts, on a shared
+        database: renewed while it lives, reaped like a lost worker's once it died)."""
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE task_instances SET lease_expires_at=? WHERE worker=? AND "
+                "lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled')",
+                (until, worker_id),
+            )
+        return cursor.rowcount
+
     def extend(self, until: int) -> int:
         """On master start: the workers could not renew while it was down, so every open lease
         gets a full term from now. Returns how many were extended."""
