@@ -16,6 +16,7 @@ import logging
 import re
 import select
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -425,6 +426,14 @@ class NagareHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # a burst of connections waits in the kernel, not refused
+
+    def server_bind(self) -> None:
+        """Bind, without http.server's reverse DNS lookup of the listen address (`getfqdn`: a
+        wait on a slow resolver at every start, for a name nothing here reads)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
     def __init__(
         self,
