@@ -75,6 +75,14 @@ def _parse(args: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace
     of those two commands alone: the client commands' modules stay unloaded for the life of
     the process."""
     word = _command_word(args)
+    if word is None and any(a in ("--api", "--json") or a.startswith("--api=") for a in args):
+        fail(
+            "usage",
+            "--api and --json are client flags: name a command after them, "
+            "e.g. `nagare --api http://host:8080 dags` (see `nagare --help`)",
+            "--json" in args,
+        )
+        sys.exit(2)
     lean = word in SERVER_COMMANDS or (word is None and "-h" not in args and "--help" not in args)
     parser = build_parser(full=not lean)
     commands = _commands(parser).choices
