@@ -14,7 +14,7 @@ from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
-from nagare.http.auth import Admission, Authenticator, KeyAuthenticator
+from nagare.http.auth import Admission, Authenticator, KeyAuthenticator, RefusalBudget
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
@@ -49,6 +49,7 @@ from nagare.runs import RunService
 from nagare.store import AuditEntry, DagState, RunFilter, Stats
 
 log = logging.getLogger("nagare.http")
+_UNPROVEN = ("unauthorized", "too_many_requests")  # outcomes of callers who proved no one
 
 MAX_PAGE_SIZE = 500
 CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
@@ -163,6 +164,7 @@ class Api:
             lambda run_id: self.s.runs.run(run_id).dag_id,
             cluster_open=settings.auth_mode == "key",
         )
+        self.refusals = RefusalBudget()  # refused callers' entries in the audit log
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
 
@@ -218,6 +220,8 @@ class Api:
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
+        if outcome in _UNPROVEN and self._floods(request):
+            return
         if request.header("user-agent").startswith(CLI_AGENT):
             request.note(via="cli")
         note = request.audit
@@ -234,6 +238,19 @@ class Api:
             self.s.audit(entry)
         except Exception:  # the action happened: a failed record must not undo its answer
             log.exception("could not record %s by %s in the audit log", entry.action, entry.actor)
+
+    def _floods(self, request: Request) -> bool:
+        """Whether this refusal goes over its address's budget (the first one over it is
+        logged, so that an operator hears of the flood)."""
+        over = self.refusals.spend(request.address, now_ms())
+        if over == 1:
+            log.warning(
+                "more than %d refused calls from %s this minute: the audit log records no more "
+                "of them until the next minute",
+                self.refusals.per_minute,
+                request.address,
+            )
+        return over > 0
 
     def _admit_unrouted(self, request: Request) -> None:
         """Before saying which paths and methods exist (404, 405), the caller proves an identity

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from nagare.access import NOBODY, Principal
 from nagare.errors import (
@@ -64,17 +64,33 @@ MAX_DETAIL_CHARS = 1000
 
 def audit_detail(detail: str, facts: dict[str, object]) -> str:
     """`detail` with `name=value` facts appended, each value on one line and cut at
-    MAX_DETAIL_VALUE_CHARS, the whole at MAX_DETAIL_CHARS."""
+    MAX_DETAIL_VALUE_CHARS (a value with a space, '=' or '"', or an empty one, in JSON's double
+    quotes), the whole at MAX_DETAIL_CHARS."""
     parts = [detail] if detail else []
     for name, value in facts.items():
         text = " ".join(str(value).split())
         if len(text) > MAX_DETAIL_VALUE_CHARS:
             text = text[: MAX_DETAIL_VALUE_CHARS - 3] + "..."
+        if _UNQUOTED.search(text):  # quoted: a comment cannot pass for facts (`x by=admin`)
+            text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{name}={text}")
     return " ".join(parts)[:MAX_DETAIL_CHARS]
 
 
-_TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
+_UNQUOTED = re.compile(r'[\s="]|^$')  # a fact's value with one of these is quoted
+_QUERY_PAIR = re.compile(r"([?&])([^=&\s\"]*)=([^&\s\"]*)")
+
+
+def masked_query_token(line: str) -> str:
+    """`line` with the value of every `token=` query parameter starred, however its name is
+    spelt (`%74oken` is `token` to the parser too): a key never reaches the server log."""
+
+    def star(match: re.Match[str]) -> str:
+        if unquote_plus(match.group(2)).lower() != "token":
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}=***"
+
+    return _QUERY_PAIR.sub(star, line)
 
 
 @dataclass
@@ -415,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("stream for %s failed", self.path)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), _TOKEN_QUERY.sub(r"\1***", format % args))
+        log.debug("%s - %s", self.address_string(), masked_query_token(format % args))
 
 
 class NagareHTTPServer(ThreadingHTTPServer):
