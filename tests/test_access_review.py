@@ -1,0 +1,274 @@
+"""Attacks on users, keys, sessions and the audit log (auth_mode builtin), against a real server
+on port 0 and the real store: names that pass for other actors, a trailing newline, names that
+differ only in case, key names that forge audit entries, a sign-in posted by another site's form,
+facts forged in an audit entry's detail, a busy session's absolute end, and a flood of refused
+calls in the audit log."""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Nagare, http, wait_for
+from test_roles import PASSWORD, Who, add_user, admin_headers, audit, new_key, start
+
+from nagare.access import all_roles
+from nagare.accounts import SESSION_CAP_MS, Accounts, is_account_name
+from nagare.errors import BadRequest, Conflict
+from nagare.http.auth import RefusalBudget
+from nagare.http.server import audit_detail, masked_query_token
+from nagare.passwords import MAX_PASSWORD_CHARS, hash_password, verify_password
+from nagare.sso import SsoRefused, user_name
+from nagare.store import Store
+
+HOUR_MS = 3600_000
+GATE = """
+    id: gate
+    tasks:
+      - id: ask
+        type: approval
+"""
+
+
+def _accounts(tmp_path: Path) -> tuple[Store, Accounts]:
+    store = Store(str(tmp_path / "nagare.db"))
+    return store, Accounts(store, all_roles({}), 12)
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_a_user_cannot_take_the_name_of_another_kind_of_actor(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory)
+    admin = Who(n, admin_headers())
+    for name in ("api-key", "anonymous", "worker", "API-Key", "Anonymous"):
+        body = {"name": name, "role": "viewer", "password": PASSWORD}
+        refused = admin.call("POST", "/api/users", body)
+        assert refused.status == 400, (name, refused.body)
+        assert "another kind of caller" in refused.json["error"]["message"]
+    assert [u["name"] for u in admin.call("GET", "/api/users").json] == []
+    # names that hold a ':' (key:x, webhook:/x, cli:root) were never valid
+    for name in ("key:ci", "webhook:x", "cli:root"):
+        body = {"name": name, "role": "viewer", "password": PASSWORD}
+        assert admin.call("POST", "/api/users", body).status == 400
+
+
+def test_a_trailing_newline_does_not_make_another_user(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory)
+    admin = Who(n, admin_headers())
+    add_user(n, "bob", "viewer")
+    body = {"name": "bob\n", "role": "admin", "password": PASSWORD}
+    refused = admin.call("POST", "/api/users", body)
+    assert refused.status == 400 and "not a valid user name" in refused.json["error"]["message"]
+    assert [u["name"] for u in admin.call("GET", "/api/users").json] == ["bob"]
+    [entry] = audit(n, action="user.create", outcome="bad_request")
+    assert entry.target == "user:?"  # never a name with a line break in the audit log
+    # nor in a path: /api/users/bob%0A is not bob
+    assert admin.call("PUT", "/api/users/bob%0A", {"role": "admin"}).status == 400
+    assert admin.call("DELETE", "/api/dags/hello%0A/runs").status in (400, 405)
+
+
+def test_names_that_differ_only_in_case_are_one_name(tmp_path: Path) -> None:
+    store, accounts = _accounts(tmp_path)
+    try:
+        accounts.add_user("alice", "viewer", PASSWORD, 1_000)
+        with pytest.raises(Conflict, match="'alice' already exists"):
+            accounts.add_user("Alice", "admin", PASSWORD, 1_000)
+        # single sign-on skips such names, and the reserved ones
+        assert accounts.ensure_sso_user("https://idp a", "ALICE", "viewer", 1_000) == "ALICE-2"
+        assert accounts.ensure_sso_user("https://idp b", "api-key", "admin", 1_000) == "api-key-2"
+        assert accounts.ensure_sso_user("https://idp c", "Worker", "viewer", 1_000) == "Worker-2"
+        assert [u.name for u in accounts.users()] == ["ALICE-2", "Worker-2", "alice", "api-key-2"]
+    finally:
+        store.close()
+
+
+def test_key_names_cannot_forge_an_actor_or_a_fact(tmp_path: Path) -> None:
+    store, accounts = _accounts(tmp_path)
+    try:
+        for name in ("ci\nforged", "ci role=admin", "", " ", "-x", "x" * 65):
+            with pytest.raises(BadRequest, match="not a valid key name"):
+                accounts.create_key(name, "viewer", None, "test", 1_000)
+        record, _ = accounts.create_key("ci-deploy", "viewer", None, "test", 1_000)
+        assert record.name == "ci-deploy"
+    finally:
+        store.close()
+    assert is_account_name("alice@example.com") and not is_account_name("alice\n")
+
+
+# ---------------------------------------------------------------- signing in
+
+
+def test_a_sign_in_must_be_json_so_no_other_site_can_post_one(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    """A form of another site can send text/plain (`{"name": ..., "password": ...}` in it) but
+    not application/json: the browser would be signed in under the attacker's account."""
+    n = start(nagare_factory)
+    add_user(n, "mallory", "viewer")
+    body = b'{"name": "mallory", "password": "%s", "x": "="}' % PASSWORD.encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        request = urllib.request.Request(
+            n.url + "/api/auth/login", data=body, method="POST", headers={"Content-Type": kind}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError(f"a {kind} sign-in was accepted")
+        except urllib.error.HTTPError as err:
+            assert err.code == 400 and "Set-Cookie" not in err.headers
+            assert "application/json" in err.read().decode()
+    signed = http(
+        "POST",
+        n.url + "/api/auth/login",
+        raw=body,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert signed.status == 200 and "nagare_session=" in signed.headers["Set-Cookie"]
+
+
+def test_a_failed_sign_in_under_another_actors_name_is_not_that_actor(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory)
+    for name in ("api-key", "key:ci", "alice\nmallory"):
+        tried = http("POST", n.url + "/api/auth/login", {"name": name, "password": "x" * 8})
+        assert tried.status == 401
+    entries = audit(n, action="auth.signin")
+    assert {e.actor for e in entries} == {"?"}
+    assert sorted(e.detail for e in entries) == [
+        'name="alice mallory"',
+        "name=api-key",
+        "name=key:ci",
+    ]
+    tried = http("POST", n.url + "/api/auth/login", {"name": "bob", "password": "x" * 8})
+    assert tried.status == 401 and audit(n, action="auth.signin")[0].actor == "bob"
+
+
+# ---------------------------------------------------------------- the audit log
+
+
+def test_a_fact_whose_value_could_read_as_more_facts_is_quoted() -> None:
+    assert audit_detail("", {"by": "alice", "comment": "ok by=admin"}) == (
+        'by=alice comment="ok by=admin"'
+    )
+    assert audit_detail("", {"comment": 'say "hi"\nthere'}) == 'comment="say \\"hi\\" there"'
+    assert audit_detail("", {"comment": ""}) == 'comment=""'
+    assert audit_detail("x=1", {"run_id": "hello__manual__2026"}) == (
+        "x=1 run_id=hello__manual__2026"
+    )
+
+
+def test_an_approval_comment_cannot_forge_the_approver(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory, dags={"gate.yaml": GATE})
+    admin = Who(n, admin_headers())
+    run_id = admin.call("POST", "/api/dags/gate/runs").json["run_id"]
+    path = f"/api/runs/{run_id}/tasks/ask/approve"
+
+    def waiting() -> bool:
+        return n.task(run_id, "ask")["status"] == "waiting"
+
+    wait_for(waiting, 20, message="the approval to wait")
+    answer = admin.call("POST", path, {"comment": "fine via=cli by=root"})
+    assert answer.status == 200, answer.body
+    [entry] = audit(n, action="task.approve")
+    assert entry.detail == 'by=api comment="fine via=cli by=root"'
+
+
+def test_a_flood_of_refused_calls_is_counted_not_recorded(
+    nagare_factory: Callable[..., Nagare], caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = RefusalBudget(per_minute=2)
+    assert [budget.spend("a", 60_000 + i) for i in range(4)] == [0, 0, 1, 2]
+    assert budget.spend("b", 60_010) == 0  # another address has its own
+    assert budget.spend("a", 120_000) == 0  # the next minute starts again
+    small = RefusalBudget(per_minute=1, max_tracked=2)
+    for address in ("a", "b", "c", "d"):
+        assert small.spend(address, 0) == 0
+    assert len(small._windows) <= 4
+    n = start(nagare_factory)
+    with caplog.at_level(logging.WARNING, logger="nagare.http"):
+        for _ in range(70):
+            assert http("POST", n.url + "/api/dags/hello/runs").status == 401
+    refused = audit(n, action="dag.trigger", outcome="unauthorized")
+    assert len(refused) == n.app.api.refusals.per_minute or (
+        # the minute turned during the flood: two minutes' worth at most
+        n.app.api.refusals.per_minute < len(refused) <= 2 * n.app.api.refusals.per_minute
+    )
+    assert "the audit log records no more of them" in caplog.text
+    # identified callers are always recorded
+    assert Who(n, admin_headers()).call("POST", "/api/dags/hello/runs").status == 201
+    assert audit(n, action="dag.trigger", outcome="ok")
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_a_busy_session_still_ends_a_week_after_sign_in(tmp_path: Path) -> None:
+    store, accounts = _accounts(tmp_path)
+    try:
+        accounts.add_user("alice", "viewer", PASSWORD, 0)
+        token, _ = accounts.start_session("alice", "127.0.0.1", 0)
+        now = 0
+        while now + 11 * HOUR_MS < SESSION_CAP_MS:  # used every 11 hours: it slides
+            now += 11 * HOUR_MS
+            assert accounts.session(token, now) is not None, now
+        assert accounts.session(token, SESSION_CAP_MS) is None
+        assert accounts.session(token, SESSION_CAP_MS - 1) is None  # and it was removed
+        # a session_hours longer than the cap is the cap
+        assert Accounts(store, all_roles({}), 24 * 30).session_cap_ms == 30 * 24 * HOUR_MS
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- secrets and timing
+
+
+def test_a_query_token_is_starred_in_the_server_log_however_it_is_spelt(
+    nagare_factory: Callable[..., Nagare], caplog: pytest.LogCaptureFixture
+) -> None:
+    line = '"GET /api/runs/r/tasks/t/logs?attempt=1&%74oken=SECRET&Token=S2&x=token HTTP/1.1" 200'
+    assert masked_query_token(line) == (
+        '"GET /api/runs/r/tasks/t/logs?attempt=1&%74oken=***&Token=***&x=token HTTP/1.1" 200'
+    )
+    caplog.set_level(logging.DEBUG, logger="nagare.http")
+    n = start(nagare_factory)
+    key = new_key(n, "reader", "viewer")
+    run_id = Who(n, admin_headers()).call("POST", "/api/dags/hello/runs").json["run_id"]
+    n.wait_run(run_id)
+    for name in ("token", "%74oken", "t%6Fken"):
+        got = http("GET", f"{n.url}/api/runs/{run_id}/tasks/say/logs?{name}={key}")
+        assert got.status == 200 and got.text == "hi\n", (name, got.body)
+    server_log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "oken=***" in server_log and key not in server_log
+
+
+def test_a_too_long_password_takes_as_long_as_a_wrong_one() -> None:
+    """Else a known name (its hash checked, the long password refused at once) answers faster
+    than an unknown one (a dummy check): the time would tell which names exist."""
+    stored = hash_password(PASSWORD)
+    started = time.perf_counter()
+    assert not verify_password("a wrong password", stored)
+    wrong = time.perf_counter() - started
+    started = time.perf_counter()
+    assert not verify_password("x" * (MAX_PASSWORD_CHARS + 1), stored)
+    too_long = time.perf_counter() - started
+    assert too_long > wrong / 3, (too_long, wrong)
+
+
+def test_an_unverified_email_is_not_taken_as_the_name() -> None:
+    claims = {"email": "ceo@example.com", "email_verified": False, "sub": "u123"}
+    assert user_name(claims, "preferred_username") == "u123"
+    assert user_name({**claims, "email_verified": True}, "preferred_username") == "ceo@example.com"
+    assert user_name({"email": "ann@example.com", "sub": "1"}, "email") == "ann@example.com"
+    with pytest.raises(SsoRefused):
+        user_name({**claims, "sub": "x" * 200}, "email")
