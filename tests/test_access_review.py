@@ -11,10 +11,20 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Nagare, http, wait_for
-from test_roles import PASSWORD, Who, add_user, admin_headers, audit, new_key, start
+from test_roles import (
+    PASSWORD,
+    Who,
+    add_user,
+    admin_headers,
+    audit,
+    new_key,
+    sign_in,
+    start,
+)
 
 from nagare.access import all_roles
 from nagare.accounts import SESSION_CAP_MS, Accounts, is_account_name
@@ -272,3 +282,64 @@ def test_an_unverified_email_is_not_taken_as_the_name() -> None:
     assert user_name({"email": "ann@example.com", "sub": "1"}, "email") == "ann@example.com"
     with pytest.raises(SsoRefused):
         user_name({**claims, "sub": "x" * 200}, "email")
+
+
+# ---------------------------------------------------------------- log streams
+
+
+CHATTY = """
+    id: chatty
+    tags: [finance]
+    tasks:
+      - id: talk
+        command: for i in $(seq 1 300); do echo "line $i"; sleep 0.05; done
+"""
+
+
+def _open_stream(url: str, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, headers={"Accept": "text/event-stream", **headers})
+    return urllib.request.urlopen(request, timeout=10)
+
+
+def _closes(stream: Any, within: float) -> bool:
+    """Whether the server closes `stream` within `within` seconds (it keeps sending lines)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not stream.readline():
+            return True
+    return False
+
+
+def test_a_log_stream_ends_when_its_session_or_key_does(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory, dags={"chatty.yaml": CHATTY})
+    admin = Who(n, admin_headers())
+    run_id = admin.call("POST", "/api/dags/chatty/runs").json["run_id"]
+    wait_for(lambda: n.task(run_id, "talk")["status"] == "running", 20, message="the task")
+    url = f"{n.url}/api/runs/{run_id}/tasks/talk/logs"
+    add_user(n, "vic", "viewer")
+    vic = sign_in(n, "vic")
+    key = new_key(n, "reader", "viewer")
+    by_cookie = _open_stream(url, vic.headers)
+    by_token = _open_stream(f"{url}?token={key}", {})
+    kept = _open_stream(url, admin_headers())
+    for stream in (by_cookie, by_token, kept):
+        assert stream.readline().startswith(b"retry:")
+        wait_for(lambda s=stream: s.readline().startswith(b"data: line"), 10, message="a line")
+    assert vic.call("POST", "/api/auth/logout").status == 200
+    [record] = [k for k in admin.call("GET", "/api/keys").json if k["name"] == "reader"]
+    assert admin.call("DELETE", f"/api/keys/{record['id']}").status == 200
+    assert _closes(by_cookie, 5), "the signed-out session's stream went on"
+    assert _closes(by_token, 5), "the revoked key's stream went on"
+    assert not _closes(kept, 1)  # the admin's stream goes on
+    kept.close()
+    # a new role that still sees the DAG keeps the stream; disabling the user ends it
+    add_user(n, "fin", "finance-ops")
+    fin = sign_in(n, "fin")
+    theirs = _open_stream(url, fin.headers)
+    wait_for(lambda: theirs.readline().startswith(b"data: line"), 10, message="a line")
+    assert admin.call("PUT", "/api/users/fin", {"role": "viewer"}).status == 200
+    assert not _closes(theirs, 1)  # a viewer of every DAG still reads it
+    assert admin.call("PUT", "/api/users/fin", {"disabled": True}).status == 200
+    assert _closes(theirs, 5)

@@ -852,8 +852,19 @@ class Api:
             load_task=lambda: self.s.store.tasks.by_id(task.id),
             ping_seconds=self.s.settings.sse_ping_seconds,
             stopping=self.s.stopping,
+            admitted=lambda: self._still_admitted(request),
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+    def _still_admitted(self, request: Request) -> bool:
+        """Whether a long answer's caller would still be let in (a stream outlives its checks:
+        a sign-out, a revoked key or a lost role must end it)."""
+        try:
+            route, _ = self.router.match("GET", request.path)
+            self.admission.admit(request, route)
+        except NagareError:
+            return False
+        return True
 
 
 def audit_target(params: dict[str, str]) -> str:
