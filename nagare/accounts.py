@@ -194,13 +194,23 @@ class Accounts:
         self.store.users.remove(name)
 
     def change_password(
-        self, name: str, current: str, new: str, now: int, keep_session: str = ""
+        self,
+        name: str,
+        current: str,
+        new: str,
+        now: int,
+        keep_session: str = "",
+        address: str = "",
     ) -> None:
-        """A user's own change: it proves the current password; the user's other sessions
-        end (`keep_session`, the token of the one asking, stays)."""
+        """A user's own change: it proves the current password (under the sign-in's limit, so
+        a borrowed session cannot guess it); the user's other sessions end (`keep_session`,
+        the token of the one asking, stays)."""
         user = self.user(name)
         self._check_settable(user)
+        self._check_limit(name, address, now)
         if not verify_password(current, self.store.users.password_hash(name)):
+            with self._lock:
+                self._failures = with_failure(self._failures, name, address, now, self.limit)
             raise Forbidden("the current password is wrong")
         _check_password(new)
         keep = token_hash(keep_session) if keep_session else ""
@@ -254,15 +264,7 @@ class Accounts:
     def sign_in(self, name: str, password: str, address: str, now: int) -> UserRecord:
         """The user `name` when `password` is its password; Unauthorized (the same message for
         an unknown name), or TooManyRequests after too many failures."""
-        with self._lock:
-            wait = sign_in_wait(self._failures, name, address, now, self.limit)
-        if wait > 0:
-            seconds = -(-wait // 1000)
-            raise TooManyRequests(
-                f"too many failed sign-ins for '{name}' from this address; "
-                f"try again in {seconds} s",
-                seconds,
-            )
+        self._check_limit(name, address, now)
         stored = self.store.users.password_hash(name)
         if stored is None:
             dummy_verify(password)
@@ -278,6 +280,17 @@ class Accounts:
         self.store.users.signed_in(name, now)
         self.store.sessions.purge(now)
         return user
+
+    def _check_limit(self, name: str, address: str, now: int) -> None:
+        with self._lock:
+            wait = sign_in_wait(self._failures, name, address, now, self.limit)
+        if wait > 0:
+            seconds = -(-wait // 1000)
+            raise TooManyRequests(
+                f"too many failed sign-ins for '{name}' from this address; "
+                f"try again in {seconds} s",
+                seconds,
+            )
 
     def start_session(self, user_name: str, address: str, now: int) -> tuple[str, str]:
         """A new session of `user_name`: (the cookie's token, its CSRF token)."""

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 from conftest import Nagare, http, wait_for
 from test_roles import (
+    API_KEY,
+    HELLO,
+    OTHER,
     PASSWORD,
     Who,
     add_user,
@@ -26,7 +29,7 @@ from test_roles import (
     start,
 )
 
-from nagare.access import all_roles
+from nagare.access import all_roles, parse_roles
 from nagare.accounts import SESSION_CAP_MS, Accounts, is_account_name
 from nagare.errors import BadRequest, Conflict
 from nagare.http.auth import RefusalBudget
@@ -343,3 +346,41 @@ def test_a_log_stream_ends_when_its_session_or_key_does(
     assert not _closes(theirs, 1)  # a viewer of every DAG still reads it
     assert admin.call("PUT", "/api/users/fin", {"disabled": True}).status == 200
     assert _closes(theirs, 5)
+
+
+def test_a_manager_limited_to_some_tags_cannot_read_other_teams_in_the_audit_log(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    roles = parse_roles({"fin-manager": {"base": "manager", "tags": ["finance"]}})
+    n = nagare_factory(
+        dags={"hello.yaml": HELLO, "other.yaml": OTHER},
+        auth_mode="builtin",
+        api_key=API_KEY,
+        roles=roles,
+        retention_days=0,
+    )
+    admin = Who(n, admin_headers())
+    assert admin.call("POST", "/api/dags/other/runs").status == 201  # an ops team's action
+    add_user(n, "fm", "fin-manager")
+    fm = sign_in(n, "fm")
+    refused = fm.call("GET", "/api/audit")
+    assert refused.status == 403 and "sees only some DAGs" in refused.json["error"]["message"]
+    assert "audit" in fm.call("GET", "/api/me").json["permissions"]  # the UI hides it by tags
+    assert admin.call("GET", "/api/audit").status == 200
+
+
+def test_a_borrowed_session_cannot_guess_the_password_it_would_change(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    n = start(nagare_factory)
+    add_user(n, "alice", "viewer")
+    alice = sign_in(n, "alice")
+    answers = [
+        alice.call("POST", "/api/me/password", {"current": f"guess {i:04}", "new": "x" * 12})
+        for i in range(6)
+    ]
+    assert [a.status for a in answers] == [403] * 5 + [429]
+    assert "Retry-After" in answers[-1].headers
+    # the limit is the sign-in's: the right password waits too, then works
+    right = alice.call("POST", "/api/me/password", {"current": PASSWORD, "new": "x" * 12})
+    assert right.status == 429

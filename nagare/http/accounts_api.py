@@ -351,6 +351,7 @@ class AccountsApi:
             _text(body, "new"),
             self.clock(),
             cookie_of(request, SESSION_COOKIE),
+            request.address,
         )
         return {}
 
