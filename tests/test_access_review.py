@@ -7,6 +7,7 @@ calls in the audit log."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -33,7 +34,13 @@ from nagare.access import all_roles, parse_roles
 from nagare.accounts import SESSION_CAP_MS, Accounts, is_account_name
 from nagare.errors import BadRequest, Conflict
 from nagare.http.auth import RefusalBudget
-from nagare.http.server import audit_detail, masked_query_token
+from nagare.http.server import (
+    NagareHTTPServer,
+    Request,
+    Response,
+    audit_detail,
+    masked_query_token,
+)
 from nagare.passwords import MAX_PASSWORD_CHARS, hash_password, verify_password
 from nagare.sso import SsoRefused, user_name
 from nagare.store import Store
@@ -384,3 +391,33 @@ def test_a_borrowed_session_cannot_guess_the_password_it_would_change(
     # the limit is the sign-in's: the right password waits too, then works
     right = alice.call("POST", "/api/me/password", {"current": PASSWORD, "new": "x" * 12})
     assert right.status == 429
+
+
+def test_an_unexpected_error_logs_the_path_without_its_query_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The one place a request's path reaches the log at ERROR: its token is starred too."""
+
+    def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    def broken_stream(request: Request) -> Response:
+        def stream(write: Callable[[bytes], None]) -> None:
+            raise RuntimeError("a bug in a stream")
+
+        return Response(200, content_type="text/event-stream", stream=stream)
+
+    for app in (broken, broken_stream):
+        server = NagareHTTPServer(("127.0.0.1", 0), app, 1_000_000)
+        stop = threading.Event()
+        thread = threading.Thread(target=server.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            with caplog.at_level(logging.ERROR, logger="nagare.http"):
+                http("GET", f"http://127.0.0.1:{server.port}/api/x?token=ngk_SECRET&a=1")
+        finally:
+            server.shutdown()
+            server.server_close()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "?token=***&a=1" in logged and "ngk_SECRET" not in logged
+    assert "stream for" in logged and "unexpected error serving" in logged

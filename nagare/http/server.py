@@ -345,7 +345,9 @@ class _Handler(BaseHTTPRequestHandler):
             response = error_response(err)
             self.close_connection = self.close_connection or err.status == 413
         except Exception:
-            log.exception("unexpected error serving %s %s", self.command, self.path)
+            log.exception(
+                "unexpected error serving %s %s", self.command, masked_query_token(self.path)
+            )
             response = error_response(NagareError("internal error; see the server log"))
         self._send(response)
 
@@ -428,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, ValueError):
             pass
         except Exception:
-            log.exception("stream for %s failed", self.path)
+            log.exception("stream for %s failed", masked_query_token(self.path))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), masked_query_token(format % args))
