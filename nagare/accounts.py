@@ -221,6 +221,12 @@ class Accounts:
         on the first sign-in, its role updated from the provider's claim on each. Returns the
         user's name (`name`, made safe and unique among the users)."""
         self._check_role(role)
+        name = self._sso_user(subject, name, role, now)
+        self.store.users.signed_in(name, now)
+        self.store.sessions.purge(now)  # as a password sign-in does
+        return name
+
+    def _sso_user(self, subject: str, name: str, role: str, now: int) -> str:
         found = self.store.users.by_subject(subject)
         if found is not None:
             if found.disabled:

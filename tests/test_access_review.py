@@ -421,3 +421,17 @@ def test_an_unexpected_error_logs_the_path_without_its_query_token(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "?token=***&a=1" in logged and "ngk_SECRET" not in logged
     assert "stream for" in logged and "unexpected error serving" in logged
+
+
+def test_a_single_sign_on_sign_in_is_noted_and_purges_ended_sessions(tmp_path: Path) -> None:
+    store, accounts = _accounts(tmp_path)
+    try:
+        accounts.add_user("bob", "viewer", PASSWORD, 0)
+        old, _ = accounts.start_session("bob", "127.0.0.1", 0)
+        later = 13 * HOUR_MS
+        name = accounts.ensure_sso_user("https://idp ann", "ann", "viewer", later)
+        assert accounts.user(name).last_login_at == later
+        assert store.sessions.count("bob") == 0  # bob's ended session went with it
+        assert accounts.session(old, later) is None
+    finally:
+        store.close()

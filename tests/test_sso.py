@@ -90,6 +90,7 @@ def test_sign_in_with_a_confidential_rs256_client(oidc: Callable[..., Any]) -> N
     user = server.app.store.users.get("alice")
     issuer = server.app.config.oidc.issuer
     assert user is not None and (user.source, user.subject) == ("oidc", f"{issuer} alice")
+    assert user.last_login_at is not None  # the admin page shows when
     [entry] = sso_entries(server)
     assert (entry.actor, entry.outcome, entry.address) == ("alice", "ok", "127.0.0.1")
     assert entry.detail == "role admin (RS256 ID token)"
