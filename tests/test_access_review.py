@@ -435,3 +435,15 @@ def test_a_single_sign_on_sign_in_is_noted_and_purges_ended_sessions(tmp_path: P
         assert accounts.session(old, later) is None
     finally:
         store.close()
+
+
+def test_a_lone_surrogate_echoed_back_is_json_not_a_500(
+    nagare_factory: Callable[..., Nagare],
+) -> None:
+    """Found by the OpenAPI fuzzer: YAML reads "\\ud800" as a lone surrogate, which no UTF-8
+    can carry; the validation answer escapes it instead of failing."""
+    n = start(nagare_factory)
+    body = b'{"\\ud800\\udc00": null}'
+    answer = http("POST", n.url + "/api/dags/validate", raw=body, headers=admin_headers())
+    assert answer.status == 200, answer.body
+    assert answer.json["valid"] is False

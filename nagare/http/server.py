@@ -157,9 +157,12 @@ class Response:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(
-        status, (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-    )
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a YAML "\ud800" echoed back): JSON escapes
+        body = (json.dumps(data, separators=(",", ":")) + "\n").encode()
+    return Response(status, body)
 
 
 def error_response(err: NagareError) -> Response:
