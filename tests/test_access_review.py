@@ -46,6 +46,14 @@ from nagare.sso import SsoRefused, user_name
 from nagare.store import Store
 
 HOUR_MS = 3600_000
+SIGNED = """
+    id: signed
+    trigger: {type: webhook, path: /api/webhooks/signed, secret: a-webhook-secret-0123}
+    tasks:
+      - id: say
+        command: echo hi
+"""
+_BAD_SIGNATURE = {"X-Hub-Signature-256": "sha256=" + "0" * 64}
 GATE = """
     id: gate
     tasks:
@@ -215,7 +223,7 @@ def test_a_flood_of_refused_calls_is_counted_not_recorded(
     for address in ("a", "b", "c", "d"):
         assert small.spend(address, 0) == 0
     assert len(small._windows) <= 4
-    n = start(nagare_factory)
+    n = start(nagare_factory, dags={"hello.yaml": HELLO, "signed.yaml": SIGNED})
     with caplog.at_level(logging.WARNING, logger="nagare.http"):
         for _ in range(70):
             assert http("POST", n.url + "/api/dags/hello/runs").status == 401
@@ -225,6 +233,13 @@ def test_a_flood_of_refused_calls_is_counted_not_recorded(
         n.app.api.refusals.per_minute < len(refused) <= 2 * n.app.api.refusals.per_minute
     )
     assert "the audit log records no more of them" in caplog.text
+    # a webhook sender with a bad signature proved no one either
+    with caplog.at_level(logging.WARNING, logger="nagare.http"):
+        for _ in range(70):
+            bad = http("POST", n.url + "/api/webhooks/signed", {"x": 1}, headers=_BAD_SIGNATURE)
+            assert bad.status == 403
+    bad_hooks = audit(n, action="webhook.receive", outcome="forbidden")
+    assert len(refused) + len(bad_hooks) <= 2 * n.app.api.refusals.per_minute  # one budget
     # identified callers are always recorded
     assert Who(n, admin_headers()).call("POST", "/api/dags/hello/runs").status == 201
     assert audit(n, action="dag.trigger", outcome="ok")

@@ -49,7 +49,6 @@ from nagare.runs import RunService
 from nagare.store import AuditEntry, DagState, RunFilter, Stats
 
 log = logging.getLogger("nagare.http")
-_UNPROVEN = ("unauthorized", "too_many_requests")  # outcomes of callers who proved no one
 
 MAX_PAGE_SIZE = 500
 CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
@@ -220,7 +219,7 @@ class Api:
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
-        if outcome in _UNPROVEN and self._floods(request):
+        if _unproven(request, route, outcome) and self._floods(request):
             return
         if request.header("user-agent").startswith(CLI_AGENT):
             request.note(via="cli")
@@ -865,6 +864,15 @@ class Api:
         except NagareError:
             return False
         return True
+
+
+def _unproven(request: Request, route: Route, outcome: str) -> bool:
+    """Whether an audit entry comes from a caller who proved no one (no role: no credentials,
+    a failed sign-in, a webhook's bad signature) and did nothing (refused, or only the start
+    of a single sign-on): such entries spend the address's budget."""
+    if request.principal.role is not None:
+        return False
+    return outcome != "ok" or route.action == "auth.sso_start"
 
 
 def audit_target(params: dict[str, str]) -> str:
