@@ -83,6 +83,7 @@ def test_sign_in_with_a_confidential_rs256_client(oidc: Callable[..., Any]) -> N
     assert answer.headers["Location"] == "/"
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert f"Max-Age={7 * 24 * 3600};" in cookie + ";"  # the session's longest life
     who = me(server, browser)
     assert who.status == 200, who.body
     assert (who.json["name"], who.json["kind"], who.json["role"]) == ("alice", "session", "admin")

@@ -291,7 +291,8 @@ class AccountsApi:
 
     @property
     def _session_seconds(self) -> int:
-        return self.accounts.session_ms // 1000
+        """The cookie's life: the session's longest (its sliding expiry is the server's)."""
+        return self.accounts.session_cap_ms // 1000
 
     def _accounts_on(self, what: str) -> None:
         if self.auth_mode not in ACCOUNT_MODES:
