@@ -222,7 +222,7 @@ def test_a_flood_of_refused_calls_is_counted_not_recorded(
     small = RefusalBudget(per_minute=1, max_tracked=2)
     for address in ("a", "b", "c", "d"):
         assert small.spend(address, 0) == 0
-    assert len(small._windows) <= 4
+        assert len(small._windows) <= 2  # memory stays bounded, even within one minute
     n = start(nagare_factory, dags={"hello.yaml": HELLO, "signed.yaml": SIGNED})
     with caplog.at_level(logging.WARNING, logger="nagare.http"):
         for _ in range(70):

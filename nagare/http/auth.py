@@ -198,6 +198,7 @@ class RefusalBudget:
             start, count = self._windows.get(address, (minute, 0))
             count = count + 1 if start == minute else 1
             if address not in self._windows and len(self._windows) >= self.max_tracked:
-                self._windows = {a: w for a, w in self._windows.items() if w[0] == minute}
+                kept = {a: w for a, w in self._windows.items() if w[0] == minute}
+                self._windows = kept if len(kept) < self.max_tracked else {}  # many at once
             self._windows[address] = (minute, count)
         return max(0, count - self.per_minute)
