@@ -314,12 +314,15 @@ class Accounts:
         found = self.store.sessions.get(hashed)
         if found is None or found.disabled:
             return None
-        if found.expires_at <= now or now - found.created_at >= self.session_cap_ms:
+        if found.expires_at <= now or self._past_cap(found.created_at, now):
             self.store.sessions.remove(hashed)
             return None
         if now - found.last_seen_at >= MINUTE_MS:
             self.store.sessions.touch(hashed, now, now + self.session_ms)
         return principal_of(found.user_name, Kind.SESSION, found.role, self.roles, found.csrf)
+
+    def _past_cap(self, created_at: int | None, now: int) -> bool:
+        return created_at is not None and now - created_at >= self.session_cap_ms
 
     def end_session(self, token: str) -> None:
         self.store.sessions.remove(token_hash(token))

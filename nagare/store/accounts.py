@@ -42,7 +42,7 @@ class SessionRecord:
     expires_at: int
     last_seen_at: int
     disabled: bool
-    created_at: int = 0  # when its user signed in
+    created_at: int | None = None  # when its user signed in (None: a store that cannot say)
 
 
 _USER_COLUMNS = "name, role, source, created_at, updated_at, last_login_at, disabled, subject"
