@@ -6,10 +6,12 @@ Run ``python3 build_pyz.py`` from anywhere; paths are relative to this script's 
 Layout of the archive (entries sorted, fixed timestamps, so equal inputs give equal bytes)::
 
     __main__.py                bootstrap (generated from BOOTSTRAP_TEMPLATE below, stdlib only)
-    nagare/...                 the package (*.py only)
+    nagare/...                 the package: *.py, and *.pyc beside them (unchecked-hash bytecode)
     web_static/...             dashboard assets, copied as-is
     _vendor/pure/...           distributions without compiled code: imported from the zip
+                               (*.py, and *.pyc beside them, as for the package)
     _vendor/native/...         distributions with .so/.pyd files: extracted once per build
+                               (their *.py with __pycache__/*.TAG.pyc for the building Python)
     _vendor/BUILD_ID           short content hash, names the extraction cache folder
     _vendor/BUILD_INFO.json    build id, Python version, vendored distributions
 
@@ -55,16 +57,19 @@ BUILD_INFO_ENTRY = "_vendor/BUILD_INFO.json"
 PYC_DISPLAY_PREFIX = "nagare.pyz/" + VENDOR_PURE  # file names shown in tracebacks
 
 COMPILE_SCRIPT = """\
-import py_compile, sys
-site, out, shown = sys.argv[1:4]
+import importlib.util, py_compile, sys
+site, out, shown, layout = sys.argv[1:5]
 for rel in sys.stdin.read().splitlines():
+    target = rel + "c" if layout == "beside" else importlib.util.cache_from_source(rel)
     try:
         py_compile.compile(
-            site + "/" + rel, cfile=out + "/" + rel + "c", dfile=shown + rel, doraise=True,
+            site + "/" + rel, cfile=out + "/" + target, dfile=shown + rel, doraise=True,
             optimize=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
         )
     except py_compile.PyCompileError as error:  # e.g. a Python-2-only file: ship the .py only
         print("build_pyz: not compiled:", error.msg.splitlines()[0], file=sys.stderr)
+        continue
+    print(rel + "\\0" + target)
 """
 
 BOOTSTRAP_TEMPLATE = '''\
@@ -442,23 +447,45 @@ def compile_pure(vendored: Vendored, site_dir: Path, out_dir: Path) -> dict[str,
     return _compiled(sources, site_dir, out_dir, PYC_DISPLAY_PREFIX)
 
 
-def _compiled(sources: list[str], root: Path, out_dir: Path, shown: str) -> dict[str, bytes]:
-    """``rel.pyc`` for each ``rel`` (a .py path under `root`), compiled in a child with a fixed
-    hash seed (reproducible bytes); a file that does not compile is shipped as source only."""
+def compile_native(vendored: Vendored, site_dir: Path, out_dir: Path) -> dict[str, bytes]:
+    """Bytecode of the native distributions' Python files, in ``__pycache__`` under the
+    building interpreter's cache tag (``yaml/__pycache__/loader.cpython-311.pyc``).
+
+    These files are extracted to the cache folder and imported from there by the ordinary
+    file loader, which would compile them again on every start when it may not write
+    ``__pycache__`` (``PYTHONDONTWRITEBYTECODE``, a read-only cache). Another interpreter
+    looks for another tag, or finds a magic number it does not know, and compiles the source.
+    """
+    native_tops = native_top_levels(vendored)
+    sources = sorted(
+        rel for rel in vendored.files if rel.endswith(".py") and top_level_of(rel) in native_tops
+    )
+    if not sources:
+        return {}
+    return _compiled(sources, site_dir, out_dir, "nagare.pyz/" + VENDOR_NATIVE, beside=False)
+
+
+def _compiled(
+    sources: list[str], root: Path, out_dir: Path, shown: str, *, beside: bool = True
+) -> dict[str, bytes]:
+    """Bytecode for each ``rel`` (a .py path under `root`): ``rel.pyc`` beside it (the layout
+    zipimport reads) or ``__pycache__/NAME.TAG.pyc`` (the file loader's), compiled in a child
+    with a fixed hash seed (reproducible bytes); a file that does not compile is shipped as
+    source only."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("PYTHONOPTIMIZE", None)
-    subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, str(root), str(out_dir), shown],
+    layout = "beside" if beside else "pycache"
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT, str(root), str(out_dir), shown, layout],
         input="\n".join(sources),
+        capture_output=True,
         text=True,
         env=env,
         check=True,
     )
-    return {
-        rel + "c": (out_dir / (rel + "c")).read_bytes()
-        for rel in sources
-        if (out_dir / (rel + "c")).is_file()
-    }
+    sys.stderr.write(done.stderr)
+    pairs = [line.split("\0") for line in done.stdout.splitlines() if "\0" in line]
+    return {target: (out_dir / target).read_bytes() for _, target in pairs}
 
 
 def compile_package(package: dict[str, bytes], out_dir: Path) -> dict[str, bytes]:
@@ -587,7 +614,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-bytecode",
         dest="bytecode",
         action="store_false",
-        help="ship vendored pure code as .py only (smaller archive, slower start)",
+        help="ship Python sources only, no bytecode (smaller archive, slower start)",
     )
     # Testing aids: another entry point and extra top-level modules in the archive.
     parser.add_argument("--entry", default=DEFAULT_ENTRY, help=argparse.SUPPRESS)
@@ -621,6 +648,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], list[Distribution
         package = collect_package()
         if args.bytecode:
             vendored.files.update(compile_pure(vendored, site_dir, Path(tmp) / "pyc"))
+            vendored.files.update(compile_native(vendored, site_dir, Path(tmp) / "native-pyc"))
             package.update(compile_package(package, Path(tmp) / "package-pyc"))
     content = {
         **split_vendored(vendored),

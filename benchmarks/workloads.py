@@ -19,6 +19,7 @@ from pathlib import Path
 import dagfiles
 import seed
 from floors import run_floor
+from footprint import footprint_rows, pss_tree_bytes
 from harness import (
     ROOT,
     BenchError,
@@ -220,18 +221,19 @@ def map10000(cfg: Settings) -> list[Row]:
 
 
 def startup(cfg: Settings) -> list[Row]:
-    """Process start -> /api/health 200 (warm starts), and RSS 2 s after start, repo dags/."""
+    """Process start -> /api/health 200 (warm starts), RSS and PSS 2 s after start, repo dags/;
+    then `nagare exec` of a 1-task and a 100-task DAG (footprint.py)."""
     warm = cfg.reps_for(5, 3)
     server = Server(cfg.startup_launcher, dags_dir=ROOT / "dags")
     try:
-        seconds, idle = _starts(server, warm, cfg.say)
+        seconds, idle, pss = _starts(server, warm, cfg.say)
     finally:
         server.close()
     floor = _floor("python_pass", warm, 0, 1, cfg.say)
     start = median(seconds)
     idle_mb = median([float(r) for r in idle]) / MB
     how = cfg.startup_launcher.label
-    return [
+    rows = [
         Row(
             "idle_rss",
             f"{idle_mb:.1f} MB",
@@ -252,23 +254,41 @@ def startup(cfg: Settings) -> list[Row]:
             f"floor: python3 -c pass; {how}",
         ),
     ]
+    exec_reps = cfg.reps_for(7, 3)
+    return rows + footprint_rows(
+        cfg.startup_launcher,
+        exec_reps,
+        seconds,
+        pss,
+        idle,
+        lambda: _floor("python_pass", exec_reps, 0, 1, cfg.say),
+        cfg.say,
+    )
 
 
-def _starts(server: Server, warm: int, say: Callable[[str], None]) -> tuple[list[float], list[int]]:
-    """One cold and `warm` warm starts of the same server folder."""
-    seconds, idle = [], []
+def _starts(
+    server: Server, warm: int, say: Callable[[str], None]
+) -> tuple[list[float], list[int], list[int]]:
+    """One cold and `warm` warm starts of the same server folder: seconds to health, RSS and
+    PSS (of the process tree) 2 s after the start."""
+    seconds, idle, pss = [], [], []
     for number in range(warm + 1):  # the first (cold) start is not counted
         server.start(wait=False)
         ready = server.wait_healthy()
         time.sleep(max(0.0, server.started_at + 2.0 - time.perf_counter()))
         rss = rss_bytes(server.pid)
+        tree_pss = pss_tree_bytes(server.pid)
         server.stop()
         label = "cold (not counted)" if number == 0 else f"warm {number}/{warm}"
-        say(f"  start {label}: {ready:.3f}s to health, RSS after 2s {rss / MB:.1f} MB")
+        say(
+            f"  start {label}: {ready:.3f}s to health, RSS after 2s {rss / MB:.1f} MB, "
+            f"PSS {tree_pss / MB:.1f} MB"
+        )
         if number:
             seconds.append(ready)
             idle.append(rss)
-    return seconds, idle
+            pss.append(tree_pss)
+    return seconds, idle, pss
 
 
 # ---------------------------------------------------------------- API latency under history

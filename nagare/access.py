@@ -114,6 +114,7 @@ class Principal:
 
 ANONYMOUS = Principal("anonymous", Kind.ANONYMOUS, Role.ADMIN)
 API_KEY = Principal("api-key", Kind.API_KEY, Role.ADMIN)
+ACCOUNT_MODES = ("builtin", "oidc")  # auth_mode values with users and keys
 WORKER = Principal("worker", Kind.WORKER, None)
 NOBODY = Principal("anonymous", Kind.ANONYMOUS, None)  # an open route's caller, unproven
 

@@ -15,36 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nagare import __version__
-from nagare.access import all_roles
+from nagare.access import ACCOUNT_MODES, all_roles
 from nagare.accounts import Accounts
 from nagare.clock import now_ms
 from nagare.cluster.coordinator import Coordinator, PoolWorkers
-from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
 from nagare.config import Config
-from nagare.dag_edits import DagEdits
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import parse_handlers
 from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
+from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.engine.expressions import condition
 from nagare.errors import BadRequest, ConfigError
 from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
-from nagare.http.accounts_api import ACCOUNT_MODES, AccountsApi, BuiltinAuthenticator
-from nagare.http.api import Api, Services
-from nagare.http.audit_api import AuditApi
-from nagare.http.cluster_api import ClusterApi
-from nagare.http.dagpage_api import DagPageApi
-from nagare.http.editor_api import EditorApi
-from nagare.http.gate import Limits, affordable_connections
-from nagare.http.git_api import GitApi
-from nagare.http.metrics_api import MetricsApi
-from nagare.http.server import NagareHTTPServer, tls_context
-from nagare.http.sso_api import SsoApi
-from nagare.http.static import StaticFiles
-from nagare.http.waits_api import WaitsApi
-from nagare.http.webhooks_api import WebhooksApi
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -57,10 +42,8 @@ from nagare.liveness import (
     short_error,
 )
 from nagare.logs import LogFiles
-from nagare.metrics import LiveState, MetricsService, PoolInfo
 from nagare.models import Assignment, DagDef, HandlerKind, TaskDef, TaskType, Trigger
 from nagare.pools import WorkerPools
-from nagare.resources import asset_root
 from nagare.retention import RetentionSweep
 from nagare.run_checks import RunPreconditions
 from nagare.runs import RunService
@@ -68,12 +51,17 @@ from nagare.scheduler import Scheduler
 from nagare.store import Store
 from nagare.waits import Waits
 from nagare.webhooks import WebhookService
-from nagare.webhooks import compile_errors as webhook_compile_errors
 
 if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
+    from nagare.http.accounts_api import BuiltinAuthenticator
+    from nagare.http.api import Api
+    from nagare.http.gate import Limits
+    from nagare.http.server import NagareHTTPServer
+    from nagare.http.static import StaticFiles
+    from nagare.metrics import LiveState, MetricsService, PoolInfo
     from nagare.sso import SingleSignOn
 
 log = logging.getLogger("nagare")
@@ -82,6 +70,9 @@ EXEC_SAFETY_SECONDS = 1.0  # `wait_for_run` looks at its run at least this often
 
 
 class App:
+    api: Api  # the HTTP side, built only by a server (`serve_http`)
+    metrics: MetricsService
+
     def __init__(
         self,
         config: Config,
@@ -158,7 +149,41 @@ class App:
         self.scheduler.waits = self.waits
         self.runs.on_waits_cancelled = self.waits.cancelled
         self.accounts = Accounts(self.store, all_roles(config.roles), config.session_hours)
-        self.api = Api(
+        self.webhooks = WebhookService(
+            self.store,
+            self.folder,
+            lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
+            delivery_header=config.webhook_delivery_header,
+            emit=self.waits.emit,  # a trigger with `emit_event`
+        )
+        self.git_sync = _git_sync(config)
+        self.pools.hidden_env = self._hidden_env
+        self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
+        self.http: NagareHTTPServer | None = None
+        if serve_http:  # `nagare exec` imports none of the HTTP side
+            self.api = self._build_api(config)
+            self.http = _http_server(config, self.api)
+        self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()  # wakes `wait_for_run`
+
+    def _build_api(self, config: Config) -> Api:
+        """The API, its routes and the services only they use (imported here: see
+        ARCHITECTURE.md, Start-up and footprint)."""
+        from nagare.dag_edits import DagEdits
+        from nagare.http.accounts_api import AccountsApi
+        from nagare.http.api import Api, Services
+        from nagare.http.audit_api import AuditApi
+        from nagare.http.cluster_api import ClusterApi
+        from nagare.http.dagpage_api import DagPageApi
+        from nagare.http.editor_api import EditorApi
+        from nagare.http.git_api import GitApi
+        from nagare.http.metrics_api import MetricsApi
+        from nagare.http.sso_api import SsoApi
+        from nagare.http.waits_api import WaitsApi
+        from nagare.http.webhooks_api import WebhooksApi
+        from nagare.metrics import MetricsService
+
+        api = Api(
             Services(
                 self.store,
                 self.runs,
@@ -173,7 +198,7 @@ class App:
             ),
             _static_files(),
         )
-        self.api.add_routes(
+        api.add_routes(
             AccountsApi(
                 self.accounts,
                 config.auth_mode,
@@ -182,23 +207,15 @@ class App:
             ).routes()
         )
         self.metrics = MetricsService(self.store, self.folder, live=self._live_state)
-        self.api.add_routes(MetricsApi(self.metrics).routes())
-        self.webhooks = WebhookService(
-            self.store,
-            self.folder,
-            lambda dag_id, conf: self.runs.trigger(dag_id, conf, Trigger.WEBHOOK),
-            delivery_header=config.webhook_delivery_header,
-            emit=self.waits.emit,  # a trigger with `emit_event`
-        )
-        self.api.add_routes(WebhooksApi(self.webhooks).routes())
-        self.api.add_routes(WaitsApi(self.waits).routes())
+        api.add_routes(MetricsApi(self.metrics).routes())
+        api.add_routes(WebhooksApi(self.webhooks).routes())
+        api.add_routes(WaitsApi(self.waits).routes())
         edits = DagEdits(self.folder, config.allow_dag_edits, config.max_dag_file_bytes)
-        self.api.add_routes(EditorApi(edits).routes())
-        self.api.add_routes(DagPageApi(self.store.history, self.folder).routes())
-        self.api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
-        self.git_sync = _git_sync(config)
-        self.api.add_routes(GitApi(self.git_sync).routes())
-        self.api.add_routes(
+        api.add_routes(EditorApi(edits).routes())
+        api.add_routes(DagPageApi(self.store.history, self.folder).routes())
+        api.add_routes(ClusterApi(self.coordinator, config.max_log_line_bytes).routes())
+        api.add_routes(GitApi(self.git_sync).routes())
+        api.add_routes(
             SsoApi(
                 _single_sign_on(config),
                 self.accounts,
@@ -206,25 +223,15 @@ class App:
                 bool(config.tls_cert),
             ).routes()
         )
-        self.api.add_routes(AuditApi(self.store.audit).routes())
-        self.pools.hidden_env = self._hidden_env
-        self.retention = RetentionSweep(self.store, self.logs, config.retention_days)
-        self.http: NagareHTTPServer | None = None
-        if serve_http:
-            self.http = NagareHTTPServer(
-                config.listen,
-                self.api,
-                config.max_body_bytes,
-                tls_context(config.tls_cert, config.tls_key),
-                _http_limits(config),
-            )
-        self._threads: list[threading.Thread] = []
-        self._wake = threading.Event()  # wakes `wait_for_run`
+        api.add_routes(AuditApi(self.store.audit).routes())
+        return api
 
     # ------------------------------------------------------------ wiring
 
     def _authenticator(self) -> BuiltinAuthenticator | None:
         """Users and keys (auth_mode builtin, oidc); None: the one API key, or none."""
+        from nagare.http.accounts_api import BuiltinAuthenticator
+
         if self.config.auth_mode not in ACCOUNT_MODES:
             return None
         return BuiltinAuthenticator(self.accounts, self.config.api_key)
@@ -295,10 +302,14 @@ class App:
         self.scheduler.wake(None)
 
     def _live_state(self) -> LiveState:
+        from nagare.metrics import LiveState
+
         workers = Counter(w.status for w in self.coordinator.workers())
         return LiveState(self.pool_info(), self.scheduler.last_lag_ms, dict(workers))
 
     def pool_info(self) -> list[PoolInfo]:
+        from nagare.metrics import PoolInfo
+
         counts = self.store.tasks.pool_counts()
         busy = self.pools.busy()
         remote = self.coordinator.pool_workers()
@@ -529,7 +540,21 @@ def raise_open_file_limit() -> int:
     return target
 
 
+def _http_server(config: Config, api: Api) -> NagareHTTPServer:
+    from nagare.http.server import NagareHTTPServer, tls_context
+
+    return NagareHTTPServer(
+        config.listen,
+        api,
+        config.max_body_bytes,
+        tls_context(config.tls_cert, config.tls_key),
+        _http_limits(config),
+    )
+
+
 def _http_limits(config: Config) -> Limits:
+    from nagare.http.gate import Limits, affordable_connections
+
     """The connection limits, `max_connections` lowered to what the open-file limit holds."""
     wanted = Limits(
         config.max_connections, config.reserved_connections, config.request_timeout_seconds
@@ -612,12 +637,12 @@ class Supervisor:
             )
 
 
-def _static_files() -> StaticFiles | None:
-    try:
-        root = asset_root("web_static")
-    except (OSError, ValueError):
-        return None
-    return StaticFiles(root) if root.is_dir() else None
+def _static_files() -> StaticFiles:
+    """The dashboard's files, found on the first request for one."""
+    from nagare.http.static import StaticFiles
+    from nagare.resources import asset_root
+
+    return StaticFiles(lambda: asset_root("web_static"))
 
 
 # ---------------------------------------------------------------- worker mode
@@ -635,6 +660,8 @@ def protect_process() -> None:
 
 def build_worker(config: Config) -> WorkerApp:
     """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
+    from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
+
     if not config.join:
         raise ConfigError("--join is required in worker mode (e.g. --join http://master:8080)")
     hostname = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"

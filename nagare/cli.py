@@ -18,10 +18,10 @@ from nagare.config import OPTIONS, load_config
 from nagare.dagfile import DagError, load_dag_file
 from nagare.dagfile.calls import call_errors
 from nagare.engine.assignment import run_as_errors
+from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.errors import ConfigError, InvalidParams, NagareError
 from nagare.models import DagDef, TaskType
 from nagare.patterns import has_template
-from nagare.webhooks import compile_errors as webhook_compile_errors
 
 # settings a remote worker reads (the others are the master's)
 WORKER_OPTIONS = frozenset(

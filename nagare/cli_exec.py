@@ -10,7 +10,6 @@ tasks on every wake-up, at least every PROGRESS_SECONDS.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from nagare.config import Config, load_config
-from nagare.errors import ConfigError
+from nagare.errors import ConfigError, close_matches
 from nagare.models import DagDef, TaskInstance, TaskStatus, TaskType
 
 if TYPE_CHECKING:
@@ -192,7 +191,7 @@ def _dag_by_id(app: App, dag_id: str) -> str | None:
 def not_found_message(dag_id: str, folder: str, known: list[str], broken: int) -> str:
     """`DAG 'x' not found in dags`, with the closest id and how many files have errors."""
     message = f"error: DAG '{dag_id}' not found in {folder}"
-    close = difflib.get_close_matches(dag_id, known, n=1)
+    close = close_matches(dag_id, known, n=1)
     if close:
         message += f"; did you mean '{close[0]}'?"
     if broken:

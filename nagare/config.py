@@ -6,6 +6,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -440,14 +441,33 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     return config
 
 
+def _load_yaml(text: str, path: str) -> Any:
+    """The settings file's data, parsed by libyaml where PyYAML has it; an error is raised by
+    the pure-Python loader, whose message names the file, the line and the column."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.load(text, Loader=fast)  # a safe loader
+        except yaml.YAMLError:
+            pass
+    loader = yaml.SafeLoader(io.StringIO(text))  # a stream: messages show no snippet
+    loader.name = path
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            text = handle.read()
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = _load_yaml(text, path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if data is None:

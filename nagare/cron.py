@@ -6,9 +6,8 @@ import os
 import re
 from datetime import datetime, tzinfo
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from nagare.clock import now_ms
 
@@ -24,6 +23,14 @@ DESCRIPTORS = {
 }
 _EVERY = re.compile(r"^@every\s+(\d+)\s*(s|m|h|d)$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _croniter() -> Any:
+    """croniter (and dateutil under it) is imported by the first cron schedule, not by every
+    command: a DAG without one, `nagare exec` of it or a client command never needs it."""
+    from croniter import croniter
+
+    return croniter
 
 
 class Schedule:
@@ -44,7 +51,7 @@ class Schedule:
         if self._every_ms:
             return (ms // self._every_ms + 1) * self._every_ms
         start = datetime.fromtimestamp(ms / 1000, tz=self.zone)
-        iterator = croniter(self._cron, start)
+        iterator = _croniter()(self._cron, start)
         while True:
             nxt = iterator.get_next(datetime)
             if not (self._fixed_hours and _wall(nxt) <= _wall(start)):
@@ -158,7 +165,7 @@ def parse_schedule(expression: str, timezone: str = "") -> Schedule:
     problem = field_problem(cron.split())
     if problem:
         raise ValueError(f"'{expression}' is not a valid cron expression: {problem}")
-    if not croniter.is_valid(cron):
+    if not _croniter().is_valid(cron):
         raise ValueError(
             f"'{expression}' is not a valid cron expression "
             "(expected 5 fields: minute hour day-of-month month day-of-week, each a number, "

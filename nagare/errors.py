@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class NagareError(Exception):
     """Base class: `code` is machine-readable, `str(err)` is the user-facing message."""
@@ -91,3 +93,13 @@ class Overloaded(NagareError):
 
     code = "overloaded"
     status = 503
+
+
+def close_matches(
+    word: str, candidates: Iterable[str], n: int = 1, cutoff: float = 0.6
+) -> list[str]:
+    """`difflib.get_close_matches`, with difflib imported by the first "did you mean" (a
+    valid DAG file never needs it)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=cutoff)

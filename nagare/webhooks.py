@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nagare.clock import now_ms
 from nagare.dag_folder import DagFolder
 from nagare.engine.assignment import env_value
-from nagare.engine.expressions import ExpressionError, compile_error, first_result
+from nagare.engine.expressions import ExpressionError, first_result
+from nagare.engine.expressions import compile_errors as compile_errors  # re-exported
 from nagare.errors import BadRequest, Conflict, Forbidden, InvalidParams, NotFound
 from nagare.models import DagDef, Run, TriggerDef
 from nagare.store import DagState
@@ -43,31 +44,6 @@ class Delivery:
 
 
 # ---------------------------------------------------------------- pure parts
-
-
-def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
-    """Load-time check (`parse_dag(extra_check=...)`): every jq expression must compile."""
-    found: list[tuple[int, str, str]] = []
-    if dag.when:
-        message = compile_error(dag.when)
-        if message:
-            found.append(
-                (dag.when_line, "when", f"jq condition '{dag.when}' does not compile: {message}")
-            )
-    trigger = dag.trigger
-    if trigger is None:
-        return found
-    for name, expression in trigger.extract_payload.items():
-        message = compile_error(expression)
-        if message:
-            found.append(
-                (
-                    0,
-                    f"trigger.extract_payload.{name}",
-                    f"jq expression '{expression}' does not compile: {message}",
-                )
-            )
-    return found
 
 
 def stringify(value: Any) -> str:

@@ -398,14 +398,17 @@ def test_archive_layout(built: Path) -> None:
     for path in static.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts:
             assert f"web_static/{path.relative_to(static).as_posix()}" in names
-    assert not [n for n in names if "__pycache__" in n]
+    # __pycache__ only under the native packages (extracted, read by the file loader)
+    assert not [n for n in names if "__pycache__" in n and not n.startswith("_vendor/native/")]
     assert not [
         n for n in names if n.startswith("nagare/") and not n.endswith((".py", ".pyc", "/"))
     ]
     sources = {n for n in names if n.startswith("nagare/") and n.endswith(".py")}
     assert {n + "c" for n in sources} <= set(names)  # the package's bytecode beside its sources
     assert not [
-        n for n in names if n.endswith(".pyc") and not n.startswith(("_vendor/pure/", "nagare/"))
+        n
+        for n in names
+        if n.endswith(".pyc") and not n.startswith(("_vendor/pure/", "nagare/", "_vendor/native/"))
     ]
     assert not [n for n in names if n.startswith(("_vendor/pure/bin/", "_vendor/native/bin/"))]
     assert not [n for n in names if "/tests/" in n.removeprefix("_vendor/")]
@@ -461,3 +464,218 @@ def test_vendored_dependencies_import_from_the_archive(built: Path, tmp_path: Pa
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout) == report
     assert final.stat().st_ino == inode
+
+
+# --- bytecode in the archive ---------------------------------------------------------------------
+
+VALUE_PROBE_ENTRY = "value_probe:main"
+VALUE_PROBE_SOURCE = """\
+import json
+import sys
+
+
+def main():
+    print(json.dumps({name: __import__(name).VALUE for name in sys.argv[1:]}))
+    return 0
+"""
+WRONG_MAGIC = b"\x00\x00\r\n"  # the form of a magic number, of no Python
+
+
+def pyc_bytes(source: str, tmp_path: Path, *, magic: bytes | None = None) -> bytes:
+    """An unchecked-hash .pyc of `source` (as build_pyz writes them), with `magic` if given."""
+    import py_compile
+
+    src, out = tmp_path / "m.py", tmp_path / "m.pyc"
+    src.write_text(source)
+    py_compile.compile(
+        str(src),
+        cfile=str(out),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    data = out.read_bytes()
+    return (magic + data[4:]) if magic is not None else data
+
+
+def bytecode_archive(
+    path: Path, tmp_path: Path, *, magic: bytes | None = None, python: tuple[int, int] | None = None
+) -> Path:
+    """A pure and a native package whose sources say VALUE = 'source' and whose shipped
+    bytecode (beside the source for zipimport, in __pycache__ for the native one) says
+    'bytecode'."""
+    pyc = pyc_bytes("VALUE = 'bytecode'\n", tmp_path, magic=magic)
+    tag = sys.implementation.cache_tag
+    content = {
+        "value_probe.py": VALUE_PROBE_SOURCE.encode(),
+        "_vendor/pure/fakepure.py": b"VALUE = 'source'\n",
+        "_vendor/pure/fakepure.pyc": pyc,
+        "_vendor/native/fakenative/__init__.py": b"VALUE = 'source'\n",
+        f"_vendor/native/fakenative/__pycache__/__init__.{tag}.pyc": pyc,
+    }
+    dists = [
+        build_pyz.Distribution(
+            "fakenative", "1.0", "fakenative-1.0.dist-info", frozenset({"fakenative"}), True
+        )
+    ]
+    entries = build_pyz.assemble(content, dists, entry=VALUE_PROBE_ENTRY, python=python)
+    build_pyz.write_archive(path, entries)
+    return path
+
+
+@pytest.mark.parametrize("dont_write", [False, True], ids=["default", "PYTHONDONTWRITEBYTECODE"])
+def test_shipped_bytecode_is_what_runs(tmp_path: Path, dont_write: bool) -> None:
+    archive = bytecode_archive(tmp_path / "app.pyz", tmp_path)
+    env = {"PYTHONDONTWRITEBYTECODE": "1"} if dont_write else {}
+    result = run_archive(archive, tmp_path / "cache", "fakepure", "fakenative", extra_env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"fakepure": "bytecode", "fakenative": "bytecode"}
+
+
+@pytest.mark.parametrize("dont_write", [False, True], ids=["default", "PYTHONDONTWRITEBYTECODE"])
+def test_bytecode_of_another_python_falls_back_to_the_source(
+    tmp_path: Path, dont_write: bool
+) -> None:
+    """A magic number this Python does not know (another minor version wrote it): zipimport
+    and the file loader both ignore the .pyc and compile the source, never run it."""
+    archive = bytecode_archive(tmp_path / "app.pyz", tmp_path, magic=WRONG_MAGIC)
+    env = {"PYTHONDONTWRITEBYTECODE": "1"} if dont_write else {}
+    cache = tmp_path / "cache"
+    result = run_archive(archive, cache, "fakepure", "fakenative", extra_env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"fakepure": "source", "fakenative": "source"}
+    again = run_archive(archive, cache, "fakepure", "fakenative", extra_env=env)
+    assert json.loads(again.stdout) == {"fakepure": "source", "fakenative": "source"}
+
+
+def _other_python() -> str | None:
+    """An interpreter of another minor version (pyenv's, or python3.N on PATH), if any."""
+    import shutil
+
+    here = sys.version_info[:2]
+    candidates = [f"python3.{minor}" for minor in (13, 12, 10) if (3, minor) != here]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for folder in sorted(pyenv.glob("3.*"), reverse=True) if pyenv.is_dir() else []:
+        candidates.append(str(folder / "bin" / "python3"))
+    for candidate in candidates:
+        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+        if not found:
+            continue
+        version = subprocess.run(
+            [found, "-c", "import sys; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if len(version) == 2 and tuple(map(int, version)) != here and int(version[1]) >= 8:
+            return found
+    return None
+
+
+def test_another_python_minor_runs_the_sources(tmp_path: Path) -> None:
+    """The same archive (its guard set to the other Python) under a real other interpreter:
+    this Python's bytecode is skipped, the sources run."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("no Python of another minor version here")
+    version = subprocess.run(
+        [other, "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    python = (int(version[0]), int(version[1]))
+    archive = bytecode_archive(tmp_path / "app.pyz", tmp_path, python=python)
+    env = {**os.environ, "NAGARE_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [other, str(archive), "fakepure", "fakenative"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"fakepure": "source", "fakenative": "source"}
+
+
+def test_native_bytecode_goes_to_pycache_under_the_builders_tag(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "nat").mkdir(parents=True)
+    (site / "nat" / "__init__.py").write_text("VALUE = 1\n")
+    (site / "nat" / "fast.so").write_bytes(b"\0")
+    (site / "pur.py").write_text("VALUE = 2\n")
+    vendored = build_pyz.Vendored(
+        {"nat/__init__.py": b"VALUE = 1\n", "nat/fast.so": b"\0", "pur.py": b"VALUE = 2\n"}, []
+    )
+    native = build_pyz.compile_native(vendored, site, tmp_path / "out")
+    tag = sys.implementation.cache_tag
+    assert list(native) == [f"nat/__pycache__/__init__.{tag}.pyc"]
+    pure = build_pyz.compile_pure(vendored, site, tmp_path / "out-pure")
+    assert list(pure) == ["pur.pyc"]
+    for data in (*native.values(), *pure.values()):
+        assert data[:4] == importlib.util.MAGIC_NUMBER
+        assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, unchecked
+
+
+@pytest.mark.slow
+def test_archive_carries_bytecode_for_the_building_python(built: Path) -> None:
+    tag = sys.implementation.cache_tag
+    with zipfile.ZipFile(built) as zf:
+        names = zf.namelist()
+        pycs = {n: zf.read(n) for n in names if n.endswith(".pyc")}
+    assert "nagare/cli.pyc" in pycs and "_vendor/pure/croniter/croniter.pyc" in pycs
+    assert f"_vendor/native/yaml/__pycache__/loader.{tag}.pyc" in pycs
+    native_sources = [n for n in names if n.startswith("_vendor/native/") and n.endswith(".py")]
+    for source in native_sources:
+        folder, _, module = source.rpartition("/")
+        assert f"{folder}/__pycache__/{module[:-3]}.{tag}.pyc" in pycs or source.endswith(
+            "__main__.py"
+        ), source
+    assert not [n for n in pycs if "__pycache__" in n and f".{tag}.pyc" not in n]
+    for name, data in pycs.items():
+        assert data[:4] == importlib.util.MAGIC_NUMBER, name
+        assert int.from_bytes(data[4:8], "little") == 0b01, name  # unchecked hash: no mtime
+
+
+@pytest.mark.slow
+def test_archive_runs_from_a_fresh_cache_without_writing_bytecode(
+    built: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NAGARE_CACHE_DIR": str(cache), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-v", str(built)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(json.loads(result.stdout)["checks"].values())
+    final = native_dir(cache, built)
+    # the file loader used the shipped bytecode of the extracted packages
+    assert f"{final}/yaml/__pycache__/loader.{sys.implementation.cache_tag}.pyc matches" in (
+        result.stderr
+    )
+    assert "has bad magic" not in result.stderr
+    with zipfile.ZipFile(built) as zf:
+        shipped = {n.removeprefix("_vendor/native/") for n in zf.namelist()}
+    written = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    assert written <= shipped  # nothing compiled and written at run time
+
+
+@pytest.mark.slow
+def test_another_python_minor_is_refused_with_a_clear_message(built: Path, tmp_path: Path) -> None:
+    """The native packages are built for one Python: another minor version gets the guard's
+    one-line message, not an import error."""
+    other = _other_python()
+    if other is None:
+        pytest.skip("no Python of another minor version here")
+    env = {**os.environ, "NAGARE_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [other, str(built)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert "was built for Python {}.{}".format(*sys.version_info[:2]) in result.stderr
+    assert "Traceback" not in result.stderr

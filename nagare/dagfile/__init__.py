@@ -7,7 +7,6 @@ string "5432" and `MODE: 0755` stays "0755", as DAG authors wrote them.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -17,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import yaml
-from yaml.composer import ComposerError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from nagare.cron import MANUAL_SCHEDULES, parse_schedule
@@ -62,7 +60,10 @@ from nagare.dagfile.run_rules import (
 from nagare.dagfile.snapshot import dag_from_json as dag_from_json  # re-exported
 from nagare.dagfile.snapshot import dag_to_json as dag_to_json  # re-exported
 from nagare.dagfile.steps import COMMAND_STEPS, build_step, keys_of_type
+from nagare.dagfile.yaml_nodes import MAX_DEPTH as MAX_DEPTH  # re-exported
+from nagare.dagfile.yaml_nodes import compose as compose_yaml
 from nagare.engine.expressions import compile_error, template_errors
+from nagare.errors import close_matches
 from nagare.models import (
     DagDef,
     HandlerKind,
@@ -76,7 +77,6 @@ from nagare.models import topological_order as topological_order  # re-exported
 from nagare.patterns import ENV_NAME, EVENT_NAME, MEMORY, OUTPUT_NAME, USER_NAME
 
 MAX_FILE_BYTES = 1048576  # the default of max_dag_file_bytes
-MAX_DEPTH = 50  # lists and mappings inside each other; a DAG file needs about 6
 MAX_NODES = 1_000_000  # values with every alias expanded (a 1 MiB file without aliases has fewer)
 MAX_TASKS = 10_000  # tasks of one DAG once with_items is expanded
 MAX_DEPENDENCIES = 200_000  # depends_on entries of one DAG once with_items is expanded
@@ -186,41 +186,15 @@ def parse_dag(
     return replace(dag, file=file) if dag else None, []
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """Composes nodes no deeper than `MAX_DEPTH`: pyyaml composes recursively, so a file of
-    100,000 `[` would otherwise end in a RecursionError (in any thread, whatever its stack)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"nesting deeper than {MAX_DEPTH} levels (lists and mappings inside each "
-                    "other)",
-                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
 def _compose(text: str, errors: Collector) -> MappingNode | None:
     try:
-        loader = _BoundedLoader(text)  # checks that every character is allowed in YAML
-    except yaml.reader.ReaderError as exc:
+        node = compose_yaml(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
         line = text.count("\n", 0, exc.position) + 1
         errors.add_at(
             line, "", f"invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
         )
         return None
-    try:
-        node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         line, problem = _yaml_problem(exc)
         lines = text.splitlines()
@@ -235,8 +209,6 @@ def _compose(text: str, errors: Collector) -> MappingNode | None:
     except yaml.YAMLError as exc:
         errors.add_at(0, "", f"invalid YAML: {exc}")
         return None
-    finally:
-        loader.dispose()
     if node is None:
         errors.add(None, "", "the file is empty (expected a mapping with 'id' and 'tasks')")
         return None
@@ -379,7 +351,7 @@ def parse_handlers(
     if not text.strip():
         return {}, []
     try:
-        node = yaml.compose(text, Loader=_BoundedLoader)
+        node = compose_yaml(text)
     except yaml.YAMLError as exc:
         errors.add_at(0, "handler_on", f"invalid YAML: {exc}")
         return {}, errors.summary()
@@ -642,7 +614,7 @@ def _check_map_sources(raw: list[_RawTask], ids: set[str], errors: Collector) ->
     for entry in raw:
         source = entry.task.map_over
         if entry.task.type is TaskType.MAP and source and source not in ids:
-            close = difflib.get_close_matches(source, sorted(ids), n=1)
+            close = close_matches(source, sorted(ids), n=1)
             hint = (
                 f"; did you mean '{close[0]}'?"
                 if close

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -19,6 +18,7 @@ from nagare.dagfile.nodes import (
     scalar_text,
     string_list,
 )
+from nagare.errors import close_matches
 from nagare.models import AllowFailure, TaskType, TriggerRule
 
 ALLOW_FAILURE_KEYS = ("exit_codes",)
@@ -82,7 +82,7 @@ def _trigger_rule(node: Node, path: str, errors: Collector) -> TriggerRule:
     try:
         return TriggerRule(value)
     except ValueError:
-        close = difflib.get_close_matches(value, RULES, n=1)
+        close = close_matches(value, RULES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         errors.add(
             node,

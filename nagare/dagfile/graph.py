@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 
 from nagare.dagfile.nodes import Collector
+from nagare.errors import close_matches
 from nagare.models import DagDef, TaskDef, TaskType
 
 
@@ -40,7 +40,7 @@ def check_references(task: TaskDef, by_id: dict[str, TaskDef], errors: Collector
             if errors.full:  # not listed anyway: skip the costly hint
                 errors.add_at(task.line, "", "")
                 continue
-            close = difflib.get_close_matches(dep, list(by_id), n=1)
+            close = close_matches(dep, list(by_id), n=1)
             hint = (
                 f"; did you mean '{close[0]}'?"
                 if close

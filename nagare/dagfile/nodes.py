@@ -6,13 +6,13 @@ booleans must have the YAML type the field expects.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
+from nagare.errors import close_matches
 from nagare.patterns import ENV_NAME, NAME
 
 ID_PATTERN = NAME
@@ -120,7 +120,7 @@ def mapping(
         key = str(key_node.value)
         field = f"{path}.{key}" if path else key
         if key not in allowed:
-            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+            close = close_matches(key, candidates, n=1, cutoff=0.6)
             hint = (
                 f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(candidates)})"
             )
@@ -148,7 +148,7 @@ def integer(node: Node, field: str, errors: Collector, minimum: int = 0) -> int 
     if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:int":
         errors.add(node, field, f"expected a whole number >= {minimum}, found {node_kind(node)}")
         return None
-    value = int(yaml.safe_load(node.value))
+    value = int(yaml_scalar(node.value))
     if value < minimum:
         errors.add(node, field, f"expected a whole number >= {minimum}, found {value}")
         return None
@@ -163,7 +163,7 @@ def number(node: Node, field: str, errors: Collector, positive: bool) -> float |
     ):
         errors.add(node, field, f"expected {expected} (seconds), found {node_kind(node)}")
         return None
-    value = float(yaml.safe_load(node.value))
+    value = float(yaml_scalar(node.value))
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         errors.add(node, field, f"expected {expected} (seconds), found {node.value}")
         return None
@@ -174,7 +174,7 @@ def boolean(node: Node, field: str, errors: Collector) -> bool | None:
     if not isinstance(node, ScalarNode) or node.tag != "tag:yaml.org,2002:bool":
         errors.add(node, field, f"expected true or false, found {node_kind(node)}")
         return None
-    return bool(yaml.safe_load(node.value))
+    return bool(yaml_scalar(node.value))
 
 
 def string_list(node: Node, field: str, errors: Collector, allow_single: bool) -> list[str]:

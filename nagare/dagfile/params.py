@@ -3,13 +3,11 @@ passes to its target: read from YAML nodes, every problem reported with its line
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import replace
 from typing import Any
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from nagare.dagfile.nodes import (
@@ -20,7 +18,9 @@ from nagare.dagfile.nodes import (
     node_kind,
     scalar_text,
 )
+from nagare.dagfile.yaml_nodes import scalar as yaml_scalar
 from nagare.engine.params import MAX_PARAMS, check_value, default_problems, of_type
+from nagare.errors import close_matches
 from nagare.models import DagDef, ParamDef, ParamType, TriggerDef
 from nagare.patterns import ENV_NAME
 
@@ -124,7 +124,7 @@ def _type(fields: dict[str, Node], field: str, errors: Collector) -> ParamType:
     try:
         return ParamType(text)
     except ValueError:
-        close = difflib.get_close_matches(text, [t.value for t in ParamType], n=1)
+        close = close_matches(text, [t.value for t in ParamType], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         errors.add(
             fields["type"],
@@ -225,7 +225,7 @@ def yaml_value(node: Node, kind: ParamType | None = None) -> Any:
         return str(node.value)
     tag = node.tag.rsplit(":", 1)[-1]
     if tag in ("int", "float", "bool"):
-        value = yaml.safe_load(node.value)
+        value = yaml_scalar(node.value)
         if tag == "float" and not math.isfinite(float(value)):
             return str(node.value)
         return value
@@ -291,7 +291,7 @@ def _check_extract(
     names = [p.name for p in params]
     for name in trigger.extract_payload:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
+            close = close_matches(name, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (declared: {', '.join(names)})"
             errors.add(
                 _extract_node(node, name),

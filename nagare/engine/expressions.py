@@ -14,9 +14,12 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nagare.patterns import TEMPLATE, template_expression
+
+if TYPE_CHECKING:
+    from nagare.models import DagDef
 
 LITERAL_OPEN = '"{{"'
 
@@ -121,3 +124,28 @@ def _first_line(exc: Exception, default: str) -> str:
         return default
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[0].removeprefix("jq: error: ").strip() if lines else default
+
+
+def compile_errors(dag: DagDef) -> list[tuple[int, str, str]]:
+    """Load-time check (`parse_dag(extra_check=...)`): every jq expression must compile."""
+    found: list[tuple[int, str, str]] = []
+    if dag.when:
+        message = compile_error(dag.when)
+        if message:
+            found.append(
+                (dag.when_line, "when", f"jq condition '{dag.when}' does not compile: {message}")
+            )
+    trigger = dag.trigger
+    if trigger is None:
+        return found
+    for name, expression in trigger.extract_payload.items():
+        message = compile_error(expression)
+        if message:
+            found.append(
+                (
+                    0,
+                    f"trigger.extract_payload.{name}",
+                    f"jq expression '{expression}' does not compile: {message}",
+                )
+            )
+    return found

@@ -10,7 +10,6 @@ string conf), where a string is first converted to the declared type (`"10"` -> 
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nagare.engine.assignment import env_value
-from nagare.errors import InvalidParams
+from nagare.errors import InvalidParams, close_matches
 from nagare.models import DagDef, ParamDef, ParamType, Run
 
 Source = Literal["json", "text"]
@@ -199,7 +198,7 @@ def shown(text: str) -> str:
 
 
 def unknown_message(name: str, by_name: Mapping[str, ParamDef]) -> str:
-    close = difflib.get_close_matches(name, list(by_name), n=1)
+    close = close_matches(name, list(by_name), n=1)
     if close:
         return f"unknown parameter; did you mean '{close[0]}'?"
     known = ", ".join(by_name) or "none"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nagare.access import API_KEY, ROLE_RIGHTS, Kind, Permission, Principal, Scope
+from nagare.access import ACCOUNT_MODES, API_KEY, ROLE_RIGHTS, Kind, Permission, Principal, Scope
 from nagare.accounts import Accounts, is_account_name
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.errors import BadRequest, Conflict, Unauthorized
@@ -16,7 +16,6 @@ from nagare.http.server import Request, Response, json_response
 from nagare.store import KeyRecord, UserRecord
 
 SESSION_COOKIE = "nagare_session"
-ACCOUNT_MODES = ("builtin", "oidc")
 
 
 class BuiltinAuthenticator:

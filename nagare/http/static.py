@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from collections.abc import Callable
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from urllib.parse import unquote
@@ -16,9 +17,28 @@ INDEX = "index.html"
 
 
 class StaticFiles:
-    def __init__(self, root: Traversable) -> None:
-        self.root = root
+    """`root` is the folder, or a function that finds it: then it is looked up on the first
+    request (inside nagare.pyz that reads the archive's directory, ~1 MB and ~20 ms that a
+    server whose dashboard nobody opens, or `nagare exec`, does not spend)."""
+
+    def __init__(self, root: Traversable | Callable[[], Traversable]) -> None:
+        self._find_root = root if callable(root) else None
+        self._root = None if callable(root) else root
         self._cache: dict[str, tuple[bytes, str]] = {}
+
+    @property
+    def root(self) -> Traversable:
+        if self._root is None:
+            assert self._find_root is not None
+            try:
+                found = self._find_root()
+                bundled = found.is_dir()
+            except (OSError, ValueError):
+                bundled = False
+            if not bundled:
+                raise NotFound("the web UI is not bundled")
+            self._root = found
+        return self._root
 
     def serve(self, request: Request) -> Response:
         name = _safe_name(request.path)

@@ -1,0 +1,119 @@
+"""Start-up rule (ARCHITECTURE.md, Start-up and footprint): heavy modules are imported where
+they are used, not by every command. Each check runs a fresh interpreter and reads its
+`sys.modules`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Never loaded by `import nagare.cli` (every command pays for what it loads).
+NOT_FOR_THE_CLI = (
+    "nagare.app",
+    "nagare.cluster",
+    "nagare.webhooks",
+    "nagare.executors",
+    "nagare.client",
+    "nagare.metrics",
+    "nagare.http",
+    "nagare.store",
+    "nagare.scheduler",
+    "nagare.git_sync",
+    "docker",
+    "requests",
+    "jq",
+    "croniter",
+    "dateutil",
+    "psutil",
+    "email",
+    "ssl",
+    "http.client",
+    "http.server",
+    "urllib.request",
+    "sqlite3",
+    "difflib",
+)
+
+# Never loaded by `nagare exec` of a DAG without schedule, jq or containers.
+NOT_FOR_EXEC = (
+    "nagare.http",
+    "nagare.metrics",
+    "nagare.dag_edits",
+    "nagare.client",
+    "nagare.cluster.remote",
+    "nagare.executors.docker",
+    "nagare.git_sync",
+    "docker",
+    "requests",
+    "jq",
+    "croniter",
+    "dateutil",
+    "email",
+    "ssl",
+    "http.client",
+    "http.server",
+    "urllib.request",
+    "difflib",
+)
+
+
+def loaded_after(code: str, cwd: Path) -> set[str]:
+    """The modules loaded once `code` has run in a fresh interpreter (source tree first)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def offenders(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_offenders_match_packages_and_their_modules() -> None:
+    loaded = {"email", "email.utils", "emailx", "nagare.http.api", "nagare.httpx"}
+    found = offenders(loaded, ("email", "nagare.http"))
+    assert found == ["email", "email.utils", "nagare.http.api"]
+
+
+def test_importing_the_cli_loads_no_service_and_no_heavy_library(tmp_path: Path) -> None:
+    loaded = loaded_after("import nagare.cli", tmp_path)
+    assert "nagare.cli" in loaded
+    assert offenders(loaded, NOT_FOR_THE_CLI) == []
+
+
+def test_the_cli_parser_loads_no_service_either(tmp_path: Path) -> None:
+    """Building the whole parser (every verb, the client verbs included) and `--help`."""
+    loaded = loaded_after(
+        "import contextlib, io\nfrom nagare.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    main(['version'])",
+        tmp_path,
+    )
+    assert offenders(loaded, NOT_FOR_THE_CLI) == []
+
+
+def test_exec_builds_no_http_side(tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "one.yaml").write_text("id: one\ntasks:\n  - id: a\n    command: 'true'\n")
+    code = (
+        "import contextlib, io\n"
+        "from nagare.cli import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    assert main(['exec', '--quiet', {str(dags / 'one.yaml')!r}]) == 0\n"
+    )
+    loaded = loaded_after(code, tmp_path)
+    assert "nagare.app" in loaded and "nagare.executors.local" in loaded  # it did run
+    assert offenders(loaded, NOT_FOR_EXEC) == []
