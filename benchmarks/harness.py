@@ -256,6 +256,7 @@ class Server:
     settings: dict[str, Any] = field(default_factory=dict)  # nagare.yaml
     dags_dir: Path | None = None  # use this folder instead of writing `dags`
     db: Path | None = None  # use this database instead of a fresh one
+    db_url: str | None = None  # a PostgreSQL database instead of a SQLite file
     preexec: Callable[[], None] | None = None  # runs in the child before exec (limits)
     root: Path = field(init=False)
     port: int = 0
@@ -305,7 +306,7 @@ class Server:
             "--port",
             f"127.0.0.1:{self.port}",
             "--db",
-            str(self.db_path),
+            self.db_url or str(self.db_path),
             "--dags",
             str(self.dags_dir or self.root / "dags"),
             "--config",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Nagare benchmarks: each workload's median next to a floor measured in the same run.
 
-    python3 benchmarks/run.py [--quick] [--only NAME[,NAME]] [--reps N] [--pyz [PATH]]
+    python3 benchmarks/run.py [--quick] [--only NAME[,NAME]] [--reps N] [--pyz [PATH]] [--postgres]
 
 Prints a table (workload, median, floor, ratio or overhead, target, PASS/FAIL) and writes it to
 benchmarks/results.md. Exit status: 0 when every measured row passes, 1 otherwise.
@@ -10,6 +10,7 @@ benchmarks/results.md. Exit status: 0 when every measured row passes, 1 otherwis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -18,7 +19,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run the engine's servers under cProfile (source tree; inflates the numbers) and "
         "write their hottest functions to benchmarks/.cache/profile-*.txt",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run chain100 and fanout1000 on PostgreSQL (a temporary server started like "
+        "the tests' one: Debian's postgresql package) and compare their overhead with SQLite's",
+    )
     args = parser.parse_args(argv)
     if args.profile and args.pyz is not None:
         parser.error("--profile runs the source tree; it cannot be combined with --pyz")
@@ -482,6 +489,27 @@ def summarize_profiles(folder: Path, name: str) -> None:
     say(f"   profile: {out.relative_to(ROOT)}")
 
 
+@contextlib.contextmanager
+def postgres_databases(wanted: bool) -> Iterator[Callable[[], str] | None]:
+    """With `--postgres`: a temporary PostgreSQL server (tests/postgres_server.py) for the
+    whole run, and a function giving a fresh database's URL; stopped at the end."""
+    if not wanted:
+        yield None
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres_server import find_bindir, start_server
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("--postgres: PostgreSQL is not installed (apt-get install postgresql)")
+    server = start_server(bindir)
+    say(f"postgresql: {bindir} on 127.0.0.1:{server.port}")
+    try:
+        yield lambda: server.url(server.new_database())
+    finally:
+        server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = selected(args.only)
@@ -491,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         PROFILE_DIR.mkdir(parents=True)
     say(f"engine: {cfg.launcher.label}; startup: {cfg.startup_launcher.label}")
     start = time.perf_counter()
-    rows = [row for name in names for row in run_workload(name, cfg)]
+    with postgres_databases(args.postgres) as cfg.postgres:
+        rows = [row for name in names for row in run_workload(name, cfg)]
     total = time.perf_counter() - start
     print()
     print(console_table(rows))

@@ -45,6 +45,9 @@ class Settings:
     quick: bool = False
     reps: int | None = None  # overrides every workload's default repetitions
     say: Callable[[str], None] = print
+    # --postgres: a fresh PostgreSQL database's URL per call; chain100 and fanout1000 then run
+    # on it too, next to SQLite in the same run
+    postgres: Callable[[], str] | None = None
 
     def reps_for(self, full: int, quick: int) -> int:
         if self.reps is not None:
@@ -107,22 +110,59 @@ def chain100(cfg: Settings) -> list[Row]:
     hops = 100
     reps = cfg.reps_for(5, 3)
     dag = {"chain.yaml": dagfiles.chain("chain100", hops)}
-    with Server(cfg.launcher, dags=dag) as server:
-        results, floors, peak = _repeat_runs(
-            server, "chain100", reps, 0.01, 120, cfg.say, floor=("chain", hops, 1)
+    rows: list[Row] = []
+    overheads: list[float] = []
+    for store in _stores(cfg):
+        with Server(cfg.launcher, dags=dag, db_url=_url(cfg, store)) as server:
+            results, floors, peak = _repeat_runs(
+                server, "chain100", reps, 0.01, 120, cfg.say, floor=("chain", hops, 1)
+            )
+        engine = median([r.wall_seconds for r in results])
+        floor = median(floors)
+        per_hop_ms = (engine - floor) / hops * 1000
+        overheads.append(per_hop_ms)
+        rows.append(
+            Row(
+                f"chain100{_suffix(store)}",
+                f"{engine:.3f} s",
+                f"{floor:.3f} s",
+                f"{per_hop_ms:.2f} ms/hop",
+                "<= 5 ms/hop",
+                per_hop_ms <= 5.0,
+                f"N={reps}; " + _server_note(results, peak),
+            )
         )
-    engine = median([r.wall_seconds for r in results])
-    floor = median(floors)
-    per_hop_ms = (engine - floor) / hops * 1000
+    return rows + _versus_sqlite("chain100", overheads, "ms/hop")
+
+
+def _stores(cfg: Settings) -> tuple[str, ...]:
+    return ("sqlite", "postgresql") if cfg.postgres else ("sqlite",)
+
+
+def _url(cfg: Settings, store: str) -> str | None:
+    return cfg.postgres() if store == "postgresql" and cfg.postgres else None
+
+
+def _suffix(store: str) -> str:
+    return " [postgresql]" if store == "postgresql" else ""
+
+
+def _versus_sqlite(name: str, overheads: list[float], unit: str) -> list[Row]:
+    """With both stores measured: PostgreSQL's overhead over the floor next to SQLite's (the
+    goal: within 2x)."""
+    if len(overheads) != 2:
+        return []
+    sqlite, postgresql = overheads
+    times = postgresql / sqlite if sqlite > 0 else float("inf")
     return [
         Row(
-            "chain100",
-            f"{engine:.3f} s",
-            f"{floor:.3f} s",
-            f"{per_hop_ms:.2f} ms/hop",
-            "<= 5 ms/hop",
-            per_hop_ms <= 5.0,
-            f"N={reps}; " + _server_note(results, peak),
+            f"{name} postgresql/sqlite",
+            f"{postgresql:.2f} {unit}",
+            f"{sqlite:.2f} {unit}",
+            f"{times:.2f}x",
+            "<= 2x sqlite",
+            times <= 2.0,
+            "the engine's overhead over the floor, PostgreSQL vs SQLite in the same run",
         )
     ]
 
@@ -170,24 +210,29 @@ def fanout1000(cfg: Settings) -> list[Row]:
     reps = cfg.reps_for(9, 1)  # ±10% from one repetition to the next on a shared host
     dag = {"fanout.yaml": dagfiles.fanout("fanout1000", width)}
     settings = {"worker_pools": {"default": pool}}
-    with Server(cfg.launcher, dags=dag, settings=settings) as server:
-        results, floors, peak = _repeat_runs(
-            server, "fanout1000", reps, 0.02, 300, cfg.say, floor=("fanout", width, pool)
+    rows: list[Row] = []
+    overheads: list[float] = []
+    for store in _stores(cfg):
+        with Server(cfg.launcher, dags=dag, settings=settings, db_url=_url(cfg, store)) as server:
+            results, floors, peak = _repeat_runs(
+                server, "fanout1000", reps, 0.02, 300, cfg.say, floor=("fanout", width, pool)
+            )
+        engine = median([r.wall_seconds for r in results])
+        floor = median(floors)
+        ratio = engine / floor
+        overheads.append((engine - floor) / width * 1000)
+        rows.append(
+            Row(
+                f"fanout1000{_suffix(store)}",
+                f"{engine:.3f} s",
+                f"{floor:.3f} s",
+                f"{ratio:.2f}x",
+                "<= 1.5x floor",
+                ratio <= 1.5,
+                f"N={reps}, pool 8; " + _server_note(results, peak),
+            )
         )
-    engine = median([r.wall_seconds for r in results])
-    floor = median(floors)
-    ratio = engine / floor
-    return [
-        Row(
-            "fanout1000",
-            f"{engine:.3f} s",
-            f"{floor:.3f} s",
-            f"{ratio:.2f}x",
-            "<= 1.5x floor",
-            ratio <= 1.5,
-            f"N={reps}, pool 8; " + _server_note(results, peak),
-        )
-    ]
+    return rows + _versus_sqlite("fanout1000", overheads, "ms/task")
 
 
 # ---------------------------------------------------------------- map10000

@@ -262,7 +262,7 @@ class App:
         container with its owner label is a leftover of an earlier (crashed) server."""
         with self._docker_lock:
             if self._docker is None:
-                owner = f"{socket.gethostname()}:{os.path.abspath(self.config.db)}"
+                owner = f"{socket.gethostname()}:{self.config.db_label}"
                 self._docker = _docker_executor(self.config, owner, self.reactor)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
@@ -372,7 +372,7 @@ class App:
                 self.config.listen[0],
                 self.http.port,
                 self.config.dags,
-                self.config.db,
+                self.config.db_display,
             )
         self._warn_open_api()
         self._warn_no_users()
@@ -412,7 +412,7 @@ class App:
             "auth_mode is %s and there is no user yet: add the first admin on this machine "
             "with: python3 nagare.pyz users add admin --role admin --db %s",
             self.config.auth_mode,
-            shlex.quote(self.config.db),
+            shlex.quote(self.config.db_display),  # a URL's password never shows
         )
 
     def _warn_open_cluster(self) -> None:
@@ -489,13 +489,14 @@ class App:
 
 def _git_sync(config: Config) -> GitSync | None:
     """The loop that keeps the DAGs folder equal to a git branch; its cache (a bare repository
-    and the checkouts) lives next to the database. Imported only when `git_sync:` is set: a
+    and the checkouts) lives in the server's data folder (`Config.data_dir`). Imported only when
+    `git_sync:` is set: a
     server without it never loads the module."""
     if config.git_sync is None:
         return None
     from nagare.git_sync import GitSync
 
-    cache = os.path.join(os.path.dirname(os.path.abspath(config.db)), "git-sync")
+    cache = os.path.join(config.data_dir, "git-sync")
     return GitSync(config.git_sync, config.dags, cache, run_command)
 
 

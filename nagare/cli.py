@@ -300,7 +300,7 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     if config.log_format == "text":  # JSON logs: every stderr line is a JSON object
         print(
             f"Nagare {__version__} on http://localhost:{app.port} — DAGs in '{config.dags}', "
-            f"database '{config.db}'",
+            f"database '{config.db_display}'",
             file=sys.stderr,
             flush=True,
         )
@@ -581,12 +581,13 @@ def cmd_cleanup(namespace: argparse.Namespace) -> int:
         age = config.retention_days * DAY_MS
     else:
         raise ConfigError("retention_days is 0 (keep everything): give --older-than, e.g. 30d")
-    if not os.path.isfile(config.db):
+    on_file = config.db_is_file
+    if on_file and not os.path.isfile(config.db):
         raise ConfigError(f"no database at '{config.db}' (give --db or --config)")
     verb = "would delete" if namespace.dry_run else "deleted"
     store = Store(config.db)
     try:
-        before = os.path.getsize(config.db)
+        before = os.path.getsize(config.db) if on_file else 0
         removed = cleanup(
             store,
             LogFiles(config.resolved_logs_dir),
@@ -610,7 +611,7 @@ def cmd_cleanup(namespace: argparse.Namespace) -> int:
                 print(f"warning: {err.message}; its free pages are reused", file=sys.stderr)
     finally:
         store.close()  # the last connection checkpoints the WAL into the file
-    if not namespace.dry_run:
+    if on_file and not namespace.dry_run:
         after = os.path.getsize(config.db)
         print(f"database file: {before / 2**20:.1f} MB -> {after / 2**20:.1f} MB")
     return 0

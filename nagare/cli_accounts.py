@@ -171,7 +171,7 @@ def _accounts(namespace: argparse.Namespace) -> Iterator[tuple[Accounts, Store, 
     from nagare.store import Store
 
     config = load_config({"config": namespace.config, "db": namespace.db})
-    if not os.path.isfile(config.db):
+    if config.db_is_file and not os.path.isfile(config.db):
         raise ConfigError(
             f"no database at '{config.db}' (start the server once, or give --db or --config)"
         )

@@ -14,10 +14,13 @@ import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+from urllib.parse import urlencode, urlsplit
 
 import yaml
 
 from nagare.access import RoleDef, all_roles, parse_roles
+from nagare.db_url import describe as describe_database
+from nagare.db_url import is_postgres_url, parse_postgres_url
 from nagare.errors import ConfigError
 from nagare.models import GitSyncSettings, OidcSettings, SmtpSettings
 from nagare.patterns import ENV_NAME
@@ -62,7 +65,13 @@ def _opt(
 
 OPTIONS: tuple[Option, ...] = (
     _opt("port", "str", ":8080", "Listen address: PORT, :PORT or HOST:PORT."),
-    _opt("db", "str", "nagare.db", "SQLite database file (created and migrated on start)."),
+    _opt(
+        "db",
+        "str",
+        "nagare.db",
+        "SQLite database file, or a PostgreSQL URL postgresql://user@host:5432/dbname (created "
+        "and migrated on start; see the README, PostgreSQL).",
+    ),
     _opt("dags", "str", "dags", "Folder of DAG files (*.yaml, *.yml); created if missing."),
     _opt(
         "max_dag_file_bytes",
@@ -123,7 +132,13 @@ OPTIONS: tuple[Option, ...] = (
         flag=False,
         env=False,
     ),
-    _opt("logs_dir", "str", "", "Folder of task log files (default: 'logs' next to the db)."),
+    _opt(
+        "logs_dir",
+        "str",
+        "",
+        "Folder of task log files (default: 'logs' next to a SQLite db; with PostgreSQL, 'logs' "
+        "in the working directory).",
+    ),
     _opt(
         "worker_pools",
         "pools",
@@ -403,7 +418,31 @@ class Config(Settings):
     def resolved_logs_dir(self) -> str:
         if self.logs_dir:
             return self.logs_dir
-        return os.path.join(os.path.dirname(os.path.abspath(self.db)), "logs")
+        return os.path.join(self.data_dir, "logs")
+
+    @property
+    def data_dir(self) -> str:
+        """The folder of this server's files (logs, git-sync cache): next to a SQLite
+        database, the working directory with a PostgreSQL one."""
+        if is_postgres_url(self.db):
+            return os.path.abspath(".")
+        return os.path.dirname(os.path.abspath(self.db))
+
+    @property
+    def db_is_file(self) -> bool:
+        """A SQLite file (else a PostgreSQL URL)."""
+        return not is_postgres_url(self.db)
+
+    @property
+    def db_label(self) -> str:
+        """What names this database for good (its containers' owner label): a SQLite file's
+        absolute path, a PostgreSQL URL without its password."""
+        return self.db_display if is_postgres_url(self.db) else os.path.abspath(self.db)
+
+    @property
+    def db_display(self) -> str:
+        """The database location fit for a log line (a URL's password never shows)."""
+        return describe_database(self.db)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -438,6 +477,8 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     config = Config(**values)
     config.listen  # noqa: B018 - validates the address early
     check_oidc_roles(config.auth_mode, config.oidc, config.roles)
+    if is_postgres_url(config.db):
+        parse_postgres_url(config.db)  # validates the URL early (never quoting a password)
     return config
 
 
@@ -456,6 +497,42 @@ def _load_yaml(text: str, path: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+class _NoInstance:
+    """`database:` is read from its mapping only (no settings object stands for it)."""
+
+
+DATABASE_KEYS = ("url", "password_env", "sslmode", "sslrootcert", "connect_timeout")
+
+
+def database_url(raw: Any, where: str) -> str:
+    """`database: {url, password_env, sslmode, sslrootcert, connect_timeout}` -> the `db` URL
+    with those options as its query parameters (the password itself is never in nagare.yaml:
+    `password_env` names the variable holding it, or ~/.pgpass has it)."""
+    found: dict[str, Any] | None = _section(
+        raw, where, _NoInstance, DATABASE_KEYS, "{url: postgresql://nagare@db:5432/nagare}"
+    )
+    if found is None:
+        raise ConfigError(f"{where}: expected {{url: postgresql://user@host:5432/dbname}}")
+    url = _smtp_text(found, "url", where, required=True)
+    if not is_postgres_url(url):
+        raise ConfigError(f"{where}.url: expected postgresql://user@host:5432/dbname")
+    if urlsplit(url).password is not None:
+        raise ConfigError(
+            f"{where}.url: the password does not belong in nagare.yaml; give password_env "
+            "(the environment variable that holds it) or use ~/.pgpass"
+        )
+    env = _smtp_text(found, "password_env", where)
+    if env and not ENV_NAME.match(env):
+        raise ConfigError(
+            f"{where}.password_env: expected the name of an environment variable, found '{env}'"
+        )
+    extra = {k: _smtp_text(found, k, where) for k in DATABASE_KEYS[1:]}
+    query = urlencode({k: v for k, v in extra.items() if v})
+    if not query:
+        return url
+    return f"{url}{'&' if urlsplit(url).query else '?'}{query}"
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -482,6 +559,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
             continue
         if key == "autoscaler":
             continue  # read by the feature that owns it
+        if key == "database":
+            if "db" in data:
+                raise ConfigError(f"{path}: give either db or database, not both")
+            result["db"] = database_url(value, f"{path}: database")
+            continue
         if key not in known:
             raise ConfigError(f"{path}: unknown setting '{key}' (known: {', '.join(known)})")
         result[known[key]] = value

@@ -18,7 +18,8 @@ class Settings:
     # Listen address: PORT, :PORT or HOST:PORT.
     port: str = ":8080"
 
-    # SQLite database file (created and migrated on start).
+    # SQLite database file, or a PostgreSQL URL postgresql://user@host:5432/dbname (created and
+    # migrated on start; see the README, PostgreSQL).
     db: str = "nagare.db"
 
     # Folder of DAG files (*.yaml, *.yml); created if missing.
@@ -54,7 +55,8 @@ class Settings:
     # insecure, timeout_seconds} (see the README, Single sign-on).
     oidc: OidcSettings | None = None
 
-    # Folder of task log files (default: 'logs' next to the db).
+    # Folder of task log files (default: 'logs' next to a SQLite db; with PostgreSQL, 'logs' in the
+    # working directory).
     logs_dir: str = ""
 
     # Local task slots per pool, e.g. {default: 4, gpu: 0}; 0 = remote workers only.

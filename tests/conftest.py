@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from postgres_server import PgServer, find_bindir, start_server  # noqa: E402
+
 from nagare.app import App  # noqa: E402
 from nagare.config import load_config  # noqa: E402
 from nagare.store import Store  # noqa: E402
@@ -158,9 +160,15 @@ def make_config(root: Path, **settings: Any) -> Any:
 
 
 @pytest.fixture
-def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
-    """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0."""
+def nagare_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Nagare]]:
+    """`nagare_factory(dags={"a.yaml": "..."}, **settings)` starts a server on port 0. With
+    NAGARE_TEST_STORE=postgresql, a server given no `db` keeps its state in a fresh database of
+    the session's PostgreSQL server (every server test on PostgreSQL: slow, not run by CI)."""
     started: list[App] = []
+    on_postgres = os.environ.get("NAGARE_TEST_STORE") == "postgresql"
+    databases: dict[Path, str] = {}
 
     def start(
         dags: dict[str, str] | None = None, root: Path | None = None, **settings: Any
@@ -171,6 +179,11 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
             (base / "dags" / name).write_text(textwrap.dedent(text))
         settings.setdefault("sse_ping_seconds", 0.2)
         settings.setdefault("shutdown_grace_seconds", 1.0)
+        if on_postgres and "db" not in settings:
+            server: PgServer = request.getfixturevalue("postgres_server")
+            if base not in databases:  # a restart on the same root finds its database again
+                databases[base] = server.url(server.new_database())
+            settings["db"] = databases[base]
         app = App(make_config(base, **settings))
         app.start(poll_interval=0.05)
         started.append(app)
@@ -182,6 +195,8 @@ def nagare_factory(tmp_path: Path) -> Iterator[Callable[..., Nagare]]:
     yield start
     for app in started:
         app.stop()
+    for url in databases.values():
+        _pg_drop(url)
 
 
 @pytest.fixture
@@ -212,9 +227,49 @@ class StoreBackend:
 
 
 SQLITE = StoreBackend("sqlite", lambda root, number: str(root / f"store-{number}.db"), Store)
-# Every test that takes `store_factory` or `store` runs once per backend listed here. A second
-# backend is one more entry, e.g. StoreBackend("postgresql", <a fresh database>, <its Store>).
-STORE_BACKENDS: tuple[StoreBackend, ...] = (SQLITE,)
+
+
+def _pg() -> PgServer:
+    assert _PG_SERVER, "the postgres_server fixture starts the server first"
+    return _PG_SERVER[0]
+
+
+def _pg_new_database(root: Path, number: int) -> str:
+    return _pg().url(_pg().new_database())
+
+
+def _pg_drop(where: str) -> None:
+    _pg().drop_database(where.rsplit("/", 1)[1].split("?", 1)[0])
+
+
+POSTGRESQL = StoreBackend("postgresql", _pg_new_database, Store, _pg_drop)
+# Every test that takes `store_factory` or `store` runs once per backend listed here: SQLite, and
+# a real PostgreSQL server started once per session (skipped, with the reason, where it is not
+# installed; mandatory when NAGARE_REQUIRE_POSTGRES=1).
+STORE_BACKENDS: tuple[StoreBackend, ...] = (SQLITE, POSTGRESQL)
+_PG_SERVER: list[PgServer] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (see tests/postgres_server.py)."""
+    bindir = find_bindir()
+    if bindir is None:
+        _missing(
+            "PostgreSQL",
+            "NAGARE_REQUIRE_POSTGRES",
+            "initdb/pg_ctl not found (apt-get install postgresql)",
+        )
+    assert bindir is not None
+    try:
+        import pg8000  # noqa: F401
+    except ImportError:
+        _missing("the pg8000 driver", "NAGARE_REQUIRE_POSTGRES", "pip install -e '.[test]'")
+    server = start_server(bindir)
+    _PG_SERVER.append(server)
+    yield server
+    _PG_SERVER.clear()
+    server.stop()
 
 
 class StoreFactory:
@@ -252,6 +307,8 @@ class StoreFactory:
 
 @pytest.fixture(params=STORE_BACKENDS, ids=lambda backend: backend.name)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    if request.param is POSTGRESQL:
+        request.getfixturevalue("postgres_server")
     factory = StoreFactory(request.param, tmp_path)
     yield factory
     factory.close_all()

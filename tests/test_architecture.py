@@ -9,10 +9,10 @@ Every `nagare/**/*.py` is parsed (never imported). The rules:
 - outside the store, only the `nagare.store` package is imported, never its modules; outside
   the executors, only the seam (`nagare.executors`) and its reactor, never a concrete executor
   (but in `app`, the composition root, which builds them);
-- each technology has one owner module (sqlite3, subprocess, signal, psutil, ctypes, docker, jq,
-  croniter, http.server, urllib.request, yaml, print), and only `executors/spawn.py` starts or
-  signals processes (`_posixsubprocess`, `os.posix_spawn`, `os.fork`, `os.exec*`, `os.kill`,
-  `os.killpg`, ...);
+- each technology has one owner module (sqlite3, pg8000, subprocess, signal, psutil, ctypes,
+  docker, jq, croniter, http.server, urllib.request, yaml, print), and only
+  `executors/spawn.py` starts or signals processes (`_posixsubprocess`, `os.posix_spawn`,
+  `os.fork`, `os.exec*`, `os.kill`, `os.killpg`, ...);
 - threads are created only where ARCHITECTURE.md's threading model says;
 - no service object is built at import time (no module-level `Store(...)`, `App(...)`);
 - no `time.sleep` in nagare/: background loops wait on events or conditions.
@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "nagare.engine": L1,  # the package and every module in it
     "nagare.cron": L1,
     "nagare.config": L1,
+    "nagare.db_url": L1,  # where the store lives: a SQLite path or a PostgreSQL URL, ~/.pgpass
     "nagare.settings": L1,  # generated from config.OPTIONS (tests/generate_settings.py)
     "nagare.prometheus": L1,
     "nagare.server_log": L1,
@@ -110,6 +111,9 @@ COMPOSITION_ROOT = "nagare.app"
 # Each technology has one owner (paths relative to the repository; a trailing "/" is a folder).
 TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "sqlite3": ("nagare/store/",),
+    # the PostgreSQL driver (and its SCRAM library): the store's PostgreSQL module alone
+    "pg8000": ("nagare/store/postgres.py",),
+    "scramp": (),
     "subprocess": ("nagare/executors/spawn.py",),
     "_posixsubprocess": ("nagare/executors/spawn.py",),
     "multiprocessing": (),

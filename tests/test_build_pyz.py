@@ -58,6 +58,7 @@ def main():
     import croniter
     import docker
     import jq
+    import pg8000.native
     import psutil
     import requests
     import yaml
@@ -70,6 +71,7 @@ def main():
         "docker": bool(docker.__version__),
         "requests": bool(requests.__version__),
         "certifi": os.path.isfile(certifi.where()),
+        "pg8000": callable(pg8000.native.Connection),  # reads its own version from the zip
     }
     files = {name: sys.modules[name].__file__ for name in checks}
     print(json.dumps({"checks": checks, "files": files}))
@@ -416,7 +418,9 @@ def test_archive_layout(built: Path) -> None:
     assert build_id == info["build_id"] and len(build_id) == 16
     assert info["python"] == list(sys.version_info[:2])
     assert {"jq", "psutil", "PyYAML"} <= set(info["native"])
-    assert {"docker", "croniter", "requests"} <= set(info["dists"]) - set(info["native"])
+    assert {"docker", "croniter", "requests", "pg8000", "scramp", "asn1crypto"} <= set(
+        info["dists"]
+    ) - set(info["native"])
 
     pure = [n for n in names if n.startswith("_vendor/pure/")]
     native = [n for n in names if n.startswith("_vendor/native/")]
@@ -424,7 +428,7 @@ def test_archive_layout(built: Path) -> None:
     assert any(n.startswith("_vendor/native/jq") and n.endswith(".so") for n in native)
     assert any(n.startswith("_vendor/native/psutil/") and n.endswith(".so") for n in native)
     assert any(n.startswith("_vendor/native/jq-") and ".dist-info/" in n for n in native)
-    for package in ("docker", "requests", "croniter", "dateutil", "urllib3"):
+    for package in ("docker", "requests", "croniter", "dateutil", "urllib3", "pg8000", "scramp"):
         assert f"_vendor/pure/{package}/__init__.py" in pure
         assert f"_vendor/pure/{package}/__init__.pyc" in pure
 
@@ -448,7 +452,7 @@ def test_vendored_dependencies_import_from_the_archive(built: Path, tmp_path: Pa
     final = native_dir(cache, built)
     for name in ("jq", "psutil", "yaml"):
         assert Path(report["files"][name]).is_relative_to(final), report["files"]
-    for name in ("docker", "croniter", "requests"):
+    for name in ("docker", "croniter", "requests", "pg8000"):
         assert report["files"][name].startswith(f"{built}/_vendor/pure/{name}/")
 
     inode = final.stat().st_ino

@@ -802,12 +802,14 @@ def test_run_level_success_next_to_attempt_level(store: Store, service: MetricsS
     assert (aggregate["success_rate"], aggregate["runs"]["success_rate"]) == (0.5, 1.0)
 
 
-def test_run_outcomes_read_one_range_of_a_covering_index(store: Store) -> None:
+def test_run_outcomes_read_one_range_of_a_covering_index(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "plan.db"))  # SQLite's query plan
     with store.db.read() as conn:
         for dag_id in ("", "d"):
             sql, params = run_outcomes_query(NOW, dag_id)
             plan = " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "SEARCH runs USING COVERING INDEX runs_completed (completed_at>?)" in plan
+    store.close()
 
 
 def test_a_database_of_schema_11_gets_the_run_completion_index(tmp_path: Path) -> None:

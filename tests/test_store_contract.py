@@ -36,6 +36,8 @@ from nagare.models import (
     Trigger,
 )
 from nagare.store import (
+    AuditEntry,
+    AuditFilter,
     DagState,
     DatabaseError,
     DurationRow,
@@ -1273,3 +1275,22 @@ def test_a_closed_attempt_shows_up_in_the_metrics(store: Store) -> None:
         if c.name == "task_runs"
     ] == [("d", "t", "success", 1)]
     assert task_of(store, run, "t").metrics == metrics  # the task shows its last attempt's
+
+
+# ---------------------------------------------------------------- the audit log
+
+
+def test_the_audit_log_is_found_by_action_family_newest_first_and_deleted_oldest_first(
+    store: Store,
+) -> None:
+    actions = ["run.kill", "run.trigger", "run/odd", "runs.delete", "dag.pause", "run.retry"]
+    for at, action in enumerate(actions, start=1):
+        store.audit.record(AuditEntry(at, "ann" if at % 2 else "bob", action, target=f"x{at}"))
+    family, total = store.audit.find(AuditFilter(action="run."), 1, 10)
+    assert [e.action for e in family] == ["run.retry", "run.trigger", "run.kill"]  # byte order
+    assert total == 3 and family[0].id > family[-1].id > 0
+    page, total = store.audit.find(AuditFilter(actor="bob"), 2, 2)
+    assert ([e.at for e in page], total) == ([2], 3)
+    assert store.audit.find(AuditFilter(since=2, until=4), 1, 10)[1] == 2
+    assert store.audit.delete_before(4, 2) == 2  # the two oldest of the three before 4
+    assert [e.at for e in store.audit.find(AuditFilter(), 1, 10)[0]] == [6, 5, 4, 3]

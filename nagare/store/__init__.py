@@ -12,7 +12,7 @@ from __future__ import annotations
 from nagare.store.accounts import KeyRecord, KeyStore, SessionStore, UserRecord, UserStore
 from nagare.store.audit import AuditStore
 from nagare.store.dags import DagStore, text_digest
-from nagare.store.db import Database, DatabaseError, StorageFull
+from nagare.store.db import Database, DatabaseError, StorageFull, open_database
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
 from nagare.store.metrics import (
@@ -84,8 +84,8 @@ class Store:
     page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
     dashboard sessions (`users`, `keys`, `sessions`)."""
 
-    def __init__(self, path: str) -> None:
-        self.db = Database(path)
+    def __init__(self, path: str, password_env: str = "") -> None:
+        self.db = open_database(path, password_env)
         self.dags = DagStore(self.db)
         self.runs = RunStore(self.db, self.dags)
         self.tasks = TaskStore(self.db, self.dags)

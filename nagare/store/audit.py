@@ -70,7 +70,8 @@ def _where(filt: AuditFilter) -> tuple[str, list[Any]]:
             clauses.append(f"{column} = ?")
             args.append(value)
     if filt.action.endswith("."):
-        clauses.append("action >= ? AND action < ?")
+        # byte order ('/' right after '.'), whatever a PostgreSQL database's collation
+        clauses.append("action >= ? COLLATE BINARY AND action < ? COLLATE BINARY")
         args += [filt.action, filt.action[:-1] + "/"]  # '/' sorts right after '.'
     elif filt.action:
         clauses.append("action = ?")

@@ -9,10 +9,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
+from nagare.db_url import is_postgres_url
 from nagare.errors import NagareError
 from nagare.liveness import Heartbeat
-from nagare.store.schema import MIGRATIONS
+from nagare.store.schema import MIGRATIONS, migration_script
 
 log = logging.getLogger("nagare.store")
 READERS = 8  # reader connections at most; a thread that finds them all lent out waits
@@ -22,6 +24,9 @@ READERS = 8  # reader connections at most; a thread that finds them all lent out
 CHECKPOINT_EVERY_COMMITS = 32
 WRITER_AUTOCHECKPOINT_PAGES = 8000
 BEAT_SECONDS = 5.0  # the checkpoint loop shows it is alive at least this often
+# In a claim's `IN (SELECT ...)`: a comment to SQLite (one writer: nothing to skip), the row
+# locking clause for PostgreSQL (see pg_sql.translate)
+LOCK_ROWS = " /*FOR UPDATE SKIP LOCKED*/"
 
 
 class DatabaseError(NagareError):
@@ -40,6 +45,8 @@ class Database:
     `read()` lends one of at most READERS reader connections (a thread that already holds one
     gets the same one back, so nested reads never wait for themselves). WAL checkpoints run in
     the `checkpointer` loop, which `app` starts in a thread of its own."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str, readers: int = READERS) -> None:
         self.path = path
@@ -85,8 +92,8 @@ class Database:
                     f"database '{self.path}' has schema version {version}, newer than this "
                     f"Nagare knows ({len(MIGRATIONS)}): upgrade Nagare or use another --db"
                 )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                for statement in _statements(migration_script(number, self.dialect)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")
 
@@ -265,6 +272,17 @@ class Checkpointer:
         """The database is closing: leave the loop at once."""
         self._closing.set()
         self._due.set()
+
+
+def open_database(where: str, password_env: str = "") -> Database:
+    """The database at `where`: a SQLite file, or a PostgreSQL URL (`postgresql://...`; the
+    driver is imported only then). `password_env` names the variable holding its password."""
+    if is_postgres_url(where):
+        from nagare.store.postgres import PgDatabase
+
+        # the same interface (write/read, schema_version, close...): the parts use it as one
+        return cast(Database, PgDatabase(where, password_env=password_env))
+    return Database(where)
 
 
 def _statements(script: str) -> list[str]:

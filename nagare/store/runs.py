@@ -230,7 +230,7 @@ class RunStore:
             params.append(f"%{like_escape(filt.search)}%")
         if filt.dag_ids is not None:  # an empty tuple: no DAG matches, so no run
             marks = ",".join("?" * len(filt.dag_ids))
-            clauses.append(f"dag_id IN ({marks})" if filt.dag_ids else "0")
+            clauses.append(f"dag_id IN ({marks})" if filt.dag_ids else "1=0")
             params.extend(filt.dag_ids)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.read() as conn:

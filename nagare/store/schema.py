@@ -1,7 +1,14 @@
-"""The database schema as an ordered list of migrations; `PRAGMA user_version` counts applied ones.
+"""The database schema as an ordered list of migrations; `PRAGMA user_version` (SQLite) or the
+`nagare_schema` table (PostgreSQL) counts applied ones. Forward-only: a migration is never
+edited once released, a change is a new one at the end.
+
+A migration is written in SQLite's dialect, which `pg_sql.translate` turns into PostgreSQL's;
+one that cannot be translated is a mapping {"sqlite": ..., "postgresql": ...} instead.
 
 Times are UTC epoch milliseconds (INTEGER). Every list or filter the API offers has an index.
 """
+
+from collections.abc import Mapping
 
 HOUR_MS = 3_600_000
 INF_MS = 9_223_372_036_854_775_807  # the +Inf bucket of the duration histogram
@@ -71,7 +78,7 @@ METRICS_BACKFILL: tuple[str, ...] = (
         WHERE a.completed_at IS NOT NULL GROUP BY a.dag_id, ti.pool, le""",
 )
 
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | Mapping[str, str], ...] = (
     # 1: the initial schema
     """
     CREATE TABLE dag_versions (
@@ -345,3 +352,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_action ON audit_log(action, at);
     """,
 )
+
+
+def migration_script(number: int, dialect: str) -> str:
+    """The SQL of migration `number` (1-based) for `dialect` ("sqlite" or "postgresql")."""
+    script = MIGRATIONS[number - 1]
+    return script if isinstance(script, str) else script[dialect]

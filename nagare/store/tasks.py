@@ -21,7 +21,7 @@ from nagare.models import (
     TaskStatus,
 )
 from nagare.store.dags import DagStore
-from nagare.store.db import Database
+from nagare.store.db import LOCK_ROWS, Database
 from nagare.store.metrics import AttemptTally, refresh_rollup
 from nagare.store.rows import (
     METRIC_COLUMNS,
@@ -594,7 +594,7 @@ def claim_queued(
         "allowed_failure=0, "
         "lease_expires_at=?, lease_confirmed=0 "
         "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-        "ORDER BY queued_at, rowid LIMIT ?) AND status='queued' "
+        f"ORDER BY queued_at, rowid LIMIT ?{LOCK_ROWS}) AND status='queued' "
         f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
         (worker, now, lease_until, pool, count),
     ).fetchall()
@@ -644,7 +644,7 @@ def finish_many(
     attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
     no longer running that attempt (a kill that won the race) keeps its status, and its attempt is
     closed as cancelled."""
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    rows = _values_rows(TASK_VALUE_TYPES, len(finishes))
     moved = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
@@ -675,7 +675,7 @@ def finish_many(
         else TaskStatus.CANCELLED
         for f in finishes
     }
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(finishes))
+    rows = _values_rows(ATTEMPT_VALUE_TYPES, len(finishes))
     closed = dict(
         conn.execute(
             "UPDATE task_attempts SET status=v.column3, completed_at=v.column4, "
@@ -728,6 +728,22 @@ def _transition_params(to_status: TaskStatus, now: int) -> list[object]:
 
 FINISH_CHUNK = 200  # attempts per statement of `_finish_many` (13 parameters each)
 TRANSITION_CHUNK = 500  # task instances per statement of `transition`
+
+
+# The SQL types of `_task_values` and `_attempt_values` (I: INTEGER, T: TEXT), for
+# `_values_rows`.
+TASK_VALUE_TYPES = "TITIIIITTIITI"
+ATTEMPT_VALUE_TYPES = "TITIIITIIIIT"
+
+
+def _values_rows(types: str, count: int) -> str:
+    """`count` rows of parameters for a VALUES list; the first row casts each to its type, which
+    then types the whole list (a no-op for SQLite; PostgreSQL would read an untyped parameter
+    in a VALUES list as text)."""
+    kinds = {"I": "INTEGER", "T": "TEXT"}
+    first = "(" + ", ".join(f"CAST(? AS {kinds[t]})" for t in types) + ")"
+    rest = "(" + ", ".join("?" * len(types)) + ")"
+    return ", ".join([first, *[rest] * (count - 1)])
 
 
 def _task_values(finish: AttemptFinish) -> tuple[object, ...]:

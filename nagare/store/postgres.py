@@ -1,0 +1,515 @@
+"""PostgreSQL connections behind the same interface as `db.Database` (SQLite): `write()` lends
+the one writer connection inside a READ COMMITTED transaction, `read()` one of at most READERS
+reader connections (autocommit), rows answer `row["name"]` and `row[0]` like `sqlite3.Row`.
+
+The only module that imports the driver, pg8000 (pure Python, vendored into nagare.pyz); it is
+imported when a PostgreSQL store is opened, so a SQLite server never loads it. Statements are
+written in SQLite's dialect and translated once (`pg_sql.translate`); each connection keeps
+them prepared (one round trip per execution).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from nagare.db_url import PgTarget, parse_postgres_url, resolve_password
+from nagare.errors import ConfigError
+from nagare.store.db import DatabaseError, StorageFull
+from nagare.store.pg_sql import PRELUDE, translate
+from nagare.store.schema import MIGRATIONS, migration_script
+
+log = logging.getLogger("nagare.store")
+READERS = 8
+PREPARED_PER_CONNECTION = 512  # statements kept prepared on one connection (least recent go)
+SEEN_PER_CONNECTION = 4096  # statements remembered as run once (then forgotten at once)
+PIPELINE_ROWS = 256  # at most this many answers of an executemany wait to be read
+MIGRATION_LOCK = 7_467_361  # advisory lock key: one process migrates at a time
+NUMERIC_OID = 1700
+DISK_FULL = "53100"  # SQLSTATE disk_full
+CONNECTION_LOST = ("08", "57P")  # SQLSTATE classes: connection exception, operator intervention
+
+
+class Row:
+    """One result row, read like `sqlite3.Row`: by position, by column name, `keys()`."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: Mapping[str, int], values: Sequence[Any]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return list(self._values) == list(other._values)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._index, self._values, strict=False))!r})"
+
+
+class Cursor:
+    """The result of one execute: rows already read (statements are short), `rowcount`."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Any]:
+        rows = self._rows[self._next :]
+        self._next = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class PlainCursor:
+    """What the store reads in bulk: tuples, no names (`row_factory` is accepted, unused)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.row_factory: Any = None
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
+        return self._conn._run(translate(sql), params, plain=True)
+
+
+class Connection:
+    """One pg8000 connection speaking the SQLite dialect: `execute`, `executemany`,
+    `in_transaction`; driver errors come out as DatabaseError (StorageFull on a full disk)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._prepared: dict[str, tuple[bytes, Any, Any, dict[str, int]]] = {}
+        self._unread: list[Any] = []  # contexts of requests sent whose answers are unread
+        self._seen: set[str] = set()  # statements run once, unprepared
+        self.in_transaction = False
+        self.broken = False
+        self._begin_pending = False
+        self._last = ""
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
+        return self._run(translate(sql), params)
+
+    def cursor(self) -> PlainCursor:
+        """Like sqlite3's `conn.cursor()` whose `row_factory` is set to None: plain rows."""
+        return PlainCursor(self)
+
+    def executemany(self, sql: str, seq: Iterable[Iterable[Any]]) -> Cursor:
+        """The statement once per parameter row. Inside a transaction its answers are read
+        with the next request's (write-behind: no caller reads an executemany's result, and an
+        error still fails the transaction before its COMMIT); the row count is unknown (-1)."""
+        from pg8000.converters import make_params
+
+        statement = translate(sql)
+        self._last = statement
+        rows = [[int(v) if v.__class__ is bool else v for v in params] for params in seq]
+        with self._errors():
+            name, columns, funcs, _ = self._prepare(statement)
+            for start in range(0, len(rows), PIPELINE_ROWS):
+                part = rows[start : start + PIPELINE_ROWS]
+                self._send(name, [make_params(self._raw.py_types, r) for r in part])
+                self._expect(statement, columns, funcs)
+            if not self.in_transaction or len(self._unread) > PIPELINE_ROWS:
+                self._drain()
+        return Cursor([], -1)
+
+    def execute_plain(self, sql: str) -> None:
+        """A statement without parameters, untranslated (DDL)."""
+        from pg8000.core import Context
+
+        with self._errors():
+            self._send_begin()
+            self._raw.send_QUERY(sql)
+            self._unread.append(Context(sql))
+            self._drain()
+
+    def begin(self) -> None:
+        """Open a transaction. Its BEGIN travels with the transaction's first statement (one
+        round trip for both); a transaction that runs nothing sends nothing."""
+        self.in_transaction = True
+        self._begin_pending = True
+
+    def commit(self) -> None:
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        self._end("ROLLBACK")
+
+    def _end(self, word: str) -> None:
+        self.in_transaction = False
+        if self._begin_pending:  # nothing was sent
+            self._begin_pending = False
+            return
+        self.execute_plain(word)
+
+    def _send_begin(self) -> None:
+        from pg8000.core import Context
+
+        if self._begin_pending:
+            self._begin_pending = False
+            self._raw.send_QUERY("BEGIN")
+            self._unread.append(Context("BEGIN"))
+
+    def _run(self, statement: str, params: Iterable[Any], plain: bool = False) -> Cursor:
+        from pg8000.converters import make_params
+
+        values = [int(v) if v.__class__ is bool else v for v in params]
+        self._last = statement
+        with self._errors():
+            if statement not in self._prepared and self._first_time(statement):
+                context = self._run_once(statement, make_params(self._raw.py_types, values))
+                index = {c["name"]: i for i, c in enumerate(context.columns or ())}
+            else:
+                name, columns, funcs, index = self._prepare(statement)
+                self._send(name, [make_params(self._raw.py_types, values)])
+                context = self._expect(statement, columns, funcs)
+                self._drain()
+        if plain:
+            return Cursor([tuple(values) for values in context.rows or ()], context.row_count)
+        return Cursor([Row(index, values) for values in context.rows or ()], context.row_count)
+
+    def _first_time(self, statement: str) -> bool:
+        """Statements are prepared from their second execution on: one seen once (an `IN`
+        list of a new length, say) costs one round trip, not a prepare and an execute."""
+        if statement in self._seen:
+            return False
+        if len(self._seen) >= SEEN_PER_CONNECTION:
+            self._seen.clear()
+        self._seen.add(statement)
+        return True
+
+    def _run_once(self, statement: str, params: Any) -> Any:
+        """Parse (unnamed), bind, describe, execute and sync in one round trip."""
+        from pg8000.core import DESCRIBE, NULL_BYTE, PORTAL, SYNC_MSG, Context, _write
+
+        raw = self._raw
+        self._send_begin()
+        raw.send_PARSE(NULL_BYTE, statement, ())
+        raw.send_BIND(NULL_BYTE, params)
+        raw._send_message(DESCRIBE, PORTAL + NULL_BYTE)
+        raw.send_EXECUTE()
+        _write(raw._sock, SYNC_MSG)
+        context = Context(statement)
+        self._unread.append(context)
+        self._drain()
+        return context
+
+    def _send(self, name: bytes, batch: list[Any]) -> None:
+        """Write (not yet flush) a pending BEGIN, then the prepared statement once per
+        parameter row (bind, execute) and one sync."""
+        from pg8000.core import SYNC_MSG, _write
+
+        self._send_begin()
+        for params in batch:
+            self._raw.send_BIND(name, params)
+            self._raw.send_EXECUTE()
+        _write(self._raw._sock, SYNC_MSG)
+
+    def _expect(self, statement: str, columns: Any, funcs: Any) -> Any:
+        from pg8000.core import Context
+
+        context = Context(statement, columns=columns, input_funcs=funcs)
+        self._unread.append(context)
+        return context
+
+    def _drain(self) -> None:
+        """Send what is written and read every answer in order (one round trip). An error
+        with answers still unread leaves the connection unusable: it is dropped."""
+        from pg8000.core import _flush
+
+        pending, self._unread = self._unread, []
+        if not pending:
+            return
+        _flush(self._raw._sock)
+        for number, context in enumerate(pending):
+            try:
+                self._raw.handle_messages(context)
+            except BaseException:
+                self.broken = self.broken or number < len(pending) - 1 or context.error is None
+                raise
+
+    def _prepare(self, statement: str) -> tuple[bytes, Any, Any, dict[str, int]]:
+        found = self._prepared.pop(statement, None)
+        if found is None:
+            self._drain()  # preparing is a round trip of its own: earlier answers first
+            if len(self._prepared) >= PREPARED_PER_CONNECTION:
+                oldest = next(iter(self._prepared))
+                self._raw.close_prepared_statement(self._prepared.pop(oldest)[0])
+            name, columns, funcs = self._raw.prepare_statement(statement, ())
+            index = {c["name"]: i for i, c in enumerate(columns or ())}
+            found = (name, columns, funcs, index)
+        self._prepared[statement] = found  # most recent last
+        return found
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        from pg8000.exceptions import DatabaseError as DriverError
+        from pg8000.exceptions import InterfaceError
+
+        try:
+            yield
+        except DriverError as exc:
+            detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            code = str(detail.get("C", ""))
+            if code.startswith(CONNECTION_LOST):
+                self.broken = True
+            message = f"{detail.get('M', exc)} (SQLSTATE {code})" if detail else str(exc)
+            if code == DISK_FULL:
+                raise StorageFull(f"the database cannot be written: {message}") from None
+            log.debug("PostgreSQL refused: %s", self._last)
+            raise DatabaseError(f"PostgreSQL: {message}") from None
+        except (InterfaceError, OSError) as exc:
+            self.broken = True
+            raise DatabaseError(f"PostgreSQL connection lost: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:  # the socket may be gone already; nothing more to release
+            log.debug("closing a PostgreSQL connection failed", exc_info=True)
+
+
+def connect(target: PgTarget, password: str) -> Connection:
+    """A new connection (autocommit: `write()` opens its transactions itself)."""
+    from pg8000.exceptions import DatabaseError as DriverError
+    from pg8000.exceptions import InterfaceError
+    from pg8000.native import Connection as Native
+
+    sock: socket.socket | None = None
+    try:  # our own socket: closed here when the server refuses us (pg8000 would leave it open)
+        sock = socket.create_connection((target.host, target.port), target.connect_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # requests go out whole, at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = Native(
+            target.user,
+            host=target.host,
+            database=target.database,
+            password=password or None,
+            ssl_context=ssl_context(target),
+            application_name=target.application_name,
+            sock=sock,
+        )
+    except (DriverError, InterfaceError, OSError) as exc:
+        if sock is not None:
+            sock.close()
+        raise DatabaseError(f"cannot open database '{target.describe()}': {_reason(exc)}") from None
+    raw.register_in_adapter(NUMERIC_OID, _number)
+    raw._usock.settimeout(None)  # the connect timeout bounds connecting, not a long statement
+    return Connection(raw)
+
+
+def _reason(exc: BaseException) -> str:
+    detail = exc.args[0] if exc.args else None
+    if isinstance(detail, dict):
+        return str(detail.get("M", detail))
+    cause = exc.__cause__
+    return f"{exc} ({cause})" if cause else str(exc)
+
+
+def _number(text: str) -> int | float:
+    """NUMERIC (what sum() and avg() of integers give) as the int or float SQLite gives."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def ssl_context(target: PgTarget) -> ssl.SSLContext | bool | None:
+    """sslmode -> what pg8000 takes: False (disable), None (prefer/allow: TLS if offered),
+    or a context (require: encrypted; verify-ca: and a trusted certificate; verify-full: and
+    the host's name in it). `sslrootcert` names the CA file (else the system's)."""
+    mode = target.sslmode
+    if mode == "disable":
+        return False
+    if mode in ("allow", "prefer"):
+        return None
+    context = ssl.create_default_context(cafile=target.sslrootcert or None)
+    if mode == "require" and not target.sslrootcert:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.check_hostname = mode == "verify-full"
+    return context
+
+
+class PgDatabase:
+    """A PostgreSQL database with `db.Database`'s interface (see the module's docstring)."""
+
+    dialect = "postgresql"
+    checkpointer = None  # PostgreSQL writes its WAL back itself
+    incremental_vacuum_enabled = True  # autovacuum gives deleted rows' space back
+
+    def __init__(self, url: str, readers: int = READERS, password_env: str = "") -> None:
+        self.target = parse_postgres_url(url, password_env)
+        self.path = self.target.describe()  # never the password
+        try:
+            self._password = resolve_password(self.target)
+        except ConfigError as exc:
+            raise DatabaseError(str(exc)) from None
+        self._lock = threading.RLock()
+        self._writer: Connection | None = self._connect()
+        self._readers: queue.LifoQueue[Connection | None] = queue.LifoQueue()
+        for _ in range(readers):
+            self._readers.put(None)
+        self._lent = threading.local()
+        self._closed = False
+        self._pool_lock = threading.Lock()  # the readers' pool and `_closed`
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> Connection:
+        return connect(self.target, self._password)
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute_plain("CREATE TABLE IF NOT EXISTS nagare_schema (version BIGINT NOT NULL)")
+            version = _version(conn)
+            if version > len(MIGRATIONS):
+                raise DatabaseError(
+                    f"database '{self.path}' has schema version {version}, newer than this "
+                    f"Nagare knows ({len(MIGRATIONS)}): upgrade Nagare or use another --db"
+                )
+            if version == len(MIGRATIONS):
+                return
+            for statement in PRELUDE:
+                conn.execute_plain(statement)
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                for statement in _statements(migration_script(number, self.dialect)):
+                    conn.execute_plain(translate(statement))
+            conn.execute("DELETE FROM nagare_schema")
+            conn.execute("INSERT INTO nagare_schema(version) VALUES (?)", (len(MIGRATIONS),))
+
+    @property
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return _version(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction on the writer connection (READ COMMITTED: every compare-and-set
+        `UPDATE ... WHERE status IN (...)` re-checks its condition on the row it locks). A
+        lost connection is opened again by the next write."""
+        with self._lock:
+            if self._closed:
+                raise DatabaseError("the database is closed (the server is stopping)")
+            conn = self._writer = self._writer or self._connect()
+            try:
+                conn.begin()
+                yield conn
+                conn.commit()
+            except BaseException:
+                self._abandon(conn)
+                raise
+
+    def _abandon(self, conn: Connection) -> None:
+        if conn.broken:
+            conn.close()
+            self._writer = None
+            return
+        if conn.in_transaction:
+            try:
+                conn.rollback()
+            except DatabaseError:
+                conn.close()
+                self._writer = None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        held: Connection | None = getattr(self._lent, "conn", None)
+        if held is not None:
+            yield held
+            return
+        token = self._readers.get()
+        if self._closed:
+            if token is not None:
+                token.close()
+            self._readers.put(None)
+            raise DatabaseError("the database is closed (the server is stopping)")
+        try:
+            conn = token or self._connect()
+        except BaseException:
+            self._readers.put(None)
+            raise
+        self._lent.conn = conn
+        try:
+            yield conn
+        finally:
+            self._lent.conn = None
+            self._give_back(conn)
+
+    def _give_back(self, conn: Connection) -> None:
+        """A lent reader returns to the pool; a broken one, or any once the database closed,
+        is closed here by the thread that used it (`_pool_lock`: never after `close` emptied
+        the pool, where it would stay open)."""
+        with self._pool_lock:
+            if not (conn.broken or self._closed):
+                self._readers.put(conn)
+                return
+            self._readers.put(None)
+        conn.close()
+
+    def release_free_pages(self) -> None:
+        """Nothing to do: autovacuum makes deleted rows' space reusable."""
+
+    def enable_incremental_vacuum(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        with self._lock, self._pool_lock:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            idle: list[Connection] = []
+            tokens = 0
+            while not self._readers.empty():
+                conn = self._readers.get_nowait()
+                tokens += 1
+                if conn is not None:
+                    idle.append(conn)
+            for _ in range(tokens):
+                self._readers.put(None)
+            for conn in idle:
+                conn.close()
+
+
+def _version(conn: Connection) -> int:
+    row = conn.execute("SELECT max(version) FROM nagare_schema").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
