@@ -32,8 +32,11 @@ from nagare.store import KeyRecord, KeyStore, SessionStore, UserRecord, UserStor
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
+SESSION_CAP_MS = 7 * 24 * HOUR_MS  # however busy, a session ends this long after sign-in
 WRONG_SIGN_IN = "wrong name or password"
 MAX_KEY_NAME_CHARS = 64
+# the audit log's actors that are not users: no user (nor single sign-on name) may take them
+RESERVED_NAMES = frozenset({"api-key", "anonymous", "worker"})
 
 
 class AccountsStore(Protocol):
@@ -121,6 +124,7 @@ class Accounts:
         self.store = store
         self.roles = roles  # every role a user or key may hold (access.all_roles)
         self.session_ms = int(session_hours * HOUR_MS)
+        self.session_cap_ms = max(self.session_ms, SESSION_CAP_MS)
         self.limit = limit or SignInLimit()
         self._failures: dict[str, list[int]] = {}
         self._lock = threading.Lock()
@@ -143,10 +147,19 @@ class Accounts:
         _check_name(name)
         self._check_role(role)
         _check_password(password)
+        taken = self._taken_as(name)
+        if taken:
+            raise Conflict(f"user '{taken}' already exists")
         user = UserRecord(name, role, "builtin", now, now)
         if not self.store.users.add(user, hash_password(password)):
             raise Conflict(f"user '{name}' already exists")
         return user
+
+    def _taken_as(self, name: str) -> str:
+        """The existing user whose name is `name` but for letter case ('' when none): "Alice"
+        next to "alice" would read as one person in the audit log."""
+        folded = name.casefold()
+        return next((u.name for u in self.users() if u.name.casefold() == folded), "")
 
     def update_user(
         self,
@@ -181,13 +194,23 @@ class Accounts:
         self.store.users.remove(name)
 
     def change_password(
-        self, name: str, current: str, new: str, now: int, keep_session: str = ""
+        self,
+        name: str,
+        current: str,
+        new: str,
+        now: int,
+        keep_session: str = "",
+        address: str = "",
     ) -> None:
-        """A user's own change: it proves the current password; the user's other sessions
-        end (`keep_session`, the token of the one asking, stays)."""
+        """A user's own change: it proves the current password (under the sign-in's limit, so
+        a borrowed session cannot guess it); the user's other sessions end (`keep_session`,
+        the token of the one asking, stays)."""
         user = self.user(name)
         self._check_settable(user)
+        self._check_limit(name, address, now)
         if not verify_password(current, self.store.users.password_hash(name)):
+            with self._lock:
+                self._failures = with_failure(self._failures, name, address, now, self.limit)
             raise Forbidden("the current password is wrong")
         _check_password(new)
         keep = token_hash(keep_session) if keep_session else ""
@@ -198,6 +221,12 @@ class Accounts:
         on the first sign-in, its role updated from the provider's claim on each. Returns the
         user's name (`name`, made safe and unique among the users)."""
         self._check_role(role)
+        name = self._sso_user(subject, name, role, now)
+        self.store.users.signed_in(name, now)
+        self.store.sessions.purge(now)  # as a password sign-in does
+        return name
+
+    def _sso_user(self, subject: str, name: str, role: str, now: int) -> str:
         found = self.store.users.by_subject(subject)
         if found is not None:
             if found.disabled:
@@ -207,6 +236,8 @@ class Accounts:
             return found.name
         base = _safe_name(name) or "user"
         for candidate in _candidates(base):
+            if candidate.casefold() in RESERVED_NAMES or self._taken_as(candidate):
+                continue
             user = UserRecord(candidate, role, "oidc", now, now, subject=subject)
             if self.store.users.add(user, None):
                 return candidate
@@ -239,15 +270,7 @@ class Accounts:
     def sign_in(self, name: str, password: str, address: str, now: int) -> UserRecord:
         """The user `name` when `password` is its password; Unauthorized (the same message for
         an unknown name), or TooManyRequests after too many failures."""
-        with self._lock:
-            wait = sign_in_wait(self._failures, name, address, now, self.limit)
-        if wait > 0:
-            seconds = -(-wait // 1000)
-            raise TooManyRequests(
-                f"too many failed sign-ins for '{name}' from this address; "
-                f"try again in {seconds} s",
-                seconds,
-            )
+        self._check_limit(name, address, now)
         stored = self.store.users.password_hash(name)
         if stored is None:
             dummy_verify(password)
@@ -264,6 +287,17 @@ class Accounts:
         self.store.sessions.purge(now)
         return user
 
+    def _check_limit(self, name: str, address: str, now: int) -> None:
+        with self._lock:
+            wait = sign_in_wait(self._failures, name, address, now, self.limit)
+        if wait > 0:
+            seconds = -(-wait // 1000)
+            raise TooManyRequests(
+                f"too many failed sign-ins for '{name}' from this address; "
+                f"try again in {seconds} s",
+                seconds,
+            )
+
     def start_session(self, user_name: str, address: str, now: int) -> tuple[str, str]:
         """A new session of `user_name`: (the cookie's token, its CSRF token)."""
         token, csrf = new_token(), new_token()
@@ -274,17 +308,21 @@ class Accounts:
 
     def session(self, token: str, now: int) -> Principal | None:
         """The principal of a session cookie; None when it is unknown, expired, or its user
-        is disabled or gone. Its expiry slides with use (written at most once a minute)."""
+        is disabled or gone. Its expiry slides with use (written at most once a minute), up to
+        `session_cap_ms` after sign-in: a stolen cookie kept busy does not live for ever."""
         hashed = token_hash(token)
         found = self.store.sessions.get(hashed)
         if found is None or found.disabled:
             return None
-        if found.expires_at <= now:
+        if found.expires_at <= now or self._past_cap(found.created_at, now):
             self.store.sessions.remove(hashed)
             return None
         if now - found.last_seen_at >= MINUTE_MS:
             self.store.sessions.touch(hashed, now, now + self.session_ms)
         return principal_of(found.user_name, Kind.SESSION, found.role, self.roles, found.csrf)
+
+    def _past_cap(self, created_at: int | None, now: int) -> bool:
+        return created_at is not None and now - created_at >= self.session_cap_ms
 
     def end_session(self, token: str) -> None:
         self.store.sessions.remove(token_hash(token))
@@ -298,8 +336,12 @@ class Accounts:
         self, name: str, role: str, expires_at: int | None, created_by: str, now: int
     ) -> tuple[KeyRecord, str]:
         """A new key: its record and the key itself (shown once, stored as its hash)."""
-        if not name.strip() or len(name) > MAX_KEY_NAME_CHARS:
-            raise BadRequest(f"a key's name must have 1 to {MAX_KEY_NAME_CHARS} characters")
+        if not ACCOUNT_NAME.fullmatch(name.strip()):
+            raise BadRequest(
+                f"{name[:70]!r} is not a valid key name (1 to {MAX_KEY_NAME_CHARS} letters, "
+                "digits, '_', '.', '@', '+', '-'; starting with a letter or digit): the audit "
+                "log names the key's actions key:<name>"
+            )
         self._check_role(role)
         if expires_at is not None and expires_at <= now:
             raise BadRequest("expires_at must be in the future")
@@ -341,11 +383,21 @@ class Accounts:
         return principal
 
 
+def is_account_name(name: str) -> bool:
+    """Whether `name` may name a user (so may stand as an actor in the audit log as is)."""
+    return bool(ACCOUNT_NAME.fullmatch(name)) and name.casefold() not in RESERVED_NAMES
+
+
 def _check_name(name: str) -> None:
-    if not ACCOUNT_NAME.match(name):
+    if not ACCOUNT_NAME.fullmatch(name):
         raise BadRequest(
-            f"'{name[:70]}' is not a valid user name (1 to 64 letters, digits, '_', '.', '@', "
+            f"{name[:70]!r} is not a valid user name (1 to 64 letters, digits, '_', '.', '@', "
             "'+', '-'; starting with a letter or digit)"
+        )
+    if name.casefold() in RESERVED_NAMES:
+        raise BadRequest(
+            f"'{name}' names another kind of caller in the audit log: choose another name "
+            f"(reserved: {', '.join(sorted(RESERVED_NAMES))})"
         )
 
 

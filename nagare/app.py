@@ -244,7 +244,7 @@ class App:
             SsoApi(
                 _single_sign_on(config),
                 self.accounts,
-                config.session_hours * 3600,
+                self.accounts.session_cap_ms // 1000,  # the cookie's life (as a sign-in's)
                 bool(config.tls_cert),
             ).routes()
         )

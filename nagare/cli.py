@@ -20,6 +20,7 @@ from nagare.dagfile.calls import call_errors
 from nagare.engine.assignment import run_as_errors
 from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.errors import ConfigError, InvalidParams, NagareError
+from nagare.memory import trim
 from nagare.models import DagDef, TaskType
 from nagare.patterns import has_template
 
@@ -39,6 +40,8 @@ EXAMPLES = {
     "cleanup": "nagare cleanup --older-than 30d --dry-run",
     "version": "nagare version",
 }
+SERVER_COMMANDS = ("serve", "worker")
+SETTLE_SECONDS = 1.0  # after start, when a server gives its freed start-up memory back
 # client flags that may come before the command (`nagare --api URL dags`)
 GLOBAL_VALUE_FLAGS = ("--api", "--api-key")
 GLOBAL_SWITCHES = ("--json",)
@@ -46,18 +49,11 @@ GLOBAL_SWITCHES = ("--json",)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    commands = _commands(parser).choices
-    args = hoist_global_flags(args, set(commands))
-    if "--json" in args:  # usage errors too come as JSON
-        for command in commands.values():
-            command.json_errors = True
-    if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version")):
-        args = ["serve", *args]
-    namespace = parser.parse_args(args)
+    parser, namespace = _parse(args)
     if not getattr(namespace, "command", None):
         parser.print_help()
         return 0
+    del parser  # a server runs for days: its parser need not
     as_json = bool(getattr(namespace, "json", False))
     try:
         return int(namespace.func(namespace))
@@ -72,6 +68,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(err.code, err.message, as_json)
     except KeyboardInterrupt:
         return 130
+
+
+def _parse(args: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the command line's namespace. A server or worker start builds a parser
+    of those two commands alone: the client commands' modules stay unloaded for the life of
+    the process."""
+    word = _command_word(args)
+    if word is None and any(a in ("--api", "--json") or a.startswith("--api=") for a in args):
+        fail(
+            "usage",
+            "--api and --json are client flags: name a command after them, "
+            "e.g. `nagare --api http://host:8080 dags` (see `nagare --help`)",
+            "--json" in args,
+        )
+        sys.exit(2)
+    lean = word in SERVER_COMMANDS or (word is None and "-h" not in args and "--help" not in args)
+    parser = build_parser(full=not lean)
+    commands = _commands(parser).choices
+    args = hoist_global_flags(args, set(commands))
+    if "--json" in args:  # usage errors too come as JSON
+        for command in commands.values():
+            command.json_errors = True
+    if _serves(args):
+        args = ["serve", *args]
+    return parser, parser.parse_args(args)
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The command of `args` (after any global client flags), or None when only flags are
+    given (a server start)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in GLOBAL_VALUE_FLAGS:
+            i += 2
+        elif arg.startswith("-"):
+            return None if arg not in GLOBAL_SWITCHES and "=" not in arg else _next(args, i)
+        else:
+            return arg
+    return None
+
+
+def _next(args: list[str], i: int) -> str | None:
+    return _command_word(args[i + 1 :])
+
+
+def _serves(args: list[str]) -> bool:
+    """No command, only flags: `nagare --port :9090` is `nagare serve --port :9090`."""
+    return not args or (args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"))
 
 
 def fail(
@@ -124,7 +169,7 @@ def _commands(parser: argparse.ArgumentParser) -> Any:
     return next(a for a in parser._actions if a.dest == "command")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nagare",
         description="Nagare: a lean DAG orchestrator. Without a command it "
@@ -139,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run as a remote worker of a master (cluster mode)")
     _add_server_flags(worker, WORKER_OPTIONS)
     worker.set_defaults(func=cmd_worker)
+    if not full:
+        _describe(commands, EXAMPLES)
+        return parser
     run = commands.add_parser(
         "exec",
         help="run one DAG in this process to completion and exit "
@@ -256,7 +304,9 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    signals.wait()
+    if not signals.wait(SETTLE_SECONDS):  # the first DAG load and sweeps are done by then
+        trim()  # the start-up's freed heap goes back to the system before the long wait
+        signals.wait()
     app.stop()
     return 0
 
@@ -273,7 +323,9 @@ def cmd_worker(namespace: argparse.Namespace) -> int:
     worker.on_fatal = signals.interrupt  # a master that refuses the worker ends the wait
     worker.start()
     try:
-        signals.wait()
+        if not signals.wait(SETTLE_SECONDS):
+            trim()
+            signals.wait()
     finally:
         worker.stop()  # raises the master's refusal, if that is why the wait ended
     return 0
@@ -299,14 +351,18 @@ class _Signals:
         """End `wait` without a signal (any thread): the process stops on its own."""
         os.write(self._write_fd, b"\0")
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until SIGTERM or SIGINT (callable from any thread: the wake-up pipe carries
-        the signal number, so this does not depend on the handler having run yet)."""
+        the signal number, so this does not depend on the handler having run yet), or for at
+        most `timeout` seconds. Whether a signal came."""
         while self.received is None:
-            select.select([self._read_fd], [], [])
+            readable, _, _ = select.select([self._read_fd], [], [], timeout)
+            if not readable:
+                return False
             data = os.read(self._read_fd, 512)
             if data:
                 self.received = data[-1]
+        return True
 
 
 # ---------------------------------------------------------------- exec

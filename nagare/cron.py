@@ -7,7 +7,6 @@ import re
 from datetime import datetime, tzinfo
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nagare.clock import now_ms
 
@@ -211,6 +210,8 @@ def resolve_zone(name: str) -> tzinfo:
     """An IANA zone by name, or the server's local zone when the name is empty."""
     if not name:
         return local_zone()
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # with the first zone: not at start
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -222,6 +223,8 @@ def resolve_zone(name: str) -> tzinfo:
 @lru_cache(maxsize=1)
 def local_zone() -> tzinfo:
     """The server's zone: $TZ, else /etc/localtime, else UTC."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     name = os.environ.get("TZ", "").lstrip(":")
     if name:
         try:

@@ -33,7 +33,10 @@ def verify_password(password: str, stored: str | None) -> bool:
     """Whether `password` is the one `stored` was made from; False for a malformed or absent
     hash (a single sign-on user has none)."""
     parts = (stored or "").split("$")
-    if len(parts) != 6 or parts[0] != "scrypt" or len(password) > MAX_PASSWORD_CHARS:
+    if len(parts) != 6 or parts[0] != "scrypt":
+        return False
+    if len(password) > MAX_PASSWORD_CHARS:  # as slow as a check: no hint that the name exists
+        dummy_verify(password)
         return False
     try:
         n, r, p = int(parts[1]), int(parts[2]), int(parts[3])

@@ -81,7 +81,7 @@ class Pending:
 
 @dataclass(frozen=True)
 class SsoUser:
-    subject: str  # the provider's `sub`: the account's stable key
+    subject: str  # the account's stable key: the issuer and its `sub` (subject_key)
     name: str
     role: str
     algorithm: str  # how the ID token was signed (RS256, ES256)
@@ -129,9 +129,18 @@ def map_role(claims: Mapping[str, Any], settings: OidcSettings) -> str:
     )
 
 
+def subject_key(issuer: str, sub: str) -> str:
+    """The stable key of a person: a `sub` is unique only at its issuer, so a provider configured
+    later never reaches the accounts of another one's subjects that happen to be spelt alike."""
+    return f"{issuer.rstrip('/')} {sub}"
+
+
 def user_name(claims: Mapping[str, Any], name_claim: str) -> str:
-    """The user name: the first of `name_claim`, email and sub that is a usable name."""
+    """The user name: the first of `name_claim`, email and sub that is a usable name (an email
+    the provider says it has not verified is not used: anyone could have typed it)."""
     for claim in dict.fromkeys((name_claim, "email", "sub")):
+        if claim == "email" and claims.get("email_verified") is False:
+            continue
         value = claims.get(claim)
         if isinstance(value, str) and SSO_NAME.match(value):
             return value
@@ -239,7 +248,8 @@ class SingleSignOn:
         jwt = self._verified(self._exchange(code, pending, now), pending.nonce, now)
         role = map_role(jwt.claims, self.settings)
         name = user_name(jwt.claims, self.settings.name_claim)
-        return SsoUser(jwt.claims["sub"], name, role, str(jwt.header["alg"]))
+        subject = subject_key(self.settings.issuer, jwt.claims["sub"])
+        return SsoUser(subject, name, role, str(jwt.header["alg"]))
 
     def _exchange(self, code: str, pending: Pending, now: float) -> str:
         """The code (and the PKCE verifier) for tokens at the token endpoint: the ID token."""

@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "nagare.dag_folder": L2,
     "nagare.dag_edits": L2,  # writes of the DAG folder (the editor), next to its reader
     "nagare.logs": L2,
+    "nagare.memory": L2,  # freed heap back to the system (malloc_trim)
     "nagare.executors": L2,  # the package and every module in it
     "nagare.client": L2,
     # L3: services; they meet in the store and in callbacks that `app` wires
@@ -119,8 +120,9 @@ TECH_OWNERS: dict[str, tuple[str, ...]] = {
     "multiprocessing": (),
     "pty": (),
     "psutil": ("nagare/executors/procfs.py",),
-    # the C library's sched_getcpu: where a new task process starts (see Spawner._hand_off)
-    "ctypes": ("nagare/executors/spawn.py",),
+    # the C library's sched_getcpu: where a new task process starts (see Spawner._hand_off);
+    # its malloc_trim: a started server gives its freed start-up heap back (nagare/memory.py)
+    "ctypes": ("nagare/executors/spawn.py", "nagare/memory.py"),
     # cli.py handles SIGTERM/SIGINT to stop the server; local.py names the signals of a kill.
     "signal": ("nagare/executors/spawn.py", "nagare/executors/local.py", "nagare/cli.py"),
     "docker": ("nagare/executors/docker.py",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,56 @@ def test_exec_builds_no_http_side(tmp_path: Path) -> None:
     loaded = loaded_after(code, tmp_path)
     assert "nagare.app" in loaded and "nagare.executors.local" in loaded  # it did run
     assert offenders(loaded, NOT_FOR_EXEC) == []
+
+
+# Never loaded by a server or worker start: the client commands, and what a server without a
+# scheduled DAG does not need (time zones come with the first zone a schedule names).
+NOT_FOR_A_SERVER = (
+    "nagare.cli_client",
+    "nagare.cli_format",
+    "nagare.cli_audit",
+    "nagare.cli_accounts",
+    "nagare.cli_exec",
+    "zoneinfo",
+    "sysconfig",
+)
+
+
+def test_a_server_start_parses_without_the_client_commands(tmp_path: Path) -> None:
+    """`nagare --port ...` and `nagare serve ...` build a parser of serve and worker alone;
+    any other command (here `dags`, with the global flags before it) gets the whole one."""
+    code = (
+        "from nagare import cli\n"
+        "parser, namespace = cli._parse(['--port', ':0', '--db', 'x.db'])\n"
+        "assert namespace.command == 'serve' and namespace.port == ':0'\n"
+        "parser, namespace = cli._parse(['worker', '--join', 'http://m:8080'])\n"
+        "assert namespace.command == 'worker'\n"
+    )
+    loaded = loaded_after(code, tmp_path)
+    assert offenders(loaded, NOT_FOR_A_SERVER) == []
+    code = "from nagare import cli\nparser, namespace = cli._parse(['--api', 'http://m', 'dags'])\n"
+    loaded = loaded_after(code + "assert namespace.command == 'dags'\n", tmp_path)
+    assert "nagare.cli_client" in loaded
+
+
+def test_a_started_server_loads_no_client_command_and_no_time_zone(tmp_path: Path) -> None:
+    code = (
+        "from nagare.app import App\nfrom nagare.config import load_config\n"
+        "from nagare.memory import trim\n"
+        "app = App(load_config({'db': 'n.db', 'port': '127.0.0.1:0', 'dags': 'dags'}))\n"
+        "app.start()\ntrim()\napp.stop()\n"
+    )
+    loaded = loaded_after(code, tmp_path)
+    assert "nagare.http.server" in loaded  # it did serve
+    assert offenders(loaded, NOT_FOR_A_SERVER) == []
+
+
+def test_trim_gives_freed_memory_back_on_glibc() -> None:
+    from nagare.memory import trim
+
+    freed = trim()
+    assert isinstance(freed, bool)
+    if platform.libc_ver()[0] == "glibc":  # malloc_trim exists and runs
+        garbage = [bytearray(4096) for _ in range(20_000)]
+        del garbage
+        assert trim() is True

@@ -288,8 +288,8 @@ def test_each_action_is_recorded_with_its_target_and_detail(keyed: Nagare) -> No
     post(keyed, f"/api/runs/{asked}/tasks/ask/approve", {"by": "alice", "comment": comment})
     approved = last(keyed, "task.approve")
     assert approved["target"] == f"task:{asked}/ask"
-    assert approved["detail"].startswith("by=alice comment=looks good xxx")
-    assert approved["detail"].endswith("...") and len(approved["detail"]) < 230
+    assert approved["detail"].startswith('by=alice comment="looks good xxx')
+    assert approved["detail"].endswith('..."') and len(approved["detail"]) < 230
     task_status(keyed, asked_again, "ask", "waiting")
     post(keyed, f"/api/runs/{asked_again}/tasks/ask/reject", {"by": "mallory"}, status=403)
     refused = last(keyed, "task.reject")

@@ -265,6 +265,16 @@ def test_connection_flags_before_the_command(server: Nagare) -> None:
     assert keyed.returncode == 0, keyed.stderr
 
 
+def test_client_flags_without_a_command_say_so(tmp_path: Path) -> None:
+    for args in (("--api", "http://127.0.0.1:9"), ("--json",)):
+        done = nagare(*args, cwd=tmp_path)
+        assert done.returncode == 2, done
+        assert "client flags: name a command after them" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert json.loads(nagare("--json", cwd=tmp_path).stderr)["error"]["code"] == "usage"
+    assert not (tmp_path / "nagare.db").exists()  # no server was started
+
+
 def test_a_dag_id_means_its_latest_run(server: Nagare) -> None:
     none_yet = nagare("run", "greet", "--api", server.url)
     assert none_yet.returncode == 1

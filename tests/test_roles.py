@@ -284,7 +284,8 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_answers_the_role(
     token = cookie.split(";")[0].removeprefix("nagare_session=")
     assert len(token) >= 40
     flags = [f.strip() for f in cookie.split(";")[1:]]
-    assert flags == ["HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={12 * 3600}"]
+    # the cookie lasts as long as the session may (7 days); the server ends it 12 hours idle
+    assert flags == ["HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={7 * 24 * 3600}"]
     body = result.json
     assert body["name"] == "alice" and body["role"] == "developer" and body["tags"] is None
     assert body["permissions"] == ["edit", "operate", "read", "self", "source"]

@@ -83,18 +83,38 @@ def test_sign_in_with_a_confidential_rs256_client(oidc: Callable[..., Any]) -> N
     assert answer.headers["Location"] == "/"
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert f"Max-Age={7 * 24 * 3600};" in cookie + ";"  # the session's longest life
     who = me(server, browser)
     assert who.status == 200, who.body
     assert (who.json["name"], who.json["kind"], who.json["role"]) == ("alice", "session", "admin")
     assert who.json["csrf"]
     user = server.app.store.users.get("alice")
-    assert user is not None and (user.source, user.subject) == ("oidc", "alice")
+    issuer = server.app.config.oidc.issuer
+    assert user is not None and (user.source, user.subject) == ("oidc", f"{issuer} alice")
+    assert user.last_login_at is not None  # the admin page shows when
     [entry] = sso_entries(server)
     assert (entry.actor, entry.outcome, entry.address) == ("alice", "ok", "127.0.0.1")
     assert entry.detail == "role admin (RS256 ID token)"
     assert CONFIDENTIAL_SECRET not in str(server.app.store.audit.find(AuditFilter(), 1, 100))
     config = server.get("/api/auth/config")
     assert config["sso"] is True and config["sso_name"] == ""
+
+
+def test_a_builtin_users_name_is_never_taken_over(oidc: Callable[..., Any]) -> None:
+    """A person whose provider name is a local user's gets an account of its own, and the audit
+    log names that account, not the local user."""
+    server, provider = oidc()
+    server.app.accounts.add_user("alice", "admin", "a local password", 1_000)
+    provider.set_user("alice", groups=["readers"])
+    browser, answer = sign_in(server, "alice")
+    assert answer.status == 302, answer.body
+    who = me(server, browser).json
+    assert (who["name"], who["role"]) == ("alice-2", "viewer")
+    local = server.app.store.users.get("alice")
+    assert local is not None and (local.source, local.role) == ("builtin", "admin")
+    [entry] = sso_entries(server)
+    assert (entry.actor, entry.outcome) == ("alice-2", "ok")
+    assert entry.detail == "role viewer (RS256 ID token) provider_name=alice"
 
 
 def test_client_secret_basic(oidc: Callable[..., Any]) -> None:

@@ -269,6 +269,22 @@ def test_a_role_limited_to_some_tags_sees_only_their_dags(
     assert unexpected(u) == []  # no call of a route over every DAG (403)
 
 
+def test_a_manager_limited_to_some_tags_has_no_audit_page(
+    nagare_factory: Any,
+    ui: Any,  # noqa: F811
+) -> None:
+    """The audit log holds every DAG's entries: the API refuses it (403) to a role limited to
+    some tags, and the page is not offered."""
+    server = teams_server(nagare_factory, roles=parse_roles({"manager": {"tags": ["finance"]}}))
+    server.app.accounts.add_user("mona", "manager", PASSWORD, now_ms())
+    u = ui(server)
+    page = signed_in(u, "mona")
+    assert "Audit" not in nav_labels(page)
+    page = u.go("/audit")
+    expect(page.get_by_role("heading", name="Not available to your role")).to_be_visible()
+    assert unexpected(u) == []  # the page never asked /api/audit
+
+
 def test_key_mode_is_unchanged_but_for_the_audit_page(
     nagare_factory: Any,
     ui: Any,  # noqa: F811

@@ -12,6 +12,7 @@ _Handler.log_message, _Handler.version_string, _Handler.sys_version
 _Handler.protocol_version, _Handler.disable_nagle_algorithm, _Handler.wbufsize
 NagareHTTPServer.daemon_threads, NagareHTTPServer.allow_reuse_address
 NagareHTTPServer.request_queue_size
+NagareHTTPServer.server_name, NagareHTTPServer.server_port  # http.server's, set as it would
 # sqlite3 reads a connection's and a cursor's row_factory
 _.row_factory
 

@@ -34,7 +34,7 @@ export function setMe(who) { me = who || null; csrfToken = who?.csrf || ""; }
 // Whether the role sees every DAG (not limited to some tags: nagare.yaml `roles:`). Routes over
 // every DAG at once (counters, pools, load errors, metrics overview, DAG files) are its only.
 export const seesEveryDag = () => !me || me.tags == null;
-const EVERY_DAG = new Set(["edit"]); // every route of this permission covers all DAGs
+const EVERY_DAG = new Set(["edit", "audit"]); // every route of this permission covers all DAGs
 export const can = (permission) => !me || ((me.permissions || []).includes(permission) && (seesEveryDag() || !EVERY_DAG.has(permission)));
 
 // The credentials of a request: the stored API key, and on a write the session's CSRF token.

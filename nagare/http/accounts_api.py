@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nagare.access import ACCOUNT_MODES, API_KEY, ROLE_RIGHTS, Kind, Permission, Principal, Scope
-from nagare.accounts import Accounts
+from nagare.accounts import Accounts, is_account_name
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.errors import BadRequest, Conflict, Unauthorized
 from nagare.http.auth import bearer_of, same_secret
@@ -290,7 +290,8 @@ class AccountsApi:
 
     @property
     def _session_seconds(self) -> int:
-        return self.accounts.session_ms // 1000
+        """The cookie's life: the session's longest (its sliding expiry is the server's)."""
+        return self.accounts.session_cap_ms // 1000
 
     def _accounts_on(self, what: str) -> None:
         if self.auth_mode not in ACCOUNT_MODES:
@@ -311,9 +312,10 @@ class AccountsApi:
 
     def login(self, request: Request) -> Response:
         self._accounts_on("signing in with a password")
+        _json_only(request)
         body = _body(request, '{"name": "...", "password": "..."}')
         name, password = _text(body, "name"), _text(body, "password")
-        request.audit["actor"] = name[:100] or "?"
+        request.audit["actor"] = _actor_tried(request, name)
         now = self.clock()
         user = self.accounts.sign_in(name, password, request.address, now)
         token, csrf = self.accounts.start_session(user.name, request.address, now)
@@ -349,6 +351,7 @@ class AccountsApi:
             _text(body, "new"),
             self.clock(),
             cookie_of(request, SESSION_COOKIE),
+            request.address,
         )
         return {}
 
@@ -363,7 +366,7 @@ class AccountsApi:
         body = _body(request, '{"name": "...", "role": "...", "password": "..."}')
         _known(body, ("name", "role", "password"))
         name = _text(body, "name")
-        request.audit["target"] = f"user:{name[:100]}"
+        request.audit["target"] = f"user:{name}" if is_account_name(name) else "user:?"
         user = self.accounts.add_user(
             name, _text(body, "role"), _text(body, "password"), self.clock()
         )
@@ -417,6 +420,26 @@ class AccountsApi:
     def revoke_key(self, request: Request) -> dict[str, Any]:
         self._accounts_on("API keys")
         return key_json(self.accounts.revoke_key(request.params["key_id"], self.clock()))
+
+
+def _actor_tried(request: Request, name: str) -> str:
+    """A sign-in's actor: the name tried, when it could be a user's; else `?` and the name,
+    quoted, in the detail (a name such as `api-key` or `key:ci` is not passed off as one)."""
+    if is_account_name(name):
+        return name
+    request.note(name=name[:100])
+    return "?"
+
+
+def _json_only(request: Request) -> None:
+    """A sign-in must say its body is JSON: a form of another site cannot (it would need a
+    CORS preflight, which no origin passes with users), so no site signs a visitor's browser in
+    under an account of its choosing (login CSRF)."""
+    media = request.header("content-type").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise BadRequest(
+            f"a sign-in sends its body as Content-Type: application/json (not {media or 'none'})"
+        )
 
 
 def _body(request: Request, shape: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
 from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
-from nagare.http.auth import Admission, Authenticator, KeyAuthenticator
+from nagare.http.auth import Admission, Authenticator, KeyAuthenticator, RefusalBudget
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
 from nagare.http.serialize import (
@@ -166,6 +166,7 @@ class Api:
             lambda run_id: self.s.runs.run(run_id).dag_id,
             cluster_open=settings.auth_mode == "key",
         )
+        self.refusals = RefusalBudget()  # refused callers' entries in the audit log
 
     _pages: frozenset[str] = frozenset()  # non-/api paths that are routes too (/metrics)
 
@@ -221,6 +222,8 @@ class Api:
         return response
 
     def _record(self, request: Request, route: Route, outcome: str) -> None:
+        if _unproven(request, route, outcome) and self._floods(request):
+            return
         if request.header("user-agent").startswith(CLI_AGENT):
             request.note(via="cli")
         note = request.audit
@@ -237,6 +240,19 @@ class Api:
             self.s.audit(entry)
         except Exception:  # the action happened: a failed record must not undo its answer
             log.exception("could not record %s by %s in the audit log", entry.action, entry.actor)
+
+    def _floods(self, request: Request) -> bool:
+        """Whether this refusal goes over its address's budget (the first one over it is
+        logged, so that an operator hears of the flood)."""
+        over = self.refusals.spend(request.address, now_ms())
+        if over == 1:
+            log.warning(
+                "more than %d refused calls from %s this minute: the audit log records no more "
+                "of them until the next minute",
+                self.refusals.per_minute,
+                request.address,
+            )
+        return over > 0
 
     def _admit_unrouted(self, request: Request) -> None:
         """Before saying which paths and methods exist (404, 405), the caller proves an identity
@@ -843,8 +859,28 @@ class Api:
             load_task=lambda: self.s.store.tasks.by_id(task.id),
             ping_seconds=self.s.settings.sse_ping_seconds,
             stopping=self.s.stopping,
+            admitted=lambda: self._still_admitted(request),
         )
         return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
+
+    def _still_admitted(self, request: Request) -> bool:
+        """Whether a long answer's caller would still be let in (a stream outlives its checks:
+        a sign-out, a revoked key or a lost role must end it)."""
+        try:
+            route, _ = self.router.match("GET", request.path)
+            self.admission.admit(request, route)
+        except NagareError:
+            return False
+        return True
+
+
+def _unproven(request: Request, route: Route, outcome: str) -> bool:
+    """Whether an audit entry comes from a caller who proved no one (no role: no credentials,
+    a failed sign-in, a webhook's bad signature) and did nothing (refused, or only the start
+    of a single sign-on): such entries spend the address's budget."""
+    if request.principal.role is not None:
+        return False
+    return outcome != "ok" or route.action == "auth.sso_start"
 
 
 def audit_target(params: dict[str, str]) -> str:

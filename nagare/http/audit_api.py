@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nagare.access import Permission
+from nagare.access import Permission, Scope
 from nagare.clock import parse_iso
 from nagare.errors import BadRequest
 from nagare.http.routing import Param, Route
@@ -47,6 +47,7 @@ class AuditApi:
                 ),
                 tags=("audit",),
                 permission=Permission.AUDIT,
+                scope=Scope.GLOBAL,  # entries of every DAG: not for a role limited to some
             )
         ]
 

@@ -9,6 +9,7 @@ the CSRF rule of cookie sessions, and the DAG scope of roles limited to some tag
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 from urllib.parse import unquote
@@ -177,3 +178,27 @@ def _not_allowed(principal: Principal, permission: Permission) -> str:
     if principal.role is None:
         return f"'{principal.name}' may not use this route"
     return f"{_who(principal)} lacks the '{permission}' permission this needs"
+
+
+class RefusalBudget:
+    """How many refused calls of callers who proved no one (401, 429) one address may add to
+    the audit log a minute: a flood of them is counted, not recorded one by one."""
+
+    def __init__(self, per_minute: int = 60, max_tracked: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_tracked = max_tracked  # addresses remembered at most (memory stays bounded)
+        self._windows: dict[str, tuple[int, int]] = {}  # address -> (minute, refusals in it)
+        self._lock = threading.Lock()
+
+    def spend(self, address: str, now: int) -> int:
+        """Count one refusal from `address`: 0 when it may be recorded, else how many this
+        minute went unrecorded (1 for the first one over the budget)."""
+        minute = now // 60_000
+        with self._lock:
+            start, count = self._windows.get(address, (minute, 0))
+            count = count + 1 if start == minute else 1
+            if address not in self._windows and len(self._windows) >= self.max_tracked:
+                kept = {a: w for a, w in self._windows.items() if w[0] == minute}
+                self._windows = kept if len(kept) < self.max_tracked else {}  # many at once
+            self._windows[address] = (minute, count)
+        return max(0, count - self.per_minute)

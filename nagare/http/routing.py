@@ -163,7 +163,7 @@ def prefers_html(accept: str) -> bool:
 def _validate(params: dict[str, str]) -> dict[str, str]:
     for name, value in params.items():
         pattern = PARAM_PATTERNS.get(name)
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise BadRequest(f"'{value}' is not a valid {name.replace('_', ' ')}")
     return params
 

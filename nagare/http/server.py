@@ -16,6 +16,7 @@ import logging
 import re
 import select
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from nagare.access import NOBODY, Principal
 from nagare.errors import (
@@ -64,17 +65,33 @@ MAX_DETAIL_CHARS = 1000
 
 def audit_detail(detail: str, facts: dict[str, object]) -> str:
     """`detail` with `name=value` facts appended, each value on one line and cut at
-    MAX_DETAIL_VALUE_CHARS, the whole at MAX_DETAIL_CHARS."""
+    MAX_DETAIL_VALUE_CHARS (a value with a space, '=' or '"', or an empty one, in JSON's double
+    quotes), the whole at MAX_DETAIL_CHARS."""
     parts = [detail] if detail else []
     for name, value in facts.items():
         text = " ".join(str(value).split())
         if len(text) > MAX_DETAIL_VALUE_CHARS:
             text = text[: MAX_DETAIL_VALUE_CHARS - 3] + "..."
+        if _UNQUOTED.search(text):  # quoted: a comment cannot pass for facts (`x by=admin`)
+            text = json.dumps(text, ensure_ascii=False)
         parts.append(f"{name}={text}")
     return " ".join(parts)[:MAX_DETAIL_CHARS]
 
 
-_TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)  # never log a query token
+_UNQUOTED = re.compile(r'[\s="]|^$')  # a fact's value with one of these is quoted
+_QUERY_PAIR = re.compile(r"([?&])([^=&\s\"]*)=([^&\s\"]*)")
+
+
+def masked_query_token(line: str) -> str:
+    """`line` with the value of every `token=` query parameter starred, however its name is
+    spelt (`%74oken` is `token` to the parser too): a key never reaches the server log."""
+
+    def star(match: re.Match[str]) -> str:
+        if unquote_plus(match.group(2)).lower() != "token":
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}=***"
+
+    return _QUERY_PAIR.sub(star, line)
 
 
 @dataclass
@@ -141,9 +158,12 @@ class Response:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(
-        status, (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-    )
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a YAML "\ud800" echoed back): JSON escapes
+        body = (json.dumps(data, separators=(",", ":")) + "\n").encode()
+    return Response(status, body)
 
 
 def error_response(err: NagareError) -> Response:
@@ -329,7 +349,9 @@ class _Handler(BaseHTTPRequestHandler):
             response = error_response(err)
             self.close_connection = self.close_connection or err.status == 413
         except Exception:
-            log.exception("unexpected error serving %s %s", self.command, self.path)
+            log.exception(
+                "unexpected error serving %s %s", self.command, masked_query_token(self.path)
+            )
             response = error_response(NagareError("internal error; see the server log"))
         self._send(response)
 
@@ -412,10 +434,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, ValueError):
             pass
         except Exception:
-            log.exception("stream for %s failed", self.path)
+            log.exception("stream for %s failed", masked_query_token(self.path))
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), _TOKEN_QUERY.sub(r"\1***", format % args))
+        log.debug("%s - %s", self.address_string(), masked_query_token(format % args))
 
 
 class NagareHTTPServer(ThreadingHTTPServer):
@@ -425,6 +447,14 @@ class NagareHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # a burst of connections waits in the kernel, not refused
+
+    def server_bind(self) -> None:
+        """Bind, without http.server's reverse DNS lookup of the listen address (`getfqdn`: a
+        wait on a slow resolver at every start, for a name nothing here reads)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,8 +36,26 @@ class LogStream:
     load_task: Callable[[], TaskInstance | None]
     ping_seconds: float
     stopping: threading.Event
+    # whether the caller may still read it (signed out, key revoked, role changed: the stream
+    # closes, and the browser's reconnection meets the 401 or 403); asked once a ping interval
+    admitted: Callable[[], bool] = lambda: True
+    _next_check: float = 0.0
 
     def __call__(self, write: Write) -> None:
+        try:
+            self._stream(write)
+        except _Refused:
+            return
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.ping_seconds
+        if not self.admitted():
+            raise _Refused
+
+    def _stream(self, write: Write) -> None:
         write(b"retry: 1000\n\n")
         start = self.start_line
         task: TaskInstance | None = self.task
@@ -78,6 +97,7 @@ class LogStream:
             and not self.stopping.is_set()
         ):
             self.stopping.wait(min(self.ping_seconds, 0.5))
+            self._check()
             write(b": waiting\n\n")
             task = self.load_task()
         if self.stopping.is_set() or task is None:
@@ -93,6 +113,7 @@ class LogStream:
         self, write: Write, follower: LogFollower, meta: LineMeta | None, key: str, attempt: int
     ) -> str:
         while True:
+            self._check()
             version = self.logs.hub.version(key)
             lines = follower.read_new()
             for number, text in lines:
@@ -114,6 +135,10 @@ class LogStream:
         if task.attempt > attempt or task.status not in OPEN:
             return str(task.status)
         return None
+
+
+class _Refused(Exception):
+    """The caller may no longer read the stream."""
 
 
 def _event(number: int, text: str, meta: LineMeta | None) -> bytes:

@@ -92,9 +92,12 @@ class SsoApi:
             answer = {name: request.arg(name) for name in _ANSWER}
             binding = _hash(cookie_of(request, SIGN_IN_COOKIE))
             user = sso.finish(answer, binding, now_ms() / 1000)
-            request.audit["actor"] = user.name
+            request.audit["actor"] = user.name  # refused below: the name the provider gave
             request.audit["detail"] = f"role {user.role} ({user.algorithm} ID token)"
             name = self.accounts.ensure_sso_user(user.subject, user.name, user.role, now_ms())
+            request.audit["actor"] = name  # the account signed in (another one may be 'user.name')
+            if name != user.name:
+                request.note(provider_name=user.name)
             token, _csrf = self.accounts.start_session(name, request.address, now_ms())
         except NagareError as err:
             return _failure(request, err)

@@ -42,6 +42,7 @@ class SessionRecord:
     expires_at: int
     last_seen_at: int
     disabled: bool
+    created_at: int | None = None  # when its user signed in (None: a store that cannot say)
 
 
 _USER_COLUMNS = "name, role, source, created_at, updated_at, last_login_at, disabled, subject"
@@ -234,13 +235,14 @@ class SessionStore:
     def get(self, token_hash: str) -> SessionRecord | None:
         with self.db.read() as conn:
             row = conn.execute(
-                "SELECT s.user_name, u.role, s.csrf, s.expires_at, s.last_seen_at, u.disabled "
-                "FROM sessions s JOIN users u ON u.name = s.user_name WHERE s.token_hash = ?",
+                "SELECT s.user_name, u.role, s.csrf, s.expires_at, s.last_seen_at, u.disabled, "
+                "s.created_at FROM sessions s JOIN users u ON u.name = s.user_name "
+                "WHERE s.token_hash = ?",
                 (token_hash,),
             ).fetchone()
         if row is None:
             return None
-        return SessionRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+        return SessionRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
     def touch(self, token_hash: str, now: int, expires_at: int) -> None:
         with self.db.write() as conn:
