@@ -337,8 +337,9 @@ class App:
     def _tasks_queued(self, queued: dict[str, int]) -> None:
         self.pools.notify(queued)
         self.coordinator.notify(queued)
-        if self.wakeups is not None:  # the other masters' pools and workers may take them
-            self.wakeups.publish("queued", *(f"{pool}={n}" for pool, n in queued.items()))
+        wakeups = self._listened()
+        if wakeups is not None:  # the other masters' pools and workers may take them
+            wakeups.publish("queued", *(f"{pool}={n}" for pool, n in queued.items()))
 
     def _kill(self, task_instance_id: str) -> bool:
         """Stop a running task wherever it runs: on a remote worker, here, or (told through
@@ -365,8 +366,14 @@ class App:
     def _announce_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
         """Other masters holding a view of these runs refresh it (a join whose other branch
         ended there is promoted at once, by whichever master sees both ends first)."""
-        if self.wakeups is not None and finished:
-            self.wakeups.publish("done", *(f"{run_id} {task}" for run_id, task, _ in finished))
+        wakeups = self._listened()
+        if wakeups is not None and finished:
+            wakeups.publish("done", *(f"{run_id} {task}" for run_id, task, _ in finished))
+
+    def _listened(self) -> WakeChannel | None:
+        """The wake-up channel when another master listens (one started less than a second
+        ago may be missed: its safety sweep catches up)."""
+        return self.wakeups if self.leadership.others > 0 else None
 
     def _woken_elsewhere(self, kind: str, args: list[str]) -> None:
         """(the wake-ups thread) Another master queued tasks, ended some, or killed one."""
@@ -443,7 +450,13 @@ class App:
         if self.http is not None:  # a server takes its part in leading before cron can fire
             self._first_turn()
             if self.leadership.lock.shared:  # several masters may share the database
-                self._spawn("leadership", self.leadership.run, heartbeat=self.leadership.liveness)
+                # until the engine stops: its attempts' leases are renewed while they drain
+                self._spawn(
+                    "leadership",
+                    self.leadership.run,
+                    self._engine_stop,
+                    heartbeat=self.leadership.liveness,
+                )
         if self.wakeups is not None:
             self._spawn("wake-ups", self.wakeups.run, self._engine_stop)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)

@@ -88,6 +88,7 @@ class Leadership:
         # leases of its own running attempts are renewed, so they outlive it by one lease only)
         self.on_beat: Callable[[int], None] = lambda now: None
         self.leads = False
+        self.others = 0  # how many other live masters the last turn saw
         self._digested: tuple[Mapping[str, DagDef] | None, dict[str, str]] = (None, {})
         self._forgotten = 0  # when the leader last removed rows of long-gone masters
         self._lock = threading.Lock()  # one turn at a time (the loop's, or start's first)
@@ -115,6 +116,7 @@ class Leadership:
             now = self.clock()
             self.rows.beat(self._record(now, held))
             self.on_beat(now)
+            self.others = len(self.masters()) - 1
             if held and now - self._forgotten >= FORGET_SECONDS * 1000:
                 self._forgotten = now
                 self.rows.forget_older(now - int(FORGET_SECONDS * 1000))

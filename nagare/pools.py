@@ -252,7 +252,9 @@ class WorkerPools:
         affected run ids."""
         removed_containers = removed_containers or {}
         runs = []
-        for attempt in self.store.tasks.running_attempts(self.worker):
+        # (on a shared database: also what a server of the single-master name left running)
+        workers = dict.fromkeys((self.worker, LOCAL_WORKER))
+        for attempt in (a for w in workers for a in self.store.tasks.running_attempts(w)):
             claim = self.store.tasks.claim_of(attempt.task_instance_id, attempt.attempt)
             if claim is None:
                 continue

@@ -277,9 +277,9 @@ def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_reco
     turns: list[tuple[int, dict[str, int]]] = []
     finish_and_claim = store.tasks.finish_and_claim
 
-    def recording(finishes, wants, worker, clock):  # type: ignore[no-untyped-def]
+    def recording(finishes, wants, worker, clock, lease_ms=None):  # type: ignore[no-untyped-def]
         turns.append((len(finishes), dict(wants)))
-        return finish_and_claim(finishes, wants, worker, clock)
+        return finish_and_claim(finishes, wants, worker, clock, lease_ms)
 
     store.tasks.finish_and_claim = recording  # type: ignore[method-assign]
     run_id = nagare.trigger("one")

@@ -256,6 +256,8 @@ def test_wake_ups_cross_masters_so_each_hop_takes_milliseconds_and_a_kill_reache
         "worker_pools: {a: 2, b: 0}\n",
         "worker_pools: {a: 0, b: 2}\n",
     )
+    wait_for(lambda: _both(one), 10, message="both masters to register")
+    time.sleep(1.1)  # each master's leadership loop has seen the other (wake-ups go out now)
     run_id = one.post("/api/dags/zigzag/runs")["run_id"]
     started = time.monotonic()
 
