@@ -50,6 +50,31 @@ def test_a_dag_whose_definition_differs_between_masters_names_the_odd_ones() -> 
     assert digest_mismatches([_master("m1", a="x"), _master("m2", a="x")]) == {}
 
 
+def test_wake_ups_travel_in_payloads_under_the_cap_and_odd_ones_are_ignored() -> None:
+    import json
+
+    from nagare.store.postgres import NOTIFY_BYTES, PgWakeChannel, _payloads
+
+    events = [["done", f"run-{i} task-{i}-é"] for i in range(400)]
+    payloads = _payloads("m1", events)
+    assert len(payloads) > 1 and all(len(p) <= NOTIFY_BYTES for p in payloads)
+    assert all(p.isascii() for p in payloads)  # what the driver reads
+    assert [e for p in payloads for e in json.loads(p)["events"]] == events
+    channel = PgWakeChannel(lambda: None, "m1")  # type: ignore[arg-type, return-value]
+    heard: list[tuple[str, list[str]]] = []
+    channel.on_event = lambda kind, args: heard.append((kind, args))
+    channel._deliver(
+        [
+            _payloads("m1", [["kill", "mine"]])[0],  # its own: not for it
+            "not json",
+            '{"from": "m2"}',
+            '{"from": "m2", "events": [["queued", "default=3"], []]}',
+        ]
+    )
+    channel.close()
+    assert heard == [("queued", ["default=3"])]
+
+
 def _leadership(store: Store, name: str) -> Leadership:
     me = MasterRecord(name, "host", f"http://{name}", 1)
     dags: dict[str, Any] = {}

@@ -648,12 +648,13 @@ def _payloads(sender: str, events: list[list[str]]) -> list[str]:
     """The events as JSON payloads of at most NOTIFY_BYTES each (ASCII: what pg8000 reads)."""
     payloads: list[str] = []
     batch: list[list[str]] = []
-    size = 0
+    empty = len(json.dumps({"from": sender, "events": []}))
+    size = empty
     for event in events:
-        length = len(json.dumps(event)) + 1
+        length = len(json.dumps(event)) + 2  # and its separator
         if batch and size + length > NOTIFY_BYTES:
             payloads.append(json.dumps({"from": sender, "events": batch}))
-            batch, size = [], 0
+            batch, size = [], empty
         batch.append(event)
         size += length
     if batch:
