@@ -91,6 +91,8 @@ def cmd_migrate(namespace: argparse.Namespace) -> int:
     source_where = namespace.source
     config = load_config({"config": namespace.config, "db": namespace.destination})
     destination_where = config.db
+    if not namespace.destination and not is_postgres_url(destination_where):
+        raise ConfigError("give --to DB (the settings name no PostgreSQL database)")
     _check_pair(source_where, destination_where)
     quiet: bool = namespace.json
 

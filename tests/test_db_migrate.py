@@ -84,13 +84,14 @@ COMPARED = (
 )
 
 
-def migrate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def migrate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nagare", "db", *args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=300,
         env=pythonpath_env(),
+        cwd=cwd,
     )
 
 
@@ -258,9 +259,20 @@ def test_refusals_say_why_and_change_nothing(tmp_path: Path, pg_url: str) -> Non
     json_error = migrate("migrate", "--from", source, "--to", pg_url, "--json")
     assert json.loads(json_error.stderr)["error"]["code"]
 
+    no_destination = migrate("migrate", "--from", source, cwd=tmp_path)  # no nagare.yaml
+    assert no_destination.returncode == 2 and "give --to" in no_destination.stderr
 
-def test_a_count_mismatch_writes_nothing_and_exits_1(
-    tmp_path: Path, pg_url: str, postgres_server: PgServer
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("IF NEW.rowid = 2 THEN RETURN NULL; END IF;", "1 copied"),  # a row lost
+        ("NEW.rowid := NEW.rowid + 1000;", "other ids (their sum 3 at the source, 2,003)"),
+    ],
+    ids=["lost-row", "other-ids"],
+)
+def test_a_mismatch_writes_nothing_and_exits_1(
+    tmp_path: Path, pg_url: str, postgres_server: PgServer, change: str, said: str
 ) -> None:
     source = str(tmp_path / "a.db")
     store = Store(source)
@@ -269,23 +281,25 @@ def test_a_count_mismatch_writes_nothing_and_exits_1(
     store.close()
     database = pg_url.rsplit("/", 1)[1].split("?")[0]
     admin = postgres_server.admin(database)
-    try:  # the destination silently loses one run's attempt (a trigger drops it)
+    try:  # the destination changes what it is given (a trigger on the attempts)
         admin.run(
-            "CREATE FUNCTION lose_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.rowid = 2 THEN RETURN NULL; END IF; RETURN NEW; END $$"
+            "CREATE FUNCTION change_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"{change} RETURN NEW; END $$"
         )
         admin.run(
-            "CREATE TRIGGER lose BEFORE INSERT ON task_attempts FOR EACH ROW "
-            "EXECUTE FUNCTION lose_one()"
+            "CREATE TRIGGER change_it BEFORE INSERT ON task_attempts FOR EACH ROW "
+            "EXECUTE FUNCTION change_it()"
         )
     finally:
         admin.close()
     result = migrate("migrate", "--from", source, "--to", pg_url)
     assert result.returncode == 1, result.stderr
-    assert "task_attempts" in result.stdout and "MISMATCH" in result.stdout
-    assert "nothing was written" in result.stdout
+    assert "task_attempts       2       " in result.stdout and "MISMATCH" in result.stdout
+    assert "nothing was written" in result.stdout and said in result.stdout
     status = json.loads(migrate("status", "--db", pg_url, "--json").stdout)
     assert set(status["rows"].values()) == {0}
+    as_json = json.loads(migrate("migrate", "--from", source, "--to", pg_url, "--json").stdout)
+    assert not as_json["ok"] and as_json["error"]["code"] == "copy_mismatch"
 
 
 def plant_many(db: str, runs: int, tasks_per_run: int = 10) -> None:

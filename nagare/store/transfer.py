@@ -148,9 +148,9 @@ def copy_history(
 
 
 def _difference(name: str, source: Tally, destination: Tally) -> str:
-    return f"{name}: {source.rows:,} rows at the source, {destination.rows:,} copied" + (
-        " (different ids)" if source.rows == destination.rows else ""
-    )
+    if source.rows != destination.rows:
+        return f"{name}: {source.rows:,} rows at the source, {destination.rows:,} copied"
+    return f"{name}: other ids (their sum {source.id_sum:,} at the source, {destination.id_sum:,})"
 
 
 def _tally(conn: Any, table: Table) -> Tally:
