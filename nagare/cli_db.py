@@ -57,7 +57,7 @@ def add_db_commands(commands: Subparsers) -> None:
         "--to",
         dest="destination",
         metavar="DB",
-        help="the empty database to fill (default: the settings' db or database:)",
+        help="the empty database to fill (default: the settings' PostgreSQL database:)",
     )
     migrate.add_argument("--config", help="settings file for --to (default: nagare.yaml)")
     migrate.add_argument(
@@ -86,7 +86,7 @@ def _batch(text: str) -> int:
 
 
 def cmd_migrate(namespace: argparse.Namespace) -> int:
-    from nagare.store import CopyMismatch, copy_history
+    from nagare.store import CopyMismatch, active_runs, copy_history
 
     source_where = namespace.source
     config = load_config({"config": namespace.config, "db": namespace.destination})
@@ -106,6 +106,12 @@ def cmd_migrate(namespace: argparse.Namespace) -> int:
         destination = _open(destination_where, must_exist=False)
         try:
             say(f"copying {describe(source_where)} -> {describe(destination_where)}")
+            if active := active_runs(source):
+                say(
+                    f"warning: runs queued or running: {active:,}; they move as they are now "
+                    "(the new server takes them up as after a restart); stop the server first "
+                    "if it is still writing"
+                )
             checks = copy_history(source, destination, _progress(say), namespace.batch)
         except CopyMismatch as err:
             _report(namespace.json, err.checks, time.monotonic() - started, err.message)

@@ -189,6 +189,7 @@ def test_a_real_history_moves_to_postgresql_and_answers_the_same(
     assert "every table matches" in result.stdout
     assert "s3cret" not in result.stdout + result.stderr  # the URL's password never shown
     assert "task logs stay in" in result.stdout
+    assert "warning: runs queued or running: 1;" in result.stderr  # the one waiting for approval
 
     moved = nagare_factory(dags=DAGS, root=tmp_path / "b", db=pg_url, **settings)
     after = answers(moved, run_ids)

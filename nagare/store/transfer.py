@@ -110,6 +110,13 @@ def occupied(db: Database) -> dict[str, int]:
     return found
 
 
+def active_runs(db: Database) -> int:
+    """Runs queued or running: a server may still be working on them."""
+    with db.read() as conn:
+        row = conn.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')")
+        return int(row.fetchone()[0])
+
+
 def copy_history(
     source: Database,
     destination: Database,
