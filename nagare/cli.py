@@ -236,7 +236,10 @@ def build_parser(full: bool = True) -> argparse.ArgumentParser:
     from nagare.cli_accounts import ACCOUNT_EXAMPLES, add_account_commands
 
     add_account_commands(commands)
-    _describe(commands, {**EXAMPLES, **CLIENT_EXAMPLES, **ACCOUNT_EXAMPLES})
+    from nagare.cli_db import DB_EXAMPLES, add_db_commands
+
+    add_db_commands(commands)
+    _describe(commands, {**EXAMPLES, **CLIENT_EXAMPLES, **ACCOUNT_EXAMPLES, **DB_EXAMPLES})
     return parser
 
 

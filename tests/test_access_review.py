@@ -224,14 +224,14 @@ def test_a_flood_of_refused_calls_is_counted_not_recorded(
         assert small.spend(address, 0) == 0
         assert len(small._windows) <= 2  # memory stays bounded, even within one minute
     n = start(nagare_factory, dags={"hello.yaml": HELLO, "signed.yaml": SIGNED})
+    per_minute = n.app.api.refusals.per_minute
     with caplog.at_level(logging.WARNING, logger="nagare.http"):
-        for _ in range(70):
+        # more than two minutes' worth: one minute goes over its budget even when the minute
+        # turns during the flood
+        for _ in range(2 * per_minute + 10):
             assert http("POST", n.url + "/api/dags/hello/runs").status == 401
     refused = audit(n, action="dag.trigger", outcome="unauthorized")
-    assert len(refused) == n.app.api.refusals.per_minute or (
-        # the minute turned during the flood: two minutes' worth at most
-        n.app.api.refusals.per_minute < len(refused) <= 2 * n.app.api.refusals.per_minute
-    )
+    assert per_minute <= len(refused) <= 2 * per_minute
     assert "the audit log records no more of them" in caplog.text
     # a webhook sender with a bad signature proved no one either
     with caplog.at_level(logging.WARNING, logger="nagare.http"):
@@ -239,7 +239,7 @@ def test_a_flood_of_refused_calls_is_counted_not_recorded(
             bad = http("POST", n.url + "/api/webhooks/signed", {"x": 1}, headers=_BAD_SIGNATURE)
             assert bad.status == 403
     bad_hooks = audit(n, action="webhook.receive", outcome="forbidden")
-    assert len(refused) + len(bad_hooks) <= 2 * n.app.api.refusals.per_minute  # one budget
+    assert len(refused) + len(bad_hooks) <= 3 * per_minute  # one budget (three minutes at most)
     # identified callers are always recorded
     assert Who(n, admin_headers()).call("POST", "/api/dags/hello/runs").status == 201
     assert audit(n, action="dag.trigger", outcome="ok")

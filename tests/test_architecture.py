@@ -92,6 +92,7 @@ LAYERS: dict[str, int] = {
     "nagare.cli_format": L6,
     "nagare.cli_audit": L6,
     "nagare.cli_accounts": L6,
+    "nagare.cli_db": L6,
     "nagare.__main__": L6,
 }
 # Packages whose every module shares the package's layer.
@@ -143,6 +144,7 @@ PRINT_OWNERS = (
     "nagare/cli_client.py",
     "nagare/cli_exec.py",
     "nagare/cli_accounts.py",
+    "nagare/cli_db.py",
 )
 # Calls that start, replace or signal a process: only the spawner makes them.
 PROCESS_CALLS = frozenset(

@@ -45,16 +45,28 @@ from nagare.store.retention import OldRun, RetentionStore
 from nagare.store.runs import RunStore
 from nagare.store.schema import DURATION_BUCKETS_MS, INF_MS
 from nagare.store.tasks import Clock, TaskStore
+from nagare.store.transfer import (
+    TABLES,
+    CopyMismatch,
+    TableCheck,
+    Tally,
+    active_runs,
+    copy_history,
+    occupied,
+    tallies,
+)
 from nagare.store.workers import WorkerStore
 
 __all__ = [
     "DAY_MS",
     "DURATION_BUCKETS_MS",
     "INF_MS",
+    "TABLES",
     "AuditEntry",
     "AuditFilter",
     "AuditStore",
     "Clock",
+    "CopyMismatch",
     "CounterRow",
     "DagState",
     "Database",
@@ -80,11 +92,18 @@ __all__ = [
     "Stats",
     "StorageFull",
     "Store",
+    "TableCheck",
+    "Tally",
     "UserRecord",
     "UserStore",
     "VersionRow",
     "WakeChannel",
     "WorkerRecord",
+    "active_runs",
+    "copy_history",
+    "occupied",
+    "open_database",
+    "tallies",
     "text_digest",
 ]
 
