@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nagare.cli_format import local_time, table
+from nagare.cli_format import local_time, positive_int, table
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.errors import BadRequest
 
@@ -42,7 +42,7 @@ def audit_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"entries per page (default {DEFAULT_AUDIT_LIMIT}, at most {MAX_AUDIT_LIMIT})",
     )
-    parser.add_argument("--page", type=_page, default=1, metavar="N", help="page, from 1")
+    parser.add_argument("--page", type=positive_int, default=1, metavar="N", help="page, from 1")
 
 
 def cmd_audit(namespace: argparse.Namespace) -> int:
@@ -114,17 +114,7 @@ def _time(text: str) -> str:
 
 
 def _limit(text: str) -> int:
-    value = _page(text)
+    value = positive_int(text)
     if value > MAX_AUDIT_LIMIT:
         raise argparse.ArgumentTypeError(f"expected at most {MAX_AUDIT_LIMIT}, found {value}")
-    return value
-
-
-def _page(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, found {value}")
     return value

@@ -23,6 +23,7 @@ from nagare.cli_format import (
     dags_table,
     history_table,
     no_log_reason,
+    positive_int,
     run_details,
     runs_table,
     stats_lines,
@@ -159,20 +160,20 @@ def _page_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", default="", help="only runs in this status, e.g. failed")
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_RUNS_LIMIT,
         metavar="N",
         help=f"runs per page (default {DEFAULT_RUNS_LIMIT})",
     )
-    parser.add_argument("--page", type=_positive_int, default=1, metavar="N", help="page, from 1")
+    parser.add_argument("--page", type=positive_int, default=1, metavar="N", help="page, from 1")
 
 
 def _logs_args(parser: argparse.ArgumentParser) -> None:
     _task_args(parser)
     parser.add_argument(
-        "--attempt", type=_positive_int, metavar="N", help="attempt number (default: latest)"
+        "--attempt", type=positive_int, metavar="N", help="attempt number (default: latest)"
     )
-    parser.add_argument("--tail", type=_positive_int, metavar="N", help="only the last N lines")
+    parser.add_argument("--tail", type=positive_int, metavar="N", help="only the last N lines")
     parser.add_argument(
         "-f",
         "--follow",
@@ -242,16 +243,6 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f'expected a JSON object like {{"KEY": "v"}}: {text}')
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, found {value}")
     return value
 
 

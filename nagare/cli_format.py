@@ -1,8 +1,9 @@
 """The text the client commands print: tables, times and durations (pure functions over the
-API's JSON)."""
+API's JSON), and the whole-number type of their flags."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -250,3 +251,14 @@ def no_log_reason(task: dict[str, Any]) -> str:
         "cancelled": f"it was cancelled before it started{message}",
     }
     return reasons.get(status, f"it never ran (status {status}{message})")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a page, a limit, an attempt)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, found {value}")
+    return value
