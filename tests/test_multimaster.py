@@ -140,14 +140,25 @@ class Master:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
+        self.db_url = url
+        self.proc = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        args = ["--port", f"127.0.0.1:{self.port}", "--db", self.db_url]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nagare", "--port", f"127.0.0.1:{self.port}", "--db", url],
-                cwd=root,
+            return subprocess.Popen(
+                [sys.executable, "-m", "nagare", *args],
+                cwd=self.root,
                 env=pythonpath_env(),
                 stdout=out,
                 stderr=out,
             )
+
+    def restart(self) -> None:
+        """A clean stop (SIGTERM), then the same master again (same folder, same port)."""
+        self.stop()
+        assert self.proc.returncode == 0, self.log.read_text()
+        self.proc = self._launch()
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -437,3 +448,82 @@ def test_two_masters_run_500_tasks_once_each_and_survive_the_leaders_kill(
     for task_id, tries in retried.items():  # the first ran on the dead master and was lost
         assert len(tries) == 2 and tries[0][1] == "failed", (task_id, tries)
     print(f"{len(retried)} task(s) lost with the killed master ran again, once each")
+
+
+def _independent(marks: Path, count: int) -> str:
+    """`count` tasks with no dependencies, on the remote-only pool: each appends its attempt
+    number to a file of its own (then sleeps a little, so that a restart finds attempts in
+    flight), with one retry."""
+    tasks = [
+        f"  - id: t{i:04d}\n    retries: 1\n    retry_delay_seconds: 0\n"
+        f"    command: 'echo $NAGARE_ATTEMPT >> {marks}/t{i:04d}; sleep 0.05'"
+        for i in range(count)
+    ]
+    return "id: race\ntasks:\n" + "\n".join(tasks) + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["steady", "restart"])
+def test_two_masters_and_three_workers_run_1000_tasks_once_each(
+    masters: MasterGroup,
+    workers: Any,  # noqa: F811
+    tmp_path: Path,
+    case: str,
+) -> None:
+    """Two remote-only masters, three workers split between them (each joins both, in a
+    different order); in `restart`, the leader, which two of the workers talk to, stops
+    cleanly at about 40 % and starts again. Every task ran once: one attempt, one line in its
+    file (a lost attempt would show as a failed attempt and its retry, a line for each)."""
+    count = 1000
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    settings = "worker_pools: {default: 0}\nlease_timeout_seconds: 4\n"
+    pair = masters({"race.yaml": _independent(marks, count)}, settings, settings)
+    listed = wait_for(lambda: _both(pair[0]), 10, message="both masters to register")
+    one, two = pair if listed["leader"] == listed["me"] else pair[::-1]  # one leads
+    joins = {
+        "w1": f"{one.url},{two.url}",
+        "w2": f"{two.url},{one.url}",
+        "w3": f"{one.url},{two.url}",
+    }
+    started_workers = [
+        workers(join, name, pools="default", max_tasks=4) for name, join in joins.items()
+    ]
+    for name, master in (("w1", one), ("w2", two), ("w3", one)):
+        wait_for(lambda m=master, n=name: online(m.url, n), 15, message=f"worker {name} to join")
+    run_id = two.post("/api/dags/race/runs")["run_id"]
+    started = time.monotonic()
+    if case == "restart":
+        wait_for(lambda: len(os.listdir(marks)) >= count * 2 // 5, 40, interval=0.02,
+                 message="40 % of the run")  # fmt: skip
+        at_stop = len(os.listdir(marks))
+        one.restart()
+        wait_for(one.ready, 30, message="the restarted master to answer /api/health")
+        print(f"restart: stopped at {at_stop} tasks, back at {len(os.listdir(marks))}")
+    run = wait_for(
+        lambda: (r := two.get(f"/api/runs/{run_id}"))["status"] not in ("queued", "running") and r,
+        60,
+        message="the run to end",
+    )
+    took = time.monotonic() - started
+    assert run["status"] == "success", run
+    attempts = _attempts(masters.url, run_id)
+    assert sorted(attempts) == [f"t{i:04d}" for i in range(count)]
+    retried = {t: tries for t, tries in attempts.items() if len(tries) > 1}
+    for task_id, tries in attempts.items():
+        assert [n for n, _, _ in tries] == list(range(1, len(tries) + 1)), (task_id, tries)
+        assert tries[-1][1] == "success", (task_id, tries)
+        assert all(status == "failed" for _, status, _ in tries[:-1]), (task_id, tries)
+        lines = (marks / task_id).read_text().split()
+        assert lines == [str(n) for n, _, _ in tries], (task_id, tries, lines)  # ran once each
+    names = {w for tries in attempts.values() for _, _, w in tries}
+    assert names == set(joins), names
+    assert retried == {}, retried  # a clean stop of a master loses no worker's attempt
+    if case == "restart":  # the workers of the stopped master went on with the other; it is back
+        for worker in (started_workers[0], started_workers[2]):
+            assert "going on with the master at " + two.url in worker.text(), worker.text()
+        wait_for(lambda: _both(one), 10, message="the restarted master to register")
+        assert one.get(f"/api/runs/{run_id}")["status"] == "success"
+    assert all(worker.proc.poll() is None for worker in started_workers)
+    print(f"{case}: {count} tasks on 3 workers and 2 masters in {took:.1f} s, "
+          f"{len(retried)} retried")  # fmt: skip
