@@ -98,20 +98,24 @@ def _parse(args: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace
 def _command_word(args: list[str]) -> str | None:
     """The command of `args` (after any global client flags), or None when only flags are
     given (a server start)."""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in GLOBAL_VALUE_FLAGS:
-            i += 2
-        elif arg.startswith("-"):
-            return None if arg not in GLOBAL_SWITCHES and "=" not in arg else _next(args, i)
-        else:
-            return arg
+    i = _global_flags_end(args)
+    if i < len(args) and not args[i].startswith("-"):
+        return args[i]
     return None
 
 
-def _next(args: list[str], i: int) -> str | None:
-    return _command_word(args[i + 1 :])
+def _global_flags_end(args: list[str]) -> int:
+    """Where the leading global client flags (`--api URL`, `--api-key KEY`, `--json`) end."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in GLOBAL_VALUE_FLAGS and i + 1 < len(args):
+            i += 2
+        elif arg in GLOBAL_SWITCHES or arg.startswith(tuple(f + "=" for f in GLOBAL_VALUE_FLAGS)):
+            i += 1
+        else:
+            break
+    return i
 
 
 def _serves(args: list[str]) -> bool:
@@ -136,20 +140,9 @@ def fail(
 
 def hoist_global_flags(args: list[str], commands: set[str]) -> list[str]:
     """`--api URL`, `--api-key KEY` and `--json` given before the command move after it."""
-    leading: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in GLOBAL_VALUE_FLAGS and i + 1 < len(args):
-            leading += args[i : i + 2]
-            i += 2
-        elif arg in GLOBAL_SWITCHES or arg.startswith(tuple(f + "=" for f in GLOBAL_VALUE_FLAGS)):
-            leading.append(arg)
-            i += 1
-        else:
-            break
-    if leading and i < len(args) and args[i] in commands:
-        return [args[i], *leading, *args[i + 1 :]]
+    i = _global_flags_end(args)
+    if i and i < len(args) and args[i] in commands:
+        return [args[i], *args[:i], *args[i + 1 :]]
     return args
 
 
