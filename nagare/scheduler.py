@@ -374,7 +374,7 @@ class Scheduler:
             for run_id in self.store.runs.past_deadline(now):
                 self.expire(run_id)
                 dirty[run_id] = None
-        if self.waits is not None:
+        if self.waits is not None and leads:  # like a run's deadline: the leader's duty
             self.waits.expire(now)
         if self._sweep_due(now):
             for dag_id in self.store.runs.dags_with_waiting():
@@ -418,7 +418,7 @@ class Scheduler:
         deadline = self._next_run_deadline() if leads else None
         if deadline is not None:
             candidates.append(deadline)
-        waits_until = self.waits.next_deadline() if self.waits is not None else None
+        waits_until = self.waits.next_deadline() if self.waits is not None and leads else None
         if waits_until is not None:
             candidates.append(waits_until)
         return max(0.0, (min(candidates) - now) / 1000)
