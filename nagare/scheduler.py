@@ -276,6 +276,12 @@ class Scheduler:
                 self._schedules_changed = True
             self._cond.notify()
 
+    def sweep_now(self) -> None:
+        """Reload every active run at the next pass (the safety sweep, brought forward)."""
+        with self._cond:
+            self._last_sweep = None
+            self._cond.notify()
+
     def settle_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
         """Task instances ended: (run id, task instance id, retry time or None) each. Their runs
         are settled now, in the calling thread (the dispatcher, which has just refilled its

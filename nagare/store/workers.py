@@ -162,12 +162,14 @@ class WorkerStore:
         return cursor.rowcount
 
     def extend(self, until: int) -> int:
-        """On master start: the workers could not renew while it was down, so every open lease
-        gets a full term from now. Returns how many were extended."""
+        """On the start of a master alone on its database: the workers could not renew while
+        it was down, so every open lease of a remote worker gets a full term from now (a
+        master's own attempts, "local@<id>", are not a worker's). Returns how many."""
         with self.db.write() as conn:
             cursor = conn.execute(
                 "UPDATE task_instances SET lease_expires_at=max(lease_expires_at, ?) "
-                "WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled')",
+                "WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled') "
+                "AND substr(worker, 1, 6) != 'local@'",
                 (until,),
             )
         return cursor.rowcount
