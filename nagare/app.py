@@ -539,8 +539,9 @@ class App:
         """On a shared database: the worker names ("local@<id>") of this master's earlier
         starts (same host, port and folder) that left attempts open or a row behind. They are
         dead (this start holds their port), so their attempts are closed now rather than when
-        their leases run out, and their rows go; another master's are never touched."""
-        if not self.leadership.lock.shared:
+        their leases run out, and their rows go; another master's are never touched (nor
+        anything by `nagare exec`, which holds no port)."""
+        if self.http is None or not self.leadership.lock.shared:
             return []
         me = self.leadership.me.master_id
         ids = self.store.tasks.running_masters()
