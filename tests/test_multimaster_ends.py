@@ -271,3 +271,40 @@ def test_a_master_listens_before_it_registers_and_is_told_to_look_once_seen(
         for store in stores:
             store.close()
         postgres_server.drop_database(name)
+
+
+def test_two_masters_reaping_one_lost_attempt_close_it_once(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """Every master runs the lease reaper: of two that find one expired lease at once, one
+    closes the attempt, notes it and announces it."""
+    first = store_factory()
+    second = store_factory.reopen(first)
+    dag, errors = parse_dag("id: d\ntasks:\n  - {id: t, pool: gpu, command: 'true'}\n")
+    assert dag is not None, errors
+    first.runs.start(dag, Trigger.MANUAL, 0, {}, 0)
+    (claim,) = first.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)
+    first.workers.renew("w1", [(claim.task.id, claim.attempt)], LEASE)  # confirmed
+    logs = LogFiles(str(tmp_path / "logs"))  # a shared logs_dir: both would write here
+    announced: list[str] = []
+    reapers = [
+        Coordinator(s, logs, LEASE / 1000, lambda e: announced.extend(t for _, t, _ in e))
+        for s in (first, second)
+    ]
+    barrier = threading.Barrier(2)
+    closed: list[int] = []
+
+    def reap(coordinator: Coordinator) -> None:
+        barrier.wait()
+        closed.append(coordinator.reap(LEASE + 1))
+
+    threads = [threading.Thread(target=reap, args=(c,)) for c in reapers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(closed) == [0, 1] and announced == [claim.task.id]
+    (attempt,) = first.tasks.attempts(claim.task.id)
+    assert attempt.status is TaskStatus.FAILED
+    text = (tmp_path / "logs" / claim.run.run_id / f"{claim.task.id}.1.log").read_text()
+    assert text.count("worker w1 lost") == 1, text

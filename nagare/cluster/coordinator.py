@@ -456,12 +456,14 @@ class Coordinator:
             entry = self._open.get((task.id, attempt))
         # the open log keeps the output tail; after a master restart there is none yet
         attempt_log = entry.log if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
-        attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
-        if entry is None:
-            attempt_log.close()
-        if not self.store.workers.expire(finish, worker, now):
-            return False
+        try:  # of two masters' reapers, the one that closed it notes it and announces it
+            if not self.store.workers.expire(finish, worker, now):
+                return False
+            attempt_log.note(finish.message)
+        finally:
+            if entry is None:
+                attempt_log.close()
         self._close_log(task.id, attempt)
         self._discard_cancel(worker, task.id)
         self._wake()

@@ -139,15 +139,19 @@ class WorkerStore:
 
     def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool:
         """Close an attempt whose lease ran out (compare-and-set: a result that arrived first
-        wins). Returns whether it was closed here."""
+        wins, and of two masters' reapers the one that takes the lease first). Returns whether
+        it was closed here."""
         with self.db.write() as conn:
             if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, False):
                 return False
+            taken = conn.execute(  # (waits for another reaper's transaction, then sees NULL)
+                "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=? "
+                "AND lease_expires_at IS NOT NULL AND lease_expires_at < ?",
+                (finish.task_instance_id, finish.attempt, now),
+            ).rowcount
+            if not taken:
+                return False
             finish_one(conn, finish)
-            conn.execute(
-                "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=?",
-                (finish.task_instance_id, finish.attempt),
-            )
         return True
 
     def renew_all(self, worker_id: str, until: int) -> int:
