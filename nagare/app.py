@@ -326,10 +326,14 @@ class App:
         container with its owner label is a leftover of an earlier (crashed) server."""
         with self._docker_lock:
             if self._docker is None:
-                owner = f"{socket.gethostname()}:{self.config.db_label}"
-                self._docker = _docker_executor(self.config, owner, self.reactor)
+                self._docker = _docker_executor(self.config, self._container_owner(), self.reactor)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
+
+    def _container_owner(self) -> str:
+        shared = self.leadership.lock.shared
+        me = (self._stable_key or self.leadership.me.master_id) if shared else ""
+        return container_owner(socket.gethostname(), self.config.db_label, me)
 
     def _remove_leftover_containers(self, earlier: list[str]) -> dict[tuple[str, int], str]:
         """Before the pools start, when a container task's attempt was left running: remove
@@ -1055,3 +1059,11 @@ def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExec
         owner=owner,
         pull_timeout_seconds=config.docker_pull_timeout_seconds,
     )
+
+
+def container_owner(hostname: str, db_label: str, master: str) -> str:
+    """The owner label of a server's containers: its host and database, and on a database
+    several masters share also the master (`master`: its stable key, else this start's id),
+    so that one master's clean-up of leftovers never removes another's on the same host."""
+    owner = f"{hostname}:{db_label}"
+    return f"{owner}:{master}" if master else owner

@@ -19,6 +19,7 @@ from postgres_server import PgServer
 from test_cluster_leases import LEASE, _Master, ok
 from test_multimaster import MasterGroup, _attempts, _both
 
+from nagare.app import container_owner
 from nagare.cluster.coordinator import Coordinator
 from nagare.cluster.protocol import WorkerHello
 from nagare.dagfile import parse_dag
@@ -308,3 +309,16 @@ def test_two_masters_reaping_one_lost_attempt_close_it_once(
     assert attempt.status is TaskStatus.FAILED
     text = (tmp_path / "logs" / claim.run.run_id / f"{claim.task.id}.1.log").read_text()
     assert text.count("worker w1 lost") == 1, text
+
+
+def test_container_owner_names_the_master_only_on_a_shared_database() -> None:
+    """Two masters on one host and one PostgreSQL get different owner labels, so the clean-up
+    of one's leftover containers cannot remove the other's; on SQLite the label stays the host
+    and database (a restarted server still finds its own leftovers)."""
+    alone = container_owner("box", "nagare.db", "")
+    first = container_owner("box", "postgresql://db/nagare", "box-8080-a1b2c3")
+    second = container_owner("box", "postgresql://db/nagare", "box-8081-d4e5f6")
+    assert alone == "box:nagare.db"
+    assert first != second
+    assert first.startswith("box:postgresql://db/nagare:")
+    assert container_owner("box", "postgresql://db/nagare", "box-8080-a1b2c3") == first
