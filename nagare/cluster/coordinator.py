@@ -446,7 +446,11 @@ class Coordinator:
         with self._logs_lock:
             entry = self._open.get((task.id, attempt))
         # the open log keeps the output tail; after a master restart there is none yet
-        attempt_log = entry.log if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
+        attempt_log = (
+            entry.log
+            if entry
+            else self.logs.open_attempt(task.run_id, task.id, attempt, resume=True)
+        )
         attempt_log.note(finish.message)
         finish.output_tail = attempt_log.tail()
         if entry is None:
