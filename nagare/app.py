@@ -67,12 +67,12 @@ if TYPE_CHECKING:
     from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
-    from nagare.log_shipping import LogShipper
     from nagare.http.accounts_api import BuiltinAuthenticator
     from nagare.http.api import Api
     from nagare.http.gate import Limits
     from nagare.http.server import NagareHTTPServer
     from nagare.http.static import StaticFiles
+    from nagare.log_shipping import LogShipper
     from nagare.metrics import LiveState, MetricsService, PoolInfo
     from nagare.sso import SingleSignOn
 

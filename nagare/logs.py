@@ -517,8 +517,8 @@ class LogFollower:
     @property
     def complete(self) -> bool:
         """Whether everything written is read: always with the file alone; with a shared
-        database, once the master that wrote the log said it closed it."""
-        return self._shared is None or self._shared.closed_at(self.line)
+        database, once a read found the writer's mark that it closed the log."""
+        return self._shared is None or self._shared.closed
 
     def read_new(self) -> list[Line]:
         out = self._read_file()
@@ -592,10 +592,9 @@ class _SharedCursor:
         self._next = 0.0 if lines else now + SHARED_POLL_SECONDS
         return lines
 
-    def closed_at(self, line: int) -> bool:
-        """Whether the log was seen closed after `line` (asks the database again when due)."""
-        if not self._closed:
-            self.read(line)
+    @property
+    def closed(self) -> bool:
+        """Whether the last read found the log closed after its lines."""
         return self._closed
 
 
