@@ -181,7 +181,9 @@ LINES = gpu_dag(
     """
     - id: t
       pool: talk
-      command: 'for i in $(seq 1 40); do echo "line $i"; done; sleep 0.3; echo oops >&2; sleep 1.5; echo last'
+      command: >-
+        for i in $(seq 1 40); do echo "line $i"; done;
+        sleep 0.3; echo oops >&2; sleep 1.5; echo last
     """,
 )
 
