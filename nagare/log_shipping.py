@@ -191,7 +191,7 @@ class LogShipper:
             if self._failing_since is None:
                 self._failing_since = now
                 log.warning("log lines are not reaching the database: %s", short_error(exc))
-            waiting = len(self._watched)
+            waiting = self.watching()
             since = now - self._failing_since
             self.liveness.beat(
                 f"log lines not shared with the other masters for {since:.0f}s "
@@ -244,6 +244,7 @@ def _read_new(entry: _Watched, budget: int) -> _Read | None:
     chunks: list[LogChunk] = []
     batch: list[str] = []
     meta: list[str] = []
+    held = 0  # bytes of text in `batch`
     number = entry.line
     for text in lines:
         number += 1
@@ -253,9 +254,10 @@ def _read_new(entry: _Watched, budget: int) -> _Read | None:
         if record and (not batch or number in records):
             meta.append(f"{number} {record}\n")
         batch.append(text)
-        if sum(len(t) + 1 for t in batch) >= CHUNK_BYTES:
+        held += len(text) + 1
+        if held >= CHUNK_BYTES:
             chunks.append(_chunk(entry, number - len(batch) + 1, batch, meta))
-            batch, meta = [], []
+            batch, meta, held = [], [], 0
     if batch:
         chunks.append(_chunk(entry, number - len(batch) + 1, batch, meta))
     done = closed and offset >= size

@@ -526,6 +526,8 @@ class LogFollower:
             out = self._shared.read(self.line)
             if out:
                 self.line = out[-1][0]
+            if self._meta is None:  # (stamps not asked for)
+                out = [(number, text, None) for number, text, _ in out]
         return out
 
     def _read_file(self) -> list[Line]:
@@ -565,31 +567,18 @@ class LogFollower:
 
 
 class _SharedCursor:
-    """A follower's reads of the lines the shared database holds for one attempt: page after
-    page, then (caught up) at most one query per SHARED_POLL_SECONDS; and whether the writer
-    closed the log after the lines read."""
+    """A follower's reads of the lines the shared database holds for one attempt, and whether
+    the writer closed the log after the lines read. (How often: the follower's caller decides;
+    the event stream looks every SHARED_POLL_SECONDS, or at once when woken.)"""
 
-    def __init__(
-        self,
-        shared: SharedLog,
-        task_instance_id: str,
-        attempt: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, shared: SharedLog, task_instance_id: str, attempt: int) -> None:
         self._shared = shared
         self._task_instance_id = task_instance_id
         self._attempt = attempt
-        self._clock = clock
-        self._next = 0.0
         self._closed = False
 
     def read(self, after: int) -> list[Line]:
-        """The next page past `after`; once caught up, the next query waits its turn."""
-        now = self._clock()
-        if now < self._next:
-            return []
         lines, self._closed = self._shared.read(self._task_instance_id, self._attempt, after)
-        self._next = 0.0 if lines else now + SHARED_POLL_SECONDS
         return lines
 
     @property

@@ -228,6 +228,11 @@ def test_a_log_written_on_one_master_is_read_and_followed_live_through_the_other
     assert texts == EXPECTED and follow.end == {"status": "success"}
     stamped = [e.data for e in events if e.event == "message"]
     assert " stderr oops" in stamped[40] and stamped[0].split(" ")[1] == "stdout"
+    replay = _stream(two, run_id)
+    try:
+        assert [e.data for e in replay.until_end(15) if e.event == "message"] == EXPECTED
+    finally:
+        replay.close()
     assert _log(two, run_id).splitlines() == EXPECTED
     assert _log(two, run_id, "?tail=2").splitlines() == ["oops", "last"]
     assert _log(two, run_id, "?timestamps=true").splitlines()[40].endswith("Z stderr oops")
