@@ -80,18 +80,18 @@ class LogStream:
         follower = self.logs.follower(task.run_id, task.id, attempt, start, self.timestamps)
         try:
             status = self._follow(write, follower, self.logs.key(task.id, attempt), attempt)
-            self._drain(write, follower)
+            self._drain(write, follower, waits=attempt > 0)  # (0: it never ran, no log)
             return status
         finally:
             follower.close()
 
-    def _drain(self, write: Write, follower: LogFollower) -> None:
+    def _drain(self, write: Write, follower: LogFollower, waits: bool) -> None:
         """The attempt is over: its last lines (from another master, once it shipped them)."""
-        deadline = time.monotonic() + DRAIN_SECONDS
+        deadline = time.monotonic() + (DRAIN_SECONDS if waits else 0.0)
         while True:
             for number, text, stamp in follower.read_new():
                 write(_event(number, text, stamp))
-            if follower.complete or time.monotonic() > deadline or self.stopping.is_set():
+            if follower.complete or time.monotonic() >= deadline or self.stopping.is_set():
                 return
             self.stopping.wait(0.05)
 
