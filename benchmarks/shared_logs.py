@@ -58,7 +58,7 @@ def dag(command: str) -> str:
 
 def big_command(megabytes: int) -> str:
     lines = megabytes * 10_000  # 100 bytes each
-    return f"python3 -c 'import sys; sys.stdout.write((\"y\" * 99 + \"\\n\") * {lines})'"
+    return f'python3 -c \'import sys; sys.stdout.write(("y" * 99 + "\\n") * {lines})\''
 
 
 @dataclass
@@ -203,8 +203,10 @@ def measure_big(url: str | None, megabytes: int) -> dict[str, Any]:
         port = setup.reader.port
         # the log complete on the reading master (on PostgreSQL: its last chunks shipped)
         wait_for(
-            lambda: timed_get(port, logs_path(run_id, "tail=1"))[1].strip() == b"y" * 99
-            and len(timed_get(port, logs_path(run_id))[1]) >= lines * 100,
+            lambda: (
+                timed_get(port, logs_path(run_id, "tail=1"))[1].strip() == b"y" * 99
+                and len(timed_get(port, logs_path(run_id))[1]) >= lines * 100
+            ),
             60,
             "the whole log on the reading master",
         )
@@ -241,7 +243,9 @@ def measure_rate(url: str | None, rate: int, seconds: float, work: Path) -> dict
         follow = Follower(setup.reader.port, logs_path(run_id)).start()
         task = setup.done(run_id)
         follow.ended.wait(60)
-        cpu = [cpu_seconds(s.pid) - before for s, before in zip(setup.servers, cpu_before)]
+        cpu = [
+            cpu_seconds(s.pid) - before for s, before in zip(setup.servers, cpu_before, strict=True)
+        ]
         rows, size = chunk_figures(url, run_id)
     stamped = [
         (float(data.split(" ", 1)[0]), at) for _, data, at in follow.lines if data[0].isdigit()
