@@ -32,7 +32,7 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import IO, Protocol
 
@@ -49,6 +49,8 @@ STREAM_CODES = {"stdout": "o", "stderr": "e", "nagare": "n"}
 STREAM_NAMES = {code: name for name, code in STREAM_CODES.items()}
 SHARED_POLL_SECONDS = 0.25  # a follower of a log written on another master looks this often
 DRAIN_SECONDS = 3.0  # at an attempt's end, how long a follower waits for its last shared lines
+CLOSED_KEYS = 4096  # attempts the hub remembers as closed
+CLOSED_RECHECK_SECONDS = 0.05
 
 Stamp = tuple[int | None, str | None]  # a line's time (epoch ms, to the second) and stream
 Line = tuple[int, str, Stamp | None]  # number, text, stamp (None: not asked for)
@@ -80,7 +82,9 @@ class LogHub:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._versions: dict[str, int] = {}
-        self._closes = 0  # attempts closed so far (a follower of one wakes to look)
+        # attempts closed lately: a follower that sees one closed but its task not ended yet
+        # (the end is recorded just after) looks again soon rather than at the next ping
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._waiting: dict[str, int] = {}  # followers waiting per key (see `poke`)
         self._pokes: dict[str, int] = {}  # grown elsewhere, while someone waits for the key
 
@@ -105,17 +109,23 @@ class LogHub:
         """The attempt ended: wake followers one last time and forget the key."""
         with self._cond:
             self._versions.pop(key, None)
-            self._closes += 1
+            self._closed[key] = None
+            if len(self._closed) > CLOSED_KEYS:
+                self._closed.popitem(last=False)
             self._cond.notify_all()
 
     def wait(self, key: str, seen: int, timeout: float) -> int:
-        """Block until `key` moves past version `seen`, an attempt ends, or `timeout` passes."""
+        """Block until `key` moves past version `seen`, ends, or `timeout` passes (at most
+        CLOSED_RECHECK_SECONDS once it ended)."""
         with self._cond:
-            closes = self._closes
+            ended = key in self._closed
+            if ended:
+                timeout = min(timeout, CLOSED_RECHECK_SECONDS)
             self._waiting[key] = self._waiting.get(key, 0) + 1
             try:
                 self._cond.wait_for(
-                    lambda: self._version(key) != seen or self._closes != closes, timeout
+                    lambda: self._version(key) != seen or (not ended and key in self._closed),
+                    timeout,
                 )
                 return self._version(key)
             finally:

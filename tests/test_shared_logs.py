@@ -6,6 +6,8 @@ through the other, that master killed, a remote worker moving between masters)."
 
 from __future__ import annotations
 
+import threading
+import time
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from test_multimaster import Master, MasterGroup
 from test_sse import SseStream
 
 from nagare.log_shipping import CHUNK_BYTES, LogShipper, SharedLogs
-from nagare.logs import LogFiles
+from nagare.logs import LogFiles, LogHub
 from nagare.models import LogChunk
 from nagare.store import Store
 
@@ -92,6 +94,24 @@ def test_a_sqlite_server_ships_no_line_and_reads_its_files_only(
 
 
 # ---------------------------------------------------------------- shipper and readers
+
+
+def test_the_hub_wakes_the_followers_of_a_log_that_grew_elsewhere_and_keeps_nothing_else() -> None:
+    hub = LogHub()
+    hub.poke("ti/1")  # nobody follows it here: nothing is kept
+    assert hub.version("ti/1") == 0
+    started = time.monotonic()
+    assert hub.wait("ti/1", 0, 0.2) == 0  # a log never written here: waits (no spinning)
+    assert time.monotonic() - started >= 0.2
+    woken: list[int] = []
+    waiter = threading.Thread(target=lambda: woken.append(hub.wait("ti/1", 0, 10)))
+    waiter.start()
+    started = time.monotonic()
+    while waiter.is_alive() and time.monotonic() - started < 5:
+        hub.poke("ti/1")
+        waiter.join(0.01)
+    assert woken == [1] and time.monotonic() - started < 1
+    assert hub.version("ti/1") == 0  # forgotten once nobody waits
 
 
 def _pair(tmp_path: Path, store: Store) -> tuple[LogFiles, LogShipper, LogFiles]:
