@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from nagare.http.gate import Limits
     from nagare.http.server import NagareHTTPServer
     from nagare.http.static import StaticFiles
+    from nagare.log_shipping import LogShipper
     from nagare.metrics import LiveState, MetricsService, PoolInfo
     from nagare.sso import SingleSignOn
 
@@ -180,6 +181,7 @@ class App:
         self.leadership = self._leadership()
         self.http: NagareHTTPServer | None = None
         self.wakeups: WakeChannel | None = None  # to and from the other masters (PostgreSQL)
+        self.log_shipper: LogShipper | None = None  # logs to the other masters (PostgreSQL)
         if serve_http:  # `nagare exec` imports none of the HTTP side
             self.api = self._build_api(config)
             self.http = _http_server(config, self.api)
@@ -189,8 +191,25 @@ class App:
                 self._lease_local_attempts()
             if self.wakeups is not None:
                 self.wakeups.on_event = self._woken_elsewhere
+            if self.leadership.lock.shared:
+                self._share_logs()
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()  # wakes `wait_for_run`
+
+    def _share_logs(self) -> None:
+        """On a database several masters share, this master ships its logs' lines there and
+        reads the lines of the others' (ARCHITECTURE.md, Logs from any master)."""
+        from nagare.log_shipping import LogShipper, SharedLogs
+
+        self.log_shipper = LogShipper(self.store.log_chunks, on_shipped=self._logs_grew)
+        self.logs.shared = SharedLogs(self.store.log_chunks)
+        self.logs.watcher = self.log_shipper
+
+    def _logs_grew(self, keys: list[str]) -> None:
+        """(the log shipper's thread) Followers of these logs on other masters look now."""
+        wakeups = self._listened()
+        if wakeups is not None and keys:
+            wakeups.publish("log", *keys)
 
     def _build_api(self, config: Config) -> Api:
         """The API, its routes and the services only they use (imported here: see
@@ -406,6 +425,9 @@ class App:
                 self._kill_here(task_instance_id)
         elif kind == "joined" and self.leadership.me.master_id in args:
             self._catch_up()
+        elif kind == "log":
+            for key in args:
+                self.logs.hub.poke(key)
 
     def _welcome(self, joined: list[str]) -> None:
         """(the leadership loop) Masters this one sees for the first time: until now it sent
@@ -493,6 +515,9 @@ class App:
                 )
         if self.wakeups is not None:
             self._spawn("wake-ups", self.wakeups.run, self._engine_stop)
+        if self.log_shipper is not None:  # until the engine stops: the last lines go too
+            shipper = self.log_shipper
+            self._spawn("log-shipper", shipper.run, self._engine_stop, shipper.liveness)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
         self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
         if self.git_sync is not None and self.http is not None:

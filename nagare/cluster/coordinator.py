@@ -455,7 +455,11 @@ class Coordinator:
         with self._logs_lock:
             entry = self._open.get((task.id, attempt))
         # the open log keeps the output tail; after a master restart there is none yet
-        attempt_log = entry.log if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
+        attempt_log = (
+            entry.log
+            if entry
+            else self.logs.open_attempt(task.run_id, task.id, attempt, resume=True)
+        )
         finish.output_tail = attempt_log.tail()
         try:  # of two masters' reapers, the one that closed it notes it and announces it
             if not self.store.workers.expire(finish, worker, now):

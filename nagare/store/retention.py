@@ -1,8 +1,8 @@
 """Retention in SQLite: finished runs older than a cutoff, found through the `created_at` index
 (oldest first, never a full scan) and deleted in bounded batches together with their task
-instances and attempts (ON DELETE CASCADE). The metric roll-up rows of the times those
-attempts touched are recomputed in the same transaction; the Prometheus counters are not lowered
-(counters only grow).
+instances and attempts (ON DELETE CASCADE) and their log chunks. The metric roll-up rows of the
+times those attempts touched are recomputed in the same transaction; the Prometheus counters are
+not lowered (counters only grow).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class RetentionStore:
             conn.execute(
                 f"DELETE FROM runs WHERE run_id IN ({marks}) AND status IN {FINISHED_RUNS}", ids
             )
+            conn.execute(f"DELETE FROM log_chunks WHERE run_id IN ({marks})", ids)
             refresh_rollup(conn, {(r[0], r[1]) for r in finished})
         return runs
 

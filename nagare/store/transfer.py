@@ -47,6 +47,7 @@ TABLES: tuple[Table, ...] = (
     Table("runs"),
     Table("task_instances"),
     Table("task_attempts"),
+    Table("log_chunks", ""),
     Table("metric_rollup", ""),
     Table("metric_counters", ""),
     Table("metric_durations", ""),
