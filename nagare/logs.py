@@ -499,6 +499,14 @@ class LogFiles:
             shared = _SharedCursor(self.shared, task_instance_id, attempt)
         return LogFollower(path, start, LineMeta(path) if stamps else None, shared)
 
+    def run_folders(self, older_than: float) -> list[str]:
+        """The run ids of the log folders last changed before `older_than` (epoch seconds)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        return [e.name for e in entries if _folder_before(e, older_than)]
+
     def remove_run(self, run_id: str) -> None:
         self._run_dirs.discard(run_id)
         shutil.rmtree(os.path.join(self.root, run_id), ignore_errors=True)
@@ -741,3 +749,10 @@ def stdout_path(log_path: str) -> str:
 
 def stdout_cut_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".stdout-cut"
+
+
+def _folder_before(entry: os.DirEntry[str], older_than: float) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < older_than
+    except OSError:
+        return False

@@ -64,6 +64,18 @@ class RetentionStore:
             refresh_rollup(conn, {(r[0], r[1]) for r in finished})
         return runs
 
+    def existing(self, run_ids: list[str]) -> set[str]:
+        """Which of `run_ids` still have a row (a master that does not lead prunes the log
+        folders of the others, `RetentionSweep.prune_folders`)."""
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for start in range(0, len(run_ids), 500):
+                part = run_ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = conn.execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", part)
+                found.update(str(r[0]) for r in rows)
+        return found
+
     def release_free_pages(self) -> None:
         """Give the pages deletions freed back to the file system (see Database)."""
         self.db.release_free_pages()
