@@ -152,7 +152,6 @@ class RetentionSweep:
             )
         return removed
 
-
     def prune_folders(self, now: int) -> int:
         """(a master that does not lead) The leader deletes old runs with its own log folders;
         this master removes its folders of runs that are gone, left untouched for an hour
