@@ -140,9 +140,7 @@ def copy_history(
         )
     with _snapshot(source) as reader, destination.write() as writer:
         if destination.dialect == "postgresql":
-            # durable when reported done, whatever the server's setting; and its rows' hint
-            # bits can be set at once, so the VACUUM below marks their pages all-visible
-            writer.execute_plain("SET LOCAL synchronous_commit = on")
+            _wait_for_the_disk(writer)
         expected = {table.name: _tally(reader, table) for table in TABLES}
         for table in TABLES:
             columns = _columns(reader, source.dialect, table)
@@ -247,6 +245,13 @@ def _batches(
     cursor.execute(select)
     while rows := cursor.fetchmany(size):
         yield rows
+
+
+def _wait_for_the_disk(writer: Any) -> None:
+    """The copy's COMMIT waits for the disk whatever the server's setting: durable when
+    reported done, and its rows' hint bits can be set at once (with an asynchronous commit they
+    wait for the WAL writer), so the VACUUM after it can mark their pages all-visible."""
+    writer.execute_plain("SET LOCAL synchronous_commit = on")
 
 
 def _collect_statistics(db: Any) -> None:
