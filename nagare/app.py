@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import resource
-import secrets
 import shlex
 import socket
 import threading
@@ -266,7 +265,7 @@ class App:
         """This master's row and its part in leading (ARCHITECTURE.md, Several masters)."""
         hostname = socket.gethostname()
         me = MasterRecord(
-            master_id=f"{hostname}-{os.getpid()}-{secrets.token_hex(2)}",
+            master_id=f"{hostname}-{os.getpid()}-{os.urandom(2).hex()}",
             hostname=hostname,
             url="",  # known once the HTTP server is bound (`start`)
             started_at=now_ms(),

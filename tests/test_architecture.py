@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "nagare.models": L0,
     "nagare.resources": L0,
     "nagare.patterns": L0,
+    "nagare.digest": L0,  # SHA-256 of DAG texts without OpenSSL (hashlib maps libcrypto)
     # L1: pure decisions (parsing, validation, cron, "what runs next") and formats
     "nagare.dagfile": L1,  # the package and every module in it
     "nagare.engine": L1,  # the package and every module in it
