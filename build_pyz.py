@@ -56,6 +56,11 @@ BUILD_INFO_ENTRY = "_vendor/BUILD_INFO.json"
 
 PYC_DISPLAY_PREFIX = "nagare.pyz/" + VENDOR_PURE  # file names shown in tracebacks
 
+# The bytecode is lean (an idle server holds the code of every module it imported): optimize=2
+# leaves out docstrings (nothing reads __doc__ at run time) and asserts (none carries behaviour),
+# and `-X no_debug_ranges` the column positions of each instruction (tracebacks keep their line
+# numbers, without the ^^^ markers). About 0.3 MB of an idle server, 0.9 MB of the archive.
+COMPILE_FLAGS = ("-X", "no_debug_ranges")
 COMPILE_SCRIPT = """\
 import importlib.util, py_compile, sys
 site, out, shown, layout = sys.argv[1:5]
@@ -64,7 +69,7 @@ for rel in sys.stdin.read().splitlines():
     try:
         py_compile.compile(
             site + "/" + rel, cfile=out + "/" + target, dfile=shown + rel, doraise=True,
-            optimize=0, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            optimize=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
         )
     except py_compile.PyCompileError as error:  # e.g. a Python-2-only file: ship the .py only
         print("build_pyz: not compiled:", error.msg.splitlines()[0], file=sys.stderr)
@@ -476,7 +481,16 @@ def _compiled(
     env.pop("PYTHONOPTIMIZE", None)
     layout = "beside" if beside else "pycache"
     done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, str(root), str(out_dir), shown, layout],
+        [
+            sys.executable,
+            *COMPILE_FLAGS,
+            "-c",
+            COMPILE_SCRIPT,
+            str(root),
+            str(out_dir),
+            shown,
+            layout,
+        ],
         input="\n".join(sources),
         capture_output=True,
         text=True,
