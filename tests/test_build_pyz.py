@@ -7,15 +7,17 @@ the entry point, so they do not depend on nagare.cli.
 
 from __future__ import annotations
 
+import dis
 import importlib.util
 import json
+import marshal
 import os
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 import pytest
 
@@ -619,6 +621,23 @@ def test_native_bytecode_goes_to_pycache_under_the_builders_tag(tmp_path: Path) 
     for data in (*native.values(), *pure.values()):
         assert data[:4] == importlib.util.MAGIC_NUMBER
         assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, unchecked
+
+
+def test_bytecode_is_lean_no_docstrings_and_no_column_positions(tmp_path: Path) -> None:
+    """optimize=2 and `-X no_debug_ranges`: an idle server holds the code of every module."""
+    site = tmp_path / "site"
+    site.mkdir()
+    source = (
+        '"""Module doc."""\n\ndef f(x):\n    """Function doc."""\n    assert x\n    return x + 1\n'
+    )
+    (site / "lean.py").write_text(source)
+    vendored = build_pyz.Vendored({"lean.py": source.encode()}, [])
+    data = build_pyz.compile_pure(vendored, site, tmp_path / "out")["lean.pyc"]
+    module = marshal.loads(data[16:])
+    function = next(c for c in module.co_consts if isinstance(c, CodeType))
+    assert "Module doc." not in module.co_consts and "Function doc." not in function.co_consts
+    assert "LOAD_ASSERTION_ERROR" not in {i.opname for i in dis.get_instructions(function)}
+    assert {column for *_, column, _ in function.co_positions()} == {None}
 
 
 @pytest.mark.slow
