@@ -210,3 +210,16 @@ def test_trim_gives_freed_memory_back_on_glibc() -> None:
         garbage = [bytearray(4096) for _ in range(20_000)]
         del garbage
         assert trim() is True
+
+
+def test_checking_an_expression_keeps_no_compiled_program() -> None:
+    """A server checks every jq expression of every DAG at load; only the programs runs
+    evaluate are kept (each holds ~13 KB of jq's heap)."""
+    from nagare.engine import expressions
+
+    kept = expressions._compiled.cache_info().currsize
+    assert expressions.compile_error(".params.x | tostring") == ""
+    assert expressions.compile_error(".params.x |") != ""  # still checked
+    assert expressions._compiled.cache_info().currsize == kept
+    assert expressions.first_result(".footprint_probe", {"footprint_probe": 3}) == 3
+    assert expressions._compiled.cache_info().currsize == kept + 1
