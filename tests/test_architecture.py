@@ -180,7 +180,7 @@ PROCESS_CALLS = frozenset(
 )
 PROCESS_OWNER = "nagare/executors/spawn.py"
 # Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` starts every
-# long-lived loop; the HTTP server makes a thread per connection (ThreadingHTTPServer); the
+# long-lived loop; the HTTP server makes a thread per connection (socketserver); the
 # Docker executor runs each blocking container attempt (and its stats stream and timers) in
 # threads of its own; the mail executor runs each (blocking) SMTP conversation in a thread of its
 # own.
