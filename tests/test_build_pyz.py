@@ -623,20 +623,33 @@ def test_native_bytecode_goes_to_pycache_under_the_builders_tag(tmp_path: Path) 
         assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, unchecked
 
 
-def test_bytecode_is_lean_no_docstrings_and_no_column_positions(tmp_path: Path) -> None:
-    """optimize=2 and `-X no_debug_ranges`: an idle server holds the code of every module."""
+def _code(pyc: bytes) -> tuple[CodeType, CodeType]:
+    """The module's code and its first function's."""
+    module = marshal.loads(pyc[16:])
+    return module, next(c for c in module.co_consts if isinstance(c, CodeType))
+
+
+def _asserts(code: CodeType) -> bool:
+    return "LOAD_ASSERTION_ERROR" in {i.opname for i in dis.get_instructions(code)}
+
+
+def test_bytecode_is_lean_no_column_positions_and_no_docstrings_in_nagare(tmp_path: Path) -> None:
+    """An idle server holds the code of every module it imported: no column table anywhere;
+    nagare's modules without docstrings and asserts, vendored ones with theirs (a library may
+    catch AssertionError)."""
+    package = build_pyz.compile_package({"nagare/digest.py": b""}, tmp_path / "pkg")
+    module, function = _code(package["nagare/digest.pyc"])
+    texts = [c for c in (*module.co_consts, *function.co_consts) if isinstance(c, str)]
+    assert not [t for t in texts if "SHA-256" in t]  # both docstrings say SHA-256
+    assert {column for *_, column, _ in function.co_positions()} == {None}
     site = tmp_path / "site"
     site.mkdir()
-    source = (
-        '"""Module doc."""\n\ndef f(x):\n    """Function doc."""\n    assert x\n    return x + 1\n'
-    )
-    (site / "lean.py").write_text(source)
-    vendored = build_pyz.Vendored({"lean.py": source.encode()}, [])
-    data = build_pyz.compile_pure(vendored, site, tmp_path / "out")["lean.pyc"]
-    module = marshal.loads(data[16:])
-    function = next(c for c in module.co_consts if isinstance(c, CodeType))
-    assert "Module doc." not in module.co_consts and "Function doc." not in function.co_consts
-    assert "LOAD_ASSERTION_ERROR" not in {i.opname for i in dis.get_instructions(function)}
+    source = '"""Module doc."""\n\ndef f(x):\n    """Function doc."""\n    assert x\n    return x\n'
+    (site / "lib.py").write_text(source)
+    vendored = build_pyz.Vendored({"lib.py": source.encode()}, [])
+    module, function = _code(build_pyz.compile_pure(vendored, site, tmp_path / "out")["lib.pyc"])
+    assert "Module doc." in module.co_consts and "Function doc." in function.co_consts
+    assert _asserts(function)
     assert {column for *_, column, _ in function.co_positions()} == {None}
 
 
