@@ -11,7 +11,6 @@ tags: [finance]}}`).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -143,6 +142,8 @@ def csrf_ok(principal: Principal, method: str, supplied: str) -> bool:
 
 
 def _same(a: str, b: str) -> bool:
+    import hmac  # OpenSSL's libcrypto comes with it: at the first check, not at start
+
     return hmac.compare_digest(a.encode(), b.encode())
 
 

@@ -8,8 +8,8 @@ the recent failures, with `now` passed in.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -347,7 +347,7 @@ class Accounts:
             raise BadRequest("expires_at must be in the future")
         key = new_api_key()
         record = KeyRecord(
-            id="k_" + secrets.token_hex(6),
+            id="k_" + os.urandom(6).hex(),
             name=name.strip(),
             role=role,
             prefix=key_prefix(key),

@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import resource
-import secrets
 import shlex
 import socket
 import threading
@@ -295,7 +294,7 @@ class App:
         # attempts are recognised as its own and closed at once (`start`)
         self._stable_key = stable_key(hostname, self.config.listen, self.config.data_dir)
         me = MasterRecord(
-            master_id=master_id(self._stable_key, hostname, os.getpid(), secrets.token_hex(2)),
+            master_id=master_id(self._stable_key, hostname, os.getpid(), os.urandom(2).hex()),
             hostname=hostname,
             url="",  # known once the HTTP server is bound (`start`)
             started_at=now_ms(),

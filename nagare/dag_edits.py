@@ -8,7 +8,6 @@ that the answer can say whether the file loaded. `allow_dag_edits: false` refuse
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import DagError, parse_dag, read_dag_text
+from nagare.digest import sha256_hex
 from nagare.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unprocessable
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}\.ya?ml$")
@@ -48,7 +48,7 @@ class WriteResult:
 
 
 def version_of(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return sha256_hex(text.encode("utf-8"))[:32]
 
 
 def check_file_name(name: str) -> str:

@@ -9,7 +9,6 @@ each DAG it loaded, so the API can list the masters and flag a DAG they disagree
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nagare.clock import now_ms
 from nagare.dagfile import dag_to_json
+from nagare.digest import sha256_hex
 from nagare.liveness import Heartbeat
 from nagare.models import DagDef
 
@@ -37,7 +37,7 @@ def stable_key(hostname: str, listen: tuple[str, int], data_dir: str) -> str:
     host, port = listen
     if not port:
         return ""
-    place = hashlib.sha256(f"{host}|{data_dir}".encode()).hexdigest()[:6]
+    place = sha256_hex(f"{host}|{data_dir}".encode())[:6]
     return f"{hostname}-{port}-{place}"
 
 

@@ -4,13 +4,14 @@ A stored password is `scrypt$n$r$p$salt$hash` (salt and hash in hex): the cost p
 travel with each hash, so raising them later leaves the older hashes readable. Tokens (session
 cookies, API keys) are long random strings, stored as their SHA-256: unlike passwords they need
 no slow hash, since no one can guess them.
+
+`hashlib`, `hmac` and `secrets` are imported by the functions that use them: they map OpenSSL's
+libcrypto (~3.5 MB resident), which a server loads with its first account or key, not at start.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import os
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -24,7 +25,7 @@ KEY_SHOWN_CHARS = 8  # how much of a key the list shows to tell keys apart (afte
 
 
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(SALT_BYTES)
+    salt = os.urandom(SALT_BYTES)
     digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
 
@@ -44,6 +45,8 @@ def verify_password(password: str, stored: str | None) -> bool:
         digest = _scrypt(password, salt, n, r, p, len(expected))
     except ValueError:
         return False
+    import hmac
+
     return hmac.compare_digest(digest, expected)
 
 
@@ -64,10 +67,14 @@ def password_problem(password: str) -> str:
 
 
 def new_token() -> str:
+    import secrets
+
     return secrets.token_urlsafe(32)
 
 
 def new_api_key() -> str:
+    import secrets
+
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
@@ -77,10 +84,14 @@ def key_prefix(key: str) -> str:
 
 
 def token_hash(token: str) -> str:
+    import hashlib
+
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int = HASH_BYTES) -> bytes:
+    import hashlib
+
     return hashlib.scrypt(
         password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * r * n * 2, dklen=size
     )

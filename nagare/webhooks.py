@@ -10,8 +10,6 @@ starts and its conf carries `NAGARE_WEBHOOK_ERRORS` (one line per failed express
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -88,6 +86,9 @@ def extract_params(trigger: TriggerDef, payload: Any) -> dict[str, Any]:
 
 def signature_ok(secret: str, supplied: str, body: bytes) -> bool:
     """`sha256=<hex>` or bare `<hex>` of HMAC-SHA256(secret, body), compared in constant time."""
+    import hashlib  # OpenSSL's libcrypto comes with them: at the first signed delivery
+    import hmac
+
     value = supplied.strip()
     if value.lower().startswith("sha256="):
         value = value[len("sha256=") :]

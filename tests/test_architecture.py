@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "nagare.models": L0,
     "nagare.resources": L0,
     "nagare.patterns": L0,
+    "nagare.digest": L0,  # SHA-256 of DAG texts without OpenSSL (hashlib maps libcrypto)
     # L1: pure decisions (parsing, validation, cron, "what runs next") and formats
     "nagare.dagfile": L1,  # the package and every module in it
     "nagare.engine": L1,  # the package and every module in it
@@ -180,7 +181,7 @@ PROCESS_CALLS = frozenset(
 )
 PROCESS_OWNER = "nagare/executors/spawn.py"
 # Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` starts every
-# long-lived loop; the HTTP server makes a thread per connection (ThreadingHTTPServer); the
+# long-lived loop; the HTTP server makes a thread per connection (socketserver); the
 # Docker executor runs each blocking container attempt (and its stats stream and timers) in
 # threads of its own; the mail executor runs each (blocking) SMTP conversation in a thread of its
 # own.

@@ -162,6 +162,45 @@ def test_a_started_server_loads_no_client_command_and_no_time_zone(tmp_path: Pat
     assert offenders(loaded, NOT_FOR_A_SERVER) == []
 
 
+# Never loaded by a server without TLS, accounts, webhook secrets or mail, however many requests
+# it answers: `http.server` (its imports: `http.client`, `email`, `ssl`, `html.entities`) and
+# whatever maps OpenSSL's libcrypto (`hashlib`, `hmac`, `secrets`, `ssl`).
+NOT_FOR_A_PLAIN_SERVER = (
+    "http.server",
+    "http.client",
+    "email",
+    "html",
+    "ssl",
+    "_ssl",
+    "hashlib",
+    "_hashlib",
+    "hmac",
+    "secrets",
+)
+
+
+def test_a_serving_server_maps_no_openssl_and_no_http_server(tmp_path: Path) -> None:
+    """A DAG loaded (its content hash taken), the dashboard, the API and a 404 answered."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "one.yaml").write_text("id: one\ntasks:\n  - id: a\n    command: 'true'\n")
+    code = (
+        "import socket\nfrom nagare.app import App\nfrom nagare.config import load_config\n"
+        "app = App(load_config({'db': 'n.db', 'port': '127.0.0.1:0', 'dags': 'dags'}))\n"
+        "app.start()\n"
+        "for path in ('/api/health', '/api/dags', '/', '/nowhere'):\n"
+        "    with socket.create_connection(('127.0.0.1', app.http.port)) as s:\n"
+        "        s.sendall(f'GET {path} HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n"
+        "        answer = b''.join(iter(lambda: s.recv(65536), b''))\n"
+        "        assert answer.startswith(b'HTTP/1.1 '), answer[:80]\n"
+        "        print(path, answer.split()[1].decode())\n"
+        "app.stop()\n"
+    )
+    loaded = loaded_after(code, tmp_path)
+    assert {"nagare.http.server", "nagare.store.dags"} <= loaded  # it did serve and load
+    assert offenders(loaded, NOT_FOR_A_PLAIN_SERVER) == []
+
+
 def test_trim_gives_freed_memory_back_on_glibc() -> None:
     from nagare.memory import trim
 
@@ -171,3 +210,16 @@ def test_trim_gives_freed_memory_back_on_glibc() -> None:
         garbage = [bytearray(4096) for _ in range(20_000)]
         del garbage
         assert trim() is True
+
+
+def test_checking_an_expression_keeps_no_compiled_program() -> None:
+    """A server checks every jq expression of every DAG at load; only the programs runs
+    evaluate are kept (each holds ~13 KB of jq's heap)."""
+    from nagare.engine import expressions
+
+    kept = expressions._compiled.cache_info().currsize
+    assert expressions.compile_error(".params.x | tostring") == ""
+    assert expressions.compile_error(".params.x |") != ""  # still checked
+    assert expressions._compiled.cache_info().currsize == kept
+    assert expressions.first_result(".footprint_probe", {"footprint_probe": 3}) == 3
+    assert expressions._compiled.cache_info().currsize == kept + 1

@@ -7,15 +7,17 @@ the entry point, so they do not depend on nagare.cli.
 
 from __future__ import annotations
 
+import dis
 import importlib.util
 import json
+import marshal
 import os
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 import pytest
 
@@ -619,6 +621,36 @@ def test_native_bytecode_goes_to_pycache_under_the_builders_tag(tmp_path: Path) 
     for data in (*native.values(), *pure.values()):
         assert data[:4] == importlib.util.MAGIC_NUMBER
         assert int.from_bytes(data[4:8], "little") == 0b01  # hash-based, unchecked
+
+
+def _code(pyc: bytes) -> tuple[CodeType, CodeType]:
+    """The module's code and its first function's."""
+    module = marshal.loads(pyc[16:])
+    return module, next(c for c in module.co_consts if isinstance(c, CodeType))
+
+
+def _asserts(code: CodeType) -> bool:
+    return "LOAD_ASSERTION_ERROR" in {i.opname for i in dis.get_instructions(code)}
+
+
+def test_bytecode_is_lean_no_column_positions_and_no_docstrings_in_nagare(tmp_path: Path) -> None:
+    """An idle server holds the code of every module it imported: no column table anywhere;
+    nagare's modules without docstrings and asserts, vendored ones with theirs (a library may
+    catch AssertionError)."""
+    package = build_pyz.compile_package({"nagare/digest.py": b""}, tmp_path / "pkg")
+    module, function = _code(package["nagare/digest.pyc"])
+    texts = [c for c in (*module.co_consts, *function.co_consts) if isinstance(c, str)]
+    assert not [t for t in texts if "SHA-256" in t]  # both docstrings say SHA-256
+    assert {column for *_, column, _ in function.co_positions()} == {None}
+    site = tmp_path / "site"
+    site.mkdir()
+    source = '"""Module doc."""\n\ndef f(x):\n    """Function doc."""\n    assert x\n    return x\n'
+    (site / "lib.py").write_text(source)
+    vendored = build_pyz.Vendored({"lib.py": source.encode()}, [])
+    module, function = _code(build_pyz.compile_pure(vendored, site, tmp_path / "out")["lib.pyc"])
+    assert "Module doc." in module.co_consts and "Function doc." in function.co_consts
+    assert _asserts(function)
+    assert {column for *_, column, _ in function.co_positions()} == {None}
 
 
 @pytest.mark.slow

@@ -4,14 +4,13 @@ tools use. Each entry says why. Parsed by vulture, never imported."""
 
 # ruff: noqa: B018, F821
 
-# http.server calls these by name, or reads them as class settings
+# socketserver and the protocol layer (http/wire.py) call these by name, or read them as settings
 _Handler.raw_requestline, _Handler.requestline, _Handler.handle_one_request  # http/server.py
 _Deadline.readable, _Deadline.readinto  # io.BufferedReader reads through them
 NagareHTTPServer.process_request  # socketserver hands it each accepted connection
-_Handler.log_message, _Handler.version_string, _Handler.sys_version
-_Handler.protocol_version, _Handler.disable_nagle_algorithm, _Handler.wbufsize
-NagareHTTPServer.daemon_threads, NagareHTTPServer.allow_reuse_address
-NagareHTTPServer.request_queue_size
+_Handler.log_message, RequestHandler.handle, RequestHandler.log_message
+_Handler.disable_nagle_algorithm, _Handler.wbufsize
+NagareHTTPServer.allow_reuse_address, NagareHTTPServer.request_queue_size
 NagareHTTPServer.server_name, NagareHTTPServer.server_port  # http.server's, set as it would
 # sqlite3 reads a connection's and a cursor's row_factory
 _.row_factory

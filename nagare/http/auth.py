@@ -8,7 +8,6 @@ the CSRF rule of cookie sessions, and the DAG scope of roles limited to some tag
 
 from __future__ import annotations
 
-import hmac
 import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -74,6 +73,8 @@ def bearer_of(request: Request, allow_query_token: bool) -> str | None:
 
 
 def same_secret(supplied: str, secret: str) -> bool:
+    import hmac  # OpenSSL's libcrypto comes with it: at the first check, not at start
+
     return hmac.compare_digest(supplied.encode(), secret.encode())
 
 

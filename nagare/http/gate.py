@@ -17,7 +17,7 @@ import json
 import logging
 import selectors
 import socket
-import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -235,9 +235,10 @@ class Gate:
 
     def _progress(self, waiting: _Waiting) -> None:
         sock = waiting.sock
+        tls = _tls(sock)
         try:
-            if isinstance(sock, ssl.SSLSocket) and not waiting.handshaken:
-                sock.do_handshake()
+            if tls and not waiting.handshaken:
+                sock.do_handshake()  # type: ignore[attr-defined]
                 waiting.handshaken = True
             while True:
                 data = sock.recv(4096)
@@ -246,17 +247,15 @@ class Gate:
                     _close(sock)
                     return
                 waiting.buffer += data
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                if not (tls and sock.pending()):  # type: ignore[attr-defined]
                     break
-        except ssl.SSLWantWriteError:
-            self._selector.modify(sock, selectors.EVENT_WRITE)
-            return
-        except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
-            self._selector.modify(sock, selectors.EVENT_READ)
-            return
-        except OSError:  # reset, or a failed TLS handshake: nothing to answer
-            self._forget(waiting)
-            _close(sock)
+        except OSError as exc:
+            event = _wants(exc)
+            if event is None:  # reset, or a failed TLS handshake: nothing to answer
+                self._forget(waiting)
+                _close(sock)
+            else:
+                self._selector.modify(sock, event)
             return
         self._decide(waiting)
 
@@ -312,6 +311,26 @@ class Gate:
         _close(self._wake_w)
 
 
+def _tls(sock: socket.socket) -> bool:
+    """Whether `sock` speaks TLS (no socket does before `ssl` is imported: a server without
+    TLS never imports it)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+def _wants(exc: OSError) -> int | None:
+    """The selector event a non-blocking socket waits for after `exc`; None when `exc` is a
+    failure of the connection."""
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return selectors.EVENT_READ
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(exc, ssl.SSLWantWriteError):
+        return selectors.EVENT_WRITE
+    if ssl is not None and isinstance(exc, ssl.SSLWantReadError):
+        return selectors.EVENT_READ
+    return None
+
+
 def _drain(sock: socket.socket) -> None:
     """Read what the client already sent: closing a socket with unread data resets the
     connection, and the client could lose the answer."""
@@ -319,8 +338,10 @@ def _drain(sock: socket.socket) -> None:
         try:
             if not sock.recv(65536):
                 return
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
+        except OSError as exc:
+            if _wants(exc) is not None:
+                return
+            raise
 
 
 def _close(sock: socket.socket) -> None:

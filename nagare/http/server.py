@@ -1,8 +1,10 @@
-"""The HTTP server: the only module that uses http.server. It turns each request into a `Request`,
-asks the application for a `Response` (or a streaming body), and never lets a traceback reach a
-client: unexpected errors become a JSON 500 and are logged here, and every error http.server
-itself answers (a malformed request line, over-long headers, a bad HTTP version) is the same
-JSON shape. Every method, known or not, goes to the application.
+"""The HTTP server. It turns each request into a `Request`, asks the application for a `Response`
+(or a streaming body), and never lets a traceback reach a client: unexpected errors become a
+JSON 500 and are logged here, and every error of the protocol itself (a malformed request line,
+over-long headers, a bad HTTP version) is the same JSON shape. Every method, known or not, goes
+to the application. The request line and headers are read and the status line and headers
+written by `wire.py` (not `http.server`, whose imports cost an idle server ~2.5 MB); `ssl` is
+imported only when TLS is configured.
 
 Reading a request has one deadline for the whole of it (request line, headers, body), however
 slowly a client trickles; connections are capped (`gate.py`).
@@ -17,14 +19,12 @@ import re
 import select
 import socket
 import socketserver
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from nagare.access import NOBODY, Principal
@@ -47,10 +47,14 @@ from nagare.http.gate import (
     too_many,
 )
 from nagare.http.serialize import params_details_json
+from nagare.http.wire import RequestHandler
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("nagare.http")
 WRITE_TIMEOUT_SECONDS = 30  # each send of a response (a client that stops reading is dropped)
-_SERVER_ERRORS = {  # what http.server itself answers, as error codes of the JSON shape
+_SERVER_ERRORS = {  # what the protocol layer answers itself, as error codes of the JSON shape
     400: "bad_request",
     408: "request_timeout",
     414: "uri_too_long",
@@ -249,16 +253,13 @@ class _InFlight:
             return self._idle.wait_for(lambda: self._count == 0, timeout)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(RequestHandler):
     server: NagareHTTPServer
-    protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # small responses leave at once, not after a delayed ACK
     # a buffered writer: the status line, headers and body of a response leave in one send
     # (one segment, one wake-up of the client), flushed at the end of each request
     wbufsize = 64 * 1024
     timeout = WRITE_TIMEOUT_SECONDS
-    server_version = "Nagare"
-    sys_version = ""
 
     def __init__(
         self, request: Any, client_address: Any, server: Any, ticket: Ticket | None = None
@@ -267,18 +268,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.requests = 0
         super().__init__(request, client_address, server)
 
-    def version_string(self) -> str:
-        return self.server_version
-
     def setup(self) -> None:
         super().setup()
-        self.rfile.close()  # the file http.server opened; reads go through the deadline
+        self.rfile.close()  # the file socketserver opened; reads go through the deadline
         self.reader = _Deadline(self.connection, self.ticket.prefix)
         self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
         """One request: read it within its deadline, then answer it (every method goes to
-        `_serve`; http.server's own errors are JSON through `send_error`)."""
+        `_serve`; the protocol's own errors are JSON through `send_error`)."""
         self._arm()
         self.requests += 1
         try:
@@ -310,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.reader.arm(time.monotonic() + limits.idle_seconds, limits.request_seconds)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors, in the JSON error shape (never its HTML page)."""
+        """The protocol's own errors, in the JSON error shape."""
         if self.request_version in ("HTTP/0.9", ""):  # else no status line would be written
             self.request_version = "HTTP/1.0"
         status = HTTPStatus(code)
@@ -357,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _request(self) -> Request:
         parts = urlsplit(self.path)
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers = self.headers
         return Request(
             method=self.command,
             path=parts.path or "/",
@@ -440,17 +438,16 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), masked_query_token(format % args))
 
 
-class NagareHTTPServer(ThreadingHTTPServer):
+class NagareHTTPServer(socketserver.TCPServer):
     """Accepts connections; each one that gets a slot (see `gate.py`) is served in a thread of
     its own, the others wait in the gate's thread for their request line or a 503."""
 
-    daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # a burst of connections waits in the kernel, not refused
 
     def server_bind(self) -> None:
-        """Bind, without http.server's reverse DNS lookup of the listen address (`getfqdn`: a
-        wait on a slow resolver at every start, for a name nothing here reads)."""
+        """Bind, without `http.server`'s reverse DNS lookup of the listen address (`getfqdn`:
+        a wait on a slow resolver at every start, for a name nothing here reads)."""
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name = str(host)
@@ -537,6 +534,8 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
         return None
     if not cert or not key:
         raise ConfigError("tls_cert and tls_key must be given together")
+    import ssl  # OpenSSL's libcrypto and libssl: mapped only by a server that speaks TLS
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -5,10 +5,7 @@ never a traceback; the callback's outcome goes to the audit log as `auth.sso`.""
 
 from __future__ import annotations
 
-import hashlib
-import html
 import re
-import secrets
 from typing import TYPE_CHECKING
 
 from nagare.access import Permission
@@ -80,7 +77,7 @@ class SsoApi:
     def login(self, request: Request) -> Response:
         try:
             sso = self._sso()
-            binding = secrets.token_urlsafe(32)
+            binding = _binding()
             url = sso.begin(self._redirect_uri(request), _hash(binding), now_ms() / 1000)
         except NagareError as err:
             return _failure(request, err)
@@ -126,8 +123,18 @@ class SsoApi:
         return cookie + "; Secure" if self.secure else cookie
 
 
+def _binding() -> str:
+    """A new sign-in cookie (`secrets`, like `hashlib` and `html`, is imported where it is used:
+    an idle server has no OpenSSL mapped and no HTML entity table)."""
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
 def _hash(value: str) -> str:
     """What the server keeps of the browser's sign-in cookie."""
+    import hashlib
+
     return hashlib.sha256(value.encode()).hexdigest()
 
 
@@ -146,6 +153,8 @@ def _failure(request: Request, err: NagareError) -> Response:
 
 
 def _page(message: str) -> bytes:
+    import html
+
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'

@@ -3,9 +3,8 @@ state of each DAG (paused, watermark, last fired slot) in SQLite."""
 
 from __future__ import annotations
 
-import hashlib
-
 from nagare.dagfile import dag_from_json, dag_to_json
+from nagare.digest import sha256_hex
 from nagare.models import DagDef
 from nagare.store.db import Database, DatabaseError
 from nagare.store.records import DagState
@@ -15,7 +14,7 @@ DIGEST_CACHE_SIZE = 512  # loaded definitions whose version digest is remembered
 
 def text_digest(text: str) -> str:
     """The version digest of a definition's JSON form (`dag_to_json`)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return sha256_hex(text.encode())[:24]
 
 
 class DagStore:
