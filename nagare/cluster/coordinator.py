@@ -122,6 +122,10 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None: ...
 
+        def holders(
+            self, attempts: Sequence[tuple[str, int]], now: int
+        ) -> dict[tuple[str, int], str]: ...
+
         def registered(self) -> list[WorkerRecord]: ...
 
         def renew(
@@ -305,7 +309,8 @@ class Coordinator:
         """One result in a request of its own (a worker of protocol 1): recorded like a
         poll's, refused with Conflict (409) when the worker does not hold the attempt."""
         now = self.clock()
-        ended = self._prepare(result, now)
+        holder = self.store.workers.holder(result.task_instance_id, result.attempt, now)
+        ended = self._prepare(result, now, holder)
         moved = self.store.workers.finish(ended.finish, result.worker_id, now)
         ack = self._settle([ended], [moved])[0]
         if ack.refused:
@@ -344,6 +349,11 @@ class Coordinator:
         refused before anything is written."""
         ended: list[_Ended] = []
         refused: list[ResultAck] = []
+        # who holds each attempt: one query for them all, before anything is written to their
+        # logs (the store checks again, in its transaction)
+        holders = self.store.workers.holders(
+            [(r.task_instance_id, r.attempt) for r in results], now
+        )
         seen: set[tuple[str, int]] = set()
         for result in results:
             key = (result.task_instance_id, result.attempt)
@@ -351,20 +361,19 @@ class Coordinator:
                 continue
             seen.add(key)
             try:
-                ended.append(self._prepare(result, now))
+                ended.append(self._prepare(result, now, holders.get(key)))
             except (NotFound, Conflict) as err:
                 refused.append(self._refused(result, err.message))
         return ended, refused
 
-    def _prepare(self, result: TaskResult, now: int) -> _Ended:
+    def _prepare(self, result: TaskResult, now: int, holder: str | None) -> _Ended:
         """How the attempt ended, its last lines and note written to its log; NotFound or
-        Conflict (nothing written) when the worker does not hold it."""
+        Conflict (nothing written) when `holder`, the worker that holds it, is another one."""
         held = self._attempt(result.worker_id, result.task_instance_id, result.attempt)
         claim, attempt_log = held.claim, held.log
         task = claim.task
-        # checked before anything is written to the attempt's log (the store checks again, in
-        # its transaction): a refused late result leaves no trace there
-        if self.store.workers.holder(task.id, result.attempt, now) != result.worker_id:
+        # a refused late result leaves no trace in the attempt's log
+        if holder != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
         for stream, line in result.lines:
