@@ -1,6 +1,6 @@
-"""A worker's finished result waits a moment for the tasks handed out with it (short tasks
-handed out together end together: one poll carries their results), never for tasks of other
-answers (a long task started earlier would hold every short result up)."""
+"""A worker's finished result waits a moment for the tasks handed out with it or after it
+(short tasks handed out together end together: one poll carries their results), never for
+tasks handed out before it (a long task started earlier would hold every short result up)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,20 @@ def test_a_result_waits_for_the_tasks_handed_out_with_it(worker: RemoteWorker) -
     assert b.done and [r.task_instance_id for r in worker._results] == ["a", "b"]
 
 
-def test_a_result_does_not_wait_for_a_task_of_another_answer(worker: RemoteWorker) -> None:
+def test_a_straggler_waits_for_the_tasks_handed_out_after_it(worker: RemoteWorker) -> None:
+    worker._start_all([_assignment("straggler")], hand_back=False)
+    worker._start_all([_assignment("next")], hand_back=False)
+    straggler, after = _tasks(worker, "straggler", "next")
+    worker._report(straggler, Outcome(exit_code=0))
+    later = threading.Timer(0.2, lambda: worker._report(after, Outcome(exit_code=0)))
+    later.start()
+    waited = _linger_seconds(worker)
+    later.join()
+    assert 0.1 < waited < LINGER / 2  # the two results leave in one poll
+    assert after.done
+
+
+def test_a_result_does_not_wait_for_a_task_handed_out_before(worker: RemoteWorker) -> None:
     worker._start_all([_assignment("long")], hand_back=False)
     worker._start_all([_assignment("short")], hand_back=False)
     long, short = _tasks(worker, "long", "short")

@@ -501,13 +501,15 @@ class RemoteWorker:
         return all(self._ship_result(result) for result in ready)
 
     def _linger(self) -> None:
-        """(lock held) A result is ready while tasks handed out with it still run: give them up
-        to RESULT_LINGER to end too, so that one poll carries their results together (short
-        tasks handed out together end together), not one poll each. Tasks of other answers
-        (a long task started earlier) are not waited for."""
+        """(lock held) A result is ready while tasks handed out with it or after it still run:
+        give them up to RESULT_LINGER to end too, so that one poll carries their results
+        together (short tasks handed out together end together), not one poll each, and a
+        straggler's result joins the next batch's instead of going alone. Tasks handed out
+        before it (a long task) are not waited for."""
         deadline = time.monotonic() + RESULT_LINGER
-        answers = {t.answer for r in self._results if (t := self._tasks.get(r.task_instance_id))}
-        while any(not t.done and t.answer in answers for t in self._held()):
+        answers = [t.answer for r in self._results if (t := self._tasks.get(r.task_instance_id))]
+        oldest = min(answers, default=0)
+        while any(not t.done and t.answer >= oldest for t in self._held()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
