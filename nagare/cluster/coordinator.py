@@ -312,7 +312,9 @@ class Coordinator:
         holder = self.store.workers.holder(result.task_instance_id, result.attempt, now)
         ended = self._prepare(result, now, holder)
         moved = self.store.workers.finish(ended.finish, result.worker_id, now)
-        ack = self._settle([ended], [moved])[0]
+        acks, settled = self._settle([ended], [moved])
+        self._announce(settled)
+        ack = acks[0]
         if ack.refused:
             raise Conflict(ack.refused)
         self._wake()  # the worker has a free slot again: its waiting poll hands it out
@@ -320,8 +322,9 @@ class Coordinator:
 
     def _exchange(self, hello: WorkerHello, results: Sequence[TaskResult]) -> Directives:
         """Record the results, refresh the worker, renew its leases and claim work for its free
-        slots: one transaction; then the runs of the recorded results are settled in one
-        scheduler pass and the claims become assignments."""
+        slots: one transaction; then the claims become assignments, and the runs of the
+        recorded results are handed to the scheduler for one pass (last: its thread then
+        competes with no part of this answer)."""
         now = self.clock()
         ended, refused = self._prepare_all(results, now)
         reported = {(r.task_instance_id, r.attempt) for r in results}
@@ -335,11 +338,13 @@ class Coordinator:
         )
         self._note_leaving(hello)
         directives = self._directives(exchange.held)
-        directives.results = refused + self._settle(ended, exchange.recorded)
+        acks, settled = self._settle(ended, exchange.recorded)
+        directives.results = refused + acks
         for claim in exchange.claims:
             assignment = self._assignment(claim, hello.worker_id)
             if assignment is not None:
                 directives.tasks.append(assignment)
+        self._announce(settled)
         return directives
 
     def _prepare_all(
@@ -391,12 +396,14 @@ class Coordinator:
         finish.output_tail = attempt_log.tail()
         return _Ended(result, task, finish)
 
-    def _settle(self, ended: Sequence[_Ended], recorded: Sequence[bool | None]) -> list[ResultAck]:
-        """After the transaction: close the logs, wake whoever serves a task queued again,
-        and hand the recorded ones to the scheduler at once (one pass for them all)."""
+    def _settle(
+        self, ended: Sequence[_Ended], recorded: Sequence[bool | None]
+    ) -> tuple[list[ResultAck], _Settled]:
+        """After the transaction: close the logs and acknowledge each result; what the engine
+        must hear of (`_announce`) is returned."""
         acks = []
         queued: Counter[str] = Counter()
-        finished = []
+        finished: list[tuple[str, str, int | None]] = []
         for end, moved in zip(ended, recorded, strict=True):
             task, finish = end.task, end.finish
             self._close_log(task.id, finish.attempt)
@@ -410,11 +417,15 @@ class Coordinator:
             finished.append((task.run_id, task.id, finish.retry_at))
             status = finish.status if moved else self._status_of(task.id)
             acks.append(ResultAck(str(status), task.id, finish.attempt))
-        if queued:
-            self.on_queued(dict(queued))
-        if finished:
-            self.on_finished(finished)
-        return acks
+        return acks, _Settled(dict(queued), finished)
+
+    def _announce(self, settled: _Settled) -> None:
+        """Wake whoever serves a task queued again, and hand the recorded ends to the
+        scheduler (one pass for them all)."""
+        if settled.queued:
+            self.on_queued(settled.queued)
+        if settled.finished:
+            self.on_finished(settled.finished)
 
     def _refused(self, result: TaskResult, message: str) -> ResultAck:
         status = self._status_of(result.task_instance_id)
@@ -662,6 +673,15 @@ class _OpenAttempt:
     worker_id: str
     log: AttemptLog
     claim: Claim
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """What recorded results mean for the engine: tasks queued again (per pool) and the ends
+    its scheduler settles."""
+
+    queued: dict[str, int]
+    finished: list[tuple[str, str, int | None]]
 
 
 @dataclass(frozen=True)
