@@ -968,6 +968,21 @@ def test_a_lease_is_live_up_to_its_end_and_held_by_its_attempt_alone(store: Stor
     assert store.workers.holder(held.task.id, 1, 0) is None  # closed
 
 
+def test_the_holders_of_several_attempts_are_read_at_once(store: Store) -> None:
+    """A poll's results are checked together: each attempt's holder under a live lease, none
+    for one that ran out, another attempt or an unknown task."""
+    start(store, dag_of(GPU))
+    mine = store.workers.claim("w1", ["gpu"], 1, now=0, lease_until=LEASE)[0]
+    theirs = store.workers.claim("w2", ["gpu"], 1, now=0, lease_until=LEASE // 2)[0]
+    asked = [(mine.task.id, 1), (theirs.task.id, 1), (mine.task.id, 2), ("nope", 1)]
+    assert store.workers.holders(asked, LEASE // 2) == {
+        (mine.task.id, 1): "w1",
+        (theirs.task.id, 1): "w2",
+    }
+    assert store.workers.holders(asked, LEASE // 2 + 1) == {(mine.task.id, 1): "w1"}
+    assert store.workers.holders([], 0) == {}
+
+
 def test_a_remote_claim_takes_its_pools_in_turn_up_to_its_count(store: Store) -> None:
     pools = {"g1": "gpu", "g2": "gpu", "c1": "cpu", "c2": "cpu", "l": "default"}
     text = "id: d\ntasks:\n" + "".join(

@@ -122,6 +122,10 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
 
         def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None: ...
 
+        def holders(
+            self, attempts: Sequence[tuple[str, int]], now: int
+        ) -> dict[tuple[str, int], str]: ...
+
         def registered(self) -> list[WorkerRecord]: ...
 
         def renew(
@@ -313,9 +317,12 @@ class Coordinator:
         """One result in a request of its own (a worker of protocol 1): recorded like a
         poll's, refused with Conflict (409) when the worker does not hold the attempt."""
         now = self.clock()
-        ended = self._prepare(result, now)
+        holder = self.store.workers.holder(result.task_instance_id, result.attempt, now)
+        ended = self._prepare(result, now, holder)
         moved = self.store.workers.finish(ended.finish, result.worker_id, now)
-        ack = self._settle([ended], [moved])[0]
+        acks, settled = self._settle([ended], [moved])
+        self._announce(settled)
+        ack = acks[0]
         if ack.refused:
             raise Conflict(ack.refused)
         self._wake()  # the worker has a free slot again: its waiting poll hands it out
@@ -323,8 +330,9 @@ class Coordinator:
 
     def _exchange(self, hello: WorkerHello, results: Sequence[TaskResult]) -> Directives:
         """Record the results, refresh the worker, renew its leases and claim work for its free
-        slots: one transaction; then the runs of the recorded results are settled in one
-        scheduler pass and the claims become assignments."""
+        slots: one transaction; then the claims become assignments, and the runs of the
+        recorded results are handed to the scheduler for one pass (last: its thread then
+        competes with no part of this answer)."""
         now = self.clock()
         ended, refused = self._prepare_all(results, now)
         reported = {(r.task_instance_id, r.attempt) for r in results}
@@ -338,11 +346,13 @@ class Coordinator:
         )
         self._note_leaving(hello)
         directives = self._directives(exchange.held)
-        directives.results = refused + self._settle(ended, exchange.recorded)
+        acks, settled = self._settle(ended, exchange.recorded)
+        directives.results = refused + acks
         for claim in exchange.claims:
             assignment = self._assignment(claim, hello.worker_id)
             if assignment is not None:
                 directives.tasks.append(assignment)
+        self._announce(settled)
         return directives
 
     def _prepare_all(
@@ -352,6 +362,11 @@ class Coordinator:
         refused before anything is written."""
         ended: list[_Ended] = []
         refused: list[ResultAck] = []
+        # who holds each attempt: one query for them all, before anything is written to their
+        # logs (the store checks again, in its transaction)
+        holders = self.store.workers.holders(
+            [(r.task_instance_id, r.attempt) for r in results], now
+        )
         seen: set[tuple[str, int]] = set()
         for result in results:
             key = (result.task_instance_id, result.attempt)
@@ -359,20 +374,19 @@ class Coordinator:
                 continue
             seen.add(key)
             try:
-                ended.append(self._prepare(result, now))
+                ended.append(self._prepare(result, now, holders.get(key)))
             except (NotFound, Conflict) as err:
                 refused.append(self._refused(result, err.message))
         return ended, refused
 
-    def _prepare(self, result: TaskResult, now: int) -> _Ended:
+    def _prepare(self, result: TaskResult, now: int, holder: str | None) -> _Ended:
         """How the attempt ended, its last lines and note written to its log; NotFound or
-        Conflict (nothing written) when the worker does not hold it."""
+        Conflict (nothing written) when `holder`, the worker that holds it, is another one."""
         held = self._attempt(result.worker_id, result.task_instance_id, result.attempt)
         claim, attempt_log = held.claim, held.log
         task = claim.task
-        # checked before anything is written to the attempt's log (the store checks again, in
-        # its transaction): a refused late result leaves no trace there
-        if self.store.workers.holder(task.id, result.attempt, now) != result.worker_id:
+        # a refused late result leaves no trace in the attempt's log
+        if holder != result.worker_id:
             self._close_log(task.id, result.attempt)
             raise Conflict(_not_held(result.worker_id, task.task_id, result.attempt))
         for stream, line in result.lines:
@@ -390,12 +404,14 @@ class Coordinator:
         finish.output_tail = attempt_log.tail()
         return _Ended(result, task, finish)
 
-    def _settle(self, ended: Sequence[_Ended], recorded: Sequence[bool | None]) -> list[ResultAck]:
-        """After the transaction: close the logs, wake whoever serves a task queued again,
-        and hand the recorded ones to the scheduler at once (one pass for them all)."""
+    def _settle(
+        self, ended: Sequence[_Ended], recorded: Sequence[bool | None]
+    ) -> tuple[list[ResultAck], _Settled]:
+        """After the transaction: close the logs and acknowledge each result; what the engine
+        must hear of (`_announce`) is returned."""
         acks = []
         queued: Counter[str] = Counter()
-        finished = []
+        finished: list[tuple[str, str, int | None]] = []
         for end, moved in zip(ended, recorded, strict=True):
             task, finish = end.task, end.finish
             self._close_log(task.id, finish.attempt)
@@ -409,11 +425,15 @@ class Coordinator:
             finished.append((task.run_id, task.id, finish.retry_at))
             status = finish.status if moved else self._status_of(task.id)
             acks.append(ResultAck(str(status), task.id, finish.attempt))
-        if queued:
-            self.on_queued(dict(queued))
-        if finished:
-            self.on_finished(finished)
-        return acks
+        return acks, _Settled(dict(queued), finished)
+
+    def _announce(self, settled: _Settled) -> None:
+        """Wake whoever serves a task queued again, and hand the recorded ends to the
+        scheduler (one pass for them all)."""
+        if settled.queued:
+            self.on_queued(settled.queued)
+        if settled.finished:
+            self.on_finished(settled.finished)
 
     def _refused(self, result: TaskResult, message: str) -> ResultAck:
         status = self._status_of(result.task_instance_id)
@@ -691,6 +711,15 @@ class _OpenAttempt:
     worker_id: str
     log: AttemptLog
     claim: Claim
+
+
+@dataclass(frozen=True)
+class _Settled:
+    """What recorded results mean for the engine: tasks queued again (per pool) and the ends
+    its scheduler settles."""
+
+    queued: dict[str, int]
+    finished: list[tuple[str, str, int | None]]
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ log = logging.getLogger("nagare.worker")
 BATCH_CHARS = 256 * 1024  # text per log batch: well under the master's 1 MiB body limit
 BUFFER_CHARS = 16 * 1024 * 1024  # unshipped output the worker keeps before tasks must wait
 SHIP_INTERVAL = 0.05
-RESULT_LINGER = 0.002  # seconds: see RemoteWorker._linger
+RESULT_LINGER = 0.005  # seconds at most: see RemoteWorker._linger
 BATCHES_PER_ROUND = 8
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 FATAL_STATUSES = (400, 401, 403, 404)
@@ -116,6 +116,7 @@ class _Task:
     done: bool = False  # the process ended; its result may still wait for delivery
     output_file: str = ""  # its $NAGARE_OUTPUT on this host
     masked: tuple[str, ...] = ()  # its secret values, prepared for masking
+    answer: int = 0  # which of the master's answers handed it out (see RemoteWorker._linger)
 
     def __post_init__(self) -> None:
         self.masked = mask_values(self.assignment.secrets)
@@ -166,6 +167,7 @@ class RemoteWorker:
         self._fatal: WorkerRejected | None = None
         self.on_fatal: Callable[[], None] = lambda: None  # app wires: stop the process
         self._outputs_dir = ""  # where the tasks' $NAGARE_OUTPUT files are (made on first use)
+        self._answers = 0  # answers that handed out tasks, counted (poll loop and shipper)
 
     # ------------------------------------------------------------ lifecycle (see WorkerApp)
 
@@ -255,9 +257,8 @@ class RemoteWorker:
             self._reachable()
             directives = decode_directives(answer)
             self._obey(directives)
-            for assignment in directives.tasks:
-                # claimed just as the worker stops: hand it back at once
-                self._start(assignment, hand_back=stop.is_set())
+            # claimed just as the worker stops: handed back at once
+            self._start_all(directives.tasks, hand_back=stop.is_set())
 
     def _hello(self) -> WorkerHello:
         with self._lock:
@@ -336,8 +337,18 @@ class RemoteWorker:
 
     # ------------------------------------------------------------ running tasks
 
-    def _start(self, assignment: Assignment, hand_back: bool = False) -> None:
-        task = _Task(self, assignment)
+    def _start_all(self, assignments: list[Assignment], hand_back: bool) -> None:
+        """Start the tasks of one answer (they share its number: see `_linger`)."""
+        if not assignments:
+            return
+        with self._lock:
+            self._answers += 1
+            answer = self._answers
+        for assignment in assignments:
+            self._start(assignment, hand_back, answer)
+
+    def _start(self, assignment: Assignment, hand_back: bool, answer: int) -> None:
+        task = _Task(self, assignment, answer=answer)
         with self._lock:
             self._tasks[assignment.task_instance_id] = task
             if hand_back:
@@ -490,11 +501,15 @@ class RemoteWorker:
         return all(self._ship_result(result) for result in ready)
 
     def _linger(self) -> None:
-        """(lock held) A result is ready while other tasks run: give them RESULT_LINGER to end
-        too, so that one poll carries several results (short tasks handed out together end
-        together), not one poll each."""
+        """(lock held) A result is ready while tasks handed out with it or after it still run:
+        give them up to RESULT_LINGER to end too, so that one poll carries their results
+        together (short tasks handed out together end together), not one poll each, and a
+        straggler's result joins the next batch's instead of going alone. Tasks handed out
+        before it (a long task) are not waited for."""
         deadline = time.monotonic() + RESULT_LINGER
-        while any(not t.done for t in self._held()):
+        answers = [t.answer for r in self._results if (t := self._tasks.get(r.task_instance_id))]
+        oldest = min(answers, default=0)
+        while any(not t.done and t.answer >= oldest for t in self._held()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -576,8 +591,8 @@ class RemoteWorker:
             else:
                 self._acknowledged(result, ack)
         self._obey(directives)
-        for assignment in directives.tasks:  # after the acks: a task may come back as a retry
-            self._start(assignment, hand_back=self._draining.is_set())
+        # after the acks: a task may come back as a retry
+        self._start_all(directives.tasks, hand_back=self._draining.is_set())
         if unheard:  # a master of the first protocol: results go one per request
             log.info("the master takes no results in polls; sending them one by one")
             self.settings = replace(self.settings, protocol=1)

@@ -88,9 +88,22 @@ class Router:
         self.routes = [
             Route(**{**r.__dict__, "segments": tuple(r.path.strip("/").split("/"))}) for r in routes
         ]
+        # (method, path) -> the route of a path without parameters, once matched (the table
+        # never changes): the busiest routes (a worker's polls) skip the scan; bounded by the
+        # table's own paths
+        self._fixed: dict[tuple[str, tuple[str, ...]], Route] = {}
 
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         parts = raw_path.strip("/").split("/")
+        fixed = self._fixed.get((method, tuple(parts)))
+        if fixed is not None:
+            return fixed, {}
+        route, params = self._scan(method, parts, raw_path)
+        if "{" not in route.path:
+            self._fixed[(method, route.segments)] = route
+        return route, params
+
+    def _scan(self, method: str, parts: list[str], raw_path: str) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []
         for route in self.routes:
             params = _match(route.segments, parts)

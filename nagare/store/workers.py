@@ -106,14 +106,24 @@ class WorkerStore:
 
     def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None:
         """The worker that holds this attempt under a live lease, or None."""
+        return self.holders([(task_instance_id, attempt)], now).get((task_instance_id, attempt))
+
+    def holders(self, attempts: Sequence[tuple[str, int]], now: int) -> dict[tuple[str, int], str]:
+        """The workers that hold these attempts under a live lease, in one query (an attempt
+        nobody holds is left out): a poll's results are checked together."""
+        ids = sorted({task_instance_id for task_instance_id, _ in attempts})
+        if not ids:
+            return {}
         with self.db.read() as conn:
-            row = conn.execute(
-                "SELECT a.worker FROM task_attempts a JOIN task_instances ti ON "
-                "ti.id=a.task_instance_id AND ti.attempt=a.attempt WHERE a.task_instance_id=? "
-                "AND a.attempt=? AND a.status='running' AND ti.lease_expires_at >= ?",
-                (task_instance_id, attempt, now),
-            ).fetchone()
-        return None if row is None else str(row[0])
+            rows = conn.execute(
+                "SELECT a.task_instance_id, a.attempt, a.worker FROM task_attempts a JOIN "
+                "task_instances ti ON ti.id=a.task_instance_id AND ti.attempt=a.attempt WHERE "
+                f"a.task_instance_id IN ({', '.join('?' * len(ids))}) AND a.status='running' "
+                "AND ti.lease_expires_at >= ?",
+                (*ids, now),
+            ).fetchall()
+        wanted = set(attempts)
+        return {(r[0], r[1]): str(r[2]) for r in rows if (r[0], r[1]) in wanted}
 
     def finish(self, finish: AttemptFinish, worker_id: str, now: int) -> bool | None:
         """Record a worker's result if it still holds the attempt under a live lease; None when
