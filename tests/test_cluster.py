@@ -510,11 +510,12 @@ def test_a_result_after_the_lease_ran_out_is_refused(
     nagare_factory: Callable[..., Nagare], workers: Callable[..., Worker], tmp_path: Path
 ) -> None:
     side = tmp_path / "side-effect"
+    began = tmp_path / "began"
+    command = f"touch {began}; sleep 1; touch {side}"
     nagare = nagare_factory(
         dags={
             "p.yaml": gpu_dag(
-                "partition",
-                f"- id: t\n  pool: gpu\n  retries: 0\n  command: 'sleep 1; touch {side}'\n",
+                "partition", f"- id: t\n  pool: gpu\n  retries: 0\n  command: '{command}'\n"
             )
         },
         worker_pools=GPU_ONLY,
@@ -523,6 +524,9 @@ def test_a_result_after_the_lease_ran_out_is_refused(
     w1 = workers(nagare.url, "w1")
     run_id = nagare.trigger("partition")
     wait_task(nagare, run_id, "t", "running")
+    # "running" is the master's word once the task is handed out: stop the worker only once
+    # its process has started, or a stopped worker never starts it
+    wait_for(began.exists, 10, message="the task's process to start")
     w1.signal(signal.SIGSTOP)
     try:
         task = wait_task(nagare, run_id, "t", "failed", timeout=LEASE + 3)
