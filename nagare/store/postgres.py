@@ -161,6 +161,7 @@ class Connection:
         self.broken = False
         self._begin_pending = False
         self._last = ""
+        self.round_trips = 0  # requests sent and answered (what a statement costs here)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self._run(translate(sql), params)
@@ -325,6 +326,7 @@ class Connection:
         pending, self._unread = self._unread, []
         if not pending:
             return
+        self.round_trips += 1
         _flush(self._raw._sock)
         for number, context in enumerate(pending):
             try:
@@ -341,7 +343,9 @@ class Connection:
             if len(self._prepared) >= PREPARED_PER_CONNECTION:
                 oldest = next(iter(self._prepared))
                 self._raw.close_prepared_statement(self._prepared.pop(oldest)[0])
+                self.round_trips += 1
             name, columns, funcs = self._raw.prepare_statement(statement, ())
+            self.round_trips += 1
             index = {c["name"]: i for i, c in enumerate(columns or ())}
             found = (name, columns, funcs, index)
         self._prepared[statement] = found  # most recent last
