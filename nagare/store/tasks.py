@@ -228,7 +228,7 @@ class TaskStore:
         params: list[object] = [to_status, *_transition_params(to_status, now)]
         if message is not None:
             params.append(message)
-        with self.db.write() as conn:  # (the rows are read with the COMMIT's answer)
+        with self.db.write() as conn:  # (on PostgreSQL the rows come with the COMMIT's answer)
             sent = [
                 send(
                     conn,
@@ -295,8 +295,10 @@ class TaskStore:
         pool, in one transaction: slots that finish together share one commit and one metrics
         update, and a busy slot costs a fraction of a write per task. With `lease_ms` (a master
         sharing its database) the claims are leases its master renews, confirmed at once."""
-        with self.db.write() as conn:  # (PostgreSQL: the finishes and claims travel together,
-            tally = AttemptTally()  # the metrics with the COMMIT: two round trips)
+        # on PostgreSQL two round trips: the closes and the claims go out together, then the
+        # metrics with the COMMIT; the claims' rows are read after it
+        with self.db.write() as conn:
+            tally = AttemptTally()
             closing = [send_finish(conn, c, tally) for c in _chunks(finishes, FINISH_CHUNK)]
             at = _read(now)
             lease = at + lease_ms if lease_ms else None
