@@ -405,8 +405,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="also run chain100 and fanout1000 on PostgreSQL (a temporary server started like "
-        "the tests' one: Debian's postgresql package) and compare their overhead with SQLite's",
+        help="also run chain100, fanout1000, api and metrics on PostgreSQL (a temporary server "
+        "started like the tests' one: Debian's postgresql package; the seeded history is moved "
+        "there with `nagare db migrate`) and compare them with SQLite's",
     )
     args = parser.parse_args(argv)
     if args.profile and args.pyz is not None:

@@ -10,11 +10,13 @@ import http.client
 import json
 import shutil
 import sqlite3
+import subprocess
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from harness import (
     median,
     percentile,
     rss_bytes,
+    source_env,
     trigger_and_wait,
 )
 from report import Row
@@ -47,9 +50,12 @@ class Settings:
     quick: bool = False
     reps: int | None = None  # overrides every workload's default repetitions
     say: Callable[[str], None] = print
-    # --postgres: a fresh PostgreSQL database's URL per call; chain100 and fanout1000 then run
-    # on it too, next to SQLite in the same run
+    # --postgres: a fresh PostgreSQL database's URL per call; chain100, fanout1000, api and
+    # metrics then run on it too, next to SQLite in the same run
     postgres: Callable[[], str] | None = None
+    # --postgres: the seeded histories moved into PostgreSQL (`nagare db migrate`), by number
+    # of runs: the api and metrics workloads only read them, so they share one copy
+    pg_histories: dict[int, PgHistory] = field(default_factory=dict)
 
     def reps_for(self, full: int, quick: int) -> int:
         if self.reps is not None:
@@ -500,23 +506,98 @@ def _api_paths(run_ids: list[str], requests: int) -> dict[str, list[str]]:
     }
 
 
+@dataclass
+class PgHistory:
+    url: str
+    seconds: float  # `nagare db migrate` of the seeded SQLite history
+
+    def note(self) -> str:
+        return f"moved from SQLite by `nagare db migrate` in {self.seconds:.0f} s"
+
+
+def _pg_history(cfg: Settings, size: seed.HistorySize, cached: Path) -> PgHistory:
+    """The seeded history in a fresh PostgreSQL database, moved there by `nagare db migrate`
+    (from a copy: opening a SQLite file may switch it to WAL; the cache stays untouched)."""
+    assert cfg.postgres is not None
+    found = cfg.pg_histories.get(size.runs)
+    if found is not None:
+        return found
+    url = cfg.postgres()
+    command = Launcher(cfg.launcher.pyz).command()  # never profiled
+    cfg.say(f"  nagare db migrate: {size.runs:,} runs into PostgreSQL ...")
+    with tempfile.TemporaryDirectory(prefix="nagare-bench-") as folder:
+        source = Path(folder) / "history.db"
+        shutil.copyfile(cached, source)
+        start = time.perf_counter()
+        done = subprocess.run(
+            [*command, "db", "migrate", "--from", str(source), "--to", url, "--json"],
+            cwd=folder,
+            env=source_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise BenchError(f"nagare db migrate failed: {(done.stdout + done.stderr)[-1000:]}")
+    cfg.say(f"  nagare db migrate: {seconds:.1f}s")
+    found = cfg.pg_histories[size.runs] = PgHistory(url, seconds)
+    return found
+
+
+@contextlib.contextmanager
+def _history_server(cfg: Settings, size: seed.HistorySize, store: str) -> Iterator[Server]:
+    """A server on the seeded history: a copy of the cached SQLite file, or (store
+    `postgresql`) the history moved into PostgreSQL."""
+    cached = seed.seeded_db(cfg.launcher, size, cfg.say)
+    url = _pg_history(cfg, size, cached).url if store == "postgresql" else None
+    server = Server(cfg.launcher, dags=seed.history_dag_files(size), db_url=url)
+    try:
+        server.prepare()
+        if url is None:
+            shutil.copyfile(cached, server.db_path)  # the cache itself stays untouched
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def _side_by_side(by_store: list[list[Row]]) -> list[Row]:
+    """SQLite's rows, each followed by the same row on PostgreSQL (noting its p95 against
+    SQLite's) when both stores were measured."""
+    if len(by_store) == 1:
+        return by_store[0]
+    rows = []
+    for sqlite, postgresql in zip(*by_store, strict=True):
+        postgresql.notes += f"; p95 {_p95_ratio(postgresql, sqlite)} SQLite's in the same run"
+        rows += [sqlite, postgresql]
+    return rows
+
+
+def _p95_ratio(row: Row, base: Row) -> str:
+    def p95(value: str) -> float:  # `Latency.text()`: "p50 X / p95 Y ms"
+        return float(value.split("p95 ")[1].split()[0])
+
+    return f"{p95(row.value) / p95(base.value):.2f}x"
+
+
 def api(cfg: Settings) -> list[Row]:
     size = seed.HistorySize(runs=10_000 if cfg.quick else 100_000)
     requests = 40 if cfg.quick else 200
     fresh_requests = 20 if cfg.quick else 50
-    cached = seed.seeded_db(cfg.launcher, size, cfg.say)
-    run_ids = _sample_runs(cached, requests)
-    server = Server(cfg.launcher, dags=seed.history_dag_files(size))
-    try:
-        server.prepare()
-        shutil.copyfile(cached, server.db_path)  # the cache itself stays untouched
-        server.start()
-        rows = _api_rows(server, run_ids, requests, fresh_requests, cfg.say)
-    finally:
-        server.close()
-    size_note = f"{size.runs:,} runs / {size.tasks:,} tasks"
-    rows[0].notes += f"; history {size_note}"
-    return rows
+    run_ids = _sample_runs(seed.seeded_db(cfg.launcher, size, cfg.say), requests)
+    by_store = []
+    for store in _stores(cfg):
+        cfg.say(f"  on {store}")
+        with _history_server(cfg, size, store) as server:
+            rows = _api_rows(server, run_ids, requests, fresh_requests, cfg.say)
+        for row in rows:
+            row.workload += _suffix(store)
+        rows[0].notes += f"; history {size.runs:,} runs / {size.tasks:,} tasks"
+        if store == "postgresql":
+            rows[0].notes += "; " + cfg.pg_histories[size.runs].note()
+        by_store.append(rows)
+    return _side_by_side(by_store)
 
 
 def _api_rows(
@@ -587,35 +668,45 @@ def metrics(cfg: Settings) -> list[Row]:
     size = seed.HistorySize(runs=10_000 if cfg.quick else 100_000)
     requests = 40 if cfg.quick else 200
     fresh_requests = 20 if cfg.quick else 50
-    cached = seed.seeded_db(cfg.launcher, size, cfg.say)
-    server = Server(cfg.launcher, dags=seed.history_dag_files(size))
-    try:
-        server.prepare()
-        shutil.copyfile(cached, server.db_path)
-        server.start()
-        window = server.client(keep_alive=False).get_json("/api/metrics/overview?since=30d")
-        points = server.client(keep_alive=False).get_json(
-            "/api/metrics/timeseries?since=30d&bucket=1h&limit=720"
-        )
-        keep = server.client(keep_alive=True)
-        fresh = server.client(keep_alive=False)
-        keep.timed_get("/api/health")
-        floor = _latency(keep, ["/api/health"] * requests)
-        floor_fresh = _latency(fresh, ["/api/health"] * fresh_requests)
-        cfg.say(
-            f"  floor GET /api/health: keep-alive {floor.text()}, new conn {floor_fresh.text()}"
-        )
-        rows = []
-        for label, paths in _metrics_paths(requests).items():
-            measured = _latency(keep, paths)
-            new_conn = _latency(fresh, paths[:fresh_requests])
-            cfg.say(f"  {label}: keep-alive {measured.text()}, new conn {new_conn.text()}")
-            row = _api_row(label, measured, floor, new_conn, floor_fresh, requests)
-            row.target, row.passed = "p95 <= 100 ms", measured.p95 <= 0.100
-            rows.append(row)
-        keep.close()
-    finally:
-        server.close()
+    by_store = []
+    for store in _stores(cfg):
+        cfg.say(f"  on {store}")
+        with _history_server(cfg, size, store) as server:
+            rows = _metrics_rows(server, size, requests, fresh_requests, cfg.say)
+        for row in rows:
+            row.workload += _suffix(store)
+        if store == "postgresql":
+            rows[0].notes += "; " + cfg.pg_histories[size.runs].note()
+        by_store.append(rows)
+    return _side_by_side(by_store)
+
+
+def _metrics_rows(
+    server: Server,
+    size: seed.HistorySize,
+    requests: int,
+    fresh_requests: int,
+    say: Callable[[str], None],
+) -> list[Row]:
+    window = server.client(keep_alive=False).get_json("/api/metrics/overview?since=30d")
+    points = server.client(keep_alive=False).get_json(
+        "/api/metrics/timeseries?since=30d&bucket=1h&limit=720"
+    )
+    keep = server.client(keep_alive=True)
+    fresh = server.client(keep_alive=False)
+    keep.timed_get("/api/health")
+    floor = _latency(keep, ["/api/health"] * requests)
+    floor_fresh = _latency(fresh, ["/api/health"] * fresh_requests)
+    say(f"  floor GET /api/health: keep-alive {floor.text()}, new conn {floor_fresh.text()}")
+    rows = []
+    for label, paths in _metrics_paths(requests).items():
+        measured = _latency(keep, paths)
+        new_conn = _latency(fresh, paths[:fresh_requests])
+        say(f"  {label}: keep-alive {measured.text()}, new conn {new_conn.text()}")
+        row = _api_row(label, measured, floor, new_conn, floor_fresh, requests)
+        row.target, row.passed = "p95 <= 100 ms", measured.p95 <= 0.100
+        rows.append(row)
+    keep.close()
     rows[0].notes += (
         f"; {window['total_tasks']:,} attempts in the 30-day window of a history of "
         f"{size.tasks:,} attempts / {size.runs:,} runs"

@@ -32,7 +32,14 @@ from nagare.executors import Executor, Unavailable
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
 from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
-from nagare.leadership import Leadership, digest_mismatches
+from nagare.leadership import (
+    LIVE_SECONDS,
+    Leadership,
+    digest_mismatches,
+    master_id,
+    previous_incarnations,
+    stable_key,
+)
 from nagare.liveness import (
     BACKOFF_FIRST_SECONDS,
     BACKOFF_MAX_SECONDS,
@@ -72,6 +79,7 @@ if TYPE_CHECKING:
     from nagare.http.gate import Limits
     from nagare.http.server import NagareHTTPServer
     from nagare.http.static import StaticFiles
+    from nagare.log_shipping import LogShipper
     from nagare.metrics import LiveState, MetricsService, PoolInfo
     from nagare.sso import SingleSignOn
 
@@ -173,6 +181,7 @@ class App:
         self.leadership = self._leadership()
         self.http: NagareHTTPServer | None = None
         self.wakeups: WakeChannel | None = None  # to and from the other masters (PostgreSQL)
+        self.log_shipper: LogShipper | None = None  # logs to the other masters (PostgreSQL)
         if serve_http:  # `nagare exec` imports none of the HTTP side
             self.api = self._build_api(config)
             self.http = _http_server(config, self.api)
@@ -182,8 +191,25 @@ class App:
                 self._lease_local_attempts()
             if self.wakeups is not None:
                 self.wakeups.on_event = self._woken_elsewhere
+            if self.leadership.lock.shared:
+                self._share_logs()
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()  # wakes `wait_for_run`
+
+    def _share_logs(self) -> None:
+        """On a database several masters share, this master ships its logs' lines there and
+        reads the lines of the others' (ARCHITECTURE.md, Logs from any master)."""
+        from nagare.log_shipping import LogShipper, SharedLogs
+
+        self.log_shipper = LogShipper(self.store.log_chunks, on_shipped=self._logs_grew)
+        self.logs.shared = SharedLogs(self.store.log_chunks)
+        self.logs.watcher = self.log_shipper
+
+    def _logs_grew(self, keys: list[str]) -> None:
+        """(the log shipper's thread) Followers of these logs on other masters look now."""
+        wakeups = self._listened()
+        if wakeups is not None and keys:
+            wakeups.publish("log", *keys)
 
     def _build_api(self, config: Config) -> Api:
         """The API, its routes and the services only they use (imported here: see
@@ -265,8 +291,11 @@ class App:
     def _leadership(self) -> Leadership:
         """This master's row and its part in leading (ARCHITECTURE.md, Several masters)."""
         hostname = socket.gethostname()
+        # the same on every start of this master (host, port, folder): its earlier starts'
+        # attempts are recognised as its own and closed at once (`start`)
+        self._stable_key = stable_key(hostname, self.config.listen, self.config.data_dir)
         me = MasterRecord(
-            master_id=f"{hostname}-{os.getpid()}-{secrets.token_hex(2)}",
+            master_id=master_id(self._stable_key, hostname, os.getpid(), secrets.token_hex(2)),
             hostname=hostname,
             url="",  # known once the HTTP server is bound (`start`)
             started_at=now_ms(),
@@ -279,6 +308,7 @@ class App:
             text_digest,
         )
         leadership.on_gained = lambda: self.scheduler.wake(None)  # look at the cron slots now
+        leadership.on_joined = self._welcome
         return leadership
 
     def _authenticator(self) -> BuiltinAuthenticator | None:
@@ -315,15 +345,20 @@ class App:
         container with its owner label is a leftover of an earlier (crashed) server."""
         with self._docker_lock:
             if self._docker is None:
-                owner = f"{socket.gethostname()}:{self.config.db_label}"
-                self._docker = _docker_executor(self.config, owner, self.reactor)
+                self._docker = _docker_executor(self.config, self._container_owner(), self.reactor)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
 
-    def _remove_leftover_containers(self) -> dict[tuple[str, int], str]:
+    def _container_owner(self) -> str:
+        shared = self.leadership.lock.shared
+        me = (self._stable_key or self.leadership.me.master_id) if shared else ""
+        return container_owner(socket.gethostname(), self.config.db_label, me)
+
+    def _remove_leftover_containers(self, earlier: list[str]) -> dict[tuple[str, int], str]:
         """Before the pools start, when a container task's attempt was left running: remove
         the leftovers now so that recovery can say so (otherwise the SDK waits until needed)."""
-        for attempt in self.store.tasks.running_attempts(self.pools.worker):
+        workers = (self.pools.worker, *earlier)
+        for attempt in (a for w in workers for a in self.store.tasks.running_attempts(w)):
             task = self.store.tasks.by_id(attempt.task_instance_id)
             run = self.store.runs.get(task.run_id, counts=False) if task else None
             if task is None or run is None:
@@ -382,12 +417,31 @@ class App:
             self.pools.notify(queued)
             self.coordinator.notify(queued)
         elif kind == "done":
-            self.scheduler.hand_over(
-                (run_id, task, None) for run_id, _, task in (a.partition(" ") for a in args)
-            )
+            ended = [a.partition(" ") for a in args]
+            self.scheduler.hand_over((run_id, task, None) for run_id, _, task in ended)
+            self.coordinator.ended_elsewhere([task for _, _, task in ended])
         elif kind == "kill":
             for task_instance_id in args:
                 self._kill_here(task_instance_id)
+        elif kind == "joined" and self.leadership.me.master_id in args:
+            self._catch_up()
+        elif kind == "log":
+            for key in args:
+                self.logs.hub.poke(key)
+
+    def _welcome(self, joined: list[str]) -> None:
+        """(the leadership loop) Masters this one sees for the first time: until now it sent
+        them no wake-up (`_listened`), so they look again at what those would have told."""
+        if self.wakeups is not None:
+            self.wakeups.publish("joined", *joined)
+
+    def _catch_up(self) -> None:
+        """(the wake-ups thread) Another master saw this one for the first time: what it did
+        before was not announced here; look at the queues and every active run now."""
+        everything = dict.fromkeys(self.config.worker_pools, 1)
+        self.pools.notify(everything)
+        self.coordinator.notify({"*": 1})  # (any pool: the waiting polls look again)
+        self.scheduler.sweep_now()
 
     def _dags_changed(self) -> None:
         self.scheduler.wake(None)
@@ -432,7 +486,9 @@ class App:
         """Recover what a crash left running, then start every long-lived loop, each an object's
         `run(stop)` in a thread of its own (ARCHITECTURE.md, Threading model)."""
         self.folder.scan()
-        for run_id in self.pools.recover(self._remove_leftover_containers()):
+        self._listen()
+        earlier = self._earlier_starts()
+        for run_id in self.pools.recover(self._remove_leftover_containers(earlier), earlier):
             self.scheduler.wake(run_id)
         self.waits.recover()  # `dag` steps whose child run ended (or never started) meanwhile
         checkpointer = self.store.db.checkpointer
@@ -445,7 +501,7 @@ class App:
         if self.pools.has_slots:
             self._spawn("pools", self.pools.run, self._engine_stop, self.pools.liveness)
         if self.http is not None:
-            self.coordinator.start()
+            self.coordinator.start(others_live=self._other_masters_live())
             self._spawn("leases", self.coordinator.run, heartbeat=self.coordinator.liveness)
         if self.http is not None:  # a server takes its part in leading before cron can fire
             self._first_turn()
@@ -459,6 +515,9 @@ class App:
                 )
         if self.wakeups is not None:
             self._spawn("wake-ups", self.wakeups.run, self._engine_stop)
+        if self.log_shipper is not None:  # until the engine stops: the last lines go too
+            shipper = self.log_shipper
+            self._spawn("log-shipper", shipper.run, self._engine_stop, shipper.liveness)
         self._spawn("scheduler", self.scheduler.run, self._engine_stop, self.scheduler.liveness)
         self._spawn("dag-folder", self.folder.run, heartbeat=self.folder.liveness)
         if self.git_sync is not None and self.http is not None:
@@ -494,6 +553,42 @@ class App:
             self.store.workers.renew_all(worker, now + lease_ms)
 
         self.leadership.on_beat = renew
+
+    def _listen(self) -> None:
+        """Wake-ups from the other masters are heard before this master claims a task or
+        registers (a kill of a task it claims, a run another master ends)."""
+        if self.wakeups is None:
+            return
+        try:
+            self.wakeups.listen()
+        except Exception as exc:  # its loop tries again (and the safety sweeps catch up)
+            log.warning("could not listen for the other masters' wake-ups: %s", short_error(exc))
+
+    def _earlier_starts(self) -> list[str]:
+        """On a shared database: the worker names ("local@<id>") of this master's earlier
+        starts (same host, port and folder) that left attempts open or a row behind. They are
+        dead (this start holds their port), so their attempts are closed now rather than when
+        their leases run out, and their rows go; another master's are never touched (nor
+        anything by `nagare exec`, which holds no port)."""
+        if self.http is None or not self.leadership.lock.shared:
+            return []
+        me = self.leadership.me.master_id
+        ids = self.store.tasks.running_masters()
+        ids |= {m.master_id for m in self.store.masters.seen_since(0)}
+        earlier = previous_incarnations(ids, self._stable_key, me)
+        for old in earlier:
+            log.info("closing what this master's earlier start %s left open", old)
+            self.store.masters.forget(old)
+        return [f"{LOCAL_WORKER}@{old}" for old in earlier]
+
+    def _other_masters_live(self) -> bool:
+        """Whether another master shares the database now (on SQLite: never; this master's
+        earlier starts are forgotten by then)."""
+        if not self.leadership.lock.shared:
+            return False
+        me = self.leadership.me.master_id
+        since = now_ms() - int(LIVE_SECONDS * 1000)
+        return any(m.master_id != me for m in self.store.masters.seen_since(since))
 
     def _first_turn(self) -> None:
         """Register this master (its URL now that the port is bound) and try the leader lock."""
@@ -989,3 +1084,11 @@ def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExec
         owner=owner,
         pull_timeout_seconds=config.docker_pull_timeout_seconds,
     )
+
+
+def container_owner(hostname: str, db_label: str, master: str) -> str:
+    """The owner label of a server's containers: its host and database, and on a database
+    several masters share also the master (`master`: its stable key, else this start's id),
+    so that one master's clean-up of leftovers never removes another's on the same host."""
+    owner = f"{hostname}:{db_label}"
+    return f"{owner}:{master}" if master else owner

@@ -9,9 +9,11 @@ each DAG it loaded, so the API can list the masters and flag a DAG they disagree
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +29,36 @@ log = logging.getLogger("nagare")
 TURN_SECONDS = 1.0  # a non-leader tries the lock, and every master beats, this often
 LIVE_SECONDS = 10.0  # a master not seen for this long is not counted among the live ones
 FORGET_SECONDS = 3600.0  # the leader removes rows of masters gone this long without a goodbye
+
+
+def stable_key(hostname: str, listen: tuple[str, int], data_dir: str) -> str:
+    """What names one master across its restarts: its host, configured port and (a digest of)
+    its listen address and data folder; "" with port 0 (a new port each start: no identity)."""
+    host, port = listen
+    if not port:
+        return ""
+    place = hashlib.sha256(f"{host}|{data_dir}".encode()).hexdigest()[:6]
+    return f"{hostname}-{port}-{place}"
+
+
+def master_id(key: str, hostname: str, pid: int, token: str) -> str:
+    """This start's id: the stable key (else the host name), the process id, a random token
+    (a pid reused after a restart still gives a new id)."""
+    return f"{key or hostname}-{pid}-{token}"
+
+
+def previous_incarnations(ids: Iterable[str], key: str, me: str) -> list[str]:
+    """The ids among `ids` of this master's earlier starts (same stable key, another id)."""
+    if not key:
+        return []
+    pattern = re.compile(re.escape(key) + r"-[0-9]+-[0-9a-f]+")
+    return sorted({i for i in ids if i != me and pattern.fullmatch(i)})
+
+
+def newcomers(before: set[str] | None, now: set[str]) -> list[str]:
+    """The masters seen now and not on the turn before (none on the first turn: the masters
+    already there were listening before this one could send them anything)."""
+    return [] if before is None else sorted(now - before)
 
 
 class MasterRows(Protocol):
@@ -87,8 +119,12 @@ class Leadership:
         # called with the time of every beat of a master sharing its database (app wires: the
         # leases of its own running attempts are renewed, so they outlive it by one lease only)
         self.on_beat: Callable[[int], None] = lambda now: None
+        # called with the ids of masters this one sees for the first time (app wires: they are
+        # told to look again, having maybe missed wake-ups sent before this master saw them)
+        self.on_joined: Callable[[list[str]], None] = lambda ids: None
         self.leads = False
         self.others = 0  # how many other live masters the last turn saw
+        self._others_seen: set[str] | None = None  # their ids (None: no turn yet)
         self._digested: tuple[Mapping[str, DagDef] | None, dict[str, str]] = (None, {})
         self._forgotten = 0  # when the leader last removed rows of long-gone masters
         self._lock = threading.Lock()  # one turn at a time (the loop's, or start's first)
@@ -105,6 +141,7 @@ class Leadership:
 
     def turn(self) -> None:
         """Try or check the lock; write this master's row (on SQLite only when it changed)."""
+        joined: list[str] = []
         with self._lock:
             held = self.lock.hold()
             gained = held and not self.leads
@@ -116,12 +153,17 @@ class Leadership:
             now = self.clock()
             self.rows.beat(self._record(now, held))
             self.on_beat(now)
-            self.others = len(self.masters()) - 1
+            others = {m.master_id for m in self.masters()} - {self.me.master_id}
+            self.others = len(others)
+            joined = newcomers(self._others_seen, others)
+            self._others_seen = others
             if held and now - self._forgotten >= FORGET_SECONDS * 1000:
                 self._forgotten = now
                 self.rows.forget_older(now - int(FORGET_SECONDS * 1000))
         if gained:
             self.on_gained()
+        if joined:
+            self.on_joined(joined)
 
     def _record(self, now: int, leads: bool) -> MasterRecord:
         return replace(self.me, last_seen=now, leader=leads, dag_digests=self._digests())

@@ -14,6 +14,12 @@ whenever the wall-clock second or the stream changes, so a line's time (to the s
 stream are those of the last record at or before it (`LineMeta`). Logs written before the index
 existed have none: their lines have no time and no stream. Lines of a remote worker are stamped
 when they reach the master (batches: within a second or so of being written).
+On a database several masters share (PostgreSQL), each master also ships its logs' new lines to
+the database in chunks (`log_shipping.LogShipper`, a `LogWatcher` here) and every reader here
+serves a log as its file, then the lines the database holds past the file's last line
+(`SharedLog`): the whole log when another master wrote it, the rest when a remote worker moved
+to another master part way. An attempt reopened here (`resume`) first copies into its file
+the lines the database holds past it, so line numbers stay those of the whole log.
 Each started attempt appends `<task instance> <attempt> <pid> <start time>` to `<run_id>/pids`,
 so that a server restarted after a crash can find and kill an orphaned process group (an
 append, not a database write or a new file, to keep the start of every task cheap).
@@ -26,9 +32,9 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Protocol
 
 from nagare.engine.assignment import size_text
 from nagare.engine.outputs import MAX_FILE_BYTES as MAX_OUTPUT_FILE_BYTES
@@ -41,6 +47,33 @@ MAX_STDOUT_BYTES = 64 * 1024 * 1024
 PIDS_FILE = "pids"
 STREAM_CODES = {"stdout": "o", "stderr": "e", "nagare": "n"}
 STREAM_NAMES = {code: name for name, code in STREAM_CODES.items()}
+SHARED_POLL_SECONDS = 0.25  # a follower of a log written on another master looks this often
+DRAIN_SECONDS = 3.0  # at an attempt's end, how long a follower waits for its last shared lines
+CLOSED_KEYS = 4096  # attempts the hub remembers as closed
+CLOSED_RECHECK_SECONDS = 0.05
+
+Stamp = tuple[int | None, str | None]  # a line's time (epoch ms, to the second) and stream
+Line = tuple[int, str, Stamp | None]  # number, text, stamp (None: not asked for)
+
+
+class SharedLog(Protocol):
+    """The lines the masters of a shared database stored for an attempt
+    (`log_shipping.SharedLogs`)."""
+
+    def read(self, task_instance_id: str, attempt: int, after: int) -> tuple[list[Line], bool]:
+        """A page of lines past `after` (stamped), and whether the log was closed after them."""
+        ...
+
+    def last_line(self, task_instance_id: str, attempt: int) -> int: ...
+
+
+class LogWatcher(Protocol):
+    """Told of every attempt log opened (`log_shipping.LogShipper`): `watch` returns what
+    to call once it is closed. `shipped`: its lines already in the database."""
+
+    def watch(
+        self, run_id: str, task_instance_id: str, attempt: int, path: str, shipped: int
+    ) -> Callable[[], None]: ...
 
 
 class LogHub:
@@ -49,27 +82,60 @@ class LogHub:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._versions: dict[str, int] = {}
+        # attempts closed lately: a follower that sees one closed but its task not ended yet
+        # (the end is recorded just after) looks again soon rather than at the next ping
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._waiting: dict[str, int] = {}  # followers waiting per key (see `poke`)
+        self._pokes: dict[str, int] = {}  # grown elsewhere, while someone waits for the key
 
     def version(self, key: str) -> int:
         with self._cond:
-            return self._versions.get(key, 0)
+            return self._version(key)
 
     def notify(self, key: str) -> None:
         with self._cond:
             self._versions[key] = self._versions.get(key, 0) + 1
             self._cond.notify_all()
 
+    def poke(self, key: str) -> None:
+        """The log grew on another master: wake its followers here (remembered only while
+        one waits, so keys of logs nobody follows here cost nothing)."""
+        with self._cond:
+            if key in self._waiting:
+                self._pokes[key] = self._pokes.get(key, 0) + 1
+                self._cond.notify_all()
+
     def closed(self, key: str) -> None:
         """The attempt ended: wake followers one last time and forget the key."""
         with self._cond:
             self._versions.pop(key, None)
+            self._closed[key] = None
+            if len(self._closed) > CLOSED_KEYS:
+                self._closed.popitem(last=False)
             self._cond.notify_all()
 
     def wait(self, key: str, seen: int, timeout: float) -> int:
-        """Block until `key` moves past version `seen`, ends, or `timeout` passes."""
+        """Block until `key` moves past version `seen`, ends, or `timeout` passes (at most
+        CLOSED_RECHECK_SECONDS once it ended)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._versions.get(key, -1) != seen, timeout)
-            return self._versions.get(key, 0)
+            ended = key in self._closed
+            if ended:
+                timeout = min(timeout, CLOSED_RECHECK_SECONDS)
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+            try:
+                self._cond.wait_for(
+                    lambda: self._version(key) != seen or (not ended and key in self._closed),
+                    timeout,
+                )
+                return self._version(key)
+            finally:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+                    self._pokes.pop(key, None)
+
+    def _version(self, key: str) -> int:
+        return self._versions.get(key, 0) + self._pokes.get(key, 0)
 
 
 class AttemptLog:
@@ -111,6 +177,7 @@ class AttemptLog:
         self._header = ""  # see note_before_output
         self.failed: OSError | None = None  # the write that failed (then nothing more is written)
         self._masked: tuple[str, ...] = ()  # secret values, masked before anything is written
+        self.after_close: Callable[[], None] | None = None  # (the log shipper's, when shared)
 
     def set_secrets(self, values: tuple[str, ...]) -> None:
         """Mask these secret values as ***** in every line written from now on (and in the
@@ -257,6 +324,8 @@ class AttemptLog:
                     except OSError as exc:  # the last buffered bytes did not fit
                         self.failed = self.failed or exc
             self._file = self._stdout = self._index = None
+        if self.after_close is not None:
+            self.after_close()
         self._hub.closed(self.key)
 
 
@@ -270,6 +339,8 @@ class LogFiles:
         self.hub = hub or LogHub()
         self.max_stdout_bytes = max_stdout_bytes  # what a map source's capture may hold
         self._run_dirs: set[str] = set()  # folders known to exist (saves a mkdir per task)
+        self.shared: SharedLog | None = None  # what other masters wrote (a shared database)
+        self.watcher: LogWatcher | None = None  # ships this master's lines to it
         os.makedirs(root, exist_ok=True)
 
     def path(self, run_id: str, task_instance_id: str, attempt: int) -> str:
@@ -312,14 +383,43 @@ class LogFiles:
             if len(self._run_dirs) > 10_000:
                 self._run_dirs.clear()  # a cache, bounded; a folder removed later is re-made
             self._run_dirs.add(run_id)
-        return AttemptLog(
-            self.path(run_id, task_instance_id, attempt),
+        path = self.path(run_id, task_instance_id, attempt)
+        shipped = 0
+        if self.shared is not None and (resume or os.path.exists(path)):
+            shipped = self._catch_up(path, task_instance_id, attempt)
+        log = AttemptLog(
+            path,
             self.key(task_instance_id, attempt),
             self.hub,
             capture_stdout,
             resume,
             self.max_stdout_bytes,
         )
+        if self.watcher is not None:
+            log.after_close = self.watcher.watch(run_id, task_instance_id, attempt, path, shipped)
+        return log
+
+    def _catch_up(self, path: str, task_instance_id: str, attempt: int) -> int:
+        """Append to the file the lines the database holds past its end (written by another
+        master: a remote worker that moved here part way); returns the last line stored
+        there (what need not be shipped again)."""
+        assert self.shared is not None
+        written = count_lines(path)
+        stored = self.shared.last_line(task_instance_id, attempt)
+        if stored <= written:
+            return stored
+        with (
+            open(index_path(path), "a", encoding="ascii") as index,
+            open(path, "a", encoding="utf-8") as log,
+        ):
+            for number, text, stamp in _shared_lines(
+                self.shared, task_instance_id, attempt, written
+            ):
+                ms, stream = stamp or (None, None)
+                if ms is not None:
+                    index.write(f"{number} {ms} {STREAM_CODES.get(stream or '', 'o')}\n")
+                log.write(text + "\n")
+        return stored
 
     def read_stdout(self, run_id: str, task_instance_id: str, attempt: int) -> str | None:
         try:
@@ -344,34 +444,68 @@ class LogFiles:
     def lines(
         self, run_id: str, task_instance_id: str, attempt: int, start: int = 0
     ) -> Iterator[tuple[int, str]]:
-        """(line number from 1, text) for every complete line after `start`."""
-        path = self.path(run_id, task_instance_id, attempt)
-        try:
-            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
-        except OSError:
-            return
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.endswith("\n"):
-                    break
-                if number > start:
-                    yield number, raw[:-1]
+        """(line number from 1, text) for every complete line after `start`: the file's, then
+        those the shared database holds past them."""
+        for number, text, _ in self._lines(run_id, task_instance_id, attempt, start, False):
+            yield number, text
 
     def stamped_lines(
         self, run_id: str, task_instance_id: str, attempt: int, start: int = 0
     ) -> Iterator[tuple[int, str]]:
         """`lines`, each prefixed with its time and stream (see `stamped`)."""
-        meta = LineMeta(self.path(run_id, task_instance_id, attempt))
+        for number, text, stamp in self._lines(run_id, task_instance_id, attempt, start, True):
+            yield number, stamped(text, stamp or (None, None))
+
+    def _lines(
+        self, run_id: str, task_instance_id: str, attempt: int, start: int, stamps: bool
+    ) -> Iterator[Line]:
+        path = self.path(run_id, task_instance_id, attempt)
+        last = 0
+        meta = LineMeta(path) if stamps else None
         try:
-            for number, text in self.lines(run_id, task_instance_id, attempt, start):
-                yield number, stamped(text, meta.at(number))
+            for last, text in _file_lines(path):
+                if last > start:
+                    yield last, text, meta.at(last) if meta is not None else None
         finally:
-            meta.close()
+            if meta is not None:
+                meta.close()
+        if self.shared is not None:
+            yield from _shared_lines(self.shared, task_instance_id, attempt, max(last, start))
+
+    def line_count(self, run_id: str, task_instance_id: str, attempt: int) -> int:
+        """How many lines the log has (its file's, or more in the shared database)."""
+        written = count_lines(self.path(run_id, task_instance_id, attempt))
+        if self.shared is None:
+            return written
+        return max(written, self.shared.last_line(task_instance_id, attempt))
 
     def tail(
         self, run_id: str, task_instance_id: str, attempt: int, count: int
     ) -> list[tuple[int, str]]:
+        if self.shared is not None:  # (a long log held only by the database: its end alone)
+            stored = self.shared.last_line(task_instance_id, attempt)
+            if stored > count and not os.path.exists(self.path(run_id, task_instance_id, attempt)):
+                lines = self.lines(run_id, task_instance_id, attempt, stored - count)
+                return list(deque(lines, maxlen=count))
         return list(deque(self.lines(run_id, task_instance_id, attempt), maxlen=count))
+
+    def follower(
+        self, run_id: str, task_instance_id: str, attempt: int, start: int, stamps: bool
+    ) -> LogFollower:
+        """A live reader of the attempt's log from line `start` on."""
+        path = self.path(run_id, task_instance_id, attempt)
+        shared = None
+        if self.shared is not None:
+            shared = _SharedCursor(self.shared, task_instance_id, attempt)
+        return LogFollower(path, start, LineMeta(path) if stamps else None, shared)
+
+    def run_folders(self, older_than: float) -> list[str]:
+        """The run ids of the log folders last changed before `older_than` (epoch seconds)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        return [e.name for e in entries if _folder_before(e, older_than)]
 
     def remove_run(self, run_id: str) -> None:
         self._run_dirs.discard(run_id)
@@ -379,20 +513,46 @@ class LogFiles:
 
 
 class LogFollower:
-    """Reads an attempt's log from a line number on, remembering the file position."""
+    """Reads an attempt's log from a line number on, remembering the file position; with a
+    shared database, then the lines stored there past what the file had (`shared`)."""
 
-    def __init__(self, path: str, start: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        start: int,
+        meta: LineMeta | None = None,
+        shared: _SharedCursor | None = None,
+    ) -> None:
         self.path = path
-        self.line = 0
-        self._start = start
+        self.shared = shared is not None
+        self.line = max(0, start)  # the last line given (or skipped)
+        self._in_file = 0  # complete lines read from the file
         self._handle: IO[str] | None = None
         self._pending = ""
+        self._meta = meta
+        self._shared = shared
 
-    def read_new(self) -> list[tuple[int, str]]:
+    @property
+    def complete(self) -> bool:
+        """Whether everything written is read: always with the file alone; with a shared
+        database, once a read found the writer's mark that it closed the log."""
+        return self._shared is None or self._shared.closed
+
+    def read_new(self) -> list[Line]:
+        out = self._read_file()
+        if not out and self._shared is not None:
+            out = self._shared.read(self.line)
+            if out:
+                self.line = out[-1][0]
+            if self._meta is None:  # (stamps not asked for)
+                out = [(number, text, None) for number, text, _ in out]
+        return out
+
+    def _read_file(self) -> list[Line]:
         handle = self._open()
         if handle is None:
             return []
-        out = []
+        out: list[Line] = []
         while True:
             raw = handle.readline()
             if not raw:
@@ -402,9 +562,11 @@ class LogFollower:
                 break
             text = self._pending + raw[:-1]
             self._pending = ""
-            self.line += 1
-            if self.line > self._start:
-                out.append((self.line, text))
+            self._in_file += 1
+            if self._in_file > self.line:
+                self.line = self._in_file
+                stamp = self._meta.at(self.line) if self._meta is not None else None
+                out.append((self.line, text, stamp))
         return out
 
     def _open(self) -> IO[str] | None:
@@ -418,6 +580,29 @@ class LogFollower:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+        if self._meta is not None:
+            self._meta.close()
+
+
+class _SharedCursor:
+    """A follower's reads of the lines the shared database holds for one attempt, and whether
+    the writer closed the log after the lines read. (How often: the follower's caller decides;
+    the event stream looks every SHARED_POLL_SECONDS, or at once when woken.)"""
+
+    def __init__(self, shared: SharedLog, task_instance_id: str, attempt: int) -> None:
+        self._shared = shared
+        self._task_instance_id = task_instance_id
+        self._attempt = attempt
+        self._closed = False
+
+    def read(self, after: int) -> list[Line]:
+        lines, self._closed = self._shared.read(self._task_instance_id, self._attempt, after)
+        return lines
+
+    @property
+    def closed(self) -> bool:
+        """Whether the last read found the log closed after its lines."""
+        return self._closed
 
 
 class LineMeta:
@@ -472,6 +657,31 @@ class LineMeta:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def _file_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) for every complete line of a file (none when missing)."""
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        return
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith("\n"):
+                break
+            yield number, raw[:-1]
+
+
+def _shared_lines(
+    shared: SharedLog, task_instance_id: str, attempt: int, after: int
+) -> Iterator[Line]:
+    """Every line the shared database holds past `after`, a page at a time."""
+    while True:
+        lines, _ = shared.read(task_instance_id, attempt, after)
+        if not lines:
+            return
+        yield from lines
+        after = lines[-1][0]
 
 
 def stamped(text: str, meta: tuple[int | None, str | None]) -> str:
@@ -539,3 +749,10 @@ def stdout_path(log_path: str) -> str:
 
 def stdout_cut_path(log_path: str) -> str:
     return log_path[: -len(".log")] + ".stdout-cut"
+
+
+def _folder_before(entry: os.DirEntry[str], older_than: float) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < older_than
+    except OSError:
+        return False

@@ -745,3 +745,24 @@ class AttemptFinish:
     def retry_at(self) -> int | None:
         """When the task may run again, if this attempt put it up for retry."""
         return self.ready_at if self.status is TaskStatus.UP_FOR_RETRY else None
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A run of consecutive lines of one attempt's log as stored in the database (PostgreSQL:
+    every master reads them). `text` holds lines `first_line`..`last_line`, each ending in a
+    newline; `meta` their `.lines` records (`<line> <epoch ms> <o|e|n>` per line, the first at
+    `first_line`). A chunk with no line (`last_line == first_line - 1`) marks the log closed
+    by the master that wrote it: what precedes it is the whole log so far."""
+
+    run_id: str
+    task_instance_id: str
+    attempt: int
+    first_line: int
+    last_line: int
+    text: str = ""
+    meta: str = ""
+
+    @property
+    def closes(self) -> bool:
+        return self.last_line < self.first_line

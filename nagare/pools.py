@@ -243,8 +243,13 @@ class WorkerPools:
             self._idle.wait_for(lambda: not self._running, KILL_RECORD_SECONDS)
         return interrupted
 
-    def recover(self, removed_containers: Mapping[tuple[str, int], str] | None = None) -> list[str]:
-        """After a crash: every attempt this server left `running` is closed. Its orphaned
+    def recover(
+        self,
+        removed_containers: Mapping[tuple[str, int], str] | None = None,
+        earlier: Sequence[str] = (),
+    ) -> list[str]:
+        """After a crash: every attempt this server left `running` is closed (on a shared
+        database also those of `earlier`, the worker names of its own earlier starts). Its orphaned
         process group (if still alive) is killed, not adopted: its output pipes died with the
         old server, so its log and exit code could never be collected. The attempt counts as
         failed and the task's retry policy decides what follows. `removed_containers` names the
@@ -253,7 +258,7 @@ class WorkerPools:
         removed_containers = removed_containers or {}
         runs = []
         # (on a shared database: also what a server of the single-master name left running)
-        workers = dict.fromkeys((self.worker, LOCAL_WORKER))
+        workers = dict.fromkeys((self.worker, LOCAL_WORKER, *earlier))
         for attempt in (a for w in workers for a in self.store.tasks.running_attempts(w)):
             claim = self.store.tasks.claim_of(attempt.task_instance_id, attempt.attempt)
             if claim is None:

@@ -28,6 +28,7 @@ DAY_MS = 86_400_000
 SWEEP_SECONDS = 600.0  # between passes when there is nothing left to delete
 BACKLOG_SECONDS = 1.0  # between passes while old runs remain
 BEAT_SECONDS = 5.0  # while waiting for the next sweep, the loop beats this often
+FOLDER_QUIET_SECONDS = 3600.0  # a log folder untouched this long may be pruned (not leading)
 FIRST_PASS_SECONDS = 30.0  # after start: leave the start-up to the scheduler and pools
 BATCH_RUNS = 100
 BATCH_AUDIT = 1000  # audit entries per pass: small rows, one indexed range delete
@@ -62,6 +63,8 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
         ) -> list[OldRun]: ...
 
         def release_free_pages(self) -> None: ...
+
+        def existing(self, run_ids: list[str]) -> set[str]: ...
 
     class _RetentionAudit(Protocol):
         def delete_before(self, cutoff: int, limit: int) -> int: ...
@@ -124,7 +127,10 @@ class RetentionSweep:
     def sweep_once(self, now: int) -> Removed:
         """One bounded pass: delete at most `batch` runs finished before the cutoff and at most
         `audit_batch` audit entries recorded before it."""
-        if self.retention_days <= 0 or not self.leads():
+        if self.retention_days <= 0:
+            return Removed()
+        if not self.leads():
+            self.prune_folders(now)
             return Removed()
         cutoff = cutoff_for(self.retention_days, now)
         removed = Removed()
@@ -145,6 +151,21 @@ class RetentionSweep:
                 self.retention_days,
             )
         return removed
+
+    def prune_folders(self, now: int) -> int:
+        """(a master that does not lead) The leader deletes old runs with its own log folders;
+        this master removes its folders of runs that are gone, left untouched for an hour
+        (a folder whose run row is not written yet is never that old). Returns how many."""
+        quiet = now / 1000 - FOLDER_QUIET_SECONDS
+        folders = self.logs.run_folders(older_than=quiet)
+        if not folders:
+            return 0
+        gone = set(folders) - self.store.retention.existing(folders)
+        for run_id in sorted(gone):
+            self.logs.remove_run(run_id)
+        if gone:
+            log.info("retention: removed %d log folders of runs deleted by the leader", len(gone))
+        return len(gone)
 
 
 def delete_batch(store: RetentionStore, logs: LogFiles, cutoff: int, limit: int) -> list[OldRun]:

@@ -276,6 +276,12 @@ class Scheduler:
                 self._schedules_changed = True
             self._cond.notify()
 
+    def sweep_now(self) -> None:
+        """Reload every active run at the next pass (the safety sweep, brought forward)."""
+        with self._cond:
+            self._last_sweep = None
+            self._cond.notify()
+
     def settle_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
         """Task instances ended: (run id, task instance id, retry time or None) each. Their runs
         are settled now, in the calling thread (the dispatcher, which has just refilled its
@@ -374,7 +380,7 @@ class Scheduler:
             for run_id in self.store.runs.past_deadline(now):
                 self.expire(run_id)
                 dirty[run_id] = None
-        if self.waits is not None:
+        if self.waits is not None and leads:  # like a run's deadline: the leader's duty
             self.waits.expire(now)
         if self._sweep_due(now):
             for dag_id in self.store.runs.dags_with_waiting():
@@ -418,7 +424,7 @@ class Scheduler:
         deadline = self._next_run_deadline() if leads else None
         if deadline is not None:
             candidates.append(deadline)
-        waits_until = self.waits.next_deadline() if self.waits is not None else None
+        waits_until = self.waits.next_deadline() if self.waits is not None and leads else None
         if waits_until is not None:
             candidates.append(waits_until)
         return max(0.0, (min(candidates) - now) / 1000)

@@ -290,7 +290,9 @@ class Waits:
         self._end(claim, outcome, self.clock())
 
     def expire(self, now: int) -> None:
-        """The waiting tasks whose `timeout_seconds` passed fail, timed out."""
+        """The waiting tasks whose `timeout_seconds` passed fail, timed out (the leader's
+        scheduler calls this; should two masters both do it, the compare-and-set in `_end`
+        lets one of them end each task, note it and announce it)."""
         due = self.next_deadline()
         if due is None or due > now:
             return
@@ -304,8 +306,8 @@ class Waits:
             message = f"timed out after {seconds:g} s waiting"
             if task.child_run_id:
                 message += f" (its child run {task.child_run_id} is killed)"
-            self._note(claim, message)
-            if self._end(claim, Outcome(exit_code=None, timed_out=True, error=message), now):
+            timed_out = Outcome(exit_code=None, timed_out=True, error=message)
+            if self._end(claim, timed_out, now, first_note=message):
                 self._stop_child(claim.task)
 
     def next_deadline(self) -> int | None:
@@ -352,7 +354,16 @@ class Waits:
             raise Conflict(f"task '{task_id}' of run '{run_id}' is {task.status}, not waiting")
         return claim
 
-    def _end(self, claim: Claim, outcome: Outcome, now: int, success_note: str = "") -> bool:
+    def _end(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        now: int,
+        success_note: str = "",
+        first_note: str = "",
+    ) -> bool:
+        """End the waiting attempt (compare-and-set on `waiting` and the attempt): only the
+        caller that moved it writes its notes and announces it. Returns whether it moved."""
         started = claim.task.started_at or now
         outcome.metrics.duration_ms = max(0, now - started)
         outcome.metrics.exit_code = outcome.exit_code
@@ -364,11 +375,12 @@ class Waits:
             finish = attempt_finish(claim, outcome, now, "", attempt_log.tail())
             if success_note and finish.status is TaskStatus.SUCCESS:
                 finish = dataclasses.replace(finish, message=success_note)
-            if finish.message:
-                attempt_log.note(finish.message)
+            moved = self.store.tasks.finish_waiting(finish)
+            notes = dict.fromkeys((first_note, finish.message)) if moved else {}
+            for note in filter(None, notes):
+                attempt_log.note(note)
         finally:
             attempt_log.close()
-        moved = self.store.tasks.finish_waiting(finish)
         if moved:
             self.on_finished([(claim.run.run_id, claim.task.id, finish.retry_at)])
         return moved

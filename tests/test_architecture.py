@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "nagare.dag_folder": L2,
     "nagare.dag_edits": L2,  # writes of the DAG folder (the editor), next to its reader
     "nagare.logs": L2,
+    "nagare.log_shipping": L2,  # logs to and from the database several masters share
     "nagare.memory": L2,  # freed heap back to the system (malloc_trim)
     "nagare.executors": L2,  # the package and every module in it
     "nagare.client": L2,

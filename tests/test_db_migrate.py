@@ -264,6 +264,29 @@ def test_refusals_say_why_and_change_nothing(tmp_path: Path, pg_url: str) -> Non
     assert no_destination.returncode == 2 and "give --to" in no_destination.stderr
 
 
+def test_the_copy_is_analyzed_for_the_planner(
+    tmp_path: Path, pg_url: str, postgres_server: PgServer
+) -> None:
+    """A server started right after a migration plans with statistics: PostgreSQL's
+    `reltuples` is -1 for a table never analyzed (it would be planned as nearly empty)."""
+    source = str(tmp_path / "a.db")
+    store = Store(source)
+    for number in range(30):
+        plant_run(store, "d", 1_000_000 + number, [Attempt("t", 1_000_500 + number)])
+    store.close()
+    assert migrate("migrate", "--from", source, "--to", pg_url).returncode == 0
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin = postgres_server.admin(database)
+    try:
+        rows = admin.run(
+            "SELECT relname, reltuples FROM pg_class WHERE relname IN "
+            "('runs', 'task_instances', 'task_attempts', 'audit_log') ORDER BY relname"
+        )
+    finally:
+        admin.close()
+    assert rows == [["audit_log", 0], ["runs", 30], ["task_attempts", 30], ["task_instances", 30]]
+
+
 @pytest.mark.parametrize(
     ("change", "said"),
     [

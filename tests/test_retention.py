@@ -303,3 +303,26 @@ def test_cleanup_converts_an_older_database_to_incremental_vacuum(
     conn = sqlite3.connect(tmp_path / "nagare.db")
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     conn.close()
+
+
+def test_a_master_that_does_not_lead_prunes_its_folders_of_runs_the_leader_deleted(
+    store: Store, logs: LogFiles
+) -> None:
+    """On a shared database only the leader deletes runs (and its own log folders); the other
+    masters remove their folders of runs that are gone, once a folder is an hour quiet."""
+    kept = plant_with_logs(store, logs, HOUR)
+    gone = plant_with_logs(store, logs, 40 * DAY)
+    fresh = "r-not-yet-in-the-database"
+    os.makedirs(os.path.join(logs.root, fresh))
+    with store.db.write() as conn:
+        conn.execute("DELETE FROM runs WHERE run_id=?", (gone,))
+    hour_ago = NOW / 1000 - 2 * 3600
+    for run_id in (kept, gone):
+        os.utime(os.path.join(logs.root, run_id), (hour_ago, hour_ago))
+    sweep = RetentionSweep(store, logs, 30, clock=lambda: NOW)
+    sweep.leads = lambda: False
+    assert sweep.sweep_once(NOW).runs == 0  # deletes no rows: the leader's duty
+    assert not os.path.exists(os.path.join(logs.root, gone))
+    assert os.path.isdir(os.path.join(logs.root, kept))
+    assert os.path.isdir(os.path.join(logs.root, fresh))  # changed within the hour: kept
+    assert run_ids(store) == {kept}

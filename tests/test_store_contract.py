@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import StoreFactory
+from planting import Attempt, plant_run
 
 from nagare.clock import parse_iso
 from nagare.dagfile import parse_dag
 from nagare.engine.new_run import map_children
+from nagare.metrics import rank_offsets
 from nagare.models import (
     TASK_TRANSITIONS,
     AttemptFinish,
@@ -49,6 +51,7 @@ from nagare.store import (
     Store,
     WorkerRecord,
 )
+from nagare.store.metrics import consecutive_runs
 
 NOW = parse_iso("2026-11-21T10:37:12.345Z")  # deliberately not on an hour
 SLOT = parse_iso("2026-11-21T10:00:00Z")
@@ -1275,6 +1278,30 @@ def test_a_closed_attempt_shows_up_in_the_metrics(store: Store) -> None:
         if c.name == "task_runs"
     ] == [("d", "t", "success", 1)]
     assert task_of(store, run, "t").metrics == metrics  # the task shows its last attempt's
+
+
+def test_duration_ranks_are_read_per_run_of_ranks_and_match_rank_offsets(store: Store) -> None:
+    """Consecutive ranks come from one index walk; a rank past the end reads 0; the per-bucket
+    ranks are those `metrics.rank_offsets` asks for (floating point on both databases)."""
+    durations = [(number * 7) % 23 + 1 for number in range(21)]
+    attempts = [Attempt(f"t{n:02d}", NOW - 60_000 + n, d) for n, d in enumerate(durations)]
+    plant_run(store, "d", NOW - 120_000, attempts)
+    ordered = sorted(durations)
+    assert store.metrics.duration_at_ranks(NOW - HOUR, "d", [0, 1, 2, 10, 19, 20, 21]) == [
+        *ordered[:3],
+        ordered[10],
+        ordered[19],
+        ordered[20],
+        0,
+    ]
+    rows = store.metrics.bucket_duration_ranks(NOW - HOUR, "d", HOUR, (0.5, 0.95))
+    wanted = sorted({r for q in (0.5, 0.95) for r in rank_offsets(21, q)[:2]})
+    assert [(n, r, d) for _, n, r, d in rows] == [(21, r, ordered[r]) for r in wanted]
+
+
+def test_consecutive_runs_of_offsets() -> None:
+    assert consecutive_runs([9, 3, 4, 4, 10, 12]) == [(3, 2), (9, 2), (12, 1)]
+    assert consecutive_runs([]) == []
 
 
 # ---------------------------------------------------------------- the audit log

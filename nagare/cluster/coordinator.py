@@ -164,7 +164,10 @@ class Coordinator:
         self._cond = threading.Condition()
         self._waiting: Counter[str] = Counter()  # worker id -> its polls waiting now
         self._generation = 0  # bumped whenever waiting polls should look again
-        self._cancels: dict[str, set[str]] = {}  # worker id -> task instances to stop
+        # worker id -> task instance to stop -> when the kill came: what wakes a waiting poll
+        # at once (the kill itself is the task's status, which every master's exchange with the
+        # worker reads); dropped when taken, when the attempt ends, or after a lease term
+        self._cancels: dict[str, dict[str, int]] = {}
         self._open: dict[tuple[str, int], _OpenAttempt] = {}  # handed out: worker, log, claim
         self._logs_lock = threading.Lock()
         self._stopping = False
@@ -177,8 +180,13 @@ class Coordinator:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """The workers could not renew their leases while this master was down."""
+    def start(self, others_live: bool = False) -> None:
+        """Alone on its database, the workers could not renew their leases while this master
+        was down: their leases get a full term. With another master live they could (a worker
+        fails over): a lease that ran out then belongs to a lost worker and is not extended;
+        a master's own attempts' leases are never extended (their master renews them)."""
+        if others_live:
+            return
         extended = self.store.workers.extend(self.clock() + self.lease_ms)
         if extended:
             log.info("%d remote task(s) in flight keep their leases", extended)
@@ -209,7 +217,7 @@ class Coordinator:
         if task is None or is_local_worker(task.worker):
             return False
         with self._cond:
-            self._cancels.setdefault(task.worker, set()).add(task_instance_id)
+            self._cancels.setdefault(task.worker, {})[task_instance_id] = self.clock()
             self._generation += 1
             self._cond.notify_all()
         return True
@@ -419,6 +427,7 @@ class Coordinator:
 
     def reap(self, now: int) -> int:
         """Close every attempt whose lease ran out; returns how many."""
+        self._forget_old_cancels(now)
         closed = 0
         for task_instance_id, attempt, worker, confirmed in self.store.workers.expired(now):
             if self._expire(task_instance_id, attempt, worker, confirmed, now):
@@ -446,13 +455,19 @@ class Coordinator:
         with self._logs_lock:
             entry = self._open.get((task.id, attempt))
         # the open log keeps the output tail; after a master restart there is none yet
-        attempt_log = entry.log if entry else self.logs.open_attempt(task.run_id, task.id, attempt)
-        attempt_log.note(finish.message)
+        attempt_log = (
+            entry.log
+            if entry
+            else self.logs.open_attempt(task.run_id, task.id, attempt, resume=True)
+        )
         finish.output_tail = attempt_log.tail()
-        if entry is None:
-            attempt_log.close()
-        if not self.store.workers.expire(finish, worker, now):
-            return False
+        try:  # of two masters' reapers, the one that closed it notes it and announces it
+            if not self.store.workers.expire(finish, worker, now):
+                return False
+            attempt_log.note(finish.message)
+        finally:
+            if entry is None:
+                attempt_log.close()
         self._close_log(task.id, attempt)
         self._discard_cancel(worker, task.id)
         self._wake()
@@ -539,13 +554,36 @@ class Coordinator:
 
     def _take_cancels(self, worker_id: str) -> list[str]:
         with self._cond:
-            return sorted(self._cancels.pop(worker_id, set()))
+            return sorted(self._cancels.pop(worker_id, {}))
+
+    def ended_elsewhere(self, task_instance_ids: Sequence[str]) -> None:
+        """Tasks ended on another master: their pending kills here are void."""
+        wanted = set(task_instance_ids)
+        with self._cond:
+            for worker_id, pending in list(self._cancels.items()):
+                for task_instance_id in wanted.intersection(pending):
+                    del pending[task_instance_id]
+                if not pending:
+                    del self._cancels[worker_id]
+
+    def _forget_old_cancels(self, now: int) -> None:
+        """Kills pending longer than a lease: the worker polled another master (which told it,
+        from the task's status) or was lost; either way this master's copy is done."""
+        with self._cond:
+            for worker_id, pending in list(self._cancels.items()):
+                for task_instance_id, since in list(pending.items()):
+                    if now - since > self.lease_ms:
+                        del pending[task_instance_id]
+                if not pending:
+                    del self._cancels[worker_id]
 
     def _discard_cancel(self, worker_id: str, task_instance_id: str) -> None:
         with self._cond:
             pending = self._cancels.get(worker_id)
             if pending is not None:
-                pending.discard(task_instance_id)
+                pending.pop(task_instance_id, None)
+                if not pending:
+                    del self._cancels[worker_id]
 
     def _hand_out(self, hello: WorkerHello, free: int) -> list[Assignment]:
         now = self.clock()

@@ -848,7 +848,7 @@ class Api:
         start = _int_header(request.header("last-event-id"))
         tail = request.int_arg("tail", 0, 0, 1_000_000)
         if tail and not start and task.attempt:
-            count = sum(1 for _ in self.s.logs.lines(task.run_id, task.id, attempt or task.attempt))
+            count = self.s.logs.line_count(task.run_id, task.id, attempt or task.attempt)
             start = max(0, count - tail)
         stream = LogStream(
             logs=self.s.logs,

@@ -6,6 +6,10 @@ Without `?attempt` the stream follows the task across retries: when an attempt e
 will run again, `event: attempt` announces the next attempt number and its lines follow
 (numbered from 1 again); `event: end` comes only once the task is finished.
 With `timestamps`, each line's data starts with its time and stream (logs.stamped).
+On a database several masters share, lines written on another master come from the database:
+the follower looks at least every SHARED_POLL_SECONDS (and at once when that master's wake-up
+says the log grew), and at the attempt's end waits (at most DRAIN_SECONDS) for the writer's
+mark that its log is closed, so the stream holds every line before `event: end`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nagare.logs import LineMeta, LogFiles, LogFollower, stamped
+from nagare.logs import DRAIN_SECONDS, SHARED_POLL_SECONDS, LogFiles, LogFollower, Stamp, stamped
 from nagare.models import TaskInstance, TaskStatus
 
 Write = Callable[[bytes], None]
@@ -73,18 +77,23 @@ class LogStream:
             start, done, task = 0, attempt, self.load_task()
 
     def _stream_attempt(self, write: Write, task: TaskInstance, attempt: int, start: int) -> str:
-        path = self.logs.path(task.run_id, task.id, attempt)
-        follower = LogFollower(path, start)
-        meta = LineMeta(path) if self.timestamps else None
+        follower = self.logs.follower(task.run_id, task.id, attempt, start, self.timestamps)
         try:
-            status = self._follow(write, follower, meta, self.logs.key(task.id, attempt), attempt)
-            for number, text in follower.read_new():
-                write(_event(number, text, meta))
+            status = self._follow(write, follower, self.logs.key(task.id, attempt), attempt)
+            self._drain(write, follower, waits=attempt > 0)  # (0: it never ran, no log)
             return status
         finally:
             follower.close()
-            if meta is not None:
-                meta.close()
+
+    def _drain(self, write: Write, follower: LogFollower, waits: bool) -> None:
+        """The attempt is over: its last lines (from another master, once it shipped them)."""
+        deadline = time.monotonic() + (DRAIN_SECONDS if waits else 0.0)
+        while True:
+            for number, text, stamp in follower.read_new():
+                write(_event(number, text, stamp))
+            if follower.complete or time.monotonic() >= deadline or self.stopping.is_set():
+                return
+            self.stopping.wait(0.05)
 
     def _await_start(
         self, write: Write, task: TaskInstance | None, done: int
@@ -109,23 +118,28 @@ class LogStream:
             return True
         return task.status in OPEN and task.attempt <= done
 
-    def _follow(
-        self, write: Write, follower: LogFollower, meta: LineMeta | None, key: str, attempt: int
-    ) -> str:
+    def _follow(self, write: Write, follower: LogFollower, key: str, attempt: int) -> str:
+        # a log that may grow on another master is looked at every SHARED_POLL_SECONDS
+        wait = min(self.ping_seconds, SHARED_POLL_SECONDS) if follower.shared else self.ping_seconds
+        quiet_since = time.monotonic()
         while True:
             self._check()
             version = self.logs.hub.version(key)
             lines = follower.read_new()
-            for number, text in lines:
-                write(_event(number, text, meta))
-            if not lines:
-                finished = self._finished(attempt)
-                if finished is not None:
-                    return finished
-                if self.stopping.is_set():
-                    return "server_stopping"
-                if self.logs.hub.wait(key, version, self.ping_seconds) == version:
-                    write(b": ping\n\n")
+            for number, text, stamp in lines:
+                write(_event(number, text, stamp))
+            if lines:
+                quiet_since = time.monotonic()
+                continue
+            finished = self._finished(attempt)
+            if finished is not None:
+                return finished
+            if self.stopping.is_set():
+                return "server_stopping"
+            self.logs.hub.wait(key, version, wait)
+            if time.monotonic() - quiet_since >= self.ping_seconds:
+                write(b": ping\n\n")
+                quiet_since = time.monotonic()
 
     def _finished(self, attempt: int) -> str | None:
         """The task status once the followed attempt is over, else None."""
@@ -141,9 +155,9 @@ class _Refused(Exception):
     """The caller may no longer read the stream."""
 
 
-def _event(number: int, text: str, meta: LineMeta | None) -> bytes:
-    if meta is not None:
-        text = stamped(text, meta.at(number))
+def _event(number: int, text: str, stamp: Stamp | None) -> bytes:
+    if stamp is not None:
+        text = stamped(text, stamp)
     lines = text.split("\r")  # a data field cannot hold a bare CR
     body = "".join(f"data: {part}\n" for part in lines)
     return f"id: {number}\n{body}\n".encode()

@@ -22,6 +22,7 @@ from nagare.store.db import (
 )
 from nagare.store.deliveries import DeliveryStore
 from nagare.store.history import DAY_MS, DayCount, Grid, GridCell, GridRun, HistoryStore, VersionRow
+from nagare.store.log_chunks import LogChunkStore
 from nagare.store.masters import MasterRecord, MasterStore
 from nagare.store.metrics import (
     CounterRow,
@@ -81,6 +82,7 @@ __all__ = [
     "KeyRecord",
     "KeyStore",
     "LeaderLock",
+    "LogChunkStore",
     "MasterRecord",
     "MasterStore",
     "MetricAgg",
@@ -114,7 +116,7 @@ class Store:
     (`metrics`), deletion of old runs (`retention`), webhook deliveries (`deliveries`), the DAG
     page's grid, calendar and versions (`history`), the audit log (`audit`), users, API keys and
     dashboard sessions (`users`, `keys`, `sessions`), the masters serving the database
-    (`masters`)."""
+    (`masters`), attempts' log lines shared between masters (`log_chunks`)."""
 
     def __init__(self, path: str, password_env: str = "") -> None:
         self.db = open_database(path, password_env)
@@ -131,6 +133,7 @@ class Store:
         self.keys = KeyStore(self.db)
         self.sessions = SessionStore(self.db)
         self.masters = MasterStore(self.db)
+        self.log_chunks = LogChunkStore(self.db)
 
     def close(self) -> None:
         self.db.close()

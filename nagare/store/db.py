@@ -79,12 +79,15 @@ class LeaderLock(Protocol):
 
 class WakeChannel(Protocol):
     """Wake-ups between masters sharing a database (PostgreSQL's LISTEN/NOTIFY): `publish`
-    from any thread; `run(stop)` is the loop that sends them and calls `on_event` with those of
-    the other masters."""
+    from any thread; `listen()` starts listening at once (before the master registers);
+    `run(stop)` is the loop that sends them and calls `on_event` with those of the other
+    masters."""
 
     on_event: Callable[[str, list[str]], None]
 
     def publish(self, kind: str, *args: str) -> None: ...
+
+    def listen(self) -> None: ...
 
     def wake(self) -> None: ...
 

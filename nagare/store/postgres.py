@@ -658,6 +658,7 @@ class PgWakeChannel:
         self.on_event: Callable[[str, list[str]], None] = lambda kind, args: None
         self._pending: list[list[str]] = []
         self._lock = threading.Lock()
+        self._listening: Connection | None = None  # LISTENing since `listen`, for `run`
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -671,9 +672,22 @@ class PgWakeChannel:
         with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
             os.write(self._wake_w, b"w")
 
+    def listen(self) -> None:
+        """LISTEN now, before this master registers or claims anything: whatever another
+        master announces from then on reaches it (`run` goes on on this connection)."""
+        conn = self._open()
+        try:
+            conn.execute_plain(f"LISTEN {WAKE_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        self._listening = conn
+
     def run(self, stop: threading.Event) -> None:
         """Listen until `stop` (a lost connection raises: the supervisor runs this again)."""
-        conn = self._open()
+        conn, self._listening = self._listening, None
+        if conn is None:
+            conn = self._open()
         try:
             conn.execute_plain(f"LISTEN {WAKE_CHANNEL}")
             while not stop.is_set():
@@ -711,6 +725,9 @@ class PgWakeChannel:
                     self.on_event(event[0], event[1:])
 
     def close(self) -> None:
+        if self._listening is not None:  # listened, never run
+            self._listening.close()
+            self._listening = None
         os.close(self._wake_r)
         os.close(self._wake_w)
 

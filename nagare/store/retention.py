@@ -1,8 +1,8 @@
 """Retention in SQLite: finished runs older than a cutoff, found through the `created_at` index
 (oldest first, never a full scan) and deleted in bounded batches together with their task
-instances and attempts (ON DELETE CASCADE). The metric roll-up rows of the times those
-attempts touched are recomputed in the same transaction; the Prometheus counters are not lowered
-(counters only grow).
+instances and attempts (ON DELETE CASCADE) and their log chunks. The metric roll-up rows of the
+times those attempts touched are recomputed in the same transaction; the Prometheus counters are
+not lowered (counters only grow).
 """
 
 from __future__ import annotations
@@ -60,8 +60,21 @@ class RetentionStore:
             conn.execute(
                 f"DELETE FROM runs WHERE run_id IN ({marks}) AND status IN {FINISHED_RUNS}", ids
             )
+            conn.execute(f"DELETE FROM log_chunks WHERE run_id IN ({marks})", ids)
             refresh_rollup(conn, {(r[0], r[1]) for r in finished})
         return runs
+
+    def existing(self, run_ids: list[str]) -> set[str]:
+        """Which of `run_ids` still have a row (a master that does not lead prunes the log
+        folders of the others, `RetentionSweep.prune_folders`)."""
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for start in range(0, len(run_ids), 500):
+                part = run_ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = conn.execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", part)
+                found.update(str(r[0]) for r in rows)
+        return found
 
     def release_free_pages(self) -> None:
         """Give the pages deletions freed back to the file system (see Database)."""

@@ -364,6 +364,22 @@ MIGRATIONS: tuple[str | Mapping[str, str], ...] = (
         dag_digests TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 15: attempts' log lines in chunks, written by each master on PostgreSQL so that every
+    # master serves every log (SQLite has the table and never writes it); a chunk without
+    # lines (last_line = first_line - 1) marks the log closed
+    """
+    CREATE TABLE log_chunks (
+        run_id TEXT NOT NULL,
+        task_instance_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        first_line INTEGER NOT NULL,
+        last_line INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        PRIMARY KEY (task_instance_id, attempt, first_line, last_line)
+    ) WITHOUT ROWID;
+    CREATE INDEX log_chunks_run ON log_chunks(run_id);
+    """,
 )
 
 

@@ -487,6 +487,15 @@ class TaskStore:
             ).fetchall()
         return [task_from_row(r) for r in rows]
 
+    def running_masters(self) -> set[str]:
+        """The ids of the masters with attempts open under their own name ("local@<id>")."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT worker FROM task_attempts WHERE status='running' AND "
+                "substr(worker, 1, 6) = 'local@'"
+            ).fetchall()
+        return {str(r[0])[6:] for r in rows}
+
     def running_attempts(self, worker: str) -> list[Attempt]:
         with self.db.read() as conn:
             rows = conn.execute(

@@ -8,8 +8,10 @@ the destination in one transaction, tables in dependency order (a DAG version be
 a run before its tasks...), ids kept: every row's `rowid` (the order queries break ties with),
 the audit log's `id`; PostgreSQL's identity sequences are then set past the largest copied id.
 Before COMMIT the destination's counts (and sums of ids) are compared with the snapshot's: a
-mismatch rolls everything back. A migration that stops part way (killed, a lost connection)
-leaves no row behind, so the next attempt starts from an empty destination again.
+mismatch rolls everything back. After it, a PostgreSQL destination's tables are vacuumed and
+analyzed (planner statistics for the server that starts on them next). A migration that stops
+part way (killed, a lost connection) leaves no row behind, so the next attempt starts from an
+empty destination again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ TABLES: tuple[Table, ...] = (
     Table("runs"),
     Table("task_instances"),
     Table("task_attempts"),
+    Table("log_chunks", ""),
     Table("metric_rollup", ""),
     Table("metric_counters", ""),
     Table("metric_durations", ""),
@@ -137,6 +140,8 @@ def copy_history(
             "just created); an interrupted migration leaves none behind"
         )
     with _snapshot(source) as reader, destination.write() as writer:
+        if destination.dialect == "postgresql":
+            _wait_for_the_disk(writer)
         expected = {table.name: _tally(reader, table) for table in TABLES}
         for table in TABLES:
             columns = _columns(reader, source.dialect, table)
@@ -151,6 +156,8 @@ def copy_history(
         written = [TableCheck(t.name, expected[t.name], _tally(writer, t)) for t in TABLES]
         if not all(check.matches for check in written):
             raise CopyMismatch(written)
+    if destination.dialect == "postgresql":
+        _collect_statistics(destination)
     after = tallies(destination)
     return [TableCheck(t.name, expected[t.name], after[t.name]) for t in TABLES]
 
@@ -239,6 +246,23 @@ def _batches(
     cursor.execute(select)
     while rows := cursor.fetchmany(size):
         yield rows
+
+
+def _wait_for_the_disk(writer: Any) -> None:
+    """The copy's COMMIT waits for the disk whatever the server's setting: durable when
+    reported done, and its rows' hint bits can be set at once (with an asynchronous commit they
+    wait for the WAL writer), so the VACUUM after it can mark their pages all-visible."""
+    writer.execute_plain("SET LOCAL synchronous_commit = on")
+
+
+def _collect_statistics(db: Any) -> None:
+    """`VACUUM (ANALYZE)` every copied table (outside a transaction, after COMMIT): without
+    statistics PostgreSQL plans a freshly loaded table as if it were nearly empty (a sequential
+    scan of every task to count one page of runs' tasks) until autovacuum comes round, and
+    without the visibility map a count reads the rows rather than an index."""
+    with db.read() as conn:
+        for table in TABLES:
+            conn.execute_plain(f"VACUUM (ANALYZE) {table.name}")
 
 
 def _advance_identities(writer: Any) -> None:

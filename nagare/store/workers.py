@@ -139,15 +139,19 @@ class WorkerStore:
 
     def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool:
         """Close an attempt whose lease ran out (compare-and-set: a result that arrived first
-        wins). Returns whether it was closed here."""
+        wins, and of two masters' reapers the one that takes the lease first). Returns whether
+        it was closed here."""
         with self.db.write() as conn:
             if not _holds(conn, finish.task_instance_id, finish.attempt, worker_id, now, False):
                 return False
+            taken = conn.execute(  # (waits for another reaper's transaction, then sees NULL)
+                "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=? "
+                "AND lease_expires_at IS NOT NULL AND lease_expires_at < ?",
+                (finish.task_instance_id, finish.attempt, now),
+            ).rowcount
+            if not taken:
+                return False
             finish_one(conn, finish)
-            conn.execute(
-                "UPDATE task_instances SET lease_expires_at=NULL WHERE id=? AND attempt=?",
-                (finish.task_instance_id, finish.attempt),
-            )
         return True
 
     def renew_all(self, worker_id: str, until: int) -> int:
@@ -162,12 +166,14 @@ class WorkerStore:
         return cursor.rowcount
 
     def extend(self, until: int) -> int:
-        """On master start: the workers could not renew while it was down, so every open lease
-        gets a full term from now. Returns how many were extended."""
+        """On the start of a master alone on its database: the workers could not renew while
+        it was down, so every open lease of a remote worker gets a full term from now (a
+        master's own attempts, "local@<id>", are not a worker's). Returns how many."""
         with self.db.write() as conn:
             cursor = conn.execute(
                 "UPDATE task_instances SET lease_expires_at=max(lease_expires_at, ?) "
-                "WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled')",
+                "WHERE lease_expires_at IS NOT NULL AND status IN ('running', 'cancelled') "
+                "AND substr(worker, 1, 6) != 'local@'",
                 (until,),
             )
         return cursor.rowcount
