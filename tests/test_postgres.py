@@ -354,6 +354,19 @@ def test_a_dispatcher_turn_is_two_round_trips_and_a_transition_one(pg_url: str) 
     store.close()
 
 
+def test_the_queue_index_holds_the_claims_order_whole(pg_url: str) -> None:
+    """A claim takes the oldest queued tasks by (queued_at, rowid): SQLite's index ends with
+    the rowid by itself, PostgreSQL's names it (else every queued task is read and sorted)."""
+    store = Store(pg_url)
+    with store.db.read() as conn:
+        (definition,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ti_queued'"
+        ).fetchone()
+    assert "(pool NULLS FIRST, queued_at NULLS FIRST, rowid NULLS FIRST)" in definition
+    assert "WHERE (status = 'queued'::text)" in definition
+    store.close()
+
+
 def test_a_deferred_statement_that_fails_fails_its_transaction_and_nothing_is_kept(
     pg_url: str,
 ) -> None:
