@@ -13,10 +13,12 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagfiles
 import seed
@@ -138,7 +140,64 @@ def chain100(cfg: Settings) -> list[Row]:
                 f"N={reps}; " + _server_note(results, peak),
             )
         )
-    return rows + _versus_sqlite("chain100", overheads, "ms/hop") + _two_masters(cfg, hops, reps)
+    return (
+        rows
+        + _versus_sqlite("chain100", overheads, "ms/hop")
+        + _two_masters(cfg, hops, reps)
+        + _chain_shared(cfg, hops, reps, overheads)
+    )
+
+
+def _chain_shared(cfg: Settings, hops: int, reps: int, overheads: list[float]) -> list[Row]:
+    """With --postgres: chain100 on two masters sharing one database and one pool (each with
+    its default slots): a hop runs on whichever master claims it first."""
+    if cfg.postgres is None:
+        return []
+    dag = {"chain.yaml": dagfiles.chain("chain100", hops)}
+    results, floors, peak, workers = _on_two_masters(cfg, dag, {}, "chain100", reps, floor=hops)
+    engine = median([r.wall_seconds for r in results])
+    per_hop_ms = (engine - median(floors)) / hops * 1000
+    one = overheads[-1]
+    return [
+        Row(
+            "chain100 [2 masters, 1 pool]",
+            f"{per_hop_ms:.2f} ms/hop",
+            f"1 master {one:.2f} ms/hop",
+            f"{per_hop_ms / one:.2f}x" if one > 0 else "-",
+            "-",
+            None,
+            f"N={reps}; both masters run pool default; sqlite {overheads[0]:.2f} ms/hop in the "
+            f"same run; tasks by master (last run): {workers}; " + _server_note(results, peak),
+        )
+    ]
+
+
+def _on_two_masters(
+    cfg: Settings,
+    dag: dict[str, str],
+    settings: dict[str, Any],
+    dag_id: str,
+    reps: int,
+    floor: int = 0,
+    width: int = 0,
+    pool: int = 0,
+) -> tuple[list[RunResult], list[float], int, str]:
+    """`reps` runs of `dag_id` triggered on the first of two masters sharing a fresh PostgreSQL
+    database, both with `settings`; returns the runs, the floors, the first's peak RSS and how
+    many tasks of the last run each master ran."""
+    assert cfg.postgres is not None
+    url = cfg.postgres()
+    first = Server(cfg.launcher, dags=dag, db_url=url, settings=settings)
+    other = Server(cfg.launcher, dags=dag, db_url=url, settings=settings)
+    shape = ("chain", floor, 1) if floor else ("fanout", width, pool)
+    with first as server, other:
+        results, floors, peak = _repeat_runs(
+            server, dag_id, reps, 0.02 if width else 0.01, 300, cfg.say, floor=shape
+        )
+        tasks = server.client().get_json(f"/api/runs/{results[-1].run_id}/tasks")
+    by_worker = Counter(str(t.get("worker") or "?") for t in tasks)
+    names = {w: f"m{i + 1}" for i, w in enumerate(sorted(by_worker))}
+    return results, floors, peak, ", ".join(f"{names[w]} {n}" for w, n in sorted(by_worker.items()))
 
 
 def _two_masters(cfg: Settings, hops: int, reps: int) -> list[Row]:
@@ -268,7 +327,46 @@ def fanout1000(cfg: Settings) -> list[Row]:
                 f"N={reps}, pool 8; " + _server_note(results, peak),
             )
         )
-    return rows + _versus_sqlite("fanout1000", overheads, "ms/task")
+    return (
+        rows
+        + _versus_sqlite("fanout1000", overheads, "ms/task")
+        + _fanout_two_masters(cfg, dag, settings, width, pool, reps, overheads)
+    )
+
+
+def _fanout_two_masters(
+    cfg: Settings,
+    dag: dict[str, str],
+    settings: dict[str, Any],
+    width: int,
+    pool: int,
+    reps: int,
+    overheads: list[float],
+) -> list[Row]:
+    """With --postgres: fanout1000 on two masters sharing one database, each with the one
+    master's 8 slots; the goal is an overhead per task no larger than one master's."""
+    if cfg.postgres is None:
+        return []
+    results, floors, peak, workers = _on_two_masters(
+        cfg, dag, settings, "fanout1000", reps, width=width, pool=pool
+    )
+    engine = median([r.wall_seconds for r in results])
+    per_task_ms = (engine - median(floors)) / width * 1000
+    one = overheads[-1]
+    times = per_task_ms / one if one > 0 else float("inf")
+    return [
+        Row(
+            "fanout1000 [2 masters]",
+            f"{per_task_ms:.2f} ms/task",
+            f"1 master {one:.2f} ms/task",
+            f"{times:.2f}x",
+            "<= 1x 1 master",
+            times <= 1.0,
+            f"N={reps}, pool 8 on each master; engine {engine:.3f} s; sqlite "
+            f"{overheads[0]:.2f} ms/task in the same run; tasks by master (last run): {workers}; "
+            + _server_note(results, peak),
+        )
+    ]
 
 
 # ---------------------------------------------------------------- map10000

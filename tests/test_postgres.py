@@ -27,6 +27,7 @@ from nagare.db_url import (
     resolve_password,
 )
 from nagare.errors import ConfigError
+from nagare.models import TaskStatus as S
 from nagare.models import Trigger
 from nagare.store import DatabaseError, RunFilter, Store
 from nagare.store.pg_sql import translate
@@ -311,6 +312,79 @@ def test_two_stores_on_one_database_claim_every_task_exactly_once(pg_url: str) -
     assert len(claimed) == 120 and len(set(claimed)) == 120
     first.close()
     second.close()
+
+
+def _writer_round_trips(store: Store) -> int:
+    writer = store.db._writer  # type: ignore[attr-defined]
+    return int(writer.round_trips)
+
+
+def test_a_dispatcher_turn_is_two_round_trips_and_a_transition_one(pg_url: str) -> None:
+    """Closing attempts and claiming the next: the closes and claims travel together, the
+    metrics with the COMMIT; a promotion's answer comes with its COMMIT. Statements run once
+    are prepared from their second run (a round trip once per connection): counted after."""
+    from test_store_contract import claim, dag_of, ended, start
+
+    store = Store(pg_url)
+    dag = dag_of(
+        "id: d\ntasks:\n" + "".join(f"  - id: t{i}\n    command: 'true'\n" for i in range(12))
+    )
+    for now in (1, 2, 3):
+        start(store, dag, now)
+    claimed = claim(store, 10, count=2) + claim(store, 11, count=2)
+    for now in (20, 30):  # each statement twice: prepared
+        claimed = store.tasks.finish_and_claim(
+            [ended(c, now) for c in claimed[:2]], {"default": 2}, "local", now
+        )
+    for now in (35, 36):
+        assert store.tasks.transition([claimed[now - 35].task.id], [S.RUNNING], S.SUCCESS, now)
+    before = _writer_round_trips(store)
+    claimed = claim(store, 40, count=2)
+    assert _writer_round_trips(store) - before == 1  # BEGIN, the claim and COMMIT together
+    before = _writer_round_trips(store)
+    again = store.tasks.finish_and_claim(
+        [ended(c, 50) for c in claimed], {"default": 2}, "local", 60
+    )
+    assert _writer_round_trips(store) - before == 2
+    assert len(again) == 2 and all(c.task.status is S.RUNNING for c in again)
+    assert {a.status for c in claimed for a in store.tasks.attempts(c.task.id)} == {S.SUCCESS}
+    before = _writer_round_trips(store)
+    assert store.tasks.transition([again[0].task.id], [S.RUNNING], S.CANCELLED, 70)
+    assert _writer_round_trips(store) - before == 1
+    store.close()
+
+
+def test_the_queue_index_holds_the_claims_order_whole(pg_url: str) -> None:
+    """A claim takes the oldest queued tasks by (queued_at, rowid): SQLite's index ends with
+    the rowid by itself, PostgreSQL's names it (else every queued task is read and sorted)."""
+    store = Store(pg_url)
+    with store.db.read() as conn:
+        (definition,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ti_queued'"
+        ).fetchone()
+    assert "(pool NULLS FIRST, queued_at NULLS FIRST, rowid NULLS FIRST)" in definition
+    assert "WHERE (status = 'queued'::text)" in definition
+    store.close()
+
+
+def test_a_deferred_statement_that_fails_fails_its_transaction_and_nothing_is_kept(
+    pg_url: str,
+) -> None:
+    from test_store_contract import claim, dag_of, start
+
+    store = Store(pg_url)
+    start(store, dag_of("id: d\ntasks:\n  - id: t\n    command: 'true'\n"), 1)
+    with pytest.raises(DatabaseError, match="PostgreSQL"), store.db.write() as conn:
+        conn.defer("SELECT CAST(1 AS INTEGER) / 0")
+        sent = conn.defer("UPDATE runs SET status='failed' RETURNING run_id")
+    with pytest.raises(DatabaseError, match="lost"):
+        sent.fetchall()  # never read: the failure before it closed the connection
+    (claimed,) = claim(store, 10)  # the next write works, on a new connection
+    assert claimed.run.status.value == "queued"  # (as it was before this claim)
+    with store.db.write() as conn:
+        rows = conn.defer("SELECT status FROM runs")
+        assert rows.fetchall()[0]["status"] == "running"  # read on first use
+    store.close()
 
 
 DAG = """

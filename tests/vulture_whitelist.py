@@ -26,6 +26,7 @@ Reactor.idle  # tests/executor_harness.py: nothing left registered after an atte
 Spawner.uses_vfork, Spawner.hands_off_cpu  # tests/test_dispatch.py (start methods)
 Coordinator.waiting_polls  # tests/test_cluster.py waits for a worker's long poll
 mask  # engine/secrets: the one masker, for task outputs (and tests/test_secrets.py)
+Connection.round_trips  # store/postgres: tests/test_postgres.py counts a turn's round trips
 
 # teams (auth_mode builtin/oidc): the users, keys and audit code being built reads these;
 # each line goes once its reader lands

@@ -7,7 +7,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, cast
 
@@ -27,6 +27,32 @@ BEAT_SECONDS = 5.0  # the checkpoint loop shows it is alive at least this often
 # In a claim's `IN (SELECT ...)`: a comment to SQLite (one writer: nothing to skip), the row
 # locking clause for PostgreSQL (see pg_sql.translate)
 LOCK_ROWS = " /*FOR UPDATE SKIP LOCKED*/"
+
+
+def pipelines(conn: object) -> bool:
+    """Whether statements sent on `conn` can wait for their answers (PostgreSQL's `defer`:
+    statements sent together share one round trip); SQLite runs each at once."""
+    return hasattr(conn, "defer")
+
+
+class Fetched:
+    """A statement's rows read at once, readable after its transaction like a deferred one."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._rows = cursor.fetchall()
+        self.rowcount = cursor.rowcount
+
+    def fetchall(self) -> list[sqlite3.Row]:
+        return self._rows
+
+
+def send(conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> Fetched:
+    """Run a statement whose rows the caller reads later, after its transaction's COMMIT if it
+    likes: on PostgreSQL they travel with the next request's answers (the COMMIT's) instead of
+    a round trip of their own; on SQLite they are read at once."""
+    if pipelines(conn):
+        return cast(Fetched, conn.defer(sql, params))  # type: ignore[attr-defined]
+    return Fetched(conn.execute(sql, params))
 
 
 class DatabaseError(NagareError):

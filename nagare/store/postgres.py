@@ -101,6 +101,42 @@ class Cursor:
         return iter(self.fetchall())
 
 
+class Deferred:
+    """The result of a statement sent but not waited for (`Connection.defer`): its answer is
+    read with the next request's (the transaction's COMMIT, say), or here on first use."""
+
+    def __init__(self, conn: Connection, context: Any, index: Mapping[str, int] | None) -> None:
+        self._conn = conn
+        self._context = context
+        self._index = index
+        self._cursor: Cursor | None = None
+
+    def _read(self) -> Cursor:
+        if self._cursor is None:
+            context = self._context
+            if not getattr(context, "done", False) and context in self._conn._unread:
+                with self._conn._errors():
+                    self._conn._drain()
+            if not getattr(context, "done", False):  # an earlier answer failed first
+                raise DatabaseError("PostgreSQL: a statement's answer was lost with its connection")
+            index = self._index
+            if index is None:  # (sent unprepared: its columns came with its answer)
+                index = {c["name"]: i for i, c in enumerate(context.columns or ())}
+            rows = [Row(index, values) for values in context.rows or ()]
+            self._cursor = Cursor(rows, context.row_count)
+        return self._cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._read().rowcount
+
+    def fetchone(self) -> Any:
+        return self._read().fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._read().fetchall()
+
+
 class PlainCursor:
     """What the store reads in bulk: tuples, no names (`row_factory` is accepted, unused)."""
 
@@ -125,9 +161,34 @@ class Connection:
         self.broken = False
         self._begin_pending = False
         self._last = ""
+        self.round_trips = 0  # requests sent and answered (what a statement costs here)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self._run(translate(sql), params)
+
+    def defer(self, sql: str, params: Iterable[Any] = ()) -> Deferred:
+        """Send a statement without waiting for its answer: inside a transaction it is read
+        with the next request's answers (statements sent together, or with the COMMIT, share
+        one round trip), or when the result is first used; an error still fails the
+        transaction before its COMMIT. Outside a transaction it is read at once."""
+        from pg8000.converters import make_params
+
+        statement = translate(sql)
+        self._last = statement
+        values = make_params(
+            self._raw.py_types, [int(v) if v.__class__ is bool else v for v in params]
+        )
+        with self._errors():
+            if statement not in self._prepared and self._first_time(statement):
+                context = self._send_once(statement, values)
+                index: Mapping[str, int] | None = None
+            else:
+                name, columns, funcs, index = self._prepare(statement)
+                self._send(name, [values])
+                context = self._expect(statement, columns, funcs)
+            if not self.in_transaction:
+                self._drain()
+        return Deferred(self, context, index)
 
     def cursor(self) -> PlainCursor:
         """Like sqlite3's `conn.cursor()` whose `row_factory` is set to None: plain rows."""
@@ -219,6 +280,13 @@ class Connection:
 
     def _run_once(self, statement: str, params: Any) -> Any:
         """Parse (unnamed), bind, describe, execute and sync in one round trip."""
+        context = self._send_once(statement, params)
+        self._drain()
+        return context
+
+    def _send_once(self, statement: str, params: Any) -> Any:
+        """Write (not yet flush) a pending BEGIN, then parse (unnamed), bind, describe, execute
+        and sync."""
         from pg8000.core import DESCRIBE, NULL_BYTE, PORTAL, SYNC_MSG, Context, _write
 
         raw = self._raw
@@ -230,7 +298,6 @@ class Connection:
         _write(raw._sock, SYNC_MSG)
         context = Context(statement)
         self._unread.append(context)
-        self._drain()
         return context
 
     def _send(self, name: bytes, batch: list[Any]) -> None:
@@ -259,6 +326,7 @@ class Connection:
         pending, self._unread = self._unread, []
         if not pending:
             return
+        self.round_trips += 1
         _flush(self._raw._sock)
         for number, context in enumerate(pending):
             try:
@@ -266,6 +334,7 @@ class Connection:
             except BaseException:
                 self.broken = self.broken or number < len(pending) - 1 or context.error is None
                 raise
+            context.done = True  # (a deferred statement's answer is there)
 
     def _prepare(self, statement: str) -> tuple[bytes, Any, Any, dict[str, int]]:
         found = self._prepared.pop(statement, None)
@@ -274,7 +343,9 @@ class Connection:
             if len(self._prepared) >= PREPARED_PER_CONNECTION:
                 oldest = next(iter(self._prepared))
                 self._raw.close_prepared_statement(self._prepared.pop(oldest)[0])
+                self.round_trips += 1
             name, columns, funcs = self._raw.prepare_statement(statement, ())
+            self.round_trips += 1
             index = {c["name"]: i for i, c in enumerate(columns or ())}
             found = (name, columns, funcs, index)
         self._prepared[statement] = found  # most recent last

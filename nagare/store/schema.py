@@ -380,6 +380,16 @@ MIGRATIONS: tuple[str | Mapping[str, str], ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX log_chunks_run ON log_chunks(run_id);
     """,
+    # 16: a claim's queue order (queued_at, then rowid) read from the index on PostgreSQL too:
+    # a SQLite index ends with the rowid by itself, a PostgreSQL one must name it (without it a
+    # claim of 5 tasks read and sorted every queued task of the pool)
+    {
+        "sqlite": "",
+        "postgresql": """
+    DROP INDEX ti_queued;
+    CREATE INDEX ti_queued ON task_instances(pool, queued_at, rowid) WHERE status = 'queued';
+    """,
+    },
 )
 
 

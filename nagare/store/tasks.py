@@ -21,7 +21,7 @@ from nagare.models import (
     TaskStatus,
 )
 from nagare.store.dags import DagStore
-from nagare.store.db import LOCK_ROWS, Database
+from nagare.store.db import LOCK_ROWS, Database, pipelines, send
 from nagare.store.metrics import AttemptTally, refresh_rollup
 from nagare.store.rows import (
     METRIC_COLUMNS,
@@ -228,19 +228,18 @@ class TaskStore:
         params: list[object] = [to_status, *_transition_params(to_status, now)]
         if message is not None:
             params.append(message)
-        moved: set[str] = set()
-        with self.db.write() as conn:
-            for start in range(0, len(task_ids), TRANSITION_CHUNK):
-                chunk = task_ids[start : start + TRANSITION_CHUNK]
-                ids = ",".join("?" * len(chunk))
-                moved.update(
-                    row[0]
-                    for row in conn.execute(
-                        f"UPDATE task_instances SET status=?{extra} WHERE id IN ({ids}) "
-                        f"AND status IN ({marks}) RETURNING id",
-                        [*params, *chunk, *sources],
-                    ).fetchall()
+        with self.db.write() as conn:  # (on PostgreSQL the rows come with the COMMIT's answer)
+            sent = [
+                send(
+                    conn,
+                    f"UPDATE task_instances SET status=?{extra} WHERE id IN ({ids}) "
+                    f"AND status IN ({marks}) RETURNING id",
+                    [*params, *chunk, *sources],
                 )
+                for chunk in _chunks(task_ids, TRANSITION_CHUNK)
+                for ids in [",".join("?" * len(chunk))]
+            ]
+        moved = {row[0] for rows in sent for row in rows.fetchall()}
         return [task_id for task_id in dict.fromkeys(task_ids) if task_id in moved]
 
     def due_retries(self, now: int) -> list[TaskInstance]:
@@ -296,19 +295,21 @@ class TaskStore:
         pool, in one transaction: slots that finish together share one commit and one metrics
         update, and a busy slot costs a fraction of a write per task. With `lease_ms` (a master
         sharing its database) the claims are leases its master renews, confirmed at once."""
+        # on PostgreSQL two round trips: the closes and the claims go out together, then the
+        # metrics with the COMMIT; the claims' rows are read after it
         with self.db.write() as conn:
             tally = AttemptTally()
-            for start in range(0, len(finishes), FINISH_CHUNK):
-                finish_many(conn, finishes[start : start + FINISH_CHUNK], tally)
-            tally.write(conn)
+            closing = [send_finish(conn, c, tally) for c in _chunks(finishes, FINISH_CHUNK)]
             at = _read(now)
             lease = at + lease_ms if lease_ms else None
-            claims = []
-            for pool, count in wants.items():
-                claims += claim_queued(
-                    conn, self.dags, pool, worker, at, lease, count, confirmed=lease is not None
-                )
-            return claims
+            claiming = [
+                send_claim(conn, self.dags, pool, worker, at, lease, count, lease is not None)
+                for pool, count in wants.items()
+            ]
+            for closed in closing:
+                closed()
+            tally.write(conn)
+        return [claim for claimed in claiming for claim in claimed()]
 
     def finish_attempt(self, finish: AttemptFinish) -> bool:
         """Close an attempt and move its task running -> `finish.status` (CAS on the attempt).
@@ -590,6 +591,29 @@ def _drop_children(conn: sqlite3.Connection, run_id: str, parent_task_id: str) -
         refresh_rollup(conn, {(r[0], r[1]) for r in counted})
 
 
+CLAIM = (
+    "UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
+    "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
+    "allowed_failure=0, lease_expires_at=?, lease_confirmed=? "
+    "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
+    f"ORDER BY queued_at, rowid LIMIT ?{LOCK_ROWS}) AND status='queued' "
+    f"RETURNING {TASK_COLUMNS.replace('ti.', '')}"
+)
+# PostgreSQL only (a data-modifying WITH, which SQLite has not): the claim, its runs, the
+# attempts opened and the runs started in one statement; the run rows come as JSON (each
+# as its `runs` row was before the statement, as the separate statements read it)
+CLAIM_WITH_ATTEMPTS = (
+    f"WITH c AS ({CLAIM}), "
+    "r AS (SELECT * FROM runs WHERE run_id IN (SELECT run_id FROM c)), "
+    "a AS (INSERT INTO task_attempts(task_instance_id, attempt, run_id, dag_id, task_id, "
+    "status, worker, started_at) SELECT c.id, c.attempt, c.run_id, r.dag_id, c.task_id, "
+    "'running', ?, ? FROM c JOIN r ON r.run_id = c.run_id), "
+    "u AS (UPDATE runs SET status='running', started_at=? WHERE run_id IN "
+    "(SELECT run_id FROM c) AND status='queued') "
+    "SELECT c.*, CAST(row_to_json(r) AS TEXT) AS run_json FROM c JOIN r ON r.run_id = c.run_id"
+)
+
+
 def claim_queued(
     conn: sqlite3.Connection,
     dags: DagStore,
@@ -603,16 +627,49 @@ def claim_queued(
     """A shared step: claim the `count` oldest queued tasks of `pool` for `worker` (a remote
     worker holds them under a lease that ends at `lease_until` unless renewed), oldest first,
     and open their attempts."""
-    rows = conn.execute(
-        f"UPDATE task_instances AS ti SET status='running', attempt=attempt+1, worker=?, "
-        "started_at=?, completed_at=NULL, exit_code=NULL, timed_out=0, message='', "
-        "allowed_failure=0, "
-        "lease_expires_at=?, lease_confirmed=? "
-        "WHERE id IN (SELECT id FROM task_instances WHERE status='queued' AND pool=? "
-        f"ORDER BY queued_at, rowid LIMIT ?{LOCK_ROWS}) AND status='queued' "
-        f"RETURNING {TASK_COLUMNS.replace('ti.', '')}",
-        (worker, now, lease_until, int(confirmed), pool, count),
-    ).fetchall()
+    return send_claim(conn, dags, pool, worker, now, lease_until, count, confirmed)()
+
+
+def send_claim(
+    conn: sqlite3.Connection,
+    dags: DagStore,
+    pool: str,
+    worker: str,
+    now: int,
+    lease_until: int | None,
+    count: int,
+    confirmed: bool,
+) -> Callable[[], list[Claim]]:
+    """`claim_queued`, its result read by the function returned (on PostgreSQL one statement
+    whose answer may wait for the transaction's next request; on SQLite done at once)."""
+    params = (worker, now, lease_until, int(confirmed), pool, count)
+    if pipelines(conn):
+        sent = send(conn, CLAIM_WITH_ATTEMPTS, (*params, worker, now, now))
+        return lambda: _claims(dags, sent.fetchall())
+    claims = _claim_now(conn, dags, params, worker, now)
+    return lambda: claims
+
+
+def _claims(dags: DagStore, rows: list[Any]) -> list[Claim]:
+    """The claims of CLAIM_WITH_ATTEMPTS's rows, oldest first."""
+    runs = {}
+    tasks = []
+    for row in rows:
+        task = task_from_row(row)
+        tasks.append(task)
+        if task.run_id not in runs:
+            runs[task.run_id] = run_from_row(json.loads(row["run_json"]))
+    tasks.sort(key=lambda t: (t.queued_at or 0, t.position))
+    return [
+        Claim(t, runs[t.run_id], t.attempt, dags.version(runs[t.run_id].dag_version)) for t in tasks
+    ]
+
+
+def _claim_now(
+    conn: sqlite3.Connection, dags: DagStore, params: tuple[object, ...], worker: str, now: int
+) -> list[Claim]:
+    """CLAIM, then the claimed tasks' runs read, their attempts opened, queued runs started."""
+    rows = conn.execute(CLAIM, params).fetchall()
     if not rows:
         return []
     tasks = sorted(map(task_from_row, rows), key=lambda t: (t.queued_at or 0, t.position))
@@ -659,22 +716,108 @@ def finish_many(
     attempt rows); their metrics go to `tally`. Returns the ids of the tasks that moved: a task
     no longer running that attempt (a kill that won the race) keeps its status, and its attempt is
     closed as cancelled."""
-    rows = _values_rows(TASK_VALUE_TYPES, len(finishes))
+    return send_finish(conn, finishes, tally, from_status)()
+
+
+def _finish_tasks(from_status: TaskStatus, rows: str) -> str:
+    return (
+        "UPDATE task_instances SET status=v.column3, completed_at=v.column4, "
+        "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
+        "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
+        "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
+        "outputs=CASE WHEN v.column3='queued' THEN outputs ELSE v.column12 END, "
+        "max_attempts=max_attempts+v.column11, allowed_failure=v.column13 "
+        f"FROM {rows} "
+        f"WHERE id=v.column1 AND attempt=v.column2 AND status='{from_status}' "
+        "RETURNING id, base_task_id, pool"
+    )
+
+
+def _finish_attempts(status: str, rows: str) -> str:
+    return (
+        f"UPDATE task_attempts SET status={status}, completed_at=v.column4, "
+        "exit_code=v.column5, timed_out=v.column6, error=v.column7, "
+        "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
+        f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM {rows} "
+        "WHERE task_instance_id=v.column1 AND attempt=v.column2 "
+        "AND status='running' RETURNING task_instance_id, dag_id"
+    )
+
+
+def send_finish(
+    conn: sqlite3.Connection,
+    finishes: Sequence[AttemptFinish],
+    tally: AttemptTally,
+    from_status: TaskStatus = TaskStatus.RUNNING,
+) -> Callable[[], set[str]]:
+    """`finish_many`, its result read by the function returned (on PostgreSQL the task and
+    attempt updates are one statement whose answer may wait for the transaction's next
+    request; on SQLite both run at once)."""
+    if not pipelines(conn):
+        moved = _after_finish(conn, finishes, _finish_now(conn, finishes, from_status), tally)
+        return lambda: moved
+    sent = send(
+        conn,
+        # a task that did not move (a kill won the race) has its attempt closed as cancelled
+        f"WITH v AS (VALUES {_values_rows(TASK_VALUE_TYPES, len(finishes))}), "
+        f"moved AS ({_finish_tasks(from_status, 'v')}), "
+        f"w AS (VALUES {_values_rows(ATTEMPT_VALUE_TYPES, len(finishes))}), "
+        "closed AS ("
+        + _finish_attempts(
+            "CASE WHEN m.id IS NULL THEN 'cancelled' ELSE v.column3 END",
+            "w AS v LEFT JOIN moved AS m ON m.id = v.column1",
+        )
+        + ") SELECT 1 AS moved, id, base_task_id, pool FROM moved "
+        "UNION ALL SELECT 0, task_instance_id, dag_id, '' FROM closed",
+        [
+            *(value for f in finishes for value in _task_values(f)),
+            *(value for f in finishes for value in _attempt_values(f, f.attempt_status)),
+        ],
+    )
+    return lambda: _after_finish(conn, finishes, _finished(sent.fetchall()), tally)
+
+
+def _finished(rows: list[Any]) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    moved = {row[1]: (row[2], row[3]) for row in rows if row[0] == 1}
+    return moved, {row[1]: row[2] for row in rows if row[0] == 0}
+
+
+def _finish_now(
+    conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], from_status: TaskStatus
+) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """The task rows, then the attempt rows: two statements however many."""
+    rows = f"(VALUES {_values_rows(TASK_VALUE_TYPES, len(finishes))}) AS v"
     moved = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
-            "UPDATE task_instances SET status=v.column3, completed_at=v.column4, "
-            "exit_code=v.column5, timed_out=v.column6, ready_at=v.column7, "
-            "output_tail=v.column8, message=v.column9, lease_expires_at=NULL, "
-            "queued_at=CASE WHEN v.column3='queued' THEN v.column10 ELSE queued_at END, "
-            "outputs=CASE WHEN v.column3='queued' THEN outputs ELSE v.column12 END, "
-            "max_attempts=max_attempts+v.column11, allowed_failure=v.column13 "
-            f"FROM (VALUES {rows}) AS v "
-            f"WHERE id=v.column1 AND attempt=v.column2 AND status='{from_status}' "
-            "RETURNING id, base_task_id, pool",
+            _finish_tasks(from_status, rows),
             [value for f in finishes for value in _task_values(f)],
         ).fetchall()
     }
+    rows = f"(VALUES {_values_rows(ATTEMPT_VALUE_TYPES, len(finishes))}) AS v"
+    closed = dict(
+        conn.execute(
+            _finish_attempts("v.column3", rows),
+            [value for f in finishes for value in _attempt_values(f, _status(f, moved))],
+        ).fetchall()
+    )
+    return moved, closed
+
+
+def _status(finish: AttemptFinish, moved: Mapping[str, object]) -> TaskStatus:
+    """The status an attempt closes with: cancelled when its task did not move."""
+    return finish.attempt_status if finish.task_instance_id in moved else TaskStatus.CANCELLED
+
+
+def _after_finish(
+    conn: sqlite3.Connection,
+    finishes: Sequence[AttemptFinish],
+    done: tuple[dict[str, tuple[str, str]], dict[str, str]],
+    tally: AttemptTally,
+) -> set[str]:
+    """What follows closing attempts (the tasks that moved, the attempts closed): runs that
+    have outputs now, the tasks that did not move, the metrics of the attempts closed."""
+    moved, closed = done
     published = [
         (f.task_instance_id,) for f in finishes if f.outputs and f.task_instance_id in moved
     ]
@@ -684,24 +827,6 @@ def finish_many(
             "WHERE id=?) AND has_outputs=0",
             published,
         )
-    statuses = {
-        f.task_instance_id: f.attempt_status
-        if f.task_instance_id in moved
-        else TaskStatus.CANCELLED
-        for f in finishes
-    }
-    rows = _values_rows(ATTEMPT_VALUE_TYPES, len(finishes))
-    closed = dict(
-        conn.execute(
-            "UPDATE task_attempts SET status=v.column3, completed_at=v.column4, "
-            "exit_code=v.column5, timed_out=v.column6, error=v.column7, "
-            "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
-            f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM (VALUES {rows}) "
-            "AS v WHERE task_instance_id=v.column1 AND attempt=v.column2 "
-            "AND status='running' RETURNING task_instance_id, dag_id",
-            [value for f in finishes for value in _attempt_values(f, statuses[f.task_instance_id])],
-        ).fetchall()
-    )
     for finish in finishes:
         task_id = finish.task_instance_id
         task = moved.get(task_id)
@@ -720,9 +845,18 @@ def finish_many(
                 ).fetchone()
             )
             tally.add(
-                closed[task_id], task[0], task[1], statuses[task_id], finish.metrics, finish.now
+                closed[task_id],
+                task[0],
+                task[1],
+                _status(finish, moved),
+                finish.metrics,
+                finish.now,
             )
     return set(moved)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _transition_columns(to_status: TaskStatus) -> str:
