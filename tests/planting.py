@@ -167,5 +167,12 @@ def undo_migration_13(conn: Any) -> None:
 
 
 def undo_migration_14(conn: Any) -> None:
-    """Back to the schema before the masters' rows (migration 14)."""
+    """Back to the schema before the masters' rows (migration 14), with what the migrations
+    after it added (15: log chunks; 16 changes nothing on SQLite)."""
+    undo_migration_15(conn)
     conn.execute("DROP TABLE masters")
+
+
+def undo_migration_15(conn: Any) -> None:
+    """Back to the schema before the log chunks (migration 15)."""
+    conn.execute("DROP TABLE log_chunks")
