@@ -432,6 +432,27 @@ class LogFiles:
         except OSError:
             return None
 
+    def shared_stdout(self, task_instance_id: str, attempt: int) -> tuple[str, int | None, bool]:
+        """An attempt's stdout as the shared database holds its log (a map source that ran on
+        another master): its stdout lines, the cap they were cut at (None: whole), and whether
+        the writer marked the log complete. ("", None, False) without a shared database."""
+        if self.shared is None:
+            return "", None, False
+        out: list[str] = []
+        size, after, closed = 0, 0, False
+        while True:
+            lines, closed = self.shared.read(task_instance_id, attempt, after)
+            if not lines:
+                break
+            after = lines[-1][0]
+            for _, text, stamp in lines:
+                if stamp is not None and stamp[1] == "stdout":
+                    size += len(text.encode()) + 1
+                    out.append(text + "\n")
+            if size > self.max_stdout_bytes:
+                return "", self.max_stdout_bytes, closed
+        return "".join(out), None, closed
+
     def stdout_cut_at(self, run_id: str, task_instance_id: str, attempt: int) -> int | None:
         """The cap an attempt's captured stdout was cut at, or None when it was kept whole."""
         try:

@@ -43,6 +43,7 @@ from nagare.store import DagState
 
 log = logging.getLogger("nagare.scheduler")
 SWEEP_SECONDS = 5.0
+MAP_SOURCE_WAIT_MS = 10_000  # a map source's log on a dead master: how long to wait
 
 
 if TYPE_CHECKING:  # structural types for mypy, never needed at run time
@@ -786,6 +787,10 @@ class Scheduler:
         if source is not None:
             stdout = self.logs.read_stdout(run.run_id, source.id, source.attempt)
             cut_at = self.logs.stdout_cut_at(run.run_id, source.id, source.attempt)
+            if stdout is None and cut_at is None and self.logs.shared is not None:
+                stdout, cut_at, complete = self.logs.shared_stdout(source.id, source.attempt)
+                if not shared_stdout_ready(complete, source.completed_at, now):
+                    return Counter()  # the master that ran it expands it, or a later pass
         try:
             items = parse_map_items(
                 stdout or "", definition.map_over, self.settings.max_map_items, cut_at
@@ -907,3 +912,13 @@ def _waiting_pools(
         if counts.get(TaskStatus.QUEUED) and definition is not None:
             pools[definition.pool] += counts[TaskStatus.QUEUED]
     return pools
+
+
+def shared_stdout_ready(complete: bool, source_ended: int | None, now: int) -> bool:
+    """Whether a map may expand from its source's stdout as the shared database holds it (the
+    source ran on another master): once that master marked the log complete, or, when it never
+    will (it died), once the source ended MAP_SOURCE_WAIT_MS ago (its last unshipped lines, at
+    most the shipping interval's, are then lost)."""
+    if complete:
+        return True
+    return source_ended is not None and now - source_ended >= MAP_SOURCE_WAIT_MS

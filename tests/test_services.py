@@ -341,3 +341,55 @@ def _stamp(ms: int) -> str:
     from nagare.clock import slot_stamp
 
     return slot_stamp(ms)
+
+
+# ---------------------------------------------------------------- a map source run elsewhere
+
+MAPPED = """
+id: mapped
+tasks:
+  - id: src
+    command: "echo '[1, 2, 3]'"
+  - id: each
+    type: map
+    map_over: src
+    command: "echo {{item}}"
+"""
+
+
+def test_a_map_expands_from_the_stdout_its_source_left_on_another_master(world) -> None:  # type: ignore[no-untyped-def]
+    """Several masters: the source ran on master A (its stdout captured in A's files, its log
+    lines shipped to the database); B's scheduler expands the map from the shared log once
+    A marked it complete, and never fails it for want of a local file."""
+    from nagare.log_shipping import LogShipper, SharedLogs
+    from nagare.scheduler import MAP_SOURCE_WAIT_MS, shared_stdout_ready
+
+    w = world({"mapped.yaml": MAPPED})  # master B (its LogFiles hold no file of the source)
+    w.logs.shared = SharedLogs(w.store.log_chunks)
+    elsewhere = LogFiles(str(w.config.logs_dir) + "-a")  # master A's
+    shipper = LogShipper(w.store.log_chunks)
+    elsewhere.shared, elsewhere.watcher = w.logs.shared, shipper
+    run = w.runs.trigger("mapped")
+    (claim,) = w.store.tasks.finish_and_claim([], {"default": 1}, "local@a", T0)
+    log = elsewhere.open_attempt(run.run_id, claim.task.id, 1, capture_stdout=True)
+    log.on_line("stderr", "noise that is not stdout")
+    log.on_line("stdout", "[1, 2,")
+    log.on_line("stdout", " 3]")
+    shipper.ship()  # the lines are stored, the log not yet marked complete
+    done = attempt_finish(claim, Outcome(exit_code=0), T0 + SECOND)
+    w.store.tasks.finish_and_claim([done], {}, "local@a", T0 + SECOND)
+    w.scheduler.settle_finished([(run.run_id, claim.task.id, None)])
+    w.tick(T0 + 2 * SECOND)
+    assert w.statuses(run.run_id)["each"] is TaskStatus.PENDING  # A may still be shipping
+    log.close()
+    shipper.ship()  # A marks the log complete
+    w.scheduler.settle_finished([(run.run_id, claim.task.id, None)])
+    w.tick(T0 + 3 * SECOND)
+    statuses = w.statuses(run.run_id)
+    assert statuses["each"] is TaskStatus.RUNNING
+    assert sorted(k for k in statuses if k.startswith("each[")) == ["each[0]", "each[1]", "each[2]"]
+    # the rule: complete, or (a dead writer never marks it) long enough after the source ended
+    assert shared_stdout_ready(True, None, T0)
+    assert not shared_stdout_ready(False, T0, T0 + MAP_SOURCE_WAIT_MS - 1)
+    assert shared_stdout_ready(False, T0, T0 + MAP_SOURCE_WAIT_MS)
+    assert not shared_stdout_ready(False, None, T0 + MAP_SOURCE_WAIT_MS)
