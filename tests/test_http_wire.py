@@ -46,6 +46,13 @@ def test_a_line_that_is_not_a_header_is_a_400(line: bytes) -> None:
     assert caught.value.status == 400 and "not a header line" in caught.value.explain
 
 
+def test_two_content_lengths_that_differ_are_a_400_and_a_repeated_equal_one_is_kept() -> None:
+    assert _headers(b"Content-Length: 5\r\nContent-Length: 5\r\n\r\n") == {"content-length": "5"}
+    with pytest.raises(HeaderError) as caught:
+        _headers(b"Content-Length: 5\r\ncontent-length: 50\r\n\r\n")
+    assert caught.value.status == 400 and "Content-Length" in caught.value.explain
+
+
 def test_limits_of_line_length_and_line_count() -> None:
     assert len(_headers(b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS)) + b"\r\n")) == 100
     with pytest.raises(HeaderError, match="Too many headers") as many:

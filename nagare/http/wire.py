@@ -5,9 +5,10 @@ header reader, and with it `email` (the parser), `ssl` (OpenSSL's libcrypto mapp
 `html.entities`, about 2.5 MB of an idle server that serves no TLS and sends no mail.
 
 The rules are `http.server`'s (request line, version, `//` paths, keep-alive, `Connection`,
-`Expect: 100-continue`, at most 100 header lines of at most 64 KiB each), with two stricter
-ones where it let `email` guess: a header line without a name and a colon is a 400 (not the end
-of the headers), and a folded header line (obs-fold) joins its header with one space. What
+`Expect: 100-continue`, at most 100 header lines of at most 64 KiB each), with stricter ones
+where it let `email` guess: a header line without a name and a colon is a 400 (not the end of
+the headers), two Content-Length headers that differ are a 400 (RFC 9112: the body's framing
+would be ambiguous), and a folded header line (obs-fold) joins its header with one space. What
 `server.py` answers, and how it reads a body and streams, stays there.
 """
 
@@ -63,7 +64,12 @@ def read_headers(rfile: io.BufferedIOBase) -> dict[str, str]:
             explain = f"not a header line ({line[:80]!r})"
             raise HeaderError(HTTPStatus.BAD_REQUEST, "Bad request", explain)
         last = name.lower()
-        headers[last] = value.strip(_BLANKS)
+        value = value.strip(_BLANKS)
+        if last == "content-length" and headers.get(last, value) != value:
+            # two lengths: a proxy in front may have framed the body by the other (smuggling)
+            explain = "two Content-Length headers with different values"
+            raise HeaderError(HTTPStatus.BAD_REQUEST, "Bad request", explain)
+        headers[last] = value
     return headers  # not reached: the range allows one line past the limit
 
 
