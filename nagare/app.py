@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,7 @@ from nagare.models import (
     DagDef,
     HandlerKind,
     TaskDef,
+    TaskState,
     TaskType,
     Trigger,
 )
@@ -386,9 +387,12 @@ class App:
     def _kill_here(self, task_instance_id: str) -> bool:
         return self.coordinator.cancel(task_instance_id) or self.pools.cancel(task_instance_id)
 
-    def _tasks_finished(self, finished: list[tuple[str, str, int | None]]) -> None:
-        """(dispatcher thread) It settles the runs of its ended attempts itself."""
-        self.scheduler.settle_finished(finished)
+    def _tasks_finished(
+        self, finished: list[tuple[str, str, int | None]], states: Mapping[str, TaskState]
+    ) -> None:
+        """(dispatcher thread) It settles the runs of its ended attempts itself, with the
+        states their close returned."""
+        self.scheduler.settle_finished(finished, states)
         self._announce_finished(finished)
 
     def _tasks_finished_elsewhere(self, finished: list[tuple[str, str, int | None]]) -> None:

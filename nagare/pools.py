@@ -49,6 +49,7 @@ from nagare.models import (
     AttemptFinish,
     Claim,
     Outcome,
+    TaskState,
 )
 from nagare.store import Clock, StorageFull
 
@@ -105,14 +106,23 @@ class _Unsettled:
     delay: float = SETTLE_DELAY_SECONDS
     finished: list[tuple[str, str, int | None]] = field(default_factory=list)
     since: float = 0.0  # when the first of them was added (monotonic seconds)
+    # the planning fields the close of the latest turn's attempts returned (the scheduler
+    # reads those of earlier turns again: a state at most a turn old is handed over)
+    states: dict[str, TaskState] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.finished)
 
-    def add(self, ended: list[tuple[_Attempt, AttemptFinish]], now: float) -> None:
+    def add(
+        self,
+        ended: list[tuple[_Attempt, AttemptFinish]],
+        now: float,
+        states: dict[str, TaskState] | None = None,
+    ) -> None:
         if ended and not self.finished:
             self.since = now
         self.finished.extend((a.claim.task.run_id, a.claim.task.id, f.retry_at) for a, f in ended)
+        self.states = states or {}
 
     def ready(self, more_ended: bool, slot_free: bool, now: float) -> bool:
         """Whether to settle at `now`: when no other attempt has ended meanwhile, when a slot
@@ -126,9 +136,10 @@ class _Unsettled:
             or now - self.since >= self.delay
         )
 
-    def take(self) -> list[tuple[str, str, int | None]]:
+    def take(self) -> tuple[list[tuple[str, str, int | None]], dict[str, TaskState]]:
         taken, self.finished = self.finished, []
-        return taken
+        states, self.states = self.states, {}
+        return taken, states
 
 
 if TYPE_CHECKING:  # structural types for mypy, never needed at run time
@@ -143,6 +154,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             worker: str,
             now: Clock,
             lease_ms: int | None = None,
+            ended_states: dict[str, TaskState] | None = None,
         ) -> list[Claim]: ...
 
         def finish_attempt(self, finish: AttemptFinish) -> bool: ...
@@ -166,7 +178,7 @@ class WorkerPools:
         sizes: dict[str, int],
         reactor: Reactor,
         executor_for: Callable[[Assignment], Executor],
-        on_finished: Callable[[list[tuple[str, str, int | None]]], None],
+        on_finished: Callable[[list[tuple[str, str, int | None]], Mapping[str, TaskState]], None],
         kill_leftover: Callable[[int, float | None], bool],
         clock: Callable[[], int] = now_ms,
         line_sink: Callable[[str, str, str], None] | None = None,
@@ -338,14 +350,14 @@ class WorkerPools:
         ended, self._recorded = self._recorded, []
         if self._unrecorded and now >= self._retry_at:
             ended, self._unrecorded = self._unrecorded + ended, []
-        claims, ended = self._record_and_claim(ended, now)
+        claims, ended, states = self._record_and_claim(ended, now)
         for claim in claims:
             self._begin(claim)
         self._write_pid_records()
         for attempt, finish in ended:
             _log_end(attempt, finish)
         unsettled = self.settling
-        unsettled.add(ended, now)
+        unsettled.add(ended, now, states)
         # the ended attempts' runs are settled (in this thread, see Scheduler.settle_finished)
         # once the freed slots are busy again; while every slot is busy and more attempts have
         # ended meanwhile, those go first, and the runs of a whole batch are settled together:
@@ -354,7 +366,7 @@ class WorkerPools:
         if unsettled and unsettled.ready(  # (the guard skips the lock _slot_free takes)
             bool(self._recorded), self._slot_free(), time.monotonic()
         ):
-            self.on_finished(unsettled.take())
+            self.on_finished(*unsettled.take())
         if self._recorded:
             self._beat()
             return True
@@ -394,18 +406,22 @@ class WorkerPools:
 
     def _record_and_claim(
         self, ended: list[tuple[_Attempt, AttemptFinish]], now: float
-    ) -> tuple[list[Claim], list[tuple[_Attempt, AttemptFinish]]]:
+    ) -> tuple[list[Claim], list[tuple[_Attempt, AttemptFinish]], dict[str, TaskState]]:
         """Record the attempts that ended and claim tasks for the free slots: one transaction
-        for all of them (slots that finish together share one commit). Returns the claims and
-        the attempts recorded; the others are kept for a later turn and keep their slots."""
+        for all of them (slots that finish together share one commit). Returns the claims, the
+        attempts recorded (the others are kept for a later turn and keep their slots) and the
+        planning fields of the tasks they moved, as the close returned them (none when the
+        attempts were recorded one by one)."""
         wants = self._free_slots(ended)
+        states: dict[str, TaskState] = {}
         if not ended and not wants:
-            return [], []
+            return [], [], states
         try:
             claims = self.store.tasks.finish_and_claim(
-                [f for _, f in ended], wants, self.worker, self.clock, self.lease_ms
+                [f for _, f in ended], wants, self.worker, self.clock, self.lease_ms, states
             )
         except Exception as exc:
+            states = {}
             self._log_once(exc, "recording %d attempts and claiming tasks failed", len(ended))
             claims = []
             kept = [e for e in ended if not self._record_alone(*e)]  # one bad row spoils no other
@@ -426,7 +442,7 @@ class WorkerPools:
                 self._busy[attempt.pool] -= 1
             if ended:
                 self._idle.notify_all()
-        return claims, ended
+        return claims, ended, states
 
     def _record_alone(self, attempt: _Attempt, finish: AttemptFinish) -> bool:
         """Record one ended attempt; False when the database is full: it is kept and tried

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -283,32 +283,38 @@ class Scheduler:
             self._last_sweep = None
             self._cond.notify()
 
-    def settle_finished(self, finished: Iterable[tuple[str, str, int | None]]) -> None:
+    def settle_finished(
+        self,
+        finished: Iterable[tuple[str, str, int | None]],
+        states: Mapping[str, TaskState] | None = None,
+    ) -> None:
         """Task instances ended: (run id, task instance id, retry time or None) each. Their runs
         are settled now, in the calling thread (the dispatcher, which has just refilled its
         slots; an HTTP thread for a remote worker's result), unless the scheduler thread is in
         a pass: then that thread takes them next. Handing every batch of ended tasks to the
         scheduler thread would cost thread switches and a contended GIL per batch (2-6% of the
-        server's CPU in a 1,000-task fan-out)."""
+        server's CPU in a 1,000-task fan-out). `states`: the planning fields of (some of) them
+        as their close returned them, used instead of reading them again when settled here
+        (the scheduler thread reads them)."""
         with self._cond:
             retry = self._mark_finished(finished)
         settled = self._pass_lock.acquire(blocking=False)
         if settled:
             try:
-                settled = self._settle_dirty()
+                settled = self._settle_dirty(states or {})
             finally:
                 self._pass_lock.release()
         if retry or not settled:  # a retry's time may bring its next wake-up forward
             with self._cond:
                 self._cond.notify()
 
-    def _settle_dirty(self) -> bool:
-        """Under `_pass_lock`: advance the runs marked so far; False (and every one of them
-        left for a reload by the scheduler thread) when that failed."""
+    def _settle_dirty(self, states: Mapping[str, TaskState]) -> bool:
+        """Under `_pass_lock`: advance the runs marked so far (with `states` known); False (and
+        every one of them left for a reload by the scheduler thread) when that failed."""
         with self._cond:
             dirty, self._dirty = self._dirty, {}
         try:
-            self._advance_all(dirty)
+            self._advance_all(dirty, known=states)
         except Exception:
             log.exception("settling finished tasks failed; the scheduler thread retries")
             with self._cond:
@@ -401,10 +407,15 @@ class Scheduler:
         last = self._last_sweep
         return last is None or not 0 <= now - last < int(SWEEP_SECONDS * 1000)
 
-    def _advance_all(self, dirty: dict[str, set[str] | None], announce: bool = True) -> None:
+    def _advance_all(
+        self,
+        dirty: dict[str, set[str] | None],
+        announce: bool = True,
+        known: Mapping[str, TaskState] | None = None,
+    ) -> None:
         pools: Counter[str] = Counter()
         for run_id in sorted(dirty):
-            pools.update(self.advance(run_id, self.clock(), dirty[run_id]))
+            pools.update(self.advance(run_id, self.clock(), dirty[run_id], known))
         self._begin_queued_waits(pools)
         if pools and announce:
             self.on_queued(dict(pools))
@@ -543,11 +554,18 @@ class Scheduler:
 
     # ------------------------------------------------------------ runs
 
-    def advance(self, run_id: str, now: int, finished: set[str] | None = None) -> Counter[str]:
+    def advance(
+        self,
+        run_id: str,
+        now: int,
+        finished: set[str] | None = None,
+        known: Mapping[str, TaskState] | None = None,
+    ) -> Counter[str]:
         """Settle everything a run can decide now; returns how many tasks each pool got.
 
         With `finished` (task instances that ended since the last pass) and a cached view of the
-        run, only what follows those tasks is read and decided; otherwise the run is reloaded."""
+        run, only what follows those tasks is read (but for the `known` states of ended
+        tasks) and decided; otherwise the run is reloaded."""
         view = self._views.get(run_id) if finished is not None else None
         changed: set[str] | None = None
         if view is None:
@@ -557,7 +575,7 @@ class Scheduler:
             if self._gated(view, now):
                 return Counter()
         else:
-            changed = self._refresh(view, finished or set())
+            changed = self._refresh(view, finished or set(), known or {})
         dag = view.dag
         child_counts = (
             self.store.tasks.child_counts(run_id, dag.map_allows_failure)
@@ -725,11 +743,16 @@ class Scheduler:
         self._views[run_id] = view
         return view
 
-    def _refresh(self, view: _View, finished: set[str]) -> set[str]:
-        """Re-read the finished task instances of a cached run; returns the changed task ids."""
+    def _refresh(self, view: _View, finished: set[str], known: Mapping[str, TaskState]) -> set[str]:
+        """Re-read the finished task instances of a cached run; returns the changed task ids.
+        A `known` state (what the close of its attempt returned, this turn) is not read again
+        when it is final; a retry's state (up_for_retry, queued) may move on meanwhile, so it is
+        read."""
         ids = [i for i in finished if i in view.task_ids]
+        given = [known[i] for i in ids if i in known and known[i].status.terminal]
+        unknown = [i for i in ids if i not in known or not known[i].status.terminal]
         changed = set()
-        for state in self.store.tasks.states_of(ids):
+        for state in [*given, *self.store.tasks.states_of(unknown)]:
             if view.by_task.get(state.task_id) != state:
                 view.by_task[state.task_id] = state
                 changed.add(state.task_id)

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -277,9 +278,9 @@ def test_the_slots_ended_attempts_leave_are_claimed_in_the_transaction_that_reco
     turns: list[tuple[int, dict[str, int]]] = []
     finish_and_claim = store.tasks.finish_and_claim
 
-    def recording(finishes, wants, worker, clock, lease_ms=None):  # type: ignore[no-untyped-def]
+    def recording(finishes, wants, worker, clock, lease_ms=None, states=None):  # type: ignore[no-untyped-def]
         turns.append((len(finishes), dict(wants)))
-        return finish_and_claim(finishes, wants, worker, clock, lease_ms)
+        return finish_and_claim(finishes, wants, worker, clock, lease_ms, states)
 
     store.tasks.finish_and_claim = recording  # type: ignore[method-assign]
     run_id = nagare.trigger("one")
@@ -395,10 +396,10 @@ def _record_settling_threads(nagare: Nagare) -> list[str]:
     threads: list[str] = []
     advance = scheduler.advance
 
-    def recording(run_id, now, finished=None):  # type: ignore[no-untyped-def]
+    def recording(run_id, now, finished=None, known=None):  # type: ignore[no-untyped-def]
         if finished:
             threads.append(threading.current_thread().name)
-        return advance(run_id, now, finished)
+        return advance(run_id, now, finished, known)
 
     scheduler.advance = recording  # type: ignore[method-assign]
     return threads
@@ -437,11 +438,11 @@ def test_a_failed_settling_pass_leaves_the_run_to_the_scheduler_thread(
     advance = scheduler.advance
     failed: list[str] = []
 
-    def failing_once(run_id, now, finished=None):  # type: ignore[no-untyped-def]
+    def failing_once(run_id, now, finished=None, known=None):  # type: ignore[no-untyped-def]
         if finished and not failed:
             failed.append(threading.current_thread().name)
             raise RuntimeError("database is locked")
-        return advance(run_id, now, finished)
+        return advance(run_id, now, finished, known)
 
     scheduler.advance = failing_once  # type: ignore[method-assign]
     run_id = nagare.trigger("ab")
@@ -460,7 +461,7 @@ def test_ended_attempts_wait_for_a_batch_only_while_every_slot_is_busy() -> None
     assert unsettled.ready(more_ended=True, slot_free=False, now=100.5)  # waited long enough
     unsettled.finished = unsettled.finished * 64
     assert unsettled.ready(more_ended=True, slot_free=False, now=100.0)  # a full batch
-    assert len(unsettled.take()) == 64 and not unsettled
+    assert len(unsettled.take()[0]) == 64 and not unsettled
 
 
 class _SlowSpawner(Spawner):
@@ -485,9 +486,9 @@ def _record_settled(nagare: Nagare) -> list[int]:
     batches: list[int] = []
     settle = nagare.app.pools.on_finished
 
-    def recording(finished: list[tuple[str, str, int | None]]) -> None:
+    def recording(finished: list[tuple[str, str, int | None]], states: Any) -> None:
         batches.append(len(finished))
-        settle(finished)
+        settle(finished, states)
 
     nagare.app.pools.on_finished = recording  # type: ignore[method-assign]
     return batches

@@ -354,6 +354,51 @@ def test_a_dispatcher_turn_is_two_round_trips_and_a_transition_one(pg_url: str) 
     store.close()
 
 
+def test_a_hop_of_a_chain_is_four_round_trips(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task ends and the next one runs, counted on every connection: the close (with a
+    claim that finds nothing), the metrics with its COMMIT, the promotion of the next task
+    with its COMMIT, the claim of it with its COMMIT. The scheduler does not read the ended
+    task again: the close returned its state."""
+    from test_services import T0, World
+
+    from nagare.engine.attempt_end import attempt_finish
+    from nagare.models import Outcome, TaskState
+    from nagare.store import postgres
+
+    connections: list[postgres.Connection] = []
+    opened = postgres.Connection.__init__
+
+    def tracked(self: postgres.Connection, *args: Any, **kwargs: Any) -> None:
+        opened(self, *args, **kwargs)
+        connections.append(self)
+
+    monkeypatch.setattr(postgres.Connection, "__init__", tracked)
+    chain = "id: chain\ntasks:\n" + "".join(
+        f"  - id: t{i}\n    command: 'true'\n" + (f"    depends_on: [t{i - 1}]\n" if i else "")
+        for i in range(6)
+    )
+    w = World(tmp_path, {"chain.yaml": chain})
+    store = Store(pg_url)
+    w.store = w.scheduler.store = w.runs.store = store
+    run = w.runs.trigger("chain")
+    w.tick(T0)
+    (claim,) = store.tasks.finish_and_claim([], {"default": 1}, "local", T0)
+    hops = []
+    for now in range(T0 + 1, T0 + 6):
+        before = sum(c.round_trips for c in connections)
+        states: dict[str, TaskState] = {}
+        done = attempt_finish(claim, Outcome(exit_code=0), now)
+        store.tasks.finish_and_claim([done], {"default": 1}, "local", now, ended_states=states)
+        w.scheduler.settle_finished([(run.run_id, claim.task.id, None)], states)
+        (claim,) = store.tasks.finish_and_claim([], {"default": 1}, "local", now)
+        hops.append(sum(c.round_trips for c in connections) - before)
+    assert hops[-2:] == [4, 4], hops  # (the first hops prepare their statements)
+    assert w.statuses(run.run_id)["t5"] is S.RUNNING
+    store.close()
+
+
 def test_the_queue_index_holds_the_claims_order_whole(pg_url: str) -> None:
     """A claim takes the oldest queued tasks by (queued_at, rowid): SQLite's index ends with
     the rowid by itself, PostgreSQL's names it (else every queued task is read and sorted)."""

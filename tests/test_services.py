@@ -241,6 +241,42 @@ def test_a_kill_cancels_every_active_task_and_stops_the_running_one(world) -> No
     assert attempt.status is TaskStatus.CANCELLED
 
 
+def test_settling_uses_the_final_states_a_close_returned_and_reads_a_retrys(world) -> None:  # type: ignore[no-untyped-def]
+    """The dispatcher hands the states its close returned to the scheduler: a final one is
+    not read again; one that may move on meanwhile (up for retry) is."""
+    w = world({"chain.yaml": CHAIN, "flaky.yaml": RETRIED})
+    run = w.runs.trigger("chain")
+    w.tick(T0)  # the run's view is cached
+    reads: list[list[str]] = []
+    states_of = w.store.tasks.states_of
+
+    def reading(ids: list[str]) -> Any:
+        if ids:  # (none: no statement)
+            reads.append(list(ids))
+        return states_of(ids)
+
+    w.store.tasks.states_of = reading  # type: ignore[method-assign]
+    (claim,) = w.store.tasks.finish_and_claim([], {"default": 1}, "local", T0)
+    states: dict[str, Any] = {}
+    done = attempt_finish(claim, Outcome(exit_code=0), T0 + SECOND)
+    w.store.tasks.finish_and_claim([done], {}, "local", T0 + SECOND, ended_states=states)
+    assert set(states) == {claim.task.id}
+    w.scheduler.settle_finished([(run.run_id, claim.task.id, None)], states)
+    assert w.statuses(run.run_id)["b"] is TaskStatus.QUEUED
+    assert reads == []
+    flaky = w.runs.trigger("flaky")
+    w.tick(T0 + 2 * SECOND)
+    claims = w.store.tasks.finish_and_claim([], {"default": 2}, "local", T0 + 2 * SECOND)
+    (claim,) = [c for c in claims if c.run.run_id == flaky.run_id]  # (and chain's b)
+    failed = attempt_finish(claim, Outcome(exit_code=1), T0 + 3 * SECOND)
+    states = {}
+    w.store.tasks.finish_and_claim([failed], {}, "local", T0 + 3 * SECOND, ended_states=states)
+    assert states[claim.task.id].status is TaskStatus.UP_FOR_RETRY
+    w.scheduler.settle_finished([(flaky.run_id, claim.task.id, failed.retry_at)], states)
+    assert reads == [[claim.task.id]]
+    assert w.statuses(flaky.run_id)["t"] is TaskStatus.UP_FOR_RETRY
+
+
 def test_a_manual_retry_reopens_the_task_its_dependants_and_the_run(world) -> None:  # type: ignore[no-untyped-def]
     w = world({"chain.yaml": CHAIN})
     run = w.runs.trigger("chain")
@@ -274,7 +310,7 @@ def _pools(w: World, sizes: dict[str, int]) -> tuple[WorkerPools, list[list[Any]
         sizes,
         reactor,
         lambda definition: local,
-        on_finished=settled.append,
+        on_finished=lambda finished, states: settled.append(finished),
         kill_leftover=kill_orphan_group,
         clock=w.clock,
     )

@@ -617,6 +617,32 @@ def test_a_kill_that_came_first_keeps_cancelled_and_the_attempt_closes_cancelled
     assert store.tasks.running_attempts("local") == []
 
 
+def test_a_close_hands_over_the_planning_fields_of_the_tasks_it_moved(store: Store) -> None:
+    """What the scheduler would read of an ended task next (`states_of`) comes with its
+    close; a map's child (planning never sees one) and a task a kill moved first are not in
+    it."""
+    run = start(store, dag_of(MAP))
+    (src,) = claim(store, 10)
+    states: dict[str, TaskState] = {}
+    failed = ended(src, 20, S.FAILED, allowed_failure=True)
+    assert store.tasks.finish_and_claim([failed], {}, "local", 20, ended_states=states) == []
+    assert states == {src.task.id: store.tasks.states_of([src.task.id])[0]}
+    assert (states[src.task.id].status, states[src.task.id].allowed_failure) == (S.FAILED, True)
+    parent = task_of(store, run, "each")
+    children = map_children(parent, "echo {{item}}", 1, ["a", "b"], 30)
+    assert store.tasks.expand_map(parent.id, children, 30)
+    first, second = claim(store, 40, count=2)
+    assert store.tasks.transition([second.task.id], [S.RUNNING], S.CANCELLED, 45)
+    states = {}
+    closes = [ended(first, 50), ended(second, 50)]
+    store.tasks.finish_and_claim(closes, {}, "local", 50, ended_states=states)
+    assert states == {}
+    assert [t.status for t in store.tasks.children(run.run_id, "each")] == [
+        S.SUCCESS,
+        S.CANCELLED,
+    ]
+
+
 def test_an_attempt_closes_once_and_only_under_its_own_number(store: Store) -> None:
     start(store, dag_of(ONE))
     (claimed,) = claim(store, 10)

@@ -290,16 +290,22 @@ class TaskStore:
         worker: str,
         now: Clock,
         lease_ms: int | None = None,
+        ended_states: dict[str, TaskState] | None = None,
     ) -> list[Claim]:
         """finish_attempt for each of `finishes`, then claim up to `wants[pool]` tasks of each
         pool, in one transaction: slots that finish together share one commit and one metrics
         update, and a busy slot costs a fraction of a write per task. With `lease_ms` (a master
-        sharing its database) the claims are leases its master renews, confirmed at once."""
+        sharing its database) the claims are leases its master renews, confirmed at once. With
+        `ended_states`, the planning fields of the tasks the closes moved (what
+        `states_of` would read after the commit) go there: the scheduler need not read them."""
         # on PostgreSQL two round trips: the closes and the claims go out together, then the
         # metrics with the COMMIT; the claims' rows are read after it
         with self.db.write() as conn:
             tally = AttemptTally()
-            closing = [send_finish(conn, c, tally) for c in _chunks(finishes, FINISH_CHUNK)]
+            closing = [
+                send_finish(conn, c, tally, states=ended_states)
+                for c in _chunks(finishes, FINISH_CHUNK)
+            ]
             at = _read(now)
             lease = at + lease_ms if lease_ms else None
             claiming = [
@@ -729,7 +735,7 @@ def _finish_tasks(from_status: TaskStatus, rows: str) -> str:
         "max_attempts=max_attempts+v.column11, allowed_failure=v.column13 "
         f"FROM {rows} "
         f"WHERE id=v.column1 AND attempt=v.column2 AND status='{from_status}' "
-        "RETURNING id, base_task_id, pool"
+        f"RETURNING id, {MOVED_COLUMNS}"
     )
 
 
@@ -740,7 +746,7 @@ def _finish_attempts(status: str, rows: str) -> str:
         "duration_ms=v.column8, cpu_user_ms=v.column9, cpu_system_ms=v.column10, "
         f"peak_memory_bytes=v.column11, executor_type=v.column12 FROM {rows} "
         "WHERE task_instance_id=v.column1 AND attempt=v.column2 "
-        "AND status='running' RETURNING task_instance_id, dag_id"
+        "AND task_attempts.status='running' RETURNING task_instance_id, dag_id"
     )
 
 
@@ -749,12 +755,14 @@ def send_finish(
     finishes: Sequence[AttemptFinish],
     tally: AttemptTally,
     from_status: TaskStatus = TaskStatus.RUNNING,
+    states: dict[str, TaskState] | None = None,
 ) -> Callable[[], set[str]]:
     """`finish_many`, its result read by the function returned (on PostgreSQL the task and
     attempt updates are one statement whose answer may wait for the transaction's next
-    request; on SQLite both run at once)."""
+    request; on SQLite both run at once); with `states`, see `_after_finish`."""
     if not pipelines(conn):
-        moved = _after_finish(conn, finishes, _finish_now(conn, finishes, from_status), tally)
+        done = _finish_now(conn, finishes, from_status)
+        moved = _after_finish(conn, finishes, done, tally, states)
         return lambda: moved
     sent = send(
         conn,
@@ -767,28 +775,28 @@ def send_finish(
             "CASE WHEN m.id IS NULL THEN 'cancelled' ELSE v.column3 END",
             "w AS v LEFT JOIN moved AS m ON m.id = v.column1",
         )
-        + ") SELECT 1 AS moved, id, base_task_id, pool FROM moved "
-        "UNION ALL SELECT 0, task_instance_id, dag_id, '' FROM closed",
+        + f") SELECT 1 AS moved, id, {MOVED_COLUMNS} FROM moved "
+        f"UNION ALL SELECT 0, task_instance_id, dag_id, ''{', NULL' * 6} FROM closed",
         [
             *(value for f in finishes for value in _task_values(f)),
             *(value for f in finishes for value in _attempt_values(f, f.attempt_status)),
         ],
     )
-    return lambda: _after_finish(conn, finishes, _finished(sent.fetchall()), tally)
+    return lambda: _after_finish(conn, finishes, _finished(sent.fetchall()), tally, states)
 
 
-def _finished(rows: list[Any]) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    moved = {row[1]: (row[2], row[3]) for row in rows if row[0] == 1}
+def _finished(rows: list[Any]) -> tuple[dict[str, tuple[Any, ...]], dict[str, str]]:
+    moved = {row[1]: tuple(row[2:]) for row in rows if row[0] == 1}
     return moved, {row[1]: row[2] for row in rows if row[0] == 0}
 
 
 def _finish_now(
     conn: sqlite3.Connection, finishes: Sequence[AttemptFinish], from_status: TaskStatus
-) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, str]]:
     """The task rows, then the attempt rows: two statements however many."""
     rows = f"(VALUES {_values_rows(TASK_VALUE_TYPES, len(finishes))}) AS v"
     moved = {
-        row[0]: (row[1], row[2])
+        row[0]: tuple(row[1:])
         for row in conn.execute(
             _finish_tasks(from_status, rows),
             [value for f in finishes for value in _task_values(f)],
@@ -812,12 +820,16 @@ def _status(finish: AttemptFinish, moved: Mapping[str, object]) -> TaskStatus:
 def _after_finish(
     conn: sqlite3.Connection,
     finishes: Sequence[AttemptFinish],
-    done: tuple[dict[str, tuple[str, str]], dict[str, str]],
+    done: tuple[dict[str, tuple[Any, ...]], dict[str, str]],
     tally: AttemptTally,
+    states: dict[str, TaskState] | None = None,
 ) -> set[str]:
     """What follows closing attempts (the tasks that moved, the attempts closed): runs that
-    have outputs now, the tasks that did not move, the metrics of the attempts closed."""
+    have outputs now, the tasks that did not move, the metrics of the attempts closed; with
+    `states`, the planning fields of the (non-child) tasks that moved go there."""
     moved, closed = done
+    if states is not None:
+        states.update(_moved_states(moved))
     published = [
         (f.task_instance_id,) for f in finishes if f.outputs and f.task_instance_id in moved
     ]
@@ -853,6 +865,20 @@ def _after_finish(
                 finish.now,
             )
     return set(moved)
+
+
+# what a close returns of each task it moved: its metrics' keys, then its planning fields
+MOVED_COLUMNS = "base_task_id, pool, run_id, task_id, status, position, allowed_failure, map_index"
+
+
+def _moved_states(moved: Mapping[str, tuple[Any, ...]]) -> dict[str, TaskState]:
+    """The planning fields (as `states_of` reads them) of the non-child tasks a close moved."""
+    status = STATUS_BY_VALUE
+    return {
+        task_id: TaskState(task_id, r[2], r[3], status[r[4]], r[1], r[5], r[6] == 1)
+        for task_id, r in moved.items()
+        if r[7] is None
+    }
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
