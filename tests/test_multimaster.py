@@ -416,7 +416,8 @@ def test_two_masters_run_500_tasks_once_each_and_survive_the_leaders_kill(
 ) -> None:
     """Both masters claim from one run's queue; the leader dies by kill -9 mid-run: the other
     leads, closes the dead master's attempts once their lease ran out (their retry runs, once)
-    and finishes the run. Every task's file holds one line per recorded attempt."""
+    and finishes the run. Every task's file holds one line per recorded attempt (but for
+    a lost attempt that the killed master claimed and never started)."""
     marks = tmp_path / "marks"
     marks.mkdir()
     settings = "worker_pools: {default: 8}\nlease_timeout_seconds: 2\n"
@@ -444,7 +445,10 @@ def test_two_masters_run_500_tasks_once_each_and_survive_the_leaders_kill(
         assert tries[-1][1] == "success", (task_id, tries)
         if task_id != "root":
             lines = (marks / task_id).read_text().split()
-            assert lines == [str(n) for n, _, _ in tries], (task_id, tries, lines)
+            ran = [str(n) for n, _, _ in tries]
+            # an attempt lost with the killed master may never have started its command (the
+            # master died between the claim and the start): its line may be missing, no other
+            assert lines in (ran, ran[1:] if len(ran) == 2 else ran), (task_id, tries, lines)
     for task_id, tries in retried.items():  # the first ran on the dead master and was lost
         assert len(tries) == 2 and tries[0][1] == "failed", (task_id, tries)
     print(f"{len(retried)} task(s) lost with the killed master ran again, once each")
