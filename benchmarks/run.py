@@ -61,6 +61,9 @@ THROUGHPUT_TARGET = 0.7  # remote tasks/s >= 0.7x the local pool's (ours, not a 
 STAMP = "date +%s%N"  # GNU date: the wall clock (ns) when the task's process started
 STAMP_TIMEOUT_SECONDS = 5.0  # a single-task run not finished by then is a miss
 MAX_MISSES = 3  # the dispatch measurement stops after this many misses in a pool
+# how often a throughput run's status is read: a coarse tick (it was 50 ms) rounds a run of a
+# few tenths of a second up to its next tick, which alone swung the local pool's figure by 25%
+FLAT_TICK_SECONDS = 0.005
 
 
 def _dag_text(dag_id: str, tasks: list[dict[str, object]]) -> str:
@@ -206,7 +209,7 @@ def _flat_run(client: Client, pool: str, width: int, budget: float) -> dict[str,
         elapsed = time.perf_counter() - start
         if run["status"] in ("success", "failed", "cancelled") or elapsed > budget:
             break
-        time.sleep(0.05)
+        time.sleep(FLAT_TICK_SECONDS)
     tasks = client.get_json(f"/api/runs/{run_id}/tasks")
     done = [t for t in tasks if t["status"] == "success"]
     if run["status"] not in ("success", "failed", "cancelled"):
@@ -231,7 +234,7 @@ def cluster(cfg: Settings) -> list[Row]:
     """Dispatch latency to idle remote workers and remote throughput, each next to the master's
     own pool measured on the same server in the same run."""
     samples = 20 if cfg.quick else 50
-    width = 200 if cfg.quick else 400
+    width = 400 if cfg.quick else 1000
     reps = cfg.reps_for(3, 1)
     budget = 15.0 if cfg.quick else 30.0  # per remote throughput run; stopped there if slower
     settings = {"worker_pools": {"default": CLUSTER_LOCAL_SLOTS, "remote": 0}}

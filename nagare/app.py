@@ -937,6 +937,7 @@ def build_worker(config: Config) -> WorkerApp:
         grace_seconds=config.shutdown_grace_seconds,
         base_env=_without_smtp_password(config, dict(os.environ)),
         run_as=config.run_as,
+        prefetch=config.prefetch,
     )
     return WorkerApp(worker, executors.local)
 

@@ -27,7 +27,7 @@ from nagare.patterns import has_template
 # settings a remote worker reads (the others are the master's)
 WORKER_OPTIONS = frozenset(
     {"config", "log_level", "log_format", "docker_host", "join", "pools", "max_tasks"}
-    | {"worker_id", "run_as", "token"}
+    | {"prefetch", "worker_id", "run_as", "token"}
 )
 # one example line at the end of each command's --help
 EXAMPLES = {

@@ -365,6 +365,15 @@ OPTIONS: tuple[Option, ...] = (
         minimum=1,
     ),
     _opt(
+        "prefetch",
+        "int",
+        4,
+        "How many more tasks a worker may take, waiting for a free slot, while its tasks are "
+        "short (under half a second); 0: none.",
+        yaml_key=False,
+        minimum=0,
+    ),
+    _opt(
         "worker_id",
         "str",
         "",

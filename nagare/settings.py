@@ -161,6 +161,10 @@ class Settings:
     # How many tasks a worker runs at once.
     max_tasks: int = 4
 
+    # How many more tasks a worker may take, waiting for a free slot, while its tasks are short
+    # (under half a second); 0: none.
+    prefetch: int = 4
+
     # A worker's name in the cluster (default: HOSTNAME-PID).
     worker_id: str = ""
 

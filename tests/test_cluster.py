@@ -951,6 +951,9 @@ def test_the_protocol_validates_what_workers_send(
         ("pools", "gpu"),
         ("max_tasks", 0),
         ("max_tasks", "2"),
+        ("prefetch", -1),
+        ("prefetch", 1000),
+        ("prefetch", "4"),
         ("hostname", "bad host"),
     ):
         for route in ("register", "heartbeat", "poll"):

@@ -108,6 +108,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             held: Sequence[tuple[str, int]],
             now: int,
             lease_until: int,
+            capacity: int | None = None,
         ) -> Exchange: ...
 
         def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
@@ -296,7 +297,7 @@ class Coordinator:
                 return directives
             # the master's count, not the worker's (its figure is as old as the poll): a slot
             # frees when a result arrives, and that wakes this poll
-            free = hello.max_tasks - self.store.workers.held_count(hello.worker_id)
+            free = hello.capacity - self.store.workers.held_count(hello.worker_id)
             if free > 0:
                 directives.tasks.extend(self._hand_out(hello, free))
 
@@ -343,6 +344,7 @@ class Coordinator:
             [h for h in hello.held if h not in reported],  # each has its answer in `results`
             now,
             now + self.lease_ms,
+            hello.capacity,
         )
         self._note_leaving(hello)
         directives = self._directives(exchange.held)
@@ -608,7 +610,7 @@ class Coordinator:
     def _hand_out(self, hello: WorkerHello, free: int) -> list[Assignment]:
         now = self.clock()
         claims = self.store.workers.claim(
-            hello.worker_id, hello.pools, free, now, now + self.lease_ms, hello.max_tasks
+            hello.worker_id, hello.pools, free, now, now + self.lease_ms, hello.capacity
         )
         tasks = []
         for claim in claims:

@@ -19,8 +19,9 @@ worker says with `read_<message>`, strictly (BadRequest naming the field: ids, h
 sizes); the worker reads the master's answers with `decode_<message>`, leniently (a missing or
 odd field gets its default).
 
-Every worker message carries its identity (`worker_id`, `hostname`, `pools`, `max_tasks`) so
-any message is also a registration, and `held`: the attempts it runs, whose leases it renews.
+Every worker message carries its identity (`worker_id`, `hostname`, `pools`, `max_tasks`,
+`prefetch`) so any message is also a registration, and `held`: the attempts it runs, whose
+leases it renews.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class WorkerHello:
     version: str = ""
     held: tuple[tuple[str, int], ...] = ()
     leaving: bool = False
+    # tasks it takes beyond max_tasks right now, to start as slots free (see remote.Prefetch)
+    prefetch: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """How many attempts the master may hand this worker in all."""
+        return self.max_tasks + self.prefetch
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ def encode_hello(hello: WorkerHello) -> dict[str, Any]:
         "version": hello.version,
         "held": [list(h) for h in hello.held],
         "leaving": hello.leaving,
+        "prefetch": hello.prefetch,
     }
 
 
@@ -163,6 +172,7 @@ def read_hello(body: Any) -> WorkerHello:
         version=str(data.get("version", ""))[:40],
         held=_held(data.get("held", [])),
         leaving=data.get("leaving") is True,
+        prefetch=_int(data, "prefetch", 0, MAX_TASKS) if "prefetch" in data else 0,
     )
 
 

@@ -21,6 +21,7 @@ import random
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -46,8 +47,9 @@ from nagare.cluster.protocol import (
     encode_result,
 )
 from nagare.engine.assignment import SECRET_VARIABLES, effective_run_as
-from nagare.engine.attempt_end import HANDED_BACK_REASON
+from nagare.engine.attempt_end import HANDED_BACK_REASON, RETURNED_REASON
 from nagare.engine.outputs import OutputError, with_outputs
+from nagare.engine.prefetch import RECENT_TASKS, overdue, prefetch_now
 from nagare.engine.secrets import apply_mask, mask_values
 from nagare.errors import NagareError
 from nagare.executors import AttemptHandle, Executor
@@ -117,6 +119,8 @@ class _Task:
     output_file: str = ""  # its $NAGARE_OUTPUT on this host
     masked: tuple[str, ...] = ()  # its secret values, prepared for masking
     answer: int = 0  # which of the master's answers handed it out (see RemoteWorker._linger)
+    slot: bool = False  # it holds one of the worker's max_tasks slots (under the worker's lock)
+    since: float = 0.0  # when it took its slot, or began to wait for one (monotonic)
 
     def __post_init__(self) -> None:
         self.masked = mask_values(self.assignment.secrets)
@@ -145,8 +149,10 @@ class RemoteWorker:
         grace_seconds: float = 10.0,
         base_env: dict[str, str] | None = None,
         run_as: str = "",
+        prefetch: int = 0,
     ) -> None:
         self.master = master
+        self.prefetch = prefetch  # at most this many tasks wait for a slot (engine.prefetch)
         self.run_as = run_as  # the user every task of this worker runs as ("" = its own)
         self.hello = hello
         self.reactor = reactor  # owned by the task loop
@@ -168,6 +174,9 @@ class RemoteWorker:
         self.on_fatal: Callable[[], None] = lambda: None  # app wires: stop the process
         self._outputs_dir = ""  # where the tasks' $NAGARE_OUTPUT files are (made on first use)
         self._answers = 0  # answers that handed out tasks, counted (poll loop and shipper)
+        self._busy = 0  # slots taken (under the lock)
+        self._waiting: deque[_Task] = deque()  # prefetched tasks waiting for a slot, in order
+        self._recent: deque[float] = deque(maxlen=RECENT_TASKS)  # run times of the last tasks
 
     # ------------------------------------------------------------ lifecycle (see WorkerApp)
 
@@ -265,7 +274,14 @@ class RemoteWorker:
             held = tuple(
                 (t.assignment.task_instance_id, t.assignment.attempt) for t in self._held()
             )
-        return replace(self.hello, held=held, leaving=self._draining.is_set())
+            prefetch = self._prefetch_now()
+        leaving = self._draining.is_set()
+        return replace(self.hello, held=held, leaving=leaving, prefetch=0 if leaving else prefetch)
+
+    def _prefetch_now(self) -> int:
+        """(lock held) How many tasks beyond its slots the worker takes now."""
+        running = [t.since for t in self._tasks.values() if t.slot and not t.done]
+        return prefetch_now(self.prefetch, self._recent, running, time.monotonic())
 
     def _held(self) -> list[_Task]:
         return [t for t in self._tasks.values() if not t.lost]
@@ -287,11 +303,22 @@ class RemoteWorker:
             first = not task.cancel_reason
             task.cancel_reason = task.cancel_reason or reason
             handle = task.handle
+            waited = self._unwait(task)
             self._lock.notify_all()
         if first:
             log.info("stopping task %s: %s", task.assignment.task_id, reason)
         if handle is not None:
             handle.cancel(reason)
+        if waited:  # never started: it ends now, without a slot
+            self.reactor.post(lambda: self._begin(task))
+
+    def _unwait(self, task: _Task) -> bool:
+        """(lock held) Take a task out of the waiting line; False if it was not in it."""
+        try:
+            self._waiting.remove(task)
+        except ValueError:
+            return False
+        return True
 
     def _forget(self, task: _Task) -> None:
         """(lock held) A lost task: its lines and result are dropped."""
@@ -348,12 +375,53 @@ class RemoteWorker:
             self._start(assignment, hand_back, answer)
 
     def _start(self, assignment: Assignment, hand_back: bool, answer: int) -> None:
+        """Begin a task in a free slot, or line it up for the next one (a prefetched task);
+        one handed back at once ends without a slot."""
         task = _Task(self, assignment, answer=answer)
         with self._lock:
             self._tasks[assignment.task_instance_id] = task
             if hand_back:
                 task.cancel_reason = HANDED_BACK_REASON
+            elif self._busy >= self.hello.max_tasks:
+                task.since = time.monotonic()
+                self._waiting.append(task)
+                return
+            else:
+                self._take_slot(task)
         self.reactor.post(lambda: self._begin(task))
+
+    def _take_slot(self, task: _Task) -> None:
+        """(lock held)"""
+        task.slot = True
+        task.since = time.monotonic()
+        self._busy += 1
+
+    def _free_slot(self, task: _Task, outcome: Outcome) -> _Task | None:
+        """(lock held) A task ended: its slot goes to the first waiting task, returned."""
+        if not task.slot:
+            return None
+        task.slot = False
+        self._busy -= 1
+        if not outcome.cancelled:
+            self._recent.append(time.monotonic() - task.since)
+        if not self._waiting or self._draining.is_set():
+            return None
+        following = self._waiting.popleft()
+        self._take_slot(following)
+        return following
+
+    def _hand_back_overdue(self) -> None:
+        """(task loop) Prefetched tasks that waited too long for a slot (a task ahead of them
+        runs long) go back to the queue unstarted, for any worker, without spending a retry."""
+        with self._lock:
+            if not self._waiting:
+                return
+            late = [
+                self._waiting[i]
+                for i in overdue([t.since for t in self._waiting], time.monotonic())
+            ]
+        for task in late:
+            self._stop_task(task.assignment.task_instance_id, RETURNED_REASON, lost=False)
 
     def task_loop(self, stop: threading.Event) -> None:
         """Starts tasks, watches local processes and receives every task's end, until every
@@ -361,6 +429,7 @@ class RemoteWorker:
         while not self._finished.is_set():
             try:
                 self.reactor.run_once(0.5)
+                self._hand_back_overdue()
             except Exception:  # a bug here must not stop the tasks that run
                 log.exception("the task loop failed; going on")
         self.reactor.close()
@@ -440,6 +509,9 @@ class RemoteWorker:
         assignment = task.assignment
         with self._lock:
             task.done = True
+            following = self._free_slot(task, outcome)
+            if following is not None:
+                self.reactor.post(lambda: self._begin(following))
             if task.lost:
                 self._tasks.pop(assignment.task_instance_id, None)
                 return
@@ -509,7 +581,7 @@ class RemoteWorker:
         deadline = time.monotonic() + RESULT_LINGER
         answers = [t.answer for r in self._results if (t := self._tasks.get(r.task_instance_id))]
         oldest = min(answers, default=0)
-        while any(not t.done and t.answer >= oldest for t in self._held()):
+        while any(t.slot and not t.done and t.answer >= oldest for t in self._held()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -645,6 +717,10 @@ class RemoteWorker:
         back (the master queues them again without spending a retry); deliver results."""
         self._draining.set()
         deadline = time.monotonic() + self.grace_seconds
+        with self._lock:
+            waiting = list(self._waiting)
+        for task in waiting:  # never started: back to the queue at once
+            self._stop_task(task.assignment.task_instance_id, HANDED_BACK_REASON, lost=False)
         with self._lock:
             running = [t for t in self._tasks.values() if not t.done]
         if running:

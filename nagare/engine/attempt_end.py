@@ -21,12 +21,15 @@ from nagare.models import AttemptFinish, Claim, Outcome, TaskDef, TaskStatus
 SHUTDOWN_REASON = "server shutdown"
 HANDED_BACK_REASON = "worker shutdown"
 UNCONFIRMED_REASON = "worker lost before it confirmed the task"
+RETURNED_REASON = "not started by its worker"  # a prefetched task that waited too long
 # cancellations that put the task back in the queue without spending a retry
 REQUEUE_MESSAGES = {
     SHUTDOWN_REASON: "interrupted by server shutdown; the task runs again on the next start",
     HANDED_BACK_REASON: "handed back by its worker (shutting down); the task runs again",
     UNCONFIRMED_REASON: "its worker was lost before it confirmed the task; the task runs again "
     "without spending a retry",
+    RETURNED_REASON: "waited on its worker for a free slot and was handed back unstarted; the "
+    "task runs again without spending a retry",
 }
 
 

@@ -69,18 +69,21 @@ class WorkerStore:
         held: Sequence[tuple[str, int]],
         now: int,
         lease_until: int,
+        capacity: int | None = None,
     ) -> Exchange:
         """One poll of a worker, in one transaction: register or refresh it (`seen`), record
         the results it sends (each only if it holds the attempt under a live lease, as
         `finish`), renew the leases of the other attempts it holds (as `renew`) and claim
-        queued tasks of its pools for the slots it has free (none when `leaving`)."""
+        queued tasks of its pools for the slots it has free (none when `leaving`): `capacity`
+        (default: its max_tasks) less what it holds."""
         done = {(f.task_instance_id, f.attempt) for f in finishes}
         with self.db.write() as conn:
             _upsert_worker(conn, seen, "left" if leaving else "online")
             recorded = _record(conn, finishes, seen.worker_id, now)
             renewed = _renew(conn, seen.worker_id, [h for h in held if h not in done], lease_until)
             claims: list[Claim] = []
-            free = 0 if leaving else seen.max_tasks - _held_in(conn, seen.worker_id)
+            room = seen.max_tasks if capacity is None else capacity
+            free = 0 if leaving else room - _held_in(conn, seen.worker_id)
             if free > 0:
                 claims = _claim_for(
                     conn, self.dags, seen.worker_id, seen.pools, free, now, lease_until
