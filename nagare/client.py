@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 import urllib.error
@@ -38,26 +39,122 @@ class ApiError(NagareError):
         return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
 
 
-class _OneWrite(http.client.HTTPConnection):
-    """A kept-alive connection that writes each request whole in one send: http.client writes
-    the head and the body apart, which with TCP_NODELAY is two segments (and two reads on the
-    master) for every message a worker sends. The parts wait until the answer is asked for."""
-
-    def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
-        self._parts: list[bytes] = []
-        super().putrequest(method, url, *args, **kwargs)
-
-    def send(self, data: Any) -> None:
-        self._parts.append(bytes(data))  # a request's head and body (bytes): see `cluster`
-
-    def getresponse(self) -> http.client.HTTPResponse:
-        data, self._parts = b"".join(self._parts), []
-        super().send(data)
-        return super().getresponse()
+MAX_HEADER_LINE = 65536  # what http.client accepts too
+MAX_HEADERS = 100
 
 
-class _OneWriteTLS(_OneWrite, http.client.HTTPSConnection):
-    """`_OneWrite` over TLS."""
+class _Wire:
+    """A kept-alive connection for the cluster protocol, on a plain (or TLS) socket: writes each
+    request whole in one send and reads the answer's status line, the few headers it needs and
+    the body (Content-Length, chunked, or up to the end), without http.client's objects and
+    header parser (a worker sends a few messages per task: they were most of its own CPU time
+    per task). Failures raise what http.client would: OSError (a timeout is TimeoutError),
+    `RemoteDisconnected` when a kept connection was closed, `HTTPException` for a bad answer."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        self.host, self.port, self.context = host, port, context
+        self.timeout: float = 30
+        self.sock: socket.socket | None = None
+        self._file: Any = None  # the socket's buffered reader
+
+    def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        """Send a whole request; (status, body, whether the server closes the connection)."""
+        if self.sock is None:
+            self._connect()
+        else:
+            self.sock.settimeout(self.timeout)
+        assert self.sock is not None
+        self.sock.sendall(request)
+        while True:
+            status, version = self._status()
+            headers = self._headers()
+            if status >= 200:
+                break  # (1xx: an interim answer; the real one follows)
+        closes = headers.get("connection", "").lower() == "close" or (
+            version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"
+        )
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return status, self._chunked(), closes
+        length = headers.get("content-length")
+        if length is None:
+            return status, self._file.read(), True
+        return status, self._exactly(_content_length(length)), closes
+
+    def close(self) -> None:
+        sock, file, self.sock, self._file = self.sock, self._file, None, None
+        if file is not None:
+            file.close()
+        if sock is not None:
+            sock.close()
+
+    def _connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self._file = sock, sock.makefile("rb")
+
+    def _line(self) -> bytes:
+        line: bytes = self._file.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE:
+            raise http.client.LineTooLong("header line")
+        return line
+
+    def _status(self) -> tuple[int, str]:
+        line = self._line()
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        version, _, rest = line.decode("iso-8859-1").partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise http.client.BadStatusLine(line.decode("iso-8859-1", "replace").strip())
+        return int(code), version
+
+    def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = self._line()
+            if line in (b"\r\n", b"\n", b""):
+                return headers
+            name, _, value = line.decode("iso-8859-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
+
+    def _exactly(self, size: int) -> bytes:
+        data: bytes = self._file.read(size)
+        if len(data) < size:
+            raise http.client.IncompleteRead(data, size - len(data))
+        return data
+
+    def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise http.client.IncompleteRead(b"".join(parts)) from None
+            if size == 0:
+                break
+            parts.append(self._exactly(size))
+            self._exactly(2)  # the CRLF after the chunk
+        while self._line() not in (b"\r\n", b"\n", b""):  # trailers
+            pass
+        return b"".join(parts)
+
+
+def _content_length(text: str) -> int:
+    try:
+        length = int(text)
+    except ValueError:
+        raise http.client.HTTPException(f"bad Content-Length: {text[:40]!r}") from None
+    if length < 0:
+        raise http.client.HTTPException(f"bad Content-Length: {text[:40]!r}")
+    return length
 
 
 class ApiClient:
@@ -68,7 +165,8 @@ class ApiClient:
         self.api_key = api_key
         self.timeout = timeout
         self._kept = threading.local()  # per thread: a kept-alive connection (cluster calls)
-        self._kept_all: set[http.client.HTTPConnection] = set()  # for `close`
+        self._kept_all: set[_Wire] = set()  # for `close`
+        self._cluster_head = ""  # the cluster messages' headers (see `_cluster_request`)
         self._open_lock = threading.Lock()
 
     def close(self) -> None:
@@ -97,44 +195,50 @@ class ApiClient:
         """One message of the cluster protocol (`POST /api/workers/<verb>`), as a worker sends
         it; `api_key` carries the cluster token. Each thread keeps its connection alive (a
         worker talks all the time); a kept connection the server has closed is replaced once."""
-        request = self._request("POST", f"/api/workers/{verb}", None, body, "application/json")
-        headers = dict(request.header_items())
+        request = self._cluster_request(verb, json.dumps(body).encode())
         for first_try in (True, False):
             connection, reused = self._connection()
             try:
                 connection.timeout = timeout or self.timeout
-                if connection.sock is not None:
-                    connection.sock.settimeout(connection.timeout)
-                connection.request("POST", request.selector, body=request.data, headers=headers)
-                response = connection.getresponse()
-                raw = response.read()
+                status, raw, closes = connection.exchange(request)
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(connection)
                 if first_try and reused and isinstance(exc, _STALE_CONNECTION):
                     continue
                 raise _network_error(self.base_url, exc) from None
-            if response.will_close:
+            if closes:
                 self._drop(connection)
-            return self._cluster_answer(verb, response.status, raw)
+            return self._cluster_answer(verb, status, raw)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+    def _cluster_request(self, verb: str, body: bytes) -> bytes:
+        """The whole request, head and body: one send."""
+        if not self._cluster_head:
+            parts = urlsplit(self.base_url)
+            authorization = f"Authorization: Bearer {self.api_key}\r\n" if self.api_key else ""
+            self._cluster_head = (
+                f"Host: {parts.netloc.rpartition('@')[2]}\r\nAccept-Encoding: identity\r\n"
+                f"Accept: application/json\r\nUser-Agent: nagare-client/{__version__}\r\n"
+                f"{authorization}Content-Type: application/json\r\n"
+            )
+        path = f"{urlsplit(self.base_url).path}/api/workers/{quote(verb, safe='')}"
+        head = f"POST {path} HTTP/1.1\r\n{self._cluster_head}Content-Length: {len(body)}\r\n\r\n"
+        return head.encode("latin-1") + body
+
+    def _connection(self) -> tuple[_Wire, bool]:
+        kept: _Wire | None = getattr(self._kept, "connection", None)
         if kept is not None:
             return kept, True
         parts = urlsplit(self.base_url)
-        host, port = parts.hostname or "", parts.port
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            connection = _OneWriteTLS(host, port, context=ssl.create_default_context())
-        else:
-            connection = _OneWrite(host, port)
+        secure = parts.scheme == "https"
+        context = ssl.create_default_context() if secure else None
+        connection = _Wire(parts.hostname or "", parts.port or (443 if secure else 80), context)
         self._kept.connection = connection
         with self._open_lock:
             self._kept_all.add(connection)
         return connection, False
 
-    def _drop(self, connection: http.client.HTTPConnection) -> None:
+    def _drop(self, connection: _Wire) -> None:
         self._kept.connection = None
         with self._open_lock:
             self._kept_all.discard(connection)

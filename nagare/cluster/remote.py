@@ -371,24 +371,26 @@ class RemoteWorker:
         with self._lock:
             self._answers += 1
             answer = self._answers
-        for assignment in assignments:
-            self._start(assignment, hand_back, answer)
+            held = [self._hold(assignment, hand_back, answer) for assignment in assignments]
+        tasks = [task for task in held if task is not None]
+        if tasks:
+            self.reactor.post(lambda: self._begin_all(tasks))  # one wake-up of the task loop
 
-    def _start(self, assignment: Assignment, hand_back: bool, answer: int) -> None:
-        """Begin a task in a free slot, or line it up for the next one (a prefetched task);
-        one handed back at once ends without a slot."""
+    def _hold(self, assignment: Assignment, hand_back: bool, answer: int) -> _Task | None:
+        """(lock held) A task handed out: held (and reported so) from now on. Returned to be
+        begun when it takes a free slot or is handed back at once (it ends without a slot);
+        lined up for the next free slot otherwise (a prefetched task: None)."""
         task = _Task(self, assignment, answer=answer)
-        with self._lock:
-            self._tasks[assignment.task_instance_id] = task
-            if hand_back:
-                task.cancel_reason = HANDED_BACK_REASON
-            elif self._busy >= self.hello.max_tasks:
-                task.since = time.monotonic()
-                self._waiting.append(task)
-                return
-            else:
-                self._take_slot(task)
-        self.reactor.post(lambda: self._begin(task))
+        self._tasks[assignment.task_instance_id] = task
+        if hand_back:
+            task.cancel_reason = HANDED_BACK_REASON
+        elif self._busy >= self.hello.max_tasks:
+            task.since = time.monotonic()
+            self._waiting.append(task)
+            return None
+        else:
+            self._take_slot(task)
+        return task
 
     def _take_slot(self, task: _Task) -> None:
         """(lock held)"""
@@ -434,6 +436,14 @@ class RemoteWorker:
                 log.exception("the task loop failed; going on")
         self.reactor.close()
 
+    def _begin_all(self, tasks: list[_Task]) -> None:
+        """(task loop) Start the tasks of one answer, one after the other."""
+        for task in tasks:
+            try:
+                self._begin(task)
+            except Exception:  # a bug in one start must not keep the others from starting
+                log.exception("task %s could not be started", task.assignment.task_id)
+
     def _begin(self, task: _Task) -> None:
         """(task loop) Start a task through the executor its assignment names."""
         assignment = task.assignment
@@ -477,14 +487,17 @@ class RemoteWorker:
         if reason and not outcome.cancelled and not outcome.timed_out:
             outcome.cancelled = True
         if task.output_file:  # the outputs travel with the result ($NAGARE_OUTPUT is ours)
+            written = True  # (unknown unless read: removed then)
             if outcome.succeeded:
                 try:
                     text = read_output_file(task.output_file)
                 except OutputError as exc:
                     outcome = replace(outcome, error=f"outputs: {exc}")
                 else:
+                    written = text is not None
                     outcome = _shippable(with_outputs(outcome, text, "", None, False))
-            remove_output_file(task.output_file)
+            if written:
+                remove_output_file(task.output_file)
         self._report(task, outcome)
 
     def _output_file(self, assignment: Assignment) -> str:
