@@ -167,6 +167,7 @@ class ApiClient:
         self._kept = threading.local()  # per thread: a kept-alive connection (cluster calls)
         self._kept_all: set[_Wire] = set()  # for `close`
         self._cluster_head = ""  # the cluster messages' headers (see `_cluster_request`)
+        self._cluster_prefix = ""
         self._open_lock = threading.Lock()
 
     def close(self) -> None:
@@ -221,7 +222,8 @@ class ApiClient:
                 f"Accept: application/json\r\nUser-Agent: nagare-client/{__version__}\r\n"
                 f"{authorization}Content-Type: application/json\r\n"
             )
-        path = f"{urlsplit(self.base_url).path}/api/workers/{quote(verb, safe='')}"
+            self._cluster_prefix = parts.path  # (a Nagare behind a proxy, under a path)
+        path = f"{self._cluster_prefix}/api/workers/{quote(verb, safe='')}"
         head = f"POST {path} HTTP/1.1\r\n{self._cluster_head}Content-Length: {len(body)}\r\n\r\n"
         return head.encode("latin-1") + body
 
