@@ -121,7 +121,10 @@ class _Wire:
             if line in (b"\r\n", b"\n", b""):
                 return headers
             name, _, value = line.decode("iso-8859-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
+            name, value = name.strip().lower(), value.strip()
+            if name == "content-length" and headers.get(name, value) != value:
+                raise http.client.HTTPException("two different Content-Length headers")
+            headers[name] = value
         raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
 
     def _exactly(self, size: int) -> bytes:

@@ -158,12 +158,22 @@ def test_an_error_answer_is_the_servers_error(serve: list[RawServer]) -> None:
         b"garbage\r\n\r\n",  # not HTTP
         _answer(OK[:10], f"Content-Length: {len(OK)}", "Connection: close"),  # cut short
         _answer(OK, "Content-Length: many"),
+        _answer(OK, f"Content-Length: {len(OK)}", "Content-Length: 2"),  # ambiguous framing
         _answer(b"zz\r\n", "Transfer-Encoding: chunked", "Connection: close"),
         _answer(OK, *(f"X-{i}: y" for i in range(101)), f"Content-Length: {len(OK)}"),
         b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n",
         None,  # the connection closed without an answer
     ],
-    ids=["not-http", "truncated", "bad-length", "bad-chunk", "headers", "long-line", "closed"],
+    ids=[
+        "not-http",
+        "truncated",
+        "bad-length",
+        "two-lengths",
+        "bad-chunk",
+        "headers",
+        "long-line",
+        "closed",
+    ],
 )
 def test_a_broken_answer_is_an_unreachable_master(
     serve: list[RawServer], answer: bytes | None
