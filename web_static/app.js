@@ -1143,7 +1143,7 @@ function WorkersPage() {
         <tbody>${ws.map((w) => html`<tr key=${w.worker_id} data-worker=${w.worker_id}>
           <td class="mono">${w.worker_id}</td><td class="hide-sm">${w.hostname}</td><td><${WorkerStatus} w=${w} /><span class="show-sm cell-sub">${w.running_tasks ?? w.active_tasks ?? 0} / ${w.max_tasks} tasks</span></td>
           <td>${(w.pools || []).map((p) => html`<span class="badge muted mono" data-worker-pool=${p}>${p}</span> `)}</td>
-          <td class="num hide-sm" title="running tasks / max tasks" data-worker-load>${w.running_tasks ?? w.active_tasks ?? 0} / ${w.max_tasks}</td>
+          <td class="num hide-sm" title="tasks held (running, or prefetched and waiting for a slot) / slots" data-worker-load>${w.running_tasks ?? w.active_tasks ?? 0} / ${w.max_tasks}</td>
           <td title=${fmtTime(w.last_heartbeat)} data-heartbeat>${ago(w.last_heartbeat, now)}</td><td class="mono small hide-sm">${w.version || "—"}</td></tr>`)}</tbody></table></div>`}
     </section></main>`;
 }
