@@ -76,6 +76,12 @@ def _short_tasks(count: int, command: str = "true") -> str:
     return "".join(f"- id: s{i:02d}\n  pool: gpu\n  command: '{command}'\n" for i in range(count))
 
 
+def _the_one_started(starts: Path) -> str | None:
+    """The task of the pair whose process started, once exactly one has."""
+    started = [t for t in ("a", "b") if (starts / t).exists()]
+    return started[0] if len(started) == 1 else None
+
+
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -187,8 +193,8 @@ def test_killing_a_prefetched_task_ends_it_at_once_without_starting_it(
     run_id = nagare.trigger("pair")
     for task_id in ("a", "b"):
         wait_task(nagare, run_id, task_id, "running", timeout=10)
-    waiting = wait_for(lambda: next((t for t in ("a", "b") if not (starts / t).exists()), None), 5)
-    running = "b" if waiting == "a" else "a"
+    running = wait_for(lambda: _the_one_started(starts), 5, message="one task to start")
+    waiting = "b" if running == "a" else "a"
     killed_at = time.monotonic()
     assert nagare.call("POST", f"/api/runs/{run_id}/tasks/{waiting}/kill").status == 200
     task = wait_task(nagare, run_id, waiting, "cancelled", timeout=5)
@@ -207,7 +213,8 @@ def test_a_stopping_worker_hands_its_prefetched_task_back_at_once(
 ) -> None:
     starts = tmp_path / "starts"
     starts.mkdir()
-    command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep 0.45"
+    # long enough that the stop reaches the worker while the slot is taken
+    command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep 2"
     pair = gpu_dag(
         "pair",
         f"- id: a\n  pool: gpu\n  retries: 0\n  command: '{command}'\n"
@@ -225,6 +232,7 @@ def test_a_stopping_worker_hands_its_prefetched_task_back_at_once(
     run_id = nagare.trigger("pair")
     for task_id in ("a", "b"):
         wait_task(nagare, run_id, task_id, "running", timeout=10)
+    wait_for(lambda: _the_one_started(starts), 5, message="one task to start")
     w1.signal(signal.SIGTERM)
     assert w1.wait_exit(8) == 0, w1.text()
     tasks = {t["task_id"]: t for t in nagare.get(f"/api/runs/{run_id}/tasks")}
