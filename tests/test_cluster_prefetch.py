@@ -9,6 +9,7 @@ import itertools
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -101,6 +102,48 @@ def start_master(
     return start
 
 
+@dataclass
+class Pair:
+    """Two tasks `a` and `b` handed to w1 (one slot, prefetch 1): one runs, one waits."""
+
+    nagare: Nagare
+    w1: Worker
+    run_id: str
+    starts: Path  # a file per task, a line per start of its process
+
+    def running(self) -> tuple[str, str]:
+        """(the task in the slot, the one waiting), once exactly one has started."""
+        started = wait_for(lambda: _the_one_started(self.starts), 5, message="a task to start")
+        return started, "b" if started == "a" else "a"
+
+
+@pytest.fixture
+def pair_on_one_slot(
+    start_master: Callable[[dict[str, str]], Nagare],
+    workers: Callable[..., Worker],  # noqa: F811
+    tmp_path: Path,
+) -> Callable[..., Pair]:
+    def start(seconds: float, env: dict[str, str] | None = None) -> Pair:
+        starts = tmp_path / "starts"
+        starts.mkdir()
+        command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep {seconds}"
+        pair = gpu_dag(
+            "pair",
+            f"- id: a\n  pool: gpu\n  retries: 0\n  command: '{command}'\n"
+            f"- id: b\n  pool: gpu\n  retries: 0\n  command: '{command}'\n",
+        )
+        nagare = start_master({"pair.yaml": pair})
+        w1 = workers(nagare.url, "w1", max_tasks=1, env={"NAGARE_PREFETCH": "1", **(env or {})})
+        wait_online(nagare, w1)
+        _warm_up(nagare)
+        run_id = nagare.trigger("pair")
+        for task_id in ("a", "b"):  # one runs in w1's slot, the other waits on w1 for it
+            assert wait_task(nagare, run_id, task_id, "running", timeout=10)["worker"] == "w1"
+        return Pair(nagare, w1, run_id, starts)
+
+    return start
+
+
 def test_a_worker_with_one_slot_takes_the_next_task_while_one_runs_and_never_runs_two(
     start_master: Callable[[dict[str, str]], Nagare],
     workers: Callable[..., Worker],  # noqa: F811
@@ -129,26 +172,12 @@ def test_a_worker_with_one_slot_takes_the_next_task_while_one_runs_and_never_run
 
 
 def test_a_prefetched_task_behind_a_long_one_goes_back_to_the_queue_for_another_worker(
-    start_master: Callable[[dict[str, str]], Nagare],
+    pair_on_one_slot: Callable[..., Pair],
     workers: Callable[..., Worker],  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    starts = tmp_path / "starts"
-    starts.mkdir()
     # both run 3 s: the one that waits for w1's slot would wait that long
-    command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep 3"
-    pair = gpu_dag(
-        "pair",
-        f"- id: a\n  pool: gpu\n  retries: 0\n  command: '{command}'\n"
-        f"- id: b\n  pool: gpu\n  retries: 0\n  command: '{command}'\n",
-    )
-    nagare = start_master({"pair.yaml": pair})
-    w1 = workers(nagare.url, "w1", max_tasks=1, env={"NAGARE_PREFETCH": "1"})
-    wait_online(nagare, w1)
-    _warm_up(nagare)
-    run_id = nagare.trigger("pair")
-    for task_id in ("a", "b"):  # one runs in w1's slot, the other waits on w1 for it
-        assert wait_task(nagare, run_id, task_id, "running", timeout=10)["worker"] == "w1"
+    pair = pair_on_one_slot(3)
+    nagare, run_id, starts = pair.nagare, pair.run_id, pair.starts
     handed_back_at = time.monotonic()
     w2 = workers(nagare.url, "w2", max_tasks=1)
     assert nagare.wait_run(run_id, timeout=20)["status"] == "success"
@@ -174,27 +203,11 @@ def test_a_prefetched_task_behind_a_long_one_goes_back_to_the_queue_for_another_
 
 
 def test_killing_a_prefetched_task_ends_it_at_once_without_starting_it(
-    start_master: Callable[[dict[str, str]], Nagare],
-    workers: Callable[..., Worker],  # noqa: F811
-    tmp_path: Path,
+    pair_on_one_slot: Callable[..., Pair],
 ) -> None:
-    starts = tmp_path / "starts"
-    starts.mkdir()
-    command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep 5"
-    pair = gpu_dag(
-        "pair",
-        f"- id: a\n  pool: gpu\n  command: '{command}'\n"
-        f"- id: b\n  pool: gpu\n  command: '{command}'\n",
-    )
-    nagare = start_master({"pair.yaml": pair})
-    w1 = workers(nagare.url, "w1", max_tasks=1, env={"NAGARE_PREFETCH": "1"})
-    wait_online(nagare, w1)
-    _warm_up(nagare)
-    run_id = nagare.trigger("pair")
-    for task_id in ("a", "b"):
-        wait_task(nagare, run_id, task_id, "running", timeout=10)
-    running = wait_for(lambda: _the_one_started(starts), 5, message="one task to start")
-    waiting = "b" if running == "a" else "a"
+    pair = pair_on_one_slot(5)
+    nagare, run_id, starts = pair.nagare, pair.run_id, pair.starts
+    running, waiting = pair.running()
     killed_at = time.monotonic()
     assert nagare.call("POST", f"/api/runs/{run_id}/tasks/{waiting}/kill").status == 200
     task = wait_task(nagare, run_id, waiting, "cancelled", timeout=5)
@@ -207,32 +220,13 @@ def test_killing_a_prefetched_task_ends_it_at_once_without_starting_it(
 
 
 def test_a_stopping_worker_hands_its_prefetched_task_back_at_once(
-    start_master: Callable[[dict[str, str]], Nagare],
+    pair_on_one_slot: Callable[..., Pair],
     workers: Callable[..., Worker],  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    starts = tmp_path / "starts"
-    starts.mkdir()
     # long enough that the stop reaches the worker while the slot is taken
-    command = f"echo $$ >> {starts}/$NAGARE_TASK_ID; sleep 2"
-    pair = gpu_dag(
-        "pair",
-        f"- id: a\n  pool: gpu\n  retries: 0\n  command: '{command}'\n"
-        f"- id: b\n  pool: gpu\n  retries: 0\n  command: '{command}'\n",
-    )
-    nagare = start_master({"pair.yaml": pair})
-    w1 = workers(
-        nagare.url,
-        "w1",
-        max_tasks=1,
-        env={"NAGARE_PREFETCH": "1", "NAGARE_SHUTDOWN_GRACE_SECONDS": "5"},
-    )
-    wait_online(nagare, w1)
-    _warm_up(nagare)
-    run_id = nagare.trigger("pair")
-    for task_id in ("a", "b"):
-        wait_task(nagare, run_id, task_id, "running", timeout=10)
-    wait_for(lambda: _the_one_started(starts), 5, message="one task to start")
+    pair = pair_on_one_slot(2, env={"NAGARE_SHUTDOWN_GRACE_SECONDS": "5"})
+    nagare, run_id, starts, w1 = pair.nagare, pair.run_id, pair.starts, pair.w1
+    pair.running()
     w1.signal(signal.SIGTERM)
     assert w1.wait_exit(8) == 0, w1.text()
     tasks = {t["task_id"]: t for t in nagare.get(f"/api/runs/{run_id}/tasks")}
