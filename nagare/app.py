@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import resource
 import shlex
 import socket
@@ -23,14 +22,14 @@ from nagare.cluster.coordinator import Coordinator, PoolWorkers
 from nagare.config import Config
 from nagare.dag_folder import DagFolder
 from nagare.dagfile import parse_handlers
-from nagare.engine.assignment import SECRET_VARIABLES, run_as_errors
+from nagare.engine.assignment import run_as_errors
 from nagare.engine.expressions import compile_errors as webhook_compile_errors
 from nagare.engine.expressions import condition
-from nagare.errors import BadRequest, ConfigError
-from nagare.executors import Executor, Unavailable
+from nagare.errors import ConfigError
+from nagare.executors import Executor
 from nagare.executors.local import LocalExecutor
 from nagare.executors.reactor import Reactor
-from nagare.executors.spawn import kill_orphan_group, run_command, set_not_dumpable
+from nagare.executors.spawn import kill_orphan_group, run_command
 from nagare.leadership import (
     LIVE_SECONDS,
     Leadership,
@@ -40,14 +39,10 @@ from nagare.leadership import (
     stable_key,
 )
 from nagare.liveness import (
-    BACKOFF_FIRST_SECONDS,
-    BACKOFF_MAX_SECONDS,
-    DistinctErrors,
     Health,
     Heartbeat,
     Heartbeats,
     assess,
-    backoff_seconds,
     short_error,
 )
 from nagare.logs import LogFiles
@@ -69,9 +64,9 @@ from nagare.scheduler import Scheduler
 from nagare.store import MasterRecord, Store, WakeChannel, text_digest
 from nagare.waits import Waits
 from nagare.webhooks import WebhookService
+from nagare.wiring import StepExecutors, Supervisor, docker_executor, start_loop
 
 if TYPE_CHECKING:
-    from nagare.cluster.remote import RemoteWorker
     from nagare.executors.docker import DockerExecutor
     from nagare.git_sync import GitSync
     from nagare.http.accounts_api import BuiltinAuthenticator
@@ -345,7 +340,7 @@ class App:
         container with its owner label is a leftover of an earlier (crashed) server."""
         with self._docker_lock:
             if self._docker is None:
-                self._docker = _docker_executor(self.config, self._container_owner(), self.reactor)
+                self._docker = docker_executor(self.config, self._container_owner(), self.reactor)
                 self._leftover_containers = self._docker.cleanup_orphans()
             return self._docker
 
@@ -618,7 +613,7 @@ class App:
         if heartbeat is not None:
             self.heartbeats.add(heartbeat)
         supervisor = Supervisor(name, loop, stop or self.stopping, heartbeat, self.stopping)
-        self._threads.append(_start_loop(name, supervisor.run))
+        self._threads.append(start_loop(name, supervisor.run))
 
     def health(self, now: float | None = None) -> Health:
         """How the background loops are (pure `assess` over their heartbeats)."""
@@ -756,29 +751,6 @@ def _default_handlers(config: Config) -> dict[HandlerKind, TaskDef]:
     return handlers
 
 
-def _start_loop(name: str, run: Callable[[], None]) -> threading.Thread:
-    """A long-lived loop (a `Supervisor`'s `run`) in a daemon thread of its own: the one place
-    both roles start their loops."""
-    thread = threading.Thread(target=run, daemon=True, name=name)
-    thread.start()
-    return thread
-
-
-def raise_open_file_limit() -> int:
-    """Raise the soft limit of open files to the hard limit (a server holds a descriptor per
-    connection, and tasks their pipes and log files); returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
-        return soft
-    return target
-
-
 def _http_server(config: Config, api: Api) -> NagareHTTPServer:
     from nagare.http.server import NagareHTTPServer, tls_context
 
@@ -813,281 +785,12 @@ def _http_limits(config: Config) -> Limits:
     return Limits(affordable, wanted.reserved_connections, wanted.request_seconds)
 
 
-class Supervisor:
-    """Runs a loop's `run(stop)` and keeps it running: an exception is logged (each distinct
-    one once, with its traceback), the loop's heartbeat says `failing` with it, and `run(stop)`
-    is entered again after a back-off (0.5 s, doubling to 30 s; from 0.5 s again once the loop
-    ran 30 s without one). After `stop` the loop gets a few more tries (loops that drain past it).
-    A loop that returns before `ending` is set is logged and reported `stopped`."""
-
-    STOPPING_TRIES = 3
-
-    def __init__(
-        self,
-        name: str,
-        loop: Callable[[threading.Event], None],
-        stop: threading.Event,
-        heartbeat: Heartbeat | None,
-        ending: threading.Event,
-    ) -> None:
-        self.name = name
-        self.loop = loop
-        self.stop = stop
-        self.heartbeat = heartbeat or Heartbeat(name, 0.0)  # not reported: log only
-        self.ending = ending
-        self.errors = DistinctErrors()
-
-    def run(self) -> None:
-        failures = stopping_failures = 0
-        self.heartbeat.started()
-        while True:
-            entered = time.monotonic()
-            try:
-                self.loop(self.stop)
-            except Exception as exc:
-                if time.monotonic() - entered >= BACKOFF_MAX_SECONDS:
-                    failures = 0  # it ran well for a while: a new incident
-                failures += 1
-                self._report(exc, failures)
-                if not self.stop.is_set():
-                    self.stop.wait(backoff_seconds(failures))
-                    continue
-                stopping_failures += 1
-                if stopping_failures >= self.STOPPING_TRIES:
-                    return
-                threading.Event().wait(BACKOFF_FIRST_SECONDS)
-                continue
-            if not self.ending.is_set():
-                log.error("the %s loop ended while the process runs", self.name)
-                self.heartbeat.stopped()
-            return
-
-    def _report(self, exc: Exception, failures: int) -> None:
-        error = short_error(exc)
-        self.heartbeat.failed(error)
-        delay = backoff_seconds(failures)
-        if self.errors.first(error):
-            log.error(
-                "the %s loop failed: %s; it runs again in %.1fs (this error is logged once)",
-                self.name,
-                error,
-                delay,
-                exc_info=exc,
-            )
-
-
 def _static_files() -> StaticFiles:
     """The dashboard's files, found on the first request for one."""
     from nagare.http.static import StaticFiles
     from nagare.resources import asset_root
 
     return StaticFiles(lambda: asset_root("web_static"))
-
-
-# ---------------------------------------------------------------- worker mode
-
-
-def protect_process() -> None:
-    """The server and worker roles, at start (after reading their settings): other processes of
-    the same user — tasks included — can no longer read this one's /proc files (the environment
-    its secrets came from, its memory), and Nagare's own secret variables are dropped from the
-    environment, so nothing started later inherits them."""
-    set_not_dumpable()
-    for name in SECRET_VARIABLES:
-        os.environ.pop(name, None)
-
-
-def build_worker(config: Config) -> WorkerApp:
-    """`nagare worker --join URL`: a remote worker running tasks with this host's executors."""
-    from nagare.cluster.protocol import WorkerHello, encode_hello, read_hello
-
-    if not config.join:
-        raise ConfigError("--join is required in worker mode (e.g. --join http://master:8080)")
-    hostname = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "worker"
-    hello = WorkerHello(
-        worker_id=config.worker_id or f"{hostname}-{os.getpid()}",
-        hostname=hostname,
-        pools=tuple(p.strip() for p in str(config.pools).split(",") if p.strip()),
-        max_tasks=config.max_tasks,
-        version=__version__,
-    )
-    try:
-        read_hello(encode_hello(hello))
-    except BadRequest as err:
-        raise ConfigError(f"worker settings: {err.message}") from None
-    from nagare.client import Masters  # the worker role only, as below
-
-    urls = [url.strip() for url in config.join.split(",") if url.strip()]
-    try:
-        master = Masters(urls, api_key=config.token)
-    except Exception as err:
-        raise ConfigError(f"--join: {err}") from None
-    master.on_switch = lambda old, new: log.warning(
-        "cannot reach the master at %s; going on with the master at %s", old, new
-    )
-    from nagare.cluster.remote import RemoteWorker  # the worker role only: a server never loads it
-
-    reactor = Reactor()  # owned by the worker's task loop
-    executors = _WorkerExecutors(config, hello.worker_id, reactor)
-    worker = RemoteWorker(
-        master,
-        hello,
-        reactor,
-        executors,
-        grace_seconds=config.shutdown_grace_seconds,
-        base_env=_without_smtp_password(config, dict(os.environ)),
-        run_as=config.run_as,
-        prefetch=config.prefetch,
-    )
-    return WorkerApp(worker, executors.local)
-
-
-def _without_smtp_password(config: Config, env: dict[str, str]) -> dict[str, str]:
-    """A worker's environment for its tasks: without the SMTP password of its `mail` steps."""
-    if config.smtp is not None and config.smtp.password_env:
-        env.pop(config.smtp.password_env, None)
-    return env
-
-
-class WorkerApp:
-    """The worker role's composition: its loops, each `run(stop)` in a thread of its own, started
-    and stopped here as the server's are in `App`."""
-
-    def __init__(self, worker: RemoteWorker, local: LocalExecutor | None = None) -> None:
-        self.worker = worker
-        self.local = local
-        self.stopping = threading.Event()
-        self._threads: dict[str, threading.Thread] = {}
-        worker.on_fatal = self._refused
-        self.on_fatal: Callable[[], None] = lambda: None  # cli wires: wake the main thread
-
-    def start(self) -> None:
-        """The poll loop joins the master first (retrying until it answers)."""
-        for name, loop in (
-            ("poll", self.worker.poll_loop),
-            ("heartbeat", self.worker.heartbeat_loop),
-            ("shipper", self.worker.ship_loop),
-            ("tasks", self.worker.task_loop),
-        ):
-            supervisor = Supervisor(name, loop, self.stopping, None, self.stopping)
-            self._threads[name] = _start_loop(name, supervisor.run)
-
-    def _refused(self) -> None:
-        self.stopping.set()
-        self.on_fatal()
-
-    def stop(self) -> None:
-        """Take no new work, let running tasks finish within the grace period (hand the rest
-        back), deliver every result, say goodbye. Raises WorkerRejected if the master refused
-        this worker."""
-        self.stopping.set()
-        self.worker.leave()  # the master answers the outstanding poll at once, with no work
-        poll = self._threads.pop("poll", None)
-        if poll is not None:
-            poll.join(timeout=self.worker.settings.poll_wait_seconds + 5)
-        self.worker.finish()
-        for thread in self._threads.values():
-            thread.join(timeout=5)
-        if self.local is not None:
-            self.local.close()  # its guardian (if a task ever ran) exits and is reaped
-        self.worker.say_goodbye()
-        self.worker.master.close()
-        if self.worker.fatal is not None:
-            raise self.worker.fatal
-
-
-class _WorkerExecutors:
-    """A worker's executors: local processes, and Docker created on the first container task."""
-
-    def __init__(self, config: Config, worker_id: str, reactor: Reactor) -> None:
-        self.config = config
-        self.worker_id = worker_id
-        self.reactor = reactor
-        self.local = LocalExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
-        self.steps = StepExecutors(config, reactor, self.local)
-        self._docker: DockerExecutor | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self, assignment: Assignment) -> Executor:
-        if assignment.step_type != TaskType.COMMAND:
-            return self.steps(assignment.step_type)
-        if not assignment.image:
-            return self.local
-        with self._lock:
-            if self._docker is None:
-                owner = f"{socket.gethostname()}:worker:{self.worker_id}"
-                self._docker = _docker_executor(self.config, owner, self.reactor)
-                self._docker.cleanup_orphans()
-            return self._docker
-
-
-class StepExecutors:
-    """The executors of the step types that run in a pool slot (http, mail, ssh, chat), each
-    built on its first use, for the server and for a worker alike."""
-
-    def __init__(self, config: Config, reactor: Reactor, local: LocalExecutor) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.local = local
-        self._built: dict[str, Executor] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, step_type: str) -> Executor:
-        with self._lock:
-            executor = self._built.get(step_type)
-            if executor is None:
-                executor = self._build(step_type)
-                self._built[step_type] = executor
-            return executor
-
-    def _build(self, step_type: str) -> Executor:
-        if step_type in (TaskType.HTTP, TaskType.CHAT):
-            return _web_executor(step_type, self.config, self.reactor)
-        if step_type == TaskType.MAIL:
-            return _mail_executor(self.config, self.reactor)
-        if step_type == TaskType.SSH:
-            return _ssh_executor(self.reactor, self.local)
-        return Unavailable(self.reactor, step_type)
-
-
-def _web_executor(step_type: str, config: Config, reactor: Reactor) -> Executor:
-    """The executor of `http` or `chat` steps, imported on first use."""
-    from nagare.executors.web import ChatExecutor, HttpExecutor
-
-    if step_type == TaskType.CHAT:
-        return ChatExecutor(reactor)
-    return HttpExecutor(reactor, max_line_bytes=config.max_log_line_bytes)
-
-
-def _mail_executor(config: Config, reactor: Reactor) -> Executor:
-    """The mail executor, with this host's `smtp:` (the password is read from this host's
-    environment when a mail is sent)."""
-    from nagare.executors.mail import MailExecutor
-
-    return MailExecutor(reactor, config.smtp, os.environ)
-
-
-def _ssh_executor(reactor: Reactor, local: LocalExecutor) -> Executor:
-    """The ssh step's executor: the system's OpenSSH client run by `local`; the variables of
-    this process's own environment (what local tasks inherit) are never sent to the host."""
-    from nagare.executors.ssh import SshExecutor
-
-    return SshExecutor(reactor, local, os.environ)
-
-
-def _docker_executor(config: Config, owner: str, reactor: Reactor) -> DockerExecutor:
-    """The Docker executor, imported on first use: a process that never runs a container never
-    loads the SDK. `owner` labels its containers (leftovers of a crash are found by it)."""
-    from nagare.executors.docker import DockerExecutor
-
-    return DockerExecutor(
-        reactor,
-        max_line_bytes=config.max_log_line_bytes,
-        docker_host=config.docker_host,
-        volume_roots=config.docker_volume_roots,
-        owner=owner,
-        pull_timeout_seconds=config.docker_pull_timeout_seconds,
-    )
 
 
 def container_owner(hostname: str, db_label: str, master: str) -> str:

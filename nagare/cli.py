@@ -286,7 +286,8 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     if config.worker:
         return cmd_worker(namespace)
-    from nagare.app import App, protect_process, raise_open_file_limit
+    from nagare.app import App
+    from nagare.wiring import protect_process, raise_open_file_limit
 
     protect_process()
     raise_open_file_limit()
@@ -310,7 +311,8 @@ def cmd_serve(namespace: argparse.Namespace) -> int:
 def cmd_worker(namespace: argparse.Namespace) -> int:
     config = load_config(_flags(namespace))
     setup_logging(config.log_level, config.log_format)
-    from nagare.app import build_worker, protect_process, raise_open_file_limit
+    from nagare.wiring import protect_process, raise_open_file_limit
+    from nagare.worker_app import build_worker
 
     protect_process()
     raise_open_file_limit()

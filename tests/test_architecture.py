@@ -85,8 +85,10 @@ LAYERS: dict[str, int] = {
     "nagare.cluster.remote": L3,
     # L4: the HTTP layer
     "nagare.http": L4,  # the package and every module in it
-    # L5: the composition root
+    # L5: the composition roots: the server's, the worker's and what both share
     "nagare.app": L5,
+    "nagare.worker_app": L5,
+    "nagare.wiring": L5,
     # L6: the only code that prints or exits
     "nagare.cli": L6,
     "nagare.cli_client": L6,
@@ -110,7 +112,8 @@ LAYERED_PACKAGES = (
 # seam. The composition root builds the concrete executors and so may import them.
 STORE_PUBLIC = "nagare.store"
 EXECUTOR_SEAM = frozenset({"nagare.executors", "nagare.executors.reactor"})
-COMPOSITION_ROOT = "nagare.app"
+# the server's (`app`), the worker's (`worker_app`) and what both share (`wiring`)
+COMPOSITION_ROOTS = frozenset({"nagare.app", "nagare.wiring", "nagare.worker_app"})
 
 # Each technology has one owner (paths relative to the repository; a trailing "/" is a folder).
 TECH_OWNERS: dict[str, tuple[str, ...]] = {
@@ -180,14 +183,14 @@ PROCESS_CALLS = frozenset(
     }
 )
 PROCESS_OWNER = "nagare/executors/spawn.py"
-# Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` starts every
-# long-lived loop; the HTTP server makes a thread per connection (socketserver); the
-# Docker executor runs each blocking container attempt (and its stats stream and timers) in
-# threads of its own; the mail executor runs each (blocking) SMTP conversation in a thread of its
-# own.
+# Where threads are created (see ARCHITECTURE.md, "Threading model"): `app` and `worker_app`
+# start every long-lived loop through `wiring.start_loop`; the HTTP server makes a thread per
+# connection (socketserver); the Docker executor runs each blocking container attempt (and its
+# stats stream and timers) in threads of its own; the mail executor runs each (blocking) SMTP
+# conversation in a thread of its own.
 # executors/web.py: an `http` / `chat` attempt's own thread (the standard client blocks)
 THREAD_OWNERS = (
-    "nagare/app.py",
+    "nagare/wiring.py",  # `start_loop`: the one place both roles start their loops
     "nagare/http/server.py",
     "nagare/executors/docker.py",
     "nagare/executors/web.py",
@@ -564,7 +567,7 @@ def test_only_the_store_package_is_imported_never_its_modules(module: Module) ->
 
 
 def _not_executor_or_root(module: Module) -> bool:
-    return _outside(module, "nagare.executors") and module.name != COMPOSITION_ROOT
+    return _outside(module, "nagare.executors") and module.name not in COMPOSITION_ROOTS
 
 
 @pytest.mark.parametrize(
@@ -579,7 +582,7 @@ def test_only_the_executor_seam_is_imported_never_a_concrete_executor(module: Mo
     ]
     assert concrete == [], (
         "the dispatcher and the worker know executors only through the seam (start -> handle, "
-        f"listener callbacks); {COMPOSITION_ROOT} builds the concrete ones: {concrete}"
+        f"listener callbacks); {sorted(COMPOSITION_ROOTS)} build the concrete ones: {concrete}"
     )
 
 
@@ -622,7 +625,8 @@ def test_threads_are_created_only_where_the_threading_model_says(module: Module)
     calls = calls_to(module, THREAD_CALLS)
     assert calls == [], (
         f"{module.path} creates threads {calls}: a long-lived loop is an object with "
-        "run(stop_event) that nagare/app.py starts (ARCHITECTURE.md, Threading model)"
+        "run(stop_event) that nagare/app.py or nagare/worker_app.py starts (ARCHITECTURE.md, "
+        "Threading model)"
     )
 
 

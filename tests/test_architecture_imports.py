@@ -162,6 +162,38 @@ def test_a_started_server_loads_no_client_command_and_no_time_zone(tmp_path: Pat
     assert offenders(loaded, NOT_FOR_A_SERVER) == []
 
 
+# Never loaded by the worker role: the server's parts.
+NOT_FOR_A_WORKER = (
+    "nagare.app",
+    "nagare.store",
+    "nagare.scheduler",
+    "nagare.pools",
+    "nagare.runs",
+    "nagare.cluster.coordinator",
+    "nagare.http",
+    "nagare.dag_folder",
+    "nagare.webhooks",
+    "nagare.metrics",
+    "sqlite3",
+    "croniter",
+    "jq",
+)
+
+
+def test_a_worker_loads_none_of_the_servers_parts(tmp_path: Path) -> None:
+    """`nagare worker` built, started against a master that is not there, and stopped."""
+    code = (
+        "from nagare.config import load_config\nfrom nagare.worker_app import build_worker\n"
+        "from nagare.wiring import protect_process\n"
+        "protect_process()\n"
+        "config = load_config({'join': 'http://127.0.0.1:9', 'shutdown_grace_seconds': 0.1})\n"
+        "app = build_worker(config)\napp.start()\napp.stop()\n"
+    )
+    loaded = loaded_after(code, tmp_path)
+    assert {"nagare.cluster.remote", "nagare.executors.local"} <= loaded  # it did run
+    assert offenders(loaded, NOT_FOR_A_WORKER) == []
+
+
 # Never loaded by a server without TLS, accounts, webhook secrets or mail, however many requests
 # it answers: `http.server` (its imports: `http.client`, `email`, `ssl`, `html.entities`) and
 # whatever maps OpenSSL's libcrypto (`hashlib`, `hmac`, `secrets`, `ssl`).

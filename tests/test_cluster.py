@@ -30,8 +30,8 @@ from conftest import (
     wait_for,
 )
 
-from nagare.app import build_worker
 from nagare.cluster import protocol
+from nagare.worker_app import build_worker
 
 LEASE = 2.0  # seconds: a lost worker is noticed quickly
 GPU_ONLY = {"default": 2, "gpu": 0}  # gpu: remote workers only

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import http, pythonpath_env, wait_for
 
-from nagare.app import Supervisor
 from nagare.dag_folder import MAX_ERROR_CHARS, DagFolder
 from nagare.dagfile import MAX_DEPTH, MAX_NODES, DagError, load_dag_file, parse_dag
 from nagare.models import DagDef
+from nagare.wiring import Supervisor
 
 GOOD = "id: good\ntasks:\n  - id: a\n    command: echo hi\n"
 DEEP = "[" * 100_000

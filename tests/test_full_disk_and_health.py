@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from conftest import Nagare, wait_for
 
-from nagare.app import Supervisor
 from nagare.liveness import (
     STALL_GRACE_SECONDS,
     Beat,
@@ -31,6 +30,7 @@ from nagare.liveness import (
     short_error,
 )
 from nagare.store import StorageFull
+from nagare.wiring import Supervisor
 
 # The task finds its own instance id in its run's pids file (by its shell's pid), then plants a
 # /dev/full symlink where its log goes: its first line of output cannot be written (ENOSPC).

@@ -310,7 +310,7 @@ def test_the_gate_speaks_tls(nagare_factory: Any, tmp_path: Any) -> None:
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
-    from nagare.app import raise_open_file_limit
+    from nagare.wiring import raise_open_file_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard <= 256:

@@ -367,7 +367,7 @@ def test_protect_process_makes_the_process_non_dumpable_and_drops_secret_variabl
     code = textwrap.dedent(
         """
         import ctypes, os
-        from nagare.app import protect_process
+        from nagare.wiring import protect_process
         protect_process()
         print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), os.environ.get("NAGARE_API_KEY"),
               os.environ.get("NAGARE_TOKEN"), os.environ.get("OTHER"))
