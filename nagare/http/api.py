@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nagare import __version__
-from nagare.access import Permission, Principal, Scope, sees
+from nagare.access import Permission, Scope, sees
 from nagare.clock import now_ms, parse_iso, to_iso
 from nagare.dag_folder import DagFolder
 from nagare.dagfile.fields import dag_schema
@@ -17,42 +17,31 @@ from nagare.errors import BadRequest, NagareError, NotFound, Unprocessable
 from nagare.http.auth import Admission, Authenticator, KeyAuthenticator, RefusalBudget
 from nagare.http.cors import cors_headers, is_preflight, preflight
 from nagare.http.routing import Param, Route, Router, openapi, prefers_html
+from nagare.http.runs_api import RunsApi
 from nagare.http.serialize import (
-    attempt_json,
     backfill_json,
     dag_json,
     loop_json,
     pool_json,
-    run_attempt_json,
     run_json,
-    task_json,
-    tasks_json,
     validation_json,
-    waiting_json,
 )
 from nagare.http.server import Request, Response, error_response, json_response
-from nagare.http.sse import LogStream
 from nagare.http.static import StaticFiles
 from nagare.liveness import Health
 from nagare.logs import LogFiles
-from nagare.metrics import PoolInfo, queued_reason
+from nagare.metrics import PoolInfo
 from nagare.models import (
-    WAITING_STEPS,
     Attempt,
     Run,
-    RunStatus,
     TaskInstance,
-    TaskStatus,
-    Trigger,
 )
 from nagare.runs import RunService
 from nagare.store import AuditEntry, DagState, RunFilter, Stats
 
 log = logging.getLogger("nagare.http")
 
-MAX_PAGE_SIZE = 500
 CLI_AGENT = "nagare-client/"  # the User-Agent of the command line's requests (client.py)
-WAITING_TYPES = tuple(sorted(t.value for t in WAITING_STEPS))  # `GET /api/runs?waiting=`
 CONF_BODY = {
     "type": "object",
     "properties": {
@@ -155,6 +144,7 @@ class Api:
     def __init__(self, services: Services, static: StaticFiles | None) -> None:
         self.s = services
         self.static = static
+        self.runs_api = RunsApi(services, self._still_admitted)
         self.routes = self._routes()
         self.router = Router(self.routes)
         self._openapi: dict[str, Any] | None = None
@@ -287,38 +277,6 @@ class Api:
     # ------------------------------------------------------------ route table
 
     def _routes(self) -> list[Route]:
-        run_filters = (
-            Param("dag_id", "only runs of this DAG"),
-            Param("status", "only runs in this status", enum=tuple(s.value for s in RunStatus)),
-            Param("trigger", "only runs started this way", enum=tuple(t.value for t in Trigger)),
-            Param(
-                "waiting",
-                "only runs with a task waiting on a step of this type (approval: someone must "
-                "answer)",
-                enum=WAITING_TYPES,
-            ),
-            Param("q", "only runs whose id contains this text (case-insensitive)"),
-            Param("tag", "only runs of DAGs with this tag (repeatable: any of the tags)"),
-            Param("page", "page number, from 1", "integer", minimum=1),
-            Param(
-                "limit",
-                f"runs per page, at most {MAX_PAGE_SIZE}",
-                "integer",
-                minimum=1,
-                maximum=MAX_PAGE_SIZE,
-            ),
-        )
-        log_params = (
-            Param("attempt", "attempt number (default: latest)", "integer", minimum=1),
-            Param("tail", "only the last N lines", "integer", minimum=0),
-            Param(
-                "timestamps",
-                "true: prefix each line with when it was written (ISO 8601 UTC, to the second) "
-                "and its stream (stdout, stderr, nagare), `-` where unknown",
-                enum=("true", "false"),
-            ),
-            Param("token", "the API key, for EventSource clients"),
-        )
         return [
             Route(
                 "GET",
@@ -461,122 +419,7 @@ class Api:
                 scope=Scope.DAG,
                 action="dag.backfill",
             ),
-            Route(
-                "GET",
-                "/api/runs",
-                self.list_runs,
-                "Runs, newest first",
-                query=run_filters,
-                tags=("runs",),
-                permission=Permission.READ,
-                scope=Scope.FILTERED,
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}",
-                self.run,
-                "One run",
-                tags=("runs",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "POST",
-                "/api/runs/{run_id}/kill",
-                self.kill_run,
-                "Kill running tasks and cancel the rest",
-                tags=("runs",),
-                permission=Permission.OPERATE,
-                scope=Scope.RUN,
-                action="run.kill",
-            ),
-            Route(
-                "POST",
-                "/api/runs/{run_id}/retry",
-                self.retry_run,
-                "Re-queue every failed, upstream_failed and cancelled task of a finished run "
-                "(same run, new attempts)",
-                tags=("runs",),
-                permission=Permission.OPERATE,
-                scope=Scope.RUN,
-                action="run.retry",
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}/tasks",
-                self.tasks,
-                "Latest attempt of every task instance, in DAG order",
-                tags=("tasks",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}/attempts",
-                self.run_attempts,
-                "Every attempt of the run's tasks (not of map children), by task, oldest first",
-                tags=("tasks",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}/tasks/{task_id}",
-                self.task,
-                "One task instance",
-                tags=("tasks",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}/tasks/{task_id}/attempts",
-                self.attempts,
-                "Every attempt of a task, oldest first",
-                tags=("tasks",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "GET",
-                "/api/runs/{run_id}/tasks/{task_id}/logs",
-                self.task_logs,
-                "Task log: text, or SSE with Accept: text/event-stream",
-                query=log_params,
-                response="text/plain",
-                query_token=True,
-                tags=("tasks",),
-                permission=Permission.READ,
-                scope=Scope.RUN,
-            ),
-            Route(
-                "POST",
-                "/api/runs/{run_id}/tasks/{task_id}/kill",
-                self.kill_task,
-                "Kill one task (a map task with its children)",
-                tags=("tasks",),
-                permission=Permission.OPERATE,
-                scope=Scope.RUN,
-                action="task.kill",
-            ),
-            Route(
-                "POST",
-                "/api/runs/{run_id}/tasks/{task_id}/retry",
-                self.retry_task,
-                "Run a finished task again (re-opens its run); downstream=true re-runs its "
-                "successful dependants too",
-                query=(
-                    Param(
-                        "downstream",
-                        "also re-run its successful dependants",
-                        enum=("true", "false"),
-                    ),
-                ),
-                tags=("tasks",),
-                permission=Permission.OPERATE,
-                scope=Scope.RUN,
-                action="task.retry",
-            ),
+            *self.runs_api.routes(),
         ]
 
     def add_routes(self, routes: list[Route]) -> None:
@@ -725,144 +568,6 @@ class Api:
             request.note(dry_run="true")
         return json_response(backfill_json(result), 200 if dry_run else 201)
 
-    # ------------------------------------------------------------ runs
-
-    def list_runs(self, request: Request) -> dict[str, Any]:
-        filt = RunFilter(
-            dag_id=request.arg("dag_id"),
-            status=_enum_arg(request, "status", RunStatus),
-            trigger=_enum_arg(request, "trigger", Trigger),
-            waiting=_enum_arg(request, "waiting", WAITING_TYPES),
-            search=request.arg("q").strip(),
-            dag_ids=self._dags_tagged(request.query.get("tag", []), request.principal),
-        )
-        page = request.int_arg("page", 1, 1, 1_000_000)
-        limit = request.int_arg("limit", 50, 1, MAX_PAGE_SIZE)
-        runs, total = self.s.store.runs.find(filt, page, limit)
-        return {"data": [run_json(r) for r in runs], "total": total, "page": page, "limit": limit}
-
-    def _dags_tagged(self, tags: list[str], principal: Principal) -> tuple[str, ...] | None:
-        """The loaded DAGs with any of `tags` that `principal` sees (None: every DAG)."""
-        wanted = {t for t in tags if t}
-        if not wanted and principal.tags is None:
-            return None
-        dags = self.s.folder.snapshot.dags.items()
-        return tuple(
-            sorted(
-                i
-                for i, dag in dags
-                if (not wanted or wanted.intersection(dag.tags)) and sees(principal, dag.tags)
-            )
-        )
-
-    def run(self, request: Request) -> dict[str, Any]:
-        return run_json(self.s.runs.run(request.params["run_id"]))
-
-    def kill_run(self, request: Request) -> dict[str, Any]:
-        return run_json(self.s.runs.kill_run(request.params["run_id"]))
-
-    # ------------------------------------------------------------ tasks
-
-    def tasks(self, request: Request) -> list[dict[str, Any]]:
-        run_id = request.params["run_id"]
-        self.s.runs.run(run_id)
-        return self._with_waits(run_id, tasks_json(self.s.store.tasks.of_run(run_id)))
-
-    def task(self, request: Request) -> dict[str, Any]:
-        task = self._task(request)
-        children = (
-            self.s.store.tasks.children(task.run_id, task.task_id)
-            if task.map_index is None and not task.outputs
-            else None
-        )
-        return self._with_waits(task.run_id, [task_json(task, children)])[0]
-
-    def _with_waits(self, run_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Waiting tasks get `waiting_for` (what they wait for: the run page's banners); queued
-        tasks get `reason` (why they have not started: their pool's workers and load)."""
-        if any(item["status"] == TaskStatus.QUEUED for item in items):
-            pools = {p.pool: p for p in self.s.pools()}
-            for item in items:
-                if item["status"] == TaskStatus.QUEUED:
-                    item["reason"] = queued_reason(item["pool"], pools.get(item["pool"]))
-        if any(item["status"] == TaskStatus.WAITING for item in items):
-            waits = self.s.store.tasks.waits_of_run(run_id)
-            for item in items:
-                if item["id"] in waits:
-                    item["waiting_for"] = waiting_json(*waits[item["id"]])
-        return items
-
-    def attempts(self, request: Request) -> list[dict[str, Any]]:
-        task = self._task(request)
-        return [attempt_json(a, task) for a in self.s.store.tasks.attempts(task.id)]
-
-    def run_attempts(self, request: Request) -> list[dict[str, Any]]:
-        run_id = request.params["run_id"]
-        self.s.runs.run(run_id)
-        return [
-            run_attempt_json(a, task_id)
-            for task_id, a in self.s.store.tasks.attempts_of_run(run_id)
-        ]
-
-    def kill_task(self, request: Request) -> dict[str, Any]:
-        return task_json(self.s.runs.kill_task(request.params["run_id"], request.params["task_id"]))
-
-    def retry_task(self, request: Request) -> dict[str, Any]:
-        downstream = _enum_arg(request, "downstream", ("true", "false")) == "true"
-        return task_json(
-            self.s.runs.retry_task(request.params["run_id"], request.params["task_id"], downstream)
-        )
-
-    def retry_run(self, request: Request) -> dict[str, Any]:
-        return run_json(self.s.runs.retry_run(request.params["run_id"]))
-
-    def _task(self, request: Request) -> TaskInstance:
-        return self.s.runs.task(request.params["run_id"], request.params["task_id"])
-
-    def task_logs(self, request: Request) -> Response:
-        task = self._task(request)
-        attempt = request.int_arg("attempt", 0, 1, 1_000_000) or None
-        if attempt is not None and attempt > task.attempt:
-            raise NotFound(
-                f"task '{task.task_id}' has no attempt {attempt} (it has {task.attempt})"
-            )
-        if "text/event-stream" in request.header("accept"):
-            return self._log_stream(request, task, attempt)
-        return self._log_text(request, task, attempt or task.attempt)
-
-    def _log_text(self, request: Request, task: TaskInstance, attempt: int) -> Response:
-        tail = request.int_arg("tail", 0, 0, 1_000_000)
-        logs = self.s.logs
-        stamps = _enum_arg(request, "timestamps", ("true", "false")) == "true"
-        if tail:
-            last = logs.tail(task.run_id, task.id, attempt, tail)
-            start = last[0][0] - 1 if last else 0
-        else:
-            start = 0
-        read = logs.stamped_lines if stamps else logs.lines
-        lines = [text for _, text in read(task.run_id, task.id, attempt, start)]
-        body = "".join(line + "\n" for line in lines)
-        return Response(200, body.encode(), "text/plain; charset=utf-8")
-
-    def _log_stream(self, request: Request, task: TaskInstance, attempt: int | None) -> Response:
-        start = _int_header(request.header("last-event-id"))
-        tail = request.int_arg("tail", 0, 0, 1_000_000)
-        if tail and not start and task.attempt:
-            count = self.s.logs.line_count(task.run_id, task.id, attempt or task.attempt)
-            start = max(0, count - tail)
-        stream = LogStream(
-            logs=self.s.logs,
-            task=task,
-            attempt=attempt,
-            start_line=start,
-            timestamps=_enum_arg(request, "timestamps", ("true", "false")) == "true",
-            load_task=lambda: self.s.store.tasks.by_id(task.id),
-            ping_seconds=self.s.settings.sse_ping_seconds,
-            stopping=self.s.stopping,
-            admitted=lambda: self._still_admitted(request),
-        )
-        return Response(200, content_type="text/event-stream; charset=utf-8", stream=stream)
-
     def _still_admitted(self, request: Request) -> bool:
         """Whether a long answer's caller would still be let in (a stream outlives its checks:
         a sign-out, a revoked key or a lost role must end it)."""
@@ -909,24 +614,3 @@ def _check_query(route: Route, request: Request) -> None:
             f"unknown query parameter(s) {', '.join(unknown)} for "
             f"{route.method} {route.path} (expected: {expected})"
         )
-
-
-def _enum_arg(
-    request: Request, name: str, enum: type[RunStatus] | type[Trigger] | tuple[str, ...]
-) -> str:
-    raw = request.arg(name)
-    if raw in ("", "all"):
-        return ""
-    allowed = list(enum) if isinstance(enum, tuple) else [e.value for e in enum]
-    if raw not in allowed:
-        raise BadRequest(
-            f"query parameter '{name}' must be one of {', '.join(allowed)}, found '{raw}'"
-        )
-    return raw
-
-
-def _int_header(raw: str) -> int:
-    try:
-        return max(0, int(raw.strip()))
-    except ValueError:
-        return 0
