@@ -96,6 +96,9 @@ def test_a_valid_hello_is_read_with_its_held_attempts() -> None:
         ({"max_tasks": True}, "max_tasks: expected a whole number"),
         ({"held": [["abc"]]}, "held: expected [task_instance_id, attempt] pairs"),
         ({"held": [["../x", 1]]}, "held: expected [task_instance_id, attempt] pairs"),
+        ({"waiting": [["abc"]]}, "waiting: expected [task_instance_id, attempt] pairs"),
+        ({"waiting": "abc"}, "waiting: expected a list"),
+        ({"prefetch": -1}, "prefetch: expected a whole number from 0 to 256, found -1"),
     ],
 )
 def test_a_bad_hello_names_the_field(change: dict[str, Any], message: str) -> None:
@@ -377,6 +380,50 @@ def test_the_reaper_retries_lost_work_and_requeues_work_never_confirmed(
     assert queued == [{"gpu": 1}]
     log_text = (tmp_path / "logs" / first.run.run_id / f"{first.task.id}.1.log").read_text()
     assert "[nagare] worker w1 lost" in log_text
+
+
+def test_a_waiting_attempt_is_renewed_and_told_of_its_kill_but_never_confirmed(
+    store: Store, tmp_path: Path
+) -> None:
+    """A prefetched attempt the worker has not started (`waiting`): its lease is renewed and a
+    kill reaches it through any master's renewal, but if the worker is lost before it starts
+    it, it runs again without spending a retry: the attempt was never confirmed."""
+    clock = [0]
+    coordinator = Coordinator(
+        store,
+        LogFiles(str(tmp_path / "logs")),
+        LEASE / 1000,
+        on_finished=lambda ended: None,
+        on_queued=lambda queued: None,
+        clock=lambda: clock[0],
+    )
+    started, lined_up = store.workers.claim("w1", ["gpu"], 2, now=0, lease_until=LEASE)
+    hello = read_hello(
+        wire(
+            encode_hello(
+                replace(
+                    W1,
+                    held=((started.task.id, started.attempt),),
+                    waiting=((lined_up.task.id, lined_up.attempt),),
+                )
+            )
+        )
+    )
+    clock[0] = 1_000
+    assert coordinator.heartbeat(hello).cancel == []
+    assert coordinator.reap(LEASE + 1) == 0  # both leases were renewed
+    assert coordinator.reap(1_000 + LEASE + 1) == 2  # the worker was lost: both leases ran out
+    lost = store.tasks.by_id(started.task.id)
+    assert lost is not None and lost.status is TaskStatus.UP_FOR_RETRY  # it had started
+    again = store.tasks.by_id(lined_up.task.id)
+    assert again is not None and again.status is TaskStatus.QUEUED
+    assert "without spending a retry" in again.message
+
+    # a kill made on another master reaches the worker through this one's renewal
+    (claim,) = store.workers.claim("w1", ["gpu"], 1, now=2_000, lease_until=2_000 + LEASE)
+    store.tasks.transition([claim.task.id], {TaskStatus.RUNNING}, TaskStatus.CANCELLED, 2_000)
+    hello = replace(hello, held=(), waiting=((claim.task.id, claim.attempt),))
+    assert coordinator.heartbeat(hello).cancel == [claim.task.id]
 
 
 # ---------------------------------------------------------------- results carried by polls

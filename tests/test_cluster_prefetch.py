@@ -5,7 +5,9 @@ Real master, real `nagare worker` processes, real `sh -c` tasks."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -241,3 +243,26 @@ def test_a_stopping_worker_hands_its_prefetched_task_back_at_once(
     assert nagare.wait_run(run_id, timeout=15)["status"] == "success"
     assert nagare.task(run_id, back)["worker"] == "w2"
     assert w2.proc.poll() is None
+
+
+def test_a_worker_killed_with_a_prefetched_task_costs_it_no_retry(
+    pair_on_one_slot: Callable[..., Pair],
+    workers: Callable[..., Worker],  # noqa: F811
+) -> None:
+    pair = pair_on_one_slot(30)
+    nagare, run_id, starts = pair.nagare, pair.run_id, pair.starts
+    running, waiting = pair.running()
+    pid = int((starts / running).read_text().split()[0])
+    pair.w1.signal(signal.SIGKILL)
+    try:
+        # the lease of both runs out (2 s); the one that ran fails (retries: 0), the one that
+        # never started is queued again without spending its only attempt
+        lost = wait_task(nagare, run_id, running, "failed", timeout=15)
+        assert "worker w1 lost" in lost["message"]
+        task = wait_task(nagare, run_id, waiting, "queued", timeout=5)
+        assert "without spending a retry" in task["message"], task
+        assert task["max_attempts"] - task["attempt"] == 1
+        assert not (starts / waiting).exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the task process the killed worker left behind

@@ -109,6 +109,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             now: int,
             lease_until: int,
             capacity: int | None = None,
+            waiting: Sequence[tuple[str, int]] = (),
         ) -> Exchange: ...
 
         def expire(self, finish: AttemptFinish, worker_id: str, now: int) -> bool: ...
@@ -136,6 +137,7 @@ if TYPE_CHECKING:  # structural types for mypy, never needed at run time
             lease_until: int,
             seen: WorkerRecord | None = None,
             leaving: bool = False,
+            waiting: Sequence[tuple[str, int]] = (),
         ) -> list[HeldAttempt]: ...
 
     class CoordinatorStore(Protocol):
@@ -345,6 +347,7 @@ class Coordinator:
             now,
             now + self.lease_ms,
             hello.capacity,
+            [w for w in hello.waiting if w not in reported],
         )
         self._note_leaving(hello)
         directives = self._directives(exchange.held)
@@ -538,6 +541,7 @@ class Coordinator:
             now + self.lease_ms,
             self._record_of(hello, now),
             hello.leaving,
+            hello.waiting,
         )
         self._note_leaving(hello)
         return self._directives(renewed)

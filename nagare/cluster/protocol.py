@@ -61,8 +61,11 @@ class WorkerHello:
     version: str = ""
     held: tuple[tuple[str, int], ...] = ()
     leaving: bool = False
-    # tasks it takes beyond max_tasks right now, to start as slots free (see remote.Prefetch)
+    # tasks it takes beyond max_tasks right now, to start as slots free (engine.prefetch)
     prefetch: int = 0
+    # prefetched attempts it holds, not started yet: renewed, never confirmed, so that they go
+    # back to the queue without spending a retry if the worker dies before it starts them
+    waiting: tuple[tuple[str, int], ...] = ()
 
     @property
     def capacity(self) -> int:
@@ -150,6 +153,7 @@ def encode_hello(hello: WorkerHello) -> dict[str, Any]:
         "held": [list(h) for h in hello.held],
         "leaving": hello.leaving,
         "prefetch": hello.prefetch,
+        "waiting": [list(w) for w in hello.waiting],
     }
 
 
@@ -173,6 +177,7 @@ def read_hello(body: Any) -> WorkerHello:
         held=_held(data.get("held", [])),
         leaving=data.get("leaving") is True,
         prefetch=_int(data, "prefetch", 0, MAX_TASKS) if "prefetch" in data else 0,
+        waiting=_held(data.get("waiting", []), "waiting"),
     )
 
 
@@ -481,9 +486,11 @@ def _number(data: dict[str, Any], name: str) -> int:
     return int(value)
 
 
-def _held(value: Any) -> tuple[tuple[str, int], ...]:
+def _held(value: Any, name: str = "held") -> tuple[tuple[str, int], ...]:
     if not isinstance(value, list) or len(value) > MAX_HELD:
-        raise BadRequest(f"held: expected a list of at most {MAX_HELD} [task_instance_id, attempt]")
+        raise BadRequest(
+            f"{name}: expected a list of at most {MAX_HELD} [task_instance_id, attempt]"
+        )
     held = []
     for entry in value:
         if (
@@ -494,7 +501,7 @@ def _held(value: Any) -> tuple[tuple[str, int], ...]:
             or isinstance(entry[1], bool)
             or not isinstance(entry[1], int)
         ):
-            raise BadRequest(f"held: expected [task_instance_id, attempt] pairs, found {entry!r}")
+            raise BadRequest(f"{name}: expected [task_instance_id, attempt] pairs, found {entry!r}")
         held.append((entry[0], entry[1]))
     return tuple(held)
 

@@ -270,13 +270,23 @@ class RemoteWorker:
             self._start_all(directives.tasks, hand_back=stop.is_set())
 
     def _hello(self) -> WorkerHello:
+        """Who the worker is, what it holds and how many tasks it prefetches now. A prefetched
+        task is listed in `waiting`, not `held`, until it starts: the master renews its lease
+        and tells of its kill without marking it confirmed, so if the worker dies before it
+        starts, the lease runs out unconfirmed and the task is queued again without spending a
+        retry."""
         with self._lock:
-            held = tuple(
-                (t.assignment.task_instance_id, t.assignment.attempt) for t in self._held()
-            )
+            waiting = tuple(t.key for t in self._waiting if not t.lost)
+            held = tuple(t.key for t in self._held() if t.key not in waiting)
             prefetch = self._prefetch_now()
         leaving = self._draining.is_set()
-        return replace(self.hello, held=held, leaving=leaving, prefetch=0 if leaving else prefetch)
+        return replace(
+            self.hello,
+            held=held,
+            waiting=waiting,
+            leaving=leaving,
+            prefetch=0 if leaving else prefetch,
+        )
 
     def _prefetch_now(self) -> int:
         """(lock held) How many tasks beyond its slots the worker takes now."""

@@ -70,17 +70,20 @@ class WorkerStore:
         now: int,
         lease_until: int,
         capacity: int | None = None,
+        waiting: Sequence[tuple[str, int]] = (),
     ) -> Exchange:
         """One poll of a worker, in one transaction: register or refresh it (`seen`), record
         the results it sends (each only if it holds the attempt under a live lease, as
         `finish`), renew the leases of the other attempts it holds (as `renew`) and claim
         queued tasks of its pools for the slots it has free (none when `leaving`): `capacity`
-        (default: its max_tasks) less what it holds."""
+        (default: its max_tasks) less what it holds. `waiting`: attempts it holds but has not
+        started (prefetched), renewed without being confirmed."""
         done = {(f.task_instance_id, f.attempt) for f in finishes}
         with self.db.write() as conn:
             _upsert_worker(conn, seen, "left" if leaving else "online")
             recorded = _record(conn, finishes, seen.worker_id, now)
             renewed = _renew(conn, seen.worker_id, [h for h in held if h not in done], lease_until)
+            renewed += _renew(conn, seen.worker_id, waiting, lease_until, confirm=False)
             claims: list[Claim] = []
             room = seen.max_tasks if capacity is None else capacity
             free = 0 if leaving else room - _held_in(conn, seen.worker_id)
@@ -97,15 +100,17 @@ class WorkerStore:
         lease_until: int,
         seen: WorkerRecord | None = None,
         leaving: bool = False,
+        waiting: Sequence[tuple[str, int]] = (),
     ) -> list[HeldAttempt]:
         """Extend the leases of the attempts a worker reports holding; say for each whether
         the worker must stop it (killed) or drop it (no longer its own). With `seen`, the
         worker is registered or refreshed in the same transaction (a master that lost its
-        registry learns the worker back from its next message)."""
+        registry learns the worker back from its next message). `waiting`: as in `exchange`."""
         with self.db.write() as conn:
             if seen is not None:
                 _upsert_worker(conn, seen, "left" if leaving else "online")
-            return _renew(conn, worker_id, held, lease_until)
+            renewed = _renew(conn, worker_id, held, lease_until)
+            return renewed + _renew(conn, worker_id, waiting, lease_until, confirm=False)
 
     def holder(self, task_instance_id: str, attempt: int, now: int) -> str | None:
         """The worker that holds this attempt under a live lease, or None."""
@@ -242,14 +247,20 @@ def _record(
 
 
 def _renew(
-    conn: sqlite3.Connection, worker_id: str, held: Sequence[tuple[str, int]], lease_until: int
+    conn: sqlite3.Connection,
+    worker_id: str,
+    held: Sequence[tuple[str, int]],
+    lease_until: int,
+    confirm: bool = True,
 ) -> list[HeldAttempt]:
-    """Extend the leases of the attempts a worker still holds; for each, whether it must stop
-    it (killed) or drop it (no longer its own)."""
+    """Extend the leases of the attempts a worker still holds (and, with `confirm`, mark them
+    confirmed: the worker runs them); for each, whether it must stop it (killed) or drop it
+    (no longer its own)."""
     answers = []
+    confirmed = ", lease_confirmed=1" if confirm else ""
     for task_instance_id, attempt in held:
         row = conn.execute(
-            "UPDATE task_instances SET lease_expires_at=?, lease_confirmed=1 "
+            f"UPDATE task_instances SET lease_expires_at=?{confirmed} "
             "WHERE id=? AND attempt=? AND "
             "worker=? AND status IN ('running', 'cancelled') AND lease_expires_at IS "
             "NOT NULL AND EXISTS (SELECT 1 FROM task_attempts a WHERE "
