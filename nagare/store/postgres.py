@@ -287,14 +287,23 @@ class Connection:
     def _send_once(self, statement: str, params: Any) -> Any:
         """Write (not yet flush) a pending BEGIN, then parse (unnamed), bind, describe, execute
         and sync."""
-        from pg8000.core import DESCRIBE, NULL_BYTE, PORTAL, SYNC_MSG, Context, _write
+        from pg8000.core import (
+            DESCRIBE,
+            EXECUTE_MSG,
+            NULL_BYTE,
+            PARSE,
+            PORTAL,
+            SYNC_MSG,
+            Context,
+            _write,
+        )
 
         raw = self._raw
         self._send_begin()
-        raw.send_PARSE(NULL_BYTE, statement, ())
-        raw.send_BIND(NULL_BYTE, params)
+        raw._send_message(PARSE, NULL_BYTE + statement.encode(raw._client_encoding) + ZERO_OIDS)
+        _write_bind(raw, NULL_BYTE, params)
         raw._send_message(DESCRIBE, PORTAL + NULL_BYTE)
-        raw.send_EXECUTE()
+        _write(raw._sock, EXECUTE_MSG)
         _write(raw._sock, SYNC_MSG)
         context = Context(statement)
         self._unread.append(context)
@@ -303,13 +312,14 @@ class Connection:
     def _send(self, name: bytes, batch: list[Any]) -> None:
         """Write (not yet flush) a pending BEGIN, then the prepared statement once per
         parameter row (bind, execute) and one sync."""
-        from pg8000.core import SYNC_MSG, _write
+        from pg8000.core import EXECUTE_MSG, SYNC_MSG, _write
 
         self._send_begin()
+        raw = self._raw
         for params in batch:
-            self._raw.send_BIND(name, params)
-            self._raw.send_EXECUTE()
-        _write(self._raw._sock, SYNC_MSG)
+            _write_bind(raw, name, params)
+            _write(raw._sock, EXECUTE_MSG)
+        _write(raw._sock, SYNC_MSG)
 
     def _expect(self, statement: str, columns: Any, funcs: Any) -> Any:
         from pg8000.core import Context
@@ -419,6 +429,28 @@ def connect(target: PgTarget, password: str) -> Connection:
     raw.register_in_adapter(NUMERIC_OID, _number)
     raw._usock.settimeout(None)  # the connect timeout bounds connecting, not a long statement
     return Connection(raw)
+
+
+ZERO_OIDS = b"\x00\x00\x00"  # a Parse message's end: the statement's NUL, no parameter types
+
+
+def _write_bind(raw: Any, name: bytes, params: Sequence[Any]) -> None:
+    """A Bind message (text parameters, text results), as pg8000's `send_BIND` writes it but
+    without the Flush it adds: the server sends its answers at the request's Sync, in one
+    piece, rather than a piece per message (each a wake-up of this process)."""
+    from pg8000.core import BIND, NULL_BYTE, H_pack, i_pack
+
+    message = bytearray(NULL_BYTE + name + H_pack(0) + H_pack(len(params)))
+    encoding = raw._client_encoding
+    for value in params:
+        if value is None:
+            message.extend(i_pack(-1))
+        else:
+            data = value.encode(encoding)
+            message.extend(i_pack(len(data)))
+            message.extend(data)
+    message.extend(H_pack(0))
+    raw._send_message(BIND, message)
 
 
 def _reason(exc: BaseException) -> str:
