@@ -20,8 +20,9 @@ sizes); the worker reads the master's answers with `decode_<message>`, leniently
 odd field gets its default).
 
 Every worker message carries its identity (`worker_id`, `hostname`, `pools`, `max_tasks`,
-`prefetch`) so any message is also a registration, and `held`: the attempts it runs, whose
-leases it renews.
+`prefetch`) so any message is also a registration, `held`: the attempts it runs, whose leases
+it renews, and `waiting`: the prefetched attempts it has not started yet (renewed, never
+confirmed).
 """
 
 from __future__ import annotations

@@ -276,8 +276,9 @@ class RemoteWorker:
         starts, the lease runs out unconfirmed and the task is queued again without spending a
         retry."""
         with self._lock:
-            waiting = tuple(t.key for t in self._waiting if not t.lost)
-            held = tuple(t.key for t in self._held() if t.key not in waiting)
+            waiting = tuple(t.key for t in self._waiting)  # (a lost task leaves the line)
+            lined_up = set(waiting)
+            held = tuple(t.key for t in self._held() if t.key not in lined_up)
             prefetch = self._prefetch_now()
         leaving = self._draining.is_set()
         return replace(
